@@ -1,9 +1,11 @@
 # Redis from Debian's package, on the shared E2E base image.
+# Build context: docker/redis/ (the configuration file).
 ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim
 FROM ${BASE_IMAGE}
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server \
  && rm -rf /var/lib/apt/lists/*
-EXPOSE 6379
+COPY redis.conf /etc/redis/e2e.conf
 USER redis
-CMD ["redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no"]
+EXPOSE 6379
+CMD ["redis-server", "/etc/redis/e2e.conf"]

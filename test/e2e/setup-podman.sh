@@ -19,7 +19,7 @@ if ! grep -q 'e2e-xtask' "$conf" 2>/dev/null; then
   log "configuring $conf (runc, ulimits, netavark)"
   mkdir -p /etc/containers
   cat >"$conf" <<'CONF'
-# written by .ci/setup-podman (e2e-xtask): see shared/ENVIRONMENT.md
+# written by test/e2e/setup-podman.sh (e2e-xtask): see shared/ENVIRONMENT.md
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]
 [engine]
