@@ -161,7 +161,7 @@ pub async fn migrate_until_done(store: Arc<Store>) {
             Err(err) => {
                 tracing::warn!(error = format!("{err:#}"), retry_in_ms = delay.as_millis() as u64, "migrations not applied yet");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+                delay = (delay * 2).min(Duration::from_millis(500));
             }
         }
     }

@@ -1,0 +1,253 @@
+//! External commands as values: built as argument lists (never `sh -c`), printable exactly
+//! as they will run, and run with their output in a log file.
+
+use std::{
+    fmt,
+    fs::File,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context;
+
+use crate::interrupt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cmd {
+    pub program: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    /// Teardown steps must finish even after Ctrl-C; everything else is stopped by it.
+    pub survives_interrupt: bool,
+}
+
+impl Cmd {
+    pub fn new(program: impl Into<String>) -> Cmd {
+        Cmd { program: program.into(), args: Vec::new(), env: Vec::new(), cwd: None, survives_interrupt: false }
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Cmd {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Cmd {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Cmd {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    pub fn survives_interrupt(mut self) -> Cmd {
+        self.survives_interrupt = true;
+        self
+    }
+
+    fn expression(&self) -> duct::Expression {
+        let mut e = duct::cmd(&self.program, &self.args);
+        for (k, v) in &self.env {
+            e = e.env(k, v);
+        }
+        if let Some(dir) = &self.cwd {
+            e = e.dir(dir);
+        }
+        e.stdin_null().unchecked()
+    }
+
+    /// Runs the command with stdout and stderr appended to `log`. On failure the error
+    /// names the command, its exit status, the log file and the log's last lines.
+    pub fn run_logged(&self, log: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut file = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening log file {}", log.display()))?;
+        writeln!(file, "$ {self}")?;
+        let output = file.try_clone()?;
+        let handle = self
+            .expression()
+            // duct applies the outer redirection first: stdout goes to the file, then
+            // stderr joins it (the other order would leave stderr on the terminal).
+            .stderr_to_stdout()
+            .stdout_file(output)
+            .start()
+            .with_context(|| format!("starting `{self}`"))?;
+        let status = self.wait(&handle)?;
+        if status.success() {
+            return Ok(());
+        }
+        let code = status.code().map_or("a signal".to_owned(), |c| format!("exit code {c}"));
+        Err(CmdError { cmd: self.to_string(), status: code, log: Some(log.to_owned()), tail: tail(log, 20) }.into())
+    }
+
+    /// Runs the command with its output on this terminal (for the test suite).
+    pub fn run_inherit(&self) -> anyhow::Result<()> {
+        let handle = self
+            .expression()
+            .stdin_null()
+            .start()
+            .with_context(|| format!("starting `{self}`"))?;
+        let status = self.wait(&handle)?;
+        anyhow::ensure!(status.success(), "`{self}` failed with {status}");
+        Ok(())
+    }
+
+    /// Runs the command and returns its stdout; the error carries its stderr.
+    pub fn read(&self) -> anyhow::Result<String> {
+        let output = self
+            .expression()
+            .stdout_capture()
+            .stderr_capture()
+            .run()
+            .with_context(|| format!("running `{self}`"))?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+            return Err(CmdError {
+                cmd: self.to_string(),
+                status: format!("{}", output.status),
+                log: None,
+                tail: stderr,
+            }
+            .into());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Runs the command and answers whether it exited 0 (for `podman image exists` and the like).
+    pub fn succeeds(&self) -> anyhow::Result<bool> {
+        let output = self
+            .expression()
+            .stdout_null()
+            .stderr_null()
+            .run()
+            .with_context(|| format!("running `{self}`"))?;
+        Ok(output.status.success())
+    }
+
+    fn wait(&self, handle: &duct::Handle) -> anyhow::Result<std::process::ExitStatus> {
+        loop {
+            if let Some(output) = handle.try_wait()? {
+                return Ok(output.status);
+            }
+            if !self.survives_interrupt && interrupt::interrupted() {
+                let _ = handle.kill();
+                anyhow::bail!("interrupted while running `{self}`");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Shell-quoted, so a printed command can be pasted into a terminal.
+impl fmt::Display for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (k, v) in &self.env {
+            write!(f, "{k}={} ", quote(v))?;
+        }
+        write!(f, "{}", quote(&self.program))?;
+        for a in &self.args {
+            write!(f, " {}", quote(a))?;
+        }
+        Ok(())
+    }
+}
+
+pub fn quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[derive(Debug)]
+pub struct CmdError {
+    pub cmd: String,
+    pub status: String,
+    pub log: Option<PathBuf>,
+    pub tail: String,
+}
+
+impl fmt::Display for CmdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` failed with {}", self.cmd, self.status)?;
+        if let Some(log) = &self.log {
+            write!(f, "\n  full log: {}", log.display())?;
+        }
+        if !self.tail.is_empty() {
+            write!(f, "\n  last lines:")?;
+            for line in self.tail.lines() {
+                write!(f, "\n    | {line}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CmdError {}
+
+/// The last `n` lines of a file (empty when it cannot be read).
+pub fn tail(path: &Path, n: usize) -> String {
+    let Ok(file) = File::open(path) else { return String::new() };
+    let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_quotes_only_what_needs_it() {
+        let c = Cmd::new("podman").args(["build", "--build-arg", "BASE_IMAGE=localhost/e2e-base:bookworm", "a b", "it's"]);
+        assert_eq!(
+            c.to_string(),
+            r"podman build --build-arg BASE_IMAGE=localhost/e2e-base:bookworm 'a b' 'it'\''s'"
+        );
+        assert_eq!(Cmd::new("cargo").env("X", "1 2").arg("t").to_string(), "X='1 2' cargo t");
+    }
+
+    #[test]
+    fn failure_names_command_log_and_last_lines() {
+        let dir = std::env::temp_dir().join(format!("xtask-cmd-{}", std::process::id()));
+        let log = dir.join("fail.log");
+        let _ = std::fs::remove_file(&log);
+        let err = Cmd::new("sh")
+            .args(["-c", "echo first; echo second >&2; exit 3"])
+            .run_logged(&log)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exit code 3"), "{err}");
+        assert!(err.contains("fail.log"), "{err}");
+        assert!(err.contains("| first") && err.contains("| second"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn read_returns_stdout_and_errors_carry_stderr() {
+        assert_eq!(Cmd::new("echo").arg("hi").read().unwrap(), "hi\n");
+        let err = Cmd::new("sh").args(["-c", "echo oops >&2; exit 1"]).read().unwrap_err();
+        assert!(err.to_string().contains("oops"), "{err}");
+        assert!(Cmd::new("true").succeeds().unwrap());
+        assert!(!Cmd::new("false").succeeds().unwrap());
+    }
+}

@@ -1,0 +1,103 @@
+//! `cargo xtask e2e`: images, stack, readiness, suite, logs, teardown.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::Context;
+
+use crate::{
+    build::{self, BuiltImage},
+    cmd::Cmd,
+    manifests::Manifests,
+    project::Project,
+    ready,
+    report::Reporter,
+    runtime::{self, podman::PodmanRun},
+};
+
+#[derive(clap::Args, Debug)]
+pub struct E2eArgs {
+    /// Leave the stack running afterwards and print how to reach it and how to remove it.
+    #[arg(long)]
+    pub keep: bool,
+    /// How long to wait for every service to be ready, in seconds.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub ready_timeout: u64,
+    /// Arguments for the test harness, after `--` (e.g. `-- metrics` to run matching tests).
+    #[arg(last = true)]
+    pub test_args: Vec<String>,
+}
+
+impl E2eArgs {
+    pub fn run(self, project: &Project) -> anyhow::Result<()> {
+        let mut r = Reporter::new();
+        let images = build::load_images(project)?;
+        let manifests = Manifests::load(&project.manifests_dir())?;
+        build::check_prerequisites(&images, &mut r)?;
+
+        let built = build::build_all(project, &mut r, &images.images)?;
+        r.phase("compile E2E suite", |r| {
+            let cmd = suite(project).arg("--no-run");
+            r.command(&cmd);
+            cmd.run_logged(&project.logs_dir().join("cargo-test-build.log")).context("compiling the E2E suite")
+        })?;
+
+        let stack = manifests.render_podman(&pinned(&built), free_port)?;
+        let mut run = PodmanRun::new(project, runtime::run_id(), stack);
+        r.line(format!("run {} (network {}, files in {})", run.id, run.network, project.display(&run.dir)));
+        run.check_free(&r)?;
+
+        let outcome = self.exercise(project, &mut r, &mut run);
+        if outcome.is_err() {
+            match run.save_logs() {
+                Ok(dir) => r.line(format!("every container's log is saved in {}", project.display(&dir))),
+                Err(e) => r.line(format!("could not save the containers' logs: {e:#}")),
+            }
+        }
+        let teardown = if self.keep {
+            r.line(run.keep_instructions());
+            Ok(())
+        } else {
+            r.phase("tear down", |r| run.down(r))
+        };
+        r.line(format!("phases:\n{}", r.summary()));
+        match (outcome, teardown) {
+            (Ok(()), Ok(())) => {
+                r.line("E2E passed");
+                Ok(())
+            }
+            (Err(e), Ok(())) => Err(e.context("E2E failed")),
+            (Ok(()), Err(t)) => Err(t.context("E2E passed but the teardown failed")),
+            (Err(e), Err(t)) => Err(e.context(format!("E2E failed, and the teardown failed too: {t:#}"))),
+        }
+    }
+
+    fn exercise(&self, project: &Project, r: &mut Reporter, run: &mut PodmanRun) -> anyhow::Result<()> {
+        r.phase("deploy", |r| run.up(r))?;
+        r.phase("wait until ready", |r| ready::wait_ready(run, Duration::from_secs(self.ready_timeout), r))?;
+        r.phase("run E2E suite", |r| {
+            let mut cmd = suite(project);
+            for (var, url) in run.urls() {
+                cmd = cmd.env(var, url);
+            }
+            let cmd = cmd.arg("--").args(self.test_args.iter().cloned());
+            r.command(&cmd);
+            cmd.run_inherit().context("the E2E suite failed")
+        })
+    }
+}
+
+/// `cargo test` of the E2E suite crate.
+fn suite(project: &Project) -> Cmd {
+    Cmd::new(Project::cargo()).args(["test", "--locked", "-p", "e2e-suite", "--test", "e2e"]).cwd(&project.root)
+}
+
+/// Maps each image repository to the reference that was just built.
+fn pinned(built: &[BuiltImage]) -> BTreeMap<String, String> {
+    built.iter().map(|b| (b.repository.clone(), b.reference.clone())).collect()
+}
+
+/// A port that is free on loopback now (the engine binds it a moment later).
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}

@@ -1,0 +1,221 @@
+//! The images file (`test/e2e/images.toml`): which images exist and how each is built.
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    defaults: Defaults,
+    #[serde(rename = "image")]
+    images: Vec<RawImage>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Defaults {
+    repository: String,
+    base_image: String,
+    memory: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImage {
+    name: String,
+    dockerfile: String,
+    context: Option<String>,
+    binary: Option<String>,
+    memory: Option<String>,
+    #[serde(default)]
+    build_args: BTreeMap<String, String>,
+}
+
+/// Where an image's build context comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildContext {
+    /// A directory of the repository.
+    Dir(String),
+    /// A directory the xtask stages, holding only this workspace binary.
+    Binary(String),
+}
+
+/// One image, as the images file declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSpec {
+    pub name: String,
+    /// `localhost/e2e-gateway`: the reference without a tag.
+    pub repository: String,
+    pub dockerfile: String,
+    pub context: BuildContext,
+    /// Memory cap of the build, in bytes.
+    pub memory: u64,
+    /// Build arguments, `BASE_IMAGE` included.
+    pub build_args: BTreeMap<String, String>,
+}
+
+impl ImageSpec {
+    pub fn binary(&self) -> Option<&str> {
+        match &self.context {
+            BuildContext::Binary(b) => Some(b),
+            BuildContext::Dir(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Images {
+    pub base_image: String,
+    pub images: Vec<ImageSpec>,
+}
+
+impl Images {
+    /// Reads the images file; `base_override` (from `E2E_BASE_IMAGE`) replaces the base image.
+    pub fn load(path: &Path, base_override: Option<String>) -> anyhow::Result<Images> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Images::parse(&text, base_override).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn parse(text: &str, base_override: Option<String>) -> anyhow::Result<Images> {
+        let file: File = toml::from_str(text)?;
+        let base_image = base_override.filter(|b| !b.is_empty()).unwrap_or(file.defaults.base_image);
+        let mut images = Vec::new();
+        for raw in file.images {
+            let name = raw.name;
+            anyhow::ensure!(
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                "image name {name:?} may only hold lowercase letters, digits and '-'"
+            );
+            anyhow::ensure!(images.iter().all(|i: &ImageSpec| i.name != name), "image {name:?} is declared twice");
+            let context = match (raw.context, raw.binary) {
+                (Some(dir), None) => BuildContext::Dir(dir),
+                (None, Some(bin)) => BuildContext::Binary(bin),
+                (Some(_), Some(_)) => anyhow::bail!("image {name:?}: set either context or binary, not both"),
+                (None, None) => anyhow::bail!("image {name:?}: set context (a directory) or binary (a workspace binary)"),
+            };
+            let memory_text = raw.memory.unwrap_or_else(|| file.defaults.memory.clone());
+            let memory = parse_size(&memory_text).with_context(|| format!("image {name:?}: memory"))?;
+            let mut build_args = raw.build_args;
+            build_args.entry("BASE_IMAGE".into()).or_insert_with(|| base_image.clone());
+            images.push(ImageSpec {
+                repository: format!("{}-{name}", file.defaults.repository),
+                name,
+                dockerfile: raw.dockerfile,
+                context,
+                memory,
+                build_args,
+            });
+        }
+        anyhow::ensure!(!images.is_empty(), "no [[image]] entries");
+        Ok(Images { base_image, images })
+    }
+
+    /// The images named on the command line, or all of them; unknown names are an error
+    /// that lists the known ones.
+    pub fn select(&self, names: &[String]) -> anyhow::Result<Vec<ImageSpec>> {
+        if names.is_empty() {
+            return Ok(self.images.clone());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.images.iter().find(|i| &i.name == n).cloned().with_context(|| {
+                    let known: Vec<&str> = self.images.iter().map(|i| i.name.as_str()).collect();
+                    format!("no image named {n:?} in test/e2e/images.toml (known: {})", known.join(", "))
+                })
+            })
+            .collect()
+    }
+}
+
+/// Parses `512m`, `1g`, `1.5GiB`, `300000k` or a plain number of bytes.
+pub fn parse_size(text: &str) -> anyhow::Result<u64> {
+    let t = text.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().with_context(|| format!("{text:?} is not a size like 512m or 2g"))?;
+    let mult: u64 = match unit.trim().trim_end_matches("ib").trim_end_matches('b') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => anyhow::bail!("{text:?} has an unknown unit (use k, m or g)"),
+    };
+    anyhow::ensure!(value > 0.0, "{text:?} must be more than zero");
+    Ok((value * mult as f64) as u64)
+}
+
+/// The size as podman takes it for `--memory`: whole mebibytes.
+pub fn podman_size(bytes: u64) -> String {
+    format!("{}m", bytes.div_ceil(1 << 20))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+        [defaults]
+        repository = "localhost/e2e"
+        base_image = "localhost/base:1"
+        memory = "512m"
+
+        [[image]]
+        name = "gateway"
+        dockerfile = "Dockerfile.gateway"
+        binary = "gateway"
+        memory = "256m"
+
+        [[image]]
+        name = "redis"
+        dockerfile = "docker/redis.Dockerfile"
+        context = "docker/redis"
+        build_args = { VERSION = "7" }
+    "#;
+
+    #[test]
+    fn parses_images_with_defaults() {
+        let f = Images::parse(SAMPLE, None).unwrap();
+        assert_eq!(f.images.len(), 2);
+        let gw = &f.images[0];
+        assert_eq!(gw.repository, "localhost/e2e-gateway");
+        assert_eq!(gw.binary(), Some("gateway"));
+        assert_eq!(gw.memory, 256 << 20);
+        let redis = &f.images[1];
+        assert_eq!(redis.context, BuildContext::Dir("docker/redis".into()));
+        assert_eq!(redis.memory, 512 << 20);
+        assert_eq!(redis.build_args["VERSION"], "7");
+        assert_eq!(redis.build_args["BASE_IMAGE"], "localhost/base:1");
+    }
+
+    #[test]
+    fn base_image_can_be_overridden() {
+        let f = Images::parse(SAMPLE, Some("docker.io/library/debian:bookworm-slim".into())).unwrap();
+        assert_eq!(f.images[0].build_args["BASE_IMAGE"], "docker.io/library/debian:bookworm-slim");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let both = SAMPLE.replace("binary = \"gateway\"", "binary = \"gateway\"\ncontext = \"x\"");
+        assert!(format!("{:#}", Images::parse(&both, None).unwrap_err()).contains("either context or binary"));
+        let typo = SAMPLE.replace("dockerfile = \"Dockerfile.gateway\"", "dockerfil = \"x\"");
+        assert!(format!("{:#}", Images::parse(&typo, None).unwrap_err()).contains("dockerfil"));
+        let f = Images::parse(SAMPLE, None).unwrap();
+        let err = f.select(&["gatway".into()]).unwrap_err().to_string();
+        assert!(err.contains("gatway") && err.contains("known: gateway, redis"), "{err}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5x").is_err());
+        assert_eq!(podman_size(256 << 20), "256m");
+        assert_eq!(podman_size((256 << 20) + 1), "257m");
+    }
+}

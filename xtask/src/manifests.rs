@@ -1,0 +1,343 @@
+//! The Kubernetes manifests under `test/e2e/manifests/`, read once and rendered for a
+//! runtime. For podman: images pinned to what was just built, container ports published on
+//! free loopback ports, and Secrets taken out (podman 4.3's `kube play` stores a Secret in a
+//! form its own `secretKeyRef` cannot read, so the xtask creates them; see `secret_payload`).
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::Context;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_norway::{Mapping, Value};
+
+/// Every document of every `*.yaml` file, files in name order.
+#[derive(Debug, Clone)]
+pub struct Manifests {
+    pub docs: Vec<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Secret {
+    pub name: String,
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    Exec(Vec<String>),
+    Http { path: String, port: u16 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub name: String,
+    pub image: String,
+    pub readiness: Option<Probe>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub name: String,
+    pub containers: Vec<Container>,
+}
+
+/// A container port published on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub pod: String,
+    pub container: String,
+    pub container_port: u16,
+    pub host_port: u16,
+}
+
+/// The manifests rendered for `podman kube play`.
+#[derive(Debug, Clone)]
+pub struct PodmanStack {
+    /// One multi-document YAML with every Pod.
+    pub yaml: String,
+    pub secrets: Vec<Secret>,
+    pub pods: Vec<Pod>,
+    pub published: Vec<Published>,
+}
+
+impl PodmanStack {
+    pub fn host_port(&self, pod: &str, container_port: u16) -> Option<u16> {
+        self.published.iter().find(|p| p.pod == pod && p.container_port == container_port).map(|p| p.host_port)
+    }
+}
+
+impl Manifests {
+    pub fn load(dir: &Path) -> anyhow::Result<Manifests> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect();
+        files.sort();
+        anyhow::ensure!(!files.is_empty(), "no *.yaml manifests in {}", dir.display());
+        let mut docs = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            docs.extend(parse_docs(&text).with_context(|| format!("in {}", file.display()))?);
+        }
+        Ok(Manifests { docs })
+    }
+
+    /// Renders the manifests for podman. `images` maps an image repository (no tag) to the
+    /// reference to run; `free_port` yields a free host port for each published container port.
+    pub fn render_podman(
+        &self,
+        images: &BTreeMap<String, String>,
+        mut free_port: impl FnMut() -> anyhow::Result<u16>,
+    ) -> anyhow::Result<PodmanStack> {
+        let mut yaml_docs = Vec::new();
+        let mut secrets = Vec::new();
+        let mut pods = Vec::new();
+        let mut published = Vec::new();
+        for doc in &self.docs {
+            match kind(doc) {
+                "Secret" => secrets.push(secret(doc)?),
+                // podman ignores Services; pods reach each other by pod name instead.
+                "Service" => {}
+                "Pod" => {
+                    let mut doc = doc.clone();
+                    let pod_name = name(&doc)?;
+                    let mut containers = Vec::new();
+                    let spec_containers = doc
+                        .get_mut("spec")
+                        .and_then(|s| s.get_mut("containers"))
+                        .and_then(Value::as_sequence_mut)
+                        .with_context(|| format!("pod {pod_name}: spec.containers is missing"))?;
+                    for c in spec_containers.iter_mut() {
+                        let typed: ContainerYaml = serde_norway::from_value(c.clone())
+                            .with_context(|| format!("pod {pod_name}: a container"))?;
+                        let image = pin_image(&typed.image, images);
+                        c["image"] = Value::String(image.clone());
+                        // podman turns probes into systemd healthchecks, which fail without
+                        // systemd; the xtask runs the readiness probes itself (see ready.rs).
+                        if let Some(map) = c.as_mapping_mut() {
+                            for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+                                map.remove(probe);
+                            }
+                        }
+                        for (i, port) in typed.ports.iter().enumerate() {
+                            let host_port = free_port()?;
+                            let entry = &mut c["ports"][i];
+                            entry["hostPort"] = Value::Number(host_port.into());
+                            entry["hostIP"] = Value::String("127.0.0.1".into());
+                            published.push(Published {
+                                pod: pod_name.clone(),
+                                container: typed.name.clone(),
+                                container_port: port.container_port,
+                                host_port,
+                            });
+                        }
+                        containers.push(Container { name: typed.name, image, readiness: typed.readiness_probe.map(Probe::from) });
+                    }
+                    pods.push(Pod { name: pod_name, containers });
+                    yaml_docs.push(doc);
+                }
+                other => anyhow::bail!("{other} {:?}: only Pod, Service and Secret objects are supported", name(doc)?),
+            }
+        }
+        anyhow::ensure!(!pods.is_empty(), "the manifests hold no Pod");
+        let mut yaml = String::new();
+        for doc in &yaml_docs {
+            yaml.push_str("---\n");
+            yaml.push_str(&serde_norway::to_string(doc)?);
+        }
+        Ok(PodmanStack { yaml, secrets, pods, published })
+    }
+}
+
+/// What podman 4.3's `secretKeyRef` reads from a podman secret: a JSON object of key to
+/// base64-encoded value.
+pub fn secret_payload(secret: &Secret) -> String {
+    let map: BTreeMap<&str, String> = secret
+        .data
+        .iter()
+        .map(|(k, v)| (k.as_str(), base64::engine::general_purpose::STANDARD.encode(v)))
+        .collect();
+    serde_json::to_string(&map).expect("a map of strings serialises")
+}
+
+fn parse_docs(text: &str) -> anyhow::Result<Vec<Value>> {
+    let mut docs = Vec::new();
+    for de in serde_norway::Deserializer::from_str(text) {
+        let v = Value::deserialize(de)?;
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    Ok(docs)
+}
+
+fn kind(doc: &Value) -> &str {
+    doc.get("kind").and_then(Value::as_str).unwrap_or("")
+}
+
+fn name(doc: &Value) -> anyhow::Result<String> {
+    doc.get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .with_context(|| format!("a {} without metadata.name", kind(doc)))
+}
+
+fn secret(doc: &Value) -> anyhow::Result<Secret> {
+    let name = name(doc)?;
+    let mut data = BTreeMap::new();
+    let empty = Mapping::new();
+    for (k, v) in doc.get("data").and_then(Value::as_mapping).unwrap_or(&empty) {
+        let (k, v) = (k.as_str().unwrap_or_default(), v.as_str().unwrap_or_default());
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(v)
+            .with_context(|| format!("secret {name}: data.{k} is not base64"))?;
+        data.insert(k.to_owned(), bytes);
+    }
+    for (k, v) in doc.get("stringData").and_then(Value::as_mapping).unwrap_or(&empty) {
+        data.insert(k.as_str().unwrap_or_default().to_owned(), v.as_str().unwrap_or_default().as_bytes().to_vec());
+    }
+    Ok(Secret { name, data })
+}
+
+/// `localhost/e2e-gateway:latest` becomes the built reference for `localhost/e2e-gateway`.
+fn pin_image(image: &str, images: &BTreeMap<String, String>) -> String {
+    images.get(repository(image)).cloned().unwrap_or_else(|| image.to_owned())
+}
+
+/// The image reference without its tag or digest.
+pub fn repository(image: &str) -> &str {
+    let image = image.split('@').next().unwrap_or(image);
+    match image.rfind(':') {
+        Some(i) if !image[i..].contains('/') => &image[..i],
+        _ => image,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ContainerYaml {
+    name: String,
+    image: String,
+    #[serde(default)]
+    ports: Vec<PortYaml>,
+    readiness_probe: Option<ProbeYaml>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PortYaml {
+    container_port: u16,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProbeYaml {
+    exec: Option<ExecYaml>,
+    http_get: Option<HttpGetYaml>,
+}
+
+#[derive(Deserialize)]
+struct ExecYaml {
+    command: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct HttpGetYaml {
+    path: String,
+    port: u16,
+}
+
+impl From<ProbeYaml> for Probe {
+    fn from(p: ProbeYaml) -> Probe {
+        match (p.exec, p.http_get) {
+            (_, Some(h)) => Probe::Http { path: h.path, port: h.port },
+            (Some(e), None) => Probe::Exec(e.command),
+            (None, None) => Probe::Exec(vec!["true".into()]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> Manifests {
+        Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests")).unwrap()
+    }
+
+    fn render(m: &Manifests) -> PodmanStack {
+        let images: BTreeMap<String, String> = ["gateway", "data-storage", "postgres", "redis"]
+            .iter()
+            .map(|n| (format!("localhost/e2e-{n}"), format!("localhost/e2e-{n}:abc123")))
+            .collect();
+        let mut next = 40000;
+        m.render_podman(&images, || {
+            next += 1;
+            Ok(next)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn shipped_manifests_render_for_podman() {
+        let stack = render(&shipped());
+        let names: Vec<&str> = stack.pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["data-storage", "gateway", "postgres", "redis"]);
+        // Every image is pinned to the built reference.
+        for pod in &stack.pods {
+            assert!(pod.containers[0].image.ends_with(":abc123"), "{pod:?}");
+        }
+        assert!(!stack.yaml.contains(":latest"));
+        // Only the HTTP services are published, on loopback, each on its own port.
+        assert_eq!(stack.published.len(), 2);
+        assert_eq!(stack.host_port("data-storage", 8080), Some(40001));
+        assert_eq!(stack.host_port("gateway", 8080), Some(40002));
+        assert!(stack.yaml.contains("hostIP: 127.0.0.1"));
+        assert!(!stack.yaml.contains("kind: Service") && !stack.yaml.contains("kind: Secret"));
+        assert!(!stack.yaml.contains("Probe"), "probes are run by the xtask, not podman");
+        // Readiness comes from the manifests' probes.
+        let gw = &stack.pods[1].containers[0];
+        assert_eq!(gw.readiness, Some(Probe::Http { path: "/ready".into(), port: 8080 }));
+        let pg = &stack.pods[2].containers[0];
+        assert!(matches!(&pg.readiness, Some(Probe::Exec(c)) if c[0] == "pg_isready"));
+    }
+
+    #[test]
+    fn secrets_are_taken_out_and_encoded_for_podman() {
+        let stack = render(&shipped());
+        assert_eq!(stack.secrets.len(), 1);
+        let s = &stack.secrets[0];
+        assert_eq!(s.name, "postgres-credentials");
+        assert_eq!(s.data["user"], b"audit");
+        let payload: serde_json::Value = serde_json::from_str(&secret_payload(s)).unwrap();
+        assert_eq!(payload["user"], "YXVkaXQ="); // base64("audit")
+    }
+
+    #[test]
+    fn data_and_string_data_both_count() {
+        let docs = parse_docs("kind: Secret\nmetadata: {name: s}\ndata: {a: aGk=}\nstringData: {b: yo}\n").unwrap();
+        let s = secret(&docs[0]).unwrap();
+        assert_eq!(s.data["a"], b"hi");
+        assert_eq!(s.data["b"], b"yo");
+        let bad = parse_docs("kind: Secret\nmetadata: {name: s}\ndata: {a: '***'}\n").unwrap();
+        assert!(secret(&bad[0]).unwrap_err().to_string().contains("data.a is not base64"));
+    }
+
+    #[test]
+    fn image_repository_strips_tag_and_digest_but_not_registry_port() {
+        assert_eq!(repository("localhost/e2e-gateway:latest"), "localhost/e2e-gateway");
+        assert_eq!(repository("localhost:5000/x"), "localhost:5000/x");
+        assert_eq!(repository("localhost:5000/x:1"), "localhost:5000/x");
+        assert_eq!(repository("x@sha256:abc"), "x");
+    }
+
+    #[test]
+    fn unsupported_kinds_are_named() {
+        let m = Manifests { docs: parse_docs("kind: Deployment\nmetadata: {name: d}\n").unwrap() };
+        let err = m.render_podman(&BTreeMap::new(), || Ok(1)).unwrap_err().to_string();
+        assert!(err.contains("Deployment") && err.contains("only Pod, Service and Secret"), "{err}");
+    }
+}

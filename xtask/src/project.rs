@@ -1,0 +1,63 @@
+//! Where things are: the workspace root and the files the xtask reads and writes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+pub struct Project {
+    pub root: PathBuf,
+    pub target_dir: PathBuf,
+}
+
+impl Project {
+    /// Anchors once to the workspace root, whatever directory `cargo xtask` was run from.
+    pub fn locate() -> anyhow::Result<Project> {
+        let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        let root = manifest_dir
+            .parent()
+            .context("the xtask crate has no parent directory")?
+            .to_path_buf();
+        let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map(|d| root.join(d))
+            .unwrap_or_else(|| root.join("target"));
+        Ok(Project { root, target_dir })
+    }
+
+    pub fn images_file(&self) -> PathBuf {
+        self.root.join("test/e2e/images.toml")
+    }
+
+    pub fn manifests_dir(&self) -> PathBuf {
+        self.root.join("test/e2e/manifests")
+    }
+
+    /// `target/e2e`: logs, staged build contexts and run records.
+    pub fn e2e_dir(&self) -> PathBuf {
+        self.target_dir.join("e2e")
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.e2e_dir().join("logs")
+    }
+
+    pub fn runs_dir(&self) -> PathBuf {
+        self.e2e_dir().join("runs")
+    }
+
+    /// The directory cargo puts binaries of the `dev` profile in.
+    pub fn binary(&self, name: &str) -> PathBuf {
+        self.target_dir.join("debug").join(name)
+    }
+
+    /// A path relative to the root, for messages.
+    pub fn display(&self, path: &Path) -> String {
+        path.strip_prefix(&self.root).unwrap_or(path).display().to_string()
+    }
+
+    /// The cargo that runs us (`$CARGO`), so the same toolchain builds everything.
+    pub fn cargo() -> String {
+        std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+    }
+}
