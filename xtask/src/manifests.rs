@@ -285,7 +285,7 @@ mod tests {
     fn shipped_manifests_render_for_podman() {
         let stack = render(&shipped());
         let names: Vec<&str> = stack.pods.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["data-storage", "gateway", "postgres", "redis"]);
+        assert_eq!(names, ["postgres", "redis", "data-storage", "gateway"], "files in name order: dependencies first");
         // Every image is pinned to the built reference.
         for pod in &stack.pods {
             assert!(pod.containers[0].image.ends_with(":abc123"), "{pod:?}");
@@ -299,9 +299,9 @@ mod tests {
         assert!(!stack.yaml.contains("kind: Service") && !stack.yaml.contains("kind: Secret"));
         assert!(!stack.yaml.contains("Probe"), "probes are run by the xtask, not podman");
         // Readiness comes from the manifests' probes.
-        let gw = &stack.pods[1].containers[0];
+        let gw = &stack.pods[3].containers[0];
         assert_eq!(gw.readiness, Some(Probe::Http { path: "/ready".into(), port: 8080 }));
-        let pg = &stack.pods[2].containers[0];
+        let pg = &stack.pods[0].containers[0];
         assert!(matches!(&pg.readiness, Some(Probe::Exec(c)) if c[0] == "pg_isready"));
     }
 

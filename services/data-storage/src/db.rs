@@ -57,7 +57,7 @@ impl Store {
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
             .wait_timeout(Some(Duration::from_secs(5)))
-            .create_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(2)))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()?;
         Ok(Store { pool, migrated: watch::channel(false).0 })
