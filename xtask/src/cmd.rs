@@ -93,8 +93,15 @@ impl Cmd {
         if status.success() {
             return Ok(());
         }
-        let code = status.code().map_or("a signal".to_owned(), |c| format!("exit code {c}"));
-        Err(CmdError { cmd: self.to_string(), status: code, log: Some(log.to_owned()), tail: tail(log, 20) }.into())
+        let described = status.code().map_or("a signal".to_owned(), |c| format!("exit code {c}"));
+        Err(CmdError {
+            cmd: self.to_string(),
+            status: described,
+            code: status.code(),
+            log: Some(log.to_owned()),
+            tail: tail(log, 20),
+        }
+        .into())
     }
 
     /// Runs the command with its output on this terminal (for the test suite).
@@ -122,6 +129,7 @@ impl Cmd {
             return Err(CmdError {
                 cmd: self.to_string(),
                 status: format!("{}", output.status),
+                code: output.status.code(),
                 log: None,
                 tail: stderr,
             }
@@ -183,6 +191,7 @@ pub fn quote(s: &str) -> String {
 pub struct CmdError {
     pub cmd: String,
     pub status: String,
+    pub code: Option<i32>,
     pub log: Option<PathBuf>,
     pub tail: String,
 }

@@ -1,11 +1,12 @@
 //! `cargo xtask e2e`: images, stack, readiness, suite, logs, teardown.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::{
-    build::{self, BuiltImage},
+    build::{self, BuildOptions},
+    engine::Engine,
     cmd::Cmd,
     manifests::Manifests,
     project::Project,
@@ -22,6 +23,8 @@ pub struct E2eArgs {
     /// How long to wait for every service to be ready, in seconds.
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     pub ready_timeout: u64,
+    #[command(flatten)]
+    pub build: BuildOptions,
     /// Arguments for the test harness, after `--` (e.g. `-- metrics` to run matching tests).
     #[arg(last = true)]
     pub test_args: Vec<String>,
@@ -29,24 +32,27 @@ pub struct E2eArgs {
 
 impl E2eArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
-        let mut r = Reporter::new();
-        let images = build::load_images(project)?;
+        let r = Reporter::new();
+        if self.build.engine == Some(Engine::Docker) {
+            anyhow::bail!(
+                "`e2e` runs the stack with podman (`podman kube play`); --engine docker is for `prebuild-images`.\n  \
+                 fix: drop --engine, or use --engine podman"
+            );
+        }
         let manifests = Manifests::load(&project.manifests_dir())?;
-        build::check_prerequisites(&images, &mut r)?;
-
-        let built = build::build_all(project, &mut r, &images.images)?;
+        let handoff = build::prebuild(project, &r, &BuildOptions { engine: Some(Engine::Podman), ..self.build.clone() }, &[])?;
         r.phase("compile E2E suite", |r| {
             let cmd = suite(project).arg("--no-run");
             r.command(&cmd);
             cmd.run_logged(&project.logs_dir().join("cargo-test-build.log")).context("compiling the E2E suite")
         })?;
 
-        let stack = manifests.render_podman(&pinned(&built), free_port)?;
+        let stack = manifests.render_podman(&handoff.pinned(), free_port)?;
         let mut run = PodmanRun::new(project, runtime::run_id(), stack);
         r.line(format!("run {} (network {}, files in {})", run.id, run.network, project.display(&run.dir)));
         run.check_free(&r)?;
 
-        let outcome = self.exercise(project, &mut r, &mut run);
+        let outcome = self.exercise(project, &r, &mut run);
         if outcome.is_err() {
             match run.save_logs() {
                 Ok(dir) => r.line(format!("every container's log is saved in {}", project.display(&dir))),
@@ -71,7 +77,7 @@ impl E2eArgs {
         }
     }
 
-    fn exercise(&self, project: &Project, r: &mut Reporter, run: &mut PodmanRun) -> anyhow::Result<()> {
+    fn exercise(&self, project: &Project, r: &Reporter, run: &mut PodmanRun) -> anyhow::Result<()> {
         r.phase("deploy", |r| run.up(r))?;
         r.phase("wait until ready", |r| ready::wait_ready(run, Duration::from_secs(self.ready_timeout), r))?;
         r.phase("run E2E suite", |r| {
@@ -89,11 +95,6 @@ impl E2eArgs {
 /// `cargo test` of the E2E suite crate.
 fn suite(project: &Project) -> Cmd {
     Cmd::new(Project::cargo()).args(["test", "--locked", "-p", "e2e-suite", "--test", "e2e"]).cwd(&project.root)
-}
-
-/// Maps each image repository to the reference that was just built.
-fn pinned(built: &[BuiltImage]) -> BTreeMap<String, String> {
-    built.iter().map(|b| (b.repository.clone(), b.reference.clone())).collect()
 }
 
 /// A port that is free on loopback now (the engine binds it a moment later).

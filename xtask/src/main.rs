@@ -4,6 +4,10 @@
 //! its own, one per stage of the pipeline.
 
 mod build;
+mod diagnose;
+mod dockerignore;
+mod fingerprint;
+mod memory;
 mod cmd;
 mod e2e;
 mod engine;

@@ -1,23 +1,41 @@
-//! One place decides how progress is shown: phases with their durations, and every
-//! external command echoed once before it runs. Lines carry a timestamp, which is what a
-//! CI log needs and what a terminal can live with.
+//! One place decides how progress is shown. On a terminal: indicatif bars (one overall,
+//! one per running build) with lines printed above them, so child output never tears a
+//! bar. Elsewhere (CI logs): plain timestamped lines only. Every external command is echoed
+//! once before it runs; each phase is printed with the time it took.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::{
+    io::IsTerminal,
+    sync::Mutex,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cmd::Cmd;
 
-#[derive(Default)]
 pub struct Reporter {
-    phases: Vec<(String, Duration, bool)>,
+    bars: Option<MultiProgress>,
+    phases: Mutex<Vec<(String, Duration, bool)>>,
 }
 
 impl Reporter {
+    /// Bars when stderr is a terminal, plain lines otherwise.
     pub fn new() -> Reporter {
-        Reporter::default()
+        let tty = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+        Reporter {
+            bars: tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+            phases: Mutex::new(Vec::new()),
+        }
     }
 
     pub fn line(&self, msg: impl AsRef<str>) {
-        eprintln!("[{}] {}", clock(), msg.as_ref());
+        let text = format!("[{}] {}", clock(), msg.as_ref());
+        match &self.bars {
+            Some(mp) => {
+                let _ = mp.println(text);
+            }
+            None => eprintln!("{text}"),
+        }
     }
 
     pub fn command(&self, cmd: &Cmd) {
@@ -25,23 +43,56 @@ impl Reporter {
     }
 
     /// Runs one phase, printing its start and its end with the time it took.
-    pub fn phase<T>(&mut self, name: &str, f: impl FnOnce(&mut Reporter) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    pub fn phase<T>(&self, name: &str, f: impl FnOnce(&Reporter) -> anyhow::Result<T>) -> anyhow::Result<T> {
         self.line(format!("==> {name}"));
         let start = Instant::now();
         let result = f(self);
         let took = start.elapsed();
         let ok = result.is_ok();
         self.line(format!("<== {name}: {} in {}", if ok { "done" } else { "FAILED" }, secs(took)));
-        self.phases.push((name.to_owned(), took, ok));
+        self.phases.lock().unwrap().push((name.to_owned(), took, ok));
         result
+    }
+
+    /// An overall bar of `len` steps (hidden when not on a terminal).
+    pub fn overall(&self, len: u64, what: &str) -> ProgressBar {
+        let Some(mp) = &self.bars else { return ProgressBar::hidden() };
+        let bar = mp.add(ProgressBar::new(len));
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(what.to_owned());
+        bar
+    }
+
+    /// A spinner for one running task (hidden when not on a terminal).
+    pub fn spinner(&self, name: &str, msg: &str) -> ProgressBar {
+        let Some(mp) = &self.bars else { return ProgressBar::hidden() };
+        let bar = mp.add(ProgressBar::new_spinner());
+        bar.set_style(ProgressStyle::with_template("{prefix:>12} {spinner} {msg} ({elapsed})").expect("a valid template"));
+        bar.set_prefix(name.to_owned());
+        bar.set_message(msg.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    }
+
+    /// Removes a finished bar from the screen.
+    pub fn finish(&self, bar: &ProgressBar) {
+        bar.finish_and_clear();
+        if let Some(mp) = &self.bars {
+            mp.remove(bar);
+        }
     }
 
     /// The phases so far with their durations, for the closing summary.
     pub fn summary(&self) -> String {
-        let width = self.phases.iter().map(|(n, ..)| n.len()).max().unwrap_or(0);
-        let total: Duration = self.phases.iter().map(|(_, d, _)| *d).sum();
+        let phases = self.phases.lock().unwrap();
+        let width = phases.iter().map(|(n, ..)| n.len()).max().unwrap_or(0);
+        let total: Duration = phases.iter().map(|(_, d, _)| *d).sum();
         let mut out = String::new();
-        for (name, took, ok) in &self.phases {
+        for (name, took, ok) in phases.iter() {
             out.push_str(&format!("  {name:<width$}  {:>8}  {}\n", secs(*took), if *ok { "ok" } else { "FAILED" }));
         }
         out.push_str(&format!("  {:<width$}  {:>8}\n", "total", secs(total)));
@@ -59,18 +110,47 @@ fn clock() -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
+/// A plain-text table with a header row, columns padded to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let fmt_row = |cells: Vec<&str>| {
+        let mut line = String::from(" ");
+        for (cell, w) in cells.iter().zip(&widths) {
+            line.push_str(&format!(" {cell:<w$}"));
+        }
+        line.trim_end().to_owned()
+    };
+    let mut out = fmt_row(header.to_vec());
+    for row in rows {
+        out.push('\n');
+        out.push_str(&fmt_row(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn summary_lists_phases_and_total() {
-        let mut r = Reporter::new();
+        let r = Reporter { bars: None, phases: Mutex::new(Vec::new()) };
         r.phase("build", |_| Ok(())).unwrap();
         let _ = r.phase("test", |_| anyhow::bail!("no")).map(|()| ());
         let s = r.summary();
         assert!(s.contains("build") && s.contains("ok"), "{s}");
         assert!(s.contains("test") && s.contains("FAILED"), "{s}");
         assert!(s.contains("total"), "{s}");
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(&["image", "state"], &[vec!["gateway".into(), "built".into()], vec!["pg".into(), "cached".into()]]);
+        assert_eq!(t, "  image    state\n  gateway  built\n  pg       cached");
     }
 }

@@ -1,0 +1,77 @@
+//! Why an image build failed, read from its exit status and its log: killed for memory
+//! (the kernel's OOM killer inside the build's memory cap) or anything else, and at which
+//! Dockerfile step.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// Exit 137 / `Killed`: a process of a RUN step was killed, under the build's cap.
+    OutOfMemory,
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnosis {
+    pub cause: Cause,
+    /// The Dockerfile step that failed, e.g. `RUN apt-get install -y postgresql-15`.
+    pub step: Option<String>,
+}
+
+pub fn diagnose(exit_code: Option<i32>, log: &str) -> Diagnosis {
+    let killed = log.lines().any(|l| l.trim() == "Killed")
+        || log.contains("exit status 137")
+        || log.contains("returned a non-zero code: 137")
+        || exit_code == Some(137);
+    Diagnosis { cause: if killed { Cause::OutOfMemory } else { Cause::Other }, step: failing_step(log) }
+}
+
+/// The step in `Error: building at STEP "..."` (podman), else the last `STEP n/m: ...`
+/// (podman) or `Step n/m : ...` (docker) line.
+fn failing_step(log: &str) -> Option<String> {
+    if let Some(rest) = log.lines().rev().find_map(|l| l.split_once("building at STEP \"").map(|(_, r)| r)) {
+        if let Some((step, _)) = rest.split_once("\":") {
+            return Some(step.to_owned());
+        }
+    }
+    log.lines().rev().find_map(|l| {
+        let l = l.trim();
+        let rest = l.strip_prefix("STEP ").or_else(|| l.strip_prefix("Step "))?;
+        let (_, step) = rest.split_once(':')?;
+        Some(step.trim().to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    #[test]
+    fn real_podman_oom_kill() {
+        // Output of a real `podman build --memory 64m --memory-swap 64m` whose RUN step
+        // needed 300 MB (see tests/fixtures).
+        let d = diagnose(Some(137), &fixture("podman-build-oom.log"));
+        assert_eq!(d.cause, Cause::OutOfMemory);
+        assert_eq!(d.step.as_deref(), Some("RUN head -c 300m /dev/zero | tail -n 1 >/dev/null"));
+    }
+
+    #[test]
+    fn real_podman_failures_that_are_not_memory() {
+        let run = diagnose(Some(3), &fixture("podman-build-run-failed.log"));
+        assert_eq!(run.cause, Cause::Other);
+        assert_eq!(run.step.as_deref(), Some("RUN echo compiling && exit 3"));
+        let copy = diagnose(Some(125), &fixture("podman-build-copy-failed.log"));
+        assert_eq!(copy.cause, Cause::Other);
+        assert_eq!(copy.step.as_deref(), Some("COPY missing.txt /x"));
+    }
+
+    #[test]
+    fn docker_classic_builder_output() {
+        let log = "Step 1/3 : FROM base\nStep 3/3 : RUN make\n ---> Running in 1\nKilled\nThe command '/bin/sh -c make' returned a non-zero code: 137\n";
+        let d = diagnose(Some(1), log);
+        assert_eq!(d.cause, Cause::OutOfMemory);
+        assert_eq!(d.step.as_deref(), Some("RUN make"));
+    }
+}

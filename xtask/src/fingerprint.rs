@@ -1,0 +1,318 @@
+//! An image's fingerprint: a SHA-256 over everything that determines the image, so its tag
+//! changes exactly when an input does. The inputs: the Dockerfile, every file of the build
+//! context the engine would be sent (path, mode, content; `.dockerignore` and
+//! `.containerignore` honoured), the build arguments, the base image's ID and the target
+//! platform. A service image's context holds its binary, which covers its sources,
+//! `Cargo.lock`, the toolchain and the profile. Modification times never count.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Read,
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::dockerignore::Ignore;
+
+/// Bump when the encoding below changes, so old tags stop matching.
+const VERSION: &str = "e2e-image-fingerprint-v1";
+
+/// One entry of a build context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Relative, `/`-separated.
+    pub path: String,
+    /// Permission bits (`0o755`), plus the kind below.
+    pub mode: u32,
+    pub kind: EntryKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    File { sha256: String },
+    Dir,
+    Symlink { target: String },
+}
+
+/// Everything that determines an image.
+#[derive(Debug, Clone)]
+pub struct Inputs<'a> {
+    pub dockerfile: &'a [u8],
+    pub context: &'a [Entry],
+    pub build_args: &'a BTreeMap<String, String>,
+    pub base_image_id: &'a str,
+    pub platform: &'a str,
+}
+
+/// The fingerprint, as 64 hex digits. Every part is length-prefixed, so no two different
+/// inputs run together into the same byte stream.
+pub fn fingerprint(inputs: &Inputs) -> String {
+    let mut h = Sha256::new();
+    let mut put = |label: &str, bytes: &[u8]| {
+        h.update(label.as_bytes());
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    put("version", VERSION.as_bytes());
+    put("platform", inputs.platform.as_bytes());
+    put("base", inputs.base_image_id.as_bytes());
+    put("dockerfile", inputs.dockerfile);
+    for (k, v) in inputs.build_args {
+        put("arg", k.as_bytes());
+        put("value", v.as_bytes());
+    }
+    for e in inputs.context {
+        put("path", e.path.as_bytes());
+        put("mode", &e.mode.to_be_bytes());
+        match &e.kind {
+            EntryKind::File { sha256 } => put("file", sha256.as_bytes()),
+            EntryKind::Dir => put("dir", b""),
+            EntryKind::Symlink { target } => put("symlink", target.as_bytes()),
+        }
+    }
+    hex(&h.finalize())
+}
+
+/// The tag an image gets: the first 16 hex digits of its fingerprint.
+pub fn tag(fingerprint: &str) -> String {
+    fingerprint[..16].to_owned()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Lists a build context as the engine would send it, in path order.
+pub fn scan_context(dir: &Path, cache: &mut HashCache) -> anyhow::Result<Vec<Entry>> {
+    let ignore = ["/.containerignore", "/.dockerignore"]
+        .iter()
+        .map(|f| dir.join(&f[1..]))
+        .find(|p| p.is_file())
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            Ignore::parse(&text).with_context(|| format!("in {}", p.display()))
+        })
+        .transpose()?
+        .unwrap_or_else(Ignore::none);
+    let mut entries = Vec::new();
+    walk(dir, dir, &ignore, cache, &mut entries)?;
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(entries)
+}
+
+fn walk(root: &Path, dir: &Path, ignore: &Ignore, cache: &mut HashCache, out: &mut Vec<Entry>) -> anyhow::Result<()> {
+    let read = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for item in read {
+        let item = item?;
+        let path = item.path();
+        let rel = path.strip_prefix(root)?.to_string_lossy().replace('\\', "/");
+        if ignore.is_ignored(&rel) {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(&path)?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path)?.to_string_lossy().into_owned();
+            out.push(Entry { path: rel, mode, kind: EntryKind::Symlink { target } });
+        } else if meta.is_dir() {
+            out.push(Entry { path: rel, mode, kind: EntryKind::Dir });
+            walk(root, &path, ignore, cache, out)?;
+        } else {
+            let sha256 = cache.digest(&path, &meta)?;
+            out.push(Entry { path: rel, mode, kind: EntryKind::File { sha256 } });
+        }
+    }
+    Ok(())
+}
+
+/// Content digests remembered by (size, mtime, inode), so an unchanged 20 MB binary is not
+/// read again on every run. A changed mtime only means the file is read again: the digest,
+/// and so the fingerprint, stay the same when the content does.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct HashCache {
+    entries: HashMap<PathBuf, Cached>,
+    #[serde(skip)]
+    path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Cached {
+    len: u64,
+    mtime_ns: i128,
+    ino: u64,
+    sha256: String,
+}
+
+impl HashCache {
+    pub fn load(path: &Path) -> HashCache {
+        let mut cache: HashCache = std::fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        cache.path = Some(path.to_owned());
+        cache
+    }
+
+    pub fn save(&self) -> anyhow::Result<()> {
+        if let Some(path) = &self.path {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec(self)?)?;
+            std::fs::rename(tmp, path)?;
+        }
+        Ok(())
+    }
+
+    pub fn digest(&mut self, path: &Path, meta: &std::fs::Metadata) -> anyhow::Result<String> {
+        let key = Cached {
+            len: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ino: meta.ino(),
+            sha256: String::new(),
+        };
+        if let Some(c) = self.entries.get(path) {
+            if (c.len, c.mtime_ns, c.ino) == (key.len, key.mtime_ns, key.ino) {
+                return Ok(c.sha256.clone());
+            }
+        }
+        let sha256 = file_sha256(path)?;
+        self.entries.insert(path.to_owned(), Cached { sha256: sha256.clone(), ..key });
+        Ok(sha256)
+    }
+}
+
+pub fn file_sha256(path: &Path) -> anyhow::Result<String> {
+    let mut file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Ctx {
+        dir: PathBuf,
+    }
+
+    impl Ctx {
+        fn new(name: &str) -> Ctx {
+            let dir = std::env::temp_dir().join(format!("xtask-fp-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("sub")).unwrap();
+            std::fs::write(dir.join("app.sh"), "echo hi\n").unwrap();
+            std::fs::write(dir.join("sub/conf"), "a=1\n").unwrap();
+            Ctx { dir }
+        }
+
+        fn fp(&self) -> String {
+            self.fp_with(&BTreeMap::new(), "sha256:base1", "linux/amd64", b"FROM x\n")
+        }
+
+        fn fp_with(&self, args: &BTreeMap<String, String>, base: &str, platform: &str, dockerfile: &[u8]) -> String {
+            let entries = scan_context(&self.dir, &mut HashCache::default()).unwrap();
+            fingerprint(&Inputs { dockerfile, context: &entries, build_args: args, base_image_id: base, platform })
+        }
+    }
+
+    impl Drop for Ctx {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[test]
+    fn content_changes_change_the_fingerprint() {
+        let c = Ctx::new("content");
+        let before = c.fp();
+        assert_eq!(before, c.fp(), "stable");
+        std::fs::write(c.dir.join("sub/conf"), "a=2\n").unwrap();
+        assert_ne!(before, c.fp(), "one byte of content");
+    }
+
+    #[test]
+    fn mode_new_files_and_renames_change_it() {
+        let c = Ctx::new("mode");
+        let before = c.fp();
+        std::fs::set_permissions(c.dir.join("app.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let after_mode = c.fp();
+        assert_ne!(before, after_mode, "mode");
+        std::fs::write(c.dir.join("new"), "").unwrap();
+        let after_new = c.fp();
+        assert_ne!(after_mode, after_new, "a new empty file");
+        std::fs::rename(c.dir.join("new"), c.dir.join("renamed")).unwrap();
+        assert_ne!(after_new, c.fp(), "a rename");
+    }
+
+    #[test]
+    fn mtime_alone_changes_nothing() {
+        let c = Ctx::new("mtime");
+        let before = c.fp();
+        let f = std::fs::File::options().write(true).open(c.dir.join("app.sh")).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(3600)).unwrap();
+        assert_eq!(before, c.fp());
+    }
+
+    #[test]
+    fn ignored_files_do_not_count() {
+        let c = Ctx::new("ignore");
+        std::fs::write(c.dir.join(".dockerignore"), "*.log\nsub/cache\n").unwrap();
+        let before = c.fp();
+        std::fs::write(c.dir.join("debug.log"), "noise").unwrap();
+        std::fs::create_dir_all(c.dir.join("sub/cache")).unwrap();
+        std::fs::write(c.dir.join("sub/cache/x"), "noise").unwrap();
+        assert_eq!(before, c.fp(), "ignored files");
+        std::fs::write(c.dir.join("debug.txt"), "signal").unwrap();
+        assert_ne!(before, c.fp(), "a file that is not ignored");
+    }
+
+    #[test]
+    fn containerignore_wins_over_dockerignore() {
+        let c = Ctx::new("containerignore");
+        std::fs::write(c.dir.join(".dockerignore"), "*.log\n").unwrap();
+        std::fs::write(c.dir.join(".containerignore"), "*.txt\n").unwrap();
+        let before = c.fp();
+        std::fs::write(c.dir.join("x.txt"), "ignored").unwrap();
+        assert_eq!(before, c.fp());
+        std::fs::write(c.dir.join("x.log"), "counted").unwrap();
+        assert_ne!(before, c.fp());
+    }
+
+    #[test]
+    fn args_base_platform_and_dockerfile_count() {
+        let c = Ctx::new("args");
+        let none = BTreeMap::new();
+        let base = c.fp_with(&none, "sha256:base1", "linux/amd64", b"FROM x\n");
+        let args: BTreeMap<String, String> = [("BASE_IMAGE".to_owned(), "x".to_owned())].into();
+        assert_ne!(base, c.fp_with(&args, "sha256:base1", "linux/amd64", b"FROM x\n"), "build arg");
+        assert_ne!(base, c.fp_with(&none, "sha256:base2", "linux/amd64", b"FROM x\n"), "base image ID");
+        assert_ne!(base, c.fp_with(&none, "sha256:base1", "linux/arm64", b"FROM x\n"), "platform");
+        assert_ne!(base, c.fp_with(&none, "sha256:base1", "linux/amd64", b"FROM y\n"), "Dockerfile");
+    }
+
+    #[test]
+    fn hash_cache_reuses_digests_but_sees_changes() {
+        let c = Ctx::new("cache");
+        let file = c.dir.join("app.sh");
+        let mut cache = HashCache::default();
+        let first = cache.digest(&file, &std::fs::metadata(&file).unwrap()).unwrap();
+        assert_eq!(first, file_sha256(&file).unwrap());
+        std::fs::write(&file, "echo changed\n").unwrap();
+        let second = cache.digest(&file, &std::fs::metadata(&file).unwrap()).unwrap();
+        assert_ne!(first, second);
+    }
+}

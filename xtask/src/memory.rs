@@ -1,0 +1,219 @@
+//! How much memory builds may use, and whether one more build fits. Pure decisions with
+//! unit tests; the thin readers of `/proc` and the cgroup sit at the bottom.
+
+use std::path::Path;
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+/// Values at or above this mean "no limit" in cgroup files.
+const UNLIMITED: u64 = 1 << 60;
+/// What one rustc job of this workspace is planned to need at most.
+pub const RUSTC_JOB: u64 = 1536 * MIB;
+
+/// What the machine says about memory right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryInfo {
+    /// `MemAvailable` from `/proc/meminfo`.
+    pub available: u64,
+    /// This process's cgroup memory limit and usage, when it has a limit.
+    pub cgroup_limit: Option<u64>,
+    pub cgroup_usage: Option<u64>,
+}
+
+/// The memory budget for builds, and where the number came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    pub bytes: u64,
+    pub source: String,
+}
+
+/// Memory available now (the tighter of the machine and the cgroup), less a margin for
+/// everything else: 10%, at least 512 MiB.
+pub fn default_budget(info: &MemoryInfo) -> Budget {
+    let cgroup_free = match (info.cgroup_limit, info.cgroup_usage) {
+        (Some(limit), usage) if limit < UNLIMITED => Some(limit.saturating_sub(usage.unwrap_or(0))),
+        _ => None,
+    };
+    let (free, from) = match cgroup_free {
+        Some(c) if c < info.available => (c, "the cgroup's limit less its usage"),
+        _ => (info.available, "MemAvailable"),
+    };
+    let margin = (free / 10).max(512 * MIB);
+    Budget {
+        bytes: free.saturating_sub(margin),
+        source: format!("{} free ({from}) less a {} margin", human(free), human(margin)),
+    }
+}
+
+/// The admission rule: one more build may start when fewer than `jobs` run and the caps of
+/// the running builds plus its own fit the budget. A build whose cap alone exceeds the
+/// budget is refused before anything runs (see [`too_big`]), never started here.
+pub fn admit(running_caps: &[u64], next_cap: u64, budget: u64, jobs: usize) -> bool {
+    running_caps.len() < jobs.max(1) && running_caps.iter().sum::<u64>() + next_cap <= budget
+}
+
+/// Images whose cap alone exceeds the budget: they can never start.
+pub fn too_big<'a>(caps: impl IntoIterator<Item = (&'a str, u64)>, budget: u64) -> Vec<(&'a str, u64)> {
+    caps.into_iter().filter(|(_, cap)| *cap > budget).collect()
+}
+
+/// How many builds can ever run at once: as many of the smallest caps as fit the budget
+/// together, capped by `jobs`, and at least one.
+pub fn max_parallel(caps: &[u64], budget: u64, jobs: usize) -> usize {
+    let mut sorted = caps.to_vec();
+    sorted.sort_unstable();
+    let mut sum = 0;
+    let mut fit = 0;
+    for cap in sorted {
+        if sum + cap > budget {
+            break;
+        }
+        sum += cap;
+        fit += 1;
+    }
+    fit.min(jobs.max(1)).max(1)
+}
+
+/// A `cargo build -j` that fits the budget: one rustc job per `RUSTC_JOB`, at least one,
+/// at most one per CPU.
+pub fn cargo_jobs(budget: u64, cpus: usize) -> usize {
+    ((budget / RUSTC_JOB) as usize).clamp(1, cpus.max(1))
+}
+
+pub fn human(bytes: u64) -> String {
+    if bytes >= GIB {
+        format!("{:.1} GiB", bytes as f64 / GIB as f64)
+    } else {
+        format!("{} MiB", bytes.div_ceil(MIB))
+    }
+}
+
+/// `MemAvailable` (or, on old kernels, `MemFree`) in bytes.
+pub fn parse_meminfo(text: &str) -> Option<u64> {
+    let field = |name: &str| {
+        text.lines().find_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix(':')?;
+            let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+            Some(kib * 1024)
+        })
+    };
+    field("MemAvailable").or_else(|| field("MemFree"))
+}
+
+/// Memory in use on the machine now (`MemTotal - MemAvailable`), for peak sampling.
+pub fn used_now() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total = text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse::<u64>().ok()? * 1024;
+    Some(total.saturating_sub(parse_meminfo(&text)?))
+}
+
+pub fn read() -> anyhow::Result<MemoryInfo> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    let available = parse_meminfo(&meminfo).ok_or_else(|| anyhow::anyhow!("no MemAvailable in /proc/meminfo"))?;
+    let (cgroup_limit, cgroup_usage) = std::fs::read_to_string("/proc/self/cgroup")
+        .map(|text| cgroup_memory(&text, Path::new("/sys/fs/cgroup")))
+        .unwrap_or((None, None));
+    Ok(MemoryInfo { available, cgroup_limit, cgroup_usage })
+}
+
+/// The memory limit and usage of this process's cgroup (v2, or v1's memory controller).
+fn cgroup_memory(proc_self_cgroup: &str, root: &Path) -> (Option<u64>, Option<u64>) {
+    let read = |p: &Path| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    for line in proc_self_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let path = path.trim_start_matches('/');
+        if controllers.split(',').any(|c| c == "memory") {
+            for dir in [root.join("memory").join(path), root.join("memory")] {
+                if let Some(limit) = read(&dir.join("memory.limit_in_bytes")) {
+                    return (Some(limit), read(&dir.join("memory.usage_in_bytes")));
+                }
+            }
+        }
+        if controllers.is_empty() {
+            let dir = root.join(path);
+            if let Ok(max) = std::fs::read_to_string(dir.join("memory.max")) {
+                let limit = max.trim().parse().ok(); // "max" means none
+                return (limit, read(&dir.join("memory.current")));
+            }
+        }
+    }
+    (None, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_is_available_memory_less_a_margin() {
+        let b = default_budget(&MemoryInfo { available: 20 * GIB, cgroup_limit: None, cgroup_usage: None });
+        assert_eq!(b.bytes, 18 * GIB);
+        let small = default_budget(&MemoryInfo { available: 2 * GIB, cgroup_limit: None, cgroup_usage: None });
+        assert_eq!(small.bytes, 2 * GIB - 512 * MIB, "at least 512 MiB stays free");
+    }
+
+    #[test]
+    fn a_cgroup_limit_tighter_than_the_machine_wins() {
+        let info = MemoryInfo { available: 20 * GIB, cgroup_limit: Some(4 * GIB), cgroup_usage: Some(GIB) };
+        let b = default_budget(&info);
+        assert_eq!(b.bytes, 3 * GIB - 512 * MIB);
+        assert!(b.source.contains("cgroup"), "{}", b.source);
+        let unlimited = MemoryInfo { available: GIB, cgroup_limit: Some(9_223_372_036_854_771_712), cgroup_usage: Some(0) };
+        assert!(default_budget(&unlimited).source.contains("MemAvailable"));
+    }
+
+    #[test]
+    fn admission_needs_a_free_job_slot_and_room_in_the_budget() {
+        let gib = GIB;
+        assert!(admit(&[], 2 * gib, 2 * gib, 1));
+        assert!(!admit(&[gib], gib, 4 * gib, 1), "one job at a time by default");
+        assert!(admit(&[gib], gib, 4 * gib, 2));
+        assert!(!admit(&[gib, gib], gib, 4 * gib, 2), "no third while --jobs 2");
+        assert!(!admit(&[3 * gib], 2 * gib, 4 * gib, 4), "caps must fit the budget together");
+        assert!(admit(&[2 * gib], 2 * gib, 4 * gib, 4));
+        assert!(admit(&[], gib, gib, 0), "--jobs 0 still runs one");
+    }
+
+    #[test]
+    fn caps_larger_than_the_budget_are_found_up_front() {
+        let caps = [("small", 100 * MIB), ("huge", 8 * GIB)];
+        assert_eq!(too_big(caps, 4 * GIB), vec![("huge", 8 * GIB)]);
+    }
+
+    #[test]
+    fn parallelism_is_what_fits() {
+        assert_eq!(max_parallel(&[GIB, GIB, GIB], 2 * GIB, 8), 2);
+        assert_eq!(max_parallel(&[GIB, GIB, GIB], 10 * GIB, 2), 2);
+        assert_eq!(max_parallel(&[GIB], 10 * GIB, 1), 1);
+        assert_eq!(max_parallel(&[3 * GIB], GIB, 4), 1);
+    }
+
+    #[test]
+    fn cargo_jobs_fit_the_budget_and_the_cpus() {
+        assert_eq!(cargo_jobs(20 * GIB, 2), 2);
+        assert_eq!(cargo_jobs(2 * GIB, 8), 1);
+        assert_eq!(cargo_jobs(0, 8), 1);
+        assert_eq!(cargo_jobs(6 * GIB, 8), 4);
+    }
+
+    #[test]
+    fn meminfo_and_cgroup_files() {
+        let text = "MemTotal:       24684092 kB\nMemFree:        21382400 kB\nMemAvailable:   24243012 kB\n";
+        assert_eq!(parse_meminfo(text), Some(24_243_012 * 1024));
+        assert_eq!(parse_meminfo("MemFree: 10 kB\n"), Some(10240));
+
+        let root = std::env::temp_dir().join(format!("xtask-cgroup-{}", std::process::id()));
+        let v1 = root.join("memory/job/1");
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(v1.join("memory.limit_in_bytes"), "4294967296\n").unwrap();
+        std::fs::write(v1.join("memory.usage_in_bytes"), "1073741824\n").unwrap();
+        assert_eq!(cgroup_memory("4:memory:/job/1\n0::/\n", &root), (Some(4 * GIB), Some(GIB)));
+        let v2 = root.join("user.slice");
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::write(v2.join("memory.max"), "max\n").unwrap();
+        std::fs::write(v2.join("memory.current"), "5\n").unwrap();
+        assert_eq!(cgroup_memory("0::/user.slice\n", &root), (None, Some(5)));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}
