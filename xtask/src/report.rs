@@ -119,9 +119,9 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let fmt_row = |cells: Vec<&str>| {
-        let mut line = String::from(" ");
+        let mut line = String::new();
         for (cell, w) in cells.iter().zip(&widths) {
-            line.push_str(&format!(" {cell:<w$}"));
+            line.push_str(&format!("  {cell:<w$}"));
         }
         line.trim_end().to_owned()
     };
