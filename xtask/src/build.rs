@@ -637,7 +637,7 @@ mod tests {
 
     #[test]
     fn one_cargo_build_for_every_binary_with_a_bounded_j() {
-        let project = Project { root: "/repo".into(), target_dir: "/repo/target".into() };
+        let project = Project { root: "/repo".into(), target_dir: "/repo/target".into(), e2e_dir: "/repo/target/e2e".into() };
         let c = cargo_build(&project, &["gateway", "data-storage"], 2);
         assert!(c.to_string().ends_with("build --workspace --locked -j 2 --bin gateway --bin data-storage"), "{c}");
     }
@@ -664,7 +664,7 @@ mod tests {
 
     #[test]
     fn oom_failures_say_what_to_change() {
-        let project = Project { root: "/repo".into(), target_dir: "/repo/target".into() };
+        let project = Project { root: "/repo".into(), target_dir: "/repo/target".into(), e2e_dir: "/repo/target/e2e".into() };
         let msg = explain(&project, &[], "postgres", "oom:RUN apt-get install", 2);
         assert!(msg.contains("postgres") && msg.contains("out of memory"), "{msg}");
         assert!(msg.contains("at `RUN apt-get install`") && msg.contains("2 build(s) running"), "{msg}");

@@ -7,6 +7,8 @@ use anyhow::Context;
 pub struct Project {
     pub root: PathBuf,
     pub target_dir: PathBuf,
+    /// `target/e2e`, or `$E2E_DIR`: logs, staged contexts, the handoff file, runs.
+    pub e2e_dir: PathBuf,
 }
 
 impl Project {
@@ -22,7 +24,10 @@ impl Project {
         let target_dir = std::env::var_os("CARGO_TARGET_DIR")
             .map(|d| root.join(d))
             .unwrap_or_else(|| root.join("target"));
-        Ok(Project { root, target_dir })
+        let e2e_dir = std::env::var_os("E2E_DIR")
+            .map(|d| root.join(d))
+            .unwrap_or_else(|| target_dir.join("e2e"));
+        Ok(Project { root, target_dir, e2e_dir })
     }
 
     pub fn images_file(&self) -> PathBuf {
@@ -33,9 +38,8 @@ impl Project {
         self.root.join("test/e2e/manifests")
     }
 
-    /// `target/e2e`: logs, staged build contexts and run records.
     pub fn e2e_dir(&self) -> PathBuf {
-        self.target_dir.join("e2e")
+        self.e2e_dir.clone()
     }
 
     pub fn logs_dir(&self) -> PathBuf {

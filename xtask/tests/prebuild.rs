@@ -1,0 +1,197 @@
+//! `cargo xtask prebuild-images` against the real engine (podman, and the base image that
+//! `test/e2e/setup-podman.sh` makes). Each test builds small images of its own under a
+//! repository prefix of its own, keeps its state in a temporary `E2E_DIR`, and removes its
+//! images at the end.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+struct Sandbox {
+    dir: PathBuf,
+    repository: String,
+}
+
+impl Sandbox {
+    fn new(name: &str) -> Sandbox {
+        assert!(
+            Command::new("podman").arg("--version").output().is_ok_and(|o| o.status.success()),
+            "these tests need podman: run test/e2e/setup-podman.sh as root"
+        );
+        let dir = std::env::temp_dir().join(format!("xtask-it-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Sandbox { dir, repository: format!("localhost/xtask-it-{name}-{}", std::process::id()) }
+    }
+
+    /// Writes a context directory with a Dockerfile that copies it in, plus `extra` steps.
+    fn image(&self, name: &str, extra: &str) {
+        let ctx = self.dir.join(name);
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(ctx.join("data.txt"), format!("{name} v1\n")).unwrap();
+        std::fs::write(
+            self.dir.join(format!("{name}.Dockerfile")),
+            format!("ARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\nCOPY . /app\n{extra}"),
+        )
+        .unwrap();
+    }
+
+    fn images_file(&self, entries: &[(&str, &str)]) -> PathBuf {
+        let mut text = format!(
+            "[defaults]\nrepository = \"{}\"\nbase_image = \"localhost/e2e-base:bookworm\"\nmemory = \"256m\"\n",
+            self.repository
+        );
+        for (name, memory) in entries {
+            let dir = self.dir.display();
+            text.push_str(&format!(
+                "\n[[image]]\nname = \"{name}\"\ndockerfile = \"{dir}/{name}.Dockerfile\"\ncontext = \"{dir}/{name}\"\nmemory = \"{memory}\"\n"
+            ));
+        }
+        let path = self.dir.join("images.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Runs `xtask prebuild-images --images-file FILE ARGS...`: (success, stderr).
+    fn prebuild(&self, file: &Path, args: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .arg("prebuild-images")
+            .arg("--images-file")
+            .arg(file)
+            .args(args)
+            .env("E2E_DIR", self.dir.join("state"))
+            .env_remove("E2E_BASE_IMAGE")
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    fn handoff(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.dir.join("state/images.json")).unwrap()).unwrap()
+    }
+
+    fn id(&self, name: &str) -> String {
+        let h = self.handoff();
+        h["images"].as_array().unwrap().iter().find(|i| i["name"] == name).unwrap()["id"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let out = Command::new("podman")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output()
+            .unwrap();
+        let ours: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&self.repository))
+            .map(str::to_owned)
+            .collect();
+        if !ours.is_empty() {
+            let _ = Command::new("podman").args(["rmi", "-f"]).args(&ours).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The row of an image in the closing table: `name result ...`.
+fn result_of<'a>(out: &'a str, name: &str) -> &'a str {
+    let after = out.rsplit_once("images:\n").map_or("", |(_, t)| t);
+    after
+        .lines()
+        .find_map(|l| {
+            let mut cols = l.split_whitespace();
+            (cols.next() == Some(name)).then(|| cols.next().unwrap_or(""))
+        })
+        .unwrap_or_else(|| panic!("no row for {name} in:\n{out}"))
+}
+
+#[test]
+fn builds_once_then_only_what_changed() {
+    let sb = Sandbox::new("change");
+    sb.image("alpha", "");
+    sb.image("beta", "");
+    let file = sb.images_file(&[("alpha", "128m"), ("beta", "128m")]);
+
+    let (ok, out) = sb.prebuild(&file, &[]);
+    assert!(ok, "{out}");
+    assert_eq!((result_of(&out, "alpha"), result_of(&out, "beta")), ("built", "built"), "{out}");
+    let h = sb.handoff();
+    assert_eq!(h["images"].as_array().unwrap().len(), 2);
+    for image in h["images"].as_array().unwrap() {
+        let fp = image["fingerprint"].as_str().unwrap();
+        assert_eq!(fp.len(), 64);
+        assert!(image["reference"].as_str().unwrap().ends_with(&format!(":{}", &fp[..16])));
+        assert!(image["size"].as_u64().unwrap() > 0);
+    }
+    let (alpha_id, beta_id) = (sb.id("alpha"), sb.id("beta"));
+
+    // Nothing changed: nothing is built.
+    let (ok, out) = sb.prebuild(&file, &[]);
+    assert!(ok, "{out}");
+    assert!(out.contains("nothing to build: every image is cached"), "{out}");
+    assert_eq!((result_of(&out, "alpha"), result_of(&out, "beta")), ("cached", "cached"), "{out}");
+
+    // A newer mtime alone changes nothing.
+    let f = std::fs::File::options().write(true).open(sb.dir.join("beta/data.txt")).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(60)).unwrap();
+    // One byte of alpha's context: only alpha is rebuilt, and the plan says why.
+    std::fs::write(sb.dir.join("alpha/data.txt"), "alpha v2\n").unwrap();
+    let (ok, out) = sb.prebuild(&file, &[]);
+    assert!(ok, "{out}");
+    assert!(out.contains("inputs changed since the last build"), "{out}");
+    assert_eq!((result_of(&out, "alpha"), result_of(&out, "beta")), ("built", "cached"), "{out}");
+    assert_ne!(sb.id("alpha"), alpha_id);
+    assert_eq!(sb.id("beta"), beta_id);
+
+    // --force rebuilds everything.
+    let (ok, out) = sb.prebuild(&file, &["--force", "beta"]);
+    assert!(ok, "{out}");
+    assert_eq!(result_of(&out, "beta"), "built", "{out}");
+}
+
+#[test]
+fn a_build_over_its_memory_cap_is_reported_as_an_oom_kill() {
+    let sb = Sandbox::new("oom");
+    // `tail -n 1` keeps the whole 300 MB "line" in memory: far over the 32 MiB cap.
+    sb.image("hog", "RUN head -c 300m /dev/zero | tail -n 1 >/dev/null\n");
+    let file = sb.images_file(&[("hog", "32m")]);
+    let (ok, out) = sb.prebuild(&file, &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("image hog was killed for running out of memory"), "{out}");
+    assert!(out.contains("memory cap of 32m at `RUN head -c 300m"), "{out}");
+    assert!(out.contains("with 1 build(s) running"), "{out}");
+    assert!(out.contains("raise `memory` for hog"), "{out}");
+    assert!(out.contains("build-hog.log"), "{out}");
+    assert!(!sb.dir.join("state/images.json").exists(), "no handoff after a failure");
+}
+
+#[test]
+fn with_several_builds_every_failure_is_listed() {
+    let sb = Sandbox::new("failures");
+    sb.image("broken", "RUN echo compiling && exit 3\n");
+    sb.image("hog", "RUN head -c 300m /dev/zero | tail -n 1 >/dev/null\n");
+    sb.image("fine", "");
+    let file = sb.images_file(&[("broken", "64m"), ("hog", "32m"), ("fine", "64m")]);
+    let (ok, out) = sb.prebuild(&file, &["--jobs", "2"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("2 to build") || out.contains("3 to build"), "{out}");
+    assert!(out.contains("image broken failed at `RUN echo compiling && exit 3`"), "{out}");
+    assert!(out.contains("image hog was killed for running out of memory"), "{out}");
+    assert!(out.contains("2 image build(s) failed"), "{out}");
+    // After the first failure no new build starts.
+    assert_eq!(result_of(&out, "fine"), "not", "{out}");
+}
+
+#[test]
+fn caps_over_the_budget_are_refused_before_anything_runs() {
+    let sb = Sandbox::new("budget");
+    sb.image("big", "");
+    let file = sb.images_file(&[("big", "512m")]);
+    let (ok, out) = sb.prebuild(&file, &["--memory-budget", "256m"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("big (cap 512 MiB)") && out.contains("--memory-budget"), "{out}");
+    assert!(!out.contains("building big"), "{out}");
+}
