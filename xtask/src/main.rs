@@ -3,6 +3,7 @@
 //! `main` only parses the command line and dispatches; each subcommand lives in a module of
 //! its own, one per stage of the pipeline.
 
+mod bench;
 mod build;
 mod diagnose;
 mod dockerignore;
@@ -30,8 +31,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Compile the service binaries once on the host and build every E2E image.
+    /// Build every E2E image whose inputs changed (content-addressed tags), within memory.
     PrebuildImages(build::PrebuildArgs),
+    /// Measure prebuild-images: a no-op against plain cached builds, cold builds one at a
+    /// time against all at once (medians, wall time and peak memory).
+    BenchImages(bench::BenchArgs),
     /// Build the images, bring up PostgreSQL, Redis, DataStorage and Gateway, run the E2E
     /// suite against them and tear everything down.
     E2e(e2e::E2eArgs),
@@ -43,6 +47,7 @@ fn main() -> std::process::ExitCode {
     let result = project::Project::locate().and_then(|project| match cli.command {
         Command::PrebuildImages(args) => args.run(&project),
         Command::E2e(args) => args.run(&project),
+        Command::BenchImages(args) => args.run(&project),
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

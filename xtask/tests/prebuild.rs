@@ -11,18 +11,23 @@ use std::{
 struct Sandbox {
     dir: PathBuf,
     repository: String,
+    engine: &'static str,
 }
 
 impl Sandbox {
     fn new(name: &str) -> Sandbox {
+        Sandbox::with_engine(name, "podman")
+    }
+
+    fn with_engine(name: &str, engine: &'static str) -> Sandbox {
         assert!(
-            Command::new("podman").arg("--version").output().is_ok_and(|o| o.status.success()),
-            "these tests need podman: run test/e2e/setup-podman.sh as root"
+            Command::new(engine).arg("version").output().is_ok_and(|o| o.status.success()),
+            "these tests need {engine}: run test/e2e/setup-{engine}.sh as root"
         );
         let dir = std::env::temp_dir().join(format!("xtask-it-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        Sandbox { dir, repository: format!("localhost/xtask-it-{name}-{}", std::process::id()) }
+        Sandbox { dir, repository: format!("localhost/xtask-it-{name}-{}", std::process::id()), engine }
     }
 
     /// Writes a context directory with a Dockerfile that copies it in, plus `extra` steps.
@@ -59,6 +64,7 @@ impl Sandbox {
             .arg("prebuild-images")
             .arg("--images-file")
             .arg(file)
+            .args(["--engine", self.engine])
             .args(args)
             .env("E2E_DIR", self.dir.join("state"))
             .env_remove("E2E_BASE_IMAGE")
@@ -80,7 +86,7 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        let out = Command::new("podman")
+        let out = Command::new(self.engine)
             .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
             .output()
             .unwrap();
@@ -90,7 +96,7 @@ impl Drop for Sandbox {
             .map(str::to_owned)
             .collect();
         if !ours.is_empty() {
-            let _ = Command::new("podman").args(["rmi", "-f"]).args(&ours).output();
+            let _ = Command::new(self.engine).args(["rmi", "-f"]).args(&ours).output();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -110,7 +116,28 @@ fn result_of<'a>(out: &'a str, name: &str) -> &'a str {
 
 #[test]
 fn builds_once_then_only_what_changed() {
-    let sb = Sandbox::new("change");
+    builds_once_then_only_what_changed_with(Sandbox::new("change"));
+}
+
+#[test]
+#[ignore = "needs docker: run test/e2e/setup-docker.sh, then `cargo test -p xtask --test prebuild -- --ignored`"]
+fn docker_builds_once_then_only_what_changed() {
+    builds_once_then_only_what_changed_with(Sandbox::with_engine("dchange", "docker"));
+}
+
+#[test]
+#[ignore = "needs docker: run test/e2e/setup-docker.sh, then `cargo test -p xtask --test prebuild -- --ignored`"]
+fn docker_oom_kill_is_reported() {
+    let sb = Sandbox::with_engine("doom", "docker");
+    sb.image("hog", "RUN head -c 300m /dev/zero | tail -n 1 >/dev/null\n");
+    let file = sb.images_file(&[("hog", "32m")]);
+    let (ok, out) = sb.prebuild(&file, &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("image hog was killed for running out of memory"), "{out}");
+    assert!(out.contains("at `RUN head -c 300m"), "{out}");
+}
+
+fn builds_once_then_only_what_changed_with(sb: Sandbox) {
     sb.image("alpha", "");
     sb.image("beta", "");
     let file = sb.images_file(&[("alpha", "128m"), ("beta", "128m")]);
