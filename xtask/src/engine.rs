@@ -72,7 +72,8 @@ impl Engine {
             "image",
             "inspect",
             "--format",
-            &format!("{{{{.Id}}}} {{{{.Size}}}} {{{{index .Config.Labels \"{FINGERPRINT_LABEL}\"}}}}"),
+            // `with`: docker fails on `index` of an image without labels.
+            &format!("{{{{.Id}}}} {{{{.Size}}}} {{{{with .Config.Labels}}}}{{{{index . \"{FINGERPRINT_LABEL}\"}}}}{{{{end}}}}"),
             reference,
         ])
     }
