@@ -17,6 +17,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     echo "fsync = off"                 # test database: durability is not needed
     echo "synchronous_commit = off"
     echo "full_page_writes = off"
+    echo "jit = off"                   # the image leaves the LLVM JIT out
     echo "unix_socket_directories = '/run/postgresql'"
   } >>"$PGDATA/postgresql.conf"
   echo "host all all all scram-sha-256" >>"$PGDATA/pg_hba.conf"

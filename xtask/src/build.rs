@@ -130,11 +130,28 @@ pub fn load_images(project: &Project, opts: &BuildOptions) -> anyhow::Result<Ima
     Images::load(&file, std::env::var("E2E_BASE_IMAGE").ok())
 }
 
-/// Builds the named images (all when `names` is empty) as the module doc says.
-pub fn prebuild(project: &Project, r: &Reporter, opts: &BuildOptions, names: &[String]) -> anyhow::Result<Handoff> {
+/// Everything decided before a build starts.
+pub struct Prepared {
+    pub images: Images,
+    pub env: Env,
+    pub budget: Budget,
+    pub plan: Vec<PlanItem>,
+    pub previous: Option<Handoff>,
+}
+
+/// Steps 1 to 3: prerequisites, binaries, plan. `base_image_id` given (from an archive's
+/// manifest) means the base image need not be in the engine, and that the plan is only
+/// compared with the archive, never built.
+pub fn prepare(
+    project: &Project,
+    r: &Reporter,
+    opts: &BuildOptions,
+    names: &[String],
+    base_image_id: Option<&str>,
+) -> anyhow::Result<Prepared> {
     let images = load_images(project, opts)?;
     let selected = images.select(names)?;
-    let env = check_prerequisites(opts.engine, &images, r)?;
+    let env = check_prerequisites(opts.engine, &images, base_image_id, r)?;
     let budget = match opts.memory_budget {
         Some(bytes) => Budget { bytes, source: "--memory-budget".into() },
         None => memory::default_budget(&memory::read()?),
@@ -168,12 +185,23 @@ pub fn prebuild(project: &Project, r: &Reporter, opts: &BuildOptions, names: &[S
     }
 
     let previous = Handoff::load(project);
-    let plan = r.phase("plan", |r| {
+    let for_archive = base_image_id.is_some();
+    let plan = r.phase(if for_archive { "fingerprint this checkout" } else { "plan" }, |r| {
         let plan = make_plan(project, &env, &selected, opts.force, previous.as_ref())?;
-        r.line(describe_plan(&plan, opts.jobs, &budget));
+        if for_archive {
+            let tags: Vec<String> = plan.iter().map(|i| format!("{} {}", i.spec.name, fingerprint::tag(&i.fingerprint))).collect();
+            r.line(format!("  {}", tags.join(", ")));
+        } else {
+            r.line(describe_plan(&plan, opts.jobs, &budget));
+        }
         Ok(plan)
     })?;
+    Ok(Prepared { images, env, budget, plan, previous })
+}
 
+/// Builds the named images (all when `names` is empty) as the module doc says.
+pub fn prebuild(project: &Project, r: &Reporter, opts: &BuildOptions, names: &[String]) -> anyhow::Result<Handoff> {
+    let Prepared { images, env, budget, plan, previous } = prepare(project, r, opts, names, None)?;
     let outcomes = r.phase("build images", |r| Ok(execute(project, r, &env, &plan, opts.jobs, &budget)))?;
     r.line(format!("images:\n{}", outcome_table(&plan, &outcomes)));
     let failures: Vec<&String> = outcomes.values().filter_map(|o| o.result.as_ref().err()).collect();
@@ -224,13 +252,16 @@ pub fn prebuild(project: &Project, r: &Reporter, opts: &BuildOptions, names: &[S
 }
 
 /// Stops before anything runs when the engine or the base image is missing, naming the fix.
-pub fn check_prerequisites(requested: Option<Engine>, images: &Images, r: &Reporter) -> anyhow::Result<Env> {
+pub fn check_prerequisites(requested: Option<Engine>, images: &Images, given_base_id: Option<&str>, r: &Reporter) -> anyhow::Result<Env> {
     r.phase("check prerequisites", |r| {
         let engine = Engine::detect(requested)?;
         // Both calls at once: together they show the engine runs and its image store answers.
         let (platform, base) = std::thread::scope(|s| {
             let platform = s.spawn(|| engine.platform().read());
-            let base = engine.inspect_image(&images.base_image).read().ok().and_then(|o| engine::parse_inspect(&o));
+            let base = match given_base_id {
+                Some(id) => Some((id.to_owned(), 0, None)),
+                None => engine.inspect_image(&images.base_image).read().ok().and_then(|o| engine::parse_inspect(&o)),
+            };
             (platform.join().expect("no panic"), base)
         });
         let platform = engine::normalize_platform(&platform.with_context(|| {
@@ -253,9 +284,10 @@ pub fn check_prerequisites(requested: Option<Engine>, images: &Images, r: &Repor
             );
         };
         r.line(format!(
-            "  {} answers ({platform}); base image {} is present ({})",
+            "  {} answers ({platform}); base image {} {} ({})",
             engine.program(),
             images.base_image,
+            if given_base_id.is_some() { "as the archive recorded it" } else { "is present" },
             &base_id[..12.min(base_id.len())]
         ));
         Ok(Env { engine, base_image: images.base_image.clone(), base_image_id: base_id, platform })

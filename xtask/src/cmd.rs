@@ -58,6 +58,12 @@ impl Cmd {
     }
 
     fn expression(&self) -> duct::Expression {
+        self.bare_expression().stdin_null()
+    }
+
+    /// Without the stdin redirection, for the later commands of a pipeline (their stdin is
+    /// the pipe).
+    fn bare_expression(&self) -> duct::Expression {
         let mut e = duct::cmd(&self.program, &self.args);
         for (k, v) in &self.env {
             e = e.env(k, v);
@@ -65,7 +71,7 @@ impl Cmd {
         if let Some(dir) = &self.cwd {
             e = e.dir(dir);
         }
-        e.stdin_null().unchecked()
+        e.unchecked()
     }
 
     /// Runs the command with stdout and stderr appended to `log`. On failure the error
@@ -163,6 +169,55 @@ impl Cmd {
     }
 }
 
+/// Commands joined by pipes, `a | b`, run with every stderr and the last stdout in a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pipeline(pub Vec<Cmd>);
+
+impl Cmd {
+    pub fn pipe(self, next: Cmd) -> Pipeline {
+        Pipeline(vec![self, next])
+    }
+}
+
+impl Pipeline {
+    pub fn run_logged(&self, log: &Path) -> anyhow::Result<()> {
+        let first = self.0.first().context("an empty pipeline")?;
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut file = File::options().create(true).append(true).open(log)?;
+        writeln!(file, "$ {self}")?;
+        let mut expr = first.expression();
+        for next in &self.0[1..] {
+            expr = expr.pipe(next.bare_expression());
+        }
+        let handle = expr
+            .stderr_file(file.try_clone()?)
+            .stdout_file(file)
+            .start()
+            .with_context(|| format!("starting `{self}`"))?;
+        let status = first.wait(&handle)?;
+        if status.success() {
+            return Ok(());
+        }
+        Err(CmdError {
+            cmd: self.to_string(),
+            status: status.code().map_or("a signal".to_owned(), |c| format!("exit code {c}")),
+            code: status.code(),
+            log: Some(log.to_owned()),
+            tail: tail(log, 20),
+        }
+        .into())
+    }
+}
+
+impl fmt::Display for Pipeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        write!(f, "{}", parts.join(" | "))
+    }
+}
+
 /// Shell-quoted, so a printed command can be pasted into a terminal.
 impl fmt::Display for Cmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -248,6 +303,22 @@ mod tests {
         assert!(err.contains("exit code 3"), "{err}");
         assert!(err.contains("fail.log"), "{err}");
         assert!(err.contains("| first") && err.contains("| second"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn pipelines_print_and_fail_like_commands() {
+        let p = Cmd::new("podman").args(["save", "x"]).pipe(Cmd::new("zstd").args(["-o", "a b"]));
+        assert_eq!(p.to_string(), "podman save x | zstd -o 'a b'");
+        let dir = std::env::temp_dir().join(format!("xtask-pipe-{}", std::process::id()));
+        let log = dir.join("p.log");
+        Cmd::new("echo").arg("hello").pipe(Cmd::new("cat")).run_logged(&log).unwrap();
+        // The second command reads the pipe (`wc -c` counts what `echo` wrote).
+        Cmd::new("echo").arg("1234").pipe(Cmd::new("wc").arg("-c")).run_logged(&log).unwrap();
+        assert!(std::fs::read_to_string(&log).unwrap().lines().any(|l| l.trim() == "5"));
+        assert!(std::fs::read_to_string(&log).unwrap().contains("hello"));
+        let err = Cmd::new("echo").arg("x").pipe(Cmd::new("sh").args(["-c", "echo broken >&2; exit 4"])).run_logged(&log).unwrap_err();
+        assert!(err.to_string().contains("exit code 4") && err.to_string().contains("broken"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

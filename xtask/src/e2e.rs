@@ -1,10 +1,11 @@
 //! `cargo xtask e2e`: images, stack, readiness, suite, logs, teardown.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 
 use crate::{
+    archive,
     build::{self, BuildOptions},
     engine::Engine,
     cmd::Cmd,
@@ -23,6 +24,12 @@ pub struct E2eArgs {
     /// How long to wait for every service to be ready, in seconds.
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     pub ready_timeout: u64,
+    /// Load the images from this archive (from `cargo xtask save-images`) instead of building.
+    #[arg(long, value_name = "ARCHIVE")]
+    pub images: Option<PathBuf>,
+    /// With --images: run even when the archive does not match this checkout (loudly warned).
+    #[arg(long, requires = "images")]
+    pub allow_stale: bool,
     #[command(flatten)]
     pub build: BuildOptions,
     /// Arguments for the test harness, after `--` (e.g. `-- metrics` to run matching tests).
@@ -40,7 +47,11 @@ impl E2eArgs {
             );
         }
         let manifests = Manifests::load(&project.manifests_dir())?;
-        let handoff = build::prebuild(project, &r, &BuildOptions { engine: Some(Engine::Podman), ..self.build.clone() }, &[])?;
+        let opts = BuildOptions { engine: Some(Engine::Podman), ..self.build.clone() };
+        let handoff = match &self.images {
+            Some(archive) => archive::load(project, &r, archive, self.allow_stale, &opts)?,
+            None => build::prebuild(project, &r, &opts, &[])?,
+        };
         r.phase("compile E2E suite", |r| {
             let cmd = suite(project).arg("--no-run");
             r.command(&cmd);

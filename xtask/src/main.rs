@@ -3,6 +3,7 @@
 //! `main` only parses the command line and dispatches; each subcommand lives in a module of
 //! its own, one per stage of the pipeline.
 
+mod archive;
 mod bench;
 mod build;
 mod diagnose;
@@ -33,6 +34,10 @@ struct Cli {
 enum Command {
     /// Build every E2E image whose inputs changed (content-addressed tags), within memory.
     PrebuildImages(build::PrebuildArgs),
+    /// Save every image of target/e2e/images.json into one verified archive (zstd), for CI.
+    SaveImages(archive::SaveArgs),
+    /// Verify an archive from save-images against this checkout and load it.
+    LoadImages(archive::LoadArgs),
     /// Measure prebuild-images: a no-op against plain cached builds, cold builds one at a
     /// time against all at once (medians, wall time and peak memory).
     BenchImages(bench::BenchArgs),
@@ -48,6 +53,8 @@ fn main() -> std::process::ExitCode {
         Command::PrebuildImages(args) => args.run(&project),
         Command::E2e(args) => args.run(&project),
         Command::BenchImages(args) => args.run(&project),
+        Command::SaveImages(args) => args.run(&project),
+        Command::LoadImages(args) => args.run(&project),
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,508 @@
+//! `cargo xtask save-images` and `cargo xtask load-images`: one verified archive of every
+//! E2E image, so CI builds images once and test jobs only load them.
+//!
+//! The archive is `podman save --multi-image-archive` (shared layers stored once; `docker
+//! save` with docker), compressed with zstd by default. Beside it, `<archive>.json` is its
+//! manifest: each image's reference, ID and fingerprint, the archive's SHA-256 and size, the
+//! tool version and the commit. Both are written atomically (temporary file, then rename).
+//! Loading verifies the checksum and the manifest before it loads anything, and refuses an
+//! archive whose fingerprints differ from the current checkout unless `--allow-stale`.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    build::{self, BuildOptions, Handoff, ImageRecord},
+    cmd::Cmd,
+    engine::{self, Engine},
+    fingerprint, interrupt, memory,
+    project::Project,
+    report::{secs, Reporter},
+};
+
+pub const FORMAT: &str = "e2e-images-archive/v1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Zstd,
+    None,
+}
+
+/// `<archive>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    /// The archive's file name (it sits beside the manifest).
+    pub archive: String,
+    pub sha256: String,
+    pub size: u64,
+    pub compression: Compression,
+    pub engine: Engine,
+    pub platform: String,
+    pub base_image: String,
+    pub base_image_id: String,
+    pub tool: String,
+    pub commit: String,
+    pub created_unix: u64,
+    pub images: Vec<ImageRecord>,
+}
+
+pub fn manifest_path(archive: &Path) -> PathBuf {
+    let mut name = archive.as_os_str().to_owned();
+    name.push(".json");
+    PathBuf::from(name)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SaveArgs {
+    /// Where to write the archive [default: target/e2e/images.tar.zst, or .tar without compression].
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Compression::Zstd)]
+    pub compress: Compression,
+    /// Build missing or stale images first, instead of stopping.
+    #[arg(long)]
+    pub build: bool,
+    /// Also push each image to REGISTRY/PREFIX under its fingerprint tag (e.g. localhost:5000/e2e).
+    #[arg(long, value_name = "REGISTRY/PREFIX")]
+    pub push: Option<String>,
+    #[command(flatten)]
+    pub opts: BuildOptions,
+}
+
+impl SaveArgs {
+    pub fn run(self, project: &Project) -> anyhow::Result<()> {
+        let r = Reporter::new();
+        if self.build {
+            build::prebuild(project, &r, &self.opts, &[])?;
+        }
+        let handoff = fresh_handoff(project, &r, &self.opts)?;
+        let output = self.output.clone().unwrap_or_else(|| {
+            project.e2e_dir().join(match self.compress {
+                Compression::Zstd => "images.tar.zst",
+                Compression::None => "images.tar",
+            })
+        });
+        let manifest = r.phase("save images", |r| save(project, r, &handoff, &output, self.compress))?;
+        if let Some(prefix) = &self.push {
+            r.phase("push images", |r| push(project, r, &handoff, prefix))?;
+        }
+        r.line(format!("archive:  {}", output.display()));
+        r.line(format!("manifest: {}", manifest_path(&output).display()));
+        let sum: u64 = manifest.images.iter().map(|i| i.size).sum();
+        r.line(format!(
+            "{} images, {} (the images together: {}), sha256 {}",
+            manifest.images.len(),
+            memory::human(manifest.size),
+            memory::human(sum),
+            &manifest.sha256[..16]
+        ));
+        Ok(())
+    }
+}
+
+/// The handoff file, checked against the current checkout and the engine: every image must
+/// be there, with the fingerprint the sources give now.
+fn fresh_handoff(project: &Project, r: &Reporter, opts: &BuildOptions) -> anyhow::Result<Handoff> {
+    let handoff = Handoff::load(project).with_context(|| {
+        format!(
+            "no {} yet.\n  fix: run `cargo xtask prebuild-images` first, or `cargo xtask save-images --build`",
+            project.display(&Handoff::path(project))
+        )
+    })?;
+    let opts = BuildOptions { engine: Some(handoff.engine), ..opts.clone() };
+    let prepared = build::prepare(project, r, &opts, &[], None)?;
+    let mut problems = Vec::new();
+    for item in &prepared.plan {
+        let recorded = handoff.images.iter().find(|i| i.name == item.spec.name);
+        match (&item.action, recorded) {
+            (build::Action::Build { reason }, _) => problems.push(format!("{}: {reason}", item.spec.name)),
+            (_, None) => problems.push(format!("{}: not in images.json", item.spec.name)),
+            (build::Action::Cached { .. }, Some(rec)) if rec.fingerprint != item.fingerprint => {
+                problems.push(format!("{}: images.json lists an older build", item.spec.name))
+            }
+            _ => {}
+        }
+    }
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "these images do not match the current sources:\n  {}\n  fix: run `cargo xtask prebuild-images` first, or pass --build",
+            problems.join("\n  ")
+        );
+    }
+    let images = prepared
+        .plan
+        .iter()
+        .map(|item| {
+            let (id, size) = match &item.action {
+                build::Action::Cached { id, size } => (id.clone(), *size),
+                build::Action::Build { .. } => unreachable!("checked above"),
+            };
+            ImageRecord {
+                name: item.spec.name.clone(),
+                repository: item.spec.repository.clone(),
+                reference: item.reference.clone(),
+                id,
+                fingerprint: item.fingerprint.clone(),
+                size,
+            }
+        })
+        .collect();
+    Ok(Handoff { images, ..handoff })
+}
+
+/// Removes the temporary files of an unfinished save, whatever ends it.
+struct Pending(Vec<PathBuf>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn temp_beside(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Writes the archive and its manifest, each to a temporary file renamed into place only
+/// when complete: an interrupted save leaves nothing that looks complete.
+pub fn save(project: &Project, r: &Reporter, handoff: &Handoff, output: &Path, compression: Compression) -> anyhow::Result<Manifest> {
+    let start = Instant::now();
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if compression == Compression::Zstd {
+        which::which("zstd").map_err(|_| anyhow::anyhow!("zstd is not installed.\n  fix: `apt-get install zstd`, or pass --compress none"))?;
+    }
+    let tmp_archive = temp_beside(output);
+    let final_manifest = manifest_path(output);
+    let tmp_manifest = temp_beside(&final_manifest);
+    let pending = Pending(vec![tmp_archive.clone(), tmp_manifest.clone()]);
+    let refs: Vec<String> = handoff.images.iter().map(|i| i.reference.clone()).collect();
+    let log = project.logs_dir().join("save-images.log");
+    let _ = std::fs::remove_file(&log);
+    match compression {
+        Compression::Zstd => {
+            let p = save_cmd(handoff.engine, &refs, None).pipe(Cmd::new("zstd").args(["-T0", "-3", "-q", "-f", "-o"]).arg(tmp_archive.display().to_string()));
+            r.line(format!("  $ {p}"));
+            p.run_logged(&log).context("saving the images")?;
+        }
+        Compression::None => {
+            let c = save_cmd(handoff.engine, &refs, Some(&tmp_archive));
+            r.command(&c);
+            c.run_logged(&log).context("saving the images")?;
+        }
+    }
+    interrupt::check()?;
+    let size = std::fs::metadata(&tmp_archive)?.len();
+    let sha256 = fingerprint::file_sha256(&tmp_archive)?;
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        archive: output.file_name().context("the output needs a file name")?.to_string_lossy().into_owned(),
+        sha256,
+        size,
+        compression,
+        engine: handoff.engine,
+        platform: handoff.platform.clone(),
+        base_image: handoff.base_image.clone(),
+        base_image_id: handoff.base_image_id.clone(),
+        tool: format!("xtask {}", env!("CARGO_PKG_VERSION")),
+        commit: commit(project),
+        created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        images: handoff.images.clone(),
+    };
+    std::fs::write(&tmp_manifest, serde_json::to_vec_pretty(&manifest)?)?;
+    interrupt::check()?;
+    // An old manifest must never sit beside a new archive.
+    let _ = std::fs::remove_file(&final_manifest);
+    std::fs::rename(&tmp_archive, output).with_context(|| format!("writing {}", output.display()))?;
+    std::fs::rename(&tmp_manifest, &final_manifest).with_context(|| format!("writing {}", final_manifest.display()))?;
+    drop(pending);
+    r.line(format!("  saved {} images in {} ({})", manifest.images.len(), secs(start.elapsed()), memory::human(size)));
+    Ok(manifest)
+}
+
+fn save_cmd(engine: Engine, refs: &[String], output: Option<&Path>) -> Cmd {
+    let mut c = Cmd::new(engine.program()).arg("save");
+    if engine == Engine::Podman {
+        c = c.arg("--multi-image-archive");
+    }
+    if let Some(o) = output {
+        c = c.arg("--output").arg(o.display().to_string());
+    }
+    c.args(refs.iter().cloned())
+}
+
+/// `git rev-parse HEAD`, with `-dirty` when the work tree has changes.
+fn commit(project: &Project) -> String {
+    let head = Cmd::new("git").args(["rev-parse", "HEAD"]).cwd(&project.root).read().map(|s| s.trim().to_owned());
+    let dirty = Cmd::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .cwd(&project.root)
+        .read()
+        .is_ok_and(|s| !s.trim().is_empty());
+    match head {
+        Ok(h) if dirty => format!("{h}-dirty"),
+        Ok(h) => h,
+        Err(_) => "unknown".into(),
+    }
+}
+
+/// Checks the manifest and the archive's size and SHA-256; loads nothing.
+pub fn verify(archive: &Path) -> anyhow::Result<Manifest> {
+    let manifest_file = manifest_path(archive);
+    let text = std::fs::read(&manifest_file).with_context(|| {
+        format!(
+            "no manifest {} beside the archive (an incomplete save, or not made by `cargo xtask save-images`)",
+            manifest_file.display()
+        )
+    })?;
+    let manifest: Manifest = serde_json::from_slice(&text).with_context(|| format!("{} is not a valid manifest", manifest_file.display()))?;
+    anyhow::ensure!(manifest.format == FORMAT, "{} has format {:?}, expected {FORMAT:?}", manifest_file.display(), manifest.format);
+    let size = std::fs::metadata(archive).with_context(|| format!("reading {}", archive.display()))?.len();
+    anyhow::ensure!(
+        size == manifest.size,
+        "{} is {size} bytes but its manifest says {}: the archive is truncated or was replaced. Nothing was loaded.\n  fix: download or save it again",
+        archive.display(),
+        manifest.size
+    );
+    let sha = fingerprint::file_sha256(archive)?;
+    anyhow::ensure!(
+        sha == manifest.sha256,
+        "{} is corrupted: its SHA-256 is {sha}, its manifest says {}. Nothing was loaded.\n  fix: download or save it again",
+        archive.display(),
+        manifest.sha256
+    );
+    Ok(manifest)
+}
+
+/// The images of the archive whose fingerprints differ from the current checkout's.
+pub fn stale_images(manifest: &Manifest, current: &BTreeMap<String, String>) -> Vec<String> {
+    let mut stale = Vec::new();
+    for image in &manifest.images {
+        match current.get(&image.name) {
+            Some(fp) if *fp == image.fingerprint => {}
+            Some(fp) => stale.push(format!(
+                "{}: archive {} but this checkout gives {}",
+                image.name,
+                fingerprint::tag(&image.fingerprint),
+                fingerprint::tag(fp)
+            )),
+            None => stale.push(format!("{}: not in this checkout's images file", image.name)),
+        }
+    }
+    for name in current.keys() {
+        if !manifest.images.iter().any(|i| &i.name == name) {
+            stale.push(format!("{name}: missing from the archive"));
+        }
+    }
+    stale
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LoadArgs {
+    /// The archive written by `cargo xtask save-images` (its manifest is `<archive>.json`).
+    pub archive: PathBuf,
+    /// Load even when the archive's fingerprints differ from this checkout's.
+    #[arg(long)]
+    pub allow_stale: bool,
+    #[command(flatten)]
+    pub opts: BuildOptions,
+}
+
+impl LoadArgs {
+    pub fn run(self, project: &Project) -> anyhow::Result<()> {
+        let r = Reporter::new();
+        load(project, &r, &self.archive, self.allow_stale, &self.opts)?;
+        Ok(())
+    }
+}
+
+/// Verifies, compares with the checkout, loads (into every target at once) and checks the
+/// image IDs. Returns the images as a handoff, for `e2e`.
+pub fn load(project: &Project, r: &Reporter, archive: &Path, allow_stale: bool, opts: &BuildOptions) -> anyhow::Result<Handoff> {
+    let manifest = r.phase("verify archive", |r| {
+        let m = verify(archive)?;
+        r.line(format!(
+            "  {} images, {}, sha256 {} matches; saved from commit {} by {}",
+            m.images.len(),
+            memory::human(m.size),
+            &m.sha256[..16],
+            m.commit,
+            m.tool
+        ));
+        Ok(m)
+    })?;
+    let engine = opts.engine.unwrap_or(Engine::Podman);
+    let prepared = build::prepare(project, r, &BuildOptions { engine: Some(engine), ..opts.clone() }, &[], Some(&manifest.base_image_id))?;
+    let current: BTreeMap<String, String> = prepared.plan.iter().map(|i| (i.spec.name.clone(), i.fingerprint.clone())).collect();
+    let stale = stale_images(&manifest, &current);
+    if !stale.is_empty() {
+        let list = stale.join("\n  ");
+        if !allow_stale {
+            anyhow::bail!(
+                "the archive does not match this checkout:\n  {list}\n  fix: make a new archive \
+                 (`cargo xtask prebuild-images && cargo xtask save-images`), run `cargo xtask e2e` without \
+                 --images to build here, or pass --allow-stale to test the archive's images anyway"
+            );
+        }
+        for line in [
+            "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!".to_owned(),
+            "WARNING: --allow-stale: these images do NOT match this checkout:".to_owned(),
+            format!("  {list}"),
+            "The tests will run against the archive's images, not against your sources.".to_owned(),
+            "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!".to_owned(),
+        ] {
+            r.line(line);
+        }
+    }
+    r.phase("load images", |r| {
+        let present = |i: &ImageRecord| {
+            engine.inspect_image(&i.reference).read().ok().and_then(|o| engine::parse_inspect(&o)).is_some_and(|(id, ..)| id == i.id)
+        };
+        if manifest.images.iter().all(present) {
+            r.line("  every image is already loaded, with the archive's image IDs");
+            return Ok(());
+        }
+        let start = Instant::now();
+        // One target here (the local engine); loading is light, so several targets (Kind
+        // nodes, clusters) load at once.
+        let targets = vec![load_cmd(engine, archive, manifest.compression)];
+        let log = project.logs_dir().join("load-images.log");
+        let _ = std::fs::remove_file(&log);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = targets
+                .iter()
+                .map(|t| {
+                    r.line(format!("  $ {t}"));
+                    s.spawn(|| t.run_logged(&log))
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| h.join().expect("no panic"))
+        })
+        .context("loading the archive")?;
+        let missing: Vec<&str> = manifest.images.iter().filter(|i| !present(i)).map(|i| i.reference.as_str()).collect();
+        anyhow::ensure!(missing.is_empty(), "after loading, these images are missing or have other IDs: {}", missing.join(", "));
+        r.line(format!("  loaded {} images in {}", manifest.images.len(), secs(start.elapsed())));
+        Ok(())
+    })?;
+    Ok(Handoff {
+        engine,
+        platform: manifest.platform,
+        base_image: manifest.base_image,
+        base_image_id: manifest.base_image_id,
+        images: manifest.images,
+    })
+}
+
+fn load_cmd(engine: Engine, archive: &Path, compression: Compression) -> crate::cmd::Pipeline {
+    let load = Cmd::new(engine.program()).arg("load");
+    match compression {
+        Compression::Zstd => Cmd::new("zstd").args(["-d", "-c", "-q"]).arg(archive.display().to_string()).pipe(load),
+        Compression::None => crate::cmd::Pipeline(vec![load.arg("--input").arg(archive.display().to_string())]),
+    }
+}
+
+/// Tags each image `REGISTRY/PREFIX/<name>:<fingerprint tag>` and pushes it.
+fn push(project: &Project, r: &Reporter, handoff: &Handoff, prefix: &str) -> anyhow::Result<()> {
+    let log = project.logs_dir().join("push-images.log");
+    let insecure = is_loopback_registry(prefix);
+    for image in &handoff.images {
+        let remote = remote_reference(prefix, image);
+        let tag = Cmd::new(handoff.engine.program()).args(["tag", &image.reference, &remote]);
+        let mut push = Cmd::new(handoff.engine.program()).arg("push");
+        if insecure && handoff.engine == Engine::Podman {
+            push = push.arg("--tls-verify=false");
+        }
+        let push = push.arg(&remote);
+        for c in [tag, push] {
+            r.command(&c);
+            c.run_logged(&log).with_context(|| format!("pushing {}", image.name))?;
+        }
+    }
+    Ok(())
+}
+
+/// `localhost:5000/e2e` + gateway at fingerprint f00... = `localhost:5000/e2e/gateway:f00...`.
+pub fn remote_reference(prefix: &str, image: &ImageRecord) -> String {
+    format!("{}/{}:{}", prefix.trim_end_matches('/'), image.name, fingerprint::tag(&image.fingerprint))
+}
+
+/// Registries on loopback speak plain HTTP in tests; podman must be told so.
+pub fn is_loopback_registry(prefix: &str) -> bool {
+    let host = prefix.split('/').next().unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    host == "localhost" || host.starts_with("127.") || host == "[::1]"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, fp: &str) -> ImageRecord {
+        ImageRecord {
+            name: name.into(),
+            repository: format!("localhost/e2e-{name}"),
+            reference: format!("localhost/e2e-{name}:{}", &fp[..16]),
+            id: "id".into(),
+            fingerprint: fp.into(),
+            size: 1,
+        }
+    }
+
+    #[test]
+    fn staleness_names_every_differing_image() {
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            archive: "x".into(),
+            sha256: String::new(),
+            size: 0,
+            compression: Compression::Zstd,
+            engine: Engine::Podman,
+            platform: "linux/amd64".into(),
+            base_image: String::new(),
+            base_image_id: String::new(),
+            tool: String::new(),
+            commit: String::new(),
+            created_unix: 0,
+            images: vec![record("gateway", &a), record("redis", &a)],
+        };
+        let same: BTreeMap<String, String> = [("gateway".into(), a.clone()), ("redis".into(), a.clone())].into();
+        assert!(stale_images(&manifest, &same).is_empty());
+        let changed: BTreeMap<String, String> = [("gateway".into(), b.clone()), ("postgres".into(), a.clone()), ("redis".into(), a.clone())].into();
+        let stale = stale_images(&manifest, &changed);
+        assert_eq!(stale.len(), 2, "{stale:?}");
+        assert!(stale[0].starts_with("gateway: archive aaaaaaaaaaaaaaaa but this checkout gives bbbbbbbbbbbbbbbb"));
+        assert_eq!(stale[1], "postgres: missing from the archive");
+    }
+
+    #[test]
+    fn registry_references() {
+        let r = record("gateway", &"c".repeat(64));
+        assert_eq!(remote_reference("localhost:5000/e2e/", &r), "localhost:5000/e2e/gateway:cccccccccccccccc");
+        assert!(is_loopback_registry("localhost:5000/e2e"));
+        assert!(is_loopback_registry("127.0.0.1:5000/x"));
+        assert!(!is_loopback_registry("ghcr.io/team/e2e"));
+    }
+
+    #[test]
+    fn save_and_load_commands() {
+        let refs = vec!["localhost/e2e-a:1".to_owned(), "localhost/e2e-b:2".to_owned()];
+        assert_eq!(save_cmd(Engine::Podman, &refs, None).to_string(), "podman save --multi-image-archive localhost/e2e-a:1 localhost/e2e-b:2");
+        assert_eq!(save_cmd(Engine::Docker, &refs, Some(Path::new("o.tar"))).to_string(), "docker save --output o.tar localhost/e2e-a:1 localhost/e2e-b:2");
+        assert_eq!(load_cmd(Engine::Podman, Path::new("i.tar.zst"), Compression::Zstd).to_string(), "zstd -d -c -q i.tar.zst | podman load");
+        assert_eq!(load_cmd(Engine::Podman, Path::new("i.tar"), Compression::None).to_string(), "podman load --input i.tar");
+        assert_eq!(manifest_path(Path::new("target/e2e/images.tar.zst")), PathBuf::from("target/e2e/images.tar.zst.json"));
+    }
+}
