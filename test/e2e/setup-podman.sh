@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and configures podman on a fresh Debian 12 machine (see shared/ENVIRONMENT.md),
 # and makes the local base image that every E2E image starts FROM (no registry pulls).
+# E2E_SKIP_BASE_IMAGE=1 skips the base image (a machine that only loads an archive).
 set -euo pipefail
 
 BASE_IMAGE="${E2E_BASE_IMAGE:-localhost/e2e-base:bookworm}"
@@ -11,7 +12,7 @@ if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null || ! co
   log "installing podman, runc, netavark, aardvark-dns, iptables, debootstrap"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq podman runc netavark aardvark-dns iptables uidmap debootstrap zstd >/dev/null
+  apt-get install -y -qq podman runc netavark aardvark-dns iptables uidmap debootstrap debian-archive-keyring zstd >/dev/null
 fi
 
 conf=/etc/containers/containers.conf
@@ -31,7 +32,7 @@ CONF
   podman system reset -f >/dev/null 2>&1 || true
 fi
 
-if ! podman image exists "$BASE_IMAGE"; then
+if [ "${E2E_SKIP_BASE_IMAGE:-0}" != 1 ] && ! podman image exists "$BASE_IMAGE"; then
   mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
   mirror=${mirror:-http://deb.debian.org/debian}
   root=$(mktemp -d /var/tmp/e2e-base.XXXXXX)

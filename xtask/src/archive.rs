@@ -310,9 +310,13 @@ pub fn stale_images(manifest: &Manifest, current: &BTreeMap<String, String>) -> 
 }
 
 #[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["archive", "registry"])))]
 pub struct LoadArgs {
     /// The archive written by `cargo xtask save-images` (its manifest is `<archive>.json`).
-    pub archive: PathBuf,
+    pub archive: Option<PathBuf>,
+    /// Pull this checkout's images from REGISTRY/PREFIX (pushed by `save-images --push`) instead.
+    #[arg(long, value_name = "REGISTRY/PREFIX")]
+    pub registry: Option<String>,
     /// Load even when the archive's fingerprints differ from this checkout's.
     #[arg(long)]
     pub allow_stale: bool,
@@ -323,7 +327,11 @@ pub struct LoadArgs {
 impl LoadArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let r = Reporter::new();
-        load(project, &r, &self.archive, self.allow_stale, &self.opts)?;
+        match (&self.archive, &self.registry) {
+            (Some(archive), _) => load(project, &r, archive, self.allow_stale, &self.opts)?,
+            (None, Some(prefix)) => pull(project, &r, prefix, &self.opts)?,
+            (None, None) => unreachable!("clap requires one"),
+        };
         Ok(())
     }
 }
@@ -411,6 +419,76 @@ fn load_cmd(engine: Engine, archive: &Path, compression: Compression) -> crate::
         Compression::Zstd => Cmd::new("zstd").args(["-d", "-c", "-q"]).arg(archive.display().to_string()).pipe(load),
         Compression::None => crate::cmd::Pipeline(vec![load.arg("--input").arg(archive.display().to_string())]),
     }
+}
+
+/// Pulls this checkout's images from `REGISTRY/PREFIX` by their fingerprint tags (in
+/// parallel: pulling is light) and tags them as a local build would. An image already in the
+/// engine with its fingerprint is not pulled. The base image must be present, since its ID
+/// is part of every fingerprint.
+pub fn pull(project: &Project, r: &Reporter, prefix: &str, opts: &BuildOptions) -> anyhow::Result<Handoff> {
+    let engine = opts.engine.unwrap_or(Engine::Podman);
+    let prepared = build::prepare(project, r, &BuildOptions { engine: Some(engine), ..opts.clone() }, &[], None)?;
+    let log = project.logs_dir().join("pull-images.log");
+    let _ = std::fs::remove_file(&log);
+    let insecure = is_loopback_registry(prefix);
+    r.phase("pull images", |r| {
+        let results: Vec<anyhow::Result<ImageRecord>> = std::thread::scope(|s| {
+            let handles: Vec<_> = prepared
+                .plan
+                .iter()
+                .map(|item| {
+                    s.spawn(|| -> anyhow::Result<ImageRecord> {
+                        let record = |id: String, size: u64| ImageRecord {
+                            name: item.spec.name.clone(),
+                            repository: item.spec.repository.clone(),
+                            reference: item.reference.clone(),
+                            id,
+                            fingerprint: item.fingerprint.clone(),
+                            size,
+                        };
+                        if let build::Action::Cached { id, size } = &item.action {
+                            return Ok(record(id.clone(), *size));
+                        }
+                        let remote = format!("{}/{}:{}", prefix.trim_end_matches('/'), item.spec.name, fingerprint::tag(&item.fingerprint));
+                        let mut pull = Cmd::new(engine.program()).arg("pull");
+                        if insecure && engine == Engine::Podman {
+                            pull = pull.arg("--tls-verify=false");
+                        }
+                        let pull = pull.arg(&remote);
+                        let tag = Cmd::new(engine.program()).args(["tag", &remote, &item.reference]);
+                        for c in [pull, tag] {
+                            r.command(&c);
+                            c.run_logged(&log).with_context(|| {
+                                format!("pulling {} as {remote} (was it pushed with `save-images --push {prefix}`?)", item.spec.name)
+                            })?;
+                        }
+                        let (id, size, label) = engine
+                            .inspect_image(&item.reference)
+                            .read()
+                            .ok()
+                            .and_then(|o| engine::parse_inspect(&o))
+                            .with_context(|| format!("{} is not in the engine after the pull", item.reference))?;
+                        anyhow::ensure!(
+                            label.as_deref() == Some(item.fingerprint.as_str()),
+                            "{remote} carries fingerprint {:?}, this checkout needs {}",
+                            label,
+                            item.fingerprint
+                        );
+                        Ok(record(id, size))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("no panic")).collect()
+        });
+        let images = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Handoff {
+            engine,
+            platform: prepared.env.platform.clone(),
+            base_image: prepared.env.base_image.clone(),
+            base_image_id: prepared.env.base_image_id.clone(),
+            images,
+        })
+    })
 }
 
 /// Tags each image `REGISTRY/PREFIX/<name>:<fingerprint tag>` and pushes it.

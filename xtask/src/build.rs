@@ -248,7 +248,38 @@ pub fn prebuild(project: &Project, r: &Reporter, opts: &BuildOptions, names: &[S
     };
     handoff.save(project)?;
     r.line(format!("wrote {}", project.display(&Handoff::path(project))));
+    if plan.iter().any(|i| matches!(i.action, Action::Build { .. })) {
+        prune_superseded(r, &handoff);
+    }
     Ok(handoff)
+}
+
+/// Removes the older fingerprint tags of the images just handed off, so a day of rebuilds
+/// does not fill the disk. Other repositories are never touched.
+fn prune_superseded(r: &Reporter, handoff: &Handoff) {
+    let Ok(listing) = handoff.engine.list_fingerprinted().read() else { return };
+    let old = superseded(&listing, handoff);
+    for reference in &old {
+        let _ = handoff.engine.untag(reference).read();
+    }
+    if !old.is_empty() {
+        r.line(format!("removed {} superseded image tag(s): {}", old.len(), old.join(", ")));
+    }
+}
+
+/// The references in `listing` of a handed-off repository but not its current tag.
+pub fn superseded(listing: &str, handoff: &Handoff) -> Vec<String> {
+    let current: BTreeMap<&str, &str> = handoff.images.iter().map(|i| (i.repository.as_str(), i.reference.as_str())).collect();
+    listing
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .filter(|l| {
+            let repo = crate::manifests::repository(l);
+            current.get(repo).is_some_and(|cur| cur != l)
+        })
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Stops before anything runs when the engine or the base image is missing, naming the fix.
@@ -684,6 +715,27 @@ mod tests {
         assert!(matches!(decide(false, &fp, found(Some("other")), None), Action::Build { .. }));
         assert!(matches!(decide(false, &fp, None, Some("old")), Action::Build { reason } if reason.contains("inputs changed")));
         assert!(matches!(decide(false, &fp, None, None), Action::Build { reason } if reason == "not built yet"));
+    }
+
+    #[test]
+    fn only_older_tags_of_our_repositories_are_superseded() {
+        let rec = |name: &str, tag: &str| ImageRecord {
+            name: name.into(),
+            repository: format!("localhost/e2e-{name}"),
+            reference: format!("localhost/e2e-{name}:{tag}"),
+            id: String::new(),
+            fingerprint: String::new(),
+            size: 0,
+        };
+        let handoff = Handoff {
+            engine: Engine::Podman,
+            platform: String::new(),
+            base_image: String::new(),
+            base_image_id: String::new(),
+            images: vec![rec("gateway", "new"), rec("redis", "r1")],
+        };
+        let listing = "localhost/e2e-gateway:new\nlocalhost/e2e-gateway:old\nlocalhost/e2e-redis:r1\nlocalhost/other:x\n";
+        assert_eq!(superseded(listing, &handoff), ["localhost/e2e-gateway:old"]);
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct E2eArgs {
     /// Load the images from this archive (from `cargo xtask save-images`) instead of building.
     #[arg(long, value_name = "ARCHIVE")]
     pub images: Option<PathBuf>,
+    /// Pull the images from REGISTRY/PREFIX (pushed by `save-images --push`) instead of building.
+    #[arg(long, value_name = "REGISTRY/PREFIX", conflicts_with = "images")]
+    pub registry: Option<String>,
     /// With --images: run even when the archive does not match this checkout (loudly warned).
     #[arg(long, requires = "images")]
     pub allow_stale: bool,
@@ -48,9 +51,10 @@ impl E2eArgs {
         }
         let manifests = Manifests::load(&project.manifests_dir())?;
         let opts = BuildOptions { engine: Some(Engine::Podman), ..self.build.clone() };
-        let handoff = match &self.images {
-            Some(archive) => archive::load(project, &r, archive, self.allow_stale, &opts)?,
-            None => build::prebuild(project, &r, &opts, &[])?,
+        let handoff = match (&self.images, &self.registry) {
+            (Some(archive), _) => archive::load(project, &r, archive, self.allow_stale, &opts)?,
+            (None, Some(prefix)) => archive::pull(project, &r, prefix, &opts)?,
+            (None, None) => build::prebuild(project, &r, &opts, &[])?,
         };
         r.phase("compile E2E suite", |r| {
             let cmd = suite(project).arg("--no-run");

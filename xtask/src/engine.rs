@@ -78,6 +78,15 @@ impl Engine {
         ])
     }
 
+    /// `repository:tag` of every image that carries a fingerprint label (every image built here).
+    pub fn list_fingerprinted(self) -> Cmd {
+        self.cmd().args(["images", "--filter", &format!("label={FINGERPRINT_LABEL}"), "--format", "{{.Repository}}:{{.Tag}}"])
+    }
+
+    pub fn untag(self, reference: &str) -> Cmd {
+        self.cmd().args(["rmi", reference])
+    }
+
     /// An image build under a memory cap (`--memory-swap` equal to it, so the cap holds),
     /// never pulling. Docker uses its classic builder: BuildKit ignores `--memory`.
     pub fn build(self, b: &BuildCmd) -> Cmd {
