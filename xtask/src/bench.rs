@@ -17,6 +17,7 @@ use std::{
 
 use anyhow::Context;
 
+
 use crate::{
     build::{self, Handoff},
     engine::{BuildCmd, Engine},
@@ -139,6 +140,101 @@ impl BenchArgs {
     }
 }
 
+#[derive(clap::Args, Debug)]
+pub struct BenchArchiveArgs {
+    /// Runs of each measurement; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+}
+
+impl BenchArchiveArgs {
+    /// Archive size against the images' sizes; save and load with zstd and without; and the
+    /// time from `e2e --images` (images removed first) to the first test against a warm `e2e`.
+    pub fn run(self, project: &Project) -> anyhow::Result<()> {
+        let r = Reporter::new();
+        let exe = std::env::current_exe()?;
+        let xtask = |args: &[&str]| -> anyhow::Result<String> {
+            let out = Command::new(&exe).args(args).output()?;
+            let text = String::from_utf8_lossy(&out.stderr).into_owned();
+            anyhow::ensure!(out.status.success(), "xtask {} failed:\n{text}", args.join(" "));
+            Ok(text)
+        };
+        r.line("warming up: prebuild-images, so that every image is cached");
+        xtask(&["prebuild-images"])?;
+        let handoff = Handoff::load(project).context("no images.json")?;
+        let refs: Vec<String> = handoff.images.iter().map(|i| i.reference.clone()).collect();
+        let remove = || {
+            let _ = Command::new("podman").arg("rmi").args(&refs).output();
+        };
+        let dir = project.e2e_dir().join("bench");
+        std::fs::create_dir_all(&dir)?;
+        let zst = dir.join("images.tar.zst");
+        let tar = dir.join("images.tar");
+        let (zst_s, tar_s) = (zst.display().to_string(), tar.display().to_string());
+
+        let (mut save_z, mut save_n, mut load_z, mut load_n) = (vec![], vec![], vec![], vec![]);
+        for i in 0..self.runs {
+            r.line(format!("save/load run {}/{}", i + 1, self.runs));
+            save_z.push(measure(|| xtask(&["save-images", "--output", &zst_s]).map(drop))?);
+            save_n.push(measure(|| xtask(&["save-images", "--compress", "none", "--output", &tar_s]).map(drop))?);
+            remove();
+            load_z.push(measure(|| xtask(&["load-images", &zst_s]).map(drop))?);
+            remove();
+            load_n.push(measure(|| xtask(&["load-images", &tar_s]).map(drop))?);
+        }
+        let (mut from_archive, mut warm) = (vec![], vec![]);
+        for i in 0..self.runs {
+            r.line(format!("e2e run {}/{}: --images (images removed first), then warm", i + 1, self.runs));
+            remove();
+            from_archive.push(until_tests(&xtask(&["e2e", "--images", &zst_s])?)?);
+            warm.push(until_tests(&xtask(&["e2e"])?)?);
+        }
+        let sum: u64 = handoff.images.iter().map(|i| i.size).sum();
+        let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let rows = vec![
+            row("save-images, zstd", &save_z),
+            row("save-images, no compression", &save_n),
+            row("load-images, zstd (images removed first)", &load_z),
+            row("load-images, no compression (images removed first)", &load_n),
+        ];
+        let to_tests = |v: &[Duration]| secs3(median(v));
+        r.line(format!(
+            "results (medians of {} runs):\n{}\n  sizes: the {} images together {}; archive with zstd {}, without {}\n  \
+             time to the first test: `e2e --images` {} (min {}, max {}), warm `e2e` {} (min {}, max {})",
+            self.runs,
+            table(&["measurement", "runs", "median wall", "min", "max", "median peak memory"], &rows),
+            handoff.images.len(),
+            memory::human(sum),
+            memory::human(size(&zst)),
+            memory::human(size(&tar)),
+            to_tests(&from_archive),
+            secs3(*from_archive.iter().min().unwrap_or(&Duration::ZERO)),
+            secs3(*from_archive.iter().max().unwrap_or(&Duration::ZERO)),
+            to_tests(&warm),
+            secs3(*warm.iter().min().unwrap_or(&Duration::ZERO)),
+            secs3(*warm.iter().max().unwrap_or(&Duration::ZERO)),
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+}
+
+/// From an `e2e` run's phase table: the time of every phase before the suite started.
+pub fn until_tests(output: &str) -> anyhow::Result<Duration> {
+    let table = output.rsplit_once("phases:").map(|(_, t)| t).context("no phase table in the e2e output")?;
+    let mut total = 0.0;
+    for line in table.lines() {
+        let line = line.trim();
+        if line.starts_with("run E2E suite") {
+            return Ok(Duration::from_secs_f64(total));
+        }
+        if let Some(t) = line.split_whitespace().find_map(|w| w.strip_suffix('s').and_then(|n| n.parse::<f64>().ok())) {
+            total += t;
+        }
+    }
+    anyhow::bail!("no `run E2E suite` phase in the e2e output")
+}
+
 fn row(name: &str, samples: &[Sample]) -> Vec<String> {
     let walls: Vec<Duration> = samples.iter().map(|s| s.wall).collect();
     let peaks: Vec<u64> = samples.iter().map(|s| s.peak).collect();
@@ -192,6 +288,13 @@ fn measure(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Sample> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn time_to_the_first_test_sums_the_phases_before_it() {
+        let out = "x\n[10:00:00] phases:\n  check prerequisites  0.3s  ok\n  load images  5.2s  ok\n  run E2E suite  0.7s  ok\n  total  6.2s\n";
+        assert_eq!(super::until_tests(out).unwrap(), std::time::Duration::from_secs_f64(5.5));
+        assert!(super::until_tests("no table").is_err());
+    }
+
     #[test]
     fn median_of_odd_and_even() {
         assert_eq!(super::median(&[3, 1, 2]), 2);

@@ -41,6 +41,9 @@ enum Command {
     /// Measure prebuild-images: a no-op against plain cached builds, cold builds one at a
     /// time against all at once (medians, wall time and peak memory).
     BenchImages(bench::BenchArgs),
+    /// Measure the archive: its size, save and load with and without zstd, and the time to
+    /// the first test of `e2e --images` against a warm `e2e`.
+    BenchArchive(bench::BenchArchiveArgs),
     /// Build the images, bring up PostgreSQL, Redis, DataStorage and Gateway, run the E2E
     /// suite against them and tear everything down.
     E2e(e2e::E2eArgs),
@@ -53,6 +56,7 @@ fn main() -> std::process::ExitCode {
         Command::PrebuildImages(args) => args.run(&project),
         Command::E2e(args) => args.run(&project),
         Command::BenchImages(args) => args.run(&project),
+        Command::BenchArchive(args) => args.run(&project),
         Command::SaveImages(args) => args.run(&project),
         Command::LoadImages(args) => args.run(&project),
     });

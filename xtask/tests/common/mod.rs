@@ -7,7 +7,12 @@ use std::{
     process::Command,
 };
 
+/// One sandbox at a time: podman's build cache lookup fails ("layer not known") when another
+/// test removes images at the same moment, so the engine tests of a binary run in turn.
+static ENGINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub struct Sandbox {
+    _turn: std::sync::MutexGuard<'static, ()>,
     pub dir: PathBuf,
     pub repository: String,
     pub engine: &'static str,
@@ -19,6 +24,7 @@ impl Sandbox {
     }
 
     pub fn with_engine(name: &str, engine: &'static str) -> Sandbox {
+        let turn = ENGINE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         assert!(
             Command::new(engine).arg("version").output().is_ok_and(|o| o.status.success()),
             "these tests need {engine}: run test/e2e/setup-{engine}.sh as root"
@@ -26,7 +32,7 @@ impl Sandbox {
         let dir = std::env::temp_dir().join(format!("xtask-it-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        Sandbox { dir, repository: format!("localhost/xtask-it-{name}-{}", std::process::id()), engine }
+        Sandbox { _turn: turn, dir, repository: format!("localhost/xtask-it-{name}-{}", std::process::id()), engine }
     }
 
     /// Writes a context directory with a Dockerfile that copies it in, plus `extra` steps.
