@@ -410,10 +410,11 @@ pub fn load(project: &Project, r: &Reporter, archive: &Path, allow_stale: bool, 
         base_image: manifest.base_image,
         base_image_id: manifest.base_image_id,
         images: manifest.images,
+        built_now: Vec::new(),
     })
 }
 
-fn load_cmd(engine: Engine, archive: &Path, compression: Compression) -> crate::cmd::Pipeline {
+pub fn load_cmd(engine: Engine, archive: &Path, compression: Compression) -> crate::cmd::Pipeline {
     let load = Cmd::new(engine.program()).arg("load");
     match compression {
         Compression::Zstd => Cmd::new("zstd").args(["-d", "-c", "-q"]).arg(archive.display().to_string()).pipe(load),
@@ -487,6 +488,7 @@ pub fn pull(project: &Project, r: &Reporter, prefix: &str, opts: &BuildOptions) 
             base_image: prepared.env.base_image.clone(),
             base_image_id: prepared.env.base_image_id.clone(),
             images,
+            built_now: Vec::new(),
         })
     })
 }

@@ -81,6 +81,9 @@ pub struct Handoff {
     pub base_image: String,
     pub base_image_id: String,
     pub images: Vec<ImageRecord>,
+    /// The images this run built (not written to the file).
+    #[serde(skip, default)]
+    pub built_now: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +152,18 @@ pub fn prepare(
     names: &[String],
     base_image_id: Option<&str>,
 ) -> anyhow::Result<Prepared> {
+    prepare_with(project, r, opts, names, base_image_id, true)
+}
+
+/// [`prepare`], optionally without compiling (a dry run plans with the binaries on disk).
+pub fn prepare_with(
+    project: &Project,
+    r: &Reporter,
+    opts: &BuildOptions,
+    names: &[String],
+    base_image_id: Option<&str>,
+    compile: bool,
+) -> anyhow::Result<Prepared> {
     let images = load_images(project, opts)?;
     let selected = images.select(names)?;
     let env = check_prerequisites(opts.engine, &images, base_image_id, r)?;
@@ -169,7 +184,7 @@ pub fn prepare(
     }
 
     let binaries: Vec<&str> = selected.iter().filter_map(ImageSpec::binary).collect();
-    if !binaries.is_empty() {
+    if !binaries.is_empty() && compile {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let jobs = memory::cargo_jobs(budget.bytes, cpus);
         r.phase("compile service binaries", |r| {
@@ -245,6 +260,7 @@ pub fn prebuild(project: &Project, r: &Reporter, opts: &BuildOptions, names: &[S
         base_image: env.base_image,
         base_image_id: env.base_image_id,
         images: records,
+        built_now: plan.iter().filter(|i| matches!(i.action, Action::Build { .. })).map(|i| i.spec.name.clone()).collect(),
     };
     handoff.save(project)?;
     r.line(format!("wrote {}", project.display(&Handoff::path(project))));
@@ -254,8 +270,9 @@ pub fn prebuild(project: &Project, r: &Reporter, opts: &BuildOptions, names: &[S
     Ok(handoff)
 }
 
-/// Removes the older fingerprint tags of the images just handed off, so a day of rebuilds
-/// does not fill the disk. Other repositories are never touched.
+/// Removes the older fingerprint tags of the images just handed off, beyond the
+/// `KEEP_OLDER` newest, so a day of rebuilds does not fill the disk. Other repositories are
+/// never touched.
 fn prune_superseded(r: &Reporter, handoff: &Handoff) {
     let Ok(listing) = handoff.engine.list_fingerprinted().read() else { return };
     let old = superseded(&listing, handoff);
@@ -267,19 +284,31 @@ fn prune_superseded(r: &Reporter, handoff: &Handoff) {
     }
 }
 
-/// The references in `listing` of a handed-off repository but not its current tag.
+/// How many older tags of each image are kept (other checkouts or worktrees of the same
+/// repository build other binaries, so other fingerprints; they keep theirs).
+pub const KEEP_OLDER: usize = 2;
+
+/// The references in `listing` (newest first, as the engines list images) of a handed-off
+/// repository, beyond its current tag and the `KEEP_OLDER` newest others.
 pub fn superseded(listing: &str, handoff: &Handoff) -> Vec<String> {
     let current: BTreeMap<&str, &str> = handoff.images.iter().map(|i| (i.repository.as_str(), i.reference.as_str())).collect();
-    listing
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .filter(|l| {
-            let repo = crate::manifests::repository(l);
-            current.get(repo).is_some_and(|cur| cur != l)
-        })
-        .map(str::to_owned)
-        .collect()
+    let mut kept: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut old = Vec::new();
+    for l in listing.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let repo = crate::manifests::repository(l);
+        match current.get(repo) {
+            Some(cur) if cur != &l => {
+                let n = kept.entry(repo).or_insert(0);
+                if *n < KEEP_OLDER {
+                    *n += 1;
+                } else {
+                    old.push(l.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    old
 }
 
 /// Stops before anything runs when the engine or the base image is missing, naming the fix.
@@ -584,22 +613,27 @@ fn build_log(project: &Project, name: &str) -> PathBuf {
     project.logs_dir().join(format!("build-{name}.log"))
 }
 
-fn build_one(project: &Project, r: &Reporter, engine: Engine, item: &PlanItem, sampler: &Sampler) -> Outcome {
-    let start = Instant::now();
-    let spec = &item.spec;
+/// The engine command that builds a planned image, labelled with its fingerprint.
+pub fn build_cmd_for(project: &Project, engine: Engine, item: &PlanItem) -> Cmd {
     let mut labels = BTreeMap::new();
     labels.insert(FINGERPRINT_LABEL.to_owned(), item.fingerprint.clone());
-    let dockerfile = project.root.join(&spec.dockerfile);
+    let dockerfile = project.root.join(&item.spec.dockerfile);
     let no_cache = matches!(&item.action, Action::Build { reason } if reason == "--force");
-    let cmd = engine.build(&BuildCmd {
+    engine.build(&BuildCmd {
         reference: item.reference.clone(),
         dockerfile: &dockerfile,
         context: &item.context,
-        memory: images::podman_size(spec.memory),
-        build_args: spec.build_args.clone(),
+        memory: images::podman_size(item.spec.memory),
+        build_args: item.spec.build_args.clone(),
         labels,
         no_cache,
-    });
+    })
+}
+
+fn build_one(project: &Project, r: &Reporter, engine: Engine, item: &PlanItem, sampler: &Sampler) -> Outcome {
+    let start = Instant::now();
+    let spec = &item.spec;
+    let cmd = build_cmd_for(project, engine, item);
     let log = build_log(project, &spec.name);
     let _ = std::fs::remove_file(&log);
     r.line(format!("  building {} (cap {})", spec.name, images::podman_size(spec.memory)));
@@ -733,9 +767,10 @@ mod tests {
             base_image: String::new(),
             base_image_id: String::new(),
             images: vec![rec("gateway", "new"), rec("redis", "r1")],
+            built_now: vec![],
         };
-        let listing = "localhost/e2e-gateway:new\nlocalhost/e2e-gateway:old\nlocalhost/e2e-redis:r1\nlocalhost/other:x\n";
-        assert_eq!(superseded(listing, &handoff), ["localhost/e2e-gateway:old"]);
+        let listing = "localhost/e2e-gateway:new\nlocalhost/e2e-gateway:o1\nlocalhost/e2e-redis:r1\nlocalhost/e2e-gateway:o2\nlocalhost/other:x\nlocalhost/e2e-gateway:o3\nlocalhost/e2e-gateway:o4\n";
+        assert_eq!(superseded(listing, &handoff), ["localhost/e2e-gateway:o3", "localhost/e2e-gateway:o4"], "the two newest older tags stay");
     }
 
     #[test]

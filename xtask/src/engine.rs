@@ -87,6 +87,15 @@ impl Engine {
         self.cmd().args(["rmi", reference])
     }
 
+    /// Starts and removes a container: proves the engine can run one, not just answer.
+    pub fn run_true(self, image: &str) -> Cmd {
+        let mut c = self.cmd().args(["run", "--rm", "--network", "none"]);
+        if self == Engine::Podman {
+            c = c.arg("--pull=never");
+        }
+        c.args([image, "true"])
+    }
+
     /// An image build under a memory cap (`--memory-swap` equal to it, so the cap holds),
     /// never pulling. Docker uses its classic builder: BuildKit ignores `--memory`.
     pub fn build(self, b: &BuildCmd) -> Cmd {
@@ -165,10 +174,6 @@ impl Podman {
         self.cmd().args(["secret", "rm", name])
     }
 
-    pub fn secret_exists(self, name: &str) -> Cmd {
-        self.cmd().args(["secret", "inspect", "--format", "{{.ID}}", name])
-    }
-
     pub fn kube_play(self, network: &str, file: &Path) -> Cmd {
         self.cmd().args(["kube", "play", "--network", network]).arg(file.display().to_string())
     }
@@ -179,10 +184,6 @@ impl Podman {
 
     pub fn pod_rm(self, pod: &str) -> Cmd {
         self.cmd().args(["pod", "rm", "--force", "--ignore", pod])
-    }
-
-    pub fn pod_exists(self, pod: &str) -> Cmd {
-        self.cmd().args(["pod", "exists", pod])
     }
 
     /// State of a container: `status exit-code restarts`.

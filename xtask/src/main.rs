@@ -7,6 +7,7 @@ mod archive;
 mod bench;
 mod build;
 mod diagnose;
+mod doctor;
 mod dockerignore;
 mod fingerprint;
 mod memory;
@@ -38,6 +39,8 @@ enum Command {
     SaveImages(archive::SaveArgs),
     /// Verify an archive from save-images against this checkout and load it.
     LoadImages(archive::LoadArgs),
+    /// Check every prerequisite (engine, base image, memory, disk, kind and kubectl) and print the fixes.
+    Doctor(doctor::DoctorArgs),
     /// Measure prebuild-images: a no-op against plain cached builds, cold builds one at a
     /// time against all at once (medians, wall time and peak memory).
     BenchImages(bench::BenchArgs),
@@ -56,6 +59,7 @@ fn main() -> std::process::ExitCode {
         Command::PrebuildImages(args) => args.run(&project),
         Command::E2e(args) => args.run(&project),
         Command::BenchImages(args) => args.run(&project),
+        Command::Doctor(args) => args.run(&project),
         Command::BenchArchive(args) => args.run(&project),
         Command::SaveImages(args) => args.run(&project),
         Command::LoadImages(args) => args.run(&project),

@@ -37,7 +37,10 @@ pub struct Container {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pod {
+    /// The pod's name in this run (`gateway-<run suffix>`).
     pub name: String,
+    /// Its name in the manifests (`gateway`), as tests and people know it.
+    pub base: String,
     pub containers: Vec<Container>,
 }
 
@@ -45,6 +48,8 @@ pub struct Pod {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     pub pod: String,
+    /// The pod's name in the manifests.
+    pub base: String,
     pub container: String,
     pub container_port: u16,
     pub host_port: u16,
@@ -61,8 +66,12 @@ pub struct PodmanStack {
 }
 
 impl PodmanStack {
+    /// The host port of a pod's container port; `pod` is the run's name or the manifests'.
     pub fn host_port(&self, pod: &str, container_port: u16) -> Option<u16> {
-        self.published.iter().find(|p| p.pod == pod && p.container_port == container_port).map(|p| p.host_port)
+        self.published
+            .iter()
+            .find(|p| (p.pod == pod || p.base == pod) && p.container_port == container_port)
+            .map(|p| p.host_port)
     }
 }
 
@@ -86,23 +95,54 @@ impl Manifests {
 
     /// Renders the manifests for podman. `images` maps an image repository (no tag) to the
     /// reference to run; `free_port` yields a free host port for each published container port.
+    ///
+    /// podman names pods and secrets machine-wide, so every pod and secret gets the run's
+    /// `suffix` (`postgres` becomes `postgres-<suffix>`), and every environment value that
+    /// names one as a host (`postgres`, `redis://redis:6379`) and every `secretKeyRef` follows.
+    /// Two runs at once therefore never collide. An empty suffix keeps the names.
     pub fn render_podman(
         &self,
         images: &BTreeMap<String, String>,
+        suffix: &str,
         mut free_port: impl FnMut() -> anyhow::Result<u16>,
     ) -> anyhow::Result<PodmanStack> {
+        let renamed = |n: &str| if suffix.is_empty() { n.to_owned() } else { format!("{n}-{suffix}") };
+        let mut hosts = BTreeMap::new();
+        let mut secret_names = BTreeMap::new();
+        for doc in &self.docs {
+            match kind(doc) {
+                "Pod" | "Service" => {
+                    let n = name(doc)?;
+                    hosts.insert(n.clone(), renamed(&n));
+                }
+                "Secret" => {
+                    let n = name(doc)?;
+                    secret_names.insert(n.clone(), renamed(&n));
+                }
+                _ => {}
+            }
+        }
         let mut yaml_docs = Vec::new();
         let mut secrets = Vec::new();
         let mut pods = Vec::new();
         let mut published = Vec::new();
         for doc in &self.docs {
             match kind(doc) {
-                "Secret" => secrets.push(secret(doc)?),
+                "Secret" => {
+                    let mut s = secret(doc)?;
+                    s.name = renamed(&s.name);
+                    secrets.push(s);
+                }
                 // podman ignores Services; pods reach each other by pod name instead.
                 "Service" => {}
                 "Pod" => {
                     let mut doc = doc.clone();
-                    let pod_name = name(&doc)?;
+                    let base = name(&doc)?;
+                    let pod_name = renamed(&base);
+                    doc["metadata"]["name"] = Value::String(pod_name.clone());
+                    if !suffix.is_empty() {
+                        doc["metadata"]["labels"]["e2e.run"] = Value::String(suffix.to_owned());
+                    }
                     let mut containers = Vec::new();
                     let spec_containers = doc
                         .get_mut("spec")
@@ -114,6 +154,18 @@ impl Manifests {
                             .with_context(|| format!("pod {pod_name}: a container"))?;
                         let image = pin_image(&typed.image, images);
                         c["image"] = Value::String(image.clone());
+                        if let Some(env) = c.get_mut("env").and_then(Value::as_sequence_mut) {
+                            for var in env.iter_mut() {
+                                if let Some(value) = var.get("value").and_then(Value::as_str) {
+                                    var["value"] = Value::String(rename_hosts(value, &hosts));
+                                }
+                                if let Some(r) = var.get_mut("valueFrom").and_then(|v| v.get_mut("secretKeyRef")) {
+                                    if let Some(new) = r.get("name").and_then(Value::as_str).and_then(|n| secret_names.get(n)) {
+                                        r["name"] = Value::String(new.clone());
+                                    }
+                                }
+                            }
+                        }
                         // podman turns probes into systemd healthchecks, which fail without
                         // systemd; the xtask runs the readiness probes itself (see ready.rs).
                         if let Some(map) = c.as_mapping_mut() {
@@ -128,6 +180,7 @@ impl Manifests {
                             entry["hostIP"] = Value::String("127.0.0.1".into());
                             published.push(Published {
                                 pod: pod_name.clone(),
+                                base: base.clone(),
                                 container: typed.name.clone(),
                                 container_port: port.container_port,
                                 host_port,
@@ -135,7 +188,7 @@ impl Manifests {
                         }
                         containers.push(Container { name: typed.name, image, readiness: typed.readiness_probe.map(Probe::from) });
                     }
-                    pods.push(Pod { name: pod_name, containers });
+                    pods.push(Pod { name: pod_name, base, containers });
                     yaml_docs.push(doc);
                 }
                 other => anyhow::bail!("{other} {:?}: only Pod, Service and Secret objects are supported", name(doc)?),
@@ -149,6 +202,21 @@ impl Manifests {
         }
         Ok(PodmanStack { yaml, secrets, pods, published })
     }
+}
+
+/// Replaces a host name in an environment value: the whole value (`postgres`) or the host
+/// of a URL (`redis://redis:6379`, `http://data-storage:8080/x`).
+pub fn rename_hosts(value: &str, hosts: &BTreeMap<String, String>) -> String {
+    if let Some(new) = hosts.get(value) {
+        return new.clone();
+    }
+    if let Some((scheme, rest)) = value.split_once("://") {
+        let end = rest.find([':', '/', '?']).unwrap_or(rest.len());
+        if let Some(new) = hosts.get(&rest[..end]) {
+            return format!("{scheme}://{new}{}", &rest[end..]);
+        }
+    }
+    value.to_owned()
 }
 
 /// What podman 4.3's `secretKeyRef` reads from a podman secret: a JSON object of key to
@@ -274,7 +342,7 @@ mod tests {
             .map(|n| (format!("localhost/e2e-{n}"), format!("localhost/e2e-{n}:abc123")))
             .collect();
         let mut next = 40000;
-        m.render_podman(&images, || {
+        m.render_podman(&images, "", || {
             next += 1;
             Ok(next)
         })
@@ -303,6 +371,34 @@ mod tests {
         assert_eq!(gw.readiness, Some(Probe::Http { path: "/ready".into(), port: 8080 }));
         let pg = &stack.pods[0].containers[0];
         assert!(matches!(&pg.readiness, Some(Probe::Exec(c)) if c[0] == "pg_isready"));
+    }
+
+    #[test]
+    fn a_run_suffix_renames_pods_secrets_and_the_hosts_that_name_them() {
+        let m = shipped();
+        let stack = m.render_podman(&BTreeMap::new(), "r1", || Ok(40000)).unwrap();
+        let names: Vec<&str> = stack.pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["postgres-r1", "redis-r1", "data-storage-r1", "gateway-r1"]);
+        assert_eq!(stack.secrets[0].name, "postgres-credentials-r1");
+        assert!(stack.yaml.contains("value: postgres-r1\n"), "POSTGRES_HOST follows:\n{}", stack.yaml);
+        assert!(stack.yaml.contains("redis://redis-r1:6379"), "{}", stack.yaml);
+        assert!(stack.yaml.contains("http://data-storage-r1:8080"), "{}", stack.yaml);
+        assert!(stack.yaml.contains("name: postgres-credentials-r1"), "{}", stack.yaml);
+        assert!(!stack.yaml.contains("name: postgres-credentials\n"), "{}", stack.yaml);
+        assert!(stack.yaml.contains("e2e.run: r1"));
+        assert_eq!(stack.host_port("gateway", 8080), Some(40000), "found by the manifests' name too");
+        assert_eq!(stack.pods[3].base, "gateway");
+    }
+
+    #[test]
+    fn hosts_are_renamed_only_where_they_are_hosts() {
+        let hosts: BTreeMap<String, String> = [("redis".into(), "redis-x".into()), ("postgres".into(), "postgres-x".into())].into();
+        assert_eq!(rename_hosts("postgres", &hosts), "postgres-x");
+        assert_eq!(rename_hosts("redis://redis:6379", &hosts), "redis://redis-x:6379");
+        assert_eq!(rename_hosts("http://redis/path?q=1", &hosts), "http://redis-x/path?q=1");
+        assert_eq!(rename_hosts("redis-cache", &hosts), "redis-cache");
+        assert_eq!(rename_hosts("http://redisx:1", &hosts), "http://redisx:1");
+        assert_eq!(rename_hosts("300", &hosts), "300");
     }
 
     #[test]
@@ -337,7 +433,7 @@ mod tests {
     #[test]
     fn unsupported_kinds_are_named() {
         let m = Manifests { docs: parse_docs("kind: Deployment\nmetadata: {name: d}\n").unwrap() };
-        let err = m.render_podman(&BTreeMap::new(), || Ok(1)).unwrap_err().to_string();
+        let err = m.render_podman(&BTreeMap::new(), "", || Ok(1)).unwrap_err().to_string();
         assert!(err.contains("Deployment") && err.contains("only Pod, Service and Secret"), "{err}");
     }
 }

@@ -104,6 +104,13 @@ pub fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
 
+impl Reporter {
+    /// The phases as (name, seconds), for the run report.
+    pub fn phase_times(&self) -> Vec<(String, f64)> {
+        self.phases.lock().unwrap().iter().map(|(n, d, _)| (n.clone(), (d.as_secs_f64() * 1000.0).round() / 1000.0)).collect()
+    }
+}
+
 /// UTC wall-clock time as HH:MM:SS, without a date-time dependency.
 fn clock() -> String {
     let s = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) % 86_400;

@@ -1,5 +1,6 @@
 //! Where the stack runs. Podman (`kube play` on a network of the run's own) for now.
 
+pub mod kind;
 pub mod podman;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -8,6 +9,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub fn run_id() -> String {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     format!("{}-{}", timestamp(secs), std::process::id())
+}
+
+/// The short, unique part of a run id that podman object names get: `103501-4242`.
+pub fn suffix(run_id: &str) -> String {
+    run_id.split_once('-').map_or(run_id, |(_, rest)| rest).to_owned()
 }
 
 /// `YYYYMMDD-HHMMSS` (UTC) from Unix seconds, by the days-from-civil algorithm.

@@ -1,0 +1,451 @@
+//! The stack in a Kind cluster: a cluster of the run's own from `test/e2e/kind-cluster.yaml`
+//! (or `--reuse-cluster NAME`), the images loaded with `kind load image-archive` into the nodes
+//! that lack them (in parallel), the manifests applied with kubectl into a namespace of the
+//! run's own, readiness polled with a deadline (a crash-looping container fails the wait at
+//! once), a bundle of logs on failure, and the cluster deleted unless `--keep`.
+//!
+//! Built against kind's and kubectl's documented command line; Kind cannot run on this
+//! project's machines, so what runs here is the plan (the exact commands) and the rendered
+//! files, checked by tests.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use serde_norway::Value;
+
+use crate::{
+    build::Handoff,
+    cmd::Cmd,
+    engine::Engine,
+    interrupt,
+    manifests::{repository, Manifests},
+    report::Reporter,
+};
+
+/// A Kind run: names, files and ports, all decided before anything runs.
+#[derive(Debug, Clone)]
+pub struct KindRun {
+    pub cluster: String,
+    /// `--reuse-cluster`: the cluster is not created nor deleted, only the namespace.
+    pub reuse: bool,
+    pub namespace: String,
+    /// The node provider: docker, or podman (`KIND_EXPERIMENTAL_PROVIDER=podman`).
+    pub provider: Engine,
+    pub dir: PathBuf,
+    /// NodePort to host port, from the cluster config.
+    pub ports: BTreeMap<u16, u16>,
+    /// Service name to NodePort, from the manifests.
+    pub node_ports: BTreeMap<String, u16>,
+    /// The uncompressed archive `kind load image-archive` reads.
+    pub archive_tar: PathBuf,
+    /// The images, as the manifests run them.
+    pub references: Vec<String>,
+}
+
+impl KindRun {
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.join("kind-cluster.yaml")
+    }
+
+    pub fn stack_file(&self) -> PathBuf {
+        self.dir.join("stack.yaml")
+    }
+
+    pub fn bundle_dir(&self) -> PathBuf {
+        self.dir.join("bundle")
+    }
+
+    fn kind(&self) -> Cmd {
+        let c = Cmd::new("kind");
+        match self.provider {
+            Engine::Podman => c.env("KIND_EXPERIMENTAL_PROVIDER", "podman"),
+            Engine::Docker => c,
+        }
+    }
+
+    fn kubectl(&self) -> Cmd {
+        Cmd::new("kubectl").args(["--context", &format!("kind-{}", self.cluster)])
+    }
+
+    fn kubectl_ns(&self) -> Cmd {
+        self.kubectl().args(["--namespace", &self.namespace])
+    }
+
+    pub fn create_cluster(&self) -> Cmd {
+        self.kind()
+            .args(["create", "cluster", "--name", &self.cluster, "--config"])
+            .arg(self.config_file().display().to_string())
+            .args(["--wait", "120s"])
+    }
+
+    pub fn get_nodes(&self) -> Cmd {
+        self.kind().args(["get", "nodes", "--name", &self.cluster])
+    }
+
+    /// Whether a node already has an image (asked of the node's containerd).
+    pub fn node_has_image(&self, node: &str, reference: &str) -> Cmd {
+        Cmd::new(self.provider.program()).args(["exec", node, "crictl", "inspecti", "-q", &containerd_name(reference)])
+    }
+
+    pub fn load_archive(&self, node: &str) -> Cmd {
+        self.kind()
+            .args(["load", "image-archive"])
+            .arg(self.archive_tar.display().to_string())
+            .args(["--name", &self.cluster, "--nodes", node])
+    }
+
+    pub fn create_namespace(&self) -> Cmd {
+        self.kubectl().args(["create", "namespace", &self.namespace])
+    }
+
+    pub fn apply(&self) -> Cmd {
+        self.kubectl_ns().args(["apply", "--filename"]).arg(self.stack_file().display().to_string())
+    }
+
+    pub fn get_pods_json(&self) -> Cmd {
+        self.kubectl_ns().args(["get", "pods", "--output", "json"])
+    }
+
+    /// The commands of a failure bundle: (file in the bundle, command).
+    pub fn bundle(&self, pods: &[String]) -> Vec<(String, Cmd)> {
+        let mut cmds = vec![
+            ("kind-export-logs.txt".into(), self.kind().args(["export", "logs"]).arg(self.bundle_dir().join("kind").display().to_string()).args(["--name", &self.cluster])),
+            ("events.txt".into(), self.kubectl_ns().args(["get", "events", "--sort-by=.lastTimestamp"])),
+            ("describe-pods.txt".into(), self.kubectl_ns().args(["describe", "pods"])),
+        ];
+        for pod in pods {
+            cmds.push((format!("{pod}.log"), self.kubectl_ns().args(["logs", &format!("pod/{pod}"), "--all-containers", "--timestamps"])));
+            cmds.push((
+                format!("{pod}.previous.log"),
+                self.kubectl_ns().args(["logs", &format!("pod/{pod}"), "--all-containers", "--timestamps", "--previous"]),
+            ));
+        }
+        cmds
+    }
+
+    pub fn teardown(&self) -> Vec<Cmd> {
+        if self.reuse {
+            vec![self.kubectl().args(["delete", "namespace", &self.namespace, "--wait=false", "--ignore-not-found"])]
+        } else {
+            vec![self.kind().args(["delete", "cluster", "--name", &self.cluster])]
+        }
+    }
+
+    /// `<SERVICE>_URL` for each NodePort Service mapped to the host.
+    pub fn urls(&self) -> BTreeMap<String, String> {
+        self.node_ports
+            .iter()
+            .filter_map(|(svc, np)| self.ports.get(np).map(|hp| (crate::runtime::podman::url_var(svc), format!("http://127.0.0.1:{hp}"))))
+            .collect()
+    }
+
+    /// Every command of the run in order, for `--dry-run` (the readiness poll and the bundle
+    /// are shown once; node names are those kind gives a one-node cluster).
+    pub fn plan(&self, suite: &Cmd) -> Vec<String> {
+        let node = format!("{}-control-plane", self.cluster);
+        let mut lines = Vec::new();
+        if !self.reuse {
+            lines.push(self.create_cluster().to_string());
+        }
+        lines.push(self.get_nodes().to_string());
+        for r in &self.references {
+            lines.push(format!("{}  # per image; `kind load` only when one is missing", self.node_has_image(&node, r)));
+        }
+        lines.push(self.load_archive(&node).to_string());
+        lines.push(self.create_namespace().to_string());
+        lines.push(self.apply().to_string());
+        lines.push(format!("{}  # polled until every pod is Ready", self.get_pods_json()));
+        let mut suite = suite.clone();
+        for (k, v) in self.urls() {
+            suite = suite.env(k, v);
+        }
+        lines.push(suite.to_string());
+        for (file, c) in self.bundle(&["POD".into()]) {
+            lines.push(format!("{c}  # on failure, into bundle/{file}"));
+        }
+        lines.extend(self.teardown().iter().map(|c| format!("{c}  # unless --keep")));
+        lines
+    }
+}
+
+/// containerd names `localhost/x:1` as is, and `x:1` as `docker.io/library/x:1`.
+pub fn containerd_name(reference: &str) -> String {
+    let first = reference.split('/').next().unwrap_or("");
+    if reference.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost") {
+        reference.to_owned()
+    } else if reference.contains('/') {
+        format!("docker.io/{reference}")
+    } else {
+        format!("docker.io/library/{reference}")
+    }
+}
+
+/// Renders the cluster config: its name and a free host port for every extraPortMapping.
+/// Returns the YAML and NodePort to host port.
+pub fn render_cluster_config(template: &str, name: &str, mut free_port: impl FnMut() -> anyhow::Result<u16>) -> anyhow::Result<(String, BTreeMap<u16, u16>)> {
+    let mut doc: Value = serde_norway::from_str(template).context("parsing the Kind cluster config")?;
+    anyhow::ensure!(doc["kind"].as_str() == Some("Cluster"), "the Kind cluster config must be `kind: Cluster`");
+    doc["name"] = Value::String(name.to_owned());
+    let mut ports = BTreeMap::new();
+    for node in doc["nodes"].as_sequence_mut().context("the Kind cluster config has no nodes")? {
+        if let Some(mappings) = node.get_mut("extraPortMappings").and_then(Value::as_sequence_mut) {
+            for m in mappings {
+                let container_port = m["containerPort"].as_u64().context("an extraPortMapping without containerPort")? as u16;
+                let host_port = free_port()?;
+                m["hostPort"] = Value::Number(host_port.into());
+                ports.insert(container_port, host_port);
+            }
+        }
+    }
+    Ok((serde_norway::to_string(&doc)?, ports))
+}
+
+/// Renders the manifests for Kind: images pinned to the handed-off references and never
+/// pulled (they are loaded), Secrets and Services kept. Returns the YAML and the NodePorts.
+pub fn render_manifests(manifests: &Manifests, images: &BTreeMap<String, String>) -> anyhow::Result<(String, BTreeMap<String, u16>)> {
+    let mut out = String::new();
+    let mut node_ports = BTreeMap::new();
+    for doc in &manifests.docs {
+        let mut doc = doc.clone();
+        match doc["kind"].as_str() {
+            Some("Pod") => {
+                for c in doc["spec"]["containers"].as_sequence_mut().context("a Pod without containers")? {
+                    let image = c["image"].as_str().unwrap_or_default().to_owned();
+                    if let Some(pinned) = images.get(repository(&image)) {
+                        c["image"] = Value::String(pinned.clone());
+                    }
+                    c["imagePullPolicy"] = Value::String("Never".into());
+                }
+            }
+            Some("Service") => {
+                let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+                if let Some(np) = doc["spec"]["ports"][0]["nodePort"].as_u64() {
+                    node_ports.insert(name, np as u16);
+                }
+            }
+            _ => {}
+        }
+        out.push_str("---\n");
+        out.push_str(&serde_norway::to_string(&doc)?);
+    }
+    Ok((out, node_ports))
+}
+
+/// What a pod's status says, reduced to what the wait needs.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PodHealth {
+    Ready,
+    Waiting(String),
+    /// Crash-looping, or failed: stop waiting at once.
+    Failed(String),
+}
+
+/// Decides from one item of `kubectl get pods -o json`.
+pub fn pod_health(pod: &serde_json::Value) -> PodHealth {
+    let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
+    if phase == "Failed" {
+        return PodHealth::Failed(format!("phase Failed: {}", pod["status"]["message"].as_str().unwrap_or("")));
+    }
+    let statuses = pod["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
+    for s in &statuses {
+        let name = s["name"].as_str().unwrap_or("?");
+        let waiting = s["state"]["waiting"]["reason"].as_str().unwrap_or("");
+        if matches!(waiting, "CrashLoopBackOff" | "ErrImageNeverPull" | "ImagePullBackOff" | "ErrImagePull" | "CreateContainerConfigError" | "InvalidImageName") {
+            return PodHealth::Failed(format!("container {name}: {waiting}"));
+        }
+        if s["restartCount"].as_u64().unwrap_or(0) > 0 {
+            let code = s["lastState"]["terminated"]["exitCode"].as_i64().unwrap_or(0);
+            return PodHealth::Failed(format!("container {name} restarted (last exit code {code})"));
+        }
+    }
+    let ready = pod["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+    if ready {
+        PodHealth::Ready
+    } else {
+        PodHealth::Waiting(format!("phase {phase}"))
+    }
+}
+
+/// Polls the namespace's pods until every one is Ready, with a deadline; fails at once on
+/// a crash loop, with the pod's logs and `kubectl describe`.
+pub fn wait_ready(run: &KindRun, timeout: Duration, r: &Reporter) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = run.get_pods_json().read()?;
+        let list: serde_json::Value = serde_json::from_str(&out)?;
+        let pods = list["items"].as_array().cloned().unwrap_or_default();
+        let mut waiting = Vec::new();
+        for pod in &pods {
+            let name = pod["metadata"]["name"].as_str().unwrap_or("?");
+            match pod_health(pod) {
+                PodHealth::Ready => {}
+                PodHealth::Waiting(why) => waiting.push(format!("{name}: {why}")),
+                PodHealth::Failed(why) => {
+                    let logs = run.kubectl_ns().args(["logs", &format!("pod/{name}"), "--all-containers", "--tail", "30"]).read().unwrap_or_default();
+                    let describe = run.kubectl_ns().args(["describe", &format!("pod/{name}")]).read().unwrap_or_default();
+                    anyhow::bail!("pod {name} failed while waiting for readiness: {why}\n--- logs ---\n{logs}\n--- describe ---\n{describe}");
+                }
+            }
+        }
+        if !pods.is_empty() && waiting.is_empty() {
+            r.line(format!("  {} pods ready", pods.len()));
+            return Ok(());
+        }
+        interrupt::check()?;
+        anyhow::ensure!(Instant::now() < deadline, "not ready after {}s:\n  {}", timeout.as_secs(), waiting.join("\n  "));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Loads the archive into every node that lacks one of the images, all nodes at once.
+pub fn load_images(run: &KindRun, r: &Reporter, log: &Path) -> anyhow::Result<()> {
+    let nodes: Vec<String> = run.get_nodes().read()?.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+    anyhow::ensure!(!nodes.is_empty(), "kind reports no nodes for cluster {}", run.cluster);
+    let lacking: Vec<&String> = nodes
+        .iter()
+        .filter(|n| run.references.iter().any(|img| !run.node_has_image(n, img).succeeds().unwrap_or(false)))
+        .collect();
+    if lacking.is_empty() {
+        r.line("  every node has every image");
+        return Ok(());
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = lacking
+            .iter()
+            .map(|n| {
+                let c = run.load_archive(n);
+                r.command(&c);
+                s.spawn(move || c.run_logged(log))
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| h.join().expect("no panic"))
+    })
+}
+
+/// The images handed off, as the manifests reference them.
+pub fn references(handoff: &Handoff) -> Vec<String> {
+    handoff.images.iter().map(|i| i.reference.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(reuse: bool, provider: Engine) -> KindRun {
+        KindRun {
+            cluster: if reuse { "team".into() } else { "e2e-103501-42".into() },
+            reuse,
+            namespace: "e2e-103501-42".into(),
+            provider,
+            dir: "/r/target/e2e/runs/1".into(),
+            ports: [(30080, 41000), (30081, 41001)].into(),
+            node_ports: [("gateway".to_owned(), 30080), ("data-storage".to_owned(), 30081)].into(),
+            archive_tar: "/r/target/e2e/runs/1/images.tar".into(),
+            references: vec!["localhost/e2e-gateway:aaaa".into()],
+        }
+    }
+
+    #[test]
+    fn the_kind_plan_is_the_documented_command_line() {
+        let suite = Cmd::new("cargo").args(["test", "-p", "e2e-suite"]);
+        let plan = run(false, Engine::Podman).plan(&suite);
+        let expected = [
+            "KIND_EXPERIMENTAL_PROVIDER=podman kind create cluster --name e2e-103501-42 --config /r/target/e2e/runs/1/kind-cluster.yaml --wait 120s",
+            "KIND_EXPERIMENTAL_PROVIDER=podman kind get nodes --name e2e-103501-42",
+            "podman exec e2e-103501-42-control-plane crictl inspecti -q localhost/e2e-gateway:aaaa  # per image; `kind load` only when one is missing",
+            "KIND_EXPERIMENTAL_PROVIDER=podman kind load image-archive /r/target/e2e/runs/1/images.tar --name e2e-103501-42 --nodes e2e-103501-42-control-plane",
+            "kubectl --context kind-e2e-103501-42 create namespace e2e-103501-42",
+            "kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 apply --filename /r/target/e2e/runs/1/stack.yaml",
+            "kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 get pods --output json  # polled until every pod is Ready",
+            "DATA_STORAGE_URL=http://127.0.0.1:41001 GATEWAY_URL=http://127.0.0.1:41000 cargo test -p e2e-suite",
+            "KIND_EXPERIMENTAL_PROVIDER=podman kind export logs /r/target/e2e/runs/1/bundle/kind --name e2e-103501-42  # on failure, into bundle/kind-export-logs.txt",
+            "kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 get events --sort-by=.lastTimestamp  # on failure, into bundle/events.txt",
+            "kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 describe pods  # on failure, into bundle/describe-pods.txt",
+            "kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 logs pod/POD --all-containers --timestamps  # on failure, into bundle/POD.log",
+            "kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 logs pod/POD --all-containers --timestamps --previous  # on failure, into bundle/POD.previous.log",
+            "KIND_EXPERIMENTAL_PROVIDER=podman kind delete cluster --name e2e-103501-42  # unless --keep",
+        ];
+        assert_eq!(plan, expected);
+    }
+
+    #[test]
+    fn a_reused_cluster_is_neither_created_nor_deleted() {
+        let plan = run(true, Engine::Docker).plan(&Cmd::new("cargo"));
+        assert!(!plan.iter().any(|l| l.contains("create cluster") || l.contains("delete cluster")), "{plan:#?}");
+        assert!(!plan.iter().any(|l| l.contains("KIND_EXPERIMENTAL_PROVIDER")), "docker is kind's default provider");
+        assert!(plan.last().unwrap().starts_with("kubectl --context kind-team delete namespace e2e-103501-42 --wait=false --ignore-not-found"));
+    }
+
+    #[test]
+    fn cluster_config_gets_its_name_and_free_host_ports() {
+        let template = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../test/e2e/kind-cluster.yaml")).unwrap();
+        let mut next = 50000;
+        let (yaml, ports) = render_cluster_config(&template, "e2e-x", || {
+            next += 1;
+            Ok(next)
+        })
+        .unwrap();
+        assert_eq!(ports, BTreeMap::from([(30080, 50001), (30081, 50002)]));
+        let doc: Value = serde_norway::from_str(&yaml).unwrap();
+        assert_eq!(doc["name"].as_str(), Some("e2e-x"));
+        assert_eq!(doc["apiVersion"].as_str(), Some("kind.x-k8s.io/v1alpha4"));
+        let m = &doc["nodes"][0]["extraPortMappings"][0];
+        assert_eq!((m["containerPort"].as_u64(), m["hostPort"].as_u64()), (Some(30080), Some(50001)));
+        assert_eq!(m["listenAddress"].as_str(), Some("127.0.0.1"));
+    }
+
+    #[test]
+    fn manifests_for_kind_pin_images_never_pull_and_keep_services() {
+        let m = Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests")).unwrap();
+        let images: BTreeMap<String, String> = [("localhost/e2e-gateway".to_owned(), "localhost/e2e-gateway:abc".to_owned())].into();
+        let (yaml, node_ports) = render_manifests(&m, &images).unwrap();
+        assert!(yaml.contains("image: localhost/e2e-gateway:abc"));
+        assert!(!yaml.contains("imagePullPolicy: IfNotPresent"));
+        assert_eq!(yaml.matches("imagePullPolicy: Never").count(), 4);
+        assert!(yaml.contains("kind: Secret") && yaml.contains("kind: Service"));
+        assert_eq!(node_ports, BTreeMap::from([("data-storage".to_owned(), 30081), ("gateway".to_owned(), 30080)]));
+        // The NodePorts are exactly the ports the cluster config maps to the host.
+        let template = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../test/e2e/kind-cluster.yaml")).unwrap();
+        let (_, ports) = render_cluster_config(&template, "x", || Ok(1)).unwrap();
+        let mapped: Vec<u16> = ports.keys().copied().collect();
+        let mut wanted: Vec<u16> = node_ports.values().copied().collect();
+        wanted.sort_unstable();
+        assert_eq!(mapped, wanted);
+    }
+
+    #[test]
+    fn pod_health_fails_fast_on_crash_loops() {
+        let pod = |status: serde_json::Value| serde_json::json!({ "status": status });
+        assert_eq!(
+            pod_health(&pod(serde_json::json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}], "containerStatuses": [{"name": "g", "restartCount": 0, "state": {"running": {}}}]}))),
+            PodHealth::Ready
+        );
+        assert!(matches!(pod_health(&pod(serde_json::json!({"phase": "Pending"}))), PodHealth::Waiting(_)));
+        assert!(matches!(
+            pod_health(&pod(serde_json::json!({"phase": "Running", "containerStatuses": [{"name": "g", "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}))),
+            PodHealth::Failed(w) if w.contains("CrashLoopBackOff")
+        ));
+        assert!(matches!(
+            pod_health(&pod(serde_json::json!({"phase": "Running", "containerStatuses": [{"name": "g", "restartCount": 1, "lastState": {"terminated": {"exitCode": 2}}, "state": {"running": {}}}]}))),
+            PodHealth::Failed(w) if w.contains("exit code 2")
+        ));
+        assert!(matches!(
+            pod_health(&pod(serde_json::json!({"phase": "Pending", "containerStatuses": [{"name": "g", "restartCount": 0, "state": {"waiting": {"reason": "ErrImageNeverPull"}}}]}))),
+            PodHealth::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn containerd_names() {
+        assert_eq!(containerd_name("localhost/e2e-gateway:1"), "localhost/e2e-gateway:1");
+        assert_eq!(containerd_name("redis:7"), "docker.io/library/redis:7");
+        assert_eq!(containerd_name("team/x:1"), "docker.io/team/x:1");
+        assert_eq!(containerd_name("ghcr.io/a/b:1"), "ghcr.io/a/b:1");
+    }
+}
