@@ -204,6 +204,7 @@ impl E2eArgs {
             namespace: format!("e2e-{suffix}"),
             provider: engine,
             archive_tar: dir.join("images.tar"),
+            archive_source: self.images.clone(),
             dir,
             ports,
             node_ports,
@@ -224,14 +225,7 @@ impl E2eArgs {
             std::fs::write(run.stack_file(), &stack_yaml)?;
             r.phase("load images", |r| {
                 // `kind load image-archive` reads a plain tar: unpack the archive, or save one.
-                let tar = run.archive_tar.display().to_string();
-                let make = match &self.images {
-                    Some(a) if a.extension().is_some_and(|e| e == "zst") => {
-                        Cmd::new("zstd").args(["-d", "-q", "-f", "-o", &tar]).arg(a.display().to_string())
-                    }
-                    Some(a) => Cmd::new("cp").arg(a.display().to_string()).arg(&tar),
-                    None => Cmd::new(engine.program()).arg("save").args(if engine == Engine::Podman { vec!["--multi-image-archive"] } else { vec![] }).args(["--output", &tar]).args(run.references.iter().cloned()),
-                };
+                let make = run.make_tar();
                 r.command(&make);
                 make.run_logged(&log)?;
                 if !run.reuse {

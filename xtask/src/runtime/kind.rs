@@ -42,6 +42,8 @@ pub struct KindRun {
     pub node_ports: BTreeMap<String, u16>,
     /// The uncompressed archive `kind load image-archive` reads.
     pub archive_tar: PathBuf,
+    /// Where the images come from: an archive of `save-images`, or the engine.
+    pub archive_source: Option<PathBuf>,
     /// The images, as the manifests run them.
     pub references: Vec<String>,
 }
@@ -73,6 +75,25 @@ impl KindRun {
 
     fn kubectl_ns(&self) -> Cmd {
         self.kubectl().args(["--namespace", &self.namespace])
+    }
+
+    /// Makes the plain tar `kind load image-archive` reads: unpacks the saved archive, or
+    /// saves the images from the engine.
+    pub fn make_tar(&self) -> Cmd {
+        let tar = self.archive_tar.display().to_string();
+        match &self.archive_source {
+            Some(a) if a.extension().is_some_and(|e| e == "zst") => {
+                Cmd::new("zstd").args(["-d", "-q", "-f", "-o", &tar]).arg(a.display().to_string())
+            }
+            Some(a) => Cmd::new("cp").arg(a.display().to_string()).arg(tar),
+            None => {
+                let mut c = Cmd::new(self.provider.program()).arg("save");
+                if self.provider == Engine::Podman {
+                    c = c.arg("--multi-image-archive");
+                }
+                c.args(["--output", &tar]).args(self.references.iter().cloned())
+            }
+        }
     }
 
     pub fn create_cluster(&self) -> Cmd {
@@ -147,7 +168,7 @@ impl KindRun {
     /// are shown once; node names are those kind gives a one-node cluster).
     pub fn plan(&self, suite: &Cmd) -> Vec<String> {
         let node = format!("{}-control-plane", self.cluster);
-        let mut lines = Vec::new();
+        let mut lines = vec![self.make_tar().to_string()];
         if !self.reuse {
             lines.push(self.create_cluster().to_string());
         }
@@ -347,6 +368,7 @@ mod tests {
             ports: [(30080, 41000), (30081, 41001)].into(),
             node_ports: [("gateway".to_owned(), 30080), ("data-storage".to_owned(), 30081)].into(),
             archive_tar: "/r/target/e2e/runs/1/images.tar".into(),
+            archive_source: Some("/r/images.tar.zst".into()),
             references: vec!["localhost/e2e-gateway:aaaa".into()],
         }
     }
@@ -356,6 +378,7 @@ mod tests {
         let suite = Cmd::new("cargo").args(["test", "-p", "e2e-suite"]);
         let plan = run(false, Engine::Podman).plan(&suite);
         let expected = [
+            "zstd -d -q -f -o /r/target/e2e/runs/1/images.tar /r/images.tar.zst",
             "KIND_EXPERIMENTAL_PROVIDER=podman kind create cluster --name e2e-103501-42 --config /r/target/e2e/runs/1/kind-cluster.yaml --wait 120s",
             "KIND_EXPERIMENTAL_PROVIDER=podman kind get nodes --name e2e-103501-42",
             "podman exec e2e-103501-42-control-plane crictl inspecti -q localhost/e2e-gateway:aaaa  # per image; `kind load` only when one is missing",
@@ -417,6 +440,44 @@ mod tests {
         let mut wanted: Vec<u16> = node_ports.values().copied().collect();
         wanted.sort_unstable();
         assert_eq!(mapped, wanted);
+    }
+
+    #[test]
+    fn without_an_archive_the_engine_saves_one() {
+        let r = KindRun { archive_source: None, ..run(false, Engine::Podman) };
+        assert_eq!(r.make_tar().to_string(), "podman save --multi-image-archive --output /r/target/e2e/runs/1/images.tar localhost/e2e-gateway:aaaa");
+    }
+
+    /// kubectl itself parses the rendered manifests (offline: `--local`), as `kubectl apply` would.
+    #[test]
+    fn kubectl_parses_the_rendered_manifests() {
+        let m = Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests")).unwrap();
+        let (yaml, _) = render_manifests(&m, &BTreeMap::new()).unwrap();
+        let file = std::env::temp_dir().join(format!("xtask-kind-{}.yaml", std::process::id()));
+        std::fs::write(&file, yaml).unwrap();
+        let out = std::process::Command::new("kubectl")
+            .args(["label", "--local", "--dry-run=client", "-o", "name", "e2e.check=1", "-f"])
+            .arg(&file)
+            .env("KUBECONFIG", "/dev/null")
+            .output()
+            .expect("kubectl is needed for this test (apt-get install kubectl)");
+        std::fs::remove_file(&file).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let names: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+        assert_eq!(
+            names,
+            [
+                "secret/postgres-credentials",
+                "pod/postgres",
+                "service/postgres",
+                "pod/redis",
+                "service/redis",
+                "pod/data-storage",
+                "service/data-storage",
+                "pod/gateway",
+                "service/gateway"
+            ]
+        );
     }
 
     #[test]
