@@ -145,14 +145,7 @@ fn fresh_handoff(project: &Project, r: &Reporter, opts: &BuildOptions) -> anyhow
                 build::Action::Cached { id, size } => (id.clone(), *size),
                 build::Action::Build { .. } => unreachable!("checked above"),
             };
-            ImageRecord {
-                name: item.spec.name.clone(),
-                repository: item.spec.repository.clone(),
-                reference: item.reference.clone(),
-                id,
-                fingerprint: item.fingerprint.clone(),
-                size,
-            }
+            item.record(id, size)
         })
         .collect();
     Ok(Handoff { images, ..handoff })
@@ -439,14 +432,7 @@ pub fn pull(project: &Project, r: &Reporter, prefix: &str, opts: &BuildOptions) 
                 .iter()
                 .map(|item| {
                     s.spawn(|| -> anyhow::Result<ImageRecord> {
-                        let record = |id: String, size: u64| ImageRecord {
-                            name: item.spec.name.clone(),
-                            repository: item.spec.repository.clone(),
-                            reference: item.reference.clone(),
-                            id,
-                            fingerprint: item.fingerprint.clone(),
-                            size,
-                        };
+                        let record = |id: String, size: u64| item.record(id, size);
                         if let build::Action::Cached { id, size } = &item.action {
                             return Ok(record(id.clone(), *size));
                         }

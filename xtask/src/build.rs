@@ -235,14 +235,7 @@ pub fn prebuild(project: &Project, r: &Reporter, opts: &BuildOptions, names: &[S
                 o.clone()
             }
         };
-        records.push(ImageRecord {
-            name: item.spec.name.clone(),
-            repository: item.spec.repository.clone(),
-            reference: item.reference.clone(),
-            id,
-            fingerprint: item.fingerprint.clone(),
-            size,
-        });
+        records.push(item.record(id, size));
     }
     // Images not selected this time keep their previous entry, so the file lists every image.
     if let Some(prev) = previous.filter(|p| p.engine == env.engine) {
@@ -373,6 +366,20 @@ pub struct PlanItem {
     pub fingerprint: String,
     pub reference: String,
     pub action: Action,
+}
+
+impl PlanItem {
+    /// The handoff entry of this image, once the engine has it with this ID and size.
+    pub fn record(&self, id: String, size: u64) -> ImageRecord {
+        ImageRecord {
+            name: self.spec.name.clone(),
+            repository: self.spec.repository.clone(),
+            reference: self.reference.clone(),
+            id,
+            fingerprint: self.fingerprint.clone(),
+            size,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

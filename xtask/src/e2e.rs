@@ -333,14 +333,7 @@ impl E2eArgs {
                     images: prepared
                         .plan
                         .iter()
-                        .map(|i| build::ImageRecord {
-                            name: i.spec.name.clone(),
-                            repository: i.spec.repository.clone(),
-                            reference: i.reference.clone(),
-                            id: String::new(),
-                            fingerprint: i.fingerprint.clone(),
-                            size: 0,
-                        })
+                        .map(|i| i.record(String::new(), 0))
                         .collect(),
                     built_now: vec![],
                 }
