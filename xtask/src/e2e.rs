@@ -220,6 +220,7 @@ impl E2eArgs {
         };
         let log = project.logs_dir().join(format!("run-{id}.log"));
         let mut created = false;
+        let state = runtime::podman::RunState { id: id.clone(), pid: std::process::id(), kind: Some(run.state()), ..Default::default() };
         let outcome = (|| -> anyhow::Result<()> {
             std::fs::create_dir_all(&run.dir)?;
             std::fs::write(run.stack_file(), &stack_yaml)?;
@@ -228,6 +229,8 @@ impl E2eArgs {
                 let make = run.make_tar();
                 r.command(&make);
                 make.run_logged(&log)?;
+                // Recorded before the cluster exists, so `e2e --down` finds it after a crash.
+                state.save(&run.dir)?;
                 if !run.reuse {
                     std::fs::write(run.config_file(), &config_yaml)?;
                     let create = run.create_cluster();
@@ -269,14 +272,7 @@ impl E2eArgs {
             }
             Ok(())
         } else if created || run.reuse {
-            r.phase("tear down", |r| {
-                for c in run.teardown() {
-                    let c = c.survives_interrupt();
-                    r.command(&c);
-                    c.run_logged(&log)?;
-                }
-                Ok(())
-            })
+            r.phase("tear down", |r| runtime::podman::teardown(&run.dir, &state, &log, r))
         } else {
             Ok(())
         };

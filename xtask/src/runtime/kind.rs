@@ -26,6 +26,33 @@ use crate::{
     report::Reporter,
 };
 
+/// What a Kind run creates, as recorded in the run's state for `e2e --down`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KindState {
+    pub cluster: String,
+    pub reuse: bool,
+    pub namespace: String,
+    pub provider: Engine,
+}
+
+impl KindState {
+    /// Deletes the cluster, or only the namespace of a reused one.
+    pub fn teardown(&self) -> Vec<Cmd> {
+        if self.reuse {
+            vec![Cmd::new("kubectl")
+                .args(["--context", &format!("kind-{}", self.cluster)])
+                .args(["delete", "namespace", &self.namespace, "--wait=false", "--ignore-not-found"])]
+        } else {
+            let kind = Cmd::new("kind");
+            let kind = match self.provider {
+                Engine::Podman => kind.env("KIND_EXPERIMENTAL_PROVIDER", "podman"),
+                Engine::Docker => kind,
+            };
+            vec![kind.args(["delete", "cluster", "--name", &self.cluster])]
+        }
+    }
+}
+
 /// A Kind run: names, files and ports, all decided before anything runs.
 #[derive(Debug, Clone)]
 pub struct KindRun {
@@ -148,12 +175,12 @@ impl KindRun {
         cmds
     }
 
+    pub fn state(&self) -> KindState {
+        KindState { cluster: self.cluster.clone(), reuse: self.reuse, namespace: self.namespace.clone(), provider: self.provider }
+    }
+
     pub fn teardown(&self) -> Vec<Cmd> {
-        if self.reuse {
-            vec![self.kubectl().args(["delete", "namespace", &self.namespace, "--wait=false", "--ignore-not-found"])]
-        } else {
-            vec![self.kind().args(["delete", "cluster", "--name", &self.cluster])]
-        }
+        self.state().teardown()
     }
 
     /// `<SERVICE>_URL` for each NodePort Service mapped to the host.

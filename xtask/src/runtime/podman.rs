@@ -32,6 +32,9 @@ pub struct RunState {
     pub network_created: bool,
     pub secrets: Vec<String>,
     pub played: bool,
+    /// For a Kind run: its cluster (created, or reused) and namespace.
+    #[serde(default)]
+    pub kind: Option<crate::runtime::kind::KindState>,
 }
 
 impl RunState {
@@ -43,15 +46,19 @@ impl RunState {
         serde_json::from_slice(&std::fs::read(RunState::path(dir)).ok()?).ok()
     }
 
-    fn save(&self, dir: &Path) -> anyhow::Result<()> {
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
         let tmp = dir.join("state.json.tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
         std::fs::rename(tmp, RunState::path(dir))?;
         Ok(())
     }
 
-    /// The teardown, as commands: pods, then secrets, then the network.
+    /// The teardown, as commands: pods, then secrets, then the network (or, for Kind, the
+    /// cluster or the namespace).
     pub fn teardown(&self) -> Vec<Cmd> {
+        if let Some(kind) = &self.kind {
+            return kind.teardown();
+        }
         let mut steps = Vec::new();
         if self.played {
             steps.push(Podman.kube_down(&self.stack_file));
@@ -322,6 +329,19 @@ mod tests {
             ]
         );
         assert_eq!(run.urls()["GATEWAY_URL"], "http://127.0.0.1:40000");
+    }
+
+    #[test]
+    fn a_kind_run_state_tears_down_its_cluster() {
+        use crate::{engine::Engine, runtime::kind::KindState};
+        let own = RunState {
+            kind: Some(KindState { cluster: "e2e-1".into(), reuse: false, namespace: "e2e-1".into(), provider: Engine::Podman }),
+            ..RunState::default()
+        };
+        let cmds: Vec<String> = own.teardown().iter().map(ToString::to_string).collect();
+        assert_eq!(cmds, ["KIND_EXPERIMENTAL_PROVIDER=podman kind delete cluster --name e2e-1"]);
+        let json = serde_json::to_string(&own).unwrap();
+        assert_eq!(serde_json::from_str::<RunState>(&json).unwrap(), own, "the state file round-trips");
     }
 
     #[test]
