@@ -216,7 +216,13 @@ pub fn prepare_with(
 
 /// Builds the named images (all when `names` is empty) as the module doc says.
 pub fn prebuild(project: &Project, r: &Reporter, opts: &BuildOptions, names: &[String]) -> anyhow::Result<Handoff> {
-    let Prepared { images, env, budget, plan, previous } = prepare(project, r, opts, names, None)?;
+    let prepared = prepare(project, r, opts, names, None)?;
+    finish(project, r, opts, prepared)
+}
+
+/// Steps 4 and 5: build what the plan says, then write the handoff.
+pub fn finish(project: &Project, r: &Reporter, opts: &BuildOptions, prepared: Prepared) -> anyhow::Result<Handoff> {
+    let Prepared { images, env, budget, plan, previous } = prepared;
     let outcomes = r.phase("build images", |r| Ok(execute(project, r, &env, &plan, opts.jobs, &budget)))?;
     r.line(format!("images:\n{}", outcome_table(&plan, &outcomes)));
     let failures: Vec<&String> = outcomes.values().filter_map(|o| o.result.as_ref().err()).collect();

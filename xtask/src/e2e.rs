@@ -110,11 +110,6 @@ impl E2eArgs {
         let handoff = self.images_for_run(project, &r, &opts)?;
         let built = handoff.built_now.len();
         let cached = handoff.images.len().saturating_sub(built);
-        r.phase("compile E2E suite", |r| {
-            let cmd = suite(project).arg("--no-run");
-            r.command(&cmd);
-            cmd.run_logged(&project.logs_dir().join("cargo-test-build.log")).context("compiling the E2E suite")
-        })?;
         interrupt::check()?;
 
         let (outcome, dir) = match self.runtime {
@@ -141,12 +136,53 @@ impl E2eArgs {
         outcome
     }
 
+    /// The images, built, loaded or pulled; and the E2E suite compiled meanwhile. Image builds
+    /// wait on podman and apt more than on the CPU, so the suite compiles while they run,
+    /// with the memory of its rustc jobs taken out of the builds' budget.
     fn images_for_run(&self, project: &Project, r: &Reporter, opts: &BuildOptions) -> anyhow::Result<Handoff> {
-        match (&self.images, &self.registry) {
-            (Some(archive), _) => archive::load(project, r, archive, self.allow_stale, opts),
-            (None, Some(prefix)) => archive::pull(project, r, prefix, opts),
-            (None, None) => build::prebuild(project, r, opts, &[]),
-        }
+        let compile_suite = |jobs: usize| {
+            r.phase("compile E2E suite", |r| {
+                let cmd = suite(project).args(["--no-run", "-j", &jobs.to_string()]);
+                r.command(&cmd);
+                cmd.run_logged(&project.logs_dir().join("cargo-test-build.log")).context("compiling the E2E suite")
+            })
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let handoff = match (&self.images, &self.registry) {
+            (Some(archive), _) => archive::load(project, r, archive, self.allow_stale, opts)?,
+            (None, Some(prefix)) => archive::pull(project, r, prefix, opts)?,
+            (None, None) => {
+                let mut prepared = build::prepare(project, r, opts, &[], None)?;
+                if prepared.plan.iter().all(|i| matches!(i.action, build::Action::Cached { .. })) {
+                    build::finish(project, r, opts, prepared)?
+                } else {
+                    let jobs = crate::memory::cargo_jobs(prepared.budget.bytes / 2, cpus);
+                    let reserved = jobs as u64 * crate::memory::RUSTC_JOB;
+                    let biggest = prepared.plan.iter().map(|i| i.spec.memory).max().unwrap_or(0);
+                    // Never so much that the largest image no longer fits.
+                    let reserved = reserved.min(prepared.budget.bytes.saturating_sub(biggest));
+                    prepared.budget.bytes -= reserved;
+                    prepared.budget.source = format!(
+                        "{}, less {} for the E2E suite compiling meanwhile",
+                        prepared.budget.source,
+                        crate::memory::human(reserved)
+                    );
+                    r.line(format!(
+                        "the E2E suite compiles (cargo -j {jobs}) while the images build: {} of the budget is kept for it",
+                        crate::memory::human(reserved)
+                    ));
+                    let (handoff, compiled) = std::thread::scope(|s| {
+                        let compiling = s.spawn(|| compile_suite(jobs));
+                        let handoff = build::finish(project, r, opts, prepared);
+                        (handoff, compiling.join().expect("no panic"))
+                    });
+                    compiled?;
+                    return handoff;
+                }
+            }
+        };
+        compile_suite(crate::memory::cargo_jobs(crate::memory::read().map(|m| crate::memory::default_budget(&m).bytes).unwrap_or(0), cpus))?;
+        Ok(handoff)
     }
 
     fn run_podman(&self, project: &Project, r: &Reporter, manifests: &Manifests, handoff: &Handoff, id: String) -> (anyhow::Result<()>, PathBuf) {
