@@ -290,7 +290,7 @@ fn measure(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Sample> {
 mod tests {
     #[test]
     fn time_to_the_first_test_sums_the_phases_before_it() {
-        let out = "x\n[10:00:00] phases:\n  check prerequisites  0.3s  ok\n  load images  5.2s  ok\n  run E2E suite  0.7s  ok\n  total  6.2s\n";
+        let out = "x\n[10:00:00] phases:\n  check prerequisites  0.3s  ok\n  load images  5.2s  ok\n  run E2E suite  0.7s  ok\n  total (wall)  6.2s\n";
         assert_eq!(super::until_tests(out).unwrap(), std::time::Duration::from_secs_f64(5.5));
         assert!(super::until_tests("no table").is_err());
     }

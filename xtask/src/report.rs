@@ -16,6 +16,7 @@ use crate::cmd::Cmd;
 pub struct Reporter {
     bars: Option<MultiProgress>,
     phases: Mutex<Vec<(String, Duration, bool)>>,
+    started: Instant,
 }
 
 impl Reporter {
@@ -25,6 +26,7 @@ impl Reporter {
         Reporter {
             bars: tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
             phases: Mutex::new(Vec::new()),
+            started: Instant::now(),
         }
     }
 
@@ -86,16 +88,17 @@ impl Reporter {
         }
     }
 
-    /// The phases so far with their durations, for the closing summary.
+    /// The phases so far with their durations, for the closing summary. The total is the
+    /// wall time since the start (phases may overlap).
     pub fn summary(&self) -> String {
         let phases = self.phases.lock().unwrap();
-        let width = phases.iter().map(|(n, ..)| n.len()).max().unwrap_or(0);
-        let total: Duration = phases.iter().map(|(_, d, _)| *d).sum();
+        let width = phases.iter().map(|(n, ..)| n.len()).max().unwrap_or(0).max("total (wall)".len());
+        let total = self.started.elapsed();
         let mut out = String::new();
         for (name, took, ok) in phases.iter() {
             out.push_str(&format!("  {name:<width$}  {:>8}  {}\n", secs(*took), if *ok { "ok" } else { "FAILED" }));
         }
-        out.push_str(&format!("  {:<width$}  {:>8}\n", "total", secs(total)));
+        out.push_str(&format!("  {:<width$}  {:>8}\n", "total (wall)", secs(total)));
         out
     }
 }
@@ -146,7 +149,7 @@ mod tests {
 
     #[test]
     fn summary_lists_phases_and_total() {
-        let r = Reporter { bars: None, phases: Mutex::new(Vec::new()) };
+        let r = Reporter { bars: None, phases: Mutex::new(Vec::new()), started: Instant::now() };
         r.phase("build", |_| Ok(())).unwrap();
         let _ = r.phase("test", |_| anyhow::bail!("no")).map(|()| ());
         let s = r.summary();
