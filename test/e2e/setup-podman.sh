@@ -19,6 +19,10 @@ conf=/etc/containers/containers.conf
 if ! grep -q 'e2e-xtask' "$conf" 2>/dev/null; then
   log "configuring $conf (runc, ulimits, netavark)"
   mkdir -p /etc/containers
+  if [ -s "$conf" ]; then
+    cp "$conf" "$conf.before-e2e"
+    log "kept the previous one as $conf.before-e2e"
+  fi
   cat >"$conf" <<'CONF'
 # written by test/e2e/setup-podman.sh (e2e-xtask): see shared/ENVIRONMENT.md
 [containers]
@@ -28,8 +32,14 @@ runtime = "runc"
 [network]
 network_backend = "netavark"
 CONF
-  # A backend switch after podman was used needs a reset; on a fresh machine this is a no-op.
-  podman system reset -f >/dev/null 2>&1 || true
+fi
+# A podman that was used with the CNI backend keeps it until `podman system reset`, which
+# removes every container and image: never done behind anyone's back.
+backend=$(podman info --format '{{.Host.NetworkBackend}}' 2>/dev/null || true)
+if [ -n "$backend" ] && [ "$backend" != netavark ]; then
+  echo "podman still uses the $backend network backend; containers on one network will not resolve each other's names." >&2
+  echo "fix: podman system reset -f   (removes ALL containers and images), then run this script again" >&2
+  exit 1
 fi
 
 if [ "${E2E_SKIP_BASE_IMAGE:-0}" != 1 ] && ! podman image exists "$BASE_IMAGE"; then
