@@ -174,6 +174,18 @@ impl Podman {
         self.cmd().args(["secret", "rm", name])
     }
 
+    pub fn secret_exists(self, name: &str) -> Cmd {
+        self.cmd().args(["secret", "inspect", "--format", "{{.ID}}", name])
+    }
+
+    pub fn pod_exists(self, pod: &str) -> Cmd {
+        self.cmd().args(["pod", "exists", pod])
+    }
+
+    pub fn network_exists(self, name: &str) -> Cmd {
+        self.cmd().args(["network", "exists", name])
+    }
+
     pub fn kube_play(self, network: &str, file: &Path) -> Cmd {
         self.cmd().args(["kube", "play", "--network", network]).arg(file.display().to_string())
     }

@@ -72,6 +72,23 @@ impl RunState {
         steps
     }
 
+    /// What of this run still exists in podman (after a teardown: what it failed to remove).
+    pub fn leftovers(&self) -> Vec<String> {
+        if self.kind.is_some() {
+            return Vec::new();
+        }
+        let exists = |c: Cmd| c.survives_interrupt().succeeds().unwrap_or(false);
+        let mut left = Vec::new();
+        if self.played {
+            left.extend(self.pods.iter().filter(|p| exists(Podman.pod_exists(p))).map(|p| format!("pod {p}")));
+        }
+        left.extend(self.secrets.iter().filter(|s| exists(Podman.secret_exists(s))).map(|s| format!("secret {s}")));
+        if self.network_created && exists(Podman.network_exists(&self.network)) {
+            left.push(format!("network {}", self.network));
+        }
+        left
+    }
+
     /// Whether the process that made this run is still running.
     pub fn in_progress(&self) -> bool {
         self.pid != std::process::id() && Path::new(&format!("/proc/{}", self.pid)).exists()
@@ -218,8 +235,10 @@ impl PodmanRun {
     }
 }
 
-/// Runs the teardown of a state: every step, even when one fails and even after Ctrl-C; all
-/// failures are reported at the end. A complete teardown removes the state file.
+/// Runs the teardown of a state: every step, even when one fails and even after Ctrl-C.
+/// A step may fail because what it removes never existed (a run interrupted half-way) or is
+/// gone already, so what counts is what is left afterwards: if anything is, every failure is
+/// reported; if nothing is, the state file is removed.
 pub fn teardown(dir: &Path, state: &RunState, log: &Path, r: &Reporter) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     for step in state.teardown() {
@@ -229,7 +248,15 @@ pub fn teardown(dir: &Path, state: &RunState, log: &Path, r: &Reporter) -> anyho
             failures.push(format!("{e:#}"));
         }
     }
-    anyhow::ensure!(failures.is_empty(), "teardown left something behind:\n{}", failures.join("\n"));
+    let left = state.leftovers();
+    if !failures.is_empty() && (state.kind.is_some() || !left.is_empty()) {
+        anyhow::bail!(
+            "teardown left something behind{}:\n{}\n  fix: `cargo xtask e2e --down {}` tries again",
+            if left.is_empty() { String::new() } else { format!(" ({})", left.join(", ")) },
+            failures.join("\n"),
+            state.id
+        );
+    }
     let _ = std::fs::remove_file(RunState::path(dir));
     Ok(())
 }
