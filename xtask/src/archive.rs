@@ -378,7 +378,7 @@ pub fn load(project: &Project, r: &Reporter, archive: &Path, allow_stale: bool, 
         let start = Instant::now();
         // One target here (the local engine); loading is light, so several targets (Kind
         // nodes, clusters) load at once.
-        let targets = vec![load_cmd(engine, archive, manifest.compression)];
+        let targets = [load_cmd(engine, archive, manifest.compression)];
         let log = project.logs_dir().join("load-images.log");
         let _ = std::fs::remove_file(&log);
         std::thread::scope(|s| {

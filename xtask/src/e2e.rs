@@ -260,14 +260,16 @@ impl E2eArgs {
         let outcome = (|| -> anyhow::Result<()> {
             std::fs::create_dir_all(&run.dir)?;
             std::fs::write(run.stack_file(), &stack_yaml)?;
-            r.phase("load images", |r| {
+            r.phase("image archive for kind", |r| {
                 // `kind load image-archive` reads a plain tar: unpack the archive, or save one.
                 let make = run.make_tar();
                 r.command(&make);
-                make.run_logged(&log)?;
-                // Recorded before the cluster exists, so `e2e --down` finds it after a crash.
-                state.save(&run.dir)?;
-                if !run.reuse {
+                make.run_logged(&log)
+            })?;
+            // Recorded before the cluster exists, so `e2e --down` finds it after a crash.
+            state.save(&run.dir)?;
+            if !run.reuse {
+                r.phase("create cluster", |r| {
                     std::fs::write(run.config_file(), &config_yaml)?;
                     let create = run.create_cluster();
                     r.command(&create);
@@ -278,9 +280,10 @@ impl E2eArgs {
                         std::fs::create_dir_all(&dir)?;
                         std::fs::write(dir.join(format!("{}.json", run.cluster)), serde_json::to_vec(&run.ports)?)?;
                     }
-                }
-                kind::load_images(&run, r, &log)
-            })?;
+                    Ok(())
+                })?;
+            }
+            r.phase("load images", |r| kind::load_images(&run, r, &log))?;
             r.phase("deploy", |r| {
                 for c in [run.create_namespace(), run.apply()] {
                     r.command(&c);
@@ -340,7 +343,7 @@ impl E2eArgs {
                 let images = build::load_images(project, opts)?;
                 let binaries: Vec<&str> = images.images.iter().filter_map(images::ImageSpec::binary).collect();
                 let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-                let budget = opts.memory_budget.unwrap_or_else(|| memory_budget_now());
+                let budget = opts.memory_budget.unwrap_or_else(memory_budget_now);
                 lines.push(build::cargo_build(project, &binaries, crate::memory::cargo_jobs(budget, cpus)).to_string());
                 let prepared = build::prepare_with(project, r, opts, &[], None, false)
                     .context("a dry run plans with the binaries on disk: run `cargo build` once first")?;

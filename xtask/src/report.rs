@@ -151,7 +151,7 @@ mod tests {
     fn summary_lists_phases_and_total() {
         let r = Reporter { bars: None, phases: Mutex::new(Vec::new()), started: Instant::now() };
         r.phase("build", |_| Ok(())).unwrap();
-        let _ = r.phase("test", |_| anyhow::bail!("no")).map(|()| ());
+        let _ = r.phase("test", |_| -> anyhow::Result<()> { anyhow::bail!("no") });
         let s = r.summary();
         assert!(s.contains("build") && s.contains("ok"), "{s}");
         assert!(s.contains("test") && s.contains("FAILED"), "{s}");

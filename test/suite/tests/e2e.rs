@@ -229,8 +229,8 @@ async fn metrics_counters_move() {
         metric(&c, "gateway_signals_deduplicated_total").await,
     );
     assert!(after.0 >= before.0 + 2, "received {before:?} -> {after:?}");
-    assert!(after.1 >= before.1 + 1, "created {before:?} -> {after:?}");
-    assert!(after.2 >= before.2 + 1, "deduplicated {before:?} -> {after:?}");
+    assert!(after.1 > before.1, "created {before:?} -> {after:?}");
+    assert!(after.2 > before.2, "deduplicated {before:?} -> {after:?}");
 }
 
 #[tokio::test]
