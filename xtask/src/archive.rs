@@ -90,7 +90,9 @@ impl SaveArgs {
                 Compression::None => "images.tar",
             })
         });
-        let manifest = r.phase("save images", |r| save(project, r, &handoff, &output, self.compress))?;
+        let manifest = r.phase("save images", |r| {
+            save(project, r, &handoff, &output, self.compress)
+        })?;
         if let Some(prefix) = &self.push {
             r.phase("push images", |r| push(project, r, &handoff, prefix))?;
         }
@@ -117,16 +119,24 @@ fn fresh_handoff(project: &Project, r: &Reporter, opts: &BuildOptions) -> anyhow
             project.display(&Handoff::path(project))
         )
     })?;
-    let opts = BuildOptions { engine: Some(handoff.engine), ..opts.clone() };
+    let opts = BuildOptions {
+        engine: Some(handoff.engine),
+        ..opts.clone()
+    };
     let prepared = build::prepare(project, r, &opts, &[], None)?;
     let mut problems = Vec::new();
     for item in &prepared.plan {
         let recorded = handoff.images.iter().find(|i| i.name == item.spec.name);
         match (&item.action, recorded) {
-            (build::Action::Build { reason }, _) => problems.push(format!("{}: {reason}", item.spec.name)),
+            (build::Action::Build { reason }, _) => {
+                problems.push(format!("{}: {reason}", item.spec.name))
+            }
             (_, None) => problems.push(format!("{}: not in images.json", item.spec.name)),
             (build::Action::Cached { .. }, Some(rec)) if rec.fingerprint != item.fingerprint => {
-                problems.push(format!("{}: images.json lists an older build", item.spec.name))
+                problems.push(format!(
+                    "{}: images.json lists an older build",
+                    item.spec.name
+                ))
             }
             _ => {}
         }
@@ -163,19 +173,32 @@ impl Drop for Pending {
 }
 
 fn temp_beside(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
 /// Writes the archive and its manifest, each to a temporary file renamed into place only
 /// when complete: an interrupted save leaves nothing that looks complete.
-pub fn save(project: &Project, r: &Reporter, handoff: &Handoff, output: &Path, compression: Compression) -> anyhow::Result<Manifest> {
+pub fn save(
+    project: &Project,
+    r: &Reporter,
+    handoff: &Handoff,
+    output: &Path,
+    compression: Compression,
+) -> anyhow::Result<Manifest> {
     let start = Instant::now();
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     if compression == Compression::Zstd {
-        which::which("zstd").map_err(|_| anyhow::anyhow!("zstd is not installed.\n  fix: `apt-get install zstd`, or pass --compress none"))?;
+        which::which("zstd").map_err(|_| {
+            anyhow::anyhow!(
+                "zstd is not installed.\n  fix: `apt-get install zstd`, or pass --compress none"
+            )
+        })?;
     }
     let tmp_archive = temp_beside(output);
     let final_manifest = manifest_path(output);
@@ -186,7 +209,11 @@ pub fn save(project: &Project, r: &Reporter, handoff: &Handoff, output: &Path, c
     let _ = std::fs::remove_file(&log);
     match compression {
         Compression::Zstd => {
-            let p = save_cmd(handoff.engine, &refs, None).pipe(Cmd::new("zstd").args(["-T0", "-3", "-q", "-f", "-o"]).arg(tmp_archive.display().to_string()));
+            let p = save_cmd(handoff.engine, &refs, None).pipe(
+                Cmd::new("zstd")
+                    .args(["-T0", "-3", "-q", "-f", "-o"])
+                    .arg(tmp_archive.display().to_string()),
+            );
             r.line(format!("  $ {p}"));
             p.run_logged(&log).context("saving the images")?;
         }
@@ -201,7 +228,11 @@ pub fn save(project: &Project, r: &Reporter, handoff: &Handoff, output: &Path, c
     let sha256 = fingerprint::file_sha256(&tmp_archive)?;
     let manifest = Manifest {
         format: FORMAT.into(),
-        archive: output.file_name().context("the output needs a file name")?.to_string_lossy().into_owned(),
+        archive: output
+            .file_name()
+            .context("the output needs a file name")?
+            .to_string_lossy()
+            .into_owned(),
         sha256,
         size,
         compression,
@@ -211,17 +242,26 @@ pub fn save(project: &Project, r: &Reporter, handoff: &Handoff, output: &Path, c
         base_image_id: handoff.base_image_id.clone(),
         tool: format!("xtask {}", env!("CARGO_PKG_VERSION")),
         commit: commit(project),
-        created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
         images: handoff.images.clone(),
     };
     std::fs::write(&tmp_manifest, serde_json::to_vec_pretty(&manifest)?)?;
     interrupt::check()?;
     // An old manifest must never sit beside a new archive.
     let _ = std::fs::remove_file(&final_manifest);
-    std::fs::rename(&tmp_archive, output).with_context(|| format!("writing {}", output.display()))?;
-    std::fs::rename(&tmp_manifest, &final_manifest).with_context(|| format!("writing {}", final_manifest.display()))?;
+    std::fs::rename(&tmp_archive, output)
+        .with_context(|| format!("writing {}", output.display()))?;
+    std::fs::rename(&tmp_manifest, &final_manifest)
+        .with_context(|| format!("writing {}", final_manifest.display()))?;
     drop(pending);
-    r.line(format!("  saved {} images in {} ({})", manifest.images.len(), secs(start.elapsed()), memory::human(size)));
+    r.line(format!(
+        "  saved {} images in {} ({})",
+        manifest.images.len(),
+        secs(start.elapsed()),
+        memory::human(size)
+    ));
     Ok(manifest)
 }
 
@@ -238,7 +278,11 @@ fn save_cmd(engine: Engine, refs: &[String], output: Option<&Path>) -> Cmd {
 
 /// `git rev-parse HEAD`, with `-dirty` when the work tree has changes.
 fn commit(project: &Project) -> String {
-    let head = Cmd::new("git").args(["rev-parse", "HEAD"]).cwd(&project.root).read().map(|s| s.trim().to_owned());
+    let head = Cmd::new("git")
+        .args(["rev-parse", "HEAD"])
+        .cwd(&project.root)
+        .read()
+        .map(|s| s.trim().to_owned());
     let dirty = Cmd::new("git")
         .args(["status", "--porcelain", "--untracked-files=no"])
         .cwd(&project.root)
@@ -260,9 +304,17 @@ pub fn verify(archive: &Path) -> anyhow::Result<Manifest> {
             manifest_file.display()
         )
     })?;
-    let manifest: Manifest = serde_json::from_slice(&text).with_context(|| format!("{} is not a valid manifest", manifest_file.display()))?;
-    anyhow::ensure!(manifest.format == FORMAT, "{} has format {:?}, expected {FORMAT:?}", manifest_file.display(), manifest.format);
-    let size = std::fs::metadata(archive).with_context(|| format!("reading {}", archive.display()))?.len();
+    let manifest: Manifest = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a valid manifest", manifest_file.display()))?;
+    anyhow::ensure!(
+        manifest.format == FORMAT,
+        "{} has format {:?}, expected {FORMAT:?}",
+        manifest_file.display(),
+        manifest.format
+    );
+    let size = std::fs::metadata(archive)
+        .with_context(|| format!("reading {}", archive.display()))?
+        .len();
     anyhow::ensure!(
         size == manifest.size,
         "{} is {size} bytes but its manifest says {}: the archive is truncated or was replaced. Nothing was loaded.\n  fix: download or save it again",
@@ -291,7 +343,10 @@ pub fn stale_images(manifest: &Manifest, current: &BTreeMap<String, String>) -> 
                 fingerprint::tag(&image.fingerprint),
                 fingerprint::tag(fp)
             )),
-            None => stale.push(format!("{}: not in this checkout's images file", image.name)),
+            None => stale.push(format!(
+                "{}: not in this checkout's images file",
+                image.name
+            )),
         }
     }
     for name in current.keys() {
@@ -331,7 +386,13 @@ impl LoadArgs {
 
 /// Verifies, compares with the checkout, loads (into every target at once) and checks the
 /// image IDs. Returns the images as a handoff, for `e2e`.
-pub fn load(project: &Project, r: &Reporter, archive: &Path, allow_stale: bool, opts: &BuildOptions) -> anyhow::Result<Handoff> {
+pub fn load(
+    project: &Project,
+    r: &Reporter,
+    archive: &Path,
+    allow_stale: bool,
+    opts: &BuildOptions,
+) -> anyhow::Result<Handoff> {
     let manifest = r.phase("verify archive", |r| {
         let m = verify(archive)?;
         r.line(format!(
@@ -345,8 +406,21 @@ pub fn load(project: &Project, r: &Reporter, archive: &Path, allow_stale: bool, 
         Ok(m)
     })?;
     let engine = opts.engine.unwrap_or(Engine::Podman);
-    let prepared = build::prepare(project, r, &BuildOptions { engine: Some(engine), ..opts.clone() }, &[], Some(&manifest.base_image_id))?;
-    let current: BTreeMap<String, String> = prepared.plan.iter().map(|i| (i.spec.name.clone(), i.fingerprint.clone())).collect();
+    let prepared = build::prepare(
+        project,
+        r,
+        &BuildOptions {
+            engine: Some(engine),
+            ..opts.clone()
+        },
+        &[],
+        Some(&manifest.base_image_id),
+    )?;
+    let current: BTreeMap<String, String> = prepared
+        .plan
+        .iter()
+        .map(|i| (i.spec.name.clone(), i.fingerprint.clone()))
+        .collect();
     let stale = stale_images(&manifest, &current);
     if !stale.is_empty() {
         let list = stale.join("\n  ");
@@ -369,7 +443,12 @@ pub fn load(project: &Project, r: &Reporter, archive: &Path, allow_stale: bool, 
     }
     r.phase("load images", |r| {
         let present = |i: &ImageRecord| {
-            engine.inspect_image(&i.reference).read().ok().and_then(|o| engine::parse_inspect(&o)).is_some_and(|(id, ..)| id == i.id)
+            engine
+                .inspect_image(&i.reference)
+                .read()
+                .ok()
+                .and_then(|o| engine::parse_inspect(&o))
+                .is_some_and(|(id, ..)| id == i.id)
         };
         if manifest.images.iter().all(present) {
             r.line("  every image is already loaded, with the archive's image IDs");
@@ -389,12 +468,27 @@ pub fn load(project: &Project, r: &Reporter, archive: &Path, allow_stale: bool, 
                     s.spawn(|| t.run_logged(&log))
                 })
                 .collect();
-            handles.into_iter().try_for_each(|h| h.join().expect("no panic"))
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().expect("no panic"))
         })
         .context("loading the archive")?;
-        let missing: Vec<&str> = manifest.images.iter().filter(|i| !present(i)).map(|i| i.reference.as_str()).collect();
-        anyhow::ensure!(missing.is_empty(), "after loading, these images are missing or have other IDs: {}", missing.join(", "));
-        r.line(format!("  loaded {} images in {}", manifest.images.len(), secs(start.elapsed())));
+        let missing: Vec<&str> = manifest
+            .images
+            .iter()
+            .filter(|i| !present(i))
+            .map(|i| i.reference.as_str())
+            .collect();
+        anyhow::ensure!(
+            missing.is_empty(),
+            "after loading, these images are missing or have other IDs: {}",
+            missing.join(", ")
+        );
+        r.line(format!(
+            "  loaded {} images in {}",
+            manifest.images.len(),
+            secs(start.elapsed())
+        ));
         Ok(())
     })?;
     Ok(Handoff {
@@ -410,8 +504,13 @@ pub fn load(project: &Project, r: &Reporter, archive: &Path, allow_stale: bool, 
 pub fn load_cmd(engine: Engine, archive: &Path, compression: Compression) -> crate::cmd::Pipeline {
     let load = Cmd::new(engine.program()).arg("load");
     match compression {
-        Compression::Zstd => Cmd::new("zstd").args(["-d", "-c", "-q"]).arg(archive.display().to_string()).pipe(load),
-        Compression::None => crate::cmd::Pipeline(vec![load.arg("--input").arg(archive.display().to_string())]),
+        Compression::Zstd => Cmd::new("zstd")
+            .args(["-d", "-c", "-q"])
+            .arg(archive.display().to_string())
+            .pipe(load),
+        Compression::None => {
+            crate::cmd::Pipeline(vec![load.arg("--input").arg(archive.display().to_string())])
+        }
     }
 }
 
@@ -419,9 +518,23 @@ pub fn load_cmd(engine: Engine, archive: &Path, compression: Compression) -> cra
 /// parallel: pulling is light) and tags them as a local build would. An image already in the
 /// engine with its fingerprint is not pulled. The base image must be present, since its ID
 /// is part of every fingerprint.
-pub fn pull(project: &Project, r: &Reporter, prefix: &str, opts: &BuildOptions) -> anyhow::Result<Handoff> {
+pub fn pull(
+    project: &Project,
+    r: &Reporter,
+    prefix: &str,
+    opts: &BuildOptions,
+) -> anyhow::Result<Handoff> {
     let engine = opts.engine.unwrap_or(Engine::Podman);
-    let prepared = build::prepare(project, r, &BuildOptions { engine: Some(engine), ..opts.clone() }, &[], None)?;
+    let prepared = build::prepare(
+        project,
+        r,
+        &BuildOptions {
+            engine: Some(engine),
+            ..opts.clone()
+        },
+        &[],
+        None,
+    )?;
     let log = project.logs_dir().join("pull-images.log");
     let _ = std::fs::remove_file(&log);
     let insecure = is_loopback_registry(prefix);
@@ -493,7 +606,8 @@ fn push(project: &Project, r: &Reporter, handoff: &Handoff, prefix: &str) -> any
         let push = push.arg(&remote);
         for c in [tag, push] {
             r.command(&c);
-            c.run_logged(&log).with_context(|| format!("pushing {}", image.name))?;
+            c.run_logged(&log)
+                .with_context(|| format!("pushing {}", image.name))?;
         }
     }
     Ok(())
@@ -501,7 +615,12 @@ fn push(project: &Project, r: &Reporter, handoff: &Handoff, prefix: &str) -> any
 
 /// `localhost:5000/e2e` + gateway at fingerprint f00... = `localhost:5000/e2e/gateway:f00...`.
 pub fn remote_reference(prefix: &str, image: &ImageRecord) -> String {
-    format!("{}/{}:{}", prefix.trim_end_matches('/'), image.name, fingerprint::tag(&image.fingerprint))
+    format!(
+        "{}/{}:{}",
+        prefix.trim_end_matches('/'),
+        image.name,
+        fingerprint::tag(&image.fingerprint)
+    )
 }
 
 /// Registries on loopback speak plain HTTP in tests; podman must be told so.
@@ -544,19 +663,30 @@ mod tests {
             created_unix: 0,
             images: vec![record("gateway", &a), record("redis", &a)],
         };
-        let same: BTreeMap<String, String> = [("gateway".into(), a.clone()), ("redis".into(), a.clone())].into();
+        let same: BTreeMap<String, String> =
+            [("gateway".into(), a.clone()), ("redis".into(), a.clone())].into();
         assert!(stale_images(&manifest, &same).is_empty());
-        let changed: BTreeMap<String, String> = [("gateway".into(), b.clone()), ("postgres".into(), a.clone()), ("redis".into(), a.clone())].into();
+        let changed: BTreeMap<String, String> = [
+            ("gateway".into(), b.clone()),
+            ("postgres".into(), a.clone()),
+            ("redis".into(), a.clone()),
+        ]
+        .into();
         let stale = stale_images(&manifest, &changed);
         assert_eq!(stale.len(), 2, "{stale:?}");
-        assert!(stale[0].starts_with("gateway: archive aaaaaaaaaaaaaaaa but this checkout gives bbbbbbbbbbbbbbbb"));
+        assert!(stale[0].starts_with(
+            "gateway: archive aaaaaaaaaaaaaaaa but this checkout gives bbbbbbbbbbbbbbbb"
+        ));
         assert_eq!(stale[1], "postgres: missing from the archive");
     }
 
     #[test]
     fn registry_references() {
         let r = record("gateway", &"c".repeat(64));
-        assert_eq!(remote_reference("localhost:5000/e2e/", &r), "localhost:5000/e2e/gateway:cccccccccccccccc");
+        assert_eq!(
+            remote_reference("localhost:5000/e2e/", &r),
+            "localhost:5000/e2e/gateway:cccccccccccccccc"
+        );
         assert!(is_loopback_registry("localhost:5000/e2e"));
         assert!(is_loopback_registry("127.0.0.1:5000/x"));
         assert!(!is_loopback_registry("ghcr.io/team/e2e"));
@@ -564,11 +694,29 @@ mod tests {
 
     #[test]
     fn save_and_load_commands() {
-        let refs = vec!["localhost/e2e-a:1".to_owned(), "localhost/e2e-b:2".to_owned()];
-        assert_eq!(save_cmd(Engine::Podman, &refs, None).to_string(), "podman save --multi-image-archive localhost/e2e-a:1 localhost/e2e-b:2");
-        assert_eq!(save_cmd(Engine::Docker, &refs, Some(Path::new("o.tar"))).to_string(), "docker save --output o.tar localhost/e2e-a:1 localhost/e2e-b:2");
-        assert_eq!(load_cmd(Engine::Podman, Path::new("i.tar.zst"), Compression::Zstd).to_string(), "zstd -d -c -q i.tar.zst | podman load");
-        assert_eq!(load_cmd(Engine::Podman, Path::new("i.tar"), Compression::None).to_string(), "podman load --input i.tar");
-        assert_eq!(manifest_path(Path::new("target/e2e/images.tar.zst")), PathBuf::from("target/e2e/images.tar.zst.json"));
+        let refs = vec![
+            "localhost/e2e-a:1".to_owned(),
+            "localhost/e2e-b:2".to_owned(),
+        ];
+        assert_eq!(
+            save_cmd(Engine::Podman, &refs, None).to_string(),
+            "podman save --multi-image-archive localhost/e2e-a:1 localhost/e2e-b:2"
+        );
+        assert_eq!(
+            save_cmd(Engine::Docker, &refs, Some(Path::new("o.tar"))).to_string(),
+            "docker save --output o.tar localhost/e2e-a:1 localhost/e2e-b:2"
+        );
+        assert_eq!(
+            load_cmd(Engine::Podman, Path::new("i.tar.zst"), Compression::Zstd).to_string(),
+            "zstd -d -c -q i.tar.zst | podman load"
+        );
+        assert_eq!(
+            load_cmd(Engine::Podman, Path::new("i.tar"), Compression::None).to_string(),
+            "podman load --input i.tar"
+        );
+        assert_eq!(
+            manifest_path(Path::new("target/e2e/images.tar.zst")),
+            PathBuf::from("target/e2e/images.tar.zst.json")
+        );
     }
 }

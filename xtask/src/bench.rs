@@ -17,12 +17,10 @@ use std::{
 
 use anyhow::Context;
 
-
 use crate::{
     build::{self, Handoff},
     engine::{BuildCmd, Engine},
-    images,
-    memory,
+    images, memory,
     project::Project,
     report::{secs, table, Reporter},
 };
@@ -51,15 +49,23 @@ impl BenchArgs {
         let exe = std::env::current_exe()?;
         let prebuild = |extra: &[&str]| -> anyhow::Result<Sample> {
             measure(|| {
-                let out = Command::new(&exe).arg("prebuild-images").args(extra).output()?;
-                anyhow::ensure!(out.status.success(), "prebuild-images failed:\n{}", String::from_utf8_lossy(&out.stderr));
+                let out = Command::new(&exe)
+                    .arg("prebuild-images")
+                    .args(extra)
+                    .output()?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "prebuild-images failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 Ok(())
             })
         };
 
         r.line("warming up: one prebuild-images so that every image is cached");
         prebuild(&[])?;
-        let handoff = Handoff::load(project).context("no target/e2e/images.json after prebuild-images")?;
+        let handoff =
+            Handoff::load(project).context("no target/e2e/images.json after prebuild-images")?;
         let specs = build::load_images(project, &Default::default())?.images;
 
         // The plain builds: the same Dockerfiles, contexts, caps and arguments, with podman's
@@ -69,7 +75,9 @@ impl BenchArgs {
             .map(|spec| {
                 let context = match &spec.context {
                     images::BuildContext::Dir(d) => project.root.join(d),
-                    images::BuildContext::Binary(_) => project.e2e_dir().join("context").join(&spec.name),
+                    images::BuildContext::Binary(_) => {
+                        project.e2e_dir().join("context").join(&spec.name)
+                    }
                 };
                 (spec.clone(), context)
             })
@@ -101,7 +109,10 @@ impl BenchArgs {
             noop.push(prebuild(&[])?);
             plains.push(plain()?);
         }
-        let mut rows = vec![row("no-op prebuild-images (all cached)", &noop), row("plain podman build, layer cache", &plains)];
+        let mut rows = vec![
+            row("no-op prebuild-images (all cached)", &noop),
+            row("plain podman build, layer cache", &plains),
+        ];
         let speedup = median(&plains.iter().map(|s| s.wall).collect::<Vec<_>>()).as_secs_f64()
             / median(&noop.iter().map(|s| s.wall).collect::<Vec<_>>()).as_secs_f64();
 
@@ -111,7 +122,11 @@ impl BenchArgs {
             let mut one = Vec::new();
             let mut all = Vec::new();
             for i in 0..self.cold_runs {
-                r.line(format!("cold run {}/{} (no layer cache): one at a time, then all at once", i + 1, self.cold_runs));
+                r.line(format!(
+                    "cold run {}/{} (no layer cache): one at a time, then all at once",
+                    i + 1,
+                    self.cold_runs
+                ));
                 one.push(prebuild(&["--force", "--jobs", "1"])?);
                 all.push(prebuild(&["--force", "--jobs", &n])?);
             }
@@ -128,8 +143,12 @@ impl BenchArgs {
             );
         }
         for spec in &specs {
-            let _ = Engine::Podman.inspect_image(&format!("{}:bench-plain", spec.repository)).read();
-            let _ = Command::new("podman").args(["rmi", &format!("{}:bench-plain", spec.repository)]).output();
+            let _ = Engine::Podman
+                .inspect_image(&format!("{}:bench-plain", spec.repository))
+                .read();
+            let _ = Command::new("podman")
+                .args(["rmi", &format!("{}:bench-plain", spec.repository)])
+                .output();
         }
         r.line(format!(
             "results ({} images, medians):\n{}\n  no-op prebuild-images is {speedup:.1}x faster than the plain builds{cold_note}",
@@ -156,7 +175,11 @@ impl BenchArchiveArgs {
         let xtask = |args: &[&str]| -> anyhow::Result<String> {
             let out = Command::new(&exe).args(args).output()?;
             let text = String::from_utf8_lossy(&out.stderr).into_owned();
-            anyhow::ensure!(out.status.success(), "xtask {} failed:\n{text}", args.join(" "));
+            anyhow::ensure!(
+                out.status.success(),
+                "xtask {} failed:\n{text}",
+                args.join(" ")
+            );
             Ok(text)
         };
         r.line("warming up: prebuild-images, so that every image is cached");
@@ -175,8 +198,12 @@ impl BenchArchiveArgs {
         let (mut save_z, mut save_n, mut load_z, mut load_n) = (vec![], vec![], vec![], vec![]);
         for i in 0..self.runs {
             r.line(format!("save/load run {}/{}", i + 1, self.runs));
-            save_z.push(measure(|| xtask(&["save-images", "--output", &zst_s]).map(drop))?);
-            save_n.push(measure(|| xtask(&["save-images", "--compress", "none", "--output", &tar_s]).map(drop))?);
+            save_z.push(measure(|| {
+                xtask(&["save-images", "--output", &zst_s]).map(drop)
+            })?);
+            save_n.push(measure(|| {
+                xtask(&["save-images", "--compress", "none", "--output", &tar_s]).map(drop)
+            })?);
             remove();
             load_z.push(measure(|| xtask(&["load-images", &zst_s]).map(drop))?);
             remove();
@@ -184,7 +211,11 @@ impl BenchArchiveArgs {
         }
         let (mut from_archive, mut warm) = (vec![], vec![]);
         for i in 0..self.runs {
-            r.line(format!("e2e run {}/{}: --images (images removed first), then warm", i + 1, self.runs));
+            r.line(format!(
+                "e2e run {}/{}: --images (images removed first), then warm",
+                i + 1,
+                self.runs
+            ));
             remove();
             from_archive.push(until_tests(&xtask(&["e2e", "--images", &zst_s])?)?);
             warm.push(until_tests(&xtask(&["e2e"])?)?);
@@ -195,7 +226,10 @@ impl BenchArchiveArgs {
             row("save-images, zstd", &save_z),
             row("save-images, no compression", &save_n),
             row("load-images, zstd (images removed first)", &load_z),
-            row("load-images, no compression (images removed first)", &load_n),
+            row(
+                "load-images, no compression (images removed first)",
+                &load_n,
+            ),
         ];
         let to_tests = |v: &[Duration]| secs3(median(v));
         r.line(format!(
@@ -221,14 +255,20 @@ impl BenchArchiveArgs {
 
 /// From an `e2e` run's phase table: the time of every phase before the suite started.
 pub fn until_tests(output: &str) -> anyhow::Result<Duration> {
-    let table = output.rsplit_once("phases:").map(|(_, t)| t).context("no phase table in the e2e output")?;
+    let table = output
+        .rsplit_once("phases:")
+        .map(|(_, t)| t)
+        .context("no phase table in the e2e output")?;
     let mut total = 0.0;
     for line in table.lines() {
         let line = line.trim();
         if line.starts_with("run E2E suite") {
             return Ok(Duration::from_secs_f64(total));
         }
-        if let Some(t) = line.split_whitespace().find_map(|w| w.strip_suffix('s').and_then(|n| n.parse::<f64>().ok())) {
+        if let Some(t) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_suffix('s').and_then(|n| n.parse::<f64>().ok()))
+        {
             total += t;
         }
     }
@@ -283,7 +323,10 @@ fn measure(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Sample> {
     stop.store(true, Ordering::Relaxed);
     let peak = peak.join().unwrap_or(0);
     result?;
-    Ok(Sample { wall, peak: peak.saturating_sub(base) })
+    Ok(Sample {
+        wall,
+        peak: peak.saturating_sub(base),
+    })
 }
 
 #[cfg(test)]
@@ -291,7 +334,10 @@ mod tests {
     #[test]
     fn time_to_the_first_test_sums_the_phases_before_it() {
         let out = "x\n[10:00:00] phases:\n  check prerequisites  0.3s  ok\n  load images  5.2s  ok\n  run E2E suite  0.7s  ok\n  total (wall)  6.2s\n";
-        assert_eq!(super::until_tests(out).unwrap(), std::time::Duration::from_secs_f64(5.5));
+        assert_eq!(
+            super::until_tests(out).unwrap(),
+            std::time::Duration::from_secs_f64(5.5)
+        );
         assert!(super::until_tests("no table").is_err());
     }
 

@@ -116,7 +116,10 @@ impl Handoff {
 
     /// Each image repository mapped to the reference that was built.
     pub fn pinned(&self) -> BTreeMap<String, String> {
-        self.images.iter().map(|i| (i.repository.clone(), i.reference.clone())).collect()
+        self.images
+            .iter()
+            .map(|i| (i.repository.clone(), i.reference.clone()))
+            .collect()
     }
 }
 
@@ -129,7 +132,10 @@ pub struct Env {
 }
 
 pub fn load_images(project: &Project, opts: &BuildOptions) -> anyhow::Result<Images> {
-    let file = opts.images_file.clone().unwrap_or_else(|| project.images_file());
+    let file = opts
+        .images_file
+        .clone()
+        .unwrap_or_else(|| project.images_file());
     Images::load(&file, std::env::var("E2E_BASE_IMAGE").ok())
 }
 
@@ -168,12 +174,21 @@ pub fn prepare_with(
     let selected = images.select(names)?;
     let env = check_prerequisites(opts.engine, &images, base_image_id, r)?;
     let budget = match opts.memory_budget {
-        Some(bytes) => Budget { bytes, source: "--memory-budget".into() },
+        Some(bytes) => Budget {
+            bytes,
+            source: "--memory-budget".into(),
+        },
         None => memory::default_budget(&memory::read()?),
     };
-    let too_big = memory::too_big(selected.iter().map(|s| (s.name.as_str(), s.memory)), budget.bytes);
+    let too_big = memory::too_big(
+        selected.iter().map(|s| (s.name.as_str(), s.memory)),
+        budget.bytes,
+    );
     if !too_big.is_empty() {
-        let list: Vec<String> = too_big.iter().map(|(n, c)| format!("{n} (cap {})", memory::human(*c))).collect();
+        let list: Vec<String> = too_big
+            .iter()
+            .map(|(n, c)| format!("{n} (cap {})", memory::human(*c)))
+            .collect();
         anyhow::bail!(
             "the memory budget is {} ({}), and these images' caps alone exceed it: {}.\n  fix: lower their \
              `memory` in the images file, or give more with --memory-budget SIZE",
@@ -195,40 +210,82 @@ pub fn prepare_with(
                 memory::human(memory::RUSTC_JOB)
             ));
             r.command(&cmd);
-            cmd.run_logged(&project.logs_dir().join("cargo-build.log")).context("compiling the service binaries")
+            cmd.run_logged(&project.logs_dir().join("cargo-build.log"))
+                .context("compiling the service binaries")
         })?;
     }
 
     let previous = Handoff::load(project);
     let for_archive = base_image_id.is_some();
-    let plan = r.phase(if for_archive { "fingerprint this checkout" } else { "plan" }, |r| {
-        let plan = make_plan(project, &env, &selected, opts.force, previous.as_ref())?;
+    let plan = r.phase(
         if for_archive {
-            let tags: Vec<String> = plan.iter().map(|i| format!("{} {}", i.spec.name, fingerprint::tag(&i.fingerprint))).collect();
-            r.line(format!("  {}", tags.join(", ")));
+            "fingerprint this checkout"
         } else {
-            r.line(describe_plan(&plan, opts.jobs, &budget));
-        }
-        Ok(plan)
-    })?;
-    Ok(Prepared { images, env, budget, plan, previous })
+            "plan"
+        },
+        |r| {
+            let plan = make_plan(project, &env, &selected, opts.force, previous.as_ref())?;
+            if for_archive {
+                let tags: Vec<String> = plan
+                    .iter()
+                    .map(|i| format!("{} {}", i.spec.name, fingerprint::tag(&i.fingerprint)))
+                    .collect();
+                r.line(format!("  {}", tags.join(", ")));
+            } else {
+                r.line(describe_plan(&plan, opts.jobs, &budget));
+            }
+            Ok(plan)
+        },
+    )?;
+    Ok(Prepared {
+        images,
+        env,
+        budget,
+        plan,
+        previous,
+    })
 }
 
 /// Builds the named images (all when `names` is empty) as the module doc says.
-pub fn prebuild(project: &Project, r: &Reporter, opts: &BuildOptions, names: &[String]) -> anyhow::Result<Handoff> {
+pub fn prebuild(
+    project: &Project,
+    r: &Reporter,
+    opts: &BuildOptions,
+    names: &[String],
+) -> anyhow::Result<Handoff> {
     let prepared = prepare(project, r, opts, names, None)?;
     finish(project, r, opts, prepared)
 }
 
 /// Steps 4 and 5: build what the plan says, then write the handoff.
-pub fn finish(project: &Project, r: &Reporter, opts: &BuildOptions, prepared: Prepared) -> anyhow::Result<Handoff> {
-    let Prepared { images, env, budget, plan, previous } = prepared;
-    let outcomes = r.phase("build images", |r| Ok(execute(project, r, &env, &plan, opts.jobs, &budget)))?;
+pub fn finish(
+    project: &Project,
+    r: &Reporter,
+    opts: &BuildOptions,
+    prepared: Prepared,
+) -> anyhow::Result<Handoff> {
+    let Prepared {
+        images,
+        env,
+        budget,
+        plan,
+        previous,
+    } = prepared;
+    let outcomes = r.phase("build images", |r| {
+        Ok(execute(project, r, &env, &plan, opts.jobs, &budget))
+    })?;
     r.line(format!("images:\n{}", outcome_table(&plan, &outcomes)));
-    let failures: Vec<&String> = outcomes.values().filter_map(|o| o.result.as_ref().err()).collect();
+    let failures: Vec<&String> = outcomes
+        .values()
+        .filter_map(|o| o.result.as_ref().err())
+        .collect();
     if !failures.is_empty() {
         let list: Vec<String> = failures.iter().map(|f| format!("- {f}")).collect();
-        anyhow::bail!("{} image build(s) failed:\n{}", failures.len(), list.join("\n"));
+        anyhow::bail!(
+            "{} image build(s) failed:\n{}",
+            failures.len(),
+            list.join("\n")
+        );
     }
     interrupt::check()?;
 
@@ -237,7 +294,10 @@ pub fn finish(project: &Project, r: &Reporter, opts: &BuildOptions, prepared: Pr
         let (id, size) = match &item.action {
             Action::Cached { id, size } => (id.clone(), *size),
             Action::Build { .. } => {
-                let o = outcomes.get(&item.spec.name).and_then(|o| o.result.as_ref().ok()).context("a build without an outcome")?;
+                let o = outcomes
+                    .get(&item.spec.name)
+                    .and_then(|o| o.result.as_ref().ok())
+                    .context("a build without an outcome")?;
                 o.clone()
             }
         };
@@ -246,12 +306,20 @@ pub fn finish(project: &Project, r: &Reporter, opts: &BuildOptions, prepared: Pr
     // Images not selected this time keep their previous entry, so the file lists every image.
     if let Some(prev) = previous.filter(|p| p.engine == env.engine) {
         for old in prev.images {
-            if !records.iter().any(|r| r.name == old.name) && images.images.iter().any(|i| i.name == old.name) {
+            if !records.iter().any(|r| r.name == old.name)
+                && images.images.iter().any(|i| i.name == old.name)
+            {
                 records.push(old);
             }
         }
     }
-    let order = |name: &str| images.images.iter().position(|i| i.name == name).unwrap_or(usize::MAX);
+    let order = |name: &str| {
+        images
+            .images
+            .iter()
+            .position(|i| i.name == name)
+            .unwrap_or(usize::MAX)
+    };
     records.sort_by_key(|r| order(&r.name));
     let handoff = Handoff {
         engine: env.engine,
@@ -259,11 +327,21 @@ pub fn finish(project: &Project, r: &Reporter, opts: &BuildOptions, prepared: Pr
         base_image: env.base_image,
         base_image_id: env.base_image_id,
         images: records,
-        built_now: plan.iter().filter(|i| matches!(i.action, Action::Build { .. })).map(|i| i.spec.name.clone()).collect(),
+        built_now: plan
+            .iter()
+            .filter(|i| matches!(i.action, Action::Build { .. }))
+            .map(|i| i.spec.name.clone())
+            .collect(),
     };
     handoff.save(project)?;
-    r.line(format!("wrote {}", project.display(&Handoff::path(project))));
-    if plan.iter().any(|i| matches!(i.action, Action::Build { .. })) {
+    r.line(format!(
+        "wrote {}",
+        project.display(&Handoff::path(project))
+    ));
+    if plan
+        .iter()
+        .any(|i| matches!(i.action, Action::Build { .. }))
+    {
         prune_superseded(r, &handoff);
     }
     Ok(handoff)
@@ -273,13 +351,19 @@ pub fn finish(project: &Project, r: &Reporter, opts: &BuildOptions, prepared: Pr
 /// `KEEP_OLDER` newest, so a day of rebuilds does not fill the disk. Other repositories are
 /// never touched.
 fn prune_superseded(r: &Reporter, handoff: &Handoff) {
-    let Ok(listing) = handoff.engine.list_fingerprinted().read() else { return };
+    let Ok(listing) = handoff.engine.list_fingerprinted().read() else {
+        return;
+    };
     let old = superseded(&listing, handoff);
     for reference in &old {
         let _ = handoff.engine.untag(reference).read();
     }
     if !old.is_empty() {
-        r.line(format!("removed {} superseded image tag(s): {}", old.len(), old.join(", ")));
+        r.line(format!(
+            "removed {} superseded image tag(s): {}",
+            old.len(),
+            old.join(", ")
+        ));
     }
 }
 
@@ -290,7 +374,11 @@ pub const KEEP_OLDER: usize = 2;
 /// The references in `listing` (newest first, as the engines list images) of a handed-off
 /// repository, beyond its current tag and the `KEEP_OLDER` newest others.
 pub fn superseded(listing: &str, handoff: &Handoff) -> Vec<String> {
-    let current: BTreeMap<&str, &str> = handoff.images.iter().map(|i| (i.repository.as_str(), i.reference.as_str())).collect();
+    let current: BTreeMap<&str, &str> = handoff
+        .images
+        .iter()
+        .map(|i| (i.repository.as_str(), i.reference.as_str()))
+        .collect();
     let mut kept: BTreeMap<&str, usize> = BTreeMap::new();
     let mut old = Vec::new();
     for l in listing.lines().map(str::trim).filter(|l| !l.is_empty()) {
@@ -311,7 +399,12 @@ pub fn superseded(listing: &str, handoff: &Handoff) -> Vec<String> {
 }
 
 /// Stops before anything runs when the engine or the base image is missing, naming the fix.
-pub fn check_prerequisites(requested: Option<Engine>, images: &Images, given_base_id: Option<&str>, r: &Reporter) -> anyhow::Result<Env> {
+pub fn check_prerequisites(
+    requested: Option<Engine>,
+    images: &Images,
+    given_base_id: Option<&str>,
+    r: &Reporter,
+) -> anyhow::Result<Env> {
     r.phase("check prerequisites", |r| {
         let engine = Engine::detect(requested)?;
         // Both calls at once: together they show the engine runs and its image store answers.
@@ -396,8 +489,15 @@ pub enum Action {
 
 /// The freshness decision. An image is cached only when its fingerprinted tag exists *and*
 /// carries the same full fingerprint in its label: the tag's existence alone is not enough.
-pub fn decide(force: bool, fingerprint: &str, in_engine: Option<(String, u64, Option<String>)>, previous: Option<&str>) -> Action {
-    let build = |reason: &str| Action::Build { reason: reason.to_owned() };
+pub fn decide(
+    force: bool,
+    fingerprint: &str,
+    in_engine: Option<(String, u64, Option<String>)>,
+    previous: Option<&str>,
+) -> Action {
+    let build = |reason: &str| Action::Build {
+        reason: reason.to_owned(),
+    };
     if force {
         return build("--force");
     }
@@ -412,15 +512,25 @@ pub fn decide(force: bool, fingerprint: &str, in_engine: Option<(String, u64, Op
     }
 }
 
-fn make_plan(project: &Project, env: &Env, specs: &[ImageSpec], force: bool, previous: Option<&Handoff>) -> anyhow::Result<Vec<PlanItem>> {
+fn make_plan(
+    project: &Project,
+    env: &Env,
+    specs: &[ImageSpec],
+    force: bool,
+    previous: Option<&Handoff>,
+) -> anyhow::Result<Vec<PlanItem>> {
     let mut cache = HashCache::load(&project.e2e_dir().join("hash-cache.json"));
     let mut items = Vec::new();
     for spec in specs {
         let context = stage_context(project, spec, &mut cache)?;
         let entries = fingerprint::scan_context(&context, &mut cache)?;
         let dockerfile_path = project.root.join(&spec.dockerfile);
-        let dockerfile = std::fs::read(&dockerfile_path)
-            .with_context(|| format!("image {}: reading its Dockerfile {}", spec.name, spec.dockerfile))?;
+        let dockerfile = std::fs::read(&dockerfile_path).with_context(|| {
+            format!(
+                "image {}: reading its Dockerfile {}",
+                spec.name, spec.dockerfile
+            )
+        })?;
         let fp = fingerprint::fingerprint(&Inputs {
             dockerfile: &dockerfile,
             context: &entries,
@@ -429,16 +539,35 @@ fn make_plan(project: &Project, env: &Env, specs: &[ImageSpec], force: bool, pre
             platform: &env.platform,
         });
         let reference = format!("{}:{}", spec.repository, fingerprint::tag(&fp));
-        items.push(PlanItem { spec: spec.clone(), context, fingerprint: fp, reference, action: Action::Build { reason: String::new() } });
+        items.push(PlanItem {
+            spec: spec.clone(),
+            context,
+            fingerprint: fp,
+            reference,
+            action: Action::Build {
+                reason: String::new(),
+            },
+        });
     }
     cache.save()?;
     // Look every tag up at once: each engine call costs tens of milliseconds.
     let found: Vec<Option<(String, u64, Option<String>)>> = std::thread::scope(|s| {
         let handles: Vec<_> = items
             .iter()
-            .map(|item| s.spawn(|| env.engine.inspect_image(&item.reference).read().ok().and_then(|o| engine::parse_inspect(&o))))
+            .map(|item| {
+                s.spawn(|| {
+                    env.engine
+                        .inspect_image(&item.reference)
+                        .read()
+                        .ok()
+                        .and_then(|o| engine::parse_inspect(&o))
+                })
+            })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or(None)).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(None))
+            .collect()
     });
     for (item, in_engine) in items.iter_mut().zip(found) {
         let prev = previous
@@ -459,12 +588,29 @@ pub fn describe_plan(plan: &[PlanItem], jobs: usize, budget: &Budget) -> String 
                 Action::Cached { .. } => ("cached".to_owned(), "fingerprint matches".to_owned()),
                 Action::Build { reason } => ("build".to_owned(), reason.clone()),
             };
-            vec![i.spec.name.clone(), fingerprint::tag(&i.fingerprint), state, images::podman_size(i.spec.memory), why]
+            vec![
+                i.spec.name.clone(),
+                fingerprint::tag(&i.fingerprint),
+                state,
+                images::podman_size(i.spec.memory),
+                why,
+            ]
         })
         .collect();
-    let caps: Vec<u64> = plan.iter().filter(|i| matches!(i.action, Action::Build { .. })).map(|i| i.spec.memory).collect();
-    let mut out = format!("plan:\n{}\n", table(&["image", "tag", "action", "cap", "why"], &rows));
-    out.push_str(&format!("  memory budget: {} ({})\n", memory::human(budget.bytes), budget.source));
+    let caps: Vec<u64> = plan
+        .iter()
+        .filter(|i| matches!(i.action, Action::Build { .. }))
+        .map(|i| i.spec.memory)
+        .collect();
+    let mut out = format!(
+        "plan:\n{}\n",
+        table(&["image", "tag", "action", "cap", "why"], &rows)
+    );
+    out.push_str(&format!(
+        "  memory budget: {} ({})\n",
+        memory::human(budget.bytes),
+        budget.source
+    ));
     out.push_str(&format!("  {}", concurrency(&caps, jobs, budget.bytes)));
     out
 }
@@ -489,17 +635,29 @@ pub fn concurrency(caps: &[u64], jobs: usize, budget: u64) -> String {
 /// The build context of an image: its directory, or a staged directory holding only the
 /// binary it packages (so the engine is sent megabytes, not the target directory). The
 /// staged copy is rewritten only when the binary's content changed.
-fn stage_context(project: &Project, spec: &ImageSpec, cache: &mut HashCache) -> anyhow::Result<PathBuf> {
+fn stage_context(
+    project: &Project,
+    spec: &ImageSpec,
+    cache: &mut HashCache,
+) -> anyhow::Result<PathBuf> {
     match &spec.context {
         BuildContext::Dir(dir) => {
             let path = project.root.join(dir);
-            anyhow::ensure!(path.is_dir(), "image {}: context directory {dir} does not exist", spec.name);
+            anyhow::ensure!(
+                path.is_dir(),
+                "image {}: context directory {dir} does not exist",
+                spec.name
+            );
             Ok(path)
         }
         BuildContext::Binary(bin) => {
             let src = project.binary(bin);
             let src_meta = std::fs::metadata(&src).with_context(|| {
-                format!("image {}: binary {} was not built (is `{bin}` a binary of this workspace?)", spec.name, project.display(&src))
+                format!(
+                    "image {}: binary {} was not built (is `{bin}` a binary of this workspace?)",
+                    spec.name,
+                    project.display(&src)
+                )
             })?;
             let dir = project.e2e_dir().join("context").join(&spec.name);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -510,7 +668,8 @@ fn stage_context(project: &Project, spec: &ImageSpec, cache: &mut HashCache) -> 
             };
             if !same {
                 let tmp = dir.join(format!(".{bin}.tmp"));
-                std::fs::copy(&src, &tmp).with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
+                std::fs::copy(&src, &tmp)
+                    .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
                 std::fs::rename(&tmp, &dst)?;
             }
             // Only the binary belongs in this context.
@@ -535,8 +694,18 @@ struct Outcome {
 
 /// Runs the builds the plan asks for, admitting each only while it fits; after a failure
 /// no new build starts, running ones finish, and every failure is reported.
-fn execute(project: &Project, r: &Reporter, env: &Env, plan: &[PlanItem], jobs: usize, budget: &Budget) -> HashMap<String, Outcome> {
-    let mut queue: VecDeque<&PlanItem> = plan.iter().filter(|i| matches!(i.action, Action::Build { .. })).collect();
+fn execute(
+    project: &Project,
+    r: &Reporter,
+    env: &Env,
+    plan: &[PlanItem],
+    jobs: usize,
+    budget: &Budget,
+) -> HashMap<String, Outcome> {
+    let mut queue: VecDeque<&PlanItem> = plan
+        .iter()
+        .filter(|i| matches!(i.action, Action::Build { .. }))
+        .collect();
     let mut outcomes = HashMap::new();
     if queue.is_empty() {
         r.line("  nothing to build");
@@ -643,13 +812,23 @@ pub fn build_cmd_for(project: &Project, engine: Engine, item: &PlanItem) -> Cmd 
     })
 }
 
-fn build_one(project: &Project, r: &Reporter, engine: Engine, item: &PlanItem, sampler: &Sampler) -> Outcome {
+fn build_one(
+    project: &Project,
+    r: &Reporter,
+    engine: Engine,
+    item: &PlanItem,
+    sampler: &Sampler,
+) -> Outcome {
     let start = Instant::now();
     let spec = &item.spec;
     let cmd = build_cmd_for(project, engine, item);
     let log = build_log(project, &spec.name);
     let _ = std::fs::remove_file(&log);
-    r.line(format!("  building {} (cap {})", spec.name, images::podman_size(spec.memory)));
+    r.line(format!(
+        "  building {} (cap {})",
+        spec.name,
+        images::podman_size(spec.memory)
+    ));
     r.command(&cmd);
     let bar = r.spinner(&spec.name, "building");
     let result = cmd.run_logged(&log);
@@ -657,12 +836,20 @@ fn build_one(project: &Project, r: &Reporter, engine: Engine, item: &PlanItem, s
     let took = start.elapsed();
     let peak = sampler.peak_since(start);
     let result = match result {
-        Ok(()) => match engine.inspect_image(&item.reference).read().ok().and_then(|o| engine::parse_inspect(&o)) {
+        Ok(()) => match engine
+            .inspect_image(&item.reference)
+            .read()
+            .ok()
+            .and_then(|o| engine::parse_inspect(&o))
+        {
             Some((id, size, _)) => {
                 r.line(format!("  built {} in {}", item.reference, secs(took)));
                 Ok((id, size))
             }
-            None => Err(format!("other:|the build succeeded but {} is not in the engine", item.reference)),
+            None => Err(format!(
+                "other:|the build succeeded but {} is not in the engine",
+                item.reference
+            )),
         },
         Err(err) => {
             let code = err.downcast_ref::<CmdError>().and_then(|e| e.code);
@@ -685,16 +872,34 @@ fn outcome_table(plan: &[PlanItem], outcomes: &HashMap<String, Outcome>) -> Stri
             let name = item.spec.name.clone();
             match (&item.action, outcomes.get(&name)) {
                 (Action::Cached { size, .. }, _) => {
-                    vec![name, "cached".into(), "-".into(), memory::human(*size), "-".into()]
+                    vec![
+                        name,
+                        "cached".into(),
+                        "-".into(),
+                        memory::human(*size),
+                        "-".into(),
+                    ]
                 }
                 (Action::Build { .. }, Some(o)) => vec![
                     name,
-                    if o.result.is_ok() { "built".into() } else { "FAILED".into() },
+                    if o.result.is_ok() {
+                        "built".into()
+                    } else {
+                        "FAILED".into()
+                    },
                     secs(o.took),
-                    o.result.as_ref().map_or("-".into(), |(_, size)| memory::human(*size)),
+                    o.result
+                        .as_ref()
+                        .map_or("-".into(), |(_, size)| memory::human(*size)),
                     o.peak.map_or("-".into(), memory::human),
                 ],
-                (Action::Build { .. }, None) => vec![name, "not started".into(), "-".into(), "-".into(), "-".into()],
+                (Action::Build { .. }, None) => vec![
+                    name,
+                    "not started".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ],
             }
         })
         .collect();
@@ -729,8 +934,17 @@ impl Sampler {
     /// The highest use since `start`, above the use at `start`.
     fn peak_since(&self, start: Instant) -> Option<u64> {
         let samples = self.samples.lock().unwrap();
-        let base = samples.iter().rev().find(|(t, _)| *t <= start).or_else(|| samples.first())?.1;
-        let peak = samples.iter().filter(|(t, _)| *t >= start).map(|(_, u)| *u).max()?;
+        let base = samples
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= start)
+            .or_else(|| samples.first())?
+            .1;
+        let peak = samples
+            .iter()
+            .filter(|(t, _)| *t >= start)
+            .map(|(_, u)| *u)
+            .max()?;
         Some(peak.saturating_sub(base))
     }
 
@@ -747,21 +961,46 @@ mod tests {
 
     #[test]
     fn one_cargo_build_for_every_binary_with_a_bounded_j() {
-        let project = Project { root: "/repo".into(), target_dir: "/repo/target".into(), e2e_dir: "/repo/target/e2e".into() };
+        let project = Project {
+            root: "/repo".into(),
+            target_dir: "/repo/target".into(),
+            e2e_dir: "/repo/target/e2e".into(),
+        };
         let c = cargo_build(&project, &["gateway", "data-storage"], 2);
-        assert!(c.to_string().ends_with("build --workspace --locked -j 2 --bin gateway --bin data-storage"), "{c}");
+        assert!(
+            c.to_string()
+                .ends_with("build --workspace --locked -j 2 --bin gateway --bin data-storage"),
+            "{c}"
+        );
     }
 
     #[test]
     fn freshness_needs_the_tag_and_the_matching_label() {
         let fp = "f".repeat(64);
         let found = |label: Option<&str>| Some(("id1".to_owned(), 10, label.map(str::to_owned)));
-        assert_eq!(decide(false, &fp, found(Some(&fp)), None), Action::Cached { id: "id1".into(), size: 10 });
-        assert!(matches!(decide(true, &fp, found(Some(&fp)), None), Action::Build { reason } if reason == "--force"));
-        assert!(matches!(decide(false, &fp, found(None), None), Action::Build { reason } if reason.contains("label")));
-        assert!(matches!(decide(false, &fp, found(Some("other")), None), Action::Build { .. }));
-        assert!(matches!(decide(false, &fp, None, Some("old")), Action::Build { reason } if reason.contains("inputs changed")));
-        assert!(matches!(decide(false, &fp, None, None), Action::Build { reason } if reason == "not built yet"));
+        assert_eq!(
+            decide(false, &fp, found(Some(&fp)), None),
+            Action::Cached {
+                id: "id1".into(),
+                size: 10
+            }
+        );
+        assert!(
+            matches!(decide(true, &fp, found(Some(&fp)), None), Action::Build { reason } if reason == "--force")
+        );
+        assert!(
+            matches!(decide(false, &fp, found(None), None), Action::Build { reason } if reason.contains("label"))
+        );
+        assert!(matches!(
+            decide(false, &fp, found(Some("other")), None),
+            Action::Build { .. }
+        ));
+        assert!(
+            matches!(decide(false, &fp, None, Some("old")), Action::Build { reason } if reason.contains("inputs changed"))
+        );
+        assert!(
+            matches!(decide(false, &fp, None, None), Action::Build { reason } if reason == "not built yet")
+        );
     }
 
     #[test]
@@ -783,7 +1022,11 @@ mod tests {
             built_now: vec![],
         };
         let listing = "localhost/e2e-gateway:new\nlocalhost/e2e-gateway:o1\nlocalhost/e2e-redis:r1\nlocalhost/e2e-gateway:o2\nlocalhost/other:x\nlocalhost/e2e-gateway:o3\nlocalhost/e2e-gateway:o4\n";
-        assert_eq!(superseded(listing, &handoff), ["localhost/e2e-gateway:o3", "localhost/e2e-gateway:o4"], "the two newest older tags stay");
+        assert_eq!(
+            superseded(listing, &handoff),
+            ["localhost/e2e-gateway:o3", "localhost/e2e-gateway:o4"],
+            "the two newest older tags stay"
+        );
     }
 
     #[test]
@@ -796,12 +1039,31 @@ mod tests {
 
     #[test]
     fn oom_failures_say_what_to_change() {
-        let project = Project { root: "/repo".into(), target_dir: "/repo/target".into(), e2e_dir: "/repo/target/e2e".into() };
+        let project = Project {
+            root: "/repo".into(),
+            target_dir: "/repo/target".into(),
+            e2e_dir: "/repo/target/e2e".into(),
+        };
         let msg = explain(&project, &[], "postgres", "oom:RUN apt-get install", 2);
-        assert!(msg.contains("postgres") && msg.contains("out of memory"), "{msg}");
-        assert!(msg.contains("at `RUN apt-get install`") && msg.contains("2 build(s) running"), "{msg}");
-        assert!(msg.contains("raise `memory` for postgres") && msg.contains("lower --jobs"), "{msg}");
-        let other = explain(&project, &[], "redis", "other:COPY x /x|`podman build` failed", 1);
+        assert!(
+            msg.contains("postgres") && msg.contains("out of memory"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("at `RUN apt-get install`") && msg.contains("2 build(s) running"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("raise `memory` for postgres") && msg.contains("lower --jobs"),
+            "{msg}"
+        );
+        let other = explain(
+            &project,
+            &[],
+            "redis",
+            "other:COPY x /x|`podman build` failed",
+            1,
+        );
         assert!(other.contains("redis failed at `COPY x /x`"), "{other}");
     }
 }

@@ -25,7 +25,13 @@ pub struct Cmd {
 
 impl Cmd {
     pub fn new(program: impl Into<String>) -> Cmd {
-        Cmd { program: program.into(), args: Vec::new(), env: Vec::new(), cwd: None, survives_interrupt: false }
+        Cmd {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            survives_interrupt: false,
+        }
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Cmd {
@@ -99,7 +105,9 @@ impl Cmd {
         if status.success() {
             return Ok(());
         }
-        let described = status.code().map_or("a signal".to_owned(), |c| format!("exit code {c}"));
+        let described = status
+            .code()
+            .map_or("a signal".to_owned(), |c| format!("exit code {c}"));
         Err(CmdError {
             cmd: self.to_string(),
             status: described,
@@ -202,7 +210,9 @@ impl Pipeline {
         }
         Err(CmdError {
             cmd: self.to_string(),
-            status: status.code().map_or("a signal".to_owned(), |c| format!("exit code {c}")),
+            status: status
+                .code()
+                .map_or("a signal".to_owned(), |c| format!("exit code {c}")),
             code: status.code(),
             log: Some(log.to_owned()),
             tail: tail(log, 20),
@@ -234,7 +244,8 @@ impl fmt::Display for Cmd {
 
 pub fn quote(s: &str) -> String {
     let plain = !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
     if plain {
         s.to_owned()
     } else {
@@ -271,7 +282,9 @@ impl std::error::Error for CmdError {}
 
 /// The last `n` lines of a file (empty when it cannot be read).
 pub fn tail(path: &Path, n: usize) -> String {
-    let Ok(file) = File::open(path) else { return String::new() };
+    let Ok(file) = File::open(path) else {
+        return String::new();
+    };
     let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
@@ -282,12 +295,21 @@ mod tests {
 
     #[test]
     fn display_quotes_only_what_needs_it() {
-        let c = Cmd::new("podman").args(["build", "--build-arg", "BASE_IMAGE=localhost/e2e-base:bookworm", "a b", "it's"]);
+        let c = Cmd::new("podman").args([
+            "build",
+            "--build-arg",
+            "BASE_IMAGE=localhost/e2e-base:bookworm",
+            "a b",
+            "it's",
+        ]);
         assert_eq!(
             c.to_string(),
             r"podman build --build-arg BASE_IMAGE=localhost/e2e-base:bookworm 'a b' 'it'\''s'"
         );
-        assert_eq!(Cmd::new("cargo").env("X", "1 2").arg("t").to_string(), "X='1 2' cargo t");
+        assert_eq!(
+            Cmd::new("cargo").env("X", "1 2").arg("t").to_string(),
+            "X='1 2' cargo t"
+        );
     }
 
     #[test]
@@ -308,24 +330,47 @@ mod tests {
 
     #[test]
     fn pipelines_print_and_fail_like_commands() {
-        let p = Cmd::new("podman").args(["save", "x"]).pipe(Cmd::new("zstd").args(["-o", "a b"]));
+        let p = Cmd::new("podman")
+            .args(["save", "x"])
+            .pipe(Cmd::new("zstd").args(["-o", "a b"]));
         assert_eq!(p.to_string(), "podman save x | zstd -o 'a b'");
         let dir = std::env::temp_dir().join(format!("xtask-pipe-{}", std::process::id()));
         let log = dir.join("p.log");
-        Cmd::new("echo").arg("hello").pipe(Cmd::new("cat")).run_logged(&log).unwrap();
+        Cmd::new("echo")
+            .arg("hello")
+            .pipe(Cmd::new("cat"))
+            .run_logged(&log)
+            .unwrap();
         // The second command reads the pipe (`wc -c` counts what `echo` wrote).
-        Cmd::new("echo").arg("1234").pipe(Cmd::new("wc").arg("-c")).run_logged(&log).unwrap();
-        assert!(std::fs::read_to_string(&log).unwrap().lines().any(|l| l.trim() == "5"));
+        Cmd::new("echo")
+            .arg("1234")
+            .pipe(Cmd::new("wc").arg("-c"))
+            .run_logged(&log)
+            .unwrap();
+        assert!(std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .any(|l| l.trim() == "5"));
         assert!(std::fs::read_to_string(&log).unwrap().contains("hello"));
-        let err = Cmd::new("echo").arg("x").pipe(Cmd::new("sh").args(["-c", "echo broken >&2; exit 4"])).run_logged(&log).unwrap_err();
-        assert!(err.to_string().contains("exit code 4") && err.to_string().contains("broken"), "{err}");
+        let err = Cmd::new("echo")
+            .arg("x")
+            .pipe(Cmd::new("sh").args(["-c", "echo broken >&2; exit 4"]))
+            .run_logged(&log)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("exit code 4") && err.to_string().contains("broken"),
+            "{err}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn read_returns_stdout_and_errors_carry_stderr() {
         assert_eq!(Cmd::new("echo").arg("hi").read().unwrap(), "hi\n");
-        let err = Cmd::new("sh").args(["-c", "echo oops >&2; exit 1"]).read().unwrap_err();
+        let err = Cmd::new("sh")
+            .args(["-c", "echo oops >&2; exit 1"])
+            .read()
+            .unwrap_err();
         assert!(err.to_string().contains("oops"), "{err}");
         assert!(Cmd::new("true").succeeds().unwrap());
         assert!(!Cmd::new("false").succeeds().unwrap());

@@ -21,20 +21,33 @@ pub fn diagnose(exit_code: Option<i32>, log: &str) -> Diagnosis {
         || log.contains("exit status 137")
         || log.contains("returned a non-zero code: 137")
         || exit_code == Some(137);
-    Diagnosis { cause: if killed { Cause::OutOfMemory } else { Cause::Other }, step: failing_step(log) }
+    Diagnosis {
+        cause: if killed {
+            Cause::OutOfMemory
+        } else {
+            Cause::Other
+        },
+        step: failing_step(log),
+    }
 }
 
 /// The step in `Error: building at STEP "..."` (podman), else the last `STEP n/m: ...`
 /// (podman) or `Step n/m : ...` (docker) line.
 fn failing_step(log: &str) -> Option<String> {
-    if let Some(rest) = log.lines().rev().find_map(|l| l.split_once("building at STEP \"").map(|(_, r)| r)) {
+    if let Some(rest) = log
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once("building at STEP \"").map(|(_, r)| r))
+    {
         if let Some((step, _)) = rest.split_once("\":") {
             return Some(step.to_owned());
         }
     }
     log.lines().rev().find_map(|l| {
         let l = l.trim();
-        let rest = l.strip_prefix("STEP ").or_else(|| l.strip_prefix("Step "))?;
+        let rest = l
+            .strip_prefix("STEP ")
+            .or_else(|| l.strip_prefix("Step "))?;
         let (_, step) = rest.split_once(':')?;
         Some(step.trim().to_owned())
     })
@@ -45,7 +58,11 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> String {
-        std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        std::fs::read_to_string(format!(
+            "{}/tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
     }
 
     #[test]
@@ -54,7 +71,10 @@ mod tests {
         // needed 300 MB (see tests/fixtures).
         let d = diagnose(Some(137), &fixture("podman-build-oom.log"));
         assert_eq!(d.cause, Cause::OutOfMemory);
-        assert_eq!(d.step.as_deref(), Some("RUN head -c 300m /dev/zero | tail -n 1 >/dev/null"));
+        assert_eq!(
+            d.step.as_deref(),
+            Some("RUN head -c 300m /dev/zero | tail -n 1 >/dev/null")
+        );
     }
 
     #[test]

@@ -58,12 +58,16 @@ fn matches_self_or_parent(glob: &GlobMatcher, path: &str) -> bool {
     if glob.is_match(path) {
         return true;
     }
-    path.match_indices('/').any(|(i, _)| glob.is_match(&path[..i]))
+    path.match_indices('/')
+        .any(|(i, _)| glob.is_match(&path[..i]))
 }
 
 /// Like Go's `filepath.Clean` on a pattern: no leading `/` or `./`, no trailing `/`.
 fn clean(pattern: &str) -> String {
-    let parts: Vec<&str> = pattern.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    let parts: Vec<&str> = pattern
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
     parts.join("/")
 }
 
@@ -81,7 +85,10 @@ mod tests {
         assert!(!ig.is_ignored("README.md"), "re-included by a later !");
         assert!(!ig.is_ignored("sub/notes.md"), "* does not cross /");
         assert!(ig.is_ignored("target"));
-        assert!(ig.is_ignored("target/debug/gateway"), "a matched directory takes its contents");
+        assert!(
+            ig.is_ignored("target/debug/gateway"),
+            "a matched directory takes its contents"
+        );
         assert!(ig.is_ignored("docs/a/b/c.png"));
         assert!(ig.is_ignored("docs/c.png"), "** matches zero directories");
         assert!(ig.is_ignored("temp1"));

@@ -22,11 +22,21 @@ pub struct Check {
 
 impl Check {
     fn ok(name: &str, detail: impl Into<String>) -> Check {
-        Check { name: name.into(), problem: None, detail: detail.into(), fix: String::new() }
+        Check {
+            name: name.into(),
+            problem: None,
+            detail: detail.into(),
+            fix: String::new(),
+        }
     }
 
     fn fail(name: &str, problem: impl Into<String>, fix: impl Into<String>) -> Check {
-        Check { name: name.into(), problem: Some(problem.into()), detail: String::new(), fix: fix.into() }
+        Check {
+            name: name.into(),
+            problem: Some(problem.into()),
+            detail: String::new(),
+            fix: fix.into(),
+        }
     }
 }
 
@@ -55,7 +65,11 @@ pub struct DoctorArgs {
 impl DoctorArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let r = Reporter::new();
-        let needs = Needs { engine: self.opts.engine, kind: self.kind, archive: self.images };
+        let needs = Needs {
+            engine: self.opts.engine,
+            kind: self.kind,
+            archive: self.images,
+        };
         let checks = run_checks(project, &self.opts, &needs);
         r.line(render(&checks));
         let failed = checks.iter().filter(|c| c.problem.is_some()).count();
@@ -73,7 +87,10 @@ pub fn run_checks(project: &Project, opts: &BuildOptions, needs: &Needs) -> Vec<
             Some(e)
         }
         Err(err) => {
-            let (problem, fix) = format!("{err:#}").split_once("\n  fix: ").map(|(p, f)| (p.to_owned(), f.to_owned())).unwrap_or_default();
+            let (problem, fix) = format!("{err:#}")
+                .split_once("\n  fix: ")
+                .map(|(p, f)| (p.to_owned(), f.to_owned()))
+                .unwrap_or_default();
             checks.push(Check::fail("engine", problem, fix));
             None
         }
@@ -92,7 +109,10 @@ pub fn run_checks(project: &Project, opts: &BuildOptions, needs: &Needs) -> Vec<
             )),
         }
         if let Ok(images) = &images {
-            let base_present = engine.inspect_image(&images.base_image).succeeds().unwrap_or(false);
+            let base_present = engine
+                .inspect_image(&images.base_image)
+                .succeeds()
+                .unwrap_or(false);
             if needs.archive.is_none() {
                 checks.push(if base_present {
                     Check::ok("base image", images.base_image.clone())
@@ -122,7 +142,8 @@ pub fn run_checks(project: &Project, opts: &BuildOptions, needs: &Needs) -> Vec<
             let budget = memory::read().map(|m| memory::default_budget(&m));
             let biggest = images.images.iter().max_by_key(|i| i.memory);
             match (budget, biggest, opts.memory_budget) {
-                (_, Some(big), Some(given)) | (Ok(memory::Budget { bytes: given, .. }), Some(big), None) => {
+                (_, Some(big), Some(given))
+                | (Ok(memory::Budget { bytes: given, .. }), Some(big), None) => {
                     checks.push(if big.memory <= given {
                         Check::ok("memory", format!("budget {} fits the largest cap ({} for {})", memory::human(given), memory::human(big.memory), big.name))
                     } else {
@@ -133,20 +154,38 @@ pub fn run_checks(project: &Project, opts: &BuildOptions, needs: &Needs) -> Vec<
                         )
                     });
                 }
-                (Err(e), _, None) => checks.push(Check::fail("memory", format!("cannot read /proc/meminfo: {e:#}"), "run on Linux")),
+                (Err(e), _, None) => checks.push(Check::fail(
+                    "memory",
+                    format!("cannot read /proc/meminfo: {e:#}"),
+                    "run on Linux",
+                )),
                 _ => {}
             }
         }
-        Err(e) => checks.push(Check::fail("images file", format!("{e:#}"), "fix test/e2e/images.toml (see the comment at its top)")),
+        Err(e) => checks.push(Check::fail(
+            "images file",
+            format!("{e:#}"),
+            "fix test/e2e/images.toml (see the comment at its top)",
+        )),
     }
     let need_disk = disk_needed(project, needs.archive.as_deref());
     match free_disk(&project.target_dir) {
-        Some(free) if free >= need_disk => {
-            checks.push(Check::ok("disk", format!("{} free, {} needed", memory::human(free), memory::human(need_disk))))
-        }
+        Some(free) if free >= need_disk => checks.push(Check::ok(
+            "disk",
+            format!(
+                "{} free, {} needed",
+                memory::human(free),
+                memory::human(need_disk)
+            ),
+        )),
         Some(free) => checks.push(Check::fail(
             "disk",
-            format!("{} free under {}, about {} needed", memory::human(free), project.target_dir.display(), memory::human(need_disk)),
+            format!(
+                "{} free under {}, about {} needed",
+                memory::human(free),
+                project.target_dir.display(),
+                memory::human(need_disk)
+            ),
             "free disk space (`podman image prune`, `cargo clean`)",
         )),
         None => {}
@@ -161,7 +200,11 @@ pub fn run_checks(project: &Project, opts: &BuildOptions, needs: &Needs) -> Vec<
         checks.push(if archive.is_file() {
             Check::ok("archive", archive.display().to_string())
         } else {
-            Check::fail("archive", format!("{} does not exist", archive.display()), "download it, or make it with `cargo xtask save-images`")
+            Check::fail(
+                "archive",
+                format!("{} does not exist", archive.display()),
+                "download it, or make it with `cargo xtask save-images`",
+            )
         });
     }
     if needs.kind {
@@ -181,16 +224,26 @@ pub fn run_checks(project: &Project, opts: &BuildOptions, needs: &Needs) -> Vec<
 /// Disk a run needs: the archive three times over (archive, unpacked stream, image store),
 /// else the images' sizes from the last build, else 2 GiB.
 fn disk_needed(project: &Project, archive: Option<&Path>) -> u64 {
-    if let Some(size) = archive.and_then(|a| std::fs::metadata(a).ok()).map(|m| m.len()) {
+    if let Some(size) = archive
+        .and_then(|a| std::fs::metadata(a).ok())
+        .map(|m| m.len())
+    {
         return size * 3;
     }
-    Handoff::load(project).map(|h| h.images.iter().map(|i| i.size).sum::<u64>()).filter(|s| *s > 0).unwrap_or(2 << 30)
+    Handoff::load(project)
+        .map(|h| h.images.iter().map(|i| i.size).sum::<u64>())
+        .filter(|s| *s > 0)
+        .unwrap_or(2 << 30)
 }
 
 /// Free bytes on the filesystem of `dir` (or its nearest existing parent), from `df`.
 fn free_disk(dir: &Path) -> Option<u64> {
     let existing = dir.ancestors().find(|d| d.exists())?;
-    let out = Cmd::new("df").args(["--output=avail", "-B1"]).arg(existing.display().to_string()).read().ok()?;
+    let out = Cmd::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(existing.display().to_string())
+        .read()
+        .ok()?;
     out.lines().nth(1)?.trim().parse().ok()
 }
 
@@ -200,14 +253,22 @@ pub fn render(checks: &[Check]) -> String {
     for c in checks {
         match &c.problem {
             None => out.push_str(&format!("  ok    {:<18} {}\n", c.name, c.detail)),
-            Some(p) => out.push_str(&format!("  FAIL  {:<18} {p}\n        fix: {}\n", c.name, c.fix)),
+            Some(p) => out.push_str(&format!(
+                "  FAIL  {:<18} {p}\n        fix: {}\n",
+                c.name, c.fix
+            )),
         }
     }
     out.trim_end().to_owned()
 }
 
 /// For `e2e`: the same checks, stopping the run before anything happens when one fails.
-pub fn require(project: &Project, r: &Reporter, opts: &BuildOptions, needs: &Needs) -> anyhow::Result<()> {
+pub fn require(
+    project: &Project,
+    r: &Reporter,
+    opts: &BuildOptions,
+    needs: &Needs,
+) -> anyhow::Result<()> {
     r.phase("doctor", |r| {
         let checks = run_checks(project, opts, needs);
         let failed: Vec<&Check> = checks.iter().filter(|c| c.problem.is_some()).collect();
@@ -215,7 +276,10 @@ pub fn require(project: &Project, r: &Reporter, opts: &BuildOptions, needs: &Nee
             r.line(format!("  {} checks passed", checks.len()));
             return Ok(());
         }
-        anyhow::bail!("a prerequisite is missing; nothing was done.\n{}", render(&checks))
+        anyhow::bail!(
+            "a prerequisite is missing; nothing was done.\n{}",
+            render(&checks)
+        )
     })
 }
 
@@ -225,8 +289,16 @@ mod tests {
 
     #[test]
     fn render_shows_each_problem_with_its_fix() {
-        let text = render(&[Check::ok("engine", "podman on PATH"), Check::fail("kind", "kind is not installed", "install kind")]);
+        let text = render(&[
+            Check::ok("engine", "podman on PATH"),
+            Check::fail("kind", "kind is not installed", "install kind"),
+        ]);
         assert!(text.contains("ok    engine"), "{text}");
-        assert!(text.contains("FAIL  kind               kind is not installed\n        fix: install kind"), "{text}");
+        assert!(
+            text.contains(
+                "FAIL  kind               kind is not installed\n        fix: install kind"
+            ),
+            "{text}"
+        );
     }
 }

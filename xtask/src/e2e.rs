@@ -87,7 +87,11 @@ impl E2eArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let r = Reporter::new();
         if let Some(run) = &self.down {
-            return runtime::podman::down(project, &r, Some(run.as_str()).filter(|s| !s.is_empty()));
+            return runtime::podman::down(
+                project,
+                &r,
+                Some(run.as_str()).filter(|s| !s.is_empty()),
+            );
         }
         let engine = match (self.runtime, self.build.engine) {
             (Runtime::Podman, Some(Engine::Docker)) => anyhow::bail!(
@@ -98,13 +102,23 @@ impl E2eArgs {
             (Runtime::Podman, None) => Engine::Podman,
             (Runtime::Kind, None) => Engine::detect(None)?,
         };
-        let opts = BuildOptions { engine: Some(engine), ..self.build.clone() };
+        let opts = BuildOptions {
+            engine: Some(engine),
+            ..self.build.clone()
+        };
         let manifests = Manifests::load(&project.manifests_dir())?;
-        let id = self.cluster_name.clone().map_or_else(runtime::run_id, |n| format!("{}-{n}", runtime::run_id()));
+        let id = self
+            .cluster_name
+            .clone()
+            .map_or_else(runtime::run_id, |n| format!("{}-{n}", runtime::run_id()));
         if self.dry_run {
             return self.dry_run(project, &r, &opts, &manifests, &id);
         }
-        let needs = doctor::Needs { engine: Some(engine), kind: self.runtime == Runtime::Kind, archive: self.images.clone() };
+        let needs = doctor::Needs {
+            engine: Some(engine),
+            kind: self.runtime == Runtime::Kind,
+            archive: self.images.clone(),
+        };
         doctor::require(project, &r, &opts, &needs)?;
 
         let handoff = self.images_for_run(project, &r, &opts)?;
@@ -125,11 +139,18 @@ impl E2eArgs {
             phases: r.phase_times(),
             images_cached: cached,
             images_built: built,
-            bytes_loaded: self.images.as_ref().and_then(|a| std::fs::metadata(a).ok()).map_or(0, |m| m.len()),
+            bytes_loaded: self
+                .images
+                .as_ref()
+                .and_then(|a| std::fs::metadata(a).ok())
+                .map_or(0, |m| m.len()),
         };
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
-        r.line(format!("report: {}", project.display(&dir.join("report.json"))));
+        r.line(format!(
+            "report: {}",
+            project.display(&dir.join("report.json"))
+        ));
         if outcome.is_ok() {
             r.line("E2E passed");
         }
@@ -139,12 +160,18 @@ impl E2eArgs {
     /// The images, built, loaded or pulled; and the E2E suite compiled meanwhile. Image builds
     /// wait on podman and apt more than on the CPU, so the suite compiles while they run,
     /// with the memory of its rustc jobs taken out of the builds' budget.
-    fn images_for_run(&self, project: &Project, r: &Reporter, opts: &BuildOptions) -> anyhow::Result<Handoff> {
+    fn images_for_run(
+        &self,
+        project: &Project,
+        r: &Reporter,
+        opts: &BuildOptions,
+    ) -> anyhow::Result<Handoff> {
         let compile_suite = |jobs: usize| {
             r.phase("compile E2E suite", |r| {
                 let cmd = suite(project).args(["--no-run", "-j", &jobs.to_string()]);
                 r.command(&cmd);
-                cmd.run_logged(&project.logs_dir().join("cargo-test-build.log")).context("compiling the E2E suite")
+                cmd.run_logged(&project.logs_dir().join("cargo-test-build.log"))
+                    .context("compiling the E2E suite")
             })
         };
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -153,12 +180,21 @@ impl E2eArgs {
             (None, Some(prefix)) => archive::pull(project, r, prefix, opts)?,
             (None, None) => {
                 let mut prepared = build::prepare(project, r, opts, &[], None)?;
-                if prepared.plan.iter().all(|i| matches!(i.action, build::Action::Cached { .. })) {
+                if prepared
+                    .plan
+                    .iter()
+                    .all(|i| matches!(i.action, build::Action::Cached { .. }))
+                {
                     build::finish(project, r, opts, prepared)?
                 } else {
                     let jobs = crate::memory::cargo_jobs(prepared.budget.bytes / 2, cpus);
                     let reserved = jobs as u64 * crate::memory::RUSTC_JOB;
-                    let biggest = prepared.plan.iter().map(|i| i.spec.memory).max().unwrap_or(0);
+                    let biggest = prepared
+                        .plan
+                        .iter()
+                        .map(|i| i.spec.memory)
+                        .max()
+                        .unwrap_or(0);
                     // Never so much that the largest image no longer fits.
                     let reserved = reserved.min(prepared.budget.bytes.saturating_sub(biggest));
                     prepared.budget.bytes -= reserved;
@@ -181,25 +217,48 @@ impl E2eArgs {
                 }
             }
         };
-        compile_suite(crate::memory::cargo_jobs(crate::memory::read().map(|m| crate::memory::default_budget(&m).bytes).unwrap_or(0), cpus))?;
+        compile_suite(crate::memory::cargo_jobs(
+            crate::memory::read()
+                .map(|m| crate::memory::default_budget(&m).bytes)
+                .unwrap_or(0),
+            cpus,
+        ))?;
         Ok(handoff)
     }
 
-    fn run_podman(&self, project: &Project, r: &Reporter, manifests: &Manifests, handoff: &Handoff, id: String) -> (anyhow::Result<()>, PathBuf) {
-        let stack = match manifests.render_podman(&handoff.pinned(), &runtime::suffix(&id), free_port) {
-            Ok(s) => s,
-            Err(e) => return (Err(e), project.runs_dir().join(&id)),
-        };
+    fn run_podman(
+        &self,
+        project: &Project,
+        r: &Reporter,
+        manifests: &Manifests,
+        handoff: &Handoff,
+        id: String,
+    ) -> (anyhow::Result<()>, PathBuf) {
+        let stack =
+            match manifests.render_podman(&handoff.pinned(), &runtime::suffix(&id), free_port) {
+                Ok(s) => s,
+                Err(e) => return (Err(e), project.runs_dir().join(&id)),
+            };
         let mut run = PodmanRun::new(project, id, stack);
-        r.line(format!("run {} (network {}, files in {})", run.id, run.network, project.display(&run.dir)));
+        r.line(format!(
+            "run {} (network {}, files in {})",
+            run.id,
+            run.network,
+            project.display(&run.dir)
+        ));
         let outcome = (|| {
             r.phase("deploy", |r| run.up(r))?;
-            r.phase("wait until ready", |r| ready::wait_ready(&run, Duration::from_secs(self.ready_timeout), r))?;
+            r.phase("wait until ready", |r| {
+                ready::wait_ready(&run, Duration::from_secs(self.ready_timeout), r)
+            })?;
             r.phase("run E2E suite", |r| self.run_suite(project, r, run.urls()))
         })();
         if outcome.is_err() {
             match run.save_logs() {
-                Ok(dir) => r.line(format!("every container's log is saved in {}", project.display(&dir))),
+                Ok(dir) => r.line(format!(
+                    "every container's log is saved in {}",
+                    project.display(&dir)
+                )),
                 Err(e) => r.line(format!("could not save the containers' logs: {e:#}")),
             }
         }
@@ -212,7 +271,14 @@ impl E2eArgs {
         (combine(outcome, teardown), run.dir.clone())
     }
 
-    fn kind_run(&self, project: &Project, engine: Engine, manifests: &Manifests, handoff: &Handoff, id: &str) -> anyhow::Result<(kind::KindRun, String, String)> {
+    fn kind_run(
+        &self,
+        project: &Project,
+        engine: Engine,
+        manifests: &Manifests,
+        handoff: &Handoff,
+        id: &str,
+    ) -> anyhow::Result<(kind::KindRun, String, String)> {
         let dir = project.runs_dir().join(id);
         let suffix = runtime::suffix(id);
         let (cluster, reuse) = match (&self.reuse_cluster, &self.cluster_name) {
@@ -222,7 +288,10 @@ impl E2eArgs {
         };
         let (stack_yaml, node_ports) = kind::render_manifests(manifests, &handoff.pinned())?;
         let (config_yaml, ports) = if reuse {
-            let recorded = project.e2e_dir().join("clusters").join(format!("{cluster}.json"));
+            let recorded = project
+                .e2e_dir()
+                .join("clusters")
+                .join(format!("{cluster}.json"));
             let ports: BTreeMap<u16, u16> = serde_json::from_slice(&std::fs::read(&recorded).with_context(|| {
                 format!(
                     "cluster {cluster} was not made by `cargo xtask e2e --runtime kind --keep` ({} is missing), so its port mappings are unknown",
@@ -231,7 +300,8 @@ impl E2eArgs {
             })?)?;
             (String::new(), ports)
         } else {
-            let template = std::fs::read_to_string(project.root.join("test/e2e/kind-cluster.yaml"))?;
+            let template =
+                std::fs::read_to_string(project.root.join("test/e2e/kind-cluster.yaml"))?;
             kind::render_cluster_config(&template, &cluster, free_port)?
         };
         let run = kind::KindRun {
@@ -249,14 +319,28 @@ impl E2eArgs {
         Ok((run, config_yaml, stack_yaml))
     }
 
-    fn run_kind(&self, project: &Project, r: &Reporter, manifests: &Manifests, handoff: &Handoff, engine: Engine, id: String) -> (anyhow::Result<()>, PathBuf) {
-        let (run, config_yaml, stack_yaml) = match self.kind_run(project, engine, manifests, handoff, &id) {
-            Ok(x) => x,
-            Err(e) => return (Err(e), project.runs_dir().join(&id)),
-        };
+    fn run_kind(
+        &self,
+        project: &Project,
+        r: &Reporter,
+        manifests: &Manifests,
+        handoff: &Handoff,
+        engine: Engine,
+        id: String,
+    ) -> (anyhow::Result<()>, PathBuf) {
+        let (run, config_yaml, stack_yaml) =
+            match self.kind_run(project, engine, manifests, handoff, &id) {
+                Ok(x) => x,
+                Err(e) => return (Err(e), project.runs_dir().join(&id)),
+            };
         let log = project.logs_dir().join(format!("run-{id}.log"));
         let mut created = false;
-        let state = runtime::podman::RunState { id: id.clone(), pid: std::process::id(), kind: Some(run.state()), ..Default::default() };
+        let state = runtime::podman::RunState {
+            id: id.clone(),
+            pid: std::process::id(),
+            kind: Some(run.state()),
+            ..Default::default()
+        };
         let outcome = (|| -> anyhow::Result<()> {
             std::fs::create_dir_all(&run.dir)?;
             std::fs::write(run.stack_file(), &stack_yaml)?;
@@ -274,11 +358,16 @@ impl E2eArgs {
                     let create = run.create_cluster();
                     r.command(&create);
                     created = true;
-                    create.run_logged(&log).context("creating the Kind cluster")?;
+                    create
+                        .run_logged(&log)
+                        .context("creating the Kind cluster")?;
                     if self.keep {
                         let dir = project.e2e_dir().join("clusters");
                         std::fs::create_dir_all(&dir)?;
-                        std::fs::write(dir.join(format!("{}.json", run.cluster)), serde_json::to_vec(&run.ports)?)?;
+                        std::fs::write(
+                            dir.join(format!("{}.json", run.cluster)),
+                            serde_json::to_vec(&run.ports)?,
+                        )?;
                     }
                     Ok(())
                 })?;
@@ -291,27 +380,42 @@ impl E2eArgs {
                 }
                 Ok(())
             })?;
-            r.phase("wait until ready", |r| kind::wait_ready(&run, Duration::from_secs(self.ready_timeout), r))?;
+            r.phase("wait until ready", |r| {
+                kind::wait_ready(&run, Duration::from_secs(self.ready_timeout), r)
+            })?;
             r.phase("run E2E suite", |r| self.run_suite(project, r, run.urls()))
         })();
         if outcome.is_err() && (created || run.reuse) {
             let bundle = run.bundle_dir();
             let _ = std::fs::create_dir_all(&bundle);
-            let pods: Vec<String> = manifests.docs.iter().filter(|d| d["kind"] == "Pod").filter_map(|d| d["metadata"]["name"].as_str().map(str::to_owned)).collect();
+            let pods: Vec<String> = manifests
+                .docs
+                .iter()
+                .filter(|d| d["kind"] == "Pod")
+                .filter_map(|d| d["metadata"]["name"].as_str().map(str::to_owned))
+                .collect();
             for (file, c) in run.bundle(&pods) {
-                let text = c.survives_interrupt().read().unwrap_or_else(|e| format!("{e:#}"));
+                let text = c
+                    .survives_interrupt()
+                    .read()
+                    .unwrap_or_else(|e| format!("{e:#}"));
                 let _ = std::fs::write(bundle.join(file), text);
             }
             r.line(format!("failure bundle: {}", project.display(&bundle)));
         }
         let teardown = if self.keep {
-            r.line(format!("the cluster is left running: kubectl --context kind-{} --namespace {} get pods", run.cluster, run.namespace));
+            r.line(format!(
+                "the cluster is left running: kubectl --context kind-{} --namespace {} get pods",
+                run.cluster, run.namespace
+            ));
             for (k, v) in run.urls() {
                 r.line(format!("  {k}={v}"));
             }
             Ok(())
         } else if created || run.reuse {
-            r.phase("tear down", |r| runtime::podman::teardown(&run.dir, &state, &log, r))
+            r.phase("tear down", |r| {
+                runtime::podman::teardown(&run.dir, &state, &log, r)
+            })
         } else {
             Ok(())
         };
@@ -319,7 +423,12 @@ impl E2eArgs {
         (combine(outcome, teardown), run.dir.clone())
     }
 
-    fn run_suite(&self, project: &Project, r: &Reporter, urls: BTreeMap<String, String>) -> anyhow::Result<()> {
+    fn run_suite(
+        &self,
+        project: &Project,
+        r: &Reporter,
+        urls: BTreeMap<String, String>,
+    ) -> anyhow::Result<()> {
         let mut cmd = suite(project);
         for (var, url) in urls {
             cmd = cmd.env(var, url);
@@ -330,26 +439,54 @@ impl E2eArgs {
     }
 
     /// Prints every command the run would run, in order, and runs none of them.
-    fn dry_run(&self, project: &Project, r: &Reporter, opts: &BuildOptions, manifests: &Manifests, id: &str) -> anyhow::Result<()> {
+    fn dry_run(
+        &self,
+        project: &Project,
+        r: &Reporter,
+        opts: &BuildOptions,
+        manifests: &Manifests,
+        id: &str,
+    ) -> anyhow::Result<()> {
         let engine = opts.engine.unwrap_or(Engine::Podman);
         let mut lines: Vec<String> = Vec::new();
         let handoff = match (&self.images, &self.registry) {
             (Some(a), _) => {
                 let m = archive::verify(a)?;
-                lines.push(format!("{}  # after verifying the archive's SHA-256", archive::load_cmd(engine, a, m.compression)));
-                Handoff { engine, platform: m.platform, base_image: m.base_image, base_image_id: m.base_image_id, images: m.images, built_now: vec![] }
+                lines.push(format!(
+                    "{}  # after verifying the archive's SHA-256",
+                    archive::load_cmd(engine, a, m.compression)
+                ));
+                Handoff {
+                    engine,
+                    platform: m.platform,
+                    base_image: m.base_image,
+                    base_image_id: m.base_image_id,
+                    images: m.images,
+                    built_now: vec![],
+                }
             }
             (None, registry) => {
                 let images = build::load_images(project, opts)?;
-                let binaries: Vec<&str> = images.images.iter().filter_map(images::ImageSpec::binary).collect();
+                let binaries: Vec<&str> = images
+                    .images
+                    .iter()
+                    .filter_map(images::ImageSpec::binary)
+                    .collect();
                 let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
                 let budget = opts.memory_budget.unwrap_or_else(memory_budget_now);
-                lines.push(build::cargo_build(project, &binaries, crate::memory::cargo_jobs(budget, cpus)).to_string());
-                let prepared = build::prepare_with(project, r, opts, &[], None, false)
-                    .context("a dry run plans with the binaries on disk: run `cargo build` once first")?;
+                lines.push(
+                    build::cargo_build(project, &binaries, crate::memory::cargo_jobs(budget, cpus))
+                        .to_string(),
+                );
+                let prepared = build::prepare_with(project, r, opts, &[], None, false).context(
+                    "a dry run plans with the binaries on disk: run `cargo build` once first",
+                )?;
                 for item in &prepared.plan {
                     match (&item.action, registry) {
-                        (build::Action::Cached { .. }, _) => lines.push(format!("# {} is cached: {}", item.spec.name, item.reference)),
+                        (build::Action::Cached { .. }, _) => lines.push(format!(
+                            "# {} is cached: {}",
+                            item.spec.name, item.reference
+                        )),
                         (build::Action::Build { .. }, Some(prefix)) => lines.push(format!(
                             "{engine_name} pull {prefix}/{}:{}  # then tagged {}",
                             item.spec.name,
@@ -357,7 +494,10 @@ impl E2eArgs {
                             item.reference,
                             engine_name = engine.program()
                         )),
-                        (build::Action::Build { reason }, None) => lines.push(format!("{}  # {reason}", build::build_cmd_for(project, engine, item))),
+                        (build::Action::Build { reason }, None) => lines.push(format!(
+                            "{}  # {reason}",
+                            build::build_cmd_for(project, engine, item)
+                        )),
                     }
                 }
                 Handoff {
@@ -377,20 +517,34 @@ impl E2eArgs {
         lines.push(suite(project).arg("--no-run").to_string());
         match self.runtime {
             Runtime::Podman => {
-                let stack = manifests.render_podman(&handoff.pinned(), &runtime::suffix(id), free_port)?;
+                let stack =
+                    manifests.render_podman(&handoff.pinned(), &runtime::suffix(id), free_port)?;
                 let run = PodmanRun::new(project, id.to_owned(), stack);
                 lines.extend(run.plan_up().iter().map(ToString::to_string));
-                lines.push("# readiness: each container's readinessProbe, polled (podman exec / HTTP GET)".into());
+                lines.push(
+                    "# readiness: each container's readinessProbe, polled (podman exec / HTTP GET)"
+                        .into(),
+                );
                 let mut s = suite(project);
                 for (k, v) in run.urls() {
                     s = s.env(k, v);
                 }
                 lines.push(s.arg("--").args(self.test_args.iter().cloned()).to_string());
-                lines.extend(run.plan_down().iter().map(|c| format!("{c}{}", if self.keep { "  # skipped: --keep" } else { "" })));
+                lines.extend(
+                    run.plan_down().iter().map(|c| {
+                        format!("{c}{}", if self.keep { "  # skipped: --keep" } else { "" })
+                    }),
+                );
             }
             Runtime::Kind => {
                 let (run, _, _) = self.kind_run(project, engine, manifests, &handoff, id)?;
-                lines.extend(run.plan(&suite(project).arg("--").args(self.test_args.iter().cloned())));
+                lines.extend(
+                    run.plan(
+                        &suite(project)
+                            .arg("--")
+                            .args(self.test_args.iter().cloned()),
+                    ),
+                );
             }
         }
         println!("{}", lines.join("\n"));
@@ -399,7 +553,9 @@ impl E2eArgs {
 }
 
 fn memory_budget_now() -> u64 {
-    crate::memory::read().map(|m| crate::memory::default_budget(&m).bytes).unwrap_or(1 << 30)
+    crate::memory::read()
+        .map(|m| crate::memory::default_budget(&m).bytes)
+        .unwrap_or(1 << 30)
 }
 
 fn combine(outcome: anyhow::Result<()>, teardown: anyhow::Result<()>) -> anyhow::Result<()> {
@@ -407,13 +563,17 @@ fn combine(outcome: anyhow::Result<()>, teardown: anyhow::Result<()>) -> anyhow:
         (Ok(()), Ok(())) => Ok(()),
         (Err(e), Ok(())) => Err(e.context("E2E failed")),
         (Ok(()), Err(t)) => Err(t.context("E2E passed but the teardown failed")),
-        (Err(e), Err(t)) => Err(e.context(format!("E2E failed, and the teardown failed too: {t:#}"))),
+        (Err(e), Err(t)) => {
+            Err(e.context(format!("E2E failed, and the teardown failed too: {t:#}")))
+        }
     }
 }
 
 /// `cargo test` of the E2E suite crate.
 fn suite(project: &Project) -> Cmd {
-    Cmd::new(Project::cargo()).args(["test", "--locked", "-p", "e2e-suite", "--test", "e2e"]).cwd(&project.root)
+    Cmd::new(Project::cargo())
+        .args(["test", "--locked", "-p", "e2e-suite", "--test", "e2e"])
+        .cwd(&project.root)
 }
 
 /// A port that is free on loopback now (the engine binds it a moment later).

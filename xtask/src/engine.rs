@@ -9,7 +9,9 @@ use crate::cmd::Cmd;
 /// The label that carries an image's full fingerprint.
 pub const FINGERPRINT_LABEL: &str = "e2e.fingerprint";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
     Podman,
@@ -61,8 +63,13 @@ impl Engine {
     /// `podman info` takes 300), and for docker it fails when the daemon does not answer.
     pub fn platform(self) -> Cmd {
         match self {
-            Engine::Podman => self.cmd().args(["version", "--format", "{{.Client.OsArch}}"]),
-            Engine::Docker => self.cmd().args(["version", "--format", "{{.Server.Os}}/{{.Server.Arch}}"]),
+            Engine::Podman => self
+                .cmd()
+                .args(["version", "--format", "{{.Client.OsArch}}"]),
+            Engine::Docker => {
+                self.cmd()
+                    .args(["version", "--format", "{{.Server.Os}}/{{.Server.Arch}}"])
+            }
         }
     }
 
@@ -80,7 +87,13 @@ impl Engine {
 
     /// `repository:tag` of every image that carries a fingerprint label (every image built here).
     pub fn list_fingerprinted(self) -> Cmd {
-        self.cmd().args(["images", "--filter", &format!("label={FINGERPRINT_LABEL}"), "--format", "{{.Repository}}:{{.Tag}}"])
+        self.cmd().args([
+            "images",
+            "--filter",
+            &format!("label={FINGERPRINT_LABEL}"),
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+        ])
     }
 
     pub fn untag(self, reference: &str) -> Cmd {
@@ -138,13 +151,18 @@ pub fn parse_inspect(out: &str) -> Option<(String, u64, Option<String>)> {
     let mut parts = out.split_whitespace();
     let id = parts.next()?.trim_start_matches("sha256:").to_owned();
     let size = parts.next()?.parse().ok()?;
-    let label = parts.next().filter(|l| *l != "<no" && !l.is_empty()).map(str::to_owned);
+    let label = parts
+        .next()
+        .filter(|l| *l != "<no" && !l.is_empty())
+        .map(str::to_owned);
     Some((id, size, label))
 }
 
 /// `linux/x86_64` (docker) and `linux/amd64` (podman) name the same platform.
 pub fn normalize_platform(p: &str) -> String {
-    p.trim().replace("x86_64", "amd64").replace("aarch64", "arm64")
+    p.trim()
+        .replace("x86_64", "amd64")
+        .replace("aarch64", "arm64")
 }
 
 /// podman, for running the stack: networks, secrets, `kube play`, containers.
@@ -159,7 +177,8 @@ impl Podman {
     }
 
     pub fn network_create(self, name: &str) -> Cmd {
-        self.cmd().args(["network", "create", "--label", "e2e.xtask=1", name])
+        self.cmd()
+            .args(["network", "create", "--label", "e2e.xtask=1", name])
     }
 
     pub fn network_rm(self, name: &str) -> Cmd {
@@ -167,7 +186,9 @@ impl Podman {
     }
 
     pub fn secret_create(self, name: &str, file: &Path) -> Cmd {
-        self.cmd().args(["secret", "create", name]).arg(file.display().to_string())
+        self.cmd()
+            .args(["secret", "create", name])
+            .arg(file.display().to_string())
     }
 
     pub fn secret_rm(self, name: &str) -> Cmd {
@@ -175,7 +196,8 @@ impl Podman {
     }
 
     pub fn secret_exists(self, name: &str) -> Cmd {
-        self.cmd().args(["secret", "inspect", "--format", "{{.ID}}", name])
+        self.cmd()
+            .args(["secret", "inspect", "--format", "{{.ID}}", name])
     }
 
     pub fn pod_exists(self, pod: &str) -> Cmd {
@@ -187,11 +209,15 @@ impl Podman {
     }
 
     pub fn kube_play(self, network: &str, file: &Path) -> Cmd {
-        self.cmd().args(["kube", "play", "--network", network]).arg(file.display().to_string())
+        self.cmd()
+            .args(["kube", "play", "--network", network])
+            .arg(file.display().to_string())
     }
 
     pub fn kube_down(self, file: &Path) -> Cmd {
-        self.cmd().args(["kube", "down"]).arg(file.display().to_string())
+        self.cmd()
+            .args(["kube", "down"])
+            .arg(file.display().to_string())
     }
 
     pub fn pod_rm(self, pod: &str) -> Cmd {
@@ -210,7 +236,9 @@ impl Podman {
     }
 
     pub fn exec(self, container: &str, command: &[String]) -> Cmd {
-        self.cmd().args(["exec", container]).args(command.iter().cloned())
+        self.cmd()
+            .args(["exec", container])
+            .args(command.iter().cloned())
     }
 
     pub fn logs(self, container: &str) -> Cmd {
@@ -233,7 +261,11 @@ mod tests {
             dockerfile: Path::new("docker/redis.Dockerfile"),
             context: Path::new("docker/redis"),
             memory: "512m".into(),
-            build_args: [("BASE_IMAGE".to_owned(), "localhost/e2e-base:bookworm".to_owned())].into(),
+            build_args: [(
+                "BASE_IMAGE".to_owned(),
+                "localhost/e2e-base:bookworm".to_owned(),
+            )]
+            .into(),
             labels: [(FINGERPRINT_LABEL.to_owned(), "0123".to_owned())].into(),
             no_cache,
         }
@@ -252,7 +284,12 @@ mod tests {
     #[test]
     fn docker_build_uses_the_classic_builder_and_force_skips_the_cache() {
         let c = Engine::Docker.build(&build_cmd(true)).to_string();
-        assert!(c.starts_with("DOCKER_BUILDKIT=0 docker build --no-cache --memory 512m --memory-swap 512m"), "{c}");
+        assert!(
+            c.starts_with(
+                "DOCKER_BUILDKIT=0 docker build --no-cache --memory 512m --memory-swap 512m"
+            ),
+            "{c}"
+        );
     }
 
     #[test]
@@ -261,15 +298,24 @@ mod tests {
             parse_inspect("sha256:abc 1234 f00\n"),
             Some(("abc".into(), 1234, Some("f00".into())))
         );
-        assert_eq!(parse_inspect("abc 1234 <no value>\n"), Some(("abc".into(), 1234, None)));
+        assert_eq!(
+            parse_inspect("abc 1234 <no value>\n"),
+            Some(("abc".into(), 1234, None))
+        );
         assert_eq!(parse_inspect(""), None);
         assert_eq!(normalize_platform("linux/x86_64\n"), "linux/amd64");
     }
 
     #[test]
     fn kube_commands() {
-        assert_eq!(Podman.kube_play("e2e-1", Path::new("s.yaml")).to_string(), "podman kube play --network e2e-1 s.yaml");
-        assert_eq!(Podman.kube_down(Path::new("s.yaml")).to_string(), "podman kube down s.yaml");
+        assert_eq!(
+            Podman.kube_play("e2e-1", Path::new("s.yaml")).to_string(),
+            "podman kube play --network e2e-1 s.yaml"
+        );
+        assert_eq!(
+            Podman.kube_down(Path::new("s.yaml")).to_string(),
+            "podman kube down s.yaml"
+        );
         assert_eq!(container_name("gateway", "gateway"), "gateway-gateway");
     }
 }

@@ -93,7 +93,8 @@ pub fn scan_context(dir: &Path, cache: &mut HashCache) -> anyhow::Result<Vec<Ent
         .map(|f| dir.join(&f[1..]))
         .find(|p| p.is_file())
         .map(|p| {
-            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
             Ignore::parse(&text).with_context(|| format!("in {}", p.display()))
         })
         .transpose()?
@@ -104,12 +105,21 @@ pub fn scan_context(dir: &Path, cache: &mut HashCache) -> anyhow::Result<Vec<Ent
     Ok(entries)
 }
 
-fn walk(root: &Path, dir: &Path, ignore: &Ignore, cache: &mut HashCache, out: &mut Vec<Entry>) -> anyhow::Result<()> {
+fn walk(
+    root: &Path,
+    dir: &Path,
+    ignore: &Ignore,
+    cache: &mut HashCache,
+    out: &mut Vec<Entry>,
+) -> anyhow::Result<()> {
     let read = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
     for item in read {
         let item = item?;
         let path = item.path();
-        let rel = path.strip_prefix(root)?.to_string_lossy().replace('\\', "/");
+        let rel = path
+            .strip_prefix(root)?
+            .to_string_lossy()
+            .replace('\\', "/");
         if ignore.is_ignored(&rel) {
             continue;
         }
@@ -117,13 +127,25 @@ fn walk(root: &Path, dir: &Path, ignore: &Ignore, cache: &mut HashCache, out: &m
         let mode = meta.permissions().mode() & 0o7777;
         if meta.file_type().is_symlink() {
             let target = std::fs::read_link(&path)?.to_string_lossy().into_owned();
-            out.push(Entry { path: rel, mode, kind: EntryKind::Symlink { target } });
+            out.push(Entry {
+                path: rel,
+                mode,
+                kind: EntryKind::Symlink { target },
+            });
         } else if meta.is_dir() {
-            out.push(Entry { path: rel, mode, kind: EntryKind::Dir });
+            out.push(Entry {
+                path: rel,
+                mode,
+                kind: EntryKind::Dir,
+            });
             walk(root, &path, ignore, cache, out)?;
         } else {
             let sha256 = cache.digest(&path, &meta)?;
-            out.push(Entry { path: rel, mode, kind: EntryKind::File { sha256 } });
+            out.push(Entry {
+                path: rel,
+                mode,
+                kind: EntryKind::File { sha256 },
+            });
         }
     }
     Ok(())
@@ -182,13 +204,20 @@ impl HashCache {
             }
         }
         let sha256 = file_sha256(path)?;
-        self.entries.insert(path.to_owned(), Cached { sha256: sha256.clone(), ..key });
+        self.entries.insert(
+            path.to_owned(),
+            Cached {
+                sha256: sha256.clone(),
+                ..key
+            },
+        );
         Ok(sha256)
     }
 }
 
 pub fn file_sha256(path: &Path) -> anyhow::Result<String> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -223,9 +252,21 @@ mod tests {
             self.fp_with(&BTreeMap::new(), "sha256:base1", "linux/amd64", b"FROM x\n")
         }
 
-        fn fp_with(&self, args: &BTreeMap<String, String>, base: &str, platform: &str, dockerfile: &[u8]) -> String {
+        fn fp_with(
+            &self,
+            args: &BTreeMap<String, String>,
+            base: &str,
+            platform: &str,
+            dockerfile: &[u8],
+        ) -> String {
             let entries = scan_context(&self.dir, &mut HashCache::default()).unwrap();
-            fingerprint(&Inputs { dockerfile, context: &entries, build_args: args, base_image_id: base, platform })
+            fingerprint(&Inputs {
+                dockerfile,
+                context: &entries,
+                build_args: args,
+                base_image_id: base,
+                platform,
+            })
         }
     }
 
@@ -248,7 +289,8 @@ mod tests {
     fn mode_new_files_and_renames_change_it() {
         let c = Ctx::new("mode");
         let before = c.fp();
-        std::fs::set_permissions(c.dir.join("app.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(c.dir.join("app.sh"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
         let after_mode = c.fp();
         assert_ne!(before, after_mode, "mode");
         std::fs::write(c.dir.join("new"), "").unwrap();
@@ -262,8 +304,12 @@ mod tests {
     fn mtime_alone_changes_nothing() {
         let c = Ctx::new("mtime");
         let before = c.fp();
-        let f = std::fs::File::options().write(true).open(c.dir.join("app.sh")).unwrap();
-        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(3600)).unwrap();
+        let f = std::fs::File::options()
+            .write(true)
+            .open(c.dir.join("app.sh"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(3600))
+            .unwrap();
         assert_eq!(before, c.fp());
     }
 
@@ -298,10 +344,26 @@ mod tests {
         let none = BTreeMap::new();
         let base = c.fp_with(&none, "sha256:base1", "linux/amd64", b"FROM x\n");
         let args: BTreeMap<String, String> = [("BASE_IMAGE".to_owned(), "x".to_owned())].into();
-        assert_ne!(base, c.fp_with(&args, "sha256:base1", "linux/amd64", b"FROM x\n"), "build arg");
-        assert_ne!(base, c.fp_with(&none, "sha256:base2", "linux/amd64", b"FROM x\n"), "base image ID");
-        assert_ne!(base, c.fp_with(&none, "sha256:base1", "linux/arm64", b"FROM x\n"), "platform");
-        assert_ne!(base, c.fp_with(&none, "sha256:base1", "linux/amd64", b"FROM y\n"), "Dockerfile");
+        assert_ne!(
+            base,
+            c.fp_with(&args, "sha256:base1", "linux/amd64", b"FROM x\n"),
+            "build arg"
+        );
+        assert_ne!(
+            base,
+            c.fp_with(&none, "sha256:base2", "linux/amd64", b"FROM x\n"),
+            "base image ID"
+        );
+        assert_ne!(
+            base,
+            c.fp_with(&none, "sha256:base1", "linux/arm64", b"FROM x\n"),
+            "platform"
+        );
+        assert_ne!(
+            base,
+            c.fp_with(&none, "sha256:base1", "linux/amd64", b"FROM y\n"),
+            "Dockerfile"
+        );
     }
 
     #[test]
@@ -309,10 +371,14 @@ mod tests {
         let c = Ctx::new("cache");
         let file = c.dir.join("app.sh");
         let mut cache = HashCache::default();
-        let first = cache.digest(&file, &std::fs::metadata(&file).unwrap()).unwrap();
+        let first = cache
+            .digest(&file, &std::fs::metadata(&file).unwrap())
+            .unwrap();
         assert_eq!(first, file_sha256(&file).unwrap());
         std::fs::write(&file, "echo changed\n").unwrap();
-        let second = cache.digest(&file, &std::fs::metadata(&file).unwrap()).unwrap();
+        let second = cache
+            .digest(&file, &std::fs::metadata(&file).unwrap())
+            .unwrap();
         assert_ne!(first, second);
     }
 }

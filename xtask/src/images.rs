@@ -74,31 +74,47 @@ pub struct Images {
 impl Images {
     /// Reads the images file; `base_override` (from `E2E_BASE_IMAGE`) replaces the base image.
     pub fn load(path: &Path, base_override: Option<String>) -> anyhow::Result<Images> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Images::parse(&text, base_override).with_context(|| format!("in {}", path.display()))
     }
 
     pub fn parse(text: &str, base_override: Option<String>) -> anyhow::Result<Images> {
         let file: File = toml::from_str(text)?;
-        let base_image = base_override.filter(|b| !b.is_empty()).unwrap_or(file.defaults.base_image);
+        let base_image = base_override
+            .filter(|b| !b.is_empty())
+            .unwrap_or(file.defaults.base_image);
         let mut images = Vec::new();
         for raw in file.images {
             let name = raw.name;
             anyhow::ensure!(
-                !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
                 "image name {name:?} may only hold lowercase letters, digits and '-'"
             );
-            anyhow::ensure!(images.iter().all(|i: &ImageSpec| i.name != name), "image {name:?} is declared twice");
+            anyhow::ensure!(
+                images.iter().all(|i: &ImageSpec| i.name != name),
+                "image {name:?} is declared twice"
+            );
             let context = match (raw.context, raw.binary) {
                 (Some(dir), None) => BuildContext::Dir(dir),
                 (None, Some(bin)) => BuildContext::Binary(bin),
-                (Some(_), Some(_)) => anyhow::bail!("image {name:?}: set either context or binary, not both"),
-                (None, None) => anyhow::bail!("image {name:?}: set context (a directory) or binary (a workspace binary)"),
+                (Some(_), Some(_)) => {
+                    anyhow::bail!("image {name:?}: set either context or binary, not both")
+                }
+                (None, None) => anyhow::bail!(
+                    "image {name:?}: set context (a directory) or binary (a workspace binary)"
+                ),
             };
             let memory_text = raw.memory.unwrap_or_else(|| file.defaults.memory.clone());
-            let memory = parse_size(&memory_text).with_context(|| format!("image {name:?}: memory"))?;
+            let memory =
+                parse_size(&memory_text).with_context(|| format!("image {name:?}: memory"))?;
             let mut build_args = raw.build_args;
-            build_args.entry("BASE_IMAGE".into()).or_insert_with(|| base_image.clone());
+            build_args
+                .entry("BASE_IMAGE".into())
+                .or_insert_with(|| base_image.clone());
             images.push(ImageSpec {
                 repository: format!("{}-{name}", file.defaults.repository),
                 name,
@@ -121,10 +137,18 @@ impl Images {
         names
             .iter()
             .map(|n| {
-                self.images.iter().find(|i| &i.name == n).cloned().with_context(|| {
-                    let known: Vec<&str> = self.images.iter().map(|i| i.name.as_str()).collect();
-                    format!("no image named {n:?} in test/e2e/images.toml (known: {})", known.join(", "))
-                })
+                self.images
+                    .iter()
+                    .find(|i| &i.name == n)
+                    .cloned()
+                    .with_context(|| {
+                        let known: Vec<&str> =
+                            self.images.iter().map(|i| i.name.as_str()).collect();
+                        format!(
+                            "no image named {n:?} in test/e2e/images.toml (known: {})",
+                            known.join(", ")
+                        )
+                    })
             })
             .collect()
     }
@@ -133,9 +157,13 @@ impl Images {
 /// Parses `512m`, `1g`, `1.5GiB`, `300000k` or a plain number of bytes.
 pub fn parse_size(text: &str) -> anyhow::Result<u64> {
     let t = text.trim().to_ascii_lowercase();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().with_context(|| format!("{text:?} is not a size like 512m or 2g"))?;
+    let value: f64 = num
+        .parse()
+        .with_context(|| format!("{text:?} is not a size like 512m or 2g"))?;
     let mult: u64 = match unit.trim().trim_end_matches("ib").trim_end_matches('b') {
         "" => 1,
         "k" => 1 << 10,
@@ -192,19 +220,33 @@ mod tests {
 
     #[test]
     fn base_image_can_be_overridden() {
-        let f = Images::parse(SAMPLE, Some("docker.io/library/debian:bookworm-slim".into())).unwrap();
-        assert_eq!(f.images[0].build_args["BASE_IMAGE"], "docker.io/library/debian:bookworm-slim");
+        let f = Images::parse(
+            SAMPLE,
+            Some("docker.io/library/debian:bookworm-slim".into()),
+        )
+        .unwrap();
+        assert_eq!(
+            f.images[0].build_args["BASE_IMAGE"],
+            "docker.io/library/debian:bookworm-slim"
+        );
     }
 
     #[test]
     fn mistakes_are_named() {
-        let both = SAMPLE.replace("binary = \"gateway\"", "binary = \"gateway\"\ncontext = \"x\"");
-        assert!(format!("{:#}", Images::parse(&both, None).unwrap_err()).contains("either context or binary"));
+        let both = SAMPLE.replace(
+            "binary = \"gateway\"",
+            "binary = \"gateway\"\ncontext = \"x\"",
+        );
+        assert!(format!("{:#}", Images::parse(&both, None).unwrap_err())
+            .contains("either context or binary"));
         let typo = SAMPLE.replace("dockerfile = \"Dockerfile.gateway\"", "dockerfil = \"x\"");
         assert!(format!("{:#}", Images::parse(&typo, None).unwrap_err()).contains("dockerfil"));
         let f = Images::parse(SAMPLE, None).unwrap();
         let err = f.select(&["gatway".into()]).unwrap_err().to_string();
-        assert!(err.contains("gatway") && err.contains("known: gateway, redis"), "{err}");
+        assert!(
+            err.contains("gatway") && err.contains("known: gateway, redis"),
+            "{err}"
+        );
     }
 
     #[test]

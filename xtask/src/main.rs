@@ -6,17 +6,17 @@
 mod archive;
 mod bench;
 mod build;
-mod diagnose;
-mod doctor;
-mod dockerignore;
-mod fingerprint;
-mod memory;
 mod cmd;
+mod diagnose;
+mod dockerignore;
+mod doctor;
 mod e2e;
 mod engine;
+mod fingerprint;
 mod images;
 mod interrupt;
 mod manifests;
+mod memory;
 mod project;
 mod ready;
 mod report;
@@ -25,7 +25,11 @@ mod runtime;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "E2E images and E2E runs for Gateway and DataStorage")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "E2E images and E2E runs for Gateway and DataStorage"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -84,10 +84,15 @@ impl Manifests {
             .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
             .collect();
         files.sort();
-        anyhow::ensure!(!files.is_empty(), "no *.yaml manifests in {}", dir.display());
+        anyhow::ensure!(
+            !files.is_empty(),
+            "no *.yaml manifests in {}",
+            dir.display()
+        );
         let mut docs = Vec::new();
         for file in files {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
             docs.extend(parse_docs(&text).with_context(|| format!("in {}", file.display()))?);
         }
         Ok(Manifests { docs })
@@ -106,7 +111,13 @@ impl Manifests {
         suffix: &str,
         mut free_port: impl FnMut() -> anyhow::Result<u16>,
     ) -> anyhow::Result<PodmanStack> {
-        let renamed = |n: &str| if suffix.is_empty() { n.to_owned() } else { format!("{n}-{suffix}") };
+        let renamed = |n: &str| {
+            if suffix.is_empty() {
+                n.to_owned()
+            } else {
+                format!("{n}-{suffix}")
+            }
+        };
         let mut hosts = BTreeMap::new();
         let mut secret_names = BTreeMap::new();
         for doc in &self.docs {
@@ -159,8 +170,15 @@ impl Manifests {
                                 if let Some(value) = var.get("value").and_then(Value::as_str) {
                                     var["value"] = Value::String(rename_hosts(value, &hosts));
                                 }
-                                if let Some(r) = var.get_mut("valueFrom").and_then(|v| v.get_mut("secretKeyRef")) {
-                                    if let Some(new) = r.get("name").and_then(Value::as_str).and_then(|n| secret_names.get(n)) {
+                                if let Some(r) = var
+                                    .get_mut("valueFrom")
+                                    .and_then(|v| v.get_mut("secretKeyRef"))
+                                {
+                                    if let Some(new) = r
+                                        .get("name")
+                                        .and_then(Value::as_str)
+                                        .and_then(|n| secret_names.get(n))
+                                    {
                                         r["name"] = Value::String(new.clone());
                                     }
                                 }
@@ -186,12 +204,23 @@ impl Manifests {
                                 host_port,
                             });
                         }
-                        containers.push(Container { name: typed.name, image, readiness: typed.readiness_probe.map(Probe::from) });
+                        containers.push(Container {
+                            name: typed.name,
+                            image,
+                            readiness: typed.readiness_probe.map(Probe::from),
+                        });
                     }
-                    pods.push(Pod { name: pod_name, base, containers });
+                    pods.push(Pod {
+                        name: pod_name,
+                        base,
+                        containers,
+                    });
                     yaml_docs.push(doc);
                 }
-                other => anyhow::bail!("{other} {:?}: only Pod, Service and Secret objects are supported", name(doc)?),
+                other => anyhow::bail!(
+                    "{other} {:?}: only Pod, Service and Secret objects are supported",
+                    name(doc)?
+                ),
             }
         }
         anyhow::ensure!(!pods.is_empty(), "the manifests hold no Pod");
@@ -200,7 +229,12 @@ impl Manifests {
             yaml.push_str("---\n");
             yaml.push_str(&serde_norway::to_string(doc)?);
         }
-        Ok(PodmanStack { yaml, secrets, pods, published })
+        Ok(PodmanStack {
+            yaml,
+            secrets,
+            pods,
+            published,
+        })
     }
 }
 
@@ -225,7 +259,12 @@ pub fn secret_payload(secret: &Secret) -> String {
     let map: BTreeMap<&str, String> = secret
         .data
         .iter()
-        .map(|(k, v)| (k.as_str(), base64::engine::general_purpose::STANDARD.encode(v)))
+        .map(|(k, v)| {
+            (
+                k.as_str(),
+                base64::engine::general_purpose::STANDARD.encode(v),
+            )
+        })
         .collect();
     serde_json::to_string(&map).expect("a map of strings serialises")
 }
@@ -257,22 +296,39 @@ fn secret(doc: &Value) -> anyhow::Result<Secret> {
     let name = name(doc)?;
     let mut data = BTreeMap::new();
     let empty = Mapping::new();
-    for (k, v) in doc.get("data").and_then(Value::as_mapping).unwrap_or(&empty) {
-        let (k, v) = (k.as_str().unwrap_or_default(), v.as_str().unwrap_or_default());
+    for (k, v) in doc
+        .get("data")
+        .and_then(Value::as_mapping)
+        .unwrap_or(&empty)
+    {
+        let (k, v) = (
+            k.as_str().unwrap_or_default(),
+            v.as_str().unwrap_or_default(),
+        );
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(v)
             .with_context(|| format!("secret {name}: data.{k} is not base64"))?;
         data.insert(k.to_owned(), bytes);
     }
-    for (k, v) in doc.get("stringData").and_then(Value::as_mapping).unwrap_or(&empty) {
-        data.insert(k.as_str().unwrap_or_default().to_owned(), v.as_str().unwrap_or_default().as_bytes().to_vec());
+    for (k, v) in doc
+        .get("stringData")
+        .and_then(Value::as_mapping)
+        .unwrap_or(&empty)
+    {
+        data.insert(
+            k.as_str().unwrap_or_default().to_owned(),
+            v.as_str().unwrap_or_default().as_bytes().to_vec(),
+        );
     }
     Ok(Secret { name, data })
 }
 
 /// `localhost/e2e-gateway:latest` becomes the built reference for `localhost/e2e-gateway`.
 fn pin_image(image: &str, images: &BTreeMap<String, String>) -> String {
-    images.get(repository(image)).cloned().unwrap_or_else(|| image.to_owned())
+    images
+        .get(repository(image))
+        .cloned()
+        .unwrap_or_else(|| image.to_owned())
 }
 
 /// The image reference without its tag or digest.
@@ -321,7 +377,10 @@ struct HttpGetYaml {
 impl From<ProbeYaml> for Probe {
     fn from(p: ProbeYaml) -> Probe {
         match (p.exec, p.http_get) {
-            (_, Some(h)) => Probe::Http { path: h.path, port: h.port },
+            (_, Some(h)) => Probe::Http {
+                path: h.path,
+                port: h.port,
+            },
             (Some(e), None) => Probe::Exec(e.command),
             (None, None) => Probe::Exec(vec!["true".into()]),
         }
@@ -333,13 +392,19 @@ mod tests {
     use super::*;
 
     fn shipped() -> Manifests {
-        Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests")).unwrap()
+        Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests"))
+            .unwrap()
     }
 
     fn render(m: &Manifests) -> PodmanStack {
         let images: BTreeMap<String, String> = ["gateway", "data-storage", "postgres", "redis"]
             .iter()
-            .map(|n| (format!("localhost/e2e-{n}"), format!("localhost/e2e-{n}:abc123")))
+            .map(|n| {
+                (
+                    format!("localhost/e2e-{n}"),
+                    format!("localhost/e2e-{n}:abc123"),
+                )
+            })
             .collect();
         let mut next = 40000;
         m.render_podman(&images, "", || {
@@ -353,7 +418,11 @@ mod tests {
     fn shipped_manifests_render_for_podman() {
         let stack = render(&shipped());
         let names: Vec<&str> = stack.pods.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["postgres", "redis", "data-storage", "gateway"], "files in name order: dependencies first");
+        assert_eq!(
+            names,
+            ["postgres", "redis", "data-storage", "gateway"],
+            "files in name order: dependencies first"
+        );
         // Every image is pinned to the built reference.
         for pod in &stack.pods {
             assert!(pod.containers[0].image.ends_with(":abc123"), "{pod:?}");
@@ -365,10 +434,19 @@ mod tests {
         assert_eq!(stack.host_port("gateway", 8080), Some(40002));
         assert!(stack.yaml.contains("hostIP: 127.0.0.1"));
         assert!(!stack.yaml.contains("kind: Service") && !stack.yaml.contains("kind: Secret"));
-        assert!(!stack.yaml.contains("Probe"), "probes are run by the xtask, not podman");
+        assert!(
+            !stack.yaml.contains("Probe"),
+            "probes are run by the xtask, not podman"
+        );
         // Readiness comes from the manifests' probes.
         let gw = &stack.pods[3].containers[0];
-        assert_eq!(gw.readiness, Some(Probe::Http { path: "/ready".into(), port: 8080 }));
+        assert_eq!(
+            gw.readiness,
+            Some(Probe::Http {
+                path: "/ready".into(),
+                port: 8080
+            })
+        );
         let pg = &stack.pods[0].containers[0];
         assert!(matches!(&pg.readiness, Some(Probe::Exec(c)) if c[0] == "pg_isready"));
     }
@@ -376,26 +454,65 @@ mod tests {
     #[test]
     fn a_run_suffix_renames_pods_secrets_and_the_hosts_that_name_them() {
         let m = shipped();
-        let stack = m.render_podman(&BTreeMap::new(), "r1", || Ok(40000)).unwrap();
+        let stack = m
+            .render_podman(&BTreeMap::new(), "r1", || Ok(40000))
+            .unwrap();
         let names: Vec<&str> = stack.pods.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["postgres-r1", "redis-r1", "data-storage-r1", "gateway-r1"]);
+        assert_eq!(
+            names,
+            ["postgres-r1", "redis-r1", "data-storage-r1", "gateway-r1"]
+        );
         assert_eq!(stack.secrets[0].name, "postgres-credentials-r1");
-        assert!(stack.yaml.contains("value: postgres-r1\n"), "POSTGRES_HOST follows:\n{}", stack.yaml);
-        assert!(stack.yaml.contains("redis://redis-r1:6379"), "{}", stack.yaml);
-        assert!(stack.yaml.contains("http://data-storage-r1:8080"), "{}", stack.yaml);
-        assert!(stack.yaml.contains("name: postgres-credentials-r1"), "{}", stack.yaml);
-        assert!(!stack.yaml.contains("name: postgres-credentials\n"), "{}", stack.yaml);
+        assert!(
+            stack.yaml.contains("value: postgres-r1\n"),
+            "POSTGRES_HOST follows:\n{}",
+            stack.yaml
+        );
+        assert!(
+            stack.yaml.contains("redis://redis-r1:6379"),
+            "{}",
+            stack.yaml
+        );
+        assert!(
+            stack.yaml.contains("http://data-storage-r1:8080"),
+            "{}",
+            stack.yaml
+        );
+        assert!(
+            stack.yaml.contains("name: postgres-credentials-r1"),
+            "{}",
+            stack.yaml
+        );
+        assert!(
+            !stack.yaml.contains("name: postgres-credentials\n"),
+            "{}",
+            stack.yaml
+        );
         assert!(stack.yaml.contains("e2e.run: r1"));
-        assert_eq!(stack.host_port("gateway", 8080), Some(40000), "found by the manifests' name too");
+        assert_eq!(
+            stack.host_port("gateway", 8080),
+            Some(40000),
+            "found by the manifests' name too"
+        );
         assert_eq!(stack.pods[3].base, "gateway");
     }
 
     #[test]
     fn hosts_are_renamed_only_where_they_are_hosts() {
-        let hosts: BTreeMap<String, String> = [("redis".into(), "redis-x".into()), ("postgres".into(), "postgres-x".into())].into();
+        let hosts: BTreeMap<String, String> = [
+            ("redis".into(), "redis-x".into()),
+            ("postgres".into(), "postgres-x".into()),
+        ]
+        .into();
         assert_eq!(rename_hosts("postgres", &hosts), "postgres-x");
-        assert_eq!(rename_hosts("redis://redis:6379", &hosts), "redis://redis-x:6379");
-        assert_eq!(rename_hosts("http://redis/path?q=1", &hosts), "http://redis-x/path?q=1");
+        assert_eq!(
+            rename_hosts("redis://redis:6379", &hosts),
+            "redis://redis-x:6379"
+        );
+        assert_eq!(
+            rename_hosts("http://redis/path?q=1", &hosts),
+            "http://redis-x/path?q=1"
+        );
         assert_eq!(rename_hosts("redis-cache", &hosts), "redis-cache");
         assert_eq!(rename_hosts("http://redisx:1", &hosts), "http://redisx:1");
         assert_eq!(rename_hosts("300", &hosts), "300");
@@ -414,17 +531,25 @@ mod tests {
 
     #[test]
     fn data_and_string_data_both_count() {
-        let docs = parse_docs("kind: Secret\nmetadata: {name: s}\ndata: {a: aGk=}\nstringData: {b: yo}\n").unwrap();
+        let docs =
+            parse_docs("kind: Secret\nmetadata: {name: s}\ndata: {a: aGk=}\nstringData: {b: yo}\n")
+                .unwrap();
         let s = secret(&docs[0]).unwrap();
         assert_eq!(s.data["a"], b"hi");
         assert_eq!(s.data["b"], b"yo");
         let bad = parse_docs("kind: Secret\nmetadata: {name: s}\ndata: {a: '***'}\n").unwrap();
-        assert!(secret(&bad[0]).unwrap_err().to_string().contains("data.a is not base64"));
+        assert!(secret(&bad[0])
+            .unwrap_err()
+            .to_string()
+            .contains("data.a is not base64"));
     }
 
     #[test]
     fn image_repository_strips_tag_and_digest_but_not_registry_port() {
-        assert_eq!(repository("localhost/e2e-gateway:latest"), "localhost/e2e-gateway");
+        assert_eq!(
+            repository("localhost/e2e-gateway:latest"),
+            "localhost/e2e-gateway"
+        );
         assert_eq!(repository("localhost:5000/x"), "localhost:5000/x");
         assert_eq!(repository("localhost:5000/x:1"), "localhost:5000/x");
         assert_eq!(repository("x@sha256:abc"), "x");
@@ -432,8 +557,16 @@ mod tests {
 
     #[test]
     fn unsupported_kinds_are_named() {
-        let m = Manifests { docs: parse_docs("kind: Deployment\nmetadata: {name: d}\n").unwrap() };
-        let err = m.render_podman(&BTreeMap::new(), "", || Ok(1)).unwrap_err().to_string();
-        assert!(err.contains("Deployment") && err.contains("only Pod, Service and Secret"), "{err}");
+        let m = Manifests {
+            docs: parse_docs("kind: Deployment\nmetadata: {name: d}\n").unwrap(),
+        };
+        let err = m
+            .render_podman(&BTreeMap::new(), "", || Ok(1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("Deployment") && err.contains("only Pod, Service and Secret"),
+            "{err}"
+        );
     }
 }

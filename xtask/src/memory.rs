@@ -41,7 +41,11 @@ pub fn default_budget(info: &MemoryInfo) -> Budget {
     let margin = (free / 10).max(512 * MIB);
     Budget {
         bytes: free.saturating_sub(margin),
-        source: format!("{} free ({from}) less a {} margin", human(free), human(margin)),
+        source: format!(
+            "{} free ({from}) less a {} margin",
+            human(free),
+            human(margin)
+        ),
     }
 }
 
@@ -53,7 +57,10 @@ pub fn admit(running_caps: &[u64], next_cap: u64, budget: u64, jobs: usize) -> b
 }
 
 /// Images whose cap alone exceeds the budget: they can never start.
-pub fn too_big<'a>(caps: impl IntoIterator<Item = (&'a str, u64)>, budget: u64) -> Vec<(&'a str, u64)> {
+pub fn too_big<'a>(
+    caps: impl IntoIterator<Item = (&'a str, u64)>,
+    budget: u64,
+) -> Vec<(&'a str, u64)> {
     caps.into_iter().filter(|(_, cap)| *cap > budget).collect()
 }
 
@@ -103,25 +110,46 @@ pub fn parse_meminfo(text: &str) -> Option<u64> {
 /// Memory in use on the machine now (`MemTotal - MemAvailable`), for peak sampling.
 pub fn used_now() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let total = text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse::<u64>().ok()? * 1024;
+    let total = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?
+        * 1024;
     Some(total.saturating_sub(parse_meminfo(&text)?))
 }
 
 pub fn read() -> anyhow::Result<MemoryInfo> {
     let meminfo = std::fs::read_to_string("/proc/meminfo")?;
-    let available = parse_meminfo(&meminfo).ok_or_else(|| anyhow::anyhow!("no MemAvailable in /proc/meminfo"))?;
+    let available = parse_meminfo(&meminfo)
+        .ok_or_else(|| anyhow::anyhow!("no MemAvailable in /proc/meminfo"))?;
     let (cgroup_limit, cgroup_usage) = std::fs::read_to_string("/proc/self/cgroup")
         .map(|text| cgroup_memory(&text, Path::new("/sys/fs/cgroup")))
         .unwrap_or((None, None));
-    Ok(MemoryInfo { available, cgroup_limit, cgroup_usage })
+    Ok(MemoryInfo {
+        available,
+        cgroup_limit,
+        cgroup_usage,
+    })
 }
 
 /// The memory limit and usage of this process's cgroup (v2, or v1's memory controller).
 fn cgroup_memory(proc_self_cgroup: &str, root: &Path) -> (Option<u64>, Option<u64>) {
-    let read = |p: &Path| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
     for line in proc_self_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let (_, controllers, path) = (
+            parts.next(),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
         let path = path.trim_start_matches('/');
         if controllers.split(',').any(|c| c == "memory") {
             for dir in [root.join("memory").join(path), root.join("memory")] {
@@ -147,19 +175,39 @@ mod tests {
 
     #[test]
     fn budget_is_available_memory_less_a_margin() {
-        let b = default_budget(&MemoryInfo { available: 20 * GIB, cgroup_limit: None, cgroup_usage: None });
+        let b = default_budget(&MemoryInfo {
+            available: 20 * GIB,
+            cgroup_limit: None,
+            cgroup_usage: None,
+        });
         assert_eq!(b.bytes, 18 * GIB);
-        let small = default_budget(&MemoryInfo { available: 2 * GIB, cgroup_limit: None, cgroup_usage: None });
-        assert_eq!(small.bytes, 2 * GIB - 512 * MIB, "at least 512 MiB stays free");
+        let small = default_budget(&MemoryInfo {
+            available: 2 * GIB,
+            cgroup_limit: None,
+            cgroup_usage: None,
+        });
+        assert_eq!(
+            small.bytes,
+            2 * GIB - 512 * MIB,
+            "at least 512 MiB stays free"
+        );
     }
 
     #[test]
     fn a_cgroup_limit_tighter_than_the_machine_wins() {
-        let info = MemoryInfo { available: 20 * GIB, cgroup_limit: Some(4 * GIB), cgroup_usage: Some(GIB) };
+        let info = MemoryInfo {
+            available: 20 * GIB,
+            cgroup_limit: Some(4 * GIB),
+            cgroup_usage: Some(GIB),
+        };
         let b = default_budget(&info);
         assert_eq!(b.bytes, 3 * GIB - 512 * MIB);
         assert!(b.source.contains("cgroup"), "{}", b.source);
-        let unlimited = MemoryInfo { available: GIB, cgroup_limit: Some(9_223_372_036_854_771_712), cgroup_usage: Some(0) };
+        let unlimited = MemoryInfo {
+            available: GIB,
+            cgroup_limit: Some(9_223_372_036_854_771_712),
+            cgroup_usage: Some(0),
+        };
         assert!(default_budget(&unlimited).source.contains("MemAvailable"));
     }
 
@@ -167,10 +215,19 @@ mod tests {
     fn admission_needs_a_free_job_slot_and_room_in_the_budget() {
         let gib = GIB;
         assert!(admit(&[], 2 * gib, 2 * gib, 1));
-        assert!(!admit(&[gib], gib, 4 * gib, 1), "one job at a time by default");
+        assert!(
+            !admit(&[gib], gib, 4 * gib, 1),
+            "one job at a time by default"
+        );
         assert!(admit(&[gib], gib, 4 * gib, 2));
-        assert!(!admit(&[gib, gib], gib, 4 * gib, 2), "no third while --jobs 2");
-        assert!(!admit(&[3 * gib], 2 * gib, 4 * gib, 4), "caps must fit the budget together");
+        assert!(
+            !admit(&[gib, gib], gib, 4 * gib, 2),
+            "no third while --jobs 2"
+        );
+        assert!(
+            !admit(&[3 * gib], 2 * gib, 4 * gib, 4),
+            "caps must fit the budget together"
+        );
         assert!(admit(&[2 * gib], 2 * gib, 4 * gib, 4));
         assert!(admit(&[], gib, gib, 0), "--jobs 0 still runs one");
     }
@@ -208,7 +265,10 @@ mod tests {
         std::fs::create_dir_all(&v1).unwrap();
         std::fs::write(v1.join("memory.limit_in_bytes"), "4294967296\n").unwrap();
         std::fs::write(v1.join("memory.usage_in_bytes"), "1073741824\n").unwrap();
-        assert_eq!(cgroup_memory("4:memory:/job/1\n0::/\n", &root), (Some(4 * GIB), Some(GIB)));
+        assert_eq!(
+            cgroup_memory("4:memory:/job/1\n0::/\n", &root),
+            (Some(4 * GIB), Some(GIB))
+        );
         let v2 = root.join("user.slice");
         std::fs::create_dir_all(&v2).unwrap();
         std::fs::write(v2.join("memory.max"), "max\n").unwrap();

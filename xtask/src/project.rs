@@ -27,7 +27,11 @@ impl Project {
         let e2e_dir = std::env::var_os("E2E_DIR")
             .map(|d| root.join(d))
             .unwrap_or_else(|| target_dir.join("e2e"));
-        Ok(Project { root, target_dir, e2e_dir })
+        Ok(Project {
+            root,
+            target_dir,
+            e2e_dir,
+        })
     }
 
     pub fn images_file(&self) -> PathBuf {
@@ -57,7 +61,10 @@ impl Project {
 
     /// A path relative to the root, for messages.
     pub fn display(&self, path: &Path) -> String {
-        path.strip_prefix(&self.root).unwrap_or(path).display().to_string()
+        path.strip_prefix(&self.root)
+            .unwrap_or(path)
+            .display()
+            .to_string()
     }
 
     /// The cargo that runs us (`$CARGO`), so the same toolchain builds everything.

@@ -30,7 +30,9 @@ pub fn classify(state: &str) -> Health {
     let exit: i64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let restarts: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     match status {
-        _ if restarts > 0 => Health::Failed(format!("restarted {restarts} time(s), last exit code {exit}")),
+        _ if restarts > 0 => Health::Failed(format!(
+            "restarted {restarts} time(s), last exit code {exit}"
+        )),
         "running" => Health::Running,
         "created" | "configured" | "initialized" => Health::Starting,
         "exited" | "stopped" | "dead" => Health::Failed(format!("{status} with exit code {exit}")),
@@ -60,7 +62,14 @@ pub fn wait_ready(run: &PodmanRun, timeout: Duration, r: &Reporter) -> anyhow::R
                 match classify(&state) {
                     Health::Failed(why) => {
                         let log = Podman.logs(&name).read().unwrap_or_default();
-                        let tail: Vec<&str> = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
+                        let tail: Vec<&str> = log
+                            .lines()
+                            .rev()
+                            .take(30)
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .rev()
+                            .collect();
                         anyhow::bail!(
                             "container {name} {why} while waiting for readiness; its last log lines:\n    | {}",
                             tail.join("\n    | ")
@@ -79,8 +88,11 @@ pub fn wait_ready(run: &PodmanRun, timeout: Duration, r: &Reporter) -> anyhow::R
                         Ok(false) => Err(format!("`{}` failed", command.join(" "))),
                         Err(e) => Err(format!("{e:#}")),
                     },
-                    Some(Probe::Http { path, port }) => match run.stack.host_port(&pod.name, *port) {
-                        None => Err(format!("port {port} is not published, so GET {path} cannot be checked")),
+                    Some(Probe::Http { path, port }) => match run.stack.host_port(&pod.name, *port)
+                    {
+                        None => Err(format!(
+                            "port {port} is not published, so GET {path} cannot be checked"
+                        )),
                         Some(host_port) => {
                             let url = format!("http://127.0.0.1:{host_port}{path}");
                             match agent.get(&url).call() {
@@ -130,7 +142,10 @@ mod tests {
     fn classifies_podman_states() {
         assert_eq!(classify("running 0 0"), Health::Running);
         assert_eq!(classify("created 0 0"), Health::Starting);
-        assert_eq!(classify("exited 1 0"), Health::Failed("exited with exit code 1".into()));
+        assert_eq!(
+            classify("exited 1 0"),
+            Health::Failed("exited with exit code 1".into())
+        );
         assert!(matches!(classify("running 0 2"), Health::Failed(w) if w.contains("restarted 2")));
         assert!(matches!(classify(""), Health::Failed(w) if w.contains("unknown")));
     }

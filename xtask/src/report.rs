@@ -45,20 +45,33 @@ impl Reporter {
     }
 
     /// Runs one phase, printing its start and its end with the time it took.
-    pub fn phase<T>(&self, name: &str, f: impl FnOnce(&Reporter) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    pub fn phase<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&Reporter) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         self.line(format!("==> {name}"));
         let start = Instant::now();
         let result = f(self);
         let took = start.elapsed();
         let ok = result.is_ok();
-        self.line(format!("<== {name}: {} in {}", if ok { "done" } else { "FAILED" }, secs(took)));
-        self.phases.lock().unwrap().push((name.to_owned(), took, ok));
+        self.line(format!(
+            "<== {name}: {} in {}",
+            if ok { "done" } else { "FAILED" },
+            secs(took)
+        ));
+        self.phases
+            .lock()
+            .unwrap()
+            .push((name.to_owned(), took, ok));
         result
     }
 
     /// An overall bar of `len` steps (hidden when not on a terminal).
     pub fn overall(&self, len: u64, what: &str) -> ProgressBar {
-        let Some(mp) = &self.bars else { return ProgressBar::hidden() };
+        let Some(mp) = &self.bars else {
+            return ProgressBar::hidden();
+        };
         let bar = mp.add(ProgressBar::new(len));
         bar.set_style(
             ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
@@ -71,9 +84,14 @@ impl Reporter {
 
     /// A spinner for one running task (hidden when not on a terminal).
     pub fn spinner(&self, name: &str, msg: &str) -> ProgressBar {
-        let Some(mp) = &self.bars else { return ProgressBar::hidden() };
+        let Some(mp) = &self.bars else {
+            return ProgressBar::hidden();
+        };
         let bar = mp.add(ProgressBar::new_spinner());
-        bar.set_style(ProgressStyle::with_template("{prefix:>12} {spinner} {msg} ({elapsed})").expect("a valid template"));
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>12} {spinner} {msg} ({elapsed})")
+                .expect("a valid template"),
+        );
         bar.set_prefix(name.to_owned());
         bar.set_message(msg.to_owned());
         bar.enable_steady_tick(Duration::from_millis(120));
@@ -92,13 +110,26 @@ impl Reporter {
     /// wall time since the start (phases may overlap).
     pub fn summary(&self) -> String {
         let phases = self.phases.lock().unwrap();
-        let width = phases.iter().map(|(n, ..)| n.len()).max().unwrap_or(0).max("total (wall)".len());
+        let width = phases
+            .iter()
+            .map(|(n, ..)| n.len())
+            .max()
+            .unwrap_or(0)
+            .max("total (wall)".len());
         let total = self.started.elapsed();
         let mut out = String::new();
         for (name, took, ok) in phases.iter() {
-            out.push_str(&format!("  {name:<width$}  {:>8}  {}\n", secs(*took), if *ok { "ok" } else { "FAILED" }));
+            out.push_str(&format!(
+                "  {name:<width$}  {:>8}  {}\n",
+                secs(*took),
+                if *ok { "ok" } else { "FAILED" }
+            ));
         }
-        out.push_str(&format!("  {:<width$}  {:>8}\n", "total (wall)", secs(total)));
+        out.push_str(&format!(
+            "  {:<width$}  {:>8}\n",
+            "total (wall)",
+            secs(total)
+        ));
         out
     }
 }
@@ -110,13 +141,22 @@ pub fn secs(d: Duration) -> String {
 impl Reporter {
     /// The phases as (name, seconds), for the run report.
     pub fn phase_times(&self) -> Vec<(String, f64)> {
-        self.phases.lock().unwrap().iter().map(|(n, d, _)| (n.clone(), (d.as_secs_f64() * 1000.0).round() / 1000.0)).collect()
+        self.phases
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, d, _)| (n.clone(), (d.as_secs_f64() * 1000.0).round() / 1000.0))
+            .collect()
     }
 }
 
 /// UTC wall-clock time as HH:MM:SS, without a date-time dependency.
 fn clock() -> String {
-    let s = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) % 86_400;
+    let s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        % 86_400;
     format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
@@ -149,7 +189,11 @@ mod tests {
 
     #[test]
     fn summary_lists_phases_and_total() {
-        let r = Reporter { bars: None, phases: Mutex::new(Vec::new()), started: Instant::now() };
+        let r = Reporter {
+            bars: None,
+            phases: Mutex::new(Vec::new()),
+            started: Instant::now(),
+        };
         r.phase("build", |_| Ok(())).unwrap();
         let _ = r.phase("test", |_| -> anyhow::Result<()> { anyhow::bail!("no") });
         let s = r.summary();
@@ -160,7 +204,13 @@ mod tests {
 
     #[test]
     fn tables_align() {
-        let t = table(&["image", "state"], &[vec!["gateway".into(), "built".into()], vec!["pg".into(), "cached".into()]]);
+        let t = table(
+            &["image", "state"],
+            &[
+                vec!["gateway".into(), "built".into()],
+                vec!["pg".into(), "cached".into()],
+            ],
+        );
         assert_eq!(t, "  image    state\n  gateway  built\n  pg       cached");
     }
 }

@@ -29,7 +29,12 @@ fn refs(sb: &Sandbox) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| (i["reference"].as_str().unwrap().to_owned(), i["id"].as_str().unwrap().to_owned()))
+        .map(|i| {
+            (
+                i["reference"].as_str().unwrap().to_owned(),
+                i["id"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -43,13 +48,21 @@ fn save(sb: &Sandbox, file: &Path, archive: &Path, extra: &[&str]) -> (bool, Str
 fn round_trip_keeps_image_ids() {
     for compress in ["zstd", "none"] {
         let (sb, file, archive) = built(&format!("rt{compress}"));
-        let archive = if compress == "none" { archive.with_extension("") } else { archive };
+        let archive = if compress == "none" {
+            archive.with_extension("")
+        } else {
+            archive
+        };
         let (ok, out) = save(&sb, &file, &archive, &["--compress", compress]);
         assert!(ok, "{out}");
         assert!(out.contains("2 images,"), "{out}");
         let manifest: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(format!("{}.json", archive.display())).unwrap()).unwrap();
-        assert_eq!(manifest["size"].as_u64().unwrap(), std::fs::metadata(&archive).unwrap().len());
+            serde_json::from_slice(&std::fs::read(format!("{}.json", archive.display())).unwrap())
+                .unwrap();
+        assert_eq!(
+            manifest["size"].as_u64().unwrap(),
+            std::fs::metadata(&archive).unwrap().len()
+        );
         assert_eq!(manifest["compression"], compress);
         assert_eq!(manifest["images"].as_array().unwrap().len(), 2);
         assert!(manifest["commit"].as_str().unwrap().len() >= 7);
@@ -61,7 +74,11 @@ fn round_trip_keeps_image_ids() {
         assert!(ok, "{out}");
         assert!(out.contains("loaded 2 images"), "{out}");
         for (reference, id) in &before {
-            assert_eq!(sb.engine_id(reference).as_deref(), Some(id.as_str()), "{reference} after the round trip");
+            assert_eq!(
+                sb.engine_id(reference).as_deref(),
+                Some(id.as_str()),
+                "{reference} after the round trip"
+            );
         }
         // Loading again finds everything in place and loads nothing.
         let (ok, out) = sb.xtask("load-images", &file, &[archive.to_str().unwrap()]);
@@ -84,13 +101,19 @@ fn a_corrupted_or_truncated_archive_loads_nothing() {
     std::fs::write(&archive, &flipped).unwrap();
     let (ok, out) = sb.xtask("load-images", &file, &[archive.to_str().unwrap()]);
     assert!(!ok, "{out}");
-    assert!(out.contains("is corrupted") && out.contains("Nothing was loaded"), "{out}");
+    assert!(
+        out.contains("is corrupted") && out.contains("Nothing was loaded"),
+        "{out}"
+    );
     assert!(sb.engine_id(&before[0].0).is_none(), "nothing loaded");
 
     std::fs::write(&archive, &good[..good.len() - 1000]).unwrap();
     let (ok, out) = sb.xtask("load-images", &file, &[archive.to_str().unwrap()]);
     assert!(!ok, "{out}");
-    assert!(out.contains("truncated") && out.contains("Nothing was loaded"), "{out}");
+    assert!(
+        out.contains("truncated") && out.contains("Nothing was loaded"),
+        "{out}"
+    );
     assert!(sb.engine_id(&before[1].0).is_none(), "nothing loaded");
 
     std::fs::remove_file(format!("{}.json", archive.display())).unwrap();
@@ -105,8 +128,14 @@ fn stale_images_are_named_on_save_and_on_load() {
     std::fs::write(sb.dir.join("alpha/data.txt"), "alpha v2\n").unwrap();
     let (ok, out) = save(&sb, &file, &archive, &[]);
     assert!(!ok, "{out}");
-    assert!(out.contains("alpha: inputs changed since the last build"), "{out}");
-    assert!(out.contains("prebuild-images") && out.contains("--build"), "{out}");
+    assert!(
+        out.contains("alpha: inputs changed since the last build"),
+        "{out}"
+    );
+    assert!(
+        out.contains("prebuild-images") && out.contains("--build"),
+        "{out}"
+    );
     assert!(!archive.exists());
     let (ok, out) = save(&sb, &file, &archive, &["--build"]);
     assert!(ok, "{out}");
@@ -116,10 +145,20 @@ fn stale_images_are_named_on_save_and_on_load() {
     sb.remove_images();
     let (ok, out) = sb.xtask("load-images", &file, &[archive.to_str().unwrap()]);
     assert!(!ok, "{out}");
-    assert!(out.contains("the archive does not match this checkout"), "{out}");
-    assert!(out.contains("alpha: archive") && !out.contains("beta: archive"), "{out}");
+    assert!(
+        out.contains("the archive does not match this checkout"),
+        "{out}"
+    );
+    assert!(
+        out.contains("alpha: archive") && !out.contains("beta: archive"),
+        "{out}"
+    );
     assert!(out.contains("--allow-stale"), "{out}");
-    let (ok, out) = sb.xtask("load-images", &file, &[archive.to_str().unwrap(), "--allow-stale"]);
+    let (ok, out) = sb.xtask(
+        "load-images",
+        &file,
+        &[archive.to_str().unwrap(), "--allow-stale"],
+    );
     assert!(ok, "{out}");
     assert!(out.contains("WARNING: --allow-stale"), "{out}");
 }
@@ -129,22 +168,44 @@ fn an_interrupted_save_leaves_nothing_that_looks_complete() {
     let (sb, file, archive) = built("interrupt");
     let dir = archive.parent().unwrap().to_owned();
     std::fs::create_dir_all(&dir).unwrap();
-    let mut child = sb.command("save-images", &file, &["--output", archive.to_str().unwrap(), "--compress", "none"]).spawn().unwrap();
+    let mut child = sb
+        .command(
+            "save-images",
+            &file,
+            &["--output", archive.to_str().unwrap(), "--compress", "none"],
+        )
+        .spawn()
+        .unwrap();
     // Interrupt as soon as the temporary archive exists, i.e. in the middle of writing it.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let writing = std::fs::read_dir(&dir).unwrap().filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().contains(".tmp-"));
+        let writing = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().contains(".tmp-"));
         if writing {
             break;
         }
-        assert!(child.try_wait().unwrap().is_none(), "the save ended before it could be interrupted");
-        assert!(Instant::now() < deadline, "no temporary archive within 60 s");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the save ended before it could be interrupted"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no temporary archive within 60 s"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
-    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
     let status = child.wait().unwrap();
     assert!(!status.success(), "an interrupted save must fail");
-    let left: Vec<String> = std::fs::read_dir(&dir).unwrap().filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     assert!(left.is_empty(), "an interrupted save left {left:?}");
 }
 
@@ -157,7 +218,11 @@ struct Registry {
 
 impl Registry {
     fn start(dir: &Path) -> Registry {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let addr = format!("127.0.0.1:{port}");
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let config = dir.join("registry.yml");
@@ -177,10 +242,17 @@ impl Registry {
             .expect("docker-registry: apt-get install docker-registry");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "the registry did not listen on {addr} within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "the registry did not listen on {addr} within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Registry { child, dir: dir.to_owned(), addr }
+        Registry {
+            child,
+            dir: dir.to_owned(),
+            addr,
+        }
     }
 }
 
@@ -202,23 +274,40 @@ fn push_then_pull_through_a_local_registry() {
     assert!(ok, "{out}");
     let before = refs(&sb);
     sb.remove_images();
-    let _ = Command::new("podman").args(["rmi", "-f"]).args(before.iter().map(|(r, _)| {
-        let (repo, tag) = r.rsplit_once(':').unwrap();
-        format!("{prefix}/{}:{tag}", repo.rsplit_once('-').map_or(repo, |(_, n)| n))
-    })).output();
+    let _ = Command::new("podman")
+        .args(["rmi", "-f"])
+        .args(before.iter().map(|(r, _)| {
+            let (repo, tag) = r.rsplit_once(':').unwrap();
+            format!(
+                "{prefix}/{}:{tag}",
+                repo.rsplit_once('-').map_or(repo, |(_, n)| n)
+            )
+        }))
+        .output();
 
     let (ok, out) = sb.xtask("load-images", &file, &["--registry", &prefix]);
     assert!(ok, "{out}");
     for (reference, id) in &before {
-        assert_eq!(sb.engine_id(reference).as_deref(), Some(id.as_str()), "{reference} pulled with the same ID");
+        assert_eq!(
+            sb.engine_id(reference).as_deref(),
+            Some(id.as_str()),
+            "{reference} pulled with the same ID"
+        );
     }
     let _ = Command::new("podman")
         .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
         .output()
         .map(|o| {
-            let pulled: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with(&registry.addr)).map(str::to_owned).collect();
+            let pulled: Vec<String> = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.starts_with(&registry.addr))
+                .map(str::to_owned)
+                .collect();
             if !pulled.is_empty() {
-                let _ = Command::new("podman").args(["rmi", "-f"]).args(&pulled).output();
+                let _ = Command::new("podman")
+                    .args(["rmi", "-f"])
+                    .args(&pulled)
+                    .output();
             }
         });
 }

@@ -20,7 +20,10 @@ type AppState = Arc<Store>;
 pub fn router(store: AppState) -> Router {
     Router::new()
         .route("/api/v1/audit/events", get(list_events).post(create_event))
-        .route("/health/live", get(|| async { Json(json!({"status": "alive"})) }))
+        .route(
+            "/health/live",
+            get(|| async { Json(json!({"status": "alive"})) }),
+        )
         .route("/health/ready", get(ready))
         .with_state(store)
 }
@@ -36,7 +39,10 @@ impl IntoResponse for ApiError {
 
 fn internal(err: anyhow::Error) -> ApiError {
     tracing::error!(error = format!("{err:#}"), "request failed");
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error, see the service log".into())
+    ApiError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error, see the service log".into(),
+    )
 }
 
 /// Accepts `application/json` (with or without parameters) and nothing else.
@@ -79,12 +85,18 @@ async fn list_events(
     let correlation_id = event::validate_correlation_id(q.correlation_id)
         .map_err(|reason| ApiError(StatusCode::BAD_REQUEST, reason))?;
     let events = store.list(&correlation_id).await.map_err(internal)?;
-    Ok(Json(json!({ "correlation_id": correlation_id, "count": events.len(), "events": events })))
+    Ok(Json(
+        json!({ "correlation_id": correlation_id, "count": events.len(), "events": events }),
+    ))
 }
 
 async fn ready(State(store): State<AppState>) -> Response {
     if !store.is_migrated() {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "migrating"}))).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "migrating"})),
+        )
+            .into_response();
     }
     match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
         Ok(Ok(())) => Json(json!({"status": "ready"})).into_response(),
@@ -109,7 +121,10 @@ mod tests {
     fn content_type_check_accepts_parameters_only_for_json() {
         let mut h = HeaderMap::new();
         assert!(!is_json(&h));
-        h.insert(header::CONTENT_TYPE, "application/json; charset=utf-8".parse().unwrap());
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
         assert!(is_json(&h));
         h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
         assert!(!is_json(&h));

@@ -31,7 +31,9 @@ impl Config {
                 .with_context(|| format!("environment variable {key} is required"))
         };
         let parsed = |key: &str, default: &str| -> anyhow::Result<String> {
-            Ok(get(key).filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned()))
+            Ok(get(key)
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| default.to_owned()))
         };
         Ok(Config {
             listen_addr: parsed("LISTEN_ADDR", "0.0.0.0:8080")?
@@ -57,8 +59,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 

@@ -52,7 +52,9 @@ impl Store {
         let manager = Manager::from_config(
             pg,
             tokio_postgres::NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
         );
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
@@ -60,7 +62,10 @@ impl Store {
             .create_timeout(Some(Duration::from_secs(2)))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()?;
-        Ok(Store { pool, migrated: watch::channel(false).0 })
+        Ok(Store {
+            pool,
+            migrated: watch::channel(false).0,
+        })
     }
 
     pub fn is_migrated(&self) -> bool {
@@ -71,7 +76,8 @@ impl Store {
     pub async fn migrate(&self) -> anyhow::Result<()> {
         let mut client = self.pool.get().await.context("connecting to PostgreSQL")?;
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                 version    INTEGER PRIMARY KEY,
@@ -81,14 +87,23 @@ impl Store {
         .await?;
         for (version, sql) in MIGRATIONS {
             let done = tx
-                .query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[version])
+                .query_opt(
+                    "SELECT 1 FROM schema_migrations WHERE version = $1",
+                    &[version],
+                )
                 .await?
                 .is_some();
             if done {
                 continue;
             }
-            tx.batch_execute(sql).await.with_context(|| format!("migration {version}"))?;
-            tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[version]).await?;
+            tx.batch_execute(sql)
+                .await
+                .with_context(|| format!("migration {version}"))?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version) VALUES ($1)",
+                &[version],
+            )
+            .await?;
             tracing::info!(version, "migration applied");
         }
         tx.commit().await?;
@@ -159,7 +174,11 @@ pub async fn migrate_until_done(store: Arc<Store>) {
         match store.migrate().await {
             Ok(()) => return,
             Err(err) => {
-                tracing::warn!(error = format!("{err:#}"), retry_in_ms = delay.as_millis() as u64, "migrations not applied yet");
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "migrations not applied yet"
+                );
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_millis(500));
             }

@@ -66,7 +66,10 @@ pub fn validate(e: NewEvent) -> Result<ValidEvent, String> {
         event_type,
         correlation_id,
         event_timestamp: e.event_timestamp,
-        service: e.service.filter(|s| !s.is_empty()).unwrap_or_else(|| "unknown".into()),
+        service: e
+            .service
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "unknown".into()),
         resource: e.resource.filter(|s| !s.is_empty()),
         data,
     })
@@ -116,7 +119,10 @@ mod tests {
         let err = parse(r#"{"event_type":"a","correlation_id":"c","data":[1]}"#).unwrap_err();
         assert_eq!(err, "data must be a JSON object");
         let long = "x".repeat(129);
-        let err = parse(&format!(r#"{{"event_type":"a","correlation_id":"{long}"}}"#)).unwrap_err();
+        let err = parse(&format!(
+            r#"{{"event_type":"a","correlation_id":"{long}"}}"#
+        ))
+        .unwrap_err();
         assert!(err.contains("longer than 128"), "{err}");
     }
 

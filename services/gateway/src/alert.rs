@@ -95,14 +95,26 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn fingerprint_ignores_label_order_but_not_values() {
-        let a = parse_webhook(br#"{"alerts":[{"labels":{"alertname":"A","namespace":"n","pod":"p","x":"1"}}]}"#).unwrap();
-        let b = parse_webhook(br#"{"alerts":[{"labels":{"x":"1","pod":"p","namespace":"n","alertname":"A"}}]}"#).unwrap();
-        let c = parse_webhook(br#"{"alerts":[{"labels":{"alertname":"A","namespace":"n","pod":"q","x":"1"}}]}"#).unwrap();
+        let a = parse_webhook(
+            br#"{"alerts":[{"labels":{"alertname":"A","namespace":"n","pod":"p","x":"1"}}]}"#,
+        )
+        .unwrap();
+        let b = parse_webhook(
+            br#"{"alerts":[{"labels":{"x":"1","pod":"p","namespace":"n","alertname":"A"}}]}"#,
+        )
+        .unwrap();
+        let c = parse_webhook(
+            br#"{"alerts":[{"labels":{"alertname":"A","namespace":"n","pod":"q","x":"1"}}]}"#,
+        )
+        .unwrap();
         assert_eq!(a[0].fingerprint, b[0].fingerprint);
         assert_ne!(a[0].fingerprint, c[0].fingerprint);
         assert_eq!(a[0].fingerprint.len(), 64);
@@ -118,7 +130,10 @@ mod tests {
     #[test]
     fn annotations_and_timestamps_do_not_change_the_fingerprint() {
         let a = parse_webhook(br#"{"alerts":[{"labels":{"alertname":"A"},"annotations":{"summary":"x"},"startsAt":"2026-01-01T00:00:00Z"}]}"#).unwrap();
-        let b = parse_webhook(br#"{"alerts":[{"labels":{"alertname":"A"},"annotations":{"summary":"y"}}]}"#).unwrap();
+        let b = parse_webhook(
+            br#"{"alerts":[{"labels":{"alertname":"A"},"annotations":{"summary":"y"}}]}"#,
+        )
+        .unwrap();
         assert_eq!(a[0].fingerprint, b[0].fingerprint);
         assert_eq!(a[0].namespace, "");
         assert_eq!(a[0].status, "firing");
@@ -126,12 +141,23 @@ mod tests {
 
     #[test]
     fn malformed_payloads_are_explained() {
-        assert!(parse_webhook(b"{not json").unwrap_err().starts_with("invalid JSON body"));
+        assert!(parse_webhook(b"{not json")
+            .unwrap_err()
+            .starts_with("invalid JSON body"));
         assert_eq!(parse_webhook(b"{}").unwrap_err(), "alerts is required");
-        assert_eq!(parse_webhook(br#"{"alerts":[]}"#).unwrap_err(), "alerts must hold at least one alert");
-        assert_eq!(parse_webhook(br#"{"alerts":[{}]}"#).unwrap_err(), "alerts[0]: labels is required");
         assert_eq!(
-            parse_webhook(br#"{"alerts":[{"labels":{"alertname":"A"}},{"labels":{"severity":"x"}}]}"#).unwrap_err(),
+            parse_webhook(br#"{"alerts":[]}"#).unwrap_err(),
+            "alerts must hold at least one alert"
+        );
+        assert_eq!(
+            parse_webhook(br#"{"alerts":[{}]}"#).unwrap_err(),
+            "alerts[0]: labels is required"
+        );
+        assert_eq!(
+            parse_webhook(
+                br#"{"alerts":[{"labels":{"alertname":"A"}},{"labels":{"severity":"x"}}]}"#
+            )
+            .unwrap_err(),
             "alerts[1]: labels.alertname is required"
         );
     }

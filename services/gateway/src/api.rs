@@ -30,7 +30,10 @@ type AppState = Arc<App>;
 pub fn router(app: AppState) -> Router {
     Router::new()
         .route("/api/v1/signals/prometheus", post(prometheus_webhook))
-        .route("/health", get(|| async { Json(json!({"status": "alive"})) }))
+        .route(
+            "/health",
+            get(|| async { Json(json!({"status": "alive"})) }),
+        )
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(app)
@@ -57,9 +60,16 @@ pub fn overall_status(outcomes: &[Value]) -> StatusCode {
     }
 }
 
-async fn prometheus_webhook(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn prometheus_webhook(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if !is_json(&headers) {
-        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        );
     }
     let signals = match alert::parse_webhook(&body) {
         Ok(s) => s,
@@ -71,20 +81,34 @@ async fn prometheus_webhook(State(app): State<AppState>, headers: HeaderMap, bod
             Ok(outcome) => outcomes.push(outcome),
             Err(err) => {
                 tracing::error!(error = format!("{err:#}"), fingerprint = %signal.fingerprint, "deduplication failed");
-                return error(StatusCode::SERVICE_UNAVAILABLE, format!("deduplication unavailable: {err:#}"));
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("deduplication unavailable: {err:#}"),
+                );
             }
         }
     }
-    (overall_status(&outcomes), Json(json!({ "signals": outcomes }))).into_response()
+    (
+        overall_status(&outcomes),
+        Json(json!({ "signals": outcomes })),
+    )
+        .into_response()
 }
 
 /// Deduplicates one signal, then records `signal.received` and `signal.created` or
 /// `signal.deduplicated` under the signal's correlation id, in that order.
 async fn process(app: &App, signal: &Signal) -> anyhow::Result<Value> {
     Metrics::inc(&app.metrics.received);
-    let occurrence = app.dedup.record(&signal.fingerprint, &uuid::Uuid::new_v4().to_string()).await?;
+    let occurrence = app
+        .dedup
+        .record(&signal.fingerprint, &uuid::Uuid::new_v4().to_string())
+        .await?;
     let cid = &occurrence.correlation_id;
-    let status = if occurrence.is_new() { "created" } else { "deduplicated" };
+    let status = if occurrence.is_new() {
+        "created"
+    } else {
+        "deduplicated"
+    };
     if occurrence.is_new() {
         Metrics::inc(&app.metrics.created);
     } else {
@@ -92,9 +116,16 @@ async fn process(app: &App, signal: &Signal) -> anyhow::Result<Value> {
     }
     tracing::info!(fingerprint = %signal.fingerprint, alert = %signal.alert_name, namespace = %signal.namespace, occurrence = occurrence.count, correlation_id = %cid, status, "signal");
 
-    let follow_up = if occurrence.is_new() { audit::CREATED } else { audit::DEDUPLICATED };
+    let follow_up = if occurrence.is_new() {
+        audit::CREATED
+    } else {
+        audit::DEDUPLICATED
+    };
     for (event_type, extra) in [
-        (audit::RECEIVED, json!({ "labels": signal.labels, "annotations": signal.annotations, "starts_at": signal.starts_at })),
+        (
+            audit::RECEIVED,
+            json!({ "labels": signal.labels, "annotations": signal.annotations, "starts_at": signal.starts_at }),
+        ),
         (follow_up, json!({ "occurrence": occurrence.count })),
     ] {
         if let Err(err) = app.audit.record(event_type, cid, signal, extra).await {
@@ -126,13 +157,21 @@ async fn ready(State(app): State<AppState>) -> Response {
     };
     let (redis, ds) = (describe(redis), describe(ds));
     let ok = redis == "ok" && ds == "ok";
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(json!({ "status": if ok { "ready" } else { "unavailable" }, "redis": redis, "data_storage": ds })))
         .into_response()
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -141,7 +180,16 @@ mod tests {
 
     #[test]
     fn any_new_alert_makes_the_answer_201() {
-        assert_eq!(overall_status(&[json!({"status":"deduplicated"}), json!({"status":"created"})]), StatusCode::CREATED);
-        assert_eq!(overall_status(&[json!({"status":"deduplicated"})]), StatusCode::ACCEPTED);
+        assert_eq!(
+            overall_status(&[
+                json!({"status":"deduplicated"}),
+                json!({"status":"created"})
+            ]),
+            StatusCode::CREATED
+        );
+        assert_eq!(
+            overall_status(&[json!({"status":"deduplicated"})]),
+            StatusCode::ACCEPTED
+        );
     }
 }

@@ -23,10 +23,19 @@ impl AuditClient {
             .timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(32)
             .build()?;
-        Ok(AuditClient { http, base: base.to_owned() })
+        Ok(AuditClient {
+            http,
+            base: base.to_owned(),
+        })
     }
 
-    pub async fn record(&self, event_type: &str, correlation_id: &str, signal: &Signal, extra: Value) -> anyhow::Result<()> {
+    pub async fn record(
+        &self,
+        event_type: &str,
+        correlation_id: &str,
+        signal: &Signal,
+        extra: Value,
+    ) -> anyhow::Result<()> {
         let mut data = json!({
             "fingerprint": signal.fingerprint,
             "alert_name": signal.alert_name,
@@ -60,8 +69,16 @@ impl AuditClient {
     }
 
     pub async fn ready(&self) -> anyhow::Result<()> {
-        let resp = self.http.get(format!("{}/health/ready", self.base)).send().await?;
-        anyhow::ensure!(resp.status().is_success(), "DataStorage /health/ready answered {}", resp.status());
+        let resp = self
+            .http
+            .get(format!("{}/health/ready", self.base))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "DataStorage /health/ready answered {}",
+            resp.status()
+        );
         Ok(())
     }
 }

@@ -23,7 +23,9 @@ impl Config {
 
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let value = |key: &str, default: &str| {
-            get(key).filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
+            get(key)
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| default.to_owned())
         };
         let ttl: u64 = value("DEDUP_TTL_SECONDS", "300")
             .parse()
@@ -51,9 +53,11 @@ mod tests {
         let c = Config::from_lookup(|_| None).unwrap();
         assert_eq!(c.dedup_ttl, Duration::from_secs(300));
         assert_eq!(c.data_storage_url, "http://data-storage:8080");
-        let err = Config::from_lookup(|k| (k == "DEDUP_TTL_SECONDS").then(|| "0".into())).unwrap_err();
+        let err =
+            Config::from_lookup(|k| (k == "DEDUP_TTL_SECONDS").then(|| "0".into())).unwrap_err();
         assert!(err.to_string().contains("DEDUP_TTL_SECONDS"));
-        let c = Config::from_lookup(|k| (k == "DATA_STORAGE_URL").then(|| "http://ds:1/".into())).unwrap();
+        let c = Config::from_lookup(|k| (k == "DATA_STORAGE_URL").then(|| "http://ds:1/".into()))
+            .unwrap();
         assert_eq!(c.data_storage_url, "http://ds:1");
     }
 }

@@ -57,16 +57,23 @@ impl Dedup {
         if let Some(conn) = slot.as_ref() {
             return Ok(conn.clone());
         }
-        let conn = tokio::time::timeout(Duration::from_secs(3), ConnectionManager::new(self.client.clone()))
-            .await
-            .context("connecting to Redis: no answer within 3s")?
-            .context("connecting to Redis")?;
+        let conn = tokio::time::timeout(
+            Duration::from_secs(3),
+            ConnectionManager::new(self.client.clone()),
+        )
+        .await
+        .context("connecting to Redis: no answer within 3s")?
+        .context("connecting to Redis")?;
         *slot = Some(conn.clone());
         Ok(conn)
     }
 
     /// Records one occurrence of the signal with this fingerprint.
-    pub async fn record(&self, fingerprint: &str, new_correlation_id: &str) -> anyhow::Result<Occurrence> {
+    pub async fn record(
+        &self,
+        fingerprint: &str,
+        new_correlation_id: &str,
+    ) -> anyhow::Result<Occurrence> {
         let mut conn = self.connection().await?;
         let (count, correlation_id): (u64, String) = self
             .script
@@ -76,7 +83,10 @@ impl Dedup {
             .invoke_async(&mut conn)
             .await
             .context("running the deduplication script in Redis")?;
-        Ok(Occurrence { count, correlation_id })
+        Ok(Occurrence {
+            count,
+            correlation_id,
+        })
     }
 
     pub async fn ping(&self) -> anyhow::Result<()> {

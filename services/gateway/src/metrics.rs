@@ -17,10 +17,26 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let rows = [
-            ("gateway_signals_received_total", "Alerts received from AlertManager webhooks.", &self.received),
-            ("gateway_signals_created_total", "Alerts seen for the first time within the deduplication window.", &self.created),
-            ("gateway_signals_deduplicated_total", "Alerts that repeated one already seen within the window.", &self.deduplicated),
-            ("gateway_audit_failures_total", "Audit events that could not be recorded in DataStorage.", &self.audit_failures),
+            (
+                "gateway_signals_received_total",
+                "Alerts received from AlertManager webhooks.",
+                &self.received,
+            ),
+            (
+                "gateway_signals_created_total",
+                "Alerts seen for the first time within the deduplication window.",
+                &self.created,
+            ),
+            (
+                "gateway_signals_deduplicated_total",
+                "Alerts that repeated one already seen within the window.",
+                &self.deduplicated,
+            ),
+            (
+                "gateway_audit_failures_total",
+                "Audit events that could not be recorded in DataStorage.",
+                &self.audit_failures,
+            ),
         ];
         let mut out = String::new();
         for (name, help, value) in rows {
@@ -43,7 +59,9 @@ mod tests {
         Metrics::inc(&m.received);
         Metrics::inc(&m.received);
         let text = m.render();
-        assert!(text.contains("# TYPE gateway_signals_received_total counter\ngateway_signals_received_total 2\n"));
+        assert!(text.contains(
+            "# TYPE gateway_signals_received_total counter\ngateway_signals_received_total 2\n"
+        ));
         assert!(text.contains("gateway_signals_created_total 0\n"));
     }
 }

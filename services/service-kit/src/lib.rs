@@ -20,8 +20,13 @@ pub fn init_logging() {
 
 /// Serves `router` on `addr` until SIGTERM or SIGINT, then lets requests in flight finish.
 pub async fn serve(name: &str, addr: SocketAddr, router: axum::Router) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
     tracing::info!("{name} stopped");
     Ok(())
 }

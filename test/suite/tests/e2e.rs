@@ -27,7 +27,10 @@ fn data_storage() -> String {
 }
 
 fn client() -> Client {
-    Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 /// An alert name no other test and no earlier run uses.
@@ -65,7 +68,10 @@ async fn send(c: &Client, body: &Value) -> (StatusCode, Value) {
         .await
         .expect("POST to the gateway");
     let status = resp.status();
-    (status, resp.json().await.expect("JSON answer from the gateway"))
+    (
+        status,
+        resp.json().await.expect("JSON answer from the gateway"),
+    )
 }
 
 async fn audit_trail(c: &Client, correlation_id: &str) -> Vec<Value> {
@@ -81,11 +87,21 @@ async fn audit_trail(c: &Client, correlation_id: &str) -> Vec<Value> {
 }
 
 fn types(events: &[Value]) -> Vec<&str> {
-    events.iter().map(|e| e["event_type"].as_str().unwrap()).collect()
+    events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect()
 }
 
 async fn metric(c: &Client, name: &str) -> u64 {
-    let text = c.get(format!("{}/metrics", gateway())).send().await.unwrap().text().await.unwrap();
+    let text = c
+        .get(format!("{}/metrics", gateway()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
         .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
@@ -107,8 +123,14 @@ async fn new_alert_is_created_and_repeat_is_deduplicated() {
     assert_eq!(status, StatusCode::ACCEPTED, "{second}");
     assert_eq!(second["signals"][0]["status"], "deduplicated");
     assert_eq!(second["signals"][0]["occurrence"], 2);
-    assert_eq!(second["signals"][0]["fingerprint"], first["signals"][0]["fingerprint"]);
-    assert_eq!(second["signals"][0]["correlation_id"], first["signals"][0]["correlation_id"]);
+    assert_eq!(
+        second["signals"][0]["fingerprint"],
+        first["signals"][0]["fingerprint"]
+    );
+    assert_eq!(
+        second["signals"][0]["correlation_id"],
+        first["signals"][0]["correlation_id"]
+    );
 }
 
 #[tokio::test]
@@ -118,7 +140,10 @@ async fn same_name_in_another_namespace_is_another_signal() {
     let (a, first) = send(&c, &webhook(&name, "team-a")).await;
     let (b, other) = send(&c, &webhook(&name, "team-b")).await;
     assert_eq!((a, b), (StatusCode::CREATED, StatusCode::CREATED));
-    assert_ne!(first["signals"][0]["fingerprint"], other["signals"][0]["fingerprint"]);
+    assert_ne!(
+        first["signals"][0]["fingerprint"],
+        other["signals"][0]["fingerprint"]
+    );
 }
 
 #[tokio::test]
@@ -127,12 +152,20 @@ async fn audit_trail_holds_the_expected_events_in_order() {
     let alert = webhook(&unique("HighLatency"), "checkout");
     let (_, first) = send(&c, &alert).await;
     let (_, _) = send(&c, &alert).await;
-    let cid = first["signals"][0]["correlation_id"].as_str().unwrap().to_owned();
+    let cid = first["signals"][0]["correlation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     let events = audit_trail(&c, &cid).await;
     assert_eq!(
         types(&events),
-        ["signal.received", "signal.created", "signal.received", "signal.deduplicated"],
+        [
+            "signal.received",
+            "signal.created",
+            "signal.received",
+            "signal.deduplicated"
+        ],
         "{events:#?}"
     );
     for e in &events {
@@ -141,8 +174,14 @@ async fn audit_trail_holds_the_expected_events_in_order() {
         assert_eq!(e["data"]["fingerprint"], first["signals"][0]["fingerprint"]);
     }
     assert_eq!(events[3]["data"]["occurrence"], 2);
-    let seqs: Vec<i64> = events.iter().map(|e| e["sequence"].as_i64().unwrap()).collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "sequence not increasing: {seqs:?}");
+    let seqs: Vec<i64> = events
+        .iter()
+        .map(|e| e["sequence"].as_i64().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "sequence not increasing: {seqs:?}"
+    );
 }
 
 #[tokio::test]
@@ -150,23 +189,53 @@ async fn malformed_requests_are_rejected() {
     let c = client();
     let endpoint = format!("{}/api/v1/signals/prometheus", gateway());
 
-    let bad_json = c.post(&endpoint).header("content-type", "application/json").body("{\"alerts\": [").send().await.unwrap();
+    let bad_json = c
+        .post(&endpoint)
+        .header("content-type", "application/json")
+        .body("{\"alerts\": [")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad_json.status(), StatusCode::BAD_REQUEST);
 
-    let no_alerts = c.post(&endpoint).json(&json!({"version": "4"})).send().await.unwrap();
+    let no_alerts = c
+        .post(&endpoint)
+        .json(&json!({"version": "4"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(no_alerts.status(), StatusCode::BAD_REQUEST);
     let reason: Value = no_alerts.json().await.unwrap();
-    assert!(reason["error"].as_str().unwrap().contains("alerts"), "{reason}");
+    assert!(
+        reason["error"].as_str().unwrap().contains("alerts"),
+        "{reason}"
+    );
 
-    let no_name = c.post(&endpoint).json(&json!({"alerts": [{"labels": {"namespace": "x"}}]})).send().await.unwrap();
+    let no_name = c
+        .post(&endpoint)
+        .json(&json!({"alerts": [{"labels": {"namespace": "x"}}]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(no_name.status(), StatusCode::BAD_REQUEST);
 
-    let text = c.post(&endpoint).header("content-type", "text/plain").body(webhook("X", "y").to_string()).send().await.unwrap();
+    let text = c
+        .post(&endpoint)
+        .header("content-type", "text/plain")
+        .body(webhook("X", "y").to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(text.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
     let get = c.get(&endpoint).send().await.unwrap();
     assert_eq!(get.status(), StatusCode::METHOD_NOT_ALLOWED);
-    let put = c.put(&endpoint).json(&webhook("X", "y")).send().await.unwrap();
+    let put = c
+        .put(&endpoint)
+        .json(&webhook("X", "y"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(put.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
 
@@ -176,20 +245,41 @@ async fn fifty_concurrent_copies_create_exactly_one_signal() {
     let alert = webhook(&unique("ConcurrentStorm"), "load");
     let answers = futures::future::join_all((0..50).map(|_| send(&c, &alert))).await;
 
-    let created = answers.iter().filter(|(s, _)| *s == StatusCode::CREATED).count();
-    let accepted = answers.iter().filter(|(s, _)| *s == StatusCode::ACCEPTED).count();
+    let created = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    let accepted = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::ACCEPTED)
+        .count();
     assert_eq!((created, accepted), (1, 49), "{answers:?}");
-    let mut occurrences: Vec<u64> =
-        answers.iter().map(|(_, b)| b["signals"][0]["occurrence"].as_u64().unwrap()).collect();
+    let mut occurrences: Vec<u64> = answers
+        .iter()
+        .map(|(_, b)| b["signals"][0]["occurrence"].as_u64().unwrap())
+        .collect();
     occurrences.sort_unstable();
-    assert_eq!(occurrences, (1..=50).collect::<Vec<u64>>(), "every copy counted once");
+    assert_eq!(
+        occurrences,
+        (1..=50).collect::<Vec<u64>>(),
+        "every copy counted once"
+    );
 
-    let cid = answers[0].1["signals"][0]["correlation_id"].as_str().unwrap().to_owned();
-    assert!(answers.iter().all(|(_, b)| b["signals"][0]["correlation_id"] == cid.as_str()));
+    let cid = answers[0].1["signals"][0]["correlation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(answers
+        .iter()
+        .all(|(_, b)| b["signals"][0]["correlation_id"] == cid.as_str()));
     let events = audit_trail(&c, &cid).await;
     let count = |t: &str| types(&events).iter().filter(|x| **x == t).count();
     assert_eq!(
-        (count("signal.received"), count("signal.created"), count("signal.deduplicated")),
+        (
+            count("signal.received"),
+            count("signal.created"),
+            count("signal.deduplicated")
+        ),
         (50, 1, 49)
     );
 }
@@ -206,7 +296,14 @@ async fn readiness_and_liveness_endpoints_answer() {
         let resp = c.get(format!("{base}{path}")).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "{base}{path}");
     }
-    let ready: Value = c.get(format!("{}/ready", gateway())).send().await.unwrap().json().await.unwrap();
+    let ready: Value = c
+        .get(format!("{}/ready", gateway()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["redis"], "ok");
     assert_eq!(ready["data_storage"], "ok");
 }
@@ -247,17 +344,40 @@ async fn data_storage_validates_and_lists_events() {
             .unwrap();
         assert_eq!(resp.status(), StatusCode::CREATED);
         let body: Value = resp.json().await.unwrap();
-        assert!(uuid::Uuid::parse_str(body["event_id"].as_str().unwrap()).is_ok(), "{body}");
+        assert!(
+            uuid::Uuid::parse_str(body["event_id"].as_str().unwrap()).is_ok(),
+            "{body}"
+        );
     }
-    assert_eq!(types(&audit_trail(&c, &cid).await), ["step.one", "step.two", "step.three"]);
+    assert_eq!(
+        types(&audit_trail(&c, &cid).await),
+        ["step.one", "step.two", "step.three"]
+    );
 
-    let missing = c.post(&events).json(&json!({"correlation_id": cid})).send().await.unwrap();
+    let missing = c
+        .post(&events)
+        .json(&json!({"correlation_id": cid}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
     let reason: Value = missing.json().await.unwrap();
     assert_eq!(reason["error"], "event_type is required");
-    let bad = c.post(&events).header("content-type", "application/json").body("nope").send().await.unwrap();
+    let bad = c
+        .post(&events)
+        .header("content-type", "application/json")
+        .body("nope")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
-    let text = c.post(&events).header("content-type", "text/plain").body("{}").send().await.unwrap();
+    let text = c
+        .post(&events)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(text.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     let no_cid = c.get(&events).send().await.unwrap();
     assert_eq!(no_cid.status(), StatusCode::BAD_REQUEST);

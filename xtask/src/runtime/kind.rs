@@ -41,7 +41,13 @@ impl KindState {
         if self.reuse {
             vec![Cmd::new("kubectl")
                 .args(["--context", &format!("kind-{}", self.cluster)])
-                .args(["delete", "namespace", &self.namespace, "--wait=false", "--ignore-not-found"])]
+                .args([
+                    "delete",
+                    "namespace",
+                    &self.namespace,
+                    "--wait=false",
+                    "--ignore-not-found",
+                ])]
         } else {
             let kind = Cmd::new("kind");
             let kind = match self.provider {
@@ -109,16 +115,17 @@ impl KindRun {
     pub fn make_tar(&self) -> Cmd {
         let tar = self.archive_tar.display().to_string();
         match &self.archive_source {
-            Some(a) if a.extension().is_some_and(|e| e == "zst") => {
-                Cmd::new("zstd").args(["-d", "-q", "-f", "-o", &tar]).arg(a.display().to_string())
-            }
+            Some(a) if a.extension().is_some_and(|e| e == "zst") => Cmd::new("zstd")
+                .args(["-d", "-q", "-f", "-o", &tar])
+                .arg(a.display().to_string()),
             Some(a) => Cmd::new("cp").arg(a.display().to_string()).arg(tar),
             None => {
                 let mut c = Cmd::new(self.provider.program()).arg("save");
                 if self.provider == Engine::Podman {
                     c = c.arg("--multi-image-archive");
                 }
-                c.args(["--output", &tar]).args(self.references.iter().cloned())
+                c.args(["--output", &tar])
+                    .args(self.references.iter().cloned())
             }
         }
     }
@@ -136,7 +143,14 @@ impl KindRun {
 
     /// Whether a node already has an image (asked of the node's containerd).
     pub fn node_has_image(&self, node: &str, reference: &str) -> Cmd {
-        Cmd::new(self.provider.program()).args(["exec", node, "crictl", "inspecti", "-q", &containerd_name(reference)])
+        Cmd::new(self.provider.program()).args([
+            "exec",
+            node,
+            "crictl",
+            "inspecti",
+            "-q",
+            &containerd_name(reference),
+        ])
     }
 
     pub fn load_archive(&self, node: &str) -> Cmd {
@@ -147,11 +161,14 @@ impl KindRun {
     }
 
     pub fn create_namespace(&self) -> Cmd {
-        self.kubectl().args(["create", "namespace", &self.namespace])
+        self.kubectl()
+            .args(["create", "namespace", &self.namespace])
     }
 
     pub fn apply(&self) -> Cmd {
-        self.kubectl_ns().args(["apply", "--filename"]).arg(self.stack_file().display().to_string())
+        self.kubectl_ns()
+            .args(["apply", "--filename"])
+            .arg(self.stack_file().display().to_string())
     }
 
     pub fn get_pods_json(&self) -> Cmd {
@@ -161,22 +178,54 @@ impl KindRun {
     /// The commands of a failure bundle: (file in the bundle, command).
     pub fn bundle(&self, pods: &[String]) -> Vec<(String, Cmd)> {
         let mut cmds = vec![
-            ("kind-export-logs.txt".into(), self.kind().args(["export", "logs"]).arg(self.bundle_dir().join("kind").display().to_string()).args(["--name", &self.cluster])),
-            ("events.txt".into(), self.kubectl_ns().args(["get", "events", "--sort-by=.lastTimestamp"])),
-            ("describe-pods.txt".into(), self.kubectl_ns().args(["describe", "pods"])),
+            (
+                "kind-export-logs.txt".into(),
+                self.kind()
+                    .args(["export", "logs"])
+                    .arg(self.bundle_dir().join("kind").display().to_string())
+                    .args(["--name", &self.cluster]),
+            ),
+            (
+                "events.txt".into(),
+                self.kubectl_ns()
+                    .args(["get", "events", "--sort-by=.lastTimestamp"]),
+            ),
+            (
+                "describe-pods.txt".into(),
+                self.kubectl_ns().args(["describe", "pods"]),
+            ),
         ];
         for pod in pods {
-            cmds.push((format!("{pod}.log"), self.kubectl_ns().args(["logs", &format!("pod/{pod}"), "--all-containers", "--timestamps"])));
+            cmds.push((
+                format!("{pod}.log"),
+                self.kubectl_ns().args([
+                    "logs",
+                    &format!("pod/{pod}"),
+                    "--all-containers",
+                    "--timestamps",
+                ]),
+            ));
             cmds.push((
                 format!("{pod}.previous.log"),
-                self.kubectl_ns().args(["logs", &format!("pod/{pod}"), "--all-containers", "--timestamps", "--previous"]),
+                self.kubectl_ns().args([
+                    "logs",
+                    &format!("pod/{pod}"),
+                    "--all-containers",
+                    "--timestamps",
+                    "--previous",
+                ]),
             ));
         }
         cmds
     }
 
     pub fn state(&self) -> KindState {
-        KindState { cluster: self.cluster.clone(), reuse: self.reuse, namespace: self.namespace.clone(), provider: self.provider }
+        KindState {
+            cluster: self.cluster.clone(),
+            reuse: self.reuse,
+            namespace: self.namespace.clone(),
+            provider: self.provider,
+        }
     }
 
     pub fn teardown(&self) -> Vec<Cmd> {
@@ -187,7 +236,14 @@ impl KindRun {
     pub fn urls(&self) -> BTreeMap<String, String> {
         self.node_ports
             .iter()
-            .filter_map(|(svc, np)| self.ports.get(np).map(|hp| (crate::runtime::podman::url_var(svc), format!("http://127.0.0.1:{hp}"))))
+            .filter_map(|(svc, np)| {
+                self.ports.get(np).map(|hp| {
+                    (
+                        crate::runtime::podman::url_var(svc),
+                        format!("http://127.0.0.1:{hp}"),
+                    )
+                })
+            })
             .collect()
     }
 
@@ -201,12 +257,18 @@ impl KindRun {
         }
         lines.push(self.get_nodes().to_string());
         for r in &self.references {
-            lines.push(format!("{}  # per image; `kind load` only when one is missing", self.node_has_image(&node, r)));
+            lines.push(format!(
+                "{}  # per image; `kind load` only when one is missing",
+                self.node_has_image(&node, r)
+            ));
         }
         lines.push(self.load_archive(&node).to_string());
         lines.push(self.create_namespace().to_string());
         lines.push(self.apply().to_string());
-        lines.push(format!("{}  # polled until every pod is Ready", self.get_pods_json()));
+        lines.push(format!(
+            "{}  # polled until every pod is Ready",
+            self.get_pods_json()
+        ));
         let mut suite = suite.clone();
         for (k, v) in self.urls() {
             suite = suite.env(k, v);
@@ -215,7 +277,11 @@ impl KindRun {
         for (file, c) in self.bundle(&["POD".into()]) {
             lines.push(format!("{c}  # on failure, into bundle/{file}"));
         }
-        lines.extend(self.teardown().iter().map(|c| format!("{c}  # unless --keep")));
+        lines.extend(
+            self.teardown()
+                .iter()
+                .map(|c| format!("{c}  # unless --keep")),
+        );
         lines
     }
 }
@@ -223,7 +289,9 @@ impl KindRun {
 /// containerd names `localhost/x:1` as is, and `x:1` as `docker.io/library/x:1`.
 pub fn containerd_name(reference: &str) -> String {
     let first = reference.split('/').next().unwrap_or("");
-    if reference.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost") {
+    if reference.contains('/')
+        && (first.contains('.') || first.contains(':') || first == "localhost")
+    {
         reference.to_owned()
     } else if reference.contains('/') {
         format!("docker.io/{reference}")
@@ -234,15 +302,32 @@ pub fn containerd_name(reference: &str) -> String {
 
 /// Renders the cluster config: its name and a free host port for every extraPortMapping.
 /// Returns the YAML and NodePort to host port.
-pub fn render_cluster_config(template: &str, name: &str, mut free_port: impl FnMut() -> anyhow::Result<u16>) -> anyhow::Result<(String, BTreeMap<u16, u16>)> {
-    let mut doc: Value = serde_norway::from_str(template).context("parsing the Kind cluster config")?;
-    anyhow::ensure!(doc["kind"].as_str() == Some("Cluster"), "the Kind cluster config must be `kind: Cluster`");
+pub fn render_cluster_config(
+    template: &str,
+    name: &str,
+    mut free_port: impl FnMut() -> anyhow::Result<u16>,
+) -> anyhow::Result<(String, BTreeMap<u16, u16>)> {
+    let mut doc: Value =
+        serde_norway::from_str(template).context("parsing the Kind cluster config")?;
+    anyhow::ensure!(
+        doc["kind"].as_str() == Some("Cluster"),
+        "the Kind cluster config must be `kind: Cluster`"
+    );
     doc["name"] = Value::String(name.to_owned());
     let mut ports = BTreeMap::new();
-    for node in doc["nodes"].as_sequence_mut().context("the Kind cluster config has no nodes")? {
-        if let Some(mappings) = node.get_mut("extraPortMappings").and_then(Value::as_sequence_mut) {
+    for node in doc["nodes"]
+        .as_sequence_mut()
+        .context("the Kind cluster config has no nodes")?
+    {
+        if let Some(mappings) = node
+            .get_mut("extraPortMappings")
+            .and_then(Value::as_sequence_mut)
+        {
             for m in mappings {
-                let container_port = m["containerPort"].as_u64().context("an extraPortMapping without containerPort")? as u16;
+                let container_port = m["containerPort"]
+                    .as_u64()
+                    .context("an extraPortMapping without containerPort")?
+                    as u16;
                 let host_port = free_port()?;
                 m["hostPort"] = Value::Number(host_port.into());
                 ports.insert(container_port, host_port);
@@ -254,14 +339,20 @@ pub fn render_cluster_config(template: &str, name: &str, mut free_port: impl FnM
 
 /// Renders the manifests for Kind: images pinned to the handed-off references and never
 /// pulled (they are loaded), Secrets and Services kept. Returns the YAML and the NodePorts.
-pub fn render_manifests(manifests: &Manifests, images: &BTreeMap<String, String>) -> anyhow::Result<(String, BTreeMap<String, u16>)> {
+pub fn render_manifests(
+    manifests: &Manifests,
+    images: &BTreeMap<String, String>,
+) -> anyhow::Result<(String, BTreeMap<String, u16>)> {
     let mut out = String::new();
     let mut node_ports = BTreeMap::new();
     for doc in &manifests.docs {
         let mut doc = doc.clone();
         match doc["kind"].as_str() {
             Some("Pod") => {
-                for c in doc["spec"]["containers"].as_sequence_mut().context("a Pod without containers")? {
+                for c in doc["spec"]["containers"]
+                    .as_sequence_mut()
+                    .context("a Pod without containers")?
+                {
                     let image = c["image"].as_str().unwrap_or_default().to_owned();
                     if let Some(pinned) = images.get(repository(&image)) {
                         c["image"] = Value::String(pinned.clone());
@@ -270,7 +361,10 @@ pub fn render_manifests(manifests: &Manifests, images: &BTreeMap<String, String>
                 }
             }
             Some("Service") => {
-                let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+                let name = doc["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
                 if let Some(np) = doc["spec"]["ports"][0]["nodePort"].as_u64() {
                     node_ports.insert(name, np as u16);
                 }
@@ -296,23 +390,42 @@ pub enum PodHealth {
 pub fn pod_health(pod: &serde_json::Value) -> PodHealth {
     let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
     if phase == "Failed" {
-        return PodHealth::Failed(format!("phase Failed: {}", pod["status"]["message"].as_str().unwrap_or("")));
+        return PodHealth::Failed(format!(
+            "phase Failed: {}",
+            pod["status"]["message"].as_str().unwrap_or("")
+        ));
     }
-    let statuses = pod["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
+    let statuses = pod["status"]["containerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     for s in &statuses {
         let name = s["name"].as_str().unwrap_or("?");
         let waiting = s["state"]["waiting"]["reason"].as_str().unwrap_or("");
-        if matches!(waiting, "CrashLoopBackOff" | "ErrImageNeverPull" | "ImagePullBackOff" | "ErrImagePull" | "CreateContainerConfigError" | "InvalidImageName") {
+        if matches!(
+            waiting,
+            "CrashLoopBackOff"
+                | "ErrImageNeverPull"
+                | "ImagePullBackOff"
+                | "ErrImagePull"
+                | "CreateContainerConfigError"
+                | "InvalidImageName"
+        ) {
             return PodHealth::Failed(format!("container {name}: {waiting}"));
         }
         if s["restartCount"].as_u64().unwrap_or(0) > 0 {
-            let code = s["lastState"]["terminated"]["exitCode"].as_i64().unwrap_or(0);
-            return PodHealth::Failed(format!("container {name} restarted (last exit code {code})"));
+            let code = s["lastState"]["terminated"]["exitCode"]
+                .as_i64()
+                .unwrap_or(0);
+            return PodHealth::Failed(format!(
+                "container {name} restarted (last exit code {code})"
+            ));
         }
     }
-    let ready = pod["status"]["conditions"]
-        .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+    let ready = pod["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    });
     if ready {
         PodHealth::Ready
     } else {
@@ -335,8 +448,22 @@ pub fn wait_ready(run: &KindRun, timeout: Duration, r: &Reporter) -> anyhow::Res
                 PodHealth::Ready => {}
                 PodHealth::Waiting(why) => waiting.push(format!("{name}: {why}")),
                 PodHealth::Failed(why) => {
-                    let logs = run.kubectl_ns().args(["logs", &format!("pod/{name}"), "--all-containers", "--tail", "30"]).read().unwrap_or_default();
-                    let describe = run.kubectl_ns().args(["describe", &format!("pod/{name}")]).read().unwrap_or_default();
+                    let logs = run
+                        .kubectl_ns()
+                        .args([
+                            "logs",
+                            &format!("pod/{name}"),
+                            "--all-containers",
+                            "--tail",
+                            "30",
+                        ])
+                        .read()
+                        .unwrap_or_default();
+                    let describe = run
+                        .kubectl_ns()
+                        .args(["describe", &format!("pod/{name}")])
+                        .read()
+                        .unwrap_or_default();
                     anyhow::bail!("pod {name} failed while waiting for readiness: {why}\n--- logs ---\n{logs}\n--- describe ---\n{describe}");
                 }
             }
@@ -346,18 +473,38 @@ pub fn wait_ready(run: &KindRun, timeout: Duration, r: &Reporter) -> anyhow::Res
             return Ok(());
         }
         interrupt::check()?;
-        anyhow::ensure!(Instant::now() < deadline, "not ready after {}s:\n  {}", timeout.as_secs(), waiting.join("\n  "));
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "not ready after {}s:\n  {}",
+            timeout.as_secs(),
+            waiting.join("\n  ")
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }
 
 /// Loads the archive into every node that lacks one of the images, all nodes at once.
 pub fn load_images(run: &KindRun, r: &Reporter, log: &Path) -> anyhow::Result<()> {
-    let nodes: Vec<String> = run.get_nodes().read()?.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
-    anyhow::ensure!(!nodes.is_empty(), "kind reports no nodes for cluster {}", run.cluster);
+    let nodes: Vec<String> = run
+        .get_nodes()
+        .read()?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    anyhow::ensure!(
+        !nodes.is_empty(),
+        "kind reports no nodes for cluster {}",
+        run.cluster
+    );
     let lacking: Vec<&String> = nodes
         .iter()
-        .filter(|n| run.references.iter().any(|img| !run.node_has_image(n, img).succeeds().unwrap_or(false)))
+        .filter(|n| {
+            run.references
+                .iter()
+                .any(|img| !run.node_has_image(n, img).succeeds().unwrap_or(false))
+        })
         .collect();
     if lacking.is_empty() {
         r.line("  every node has every image");
@@ -372,7 +519,9 @@ pub fn load_images(run: &KindRun, r: &Reporter, log: &Path) -> anyhow::Result<()
                 s.spawn(move || c.run_logged(log))
             })
             .collect();
-        handles.into_iter().try_for_each(|h| h.join().expect("no panic"))
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().expect("no panic"))
     })
 }
 
@@ -387,13 +536,21 @@ mod tests {
 
     fn run(reuse: bool, provider: Engine) -> KindRun {
         KindRun {
-            cluster: if reuse { "team".into() } else { "e2e-103501-42".into() },
+            cluster: if reuse {
+                "team".into()
+            } else {
+                "e2e-103501-42".into()
+            },
             reuse,
             namespace: "e2e-103501-42".into(),
             provider,
             dir: "/r/target/e2e/runs/1".into(),
             ports: [(30080, 41000), (30081, 41001)].into(),
-            node_ports: [("gateway".to_owned(), 30080), ("data-storage".to_owned(), 30081)].into(),
+            node_ports: [
+                ("gateway".to_owned(), 30080),
+                ("data-storage".to_owned(), 30081),
+            ]
+            .into(),
             archive_tar: "/r/target/e2e/runs/1/images.tar".into(),
             archive_source: Some("/r/images.tar.zst".into()),
             references: vec!["localhost/e2e-gateway:aaaa".into()],
@@ -427,14 +584,28 @@ mod tests {
     #[test]
     fn a_reused_cluster_is_neither_created_nor_deleted() {
         let plan = run(true, Engine::Docker).plan(&Cmd::new("cargo"));
-        assert!(!plan.iter().any(|l| l.contains("create cluster") || l.contains("delete cluster")), "{plan:#?}");
-        assert!(!plan.iter().any(|l| l.contains("KIND_EXPERIMENTAL_PROVIDER")), "docker is kind's default provider");
+        assert!(
+            !plan
+                .iter()
+                .any(|l| l.contains("create cluster") || l.contains("delete cluster")),
+            "{plan:#?}"
+        );
+        assert!(
+            !plan
+                .iter()
+                .any(|l| l.contains("KIND_EXPERIMENTAL_PROVIDER")),
+            "docker is kind's default provider"
+        );
         assert!(plan.last().unwrap().starts_with("kubectl --context kind-team delete namespace e2e-103501-42 --wait=false --ignore-not-found"));
     }
 
     #[test]
     fn cluster_config_gets_its_name_and_free_host_ports() {
-        let template = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../test/e2e/kind-cluster.yaml")).unwrap();
+        let template = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../test/e2e/kind-cluster.yaml"
+        ))
+        .unwrap();
         let mut next = 50000;
         let (yaml, ports) = render_cluster_config(&template, "e2e-x", || {
             next += 1;
@@ -446,22 +617,41 @@ mod tests {
         assert_eq!(doc["name"].as_str(), Some("e2e-x"));
         assert_eq!(doc["apiVersion"].as_str(), Some("kind.x-k8s.io/v1alpha4"));
         let m = &doc["nodes"][0]["extraPortMappings"][0];
-        assert_eq!((m["containerPort"].as_u64(), m["hostPort"].as_u64()), (Some(30080), Some(50001)));
+        assert_eq!(
+            (m["containerPort"].as_u64(), m["hostPort"].as_u64()),
+            (Some(30080), Some(50001))
+        );
         assert_eq!(m["listenAddress"].as_str(), Some("127.0.0.1"));
     }
 
     #[test]
     fn manifests_for_kind_pin_images_never_pull_and_keep_services() {
-        let m = Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests")).unwrap();
-        let images: BTreeMap<String, String> = [("localhost/e2e-gateway".to_owned(), "localhost/e2e-gateway:abc".to_owned())].into();
+        let m =
+            Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests"))
+                .unwrap();
+        let images: BTreeMap<String, String> = [(
+            "localhost/e2e-gateway".to_owned(),
+            "localhost/e2e-gateway:abc".to_owned(),
+        )]
+        .into();
         let (yaml, node_ports) = render_manifests(&m, &images).unwrap();
         assert!(yaml.contains("image: localhost/e2e-gateway:abc"));
         assert!(!yaml.contains("imagePullPolicy: IfNotPresent"));
         assert_eq!(yaml.matches("imagePullPolicy: Never").count(), 4);
         assert!(yaml.contains("kind: Secret") && yaml.contains("kind: Service"));
-        assert_eq!(node_ports, BTreeMap::from([("data-storage".to_owned(), 30081), ("gateway".to_owned(), 30080)]));
+        assert_eq!(
+            node_ports,
+            BTreeMap::from([
+                ("data-storage".to_owned(), 30081),
+                ("gateway".to_owned(), 30080)
+            ])
+        );
         // The NodePorts are exactly the ports the cluster config maps to the host.
-        let template = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../test/e2e/kind-cluster.yaml")).unwrap();
+        let template = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../test/e2e/kind-cluster.yaml"
+        ))
+        .unwrap();
         let (_, ports) = render_cluster_config(&template, "x", || Ok(1)).unwrap();
         let mapped: Vec<u16> = ports.keys().copied().collect();
         let mut wanted: Vec<u16> = node_ports.values().copied().collect();
@@ -471,26 +661,46 @@ mod tests {
 
     #[test]
     fn without_an_archive_the_engine_saves_one() {
-        let r = KindRun { archive_source: None, ..run(false, Engine::Podman) };
+        let r = KindRun {
+            archive_source: None,
+            ..run(false, Engine::Podman)
+        };
         assert_eq!(r.make_tar().to_string(), "podman save --multi-image-archive --output /r/target/e2e/runs/1/images.tar localhost/e2e-gateway:aaaa");
     }
 
     /// kubectl itself parses the rendered manifests (offline: `--local`), as `kubectl apply` would.
     #[test]
     fn kubectl_parses_the_rendered_manifests() {
-        let m = Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests")).unwrap();
+        let m =
+            Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests"))
+                .unwrap();
         let (yaml, _) = render_manifests(&m, &BTreeMap::new()).unwrap();
         let file = std::env::temp_dir().join(format!("xtask-kind-{}.yaml", std::process::id()));
         std::fs::write(&file, yaml).unwrap();
         let out = std::process::Command::new("kubectl")
-            .args(["label", "--local", "--dry-run=client", "-o", "name", "e2e.check=1", "-f"])
+            .args([
+                "label",
+                "--local",
+                "--dry-run=client",
+                "-o",
+                "name",
+                "e2e.check=1",
+                "-f",
+            ])
             .arg(&file)
             .env("KUBECONFIG", "/dev/null")
             .output()
             .expect("kubectl is needed for this test (apt-get install kubectl)");
         std::fs::remove_file(&file).unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let names: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
         assert_eq!(
             names,
             [
@@ -511,10 +721,15 @@ mod tests {
     fn pod_health_fails_fast_on_crash_loops() {
         let pod = |status: serde_json::Value| serde_json::json!({ "status": status });
         assert_eq!(
-            pod_health(&pod(serde_json::json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}], "containerStatuses": [{"name": "g", "restartCount": 0, "state": {"running": {}}}]}))),
+            pod_health(&pod(
+                serde_json::json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}], "containerStatuses": [{"name": "g", "restartCount": 0, "state": {"running": {}}}]})
+            )),
             PodHealth::Ready
         );
-        assert!(matches!(pod_health(&pod(serde_json::json!({"phase": "Pending"}))), PodHealth::Waiting(_)));
+        assert!(matches!(
+            pod_health(&pod(serde_json::json!({"phase": "Pending"}))),
+            PodHealth::Waiting(_)
+        ));
         assert!(matches!(
             pod_health(&pod(serde_json::json!({"phase": "Running", "containerStatuses": [{"name": "g", "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}))),
             PodHealth::Failed(w) if w.contains("CrashLoopBackOff")
@@ -524,14 +739,19 @@ mod tests {
             PodHealth::Failed(w) if w.contains("exit code 2")
         ));
         assert!(matches!(
-            pod_health(&pod(serde_json::json!({"phase": "Pending", "containerStatuses": [{"name": "g", "restartCount": 0, "state": {"waiting": {"reason": "ErrImageNeverPull"}}}]}))),
+            pod_health(&pod(
+                serde_json::json!({"phase": "Pending", "containerStatuses": [{"name": "g", "restartCount": 0, "state": {"waiting": {"reason": "ErrImageNeverPull"}}}]})
+            )),
             PodHealth::Failed(_)
         ));
     }
 
     #[test]
     fn containerd_names() {
-        assert_eq!(containerd_name("localhost/e2e-gateway:1"), "localhost/e2e-gateway:1");
+        assert_eq!(
+            containerd_name("localhost/e2e-gateway:1"),
+            "localhost/e2e-gateway:1"
+        );
         assert_eq!(containerd_name("redis:7"), "docker.io/library/redis:7");
         assert_eq!(containerd_name("team/x:1"), "docker.io/team/x:1");
         assert_eq!(containerd_name("ghcr.io/a/b:1"), "ghcr.io/a/b:1");

@@ -7,13 +7,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A run id that sorts by time and is unique per process: `20261127-103501-4242`.
 pub fn run_id() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     format!("{}-{}", timestamp(secs), std::process::id())
 }
 
 /// The short, unique part of a run id that podman object names get: `103501-4242`.
 pub fn suffix(run_id: &str) -> String {
-    run_id.split_once('-').map_or(run_id, |(_, rest)| rest).to_owned()
+    run_id
+        .split_once('-')
+        .map_or(run_id, |(_, rest)| rest)
+        .to_owned()
 }
 
 /// `YYYYMMDD-HHMMSS` (UTC) from Unix seconds, by the days-from-civil algorithm.
@@ -29,7 +35,12 @@ pub fn timestamp(unix_secs: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 #[cfg(test)]

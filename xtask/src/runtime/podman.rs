@@ -80,9 +80,19 @@ impl RunState {
         let exists = |c: Cmd| c.survives_interrupt().succeeds().unwrap_or(false);
         let mut left = Vec::new();
         if self.played {
-            left.extend(self.pods.iter().filter(|p| exists(Podman.pod_exists(p))).map(|p| format!("pod {p}")));
+            left.extend(
+                self.pods
+                    .iter()
+                    .filter(|p| exists(Podman.pod_exists(p)))
+                    .map(|p| format!("pod {p}")),
+            );
         }
-        left.extend(self.secrets.iter().filter(|s| exists(Podman.secret_exists(s))).map(|s| format!("secret {s}")));
+        left.extend(
+            self.secrets
+                .iter()
+                .filter(|s| exists(Podman.secret_exists(s)))
+                .map(|s| format!("secret {s}")),
+        );
         if self.network_created && exists(Podman.network_exists(&self.network)) {
             left.push(format!("network {}", self.network));
         }
@@ -117,7 +127,14 @@ impl PodmanRun {
             pods: stack.pods.iter().map(|p| p.name.clone()).collect(),
             ..RunState::default()
         };
-        PodmanRun { network, logs: project.logs_dir().join(format!("run-{id}.log")), id, dir, stack, state }
+        PodmanRun {
+            network,
+            logs: project.logs_dir().join(format!("run-{id}.log")),
+            id,
+            dir,
+            stack,
+            state,
+        }
     }
 
     pub fn stack_file(&self) -> PathBuf {
@@ -129,7 +146,14 @@ impl PodmanRun {
         self.stack
             .pods
             .iter()
-            .flat_map(|p| p.containers.iter().map(move |c| (format!("{}-{}", p.base, c.name), container_name(&p.name, &c.name))))
+            .flat_map(|p| {
+                p.containers.iter().map(move |c| {
+                    (
+                        format!("{}-{}", p.base, c.name),
+                        container_name(&p.name, &c.name),
+                    )
+                })
+            })
             .collect()
     }
 
@@ -138,14 +162,24 @@ impl PodmanRun {
         self.stack
             .published
             .iter()
-            .map(|p| (url_var(&p.base), format!("http://127.0.0.1:{}", p.host_port)))
+            .map(|p| {
+                (
+                    url_var(&p.base),
+                    format!("http://127.0.0.1:{}", p.host_port),
+                )
+            })
             .collect()
     }
 
     /// The commands `up` runs, for `--dry-run`.
     pub fn plan_up(&self) -> Vec<Cmd> {
         let mut cmds = vec![Podman.network_create(&self.network)];
-        cmds.extend(self.stack.secrets.iter().map(|s| Podman.secret_create(&s.name, &self.secret_file(&s.name))));
+        cmds.extend(
+            self.stack
+                .secrets
+                .iter()
+                .map(|s| Podman.secret_create(&s.name, &self.secret_file(&s.name))),
+        );
         cmds.push(Podman.kube_play(&self.network, &self.stack_file()));
         cmds
     }
@@ -168,14 +202,16 @@ impl PodmanRun {
     /// Creates the network and the secrets and plays the stack, recording each object in
     /// the run's state before creating it.
     pub fn up(&mut self, r: &Reporter) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
         std::fs::write(self.stack_file(), &self.stack.yaml)?;
 
         self.state.network_created = true;
         self.state.save(&self.dir)?;
         let net = Podman.network_create(&self.network);
         r.command(&net);
-        net.run_logged(&self.logs).context("creating the run's podman network")?;
+        net.run_logged(&self.logs)
+            .context("creating the run's podman network")?;
 
         for secret in self.stack.secrets.clone() {
             let file = self.secret_file(&secret.name);
@@ -193,13 +229,17 @@ impl PodmanRun {
         self.state.save(&self.dir)?;
         let play = Podman.kube_play(&self.network, &self.stack_file());
         r.command(&play);
-        play.run_logged(&self.logs).context("starting the pods with podman kube play")?;
+        play.run_logged(&self.logs)
+            .context("starting the pods with podman kube play")?;
         Ok(())
     }
 
     pub fn down(&mut self, r: &Reporter) -> anyhow::Result<()> {
         teardown(&self.dir, &self.state, &self.logs, r)?;
-        self.state = RunState { pods: self.state.pods.clone(), ..RunState::default() };
+        self.state = RunState {
+            pods: self.state.pods.clone(),
+            ..RunState::default()
+        };
         Ok(())
     }
 
@@ -214,8 +254,15 @@ impl PodmanRun {
                 .survives_interrupt()
                 .read()
                 .unwrap_or_else(|e| format!("(no log: {e:#})\n"));
-            let state = Podman.container_state(&container).survives_interrupt().read().unwrap_or_else(|e| format!("{e:#}"));
-            std::fs::write(dir.join(format!("{file}.log")), format!("# container {container}, state: {}\n{logs}", state.trim()))?;
+            let state = Podman
+                .container_state(&container)
+                .survives_interrupt()
+                .read()
+                .unwrap_or_else(|e| format!("{e:#}"));
+            std::fs::write(
+                dir.join(format!("{file}.log")),
+                format!("# container {container}, state: {}\n{logs}", state.trim()),
+            )?;
         }
         Ok(dir)
     }
@@ -226,11 +273,24 @@ impl PodmanRun {
         for (var, url) in self.urls() {
             s.push_str(&format!("  {var}={url}\n"));
         }
-        let vars: Vec<String> = self.urls().iter().map(|(k, v)| format!("{k}={v}")).collect();
-        s.push_str(&format!("  run the suite again: {} cargo test -p e2e-suite\n", vars.join(" ")));
+        let vars: Vec<String> = self
+            .urls()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        s.push_str(&format!(
+            "  run the suite again: {} cargo test -p e2e-suite\n",
+            vars.join(" ")
+        ));
         let names: Vec<String> = self.containers().into_iter().map(|(_, c)| c).collect();
-        s.push_str(&format!("  logs: podman logs -f CONTAINER, for {}\n", names.join(", ")));
-        s.push_str(&format!("  remove it: cargo xtask e2e --down {}\n", self.id));
+        s.push_str(&format!(
+            "  logs: podman logs -f CONTAINER, for {}\n",
+            names.join(", ")
+        ));
+        s.push_str(&format!(
+            "  remove it: cargo xtask e2e --down {}\n",
+            self.id
+        ));
         s
     }
 }
@@ -252,7 +312,11 @@ pub fn teardown(dir: &Path, state: &RunState, log: &Path, r: &Reporter) -> anyho
     if !failures.is_empty() && (state.kind.is_some() || !left.is_empty()) {
         anyhow::bail!(
             "teardown left something behind{}:\n{}\n  fix: `cargo xtask e2e --down {}` tries again",
-            if left.is_empty() { String::new() } else { format!(" ({})", left.join(", ")) },
+            if left.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", left.join(", "))
+            },
             failures.join("\n"),
             state.id
         );
@@ -277,7 +341,11 @@ pub fn down(project: &Project, r: &Reporter, only: Option<&str>) -> anyhow::Resu
     found.sort_by(|a, b| a.1.id.cmp(&b.1.id));
     if let Some(id) = only {
         found.retain(|(_, s)| s.id == id);
-        anyhow::ensure!(!found.is_empty(), "no run {id} with anything left in {}", project.display(&runs));
+        anyhow::ensure!(
+            !found.is_empty(),
+            "no run {id} with anything left in {}",
+            project.display(&runs)
+        );
     }
     if found.is_empty() {
         r.line("nothing to remove: no run has left anything");
@@ -286,7 +354,10 @@ pub fn down(project: &Project, r: &Reporter, only: Option<&str>) -> anyhow::Resu
     let mut failures = Vec::new();
     for (dir, state) in found {
         if only.is_none() && state.in_progress() {
-            r.line(format!("run {} is in progress (pid {}): left alone; `--down {}` removes it anyway", state.id, state.pid, state.id));
+            r.line(format!(
+                "run {} is in progress (pid {}): left alone; `--down {}` removes it anyway",
+                state.id, state.pid, state.id
+            ));
             continue;
         }
         r.line(format!("removing what run {} left", state.id));
@@ -329,9 +400,18 @@ mod tests {
 
     #[test]
     fn the_podman_plan_is_exact() {
-        let m = crate::manifests::Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests")).unwrap();
-        let stack = m.render_podman(&BTreeMap::new(), "103501-42", || Ok(40000)).unwrap();
-        let project = Project { root: "/r".into(), target_dir: "/r/target".into(), e2e_dir: "/r/target/e2e".into() };
+        let m = crate::manifests::Manifests::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests"),
+        )
+        .unwrap();
+        let stack = m
+            .render_podman(&BTreeMap::new(), "103501-42", || Ok(40000))
+            .unwrap();
+        let project = Project {
+            root: "/r".into(),
+            target_dir: "/r/target".into(),
+            e2e_dir: "/r/target/e2e".into(),
+        };
         let run = PodmanRun::new(&project, "20261127-103501-42".into(), stack);
         let up: Vec<String> = run.plan_up().iter().map(ToString::to_string).collect();
         assert_eq!(
@@ -362,13 +442,25 @@ mod tests {
     fn a_kind_run_state_tears_down_its_cluster() {
         use crate::{engine::Engine, runtime::kind::KindState};
         let own = RunState {
-            kind: Some(KindState { cluster: "e2e-1".into(), reuse: false, namespace: "e2e-1".into(), provider: Engine::Podman }),
+            kind: Some(KindState {
+                cluster: "e2e-1".into(),
+                reuse: false,
+                namespace: "e2e-1".into(),
+                provider: Engine::Podman,
+            }),
             ..RunState::default()
         };
         let cmds: Vec<String> = own.teardown().iter().map(ToString::to_string).collect();
-        assert_eq!(cmds, ["KIND_EXPERIMENTAL_PROVIDER=podman kind delete cluster --name e2e-1"]);
+        assert_eq!(
+            cmds,
+            ["KIND_EXPERIMENTAL_PROVIDER=podman kind delete cluster --name e2e-1"]
+        );
         let json = serde_json::to_string(&own).unwrap();
-        assert_eq!(serde_json::from_str::<RunState>(&json).unwrap(), own, "the state file round-trips");
+        assert_eq!(
+            serde_json::from_str::<RunState>(&json).unwrap(),
+            own,
+            "the state file round-trips"
+        );
     }
 
     #[test]
@@ -382,8 +474,16 @@ mod tests {
             ..RunState::default()
         };
         let cmds: Vec<String> = half.teardown().iter().map(ToString::to_string).collect();
-        assert_eq!(cmds, ["podman network rm --force e2e-1"], "nothing was played yet");
-        let full = RunState { secrets: vec!["pg-1".into()], played: true, ..half };
+        assert_eq!(
+            cmds,
+            ["podman network rm --force e2e-1"],
+            "nothing was played yet"
+        );
+        let full = RunState {
+            secrets: vec!["pg-1".into()],
+            played: true,
+            ..half
+        };
         let cmds: Vec<String> = full.teardown().iter().map(ToString::to_string).collect();
         assert_eq!(
             cmds,

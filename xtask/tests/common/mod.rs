@@ -24,15 +24,25 @@ impl Sandbox {
     }
 
     pub fn with_engine(name: &str, engine: &'static str) -> Sandbox {
-        let turn = ENGINE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let turn = ENGINE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         assert!(
-            Command::new(engine).arg("version").output().is_ok_and(|o| o.status.success()),
+            Command::new(engine)
+                .arg("version")
+                .output()
+                .is_ok_and(|o| o.status.success()),
             "these tests need {engine}: run test/e2e/setup-{engine}.sh as root"
         );
         let dir = std::env::temp_dir().join(format!("xtask-it-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        Sandbox { _turn: turn, dir, repository: format!("localhost/xtask-it-{name}-{}", std::process::id()), engine }
+        Sandbox {
+            _turn: turn,
+            dir,
+            repository: format!("localhost/xtask-it-{name}-{}", std::process::id()),
+            engine,
+        }
     }
 
     /// Writes a context directory with a Dockerfile that copies it in, plus `extra` steps.
@@ -74,7 +84,11 @@ impl Sandbox {
     /// `xtask COMMAND --images-file FILE --engine ENGINE ARGS...` in this sandbox's state dir.
     pub fn xtask(&self, command: &str, file: &Path, args: &[&str]) -> (bool, String) {
         let out = self.command(command, file, args).output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         (out.status.success(), text)
     }
 
@@ -92,8 +106,16 @@ impl Sandbox {
 
     /// The ID the engine has for a reference, if it has it.
     pub fn engine_id(&self, reference: &str) -> Option<String> {
-        let out = Command::new(self.engine).args(["image", "inspect", "--format", "{{.Id}}", reference]).output().ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().trim_start_matches("sha256:").to_owned())
+        let out = Command::new(self.engine)
+            .args(["image", "inspect", "--format", "{{.Id}}", reference])
+            .output()
+            .ok()?;
+        out.status.success().then(|| {
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .trim_start_matches("sha256:")
+                .to_owned()
+        })
     }
 
     /// Removes this sandbox's images from the engine.
@@ -108,7 +130,10 @@ impl Sandbox {
             .map(str::to_owned)
             .collect();
         if !ours.is_empty() {
-            let _ = Command::new(self.engine).args(["rmi", "-f"]).args(&ours).output();
+            let _ = Command::new(self.engine)
+                .args(["rmi", "-f"])
+                .args(&ours)
+                .output();
         }
     }
 
@@ -118,7 +143,15 @@ impl Sandbox {
 
     pub fn id(&self, name: &str) -> String {
         let h = self.handoff();
-        h["images"].as_array().unwrap().iter().find(|i| i["name"] == name).unwrap()["id"].as_str().unwrap().to_owned()
+        h["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 }
 
@@ -140,4 +173,3 @@ pub fn result_of<'a>(out: &'a str, name: &str) -> &'a str {
         })
         .unwrap_or_else(|| panic!("no row for {name} in:\n{out}"))
 }
-
