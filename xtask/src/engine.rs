@@ -114,7 +114,12 @@ impl Engine {
     pub fn build(self, b: &BuildCmd) -> Cmd {
         let mut c = match self {
             Engine::Podman => self.cmd().args(["build", "--layers", "--pull=never"]),
-            Engine::Docker => self.cmd().env("DOCKER_BUILDKIT", "0").arg("build"),
+            // `--force-rm`: the classic builder otherwise keeps the container of a failed
+            // step (an OOM-killed RUN, say) for ever.
+            Engine::Docker => self
+                .cmd()
+                .env("DOCKER_BUILDKIT", "0")
+                .args(["build", "--force-rm"]),
         };
         if b.no_cache {
             c = c.arg("--no-cache");
@@ -282,11 +287,11 @@ mod tests {
     }
 
     #[test]
-    fn docker_build_uses_the_classic_builder_and_force_skips_the_cache() {
+    fn docker_build_uses_the_classic_builder_removes_failed_containers_and_force_skips_the_cache() {
         let c = Engine::Docker.build(&build_cmd(true)).to_string();
         assert!(
             c.starts_with(
-                "DOCKER_BUILDKIT=0 docker build --no-cache --memory 512m --memory-swap 512m"
+                "DOCKER_BUILDKIT=0 docker build --force-rm --no-cache --memory 512m --memory-swap 512m"
             ),
             "{c}"
         );

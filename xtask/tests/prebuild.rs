@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::process::Command;
+
 use common::{result_of, Sandbox};
 
 #[test]
@@ -24,7 +26,20 @@ fn docker_oom_kill_is_reported() {
     let sb = Sandbox::with_engine("doom", "docker");
     sb.image("hog", "RUN head -c 300m /dev/zero | tail -n 1 >/dev/null\n");
     let file = sb.images_file(&[("hog", "32m")]);
+    let containers = || {
+        Command::new("docker")
+            .args(["ps", "-aq"])
+            .output()
+            .unwrap()
+            .stdout
+    };
+    let before = containers();
     let (ok, out) = sb.prebuild(&file, &[]);
+    assert_eq!(
+        containers(),
+        before,
+        "the failed build left its container behind"
+    );
     assert!(!ok, "{out}");
     assert!(
         out.contains("image hog was killed for running out of memory"),
