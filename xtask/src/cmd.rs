@@ -83,39 +83,7 @@ impl Cmd {
     /// Runs the command with stdout and stderr appended to `log`. On failure the error
     /// names the command, its exit status, the log file and the log's last lines.
     pub fn run_logged(&self, log: &Path) -> anyhow::Result<()> {
-        if let Some(dir) = log.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let mut file = File::options()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("opening log file {}", log.display()))?;
-        writeln!(file, "$ {self}")?;
-        let output = file.try_clone()?;
-        let handle = self
-            .expression()
-            // duct applies the outer redirection first: stdout goes to the file, then
-            // stderr joins it (the other order would leave stderr on the terminal).
-            .stderr_to_stdout()
-            .stdout_file(output)
-            .start()
-            .with_context(|| format!("starting `{self}`"))?;
-        let status = self.wait(&handle)?;
-        if status.success() {
-            return Ok(());
-        }
-        let described = status
-            .code()
-            .map_or("a signal".to_owned(), |c| format!("exit code {c}"));
-        Err(CmdError {
-            cmd: self.to_string(),
-            status: described,
-            code: status.code(),
-            log: Some(log.to_owned()),
-            tail: tail(log, 20),
-        }
-        .into())
+        Pipeline(vec![self.clone()]).run_logged(log)
     }
 
     /// Runs the command with its output on this terminal (for the test suite).
@@ -191,14 +159,19 @@ impl Pipeline {
     pub fn run_logged(&self, log: &Path) -> anyhow::Result<()> {
         let first = self.0.first().context("an empty pipeline")?;
         if let Some(dir) = log.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let mut file = File::options().create(true).append(true).open(log)?;
+        let mut file = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening log file {}", log.display()))?;
         writeln!(file, "$ {self}")?;
         let mut expr = first.expression();
         for next in &self.0[1..] {
             expr = expr.pipe(next.bare_expression());
         }
+        // Every command's stderr and the last one's stdout go to the log.
         let handle = expr
             .stderr_file(file.try_clone()?)
             .stdout_file(file)
