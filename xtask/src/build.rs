@@ -53,6 +53,19 @@ pub struct BuildOptions {
     pub images_file: Option<PathBuf>,
 }
 
+impl BuildOptions {
+    /// The memory builds may use: `--memory-budget`, else what is available now less a margin.
+    pub fn budget(&self) -> anyhow::Result<Budget> {
+        Ok(match self.memory_budget {
+            Some(bytes) => Budget {
+                bytes,
+                source: "--memory-budget".into(),
+            },
+            None => memory::default_budget(&memory::read()?),
+        })
+    }
+}
+
 fn parse_size_arg(s: &str) -> Result<u64, String> {
     images::parse_size(s).map_err(|e| format!("{e:#}"))
 }
@@ -173,13 +186,7 @@ pub fn prepare_with(
     let images = load_images(project, opts)?;
     let selected = images.select(names)?;
     let env = check_prerequisites(opts.engine, &images, base_image_id, r)?;
-    let budget = match opts.memory_budget {
-        Some(bytes) => Budget {
-            bytes,
-            source: "--memory-budget".into(),
-        },
-        None => memory::default_budget(&memory::read()?),
-    };
+    let budget = opts.budget()?;
     let too_big = memory::too_big(
         selected.iter().map(|s| (s.name.as_str(), s.memory)),
         budget.bytes,
@@ -200,7 +207,7 @@ pub fn prepare_with(
 
     let binaries: Vec<&str> = selected.iter().filter_map(ImageSpec::binary).collect();
     if !binaries.is_empty() && compile {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpus = memory::cpus();
         let jobs = memory::cargo_jobs(budget.bytes, cpus);
         r.phase("compile service binaries", |r| {
             let cmd = cargo_build(project, &binaries, jobs);

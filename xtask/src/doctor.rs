@@ -139,11 +139,9 @@ pub fn run_checks(project: &Project, opts: &BuildOptions, needs: &Needs) -> Vec<
     }
     match &images {
         Ok(images) => {
-            let budget = memory::read().map(|m| memory::default_budget(&m));
             let biggest = images.images.iter().max_by_key(|i| i.memory);
-            match (budget, biggest, opts.memory_budget) {
-                (_, Some(big), Some(given))
-                | (Ok(memory::Budget { bytes: given, .. }), Some(big), None) => {
+            match (opts.budget(), biggest) {
+                (Ok(memory::Budget { bytes: given, .. }), Some(big)) => {
                     checks.push(if big.memory <= given {
                         Check::ok("memory", format!("budget {} fits the largest cap ({} for {})", memory::human(given), memory::human(big.memory), big.name))
                     } else {
@@ -154,7 +152,7 @@ pub fn run_checks(project: &Project, opts: &BuildOptions, needs: &Needs) -> Vec<
                         )
                     });
                 }
-                (Err(e), _, None) => checks.push(Check::fail(
+                (Err(e), _) => checks.push(Check::fail(
                     "memory",
                     format!("cannot read /proc/meminfo: {e:#}"),
                     "run on Linux",

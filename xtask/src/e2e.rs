@@ -174,7 +174,7 @@ impl E2eArgs {
                     .context("compiling the E2E suite")
             })
         };
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpus = crate::memory::cpus();
         let handoff = match (&self.images, &self.registry) {
             (Some(archive), _) => archive::load(project, r, archive, self.allow_stale, opts)?,
             (None, Some(prefix)) => archive::pull(project, r, prefix, opts)?,
@@ -217,12 +217,7 @@ impl E2eArgs {
                 }
             }
         };
-        compile_suite(crate::memory::cargo_jobs(
-            crate::memory::read()
-                .map(|m| crate::memory::default_budget(&m).bytes)
-                .unwrap_or(0),
-            cpus,
-        ))?;
+        compile_suite(crate::memory::cargo_jobs(opts.budget()?.bytes, cpus))?;
         Ok(handoff)
     }
 
@@ -243,7 +238,7 @@ impl E2eArgs {
         r.line(format!(
             "run {} (network {}, files in {})",
             run.id,
-            run.network,
+            run.network(),
             project.display(&run.dir)
         ));
         let outcome = (|| {
@@ -472,12 +467,8 @@ impl E2eArgs {
                     .iter()
                     .filter_map(images::ImageSpec::binary)
                     .collect();
-                let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-                let budget = opts.memory_budget.unwrap_or_else(memory_budget_now);
-                lines.push(
-                    build::cargo_build(project, &binaries, crate::memory::cargo_jobs(budget, cpus))
-                        .to_string(),
-                );
+                let jobs = crate::memory::cargo_jobs(opts.budget()?.bytes, crate::memory::cpus());
+                lines.push(build::cargo_build(project, &binaries, jobs).to_string());
                 let prepared = build::prepare_with(project, r, opts, &[], None, false).context(
                     "a dry run plans with the binaries on disk: run `cargo build` once first",
                 )?;
@@ -550,12 +541,6 @@ impl E2eArgs {
         println!("{}", lines.join("\n"));
         Ok(())
     }
-}
-
-fn memory_budget_now() -> u64 {
-    crate::memory::read()
-        .map(|m| crate::memory::default_budget(&m).bytes)
-        .unwrap_or(1 << 30)
 }
 
 fn combine(outcome: anyhow::Result<()>, teardown: anyhow::Result<()>) -> anyhow::Result<()> {

@@ -87,6 +87,11 @@ pub fn cargo_jobs(budget: u64, cpus: usize) -> usize {
     ((budget / RUSTC_JOB) as usize).clamp(1, cpus.max(1))
 }
 
+/// The CPUs this process may use.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 pub fn human(bytes: u64) -> String {
     if bytes >= GIB {
         format!("{:.1} GiB", bytes as f64 / GIB as f64)

@@ -107,7 +107,6 @@ impl RunState {
 
 pub struct PodmanRun {
     pub id: String,
-    pub network: String,
     /// `target/e2e/runs/<id>`: the rendered stack, its state, logs on failure.
     pub dir: PathBuf,
     pub stack: PodmanStack,
@@ -118,23 +117,26 @@ pub struct PodmanRun {
 impl PodmanRun {
     pub fn new(project: &Project, id: String, stack: PodmanStack) -> PodmanRun {
         let dir = project.runs_dir().join(&id);
-        let network = format!("e2e-{id}");
         let state = RunState {
             id: id.clone(),
             pid: std::process::id(),
-            network: network.clone(),
+            network: format!("e2e-{id}"),
             stack_file: dir.join("stack.yaml"),
             pods: stack.pods.iter().map(|p| p.name.clone()).collect(),
             ..RunState::default()
         };
         PodmanRun {
-            network,
             logs: project.logs_dir().join(format!("run-{id}.log")),
             id,
             dir,
             stack,
             state,
         }
+    }
+
+    /// The run's own podman network.
+    pub fn network(&self) -> &str {
+        &self.state.network
     }
 
     pub fn stack_file(&self) -> PathBuf {
@@ -173,14 +175,14 @@ impl PodmanRun {
 
     /// The commands `up` runs, for `--dry-run`.
     pub fn plan_up(&self) -> Vec<Cmd> {
-        let mut cmds = vec![Podman.network_create(&self.network)];
+        let mut cmds = vec![Podman.network_create(self.network())];
         cmds.extend(
             self.stack
                 .secrets
                 .iter()
                 .map(|s| Podman.secret_create(&s.name, &self.secret_file(&s.name))),
         );
-        cmds.push(Podman.kube_play(&self.network, &self.stack_file()));
+        cmds.push(Podman.kube_play(self.network(), &self.stack_file()));
         cmds
     }
 
@@ -208,7 +210,7 @@ impl PodmanRun {
 
         self.state.network_created = true;
         self.state.save(&self.dir)?;
-        let net = Podman.network_create(&self.network);
+        let net = Podman.network_create(self.network());
         r.command(&net);
         net.run_logged(&self.logs)
             .context("creating the run's podman network")?;
@@ -227,7 +229,7 @@ impl PodmanRun {
 
         self.state.played = true;
         self.state.save(&self.dir)?;
-        let play = Podman.kube_play(&self.network, &self.stack_file());
+        let play = Podman.kube_play(self.network(), &self.stack_file());
         r.command(&play);
         play.run_logged(&self.logs)
             .context("starting the pods with podman kube play")?;
@@ -236,10 +238,10 @@ impl PodmanRun {
 
     pub fn down(&mut self, r: &Reporter) -> anyhow::Result<()> {
         teardown(&self.dir, &self.state, &self.logs, r)?;
-        self.state = RunState {
-            pods: self.state.pods.clone(),
-            ..RunState::default()
-        };
+        // Nothing is left to remove: a second `down` does nothing.
+        self.state.network_created = false;
+        self.state.secrets.clear();
+        self.state.played = false;
         Ok(())
     }
 
