@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs and configures podman on a fresh Debian 12 machine (see shared/ENVIRONMENT.md),
+# Installs and configures podman on a fresh Debian 12 machine (see docs/podman.md),
 # and makes the local base image that every E2E image starts FROM (no registry pulls).
 # E2E_SKIP_BASE_IMAGE=1 skips the base image (a machine that only loads an archive).
 set -euo pipefail
@@ -24,7 +24,7 @@ if ! grep -q 'e2e-xtask' "$conf" 2>/dev/null; then
     log "kept the previous one as $conf.before-e2e"
   fi
   cat >"$conf" <<'CONF'
-# written by test/e2e/setup-podman.sh (e2e-xtask): see shared/ENVIRONMENT.md
+# written by test/e2e/setup-podman.sh (e2e-xtask): see docs/podman.md in the e2e repository
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]
 [engine]

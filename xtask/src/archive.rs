@@ -18,11 +18,15 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    build::{self, BuildOptions, Handoff, ImageRecord},
+    build::{self, Action, BuildOptions, Session},
     cmd::Cmd,
-    engine::{self, Engine},
-    fingerprint, interrupt, memory,
+    engine::Engine,
+    fingerprint,
+    fsx::{temp_beside, Pending},
+    handoff::{Handoff, ImageRecord},
+    interrupt, memory,
     project::Project,
+    registry,
     report::{secs, Reporter},
 };
 
@@ -54,6 +58,20 @@ pub struct Manifest {
     pub images: Vec<ImageRecord>,
 }
 
+impl Manifest {
+    /// The archive's images as a handoff, once loaded into `engine`.
+    pub fn handoff(&self, engine: Engine) -> Handoff {
+        Handoff {
+            engine,
+            platform: self.platform.clone(),
+            base_image: self.base_image.clone(),
+            base_image_id: self.base_image_id.clone(),
+            images: self.images.clone(),
+            built_now: Vec::new(),
+        }
+    }
+}
+
 pub fn manifest_path(archive: &Path) -> PathBuf {
     let mut name = archive.as_os_str().to_owned();
     name.push(".json");
@@ -80,10 +98,17 @@ pub struct SaveArgs {
 impl SaveArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let r = Reporter::new();
+        // The images to save are the ones the last prebuild handed off, in its engine.
+        let recorded = Handoff::load(project).map(|h| h.engine);
+        let opts = BuildOptions {
+            engine: self.opts.engine.or(recorded),
+            ..self.opts.clone()
+        };
+        let session = Session::open(project, &opts)?;
         if self.build {
-            build::prebuild(project, &r, &self.opts, &[])?;
+            build::prebuild(project, &r, &opts, &session, &[])?;
         }
-        let handoff = fresh_handoff(project, &r, &self.opts)?;
+        let handoff = fresh_handoff(project, &r, &opts, &session)?;
         let output = self.output.clone().unwrap_or_else(|| {
             project.e2e_dir().join(match self.compress {
                 Compression::Zstd => "images.tar.zst",
@@ -94,7 +119,9 @@ impl SaveArgs {
             save(project, r, &handoff, &output, self.compress)
         })?;
         if let Some(prefix) = &self.push {
-            r.phase("push images", |r| push(project, r, &handoff, prefix))?;
+            r.phase("push images", |r| {
+                registry::push(project, r, &handoff, prefix)
+            })?;
         }
         r.line(format!("archive:  {}", output.display()));
         r.line(format!("manifest: {}", manifest_path(&output).display()));
@@ -112,32 +139,28 @@ impl SaveArgs {
 
 /// The handoff file, checked against the current checkout and the engine: every image must
 /// be there, with the fingerprint the sources give now.
-fn fresh_handoff(project: &Project, r: &Reporter, opts: &BuildOptions) -> anyhow::Result<Handoff> {
+fn fresh_handoff(
+    project: &Project,
+    r: &Reporter,
+    opts: &BuildOptions,
+    session: &Session,
+) -> anyhow::Result<Handoff> {
     let handoff = Handoff::load(project).with_context(|| {
         format!(
             "no {} yet.\n  fix: run `cargo xtask prebuild-images` first, or `cargo xtask save-images --build`",
             project.display(&Handoff::path(project))
         )
     })?;
-    let opts = BuildOptions {
-        engine: Some(handoff.engine),
-        ..opts.clone()
-    };
-    let prepared = build::prepare(project, r, &opts, &[], None)?;
+    let prepared = build::prepare(project, r, opts, session, &[], None, true)?;
     let mut problems = Vec::new();
     for item in &prepared.plan {
         let recorded = handoff.images.iter().find(|i| i.name == item.spec.name);
         match (&item.action, recorded) {
-            (build::Action::Build { reason }, _) => {
-                problems.push(format!("{}: {reason}", item.spec.name))
-            }
+            (Action::Build { reason }, _) => problems.push(format!("{}: {reason}", item.spec.name)),
             (_, None) => problems.push(format!("{}: not in images.json", item.spec.name)),
-            (build::Action::Cached { .. }, Some(rec)) if rec.fingerprint != item.fingerprint => {
-                problems.push(format!(
-                    "{}: images.json lists an older build",
-                    item.spec.name
-                ))
-            }
+            (Action::Cached(_), Some(rec)) if rec.fingerprint != item.fingerprint => problems.push(
+                format!("{}: images.json lists an older build", item.spec.name),
+            ),
             _ => {}
         }
     }
@@ -150,34 +173,12 @@ fn fresh_handoff(project: &Project, r: &Reporter, opts: &BuildOptions) -> anyhow
     let images = prepared
         .plan
         .iter()
-        .map(|item| {
-            let (id, size) = match &item.action {
-                build::Action::Cached { id, size } => (id.clone(), *size),
-                build::Action::Build { .. } => unreachable!("checked above"),
-            };
-            item.record(id, size)
+        .filter_map(|item| match &item.action {
+            Action::Cached(image) => Some(item.record(image)),
+            Action::Build { .. } => None,
         })
         .collect();
     Ok(Handoff { images, ..handoff })
-}
-
-/// Removes the temporary files of an unfinished save, whatever ends it.
-struct Pending(Vec<PathBuf>);
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-fn temp_beside(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
 /// Writes the archive and its manifest, each to a temporary file renamed into place only
@@ -200,10 +201,10 @@ pub fn save(
             )
         })?;
     }
-    let tmp_archive = temp_beside(output);
+    // Both are removed if anything stops the save before they are renamed into place.
+    let tmp_archive = Pending::new(temp_beside(output));
     let final_manifest = manifest_path(output);
-    let tmp_manifest = temp_beside(&final_manifest);
-    let pending = Pending(vec![tmp_archive.clone(), tmp_manifest.clone()]);
+    let tmp_manifest = Pending::new(temp_beside(&final_manifest));
     let refs: Vec<String> = handoff.images.iter().map(|i| i.reference.clone()).collect();
     let log = project.logs_dir().join("save-images.log");
     let _ = std::fs::remove_file(&log);
@@ -212,20 +213,20 @@ pub fn save(
             let p = save_cmd(handoff.engine, &refs, None).pipe(
                 Cmd::new("zstd")
                     .args(["-T0", "-3", "-q", "-f", "-o"])
-                    .arg(tmp_archive.display().to_string()),
+                    .arg(tmp_archive.path().display().to_string()),
             );
             r.line(format!("  $ {p}"));
             p.run_logged(&log).context("saving the images")?;
         }
         Compression::None => {
-            let c = save_cmd(handoff.engine, &refs, Some(&tmp_archive));
+            let c = save_cmd(handoff.engine, &refs, Some(tmp_archive.path()));
             r.command(&c);
             c.run_logged(&log).context("saving the images")?;
         }
     }
     interrupt::check()?;
-    let size = std::fs::metadata(&tmp_archive)?.len();
-    let sha256 = fingerprint::file_sha256(&tmp_archive)?;
+    let size = std::fs::metadata(tmp_archive.path())?.len();
+    let sha256 = fingerprint::file_sha256(tmp_archive.path())?;
     let manifest = Manifest {
         format: FORMAT.into(),
         archive: output
@@ -247,15 +248,12 @@ pub fn save(
             .map_or(0, |d| d.as_secs()),
         images: handoff.images.clone(),
     };
-    std::fs::write(&tmp_manifest, serde_json::to_vec_pretty(&manifest)?)?;
+    std::fs::write(tmp_manifest.path(), serde_json::to_vec_pretty(&manifest)?)?;
     interrupt::check()?;
     // An old manifest must never sit beside a new archive.
     let _ = std::fs::remove_file(&final_manifest);
-    std::fs::rename(&tmp_archive, output)
-        .with_context(|| format!("writing {}", output.display()))?;
-    std::fs::rename(&tmp_manifest, &final_manifest)
-        .with_context(|| format!("writing {}", final_manifest.display()))?;
-    drop(pending);
+    tmp_archive.persist(output)?;
+    tmp_manifest.persist(&final_manifest)?;
     r.line(format!(
         "  saved {} images in {} ({})",
         manifest.images.len(),
@@ -375,9 +373,12 @@ pub struct LoadArgs {
 impl LoadArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let r = Reporter::new();
+        let session = Session::open(project, &self.opts)?;
         match (&self.archive, &self.registry) {
-            (Some(archive), _) => load(project, &r, archive, self.allow_stale, &self.opts)?,
-            (None, Some(prefix)) => pull(project, &r, prefix, &self.opts)?,
+            (Some(archive), _) => {
+                load(project, &r, archive, self.allow_stale, &self.opts, &session)?
+            }
+            (None, Some(prefix)) => registry::pull(project, &r, prefix, &self.opts, &session)?,
             (None, None) => unreachable!("clap requires one"),
         };
         Ok(())
@@ -392,6 +393,7 @@ pub fn load(
     archive: &Path,
     allow_stale: bool,
     opts: &BuildOptions,
+    session: &Session,
 ) -> anyhow::Result<Handoff> {
     let manifest = r.phase("verify archive", |r| {
         let m = verify(archive)?;
@@ -405,17 +407,16 @@ pub fn load(
         ));
         Ok(m)
     })?;
-    let engine = opts.engine.unwrap_or(Engine::Podman);
     let prepared = build::prepare(
         project,
         r,
-        &BuildOptions {
-            engine: Some(engine),
-            ..opts.clone()
-        },
+        opts,
+        session,
         &[],
         Some(&manifest.base_image_id),
+        true,
     )?;
+    let engine = prepared.env.engine();
     let current: BTreeMap<String, String> = prepared
         .plan
         .iter()
@@ -444,11 +445,8 @@ pub fn load(
     r.phase("load images", |r| {
         let present = |i: &ImageRecord| {
             engine
-                .inspect_image(&i.reference)
-                .read()
-                .ok()
-                .and_then(|o| engine::parse_inspect(&o))
-                .is_some_and(|(id, ..)| id == i.id)
+                .image(&i.reference)
+                .is_some_and(|found| found.id == i.id)
         };
         if manifest.images.iter().all(present) {
             r.line("  every image is already loaded, with the archive's image IDs");
@@ -491,14 +489,7 @@ pub fn load(
         ));
         Ok(())
     })?;
-    Ok(Handoff {
-        engine,
-        platform: manifest.platform,
-        base_image: manifest.base_image,
-        base_image_id: manifest.base_image_id,
-        images: manifest.images,
-        built_now: Vec::new(),
-    })
+    Ok(manifest.handoff(engine))
 }
 
 pub fn load_cmd(engine: Engine, archive: &Path, compression: Compression) -> crate::cmd::Pipeline {
@@ -512,122 +503,6 @@ pub fn load_cmd(engine: Engine, archive: &Path, compression: Compression) -> cra
             crate::cmd::Pipeline(vec![load.arg("--input").arg(archive.display().to_string())])
         }
     }
-}
-
-/// Pulls this checkout's images from `REGISTRY/PREFIX` by their fingerprint tags (in
-/// parallel: pulling is light) and tags them as a local build would. An image already in the
-/// engine with its fingerprint is not pulled. The base image must be present, since its ID
-/// is part of every fingerprint.
-pub fn pull(
-    project: &Project,
-    r: &Reporter,
-    prefix: &str,
-    opts: &BuildOptions,
-) -> anyhow::Result<Handoff> {
-    let engine = opts.engine.unwrap_or(Engine::Podman);
-    let prepared = build::prepare(
-        project,
-        r,
-        &BuildOptions {
-            engine: Some(engine),
-            ..opts.clone()
-        },
-        &[],
-        None,
-    )?;
-    let log = project.logs_dir().join("pull-images.log");
-    let _ = std::fs::remove_file(&log);
-    let insecure = is_loopback_registry(prefix);
-    r.phase("pull images", |r| {
-        let results: Vec<anyhow::Result<ImageRecord>> = std::thread::scope(|s| {
-            let handles: Vec<_> = prepared
-                .plan
-                .iter()
-                .map(|item| {
-                    s.spawn(|| -> anyhow::Result<ImageRecord> {
-                        let record = |id: String, size: u64| item.record(id, size);
-                        if let build::Action::Cached { id, size } = &item.action {
-                            return Ok(record(id.clone(), *size));
-                        }
-                        let remote = format!("{}/{}:{}", prefix.trim_end_matches('/'), item.spec.name, fingerprint::tag(&item.fingerprint));
-                        let mut pull = Cmd::new(engine.program()).arg("pull");
-                        if insecure && engine == Engine::Podman {
-                            pull = pull.arg("--tls-verify=false");
-                        }
-                        let pull = pull.arg(&remote);
-                        let tag = Cmd::new(engine.program()).args(["tag", &remote, &item.reference]);
-                        for c in [pull, tag] {
-                            r.command(&c);
-                            c.run_logged(&log).with_context(|| {
-                                format!("pulling {} as {remote} (was it pushed with `save-images --push {prefix}`?)", item.spec.name)
-                            })?;
-                        }
-                        let (id, size, label) = engine
-                            .inspect_image(&item.reference)
-                            .read()
-                            .ok()
-                            .and_then(|o| engine::parse_inspect(&o))
-                            .with_context(|| format!("{} is not in the engine after the pull", item.reference))?;
-                        anyhow::ensure!(
-                            label.as_deref() == Some(item.fingerprint.as_str()),
-                            "{remote} carries fingerprint {:?}, this checkout needs {}",
-                            label,
-                            item.fingerprint
-                        );
-                        Ok(record(id, size))
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("no panic")).collect()
-        });
-        let images = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Handoff {
-            engine,
-            platform: prepared.env.platform.clone(),
-            base_image: prepared.env.base_image.clone(),
-            base_image_id: prepared.env.base_image_id.clone(),
-            images,
-            built_now: Vec::new(),
-        })
-    })
-}
-
-/// Tags each image `REGISTRY/PREFIX/<name>:<fingerprint tag>` and pushes it.
-fn push(project: &Project, r: &Reporter, handoff: &Handoff, prefix: &str) -> anyhow::Result<()> {
-    let log = project.logs_dir().join("push-images.log");
-    let insecure = is_loopback_registry(prefix);
-    for image in &handoff.images {
-        let remote = remote_reference(prefix, image);
-        let tag = Cmd::new(handoff.engine.program()).args(["tag", &image.reference, &remote]);
-        let mut push = Cmd::new(handoff.engine.program()).arg("push");
-        if insecure && handoff.engine == Engine::Podman {
-            push = push.arg("--tls-verify=false");
-        }
-        let push = push.arg(&remote);
-        for c in [tag, push] {
-            r.command(&c);
-            c.run_logged(&log)
-                .with_context(|| format!("pushing {}", image.name))?;
-        }
-    }
-    Ok(())
-}
-
-/// `localhost:5000/e2e` + gateway at fingerprint f00... = `localhost:5000/e2e/gateway:f00...`.
-pub fn remote_reference(prefix: &str, image: &ImageRecord) -> String {
-    format!(
-        "{}/{}:{}",
-        prefix.trim_end_matches('/'),
-        image.name,
-        fingerprint::tag(&image.fingerprint)
-    )
-}
-
-/// Registries on loopback speak plain HTTP in tests; podman must be told so.
-pub fn is_loopback_registry(prefix: &str) -> bool {
-    let host = prefix.split('/').next().unwrap_or("");
-    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    host == "localhost" || host.starts_with("127.") || host == "[::1]"
 }
 
 #[cfg(test)]
@@ -678,18 +553,6 @@ mod tests {
             "gateway: archive aaaaaaaaaaaaaaaa but this checkout gives bbbbbbbbbbbbbbbb"
         ));
         assert_eq!(stale[1], "postgres: missing from the archive");
-    }
-
-    #[test]
-    fn registry_references() {
-        let r = record("gateway", &"c".repeat(64));
-        assert_eq!(
-            remote_reference("localhost:5000/e2e/", &r),
-            "localhost:5000/e2e/gateway:cccccccccccccccc"
-        );
-        assert!(is_loopback_registry("localhost:5000/e2e"));
-        assert!(is_loopback_registry("127.0.0.1:5000/x"));
-        assert!(!is_loopback_registry("ghcr.io/team/e2e"));
     }
 
     #[test]

@@ -7,23 +7,31 @@
 //!   each with its wall time and the machine's peak memory above the level before it.
 
 use std::{
-    process::Command,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
 
 use crate::{
-    build::{self, Handoff},
-    engine::{BuildCmd, Engine},
+    build,
+    cmd::Cmd,
+    engine::BuildCmd,
+    handoff::Handoff,
     images, memory,
     project::Project,
     report::{secs, table, Reporter},
+    sampler::Sampler,
 };
+
+/// `cargo xtask ARGS...` as this very binary, its output in the benchmark's log.
+fn xtask(args: &[&str]) -> anyhow::Result<Cmd> {
+    Ok(Cmd::new(std::env::current_exe()?.display().to_string()).args(args.iter().copied()))
+}
+
+fn bench_log(project: &Project) -> PathBuf {
+    project.logs_dir().join("bench.log")
+}
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -46,20 +54,12 @@ struct Sample {
 impl BenchArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let r = Reporter::new();
-        let exe = std::env::current_exe()?;
+        let log = bench_log(project);
         let prebuild = |extra: &[&str]| -> anyhow::Result<Sample> {
-            measure(|| {
-                let out = Command::new(&exe)
-                    .arg("prebuild-images")
-                    .args(extra)
-                    .output()?;
-                anyhow::ensure!(
-                    out.status.success(),
-                    "prebuild-images failed:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                Ok(())
-            })
+            let mut args = vec!["prebuild-images"];
+            args.extend_from_slice(extra);
+            let cmd = xtask(&args)?;
+            measure(|| cmd.run_logged(&log))
         };
 
         r.line("warming up: one prebuild-images so that every image is cached");
@@ -67,6 +67,7 @@ impl BenchArgs {
         let handoff =
             Handoff::load(project).context("no target/e2e/images.json after prebuild-images")?;
         let specs = build::load_images(project, &Default::default())?.images;
+        let engine = handoff.engine;
 
         // The plain builds: the same Dockerfiles, contexts, caps and arguments, with podman's
         // layer cache, under tags of their own.
@@ -86,7 +87,7 @@ impl BenchArgs {
             measure(|| {
                 for (spec, context) in &plain_builds {
                     let dockerfile = project.root.join(&spec.dockerfile);
-                    let cmd = Engine::Podman.build(&BuildCmd {
+                    let cmd = engine.build(&BuildCmd {
                         reference: format!("{}:bench-plain", spec.repository),
                         dockerfile: &dockerfile,
                         context,
@@ -143,12 +144,9 @@ impl BenchArgs {
             );
         }
         for spec in &specs {
-            let _ = Engine::Podman
-                .inspect_image(&format!("{}:bench-plain", spec.repository))
+            let _ = engine
+                .untag(&format!("{}:bench-plain", spec.repository))
                 .read();
-            let _ = Command::new("podman")
-                .args(["rmi", &format!("{}:bench-plain", spec.repository)])
-                .output();
         }
         r.line(format!(
             "results ({} images, medians):\n{}\n  no-op prebuild-images is {speedup:.1}x faster than the plain builds{cold_note}",
@@ -171,23 +169,22 @@ impl BenchArchiveArgs {
     /// time from `e2e --images` (images removed first) to the first test against a warm `e2e`.
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let r = Reporter::new();
-        let exe = std::env::current_exe()?;
-        let xtask = |args: &[&str]| -> anyhow::Result<String> {
-            let out = Command::new(&exe).args(args).output()?;
-            let text = String::from_utf8_lossy(&out.stderr).into_owned();
-            anyhow::ensure!(
-                out.status.success(),
-                "xtask {} failed:\n{text}",
-                args.join(" ")
-            );
-            Ok(text)
-        };
+        let log = bench_log(project);
+        let run = |args: &[&str]| -> anyhow::Result<()> { xtask(args)?.run_logged(&log) };
         r.line("warming up: prebuild-images, so that every image is cached");
-        xtask(&["prebuild-images"])?;
+        run(&["prebuild-images"])?;
         let handoff = Handoff::load(project).context("no images.json")?;
         let refs: Vec<String> = handoff.images.iter().map(|i| i.reference.clone()).collect();
         let remove = || {
-            let _ = Command::new("podman").arg("rmi").args(&refs).output();
+            let _ = Cmd::new(handoff.engine.program())
+                .arg("rmi")
+                .args(refs.iter().cloned())
+                .read();
+        };
+        // The time to the first test, from the report of the e2e run just made.
+        let e2e = |args: &[&str]| -> anyhow::Result<Duration> {
+            run(args)?;
+            first_test(&latest_report(project)?)
         };
         let dir = project.e2e_dir().join("bench");
         std::fs::create_dir_all(&dir)?;
@@ -198,16 +195,14 @@ impl BenchArchiveArgs {
         let (mut save_z, mut save_n, mut load_z, mut load_n) = (vec![], vec![], vec![], vec![]);
         for i in 0..self.runs {
             r.line(format!("save/load run {}/{}", i + 1, self.runs));
-            save_z.push(measure(|| {
-                xtask(&["save-images", "--output", &zst_s]).map(drop)
-            })?);
+            save_z.push(measure(|| run(&["save-images", "--output", &zst_s]))?);
             save_n.push(measure(|| {
-                xtask(&["save-images", "--compress", "none", "--output", &tar_s]).map(drop)
+                run(&["save-images", "--compress", "none", "--output", &tar_s])
             })?);
             remove();
-            load_z.push(measure(|| xtask(&["load-images", &zst_s]).map(drop))?);
+            load_z.push(measure(|| run(&["load-images", &zst_s]))?);
             remove();
-            load_n.push(measure(|| xtask(&["load-images", &tar_s]).map(drop))?);
+            load_n.push(measure(|| run(&["load-images", &tar_s]))?);
         }
         let (mut from_archive, mut warm) = (vec![], vec![]);
         for i in 0..self.runs {
@@ -217,8 +212,8 @@ impl BenchArchiveArgs {
                 self.runs
             ));
             remove();
-            from_archive.push(until_tests(&xtask(&["e2e", "--images", &zst_s])?)?);
-            warm.push(until_tests(&xtask(&["e2e"])?)?);
+            from_archive.push(e2e(&["e2e", "--images", &zst_s])?);
+            warm.push(e2e(&["e2e"])?);
         }
         let sum: u64 = handoff.images.iter().map(|i| i.size).sum();
         let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
@@ -253,26 +248,30 @@ impl BenchArchiveArgs {
     }
 }
 
-/// From an `e2e` run's phase table: the time of every phase before the suite started.
-pub fn until_tests(output: &str) -> anyhow::Result<Duration> {
-    let table = output
-        .rsplit_once("phases:")
-        .map(|(_, t)| t)
-        .context("no phase table in the e2e output")?;
-    let mut total = 0.0;
-    for line in table.lines() {
-        let line = line.trim();
-        if line.starts_with("run E2E suite") {
-            return Ok(Duration::from_secs_f64(total));
-        }
-        if let Some(t) = line
-            .split_whitespace()
-            .find_map(|w| w.strip_suffix('s').and_then(|n| n.parse::<f64>().ok()))
-        {
-            total += t;
-        }
-    }
-    anyhow::bail!("no `run E2E suite` phase in the e2e output")
+/// The newest `report.json` under `target/e2e/runs/`.
+pub fn latest_report(project: &Project) -> anyhow::Result<PathBuf> {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(project.runs_dir())
+        .context("no runs yet")?
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("report.json"))
+        .filter(|p| p.is_file())
+        .collect();
+    runs.sort();
+    runs.pop().context("no run has written a report.json")
+}
+
+/// From a run's `report.json`: when the suite started, since the run started.
+pub fn first_test(report: &Path) -> anyhow::Result<Duration> {
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(report)?)?;
+    r["first_test_s"]
+        .as_f64()
+        .map(Duration::from_secs_f64)
+        .with_context(|| {
+            format!(
+                "{} has no first_test_s: the suite did not start",
+                report.display()
+            )
+        })
 }
 
 fn row(name: &str, samples: &[Sample]) -> Vec<String> {
@@ -304,41 +303,31 @@ pub fn median<T: Copy + Ord + Default>(values: &[T]) -> T {
 
 /// Wall time of `f`, and the machine's peak memory in use above the level before it.
 fn measure(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Sample> {
-    let base = memory::used_now().unwrap_or(0);
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = std::thread::spawn({
-        let stop = stop.clone();
-        move || {
-            let mut peak = 0;
-            while !stop.load(Ordering::Relaxed) {
-                peak = peak.max(memory::used_now().unwrap_or(0));
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            peak
-        }
-    });
+    let sampler = Sampler::start();
     let start = Instant::now();
     let result = f();
     let wall = start.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let peak = peak.join().unwrap_or(0);
+    let peak = sampler.peak_between(start, None).unwrap_or(0);
+    drop(sampler.stop());
     result?;
-    Ok(Sample {
-        wall,
-        peak: peak.saturating_sub(base),
-    })
+    Ok(Sample { wall, peak })
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn time_to_the_first_test_sums_the_phases_before_it() {
-        let out = "x\n[10:00:00] phases:\n  check prerequisites  0.3s  ok\n  load images  5.2s  ok\n  run E2E suite  0.7s  ok\n  total (wall)  6.2s\n";
+    fn time_to_the_first_test_comes_from_the_report() {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let report = dir.join("report.json");
+        std::fs::write(&report, r#"{"first_test_s": 5.5}"#).unwrap();
         assert_eq!(
-            super::until_tests(out).unwrap(),
+            super::first_test(&report).unwrap(),
             std::time::Duration::from_secs_f64(5.5)
         );
-        assert!(super::until_tests("no table").is_err());
+        std::fs::write(&report, r#"{"first_test_s": null}"#).unwrap();
+        assert!(super::first_test(&report).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -4,10 +4,11 @@
 use std::path::Path;
 
 use crate::{
-    build::{self, BuildOptions, Handoff},
+    build::{BuildOptions, Session},
     cmd::Cmd,
-    engine::{self, Engine},
+    handoff::Handoff,
     memory,
+    problem::Problem,
     project::Project,
     report::Reporter,
 };
@@ -38,16 +39,21 @@ impl Check {
             fix: fix.into(),
         }
     }
+
+    fn problem(name: &str, p: &Problem) -> Check {
+        Check::fail(name, p.what.clone(), p.fix.clone())
+    }
 }
 
 /// What the run at hand needs.
 #[derive(Debug, Clone, Default)]
 pub struct Needs {
-    pub engine: Option<Engine>,
     /// A Kind cluster: `kind` and `kubectl`.
     pub kind: bool,
     /// Loading this archive (so the base image is not needed, `zstd` is, and disk for it).
     pub archive: Option<std::path::PathBuf>,
+    /// Prove the engine can start a container (`doctor` does; `e2e` learns it from the run).
+    pub start_container: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -66,11 +72,12 @@ impl DoctorArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let r = Reporter::new();
         let needs = Needs {
-            engine: self.opts.engine,
             kind: self.kind,
             archive: self.images,
+            start_container: true,
         };
-        let checks = run_checks(project, &self.opts, &needs);
+        let session = Session::open(project, &self.opts)?;
+        let checks = run_checks(project, &session, &needs);
         r.line(render(&checks));
         let failed = checks.iter().filter(|c| c.problem.is_some()).count();
         anyhow::ensure!(failed == 0, "{failed} check(s) failed: see the fixes above");
@@ -78,93 +85,71 @@ impl DoctorArgs {
     }
 }
 
-/// Runs every check the run needs; never stops at the first problem.
-pub fn run_checks(project: &Project, opts: &BuildOptions, needs: &Needs) -> Vec<Check> {
+/// Judges the facts the session gathered (nothing is asked of the engine again, but for
+/// starting a container when `needs.start_container`); never stops at the first problem.
+pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Check> {
+    let facts = &session.facts;
     let mut checks = Vec::new();
-    let engine = match Engine::detect(needs.engine) {
-        Ok(e) => {
-            checks.push(Check::ok("engine", format!("{} on PATH", e.program())));
-            Some(e)
-        }
-        Err(err) => {
-            let (problem, fix) = format!("{err:#}")
-                .split_once("\n  fix: ")
-                .map(|(p, f)| (p.to_owned(), f.to_owned()))
-                .unwrap_or_default();
-            checks.push(Check::fail("engine", problem, fix));
-            None
-        }
-    };
-    let images = build::load_images(project, opts);
-    if let Some(engine) = engine {
-        match engine.platform().read() {
-            Ok(p) => checks.push(Check::ok("engine answers", engine::normalize_platform(&p))),
-            Err(e) => checks.push(Check::fail(
-                "engine answers",
-                format!("{} does not answer: {e:#}", engine.program()),
-                match engine {
-                    Engine::Podman => "see shared/ENVIRONMENT.md; test/e2e/setup-podman.sh writes a working /etc/containers/containers.conf",
-                    Engine::Docker => "start the daemon: `dockerd &` (test/e2e/setup-docker.sh does it)",
-                },
-            )),
-        }
-        if let Ok(images) = &images {
-            let base_present = engine
-                .inspect_image(&images.base_image)
-                .succeeds()
-                .unwrap_or(false);
-            if needs.archive.is_none() {
-                checks.push(if base_present {
-                    Check::ok("base image", images.base_image.clone())
-                } else {
-                    Check::fail(
-                        "base image",
-                        format!("{} is not in {}'s image store", images.base_image, engine.program()),
-                        "run test/e2e/setup-podman.sh (debootstrap, no registry needed), or set E2E_BASE_IMAGE to an image you have",
-                    )
-                });
-            }
-            if base_present {
-                let run = engine.run_true(&images.base_image);
+    match &facts.engine {
+        Ok(f) => {
+            checks.push(Check::ok(
+                "engine",
+                format!(
+                    "{} {} ({}), on {} machine: {} CPUs, {} memory",
+                    f.engine.program(),
+                    f.version,
+                    f.platform,
+                    if f.remote {
+                        "its own (remote or VM)"
+                    } else {
+                        "this"
+                    },
+                    f.cpus,
+                    memory::human(f.mem_total)
+                ),
+            ));
+            let base = match (&facts.base, &needs.archive) {
+                (_, Some(_)) => None,
+                (Some(_), None) => Some(Check::ok("base image", facts.base_image.clone())),
+                (None, None) => Some(Check::problem("base image", &facts.missing_base(f.engine))),
+            };
+            checks.extend(base);
+            if needs.start_container && facts.base.is_some() {
+                let run = f.engine.run_true(&facts.base_image);
                 checks.push(match run.read() {
                     Ok(_) => Check::ok("start a container", run.to_string()),
                     Err(e) => Check::fail(
                         "start a container",
-                        format!("{} cannot start a container: {e:#}", engine.program()),
-                        "see shared/ENVIRONMENT.md: runtime = \"runc\" and the ulimits in /etc/containers/containers.conf",
+                        format!("{} cannot start a container: {e:#}", f.engine.program()),
+                        format!(
+                            "runtime = \"runc\" and the ulimits in /etc/containers/containers.conf; see {}",
+                            crate::problem::PODMAN_DOCS
+                        ),
                     ),
                 });
             }
         }
+        Err(p) => checks.push(Check::problem("engine", p)),
     }
-    match &images {
-        Ok(images) => {
-            let biggest = images.images.iter().max_by_key(|i| i.memory);
-            match (opts.budget(), biggest) {
-                (Ok(memory::Budget { bytes: given, .. }), Some(big)) => {
-                    checks.push(if big.memory <= given {
-                        Check::ok("memory", format!("budget {} fits the largest cap ({} for {})", memory::human(given), memory::human(big.memory), big.name))
-                    } else {
-                        Check::fail(
-                            "memory",
-                            format!("budget {} is less than {}'s cap {}", memory::human(given), big.name, memory::human(big.memory)),
-                            "free memory, lower that image's `memory` in test/e2e/images.toml, or pass --memory-budget",
-                        )
-                    });
-                }
-                (Err(e), _) => checks.push(Check::fail(
-                    "memory",
-                    format!("cannot read /proc/meminfo: {e:#}"),
-                    "run on Linux",
-                )),
-                _ => {}
-            }
+    let biggest = session.images.images.iter().max_by_key(|i| i.memory);
+    match (&facts.budget, biggest) {
+        (Ok(budget), Some(big)) => {
+            checks.push(memory_check(budget, big, facts.engine.as_ref().ok()))
         }
-        Err(e) => checks.push(Check::fail(
-            "images file",
-            format!("{e:#}"),
-            "fix test/e2e/images.toml (see the comment at its top)",
-        )),
+        (Err(p), _) => checks.push(Check::problem("memory", p)),
+        _ => {}
+    }
+    if let Ok(host) = &facts.host_budget {
+        if facts.engine.as_ref().is_ok_and(|f| f.remote) {
+            checks.push(Check::ok(
+                "host memory",
+                format!(
+                    "{} for the host's cargo build ({})",
+                    memory::human(host.bytes),
+                    host.source
+                ),
+            ));
+        }
     }
     let need_disk = disk_needed(project, needs.archive.as_deref());
     match free_disk(&project.target_dir) {
@@ -219,6 +204,47 @@ pub fn run_checks(project: &Project, opts: &BuildOptions, needs: &Needs) -> Vec<
     checks
 }
 
+/// The engine machine's memory against the largest image cap (plus the margin the budget
+/// keeps), with the fix for that engine when it is too small.
+fn memory_check(
+    budget: &memory::Budget,
+    big: &crate::images::ImageSpec,
+    engine: Option<&crate::engine::EngineFacts>,
+) -> Check {
+    if big.memory <= budget.bytes {
+        return Check::ok(
+            "memory",
+            format!(
+                "budget {} ({}) fits the largest cap ({} for {})",
+                memory::human(budget.bytes),
+                budget.source,
+                memory::human(big.memory),
+                big.name
+            ),
+        );
+    }
+    let fix = match engine {
+        Some(f) if f.remote && f.engine == crate::engine::Engine::Podman => {
+            "give the engine's machine more memory: `podman machine stop && podman machine set --memory 4096 && \
+             podman machine start` (podman machine), or free memory there; or lower that image's `memory` in \
+             test/e2e/images.toml"
+                .to_owned()
+        }
+        _ => "free memory, lower that image's `memory` in test/e2e/images.toml, or pass --memory-budget".to_owned(),
+    };
+    Check::fail(
+        "memory",
+        format!(
+            "budget {} ({}) is less than {}'s cap {}",
+            memory::human(budget.bytes),
+            budget.source,
+            big.name,
+            memory::human(big.memory)
+        ),
+        fix,
+    )
+}
+
 /// Disk a run needs: the archive three times over (archive, unpacked stream, image store),
 /// else the images' sizes from the last build, else 2 GiB.
 fn disk_needed(project: &Project, archive: Option<&Path>) -> u64 {
@@ -264,11 +290,11 @@ pub fn render(checks: &[Check]) -> String {
 pub fn require(
     project: &Project,
     r: &Reporter,
-    opts: &BuildOptions,
+    session: &Session,
     needs: &Needs,
 ) -> anyhow::Result<()> {
     r.phase("doctor", |r| {
-        let checks = run_checks(project, opts, needs);
+        let checks = run_checks(project, session, needs);
         let failed: Vec<&Check> = checks.iter().filter(|c| c.problem.is_some()).collect();
         if failed.is_empty() {
             r.line(format!("  {} checks passed", checks.len()));

@@ -1,23 +1,41 @@
 //! `cargo xtask e2e`: doctor, images, stack, readiness, suite, logs, teardown, report.
+//!
+//! The images stage builds, loads or pulls (see `build`, `archive`, `registry`); the rest of
+//! the run is a list of phases from the runtime (`runtime::podman` or `runtime::kind`) that
+//! is either printed (`--dry-run`) or executed, then torn down from what was recorded.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use anyhow::Context;
 use serde::Serialize;
 
 use crate::{
     archive,
-    build::{self, BuildOptions, Handoff},
+    build::{self, Action, Activity, BuildOptions, Session},
     cmd::Cmd,
     doctor,
     engine::Engine,
-    images, interrupt,
+    fingerprint,
+    handoff::Handoff,
+    interrupt,
     manifests::Manifests,
+    problem::Problem,
     project::Project,
-    ready,
-    report::Reporter,
-    runtime::{self, kind, podman::PodmanRun},
+    registry,
+    report::{self, Reporter},
+    runtime::{
+        self, free_port,
+        kind::{self, KindFiles, KindRun},
+        podman::PodmanRun,
+        step::{self, Live, Phase, Runner, Step},
+        RunId, StackControl,
+    },
+    timeline::SpanState,
 };
+
+/// The deduplication TTL the gateway gets for `--faults` runs, so that a test can see a
+/// signal's deduplication expire.
+pub const FAULTS_DEDUP_TTL_SECONDS: u64 = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -39,9 +57,13 @@ pub struct E2eArgs {
     /// How long to wait for every service to be ready, in seconds.
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     pub ready_timeout: u64,
+    /// After the suite, run the fault tests (services stopped and restarted under load),
+    /// one at a time; the gateway gets a short deduplication TTL for them.
+    #[arg(long)]
+    pub faults: bool,
     /// Load the images from this archive (from `cargo xtask save-images`) instead of building.
     #[arg(long, value_name = "ARCHIVE")]
-    pub images: Option<PathBuf>,
+    pub images: Option<std::path::PathBuf>,
     /// Pull the images from REGISTRY/PREFIX (pushed by `save-images --push`) instead of building.
     #[arg(long, value_name = "REGISTRY/PREFIX", conflicts_with = "images")]
     pub registry: Option<String>,
@@ -81,58 +103,67 @@ pub struct RunReport {
     pub images_cached: usize,
     pub images_built: usize,
     pub bytes_loaded: u64,
+    /// Seconds from the start of the run to the start of the suite (none if it never started).
+    pub first_test_s: Option<f64>,
+}
+
+/// The engine a runtime runs with: podman's stack needs podman; Kind takes either (the one
+/// asked for, else the one installed).
+pub fn engine_for(runtime: Runtime, requested: Option<Engine>) -> Result<Option<Engine>, Problem> {
+    match (runtime, requested) {
+        (Runtime::Podman, Some(Engine::Docker)) => Err(Problem::new(
+            "`--runtime podman` runs the stack with `podman kube play`; --engine docker goes with --runtime kind",
+            "drop --engine, or add --runtime kind",
+        )),
+        (Runtime::Podman, _) => Ok(Some(Engine::Podman)),
+        (Runtime::Kind, e) => Ok(e),
+    }
 }
 
 impl E2eArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let r = Reporter::new();
         if let Some(run) = &self.down {
-            return runtime::podman::down(
-                project,
-                &r,
-                Some(run.as_str()).filter(|s| !s.is_empty()),
-            );
+            return runtime::down(project, &r, Some(run.as_str()).filter(|s| !s.is_empty()));
         }
-        let engine = match (self.runtime, self.build.engine) {
-            (Runtime::Podman, Some(Engine::Docker)) => anyhow::bail!(
-                "`--runtime podman` runs the stack with `podman kube play`; --engine docker goes with --runtime kind.\n  \
-                 fix: drop --engine, or add --runtime kind"
-            ),
-            (_, Some(e)) => e,
-            (Runtime::Podman, None) => Engine::Podman,
-            (Runtime::Kind, None) => Engine::detect(None)?,
-        };
         let opts = BuildOptions {
-            engine: Some(engine),
+            engine: engine_for(self.runtime, self.build.engine)?,
             ..self.build.clone()
         };
-        let manifests = Manifests::load(&project.manifests_dir())?;
-        let id = self
-            .cluster_name
-            .clone()
-            .map_or_else(runtime::run_id, |n| format!("{}-{n}", runtime::run_id()));
+        // The engine is decided and asked once, here; every stage takes these facts.
+        let session = Session::open(project, &opts)?;
+        let mut manifests = Manifests::load(&project.manifests_dir())?;
+        if self.faults {
+            manifests.set_env(
+                "gateway",
+                "DEDUP_TTL_SECONDS",
+                &FAULTS_DEDUP_TTL_SECONDS.to_string(),
+            )?;
+        }
+        let id = RunId::new(self.cluster_name.as_deref());
         if self.dry_run {
-            return self.dry_run(project, &r, &opts, &manifests, &id);
+            return self.dry_run(project, &r, &opts, &session, &manifests, &id);
         }
         let needs = doctor::Needs {
-            engine: Some(engine),
             kind: self.runtime == Runtime::Kind,
             archive: self.images.clone(),
+            start_container: false,
         };
-        doctor::require(project, &r, &opts, &needs)?;
+        doctor::require(project, &r, &session, &needs)?;
 
-        let handoff = self.images_for_run(project, &r, &opts)?;
+        let (handoff, activity) = self.images_for_run(project, &r, &opts, &session)?;
         let built = handoff.built_now.len();
         let cached = handoff.images.len().saturating_sub(built);
         interrupt::check()?;
 
-        let (outcome, dir) = match self.runtime {
-            Runtime::Podman => self.run_podman(project, &r, &manifests, &handoff, id.clone()),
-            Runtime::Kind => self.run_kind(project, &r, &manifests, &handoff, engine, id.clone()),
+        let outcome = match self.runtime {
+            Runtime::Podman => self.run_podman(project, &r, &manifests, &handoff, &id),
+            Runtime::Kind => self.run_kind(project, &r, &manifests, &handoff, &session, &id),
         };
+        let dir = id.dir(project);
         r.line(format!("phases:\n{}", r.summary()));
         let report = RunReport {
-            run: id,
+            run: id.to_string(),
             runtime: self.runtime,
             passed: outcome.is_ok(),
             error: outcome.as_ref().err().map(|e| format!("{e:#}")),
@@ -144,11 +175,40 @@ impl E2eArgs {
                 .as_ref()
                 .and_then(|a| std::fs::metadata(a).ok())
                 .map_or(0, |m| m.len()),
+            first_test_s: r
+                .phase_spans()
+                .iter()
+                .find(|p| p.name == "run E2E suite")
+                .map(|p| (p.start_s * 1000.0).round() / 1000.0),
         };
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
+        crate::fsx::write_json(&dir.join("report.json"), &report)?;
+        let loaded = self.images.is_some() || self.registry.is_some();
+        let images: Vec<(String, SpanState)> = handoff
+            .images
+            .iter()
+            .map(|i| {
+                let state = match (handoff.built_now.contains(&i.name), loaded) {
+                    (true, _) => SpanState::Built,
+                    (false, true) => SpanState::Loaded,
+                    (false, false) => SpanState::Cached,
+                };
+                (i.name.clone(), state)
+            })
+            .collect();
+        report::write_timeline(
+            &r,
+            &dir,
+            &format!("cargo xtask e2e: run {id}"),
+            &match &report.error {
+                None => "passed".to_owned(),
+                Some(e) => format!("FAILED: {}", e.lines().next().unwrap_or("")),
+            },
+            &images,
+            &activity,
+            session.facts.budget.as_ref().ok().map(|b| b.bytes),
+        )?;
         r.line(format!(
-            "report: {}",
+            "report: {} (and report.html beside it)",
             project.display(&dir.join("report.json"))
         ));
         if outcome.is_ok() {
@@ -160,65 +220,127 @@ impl E2eArgs {
     /// The images, built, loaded or pulled; and the E2E suite compiled meanwhile. Image builds
     /// wait on podman and apt more than on the CPU, so the suite compiles while they run,
     /// with the memory of its rustc jobs taken out of the builds' budget.
-    fn images_for_run(
+    pub(crate) fn images_for_run(
         &self,
         project: &Project,
         r: &Reporter,
         opts: &BuildOptions,
-    ) -> anyhow::Result<Handoff> {
+        session: &Session,
+    ) -> anyhow::Result<(Handoff, Activity)> {
         let compile_suite = |jobs: usize| {
             r.phase("compile E2E suite", |r| {
-                let cmd = suite(project).args(["--no-run", "-j", &jobs.to_string()]);
+                let cmd = compile_suite(project, jobs);
                 r.command(&cmd);
                 cmd.run_logged(&project.logs_dir().join("cargo-test-build.log"))
                     .context("compiling the E2E suite")
             })
         };
-        let cpus = crate::memory::cpus();
         let handoff = match (&self.images, &self.registry) {
-            (Some(archive), _) => archive::load(project, r, archive, self.allow_stale, opts)?,
-            (None, Some(prefix)) => archive::pull(project, r, prefix, opts)?,
+            (Some(archive), _) => {
+                archive::load(project, r, archive, self.allow_stale, opts, session)?
+            }
+            (None, Some(prefix)) => registry::pull(project, r, prefix, opts, session)?,
             (None, None) => {
-                let mut prepared = build::prepare(project, r, opts, &[], None)?;
-                if prepared
+                let mut prepared = build::prepare(project, r, opts, session, &[], None, true)?;
+                if prepared.plan.iter().all(|i| i.is_cached()) {
+                    let (handoff, activity) = build::finish(project, r, opts, prepared)?;
+                    compile_suite(session.facts.env(None)?.cargo_jobs())?;
+                    return Ok((handoff, activity));
+                }
+                let env = &mut prepared.env;
+                let jobs =
+                    crate::memory::cargo_jobs(env.host_budget.bytes / 2, crate::memory::cpus());
+                let biggest = prepared
                     .plan
                     .iter()
-                    .all(|i| matches!(i.action, build::Action::Cached { .. }))
-                {
-                    build::finish(project, r, opts, prepared)?
+                    .map(|i| i.spec.memory)
+                    .max()
+                    .unwrap_or(0);
+                // The suite's rustc jobs run beside the builds; on a local engine they share
+                // its memory. Never so much that the largest image no longer fits.
+                let reserved = if env.facts.remote {
+                    0
                 } else {
-                    let jobs = crate::memory::cargo_jobs(prepared.budget.bytes / 2, cpus);
-                    let reserved = jobs as u64 * crate::memory::RUSTC_JOB;
-                    let biggest = prepared
-                        .plan
-                        .iter()
-                        .map(|i| i.spec.memory)
-                        .max()
-                        .unwrap_or(0);
-                    // Never so much that the largest image no longer fits.
-                    let reserved = reserved.min(prepared.budget.bytes.saturating_sub(biggest));
-                    prepared.budget.bytes -= reserved;
-                    prepared.budget.source = format!(
+                    (jobs as u64 * crate::memory::RUSTC_JOB)
+                        .min(env.budget.bytes.saturating_sub(biggest))
+                };
+                env.budget.bytes -= reserved;
+                if reserved > 0 {
+                    env.budget.source = format!(
                         "{}, less {} for the E2E suite compiling meanwhile",
-                        prepared.budget.source,
+                        env.budget.source,
                         crate::memory::human(reserved)
                     );
-                    r.line(format!(
-                        "the E2E suite compiles (cargo -j {jobs}) while the images build: {} of the budget is kept for it",
-                        crate::memory::human(reserved)
-                    ));
-                    let (handoff, compiled) = std::thread::scope(|s| {
-                        let compiling = s.spawn(|| compile_suite(jobs));
-                        let handoff = build::finish(project, r, opts, prepared);
-                        (handoff, compiling.join().expect("no panic"))
-                    });
-                    compiled?;
-                    return handoff;
                 }
+                r.line(format!(
+                    "the E2E suite compiles (cargo -j {jobs}) while the images build: {} of the budget is kept for it",
+                    crate::memory::human(reserved)
+                ));
+                let (built, compiled) = std::thread::scope(|s| {
+                    let compiling = s.spawn(|| compile_suite(jobs));
+                    let built = build::finish(project, r, opts, prepared);
+                    (built, compiling.join().expect("no panic"))
+                });
+                compiled?;
+                return built;
             }
         };
-        compile_suite(crate::memory::cargo_jobs(opts.budget()?.bytes, cpus))?;
-        Ok(handoff)
+        compile_suite(
+            session
+                .facts
+                .env(Some(&handoff.base_image_id))?
+                .cargo_jobs(),
+        )?;
+        Ok((handoff, Activity::default()))
+    }
+
+    /// The suite, then (with `--faults`) the fault tests, as phases of the run.
+    pub(crate) fn test_phases(
+        &self,
+        project: &Project,
+        urls: &BTreeMap<String, String>,
+        dir: &Path,
+        control: StackControl,
+    ) -> Vec<Phase<'static>> {
+        let mut phases = vec![Phase::new(
+            "run E2E suite",
+            vec![Step::Terminal {
+                cmd: suite(project, "e2e", urls)
+                    .arg("--")
+                    .args(self.test_args.iter().cloned()),
+                doing: "the E2E suite failed".into(),
+            }],
+        )];
+        if self.faults {
+            let file = dir.join("stack.json");
+            phases.push(Phase::new(
+                "run fault tests",
+                vec![
+                    Step::Write {
+                        path: file.clone(),
+                        contents: serde_json::to_string_pretty(&control).expect("serialises"),
+                    },
+                    Step::Terminal {
+                        cmd: suite(project, "faults", urls)
+                            .env("E2E_STACK", file.display().to_string())
+                            .args(["--", "--test-threads=1"]),
+                        doing: "the fault tests failed".into(),
+                    },
+                ],
+            ));
+        }
+        phases
+    }
+
+    pub(crate) fn podman_run(
+        &self,
+        project: &Project,
+        manifests: &Manifests,
+        handoff: &Handoff,
+        id: &RunId,
+    ) -> anyhow::Result<PodmanRun> {
+        let stack = manifests.render_podman(&handoff.pinned(), id.suffix(), free_port)?;
+        Ok(PodmanRun::new(project, id.clone(), stack))
     }
 
     fn run_podman(
@@ -227,27 +349,29 @@ impl E2eArgs {
         r: &Reporter,
         manifests: &Manifests,
         handoff: &Handoff,
-        id: String,
-    ) -> (anyhow::Result<()>, PathBuf) {
-        let stack =
-            match manifests.render_podman(&handoff.pinned(), &runtime::suffix(&id), free_port) {
-                Ok(s) => s,
-                Err(e) => return (Err(e), project.runs_dir().join(&id)),
-            };
-        let mut run = PodmanRun::new(project, id, stack);
+        id: &RunId,
+    ) -> anyhow::Result<()> {
+        let run = self.podman_run(project, manifests, handoff, id)?;
         r.line(format!(
             "run {} (network {}, files in {})",
             run.id,
             run.network(),
             project.display(&run.dir)
         ));
-        let outcome = (|| {
-            r.phase("deploy", |r| run.up(r))?;
-            r.phase("wait until ready", |r| {
-                ready::wait_ready(&run, Duration::from_secs(self.ready_timeout), r)
-            })?;
-            r.phase("run E2E suite", |r| self.run_suite(project, r, run.urls()))
-        })();
+        let tests = self.test_phases(
+            project,
+            &run.urls(),
+            &run.dir,
+            run.stack_control(FAULTS_DEDUP_TTL_SECONDS),
+        );
+        let plan = run.plan(Duration::from_secs(self.ready_timeout), tests);
+        let mut runner = Runner {
+            dir: run.dir.clone(),
+            log: run.log.clone(),
+            exec: &mut Live,
+            record: None,
+        };
+        let outcome = runner.phases(r, &plan);
         if outcome.is_err() {
             match run.save_logs() {
                 Ok(dir) => r.line(format!(
@@ -257,13 +381,17 @@ impl E2eArgs {
                 Err(e) => r.line(format!("could not save the containers' logs: {e:#}")),
             }
         }
-        let teardown = if self.keep {
-            r.line(run.keep_instructions());
-            Ok(())
-        } else {
-            r.phase("tear down", |r| run.down(r))
+        let teardown = match (&runner.record, self.keep) {
+            (Some(_), true) => {
+                r.line(run.keep_instructions());
+                Ok(())
+            }
+            (Some(record), false) => r.phase("tear down", |r| {
+                runtime::teardown(&run.dir, record, &run.log, r, &mut Live)
+            }),
+            (None, _) => Ok(()),
         };
-        (combine(outcome, teardown), run.dir.clone())
+        combine(outcome, teardown)
     }
 
     fn kind_run(
@@ -272,25 +400,24 @@ impl E2eArgs {
         engine: Engine,
         manifests: &Manifests,
         handoff: &Handoff,
-        id: &str,
-    ) -> anyhow::Result<(kind::KindRun, String, String)> {
-        let dir = project.runs_dir().join(id);
-        let suffix = runtime::suffix(id);
+        id: &RunId,
+    ) -> anyhow::Result<(KindRun, KindFiles)> {
+        let dir = id.dir(project);
         let (cluster, reuse) = match (&self.reuse_cluster, &self.cluster_name) {
             (Some(name), _) => (name.clone(), true),
             (None, Some(name)) => (name.clone(), false),
-            (None, None) => (format!("e2e-{suffix}"), false),
+            (None, None) => (id.namespace(), false),
         };
-        let (stack_yaml, node_ports) = kind::render_manifests(manifests, &handoff.pinned())?;
-        let (config_yaml, ports) = if reuse {
-            let recorded = project
-                .e2e_dir()
-                .join("clusters")
-                .join(format!("{cluster}.json"));
-            let ports: BTreeMap<u16, u16> = serde_json::from_slice(&std::fs::read(&recorded).with_context(|| {
+        let (stack, node_ports) = manifests.render_kind(&handoff.pinned())?;
+        let record = project
+            .e2e_dir()
+            .join("clusters")
+            .join(format!("{cluster}.json"));
+        let (config, ports) = if reuse {
+            let ports: BTreeMap<u16, u16> = serde_json::from_slice(&std::fs::read(&record).with_context(|| {
                 format!(
                     "cluster {cluster} was not made by `cargo xtask e2e --runtime kind --keep` ({} is missing), so its port mappings are unknown",
-                    project.display(&recorded)
+                    project.display(&record)
                 )
             })?)?;
             (String::new(), ports)
@@ -299,19 +426,27 @@ impl E2eArgs {
                 std::fs::read_to_string(project.root.join("test/e2e/kind-cluster.yaml"))?;
             kind::render_cluster_config(&template, &cluster, free_port)?
         };
-        let run = kind::KindRun {
+        let run = KindRun {
+            id: id.clone(),
             cluster,
             reuse,
-            namespace: format!("e2e-{suffix}"),
+            namespace: id.namespace(),
             provider: engine,
             archive_tar: dir.join("images.tar"),
             archive_source: self.images.clone(),
+            log: id.log(project),
             dir,
             ports,
             node_ports,
-            references: kind::references(handoff),
+            references: handoff.images.iter().map(|i| i.reference.clone()).collect(),
+            pods: manifests.pods(),
         };
-        Ok((run, config_yaml, stack_yaml))
+        let files = KindFiles {
+            config,
+            stack,
+            ports_record: (self.keep && !reuse).then_some(record),
+        };
+        Ok((run, files))
     }
 
     fn run_kind(
@@ -320,76 +455,32 @@ impl E2eArgs {
         r: &Reporter,
         manifests: &Manifests,
         handoff: &Handoff,
-        engine: Engine,
-        id: String,
-    ) -> (anyhow::Result<()>, PathBuf) {
-        let (run, config_yaml, stack_yaml) =
-            match self.kind_run(project, engine, manifests, handoff, &id) {
-                Ok(x) => x,
-                Err(e) => return (Err(e), project.runs_dir().join(&id)),
-            };
-        let log = project.logs_dir().join(format!("run-{id}.log"));
-        let mut created = false;
-        let state = runtime::podman::RunState {
-            id: id.clone(),
-            pid: std::process::id(),
-            kind: Some(run.state()),
-            ..Default::default()
+        session: &Session,
+        id: &RunId,
+    ) -> anyhow::Result<()> {
+        let engine = session
+            .facts
+            .env(None)
+            .map_or(handoff.engine, |e| e.engine());
+        let (run, files) = self.kind_run(project, engine, manifests, handoff, id)?;
+        let tests = self.test_phases(
+            project,
+            &run.urls(),
+            &run.dir,
+            run.stack_control(FAULTS_DEDUP_TTL_SECONDS),
+        );
+        let plan = run.plan(&files, Duration::from_secs(self.ready_timeout), tests);
+        let mut runner = Runner {
+            dir: run.dir.clone(),
+            log: run.log.clone(),
+            exec: &mut Live,
+            record: None,
         };
-        let outcome = (|| -> anyhow::Result<()> {
-            std::fs::create_dir_all(&run.dir)?;
-            std::fs::write(run.stack_file(), &stack_yaml)?;
-            r.phase("image archive for kind", |r| {
-                // `kind load image-archive` reads a plain tar: unpack the archive, or save one.
-                let make = run.make_tar();
-                r.command(&make);
-                make.run_logged(&log)
-            })?;
-            // Recorded before the cluster exists, so `e2e --down` finds it after a crash.
-            state.save(&run.dir)?;
-            if !run.reuse {
-                r.phase("create cluster", |r| {
-                    std::fs::write(run.config_file(), &config_yaml)?;
-                    let create = run.create_cluster();
-                    r.command(&create);
-                    created = true;
-                    create
-                        .run_logged(&log)
-                        .context("creating the Kind cluster")?;
-                    if self.keep {
-                        let dir = project.e2e_dir().join("clusters");
-                        std::fs::create_dir_all(&dir)?;
-                        std::fs::write(
-                            dir.join(format!("{}.json", run.cluster)),
-                            serde_json::to_vec(&run.ports)?,
-                        )?;
-                    }
-                    Ok(())
-                })?;
-            }
-            r.phase("load images", |r| kind::load_images(&run, r, &log))?;
-            r.phase("deploy", |r| {
-                for c in [run.create_namespace(), run.apply()] {
-                    r.command(&c);
-                    c.run_logged(&log)?;
-                }
-                Ok(())
-            })?;
-            r.phase("wait until ready", |r| {
-                kind::wait_ready(&run, Duration::from_secs(self.ready_timeout), r)
-            })?;
-            r.phase("run E2E suite", |r| self.run_suite(project, r, run.urls()))
-        })();
-        if outcome.is_err() && (created || run.reuse) {
+        let outcome = runner.phases(r, &plan);
+        if outcome.is_err() && runner.record.is_some() {
             let bundle = run.bundle_dir();
             let _ = std::fs::create_dir_all(&bundle);
-            let pods: Vec<String> = manifests
-                .docs
-                .iter()
-                .filter(|d| d["kind"] == "Pod")
-                .filter_map(|d| d["metadata"]["name"].as_str().map(str::to_owned))
-                .collect();
-            for (file, c) in run.bundle(&pods) {
+            for (file, c) in run.bundle(&run.pods) {
                 let text = c
                     .survives_interrupt()
                     .read()
@@ -398,143 +489,127 @@ impl E2eArgs {
             }
             r.line(format!("failure bundle: {}", project.display(&bundle)));
         }
-        let teardown = if self.keep {
-            r.line(format!(
-                "the cluster is left running: kubectl --context kind-{} --namespace {} get pods",
-                run.cluster, run.namespace
-            ));
-            for (k, v) in run.urls() {
-                r.line(format!("  {k}={v}"));
+        let teardown = match (&runner.record, self.keep) {
+            (Some(_), true) => {
+                r.line(format!(
+                    "the cluster is left running: kubectl --context kind-{} --namespace {} get pods",
+                    run.cluster, run.namespace
+                ));
+                for (k, v) in run.urls() {
+                    r.line(format!("  {k}={v}"));
+                }
+                Ok(())
             }
-            Ok(())
-        } else if created || run.reuse {
-            r.phase("tear down", |r| {
-                runtime::podman::teardown(&run.dir, &state, &log, r)
-            })
-        } else {
-            Ok(())
+            (Some(record), false) => r.phase("tear down", |r| {
+                runtime::teardown(&run.dir, record, &run.log, r, &mut Live)
+            }),
+            (None, _) => Ok(()),
         };
         let _ = std::fs::remove_file(&run.archive_tar);
-        (combine(outcome, teardown), run.dir.clone())
+        combine(outcome, teardown)
     }
 
-    fn run_suite(
-        &self,
-        project: &Project,
-        r: &Reporter,
-        urls: BTreeMap<String, String>,
-    ) -> anyhow::Result<()> {
-        let mut cmd = suite(project);
-        for (var, url) in urls {
-            cmd = cmd.env(var, url);
-        }
-        let cmd = cmd.arg("--").args(self.test_args.iter().cloned());
-        r.command(&cmd);
-        cmd.run_inherit().context("the E2E suite failed")
-    }
-
-    /// Prints every command the run would run, in order, and runs none of them.
+    /// Prints every command the run would run, in order, and runs none of them: the image
+    /// stage as planned, then the runtime's phases (the same values a run executes), then
+    /// the teardown.
     fn dry_run(
         &self,
         project: &Project,
         r: &Reporter,
         opts: &BuildOptions,
+        session: &Session,
         manifests: &Manifests,
-        id: &str,
+        id: &RunId,
     ) -> anyhow::Result<()> {
-        let engine = opts.engine.unwrap_or(Engine::Podman);
         let mut lines: Vec<String> = Vec::new();
         let handoff = match (&self.images, &self.registry) {
             (Some(a), _) => {
                 let m = archive::verify(a)?;
+                let engine = session.facts.env(Some(&m.base_image_id))?.engine();
                 lines.push(format!(
                     "{}  # after verifying the archive's SHA-256",
                     archive::load_cmd(engine, a, m.compression)
                 ));
-                Handoff {
-                    engine,
-                    platform: m.platform,
-                    base_image: m.base_image,
-                    base_image_id: m.base_image_id,
-                    images: m.images,
-                    built_now: vec![],
-                }
+                m.handoff(engine)
             }
             (None, registry) => {
-                let images = build::load_images(project, opts)?;
-                let binaries: Vec<&str> = images
+                let env = session.facts.env(None)?;
+                let binaries: Vec<&str> = session
+                    .images
                     .images
                     .iter()
-                    .filter_map(images::ImageSpec::binary)
+                    .filter_map(crate::images::ImageSpec::binary)
                     .collect();
-                let jobs = crate::memory::cargo_jobs(opts.budget()?.bytes, crate::memory::cpus());
-                lines.push(build::cargo_build(project, &binaries, jobs).to_string());
-                let prepared = build::prepare_with(project, r, opts, &[], None, false).context(
-                    "a dry run plans with the binaries on disk: run `cargo build` once first",
-                )?;
+                lines.push(build::cargo_build(project, &binaries, env.cargo_jobs()).to_string());
+                let prepared = build::prepare(project, r, opts, session, &[], None, false)
+                    .context(
+                        "a dry run plans with the binaries on disk: run `cargo build` once first",
+                    )?;
                 for item in &prepared.plan {
                     match (&item.action, registry) {
-                        (build::Action::Cached { .. }, _) => lines.push(format!(
+                        (Action::Cached(_), _) => lines.push(format!(
                             "# {} is cached: {}",
                             item.spec.name, item.reference
                         )),
-                        (build::Action::Build { .. }, Some(prefix)) => lines.push(format!(
-                            "{engine_name} pull {prefix}/{}:{}  # then tagged {}",
+                        (Action::Build { .. }, Some(prefix)) => lines.push(format!(
+                            "{} pull {prefix}/{}:{}  # then tagged {}",
+                            env.engine().program(),
                             item.spec.name,
-                            crate::fingerprint::tag(&item.fingerprint),
+                            fingerprint::tag(&item.fingerprint),
                             item.reference,
-                            engine_name = engine.program()
                         )),
-                        (build::Action::Build { reason }, None) => lines.push(format!(
+                        (Action::Build { reason }, None) => lines.push(format!(
                             "{}  # {reason}",
-                            build::build_cmd_for(project, engine, item)
+                            build::build_cmd_for(project, env.engine(), item)
                         )),
                     }
                 }
-                Handoff {
-                    engine,
-                    platform: prepared.env.platform.clone(),
-                    base_image: prepared.env.base_image.clone(),
-                    base_image_id: prepared.env.base_image_id.clone(),
-                    images: prepared
-                        .plan
-                        .iter()
-                        .map(|i| i.record(String::new(), 0))
-                        .collect(),
-                    built_now: vec![],
-                }
+                build::planned_handoff(&prepared)
             }
         };
-        lines.push(suite(project).arg("--no-run").to_string());
+        lines.push(compile_suite(project, 1).to_string());
+        let keep = if self.keep { "  # skipped: --keep" } else { "" };
         match self.runtime {
             Runtime::Podman => {
-                let stack =
-                    manifests.render_podman(&handoff.pinned(), &runtime::suffix(id), free_port)?;
-                let run = PodmanRun::new(project, id.to_owned(), stack);
-                lines.extend(run.plan_up().iter().map(ToString::to_string));
-                lines.push(
-                    "# readiness: each container's readinessProbe, polled (podman exec / HTTP GET)"
-                        .into(),
+                let run = self.podman_run(project, manifests, &handoff, id)?;
+                let tests = self.test_phases(
+                    project,
+                    &run.urls(),
+                    &run.dir,
+                    run.stack_control(FAULTS_DEDUP_TTL_SECONDS),
                 );
-                let mut s = suite(project);
-                for (k, v) in run.urls() {
-                    s = s.env(k, v);
-                }
-                lines.push(s.arg("--").args(self.test_args.iter().cloned()).to_string());
+                lines.extend(step::print(
+                    &run.plan(Duration::from_secs(self.ready_timeout), tests),
+                ));
                 lines.extend(
-                    run.plan_down().iter().map(|c| {
-                        format!("{c}{}", if self.keep { "  # skipped: --keep" } else { "" })
-                    }),
+                    run.final_record()
+                        .teardown()
+                        .iter()
+                        .map(|c| format!("{c}{keep}")),
                 );
             }
             Runtime::Kind => {
-                let (run, _, _) = self.kind_run(project, engine, manifests, &handoff, id)?;
+                let (run, files) =
+                    self.kind_run(project, handoff.engine, manifests, &handoff, id)?;
+                let tests = self.test_phases(
+                    project,
+                    &run.urls(),
+                    &run.dir,
+                    run.stack_control(FAULTS_DEDUP_TTL_SECONDS),
+                );
+                lines.extend(step::print(&run.plan(
+                    &files,
+                    Duration::from_secs(self.ready_timeout),
+                    tests,
+                )));
+                for (file, c) in run.bundle(&run.pods) {
+                    lines.push(format!("{c}  # on failure, into bundle/{file}"));
+                }
                 lines.extend(
-                    run.plan(
-                        &suite(project)
-                            .arg("--")
-                            .args(self.test_args.iter().cloned()),
-                    ),
+                    run.final_record()
+                        .teardown()
+                        .iter()
+                        .map(|c| format!("{c}{keep}")),
                 );
             }
         }
@@ -554,15 +629,87 @@ fn combine(outcome: anyhow::Result<()>, teardown: anyhow::Result<()>) -> anyhow:
     }
 }
 
-/// `cargo test` of the E2E suite crate.
-fn suite(project: &Project) -> Cmd {
+/// `cargo test` of one test binary of the E2E suite crate, with the services' URLs.
+pub(crate) fn suite(project: &Project, test: &str, urls: &BTreeMap<String, String>) -> Cmd {
+    let mut cmd = Cmd::new(Project::cargo())
+        .args(["test", "--locked", "-p", "e2e-suite", "--test", test])
+        .cwd(&project.root);
+    for (var, url) in urls {
+        cmd = cmd.env(var, url);
+    }
+    cmd
+}
+
+/// Compiles every test binary of the E2E suite (the suite and the fault tests).
+fn compile_suite(project: &Project, jobs: usize) -> Cmd {
     Cmd::new(Project::cargo())
-        .args(["test", "--locked", "-p", "e2e-suite", "--test", "e2e"])
+        .args([
+            "test",
+            "--locked",
+            "-p",
+            "e2e-suite",
+            "--tests",
+            "--no-run",
+            "-j",
+            &jobs.to_string(),
+        ])
         .cwd(&project.root)
 }
 
-/// A port that is free on loopback now (the engine binds it a moment later).
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?.port())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_follows_the_runtime() {
+        assert_eq!(engine_for(Runtime::Podman, None), Ok(Some(Engine::Podman)));
+        let p = engine_for(Runtime::Podman, Some(Engine::Docker)).unwrap_err();
+        assert!(p.fix.contains("--runtime kind"), "{p}");
+        assert_eq!(engine_for(Runtime::Kind, None), Ok(None));
+        assert_eq!(
+            engine_for(Runtime::Kind, Some(Engine::Docker)),
+            Ok(Some(Engine::Docker))
+        );
+    }
+
+    #[test]
+    fn fault_tests_run_after_the_suite_one_at_a_time_with_the_stack_file() {
+        let args = E2eArgs {
+            runtime: Runtime::Podman,
+            keep: false,
+            ready_timeout: 1,
+            faults: true,
+            images: None,
+            registry: None,
+            allow_stale: false,
+            cluster_name: None,
+            reuse_cluster: None,
+            dry_run: false,
+            down: None,
+            build: BuildOptions::default(),
+            test_args: vec!["metrics".into()],
+        };
+        let project = Project {
+            root: "/r".into(),
+            target_dir: "/r/target".into(),
+            e2e_dir: "/r/target/e2e".into(),
+        };
+        let urls = [("GATEWAY_URL".to_owned(), "http://127.0.0.1:1".to_owned())].into();
+        let control = StackControl {
+            runtime: "podman",
+            dedup_ttl_seconds: 5,
+            services: BTreeMap::new(),
+        };
+        let phases = args.test_phases(&project, &urls, Path::new("/r/run"), control);
+        let names: Vec<&str> = phases.iter().map(|p| p.name).collect();
+        assert_eq!(names, ["run E2E suite", "run fault tests"]);
+        assert_eq!(
+            step::print(&phases),
+            [
+                "GATEWAY_URL=http://127.0.0.1:1 cargo test --locked -p e2e-suite --test e2e -- metrics",
+                "GATEWAY_URL=http://127.0.0.1:1 E2E_STACK=/r/run/stack.json cargo test --locked -p e2e-suite --test faults -- --test-threads=1",
+            ]
+            .map(|l| l.replace("cargo ", &format!("{} ", Project::cargo())))
+        );
+    }
 }

@@ -74,16 +74,12 @@ pub fn fingerprint(inputs: &Inputs) -> String {
             EntryKind::Symlink { target } => put("symlink", target.as_bytes()),
         }
     }
-    hex(&h.finalize())
+    format!("{:x}", h.finalize())
 }
 
 /// The tag an image gets: the first 16 hex digits of its fingerprint.
 pub fn tag(fingerprint: &str) -> String {
     fingerprint[..16].to_owned()
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Lists a build context as the engine would send it, in path order.
@@ -227,7 +223,7 @@ pub fn file_sha256(path: &Path) -> anyhow::Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(hex(&h.finalize()))
+    Ok(format!("{:x}", h.finalize()))
 }
 
 #[cfg(test)]

@@ -7,20 +7,28 @@ mod archive;
 mod bench;
 mod build;
 mod cmd;
+mod dev;
 mod diagnose;
 mod dockerignore;
 mod doctor;
 mod e2e;
 mod engine;
+mod facts;
 mod fingerprint;
+mod fsx;
+mod handoff;
 mod images;
 mod interrupt;
 mod manifests;
 mod memory;
+mod problem;
 mod project;
 mod ready;
+mod registry;
 mod report;
 mod runtime;
+mod sampler;
+mod timeline;
 
 use clap::{Parser, Subcommand};
 
@@ -54,6 +62,11 @@ enum Command {
     /// Build the images, bring up PostgreSQL, Redis, DataStorage and Gateway, run the E2E
     /// suite against them and tear everything down.
     E2e(e2e::E2eArgs),
+    /// The developer's loop: the stack up once, then on every change rebuild what changed,
+    /// replace only the pods that run it, and rerun the suite. Ctrl-C tears down.
+    Dev(dev::DevArgs),
+    /// Print where a run's report.html is, and a summary of it (the last run by default).
+    Report(report::ReportArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -62,11 +75,13 @@ fn main() -> std::process::ExitCode {
     let result = project::Project::locate().and_then(|project| match cli.command {
         Command::PrebuildImages(args) => args.run(&project),
         Command::E2e(args) => args.run(&project),
+        Command::Dev(args) => args.run(&project),
         Command::BenchImages(args) => args.run(&project),
         Command::Doctor(args) => args.run(&project),
         Command::BenchArchive(args) => args.run(&project),
         Command::SaveImages(args) => args.run(&project),
         Command::LoadImages(args) => args.run(&project),
+        Command::Report(args) => args.run(&project),
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

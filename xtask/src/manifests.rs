@@ -60,6 +60,8 @@ pub struct Published {
 pub struct PodmanStack {
     /// One multi-document YAML with every Pod.
     pub yaml: String,
+    /// Each Pod's own YAML, in the order of `pods` (to replace one pod alone).
+    pub pod_yaml: Vec<String>,
     pub secrets: Vec<Secret>,
     pub pods: Vec<Pod>,
     pub published: Vec<Published>,
@@ -96,6 +98,81 @@ impl Manifests {
             docs.extend(parse_docs(&text).with_context(|| format!("in {}", file.display()))?);
         }
         Ok(Manifests { docs })
+    }
+
+    /// Renders the manifests for Kind: images pinned to the handed-off references and never
+    /// pulled (they are loaded), Secrets and Services kept. Returns the YAML and the NodePorts.
+    pub fn render_kind(
+        &self,
+        images: &BTreeMap<String, String>,
+    ) -> anyhow::Result<(String, BTreeMap<String, u16>)> {
+        let mut out = String::new();
+        let mut node_ports = BTreeMap::new();
+        for doc in &self.docs {
+            let mut doc = doc.clone();
+            match doc["kind"].as_str() {
+                Some("Pod") => {
+                    for c in doc["spec"]["containers"]
+                        .as_sequence_mut()
+                        .context("a Pod without containers")?
+                    {
+                        let image = c["image"].as_str().unwrap_or_default().to_owned();
+                        if let Some(pinned) = images.get(repository(&image)) {
+                            c["image"] = Value::String(pinned.clone());
+                        }
+                        c["imagePullPolicy"] = Value::String("Never".into());
+                    }
+                }
+                Some("Service") => {
+                    let name = doc["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    if let Some(np) = doc["spec"]["ports"][0]["nodePort"].as_u64() {
+                        node_ports.insert(name, np as u16);
+                    }
+                }
+                _ => {}
+            }
+            out.push_str("---\n");
+            out.push_str(&serde_norway::to_string(&doc)?);
+        }
+        Ok((out, node_ports))
+    }
+
+    /// Sets an environment variable of every container of a Pod (added, or replaced), for
+    /// settings a run gives (a short deduplication TTL for the fault tests).
+    pub fn set_env(&mut self, pod: &str, var: &str, value: &str) -> anyhow::Result<()> {
+        let doc = self
+            .docs
+            .iter_mut()
+            .find(|d| kind(d) == "Pod" && name(d).ok().as_deref() == Some(pod))
+            .with_context(|| format!("no Pod {pod} in the manifests"))?;
+        for c in doc["spec"]["containers"]
+            .as_sequence_mut()
+            .with_context(|| format!("pod {pod}: spec.containers is missing"))?
+        {
+            let mut entry = Mapping::new();
+            entry.insert("name".into(), var.into());
+            entry.insert("value".into(), value.into());
+            match c.get_mut("env").and_then(Value::as_sequence_mut) {
+                Some(env) => {
+                    env.retain(|e| e.get("name").and_then(Value::as_str) != Some(var));
+                    env.push(Value::Mapping(entry));
+                }
+                None => c["env"] = Value::Sequence(vec![Value::Mapping(entry)]),
+            }
+        }
+        Ok(())
+    }
+
+    /// The names of the Pods, in order.
+    pub fn pods(&self) -> Vec<String> {
+        self.docs
+            .iter()
+            .filter(|d| kind(d) == "Pod")
+            .filter_map(|d| name(d).ok())
+            .collect()
     }
 
     /// Renders the manifests for podman. `images` maps an image repository (no tag) to the
@@ -224,13 +301,13 @@ impl Manifests {
             }
         }
         anyhow::ensure!(!pods.is_empty(), "the manifests hold no Pod");
-        let mut yaml = String::new();
-        for doc in &yaml_docs {
-            yaml.push_str("---\n");
-            yaml.push_str(&serde_norway::to_string(doc)?);
-        }
+        let pod_yaml = yaml_docs
+            .iter()
+            .map(|doc| Ok(format!("---\n{}", serde_norway::to_string(doc)?)))
+            .collect::<anyhow::Result<Vec<String>>>()?;
         Ok(PodmanStack {
-            yaml,
+            yaml: pod_yaml.concat(),
+            pod_yaml,
             secrets,
             pods,
             published,
@@ -553,6 +630,25 @@ mod tests {
         assert_eq!(repository("localhost:5000/x"), "localhost:5000/x");
         assert_eq!(repository("localhost:5000/x:1"), "localhost:5000/x");
         assert_eq!(repository("x@sha256:abc"), "x");
+    }
+
+    #[test]
+    fn a_run_can_set_a_pods_environment() {
+        let mut m = shipped();
+        m.set_env("gateway", "DEDUP_TTL_SECONDS", "5").unwrap();
+        m.set_env("gateway", "DEDUP_TTL_SECONDS", "6").unwrap();
+        let (yaml, _) = m.render_kind(&BTreeMap::new()).unwrap();
+        assert_eq!(
+            yaml.matches("DEDUP_TTL_SECONDS").count(),
+            1,
+            "replaced, not repeated"
+        );
+        assert!(
+            yaml.contains("value: '6'") || yaml.contains("value: \"6\""),
+            "{yaml}"
+        );
+        assert!(m.set_env("nope", "A", "1").is_err());
+        assert_eq!(m.pods(), ["postgres", "redis", "data-storage", "gateway"]);
     }
 
     #[test]

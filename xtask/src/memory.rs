@@ -49,6 +49,20 @@ pub fn default_budget(info: &MemoryInfo) -> Budget {
     }
 }
 
+/// The budget of an engine on another machine (a VM, a remote host), from what it reports:
+/// its free memory (or, when it reports none, its total) less the same margin.
+pub fn engine_budget(facts: &crate::engine::EngineFacts) -> Budget {
+    let (free, from) = match facts.mem_free {
+        Some(f) => (f, "the engine machine's free memory"),
+        None => (facts.mem_total, "the engine machine's total memory"),
+    };
+    let margin = (free / 10).max(512 * MIB);
+    Budget {
+        bytes: free.saturating_sub(margin),
+        source: format!("{} ({from}) less a {} margin", human(free), human(margin)),
+    }
+}
+
 /// The admission rule: one more build may start when fewer than `jobs` run and the caps of
 /// the running builds plus its own fit the budget. A build whose cap alone exceeds the
 /// budget is refused before anything runs (see [`too_big`]), never started here.

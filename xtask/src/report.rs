@@ -6,16 +6,20 @@
 use std::{
     io::IsTerminal,
     sync::Mutex,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::cmd::Cmd;
+use crate::{
+    cmd::Cmd,
+    timeline::{self, SpanState, Timeline},
+};
 
 pub struct Reporter {
     bars: Option<MultiProgress>,
-    phases: Mutex<Vec<(String, Duration, bool)>>,
+    /// Each phase: name, start (since the reporter started), duration, success.
+    phases: Mutex<Vec<(String, Duration, Duration, bool)>>,
     started: Instant,
 }
 
@@ -25,6 +29,16 @@ impl Reporter {
         let tty = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
         Reporter {
             bars: tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+            phases: Mutex::new(Vec::new()),
+            started: Instant::now(),
+        }
+    }
+
+    /// Plain lines, never bars (for tests).
+    #[cfg(test)]
+    pub fn quiet() -> Reporter {
+        Reporter {
+            bars: None,
             phases: Mutex::new(Vec::new()),
             started: Instant::now(),
         }
@@ -54,6 +68,7 @@ impl Reporter {
         let start = Instant::now();
         let result = f(self);
         let took = start.elapsed();
+        let offset = start.duration_since(self.started);
         let ok = result.is_ok();
         self.line(format!(
             "<== {name}: {} in {}",
@@ -63,7 +78,7 @@ impl Reporter {
         self.phases
             .lock()
             .unwrap()
-            .push((name.to_owned(), took, ok));
+            .push((name.to_owned(), offset, took, ok));
         result
     }
 
@@ -118,7 +133,7 @@ impl Reporter {
             .max("total (wall)".len());
         let total = self.started.elapsed();
         let mut out = String::new();
-        for (name, took, ok) in phases.iter() {
+        for (name, _, took, ok) in phases.iter() {
             out.push_str(&format!(
                 "  {name:<width$}  {:>8}  {}\n",
                 secs(*took),
@@ -145,19 +160,133 @@ impl Reporter {
             .lock()
             .unwrap()
             .iter()
-            .map(|(n, d, _)| (n.clone(), (d.as_secs_f64() * 1000.0).round() / 1000.0))
+            .map(|(n, _, d, _)| (n.clone(), (d.as_secs_f64() * 1000.0).round() / 1000.0))
             .collect()
+    }
+
+    /// Seconds from the reporter's start to `t` (0 for earlier instants).
+    pub fn offset(&self, t: Instant) -> f64 {
+        t.saturating_duration_since(self.started).as_secs_f64()
+    }
+
+    /// The phases as spans on the run's time axis.
+    pub fn phase_spans(&self) -> Vec<timeline::Span> {
+        self.phases
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(name, start, took, ok)| timeline::Span {
+                name: name.clone(),
+                start_s: start.as_secs_f64(),
+                end_s: (*start + *took).as_secs_f64(),
+                state: if *ok {
+                    SpanState::Ok
+                } else {
+                    SpanState::Failed
+                },
+                detail: secs(*took),
+            })
+            .collect()
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
     }
 }
 
-/// UTC wall-clock time as HH:MM:SS, without a date-time dependency.
+/// Writes `report.html` beside `report.json`: the phases and every image on one time axis,
+/// and the memory the builds used against the budget and their caps.
+pub fn write_timeline(
+    r: &Reporter,
+    dir: &std::path::Path,
+    title: &str,
+    outcome: &str,
+    images: &[(String, SpanState)],
+    activity: &crate::build::Activity,
+    budget: Option<u64>,
+) -> anyhow::Result<std::path::PathBuf> {
+    let t = timeline_of(r, title, outcome, images, activity, budget);
+    let path = dir.join("report.html");
+    crate::fsx::write_atomic(&path, timeline::render_html(&t))?;
+    crate::fsx::write_json(&dir.join("timeline.json"), &t)?;
+    Ok(path)
+}
+
+/// The run's timeline: phases from the reporter, a span per image (built or failed ones as
+/// they ran, cached and loaded ones as marks at the start of their phase), memory samples.
+pub fn timeline_of(
+    r: &Reporter,
+    title: &str,
+    outcome: &str,
+    images: &[(String, SpanState)],
+    activity: &crate::build::Activity,
+    budget: Option<u64>,
+) -> Timeline {
+    let phases = r.phase_spans();
+    let images_at = phases
+        .iter()
+        .find(|p| ["build images", "load images", "pull images"].contains(&p.name.as_str()))
+        .map_or((0.0, 0.0), |p| (p.start_s, p.end_s));
+    let spans = images
+        .iter()
+        .map(
+            |(name, state)| match activity.builds.iter().find(|b| &b.image == name) {
+                Some(b) => timeline::Span {
+                    name: name.clone(),
+                    start_s: r.offset(b.started),
+                    end_s: r.offset(b.started) + b.took.as_secs_f64(),
+                    state: if b.ok {
+                        SpanState::Built
+                    } else {
+                        SpanState::Failed
+                    },
+                    detail: format!("{} (cap {})", secs(b.took), crate::memory::human(b.cap)),
+                },
+                None => timeline::Span {
+                    name: name.clone(),
+                    start_s: images_at.0,
+                    end_s: if *state == SpanState::Loaded {
+                        images_at.1
+                    } else {
+                        images_at.0
+                    },
+                    state: *state,
+                    detail: format!("{state:?}").to_lowercase(),
+                },
+            },
+        )
+        .collect();
+    Timeline {
+        title: title.to_owned(),
+        outcome: outcome.to_owned(),
+        total_s: r.elapsed().as_secs_f64(),
+        phases,
+        images: spans,
+        memory: activity
+            .memory
+            .iter()
+            .map(|(t, used)| timeline::Sample {
+                t_s: r.offset(*t),
+                used_bytes: *used,
+            })
+            .collect(),
+        budget_bytes: budget,
+        caps: activity
+            .builds
+            .iter()
+            .map(|b| timeline::Cap {
+                image: b.image.clone(),
+                start_s: r.offset(b.started),
+                end_s: r.offset(b.started) + b.took.as_secs_f64(),
+                cap_bytes: b.cap,
+            })
+            .collect(),
+    }
+}
+
+/// UTC wall-clock time as HH:MM:SS.
 fn clock() -> String {
-    let s = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        % 86_400;
-    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    chrono::Utc::now().format("%H:%M:%S").to_string()
 }
 
 /// A plain-text table with a header row, columns padded to their widest cell.
@@ -212,5 +341,46 @@ mod tests {
             ],
         );
         assert_eq!(t, "  image    state\n  gateway  built\n  pg       cached");
+    }
+}
+
+/// `cargo xtask report [RUN]`: where a run's report is, and what it says.
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// The run id (a folder of target/e2e/runs) [default: the last run].
+    pub run: Option<String>,
+}
+
+impl ReportArgs {
+    pub fn run(self, project: &crate::project::Project) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let runs = project.runs_dir();
+        let dir = match &self.run {
+            Some(id) => runs.join(id),
+            None => {
+                let mut dirs: Vec<_> = std::fs::read_dir(&runs)
+                    .with_context(|| {
+                        format!(
+                            "no runs yet in {}: run `cargo xtask e2e`",
+                            project.display(&runs)
+                        )
+                    })?
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|d| d.join("timeline.json").is_file())
+                    .collect();
+                dirs.sort();
+                dirs.pop()
+                    .context("no run has written a report yet: run `cargo xtask e2e`")?
+            }
+        };
+        let file = dir.join("timeline.json");
+        let t: Timeline =
+            serde_json::from_slice(&std::fs::read(&file).with_context(|| {
+                format!("no report for that run ({} is missing)", file.display())
+            })?)?;
+        println!("{}", dir.join("report.html").display());
+        println!("{}", timeline::text_summary(&t));
+        Ok(())
     }
 }

@@ -17,51 +17,56 @@ use std::{
 use anyhow::Context;
 use serde_norway::Value;
 
-use crate::{
-    build::Handoff,
-    cmd::Cmd,
-    engine::Engine,
-    interrupt,
-    manifests::{repository, Manifests},
-    report::Reporter,
+use crate::{cmd::Cmd, engine::Engine, interrupt, report::Reporter};
+
+use super::{
+    step::{Phase, Step},
+    url_var, Created as AnyCreated, RunId, RunRecord, ServiceControl, StackControl,
 };
 
-/// What a Kind run creates, as recorded in the run's state for `e2e --down`.
+/// What a Kind run creates, as recorded for `e2e --down`: a cluster of its own (deleted
+/// whole), or a namespace in a reused one.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct KindState {
+pub struct Created {
     pub cluster: String,
     pub reuse: bool,
     pub namespace: String,
     pub provider: Engine,
 }
 
-impl KindState {
+impl Created {
     /// Deletes the cluster, or only the namespace of a reused one.
     pub fn teardown(&self) -> Vec<Cmd> {
         if self.reuse {
-            vec![Cmd::new("kubectl")
-                .args(["--context", &format!("kind-{}", self.cluster)])
-                .args([
-                    "delete",
-                    "namespace",
-                    &self.namespace,
-                    "--wait=false",
-                    "--ignore-not-found",
-                ])]
+            vec![kubectl(&self.cluster).args([
+                "delete",
+                "namespace",
+                &self.namespace,
+                "--wait=false",
+                "--ignore-not-found",
+            ])]
         } else {
-            let kind = Cmd::new("kind");
-            let kind = match self.provider {
-                Engine::Podman => kind.env("KIND_EXPERIMENTAL_PROVIDER", "podman"),
-                Engine::Docker => kind,
-            };
-            vec![kind.args(["delete", "cluster", "--name", &self.cluster])]
+            vec![kind(self.provider).args(["delete", "cluster", "--name", &self.cluster])]
         }
     }
+}
+
+fn kind(provider: Engine) -> Cmd {
+    let c = Cmd::new("kind");
+    match provider {
+        Engine::Podman => c.env("KIND_EXPERIMENTAL_PROVIDER", "podman"),
+        Engine::Docker => c,
+    }
+}
+
+fn kubectl(cluster: &str) -> Cmd {
+    Cmd::new("kubectl").args(["--context", &format!("kind-{cluster}")])
 }
 
 /// A Kind run: names, files and ports, all decided before anything runs.
 #[derive(Debug, Clone)]
 pub struct KindRun {
+    pub id: RunId,
     pub cluster: String,
     /// `--reuse-cluster`: the cluster is not created nor deleted, only the namespace.
     pub reuse: bool,
@@ -69,6 +74,7 @@ pub struct KindRun {
     /// The node provider: docker, or podman (`KIND_EXPERIMENTAL_PROVIDER=podman`).
     pub provider: Engine,
     pub dir: PathBuf,
+    pub log: PathBuf,
     /// NodePort to host port, from the cluster config.
     pub ports: BTreeMap<u16, u16>,
     /// Service name to NodePort, from the manifests.
@@ -79,6 +85,18 @@ pub struct KindRun {
     pub archive_source: Option<PathBuf>,
     /// The images, as the manifests run them.
     pub references: Vec<String>,
+    /// The Pods of the manifests, by name.
+    pub pods: Vec<String>,
+}
+
+/// The files a Kind run writes before it starts.
+pub struct KindFiles {
+    /// The rendered cluster config (empty for a reused cluster).
+    pub config: String,
+    /// The rendered manifests.
+    pub stack: String,
+    /// With `--keep`: where the cluster's port mappings are recorded, for `--reuse-cluster`.
+    pub ports_record: Option<PathBuf>,
 }
 
 impl KindRun {
@@ -95,19 +113,119 @@ impl KindRun {
     }
 
     fn kind(&self) -> Cmd {
-        let c = Cmd::new("kind");
-        match self.provider {
-            Engine::Podman => c.env("KIND_EXPERIMENTAL_PROVIDER", "podman"),
-            Engine::Docker => c,
-        }
+        kind(self.provider)
     }
 
     fn kubectl(&self) -> Cmd {
-        Cmd::new("kubectl").args(["--context", &format!("kind-{}", self.cluster)])
+        kubectl(&self.cluster)
     }
 
     fn kubectl_ns(&self) -> Cmd {
         self.kubectl().args(["--namespace", &self.namespace])
+    }
+
+    pub fn created(&self) -> Created {
+        Created {
+            cluster: self.cluster.clone(),
+            reuse: self.reuse,
+            namespace: self.namespace.clone(),
+            provider: self.provider,
+        }
+    }
+
+    pub fn final_record(&self) -> RunRecord {
+        RunRecord {
+            id: self.id.clone(),
+            pid: std::process::id(),
+            created: AnyCreated::Kind(self.created()),
+        }
+    }
+
+    /// The run as phases: the image archive, the cluster (recorded before it is made), the
+    /// images into the nodes that lack them, the manifests into the run's namespace, the
+    /// wait until ready, then the given test phases.
+    pub fn plan<'a>(
+        &'a self,
+        files: &KindFiles,
+        ready_timeout: Duration,
+        tests: Vec<Phase<'a>>,
+    ) -> Vec<Phase<'a>> {
+        let mut phases = vec![Phase::new(
+            "image archive for kind",
+            vec![
+                Step::Write {
+                    path: self.stack_file(),
+                    contents: files.stack.clone(),
+                },
+                // `kind load image-archive` reads a plain tar: unpack the archive, or save one.
+                Step::Run {
+                    cmd: self.make_tar(),
+                    doing: "making the image archive for kind".into(),
+                },
+            ],
+        )];
+        let mut deploy = Vec::new();
+        if self.reuse {
+            deploy.push(Step::Record(self.final_record()));
+        } else {
+            let mut create = vec![
+                Step::Record(self.final_record()),
+                Step::Write {
+                    path: self.config_file(),
+                    contents: files.config.clone(),
+                },
+                Step::Run {
+                    cmd: self.create_cluster(),
+                    doing: "creating the Kind cluster".into(),
+                },
+            ];
+            if let Some(path) = &files.ports_record {
+                create.push(Step::Write {
+                    path: path.clone(),
+                    contents: serde_json::to_string(&self.ports).expect("ports serialise"),
+                });
+            }
+            phases.push(Phase::new("create cluster", create));
+        }
+        let node = format!("{}-control-plane", self.cluster);
+        let mut what = vec![format!("{}  (the nodes)", self.get_nodes())];
+        what.extend(
+            self.references
+                .iter()
+                .map(|r| format!("{}  (per node and image)", self.node_has_image(&node, r))),
+        );
+        what.push(format!(
+            "{}  (each node that lacks one, all at once)",
+            self.load_archive(&node)
+        ));
+        phases.push(Phase::new(
+            "load images",
+            vec![Step::Watch {
+                what: what.join("\n"),
+                run: Box::new(move |r| load_images(self, r, &self.log)),
+            }],
+        ));
+        deploy.push(Step::Run {
+            cmd: self.create_namespace(),
+            doing: "creating the run's namespace".into(),
+        });
+        deploy.push(Step::Run {
+            cmd: self.apply(),
+            doing: "applying the manifests".into(),
+        });
+        phases.push(Phase::new("deploy", deploy));
+        phases.push(Phase::new(
+            "wait until ready",
+            vec![Step::Watch {
+                what: format!(
+                    "{}  (polled until every pod is Ready)",
+                    self.get_pods_json()
+                ),
+                run: Box::new(move |r| wait_ready(self, ready_timeout, r)),
+            }],
+        ));
+        phases.extend(tests);
+        phases
     }
 
     /// Makes the plain tar `kind load image-archive` reads: unpacks the saved archive, or
@@ -129,7 +247,6 @@ impl KindRun {
             }
         }
     }
-
     pub fn create_cluster(&self) -> Cmd {
         self.kind()
             .args(["create", "cluster", "--name", &self.cluster, "--config"])
@@ -219,70 +336,47 @@ impl KindRun {
         cmds
     }
 
-    pub fn state(&self) -> KindState {
-        KindState {
-            cluster: self.cluster.clone(),
-            reuse: self.reuse,
-            namespace: self.namespace.clone(),
-            provider: self.provider,
-        }
-    }
-
-    pub fn teardown(&self) -> Vec<Cmd> {
-        self.state().teardown()
-    }
-
     /// `<SERVICE>_URL` for each NodePort Service mapped to the host.
     pub fn urls(&self) -> BTreeMap<String, String> {
         self.node_ports
             .iter()
             .filter_map(|(svc, np)| {
-                self.ports.get(np).map(|hp| {
-                    (
-                        crate::runtime::podman::url_var(svc),
-                        format!("http://127.0.0.1:{hp}"),
-                    )
-                })
+                self.ports
+                    .get(np)
+                    .map(|hp| (url_var(svc), format!("http://127.0.0.1:{hp}")))
             })
             .collect()
     }
 
-    /// Every command of the run in order, for `--dry-run` (the readiness poll and the bundle
-    /// are shown once; node names are those kind gives a one-node cluster).
-    pub fn plan(&self, suite: &Cmd) -> Vec<String> {
-        let node = format!("{}-control-plane", self.cluster);
-        let mut lines = vec![self.make_tar().to_string()];
-        if !self.reuse {
-            lines.push(self.create_cluster().to_string());
+    /// How the fault tests stop, start and enter each service: a Pod is deleted, and the
+    /// run's manifests applied again bring it back (bare Pods have no controller to scale;
+    /// the other Pods are unchanged by the apply).
+    pub fn stack_control(&self, dedup_ttl_seconds: u64) -> StackControl {
+        let services = self
+            .pods
+            .iter()
+            .map(|pod| {
+                let file = self.stack_file();
+                (
+                    pod.clone(),
+                    ServiceControl::new(
+                        &self
+                            .kubectl_ns()
+                            .args(["delete", &format!("pod/{pod}"), "--wait=true"]),
+                        &self
+                            .kubectl_ns()
+                            .args(["apply", "--filename"])
+                            .arg(file.display().to_string()),
+                        &self.kubectl_ns().args(["exec", "-i", pod, "--"]),
+                    ),
+                )
+            })
+            .collect();
+        StackControl {
+            runtime: "kind",
+            dedup_ttl_seconds,
+            services,
         }
-        lines.push(self.get_nodes().to_string());
-        for r in &self.references {
-            lines.push(format!(
-                "{}  # per image; `kind load` only when one is missing",
-                self.node_has_image(&node, r)
-            ));
-        }
-        lines.push(self.load_archive(&node).to_string());
-        lines.push(self.create_namespace().to_string());
-        lines.push(self.apply().to_string());
-        lines.push(format!(
-            "{}  # polled until every pod is Ready",
-            self.get_pods_json()
-        ));
-        let mut suite = suite.clone();
-        for (k, v) in self.urls() {
-            suite = suite.env(k, v);
-        }
-        lines.push(suite.to_string());
-        for (file, c) in self.bundle(&["POD".into()]) {
-            lines.push(format!("{c}  # on failure, into bundle/{file}"));
-        }
-        lines.extend(
-            self.teardown()
-                .iter()
-                .map(|c| format!("{c}  # unless --keep")),
-        );
-        lines
     }
 }
 
@@ -335,46 +429,6 @@ pub fn render_cluster_config(
         }
     }
     Ok((serde_norway::to_string(&doc)?, ports))
-}
-
-/// Renders the manifests for Kind: images pinned to the handed-off references and never
-/// pulled (they are loaded), Secrets and Services kept. Returns the YAML and the NodePorts.
-pub fn render_manifests(
-    manifests: &Manifests,
-    images: &BTreeMap<String, String>,
-) -> anyhow::Result<(String, BTreeMap<String, u16>)> {
-    let mut out = String::new();
-    let mut node_ports = BTreeMap::new();
-    for doc in &manifests.docs {
-        let mut doc = doc.clone();
-        match doc["kind"].as_str() {
-            Some("Pod") => {
-                for c in doc["spec"]["containers"]
-                    .as_sequence_mut()
-                    .context("a Pod without containers")?
-                {
-                    let image = c["image"].as_str().unwrap_or_default().to_owned();
-                    if let Some(pinned) = images.get(repository(&image)) {
-                        c["image"] = Value::String(pinned.clone());
-                    }
-                    c["imagePullPolicy"] = Value::String("Never".into());
-                }
-            }
-            Some("Service") => {
-                let name = doc["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                if let Some(np) = doc["spec"]["ports"][0]["nodePort"].as_u64() {
-                    node_ports.insert(name, np as u16);
-                }
-            }
-            _ => {}
-        }
-        out.push_str("---\n");
-        out.push_str(&serde_norway::to_string(&doc)?);
-    }
-    Ok((out, node_ports))
 }
 
 /// What a pod's status says, reduced to what the wait needs.
@@ -525,17 +579,21 @@ pub fn load_images(run: &KindRun, r: &Reporter, log: &Path) -> anyhow::Result<()
     })
 }
 
-/// The images handed off, as the manifests reference them.
-pub fn references(handoff: &Handoff) -> Vec<String> {
-    handoff.images.iter().map(|i| i.reference.clone()).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use crate::manifests::Manifests;
+    use crate::runtime::step::{self, Recorder, Runner};
+
     fn run(reuse: bool, provider: Engine) -> KindRun {
+        run_in(Path::new("/r"), reuse, provider)
+    }
+
+    fn run_in(root: &Path, reuse: bool, provider: Engine) -> KindRun {
+        let dir = root.join("target/e2e/runs/1");
         KindRun {
+            id: serde_json::from_str("\"20261127-103501-42\"").unwrap(),
             cluster: if reuse {
                 "team".into()
             } else {
@@ -544,46 +602,124 @@ mod tests {
             reuse,
             namespace: "e2e-103501-42".into(),
             provider,
-            dir: "/r/target/e2e/runs/1".into(),
+            log: root.join("target/e2e/logs/run-1.log"),
             ports: [(30080, 41000), (30081, 41001)].into(),
             node_ports: [
                 ("gateway".to_owned(), 30080),
                 ("data-storage".to_owned(), 30081),
             ]
             .into(),
-            archive_tar: "/r/target/e2e/runs/1/images.tar".into(),
+            archive_tar: dir.join("images.tar"),
             archive_source: Some("/r/images.tar.zst".into()),
             references: vec!["localhost/e2e-gateway:aaaa".into()],
+            pods: vec!["gateway".into()],
+            dir,
         }
+    }
+
+    fn files() -> KindFiles {
+        KindFiles {
+            config: "kind: Cluster".into(),
+            stack: "---".into(),
+            ports_record: None,
+        }
+    }
+
+    fn suite(run: &KindRun) -> Vec<Phase<'static>> {
+        let mut cmd = Cmd::new("cargo").args(["test", "-p", "e2e-suite"]);
+        for (k, v) in run.urls() {
+            cmd = cmd.env(k, v);
+        }
+        vec![Phase::new(
+            "run E2E suite",
+            vec![Step::Terminal {
+                cmd,
+                doing: "the suite".into(),
+            }],
+        )]
     }
 
     #[test]
     fn the_kind_plan_is_the_documented_command_line() {
-        let suite = Cmd::new("cargo").args(["test", "-p", "e2e-suite"]);
-        let plan = run(false, Engine::Podman).plan(&suite);
+        let run = run(false, Engine::Podman);
+        let mut plan = step::print(&run.plan(&files(), Duration::from_secs(1), suite(&run)));
+        plan.extend(
+            run.final_record()
+                .teardown()
+                .iter()
+                .map(ToString::to_string),
+        );
         let expected = [
             "zstd -d -q -f -o /r/target/e2e/runs/1/images.tar /r/images.tar.zst",
             "KIND_EXPERIMENTAL_PROVIDER=podman kind create cluster --name e2e-103501-42 --config /r/target/e2e/runs/1/kind-cluster.yaml --wait 120s",
-            "KIND_EXPERIMENTAL_PROVIDER=podman kind get nodes --name e2e-103501-42",
-            "podman exec e2e-103501-42-control-plane crictl inspecti -q localhost/e2e-gateway:aaaa  # per image; `kind load` only when one is missing",
-            "KIND_EXPERIMENTAL_PROVIDER=podman kind load image-archive /r/target/e2e/runs/1/images.tar --name e2e-103501-42 --nodes e2e-103501-42-control-plane",
+            "# KIND_EXPERIMENTAL_PROVIDER=podman kind get nodes --name e2e-103501-42  (the nodes)",
+            "# podman exec e2e-103501-42-control-plane crictl inspecti -q localhost/e2e-gateway:aaaa  (per node and image)",
+            "# KIND_EXPERIMENTAL_PROVIDER=podman kind load image-archive /r/target/e2e/runs/1/images.tar --name e2e-103501-42 --nodes e2e-103501-42-control-plane  (each node that lacks one, all at once)",
             "kubectl --context kind-e2e-103501-42 create namespace e2e-103501-42",
             "kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 apply --filename /r/target/e2e/runs/1/stack.yaml",
-            "kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 get pods --output json  # polled until every pod is Ready",
+            "# kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 get pods --output json  (polled until every pod is Ready)",
             "DATA_STORAGE_URL=http://127.0.0.1:41001 GATEWAY_URL=http://127.0.0.1:41000 cargo test -p e2e-suite",
-            "KIND_EXPERIMENTAL_PROVIDER=podman kind export logs /r/target/e2e/runs/1/bundle/kind --name e2e-103501-42  # on failure, into bundle/kind-export-logs.txt",
-            "kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 get events --sort-by=.lastTimestamp  # on failure, into bundle/events.txt",
-            "kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 describe pods  # on failure, into bundle/describe-pods.txt",
-            "kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 logs pod/POD --all-containers --timestamps  # on failure, into bundle/POD.log",
-            "kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 logs pod/POD --all-containers --timestamps --previous  # on failure, into bundle/POD.previous.log",
-            "KIND_EXPERIMENTAL_PROVIDER=podman kind delete cluster --name e2e-103501-42  # unless --keep",
+            "KIND_EXPERIMENTAL_PROVIDER=podman kind delete cluster --name e2e-103501-42",
         ];
         assert_eq!(plan, expected);
+        let bundle: Vec<String> = run
+            .bundle(&["POD".into()])
+            .iter()
+            .map(|(f, c)| format!("{f}: {c}"))
+            .collect();
+        assert_eq!(bundle[0], "kind-export-logs.txt: KIND_EXPERIMENTAL_PROVIDER=podman kind export logs /r/target/e2e/runs/1/bundle/kind --name e2e-103501-42");
+        assert!(bundle
+            .iter()
+            .any(|l| l.ends_with("logs pod/POD --all-containers --timestamps --previous")));
+    }
+
+    #[test]
+    fn the_printed_plan_is_the_executed_plan() {
+        for reuse in [false, true] {
+            let root = std::env::temp_dir()
+                .join(format!("xtask-kind-plan-{}-{reuse}", std::process::id()));
+            let run = run_in(&root, reuse, Engine::Docker);
+            let plan = run.plan(&files(), Duration::from_secs(1), suite(&run));
+            let mut printed: Vec<String> = step::print(&plan)
+                .into_iter()
+                .filter(|l| !l.starts_with('#'))
+                .collect();
+            printed.extend(
+                run.final_record()
+                    .teardown()
+                    .iter()
+                    .map(ToString::to_string),
+            );
+            let mut rec = Recorder::default();
+            let mut runner = Runner {
+                dir: run.dir.clone(),
+                log: run.log.clone(),
+                exec: &mut rec,
+                record: None,
+            };
+            let r = Reporter::quiet();
+            runner.phases(&r, &plan).unwrap();
+            let record = runner
+                .record
+                .clone()
+                .expect("recorded before the cluster exists");
+            assert_eq!(record, run.final_record());
+            crate::runtime::teardown(&run.dir, &record, &run.log, &r, &mut rec).unwrap();
+            assert_eq!(rec.commands, printed, "reuse: {reuse}");
+            std::fs::remove_dir_all(root).unwrap();
+        }
     }
 
     #[test]
     fn a_reused_cluster_is_neither_created_nor_deleted() {
-        let plan = run(true, Engine::Docker).plan(&Cmd::new("cargo"));
+        let run = run(true, Engine::Docker);
+        let mut plan = step::print(&run.plan(&files(), Duration::from_secs(1), vec![]));
+        plan.extend(
+            run.final_record()
+                .teardown()
+                .iter()
+                .map(ToString::to_string),
+        );
         assert!(
             !plan
                 .iter()
@@ -634,7 +770,7 @@ mod tests {
             "localhost/e2e-gateway:abc".to_owned(),
         )]
         .into();
-        let (yaml, node_ports) = render_manifests(&m, &images).unwrap();
+        let (yaml, node_ports) = m.render_kind(&images).unwrap();
         assert!(yaml.contains("image: localhost/e2e-gateway:abc"));
         assert!(!yaml.contains("imagePullPolicy: IfNotPresent"));
         assert_eq!(yaml.matches("imagePullPolicy: Never").count(), 4);
@@ -674,7 +810,7 @@ mod tests {
         let m =
             Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests"))
                 .unwrap();
-        let (yaml, _) = render_manifests(&m, &BTreeMap::new()).unwrap();
+        let (yaml, _) = m.render_kind(&BTreeMap::new()).unwrap();
         let file = std::env::temp_dir().join(format!("xtask-kind-{}.yaml", std::process::id()));
         std::fs::write(&file, yaml).unwrap();
         let out = std::process::Command::new("kubectl")

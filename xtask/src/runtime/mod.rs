@@ -1,54 +1,279 @@
-//! Where the stack runs. Podman (`kube play` on a network of the run's own) for now.
+//! Where the stack runs: podman (`kube play` on a network of the run's own) or a Kind cluster.
+//!
+//! Both runtimes describe a run as a list of steps ([`step`]) that is either printed
+//! (`--dry-run`) or executed, so the plan shown is the plan run. What a run creates is
+//! recorded in `target/e2e/runs/<id>/state.json` ([`RunRecord`]) before it is created, so
+//! `cargo xtask e2e --down` can remove what a crashed or `--keep` run left. The two runtimes
+//! do not know of each other; this module is what they share.
 
 pub mod kind;
 pub mod podman;
+pub mod step;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
-/// A run id that sorts by time and is unique per process: `20261127-103501-4242`.
-pub fn run_id() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!("{}-{}", timestamp(secs), std::process::id())
+use serde::{Deserialize, Serialize};
+
+use crate::{cmd::Cmd, fsx, project::Project, report::Reporter};
+
+/// A run's id, `20261127-103501-4242` (UTC time, then the process id), which sorts by time
+/// and is unique per process; every name a run gives derives from it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(String);
+
+impl RunId {
+    /// A new id; `name` (e.g. `--cluster-name`) is appended when given.
+    pub fn new(name: Option<&str>) -> RunId {
+        let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
+        let id = format!("{stamp}-{}", std::process::id());
+        RunId(match name {
+            Some(n) => format!("{id}-{n}"),
+            None => id,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The short, unique part that object names get: `103501-4242`.
+    pub fn suffix(&self) -> &str {
+        self.0.split_once('-').map_or(&self.0, |(_, rest)| rest)
+    }
+
+    /// `target/e2e/runs/<id>`: the rendered files, the record, logs on failure, the report.
+    pub fn dir(&self, project: &Project) -> PathBuf {
+        project.runs_dir().join(&self.0)
+    }
+
+    /// Where every command of the run logs its output.
+    pub fn log(&self, project: &Project) -> PathBuf {
+        project.logs_dir().join(format!("run-{}.log", self.0))
+    }
+
+    /// The podman network of the run.
+    pub fn network(&self) -> String {
+        format!("e2e-{}", self.0)
+    }
+
+    /// The Kubernetes namespace of the run (and the default Kind cluster name).
+    pub fn namespace(&self) -> String {
+        format!("e2e-{}", self.suffix())
+    }
 }
 
-/// The short, unique part of a run id that podman object names get: `103501-4242`.
-pub fn suffix(run_id: &str) -> String {
-    run_id
-        .split_once('-')
-        .map_or(run_id, |(_, rest)| rest)
-        .to_owned()
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
-/// `YYYYMMDD-HHMMSS` (UTC) from Unix seconds, by the days-from-civil algorithm.
-pub fn timestamp(unix_secs: u64) -> String {
-    let days = (unix_secs / 86_400) as i64;
-    let secs = unix_secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+/// What a run has created (or is about to), as recorded in `state.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub pid: u32,
+    pub created: Created,
+}
+
+/// Per runtime: each object is set before it is created, so removing what does not exist
+/// (a run interrupted half-way) is harmless.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "runtime", rename_all = "lowercase")]
+pub enum Created {
+    Podman(podman::Created),
+    Kind(kind::Created),
+}
+
+impl RunRecord {
+    fn path(dir: &Path) -> PathBuf {
+        dir.join("state.json")
+    }
+
+    pub fn load(dir: &Path) -> Option<RunRecord> {
+        serde_json::from_slice(&std::fs::read(RunRecord::path(dir)).ok()?).ok()
+    }
+
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        fsx::write_json(&RunRecord::path(dir), self)
+    }
+
+    /// The teardown, as commands.
+    pub fn teardown(&self) -> Vec<Cmd> {
+        match &self.created {
+            Created::Podman(c) => c.teardown(),
+            Created::Kind(c) => c.teardown(),
+        }
+    }
+
+    /// What of this run still exists (after a teardown: what it failed to remove). Kind's
+    /// objects are not listed: a failed delete is reported as such.
+    pub fn leftovers(&self, exists: &mut dyn FnMut(&Cmd) -> bool) -> Vec<String> {
+        match &self.created {
+            Created::Podman(c) => c.leftovers(exists),
+            Created::Kind(_) => Vec::new(),
+        }
+    }
+
+    /// Whether the process that made this run is still running.
+    pub fn in_progress(&self) -> bool {
+        self.pid != std::process::id() && Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+}
+
+/// Runs the teardown of a record: every step, even when one fails and even after Ctrl-C.
+/// A step may fail because what it removes never existed or is gone already, so what counts
+/// is what is left afterwards: if anything is, every failure is reported; if nothing is, the
+/// record is removed.
+pub fn teardown(
+    dir: &Path,
+    record: &RunRecord,
+    log: &Path,
+    r: &Reporter,
+    exec: &mut dyn step::Exec,
+) -> anyhow::Result<()> {
+    let mut failures = Vec::new();
+    for cmd in record.teardown() {
+        let cmd = cmd.survives_interrupt();
+        r.command(&cmd);
+        if let Err(e) = exec.run(&cmd, log) {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    let left = record.leftovers(&mut |c| exec.probe(c));
+    let kind = matches!(record.created, Created::Kind(_));
+    if !failures.is_empty() && (kind || !left.is_empty()) {
+        anyhow::bail!(
+            "teardown left something behind{}:\n{}\n  fix: `cargo xtask e2e --down {}` tries again",
+            if left.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", left.join(", "))
+            },
+            failures.join("\n"),
+            record.id
+        );
+    }
+    let _ = std::fs::remove_file(RunRecord::path(dir));
+    Ok(())
+}
+
+/// `cargo xtask e2e --down [RUN]`: removes what runs left (crashed, interrupted twice, or
+/// `--keep`). Without a run id, every run whose process is gone; a run in progress is only
+/// removed when named.
+pub fn down(project: &Project, r: &Reporter, only: Option<&str>) -> anyhow::Result<()> {
+    let runs = project.runs_dir();
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&runs) {
+        for e in entries.filter_map(Result::ok) {
+            if let Some(record) = RunRecord::load(&e.path()) {
+                found.push((e.path(), record));
+            }
+        }
+    }
+    found.sort_by(|a, b| a.1.id.cmp(&b.1.id));
+    if let Some(id) = only {
+        found.retain(|(_, s)| s.id.as_str() == id);
+        anyhow::ensure!(
+            !found.is_empty(),
+            "no run {id} with anything left in {}",
+            project.display(&runs)
+        );
+    }
+    if found.is_empty() {
+        r.line("nothing to remove: no run has left anything");
+        return Ok(());
+    }
+    let mut failures = Vec::new();
+    for (dir, record) in found {
+        if only.is_none() && record.in_progress() {
+            r.line(format!(
+                "run {} is in progress (pid {}): left alone; `--down {}` removes it anyway",
+                record.id, record.pid, record.id
+            ));
+            continue;
+        }
+        r.line(format!("removing what run {} left", record.id));
+        let log = record.id.log(project);
+        if let Err(e) = teardown(&dir, &record, &log, r, &mut step::Live) {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    anyhow::ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+/// `data-storage` becomes `DATA_STORAGE_URL`.
+pub fn url_var(service: &str) -> String {
+    format!("{}_URL", service.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// How the fault tests reach the stack: for each service (by its name in the manifests),
+/// the commands that stop it, start it again, and run a command in it. Written to
+/// `<run dir>/stack.json`; the suite finds it through `E2E_STACK`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StackControl {
+    pub runtime: &'static str,
+    pub dedup_ttl_seconds: u64,
+    pub services: BTreeMap<String, ServiceControl>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceControl {
+    pub stop: Vec<String>,
+    pub start: Vec<String>,
+    pub exec: Vec<String>,
+}
+
+impl ServiceControl {
+    pub fn new(stop: &Cmd, start: &Cmd, exec: &Cmd) -> ServiceControl {
+        let argv = |c: &Cmd| {
+            std::iter::once(c.program.clone())
+                .chain(c.args.iter().cloned())
+                .collect()
+        };
+        ServiceControl {
+            stop: argv(stop),
+            start: argv(start),
+            exec: argv(exec),
+        }
+    }
+}
+
+/// A port that is free on loopback now (the engine binds it a moment later).
+pub fn free_port() -> anyhow::Result<u16> {
+    use anyhow::Context;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn timestamps() {
-        assert_eq!(super::timestamp(0), "19700101-000000");
-        assert_eq!(super::timestamp(1_795_775_701), "20261127-103501");
-        assert_eq!(super::timestamp(951_782_400), "20000229-000000");
+    fn names_derive_from_the_run_id() {
+        let id = RunId("20261127-103501-42".into());
+        assert_eq!(id.suffix(), "103501-42");
+        assert_eq!(id.network(), "e2e-20261127-103501-42");
+        assert_eq!(id.namespace(), "e2e-103501-42");
+        let new = RunId::new(Some("mine"));
+        assert_eq!(
+            new.as_str().len(),
+            "20261127-103501-".len() + std::process::id().to_string().len() + 5
+        );
+        assert!(new
+            .as_str()
+            .ends_with(&format!("-{}-mine", std::process::id())));
+    }
+
+    #[test]
+    fn url_vars() {
+        assert_eq!(url_var("data-storage"), "DATA_STORAGE_URL");
+        assert_eq!(url_var("gateway"), "GATEWAY_URL");
     }
 }

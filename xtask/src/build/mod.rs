@@ -1,0 +1,382 @@
+//! `cargo xtask prebuild-images`: every E2E image built exactly when one of its inputs
+//! changed, and never more builds at once than memory allows.
+//!
+//! 1. check the engine and the base image;
+//! 2. compile the service binaries once on the host, with a `-j` that fits the budget;
+//! 3. plan: stage each build context, fingerprint it, and look the fingerprinted tag up in
+//!    the engine (cached when it exists and carries the same fingerprint label);
+//! 4. build what is not cached, admitting a build only while the running builds' memory caps
+//!    and its own fit the budget (and no more than `--jobs`);
+//! 5. write `target/e2e/images.json`, the handoff that `e2e` (and `save-images`) read.
+
+mod plan;
+mod schedule;
+
+pub use plan::{Action, PlanItem};
+pub use schedule::{build_cmd_for, Activity};
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::{
+    cmd::Cmd,
+    engine::Engine,
+    facts::{Env, Facts},
+    fingerprint,
+    handoff::{Handoff, ImageRecord},
+    images::{self, ImageSpec, Images},
+    interrupt, memory,
+    project::Project,
+    report::Reporter,
+};
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Run up to N image builds at once, while their memory caps fit the budget.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub jobs: usize,
+    /// Memory all builds together may use, e.g. `6g` [default: available now, less a margin].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub memory_budget: Option<u64>,
+    /// Rebuild every image, even those whose fingerprinted tag exists (no layer cache).
+    #[arg(long)]
+    pub force: bool,
+    /// The container engine that builds the images [default: podman, or docker when only it is installed].
+    #[arg(long, value_enum)]
+    pub engine: Option<Engine>,
+    /// The images file [default: test/e2e/images.toml].
+    #[arg(long, value_name = "PATH")]
+    pub images_file: Option<PathBuf>,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    images::parse_size(s).map_err(|e| format!("{e:#}"))
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PrebuildArgs {
+    /// Images to build (names from the images file); all of them when none is given.
+    pub images: Vec<String>,
+    #[command(flatten)]
+    pub build: BuildOptions,
+}
+
+impl PrebuildArgs {
+    pub fn run(self, project: &Project) -> anyhow::Result<()> {
+        let r = Reporter::new();
+        let session = Session::open(project, &self.build)?;
+        prebuild(project, &r, &self.build, &session, &self.images)?;
+        Ok(())
+    }
+}
+
+/// What every image command starts from, read and asked once: the images file, and the
+/// facts of the engine and the machine.
+pub struct Session {
+    pub images: Images,
+    pub facts: Facts,
+}
+
+impl Session {
+    pub fn open(project: &Project, opts: &BuildOptions) -> anyhow::Result<Session> {
+        let images = load_images(project, opts)?;
+        let facts = Facts::gather(opts.engine, &images.base_image, opts.memory_budget);
+        Ok(Session { images, facts })
+    }
+
+    /// The facts to go on with, printed once: the engine, its machine, the base image.
+    pub fn env(&self, r: &Reporter, base_image_id: Option<&str>) -> anyhow::Result<Env> {
+        r.phase("check prerequisites", |r| {
+            let env = self.facts.env(base_image_id)?;
+            r.line(format!(
+                "  {} {} answers ({}, {}{} CPUs, {} memory); base image {} {} ({})",
+                env.engine().program(),
+                env.facts.version,
+                env.platform(),
+                if env.facts.remote {
+                    "remote, "
+                } else {
+                    "local, "
+                },
+                env.facts.cpus,
+                memory::human(env.facts.mem_total),
+                env.base_image,
+                if base_image_id.is_some() {
+                    "as the archive recorded it"
+                } else {
+                    "is present"
+                },
+                &env.base_image_id[..12.min(env.base_image_id.len())]
+            ));
+            Ok(env)
+        })
+    }
+}
+
+pub fn load_images(project: &Project, opts: &BuildOptions) -> anyhow::Result<Images> {
+    let file = opts
+        .images_file
+        .clone()
+        .unwrap_or_else(|| project.images_file());
+    Images::load(&file, std::env::var("E2E_BASE_IMAGE").ok())
+}
+
+/// Everything decided before a build starts.
+pub struct Prepared {
+    pub images: Images,
+    pub env: Env,
+    pub plan: Vec<PlanItem>,
+    pub previous: Option<Handoff>,
+}
+
+/// Steps 1 to 3: prerequisites, binaries, plan. `base_image_id` given (from an archive's
+/// manifest) means the base image need not be in the engine, and that the plan is only
+/// compared with the archive, never built. Without `compile`, it plans with the binaries on
+/// disk (a dry run).
+pub fn prepare(
+    project: &Project,
+    r: &Reporter,
+    opts: &BuildOptions,
+    session: &Session,
+    names: &[String],
+    base_image_id: Option<&str>,
+    compile: bool,
+) -> anyhow::Result<Prepared> {
+    let images = session.images.clone();
+    let selected = images.select(names)?;
+    let env = session.env(r, base_image_id)?;
+    let budget = env.budget.clone();
+    let too_big = memory::too_big(
+        selected.iter().map(|s| (s.name.as_str(), s.memory)),
+        budget.bytes,
+    );
+    if !too_big.is_empty() {
+        let list: Vec<String> = too_big
+            .iter()
+            .map(|(n, c)| format!("{n} (cap {})", memory::human(*c)))
+            .collect();
+        anyhow::bail!(
+            "the memory budget is {} ({}), and these images' caps alone exceed it: {}.\n  fix: lower their \
+             `memory` in the images file, or give more with --memory-budget SIZE",
+            memory::human(budget.bytes),
+            budget.source,
+            list.join(", ")
+        );
+    }
+
+    let binaries: Vec<&str> = selected.iter().filter_map(ImageSpec::binary).collect();
+    if !binaries.is_empty() && compile {
+        let jobs = env.cargo_jobs();
+        r.phase("compile service binaries", |r| {
+            let cmd = cargo_build(project, &binaries, jobs);
+            r.line(format!(
+                "  cargo -j {jobs}: {} CPUs here, the host's budget {} ({}) at {} a rustc job",
+                memory::cpus(),
+                memory::human(env.host_budget.bytes),
+                env.host_budget.source,
+                memory::human(memory::RUSTC_JOB)
+            ));
+            r.command(&cmd);
+            cmd.run_logged(&project.logs_dir().join("cargo-build.log"))
+                .context("compiling the service binaries")
+        })?;
+    }
+
+    let previous = Handoff::load(project);
+    let for_archive = base_image_id.is_some();
+    let plan = r.phase(
+        if for_archive {
+            "fingerprint this checkout"
+        } else {
+            "plan"
+        },
+        |r| {
+            let plan = plan::make_plan(project, &env, &selected, opts.force, previous.as_ref())?;
+            if for_archive {
+                let tags: Vec<String> = plan
+                    .iter()
+                    .map(|i| format!("{} {}", i.spec.name, fingerprint::tag(&i.fingerprint)))
+                    .collect();
+                r.line(format!("  {}", tags.join(", ")));
+            } else {
+                r.line(plan::describe_plan(&plan, opts.jobs, &budget));
+            }
+            Ok(plan)
+        },
+    )?;
+    Ok(Prepared {
+        images,
+        env,
+        plan,
+        previous,
+    })
+}
+
+/// Builds the named images (all when `names` is empty) as the module doc says.
+pub fn prebuild(
+    project: &Project,
+    r: &Reporter,
+    opts: &BuildOptions,
+    session: &Session,
+    names: &[String],
+) -> anyhow::Result<Handoff> {
+    let prepared = prepare(project, r, opts, session, names, None, true)?;
+    Ok(finish(project, r, opts, prepared)?.0)
+}
+
+/// Steps 4 and 5: build what the plan says, then write the handoff. Also returns what the
+/// builds did over time (for the run's report).
+pub fn finish(
+    project: &Project,
+    r: &Reporter,
+    opts: &BuildOptions,
+    prepared: Prepared,
+) -> anyhow::Result<(Handoff, Activity)> {
+    let Prepared {
+        images,
+        env,
+        plan,
+        previous,
+    } = prepared;
+    let (outcomes, activity) = r.phase("build images", |r| {
+        Ok(schedule::execute(
+            project,
+            r,
+            env.engine(),
+            &plan,
+            opts.jobs,
+            &env.budget,
+        ))
+    })?;
+    r.line(format!(
+        "images:\n{}",
+        schedule::outcome_table(&plan, &outcomes)
+    ));
+    let failures: Vec<String> = plan
+        .iter()
+        .filter_map(|i| {
+            let o = outcomes.get(&i.spec.name)?;
+            let f = o.result.as_ref().err()?;
+            Some(schedule::explain(project, i, f))
+        })
+        .collect();
+    if !failures.is_empty() {
+        let list: Vec<String> = failures.iter().map(|f| format!("- {f}")).collect();
+        anyhow::bail!(
+            "{} image build(s) failed:\n{}",
+            failures.len(),
+            list.join("\n")
+        );
+    }
+    interrupt::check()?;
+
+    let mut records: Vec<ImageRecord> = Vec::new();
+    for item in &plan {
+        let image = match &item.action {
+            Action::Cached(image) => image,
+            Action::Build { .. } => outcomes
+                .get(&item.spec.name)
+                .and_then(|o| o.result.as_ref().ok())
+                .context("a build without an outcome")?,
+        };
+        records.push(item.record(image));
+    }
+    // Images not selected this time keep their previous entry, so the file lists every image.
+    if let Some(prev) = previous.filter(|p| p.engine == env.engine()) {
+        for old in prev.images {
+            if !records.iter().any(|r| r.name == old.name)
+                && images.images.iter().any(|i| i.name == old.name)
+            {
+                records.push(old);
+            }
+        }
+    }
+    let order = |name: &str| {
+        images
+            .images
+            .iter()
+            .position(|i| i.name == name)
+            .unwrap_or(usize::MAX)
+    };
+    records.sort_by_key(|r| order(&r.name));
+    let handoff = Handoff {
+        engine: env.engine(),
+        platform: env.facts.platform,
+        base_image: env.base_image,
+        base_image_id: env.base_image_id,
+        images: records,
+        built_now: plan
+            .iter()
+            .filter(|i| matches!(i.action, Action::Build { .. }))
+            .map(|i| i.spec.name.clone())
+            .collect(),
+    };
+    handoff.save(project)?;
+    r.line(format!(
+        "wrote {}",
+        project.display(&Handoff::path(project))
+    ));
+    if plan
+        .iter()
+        .any(|i| matches!(i.action, Action::Build { .. }))
+    {
+        plan::prune_superseded(r, &handoff);
+    }
+    Ok((handoff, activity))
+}
+
+/// The handoff a plan would give, before anything is built (for `--dry-run`).
+pub fn planned_handoff(prepared: &Prepared) -> Handoff {
+    Handoff {
+        engine: prepared.env.engine(),
+        platform: prepared.env.platform().to_owned(),
+        base_image: prepared.env.base_image.clone(),
+        base_image_id: prepared.env.base_image_id.clone(),
+        images: prepared
+            .plan
+            .iter()
+            .map(|i| match &i.action {
+                Action::Cached(image) => i.record(image),
+                Action::Build { .. } => i.record(&crate::engine::ImageInfo {
+                    id: String::new(),
+                    size: 0,
+                    fingerprint: Some(i.fingerprint.clone()),
+                }),
+            })
+            .collect(),
+        built_now: vec![],
+    }
+}
+
+/// One `cargo build` for every binary the images package, in the workspace's `dev` profile
+/// (the one `cargo test` shares, so the E2E suite reuses the compiled dependencies).
+pub fn cargo_build(project: &Project, binaries: &[&str], jobs: usize) -> Cmd {
+    let mut c = Cmd::new(Project::cargo())
+        .args(["build", "--workspace", "--locked", "-j", &jobs.to_string()])
+        .cwd(&project.root);
+    for b in binaries {
+        c = c.arg("--bin").arg(*b);
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_cargo_build_for_every_binary_with_a_bounded_j() {
+        let project = Project {
+            root: "/repo".into(),
+            target_dir: "/repo/target".into(),
+            e2e_dir: "/repo/target/e2e".into(),
+        };
+        let c = cargo_build(&project, &["gateway", "data-storage"], 2);
+        assert!(
+            c.to_string()
+                .ends_with("build --workspace --locked -j 2 --bin gateway --bin data-storage"),
+            "{c}"
+        );
+    }
+}

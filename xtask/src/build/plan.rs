@@ -1,0 +1,367 @@
+//! The plan: each image's build context staged and fingerprinted, its fingerprinted tag
+//! looked up in the engine, and the decision (cached, or build and why); and the tidy-up of
+//! tags the new builds superseded.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use anyhow::Context;
+
+use crate::{
+    engine::ImageInfo,
+    facts::Env,
+    fingerprint::{self, HashCache, Inputs},
+    handoff::{Handoff, ImageRecord},
+    images::{self, BuildContext, ImageSpec},
+    memory::{self, Budget},
+    project::Project,
+    report::{table, Reporter},
+};
+
+#[derive(Debug, Clone)]
+pub struct PlanItem {
+    pub spec: ImageSpec,
+    pub context: PathBuf,
+    pub fingerprint: String,
+    pub reference: String,
+    pub action: Action,
+}
+
+impl PlanItem {
+    /// The handoff entry of this image, once the engine has it.
+    pub fn record(&self, image: &ImageInfo) -> ImageRecord {
+        ImageRecord {
+            name: self.spec.name.clone(),
+            repository: self.spec.repository.clone(),
+            reference: self.reference.clone(),
+            id: image.id.clone(),
+            fingerprint: self.fingerprint.clone(),
+            size: image.size,
+        }
+    }
+
+    pub fn is_cached(&self) -> bool {
+        matches!(self.action, Action::Cached(_))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// The engine has the image with this fingerprint.
+    Cached(ImageInfo),
+    Build {
+        reason: String,
+    },
+}
+
+/// The freshness decision. An image is cached only when its fingerprinted tag exists *and*
+/// carries the same full fingerprint in its label: the tag's existence alone is not enough.
+pub fn decide(
+    force: bool,
+    fingerprint: &str,
+    in_engine: Option<ImageInfo>,
+    previous: Option<&str>,
+) -> Action {
+    let build = |reason: &str| Action::Build {
+        reason: reason.to_owned(),
+    };
+    if force {
+        return build("--force");
+    }
+    match in_engine {
+        Some(image) if image.fingerprint.as_deref() == Some(fingerprint) => Action::Cached(image),
+        Some(_) => build("its tag exists but without this fingerprint in its label"),
+        None => match previous {
+            Some(p) if p != fingerprint => build("inputs changed since the last build"),
+            Some(_) => build("built before, but no longer in the engine"),
+            None => build("not built yet"),
+        },
+    }
+}
+
+pub(super) fn make_plan(
+    project: &Project,
+    env: &Env,
+    specs: &[ImageSpec],
+    force: bool,
+    previous: Option<&Handoff>,
+) -> anyhow::Result<Vec<PlanItem>> {
+    let mut cache = HashCache::load(&project.e2e_dir().join("hash-cache.json"));
+    let mut items = Vec::new();
+    for spec in specs {
+        let context = stage_context(project, spec, &mut cache)?;
+        let entries = fingerprint::scan_context(&context, &mut cache)?;
+        let dockerfile_path = project.root.join(&spec.dockerfile);
+        let dockerfile = std::fs::read(&dockerfile_path).with_context(|| {
+            format!(
+                "image {}: reading its Dockerfile {}",
+                spec.name, spec.dockerfile
+            )
+        })?;
+        let fp = fingerprint::fingerprint(&Inputs {
+            dockerfile: &dockerfile,
+            context: &entries,
+            build_args: &spec.build_args,
+            base_image_id: &env.base_image_id,
+            platform: env.platform(),
+        });
+        let reference = format!("{}:{}", spec.repository, fingerprint::tag(&fp));
+        items.push(PlanItem {
+            spec: spec.clone(),
+            context,
+            fingerprint: fp,
+            reference,
+            action: Action::Build {
+                reason: String::new(),
+            },
+        });
+    }
+    cache.save()?;
+    // Look every tag up at once: each engine call costs tens of milliseconds.
+    let found: Vec<Option<ImageInfo>> = std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .iter()
+            .map(|item| s.spawn(|| env.engine().image(&item.reference)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(None))
+            .collect()
+    });
+    for (item, in_engine) in items.iter_mut().zip(found) {
+        let prev = previous
+            .filter(|p| p.engine == env.engine())
+            .and_then(|p| p.images.iter().find(|i| i.name == item.spec.name))
+            .map(|i| i.fingerprint.as_str());
+        item.action = decide(force, &item.fingerprint, in_engine, prev);
+    }
+    Ok(items)
+}
+
+/// The plan as a person reads it: what is cached, what will be built and why, how many at once.
+pub fn describe_plan(plan: &[PlanItem], jobs: usize, budget: &Budget) -> String {
+    let rows: Vec<Vec<String>> = plan
+        .iter()
+        .map(|i| {
+            let (state, why) = match &i.action {
+                Action::Cached(_) => ("cached".to_owned(), "fingerprint matches".to_owned()),
+                Action::Build { reason } => ("build".to_owned(), reason.clone()),
+            };
+            vec![
+                i.spec.name.clone(),
+                fingerprint::tag(&i.fingerprint),
+                state,
+                images::podman_size(i.spec.memory),
+                why,
+            ]
+        })
+        .collect();
+    let caps: Vec<u64> = plan
+        .iter()
+        .filter(|i| matches!(i.action, Action::Build { .. }))
+        .map(|i| i.spec.memory)
+        .collect();
+    let mut out = format!(
+        "plan:\n{}\n",
+        table(&["image", "tag", "action", "cap", "why"], &rows)
+    );
+    out.push_str(&format!(
+        "  memory budget: {} ({})\n",
+        memory::human(budget.bytes),
+        budget.source
+    ));
+    out.push_str(&format!("  {}", concurrency(&caps, jobs, budget.bytes)));
+    out
+}
+
+/// One line on how many builds will run at once, and why.
+pub fn concurrency(caps: &[u64], jobs: usize, budget: u64) -> String {
+    if caps.is_empty() {
+        return "nothing to build: every image is cached".into();
+    }
+    let n = caps.len();
+    let at_once = memory::max_parallel(caps, budget, jobs).min(n);
+    let jobs = jobs.max(1);
+    if jobs == 1 {
+        format!("{n} to build, one at a time (the default; --jobs N allows more while their caps fit the budget)")
+    } else if at_once < jobs.min(n) {
+        format!("{n} to build, at most {at_once} at once: --jobs {jobs}, but only {at_once} of their caps fit the budget together")
+    } else {
+        format!("{n} to build, up to {at_once} at once (--jobs {jobs}; their caps fit the budget)")
+    }
+}
+
+/// The build context of an image: its directory, or a staged directory holding only the
+/// binary it packages (so the engine is sent megabytes, not the target directory). The
+/// staged copy is rewritten only when the binary's content changed.
+fn stage_context(
+    project: &Project,
+    spec: &ImageSpec,
+    cache: &mut HashCache,
+) -> anyhow::Result<PathBuf> {
+    match &spec.context {
+        BuildContext::Dir(dir) => {
+            let path = project.root.join(dir);
+            anyhow::ensure!(
+                path.is_dir(),
+                "image {}: context directory {dir} does not exist",
+                spec.name
+            );
+            Ok(path)
+        }
+        BuildContext::Binary(bin) => {
+            let src = project.binary(bin);
+            let src_meta = std::fs::metadata(&src).with_context(|| {
+                format!(
+                    "image {}: binary {} was not built (is `{bin}` a binary of this workspace?)",
+                    spec.name,
+                    project.display(&src)
+                )
+            })?;
+            let dir = project.e2e_dir().join("context").join(&spec.name);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let dst = dir.join(bin);
+            let same = match std::fs::metadata(&dst) {
+                Ok(dst_meta) => cache.digest(&src, &src_meta)? == cache.digest(&dst, &dst_meta)?,
+                Err(_) => false,
+            };
+            if !same {
+                let tmp = dir.join(format!(".{bin}.tmp"));
+                std::fs::copy(&src, &tmp)
+                    .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
+                std::fs::rename(&tmp, &dst)?;
+            }
+            // Only the binary belongs in this context.
+            for entry in std::fs::read_dir(&dir)? {
+                let path = entry?.path();
+                if path != dst {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+            Ok(dir)
+        }
+    }
+}
+
+/// Removes the older fingerprint tags of the images just handed off, beyond the
+/// `KEEP_OLDER` newest, so a day of rebuilds does not fill the disk. Other repositories are
+/// never touched.
+pub(super) fn prune_superseded(r: &Reporter, handoff: &Handoff) {
+    let Ok(listing) = handoff.engine.list_fingerprinted().read() else {
+        return;
+    };
+    let old = superseded(&listing, handoff);
+    for reference in &old {
+        let _ = handoff.engine.untag(reference).read();
+    }
+    if !old.is_empty() {
+        r.line(format!(
+            "removed {} superseded image tag(s): {}",
+            old.len(),
+            old.join(", ")
+        ));
+    }
+}
+
+/// How many older tags of each image are kept (other checkouts or worktrees of the same
+/// repository build other binaries, so other fingerprints; they keep theirs).
+pub const KEEP_OLDER: usize = 2;
+
+/// The references in `listing` (newest first, as the engines list images) of a handed-off
+/// repository, beyond its current tag and the `KEEP_OLDER` newest others.
+pub fn superseded(listing: &str, handoff: &Handoff) -> Vec<String> {
+    let current: BTreeMap<&str, &str> = handoff
+        .images
+        .iter()
+        .map(|i| (i.repository.as_str(), i.reference.as_str()))
+        .collect();
+    let mut kept: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut old = Vec::new();
+    for l in listing.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let repo = crate::manifests::repository(l);
+        match current.get(repo) {
+            Some(cur) if cur != &l => {
+                let n = kept.entry(repo).or_insert(0);
+                if *n < KEEP_OLDER {
+                    *n += 1;
+                } else {
+                    old.push(l.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    old
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn freshness_needs_the_tag_and_the_matching_label() {
+        let fp = "f".repeat(64);
+        let found = |label: Option<&str>| {
+            Some(ImageInfo {
+                id: "id1".to_owned(),
+                size: 10,
+                fingerprint: label.map(str::to_owned),
+            })
+        };
+        assert_eq!(
+            decide(false, &fp, found(Some(&fp)), None),
+            Action::Cached(found(Some(&fp)).unwrap())
+        );
+        assert!(
+            matches!(decide(true, &fp, found(Some(&fp)), None), Action::Build { reason } if reason == "--force")
+        );
+        assert!(
+            matches!(decide(false, &fp, found(None), None), Action::Build { reason } if reason.contains("label"))
+        );
+        assert!(matches!(
+            decide(false, &fp, found(Some("other")), None),
+            Action::Build { .. }
+        ));
+        assert!(
+            matches!(decide(false, &fp, None, Some("old")), Action::Build { reason } if reason.contains("inputs changed"))
+        );
+        assert!(
+            matches!(decide(false, &fp, None, None), Action::Build { reason } if reason == "not built yet")
+        );
+    }
+
+    #[test]
+    fn only_older_tags_of_our_repositories_are_superseded() {
+        let rec = |name: &str, tag: &str| ImageRecord {
+            name: name.into(),
+            repository: format!("localhost/e2e-{name}"),
+            reference: format!("localhost/e2e-{name}:{tag}"),
+            id: String::new(),
+            fingerprint: String::new(),
+            size: 0,
+        };
+        let handoff = Handoff {
+            engine: crate::engine::Engine::Podman,
+            platform: String::new(),
+            base_image: String::new(),
+            base_image_id: String::new(),
+            images: vec![rec("gateway", "new"), rec("redis", "r1")],
+            built_now: vec![],
+        };
+        let listing = "localhost/e2e-gateway:new\nlocalhost/e2e-gateway:o1\nlocalhost/e2e-redis:r1\nlocalhost/e2e-gateway:o2\nlocalhost/other:x\nlocalhost/e2e-gateway:o3\nlocalhost/e2e-gateway:o4\n";
+        assert_eq!(
+            superseded(listing, &handoff),
+            ["localhost/e2e-gateway:o3", "localhost/e2e-gateway:o4"],
+            "the two newest older tags stay"
+        );
+    }
+
+    #[test]
+    fn concurrency_is_explained() {
+        assert!(concurrency(&[], 4, GIB).contains("every image is cached"));
+        assert!(concurrency(&[GIB, GIB], 1, 10 * GIB).contains("one at a time"));
+        assert!(concurrency(&[GIB, GIB, GIB], 3, 2 * GIB).contains("at most 2 at once"));
+        assert!(concurrency(&[GIB, GIB], 4, 10 * GIB).contains("up to 2 at once"));
+    }
+}

@@ -1,0 +1,359 @@
+//! Running the builds the plan asks for: each admitted only while the caps of the running
+//! builds and its own fit the budget (and no more than `--jobs` at once); after a failure no
+//! new build starts, running ones finish, and every failure is explained.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    path::PathBuf,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    cmd::{Cmd, CmdError},
+    diagnose::{self, Cause},
+    engine::{BuildCmd, Engine, ImageInfo, FINGERPRINT_LABEL},
+    images, interrupt,
+    memory::{self, Budget},
+    project::Project,
+    report::{secs, table, Reporter},
+    sampler::Sampler,
+};
+
+use super::plan::{Action, PlanItem};
+
+/// Why a build failed, as the diagnosis found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildFailure {
+    /// Killed for memory (exit 137, `Killed`): its cap was too small for what ran.
+    OutOfMemory {
+        step: Option<String>,
+        /// The most builds that ran at once while this one did.
+        at_once: usize,
+    },
+    /// Any other failure: the step, and the command's error (log path and last lines).
+    Failed { step: Option<String>, error: String },
+    /// The engine said it built the image, but does not have it.
+    Vanished,
+}
+
+/// What happened to one build.
+pub struct Outcome {
+    pub result: Result<ImageInfo, BuildFailure>,
+    pub started: Instant,
+    pub took: Duration,
+    pub peak: Option<u64>,
+}
+
+/// One build over time, for the run's report.
+#[derive(Debug, Clone)]
+pub struct BuildSpan {
+    pub image: String,
+    pub started: Instant,
+    pub took: Duration,
+    pub cap: u64,
+    pub ok: bool,
+}
+
+/// What the builds did over time: each build's span and the machine's memory in use.
+#[derive(Debug, Clone, Default)]
+pub struct Activity {
+    pub builds: Vec<BuildSpan>,
+    pub memory: Vec<(Instant, u64)>,
+}
+
+/// Runs the builds the plan asks for, admitting each only while it fits; after a failure
+/// no new build starts, running ones finish, and every failure is reported.
+pub fn execute(
+    project: &Project,
+    r: &Reporter,
+    engine: Engine,
+    plan: &[PlanItem],
+    jobs: usize,
+    budget: &Budget,
+) -> (HashMap<String, Outcome>, Activity) {
+    let mut queue: VecDeque<&PlanItem> = plan
+        .iter()
+        .filter(|i| matches!(i.action, Action::Build { .. }))
+        .collect();
+    let mut outcomes = HashMap::new();
+    if queue.is_empty() {
+        r.line("  nothing to build");
+        return (outcomes, Activity::default());
+    }
+    let overall = r.overall(queue.len() as u64, "images");
+    let sampler = Sampler::start();
+    let (tx, rx) = mpsc::channel::<(String, Outcome)>();
+    std::thread::scope(|s| {
+        let mut running: Vec<(String, u64)> = Vec::new();
+        // For each running build, the most builds that ran at once while it did.
+        let mut crowd: HashMap<String, usize> = HashMap::new();
+        let mut stopping = false;
+        loop {
+            while !stopping && !interrupt::interrupted() {
+                let Some(next) = queue.front() else { break };
+                let caps: Vec<u64> = running.iter().map(|(_, c)| *c).collect();
+                if !memory::admit(&caps, next.spec.memory, budget.bytes, jobs) {
+                    break;
+                }
+                let item = queue.pop_front().expect("peeked");
+                running.push((item.spec.name.clone(), item.spec.memory));
+                for (name, _) in &running {
+                    let n = crowd.entry(name.clone()).or_insert(0);
+                    *n = (*n).max(running.len());
+                }
+                let tx = tx.clone();
+                let sampler = &sampler;
+                s.spawn(move || {
+                    let outcome = build_one(project, r, engine, item, sampler);
+                    let _ = tx.send((item.spec.name.clone(), outcome));
+                });
+            }
+            if running.is_empty() {
+                break;
+            }
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok((name, mut outcome)) => {
+                    running.retain(|(n, _)| *n != name);
+                    overall.inc(1);
+                    if let Err(failure) = &mut outcome.result {
+                        if let BuildFailure::OutOfMemory { at_once, .. } = failure {
+                            *at_once = crowd.get(&name).copied().unwrap_or(1);
+                        }
+                        if !stopping && (!running.is_empty() || !queue.is_empty()) {
+                            r.line(format!(
+                                "  {name} failed: starting no new builds; waiting for {} running",
+                                running.len()
+                            ));
+                        }
+                        stopping = true;
+                    }
+                    outcomes.insert(name, outcome);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    });
+    let memory = sampler.stop();
+    r.finish(&overall);
+    let builds = plan
+        .iter()
+        .filter_map(|i| {
+            let o = outcomes.get(&i.spec.name)?;
+            Some(BuildSpan {
+                image: i.spec.name.clone(),
+                started: o.started,
+                took: o.took,
+                cap: i.spec.memory,
+                ok: o.result.is_ok(),
+            })
+        })
+        .collect();
+    (outcomes, Activity { builds, memory })
+}
+
+/// The message for a failed build: the image, what happened, where, and what to change.
+pub fn explain(project: &Project, item: &PlanItem, failure: &BuildFailure) -> String {
+    let name = &item.spec.name;
+    let at = |step: &Option<String>| {
+        step.as_ref()
+            .map_or(String::new(), |s| format!(" at `{s}`"))
+    };
+    match failure {
+        BuildFailure::OutOfMemory { step, at_once } => format!(
+            "image {name} was killed for running out of memory: its build hit its memory cap of {}{} \
+             with {at_once} build(s) running.\n  fix: raise `memory` for {name} in the images file, or lower --jobs.\n  log: {}",
+            images::podman_size(item.spec.memory),
+            at(step),
+            project.display(&build_log(project, name))
+        ),
+        BuildFailure::Failed { step, error } => format!("image {name} failed{}: {error}", at(step)),
+        BuildFailure::Vanished => format!(
+            "image {name}: the build succeeded but {} is not in the engine",
+            item.reference
+        ),
+    }
+}
+
+fn build_log(project: &Project, name: &str) -> PathBuf {
+    project.logs_dir().join(format!("build-{name}.log"))
+}
+
+/// The engine command that builds a planned image, labelled with its fingerprint.
+pub fn build_cmd_for(project: &Project, engine: Engine, item: &PlanItem) -> Cmd {
+    let mut labels = BTreeMap::new();
+    labels.insert(FINGERPRINT_LABEL.to_owned(), item.fingerprint.clone());
+    let dockerfile = project.root.join(&item.spec.dockerfile);
+    let no_cache = matches!(&item.action, Action::Build { reason } if reason == "--force");
+    engine.build(&BuildCmd {
+        reference: item.reference.clone(),
+        dockerfile: &dockerfile,
+        context: &item.context,
+        memory: images::podman_size(item.spec.memory),
+        build_args: item.spec.build_args.clone(),
+        labels,
+        no_cache,
+    })
+}
+
+fn build_one(
+    project: &Project,
+    r: &Reporter,
+    engine: Engine,
+    item: &PlanItem,
+    sampler: &Sampler,
+) -> Outcome {
+    let started = Instant::now();
+    let spec = &item.spec;
+    let cmd = build_cmd_for(project, engine, item);
+    let log = build_log(project, &spec.name);
+    let _ = std::fs::remove_file(&log);
+    r.line(format!(
+        "  building {} (cap {})",
+        spec.name,
+        images::podman_size(spec.memory)
+    ));
+    r.command(&cmd);
+    let bar = r.spinner(&spec.name, "building");
+    let result = cmd.run_logged(&log);
+    r.finish(&bar);
+    let took = started.elapsed();
+    let peak = sampler.peak_between(started, Some(started + took));
+    let result = match result {
+        Ok(()) => match engine.image(&item.reference) {
+            Some(image) => {
+                r.line(format!("  built {} in {}", item.reference, secs(took)));
+                Ok(image)
+            }
+            None => Err(BuildFailure::Vanished),
+        },
+        Err(err) => {
+            let code = err.downcast_ref::<CmdError>().and_then(|e| e.code);
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let d = diagnose::diagnose(code, &text);
+            Err(match d.cause {
+                Cause::OutOfMemory => BuildFailure::OutOfMemory {
+                    step: d.step,
+                    at_once: 1,
+                },
+                Cause::Other => BuildFailure::Failed {
+                    step: d.step,
+                    error: format!("{err:#}"),
+                },
+            })
+        }
+    };
+    Outcome {
+        result,
+        started,
+        took,
+        peak,
+    }
+}
+
+pub fn outcome_table(plan: &[PlanItem], outcomes: &HashMap<String, Outcome>) -> String {
+    let rows: Vec<Vec<String>> = plan
+        .iter()
+        .map(|item| {
+            let name = item.spec.name.clone();
+            match (&item.action, outcomes.get(&name)) {
+                (Action::Cached(image), _) => {
+                    vec![
+                        name,
+                        "cached".into(),
+                        "-".into(),
+                        memory::human(image.size),
+                        "-".into(),
+                    ]
+                }
+                (Action::Build { .. }, Some(o)) => vec![
+                    name,
+                    if o.result.is_ok() {
+                        "built".into()
+                    } else {
+                        "FAILED".into()
+                    },
+                    secs(o.took),
+                    o.result
+                        .as_ref()
+                        .map_or("-".into(), |image| memory::human(image.size)),
+                    o.peak.map_or("-".into(), memory::human),
+                ],
+                (Action::Build { .. }, None) => vec![
+                    name,
+                    "not started".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ],
+            }
+        })
+        .collect();
+    format!(
+        "{}\n  (peak memory: the machine's memory in use above its level when the build started, sampled every 100 ms)",
+        table(&["image", "result", "time", "size", "peak memory"], &rows)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(name: &str) -> PlanItem {
+        PlanItem {
+            spec: crate::images::ImageSpec {
+                name: name.into(),
+                repository: format!("localhost/e2e-{name}"),
+                dockerfile: "d".into(),
+                context: crate::images::BuildContext::Dir("c".into()),
+                memory: 512 << 20,
+                build_args: Default::default(),
+            },
+            context: "c".into(),
+            fingerprint: "f".repeat(64),
+            reference: format!("localhost/e2e-{name}:ffff"),
+            action: Action::Build {
+                reason: "not built yet".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn oom_failures_say_what_to_change() {
+        let project = Project {
+            root: "/repo".into(),
+            target_dir: "/repo/target".into(),
+            e2e_dir: "/repo/target/e2e".into(),
+        };
+        let msg = explain(
+            &project,
+            &item("postgres"),
+            &BuildFailure::OutOfMemory {
+                step: Some("RUN apt-get install".into()),
+                at_once: 2,
+            },
+        );
+        assert!(
+            msg.contains("postgres") && msg.contains("out of memory") && msg.contains("512m"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("at `RUN apt-get install`") && msg.contains("2 build(s) running"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("raise `memory` for postgres") && msg.contains("lower --jobs"),
+            "{msg}"
+        );
+        let other = explain(
+            &project,
+            &item("redis"),
+            &BuildFailure::Failed {
+                step: Some("COPY x /x".into()),
+                error: "`podman build` failed".into(),
+            },
+        );
+        assert!(other.contains("redis failed at `COPY x /x`"), "{other}");
+    }
+}

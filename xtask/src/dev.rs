@@ -1,0 +1,446 @@
+//! `cargo xtask dev`: the developer's loop. The stack comes up once (the same images,
+//! manifests and readiness as `e2e`) and the suite runs; then every change in the workspace
+//! starts a cycle: recompile, rebuild exactly the images whose fingerprint changed, replace
+//! only the pods that run a changed image or manifest (PostgreSQL and Redis keep running, and
+//! keep their data, unless their own image or manifest changed), wait until ready, rerun the
+//! suite. A compile error or a failed build is shown and the stack stays as it was. Ctrl-C
+//! (or SIGTERM) tears everything down, as `e2e` does; `--keep` leaves it up.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+
+use crate::{
+    build::{self, BuildOptions, Session},
+    cmd::Cmd,
+    doctor,
+    e2e::{self, E2eArgs, Runtime},
+    engine::Podman,
+    fsx, interrupt,
+    manifests::{Manifests, PodmanStack},
+    project::Project,
+    ready,
+    report::{secs, Reporter},
+    runtime::{
+        self,
+        podman::PodmanRun,
+        step::{Live, Runner},
+        RunId,
+    },
+};
+
+#[derive(clap::Args, Debug)]
+pub struct DevArgs {
+    /// Leave the stack running when the loop ends (Ctrl-C).
+    #[arg(long)]
+    pub keep: bool,
+    /// How long to wait for the services to be ready, in seconds.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub ready_timeout: u64,
+    /// Quiet time after the last change before a cycle starts, in milliseconds.
+    #[arg(long, default_value_t = 200, value_name = "MS")]
+    pub debounce: u64,
+    #[command(flatten)]
+    pub build: BuildOptions,
+    /// Arguments for the test harness, after `--` (e.g. `-- dedup` to rerun matching tests).
+    #[arg(last = true)]
+    pub test_args: Vec<String>,
+}
+
+/// What the workspace watch looks at, relative to the root; and what it ignores.
+pub const WATCHED: &[&str] = &[
+    "services",
+    "test/suite",
+    "test/e2e",
+    "docker",
+    "Cargo.toml",
+    "Cargo.lock",
+    "Dockerfile.gateway",
+];
+
+/// Whether a changed path can change an image, a manifest or the suite.
+pub fn relevant(root: &Path, path: &Path) -> bool {
+    let Ok(rel) = path.strip_prefix(root) else {
+        return false;
+    };
+    let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let editor_noise = name.starts_with('.')
+        || name.ends_with('~')
+        || name.ends_with(".swp")
+        || name.ends_with(".tmp");
+    let in_target = rel.components().any(|c| c.as_os_str() == "target");
+    !editor_noise && !in_target && WATCHED.iter().any(|w| rel.starts_with(w))
+}
+
+/// The pods of `new` whose rendered YAML differs from `old`'s (a new image reference, or a
+/// changed manifest): the pods to replace.
+pub fn changed_pods(old: &PodmanStack, new: &PodmanStack) -> Vec<usize> {
+    (0..new.pods.len())
+        .filter(|&i| {
+            old.pod_yaml.get(i) != new.pod_yaml.get(i)
+                || old.pods.get(i).map(|p| &p.name) != Some(&new.pods[i].name)
+        })
+        .collect()
+}
+
+impl DevArgs {
+    fn as_e2e(&self) -> E2eArgs {
+        E2eArgs {
+            runtime: Runtime::Podman,
+            keep: self.keep,
+            ready_timeout: self.ready_timeout,
+            faults: false,
+            images: None,
+            registry: None,
+            allow_stale: false,
+            cluster_name: None,
+            reuse_cluster: None,
+            dry_run: false,
+            down: None,
+            build: self.build.clone(),
+            test_args: self.test_args.clone(),
+        }
+    }
+
+    pub fn run(self, project: &Project) -> anyhow::Result<()> {
+        let r = Reporter::new();
+        let e2e = self.as_e2e();
+        let opts = BuildOptions {
+            engine: e2e::engine_for(Runtime::Podman, self.build.engine)?,
+            ..self.build.clone()
+        };
+        let session = Session::open(project, &opts)?;
+        let needs = doctor::Needs::default();
+        doctor::require(project, &r, &session, &needs)?;
+        let manifests = Manifests::load(&project.manifests_dir())?;
+        let (handoff, _) = e2e.images_for_run(project, &r, &opts, &session)?;
+        let id = RunId::new(Some("dev"));
+        let mut run = e2e.podman_run(project, &manifests, &handoff, &id)?;
+        r.line(format!("dev run {} (network {})", run.id, run.network()));
+        let timeout = Duration::from_secs(self.ready_timeout);
+        let mut runner = Runner {
+            dir: run.dir.clone(),
+            log: run.log.clone(),
+            exec: &mut Live,
+            record: None,
+        };
+        let up = runner.phases(&r, &run.plan(timeout, vec![]));
+        let record = runner.record.clone();
+        let outcome = up.and_then(|()| {
+            let suite = self.suite(project, &run);
+            let passed = r.phase("run E2E suite", |r| {
+                r.command(&suite);
+                Ok(suite.run_inherit().is_ok())
+            })?;
+            r.line(format!(
+                "suite {}; {}",
+                if passed { "passed" } else { "FAILED" },
+                run.keep_instructions().lines().nth(1).unwrap_or("").trim()
+            ));
+            self.watch(project, &r, &opts, &session, &mut run)
+        });
+        let teardown = match (&record, self.keep) {
+            (Some(_), true) => {
+                r.line(run.keep_instructions());
+                Ok(())
+            }
+            (Some(record), false) => r.phase("tear down", |r| {
+                runtime::teardown(&run.dir, record, &run.log, r, &mut Live)
+            }),
+            (None, _) => Ok(()),
+        };
+        match (outcome, teardown) {
+            (Err(e), _) if interrupt::interrupted() => Err(e),
+            (Ok(()), t) => t,
+            (Err(e), Ok(())) => Err(e),
+            (Err(e), Err(t)) => Err(e.context(format!("and the teardown failed too: {t:#}"))),
+        }
+    }
+
+    fn suite(&self, project: &Project, run: &PodmanRun) -> Cmd {
+        e2e::suite(project, "e2e", &run.urls())
+            .arg("--")
+            .args(self.test_args.iter().cloned())
+    }
+
+    /// Watches the workspace until Ctrl-C; each settled batch of changes is one cycle.
+    fn watch(
+        &self,
+        project: &Project,
+        r: &Reporter,
+        opts: &BuildOptions,
+        session: &Session,
+        run: &mut PodmanRun,
+    ) -> anyhow::Result<()> {
+        use notify::Watcher;
+        let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
+        let mut watcher = notify::recommended_watcher(tx).context("starting the file watcher")?;
+        for w in WATCHED {
+            let path = project.root.join(w);
+            if path.exists() {
+                watcher
+                    .watch(&path, notify::RecursiveMode::Recursive)
+                    .with_context(|| format!("watching {}", path.display()))?;
+            }
+        }
+        r.line(format!(
+            "watching {} for changes (Ctrl-C stops and tears down)",
+            WATCHED.join(", ")
+        ));
+        let mut cycle = 0;
+        loop {
+            let mut changed = BTreeSet::new();
+            // Wait for a first relevant change, then until it has been quiet for `debounce`.
+            let mut quiet_since: Option<Instant> = None;
+            loop {
+                if interrupt::interrupted() {
+                    anyhow::bail!("interrupted");
+                }
+                match rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok(Ok(event)) => {
+                        let before = changed.len();
+                        changed.extend(
+                            event
+                                .paths
+                                .into_iter()
+                                .filter(|p| relevant(&project.root, p)),
+                        );
+                        if changed.len() > before {
+                            quiet_since = Some(Instant::now());
+                        }
+                    }
+                    Ok(Err(e)) => r.line(format!("watch error: {e}")),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        anyhow::bail!("the file watcher stopped")
+                    }
+                }
+                if quiet_since.is_some_and(|t| t.elapsed() >= Duration::from_millis(self.debounce))
+                {
+                    break;
+                }
+            }
+            cycle += 1;
+            let names: Vec<String> = changed.iter().map(|p| project.display(p)).collect();
+            let summary = self.cycle(project, r, opts, session, run, &names);
+            r.line(format!("cycle {cycle}: {summary}"));
+        }
+    }
+
+    /// One cycle; returns its one-line summary. Nothing here stops the loop: a failure is
+    /// shown and the stack stays as it was.
+    fn cycle(
+        &self,
+        project: &Project,
+        r: &Reporter,
+        opts: &BuildOptions,
+        session: &Session,
+        run: &mut PodmanRun,
+        changed: &[String],
+    ) -> String {
+        let started = Instant::now();
+        let mut times: Vec<(&str, Duration)> = Vec::new();
+        let what = if changed.len() > 3 {
+            format!("{} (+{} more)", changed[..3].join(", "), changed.len() - 3)
+        } else {
+            changed.join(", ")
+        };
+        let timed = |times: &mut Vec<(&'static str, Duration)>, name: &'static str, t: Instant| {
+            times.push((name, t.elapsed()))
+        };
+        let steps = |times: &Vec<(&str, Duration)>| {
+            times
+                .iter()
+                .map(|(n, d)| format!("{n} {}", secs(*d)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        r.line(format!("changed: {what}"));
+
+        // Recompile and rebuild what changed; on failure the stack stays as it was.
+        let t = Instant::now();
+        let prepared = match build::prepare(project, r, opts, session, &[], None, true) {
+            Ok(p) => p,
+            Err(e) => {
+                r.line(format!("{e:#}"));
+                return format!(
+                    "changed {what}; compile or plan FAILED, the stack is unchanged ({})",
+                    secs(started.elapsed())
+                );
+            }
+        };
+        timed(&mut times, "compile+plan", t);
+        let t = Instant::now();
+        let rebuilt: Vec<String> = prepared
+            .plan
+            .iter()
+            .filter(|i| !i.is_cached())
+            .map(|i| i.spec.name.clone())
+            .collect();
+        let handoff = match build::finish(project, r, opts, prepared) {
+            Ok((h, _)) => h,
+            Err(e) => {
+                r.line(format!("{e:#}"));
+                return format!(
+                    "changed {what}; image build FAILED, the stack is unchanged ({})",
+                    secs(started.elapsed())
+                );
+            }
+        };
+        timed(&mut times, "images", t);
+
+        // Re-render with the same host ports, and replace only the pods that differ.
+        let t = Instant::now();
+        let mut ports = run
+            .stack
+            .published
+            .iter()
+            .map(|p| p.host_port)
+            .collect::<Vec<_>>()
+            .into_iter();
+        let stack = Manifests::load(&project.manifests_dir()).and_then(|m| {
+            m.render_podman(&handoff.pinned(), run.id.suffix(), || {
+                ports.next().map_or_else(runtime::free_port, Ok)
+            })
+        });
+        let stack = match stack {
+            Ok(s) => s,
+            Err(e) => {
+                r.line(format!("{e:#}"));
+                return format!(
+                    "changed {what}; the manifests do not render, the stack is unchanged"
+                );
+            }
+        };
+        let replace = changed_pods(&run.stack, &stack);
+        let names: Vec<String> = replace
+            .iter()
+            .map(|&i| stack.pods[i].name.clone())
+            .collect();
+        let replaced = (|| -> anyhow::Result<()> {
+            for &i in &replace {
+                let pod = &stack.pods[i].name;
+                let file = pod_file(&run.dir, pod);
+                fsx::write_atomic(&file, &stack.pod_yaml[i])?;
+                for cmd in [
+                    Podman.pods_rm(std::slice::from_ref(pod)),
+                    Podman.kube_play(&run.network(), &file),
+                ] {
+                    r.command(&cmd);
+                    cmd.run_logged(&run.log)
+                        .with_context(|| format!("replacing pod {pod}"))?;
+                }
+            }
+            fsx::write_atomic(&run.stack_file(), &stack.yaml)
+        })();
+        run.stack = stack;
+        if let Err(e) = replaced {
+            r.line(format!("{e:#}"));
+            return format!(
+                "changed {what}; replacing {} FAILED ({})",
+                names.join(", "),
+                secs(started.elapsed())
+            );
+        }
+        timed(&mut times, "replace", t);
+        if !replace.is_empty() {
+            let t = Instant::now();
+            if let Err(e) = ready::wait_ready(run, Duration::from_secs(self.ready_timeout), r) {
+                r.line(format!("{e:#}"));
+                return format!(
+                    "changed {what}; rebuilt {}; replaced {}; NOT READY ({})",
+                    list(&rebuilt),
+                    names.join(", "),
+                    steps(&times)
+                );
+            }
+            timed(&mut times, "ready", t);
+        }
+
+        let t = Instant::now();
+        let suite = self.suite(project, run);
+        r.command(&suite);
+        let passed = suite.run_inherit().is_ok();
+        timed(&mut times, "suite", t);
+        format!(
+            "changed {what}; rebuilt {}; replaced {}; suite {}; {}; total {}",
+            list(&rebuilt),
+            list(&names),
+            if passed { "passed" } else { "FAILED" },
+            steps(&times),
+            secs(started.elapsed())
+        )
+    }
+}
+
+/// Where `dev` writes a replaced pod's YAML.
+fn pod_file(dir: &Path, pod: &str) -> PathBuf {
+    dir.join("pods").join(format!("{pod}.yaml"))
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "nothing".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn only_sources_images_manifests_and_the_suite_count() {
+        let root = Path::new("/r");
+        assert!(relevant(root, Path::new("/r/services/gateway/src/api.rs")));
+        assert!(relevant(root, Path::new("/r/Cargo.lock")));
+        assert!(relevant(
+            root,
+            Path::new("/r/test/e2e/manifests/40-gateway.yaml")
+        ));
+        assert!(!relevant(root, Path::new("/r/target/debug/gateway")));
+        assert!(!relevant(
+            root,
+            Path::new("/r/services/gateway/src/.api.rs.swp")
+        ));
+        assert!(!relevant(
+            root,
+            Path::new("/r/services/gateway/src/api.rs~")
+        ));
+        assert!(!relevant(root, Path::new("/r/README.md")));
+        assert!(!relevant(root, Path::new("/elsewhere/services/x")));
+    }
+
+    #[test]
+    fn only_pods_whose_image_changed_are_replaced() {
+        let m =
+            Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests"))
+                .unwrap();
+        let mut ports = 40000..;
+        let old = m
+            .render_podman(&BTreeMap::new(), "1", || Ok(ports.next().unwrap()))
+            .unwrap();
+        let mut ports = 40000..;
+        let pinned = [(
+            "localhost/e2e-gateway".to_owned(),
+            "localhost/e2e-gateway:new".to_owned(),
+        )]
+        .into();
+        let new = m
+            .render_podman(&pinned, "1", || Ok(ports.next().unwrap()))
+            .unwrap();
+        let changed: Vec<&str> = changed_pods(&old, &new)
+            .iter()
+            .map(|&i| new.pods[i].base.as_str())
+            .collect();
+        assert_eq!(changed, ["gateway"]);
+        assert!(changed_pods(&old, &old).is_empty());
+    }
+}

@@ -1,0 +1,54 @@
+//! `target/e2e/images.json`, the handoff: every E2E image as the engine has it (reference,
+//! ID, fingerprint, size), with the engine, platform and base image. `prebuild-images`
+//! writes it; `e2e`, `save-images`, `doctor` and the benchmarks read it.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{engine::Engine, fsx, project::Project};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Handoff {
+    pub engine: Engine,
+    pub platform: String,
+    pub base_image: String,
+    pub base_image_id: String,
+    pub images: Vec<ImageRecord>,
+    /// The images this run built (not written to the file).
+    #[serde(skip, default)]
+    pub built_now: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub name: String,
+    pub repository: String,
+    /// `repository:tag`, the tag being the fingerprint's first 16 hex digits.
+    pub reference: String,
+    pub id: String,
+    pub fingerprint: String,
+    pub size: u64,
+}
+
+impl Handoff {
+    pub fn path(project: &Project) -> PathBuf {
+        project.e2e_dir().join("images.json")
+    }
+
+    pub fn load(project: &Project) -> Option<Handoff> {
+        serde_json::from_slice(&std::fs::read(Handoff::path(project)).ok()?).ok()
+    }
+
+    pub fn save(&self, project: &Project) -> anyhow::Result<()> {
+        fsx::write_json(&Handoff::path(project), self)
+    }
+
+    /// Each image repository mapped to the reference that was built.
+    pub fn pinned(&self) -> BTreeMap<String, String> {
+        self.images
+            .iter()
+            .map(|i| (i.repository.clone(), i.reference.clone()))
+            .collect()
+    }
+}

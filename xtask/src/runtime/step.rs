@@ -1,0 +1,181 @@
+//! A run as data: phases of steps, each either printed (`--dry-run`) or executed, so the
+//! plan a person reads is, by construction, the plan that runs (bevy's `PreparedCommand`,
+//! grown into a list). Commands go through an [`Exec`], which the tests replace with one
+//! that records what would have run.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::{cmd::Cmd, fsx, report::Reporter};
+
+use super::RunRecord;
+
+/// What an observing step does when it runs.
+pub type Observe<'a> = Box<dyn Fn(&Reporter) -> anyhow::Result<()> + 'a>;
+
+/// One thing a run does.
+pub enum Step<'a> {
+    /// Writes a file of the run (the rendered stack, a config).
+    Write { path: PathBuf, contents: String },
+    /// Records in `state.json` what the next steps create, before they create it.
+    Record(RunRecord),
+    /// Runs a command with its output in the run's log; on failure, says what was being done.
+    Run { cmd: Cmd, doing: String },
+    /// Writes a secret's payload (owner-only), runs the command that reads it, removes it.
+    Secret {
+        file: PathBuf,
+        payload: String,
+        cmd: Cmd,
+        doing: String,
+    },
+    /// Runs a command on this terminal (a test suite); its failure fails the run.
+    Terminal { cmd: Cmd, doing: String },
+    /// Something that observes rather than changes (polling until ready, loading only what
+    /// is missing): shown as what it does, then run.
+    Watch { what: String, run: Observe<'a> },
+}
+
+/// A named group of steps, timed as one phase of the run.
+pub struct Phase<'a> {
+    pub name: &'static str,
+    pub steps: Vec<Step<'a>>,
+}
+
+impl<'a> Phase<'a> {
+    pub fn new(name: &'static str, steps: Vec<Step<'a>>) -> Phase<'a> {
+        Phase { name, steps }
+    }
+}
+
+impl Step<'_> {
+    /// The lines `--dry-run` prints for this step: its command, or what it does as a comment.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            Step::Write { .. } | Step::Record(_) => Vec::new(),
+            Step::Run { cmd, .. } | Step::Secret { cmd, .. } | Step::Terminal { cmd, .. } => {
+                vec![cmd.to_string()]
+            }
+            Step::Watch { what, .. } => what.lines().map(|l| format!("# {l}")).collect(),
+        }
+    }
+}
+
+/// How commands are run: for real ([`Live`]), or recorded by the tests.
+pub trait Exec {
+    /// Runs a command, its output appended to `log`.
+    fn run(&mut self, cmd: &Cmd, log: &Path) -> anyhow::Result<()>;
+    /// Runs a command on this terminal.
+    fn terminal(&mut self, cmd: &Cmd) -> anyhow::Result<()>;
+    /// Asks a yes/no question of the world (`podman pod exists`): not a step of the run.
+    fn probe(&mut self, cmd: &Cmd) -> bool;
+    /// Whether observing steps run (the recorder skips them).
+    fn watches(&self) -> bool {
+        true
+    }
+}
+
+/// Runs commands for real.
+pub struct Live;
+
+impl Exec for Live {
+    fn run(&mut self, cmd: &Cmd, log: &Path) -> anyhow::Result<()> {
+        cmd.run_logged(log)
+    }
+
+    fn terminal(&mut self, cmd: &Cmd) -> anyhow::Result<()> {
+        cmd.run_inherit()
+    }
+
+    fn probe(&mut self, cmd: &Cmd) -> bool {
+        cmd.clone().survives_interrupt().succeeds().unwrap_or(false)
+    }
+}
+
+/// Executes phases, keeping the record last written (for the teardown after a failure).
+pub struct Runner<'e> {
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    pub exec: &'e mut dyn Exec,
+    pub record: Option<RunRecord>,
+}
+
+impl Runner<'_> {
+    pub fn phases(&mut self, r: &Reporter, phases: &[Phase]) -> anyhow::Result<()> {
+        for phase in phases {
+            r.phase(phase.name, |r| {
+                phase.steps.iter().try_for_each(|s| self.step(r, s))
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn step(&mut self, r: &Reporter, step: &Step) -> anyhow::Result<()> {
+        match step {
+            Step::Write { path, contents } => fsx::write_atomic(path, contents),
+            Step::Record(record) => {
+                record.save(&self.dir)?;
+                self.record = Some(record.clone());
+                Ok(())
+            }
+            Step::Run { cmd, doing } => {
+                r.command(cmd);
+                self.exec.run(cmd, &self.log).with_context(|| doing.clone())
+            }
+            Step::Secret {
+                file,
+                payload,
+                cmd,
+                doing,
+            } => {
+                fsx::write_private(file, payload)?;
+                r.command(cmd);
+                let result = self.exec.run(cmd, &self.log);
+                let _ = std::fs::remove_file(file);
+                result.with_context(|| doing.clone())
+            }
+            Step::Terminal { cmd, doing } => {
+                r.command(cmd);
+                self.exec.terminal(cmd).with_context(|| doing.clone())
+            }
+            Step::Watch { run, .. } if self.exec.watches() => run(r),
+            Step::Watch { .. } => Ok(()),
+        }
+    }
+}
+
+/// The lines of a list of phases, as `--dry-run` prints them.
+pub fn print(phases: &[Phase]) -> Vec<String> {
+    phases
+        .iter()
+        .flat_map(|p| p.steps.iter().flat_map(Step::lines))
+        .collect()
+}
+
+/// Records the commands a run executes, answering every probe "no" (nothing is left).
+#[cfg(test)]
+#[derive(Default)]
+pub struct Recorder {
+    pub commands: Vec<String>,
+}
+
+#[cfg(test)]
+impl Exec for Recorder {
+    fn run(&mut self, cmd: &Cmd, _log: &Path) -> anyhow::Result<()> {
+        self.commands.push(cmd.to_string());
+        Ok(())
+    }
+
+    fn terminal(&mut self, cmd: &Cmd) -> anyhow::Result<()> {
+        self.commands.push(cmd.to_string());
+        Ok(())
+    }
+
+    fn probe(&mut self, _cmd: &Cmd) -> bool {
+        false
+    }
+
+    fn watches(&self) -> bool {
+        false
+    }
+}

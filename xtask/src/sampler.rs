@@ -1,0 +1,120 @@
+//! The machine's memory in use, sampled every 100 ms on a thread of its own while builds
+//! run: for each build's peak in the table, the benchmarks' peaks, and the report's chart.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use crate::memory;
+
+pub struct Sampler {
+    samples: Arc<Mutex<Vec<(Instant, u64)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    pub const PERIOD: Duration = Duration::from_millis(100);
+
+    /// Starts sampling; the first sample is taken before this returns, so every later
+    /// start has a level to compare with.
+    pub fn start() -> Sampler {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        if let Some(used) = memory::used_now() {
+            samples.lock().unwrap().push((Instant::now(), used));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (samples.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                std::thread::sleep(Sampler::PERIOD);
+                if let Some(used) = memory::used_now() {
+                    s.lock().unwrap().push((Instant::now(), used));
+                }
+            }
+        });
+        Sampler {
+            samples,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The highest use in `[from, to]` (or since `from`), above the use at `from`. A sample
+    /// is taken now, so a span shorter than the period still has one.
+    pub fn peak_between(&self, from: Instant, to: Option<Instant>) -> Option<u64> {
+        if let Some(used) = memory::used_now() {
+            self.samples.lock().unwrap().push((Instant::now(), used));
+        }
+        let samples = self.samples.lock().unwrap();
+        peak_above_start(&samples, from, to.unwrap_or_else(Instant::now))
+    }
+
+    /// Every sample so far.
+    pub fn samples(&self) -> Vec<(Instant, u64)> {
+        self.samples.lock().unwrap().clone()
+    }
+
+    /// Stops sampling and returns every sample.
+    pub fn stop(mut self) -> Vec<(Instant, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.samples()
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The peak of the samples in `[from, to]` above the last sample at or before `from` (or
+/// the first sample, when none is that early).
+pub fn peak_above_start(samples: &[(Instant, u64)], from: Instant, to: Instant) -> Option<u64> {
+    let base = samples
+        .iter()
+        .rev()
+        .find(|(t, _)| *t <= from)
+        .or_else(|| samples.first())?
+        .1;
+    let peak = samples
+        .iter()
+        .filter(|(t, _)| *t >= from && *t <= to)
+        .map(|(_, u)| *u)
+        .max()?;
+    Some(peak.saturating_sub(base))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peak_is_measured_from_the_level_at_the_start() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let samples = [(at(0), 100), (at(100), 150), (at(200), 400), (at(300), 120)];
+        assert_eq!(peak_above_start(&samples, at(50), at(300)), Some(300));
+        assert_eq!(peak_above_start(&samples, at(250), at(300)), Some(0));
+        assert_eq!(peak_above_start(&samples, at(0), at(100)), Some(50));
+        assert_eq!(peak_above_start(&[], at(0), at(1)), None);
+    }
+
+    #[test]
+    fn a_short_span_still_gets_a_sample() {
+        let s = Sampler::start();
+        let from = Instant::now();
+        assert!(
+            s.peak_between(from, None).is_some(),
+            "a sample is taken on asking"
+        );
+        assert!(s.stop().len() >= 2);
+    }
+}
