@@ -77,6 +77,29 @@ pub fn relevant(root: &Path, path: &Path) -> bool {
     !editor_noise && !in_target && WATCHED.iter().any(|w| rel.starts_with(w))
 }
 
+/// Names editors and `sed -i` give their temporary files (`sedAb12Cd`, `.x.swp`, `x~`,
+/// `4913`).
+fn has_temp_name(p: &Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.starts_with("sed")
+        || name.starts_with('.')
+        || name.ends_with('~')
+        || name.chars().all(|c| c.is_ascii_digit())
+}
+
+/// Whether an event can change a file's content or the set of files: reads (the xtask's
+/// own fingerprinting opens every context file) and metadata-only changes (an mtime, which
+/// changes no fingerprint) do not.
+pub fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{EventKind, ModifyKind};
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) => true,
+        EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
+    }
+}
+
 /// The pods of `new` whose rendered YAML differs from `old`'s (a new image reference, or a
 /// changed manifest): the pods to replace.
 pub fn changed_pods(old: &PodmanStack, new: &PodmanStack) -> Vec<usize> {
@@ -144,6 +167,9 @@ impl DevArgs {
             ));
             self.watch(project, &r, &opts, &session, &mut run)
         });
+        if let Some(h) = crate::handoff::Handoff::load(project) {
+            build::tidy(&r, &h);
+        }
         let teardown = match (&record, self.keep) {
             (Some(_), true) => {
                 r.line(run.keep_instructions());
@@ -155,7 +181,11 @@ impl DevArgs {
             (None, _) => Ok(()),
         };
         match (outcome, teardown) {
-            (Err(e), _) if interrupt::interrupted() => Err(e),
+            // Ctrl-C is how the loop ends: once torn down (or kept), that is a success.
+            (Err(_), Ok(())) if interrupt::interrupted() => {
+                r.line("dev loop stopped");
+                Ok(())
+            }
             (Ok(()), t) => t,
             (Err(e), Ok(())) => Err(e),
             (Err(e), Err(t)) => Err(e.context(format!("and the teardown failed too: {t:#}"))),
@@ -202,18 +232,18 @@ impl DevArgs {
                     anyhow::bail!("interrupted");
                 }
                 match rx.recv_timeout(Duration::from_millis(50)) {
-                    Ok(Ok(event)) => {
-                        let before = changed.len();
-                        changed.extend(
-                            event
-                                .paths
-                                .into_iter()
-                                .filter(|p| relevant(&project.root, p)),
-                        );
-                        if changed.len() > before {
+                    Ok(Ok(event)) if changes_content(&event.kind) => {
+                        let relevant: Vec<PathBuf> = event
+                            .paths
+                            .into_iter()
+                            .filter(|p| relevant(&project.root, p))
+                            .collect();
+                        if !relevant.is_empty() {
+                            changed.extend(relevant);
                             quiet_since = Some(Instant::now());
                         }
                     }
+                    Ok(Ok(_)) => {}
                     Ok(Err(e)) => r.line(format!("watch error: {e}")),
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -225,8 +255,17 @@ impl DevArgs {
                     break;
                 }
             }
+            // An editor's or sed's temporary file, created and renamed away, is no change.
+            changed.retain(|p| p.exists() || p.parent().is_some_and(Path::exists));
+            let names: Vec<String> = changed
+                .iter()
+                .filter(|p| p.exists() || !has_temp_name(p))
+                .map(|p| project.display(p))
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
             cycle += 1;
-            let names: Vec<String> = changed.iter().map(|p| project.display(p)).collect();
             let summary = self.cycle(project, r, opts, session, run, &names);
             r.line(format!("cycle {cycle}: {summary}"));
         }
@@ -282,7 +321,7 @@ impl DevArgs {
             .filter(|i| !i.is_cached())
             .map(|i| i.spec.name.clone())
             .collect();
-        let handoff = match build::finish(project, r, opts, prepared) {
+        let handoff = match build::finish_with(project, r, opts, prepared, false) {
             Ok((h, _)) => h,
             Err(e) => {
                 r.line(format!("{e:#}"));
@@ -325,10 +364,12 @@ impl DevArgs {
         let replaced = (|| -> anyhow::Result<()> {
             for &i in &replace {
                 let pod = &stack.pods[i].name;
-                let file = pod_file(&run.dir, pod);
+                let file = run.pod_file(pod);
                 fsx::write_atomic(&file, &stack.pod_yaml[i])?;
+                let one = std::slice::from_ref(pod);
                 for cmd in [
-                    Podman.pods_rm(std::slice::from_ref(pod)),
+                    Podman.pods_kill(one),
+                    Podman.pods_rm(one),
                     Podman.kube_play(&run.network(), &file),
                 ] {
                     r.command(&cmd);
@@ -378,11 +419,6 @@ impl DevArgs {
     }
 }
 
-/// Where `dev` writes a replaced pod's YAML.
-fn pod_file(dir: &Path, pod: &str) -> PathBuf {
-    dir.join("pods").join(format!("{pod}.yaml"))
-}
-
 fn list(items: &[String]) -> String {
     if items.is_empty() {
         "nothing".into()
@@ -416,6 +452,21 @@ mod tests {
         ));
         assert!(!relevant(root, Path::new("/r/README.md")));
         assert!(!relevant(root, Path::new("/elsewhere/services/x")));
+    }
+
+    #[test]
+    fn reads_and_mtimes_start_no_cycle() {
+        use notify::event::{
+            AccessKind, CreateKind, DataChange, EventKind, MetadataKind, ModifyKind,
+        };
+        assert!(!changes_content(&EventKind::Access(AccessKind::Any)));
+        assert!(!changes_content(&EventKind::Modify(ModifyKind::Metadata(
+            MetadataKind::WriteTime
+        ))));
+        assert!(changes_content(&EventKind::Modify(ModifyKind::Data(
+            DataChange::Any
+        ))));
+        assert!(changes_content(&EventKind::Create(CreateKind::File)));
     }
 
     #[test]

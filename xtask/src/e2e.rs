@@ -151,15 +151,24 @@ impl E2eArgs {
         };
         doctor::require(project, &r, &session, &needs)?;
 
-        let (handoff, activity) = self.images_for_run(project, &r, &opts, &session)?;
+        let (handoff, activity, pending) =
+            self.images_deferring_suite(project, &r, &opts, &session, true)?;
         let built = handoff.built_now.len();
         let cached = handoff.images.len().saturating_sub(built);
         interrupt::check()?;
 
-        let outcome = match self.runtime {
-            Runtime::Podman => self.run_podman(project, &r, &manifests, &handoff, &id),
-            Runtime::Kind => self.run_kind(project, &r, &manifests, &handoff, &session, &id),
-        };
+        // A suite compile left over (nothing to build) runs beside the deploy; the suite
+        // waits for it.
+        let outcome = std::thread::scope(|s| {
+            let reporter = &r;
+            let compiling =
+                pending.map(|jobs| s.spawn(move || run_suite_compile(project, reporter, jobs)));
+            let gate = SuiteGate(std::sync::Mutex::new(compiling));
+            match self.runtime {
+                Runtime::Podman => self.run_podman(project, &r, &manifests, &handoff, &id, &gate),
+                Runtime::Kind => self.run_kind(project, &r, &manifests, &handoff, &id, &gate),
+            }
+        });
         let dir = id.dir(project);
         r.line(format!("phases:\n{}", r.summary()));
         let report = RunReport {
@@ -227,13 +236,30 @@ impl E2eArgs {
         opts: &BuildOptions,
         session: &Session,
     ) -> anyhow::Result<(Handoff, Activity)> {
-        let compile_suite = |jobs: usize| {
-            r.phase("compile E2E suite", |r| {
-                let cmd = compile_suite(project, jobs);
-                r.command(&cmd);
-                cmd.run_logged(&project.logs_dir().join("cargo-test-build.log"))
-                    .context("compiling the E2E suite")
-            })
+        let (handoff, activity, pending) =
+            self.images_deferring_suite(project, r, opts, session, false)?;
+        if let Some(jobs) = pending {
+            run_suite_compile(project, r, jobs)?;
+        }
+        Ok((handoff, activity))
+    }
+
+    /// [`Self::images_for_run`]; with `defer`, a suite compile that would run after the
+    /// images is left to the caller (returned as its `-j`), to run beside the deploy.
+    fn images_deferring_suite(
+        &self,
+        project: &Project,
+        r: &Reporter,
+        opts: &BuildOptions,
+        session: &Session,
+        defer: bool,
+    ) -> anyhow::Result<(Handoff, Activity, Option<usize>)> {
+        let compile_suite = |jobs: usize| -> anyhow::Result<Option<usize>> {
+            if defer {
+                return Ok(Some(jobs));
+            }
+            run_suite_compile(project, r, jobs)?;
+            Ok(None)
         };
         let handoff = match (&self.images, &self.registry) {
             (Some(archive), _) => {
@@ -244,8 +270,8 @@ impl E2eArgs {
                 let mut prepared = build::prepare(project, r, opts, session, &[], None, true)?;
                 if prepared.plan.iter().all(|i| i.is_cached()) {
                     let (handoff, activity) = build::finish(project, r, opts, prepared)?;
-                    compile_suite(session.facts.env(None)?.cargo_jobs())?;
-                    return Ok((handoff, activity));
+                    let pending = compile_suite(session.facts.env(None)?.cargo_jobs())?;
+                    return Ok((handoff, activity, pending));
                 }
                 let env = &mut prepared.env;
                 let jobs =
@@ -277,40 +303,48 @@ impl E2eArgs {
                     crate::memory::human(reserved)
                 ));
                 let (built, compiled) = std::thread::scope(|s| {
-                    let compiling = s.spawn(|| compile_suite(jobs));
+                    let compiling = s.spawn(|| run_suite_compile(project, r, jobs));
                     let built = build::finish(project, r, opts, prepared);
                     (built, compiling.join().expect("no panic"))
                 });
                 compiled?;
-                return built;
+                let (handoff, activity) = built?;
+                return Ok((handoff, activity, None));
             }
         };
-        compile_suite(
+        let pending = compile_suite(
             session
                 .facts
                 .env(Some(&handoff.base_image_id))?
                 .cargo_jobs(),
         )?;
-        Ok((handoff, Activity::default()))
+        Ok((handoff, Activity::default(), pending))
     }
 
-    /// The suite, then (with `--faults`) the fault tests, as phases of the run.
-    pub(crate) fn test_phases(
+    /// The suite, then (with `--faults`) the fault tests, as phases of the run; the suite
+    /// first waits for a compile still running (`gate`).
+    pub(crate) fn test_phases<'a, 's: 'a>(
         &self,
         project: &Project,
         urls: &BTreeMap<String, String>,
         dir: &Path,
         control: StackControl,
-    ) -> Vec<Phase<'static>> {
-        let mut phases = vec![Phase::new(
-            "run E2E suite",
-            vec![Step::Terminal {
-                cmd: suite(project, "e2e", urls)
-                    .arg("--")
-                    .args(self.test_args.iter().cloned()),
-                doing: "the E2E suite failed".into(),
-            }],
-        )];
+        gate: Option<&'a SuiteGate<'s>>,
+    ) -> Vec<Phase<'a>> {
+        let mut suite_steps = Vec::new();
+        if let Some(gate) = gate {
+            suite_steps.push(Step::Watch {
+                what: "the E2E suite's compile, started beside the deploy, has finished".into(),
+                run: Box::new(move |_| gate.wait()),
+            });
+        }
+        suite_steps.push(Step::Terminal {
+            cmd: suite(project, "e2e", urls)
+                .arg("--")
+                .args(self.test_args.iter().cloned()),
+            doing: "the E2E suite failed".into(),
+        });
+        let mut phases = vec![Phase::new("run E2E suite", suite_steps)];
         if self.faults {
             let file = dir.join("stack.json");
             phases.push(Phase::new(
@@ -343,13 +377,14 @@ impl E2eArgs {
         Ok(PodmanRun::new(project, id.clone(), stack))
     }
 
-    fn run_podman(
+    fn run_podman<'g, 's: 'g>(
         &self,
         project: &Project,
         r: &Reporter,
         manifests: &Manifests,
         handoff: &Handoff,
         id: &RunId,
+        gate: &'g SuiteGate<'s>,
     ) -> anyhow::Result<()> {
         let run = self.podman_run(project, manifests, handoff, id)?;
         r.line(format!(
@@ -363,6 +398,7 @@ impl E2eArgs {
             &run.urls(),
             &run.dir,
             run.stack_control(FAULTS_DEDUP_TTL_SECONDS),
+            Some(gate),
         );
         let plan = run.plan(Duration::from_secs(self.ready_timeout), tests);
         let mut runner = Runner {
@@ -449,25 +485,23 @@ impl E2eArgs {
         Ok((run, files))
     }
 
-    fn run_kind(
+    fn run_kind<'g, 's: 'g>(
         &self,
         project: &Project,
         r: &Reporter,
         manifests: &Manifests,
         handoff: &Handoff,
-        session: &Session,
         id: &RunId,
+        gate: &'g SuiteGate<'s>,
     ) -> anyhow::Result<()> {
-        let engine = session
-            .facts
-            .env(None)
-            .map_or(handoff.engine, |e| e.engine());
-        let (run, files) = self.kind_run(project, engine, manifests, handoff, id)?;
+        // The engine that built or loaded the images is kind's provider.
+        let (run, files) = self.kind_run(project, handoff.engine, manifests, handoff, id)?;
         let tests = self.test_phases(
             project,
             &run.urls(),
             &run.dir,
             run.stack_control(FAULTS_DEDUP_TTL_SECONDS),
+            Some(gate),
         );
         let plan = run.plan(&files, Duration::from_secs(self.ready_timeout), tests);
         let mut runner = Runner {
@@ -577,6 +611,7 @@ impl E2eArgs {
                     &run.urls(),
                     &run.dir,
                     run.stack_control(FAULTS_DEDUP_TTL_SECONDS),
+                    None,
                 );
                 lines.extend(step::print(
                     &run.plan(Duration::from_secs(self.ready_timeout), tests),
@@ -596,6 +631,7 @@ impl E2eArgs {
                     &run.urls(),
                     &run.dir,
                     run.stack_control(FAULTS_DEDUP_TTL_SECONDS),
+                    None,
                 );
                 lines.extend(step::print(&run.plan(
                     &files,
@@ -616,6 +652,32 @@ impl E2eArgs {
         println!("{}", lines.join("\n"));
         Ok(())
     }
+}
+
+/// A suite compile running beside the deploy, waited for once, before the suite runs.
+pub(crate) struct SuiteGate<'s>(
+    std::sync::Mutex<Option<std::thread::ScopedJoinHandle<'s, anyhow::Result<()>>>>,
+);
+
+impl SuiteGate<'_> {
+    fn wait(&self) -> anyhow::Result<()> {
+        match self.0.lock().expect("not poisoned").take() {
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the suite's compile panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `cargo test --no-run` of the suite, as a phase.
+fn run_suite_compile(project: &Project, r: &Reporter, jobs: usize) -> anyhow::Result<()> {
+    r.phase("compile E2E suite", |r| {
+        let cmd = compile_suite(project, jobs);
+        r.command(&cmd);
+        cmd.run_logged(&project.logs_dir().join("cargo-test-build.log"))
+            .context("compiling the E2E suite")
+    })
 }
 
 fn combine(outcome: anyhow::Result<()>, teardown: anyhow::Result<()>) -> anyhow::Result<()> {
@@ -700,7 +762,7 @@ mod tests {
             dedup_ttl_seconds: 5,
             services: BTreeMap::new(),
         };
-        let phases = args.test_phases(&project, &urls, Path::new("/r/run"), control);
+        let phases = args.test_phases(&project, &urls, Path::new("/r/run"), control, None);
         let names: Vec<&str> = phases.iter().map(|p| p.name).collect();
         assert_eq!(names, ["run E2E suite", "run fault tests"]);
         assert_eq!(

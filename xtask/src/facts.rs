@@ -57,11 +57,11 @@ impl Facts {
         let (answer, base) = match engine {
             Err(p) => (Err(p), None),
             Ok(e) => std::thread::scope(|s| {
-                let info = s.spawn(|| e.info().read());
+                let info = s.spawn(|| ask(e));
                 let base = e.image(base_image);
                 let answer = match info.join().expect("no panic") {
-                    Ok(json) => EngineFacts::parse(e, &json)
-                        .map_err(|err| Problem::new(format!("{err:#}"), e.not_answering_fix())),
+                    Ok(Ok(facts)) => Ok(facts),
+                    Ok(Err(err)) => Err(Problem::new(format!("{err:#}"), e.not_answering_fix())),
                     Err(err) => Err(Problem::new(
                         format!("{} is installed but does not answer: {err:#}", e.program()),
                         e.not_answering_fix(),
@@ -138,4 +138,18 @@ impl Facts {
             ),
         )
     }
+}
+
+/// The engine's facts: `version` first (cheap), and `info` only when the engine is not a
+/// local podman. The outer error: the engine did not answer; the inner: it answered
+/// something unreadable.
+fn ask(engine: Engine) -> anyhow::Result<anyhow::Result<EngineFacts>> {
+    if engine == Engine::Podman {
+        let version = engine.version().read()?;
+        if let Some(local) = EngineFacts::local_podman(&version) {
+            return Ok(local);
+        }
+    }
+    let json = engine.info().read()?;
+    Ok(EngineFacts::parse(engine, &json))
 }

@@ -126,6 +126,21 @@ pub fn parse_meminfo(text: &str) -> Option<u64> {
     field("MemAvailable").or_else(|| field("MemFree"))
 }
 
+/// `MemTotal` of this machine, in bytes.
+pub fn total() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    Some(
+        text.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()?
+            * 1024,
+    )
+}
+
 /// Memory in use on the machine now (`MemTotal - MemAvailable`), for peak sampling.
 pub fn used_now() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;

@@ -233,6 +233,18 @@ pub fn finish(
     opts: &BuildOptions,
     prepared: Prepared,
 ) -> anyhow::Result<(Handoff, Activity)> {
+    finish_with(project, r, opts, prepared, true)
+}
+
+/// [`finish`]; without `tidy`, superseded tags stay (the dev loop tidies once, at its end,
+/// rather than removing an image in every cycle).
+pub fn finish_with(
+    project: &Project,
+    r: &Reporter,
+    opts: &BuildOptions,
+    prepared: Prepared,
+    tidy: bool,
+) -> anyhow::Result<(Handoff, Activity)> {
     let Prepared {
         images,
         env,
@@ -317,13 +329,15 @@ pub fn finish(
         "wrote {}",
         project.display(&Handoff::path(project))
     ));
-    if plan
-        .iter()
-        .any(|i| matches!(i.action, Action::Build { .. }))
-    {
+    if tidy && plan.iter().any(|i| !i.is_cached()) {
         plan::prune_superseded(r, &handoff);
     }
     Ok((handoff, activity))
+}
+
+/// Removes the tags the handed-off images superseded (see [`finish_with`]).
+pub fn tidy(r: &Reporter, handoff: &Handoff) {
+    plan::prune_superseded(r, handoff);
 }
 
 /// The handoff a plan would give, before anything is built (for `--dry-run`).

@@ -102,12 +102,18 @@ impl RunRecord {
         fsx::write_json(&RunRecord::path(dir), self)
     }
 
-    /// The teardown, as commands.
-    pub fn teardown(&self) -> Vec<Cmd> {
+    /// The teardown, as stages of commands: the commands of a stage run at once, the
+    /// stages one after the other.
+    pub fn teardown_stages(&self) -> Vec<Vec<Cmd>> {
         match &self.created {
             Created::Podman(c) => c.teardown(),
-            Created::Kind(c) => c.teardown(),
+            Created::Kind(c) => vec![c.teardown()],
         }
+    }
+
+    /// The teardown's commands, in order.
+    pub fn teardown(&self) -> Vec<Cmd> {
+        self.teardown_stages().into_iter().flatten().collect()
     }
 
     /// What of this run still exists (after a teardown: what it failed to remove). Kind's
@@ -137,14 +143,22 @@ pub fn teardown(
     exec: &mut dyn step::Exec,
 ) -> anyhow::Result<()> {
     let mut failures = Vec::new();
-    for cmd in record.teardown() {
-        let cmd = cmd.survives_interrupt();
-        r.command(&cmd);
-        if let Err(e) = exec.run(&cmd, log) {
-            failures.push(format!("{e:#}"));
-        }
+    for stage in record.teardown_stages() {
+        let stage: Vec<Cmd> = stage.into_iter().map(Cmd::survives_interrupt).collect();
+        stage.iter().for_each(|c| r.command(c));
+        failures.extend(
+            exec.run_all(&stage, log)
+                .into_iter()
+                .filter_map(Result::err)
+                .map(|e| format!("{e:#}")),
+        );
     }
-    let left = record.leftovers(&mut |c| exec.probe(c));
+    // Only a failed step needs judging by what is left (asking costs a command per object).
+    let left = if failures.is_empty() {
+        Vec::new()
+    } else {
+        record.leftovers(&mut |c| exec.probe(c))
+    };
     let kind = matches!(record.created, Created::Kind(_));
     if !failures.is_empty() && (kind || !left.is_empty()) {
         anyhow::bail!(

@@ -29,6 +29,8 @@ pub enum Step<'a> {
         cmd: Cmd,
         doing: String,
     },
+    /// Runs commands at once, each with its output in the run's log; all must succeed.
+    Parallel { cmds: Vec<Cmd>, doing: String },
     /// Runs a command on this terminal (a test suite); its failure fails the run.
     Terminal { cmd: Cmd, doing: String },
     /// Something that observes rather than changes (polling until ready, loading only what
@@ -56,6 +58,11 @@ impl Step<'_> {
             Step::Run { cmd, .. } | Step::Secret { cmd, .. } | Step::Terminal { cmd, .. } => {
                 vec![cmd.to_string()]
             }
+            Step::Parallel { cmds, .. } => {
+                let mut lines = vec![format!("# at once, {} commands:", cmds.len())];
+                lines.extend(cmds.iter().map(ToString::to_string));
+                lines
+            }
             Step::Watch { what, .. } => what.lines().map(|l| format!("# {l}")).collect(),
         }
     }
@@ -65,6 +72,10 @@ impl Step<'_> {
 pub trait Exec {
     /// Runs a command, its output appended to `log`.
     fn run(&mut self, cmd: &Cmd, log: &Path) -> anyhow::Result<()>;
+    /// Runs commands at once (by default, one after the other), each with its result.
+    fn run_all(&mut self, cmds: &[Cmd], log: &Path) -> Vec<anyhow::Result<()>> {
+        cmds.iter().map(|c| self.run(c, log)).collect()
+    }
     /// Runs a command on this terminal.
     fn terminal(&mut self, cmd: &Cmd) -> anyhow::Result<()>;
     /// Asks a yes/no question of the world (`podman pod exists`): not a step of the run.
@@ -81,6 +92,19 @@ pub struct Live;
 impl Exec for Live {
     fn run(&mut self, cmd: &Cmd, log: &Path) -> anyhow::Result<()> {
         cmd.run_logged(log)
+    }
+
+    fn run_all(&mut self, cmds: &[Cmd], log: &Path) -> Vec<anyhow::Result<()>> {
+        std::thread::scope(|s| {
+            let running: Vec<_> = cmds.iter().map(|c| s.spawn(|| c.run_logged(log))).collect();
+            running
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a command's thread panicked")))
+                })
+                .collect()
+        })
     }
 
     fn terminal(&mut self, cmd: &Cmd) -> anyhow::Result<()> {
@@ -133,6 +157,18 @@ impl Runner<'_> {
                 let result = self.exec.run(cmd, &self.log);
                 let _ = std::fs::remove_file(file);
                 result.with_context(|| doing.clone())
+            }
+            Step::Parallel { cmds, doing } => {
+                cmds.iter().for_each(|c| r.command(c));
+                let failed: Vec<String> = self
+                    .exec
+                    .run_all(cmds, &self.log)
+                    .into_iter()
+                    .filter_map(Result::err)
+                    .map(|e| format!("{e:#}"))
+                    .collect();
+                anyhow::ensure!(failed.is_empty(), "{doing}:\n{}", failed.join("\n"));
+                Ok(())
             }
             Step::Terminal { cmd, doing } => {
                 r.command(cmd);
