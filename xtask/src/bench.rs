@@ -248,6 +248,201 @@ impl BenchArchiveArgs {
     }
 }
 
+#[derive(clap::Args, Debug)]
+pub struct BenchLoopArgs {
+    /// Runs of each measurement (at least 5 for the medians the goals are stated in).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+}
+
+/// The line `bench-loop` appends to the gateway's `main.rs`, run `n`: a kept static, so the
+/// binary changes as with a one-line edit (and nothing else does).
+fn probe_line(n: usize) -> String {
+    format!(
+        "\n#[used]\nstatic BENCH_LOOP_PROBE: [u8; 8] = *b\"{:08}\";\n",
+        n
+    )
+}
+
+impl BenchLoopArgs {
+    /// (a) a warm `e2e`; (b) a one-line gateway change to a finished suite, with `dev`
+    /// against `e2e`; (c) `e2e --images` (images removed first) to its first test against
+    /// a warm `e2e`. Medians, side by side in one go.
+    pub fn run(self, project: &Project) -> anyhow::Result<()> {
+        let r = Reporter::new();
+        let log = bench_log(project);
+        let exe = std::env::current_exe()?.display().to_string();
+        let run = |args: &[&str]| -> anyhow::Result<Duration> {
+            let start = Instant::now();
+            xtask(args)?.run_logged(&log)?;
+            Ok(start.elapsed())
+        };
+        let main_rs = project.root.join("services/gateway/src/main.rs");
+        let original = std::fs::read_to_string(&main_rs)?;
+        // Put the source back whatever happens.
+        struct Restore<'a>(&'a Path, &'a str);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                let _ = std::fs::write(self.0, self.1);
+            }
+        }
+        let _restore = Restore(&main_rs, &original);
+        r.line("warming up: a whole e2e, so that everything is compiled and built");
+        run(&["e2e"])?;
+
+        let (mut warm, mut warm_first) = (vec![], vec![]);
+        let (mut with_e2e, mut with_dev) = (vec![], vec![]);
+        let mut change = 0;
+        for i in 0..self.runs {
+            r.line(format!(
+                "run {}/{}: warm e2e, then a change with e2e",
+                i + 1,
+                self.runs
+            ));
+            let wall = run(&["e2e"])?;
+            let report = latest_report(project)?;
+            warm.push(wall);
+            warm_first.push(first_test(&report)?);
+            change += 1;
+            std::fs::write(&main_rs, format!("{original}{}", probe_line(change)))?;
+            let wall = run(&["e2e"])?;
+            // To a finished suite: the run's wall time less its teardown.
+            with_e2e.push(wall.saturating_sub(phase(&latest_report(project)?, "tear down")?));
+        }
+        std::fs::write(&main_rs, &original)?;
+
+        r.line("dev: the stack up once, then one change per run");
+        let dev_log = project.logs_dir().join("bench-dev.log");
+        let _ = std::fs::remove_file(&dev_log);
+        let dev = duct::cmd(&exe, ["dev"])
+            .stdout_path(&dev_log)
+            .stderr_path(&dev_log)
+            .unchecked()
+            .start()?;
+        let outcome = (|| -> anyhow::Result<()> {
+            wait_for(&dev_log, "] watching ", Duration::from_secs(300))?;
+            for i in 0..self.runs {
+                change += 1;
+                let cycles = count(&dev_log, "] cycle ")?;
+                let start = Instant::now();
+                std::fs::write(&main_rs, format!("{original}{}", probe_line(change)))?;
+                wait_for_count(&dev_log, "] cycle ", cycles + 1, Duration::from_secs(300))?;
+                with_dev.push(start.elapsed());
+                let last = std::fs::read_to_string(&dev_log)?;
+                let line = last
+                    .lines()
+                    .rfind(|l| l.contains("] cycle "))
+                    .unwrap_or("")
+                    .to_owned();
+                r.line(format!("  dev run {}: {}", i + 1, line));
+                anyhow::ensure!(line.contains("suite passed"), "a dev cycle failed: {line}");
+            }
+            Ok(())
+        })();
+        // Stop dev as a developer does (Ctrl-C), and let it tear down.
+        for pid in dev.pids() {
+            let _ = Cmd::new("kill").args(["-INT", &pid.to_string()]).read();
+        }
+        let _ = dev.wait();
+        std::fs::write(&main_rs, &original)?;
+        outcome?;
+
+        r.line("e2e --images: the images removed first, then loaded from an archive");
+        let handoff = Handoff::load(project).context("no images.json")?;
+        let dir = project.e2e_dir().join("bench");
+        std::fs::create_dir_all(&dir)?;
+        let archive = dir.join("loop.tar.zst").display().to_string();
+        run(&["save-images", "--output", &archive])?;
+        let refs: Vec<String> = handoff.images.iter().map(|i| i.reference.clone()).collect();
+        let mut from_archive = vec![];
+        for i in 0..self.runs {
+            r.line(format!("run {}/{}: e2e --images", i + 1, self.runs));
+            let _ = Cmd::new(handoff.engine.program())
+                .arg("rmi")
+                .args(refs.iter().cloned())
+                .read();
+            run(&["e2e", "--images", &archive])?;
+            from_archive.push(first_test(&latest_report(project)?)?);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let m = |v: &[Duration]| median(v);
+        let rows = vec![
+            stat_row("(a) warm e2e, wall", &warm),
+            stat_row("(a) warm e2e, to the first test", &warm_first),
+            stat_row(
+                "(b) one-line gateway change to a finished suite: e2e",
+                &with_e2e,
+            ),
+            stat_row(
+                "(b) the same with dev (change saved to cycle summary)",
+                &with_dev,
+            ),
+            stat_row("(c) e2e --images, to the first test", &from_archive),
+        ];
+        r.line(format!(
+            "results (medians of {} runs, one go):\n{}\n  dev is {:.1}x faster than e2e for a change; e2e --images reaches its first test in {:.2}x the time of a warm e2e",
+            self.runs,
+            table(&["measurement", "runs", "median", "min", "max"], &rows),
+            m(&with_e2e).as_secs_f64() / m(&with_dev).as_secs_f64().max(0.001),
+            m(&from_archive).as_secs_f64() / m(&warm_first).as_secs_f64().max(0.001),
+        ));
+        Ok(())
+    }
+}
+
+fn stat_row(name: &str, v: &[Duration]) -> Vec<String> {
+    vec![
+        name.to_owned(),
+        v.len().to_string(),
+        secs3(median(v)),
+        secs3(*v.iter().min().unwrap_or(&Duration::ZERO)),
+        secs3(*v.iter().max().unwrap_or(&Duration::ZERO)),
+    ]
+}
+
+/// How many lines of a log contain `what`.
+fn count(log: &Path, what: &str) -> anyhow::Result<usize> {
+    Ok(std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(what))
+        .count())
+}
+
+fn wait_for(log: &Path, what: &str, timeout: Duration) -> anyhow::Result<()> {
+    wait_for_count(log, what, 1, timeout)
+}
+
+/// Polls a log until `n` lines contain `what`, with a deadline.
+fn wait_for_count(log: &Path, what: &str, n: usize, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while count(log, what)? < n {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "waited {}s for {what:?} in {}",
+            timeout.as_secs(),
+            log.display()
+        );
+        crate::interrupt::check()?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A phase's duration, from a run's `report.json`.
+fn phase(report: &Path, name: &str) -> anyhow::Result<Duration> {
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(report)?)?;
+    r["phases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p[0] == name)
+        .and_then(|p| p[1].as_f64())
+        .map(Duration::from_secs_f64)
+        .with_context(|| format!("no phase {name:?} in {}", report.display()))
+}
+
 /// The newest `report.json` under `target/e2e/runs/`.
 pub fn latest_report(project: &Project) -> anyhow::Result<PathBuf> {
     let mut runs: Vec<PathBuf> = std::fs::read_dir(project.runs_dir())

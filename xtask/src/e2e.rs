@@ -151,8 +151,45 @@ impl E2eArgs {
         };
         doctor::require(project, &r, &session, &needs)?;
 
-        let (handoff, activity, pending) =
-            self.images_deferring_suite(project, &r, &opts, &session, true)?;
+        // PostgreSQL and Redis start while the service binaries compile and their images
+        // build, when their own images are there already.
+        let early = self.early_start(project, &session, &manifests, &id);
+        let (images, started) = std::thread::scope(|s| {
+            let started = early.as_ref().map(|run| {
+                s.spawn(|| {
+                    let mut runner = Runner {
+                        dir: run.dir.clone(),
+                        log: run.log.clone(),
+                        exec: &mut Live,
+                        record: None,
+                    };
+                    let result = runner.phases(&r, &run.plan_early());
+                    (result, runner.record)
+                })
+            });
+            let images = self.images_deferring_suite(project, &r, &opts, &session, true);
+            (images, started.map(|h| h.join().expect("no panic")))
+        });
+        let (early_result, early_record) = match started {
+            Some((result, record)) => (result, record),
+            None => (Ok(()), None),
+        };
+        if let (Some(run), Some(record), Err(_)) | (Some(run), Some(record), Ok(Err(_))) = (
+            &early,
+            &early_record,
+            images.as_ref().map(|_| early_result.as_ref()),
+        ) {
+            // Nothing else will run: what started early is torn down now.
+            let teardown = r.phase("tear down", |r| {
+                runtime::teardown(&run.dir, record, &run.log, r, &mut Live)
+            });
+            if let Err(t) = teardown {
+                r.line(format!("{t:#}"));
+            }
+        }
+        early_result?;
+        let (handoff, activity, pending) = images?;
+        let early = early.map(|run| (run, early_record));
         let built = handoff.built_now.len();
         let cached = handoff.images.len().saturating_sub(built);
         interrupt::check()?;
@@ -165,7 +202,10 @@ impl E2eArgs {
                 pending.map(|jobs| s.spawn(move || run_suite_compile(project, reporter, jobs)));
             let gate = SuiteGate(std::sync::Mutex::new(compiling));
             match self.runtime {
-                Runtime::Podman => self.run_podman(project, &r, &manifests, &handoff, &id, &gate),
+                Runtime::Podman => {
+                    let begun = Begun { gate: &gate, early };
+                    self.run_podman(project, &r, &manifests, &handoff, &id, begun)
+                }
                 Runtime::Kind => self.run_kind(project, &r, &manifests, &handoff, &id, &gate),
             }
         });
@@ -366,6 +406,58 @@ impl E2eArgs {
         phases
     }
 
+    /// The run with the pods that can start before the service images exist (their images
+    /// package no binary of ours and are there already), or `None`.
+    fn early_start(
+        &self,
+        project: &Project,
+        session: &Session,
+        manifests: &Manifests,
+        id: &RunId,
+    ) -> Option<PodmanRun> {
+        if self.runtime != Runtime::Podman
+            || self.images.is_some()
+            || self.registry.is_some()
+            || self.build.force
+        {
+            return None;
+        }
+        let names: Vec<String> = session
+            .images
+            .images
+            .iter()
+            .filter(|i| i.binary().is_none())
+            .map(|i| i.name.clone())
+            .collect();
+        let items = build::plan_quietly(project, session, &names).ok()?;
+        if items.is_empty() || !items.iter().all(|i| i.is_cached()) {
+            return None;
+        }
+        let pinned: BTreeMap<String, String> = items
+            .iter()
+            .map(|i| (i.spec.repository.clone(), i.reference.clone()))
+            .collect();
+        let stack = manifests
+            .render_podman(&pinned, id.suffix(), free_port)
+            .ok()?;
+        let early: std::collections::BTreeSet<String> = stack
+            .pods
+            .iter()
+            .filter(|p| {
+                p.containers
+                    .iter()
+                    .all(|c| pinned.values().any(|r| *r == c.image))
+            })
+            .map(|p| p.name.clone())
+            .collect();
+        if early.is_empty() {
+            return None;
+        }
+        let mut run = PodmanRun::new(project, id.clone(), stack);
+        run.early = early;
+        Some(run)
+    }
+
     pub(crate) fn podman_run(
         &self,
         project: &Project,
@@ -384,9 +476,22 @@ impl E2eArgs {
         manifests: &Manifests,
         handoff: &Handoff,
         id: &RunId,
-        gate: &'g SuiteGate<'s>,
+        begun: Begun<'g, 's>,
     ) -> anyhow::Result<()> {
-        let run = self.podman_run(project, manifests, handoff, id)?;
+        let Begun { gate, early } = begun;
+        let (run, record) = match early {
+            // The same stack with every image pinned now, on the ports the early part chose.
+            Some((started, record)) => {
+                let mut ports = started.stack.published.iter().map(|p| p.host_port);
+                let stack = manifests.render_podman(&handoff.pinned(), id.suffix(), || {
+                    ports.next().map_or_else(free_port, Ok)
+                })?;
+                let mut run = PodmanRun::new(project, id.clone(), stack);
+                run.early = started.early;
+                (run, record)
+            }
+            None => (self.podman_run(project, manifests, handoff, id)?, None),
+        };
         r.line(format!(
             "run {} (network {}, files in {})",
             run.id,
@@ -405,7 +510,7 @@ impl E2eArgs {
             dir: run.dir.clone(),
             log: run.log.clone(),
             exec: &mut Live,
-            record: None,
+            record,
         };
         let outcome = runner.phases(r, &plan);
         if outcome.is_err() {
@@ -605,7 +710,15 @@ impl E2eArgs {
         let keep = if self.keep { "  # skipped: --keep" } else { "" };
         match self.runtime {
             Runtime::Podman => {
-                let run = self.podman_run(project, manifests, &handoff, id)?;
+                let mut run = self.podman_run(project, manifests, &handoff, id)?;
+                if let Some(early) = self.early_start(project, session, manifests, id) {
+                    run.early = early.early;
+                    let mut first = vec![
+                        "# while the service binaries compile and their images build:".to_owned(),
+                    ];
+                    first.extend(step::print(&run.plan_early()));
+                    lines.splice(0..0, first);
+                }
                 let tests = self.test_phases(
                     project,
                     &run.urls(),
@@ -652,6 +765,13 @@ impl E2eArgs {
         println!("{}", lines.join("\n"));
         Ok(())
     }
+}
+
+/// What began before the stack's own phases: the suite's compile, and the pods started
+/// early (with what they recorded).
+pub(crate) struct Begun<'g, 's> {
+    gate: &'g SuiteGate<'s>,
+    early: Option<(PodmanRun, Option<runtime::RunRecord>)>,
 }
 
 /// A suite compile running beside the deploy, waited for once, before the suite runs.

@@ -59,6 +59,9 @@ enum Command {
     /// Measure the archive: its size, save and load with and without zstd, and the time to
     /// the first test of `e2e --images` against a warm `e2e`.
     BenchArchive(bench::BenchArchiveArgs),
+    /// Measure the developer's loop: a warm `e2e`, a one-line change with `dev` against
+    /// `e2e`, and `e2e --images` to its first test against a warm `e2e` (medians).
+    BenchLoop(bench::BenchLoopArgs),
     /// Build the images, bring up PostgreSQL, Redis, DataStorage and Gateway, run the E2E
     /// suite against them and tear everything down.
     E2e(e2e::E2eArgs),
@@ -79,6 +82,7 @@ fn main() -> std::process::ExitCode {
         Command::BenchImages(args) => args.run(&project),
         Command::Doctor(args) => args.run(&project),
         Command::BenchArchive(args) => args.run(&project),
+        Command::BenchLoop(args) => args.run(&project),
         Command::SaveImages(args) => args.run(&project),
         Command::LoadImages(args) => args.run(&project),
         Command::Report(args) => args.run(&project),

@@ -379,8 +379,11 @@ impl ReportArgs {
             serde_json::from_slice(&std::fs::read(&file).with_context(|| {
                 format!("no report for that run ({} is missing)", file.display())
             })?)?;
-        println!("{}", dir.join("report.html").display());
-        println!("{}", timeline::text_summary(&t));
+        // A closed pipe (`| head`) is not an error worth a panic.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", dir.join("report.html").display());
+        let _ = writeln!(out, "{}", timeline::text_summary(&t));
         Ok(())
     }
 }

@@ -335,6 +335,24 @@ pub fn finish_with(
     Ok((handoff, activity))
 }
 
+/// The plan of the named images, decided quietly (nothing compiled, nothing printed): to
+/// know early whether the images that package no binary of ours are already there.
+pub fn plan_quietly(
+    project: &Project,
+    session: &Session,
+    names: &[String],
+) -> anyhow::Result<Vec<PlanItem>> {
+    let env = session.facts.env(None)?;
+    let specs = session.images.select(names)?;
+    plan::make_plan(
+        project,
+        &env,
+        &specs,
+        false,
+        Handoff::load(project).as_ref(),
+    )
+}
+
 /// Removes the tags the handed-off images superseded (see [`finish_with`]).
 pub fn tidy(r: &Reporter, handoff: &Handoff) {
     plan::prune_superseded(r, handoff);
