@@ -7,7 +7,7 @@
 //! (or SIGTERM) tears everything down, as `e2e` does; `--keep` leaves it up.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::mpsc,
     time::{Duration, Instant},
@@ -26,8 +26,10 @@ use crate::{
     project::Project,
     ready,
     report::{secs, Reporter},
+    handoff::Handoff,
     runtime::{
         self,
+        kind::{self, KindFiles, KindRun},
         podman::PodmanRun,
         step::{Live, Runner},
         RunId,
@@ -36,6 +38,9 @@ use crate::{
 
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
+    /// Where the stack runs (Kind: changed pods are replaced through kubectl).
+    #[arg(long, value_enum, default_value_t = Runtime::Podman)]
+    pub runtime: Runtime,
     /// Leave the stack running when the loop ends (Ctrl-C).
     #[arg(long)]
     pub keep: bool,
@@ -114,7 +119,7 @@ pub fn changed_pods(old: &PodmanStack, new: &PodmanStack) -> Vec<usize> {
 impl DevArgs {
     fn as_e2e(&self) -> E2eArgs {
         E2eArgs {
-            runtime: Runtime::Podman,
+            runtime: self.runtime,
             keep: self.keep,
             ready_timeout: self.ready_timeout,
             faults: false,
@@ -134,49 +139,57 @@ impl DevArgs {
         let r = Reporter::new();
         let e2e = self.as_e2e();
         let opts = BuildOptions {
-            engine: e2e::engine_for(Runtime::Podman, self.build.engine)?,
+            engine: e2e::engine_for(self.runtime, self.build.engine)?,
             ..self.build.clone()
         };
         let session = Session::open(project, &opts)?;
-        let needs = doctor::Needs::default();
+        let needs = doctor::Needs {
+            kind: self.runtime == Runtime::Kind,
+            ..doctor::Needs::default()
+        };
         doctor::require(project, &r, &session, &needs)?;
         let manifests = Manifests::load(&project.manifests_dir())?;
         let (handoff, _) = e2e.images_for_run(project, &r, &opts, &session)?;
         let id = RunId::new(Some("dev"));
-        let mut run = e2e.podman_run(project, &manifests, &handoff, &id)?;
-        r.line(format!("dev run {} (network {})", run.id, run.network()));
         let timeout = Duration::from_secs(self.ready_timeout);
+        let mut stack = match self.runtime {
+            Runtime::Podman => Stack::Podman(e2e.podman_run(project, &manifests, &handoff, &id)?),
+            Runtime::Kind => {
+                let (run, files) = e2e.kind_run(project, handoff.engine, &manifests, &handoff, &id)?;
+                Stack::Kind(run, files)
+            }
+        };
+        r.line(format!("dev run {id}"));
         let mut runner = Runner {
-            dir: run.dir.clone(),
-            log: run.log.clone(),
+            dir: id.dir(project),
+            log: id.log(project),
             exec: &mut Live,
             record: None,
         };
-        let up = runner.phases(&r, &run.plan(timeout, vec![]));
+        let up = match &stack {
+            Stack::Podman(run) => runner.phases(&r, &run.plan(timeout, vec![])),
+            Stack::Kind(run, files) => runner.phases(&r, &run.plan(files, timeout, vec![])),
+        };
         let record = runner.record.clone();
         let outcome = up.and_then(|()| {
-            let suite = self.suite(project, &run);
+            let suite = self.suite(project, &stack.urls());
             let passed = r.phase("run E2E suite", |r| {
                 r.command(&suite);
                 Ok(suite.run_inherit().is_ok())
             })?;
-            r.line(format!(
-                "suite {}; {}",
-                if passed { "passed" } else { "FAILED" },
-                run.keep_instructions().lines().nth(1).unwrap_or("").trim()
-            ));
-            self.watch(project, &r, &opts, &session, &mut run)
+            r.line(format!("suite {}", if passed { "passed" } else { "FAILED" }));
+            self.watch(project, &r, &opts, &session, &mut stack)
         });
         if let Some(h) = crate::handoff::Handoff::load(project) {
             build::tidy(&r, &h);
         }
         let teardown = match (&record, self.keep) {
             (Some(_), true) => {
-                r.line(run.keep_instructions());
+                r.line(stack.keep_instructions());
                 Ok(())
             }
             (Some(record), false) => r.phase("tear down", |r| {
-                runtime::teardown(&run.dir, record, &run.log, r, &mut Live)
+                runtime::teardown(&id.dir(project), record, &id.log(project), r, &mut Live)
             }),
             (None, _) => Ok(()),
         };
@@ -192,8 +205,8 @@ impl DevArgs {
         }
     }
 
-    fn suite(&self, project: &Project, run: &PodmanRun) -> Cmd {
-        e2e::suite(project, "e2e", &run.urls())
+    fn suite(&self, project: &Project, urls: &BTreeMap<String, String>) -> Cmd {
+        e2e::suite(project, "e2e", urls)
             .arg("--")
             .args(self.test_args.iter().cloned())
     }
@@ -205,7 +218,7 @@ impl DevArgs {
         r: &Reporter,
         opts: &BuildOptions,
         session: &Session,
-        run: &mut PodmanRun,
+        stack: &mut Stack,
     ) -> anyhow::Result<()> {
         use notify::Watcher;
         let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
@@ -266,7 +279,7 @@ impl DevArgs {
                 continue;
             }
             cycle += 1;
-            let summary = self.cycle(project, r, opts, session, run, &names);
+            let summary = self.cycle(project, r, opts, session, stack, &names);
             r.line(format!("cycle {cycle}: {summary}"));
         }
     }
@@ -279,7 +292,7 @@ impl DevArgs {
         r: &Reporter,
         opts: &BuildOptions,
         session: &Session,
-        run: &mut PodmanRun,
+        stack: &mut Stack,
         changed: &[String],
     ) -> String {
         let started = Instant::now();
@@ -333,65 +346,23 @@ impl DevArgs {
         };
         timed(&mut times, "images", t);
 
-        // Re-render with the same host ports, and replace only the pods that differ.
+        // Replace only the pods that differ, the same way on either runtime.
         let t = Instant::now();
-        let mut ports = run
-            .stack
-            .published
-            .iter()
-            .map(|p| p.host_port)
-            .collect::<Vec<_>>()
-            .into_iter();
-        let stack = Manifests::load(&project.manifests_dir()).and_then(|m| {
-            m.render_podman(&handoff.pinned(), run.id.suffix(), || {
-                ports.next().map_or_else(runtime::free_port, Ok)
-            })
-        });
-        let stack = match stack {
-            Ok(s) => s,
+        let names = match stack.replace(project, r, &handoff) {
+            Ok(names) => names,
             Err(e) => {
                 r.line(format!("{e:#}"));
                 return format!(
-                    "changed {what}; the manifests do not render, the stack is unchanged"
+                    "changed {what}; rebuilt {}; replacing FAILED, the rest of the stack is unchanged ({})",
+                    list(&rebuilt),
+                    secs(started.elapsed())
                 );
             }
         };
-        let replace = changed_pods(&run.stack, &stack);
-        let names: Vec<String> = replace
-            .iter()
-            .map(|&i| stack.pods[i].name.clone())
-            .collect();
-        let replaced = (|| -> anyhow::Result<()> {
-            for &i in &replace {
-                let pod = &stack.pods[i].name;
-                let file = run.pod_file(pod);
-                fsx::write_atomic(&file, &stack.pod_yaml[i])?;
-                let one = std::slice::from_ref(pod);
-                for cmd in [
-                    Podman.pods_kill(one),
-                    Podman.pods_rm(one),
-                    Podman.kube_play(&run.network(), &file),
-                ] {
-                    r.command(&cmd);
-                    cmd.run_logged(&run.log)
-                        .with_context(|| format!("replacing pod {pod}"))?;
-                }
-            }
-            fsx::write_atomic(&run.stack_file(), &stack.yaml)
-        })();
-        run.stack = stack;
-        if let Err(e) = replaced {
-            r.line(format!("{e:#}"));
-            return format!(
-                "changed {what}; replacing {} FAILED ({})",
-                names.join(", "),
-                secs(started.elapsed())
-            );
-        }
         timed(&mut times, "replace", t);
-        if !replace.is_empty() {
+        if !names.is_empty() {
             let t = Instant::now();
-            if let Err(e) = ready::wait_ready(run, Duration::from_secs(self.ready_timeout), r) {
+            if let Err(e) = stack.wait_ready(r, Duration::from_secs(self.ready_timeout)) {
                 r.line(format!("{e:#}"));
                 return format!(
                     "changed {what}; rebuilt {}; replaced {}; NOT READY ({})",
@@ -404,7 +375,7 @@ impl DevArgs {
         }
 
         let t = Instant::now();
-        let suite = self.suite(project, run);
+        let suite = self.suite(project, &stack.urls());
         r.command(&suite);
         let passed = suite.run_inherit().is_ok();
         timed(&mut times, "suite", t);
@@ -416,6 +387,91 @@ impl DevArgs {
             steps(&times),
             secs(started.elapsed())
         )
+    }
+}
+
+/// The running stack the loop changes.
+enum Stack {
+    Podman(PodmanRun),
+    Kind(KindRun, KindFiles),
+}
+
+impl Stack {
+    fn urls(&self) -> BTreeMap<String, String> {
+        match self {
+            Stack::Podman(run) => run.urls(),
+            Stack::Kind(run, _) => run.urls(),
+        }
+    }
+
+    fn keep_instructions(&self) -> String {
+        match self {
+            Stack::Podman(run) => run.keep_instructions(),
+            Stack::Kind(run, _) => format!(
+                "the cluster is left running: kubectl --context kind-{} --namespace {} get pods\n  remove it: cargo xtask e2e --down {}",
+                run.cluster, run.namespace, run.id
+            ),
+        }
+    }
+
+    fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()> {
+        match self {
+            Stack::Podman(run) => ready::wait_ready(run, timeout, r),
+            Stack::Kind(run, _) => kind::wait_ready(run, timeout, r),
+        }
+    }
+
+    /// Renders the manifests with the new images and replaces the pods whose rendering
+    /// changed; returns their names.
+    fn replace(&mut self, project: &Project, r: &Reporter, handoff: &Handoff) -> anyhow::Result<Vec<String>> {
+        let manifests = Manifests::load(&project.manifests_dir())?;
+        let run_all = |cmds: Vec<Cmd>, log: &Path, what: &str| -> anyhow::Result<()> {
+            for cmd in cmds {
+                r.command(&cmd);
+                cmd.run_logged(log).with_context(|| format!("replacing {what}"))?;
+            }
+            Ok(())
+        };
+        match self {
+            Stack::Podman(run) => {
+                // The same host ports as before.
+                let mut ports = run.stack.published.iter().map(|p| p.host_port).collect::<Vec<_>>().into_iter();
+                let stack = manifests.render_podman(&handoff.pinned(), run.id.suffix(), || {
+                    ports.next().map_or_else(runtime::free_port, Ok)
+                })?;
+                let changed = changed_pods(&run.stack, &stack);
+                let mut names = Vec::new();
+                for &i in &changed {
+                    let pod = &stack.pods[i].name;
+                    let file = run.pod_file(pod);
+                    fsx::write_atomic(&file, &stack.pod_yaml[i])?;
+                    let one = std::slice::from_ref(pod);
+                    let cmds = vec![Podman.pods_kill(one), Podman.pods_rm(one), Podman.kube_play(&run.network(), &file)];
+                    run_all(cmds, &run.log, pod)?;
+                    names.push(pod.clone());
+                }
+                fsx::write_atomic(&run.stack_file(), &stack.yaml)?;
+                run.stack = stack;
+                Ok(names)
+            }
+            Stack::Kind(run, files) => {
+                let (yaml, _) = manifests.render_kind(&handoff.pinned())?;
+                let (old, new) = (kind::pod_docs(&files.stack), kind::pod_docs(&yaml));
+                let names: Vec<String> = new.keys().filter(|k| old.get(*k) != new.get(*k)).cloned().collect();
+                let images: Vec<String> = handoff
+                    .images
+                    .iter()
+                    .filter(|i| !run.references.contains(&i.reference))
+                    .map(|i| i.reference.clone())
+                    .collect();
+                fsx::write_atomic(&run.stack_file(), &yaml)?;
+                run_all(run.replace(&names, &images), &run.log, &names.join(", "))?;
+                let _ = std::fs::remove_file(&run.archive_tar);
+                run.references = handoff.images.iter().map(|i| i.reference.clone()).collect();
+                files.stack = yaml;
+                Ok(names)
+            }
+        }
     }
 }
 

@@ -535,7 +535,7 @@ impl E2eArgs {
         combine(outcome, teardown)
     }
 
-    fn kind_run(
+    pub(crate) fn kind_run(
         &self,
         project: &Project,
         engine: Engine,

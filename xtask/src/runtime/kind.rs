@@ -336,6 +336,41 @@ impl KindRun {
         cmds
     }
 
+    /// The commands that replace pods in the running cluster (the dev loop's rule: only the
+    /// pods whose image or manifest changed): the new images into the nodes, each changed
+    /// Pod deleted, the new manifests applied (which recreates them and leaves the rest).
+    pub fn replace(&self, pods: &[String], images: &[String]) -> Vec<Cmd> {
+        let mut cmds = Vec::new();
+        if !images.is_empty() {
+            let mut save = Cmd::new(self.provider.program()).arg("save");
+            if self.provider == Engine::Podman {
+                save = save.arg("--multi-image-archive");
+            }
+            cmds.push(
+                save.args(["--output", &self.archive_tar.display().to_string()])
+                    .args(images.iter().cloned()),
+            );
+            cmds.push(
+                self.kind()
+                    .args(["load", "image-archive"])
+                    .arg(self.archive_tar.display().to_string())
+                    .args(["--name", &self.cluster]),
+            );
+        }
+        for pod in pods {
+            cmds.push(self.kubectl_ns().args([
+                "delete",
+                &format!("pod/{pod}"),
+                "--wait=true",
+                "--ignore-not-found",
+            ]));
+        }
+        if !pods.is_empty() {
+            cmds.push(self.apply());
+        }
+        cmds
+    }
+
     /// `<SERVICE>_URL` for each NodePort Service mapped to the host.
     pub fn urls(&self) -> BTreeMap<String, String> {
         self.node_ports
@@ -378,6 +413,17 @@ impl KindRun {
             services,
         }
     }
+}
+
+/// Each Pod's document in rendered manifests, by name (to see which pods changed).
+pub fn pod_docs(yaml: &str) -> BTreeMap<String, String> {
+    yaml.split("---\n")
+        .filter_map(|doc| {
+            let v: Value = serde_norway::from_str(doc).ok()?;
+            (v["kind"].as_str() == Some("Pod"))
+                .then(|| Some((v["metadata"]["name"].as_str()?.to_owned(), doc.to_owned())))?
+        })
+        .collect()
 }
 
 /// containerd names `localhost/x:1` as is, and `x:1` as `docker.io/library/x:1`.
@@ -708,6 +754,33 @@ mod tests {
             assert_eq!(rec.commands, printed, "reuse: {reuse}");
             std::fs::remove_dir_all(root).unwrap();
         }
+    }
+
+    #[test]
+    fn the_dev_loop_replaces_only_changed_pods_through_kubectl() {
+        let run = run(false, Engine::Podman);
+        let cmds: Vec<String> = run
+            .replace(&["gateway".into()], &["localhost/e2e-gateway:bbbb".into()])
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            cmds,
+            [
+                "podman save --multi-image-archive --output /r/target/e2e/runs/1/images.tar localhost/e2e-gateway:bbbb",
+                "KIND_EXPERIMENTAL_PROVIDER=podman kind load image-archive /r/target/e2e/runs/1/images.tar --name e2e-103501-42",
+                "kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 delete pod/gateway --wait=true --ignore-not-found",
+                "kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 apply --filename /r/target/e2e/runs/1/stack.yaml",
+            ]
+        );
+        assert!(run.replace(&[], &[]).is_empty(), "nothing changed, nothing run");
+        let m = Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests")).unwrap();
+        let (old, _) = m.render_kind(&BTreeMap::new()).unwrap();
+        let pinned = [("localhost/e2e-gateway".to_owned(), "localhost/e2e-gateway:new".to_owned())].into();
+        let (new, _) = m.render_kind(&pinned).unwrap();
+        let (old, new) = (pod_docs(&old), pod_docs(&new));
+        let changed: Vec<&String> = new.keys().filter(|k| old.get(*k) != new.get(*k)).collect();
+        assert_eq!(changed, ["gateway"]);
     }
 
     #[test]
