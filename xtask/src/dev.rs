@@ -21,12 +21,13 @@ use crate::{
     doctor,
     e2e::{self, E2eArgs, Runtime},
     engine::Podman,
-    fsx, interrupt,
+    fsx,
+    handoff::Handoff,
+    interrupt,
     manifests::{Manifests, PodmanStack},
     project::Project,
     ready,
     report::{secs, Reporter},
-    handoff::Handoff,
     runtime::{
         self,
         kind::{self, KindFiles, KindRun},
@@ -129,6 +130,7 @@ impl DevArgs {
             cluster_name: None,
             reuse_cluster: None,
             dry_run: false,
+            suite_in: None,
             down: None,
             build: self.build.clone(),
             test_args: self.test_args.clone(),
@@ -155,7 +157,8 @@ impl DevArgs {
         let mut stack = match self.runtime {
             Runtime::Podman => Stack::Podman(e2e.podman_run(project, &manifests, &handoff, &id)?),
             Runtime::Kind => {
-                let (run, files) = e2e.kind_run(project, handoff.engine, &manifests, &handoff, &id)?;
+                let (run, files) =
+                    e2e.kind_run(project, handoff.engine, &manifests, &handoff, &id)?;
                 Stack::Kind(run, files)
             }
         };
@@ -177,7 +180,10 @@ impl DevArgs {
                 r.command(&suite);
                 Ok(suite.run_inherit().is_ok())
             })?;
-            r.line(format!("suite {}", if passed { "passed" } else { "FAILED" }));
+            r.line(format!(
+                "suite {}",
+                if passed { "passed" } else { "FAILED" }
+            ));
             self.watch(project, &r, &opts, &session, &mut stack)
         });
         if let Some(h) = crate::handoff::Handoff::load(project) {
@@ -206,7 +212,7 @@ impl DevArgs {
     }
 
     fn suite(&self, project: &Project, urls: &BTreeMap<String, String>) -> Cmd {
-        e2e::suite(project, "e2e", urls)
+        crate::suite::run(project, "e2e", urls)
             .arg("--")
             .args(self.test_args.iter().cloned())
     }
@@ -423,19 +429,31 @@ impl Stack {
 
     /// Renders the manifests with the new images and replaces the pods whose rendering
     /// changed; returns their names.
-    fn replace(&mut self, project: &Project, r: &Reporter, handoff: &Handoff) -> anyhow::Result<Vec<String>> {
+    fn replace(
+        &mut self,
+        project: &Project,
+        r: &Reporter,
+        handoff: &Handoff,
+    ) -> anyhow::Result<Vec<String>> {
         let manifests = Manifests::load(&project.manifests_dir())?;
         let run_all = |cmds: Vec<Cmd>, log: &Path, what: &str| -> anyhow::Result<()> {
             for cmd in cmds {
                 r.command(&cmd);
-                cmd.run_logged(log).with_context(|| format!("replacing {what}"))?;
+                cmd.run_logged(log)
+                    .with_context(|| format!("replacing {what}"))?;
             }
             Ok(())
         };
         match self {
             Stack::Podman(run) => {
                 // The same host ports as before.
-                let mut ports = run.stack.published.iter().map(|p| p.host_port).collect::<Vec<_>>().into_iter();
+                let mut ports = run
+                    .stack
+                    .published
+                    .iter()
+                    .map(|p| p.host_port)
+                    .collect::<Vec<_>>()
+                    .into_iter();
                 let stack = manifests.render_podman(&handoff.pinned(), run.id.suffix(), || {
                     ports.next().map_or_else(runtime::free_port, Ok)
                 })?;
@@ -446,7 +464,11 @@ impl Stack {
                     let file = run.pod_file(pod);
                     fsx::write_atomic(&file, &stack.pod_yaml[i])?;
                     let one = std::slice::from_ref(pod);
-                    let cmds = vec![Podman.pods_kill(one), Podman.pods_rm(one), Podman.kube_play(&run.network(), &file)];
+                    let cmds = vec![
+                        Podman.pods_kill(one),
+                        Podman.pods_rm(one),
+                        Podman.kube_play(&run.network(), &file),
+                    ];
                     run_all(cmds, &run.log, pod)?;
                     names.push(pod.clone());
                 }
@@ -457,7 +479,11 @@ impl Stack {
             Stack::Kind(run, files) => {
                 let (yaml, _) = manifests.render_kind(&handoff.pinned())?;
                 let (old, new) = (kind::pod_docs(&files.stack), kind::pod_docs(&yaml));
-                let names: Vec<String> = new.keys().filter(|k| old.get(*k) != new.get(*k)).cloned().collect();
+                let names: Vec<String> = new
+                    .keys()
+                    .filter(|k| old.get(*k) != new.get(*k))
+                    .cloned()
+                    .collect();
                 let images: Vec<String> = handoff
                     .images
                     .iter()

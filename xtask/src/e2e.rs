@@ -12,7 +12,6 @@ use serde::Serialize;
 use crate::{
     archive,
     build::{self, Action, Activity, BuildOptions, Session},
-    cmd::Cmd,
     doctor,
     engine::Engine,
     fingerprint,
@@ -30,6 +29,7 @@ use crate::{
         step::{self, Live, Phase, Runner, Step},
         RunId, StackControl,
     },
+    suite::{self, InEngine, SuiteIn},
     timeline::SpanState,
 };
 
@@ -77,6 +77,10 @@ pub struct E2eArgs {
     /// run's namespace is created and removed.
     #[arg(long, value_name = "NAME", conflicts_with = "cluster_name")]
     pub reuse_cluster: Option<String>,
+    /// Where the suite runs [default: this machine; in the engine, on the run's network,
+    /// when the engine is remote and its published ports are not reachable from here].
+    #[arg(long, value_enum)]
+    pub suite_in: Option<SuiteIn>,
     /// Print the exact commands of the whole run without running them.
     #[arg(long)]
     pub dry_run: bool,
@@ -144,6 +148,16 @@ impl E2eArgs {
         if self.dry_run {
             return self.dry_run(project, &r, &opts, &session, &manifests, &id);
         }
+        let remote = session.facts.engine.as_ref().is_ok_and(|f| f.remote);
+        if self.faults && SuiteIn::resolve(self.suite_in, remote) == SuiteIn::Engine {
+            return Err(Problem::new(
+                "the fault tests stop and start services with the engine's command line, so they run on this machine, \
+                 and this engine's published ports are not reachable from here",
+                "run --faults against a local engine, or pass --suite-in host where the engine publishes its ports here \
+                 (podman machine forwards them)",
+            )
+            .into());
+        }
         let needs = doctor::Needs {
             kind: self.runtime == Runtime::Kind,
             archive: self.images.clone(),
@@ -203,7 +217,12 @@ impl E2eArgs {
             let gate = SuiteGate(std::sync::Mutex::new(compiling));
             match self.runtime {
                 Runtime::Podman => {
-                    let begun = Begun { gate: &gate, early };
+                    let begun = Begun {
+                        gate: &gate,
+                        early,
+                        remote,
+                        base_image: session.facts.base_image.clone(),
+                    };
                     self.run_podman(project, &r, &manifests, &handoff, &id, begun)
                 }
                 Runtime::Kind => self.run_kind(project, &r, &manifests, &handoff, &id, &gate),
@@ -365,11 +384,26 @@ impl E2eArgs {
     /// first waits for a compile still running (`gate`).
     pub(crate) fn test_phases<'a, 's: 'a>(
         &self,
-        project: &Project,
+        project: &'a Project,
         urls: &BTreeMap<String, String>,
         dir: &Path,
         control: StackControl,
         gate: Option<&'a SuiteGate<'s>>,
+    ) -> Vec<Phase<'a>> {
+        self.test_phases_in(project, urls, dir, control, gate, None)
+    }
+
+    /// [`Self::test_phases`]; with `in_engine`, the suite is packaged and run in a container
+    /// on the run's network (the services' in-network URLs), its output and exit status as
+    /// on this machine.
+    pub(crate) fn test_phases_in<'a, 's: 'a>(
+        &self,
+        project: &'a Project,
+        urls: &BTreeMap<String, String>,
+        dir: &Path,
+        control: StackControl,
+        gate: Option<&'a SuiteGate<'s>>,
+        in_engine: Option<(&'a InEngine, String, BTreeMap<String, String>)>,
     ) -> Vec<Phase<'a>> {
         let mut suite_steps = Vec::new();
         if let Some(gate) = gate {
@@ -378,12 +412,34 @@ impl E2eArgs {
                 run: Box::new(move |_| gate.wait()),
             });
         }
-        suite_steps.push(Step::Terminal {
-            cmd: suite(project, "e2e", urls)
-                .arg("--")
-                .args(self.test_args.iter().cloned()),
-            doing: "the E2E suite failed".into(),
-        });
+        match in_engine {
+            Some((package, network, net_urls)) => {
+                suite_steps.push(Step::Watch {
+                    what: format!(
+                        "the suite's test binaries (where cargo says they are) packaged: {}",
+                        package.build()
+                    ),
+                    run: Box::new(move |r| {
+                        package.stage(project)?;
+                        let build = package.build();
+                        r.command(&build);
+                        build
+                            .run_logged(&project.logs_dir().join("build-suite.log"))
+                            .context("packaging the suite for the engine")
+                    }),
+                });
+                suite_steps.push(Step::Terminal {
+                    cmd: package.run(&network, "e2e", &net_urls, &self.test_args),
+                    doing: "the E2E suite failed (run in the engine)".into(),
+                });
+            }
+            None => suite_steps.push(Step::Terminal {
+                cmd: suite::run(project, "e2e", urls)
+                    .arg("--")
+                    .args(self.test_args.iter().cloned()),
+                doing: "the E2E suite failed".into(),
+            }),
+        }
         let mut phases = vec![Phase::new("run E2E suite", suite_steps)];
         if self.faults {
             let file = dir.join("stack.json");
@@ -395,7 +451,7 @@ impl E2eArgs {
                         contents: serde_json::to_string_pretty(&control).expect("serialises"),
                     },
                     Step::Terminal {
-                        cmd: suite(project, "faults", urls)
+                        cmd: suite::run(project, "faults", urls)
                             .env("E2E_STACK", file.display().to_string())
                             .args(["--", "--test-threads=1"]),
                         doing: "the fault tests failed".into(),
@@ -478,8 +534,13 @@ impl E2eArgs {
         id: &RunId,
         begun: Begun<'g, 's>,
     ) -> anyhow::Result<()> {
-        let Begun { gate, early } = begun;
-        let (run, record) = match early {
+        let Begun {
+            gate,
+            early,
+            remote,
+            base_image,
+        } = begun;
+        let (mut run, record) = match early {
             // The same stack with every image pinned now, on the ports the early part chose.
             Some((started, record)) => {
                 let mut ports = started.stack.published.iter().map(|p| p.host_port);
@@ -498,12 +559,30 @@ impl E2eArgs {
             run.network(),
             project.display(&run.dir)
         ));
-        let tests = self.test_phases(
+        run.remote = remote;
+        let package = (SuiteIn::resolve(self.suite_in, remote) == SuiteIn::Engine)
+            .then(|| InEngine::new(project, Engine::Podman, run.id.suffix(), &base_image));
+        run.suite_image = package.as_ref().map(|p| p.image.clone());
+        if run.remote {
+            r.line(format!(
+                "the engine is remote: readiness is asked inside the containers; the suite runs {}",
+                if package.is_some() {
+                    "in the engine, on the run's network"
+                } else {
+                    "here (--suite-in host)"
+                }
+            ));
+        }
+        let in_engine = package
+            .as_ref()
+            .map(|p| (p, run.network(), run.network_urls()));
+        let tests = self.test_phases_in(
             project,
             &run.urls(),
             &run.dir,
             run.stack_control(FAULTS_DEDUP_TTL_SECONDS),
             Some(gate),
+            in_engine,
         );
         let plan = run.plan(Duration::from_secs(self.ready_timeout), tests);
         let mut runner = Runner {
@@ -706,7 +785,7 @@ impl E2eArgs {
                 build::planned_handoff(&prepared)
             }
         };
-        lines.push(compile_suite(project, 1).to_string());
+        lines.push(suite::compile(project, 1).to_string());
         let keep = if self.keep { "  # skipped: --keep" } else { "" };
         match self.runtime {
             Runtime::Podman => {
@@ -772,6 +851,9 @@ impl E2eArgs {
 pub(crate) struct Begun<'g, 's> {
     gate: &'g SuiteGate<'s>,
     early: Option<(PodmanRun, Option<runtime::RunRecord>)>,
+    /// The engine is remote: readiness from inside, the suite (by default) in the engine.
+    remote: bool,
+    base_image: String,
 }
 
 /// A suite compile running beside the deploy, waited for once, before the suite runs.
@@ -793,7 +875,7 @@ impl SuiteGate<'_> {
 /// `cargo test --no-run` of the suite, as a phase.
 fn run_suite_compile(project: &Project, r: &Reporter, jobs: usize) -> anyhow::Result<()> {
     r.phase("compile E2E suite", |r| {
-        let cmd = compile_suite(project, jobs);
+        let cmd = suite::compile(project, jobs);
         r.command(&cmd);
         cmd.run_logged(&project.logs_dir().join("cargo-test-build.log"))
             .context("compiling the E2E suite")
@@ -809,33 +891,6 @@ fn combine(outcome: anyhow::Result<()>, teardown: anyhow::Result<()>) -> anyhow:
             Err(e.context(format!("E2E failed, and the teardown failed too: {t:#}")))
         }
     }
-}
-
-/// `cargo test` of one test binary of the E2E suite crate, with the services' URLs.
-pub(crate) fn suite(project: &Project, test: &str, urls: &BTreeMap<String, String>) -> Cmd {
-    let mut cmd = Cmd::new(Project::cargo())
-        .args(["test", "--locked", "-p", "e2e-suite", "--test", test])
-        .cwd(&project.root);
-    for (var, url) in urls {
-        cmd = cmd.env(var, url);
-    }
-    cmd
-}
-
-/// Compiles every test binary of the E2E suite (the suite and the fault tests).
-fn compile_suite(project: &Project, jobs: usize) -> Cmd {
-    Cmd::new(Project::cargo())
-        .args([
-            "test",
-            "--locked",
-            "-p",
-            "e2e-suite",
-            "--tests",
-            "--no-run",
-            "-j",
-            &jobs.to_string(),
-        ])
-        .cwd(&project.root)
 }
 
 #[cfg(test)]
@@ -867,6 +922,7 @@ mod tests {
             cluster_name: None,
             reuse_cluster: None,
             dry_run: false,
+            suite_in: None,
             down: None,
             build: BuildOptions::default(),
             test_args: vec!["metrics".into()],

@@ -28,6 +28,7 @@ mod registry;
 mod report;
 mod runtime;
 mod sampler;
+mod suite;
 mod timeline;
 
 use clap::{Parser, Subcommand};

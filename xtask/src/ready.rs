@@ -88,6 +88,16 @@ pub fn wait_ready(run: &PodmanRun, timeout: Duration, r: &Reporter) -> anyhow::R
                         Ok(false) => Err(format!("`{}` failed", command.join(" "))),
                         Err(e) => Err(format!("{e:#}")),
                     },
+                    // A remote engine's published ports are not this machine's: ask from inside.
+                    Some(Probe::Http { path, port }) if run.remote => {
+                        match Podman.http_probe(&name, *port, path).read() {
+                            Ok(status) if http_ok(&status) => Ok(()),
+                            Ok(status) => {
+                                Err(format!("GET {path} on port {port}: {}", status.trim()))
+                            }
+                            Err(e) => Err(format!("GET {path} on port {port}: {e:#}")),
+                        }
+                    }
                     Some(Probe::Http { path, port }) => match run.stack.host_port(&pod.name, *port)
                     {
                         None => Err(format!(
@@ -134,9 +144,25 @@ pub fn wait_ready(run: &PodmanRun, timeout: Duration, r: &Reporter) -> anyhow::R
     }
 }
 
+/// Whether an HTTP status line (`HTTP/1.1 200 OK`) says success.
+pub fn http_ok(status_line: &str) -> bool {
+    status_line
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|code| code.starts_with('2') && code.len() == 3)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_lines() {
+        assert!(http_ok("HTTP/1.1 200 OK\r\n"));
+        assert!(http_ok("HTTP/1.0 204 No Content"));
+        assert!(!http_ok("HTTP/1.1 503 Service Unavailable"));
+        assert!(!http_ok(""));
+    }
 
     #[test]
     fn classifies_podman_states() {

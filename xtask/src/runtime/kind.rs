@@ -773,10 +773,19 @@ mod tests {
                 "kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 apply --filename /r/target/e2e/runs/1/stack.yaml",
             ]
         );
-        assert!(run.replace(&[], &[]).is_empty(), "nothing changed, nothing run");
-        let m = Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests")).unwrap();
+        assert!(
+            run.replace(&[], &[]).is_empty(),
+            "nothing changed, nothing run"
+        );
+        let m =
+            Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests"))
+                .unwrap();
         let (old, _) = m.render_kind(&BTreeMap::new()).unwrap();
-        let pinned = [("localhost/e2e-gateway".to_owned(), "localhost/e2e-gateway:new".to_owned())].into();
+        let pinned = [(
+            "localhost/e2e-gateway".to_owned(),
+            "localhost/e2e-gateway:new".to_owned(),
+        )]
+        .into();
         let (new, _) = m.render_kind(&pinned).unwrap();
         let (old, new) = (pod_docs(&old), pod_docs(&new));
         let changed: Vec<&String> = new.keys().filter(|k| old.get(*k) != new.get(*k)).collect();

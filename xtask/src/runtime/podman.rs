@@ -24,6 +24,9 @@ pub struct Created {
     pub secrets: Vec<String>,
     /// Set before `kube play`.
     pub pods: Vec<String>,
+    /// Images of the run's own (the suite packaged for the engine), removed with it.
+    #[serde(default)]
+    pub images: Vec<String>,
 }
 
 impl Created {
@@ -41,6 +44,9 @@ impl Created {
             stages.push(vec![Podman.pods_rm(&self.pods)]);
         }
         stages.push(self.secrets.iter().map(|s| Podman.secret_rm(s)).collect());
+        if !self.images.is_empty() {
+            stages.push(vec![Podman.images_rm(&self.images)]);
+        }
         if let Some(net) = &self.network {
             stages.push(vec![Podman.network_rm(net)]);
         }
@@ -71,6 +77,12 @@ impl Created {
 
 pub struct PodmanRun {
     pub id: RunId,
+    /// The engine runs on another machine: its published ports are not reachable here, so
+    /// readiness is asked from inside the containers and the suite runs on the network.
+    pub remote: bool,
+    /// An image of the run's own (the suite, packaged for the engine), recorded with the
+    /// run so its teardown removes it.
+    pub suite_image: Option<String>,
     /// The pods started before the service images exist ([`Self::plan_early`]).
     pub early: std::collections::BTreeSet<String>,
     /// `target/e2e/runs/<id>`: the rendered stack, its record, logs on failure.
@@ -82,6 +94,8 @@ pub struct PodmanRun {
 impl PodmanRun {
     pub fn new(project: &Project, id: RunId, stack: PodmanStack) -> PodmanRun {
         PodmanRun {
+            remote: false,
+            suite_image: None,
             early: Default::default(),
             dir: id.dir(project),
             log: id.log(project),
@@ -141,6 +155,21 @@ impl PodmanRun {
             .collect()
     }
 
+    /// The services' URLs on the run's network (for a suite that runs in a container there):
+    /// `http://<pod>:<container port>`.
+    pub fn network_urls(&self) -> BTreeMap<String, String> {
+        self.stack
+            .published
+            .iter()
+            .map(|p| {
+                (
+                    url_var(&p.base),
+                    format!("http://{}:{}", p.pod, p.container_port),
+                )
+            })
+            .collect()
+    }
+
     /// Deploy (network, secrets, `kube play`, each recorded before it is made), wait until
     /// ready, then the given test phases.
     /// The network, the secrets, and the pods in `early` (each recorded before it is made):
@@ -176,6 +205,7 @@ impl PodmanRun {
         let all_at_once = self.early.is_empty();
         let mut created = Created {
             network: Some(network.clone()),
+            images: self.suite_image.iter().cloned().collect(),
             ..Created::default()
         };
         let mut steps = Vec::new();
@@ -241,6 +271,7 @@ impl PodmanRun {
     /// What the run has created once every step ran (for `--dry-run`'s teardown).
     pub fn final_record(&self) -> RunRecord {
         self.record(Created {
+            images: self.suite_image.iter().cloned().collect(),
             network: Some(self.network()),
             secrets: self.stack.secrets.iter().map(|s| s.name.clone()).collect(),
             pods: self.stack.pods.iter().map(|p| p.name.clone()).collect(),

@@ -1,0 +1,190 @@
+//! The E2E suite (`test/suite`): its compile, its runs on this machine, and, for an engine
+//! whose published ports this machine cannot reach, its test binaries packaged into an
+//! image and run in a container on the run's network.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use anyhow::Context;
+
+use crate::{cmd::Cmd, engine::Engine, project::Project};
+
+/// Where the suite runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SuiteIn {
+    /// On this machine, against the ports the engine publishes here.
+    Host,
+    /// In a container on the run's network, against the services' in-network URLs.
+    Engine,
+}
+
+impl SuiteIn {
+    /// As asked, else where the services can be reached: the engine when it is remote.
+    pub fn resolve(asked: Option<SuiteIn>, remote: bool) -> SuiteIn {
+        asked.unwrap_or(if remote {
+            SuiteIn::Engine
+        } else {
+            SuiteIn::Host
+        })
+    }
+}
+
+/// `cargo test` of one test binary of the suite, with the services' URLs.
+pub fn run(project: &Project, test: &str, urls: &BTreeMap<String, String>) -> Cmd {
+    let mut cmd = Cmd::new(Project::cargo())
+        .args(["test", "--locked", "-p", "e2e-suite", "--test", test])
+        .cwd(&project.root);
+    for (var, url) in urls {
+        cmd = cmd.env(var, url);
+    }
+    cmd
+}
+
+/// Compiles every test binary of the suite (the suite and the fault tests).
+pub fn compile(project: &Project, jobs: usize) -> Cmd {
+    Cmd::new(Project::cargo())
+        .args([
+            "test",
+            "--locked",
+            "-p",
+            "e2e-suite",
+            "--tests",
+            "--no-run",
+            "-j",
+            &jobs.to_string(),
+        ])
+        .cwd(&project.root)
+}
+
+/// The same compile, asked for cargo's JSON messages (to learn where the binaries are).
+pub fn compile_json(project: &Project) -> Cmd {
+    compile(project, 1).arg("--message-format=json")
+}
+
+/// The test binaries, by test name, from cargo's JSON messages.
+pub fn executables(json_lines: &str) -> BTreeMap<String, PathBuf> {
+    json_lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["kind"][0] == "test")
+        .filter_map(|m| {
+            Some((
+                m["target"]["name"].as_str()?.to_owned(),
+                PathBuf::from(m["executable"].as_str()?),
+            ))
+        })
+        .collect()
+}
+
+/// The suite packaged for the engine: the image, its build, and how it runs.
+pub struct InEngine {
+    pub engine: Engine,
+    /// `localhost/e2e-suite:<run suffix>`: per run, removed with the run.
+    pub image: String,
+    pub context: PathBuf,
+    pub dockerfile: PathBuf,
+    pub base_image: String,
+}
+
+impl InEngine {
+    pub fn new(project: &Project, engine: Engine, suffix: &str, base_image: &str) -> InEngine {
+        InEngine {
+            engine,
+            image: format!("localhost/e2e-suite:{suffix}"),
+            context: project
+                .e2e_dir()
+                .join("context")
+                .join(format!("suite-{suffix}")),
+            dockerfile: project.root.join("docker/suite.Dockerfile"),
+            base_image: base_image.to_owned(),
+        }
+    }
+
+    /// Stages the test binaries (found with cargo's JSON) into the build context.
+    pub fn stage(&self, project: &Project) -> anyhow::Result<()> {
+        let json = compile_json(project)
+            .read()
+            .context("asking cargo where the suite's test binaries are")?;
+        let found = executables(&json);
+        anyhow::ensure!(!found.is_empty(), "cargo named no test binary of the suite");
+        let _ = std::fs::remove_dir_all(&self.context);
+        std::fs::create_dir_all(&self.context)?;
+        for (name, path) in found {
+            let dst = self.context.join(&name);
+            std::fs::copy(&path, &dst)
+                .with_context(|| format!("copying {} to {}", path.display(), dst.display()))?;
+        }
+        Ok(())
+    }
+
+    pub fn build(&self) -> Cmd {
+        self.engine.build(&crate::engine::BuildCmd {
+            reference: self.image.clone(),
+            dockerfile: &self.dockerfile,
+            context: &self.context,
+            memory: "256m".into(),
+            build_args: [("BASE_IMAGE".to_owned(), self.base_image.clone())].into(),
+            labels: Default::default(),
+            no_cache: false,
+        })
+    }
+
+    /// One test binary in a container on the network, with in-network URLs.
+    pub fn run(
+        &self,
+        network: &str,
+        test: &str,
+        urls: &BTreeMap<String, String>,
+        args: &[String],
+    ) -> Cmd {
+        let mut c = Cmd::new(self.engine.program()).args(["run", "--rm", "--network", network]);
+        for (k, v) in urls {
+            c = c.arg("--env").arg(format!("{k}={v}"));
+        }
+        c.arg(&self.image)
+            .arg(format!("/suite/{test}"))
+            .args(args.iter().cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_binaries_from_cargo_json() {
+        let json = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"e2e_suite"},"executable":null}
+{"reason":"compiler-artifact","target":{"kind":["test"],"name":"e2e"},"executable":"/t/debug/deps/e2e-1234"}
+{"reason":"compiler-artifact","target":{"kind":["test"],"name":"faults"},"executable":"/t/debug/deps/faults-99"}
+{"reason":"build-finished","success":true}"#;
+        let found = executables(json);
+        assert_eq!(found.len(), 2);
+        assert_eq!(found["e2e"], PathBuf::from("/t/debug/deps/e2e-1234"));
+    }
+
+    #[test]
+    fn the_suite_runs_where_the_services_are_reachable() {
+        assert_eq!(SuiteIn::resolve(None, false), SuiteIn::Host);
+        assert_eq!(SuiteIn::resolve(None, true), SuiteIn::Engine);
+        assert_eq!(SuiteIn::resolve(Some(SuiteIn::Host), true), SuiteIn::Host);
+        let project = Project {
+            root: "/r".into(),
+            target_dir: "/r/target".into(),
+            e2e_dir: "/r/target/e2e".into(),
+        };
+        let s = InEngine::new(
+            &project,
+            Engine::Podman,
+            "1-2",
+            "localhost/e2e-base:bookworm",
+        );
+        let urls = [(
+            "GATEWAY_URL".to_owned(),
+            "http://gateway-1-2:8080".to_owned(),
+        )]
+        .into();
+        assert_eq!(
+            s.run("e2e-x", "e2e", &urls, &["metrics".into()]).to_string(),
+            "podman run --rm --network e2e-x --env GATEWAY_URL=http://gateway-1-2:8080 localhost/e2e-suite:1-2 /suite/e2e metrics"
+        );
+    }
+}
