@@ -9,6 +9,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 struct File {
     defaults: Defaults,
+    builder: Option<RawBuilder>,
     #[serde(rename = "image")]
     images: Vec<RawImage>,
 }
@@ -31,6 +32,23 @@ struct RawImage {
     memory: Option<String>,
     #[serde(default)]
     build_args: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuilder {
+    image: String,
+    dockerfile: String,
+    memory: String,
+}
+
+/// Where the workspace's binaries compile when they compile in the engine: the builder
+/// image, the Dockerfile of that one compile, and its memory cap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Builder {
+    pub image: String,
+    pub dockerfile: String,
+    pub memory: u64,
 }
 
 /// Where an image's build context comes from.
@@ -69,6 +87,8 @@ impl ImageSpec {
 pub struct Images {
     pub base_image: String,
     pub images: Vec<ImageSpec>,
+    /// `[builder]`, for `--compile-in engine` (`E2E_BUILDER_IMAGE` replaces its image).
+    pub builder: Option<Builder>,
 }
 
 impl Images {
@@ -125,7 +145,24 @@ impl Images {
             });
         }
         anyhow::ensure!(!images.is_empty(), "no [[image]] entries");
-        Ok(Images { base_image, images })
+        let builder = file
+            .builder
+            .map(|b| -> anyhow::Result<Builder> {
+                Ok(Builder {
+                    image: std::env::var("E2E_BUILDER_IMAGE")
+                        .ok()
+                        .filter(|i| !i.is_empty())
+                        .unwrap_or(b.image),
+                    dockerfile: b.dockerfile,
+                    memory: parse_size(&b.memory).context("[builder] memory")?,
+                })
+            })
+            .transpose()?;
+        Ok(Images {
+            base_image,
+            images,
+            builder,
+        })
     }
 
     /// The images named on the command line, or all of them; unknown names are an error

@@ -9,9 +9,11 @@
 //!    and its own fit the budget (and no more than `--jobs`);
 //! 5. write `target/e2e/images.json`, the handoff that `e2e` (and `save-images`) read.
 
+pub mod compile;
 mod plan;
 mod schedule;
 
+pub use compile::CompileIn;
 pub use plan::{Action, PlanItem};
 pub use schedule::{build_cmd_for, Activity};
 
@@ -27,6 +29,7 @@ use crate::{
     handoff::{Handoff, ImageRecord},
     images::{self, ImageSpec, Images},
     interrupt, memory,
+    problem::Problem,
     project::Project,
     report::Reporter,
 };
@@ -45,6 +48,10 @@ pub struct BuildOptions {
     /// The container engine that builds the images [default: podman, or docker when only it is installed].
     #[arg(long, value_enum)]
     pub engine: Option<Engine>,
+    /// Where the workspace's binaries compile [default: this machine, or the engine when this
+    /// machine cannot make binaries for the engine's platform].
+    #[arg(long, value_enum, value_name = "WHERE")]
+    pub compile_in: Option<CompileIn>,
     /// The images file [default: test/e2e/images.toml].
     #[arg(long, value_name = "PATH")]
     pub images_file: Option<PathBuf>,
@@ -166,7 +173,31 @@ pub fn prepare(
     }
 
     let binaries: Vec<&str> = selected.iter().filter_map(ImageSpec::binary).collect();
-    if !binaries.is_empty() && compile {
+    let compile_in = compile::resolve(opts.compile_in, &compile::host_platform(), env.platform());
+    let engine_bin = match (compile_in, binaries.is_empty()) {
+        (CompileIn::Engine, false) => {
+            let builder = session.images.builder.as_ref().ok_or_else(|| {
+                Problem::new(
+                    format!(
+                        "the binaries must compile in the engine ({} cannot run this machine's {}), but the images file has no [builder]",
+                        env.platform(),
+                        compile::host_platform()
+                    ),
+                    "add a [builder] section to test/e2e/images.toml (see the comment there)",
+                )
+            })?;
+            let dir = if compile {
+                r.phase("compile service binaries", |r| {
+                    compile::in_engine(project, r, &env, builder, &binaries)
+                })?
+            } else {
+                project.e2e_dir().join("engine-bin")
+            };
+            Some(dir)
+        }
+        _ => None,
+    };
+    if !binaries.is_empty() && compile && engine_bin.is_none() {
         let jobs = env.cargo_jobs();
         r.phase("compile service binaries", |r| {
             let cmd = cargo_build(project, &binaries, jobs);
@@ -192,7 +223,14 @@ pub fn prepare(
             "plan"
         },
         |r| {
-            let plan = plan::make_plan(project, &env, &selected, opts.force, previous.as_ref())?;
+            let plan = plan::make_plan(
+                project,
+                &env,
+                engine_bin.as_deref(),
+                &selected,
+                opts.force,
+                previous.as_ref(),
+            )?;
             if for_archive {
                 let tags: Vec<String> = plan
                     .iter()
@@ -347,6 +385,7 @@ pub fn plan_quietly(
     plan::make_plan(
         project,
         &env,
+        None,
         &specs,
         false,
         Handoff::load(project).as_ref(),

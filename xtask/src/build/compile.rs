@@ -1,0 +1,285 @@
+//! Where the workspace's binaries compile: on this machine (one `cargo build`), or in the
+//! engine (one build of `[builder]` from the images file), when this machine cannot make
+//! binaries for the engine's platform (a Mac driving podman machine) or when asked.
+//!
+//! In the engine, the sources are staged into a build context (hard links), fingerprinted
+//! like any image's context (with the builder image's ID and the platform), and compiled in
+//! one capped build whose cargo registry and target directory are cache mounts kept in the
+//! engine: the next compile is incremental. The binaries come back through the engine's API
+//! (`podman cp`), and every image then packages them exactly as it packages host binaries.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::{
+    cmd::Cmd,
+    engine::{BuildCmd, FINGERPRINT_LABEL},
+    facts::Env,
+    fingerprint::{self, HashCache, Inputs},
+    images::{self, Builder},
+    memory,
+    problem::Problem,
+    project::Project,
+    report::{secs, Reporter},
+};
+
+/// Where the workspace's binaries compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompileIn {
+    /// On this machine, with `cargo build`.
+    Host,
+    /// In the engine, in one build of the images file's `[builder]`.
+    Engine,
+}
+
+/// `os/arch` of the binaries this machine's cargo makes.
+pub fn host_platform() -> String {
+    crate::engine::normalize_platform(&format!(
+        "{}/{}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    ))
+}
+
+/// As asked, else on this machine when it makes binaries the engine's platform runs, else
+/// in the engine.
+pub fn resolve(asked: Option<CompileIn>, host: &str, engine: &str) -> CompileIn {
+    asked.unwrap_or(if host == engine {
+        CompileIn::Host
+    } else {
+        CompileIn::Engine
+    })
+}
+
+/// The workspace's files that the compile reads.
+const SOURCES: &[&str] = &[
+    "Cargo.toml",
+    "Cargo.lock",
+    ".cargo",
+    "services",
+    "test/suite",
+    "xtask/Cargo.toml",
+    "xtask/src",
+];
+
+/// Stages the sources into `target/e2e/context/builder` (hard links where possible), with
+/// the host's CA bundle when it has one; files no longer in the sources are removed.
+pub fn stage_sources(project: &Project) -> anyhow::Result<PathBuf> {
+    let dir = project.e2e_dir().join("context").join("builder");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    for s in SOURCES {
+        copy_tree(&project.root.join(s), &dir.join(s))?;
+    }
+    let ca = Path::new("/etc/ssl/certs/ca-certificates.crt");
+    if ca.is_file() {
+        std::fs::copy(ca, dir.join("ca-certificates.crt"))?;
+    }
+    Ok(dir)
+}
+
+fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let meta = match std::fs::symlink_metadata(from) {
+        Ok(m) => m,
+        Err(_) => return Ok(()),
+    };
+    if meta.is_dir() {
+        if from.file_name().is_some_and(|n| n == "target") {
+            return Ok(());
+        }
+        std::fs::create_dir_all(to)?;
+        for e in std::fs::read_dir(from)? {
+            let e = e?;
+            copy_tree(&e.path(), &to.join(e.file_name()))?;
+        }
+    } else if meta.is_file() {
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if std::fs::hard_link(from, to).is_err() {
+            std::fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The compile in the engine: the builder build (skipped when its fingerprinted tag is
+/// there), then the binaries copied out. Returns the directory holding them (and `suite/`,
+/// the suite's test binaries).
+pub fn in_engine(
+    project: &Project,
+    r: &Reporter,
+    env: &Env,
+    builder: &Builder,
+    binaries: &[&str],
+) -> anyhow::Result<PathBuf> {
+    let engine = env.engine();
+    if builder.memory > env.budget.bytes {
+        return Err(Problem::new(
+            format!(
+                "the compile in the engine is capped at {} ([builder] memory), more than the engine's budget {} ({})",
+                memory::human(builder.memory),
+                memory::human(env.budget.bytes),
+                env.budget.source
+            ),
+            "give the engine's machine more memory, or lower [builder] memory in test/e2e/images.toml",
+        )
+        .into());
+    }
+    let builder_image = engine.image(&builder.image).ok_or_else(|| {
+        Problem::new(
+            format!(
+                "the builder image {} is not in {}'s image store",
+                builder.image,
+                engine.program()
+            ),
+            format!(
+                "`{} pull {}` where a registry answers, or `test/e2e/make-builder-image.sh` and \
+                 E2E_BUILDER_IMAGE=localhost/e2e-rust:<version> on a machine without one",
+                engine.program(),
+                builder.image
+            ),
+        )
+    })?;
+    let context = stage_sources(project)?;
+    let mut cache = HashCache::load(&project.e2e_dir().join("hash-cache.json"));
+    let entries = fingerprint::scan_context(&context, &mut cache)?;
+    cache.save()?;
+    let dockerfile = project.root.join(&builder.dockerfile);
+    let bin_args: Vec<String> = binaries
+        .iter()
+        .flat_map(|b| ["--bin".to_owned(), (*b).to_owned()])
+        .collect();
+    let build_args: std::collections::BTreeMap<String, String> = [
+        ("BUILDER_IMAGE".to_owned(), builder.image.clone()),
+        ("BINARIES".to_owned(), bin_args.join(" ")),
+    ]
+    .into();
+    let fp = fingerprint::fingerprint(&Inputs {
+        dockerfile: &std::fs::read(&dockerfile)
+            .with_context(|| format!("reading {}", builder.dockerfile))?,
+        context: &entries,
+        build_args: &build_args,
+        base_image_id: &builder_image.id,
+        platform: env.platform(),
+    });
+    let reference = format!("localhost/e2e-builder:{}", fingerprint::tag(&fp));
+    let out = project.e2e_dir().join("engine-bin");
+    let log = project.logs_dir().join("build-builder.log");
+    let cached = engine
+        .image(&reference)
+        .is_some_and(|i| i.fingerprint.as_deref() == Some(fp.as_str()));
+    if cached
+        && out.join(".fingerprint").is_file()
+        && std::fs::read_to_string(out.join(".fingerprint"))? == fp
+    {
+        r.line(format!("  compiled in the engine before: {reference}"));
+        return Ok(out);
+    }
+    if !cached {
+        let build = engine.build(&BuildCmd {
+            reference: reference.clone(),
+            dockerfile: &dockerfile,
+            context: &context,
+            memory: images::podman_size(builder.memory),
+            build_args,
+            labels: [(FINGERPRINT_LABEL.to_owned(), fp.clone())].into(),
+            no_cache: false,
+        });
+        r.line(format!(
+            "  compiling in the engine ({}), capped at {}",
+            env.platform(),
+            images::podman_size(builder.memory)
+        ));
+        r.command(&build);
+        let start = std::time::Instant::now();
+        let bar = r.spinner("compile", "in the engine");
+        let result = build.run_logged(&log);
+        r.finish(&bar);
+        result.context("compiling the workspace in the engine")?;
+        r.line(format!(
+            "  compiled in the engine in {}",
+            secs(start.elapsed())
+        ));
+    }
+    // The binaries come back through the engine's API.
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out)?;
+    let container = format!("e2e-extract-{}", std::process::id());
+    let steps = [
+        Cmd::new(engine.program()).args(["create", "--name", &container, &reference, "true"]),
+        Cmd::new(engine.program()).args([
+            "cp",
+            &format!("{container}:/out/."),
+            &out.display().to_string(),
+        ]),
+    ];
+    let mut result = Ok(());
+    for c in steps {
+        r.command(&c);
+        result = c.run_logged(&log);
+        if result.is_err() {
+            break;
+        }
+    }
+    let _ = Cmd::new(engine.program())
+        .args(["rm", "--force", &container])
+        .survives_interrupt()
+        .read();
+    result.context("copying the binaries out of the engine")?;
+    std::fs::write(out.join(".fingerprint"), &fp)?;
+    Ok(out)
+}
+
+/// The directory a binary comes from: the host's target directory, or what the engine
+/// compiled.
+pub fn binary_path(project: &Project, engine_bin: Option<&Path>, name: &str) -> PathBuf {
+    match engine_bin {
+        Some(dir) => dir.join(name),
+        None => project.binary(name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binaries_compile_where_they_can_run() {
+        assert_eq!(resolve(None, "linux/amd64", "linux/amd64"), CompileIn::Host);
+        assert_eq!(
+            resolve(None, "darwin/arm64", "linux/arm64"),
+            CompileIn::Engine
+        );
+        assert_eq!(
+            resolve(Some(CompileIn::Engine), "linux/amd64", "linux/amd64"),
+            CompileIn::Engine
+        );
+        assert_eq!(
+            resolve(Some(CompileIn::Host), "darwin/arm64", "linux/arm64"),
+            CompileIn::Host
+        );
+        assert!(host_platform().contains('/'));
+    }
+
+    #[test]
+    fn the_sources_are_staged_without_target_dirs() {
+        let root = std::env::temp_dir().join(format!("xtask-compile-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("services/a/src")).unwrap();
+        std::fs::create_dir_all(root.join("services/a/target")).unwrap();
+        std::fs::write(root.join("services/a/src/main.rs"), "fn main() {}").unwrap();
+        std::fs::write(root.join("services/a/target/x"), "junk").unwrap();
+        std::fs::write(root.join("Cargo.toml"), "[workspace]").unwrap();
+        let project = Project {
+            root: root.clone(),
+            target_dir: root.join("target"),
+            e2e_dir: root.join("target/e2e"),
+        };
+        let dir = stage_sources(&project).unwrap();
+        assert!(dir.join("services/a/src/main.rs").is_file());
+        assert!(dir.join("Cargo.toml").is_file());
+        assert!(!dir.join("services/a/target").exists());
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}
