@@ -297,6 +297,7 @@ pub fn finish_with(
             &plan,
             opts.jobs,
             &env.budget,
+            !env.facts.remote,
         ))
     })?;
     r.line(format!(

@@ -71,6 +71,7 @@ pub fn execute(
     plan: &[PlanItem],
     jobs: usize,
     budget: &Budget,
+    local: bool,
 ) -> (HashMap<String, Outcome>, Activity) {
     let mut queue: VecDeque<&PlanItem> = plan
         .iter()
@@ -82,7 +83,9 @@ pub fn execute(
         return (outcomes, Activity::default());
     }
     let overall = r.overall(queue.len() as u64, "images");
-    let sampler = Sampler::start();
+    // The memory sampled is this machine's: it says something of the builds only when the
+    // engine runs here.
+    let sampler = local.then(Sampler::start);
     let (tx, rx) = mpsc::channel::<(String, Outcome)>();
     std::thread::scope(|s| {
         let mut running: Vec<(String, u64)> = Vec::new();
@@ -105,7 +108,7 @@ pub fn execute(
                 let tx = tx.clone();
                 let sampler = &sampler;
                 s.spawn(move || {
-                    let outcome = build_one(project, r, engine, item, sampler);
+                    let outcome = build_one(project, r, engine, item, sampler.as_ref());
                     let _ = tx.send((item.spec.name.clone(), outcome));
                 });
             }
@@ -135,7 +138,7 @@ pub fn execute(
             }
         }
     });
-    let memory = sampler.stop();
+    let memory = sampler.map(Sampler::stop).unwrap_or_default();
     r.finish(&overall);
     let builds = plan
         .iter()
@@ -202,7 +205,7 @@ fn build_one(
     r: &Reporter,
     engine: Engine,
     item: &PlanItem,
-    sampler: &Sampler,
+    sampler: Option<&Sampler>,
 ) -> Outcome {
     let started = Instant::now();
     let spec = &item.spec;
@@ -219,7 +222,7 @@ fn build_one(
     let result = cmd.run_logged(&log);
     r.finish(&bar);
     let took = started.elapsed();
-    let peak = sampler.peak_between(started, Some(started + took));
+    let peak = sampler.and_then(|s| s.peak_between(started, Some(started + took)));
     let result = match result {
         Ok(()) => match engine.image(&item.reference) {
             Some(image) => {
@@ -291,7 +294,8 @@ pub fn outcome_table(plan: &[PlanItem], outcomes: &HashMap<String, Outcome>) -> 
         })
         .collect();
     format!(
-        "{}\n  (peak memory: the machine's memory in use above its level when the build started, sampled every 100 ms)",
+        "{}\n  (peak memory: the machine's memory in use above its level when the build started, sampled every 100 ms; \
+         not sampled when the engine runs on another machine)",
         table(&["image", "result", "time", "size", "peak memory"], &rows)
     )
 }

@@ -1,0 +1,309 @@
+#!/usr/bin/env bash
+# A stand-in for "podman machine" on a Linux host: a podman engine with its own memory
+# (2 GiB), its own filesystem and its own ports, reached only through its remote API.
+#
+# It is podman's API service (`podman system service`) in a privileged container, `e2e-rig`,
+# started with --memory 2g --memory-swap 2g, storing its images and containers in the named
+# volume e2e-rig-storage, serving its API on a unix socket in /run/e2e-rig (a directory
+# bind-mounted from the host). lxcfs's /proc files make /proc/meminfo in the rig, and so
+# `podman info`, report the 2 GiB limit. See test/rig/README.md.
+#
+#   test/rig/remote-engine.sh start    build the rig image if needed, start the rig, wait for
+#                                      its API, load the base image into it, print
+#                                      `export CONTAINER_HOST=unix:///run/e2e-rig/podman.sock`
+#   test/rig/remote-engine.sh url      print the URL (unix:///run/e2e-rig/podman.sock)
+#   test/rig/remote-engine.sh status   the rig's state and what its engine reports; exit 0 when
+#                                      it answers
+#   test/rig/remote-engine.sh stop     remove the rig container, its volume, its socket directory
+#                                      and the lxcfs this script started (idempotent)
+#   test/rig/remote-engine.sh purge    stop, and remove the rig images too
+#
+# Environment: E2E_RIG_MEMORY (default 2g), E2E_BASE_IMAGE (default
+# localhost/e2e-base:bookworm), E2E_RIG_TIMEOUT (seconds to wait for the API, default 60),
+# E2E_RIG_NO_LXCFS=1 (start without lxcfs: `podman info` then reports the host's memory).
+# Run as root. Progress goes to stderr; `start` prints only the export line on stdout, so
+# `eval "$(test/rig/remote-engine.sh start)"` works.
+set -euo pipefail
+
+readonly RIG_NAME=e2e-rig
+readonly RIG_VOLUME=e2e-rig-storage
+readonly RIG_IMAGE_REPO=localhost/e2e-rig
+readonly SOCK_DIR=/run/e2e-rig
+readonly SOCK=$SOCK_DIR/podman.sock
+readonly URL=unix://$SOCK
+readonly LXCFS_DIR=/var/lib/lxcfs
+readonly LXCFS_PIDFILE=/run/e2e-rig-lxcfs.pid
+readonly LXCFS_LOG=/run/e2e-rig-lxcfs.log
+# The /proc files lxcfs virtualizes for a container (lxcfs's documented set).
+readonly LXCFS_PROC_FILES=(cpuinfo diskstats meminfo stat swaps uptime)
+# Everything the rig image is made from: their content names the image's tag.
+readonly RIG_FILES=(Containerfile containers.conf storage.conf rig-entrypoint.sh)
+
+RIG_MEMORY=${E2E_RIG_MEMORY:-2g}
+BASE_IMAGE=${E2E_BASE_IMAGE:-localhost/e2e-base:bookworm}
+START_TIMEOUT=${E2E_RIG_TIMEOUT:-60}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly RIG_MEMORY BASE_IMAGE START_TIMEOUT HERE
+
+log() { printf '[e2e-rig %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+# The host's own podman, whatever CONTAINER_HOST says (it may point at the rig).
+hpod() { env -u CONTAINER_HOST -u CONTAINER_CONNECTION podman "$@"; }
+# The rig's podman, through its API only.
+rpod() { env -u CONTAINER_HOST -u CONTAINER_CONNECTION podman --url "$URL" "$@"; }
+
+# Seconds since the epoch, with milliseconds, for timings.
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+require_host() {
+    [[ $EUID -eq 0 ]] || die "run as root: the rig is a privileged container of the host's rootful podman"
+    command -v podman >/dev/null || die "podman is not installed (test/e2e/setup-podman.sh)"
+}
+
+rig_exists() { hpod container exists "$RIG_NAME"; }
+rig_running() { [[ $(hpod container inspect --format '{{.State.Running}}' "$RIG_NAME" 2>/dev/null) == true ]]; }
+api_ok() { rpod info --format '{{.Host.ServiceIsRemote}}' >/dev/null 2>&1; }
+
+# localhost/e2e-rig:<16 hex digits of the SHA-256 of the rig's files and the base image's ID>.
+rig_image_ref() {
+    local base_id
+    base_id=$(hpod image inspect --format '{{.Id}}' "$BASE_IMAGE" 2>/dev/null) ||
+        die "the base image $BASE_IMAGE is not in the host's podman (test/e2e/setup-podman.sh makes it)"
+    local fp
+    fp=$({ (cd "$HERE" && sha256sum "${RIG_FILES[@]}"); echo "$BASE_IMAGE $base_id"; } | sha256sum | cut -c1-16)
+    echo "$RIG_IMAGE_REPO:$fp"
+}
+
+ensure_rig_image() {
+    local ref=$1
+    if hpod image exists "$ref"; then
+        log "rig image $ref is built"
+        return
+    fi
+    log "building the rig image $ref (FROM $BASE_IMAGE, apt-get install podman ...)"
+    local t0
+    t0=$(now)
+    hpod build --pull=never --build-arg "BASE_IMAGE=$BASE_IMAGE" --label "e2e-rig.image=$ref" \
+        -t "$ref" -f "$HERE/Containerfile" "$HERE" >&2 || die "building the rig image failed (output above)"
+    log "built $ref in $(since "$t0") s"
+    # Older rig images are of no use any more.
+    local old
+    while read -r old; do
+        [[ -n $old && $old != "$ref" ]] || continue
+        if hpod rmi "$old" >/dev/null 2>&1; then
+            log "removed the old rig image $old"
+        fi
+    done < <(hpod images --filter "reference=$RIG_IMAGE_REPO" --format '{{.Repository}}:{{.Tag}}')
+}
+
+# From the mount table, not stat(): a dead lxcfs leaves a mount whose stat fails (ENOTCONN).
+lxcfs_mounted() { awk -v d="$LXCFS_DIR" '$2 == d { found = 1 } END { exit !found }' /proc/self/mounts; }
+lxcfs_ok() { lxcfs_mounted && head -c1 "$LXCFS_DIR/proc/meminfo" >/dev/null 2>&1; }
+
+# Makes sure lxcfs serves /var/lib/lxcfs: uses a running one, or starts one (recorded in
+# LXCFS_PIDFILE, so that `stop` ends it and only it). Returns 1 when the rig goes without.
+ensure_lxcfs() {
+    if lxcfs_ok; then
+        return 0
+    fi
+    if [[ ${E2E_RIG_NO_LXCFS:-} == 1 ]]; then
+        log "warning: E2E_RIG_NO_LXCFS=1: the rig's podman info will report the host's memory, not $RIG_MEMORY"
+        return 1
+    fi
+    command -v lxcfs >/dev/null ||
+        die "lxcfs is not installed: apt-get install -y lxcfs (without it the rig's podman info reports the host's memory; E2E_RIG_NO_LXCFS=1 starts it anyway)"
+    if lxcfs_mounted; then
+        log "the lxcfs mount at $LXCFS_DIR no longer answers (its lxcfs died): unmounting it"
+        umount -l "$LXCFS_DIR"
+    fi
+    mkdir -p "$LXCFS_DIR"
+    log "starting lxcfs on $LXCFS_DIR (pid file $LXCFS_PIDFILE, log $LXCFS_LOG)"
+    setsid lxcfs -p "$LXCFS_PIDFILE" "$LXCFS_DIR" >"$LXCFS_LOG" 2>&1 </dev/null &
+    local pid=$! deadline=$((SECONDS + 10))
+    until lxcfs_ok; do
+        if ! kill -0 "$pid" 2>/dev/null || ((SECONDS >= deadline)); then
+            tail -n 5 "$LXCFS_LOG" >&2 || true
+            die "lxcfs did not come up on $LXCFS_DIR (its log above, all of it in $LXCFS_LOG)"
+        fi
+        sleep 0.05
+    done
+}
+
+# Ends the lxcfs this script started, and only it.
+stop_lxcfs() {
+    [[ -f $LXCFS_PIDFILE ]] || return 0
+    local pid
+    pid=$(cat "$LXCFS_PIDFILE")
+    if [[ $pid =~ ^[0-9]+$ && $(cat "/proc/$pid/comm" 2>/dev/null) == lxcfs ]]; then
+        log "stopping the lxcfs this script started (pid $pid)"
+        kill "$pid"
+        local deadline=$((SECONDS + 10))
+        while kill -0 "$pid" 2>/dev/null; do
+            ((SECONDS < deadline)) || die "lxcfs (pid $pid) did not exit within 10 s"
+            sleep 0.05
+        done
+    fi
+    if lxcfs_mounted && ! lxcfs_ok; then
+        umount -l "$LXCFS_DIR"
+    fi
+    rm -f "$LXCFS_PIDFILE" "$LXCFS_LOG"
+}
+
+wait_for_api() {
+    local deadline=$((SECONDS + START_TIMEOUT))
+    until api_ok; do
+        if ! rig_running; then
+            hpod logs --tail 30 "$RIG_NAME" >&2 || true
+            die "the rig container exited before its API answered (its last log lines above)"
+        fi
+        if ((SECONDS >= deadline)); then
+            hpod logs --tail 30 "$RIG_NAME" >&2 || true
+            die "the rig's API did not answer on $URL within ${START_TIMEOUT} s (its last log lines above)"
+        fi
+        sleep 0.1
+    done
+}
+
+# The base image, loaded through the API (`podman save | podman --remote load`) when the rig
+# does not have it with the host's ID.
+ensure_base_image() {
+    local want have
+    want=$(hpod image inspect --format '{{.Id}}' "$BASE_IMAGE")
+    have=$(rpod image inspect --format '{{.Id}}' "$BASE_IMAGE" 2>/dev/null || true)
+    if [[ $want == "$have" ]]; then
+        log "the rig has $BASE_IMAGE"
+        return
+    fi
+    log "loading $BASE_IMAGE into the rig (podman save | podman --remote load)"
+    local t0
+    t0=$(now)
+    hpod save "$BASE_IMAGE" | rpod load >&2 || die "loading $BASE_IMAGE into the rig failed"
+    have=$(rpod image inspect --format '{{.Id}}' "$BASE_IMAGE" 2>/dev/null || true)
+    [[ $want == "$have" ]] || die "after loading, the rig's $BASE_IMAGE has ID '$have', not $want"
+    log "loaded $BASE_IMAGE in $(since "$t0") s"
+}
+
+cmd_start() {
+    require_host
+    local t0
+    t0=$(now)
+    local ref
+    ref=$(rig_image_ref)
+    if rig_running && [[ $(hpod container inspect --format '{{.ImageName}}' "$RIG_NAME") == "$ref" ]] && api_ok; then
+        log "the rig is already running"
+    else
+        if rig_exists; then
+            log "removing the rig container left from before (its volume, the rig's disk, is kept)"
+            hpod rm -f -t 0 "$RIG_NAME" >/dev/null
+        fi
+        ensure_rig_image "$ref"
+        local proc_mounts=()
+        if ensure_lxcfs; then
+            local f
+            for f in "${LXCFS_PROC_FILES[@]}"; do
+                proc_mounts+=(-v "$LXCFS_DIR/proc/$f:/proc/$f:rw")
+            done
+        fi
+        mkdir -p "$SOCK_DIR"
+        rm -f "$SOCK"
+        if ! hpod volume exists "$RIG_VOLUME"; then
+            hpod volume create --label e2e-rig=1 "$RIG_VOLUME" >/dev/null
+        fi
+        log "starting the rig container $RIG_NAME (--memory $RIG_MEMORY --memory-swap $RIG_MEMORY)"
+        # --privileged: the engine inside makes mounts, cgroups, network namespaces and
+        # iptables rules of its own. --pids-limit 0: no limit of the host's engine on the
+        # processes of the rig's containers (podman's default is 2048).
+        hpod run -d --name "$RIG_NAME" --hostname "$RIG_NAME" --label e2e-rig=1 \
+            --privileged --memory "$RIG_MEMORY" --memory-swap "$RIG_MEMORY" --pids-limit 0 \
+            "${proc_mounts[@]}" \
+            -v "$SOCK_DIR:$SOCK_DIR" \
+            -v "$RIG_VOLUME:/var/lib/containers" \
+            "$ref" >/dev/null
+        wait_for_api
+        log "the rig's API answers on $URL ($(since "$t0") s after start)"
+    fi
+    ensure_base_image
+    local facts
+    facts=$(rpod info --format 'memTotal={{.Host.MemTotal}} memFree={{.Host.MemFree}} cpus={{.Host.CPUs}} {{.Host.OS}}/{{.Host.Arch}} serviceIsRemote={{.Host.ServiceIsRemote}}')
+    log "the rig's engine reports: $facts"
+    log "ready in $(since "$t0") s; point podman (and cargo xtask) at it with:"
+    echo "export CONTAINER_HOST=$URL"
+}
+
+cmd_stop() {
+    require_host
+    if rig_exists; then
+        log "removing the rig container $RIG_NAME (and everything running in it)"
+        hpod rm -f -t 0 "$RIG_NAME" >/dev/null
+    fi
+    if hpod volume exists "$RIG_VOLUME"; then
+        log "removing the rig's volume $RIG_VOLUME (its images, containers, networks)"
+        hpod volume rm -f "$RIG_VOLUME" >/dev/null
+    fi
+    rm -rf "$SOCK_DIR"
+    stop_lxcfs
+    log "stopped; nothing of the rig is left but its image ($RIG_IMAGE_REPO, removed by purge)"
+}
+
+cmd_purge() {
+    cmd_stop
+    local img
+    while read -r img; do
+        [[ -n $img ]] || continue
+        hpod rmi -f "$img" >/dev/null
+        log "removed the rig image $img"
+    done < <(hpod images --filter "reference=$RIG_IMAGE_REPO" --format '{{.Repository}}:{{.Tag}}')
+}
+
+cmd_status() {
+    require_host
+    local state
+    state=$(hpod container inspect --format '{{.State.Status}} (image {{.ImageName}}, started {{.State.StartedAt}})' "$RIG_NAME" 2>/dev/null || echo absent)
+    echo "container: $RIG_NAME $state"
+    echo "url:       $URL"
+    if lxcfs_ok; then
+        if [[ -f $LXCFS_PIDFILE ]]; then
+            echo "lxcfs:     serving $LXCFS_DIR (started by this script, pid $(cat "$LXCFS_PIDFILE"))"
+        else
+            echo "lxcfs:     serving $LXCFS_DIR (started elsewhere)"
+        fi
+    else
+        echo "lxcfs:     not running"
+    fi
+    if api_ok; then
+        rpod info --format 'engine:    podman {{.Version.Version}} on {{.Host.Hostname}}, {{.Host.OS}}/{{.Host.Arch}}, {{.Host.CPUs}} CPUs, memTotal {{.Host.MemTotal}} memFree {{.Host.MemFree}}, serviceIsRemote {{.Host.ServiceIsRemote}}'
+        rpod info --format 'storage:   {{.Store.GraphDriverName}} on {{.Store.GraphRoot}}: {{.Store.ImageStore.Number}} images, {{.Store.ContainerStore.Number}} containers ({{.Store.ContainerStore.Running}} running)'
+        echo "use:       export CONTAINER_HOST=$URL"
+    else
+        echo "engine:    not answering"
+        return 1
+    fi
+}
+
+usage() {
+    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//' >&2
+}
+
+main() {
+    case ${1:-} in
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    purge) cmd_purge ;;
+    status) cmd_status ;;
+    url) echo "$URL" ;;
+    -h | --help | help)
+        usage
+        ;;
+    *)
+        usage
+        exit 2
+        ;;
+    esac
+}
+
+main "$@"
