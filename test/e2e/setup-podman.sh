@@ -42,16 +42,6 @@ if [ -n "$backend" ] && [ "$backend" != netavark ]; then
   exit 1
 fi
 
-if [ "${E2E_SKIP_BASE_IMAGE:-0}" != 1 ] && ! podman image exists "$BASE_IMAGE"; then
-  mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-  mirror=${mirror:-http://deb.debian.org/debian}
-  root=$(mktemp -d /var/tmp/e2e-base.XXXXXX)
-  trap 'rm -rf "$root"' EXIT
-  log "making base image $BASE_IMAGE with debootstrap from $mirror"
-  debootstrap --variant=minbase bookworm "$root" "$mirror" >/var/tmp/e2e-debootstrap.log 2>&1 \
-    || { tail -n 30 /var/tmp/e2e-debootstrap.log; exit 1; }
-  # Keep the image small: apt caches and docs are not needed at run time.
-  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/usr/share/doc/* "$root"/usr/share/man/*
-  tar -C "$root" -c . | podman import --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null
-  log "base image $BASE_IMAGE ready"
+if [ "${E2E_SKIP_BASE_IMAGE:-0}" != 1 ]; then
+  bash "$(dirname "$0")/make-base-image.sh" "$BASE_IMAGE"
 fi

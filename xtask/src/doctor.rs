@@ -134,7 +134,18 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
     let biggest = session.images.images.iter().max_by_key(|i| i.memory);
     match (&facts.budget, biggest) {
         (Ok(budget), Some(big)) => {
-            checks.push(memory_check(budget, big, facts.engine.as_ref().ok()))
+            let mut check = memory_check(budget, big, facts.engine.as_ref().ok());
+            let caps: Vec<u64> = session.images.images.iter().map(|i| i.memory).collect();
+            let at_once = memory::max_parallel(&caps, budget.bytes, usize::MAX);
+            let jobs = format!(
+                "with this budget, `--jobs N` runs at most {at_once} build(s) at once (one at a time by default)"
+            );
+            if check.problem.is_some() {
+                check.fix = format!("{}; meanwhile {jobs}", check.fix);
+            } else {
+                check.detail = format!("{}; {jobs}", check.detail);
+            }
+            checks.push(check);
         }
         (Err(p), _) => checks.push(Check::problem("memory", p)),
         _ => {}

@@ -135,7 +135,9 @@ impl E2eArgs {
             ..self.build.clone()
         };
         // The engine is decided and asked once, here; every stage takes these facts.
-        let session = Session::open(project, &opts)?;
+        // Loading an archive needs no base image: only a build makes or pulls one.
+        let provision = (self.images.is_none() && !self.dry_run).then_some(&r);
+        let session = Session::open_with(project, &opts, provision)?;
         let mut manifests = Manifests::load(&project.manifests_dir())?;
         if self.faults {
             manifests.set_env(

@@ -131,9 +131,9 @@ impl Facts {
                 engine.program()
             ),
             format!(
-                "run `test/e2e/setup-podman.sh` (makes it with debootstrap, no registry needed), or set \
-                 E2E_BASE_IMAGE to an image you have (e.g. `{} pull docker.io/library/debian:bookworm-slim` \
-                 where a registry is reachable)",
+                "`cargo xtask e2e` (or prebuild-images) pulls it, or where no registry answers makes the \
+                 offline one with debootstrap (`test/e2e/make-base-image.sh`, as root); or set E2E_BASE_IMAGE \
+                 to an image {} has",
                 engine.program()
             ),
         )

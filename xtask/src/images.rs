@@ -19,6 +19,7 @@ struct File {
 struct Defaults {
     repository: String,
     base_image: String,
+    offline_base_image: Option<String>,
     memory: String,
 }
 
@@ -86,6 +87,8 @@ impl ImageSpec {
 #[derive(Debug, Clone)]
 pub struct Images {
     pub base_image: String,
+    /// The base image made locally where no registry answers (`E2E_BASE_IMAGE` unset).
+    pub offline_base_image: Option<String>,
     pub images: Vec<ImageSpec>,
     /// `[builder]`, for `--compile-in engine` (`E2E_BUILDER_IMAGE` replaces its image).
     pub builder: Option<Builder>,
@@ -101,9 +104,13 @@ impl Images {
 
     pub fn parse(text: &str, base_override: Option<String>) -> anyhow::Result<Images> {
         let file: File = toml::from_str(text)?;
-        let base_image = base_override
-            .filter(|b| !b.is_empty())
-            .unwrap_or(file.defaults.base_image);
+        let overridden = base_override.filter(|b| !b.is_empty());
+        let offline_base_image = file
+            .defaults
+            .offline_base_image
+            .clone()
+            .filter(|_| overridden.is_none());
+        let base_image = overridden.unwrap_or(file.defaults.base_image);
         let mut images = Vec::new();
         for raw in file.images {
             let name = raw.name;
@@ -160,6 +167,7 @@ impl Images {
             .transpose()?;
         Ok(Images {
             base_image,
+            offline_base_image,
             images,
             builder,
         })

@@ -83,11 +83,26 @@ fn e2e_jobs_only_load_the_archive() {
     );
 }
 
+/// The build job builds on the official Debian image, which `prebuild-images` pulls itself
+/// (no job pulls by hand, and none replaces the upstream default); the e2e job loads.
 #[test]
-fn no_job_pulls_from_a_registry() {
+fn the_build_job_uses_upstream_images_and_no_job_pulls_by_hand() {
     let w = workflow();
     for job in w["jobs"].as_mapping().unwrap().keys() {
         let run = runs(&w, job.as_str().unwrap());
         assert!(!run.contains(" pull "), "{run}");
+        assert!(
+            !run.contains("E2E_BASE_IMAGE="),
+            "upstream images on GitHub: {run}"
+        );
     }
+    let build = runs(&w, "build-images");
+    assert!(
+        build.contains("E2E_SKIP_BASE_IMAGE=1"),
+        "no debootstrap where a registry answers: {build}"
+    );
+    assert!(
+        runs(&w, "e2e").contains("--faults"),
+        "the e2e job runs the fault tests"
+    );
 }

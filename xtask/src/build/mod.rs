@@ -72,7 +72,7 @@ pub struct PrebuildArgs {
 impl PrebuildArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let r = Reporter::new();
-        let session = Session::open(project, &self.build)?;
+        let session = Session::open_with(project, &self.build, Some(&r))?;
         prebuild(project, &r, &self.build, &session, &self.images)?;
         Ok(())
     }
@@ -87,7 +87,26 @@ pub struct Session {
 
 impl Session {
     pub fn open(project: &Project, opts: &BuildOptions) -> anyhow::Result<Session> {
-        let images = load_images(project, opts)?;
+        Session::open_with(project, opts, None)
+    }
+
+    /// [`Session::open`]; with a reporter, a missing base image is provisioned first (see
+    /// [`provision_base`]).
+    pub fn open_with(
+        project: &Project,
+        opts: &BuildOptions,
+        r: Option<&Reporter>,
+    ) -> anyhow::Result<Session> {
+        let mut images = load_images(project, opts)?;
+        if let Ok(engine) = Engine::detect(opts.engine) {
+            let base = match r {
+                Some(r) => provision_base(project, r, engine, &images),
+                None => present_base(engine, &images),
+            };
+            if let Some(base) = base.filter(|b| *b != images.base_image) {
+                images = load_images_with_base(project, opts, &base)?;
+            }
+        }
         let facts = Facts::gather(opts.engine, &images.base_image, opts.memory_budget);
         Ok(Session { images, facts })
     }
@@ -127,6 +146,77 @@ pub fn load_images(project: &Project, opts: &BuildOptions) -> anyhow::Result<Ima
         .clone()
         .unwrap_or_else(|| project.images_file());
     Images::load(&file, std::env::var("E2E_BASE_IMAGE").ok())
+}
+
+fn load_images_with_base(
+    project: &Project,
+    opts: &BuildOptions,
+    base: &str,
+) -> anyhow::Result<Images> {
+    let file = opts
+        .images_file
+        .clone()
+        .unwrap_or_else(|| project.images_file());
+    Images::load(&file, Some(base.to_owned()))
+}
+
+/// The base image the engine has: the configured one, else the offline one.
+pub fn present_base(engine: Engine, images: &Images) -> Option<String> {
+    std::iter::once(images.base_image.as_str())
+        .chain(images.offline_base_image.as_deref())
+        .find(|i| engine.image(i).is_some())
+        .map(str::to_owned)
+}
+
+/// The base image to build on, so that a machine with an engine and Rust needs nothing
+/// else: the configured one when the engine has it; else the offline one when the engine
+/// has it; else the configured one, pulled; else the offline one, made with debootstrap
+/// (`test/e2e/make-base-image.sh`). `None` when none worked (doctor then says so).
+pub fn provision_base(
+    project: &Project,
+    r: &Reporter,
+    engine: Engine,
+    images: &Images,
+) -> Option<String> {
+    if let Some(present) = present_base(engine, images) {
+        return Some(present);
+    }
+    let offline = images.offline_base_image.as_deref();
+    let log = project.logs_dir().join("base-image.log");
+    let pull = Cmd::new(engine.program()).args(["pull", &images.base_image]);
+    r.line(format!(
+        "the base image {} is not in {}: pulling it",
+        images.base_image,
+        engine.program()
+    ));
+    r.command(&pull);
+    if pull.run_logged(&log).is_ok() {
+        return Some(images.base_image.clone());
+    }
+    let offline = offline?;
+    if engine != Engine::Podman {
+        return None;
+    }
+    let make = Cmd::new("bash")
+        .arg(
+            project
+                .root
+                .join("test/e2e/make-base-image.sh")
+                .display()
+                .to_string(),
+        )
+        .arg(offline);
+    r.line(format!(
+        "no registry answers: making {offline} with debootstrap (about a minute)"
+    ));
+    r.command(&make);
+    match make.run_logged(&log) {
+        Ok(()) => Some(offline.to_owned()),
+        Err(e) => {
+            r.line(format!("could not make {offline}: {e:#}"));
+            None
+        }
+    }
 }
 
 /// Everything decided before a build starts.
