@@ -258,9 +258,14 @@ pub struct BenchLoopArgs {
 /// The line `bench-loop` appends to the gateway's `main.rs`, run `n`: a kept static, so the
 /// binary changes as with a one-line edit (and nothing else does).
 fn probe_line(n: usize) -> String {
+    // Unique across benchmark runs too, so that no earlier image has this binary.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     format!(
-        "\n#[used]\nstatic BENCH_LOOP_PROBE: [u8; 8] = *b\"{:08}\";\n",
-        n
+        "\n#[used]\nstatic BENCH_LOOP_PROBE: [u8; 32] = *b\"{:08}{:024}\";\n",
+        n % 100_000_000,
+        nanos % 10u128.pow(24)
     )
 }
 

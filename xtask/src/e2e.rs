@@ -224,6 +224,7 @@ impl E2eArgs {
                         early,
                         remote,
                         base_image: session.facts.base_image.clone(),
+                        compiled_in_engine: compiled_in_engine(self.build.compile_in, &session),
                     };
                     self.run_podman(project, &r, &manifests, &handoff, &id, begun)
                 }
@@ -383,22 +384,10 @@ impl E2eArgs {
     }
 
     /// The suite, then (with `--faults`) the fault tests, as phases of the run; the suite
-    /// first waits for a compile still running (`gate`).
+    /// first waits for a compile still running (`gate`). With `in_engine`, the suite is
+    /// packaged and run in a container on the run's network (the services' in-network URLs),
+    /// its output and exit status as on this machine.
     pub(crate) fn test_phases<'a, 's: 'a>(
-        &self,
-        project: &'a Project,
-        urls: &BTreeMap<String, String>,
-        dir: &Path,
-        control: StackControl,
-        gate: Option<&'a SuiteGate<'s>>,
-    ) -> Vec<Phase<'a>> {
-        self.test_phases_in(project, urls, dir, control, gate, None)
-    }
-
-    /// [`Self::test_phases`]; with `in_engine`, the suite is packaged and run in a container
-    /// on the run's network (the services' in-network URLs), its output and exit status as
-    /// on this machine.
-    pub(crate) fn test_phases_in<'a, 's: 'a>(
         &self,
         project: &'a Project,
         urls: &BTreeMap<String, String>,
@@ -516,6 +505,27 @@ impl E2eArgs {
         Some(run)
     }
 
+    /// Where the suite runs (as asked, else in the engine when it is remote), and when in
+    /// the engine, its package (recorded with the run, so the teardown removes its image).
+    fn suite_package(
+        &self,
+        project: &Project,
+        run: &mut PodmanRun,
+        remote: bool,
+        base_image: &str,
+        compiled_in_engine: bool,
+    ) -> Option<InEngine> {
+        run.remote = remote;
+        let package = (SuiteIn::resolve(self.suite_in, remote) == SuiteIn::Engine).then(|| {
+            let mut p = InEngine::new(project, Engine::Podman, run.id.suffix(), base_image);
+            p.compiled_in_engine =
+                compiled_in_engine.then(|| project.e2e_dir().join("engine-bin").join("suite"));
+            p
+        });
+        run.suite_image = package.as_ref().map(|p| p.image.clone());
+        package
+    }
+
     pub(crate) fn podman_run(
         &self,
         project: &Project,
@@ -541,6 +551,7 @@ impl E2eArgs {
             early,
             remote,
             base_image,
+            compiled_in_engine,
         } = begun;
         let (mut run, record) = match early {
             // The same stack with every image pinned now, on the ports the early part chose.
@@ -561,10 +572,8 @@ impl E2eArgs {
             run.network(),
             project.display(&run.dir)
         ));
-        run.remote = remote;
-        let package = (SuiteIn::resolve(self.suite_in, remote) == SuiteIn::Engine)
-            .then(|| InEngine::new(project, Engine::Podman, run.id.suffix(), &base_image));
-        run.suite_image = package.as_ref().map(|p| p.image.clone());
+        let package =
+            self.suite_package(project, &mut run, remote, &base_image, compiled_in_engine);
         if run.remote {
             r.line(format!(
                 "the engine is remote: readiness is asked inside the containers; the suite runs {}",
@@ -578,7 +587,7 @@ impl E2eArgs {
         let in_engine = package
             .as_ref()
             .map(|p| (p, run.network(), run.network_urls()));
-        let tests = self.test_phases_in(
+        let tests = self.test_phases(
             project,
             &run.urls(),
             &run.dir,
@@ -688,6 +697,7 @@ impl E2eArgs {
             &run.dir,
             run.stack_control(FAULTS_DEDUP_TTL_SECONDS),
             Some(gate),
+            None,
         );
         let plan = run.plan(&files, Duration::from_secs(self.ready_timeout), tests);
         let mut runner = Runner {
@@ -800,12 +810,23 @@ impl E2eArgs {
                     first.extend(step::print(&run.plan_early()));
                     lines.splice(0..0, first);
                 }
+                let package = self.suite_package(
+                    project,
+                    &mut run,
+                    session.facts.engine.as_ref().is_ok_and(|f| f.remote),
+                    &session.facts.base_image,
+                    compiled_in_engine(self.build.compile_in, session),
+                );
+                let in_engine = package
+                    .as_ref()
+                    .map(|p| (p, run.network(), run.network_urls()));
                 let tests = self.test_phases(
                     project,
                     &run.urls(),
                     &run.dir,
                     run.stack_control(FAULTS_DEDUP_TTL_SECONDS),
                     None,
+                    in_engine,
                 );
                 lines.extend(step::print(
                     &run.plan(Duration::from_secs(self.ready_timeout), tests),
@@ -825,6 +846,7 @@ impl E2eArgs {
                     &run.urls(),
                     &run.dir,
                     run.stack_control(FAULTS_DEDUP_TTL_SECONDS),
+                    None,
                     None,
                 );
                 lines.extend(step::print(&run.plan(
@@ -856,6 +878,16 @@ pub(crate) struct Begun<'g, 's> {
     /// The engine is remote: readiness from inside, the suite (by default) in the engine.
     remote: bool,
     base_image: String,
+    /// The binaries (and the suite's tests) were compiled in the engine.
+    compiled_in_engine: bool,
+}
+
+/// Whether this run's binaries compile in the engine (as asked, or as the platforms decide).
+fn compiled_in_engine(asked: Option<build::CompileIn>, session: &Session) -> bool {
+    session.facts.engine.as_ref().is_ok_and(|f| {
+        build::compile::resolve(asked, &build::compile::host_platform(), &f.platform)
+            == build::CompileIn::Engine
+    })
 }
 
 /// A suite compile running beside the deploy, waited for once, before the suite runs.
@@ -940,7 +972,7 @@ mod tests {
             dedup_ttl_seconds: 5,
             services: BTreeMap::new(),
         };
-        let phases = args.test_phases(&project, &urls, Path::new("/r/run"), control, None);
+        let phases = args.test_phases(&project, &urls, Path::new("/r/run"), control, None, None);
         let names: Vec<&str> = phases.iter().map(|p| p.name).collect();
         assert_eq!(names, ["run E2E suite", "run fault tests"]);
         assert_eq!(

@@ -116,44 +116,27 @@ pub fn human(bytes: u64) -> String {
 
 /// `MemAvailable` (or, on old kernels, `MemFree`) in bytes.
 pub fn parse_meminfo(text: &str) -> Option<u64> {
-    let field = |name: &str| {
-        text.lines().find_map(|l| {
-            let rest = l.strip_prefix(name)?.strip_prefix(':')?;
-            let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
-            Some(kib * 1024)
-        })
-    };
-    field("MemAvailable").or_else(|| field("MemFree"))
+    meminfo_field(text, "MemAvailable").or_else(|| meminfo_field(text, "MemFree"))
+}
+
+/// A `/proc/meminfo` field (`MemTotal:  24683656 kB`), in bytes.
+fn meminfo_field(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?.strip_prefix(':')?;
+        let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib * 1024)
+    })
 }
 
 /// `MemTotal` of this machine, in bytes.
 pub fn total() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    Some(
-        text.lines()
-            .find_map(|l| l.strip_prefix("MemTotal:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse::<u64>()
-            .ok()?
-            * 1024,
-    )
+    meminfo_field(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemTotal")
 }
 
 /// Memory in use on the machine now (`MemTotal - MemAvailable`), for peak sampling.
 pub fn used_now() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let total = text
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse::<u64>()
-        .ok()?
-        * 1024;
-    Some(total.saturating_sub(parse_meminfo(&text)?))
+    Some(meminfo_field(&text, "MemTotal")?.saturating_sub(parse_meminfo(&text)?))
 }
 
 pub fn read() -> anyhow::Result<MemoryInfo> {

@@ -75,6 +75,21 @@ pub fn executables(json_lines: &str) -> BTreeMap<String, PathBuf> {
         .collect()
 }
 
+/// The test binaries the compile in the engine copied out (`<test>-<hash>`), by test name.
+pub fn in_engine_executables(dir: &std::path::Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let mut found = BTreeMap::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = e?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some((test, hash)) = name.rsplit_once('-') {
+            if hash.chars().all(|c| c.is_ascii_hexdigit()) {
+                found.insert(test.to_owned(), path.clone());
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// The suite packaged for the engine: the image, its build, and how it runs.
 pub struct InEngine {
     pub engine: Engine,
@@ -83,6 +98,9 @@ pub struct InEngine {
     pub context: PathBuf,
     pub dockerfile: PathBuf,
     pub base_image: String,
+    /// The test binaries compiled in the engine (`engine-bin/suite`), else cargo's on this
+    /// machine.
+    pub compiled_in_engine: Option<PathBuf>,
 }
 
 impl InEngine {
@@ -96,15 +114,21 @@ impl InEngine {
                 .join(format!("suite-{suffix}")),
             dockerfile: project.root.join("docker/suite.Dockerfile"),
             base_image: base_image.to_owned(),
+            compiled_in_engine: None,
         }
     }
 
     /// Stages the test binaries (found with cargo's JSON) into the build context.
     pub fn stage(&self, project: &Project) -> anyhow::Result<()> {
-        let json = compile_json(project)
-            .read()
-            .context("asking cargo where the suite's test binaries are")?;
-        let found = executables(&json);
+        let found = match &self.compiled_in_engine {
+            Some(dir) => in_engine_executables(dir)?,
+            None => {
+                let json = compile_json(project)
+                    .read()
+                    .context("asking cargo where the suite's test binaries are")?;
+                executables(&json)
+            }
+        };
         anyhow::ensure!(!found.is_empty(), "cargo named no test binary of the suite");
         let _ = std::fs::remove_dir_all(&self.context);
         std::fs::create_dir_all(&self.context)?;
