@@ -431,23 +431,26 @@ impl E2eArgs {
                 doing: "the E2E suite failed".into(),
             }),
         }
+        // How to stop, start and enter each service (for the fault tests, the load
+        // benchmark, and anyone with a `--keep` stack).
+        let file = dir.join("stack.json");
+        suite_steps.insert(
+            0,
+            Step::Write {
+                path: file.clone(),
+                contents: serde_json::to_string_pretty(&control).expect("serialises"),
+            },
+        );
         let mut phases = vec![Phase::new("run E2E suite", suite_steps)];
         if self.faults {
-            let file = dir.join("stack.json");
             phases.push(Phase::new(
                 "run fault tests",
-                vec![
-                    Step::Write {
-                        path: file.clone(),
-                        contents: serde_json::to_string_pretty(&control).expect("serialises"),
-                    },
-                    Step::Terminal {
-                        cmd: suite::run(project, "faults", urls)
-                            .env("E2E_STACK", file.display().to_string())
-                            .args(["--", "--test-threads=1"]),
-                        doing: "the fault tests failed".into(),
-                    },
-                ],
+                vec![Step::Terminal {
+                    cmd: suite::run(project, "faults", urls)
+                        .env("E2E_STACK", file.display().to_string())
+                        .args(["--", "--test-threads=1"]),
+                    doing: "the fault tests failed".into(),
+                }],
             ));
         }
         phases

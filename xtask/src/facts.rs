@@ -52,8 +52,11 @@ impl Env {
 impl Facts {
     /// Asks the engine for its facts and for the base image at once (each call costs
     /// tens to hundreds of milliseconds), and reads the host's memory meanwhile.
-    pub fn gather(requested: Option<Engine>, base_image: &str, budget_flag: Option<u64>) -> Facts {
-        let engine = Engine::detect(requested);
+    pub fn gather(
+        engine: Result<Engine, Problem>,
+        base_image: &str,
+        budget_flag: Option<u64>,
+    ) -> Facts {
         let (answer, base) = match engine {
             Err(p) => (Err(p), None),
             Ok(e) => std::thread::scope(|s| {

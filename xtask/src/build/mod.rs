@@ -98,7 +98,9 @@ impl Session {
         r: Option<&Reporter>,
     ) -> anyhow::Result<Session> {
         let mut images = load_images(project, opts)?;
-        if let Ok(engine) = Engine::detect(opts.engine) {
+        // The one place the engine is decided (as asked, else podman, else docker).
+        let engine = Engine::detect(opts.engine);
+        if let Ok(engine) = engine {
             let base = match r {
                 Some(r) => provision_base(project, r, engine, &images),
                 None => present_base(engine, &images),
@@ -107,7 +109,7 @@ impl Session {
                 images = load_images_with_base(project, opts, &base)?;
             }
         }
-        let facts = Facts::gather(opts.engine, &images.base_image, opts.memory_budget);
+        let facts = Facts::gather(engine, &images.base_image, opts.memory_budget);
         Ok(Session { images, facts })
     }
 

@@ -349,6 +349,10 @@ impl PodmanRun {
             names.join(", ")
         ));
         s.push_str(&format!(
+            "  stop, start, enter a service: {} (E2E_STACK for the fault tests and test/bench/run.sh)\n",
+            self.dir.join("stack.json").display()
+        ));
+        s.push_str(&format!(
             "  remove it: cargo xtask e2e --down {}\n",
             self.id
         ));
