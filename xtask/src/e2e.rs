@@ -773,7 +773,10 @@ impl E2eArgs {
                     .iter()
                     .filter_map(crate::images::ImageSpec::binary)
                     .collect();
-                lines.push(build::cargo_build(project, &binaries, env.cargo_jobs()).to_string());
+                lines.push(
+                    build::cargo_build(project, &binaries, env.cargo_jobs(), opts.release)
+                        .to_string(),
+                );
                 let prepared = build::prepare(project, r, opts, session, &[], None, false)
                     .context(
                         "a dry run plans with the binaries on disk: run `cargo build` once first",

@@ -54,9 +54,10 @@ impl Project {
         self.e2e_dir().join("runs")
     }
 
-    /// The directory cargo puts binaries of the `dev` profile in.
-    pub fn binary(&self, name: &str) -> PathBuf {
-        self.target_dir.join("debug").join(name)
+    /// The directory cargo puts binaries in: the `dev` profile's, or `--release`'s.
+    pub fn binaries_dir(&self, release: bool) -> PathBuf {
+        self.target_dir
+            .join(if release { "release" } else { "debug" })
     }
 
     /// A path relative to the root, for messages.

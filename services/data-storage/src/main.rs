@@ -23,5 +23,11 @@ async fn main() -> anyhow::Result<()> {
     // service can start before its database; `/health/ready` reports 503 until they ran.
     tokio::spawn(db::migrate_until_done(store.clone()));
 
-    service_kit::serve("data-storage", config.listen_addr, api::router(store)).await
+    service_kit::serve(
+        "data-storage",
+        config.listen_addr,
+        api::router(store),
+        service_kit::Shutdown::on_signals(),
+    )
+    .await
 }

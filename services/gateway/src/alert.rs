@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use service_kit::limits;
 use sha2::{Digest, Sha256};
 
 /// The webhook body AlertManager POSTs (version 4). Only what the gateway uses is typed;
@@ -36,10 +37,9 @@ pub struct Signal {
     pub fingerprint: String,
 }
 
-/// Parses a webhook body into signals; the error is a reason for a 400 answer.
-pub fn parse_webhook(body: &[u8]) -> Result<Vec<Signal>, String> {
-    let hook: Webhook =
-        serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
+/// Checks a webhook and turns its alerts into signals; the error is a reason for a `400`
+/// answer, naming the field.
+pub fn signals(hook: Webhook) -> Result<Vec<Signal>, String> {
     let alerts = hook.alerts.ok_or("alerts is required")?;
     if alerts.is_empty() {
         return Err("alerts must hold at least one alert".into());
@@ -47,8 +47,16 @@ pub fn parse_webhook(body: &[u8]) -> Result<Vec<Signal>, String> {
     alerts
         .into_iter()
         .enumerate()
-        .map(|(i, alert)| to_signal(alert).map_err(|reason| format!("alerts[{i}]: {reason}")))
+        .map(|(i, alert)| to_signal(alert).map_err(|reason| format!("alerts[{i}].{reason}")))
         .collect()
+}
+
+/// Parses and checks a webhook body (tests and tools; the route uses the JSON extractor).
+#[cfg(test)]
+pub fn parse_webhook(body: &[u8]) -> Result<Vec<Signal>, String> {
+    let hook: Webhook = service_kit::api::parse_json(body)
+        .map_err(|reason| format!("invalid JSON body: {reason}"))?;
+    signals(hook)
 }
 
 fn to_signal(alert: Alert) -> Result<Signal, String> {
@@ -58,11 +66,29 @@ fn to_signal(alert: Alert) -> Result<Signal, String> {
         .filter(|v| !v.trim().is_empty())
         .ok_or("labels.alertname is required")?
         .clone();
+    limits::check_string_map(
+        "labels",
+        labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        limits::MAX_LABELS_BYTES,
+    )?;
+    limits::check_string_map(
+        "annotations",
+        alert
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+        limits::MAX_ANNOTATIONS_BYTES,
+    )?;
+    let status = alert.status.unwrap_or_else(|| "firing".into());
+    limits::check_text("status", &status)?;
+    if let Some(s) = &alert.starts_at {
+        limits::check_text("startsAt", s)?;
+    }
     let namespace = labels.get("namespace").cloned().unwrap_or_default();
     Ok(Signal {
         fingerprint: fingerprint(&alert_name, &namespace, &labels),
         severity: labels.get("severity").cloned(),
-        status: alert.status.unwrap_or_else(|| "firing".into()),
+        status,
         annotations: alert.annotations,
         starts_at: alert.starts_at,
         alert_name,
@@ -140,6 +166,45 @@ mod tests {
     }
 
     #[test]
+    fn oversized_or_unstorable_labels_are_refused_naming_the_field() {
+        let big = "x".repeat(limits::MAX_LABELS_BYTES);
+        let err = parse_webhook(
+            format!(r#"{{"alerts":[{{"labels":{{"alertname":"A","pod":"{big}"}}}}]}}"#).as_bytes(),
+        )
+        .unwrap_err();
+        assert!(err.starts_with("alerts[0].labels hold"), "{err}");
+        let big = "x".repeat(limits::MAX_ANNOTATIONS_BYTES);
+        let err = parse_webhook(
+            format!(
+                r#"{{"alerts":[{{"labels":{{"alertname":"A"}},"annotations":{{"d":"{big}"}}}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap_err();
+        assert!(err.starts_with("alerts[0].annotations hold"), "{err}");
+        let err = parse_webhook(br#"{"alerts":[{"labels":{"alertname":"A","x":"\u0000"}}]}"#)
+            .unwrap_err();
+        assert!(
+            err.starts_with("alerts[0].labels.x contains the NUL"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let err = parse_webhook(br#"{"alerts":[{"labels":{"alertname":"A","n":1}}]}"#).unwrap_err();
+        assert!(
+            err.starts_with("invalid JSON body: alerts[0].labels.n: invalid type"),
+            "{err}"
+        );
+        let err = parse_webhook(br#"{"alerts":"many"}"#).unwrap_err();
+        assert!(
+            err.starts_with("invalid JSON body: alerts: invalid type"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn malformed_payloads_are_explained() {
         assert!(parse_webhook(b"{not json")
             .unwrap_err()
@@ -151,14 +216,14 @@ mod tests {
         );
         assert_eq!(
             parse_webhook(br#"{"alerts":[{}]}"#).unwrap_err(),
-            "alerts[0]: labels is required"
+            "alerts[0].labels is required"
         );
         assert_eq!(
             parse_webhook(
                 br#"{"alerts":[{"labels":{"alertname":"A"}},{"labels":{"severity":"x"}}]}"#
             )
             .unwrap_err(),
-            "alerts[1]: labels.alertname is required"
+            "alerts[1].labels.alertname is required"
         );
     }
 }

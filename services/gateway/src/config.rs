@@ -14,6 +14,9 @@ pub struct Config {
     pub data_storage_url: String,
     /// `DEDUP_TTL_SECONDS`, default 300: how long a repeat counts as a duplicate.
     pub dedup_ttl: Duration,
+    /// `OUTBOX_MAX_EVENTS`, default 100000: the most audit events the outbox keeps while
+    /// DataStorage does not take them; past it, webhooks are answered 503 (Retry-After).
+    pub outbox_max_events: u64,
 }
 
 impl Config {
@@ -31,6 +34,13 @@ impl Config {
             .parse()
             .context("DEDUP_TTL_SECONDS must be a whole number of seconds")?;
         anyhow::ensure!(ttl > 0, "DEDUP_TTL_SECONDS must be at least 1");
+        let outbox_max_events: u64 = value("OUTBOX_MAX_EVENTS", "100000")
+            .parse()
+            .context("OUTBOX_MAX_EVENTS must be a whole number of events")?;
+        anyhow::ensure!(
+            outbox_max_events >= 2,
+            "OUTBOX_MAX_EVENTS must be at least 2 (one signal's events)"
+        );
         Ok(Config {
             listen_addr: value("LISTEN_ADDR", "0.0.0.0:8080")
                 .parse()
@@ -40,6 +50,7 @@ impl Config {
                 .trim_end_matches('/')
                 .to_owned(),
             dedup_ttl: Duration::from_secs(ttl),
+            outbox_max_events,
         })
     }
 }
@@ -53,6 +64,10 @@ mod tests {
         let c = Config::from_lookup(|_| None).unwrap();
         assert_eq!(c.dedup_ttl, Duration::from_secs(300));
         assert_eq!(c.data_storage_url, "http://data-storage:8080");
+        assert_eq!(c.outbox_max_events, 100_000);
+        let err =
+            Config::from_lookup(|k| (k == "OUTBOX_MAX_EVENTS").then(|| "1".into())).unwrap_err();
+        assert!(err.to_string().contains("OUTBOX_MAX_EVENTS"));
         let err =
             Config::from_lookup(|k| (k == "DEDUP_TTL_SECONDS").then(|| "0".into())).unwrap_err();
         assert!(err.to_string().contains("DEDUP_TTL_SECONDS"));

@@ -3,112 +3,21 @@
 //! `cargo xtask e2e` brings the services up and runs this suite with `GATEWAY_URL` and
 //! `DATA_STORAGE_URL` set. Each test uses alert names of its own, so tests can run in
 //! parallel, in any order, and against a stack that earlier runs already used.
+//!
+//! Audit events reach DataStorage through the gateway's outbox, a moment after the webhook
+//! is answered: tests that read the audit trail poll it with a deadline.
 
 use std::time::Duration;
 
-use reqwest::{Client, StatusCode};
+use e2e_suite::{
+    audit_trail, audit_trail_of, client, data_storage, gateway, metric, send, types, unique,
+    webhook,
+};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-fn url(var: &str) -> String {
-    std::env::var(var)
-        .unwrap_or_else(|_| {
-            panic!("{var} is not set: run the suite with `cargo xtask e2e`, or set {var} to a running service's URL")
-        })
-        .trim_end_matches('/')
-        .to_owned()
-}
-
-fn gateway() -> String {
-    url("GATEWAY_URL")
-}
-
-fn data_storage() -> String {
-    url("DATA_STORAGE_URL")
-}
-
-fn client() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-/// An alert name no other test and no earlier run uses.
-fn unique(name: &str) -> String {
-    format!("{name}-{}", uuid::Uuid::new_v4().simple())
-}
-
-fn webhook(alert_name: &str, namespace: &str) -> Value {
-    json!({
-        "version": "4",
-        "groupKey": format!("{{}}:{{alertname=\"{alert_name}\"}}"),
-        "status": "firing",
-        "receiver": "gateway",
-        "groupLabels": {"alertname": alert_name},
-        "commonLabels": {"alertname": alert_name},
-        "commonAnnotations": {},
-        "externalURL": "http://alertmanager:9093",
-        "alerts": [{
-            "status": "firing",
-            "labels": {"alertname": alert_name, "namespace": namespace, "severity": "critical", "pod": "api-0"},
-            "annotations": {"summary": "E2E test alert"},
-            "startsAt": "2026-11-27T10:00:00Z",
-            "endsAt": "0001-01-01T00:00:00Z",
-            "generatorURL": "http://prometheus:9090/graph",
-            "fingerprint": "0123456789abcdef"
-        }]
-    })
-}
-
-async fn send(c: &Client, body: &Value) -> (StatusCode, Value) {
-    let resp = c
-        .post(format!("{}/api/v1/signals/prometheus", gateway()))
-        .json(body)
-        .send()
-        .await
-        .expect("POST to the gateway");
-    let status = resp.status();
-    (
-        status,
-        resp.json().await.expect("JSON answer from the gateway"),
-    )
-}
-
-async fn audit_trail(c: &Client, correlation_id: &str) -> Vec<Value> {
-    let resp = c
-        .get(format!("{}/api/v1/audit/events", data_storage()))
-        .query(&[("correlation_id", correlation_id)])
-        .send()
-        .await
-        .expect("GET audit events");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let body: Value = resp.json().await.unwrap();
-    body["events"].as_array().expect("events array").clone()
-}
-
-fn types(events: &[Value]) -> Vec<&str> {
-    events
-        .iter()
-        .map(|e| e["event_type"].as_str().unwrap())
-        .collect()
-}
-
-async fn metric(c: &Client, name: &str) -> u64 {
-    let text = c
-        .get(format!("{}/metrics", gateway()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
+/// How long audit events may take to arrive through the outbox.
+const DELIVERY: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn new_alert_is_created_and_repeat_is_deduplicated() {
@@ -157,7 +66,7 @@ async fn audit_trail_holds_the_expected_events_in_order() {
         .unwrap()
         .to_owned();
 
-    let events = audit_trail(&c, &cid).await;
+    let events = audit_trail_of(&c, &cid, 4, DELIVERY).await;
     assert_eq!(
         types(&events),
         [
@@ -174,6 +83,11 @@ async fn audit_trail_holds_the_expected_events_in_order() {
         assert_eq!(e["data"]["fingerprint"], first["signals"][0]["fingerprint"]);
     }
     assert_eq!(events[3]["data"]["occurrence"], 2);
+    let indexes: Vec<i64> = events
+        .iter()
+        .map(|e| e["correlation_index"].as_i64().unwrap())
+        .collect();
+    assert_eq!(indexes, [1, 2, 3, 4]);
     let seqs: Vec<i64> = events
         .iter()
         .map(|e| e["sequence"].as_i64().unwrap())
@@ -272,7 +186,7 @@ async fn fifty_concurrent_copies_create_exactly_one_signal() {
     assert!(answers
         .iter()
         .all(|(_, b)| b["signals"][0]["correlation_id"] == cid.as_str()));
-    let events = audit_trail(&c, &cid).await;
+    let events = audit_trail_of(&c, &cid, 100, DELIVERY).await;
     let count = |t: &str| types(&events).iter().filter(|x| **x == t).count();
     assert_eq!(
         (
@@ -306,26 +220,51 @@ async fn readiness_and_liveness_endpoints_answer() {
         .unwrap();
     assert_eq!(ready["redis"], "ok");
     assert_eq!(ready["data_storage"], "ok");
+    assert!(
+        ready["outbox"]["max_events"].as_u64().unwrap() >= 2,
+        "{ready}"
+    );
 }
 
 #[tokio::test]
 async fn metrics_counters_move() {
     let c = client();
     // Other tests run in parallel, so counters only ever grow by at least our share.
+    let m = |name| {
+        let c = c.clone();
+        async move {
+            metric(&c, name)
+                .await
+                .unwrap_or_else(|| panic!("{name} missing"))
+        }
+    };
     let before = (
-        metric(&c, "gateway_signals_received_total").await,
-        metric(&c, "gateway_signals_created_total").await,
-        metric(&c, "gateway_signals_deduplicated_total").await,
+        m("gateway_signals_received_total").await,
+        m("gateway_signals_created_total").await,
+        m("gateway_signals_deduplicated_total").await,
     );
     let alert = webhook(&unique("MetricsMove"), "obs");
     send(&c, &alert).await;
     send(&c, &alert).await;
     let after = (
-        metric(&c, "gateway_signals_received_total").await,
-        metric(&c, "gateway_signals_created_total").await,
-        metric(&c, "gateway_signals_deduplicated_total").await,
+        m("gateway_signals_received_total").await,
+        m("gateway_signals_created_total").await,
+        m("gateway_signals_deduplicated_total").await,
     );
-    assert!(after.0 >= before.0 + 2, "received {before:?} -> {after:?}");
+    for gauge in [
+        "gateway_outbox_pending_events",
+        "gateway_outbox_oldest_pending_seconds",
+        "gateway_outbox_delivered_total",
+        "gateway_outbox_delivery_retries_total",
+        "gateway_outbox_refused_total",
+        "gateway_audit_failures_total",
+    ] {
+        m(gauge).await;
+    }
+    assert!(
+        after.0 >= before.0 + 2.0,
+        "received {before:?} -> {after:?}"
+    );
     assert!(after.1 > before.1, "created {before:?} -> {after:?}");
     assert!(after.2 > before.2, "deduplicated {before:?} -> {after:?}");
 }
@@ -344,6 +283,7 @@ async fn data_storage_validates_and_lists_events() {
             .unwrap();
         assert_eq!(resp.status(), StatusCode::CREATED);
         let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["status"], "created");
         assert!(
             uuid::Uuid::parse_str(body["event_id"].as_str().unwrap()).is_ok(),
             "{body}"
@@ -382,4 +322,105 @@ async fn data_storage_validates_and_lists_events() {
     let no_cid = c.get(&events).send().await.unwrap();
     assert_eq!(no_cid.status(), StatusCode::BAD_REQUEST);
     assert!(audit_trail(&c, &unique("nobody")).await.is_empty());
+}
+
+#[tokio::test]
+async fn data_storage_writes_are_idempotent_on_event_id() {
+    let c = client();
+    let events = format!("{}/api/v1/audit/events", data_storage());
+    let cid = unique("idem");
+    let id = uuid::Uuid::new_v4().to_string();
+    let event = json!({"event_id": id, "event_type": "step.one", "correlation_id": cid,
+                       "correlation_index": 1, "event_timestamp": "2026-11-30T10:00:00.123456Z",
+                       "service": "e2e", "data": {"n": 1}});
+    let first = c.post(&events).json(&event).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let repeat = c.post(&events).json(&event).send().await.unwrap();
+    assert_eq!(repeat.status(), StatusCode::OK, "a repeat is a success");
+    let body: Value = repeat.json().await.unwrap();
+    assert_eq!(body, json!({"event_id": id, "status": "existing"}));
+
+    let mut other = event.clone();
+    other["data"]["n"] = json!(2);
+    let conflict = c.post(&events).json(&other).send().await.unwrap();
+    assert_eq!(conflict.status(), StatusCode::CONFLICT);
+    let trail = audit_trail(&c, &cid).await;
+    assert_eq!(trail.len(), 1, "stored once: {trail:#?}");
+    assert_eq!(trail[0]["event_id"], id.as_str());
+    assert_eq!(trail[0]["correlation_index"], 1);
+
+    // A batch is stored in order, all or nothing, and may repeat what is stored.
+    let batch = format!("{}/api/v1/audit/events/batch", data_storage());
+    let second = uuid::Uuid::new_v4().to_string();
+    let two = json!({"events": [event, {"event_id": second, "event_type": "step.two",
+                                        "correlation_id": cid, "correlation_index": 2}]});
+    let resp = c.post(&batch).json(&two).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (body["created"].as_u64(), body["existing"].as_u64()),
+        (Some(1), Some(1)),
+        "{body}"
+    );
+    let bad = json!({"events": [{"event_id": uuid::Uuid::new_v4(), "event_type": "step.three",
+                                 "correlation_id": cid}, other]});
+    let resp = c.post(&batch).json(&bad).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    let reason: Value = resp.json().await.unwrap();
+    assert!(
+        reason["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("events[1]: event_id"),
+        "{reason}"
+    );
+    assert_eq!(
+        types(&audit_trail(&c, &cid).await),
+        ["step.one", "step.two"],
+        "nothing of the refused batch was stored"
+    );
+}
+
+#[tokio::test]
+async fn a_label_datastorage_would_refuse_is_refused_by_the_gateway() {
+    let c = client();
+    let name = unique("HugeLabel");
+    let mut alert = webhook(&name, "limits");
+    alert["alerts"][0]["labels"]["blob"] = json!("x".repeat(1024 * 1024));
+    let (status, body) = send(&c, &alert).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.starts_with("alerts[0].labels hold"), "{error}");
+
+    let mut alert = webhook(&name, "limits");
+    alert["alerts"][0]["labels"]["pod"] = json!(7);
+    let (status, body) = send(&c, &alert).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("alerts[0].labels.pod: invalid type"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn both_services_publish_their_openapi_document() {
+    let c = client();
+    for (base, title) in [(gateway(), "Gateway"), (data_storage(), "DataStorage")] {
+        let resp = c.get(format!("{base}/openapi.json")).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let doc: Value = resp.json().await.unwrap();
+        assert_eq!(doc["info"]["title"], title);
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    }
+    let missing = c
+        .get(format!("{}/nowhere", gateway()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let body: Value = missing.json().await.unwrap();
+    assert!(body["error"].is_string());
 }

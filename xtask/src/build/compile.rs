@@ -232,15 +232,6 @@ pub fn in_engine(
     Ok(out)
 }
 
-/// The directory a binary comes from: the host's target directory, or what the engine
-/// compiled.
-pub fn binary_path(project: &Project, engine_bin: Option<&Path>, name: &str) -> PathBuf {
-    match engine_bin {
-        Some(dir) => dir.join(name),
-        None => project.binary(name),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

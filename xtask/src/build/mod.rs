@@ -48,6 +48,10 @@ pub struct BuildOptions {
     /// The container engine that builds the images [default: podman, or docker when only it is installed].
     #[arg(long, value_enum)]
     pub engine: Option<Engine>,
+    /// Package release binaries (optimised: for load tests; slower to compile) instead of
+    /// the `dev` profile's.
+    #[arg(long)]
+    pub release: bool,
     /// Where the workspace's binaries compile [default: this machine, or the engine when this
     /// machine cannot make binaries for the engine's platform].
     #[arg(long, value_enum, value_name = "WHERE")]
@@ -292,7 +296,7 @@ pub fn prepare(
     if !binaries.is_empty() && compile && engine_bin.is_none() {
         let jobs = env.cargo_jobs();
         r.phase("compile service binaries", |r| {
-            let cmd = cargo_build(project, &binaries, jobs);
+            let cmd = cargo_build(project, &binaries, jobs, opts.release);
             r.line(format!(
                 "  cargo -j {jobs}: {} CPUs here, the host's budget {} ({}) at {} a rustc job",
                 memory::cpus(),
@@ -315,10 +319,13 @@ pub fn prepare(
             "plan"
         },
         |r| {
+            let bin_dir = engine_bin
+                .clone()
+                .unwrap_or_else(|| project.binaries_dir(opts.release));
             let plan = plan::make_plan(
                 project,
                 &env,
-                engine_bin.as_deref(),
+                &bin_dir,
                 &selected,
                 opts.force,
                 previous.as_ref(),
@@ -478,7 +485,7 @@ pub fn plan_quietly(
     plan::make_plan(
         project,
         &env,
-        None,
+        &project.binaries_dir(false),
         &specs,
         false,
         Handoff::load(project).as_ref(),
@@ -515,10 +522,13 @@ pub fn planned_handoff(prepared: &Prepared) -> Handoff {
 
 /// One `cargo build` for every binary the images package, in the workspace's `dev` profile
 /// (the one `cargo test` shares, so the E2E suite reuses the compiled dependencies).
-pub fn cargo_build(project: &Project, binaries: &[&str], jobs: usize) -> Cmd {
+pub fn cargo_build(project: &Project, binaries: &[&str], jobs: usize, release: bool) -> Cmd {
     let mut c = Cmd::new(Project::cargo())
         .args(["build", "--workspace", "--locked", "-j", &jobs.to_string()])
         .cwd(&project.root);
+    if release {
+        c = c.arg("--release");
+    }
     for b in binaries {
         c = c.arg("--bin").arg(*b);
     }
@@ -536,7 +546,7 @@ mod tests {
             target_dir: "/repo/target".into(),
             e2e_dir: "/repo/target/e2e".into(),
         };
-        let c = cargo_build(&project, &["gateway", "data-storage"], 2);
+        let c = cargo_build(&project, &["gateway", "data-storage"], 2, false);
         assert!(
             c.to_string()
                 .ends_with("build --workspace --locked -j 2 --bin gateway --bin data-storage"),

@@ -81,7 +81,7 @@ pub fn decide(
 pub(super) fn make_plan(
     project: &Project,
     env: &Env,
-    engine_bin: Option<&std::path::Path>,
+    bin_dir: &std::path::Path,
     specs: &[ImageSpec],
     force: bool,
     previous: Option<&Handoff>,
@@ -89,7 +89,7 @@ pub(super) fn make_plan(
     let mut cache = HashCache::load(&project.e2e_dir().join("hash-cache.json"));
     let mut items = Vec::new();
     for spec in specs {
-        let context = stage_context(project, spec, engine_bin, &mut cache)?;
+        let context = stage_context(project, spec, bin_dir, &mut cache)?;
         let entries = fingerprint::scan_context(&context, &mut cache)?;
         let dockerfile_path = project.root.join(&spec.dockerfile);
         let dockerfile = std::fs::read(&dockerfile_path).with_context(|| {
@@ -197,7 +197,7 @@ pub fn concurrency(caps: &[u64], jobs: usize, budget: u64) -> String {
 fn stage_context(
     project: &Project,
     spec: &ImageSpec,
-    engine_bin: Option<&std::path::Path>,
+    bin_dir: &std::path::Path,
     cache: &mut HashCache,
 ) -> anyhow::Result<PathBuf> {
     match &spec.context {
@@ -211,7 +211,7 @@ fn stage_context(
             Ok(path)
         }
         BuildContext::Binary(bin) => {
-            let src = super::compile::binary_path(project, engine_bin, bin);
+            let src = bin_dir.join(bin);
             let src_meta = std::fs::metadata(&src).with_context(|| {
                 format!(
                     "image {}: binary {} was not built (is `{bin}` a binary of this workspace?)",

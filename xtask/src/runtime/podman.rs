@@ -340,7 +340,7 @@ impl PodmanRun {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         s.push_str(&format!(
-            "  run the suite again: {} cargo test -p e2e-suite\n",
+            "  run the suite again: {} cargo test -p e2e-suite --test e2e\n",
             vars.join(" ")
         ));
         let names: Vec<String> = self.containers().into_iter().map(|(_, c)| c).collect();
