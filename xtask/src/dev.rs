@@ -465,7 +465,9 @@ impl Stack {
                     fsx::write_atomic(&file, &stack.pod_yaml[i])?;
                     let one = std::slice::from_ref(pod);
                     let cmds = vec![
-                        Podman.pods_kill(one),
+                        // Stopped, not killed: a service finishes what it was doing (the
+                        // gateway releases its outbox lease for the new one).
+                        Podman.pod_stop(pod),
                         Podman.pods_rm(one),
                         Podman.kube_play(&run.network(), &file),
                     ];

@@ -91,8 +91,10 @@ return 0
 "#;
 
 /// How long a lease lasts unless renewed; the delivery task renews it on every round,
-/// which takes at most the DataStorage timeout (10 s) and two Redis calls (2 s each).
-pub const LEASE_MS: u64 = 30_000;
+/// which takes at most the DataStorage timeout (10 s) and two Redis calls (2 s each). It is
+/// also how long delivery waits after a gateway died without releasing it (killed, not
+/// stopped): kept just above the longest round.
+pub const LEASE_MS: u64 = 15_000;
 
 /// One copy of a signal, counted.
 #[derive(Debug, Clone, PartialEq, Eq)]
