@@ -52,11 +52,13 @@ pub fn resolve(asked: Option<CompileIn>, host: &str, engine: &str) -> CompileIn 
     })
 }
 
-/// The workspace's files that the compile reads.
+/// The workspace's files that the compile reads (the services embed their OpenAPI
+/// documents from `docs/openapi`).
 const SOURCES: &[&str] = &[
     "Cargo.toml",
     "Cargo.lock",
     ".cargo",
+    "docs/openapi",
     "services",
     "test/suite",
     "xtask/Cargo.toml",
