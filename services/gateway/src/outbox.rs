@@ -233,12 +233,19 @@ impl Outbox {
                 anyhow::bail!("{what}: Redis did not answer within 2s")
             }
             Ok(Err(err)) => {
-                if err.is_io_error()
-                    || err.is_timeout()
-                    || err.is_connection_dropped()
-                    || err.is_connection_refusal()
-                    || err.is_unrecoverable_error()
-                {
+                // Only an answer from Redis itself (a script's error, out of memory, still
+                // loading) leaves the connection trusted; anything else (I/O, a dropped or
+                // refused connection, a failed reconnect, a reply that did not parse) drops
+                // it, so the next call connects anew to whatever address Redis has now.
+                let redis_answered = matches!(
+                    err.kind(),
+                    redis::ErrorKind::ResponseError
+                        | redis::ErrorKind::ExtensionError
+                        | redis::ErrorKind::ExecAbortError
+                        | redis::ErrorKind::NoScriptError
+                        | redis::ErrorKind::BusyLoadingError
+                );
+                if !redis_answered || err.is_unrecoverable_error() {
                     slot.lock().await.conn = None;
                 }
                 Err(anyhow::Error::new(err).context(format!("{what} in Redis")))
