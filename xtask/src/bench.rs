@@ -357,7 +357,7 @@ impl BenchLoopArgs {
         let dir = project.e2e_dir().join("bench");
         std::fs::create_dir_all(&dir)?;
         let archive = dir.join("loop.tar.zst").display().to_string();
-        run(&["save-images", "--output", &archive])?;
+        run(&["save-images", "--build", "--output", &archive])?;
         let refs: Vec<String> = handoff.images.iter().map(|i| i.reference.clone()).collect();
         let mut from_archive = vec![];
         for i in 0..self.runs {
