@@ -394,7 +394,7 @@ impl E2eArgs {
         dir: &Path,
         control: StackControl,
         gate: Option<&'a SuiteGate<'s>>,
-        in_engine: Option<(&'a InEngine, String, BTreeMap<String, String>)>,
+        in_engine: Option<(&'a InEngine, &PodmanRun)>,
     ) -> Vec<Phase<'a>> {
         let mut suite_steps = Vec::new();
         if let Some(gate) = gate {
@@ -404,7 +404,7 @@ impl E2eArgs {
             });
         }
         match in_engine {
-            Some((package, network, net_urls)) => {
+            Some((package, run)) => {
                 suite_steps.push(Step::Watch {
                     what: format!(
                         "the suite's test binaries (where cargo says they are) packaged: {}",
@@ -420,7 +420,7 @@ impl E2eArgs {
                     }),
                 });
                 suite_steps.push(Step::Terminal {
-                    cmd: package.run(&network, "e2e", &net_urls, &self.test_args),
+                    cmd: package.run(&run.network(), "e2e", &run.network_urls(), &self.test_args),
                     doing: "the E2E suite failed (run in the engine)".into(),
                 });
             }
@@ -587,9 +587,7 @@ impl E2eArgs {
                 }
             ));
         }
-        let in_engine = package
-            .as_ref()
-            .map(|p| (p, run.network(), run.network_urls()));
+        let in_engine = package.as_ref().map(|p| (p, &run));
         let tests = self.test_phases(
             project,
             &run.urls(),
@@ -823,9 +821,7 @@ impl E2eArgs {
                     &session.facts.base_image,
                     compiled_in_engine(self.build.compile_in, session),
                 );
-                let in_engine = package
-                    .as_ref()
-                    .map(|p| (p, run.network(), run.network_urls()));
+                let in_engine = package.as_ref().map(|p| (p, &run));
                 let tests = self.test_phases(
                     project,
                     &run.urls(),
