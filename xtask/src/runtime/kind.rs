@@ -630,7 +630,7 @@ mod tests {
     use super::*;
 
     use crate::manifests::Manifests;
-    use crate::runtime::step::{self, Recorder, Runner};
+    use crate::runtime::step;
 
     fn run(reuse: bool, provider: Engine) -> KindRun {
         run_in(Path::new("/r"), reuse, provider)
@@ -726,30 +726,17 @@ mod tests {
                 .join(format!("xtask-kind-plan-{}-{reuse}", std::process::id()));
             let run = run_in(&root, reuse, Engine::Docker);
             let plan = run.plan(&files(), Duration::from_secs(1), suite(&run));
-            let mut printed: Vec<String> = step::print(&plan)
-                .into_iter()
-                .filter(|l| !l.starts_with('#'))
-                .collect();
+            let mut printed = step::printed_commands(&plan);
             printed.extend(
                 run.final_record()
                     .teardown()
                     .iter()
                     .map(ToString::to_string),
             );
-            let mut rec = Recorder::default();
-            let mut runner = Runner {
-                dir: run.dir.clone(),
-                log: run.log.clone(),
-                exec: &mut rec,
-                record: None,
-            };
-            let r = Reporter::quiet();
-            runner.phases(&r, &plan).unwrap();
-            let record = runner
-                .record
-                .clone()
-                .expect("recorded before the cluster exists");
+            let (mut rec, record) = step::record_run(&run.dir, &run.log, &[&plan]);
+            let record = record.expect("recorded before the cluster exists");
             assert_eq!(record, run.final_record());
+            let r = Reporter::quiet();
             crate::runtime::teardown(&run.dir, &record, &run.log, &r, &mut rec).unwrap();
             assert_eq!(rec.commands, printed, "reuse: {reuse}");
             std::fs::remove_dir_all(root).unwrap();

@@ -363,7 +363,7 @@ impl PodmanRun {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::step::{self, Recorder, Runner};
+    use crate::runtime::step;
     use std::path::Path;
 
     fn run(root: &Path) -> PodmanRun {
@@ -436,30 +436,16 @@ mod tests {
             )]
         };
         let plan = run.plan(Duration::from_secs(1), tests());
-        let mut printed: Vec<String> = step::print(&plan)
-            .into_iter()
-            .filter(|l| !l.starts_with('#'))
-            .collect();
+        let mut printed = step::printed_commands(&plan);
         printed.extend(
             run.final_record()
                 .teardown()
                 .iter()
                 .map(ToString::to_string),
         );
-
-        let mut rec = Recorder::default();
-        let mut runner = Runner {
-            dir: run.dir.clone(),
-            log: run.log.clone(),
-            exec: &mut rec,
-            record: None,
-        };
+        let (mut rec, record) = step::record_run(&run.dir, &run.log, &[&plan]);
+        let record = record.expect("the run recorded what it made");
         let r = crate::report::Reporter::quiet();
-        runner.phases(&r, &plan).unwrap();
-        let record = runner
-            .record
-            .clone()
-            .expect("the run recorded what it made");
         assert_eq!(record, run.final_record(), "the last record is everything");
         assert!(
             run.dir.join("state.json").exists(),
@@ -489,10 +475,7 @@ mod tests {
             "redis-103501-42".to_owned(),
         ]
         .into();
-        let early: Vec<String> = step::print(&run.plan_early())
-            .into_iter()
-            .filter(|l| !l.starts_with('#'))
-            .collect();
+        let early = step::printed_commands(&run.plan_early());
         assert_eq!(
             early.len(),
             4,
@@ -502,26 +485,16 @@ mod tests {
             early[3].ends_with("pods/redis-103501-42.yaml"),
             "{early:#?}"
         );
-        let rest: Vec<String> = step::print(&run.plan(Duration::from_secs(1), vec![]))
-            .into_iter()
-            .filter(|l| !l.starts_with('#'))
-            .collect();
+        let rest = step::printed_commands(&run.plan(Duration::from_secs(1), vec![]));
         assert_eq!(rest.len(), 2, "data-storage and gateway: {rest:#?}");
         assert!(rest.iter().all(|l| l.starts_with("podman kube play")));
         // Executed, the two parts record everything, and tear it all down.
-        let mut rec = Recorder::default();
-        let mut runner = Runner {
-            dir: run.dir.clone(),
-            log: run.log.clone(),
-            exec: &mut rec,
-            record: None,
-        };
-        let r = crate::report::Reporter::quiet();
-        runner.phases(&r, &run.plan_early()).unwrap();
-        runner
-            .phases(&r, &run.plan(Duration::from_secs(1), vec![]))
-            .unwrap();
-        assert_eq!(runner.record.clone().unwrap(), run.final_record());
+        let (rec, record) = step::record_run(
+            &run.dir,
+            &run.log,
+            &[&run.plan_early(), &run.plan(Duration::from_secs(1), vec![])],
+        );
+        assert_eq!(record.unwrap(), run.final_record());
         let mut printed = early;
         printed.extend(rest);
         assert_eq!(rec.commands, printed);

@@ -188,6 +188,35 @@ pub fn print(phases: &[Phase]) -> Vec<String> {
         .collect()
 }
 
+/// The commands `--dry-run` prints for these phases, comments left out (for tests that
+/// compare them with the commands executed).
+#[cfg(test)]
+pub fn printed_commands(phases: &[Phase]) -> Vec<String> {
+    print(phases)
+        .into_iter()
+        .filter(|l| !l.starts_with('#'))
+        .collect()
+}
+
+/// Executes lists of phases in turn with a [`Recorder`]: the recorder, and the record the
+/// run wrote last.
+#[cfg(test)]
+pub fn record_run(dir: &Path, log: &Path, plans: &[&[Phase]]) -> (Recorder, Option<RunRecord>) {
+    let mut rec = Recorder::default();
+    let mut runner = Runner {
+        dir: dir.to_owned(),
+        log: log.to_owned(),
+        exec: &mut rec,
+        record: None,
+    };
+    let r = Reporter::quiet();
+    for plan in plans {
+        runner.phases(&r, plan).unwrap();
+    }
+    let record = runner.record;
+    (rec, record)
+}
+
 /// Records the commands a run executes, answering every probe "no" (nothing is left).
 #[cfg(test)]
 #[derive(Default)]
