@@ -1,4 +1,4 @@
-"""Every document the project points to is in the project: each `dir/.../name.md` path named
+"""Every document the project points to is in the project: each path to a `.md` file named
 in a tracked file (from the repository's root or from the file's folder) must exist, and none
 may lead out of the repository (`../`). In Rust sources, only paths into the repository's own
 folders count (their tests name made-up files). Run from the repository's root; exits 1
