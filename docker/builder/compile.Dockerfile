@@ -7,6 +7,8 @@ ARG BUILDER_IMAGE=docker.io/library/rust:1.95-slim-bookworm
 FROM ${BUILDER_IMAGE}
 # The binaries the images package, as cargo arguments (`--bin gateway --bin data-storage`).
 ARG BINARIES
+# cargo's --jobs: as many rustc as the build's memory cap holds (the xtask computes it).
+ARG JOBS=1
 WORKDIR /src
 COPY . .
 # A network that intercepts TLS is trusted when the host trusts it: the xtask stages the
@@ -16,8 +18,8 @@ RUN --mount=type=cache,id=e2e-cargo-registry,target=/usr/local/cargo/registry \
     if [ -s ca-certificates.crt ]; then \
       export CARGO_HTTP_CAINFO=/src/ca-certificates.crt SSL_CERT_FILE=/src/ca-certificates.crt; \
     fi \
- && cargo build --locked --workspace ${BINARIES} \
- && cargo test --locked -p e2e-suite --tests --no-run --message-format=json >/tmp/suite.json \
+ && cargo build --locked --jobs ${JOBS} --workspace ${BINARIES} \
+ && cargo test --locked --jobs ${JOBS} -p e2e-suite --tests --no-run --message-format=json >/tmp/suite.json \
  && mkdir -p /out/suite \
  && for b in ${BINARIES}; do case "$b" in --bin) ;; *) cp "target/debug/$b" /out/ ;; esac; done \
  && grep -o '"executable":"[^"]*"' /tmp/suite.json | cut -d'"' -f4 | xargs -r -I{} cp {} /out/suite/

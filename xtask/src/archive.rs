@@ -108,7 +108,15 @@ impl SaveArgs {
         if self.build {
             build::prebuild(project, &r, &opts, &session, &[])?;
         }
-        let handoff = fresh_handoff(project, &r, &opts, &session)?;
+        let mut handoff = fresh_handoff(project, &r, &opts, &session)?;
+        let infrastructure: Vec<&str> = session
+            .images
+            .images
+            .iter()
+            .filter(|i| i.binary().is_none())
+            .map(|i| i.name.as_str())
+            .collect();
+        in_start_order(&mut handoff.images, &infrastructure);
         let output = self.output.clone().unwrap_or_else(|| {
             project.e2e_dir().join(match self.compress {
                 Compression::Zstd => "images.tar.zst",
@@ -263,6 +271,14 @@ pub fn save(
     Ok(manifest)
 }
 
+/// The order images are saved in, and so loaded (a load makes each image available as it
+/// comes): first the ones that package no binary of ours, which `e2e --images` starts as
+/// soon as they are in (PostgreSQL initialises while the rest loads), then the others; each
+/// group in the images file's order.
+pub fn in_start_order(images: &mut [ImageRecord], infrastructure: &[&str]) {
+    images.sort_by_key(|i| !infrastructure.contains(&i.name.as_str()));
+}
+
 fn save_cmd(engine: Engine, refs: &[String], output: Option<&Path>) -> Cmd {
     let mut c = Cmd::new(engine.program()).arg("save");
     if engine == Engine::Podman {
@@ -293,8 +309,8 @@ fn commit(project: &Project) -> String {
     }
 }
 
-/// Checks the manifest and the archive's size and SHA-256; loads nothing.
-pub fn verify(archive: &Path) -> anyhow::Result<Manifest> {
+/// The manifest beside the archive, read and parsed, not checked against the archive.
+pub fn read_manifest(archive: &Path) -> anyhow::Result<Manifest> {
     let manifest_file = manifest_path(archive);
     let text = std::fs::read(&manifest_file).with_context(|| {
         format!(
@@ -310,6 +326,12 @@ pub fn verify(archive: &Path) -> anyhow::Result<Manifest> {
         manifest_file.display(),
         manifest.format
     );
+    Ok(manifest)
+}
+
+/// Checks the manifest and the archive's size and SHA-256; loads nothing.
+pub fn verify(archive: &Path) -> anyhow::Result<Manifest> {
+    let manifest = read_manifest(archive)?;
     let size = std::fs::metadata(archive)
         .with_context(|| format!("reading {}", archive.display()))?
         .len();
@@ -518,6 +540,28 @@ mod tests {
             fingerprint: fp.into(),
             size: 1,
         }
+    }
+
+    #[test]
+    fn the_infrastructure_is_saved_first_each_group_in_file_order() {
+        let names = |images: &[ImageRecord]| -> Vec<String> {
+            images.iter().map(|i| i.name.clone()).collect()
+        };
+        let fp = "f".repeat(64);
+        let mut images: Vec<ImageRecord> = ["gateway", "data-storage", "postgres", "redis"]
+            .iter()
+            .map(|n| record(n, &fp))
+            .collect();
+        in_start_order(&mut images, &["postgres", "redis"]);
+        assert_eq!(
+            names(&images),
+            ["postgres", "redis", "gateway", "data-storage"]
+        );
+        in_start_order(&mut images, &[]);
+        assert_eq!(
+            names(&images),
+            ["postgres", "redis", "gateway", "data-storage"]
+        );
     }
 
     #[test]

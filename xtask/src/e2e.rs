@@ -184,6 +184,12 @@ impl E2eArgs {
                 })
             });
             let images = self.images_deferring_suite(project, &r, &opts, &session, true);
+            // Pods awaiting the archive's images stop waiting for any that did not come.
+            if let Some(arriving) = early.as_ref().and_then(|run| run.arriving.as_ref()) {
+                arriving
+                    .ended
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             (images, started.map(|h| h.join().expect("no panic")))
         });
         let (early_result, early_record) = match started {
@@ -203,8 +209,9 @@ impl E2eArgs {
                 r.line(format!("{t:#}"));
             }
         }
-        early_result?;
+        // The images' error first: when they fail, what waited on them fails too.
         let (handoff, activity, pending) = images?;
+        early_result?;
         let early = early.map(|run| (run, early_record));
         let built = handoff.built_now.len();
         let cached = handoff.images.len().saturating_sub(built);
@@ -465,11 +472,7 @@ impl E2eArgs {
         manifests: &Manifests,
         id: &RunId,
     ) -> Option<PodmanRun> {
-        if self.runtime != Runtime::Podman
-            || self.images.is_some()
-            || self.registry.is_some()
-            || self.build.force
-        {
+        if self.runtime != Runtime::Podman || self.registry.is_some() || self.build.force {
             return None;
         }
         let names: Vec<String> = session
@@ -479,14 +482,42 @@ impl E2eArgs {
             .filter(|i| i.binary().is_none())
             .map(|i| i.name.clone())
             .collect();
-        let items = build::plan_quietly(project, session, &names).ok()?;
-        if items.is_empty() || !items.iter().all(|i| i.is_cached()) {
+        // Their images: cached here, or coming with the archive (awaited before they start).
+        let (pinned, arriving): (BTreeMap<String, String>, _) = match &self.images {
+            Some(archive) => {
+                let manifest = archive::read_manifest(archive).ok()?;
+                let records: Vec<_> = manifest
+                    .images
+                    .into_iter()
+                    .filter(|i| names.contains(&i.name))
+                    .collect();
+                let arriving = records
+                    .iter()
+                    .map(|i| (i.reference.clone(), i.id.clone()))
+                    .collect::<Vec<_>>();
+                (
+                    records
+                        .into_iter()
+                        .map(|i| (i.repository, i.reference))
+                        .collect(),
+                    Some(arriving),
+                )
+            }
+            None => {
+                let items = build::plan_quietly(project, session, &names).ok()?;
+                if !items.iter().all(|i| i.is_cached()) {
+                    return None;
+                }
+                let pinned = items
+                    .iter()
+                    .map(|i| (i.spec.repository.clone(), i.reference.clone()))
+                    .collect();
+                (pinned, None)
+            }
+        };
+        if pinned.is_empty() {
             return None;
         }
-        let pinned: BTreeMap<String, String> = items
-            .iter()
-            .map(|i| (i.spec.repository.clone(), i.reference.clone()))
-            .collect();
         let stack = manifests
             .render_podman(&pinned, id.suffix(), free_port)
             .ok()?;
@@ -505,6 +536,10 @@ impl E2eArgs {
         }
         let mut run = PodmanRun::new(project, id.clone(), stack);
         run.early = early;
+        run.arriving = arriving.map(|images| runtime::podman::Arriving {
+            images,
+            ended: Default::default(),
+        });
         Some(run)
     }
 
@@ -808,9 +843,12 @@ impl E2eArgs {
                 let mut run = self.podman_run(project, manifests, &handoff, id)?;
                 if let Some(early) = self.early_start(project, session, manifests, id) {
                     run.early = early.early;
-                    let mut first = vec![
-                        "# while the service binaries compile and their images build:".to_owned(),
-                    ];
+                    run.arriving = early.arriving;
+                    let mut first = vec![if self.images.is_some() {
+                        "# while the archive loads (its first images are these):".to_owned()
+                    } else {
+                        "# while the service binaries compile and their images build:".to_owned()
+                    }];
                     first.extend(step::print(&run.plan_early()));
                     lines.splice(0..0, first);
                 }

@@ -106,6 +106,15 @@ fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The compile's memory cap and cargo's `--jobs` in the engine: the `[builder]` cap, or the
+/// engine's whole budget when that is smaller (the compile runs alone, before any image
+/// build); one rustc job per [`memory::RUSTC_JOB`] of it, at least one, at most one per CPU
+/// there. A compile that needs more than its cap is OOM-killed by it and reported so.
+pub fn limits(builder_cap: u64, budget: u64, engine_cpus: usize) -> (u64, usize) {
+    let cap = builder_cap.min(budget);
+    (cap, memory::cargo_jobs(cap, engine_cpus))
+}
+
 /// The compile in the engine: the builder build (skipped when its fingerprinted tag is
 /// there), then the binaries copied out. Returns the directory holding them (and `suite/`,
 /// the suite's test binaries).
@@ -117,18 +126,7 @@ pub fn in_engine(
     binaries: &[&str],
 ) -> anyhow::Result<PathBuf> {
     let engine = env.engine();
-    if builder.memory > env.budget.bytes {
-        return Err(Problem::new(
-            format!(
-                "the compile in the engine is capped at {} ([builder] memory), more than the engine's budget {} ({})",
-                memory::human(builder.memory),
-                memory::human(env.budget.bytes),
-                env.budget.source
-            ),
-            "give the engine's machine more memory, or lower [builder] memory in test/e2e/images.toml",
-        )
-        .into());
-    }
+    let (cap, jobs) = limits(builder.memory, env.budget.bytes, env.facts.cpus);
     let builder_image = engine.image(&builder.image).ok_or_else(|| {
         Problem::new(
             format!(
@@ -153,7 +151,7 @@ pub fn in_engine(
         .iter()
         .flat_map(|b| ["--bin".to_owned(), (*b).to_owned()])
         .collect();
-    let build_args: std::collections::BTreeMap<String, String> = [
+    let mut build_args: std::collections::BTreeMap<String, String> = [
         ("BUILDER_IMAGE".to_owned(), builder.image.clone()),
         ("BINARIES".to_owned(), bin_args.join(" ")),
     ]
@@ -180,19 +178,31 @@ pub fn in_engine(
         return Ok(out);
     }
     if !cached {
+        // How many rustc run at once changes no output: not part of the fingerprint.
+        build_args.insert("JOBS".to_owned(), jobs.to_string());
         let build = engine.build(&BuildCmd {
             reference: reference.clone(),
             dockerfile: &dockerfile,
             context: &context,
-            memory: images::podman_size(builder.memory),
+            memory: images::podman_size(cap),
             build_args,
             labels: [(FINGERPRINT_LABEL.to_owned(), fp.clone())].into(),
             no_cache: false,
         });
         r.line(format!(
-            "  compiling in the engine ({}), capped at {}",
+            "  compiling in the engine ({}), capped at {}{}, cargo --jobs {jobs} ({} a rustc job, {} CPUs there)",
             env.platform(),
-            images::podman_size(builder.memory)
+            images::podman_size(cap),
+            if cap < builder.memory {
+                format!(
+                    " (the engine's budget; [builder] memory asks {})",
+                    images::podman_size(builder.memory)
+                )
+            } else {
+                String::new()
+            },
+            memory::human(memory::RUSTC_JOB),
+            env.facts.cpus
         ));
         r.command(&build);
         let start = std::time::Instant::now();
@@ -254,6 +264,16 @@ mod tests {
             CompileIn::Host
         );
         assert!(host_platform().contains('/'));
+    }
+
+    #[test]
+    fn the_compile_in_the_engine_fits_its_machine() {
+        const GIB: u64 = 1 << 30;
+        // podman machine's 2 GB VM with 4 CPUs: the whole budget, one rustc.
+        assert_eq!(limits(2 * GIB, 1_400 << 20, 4), (1_400 << 20, 1));
+        // A roomy engine: the [builder] cap, as many rustc as it holds and CPUs allow.
+        assert_eq!(limits(4 * GIB, 12 * GIB, 8), (4 * GIB, 2));
+        assert_eq!(limits(4 * GIB, 12 * GIB, 1), (4 * GIB, 1));
     }
 
     #[test]

@@ -1,15 +1,24 @@
 //! The stack on podman: a network of the run's own, the Secrets created from the
 //! manifests, every Pod played from one rendered file; and teardown of all of it.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    engine::{container_name, Podman},
+    engine::{container_name, Engine, Podman},
     manifests::{secret_payload, PodmanStack},
     project::Project,
     ready,
+    report::{secs, Reporter},
 };
 
 use super::{
@@ -75,6 +84,56 @@ impl Created {
     }
 }
 
+/// Images an archive is loading, awaited by the pods that run them.
+#[derive(Debug, Clone)]
+pub struct Arriving {
+    /// Reference and image ID of each.
+    pub images: Vec<(String, String)>,
+    /// Set when the load has ended, loaded or not.
+    pub ended: Arc<AtomicBool>,
+}
+
+impl Arriving {
+    /// The longest a pod waits for its image while the load goes on.
+    const DEADLINE: Duration = Duration::from_secs(15 * 60);
+
+    /// Until every image is in the engine with its ID (polled), or the load has ended
+    /// without it.
+    pub fn wait(&self, r: &Reporter) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let mut missing = self.images.clone();
+        loop {
+            // Read before looking: a load that ended before the look left what it loaded.
+            let ended = self.ended.load(Ordering::SeqCst);
+            missing.retain(|(reference, id)| {
+                Engine::Podman
+                    .image(reference)
+                    .is_none_or(|found| found.id != *id)
+            });
+            if missing.is_empty() {
+                r.line(format!("  loaded after {}", secs(start.elapsed())));
+                return Ok(());
+            }
+            let names = || {
+                missing
+                    .iter()
+                    .map(|(reference, _)| reference.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            anyhow::ensure!(!ended, "the archive's load ended without {}", names());
+            anyhow::ensure!(
+                start.elapsed() < Self::DEADLINE,
+                "{} did not arrive within {} of loading the archive",
+                names(),
+                secs(Self::DEADLINE)
+            );
+            crate::interrupt::check()?;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 pub struct PodmanRun {
     pub id: RunId,
     /// The engine runs on another machine: its published ports are not reachable here, so
@@ -85,6 +144,9 @@ pub struct PodmanRun {
     pub suite_image: Option<String>,
     /// The pods started before the service images exist ([`Self::plan_early`]).
     pub early: std::collections::BTreeSet<String>,
+    /// The early pods' images, while an archive is loading them: the early pods start as
+    /// soon as these are in the engine.
+    pub arriving: Option<Arriving>,
     /// `target/e2e/runs/<id>`: the rendered stack, its record, logs on failure.
     pub dir: PathBuf,
     pub log: PathBuf,
@@ -97,6 +159,7 @@ impl PodmanRun {
             remote: false,
             suite_image: None,
             early: Default::default(),
+            arriving: None,
             dir: id.dir(project),
             log: id.log(project),
             id,
@@ -244,6 +307,20 @@ impl PodmanRun {
             .map(|p| p.name.clone())
             .collect();
         steps.push(Step::Record(self.record(created)));
+        if let Some(arriving) = self.arriving.as_ref().filter(|_| early) {
+            steps.push(Step::Watch {
+                what: format!(
+                    "until the archive's load has put {} in the engine (polled)",
+                    arriving
+                        .images
+                        .iter()
+                        .map(|(reference, _)| reference.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                run: Box::new(move |r| arriving.wait(r)),
+            });
+        }
         if !early {
             steps.push(Step::Write {
                 path: self.stack_file(),
