@@ -72,6 +72,17 @@ oom_kills() {
     fi
 }
 peak_bytes() { cat "$cg/memory.max_usage_in_bytes" 2>/dev/null || cat "$cg/memory.peak"; }
+# Memory the rig's processes hold that the kernel cannot drop (anonymous: heaps, stacks; no
+# swap here), unlike the page cache the peak above includes.
+anon_bytes() { awk '$1 == "total_rss" || $1 == "anon" { print $2; exit }' "$cg/memory.stat"; }
+sample_anon() {
+    local max=0 now
+    while :; do
+        now=$(anon_bytes)
+        ((now > max)) && max=$now && echo "$max" >"$WORK/anon-peak"
+        sleep 0.2
+    done
+}
 limit_bytes() { cat "$cg/memory.limit_in_bytes" 2>/dev/null || cat "$cg/memory.max"; }
 mib() { echo $(($1 / 1048576)); }
 
@@ -101,9 +112,11 @@ echo 0 >"$cg/memory.max_usage_in_bytes" 2>/dev/null || true
 log "the rig: limit $(mib "$(limit_bytes)") MiB, $kills_before OOM kills so far"
 log "starting at once, no caps: two in-image release compiles (cargo --jobs $JOBS each), PostgreSQL and Redis"
 start=$SECONDS
-r build --pull=never -t localhost/oldway-gateway -f "$WORK/gateway.Dockerfile" "$WORK/src" >"$WORK/gateway.log" 2>&1 &
+sample_anon &
+sampler=$!
+r build --pull=never --no-cache -t localhost/oldway-gateway -f "$WORK/gateway.Dockerfile" "$WORK/src" >"$WORK/gateway.log" 2>&1 &
 gw=$!
-r build --pull=never -t localhost/oldway-data-storage -f "$WORK/data-storage.Dockerfile" "$WORK/src" >"$WORK/data-storage.log" 2>&1 &
+r build --pull=never --no-cache -t localhost/oldway-data-storage -f "$WORK/data-storage.Dockerfile" "$WORK/src" >"$WORK/data-storage.log" 2>&1 &
 ds=$!
 (
     r build --pull=never --build-arg "BASE_IMAGE=$BASE_IMAGE" -t localhost/oldway-postgres \
@@ -125,6 +138,7 @@ wait $rd || rd_rc=$?
 wait $gw || gw_rc=$?
 wait $ds || ds_rc=$?
 elapsed=$((SECONDS - start))
+kill "$sampler" 2>/dev/null || true
 kills=$(($(oom_kills) - kills_before))
 peak=$(peak_bytes)
 
@@ -134,7 +148,7 @@ for part in gateway data-storage postgres redis; do
 done
 echo "---"
 log "gateway build: exit $gw_rc; data-storage build: exit $ds_rc; postgres: exit $pg_rc; redis: exit $rd_rc"
-log "the rig's peak memory: $(mib "$peak") MiB of $(mib "$(limit_bytes)") MiB; OOM kills inside it: $kills; $elapsed s"
+log "the rig's peak memory: $(mib "$peak") MiB of $(mib "$(limit_bytes)") MiB (page cache included), anonymous memory at most $(mib "$(cat "$WORK/anon-peak" 2>/dev/null || echo 0)") MiB; OOM kills inside it: $kills; $elapsed s"
 if ((kills > 0)); then
     log "the old way was OOM-killed inside the 2 GiB engine (as on the seed's 2 GB podman machine)"
     exit 0

@@ -319,17 +319,24 @@ impl DevArgs {
                 .join(", ")
         };
         r.line(format!("changed: {what}"));
+        // A step's error shown in full, and the cycle's summary saying where it stopped.
+        let failed = |e: anyhow::Error, how: String| -> String {
+            r.line(format!("{e:#}"));
+            format!("changed {what}; {how}")
+        };
 
         // Recompile and rebuild what changed; on failure the stack stays as it was.
         let t = Instant::now();
         let prepared = match build::prepare(project, r, opts, session, &[], None, true) {
             Ok(p) => p,
             Err(e) => {
-                r.line(format!("{e:#}"));
-                return format!(
-                    "changed {what}; compile or plan FAILED, the stack is unchanged ({})",
-                    secs(started.elapsed())
-                );
+                return failed(
+                    e,
+                    format!(
+                        "compile or plan FAILED, the stack is unchanged ({})",
+                        secs(started.elapsed())
+                    ),
+                )
             }
         };
         timed(&mut times, "compile+plan", t);
@@ -343,11 +350,13 @@ impl DevArgs {
         let handoff = match build::finish_with(project, r, opts, prepared, false) {
             Ok((h, _)) => h,
             Err(e) => {
-                r.line(format!("{e:#}"));
-                return format!(
-                    "changed {what}; image build FAILED, the stack is unchanged ({})",
-                    secs(started.elapsed())
-                );
+                return failed(
+                    e,
+                    format!(
+                        "image build FAILED, the stack is unchanged ({})",
+                        secs(started.elapsed())
+                    ),
+                )
             }
         };
         timed(&mut times, "images", t);
@@ -357,24 +366,28 @@ impl DevArgs {
         let names = match stack.replace(project, r, &handoff) {
             Ok(names) => names,
             Err(e) => {
-                r.line(format!("{e:#}"));
-                return format!(
-                    "changed {what}; rebuilt {}; replacing FAILED, the rest of the stack is unchanged ({})",
-                    list(&rebuilt),
-                    secs(started.elapsed())
-                );
+                return failed(
+                    e,
+                    format!(
+                        "rebuilt {}; replacing FAILED, the rest of the stack is unchanged ({})",
+                        list(&rebuilt),
+                        secs(started.elapsed())
+                    ),
+                )
             }
         };
         timed(&mut times, "replace", t);
         if !names.is_empty() {
             let t = Instant::now();
             if let Err(e) = stack.wait_ready(r, Duration::from_secs(self.ready_timeout)) {
-                r.line(format!("{e:#}"));
-                return format!(
-                    "changed {what}; rebuilt {}; replaced {}; NOT READY ({})",
-                    list(&rebuilt),
-                    names.join(", "),
-                    steps(&times)
+                return failed(
+                    e,
+                    format!(
+                        "rebuilt {}; replaced {}; NOT READY ({})",
+                        list(&rebuilt),
+                        names.join(", "),
+                        steps(&times)
+                    ),
                 );
             }
             timed(&mut times, "ready", t);

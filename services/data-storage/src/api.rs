@@ -54,12 +54,7 @@ pub fn routes() -> Vec<(&'static str, &'static [Method], MethodRouter<AppState>)
 }
 
 pub fn router(store: AppState) -> Router {
-    let router = routes()
-        .into_iter()
-        .fold(Router::new(), |r, (path, _, handler)| {
-            r.route(path, handler)
-        });
-    service_kit::api::with_fallbacks(router).with_state(store)
+    service_kit::api::serve(routes()).with_state(store)
 }
 
 #[derive(Serialize)]
@@ -193,11 +188,8 @@ async fn ready(State(store): State<AppState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::{body::Body, http::Request};
-    use http_body_util::BodyExt;
     use serde_json::{json, Value};
-    use service_kit::openapi;
-    use tower::ServiceExt;
+    use service_kit::{openapi, testing};
 
     fn doc() -> Value {
         serde_json::from_str(OPENAPI).expect("docs/openapi/data-storage.json is JSON")
@@ -217,47 +209,14 @@ mod tests {
     }
 
     async fn call(method: &Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method.clone()).uri(path);
-        let body = match body {
-            Some(v) => {
-                req = req.header("content-type", "application/json");
-                Body::from(v.to_string())
-            }
-            None => Body::empty(),
-        };
-        let resp = app().oneshot(req.body(body).unwrap()).await.unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        let reply = testing::call(app(), method, path, body.as_ref()).await;
+        (reply.status, reply.body)
     }
 
     #[tokio::test]
     async fn the_document_lists_exactly_the_routes() {
-        let documented = openapi::operations(&doc());
-        let mut served = std::collections::BTreeSet::new();
-        for (path, methods, _) in routes() {
-            for m in methods {
-                served.insert((path.to_owned(), m.to_string()));
-            }
-        }
-        assert_eq!(
-            documented, served,
-            "docs/openapi/data-storage.json vs routes()"
-        );
-        // The methods each route declares are the ones its handler serves.
-        for (path, methods, _) in routes() {
-            for m in [Method::GET, Method::POST, Method::PUT, Method::DELETE] {
-                let (status, _) = call(&m, path, None).await;
-                assert_eq!(
-                    status != StatusCode::METHOD_NOT_ALLOWED,
-                    methods.contains(&m),
-                    "{m} {path} answered {status}"
-                );
-            }
-        }
+        testing::assert_routes_documented(routes(), app, &doc(), "docs/openapi/data-storage.json")
+            .await;
     }
 
     #[tokio::test]
@@ -379,13 +338,10 @@ mod tests {
 
     #[tokio::test]
     async fn writes_without_postgres_answer_503_with_retry_after() {
-        let req = Request::post("/api/v1/audit/events")
-            .header("content-type", "application/json")
-            .body(Body::from(r#"{"event_type":"a","correlation_id":"c"}"#))
-            .unwrap();
-        let resp = app().oneshot(req).await.unwrap();
-        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(resp.headers().contains_key("retry-after"));
+        let event = json!({"event_type": "a", "correlation_id": "c"});
+        let resp = testing::call(app(), &Method::POST, "/api/v1/audit/events", Some(&event)).await;
+        assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(resp.headers.contains_key("retry-after"));
         let (status, body) = call(&Method::GET, "/health/ready", None).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body["status"], "migrating");

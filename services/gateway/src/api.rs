@@ -63,12 +63,7 @@ pub fn routes() -> Vec<(&'static str, &'static [Method], MethodRouter<AppState>)
 }
 
 pub fn router(app: AppState) -> Router {
-    let router = routes()
-        .into_iter()
-        .fold(Router::new(), |r, (path, _, handler)| {
-            r.route(path, handler)
-        });
-    service_kit::api::with_fallbacks(router).with_state(app)
+    service_kit::api::serve(routes()).with_state(app)
 }
 
 #[derive(Serialize)]
@@ -323,11 +318,8 @@ async fn metrics(State(app): State<AppState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::{body::Body, http::Request};
-    use http_body_util::BodyExt;
     use serde_json::{json, Value};
-    use service_kit::openapi;
-    use tower::ServiceExt;
+    use service_kit::{openapi, testing};
 
     fn outcome(status: SignalStatus) -> SignalOutcome {
         SignalOutcome {
@@ -413,43 +405,13 @@ mod tests {
     }
 
     async fn call(method: &Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method.clone()).uri(path);
-        let body = match body {
-            Some(v) => {
-                req = req.header("content-type", "application/json");
-                Body::from(v.to_string())
-            }
-            None => Body::empty(),
-        };
-        let resp = app().oneshot(req.body(body).unwrap()).await.unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        let reply = testing::call(app(), method, path, body.as_ref()).await;
+        (reply.status, reply.body)
     }
 
     #[tokio::test]
     async fn the_document_lists_exactly_the_routes() {
-        let documented = openapi::operations(&doc());
-        let mut served = std::collections::BTreeSet::new();
-        for (path, methods, _) in routes() {
-            for m in methods {
-                served.insert((path.to_owned(), m.to_string()));
-            }
-        }
-        assert_eq!(documented, served, "docs/openapi/gateway.json vs routes()");
-        for (path, methods, _) in routes() {
-            for m in [Method::GET, Method::POST, Method::PUT, Method::DELETE] {
-                let (status, _) = call(&m, path, None).await;
-                assert_eq!(
-                    status != StatusCode::METHOD_NOT_ALLOWED,
-                    methods.contains(&m),
-                    "{m} {path} answered {status}"
-                );
-            }
-        }
+        testing::assert_routes_documented(routes(), app, &doc(), "docs/openapi/gateway.json").await;
     }
 
     #[tokio::test]
@@ -462,13 +424,15 @@ mod tests {
     #[tokio::test]
     async fn without_redis_a_webhook_gets_503_with_retry_after() {
         let body = json!({"alerts": [{"labels": {"alertname": "A"}}]});
-        let req = Request::post("/api/v1/signals/prometheus")
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        let resp = app().oneshot(req).await.unwrap();
-        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let resp = testing::call(
+            app(),
+            &Method::POST,
+            "/api/v1/signals/prometheus",
+            Some(&body),
+        )
+        .await;
+        assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers[header::RETRY_AFTER], "1");
         let (status, ready) = call(&Method::GET, "/ready", None).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(ready["status"], "unavailable");

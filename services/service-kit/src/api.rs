@@ -232,6 +232,25 @@ pub async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// One route of a service: its path, the methods it serves and its handlers. Each service
+/// lists its routes once; [`serve`] routes exactly those, and its tests check them against
+/// its OpenAPI document.
+pub type Route<S> = (
+    &'static str,
+    &'static [axum::http::Method],
+    axum::routing::MethodRouter<S>,
+);
+
+/// A router of exactly `routes`, with the JSON fallbacks.
+pub fn serve<S: Clone + Send + Sync + 'static>(routes: Vec<Route<S>>) -> axum::Router<S> {
+    let router = routes
+        .into_iter()
+        .fold(axum::Router::new(), |r, (path, _, handler)| {
+            r.route(path, handler)
+        });
+    with_fallbacks(router)
+}
+
 /// Adds the JSON fallbacks for unknown paths (`404`) and methods (`405`).
 pub fn with_fallbacks<S: Clone + Send + Sync + 'static>(
     router: axum::Router<S>,

@@ -6,6 +6,8 @@
 pub mod api;
 pub mod limits;
 pub mod openapi;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::net::SocketAddr;
 
