@@ -155,8 +155,25 @@ impl Cmd {
     }
 }
 
+impl Cmd {
+    /// [`Cmd::run_logged`], but its stdout (a tool's machine-readable output) returned
+    /// instead of logged; stderr still goes to `log`.
+    pub fn run_logged_capturing(&self, log: &Path) -> anyhow::Result<String> {
+        let out = log.with_extension("stdout");
+        let result = Pipeline(vec![self.clone()]).run_into(log, Some(&out));
+        let stdout = std::fs::read_to_string(&out).unwrap_or_default();
+        let _ = std::fs::remove_file(&out);
+        result.map(|()| stdout)
+    }
+}
+
 impl Pipeline {
     pub fn run_logged(&self, log: &Path) -> anyhow::Result<()> {
+        self.run_into(log, None)
+    }
+
+    /// Every stderr to `log`; the last stdout to `log` too, or to the file `stdout`.
+    fn run_into(&self, log: &Path, stdout: Option<&Path>) -> anyhow::Result<()> {
         let first = self.0.first().context("an empty pipeline")?;
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -171,10 +188,15 @@ impl Pipeline {
         for next in &self.0[1..] {
             expr = expr.pipe(next.bare_expression());
         }
-        // Every command's stderr and the last one's stdout go to the log.
+        let out = match stdout {
+            Some(path) => {
+                File::create(path).with_context(|| format!("creating {}", path.display()))?
+            }
+            None => file.try_clone()?,
+        };
         let handle = expr
-            .stderr_file(file.try_clone()?)
-            .stdout_file(file)
+            .stderr_file(file)
+            .stdout_file(out)
             .start()
             .with_context(|| format!("starting `{self}`"))?;
         let status = first.wait(&handle)?;

@@ -212,7 +212,7 @@ impl DevArgs {
     }
 
     fn suite(&self, project: &Project, urls: &BTreeMap<String, String>) -> Cmd {
-        crate::suite::run(project, "e2e", urls)
+        crate::suite::cargo_test(project, "e2e", urls)
             .arg("--")
             .args(self.test_args.iter().cloned())
     }

@@ -432,9 +432,7 @@ impl E2eArgs {
                 });
             }
             None => suite_steps.push(Step::Terminal {
-                cmd: suite::run(project, "e2e", urls)
-                    .arg("--")
-                    .args(self.test_args.iter().cloned()),
+                cmd: suite::run(project, "e2e", urls).args(self.test_args.iter().cloned()),
                 doing: "the E2E suite failed".into(),
             }),
         }
@@ -455,7 +453,7 @@ impl E2eArgs {
                 vec![Step::Terminal {
                     cmd: suite::run(project, "faults", urls)
                         .env("E2E_STACK", file.display().to_string())
-                        .args(["--", "--test-threads=1"]),
+                        .arg("--test-threads=1"),
                     doing: "the fault tests failed".into(),
                 }],
             ));
@@ -951,8 +949,10 @@ fn run_suite_compile(project: &Project, r: &Reporter, jobs: usize) -> anyhow::Re
     r.phase("compile E2E suite", |r| {
         let cmd = suite::compile(project, jobs);
         r.command(&cmd);
-        cmd.run_logged(&project.logs_dir().join("cargo-test-build.log"))
-            .context("compiling the E2E suite")
+        let json = cmd
+            .run_logged_capturing(&project.logs_dir().join("cargo-test-build.log"))
+            .context("compiling the E2E suite")?;
+        suite::place(project, &json)
     })
 }
 
@@ -1018,10 +1018,9 @@ mod tests {
         assert_eq!(
             step::print(&phases),
             [
-                "GATEWAY_URL=http://127.0.0.1:1 cargo test --locked -p e2e-suite --test e2e -- metrics",
-                "GATEWAY_URL=http://127.0.0.1:1 E2E_STACK=/r/run/stack.json cargo test --locked -p e2e-suite --test faults -- --test-threads=1",
+                "GATEWAY_URL=http://127.0.0.1:1 /r/target/e2e/suite/e2e metrics",
+                "GATEWAY_URL=http://127.0.0.1:1 E2E_STACK=/r/run/stack.json /r/target/e2e/suite/faults --test-threads=1",
             ]
-            .map(|l| l.replace("cargo ", &format!("{} ", Project::cargo())))
         );
     }
 }

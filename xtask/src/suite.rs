@@ -28,18 +28,45 @@ impl SuiteIn {
     }
 }
 
-/// `cargo test` of one test binary of the suite, with the services' URLs.
+/// The suite's sources, where cargo runs its test binaries from.
+const DIR: &str = "test/suite";
+
+/// `cargo test` of one test binary of the suite (compiled first when its sources changed),
+/// with the services' URLs: for the dev loop, whose cycles may change the suite.
+pub fn cargo_test(project: &Project, test: &str, urls: &BTreeMap<String, String>) -> Cmd {
+    with_urls(
+        Cmd::new(Project::cargo())
+            .args(["test", "--locked", "-p", "e2e-suite", "--test", test])
+            .cwd(&project.root),
+        urls,
+    )
+}
+
+/// One test binary of the suite, as [`compile`] left it, run as cargo runs it (from the
+/// suite's directory), with the services' URLs. A run compiles the suite first, so asking
+/// cargo again (a no-op check of the whole workspace) is time to no purpose.
 pub fn run(project: &Project, test: &str, urls: &BTreeMap<String, String>) -> Cmd {
-    let mut cmd = Cmd::new(Project::cargo())
-        .args(["test", "--locked", "-p", "e2e-suite", "--test", test])
-        .cwd(&project.root);
+    with_urls(
+        Cmd::new(binary(project, test).display().to_string()).cwd(project.root.join(DIR)),
+        urls,
+    )
+}
+
+fn with_urls(mut cmd: Cmd, urls: &BTreeMap<String, String>) -> Cmd {
     for (var, url) in urls {
         cmd = cmd.env(var, url);
     }
     cmd
 }
 
-/// Compiles every test binary of the suite (the suite and the fault tests).
+/// Where [`place`] puts a test binary: `target/e2e/suite/<test>`, a path that stays.
+pub fn binary(project: &Project, test: &str) -> PathBuf {
+    project.e2e_dir().join("suite").join(test)
+}
+
+/// Compiles every test binary of the suite (the suite and the fault tests); cargo's JSON
+/// messages on stdout say where they are ([`executables`]), its diagnostics are rendered on
+/// stderr as usual.
 pub fn compile(project: &Project, jobs: usize) -> Cmd {
     Cmd::new(Project::cargo())
         .args([
@@ -49,15 +76,28 @@ pub fn compile(project: &Project, jobs: usize) -> Cmd {
             "e2e-suite",
             "--tests",
             "--no-run",
+            "--message-format=json-render-diagnostics",
             "-j",
             &jobs.to_string(),
         ])
         .cwd(&project.root)
 }
 
-/// The same compile, asked for cargo's JSON messages (to learn where the binaries are).
-pub fn compile_json(project: &Project) -> Cmd {
-    compile(project, 1).arg("--message-format=json")
+/// Links each test binary the compile named (`json`: its stdout) to [`binary`].
+pub fn place(project: &Project, json: &str) -> anyhow::Result<()> {
+    let found = executables(json);
+    anyhow::ensure!(!found.is_empty(), "cargo named no test binary of the suite");
+    let dir = project.e2e_dir().join("suite");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (test, from) in found {
+        let to = binary(project, &test);
+        let _ = std::fs::remove_file(&to);
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to)
+                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The test binaries, by test name, from cargo's JSON messages.
@@ -118,16 +158,16 @@ impl InEngine {
         }
     }
 
-    /// Stages the test binaries (found with cargo's JSON) into the build context.
+    /// Stages the test binaries (compiled in the engine, or here and placed by [`place`])
+    /// into the build context.
     pub fn stage(&self, project: &Project) -> anyhow::Result<()> {
         let found = match &self.compiled_in_engine {
             Some(dir) => in_engine_executables(dir)?,
-            None => {
-                let json = compile_json(project)
-                    .read()
-                    .context("asking cargo where the suite's test binaries are")?;
-                executables(&json)
-            }
+            None => ["e2e", "faults"]
+                .iter()
+                .map(|t| ((*t).to_owned(), binary(project, t)))
+                .filter(|(_, path)| path.is_file())
+                .collect(),
         };
         anyhow::ensure!(!found.is_empty(), "cargo named no test binary of the suite");
         let _ = std::fs::remove_dir_all(&self.context);
