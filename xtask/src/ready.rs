@@ -3,14 +3,14 @@
 //! A container that exits or restarts ends the wait at once, with its log.
 
 use std::{
-    collections::BTreeSet,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use crate::{
     engine::{container_name, Podman},
     interrupt,
-    manifests::Probe,
+    manifests::{Container, Pod, Probe},
     report::{secs, Reporter},
     runtime::podman::PodmanRun,
 };
@@ -40,6 +40,8 @@ pub fn classify(state: &str) -> Health {
     }
 }
 
+/// Until every container is ready, each polled on its own (its probe, then, while it is not
+/// ready, its state), so that one container's slow probe delays no other's.
 pub fn wait_ready(run: &PodmanRun, timeout: Duration, r: &Reporter) -> anyhow::Result<()> {
     let start = Instant::now();
     let deadline = start + timeout;
@@ -48,99 +50,131 @@ pub fn wait_ready(run: &PodmanRun, timeout: Duration, r: &Reporter) -> anyhow::R
         .http_status_as_error(false)
         .build()
         .into();
-    let mut ready = BTreeSet::new();
-    let mut last_reason = std::collections::BTreeMap::new();
-    let total: usize = run.stack.pods.iter().map(|p| p.containers.len()).sum();
+    // Set when one container has failed or time is up: the others stop polling.
+    let stop = AtomicBool::new(false);
+    let containers: Vec<(&Pod, &Container)> = run
+        .stack
+        .pods
+        .iter()
+        .flat_map(|p| p.containers.iter().map(move |c| (p, c)))
+        .collect();
+    let outcomes: Vec<Result<(), String>> = std::thread::scope(|s| {
+        let polling: Vec<_> = containers
+            .iter()
+            .map(|(pod, c)| {
+                let (agent, stop) = (&agent, &stop);
+                s.spawn(move || {
+                    let name = container_name(&pod.name, &c.name);
+                    let outcome = poll(run, pod, c, &name, agent, stop, deadline);
+                    match &outcome {
+                        Ok(()) => r.line(format!("  {name} ready after {}", secs(start.elapsed()))),
+                        Err(_) => stop.store(true, Ordering::SeqCst),
+                    }
+                    outcome.map_err(|why| format!("  {name}: {why}"))
+                })
+            })
+            .collect();
+        polling
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("its poll panicked".into())))
+            .collect()
+    });
+    interrupt::check()?;
+    let failed: Vec<String> = outcomes.into_iter().filter_map(Result::err).collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    if Instant::now() >= deadline {
+        anyhow::bail!(
+            "not ready after {}s:\n{}\n  (raise the limit with --ready-timeout SECONDS)",
+            timeout.as_secs(),
+            failed.join("\n")
+        );
+    }
+    anyhow::bail!("while waiting for readiness:\n{}", failed.join("\n"))
+}
+
+/// One container, until its probe passes (`Ok`), it fails, the deadline passes or another
+/// container failed (`Err`, why).
+fn poll(
+    run: &PodmanRun,
+    pod: &Pod,
+    c: &Container,
+    name: &str,
+    agent: &ureq::Agent,
+    stop: &AtomicBool,
+    deadline: Instant,
+) -> Result<(), String> {
+    // An HTTP GET costs next to nothing; a probe run in the container costs a `podman exec`.
+    let pause = match &c.readiness {
+        Some(Probe::Http { .. }) if !run.remote => Duration::from_millis(50),
+        _ => Duration::from_millis(100),
+    };
     loop {
-        for pod in &run.stack.pods {
-            for c in &pod.containers {
-                let name = container_name(&pod.name, &c.name);
-                if ready.contains(&name) {
-                    continue;
-                }
-                let state = Podman.container_state(&name).read().unwrap_or_default();
-                match classify(&state) {
-                    Health::Failed(why) => {
-                        let log = Podman.logs(&name).read().unwrap_or_default();
-                        let tail: Vec<&str> = log
-                            .lines()
-                            .rev()
-                            .take(30)
-                            .collect::<Vec<_>>()
-                            .into_iter()
-                            .rev()
-                            .collect();
-                        anyhow::bail!(
-                            "container {name} {why} while waiting for readiness; its last log lines:\n    | {}",
-                            tail.join("\n    | ")
-                        );
-                    }
-                    Health::Starting => {
-                        last_reason.insert(name.clone(), "starting".to_owned());
-                        continue;
-                    }
-                    Health::Running => {}
-                }
-                let outcome = match &c.readiness {
-                    None => Ok(()),
-                    Some(Probe::Exec(command)) => match Podman.exec(&name, command).succeeds() {
-                        Ok(true) => Ok(()),
-                        Ok(false) => Err(format!("`{}` failed", command.join(" "))),
-                        Err(e) => Err(format!("{e:#}")),
-                    },
-                    // A remote engine's published ports are not this machine's: ask from inside.
-                    Some(Probe::Http { path, port }) if run.remote => {
-                        match Podman.http_probe(&name, *port, path).read() {
-                            Ok(status) if http_ok(&status) => Ok(()),
-                            Ok(status) => {
-                                Err(format!("GET {path} on port {port}: {}", status.trim()))
-                            }
-                            Err(e) => Err(format!("GET {path} on port {port}: {e:#}")),
-                        }
-                    }
-                    Some(Probe::Http { path, port }) => match run.stack.host_port(&pod.name, *port)
-                    {
-                        None => Err(format!(
-                            "port {port} is not published, so GET {path} cannot be checked"
-                        )),
-                        Some(host_port) => {
-                            let url = format!("http://127.0.0.1:{host_port}{path}");
-                            match agent.get(&url).call() {
-                                Ok(resp) if resp.status().is_success() => Ok(()),
-                                Ok(resp) => Err(format!("GET {url} answered {}", resp.status())),
-                                Err(e) => Err(format!("GET {url}: {e}")),
-                            }
-                        }
-                    },
-                };
-                match outcome {
-                    Ok(()) => {
-                        r.line(format!("  {name} ready after {}", secs(start.elapsed())));
-                        ready.insert(name);
-                    }
-                    Err(reason) => {
-                        last_reason.insert(name, reason);
-                    }
-                }
+        let reason = match probe(run, pod, c, name, agent) {
+            Ok(()) => return Ok(()),
+            Err(reason) => reason,
+        };
+        // Not ready: has it failed? (An exit or a restart ends the wait at once.)
+        let state = Podman.container_state(name).read().unwrap_or_default();
+        if let Health::Failed(why) = classify(&state) {
+            let log = Podman.logs(name).read().unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            if lines.is_empty() {
+                return Err(format!("{why}; its log is empty now"));
+            }
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n    | ");
+            return Err(format!("{why}; its last log lines:\n    | {tail}"));
+        }
+        if stop.load(Ordering::SeqCst) || interrupt::interrupted() {
+            return Err(format!("not ready ({reason}) when the wait ended"));
+        }
+        if Instant::now() >= deadline {
+            return Err(reason);
+        }
+        std::thread::sleep(pause);
+    }
+}
+
+/// The container's readiness probe, once: `Ok` when it passes, else why not.
+fn probe(
+    run: &PodmanRun,
+    pod: &Pod,
+    c: &Container,
+    name: &str,
+    agent: &ureq::Agent,
+) -> Result<(), String> {
+    match &c.readiness {
+        None => match classify(&Podman.container_state(name).read().unwrap_or_default()) {
+            Health::Running => Ok(()),
+            _ => Err("starting".into()),
+        },
+        Some(Probe::Exec(command)) => match Podman.exec(name, command).succeeds() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("`{}` failed", command.join(" "))),
+            Err(e) => Err(format!("{e:#}")),
+        },
+        // A remote engine's published ports are not this machine's: ask from inside.
+        Some(Probe::Http { path, port }) if run.remote => {
+            match Podman.http_probe(name, *port, path).read() {
+                Ok(status) if http_ok(&status) => Ok(()),
+                Ok(status) => Err(format!("GET {path} on port {port}: {}", status.trim())),
+                Err(e) => Err(format!("GET {path} on port {port}: {e:#}")),
             }
         }
-        if ready.len() == total {
-            return Ok(());
-        }
-        interrupt::check()?;
-        if Instant::now() >= deadline {
-            let waiting: Vec<String> = last_reason
-                .iter()
-                .filter(|(n, _)| !ready.contains(*n))
-                .map(|(n, why)| format!("  {n}: {why}"))
-                .collect();
-            anyhow::bail!(
-                "not ready after {}s:\n{}\n  (raise the limit with --ready-timeout SECONDS)",
-                timeout.as_secs(),
-                waiting.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
+        Some(Probe::Http { path, port }) => match run.stack.host_port(&pod.name, *port) {
+            None => Err(format!(
+                "port {port} is not published, so GET {path} cannot be checked"
+            )),
+            Some(host_port) => {
+                let url = format!("http://127.0.0.1:{host_port}{path}");
+                match agent.get(&url).call() {
+                    Ok(resp) if resp.status().is_success() => Ok(()),
+                    Ok(resp) => Err(format!("GET {url} answered {}", resp.status())),
+                    Err(e) => Err(format!("GET {url}: {e}")),
+                }
+            }
+        },
     }
 }
 
