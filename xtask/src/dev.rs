@@ -211,10 +211,9 @@ impl DevArgs {
         }
     }
 
+    /// The suite's test binary, as the first stack-up or the cycle compiled it.
     fn suite(&self, project: &Project, urls: &BTreeMap<String, String>) -> Cmd {
-        crate::suite::cargo_test(project, "e2e", urls)
-            .arg("--")
-            .args(self.test_args.iter().cloned())
+        crate::suite::run(project, "e2e", urls).args(self.test_args.iter().cloned())
     }
 
     /// Watches the workspace until Ctrl-C; each settled batch of changes is one cycle.
@@ -394,6 +393,20 @@ impl DevArgs {
         }
 
         let t = Instant::now();
+        // Compiled again only when the change can change it (the services are not its
+        // dependencies): a no-op cargo check is a quarter of a second.
+        if crate::suite::touched_by(changed) {
+            if let Err(e) = crate::suite::compile_here(
+                project,
+                r,
+                session.facts.env(None).map_or(1, |e| e.cargo_jobs()),
+            ) {
+                return failed(
+                    e,
+                    format!("suite compile FAILED, the stack is up ({})", steps(&times)),
+                );
+            }
+        }
         let suite = self.suite(project, &stack.urls());
         r.command(&suite);
         let passed = suite.run_inherit().is_ok();

@@ -947,12 +947,7 @@ impl SuiteGate<'_> {
 /// `cargo test --no-run` of the suite, as a phase.
 fn run_suite_compile(project: &Project, r: &Reporter, jobs: usize) -> anyhow::Result<()> {
     r.phase("compile E2E suite", |r| {
-        let cmd = suite::compile(project, jobs);
-        r.command(&cmd);
-        let json = cmd
-            .run_logged_capturing(&project.logs_dir().join("cargo-test-build.log"))
-            .context("compiling the E2E suite")?;
-        suite::place(project, &json)
+        suite::compile_here(project, r, jobs)
     })
 }
 

@@ -31,17 +31,6 @@ impl SuiteIn {
 /// The suite's sources, where cargo runs its test binaries from.
 const DIR: &str = "test/suite";
 
-/// `cargo test` of one test binary of the suite (compiled first when its sources changed),
-/// with the services' URLs: for the dev loop, whose cycles may change the suite.
-pub fn cargo_test(project: &Project, test: &str, urls: &BTreeMap<String, String>) -> Cmd {
-    with_urls(
-        Cmd::new(Project::cargo())
-            .args(["test", "--locked", "-p", "e2e-suite", "--test", test])
-            .cwd(&project.root),
-        urls,
-    )
-}
-
 /// One test binary of the suite, as [`compile`] left it, run as cargo runs it (from the
 /// suite's directory), with the services' URLs. A run compiles the suite first, so asking
 /// cargo again (a no-op check of the whole workspace) is time to no purpose.
@@ -81,6 +70,27 @@ pub fn compile(project: &Project, jobs: usize) -> Cmd {
             &jobs.to_string(),
         ])
         .cwd(&project.root)
+}
+
+/// Compiles the suite on this machine and places its test binaries ([`place`]).
+pub fn compile_here(
+    project: &Project,
+    r: &crate::report::Reporter,
+    jobs: usize,
+) -> anyhow::Result<()> {
+    let cmd = compile(project, jobs);
+    r.command(&cmd);
+    let json = cmd
+        .run_logged_capturing(&project.logs_dir().join("cargo-test-build.log"))
+        .context("compiling the E2E suite")?;
+    place(project, &json)
+}
+
+/// Whether a change (paths from the workspace's root) can change the suite's binaries.
+pub fn touched_by(changed: &[String]) -> bool {
+    changed
+        .iter()
+        .any(|p| p.starts_with(DIR) || p == "Cargo.lock" || p == "Cargo.toml")
 }
 
 /// Links each test binary the compile named (`json`: its stdout) to [`binary`].
@@ -213,6 +223,18 @@ impl InEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_suite_and_the_workspace_files_change_the_suite() {
+        let changed =
+            |paths: &[&str]| touched_by(&paths.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>());
+        assert!(changed(&["test/suite/tests/e2e.rs"]));
+        assert!(changed(&["services/gateway/src/api.rs", "Cargo.lock"]));
+        assert!(!changed(&[
+            "services/gateway/src/api.rs",
+            "docker/redis/redis.conf"
+        ]));
+    }
 
     #[test]
     fn test_binaries_from_cargo_json() {
