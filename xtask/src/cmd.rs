@@ -132,9 +132,15 @@ impl Cmd {
     }
 
     fn wait(&self, handle: &duct::Handle) -> anyhow::Result<std::process::ExitStatus> {
+        self.wait_output(handle).map(|o| o.status)
+    }
+
+    /// Until the command ends (killed on Ctrl-C unless it survives interrupts); its output
+    /// holds what was captured.
+    fn wait_output(&self, handle: &duct::Handle) -> anyhow::Result<std::process::Output> {
         loop {
             if let Some(output) = handle.try_wait()? {
-                return Ok(output.status);
+                return Ok(output.clone());
             }
             if !self.survives_interrupt && interrupt::interrupted() {
                 let _ = handle.kill();
@@ -159,21 +165,19 @@ impl Cmd {
     /// [`Cmd::run_logged`], but its stdout (a tool's machine-readable output) returned
     /// instead of logged; stderr still goes to `log`.
     pub fn run_logged_capturing(&self, log: &Path) -> anyhow::Result<String> {
-        let out = log.with_extension("stdout");
-        let result = Pipeline(vec![self.clone()]).run_into(log, Some(&out));
-        let stdout = std::fs::read_to_string(&out).unwrap_or_default();
-        let _ = std::fs::remove_file(&out);
-        result.map(|()| stdout)
+        Pipeline(vec![self.clone()])
+            .run_into(log, true)
+            .map(|stdout| String::from_utf8_lossy(&stdout).into_owned())
     }
 }
 
 impl Pipeline {
     pub fn run_logged(&self, log: &Path) -> anyhow::Result<()> {
-        self.run_into(log, None)
+        self.run_into(log, false).map(drop)
     }
 
-    /// Every stderr to `log`; the last stdout to `log` too, or to the file `stdout`.
-    fn run_into(&self, log: &Path, stdout: Option<&Path>) -> anyhow::Result<()> {
+    /// Every stderr to `log`; the last stdout to `log` too, or, with `capture`, returned.
+    fn run_into(&self, log: &Path, capture: bool) -> anyhow::Result<Vec<u8>> {
         let first = self.0.first().context("an empty pipeline")?;
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -188,20 +192,19 @@ impl Pipeline {
         for next in &self.0[1..] {
             expr = expr.pipe(next.bare_expression());
         }
-        let out = match stdout {
-            Some(path) => {
-                File::create(path).with_context(|| format!("creating {}", path.display()))?
-            }
-            None => file.try_clone()?,
+        expr = if capture {
+            expr.stdout_capture()
+        } else {
+            expr.stdout_file(file.try_clone()?)
         };
         let handle = expr
             .stderr_file(file)
-            .stdout_file(out)
             .start()
             .with_context(|| format!("starting `{self}`"))?;
-        let status = first.wait(&handle)?;
+        let output = first.wait_output(&handle)?;
+        let status = output.status;
         if status.success() {
-            return Ok(());
+            return Ok(output.stdout);
         }
         Err(CmdError {
             cmd: self.to_string(),

@@ -100,12 +100,17 @@ pub fn place(project: &Project, json: &str) -> anyhow::Result<()> {
     let dir = project.e2e_dir().join("suite");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     for (test, from) in found {
+        // Linked beside it, then renamed over it: a run going on at the same time never
+        // finds the file missing.
         let to = binary(project, &test);
-        let _ = std::fs::remove_file(&to);
-        if std::fs::hard_link(&from, &to).is_err() {
-            std::fs::copy(&from, &to)
-                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        let tmp = crate::fsx::temp_beside(&to);
+        let _ = std::fs::remove_file(&tmp);
+        if std::fs::hard_link(&from, &tmp).is_err() {
+            std::fs::copy(&from, &tmp)
+                .with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
         }
+        std::fs::rename(&tmp, &to)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), to.display()))?;
     }
     Ok(())
 }
