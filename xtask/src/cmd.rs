@@ -120,6 +120,18 @@ impl Cmd {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// Runs the command and returns its stdout, whatever its exit status (for commands that
+    /// print what they found and fail for what they did not).
+    pub fn read_any(&self) -> anyhow::Result<String> {
+        let output = self
+            .expression()
+            .stdout_capture()
+            .stderr_null()
+            .run()
+            .with_context(|| format!("running `{self}`"))?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// Runs the command and answers whether it exited 0 (for `podman image exists` and the like).
     pub fn succeeds(&self) -> anyhow::Result<bool> {
         let output = self

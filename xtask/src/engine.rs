@@ -102,6 +102,14 @@ impl Engine {
         ])
     }
 
+    /// The IDs of those of `references` the engine has (one line each; it fails for the
+    /// others).
+    pub fn image_ids(self, references: &[String]) -> Cmd {
+        self.cmd()
+            .args(["image", "inspect", "--format", "{{.Id}}"])
+            .args(references.iter().cloned())
+    }
+
     /// `repository:tag` of every image that carries a fingerprint label (every image built here).
     pub fn list_fingerprinted(self) -> Cmd {
         self.cmd().args([

@@ -97,19 +97,21 @@ impl Arriving {
     /// The longest a pod waits for its image while the load goes on.
     const DEADLINE: Duration = Duration::from_secs(15 * 60);
 
-    /// Until every image is in the engine with its ID (polled), or the load has ended
-    /// without it.
+    /// Until every image is in the engine with its ID, or the load has ended without it.
+    /// Polled with one `podman image inspect` of all of them at a time (a podman process
+    /// costs CPU the load needs).
     pub fn wait(&self, r: &Reporter) -> anyhow::Result<()> {
         let start = Instant::now();
         let mut missing = self.images.clone();
         loop {
             // Read before looking: a load that ended before the look left what it loaded.
             let ended = self.ended.load(Ordering::SeqCst);
-            missing.retain(|(reference, id)| {
-                Engine::Podman
-                    .image(reference)
-                    .is_none_or(|found| found.id != *id)
-            });
+            let references: Vec<String> = missing.iter().map(|(r, _)| r.clone()).collect();
+            let found = Engine::Podman
+                .image_ids(&references)
+                .read_any()
+                .unwrap_or_default();
+            missing.retain(|(_, id)| !found.lines().any(|l| l.trim() == id));
             if missing.is_empty() {
                 r.line(format!("  loaded after {}", secs(start.elapsed())));
                 return Ok(());
@@ -129,7 +131,7 @@ impl Arriving {
                 secs(Self::DEADLINE)
             );
             crate::interrupt::check()?;
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(300));
         }
     }
 }
