@@ -109,14 +109,7 @@ impl SaveArgs {
             build::prebuild(project, &r, &opts, &session, &[])?;
         }
         let mut handoff = fresh_handoff(project, &r, &opts, &session)?;
-        let infrastructure: Vec<&str> = session
-            .images
-            .images
-            .iter()
-            .filter(|i| i.binary().is_none())
-            .map(|i| i.name.as_str())
-            .collect();
-        in_start_order(&mut handoff.images, &infrastructure);
+        in_start_order(&mut handoff.images, &session.images.infrastructure());
         let output = self.output.clone().unwrap_or_else(|| {
             project.e2e_dir().join(match self.compress {
                 Compression::Zstd => "images.tar.zst",

@@ -100,12 +100,7 @@ impl Cmd {
 
     /// Runs the command and returns its stdout; the error carries its stderr.
     pub fn read(&self) -> anyhow::Result<String> {
-        let output = self
-            .expression()
-            .stdout_capture()
-            .stderr_capture()
-            .run()
-            .with_context(|| format!("running `{self}`"))?;
+        let output = self.captured()?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
             return Err(CmdError {
@@ -123,13 +118,16 @@ impl Cmd {
     /// Runs the command and returns its stdout, whatever its exit status (for commands that
     /// print what they found and fail for what they did not).
     pub fn read_any(&self) -> anyhow::Result<String> {
-        let output = self
-            .expression()
+        Ok(String::from_utf8_lossy(&self.captured()?.stdout).into_owned())
+    }
+
+    /// Runs the command to its end with stdout and stderr captured.
+    fn captured(&self) -> anyhow::Result<std::process::Output> {
+        self.expression()
             .stdout_capture()
-            .stderr_null()
+            .stderr_capture()
             .run()
-            .with_context(|| format!("running `{self}`"))?;
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+            .with_context(|| format!("running `{self}`"))
     }
 
     /// Runs the command and answers whether it exited 0 (for `podman image exists` and the like).

@@ -475,10 +475,9 @@ impl E2eArgs {
         }
         let names: Vec<String> = session
             .images
-            .images
-            .iter()
-            .filter(|i| i.binary().is_none())
-            .map(|i| i.name.clone())
+            .infrastructure()
+            .into_iter()
+            .map(str::to_owned)
             .collect();
         // Their images: cached here, or coming with the archive (awaited before they start).
         let (pinned, arriving): (BTreeMap<String, String>, _) = match &self.images {

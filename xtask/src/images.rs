@@ -95,6 +95,16 @@ pub struct Images {
 }
 
 impl Images {
+    /// The images that package no binary of ours (PostgreSQL, Redis): a run starts their
+    /// pods first, as soon as their images are there.
+    pub fn infrastructure(&self) -> Vec<&str> {
+        self.images
+            .iter()
+            .filter(|i| i.binary().is_none())
+            .map(|i| i.name.as_str())
+            .collect()
+    }
+
     /// Reads the images file; `base_override` (from `E2E_BASE_IMAGE`) replaces the base image.
     pub fn load(path: &Path, base_override: Option<String>) -> anyhow::Result<Images> {
         let text =
