@@ -581,6 +581,50 @@ mod tests {
     }
 
     #[test]
+    fn early_pods_of_an_archive_wait_for_their_images_before_they_play() {
+        let root =
+            std::env::temp_dir().join(format!("xtask-podman-arriving-{}", std::process::id()));
+        let mut run = run(&root);
+        run.early = ["postgres-103501-42".to_owned()].into();
+        run.arriving = Some(Arriving {
+            images: vec![("localhost/e2e-postgres:1".into(), "a".repeat(64))],
+            ended: Default::default(),
+        });
+        let lines = step::print(&run.plan_early());
+        let wait = lines
+            .iter()
+            .position(|l| {
+                l.starts_with("# until the archive's load has put localhost/e2e-postgres:1")
+            })
+            .expect("a wait step");
+        let play = lines
+            .iter()
+            .position(|l| l.starts_with("podman kube play"))
+            .expect("a kube play");
+        assert!(wait < play, "{lines:#?}");
+        // The rest of the run does not wait: its images are in when it deploys.
+        let rest = step::print(&run.plan(Duration::from_secs(1), vec![]));
+        assert!(
+            !rest.iter().any(|l| l.contains("until the archive")),
+            "{rest:#?}"
+        );
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn a_load_that_ends_without_the_images_ends_the_wait() {
+        let arriving = Arriving {
+            images: vec![("localhost/e2e-no-such-image:0".into(), "b".repeat(64))],
+            ended: Arc::new(AtomicBool::new(true)),
+        };
+        let err = arriving.wait(&Reporter::new()).unwrap_err().to_string();
+        assert!(
+            err.contains("the archive's load ended without localhost/e2e-no-such-image:0"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn teardown_removes_exactly_what_was_recorded() {
         let half = Created {
             network: Some("e2e-1".into()),
