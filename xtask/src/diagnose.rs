@@ -4,7 +4,8 @@
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cause {
-    /// Exit 137 / `Killed`: a process of a RUN step was killed, under the build's cap.
+    /// Exit 137 / `Killed` / `container exited on killed`: a RUN step was killed under the
+    /// build's cap.
     OutOfMemory,
     Other,
 }
@@ -18,6 +19,9 @@ pub struct Diagnosis {
 
 pub fn diagnose(exit_code: Option<i32>, log: &str) -> Diagnosis {
     let killed = log.lines().any(|l| l.trim() == "Killed")
+        // The OOM killer took the step's first process itself, not one of its children:
+        // podman then exits 1, and says so (seen in CI with a 32m cap).
+        || log.lines().any(|l| l.trim() == "container exited on killed")
         || log.contains("exit status 137")
         || log.contains("returned a non-zero code: 137")
         || exit_code == Some(137);
@@ -70,6 +74,17 @@ mod tests {
         // Output of a real `podman build --memory 64m --memory-swap 64m` whose RUN step
         // needed 300 MB (see tests/fixtures).
         let d = diagnose(Some(137), &fixture("podman-build-oom.log"));
+        assert_eq!(d.cause, Cause::OutOfMemory);
+        assert_eq!(
+            d.step.as_deref(),
+            Some("RUN head -c 300m /dev/zero | tail -n 1 >/dev/null")
+        );
+    }
+
+    #[test]
+    fn real_podman_oom_kill_of_the_steps_first_process() {
+        // The same build under a 32m cap, in CI: podman exited 1.
+        let d = diagnose(Some(1), &fixture("podman-build-oom-container-killed.log"));
         assert_eq!(d.cause, Cause::OutOfMemory);
         assert_eq!(
             d.step.as_deref(),
