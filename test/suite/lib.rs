@@ -207,6 +207,9 @@ pub async fn metric(c: &Client, name: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// How long [`Stack::start`] tries to have a service's container running.
+const START_WITHIN: Duration = Duration::from_secs(60);
+
 /// Polls `probe` every 100 ms until it returns `Some`, or panics after `within` naming `what`.
 pub async fn poll<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
 where
@@ -330,12 +333,7 @@ impl Stack {
     }
 
     async fn run(argv: &[String]) -> String {
-        let out = tokio::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .unwrap_or_else(|e| panic!("running {argv:?}: {e}"));
+        let out = Self::output(argv).await;
         assert!(
             out.status.success(),
             "{argv:?} failed ({}): {}",
@@ -343,6 +341,15 @@ impl Stack {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    async fn output(argv: &[String]) -> std::process::Output {
+        tokio::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("running {argv:?}: {e}"))
     }
 
     /// Stops a service (its pod: the process gets SIGTERM, then SIGKILL after the grace
@@ -354,9 +361,29 @@ impl Stack {
 
     /// Starts a stopped service (a running one is left as it is). Wait for readiness with
     /// [`Stack::wait_ready`] before relying on it.
+    ///
+    /// Until the service's container runs a command, the start is repeated: podman 4.3 can
+    /// stop a container again just after `pod start` when the clean-up of a stop a moment
+    /// before races it (seen once in CI: Redis got SIGTERM 10 ms after it started, and
+    /// stayed down), and a start of a running service changes nothing.
     pub async fn start(&self, name: &str) {
         report(format!("starting {name}"));
-        Self::run(&self.commands(name).start).await;
+        let commands = self.commands(name);
+        Self::run(&commands.start).await;
+        let mut probe = commands.exec.clone();
+        probe.push("true".into());
+        poll(
+            &format!("{name} to run after its start"),
+            START_WITHIN,
+            || async {
+                if Self::output(&probe).await.status.success() {
+                    return Some(());
+                }
+                Self::output(&commands.start).await;
+                None
+            },
+        )
+        .await;
     }
 
     /// Stops, then starts a service.
