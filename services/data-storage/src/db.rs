@@ -129,7 +129,9 @@ impl Store {
             .password(&config.pg_password)
             .dbname(&config.pg_database)
             .application_name("data-storage")
-            .connect_timeout(Duration::from_secs(2))
+            // A busy small machine (a 2 GiB VM under a burst) can take seconds to resolve a
+            // name and open a session: 2 s here turned a burst into 503s there.
+            .connect_timeout(Duration::from_secs(5))
             // A PostgreSQL that vanished without closing its connections (its network gone,
             // as when its pod is stopped) is noticed within seconds rather than minutes.
             .tcp_user_timeout(Duration::from_secs(10))
@@ -153,8 +155,8 @@ impl Store {
         );
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
-            .wait_timeout(Some(Duration::from_secs(3)))
-            .create_timeout(Some(Duration::from_secs(2)))
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()?;
         Ok(Store {

@@ -223,7 +223,8 @@ impl AuditClient {
             // DataStorage answers within its own 15 s bound; a batch normally takes
             // milliseconds. Past this, the same batch is sent again (stored once all the same).
             .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(2))
+            // Generous for a busy small machine; a refused connection fails at once anyway.
+            .connect_timeout(Duration::from_secs(5))
             .tcp_keepalive(Duration::from_secs(10))
             .pool_max_idle_per_host(8)
             .build()?;
