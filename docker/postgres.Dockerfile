@@ -21,9 +21,6 @@ RUN apt-get update \
 COPY --chmod=0755 entrypoint.sh /usr/local/bin/postgres-entrypoint
 ENV PATH=/usr/lib/postgresql/15/bin:$PATH PGDATA=/var/lib/postgresql/data
 USER postgres
-# The cluster, initialised now (initdb takes most of a second): a container then only sets
-# its credentials, and is ready about a second sooner. WAL segments of 1 MB keep it small.
-RUN postgres-entrypoint init
 EXPOSE 5432
 STOPSIGNAL SIGINT
 ENTRYPOINT ["/usr/local/bin/postgres-entrypoint"]
