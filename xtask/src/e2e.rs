@@ -414,7 +414,7 @@ impl E2eArgs {
             Some((package, run)) => {
                 suite_steps.push(Step::Watch {
                     what: format!(
-                        "the suite's test binaries (where cargo says they are) packaged: {}",
+                        "the suite's test binaries (as their compile placed them) packaged: {}",
                         package.build()
                     ),
                     run: Box::new(move |r| {

@@ -115,6 +115,23 @@ pub fn place(project: &Project, json: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The test binaries [`place`] left, by test name (its temporary files, named with a leading
+/// dot, left out).
+fn placed(project: &Project) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let dir = project.e2e_dir().join("suite");
+    let mut found = BTreeMap::new();
+    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = e?.path();
+        match path.file_name().and_then(|n| n.to_str()) {
+            Some(name) if !name.starts_with('.') && path.is_file() => {
+                found.insert(name.to_owned(), path.clone());
+            }
+            _ => {}
+        }
+    }
+    Ok(found)
+}
+
 /// The test binaries, by test name, from cargo's JSON messages.
 pub fn executables(json_lines: &str) -> BTreeMap<String, PathBuf> {
     json_lines
@@ -178,11 +195,7 @@ impl InEngine {
     pub fn stage(&self, project: &Project) -> anyhow::Result<()> {
         let found = match &self.compiled_in_engine {
             Some(dir) => in_engine_executables(dir)?,
-            None => ["e2e", "faults"]
-                .iter()
-                .map(|t| ((*t).to_owned(), binary(project, t)))
-                .filter(|(_, path)| path.is_file())
-                .collect(),
+            None => placed(project)?,
         };
         anyhow::ensure!(!found.is_empty(), "cargo named no test binary of the suite");
         let _ = std::fs::remove_dir_all(&self.context);
@@ -239,6 +252,24 @@ mod tests {
             "services/gateway/src/api.rs",
             "docker/redis/redis.conf"
         ]));
+    }
+
+    #[test]
+    fn every_placed_test_binary_is_staged_and_no_temporary_file() {
+        let root = std::env::temp_dir().join(format!("xtask-suite-placed-{}", std::process::id()));
+        let project = Project {
+            root: root.clone(),
+            target_dir: root.join("target"),
+            e2e_dir: root.join("target/e2e"),
+        };
+        let dir = project.e2e_dir().join("suite");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["e2e", "faults", ".e2e.tmp-42"] {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        let found = placed(&project).unwrap();
+        assert_eq!(found.keys().collect::<Vec<_>>(), ["e2e", "faults"]);
+        std::fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
