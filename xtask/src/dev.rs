@@ -480,9 +480,11 @@ impl Stack {
                     .map(|p| p.host_port)
                     .collect::<Vec<_>>()
                     .into_iter();
-                let stack = manifests.render_podman(&handoff.pinned(), run.id.suffix(), || {
-                    ports.next().map_or_else(runtime::free_port, Ok)
-                })?;
+                let subnet = run.stack.subnet;
+                let stack =
+                    manifests.render_podman(&handoff.pinned(), run.id.suffix(), subnet, || {
+                        ports.next().map_or_else(runtime::free_port, Ok)
+                    })?;
                 let changed = changed_pods(&run.stack, &stack);
                 let mut names = Vec::new();
                 for &i in &changed {
@@ -495,7 +497,7 @@ impl Stack {
                         // gateway releases its outbox lease for the new one).
                         Podman.pod_stop(pod),
                         Podman.pods_rm(one),
-                        Podman.kube_play(&run.network(), &file),
+                        Podman.kube_play(&run.network(), stack.address(pod), &file),
                     ];
                     run_all(cmds, &run.log, pod)?;
                     names.push(pod.clone());
@@ -586,7 +588,7 @@ mod tests {
                 .unwrap();
         let mut ports = 40000..;
         let old = m
-            .render_podman(&BTreeMap::new(), "1", || Ok(ports.next().unwrap()))
+            .render_podman(&BTreeMap::new(), "1", None, || Ok(ports.next().unwrap()))
             .unwrap();
         let mut ports = 40000..;
         let pinned = [(
@@ -595,7 +597,7 @@ mod tests {
         )]
         .into();
         let new = m
-            .render_podman(&pinned, "1", || Ok(ports.next().unwrap()))
+            .render_podman(&pinned, "1", None, || Ok(ports.next().unwrap()))
             .unwrap();
         let changed: Vec<&str> = changed_pods(&old, &new)
             .iter()

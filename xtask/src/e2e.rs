@@ -427,7 +427,13 @@ impl E2eArgs {
                     }),
                 });
                 suite_steps.push(Step::Terminal {
-                    cmd: package.run(&run.network(), "e2e", &run.network_urls(), &self.test_args),
+                    cmd: package.run(
+                        &run.network(),
+                        &run.stack.hosts(),
+                        "e2e",
+                        &run.network_urls(),
+                        &self.test_args,
+                    ),
                     doing: "the E2E suite failed (run in the engine)".into(),
                 });
             }
@@ -515,8 +521,9 @@ impl E2eArgs {
         if pinned.is_empty() {
             return None;
         }
+        let subnet = runtime::podman::subnet_for(id).ok()?;
         let stack = manifests
-            .render_podman(&pinned, id.suffix(), free_port)
+            .render_podman(&pinned, id.suffix(), Some(subnet), free_port)
             .ok()?;
         let early: std::collections::BTreeSet<String> = stack
             .pods
@@ -568,7 +575,9 @@ impl E2eArgs {
         handoff: &Handoff,
         id: &RunId,
     ) -> anyhow::Result<PodmanRun> {
-        let stack = manifests.render_podman(&handoff.pinned(), id.suffix(), free_port)?;
+        let subnet = runtime::podman::subnet_for(id)?;
+        let stack =
+            manifests.render_podman(&handoff.pinned(), id.suffix(), Some(subnet), free_port)?;
         Ok(PodmanRun::new(project, id.clone(), stack))
     }
 
@@ -592,9 +601,11 @@ impl E2eArgs {
             // The same stack with every image pinned now, on the ports the early part chose.
             Some((started, record)) => {
                 let mut ports = started.stack.published.iter().map(|p| p.host_port);
-                let stack = manifests.render_podman(&handoff.pinned(), id.suffix(), || {
-                    ports.next().map_or_else(free_port, Ok)
-                })?;
+                let subnet = started.stack.subnet;
+                let stack =
+                    manifests.render_podman(&handoff.pinned(), id.suffix(), subnet, || {
+                        ports.next().map_or_else(free_port, Ok)
+                    })?;
                 let mut run = PodmanRun::new(project, id.clone(), stack);
                 run.early = started.early;
                 (run, record)

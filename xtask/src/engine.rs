@@ -316,9 +316,14 @@ impl Podman {
         Cmd::new(Self::PROGRAM)
     }
 
-    pub fn network_create(self, name: &str) -> Cmd {
-        self.cmd()
-            .args(["network", "create", "--label", "e2e.xtask=1", name])
+    pub fn network_create(self, name: &str, subnet: Option<&str>) -> Cmd {
+        let mut c = self
+            .cmd()
+            .args(["network", "create", "--label", "e2e.xtask=1"]);
+        if let Some(subnet) = subnet {
+            c = c.args(["--subnet", subnet]);
+        }
+        c.arg(name)
     }
 
     pub fn network_rm(self, name: &str) -> Cmd {
@@ -348,10 +353,23 @@ impl Podman {
         self.cmd().args(["network", "exists", name])
     }
 
-    pub fn kube_play(self, network: &str, file: &Path) -> Cmd {
-        self.cmd()
-            .args(["kube", "play", "--network", network])
-            .arg(file.display().to_string())
+    /// Plays a pod file on a network, at a fixed address when given.
+    pub fn kube_play(self, network: &str, ip: Option<std::net::Ipv4Addr>, file: &Path) -> Cmd {
+        let mut c = self.cmd().args(["kube", "play", "--network", network]);
+        if let Some(ip) = ip {
+            c = c.arg("--ip").arg(ip.to_string());
+        }
+        c.arg(file.display().to_string())
+    }
+
+    /// Every network's subnets, whitespace-separated.
+    pub fn network_subnets(self) -> Cmd {
+        self.cmd().args([
+            "network",
+            "ls",
+            "--format",
+            "{{range .Subnets}}{{.Subnet}} {{end}}",
+        ])
     }
 
     /// Stops pods at once (SIGKILL: a teardown keeps nothing). podman 4.3's `pod rm
@@ -523,7 +541,9 @@ mod tests {
     #[test]
     fn kube_commands() {
         assert_eq!(
-            Podman.kube_play("e2e-1", Path::new("s.yaml")).to_string(),
+            Podman
+                .kube_play("e2e-1", None, Path::new("s.yaml"))
+                .to_string(),
             "podman kube play --network e2e-1 s.yaml"
         );
         assert_eq!(container_name("gateway", "gateway"), "gateway-gateway");

@@ -55,6 +55,77 @@ pub struct Published {
     pub host_port: u16,
 }
 
+/// The run's network's addresses: a /27 of podman's own 10.89.0.0/16, its pods at fixed
+/// addresses from `.10` on, and every pod's name in every pod's `/etc/hosts` (`hostAliases`).
+///
+/// Why: on podman 4.3 (aardvark-dns 1.4) every container that joins or leaves any network
+/// makes aardvark-dns tear down and rebind its sockets; a name lookup in flight then is lost
+/// (a 5 s resolver timeout) or answered NXDOMAIN by the next nameserver in `resolv.conf`, and
+/// a service's new connection fails. Names in `/etc/hosts` never ask the DNS server, and a
+/// pod keeps its address when it is stopped, started or replaced. See docs/dns-hang.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    pub base: std::net::Ipv4Addr,
+}
+
+impl Subnet {
+    pub const PREFIX: u32 = 27;
+    /// The pods' first host number: podman's own allocation (the suite's container) starts
+    /// at `.2`, so pods from `.10` never meet it.
+    const FIRST_POD: u32 = 10;
+    const SIZE: u32 = 1 << (32 - Self::PREFIX);
+    /// 10.89.0.0/16, where podman allocates its networks.
+    const POOL: u32 = u32::from_be_bytes([10, 89, 0, 0]);
+    const SLOTS: u32 = 1 << (Self::PREFIX - 16);
+
+    /// A /27 that overlaps none of `used` (the engine's networks), its first try derived
+    /// from the run's id so that two runs planned at once start apart.
+    pub fn choose(run: &str, used: &[(std::net::Ipv4Addr, u32)]) -> anyhow::Result<Subnet> {
+        let hash = run.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let start = (hash % u64::from(Self::SLOTS)) as u32;
+        // Each network as the half-open range of addresses it covers.
+        let range = |net: u32, prefix: u32| {
+            let len = 1u64 << (32 - prefix.min(32));
+            let start = u64::from(net) & !(len - 1);
+            (start, start + len)
+        };
+        (0..Self::SLOTS)
+            .map(|i| Self::POOL + ((start + i) % Self::SLOTS) * Self::SIZE)
+            .find(|&base| {
+                let (b0, b1) = range(base, Self::PREFIX);
+                !used.iter().any(|&(net, prefix)| {
+                    let (n0, n1) = range(net.into(), prefix);
+                    b0 < n1 && n0 < b1
+                })
+            })
+            .map(|base| Subnet { base: base.into() })
+            .context("every /27 of 10.89.0.0/16 is used by the engine's networks: remove old ones (podman network prune)")
+    }
+
+    /// The `i`-th pod's address.
+    pub fn pod(&self, i: usize) -> std::net::Ipv4Addr {
+        (u32::from(self.base) + Self::FIRST_POD + i as u32).into()
+    }
+}
+
+impl std::fmt::Display for Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.base, Self::PREFIX)
+    }
+}
+
+/// The IPv4 subnets in `podman network ls` output (`10.88.0.0/16` a line), others skipped.
+pub fn parse_subnets(text: &str) -> Vec<(std::net::Ipv4Addr, u32)> {
+    text.split_whitespace()
+        .filter_map(|cidr| {
+            let (ip, prefix) = cidr.split_once('/')?;
+            Some((ip.parse().ok()?, prefix.parse().ok()?))
+        })
+        .collect()
+}
+
 /// The manifests rendered for `podman kube play`.
 #[derive(Debug, Clone)]
 pub struct PodmanStack {
@@ -65,9 +136,30 @@ pub struct PodmanStack {
     pub secrets: Vec<Secret>,
     pub pods: Vec<Pod>,
     pub published: Vec<Published>,
+    /// The network's subnet and so each pod's address (in the order of `pods`), when given.
+    pub subnet: Option<Subnet>,
 }
 
 impl PodmanStack {
+    /// Each pod's name and fixed address on the run's network.
+    pub fn hosts(&self) -> Vec<(String, std::net::Ipv4Addr)> {
+        self.subnet
+            .map(|s| {
+                self.pods
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (p.name.clone(), s.pod(i)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A pod's fixed address, when the stack has them.
+    pub fn address(&self, pod: &str) -> Option<std::net::Ipv4Addr> {
+        let i = self.pods.iter().position(|p| p.name == pod)?;
+        Some(self.subnet?.pod(i))
+    }
+
     /// The host port of a pod's container port; `pod` is the run's name or the manifests'.
     pub fn host_port(&self, pod: &str, container_port: u16) -> Option<u16> {
         self.published
@@ -186,6 +278,7 @@ impl Manifests {
         &self,
         images: &BTreeMap<String, String>,
         suffix: &str,
+        subnet: Option<Subnet>,
         mut free_port: impl FnMut() -> anyhow::Result<u16>,
     ) -> anyhow::Result<PodmanStack> {
         let renamed = |n: &str| {
@@ -301,6 +394,24 @@ impl Manifests {
             }
         }
         anyhow::ensure!(!pods.is_empty(), "the manifests hold no Pod");
+        if let Some(subnet) = subnet {
+            let aliases: Vec<Value> = pods
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let mut a = Mapping::new();
+                    a.insert("ip".into(), subnet.pod(i).to_string().into());
+                    a.insert(
+                        "hostnames".into(),
+                        Value::Sequence(vec![p.name.clone().into()]),
+                    );
+                    Value::Mapping(a)
+                })
+                .collect();
+            for doc in &mut yaml_docs {
+                doc["spec"]["hostAliases"] = Value::Sequence(aliases.clone());
+            }
+        }
         let pod_yaml = yaml_docs
             .iter()
             .map(|doc| Ok(format!("---\n{}", serde_norway::to_string(doc)?)))
@@ -311,6 +422,7 @@ impl Manifests {
             secrets,
             pods,
             published,
+            subnet,
         })
     }
 }
@@ -473,6 +585,81 @@ mod tests {
             .unwrap()
     }
 
+    #[test]
+    fn a_run_gets_a_subnet_no_network_of_the_engine_overlaps() {
+        let used = parse_subnets("10.88.0.0/16 fd00::/64\n10.89.0.0/24 10.89.1.0/27\n");
+        assert_eq!(used.len(), 3, "IPv6 subnets are skipped");
+        for run in ["20261202-080000-1", "20261202-080000-2", "x", ""] {
+            let s = Subnet::choose(run, &used).unwrap();
+            let base = u32::from(s.base);
+            assert_eq!(base % 32, 0, "{s} is a /27");
+            assert_eq!(
+                base >> 16,
+                u32::from_be_bytes([0, 0, 10, 89]),
+                "{s} in 10.89/16"
+            );
+            assert!(
+                base >= u32::from_be_bytes([10, 89, 1, 32])
+                    || base < u32::from_be_bytes([10, 89, 0, 0]),
+                "{s} overlaps 10.89.0.0/24 or 10.89.1.0/27"
+            );
+            assert_eq!(
+                Subnet::choose(run, &used).unwrap(),
+                s,
+                "the same run, the same subnet"
+            );
+        }
+        assert_ne!(
+            Subnet::choose("20261202-080000-1", &[]).unwrap(),
+            Subnet::choose("20261202-080000-2", &[]).unwrap(),
+            "two runs at once start apart"
+        );
+        let all = [(std::net::Ipv4Addr::new(10, 0, 0, 0), 8)];
+        let err = Subnet::choose("r", &all).unwrap_err().to_string();
+        assert!(err.contains("podman network prune"), "{err}");
+    }
+
+    #[test]
+    fn with_a_subnet_every_pod_has_a_fixed_address_and_every_name_in_its_hosts() {
+        let subnet = Subnet {
+            base: std::net::Ipv4Addr::new(10, 89, 7, 64),
+        };
+        let stack = shipped()
+            .render_podman(&BTreeMap::new(), "r1", Some(subnet), || Ok(40000))
+            .unwrap();
+        let hosts = stack.hosts();
+        assert_eq!(
+            hosts,
+            vec![
+                ("postgres-r1".to_owned(), "10.89.7.74".parse().unwrap()),
+                ("redis-r1".to_owned(), "10.89.7.75".parse().unwrap()),
+                ("data-storage-r1".to_owned(), "10.89.7.76".parse().unwrap()),
+                ("gateway-r1".to_owned(), "10.89.7.77".parse().unwrap()),
+            ]
+        );
+        assert_eq!(
+            stack.address("redis-r1"),
+            Some("10.89.7.75".parse().unwrap())
+        );
+        for yaml in &stack.pod_yaml {
+            let doc: Value = serde_norway::from_str(yaml.trim_start_matches("---\n")).unwrap();
+            let aliases = doc["spec"]["hostAliases"].as_sequence().unwrap();
+            for (name, ip) in &hosts {
+                assert!(
+                    aliases
+                        .iter()
+                        .any(|a| a["ip"].as_str() == Some(&ip.to_string())
+                            && a["hostnames"][0].as_str() == Some(name)),
+                    "{name} -> {ip} missing in {yaml}"
+                );
+            }
+        }
+        let plain = shipped()
+            .render_podman(&BTreeMap::new(), "r1", None, || Ok(40000))
+            .unwrap();
+        assert!(plain.hosts().is_empty() && !plain.yaml.contains("hostAliases"));
+    }
+
     fn render(m: &Manifests) -> PodmanStack {
         let images: BTreeMap<String, String> = ["gateway", "data-storage", "postgres", "redis"]
             .iter()
@@ -484,7 +671,7 @@ mod tests {
             })
             .collect();
         let mut next = 40000;
-        m.render_podman(&images, "", || {
+        m.render_podman(&images, "", None, || {
             next += 1;
             Ok(next)
         })
@@ -532,7 +719,7 @@ mod tests {
     fn a_run_suffix_renames_pods_secrets_and_the_hosts_that_name_them() {
         let m = shipped();
         let stack = m
-            .render_podman(&BTreeMap::new(), "r1", || Ok(40000))
+            .render_podman(&BTreeMap::new(), "r1", None, || Ok(40000))
             .unwrap();
         let names: Vec<&str> = stack.pods.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
@@ -657,7 +844,7 @@ mod tests {
             docs: parse_docs("kind: Deployment\nmetadata: {name: d}\n").unwrap(),
         };
         let err = m
-            .render_podman(&BTreeMap::new(), "", || Ok(1))
+            .render_podman(&BTreeMap::new(), "", None, || Ok(1))
             .unwrap_err()
             .to_string();
         assert!(

@@ -220,15 +220,20 @@ impl InEngine {
         })
     }
 
-    /// One test binary in a container on the network, with in-network URLs.
+    /// One test binary in a container on the network, with in-network URLs and the pods'
+    /// names in its `/etc/hosts` (as the pods have them: no name is asked of the DNS server).
     pub fn run(
         &self,
         network: &str,
+        hosts: &[(String, std::net::Ipv4Addr)],
         test: &str,
         urls: &BTreeMap<String, String>,
         args: &[String],
     ) -> Cmd {
         let mut c = Cmd::new(self.engine.program()).args(["run", "--rm", "--network", network]);
+        for (name, ip) in hosts {
+            c = c.arg("--add-host").arg(format!("{name}:{ip}"));
+        }
         for (k, v) in urls {
             c = c.arg("--env").arg(format!("{k}={v}"));
         }
@@ -305,8 +310,15 @@ mod tests {
         )]
         .into();
         assert_eq!(
-            s.run("e2e-x", "e2e", &urls, &["metrics".into()]).to_string(),
-            "podman run --rm --network e2e-x --env GATEWAY_URL=http://gateway-1-2:8080 localhost/e2e-suite:1-2 /suite/e2e metrics"
+            s.run(
+                "e2e-x",
+                &[("gateway-1-2".to_owned(), "10.89.7.77".parse().unwrap())],
+                "e2e",
+                &urls,
+                &["metrics".into()]
+            )
+            .to_string(),
+            "podman run --rm --network e2e-x --add-host gateway-1-2:10.89.7.77 --env GATEWAY_URL=http://gateway-1-2:8080 localhost/e2e-suite:1-2 /suite/e2e metrics"
         );
     }
 }

@@ -136,6 +136,18 @@ impl Arriving {
     }
 }
 
+/// The run's network's subnet: a /27 none of the engine's networks overlaps (one
+/// `podman network ls`), so that every pod has a fixed address and every name is in every
+/// pod's `/etc/hosts` (see [`crate::manifests::Subnet`]).
+pub fn subnet_for(id: &RunId) -> anyhow::Result<crate::manifests::Subnet> {
+    use anyhow::Context;
+    let used = Podman
+        .network_subnets()
+        .read()
+        .context("listing the engine's networks, to give the run's network a free subnet")?;
+    crate::manifests::Subnet::choose(id.as_str(), &crate::manifests::parse_subnets(&used))
+}
+
 pub struct PodmanRun {
     pub id: RunId,
     /// The engine runs on another machine: its published ports are not reachable here, so
@@ -277,7 +289,10 @@ impl PodmanRun {
         if early || all_at_once {
             steps.push(Step::Record(self.record(created.clone())));
             steps.push(Step::Run {
-                cmd: Podman.network_create(&network),
+                cmd: Podman.network_create(
+                    &network,
+                    self.stack.subnet.map(|s| s.to_string()).as_deref(),
+                ),
                 doing: "creating the run's podman network".into(),
             });
             for secret in &self.stack.secrets {
@@ -340,7 +355,13 @@ impl PodmanRun {
         steps.push(Step::Parallel {
             cmds: pods
                 .iter()
-                .map(|(p, _)| Podman.kube_play(&network, &self.pod_file(&p.name)))
+                .map(|(p, _)| {
+                    Podman.kube_play(
+                        &network,
+                        self.stack.address(&p.name),
+                        &self.pod_file(&p.name),
+                    )
+                })
                 .collect(),
             doing: "starting the pods with podman kube play".into(),
         });
@@ -452,7 +473,14 @@ mod tests {
         .unwrap();
         let id: RunId = serde_json::from_str("\"20261127-103501-42\"").unwrap();
         let stack = m
-            .render_podman(&BTreeMap::new(), id.suffix(), || Ok(40000))
+            .render_podman(
+                &BTreeMap::new(),
+                id.suffix(),
+                Some(crate::manifests::Subnet {
+                    base: std::net::Ipv4Addr::new(10, 89, 7, 64),
+                }),
+                || Ok(40000),
+            )
             .unwrap();
         let project = Project {
             root: root.into(),
@@ -469,13 +497,13 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "podman network create --label e2e.xtask=1 e2e-20261127-103501-42",
+                "podman network create --label e2e.xtask=1 --subnet 10.89.7.64/27 e2e-20261127-103501-42",
                 "podman secret create postgres-credentials-103501-42 /r/target/e2e/runs/20261127-103501-42/secret-postgres-credentials-103501-42.json",
                 "# at once, 4 commands:",
-                "podman kube play --network e2e-20261127-103501-42 /r/target/e2e/runs/20261127-103501-42/pods/postgres-103501-42.yaml",
-                "podman kube play --network e2e-20261127-103501-42 /r/target/e2e/runs/20261127-103501-42/pods/redis-103501-42.yaml",
-                "podman kube play --network e2e-20261127-103501-42 /r/target/e2e/runs/20261127-103501-42/pods/data-storage-103501-42.yaml",
-                "podman kube play --network e2e-20261127-103501-42 /r/target/e2e/runs/20261127-103501-42/pods/gateway-103501-42.yaml",
+                "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.74 /r/target/e2e/runs/20261127-103501-42/pods/postgres-103501-42.yaml",
+                "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.75 /r/target/e2e/runs/20261127-103501-42/pods/redis-103501-42.yaml",
+                "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.76 /r/target/e2e/runs/20261127-103501-42/pods/data-storage-103501-42.yaml",
+                "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.77 /r/target/e2e/runs/20261127-103501-42/pods/gateway-103501-42.yaml",
                 "# readiness: each container's readinessProbe, polled (podman exec / HTTP GET)",
             ]
         );
