@@ -353,11 +353,20 @@ impl Podman {
         self.cmd().args(["network", "exists", name])
     }
 
-    /// Plays a pod file on a network, at a fixed address when given.
-    pub fn kube_play(self, network: &str, ip: Option<std::net::Ipv4Addr>, file: &Path) -> Cmd {
+    /// Plays a pod file on a network, at fixed IP and MAC addresses when given.
+    pub fn kube_play(
+        self,
+        network: &str,
+        address: Option<(std::net::Ipv4Addr, String)>,
+        file: &Path,
+    ) -> Cmd {
         let mut c = self.cmd().args(["kube", "play", "--network", network]);
-        if let Some(ip) = ip {
-            c = c.arg("--ip").arg(ip.to_string());
+        if let Some((ip, mac)) = address {
+            c = c
+                .arg("--ip")
+                .arg(ip.to_string())
+                .arg("--mac-address")
+                .arg(mac);
         }
         c.arg(file.display().to_string())
     }

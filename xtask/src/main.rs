@@ -28,6 +28,7 @@ mod registry;
 mod report;
 mod runtime;
 mod sampler;
+mod soak;
 mod suite;
 mod timeline;
 
@@ -46,6 +47,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build the images, bring up PostgreSQL, Redis, DataStorage and Gateway, run the E2E
+    /// suite against them and tear everything down.
+    E2e(e2e::E2eArgs),
+    /// The developer's loop: the stack up once, then on every change rebuild what changed,
+    /// replace only the pods that run it, and rerun the suite. Ctrl-C tears down.
+    Dev(dev::DevArgs),
     /// Build every E2E image whose inputs changed (content-addressed tags), within memory.
     PrebuildImages(build::PrebuildArgs),
     /// Save every image of target/e2e/images.json into one verified archive (zstd), for CI.
@@ -54,23 +61,19 @@ enum Command {
     LoadImages(archive::LoadArgs),
     /// Check every prerequisite (engine, base image, memory, disk, kind and kubectl) and print the fixes.
     Doctor(doctor::DoctorArgs),
-    /// Measure prebuild-images: a no-op against plain cached builds, cold builds one at a
-    /// time against all at once (medians, wall time and peak memory).
-    BenchImages(bench::BenchArgs),
-    /// Measure the archive: its size, save and load with and without zstd, and the time to
-    /// the first test of `e2e --images` against a warm `e2e`.
-    BenchArchive(bench::BenchArchiveArgs),
-    /// Measure the developer's loop: a warm `e2e`, a one-line change with `dev` against
-    /// `e2e`, and `e2e --images` to its first test against a warm `e2e` (medians).
-    BenchLoop(bench::BenchLoopArgs),
-    /// Build the images, bring up PostgreSQL, Redis, DataStorage and Gateway, run the E2E
-    /// suite against them and tear everything down.
-    E2e(e2e::E2eArgs),
-    /// The developer's loop: the stack up once, then on every change rebuild what changed,
-    /// replace only the pods that run it, and rerun the suite. Ctrl-C tears down.
-    Dev(dev::DevArgs),
     /// Print where a run's report.html is, and a summary of it (the last run by default).
     Report(report::ReportArgs),
+    /// Run `e2e` N times in a row: passes, failures with their logs, p50/p95 of each phase.
+    Soak(soak::SoakArgs),
+    /// Benchmark: a no-op `prebuild-images` against plain cached builds, cold builds one at
+    /// a time against all at once (medians, wall time and peak memory).
+    BenchImages(bench::BenchArgs),
+    /// Benchmark: the archive's size, save and load with and without zstd, and the time to
+    /// the first test of `e2e --images` against a warm `e2e`.
+    BenchArchive(bench::BenchArchiveArgs),
+    /// Benchmark: a warm `e2e`, a one-line change with `dev` against `e2e`, and
+    /// `e2e --images` to its first test against a warm `e2e` (medians).
+    BenchLoop(bench::BenchLoopArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -87,6 +90,7 @@ fn main() -> std::process::ExitCode {
         Command::SaveImages(args) => args.run(&project),
         Command::LoadImages(args) => args.run(&project),
         Command::Report(args) => args.run(&project),
+        Command::Soak(args) => args.run(&project),
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -519,3 +519,77 @@ async fn an_oversized_body_gets_413_not_a_reset() {
     let (status, _) = send(&c, &webhook(&unique("FaultAfterHuge"), "faults")).await;
     assert_eq!(status, StatusCode::CREATED);
 }
+
+/// The services find each other by name while containers join and leave the network: each
+/// restart of Redis takes its container off the run's network and puts it back, and on
+/// podman 4.3 each of those makes aardvark-dns (1.4) tear down and rebind its sockets, losing
+/// the lookups in flight (a 5 s resolver timeout, or NXDOMAIN from the host's nameserver
+/// next in `resolv.conf`). That is what stalled DataStorage's new PostgreSQL connections in
+/// the 2 GiB rig (docs/dns-hang.md). Lookups run in a loop in the gateway (DataStorage's
+/// name) and in DataStorage (PostgreSQL's) through 12 restarts; none may fail or stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn names_resolve_while_containers_join_and_leave_the_network() {
+    let (stack, _guard, _c) = setup("names resolve while containers join and leave").await;
+    // Until /tmp/e2e-lookups-stop exists: every failed lookup, and every one that took 2 s
+    // or more (a lost query waits out the resolver's 5 s), is a line; the count is last.
+    let lookups = |var: &str, n: u32| {
+        format!(
+            r#"rm -f /tmp/e2e-lookups-stop-{n}
+host=${{{var}#*://}}; host=${{host%%[:/]*}}; count=0
+until [ -e /tmp/e2e-lookups-stop-{n} ]; do
+  start=$(date +%s%N)
+  getent ahosts "$host" >/dev/null || echo "failed: $host at $(date +%T.%N)"
+  ms=$(( ($(date +%s%N) - start) / 1000000 ))
+  [ "$ms" -lt 2000 ] || echo "stalled: $host for $ms ms at $(date +%T.%N)"
+  count=$((count + 1))
+done
+echo "lookups: $count of $host""#
+        )
+    };
+    let loop_in = |service: &'static str, var: &'static str, n: u32| {
+        let stack = stack.clone();
+        let script = lookups(var, n);
+        tokio::spawn(async move { stack.exec(service, &["bash", "-c", &script]).await })
+    };
+    let loops = vec![
+        ("gateway", 1, loop_in("gateway", "DATA_STORAGE_URL", 1)),
+        ("gateway", 2, loop_in("gateway", "DATA_STORAGE_URL", 2)),
+        (
+            "data-storage",
+            3,
+            loop_in("data-storage", "POSTGRES_HOST", 3),
+        ),
+        (
+            "data-storage",
+            4,
+            loop_in("data-storage", "POSTGRES_HOST", 4),
+        ),
+    ];
+    let restarts = 12;
+    for _ in 0..restarts {
+        stack.restart("redis").await;
+    }
+    let mut bad = Vec::new();
+    for (service, n, handle) in loops {
+        stack
+            .exec(service, &["touch", &format!("/tmp/e2e-lookups-stop-{n}")])
+            .await;
+        let out = handle.await.expect("a lookup loop panicked");
+        report(format!("{service}: {}", out.lines().last().unwrap_or("")));
+        bad.extend(
+            out.lines()
+                .filter(|l| !l.starts_with("lookups:"))
+                .map(|l| format!("{service}: {l}")),
+        );
+    }
+    report(format!(
+        "{} membership changes of the run's network ({restarts} Redis restarts), {} lookups failed or stalled",
+        2 * restarts,
+        bad.len()
+    ));
+    assert!(
+        bad.is_empty(),
+        "name lookups failed or stalled:\n{}",
+        bad.join("\n")
+    );
+}

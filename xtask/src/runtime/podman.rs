@@ -500,10 +500,10 @@ mod tests {
                 "podman network create --label e2e.xtask=1 --subnet 10.89.7.64/27 e2e-20261127-103501-42",
                 "podman secret create postgres-credentials-103501-42 /r/target/e2e/runs/20261127-103501-42/secret-postgres-credentials-103501-42.json",
                 "# at once, 4 commands:",
-                "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.74 /r/target/e2e/runs/20261127-103501-42/pods/postgres-103501-42.yaml",
-                "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.75 /r/target/e2e/runs/20261127-103501-42/pods/redis-103501-42.yaml",
-                "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.76 /r/target/e2e/runs/20261127-103501-42/pods/data-storage-103501-42.yaml",
-                "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.77 /r/target/e2e/runs/20261127-103501-42/pods/gateway-103501-42.yaml",
+                "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.74 --mac-address 02:e2:0a:59:07:4a /r/target/e2e/runs/20261127-103501-42/pods/postgres-103501-42.yaml",
+                "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.75 --mac-address 02:e2:0a:59:07:4b /r/target/e2e/runs/20261127-103501-42/pods/redis-103501-42.yaml",
+                "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.76 --mac-address 02:e2:0a:59:07:4c /r/target/e2e/runs/20261127-103501-42/pods/data-storage-103501-42.yaml",
+                "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.77 --mac-address 02:e2:0a:59:07:4d /r/target/e2e/runs/20261127-103501-42/pods/gateway-103501-42.yaml",
                 "# readiness: each container's readinessProbe, polled (podman exec / HTTP GET)",
             ]
         );
