@@ -21,6 +21,9 @@ RUN apt-get update \
 COPY --chmod=0755 entrypoint.sh /usr/local/bin/postgres-entrypoint
 ENV PATH=/usr/lib/postgresql/15/bin:$PATH PGDATA=/var/lib/postgresql/data
 USER postgres
+# The cluster, initialised now: a container then only sets its credentials, and is ready in a
+# fraction of a second instead of after initdb. WAL segments of 1 MB keep it small.
+RUN postgres-entrypoint init
 EXPOSE 5432
 STOPSIGNAL SIGINT
 ENTRYPOINT ["/usr/local/bin/postgres-entrypoint"]
