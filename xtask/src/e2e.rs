@@ -414,17 +414,11 @@ impl E2eArgs {
             Some((package, run)) => {
                 suite_steps.push(Step::Watch {
                     what: format!(
-                        "the suite's test binaries (as their compile placed them) packaged: {}",
+                        "the suite's test binaries (as their compile placed them) packaged, \
+                         unless an image of the same content is in the engine: {}",
                         package.build()
                     ),
-                    run: Box::new(move |r| {
-                        package.stage(project)?;
-                        let build = package.build();
-                        r.command(&build);
-                        build
-                            .run_logged(&project.logs_dir().join("build-suite.log"))
-                            .context("packaging the suite for the engine")
-                    }),
+                    run: Box::new(move |r| package.package(project, r)),
                 });
                 suite_steps.push(Step::Terminal {
                     cmd: package.run(

@@ -121,6 +121,11 @@ impl Engine {
         ])
     }
 
+    /// Gives an image another name.
+    pub fn tag(self, reference: &str, new: &str) -> Cmd {
+        self.cmd().args(["tag", reference, new])
+    }
+
     pub fn untag(self, reference: &str) -> Cmd {
         self.cmd().args(["rmi", reference])
     }
@@ -432,22 +437,6 @@ impl Podman {
     /// `podman exec -i CONTAINER`, to which a command is appended.
     pub fn exec_prefix(self, container: &str) -> Cmd {
         self.cmd().args(["exec", "-i", container])
-    }
-
-    /// `GET path` on a port of a container, from inside it: for an engine whose published
-    /// ports this machine cannot reach (a remote engine). Prints the status line. The script
-    /// is a constant; the port and path are its arguments.
-    pub fn http_probe(self, container: &str, port: u16, path: &str) -> Cmd {
-        self.cmd().args([
-            "exec",
-            container,
-            "bash",
-            "-c",
-            r#"exec 3<>"/dev/tcp/127.0.0.1/$1" && printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$2" >&3 && head -n 1 <&3"#,
-            "probe",
-            &port.to_string(),
-            path,
-        ])
     }
 
     pub fn logs(self, container: &str) -> Cmd {

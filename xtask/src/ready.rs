@@ -149,16 +149,25 @@ fn probe(
             Health::Running => Ok(()),
             _ => Err("starting".into()),
         },
-        Some(Probe::Exec(command)) => match Podman.exec(name, command).succeeds() {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(format!("`{}` failed", command.join(" "))),
-            Err(e) => Err(format!("{e:#}")),
-        },
+        // Probes run in the container loop there, one `podman exec` a slice: every exec
+        // session stays recorded with the container until it is removed, and `pod rm` took
+        // 85 ms a session on a remote engine (13 s of teardown for a polled run).
+        Some(Probe::Exec(command)) => {
+            match Podman
+                .exec(name, &until_ready(COMMAND, command, SLICE_SECONDS))
+                .succeeds()
+            {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(format!("`{}` failed", command.join(" "))),
+                Err(e) => Err(format!("{e:#}")),
+            }
+        }
         // A remote engine's published ports are not this machine's: ask from inside.
         Some(Probe::Http { path, port }) if run.remote => {
-            match Podman.http_probe(name, *port, path).read() {
-                Ok(status) if http_ok(&status) => Ok(()),
-                Ok(status) => Err(format!("GET {path} on port {port}: {}", status.trim())),
+            let get = until_ready(HTTP_GET, &[port.to_string(), path.clone()], SLICE_SECONDS);
+            match Podman.exec(name, &get).succeeds() {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(format!("GET {path} on port {port}: no 2xx answer")),
                 Err(e) => Err(format!("GET {path} on port {port}: {e:#}")),
             }
         }
@@ -178,24 +187,96 @@ fn probe(
     }
 }
 
-/// Whether an HTTP status line (`HTTP/1.1 200 OK`) says success.
-pub fn http_ok(status_line: &str) -> bool {
-    status_line
-        .split_whitespace()
-        .nth(1)
-        .is_some_and(|code| code.starts_with('2') && code.len() == 3)
+/// How long one `podman exec` of a probe polls in the container before it gives up (and the
+/// xtask looks at the container's state, the deadline and the other containers).
+const SLICE_SECONDS: u32 = 3;
+
+/// A probe body for [`until_ready`]: `GET $2` on port `$1` of this container, passing on a
+/// 2xx status line.
+const HTTP_GET: &str = r#"exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
+printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$2" >&3
+read -r line <&3; exec 3>&-
+[[ $line =~ ^HTTP/[0-9.]+\ 2[0-9][0-9] ]]"#;
+
+/// A probe body for [`until_ready`]: its arguments are the command.
+const COMMAND: &str = r#""$@""#;
+
+/// `bash -c` looping a probe (`body`, a constant; `args` its positional parameters) every
+/// 50 ms until it passes (exit 0) or for at least `slice` seconds (20 tries a second, exit 1).
+pub fn until_ready(body: &str, args: &[String], slice: u32) -> Vec<String> {
+    // Counted tries, not `$SECONDS` (whole seconds: a slice of 1 could end at once).
+    let script = format!(
+        "probe() {{\n{body}\n}}\ntries=$(({slice} * 20))\n\
+         until probe \"$@\" >/dev/null 2>&1; do\n  tries=$((tries - 1))\n  \
+         [ \"$tries\" -gt 0 ] || exit 1\n  sleep 0.05\ndone"
+    );
+    let mut argv: Vec<String> = vec!["bash".into(), "-c".into(), script, "ready".into()];
+    argv.extend(args.iter().cloned());
+    argv
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The loop as the container runs it, here with this machine's bash.
+    fn looped(body: &str, args: &[&str], slice: u32) -> bool {
+        let argv = until_ready(
+            body,
+            &args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            slice,
+        );
+        std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    /// A server on a free loopback port answering every request with `status`.
+    fn http_server(status: &'static str) -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                use std::io::{Read, Write};
+                // The whole request: closing with some of it unread would send a reset.
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.ends_with(b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(c, "HTTP/1.0 {status}\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        port
+    }
+
     #[test]
-    fn status_lines() {
-        assert!(http_ok("HTTP/1.1 200 OK\r\n"));
-        assert!(http_ok("HTTP/1.0 204 No Content"));
-        assert!(!http_ok("HTTP/1.1 503 Service Unavailable"));
-        assert!(!http_ok(""));
+    fn a_probe_loops_in_one_shell_until_it_passes_or_its_slice_ends() {
+        assert!(looped(COMMAND, &["true"], 1));
+        assert!(!looped(COMMAND, &["false"], 1));
+        // Passes on the third try: the loop went on.
+        let dir = std::env::temp_dir().join(format!("xtask-ready-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let count = dir.join("n").display().to_string();
+        let third = format!("echo x >>{count}; [ $(wc -l <{count}) -ge 3 ]");
+        assert!(looped(COMMAND, &["bash", "-c", &third], 2));
+        std::fs::remove_dir_all(dir).unwrap();
+        let ok = http_server("200 OK").to_string();
+        let busy = http_server("503 Service Unavailable").to_string();
+        assert!(looped(HTTP_GET, &[&ok, "/health/ready"], 1));
+        assert!(!looped(HTTP_GET, &[&busy, "/health/ready"], 1));
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(!looped(HTTP_GET, &[&closed.to_string(), "/"], 1));
     }
 
     #[test]

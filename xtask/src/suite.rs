@@ -103,6 +103,11 @@ pub fn place(project: &Project, json: &str) -> anyhow::Result<()> {
         // Linked beside it, then renamed over it: a run going on at the same time never
         // finds the file missing.
         let to = binary(project, &test);
+        // Already that file (a link to it): rename(2) between two links of one file does
+        // nothing and would leave the temporary link behind.
+        if same_file(&from, &to) {
+            continue;
+        }
         let tmp = crate::fsx::temp_beside(&to);
         let _ = std::fs::remove_file(&tmp);
         if std::fs::hard_link(&from, &tmp).is_err() {
@@ -113,6 +118,14 @@ pub fn place(project: &Project, json: &str) -> anyhow::Result<()> {
             .with_context(|| format!("renaming {} to {}", tmp.display(), to.display()))?;
     }
     Ok(())
+}
+
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// The test binaries [`place`] left, by test name (its temporary files, named with a leading
@@ -165,7 +178,8 @@ pub fn in_engine_executables(dir: &std::path::Path) -> anyhow::Result<BTreeMap<S
 /// The suite packaged for the engine: the image, its build, and how it runs.
 pub struct InEngine {
     pub engine: Engine,
-    /// `localhost/e2e-suite:<run suffix>`: per run, removed with the run.
+    /// `localhost/e2e-suite:<run suffix>`: per run, untagged with the run. It names the
+    /// image of the staged binaries' content ([`InEngine::content_reference`]), built once.
     pub image: String,
     pub context: PathBuf,
     pub dockerfile: PathBuf,
@@ -204,6 +218,57 @@ impl InEngine {
             let dst = self.context.join(&name);
             std::fs::copy(&path, &dst)
                 .with_context(|| format!("copying {} to {}", path.display(), dst.display()))?;
+        }
+        Ok(())
+    }
+
+    /// `localhost/e2e-suite:<16 hex digits of the SHA-256 of the staged binaries, the
+    /// Dockerfile and the base image>`: the image a run's tag points at, kept in the engine,
+    /// so a run whose suite did not change builds nothing (a remote engine took 3 s a run to
+    /// receive and copy the 29 MB of binaries).
+    pub fn content_reference(&self) -> anyhow::Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        };
+        field(self.base_image.as_bytes());
+        field(
+            &std::fs::read(&self.dockerfile)
+                .with_context(|| format!("reading {}", self.dockerfile.display()))?,
+        );
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.context)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        files.sort();
+        for f in files {
+            field(f.file_name().unwrap_or_default().as_encoded_bytes());
+            field(&std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?);
+        }
+        let hex: String = h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(format!("localhost/e2e-suite:{hex}"))
+    }
+
+    /// Stages the binaries, then tags the image of their content as this run's, building it
+    /// (and naming it by its content) only when the engine does not have it.
+    pub fn package(&self, project: &Project, r: &crate::report::Reporter) -> anyhow::Result<()> {
+        self.stage(project)?;
+        let content = self.content_reference()?;
+        let log = project.logs_dir().join("build-suite.log");
+        let cmds = if self.engine.image(&content).is_some() {
+            r.line(format!("  the suite's image is built: {content}"));
+            vec![self.engine.tag(&content, &self.image)]
+        } else {
+            vec![self.build(), self.engine.tag(&self.image, &content)]
+        };
+        for cmd in cmds {
+            r.command(&cmd);
+            cmd.run_logged(&log)
+                .context("packaging the suite for the engine")?;
         }
         Ok(())
     }
