@@ -434,6 +434,15 @@ impl Podman {
             .args(command.iter().cloned())
     }
 
+    /// A container of `image` run once in a pod (its network namespace: `127.0.0.1` is the
+    /// pod's), `command[0]` its entrypoint, removed when it ends.
+    pub fn run_in_pod(self, pod: &str, image: &str, command: &[String]) -> Cmd {
+        self.cmd()
+            .args(["run", "--rm", "--pod", pod, "--entrypoint", &command[0]])
+            .arg(image)
+            .args(command[1..].iter().cloned())
+    }
+
     /// `podman exec -i CONTAINER`, to which a command is appended.
     pub fn exec_prefix(self, container: &str) -> Cmd {
         self.cmd().args(["exec", "-i", container])

@@ -149,23 +149,27 @@ fn probe(
             Health::Running => Ok(()),
             _ => Err("starting".into()),
         },
-        // Probes run in the container loop there, one `podman exec` a slice: every exec
-        // session stays recorded with the container until it is removed, and `pod rm` took
-        // 85 ms a session on a remote engine (13 s of teardown for a polled run).
+        // A probe loops where it runs, one engine call per slice (not per try). On a remote
+        // engine that call is a container of the probed one's image in its pod, not a
+        // `podman exec`: the engine's API keeps each exec session's conmon in the pod's cgroup
+        // for 300 s, and `pod rm` then waits 3 s for podman's SIGTERM to it (13 s of teardown
+        // in the rig). Its published ports are not this machine's either.
         Some(Probe::Exec(command)) => {
-            match Podman
-                .exec(name, &until_ready(COMMAND, command, SLICE_SECONDS))
-                .succeeds()
-            {
+            let probe = until_ready(COMMAND, command, SLICE_SECONDS);
+            let cmd = if run.remote {
+                Podman.run_in_pod(&pod.name, &c.image, &probe)
+            } else {
+                Podman.exec(name, &probe)
+            };
+            match cmd.succeeds() {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(format!("`{}` failed", command.join(" "))),
                 Err(e) => Err(format!("{e:#}")),
             }
         }
-        // A remote engine's published ports are not this machine's: ask from inside.
         Some(Probe::Http { path, port }) if run.remote => {
             let get = until_ready(HTTP_GET, &[port.to_string(), path.clone()], SLICE_SECONDS);
-            match Podman.exec(name, &get).succeeds() {
+            match Podman.run_in_pod(&pod.name, &c.image, &get).succeeds() {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(format!("GET {path} on port {port}: no 2xx answer")),
                 Err(e) => Err(format!("GET {path} on port {port}: {e:#}")),
