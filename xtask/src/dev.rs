@@ -184,7 +184,16 @@ impl DevArgs {
                 "suite {}",
                 if passed { "passed" } else { "FAILED" }
             ));
-            self.watch(project, &r, &opts, &session, &mut stack)
+            // What each running service image is, its binary left out: a change of only the
+            // binary is synced into the running container (see `live_update`).
+            let mut running: Running = build::plan_quietly(project, &session, &[])
+                .map(|plan| {
+                    plan.into_iter()
+                        .map(|i| (i.spec.name.clone(), (i.reference, i.outside_binary)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            self.watch(project, &r, &opts, &session, &mut stack, &mut running)
         });
         if let Some(h) = crate::handoff::Handoff::load(project) {
             build::tidy(&r, &h);
@@ -224,6 +233,7 @@ impl DevArgs {
         opts: &BuildOptions,
         session: &Session,
         stack: &mut Stack,
+        running: &mut Running,
     ) -> anyhow::Result<()> {
         use notify::Watcher;
         let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
@@ -284,13 +294,30 @@ impl DevArgs {
                 continue;
             }
             cycle += 1;
-            let summary = self.cycle(project, r, opts, session, stack, &names);
+            let (summary, record) = self.cycle(project, r, opts, session, stack, running, &names);
             r.line(format!("cycle {cycle}: {summary}"));
+            // After the cycle's line: the image of what now runs, built for the record.
+            if let Some(prepared) = record {
+                let t = Instant::now();
+                match record_images(project, r, opts, prepared, stack) {
+                    Ok(built) if built.is_empty() => r.line(
+                        "  the images of what runs now were built before: recorded as the stack's",
+                    ),
+                    Ok(built) => r.line(format!(
+                        "  built {} for the record in {} (the pods keep running)",
+                        list(&built),
+                        secs(t.elapsed())
+                    )),
+                    Err(e) => r.line(format!("  building the image for the record FAILED: {e:#}")),
+                }
+            }
         }
     }
 
-    /// One cycle; returns its one-line summary. Nothing here stops the loop: a failure is
-    /// shown and the stack stays as it was.
+    /// One cycle; returns its one-line summary, and when it synced a binary into a running
+    /// container, the plan whose images are to be built for the record. Nothing here stops
+    /// the loop: a failure is shown and the stack stays as it was.
+    #[allow(clippy::too_many_arguments)]
     fn cycle(
         &self,
         project: &Project,
@@ -298,7 +325,34 @@ impl DevArgs {
         opts: &BuildOptions,
         session: &Session,
         stack: &mut Stack,
+        running: &mut Running,
         changed: &[String],
+    ) -> (String, Option<build::Prepared>) {
+        let mut record = None;
+        let summary = self.cycle_inner(
+            project,
+            r,
+            opts,
+            session,
+            stack,
+            running,
+            changed,
+            &mut record,
+        );
+        (summary, record)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cycle_inner(
+        &self,
+        project: &Project,
+        r: &Reporter,
+        opts: &BuildOptions,
+        session: &Session,
+        stack: &mut Stack,
+        running: &mut Running,
+        changed: &[String],
+        record: &mut Option<build::Prepared>,
     ) -> String {
         let started = Instant::now();
         let mut times: Vec<(&str, Duration)> = Vec::new();
@@ -339,7 +393,62 @@ impl DevArgs {
             }
         };
         timed(&mut times, "compile+plan", t);
+        // Only binaries changed: each is synced into its running container, whose process
+        // restarts (Tilt's live update); the images follow after the cycle's line.
         let t = Instant::now();
+        match live_update(project, r, &prepared, running, stack) {
+            Ok(Some(synced)) => {
+                timed(&mut times, "sync+restart", t);
+                let t = Instant::now();
+                if let Err(e) = stack.wait_ready(r, Duration::from_secs(self.ready_timeout)) {
+                    return failed(
+                        e,
+                        format!(
+                            "synced {}; NOT READY ({})",
+                            synced.join(", "),
+                            steps(&times)
+                        ),
+                    );
+                }
+                timed(&mut times, "ready", t);
+                let t = Instant::now();
+                let suite = self.suite(project, &stack.urls());
+                r.command(&suite);
+                let passed = suite.run_inherit().is_ok();
+                timed(&mut times, "suite", t);
+                for i in &prepared.plan {
+                    running.insert(
+                        i.spec.name.clone(),
+                        (i.reference.clone(), i.outside_binary.clone()),
+                    );
+                }
+                *record = Some(prepared);
+                return format!(
+                    "changed {what}; synced {} (binary only: process restarted in its pod); suite {}; {}; total {}",
+                    synced.join(", "),
+                    if passed { "passed" } else { "FAILED" },
+                    steps(&times),
+                    secs(started.elapsed())
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return failed(
+                    e,
+                    format!(
+                        "syncing the binary FAILED, the stack is as it was ({})",
+                        secs(started.elapsed())
+                    ),
+                )
+            }
+        }
+        let t = Instant::now();
+        for i in prepared.plan.iter() {
+            running.insert(
+                i.spec.name.clone(),
+                (i.reference.clone(), i.outside_binary.clone()),
+            );
+        }
         let rebuilt: Vec<String> = prepared
             .plan
             .iter()
@@ -420,6 +529,168 @@ impl DevArgs {
             secs(started.elapsed())
         )
     }
+}
+
+/// Where a Dockerfile's `COPY` puts a binary: `COPY gateway /usr/local/bin/gateway` (flags
+/// such as `--chmod` allowed; a destination ending in `/` gets the binary's name).
+pub fn binary_destination(dockerfile: &str, binary: &str) -> Option<String> {
+    dockerfile.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        if !words.next()?.eq_ignore_ascii_case("COPY") {
+            return None;
+        }
+        let args: Vec<&str> = words.filter(|w| !w.starts_with("--")).collect();
+        match args.as_slice() {
+            [src, dest] if *src == binary => Some(if dest.ends_with('/') {
+                format!("{dest}{binary}")
+            } else {
+                (*dest).to_owned()
+            }),
+            _ => None,
+        }
+    })
+}
+
+/// Each running image by name: its reference, and its fingerprint outside its binary.
+type Running = BTreeMap<String, (String, String)>;
+
+/// The live update: when every image the change touched (on podman) packages a binary and
+/// nothing else of it changed (`running` holds each running image's fingerprint outside its
+/// binary) and no manifest changed, each new binary is copied into the containers running
+/// that image (stopped with SIGTERM first, so the gateway hands its outbox lease over, then
+/// started again in the same pod: same address, no new pod). Returns those containers, or
+/// `None` when the change needs new images and pods.
+fn live_update(
+    project: &Project,
+    r: &Reporter,
+    prepared: &build::Prepared,
+    running: &Running,
+    stack: &Stack,
+) -> anyhow::Result<Option<Vec<String>>> {
+    let Stack::Podman(run) = stack else {
+        return Ok(None);
+    };
+    // Images other than those that run (new, or back to an earlier one, cached).
+    let changed: Vec<&build::PlanItem> = prepared
+        .plan
+        .iter()
+        .filter(|i| running.get(&i.spec.name).map(|(r, _)| r) != Some(&i.reference))
+        .collect();
+    let binary_only = |i: &&build::PlanItem| {
+        i.spec.binary().is_some()
+            && running.get(&i.spec.name).map(|(_, o)| o) == Some(&i.outside_binary)
+    };
+    if changed.is_empty() || !changed.iter().all(binary_only) {
+        return Ok(None);
+    }
+    // The manifests rendered with the images that run now must be what runs.
+    let now: BTreeMap<String, String> = run
+        .stack
+        .pods
+        .iter()
+        .flat_map(|p| &p.containers)
+        .map(|c| {
+            (
+                crate::manifests::repository(&c.image).to_owned(),
+                c.image.clone(),
+            )
+        })
+        .collect();
+    let mut ports = run.stack.published.iter().map(|p| p.host_port);
+    let again = Manifests::load(&project.manifests_dir())?.render_podman(
+        &now,
+        run.id.suffix(),
+        run.stack.subnet,
+        || ports.next().map_or_else(runtime::free_port, Ok),
+    )?;
+    if again.pod_yaml != run.stack.pod_yaml {
+        return Ok(None);
+    }
+    let mut synced = Vec::new();
+    for item in changed {
+        let binary = item.spec.binary().unwrap_or_default();
+        let dockerfile = std::fs::read_to_string(project.root.join(&item.spec.dockerfile))?;
+        let Some(dest) = binary_destination(&dockerfile, binary) else {
+            return Ok(None);
+        };
+        let file = item.context.join(binary);
+        for pod in &run.stack.pods {
+            for c in &pod.containers {
+                if crate::manifests::repository(&c.image) != item.spec.repository {
+                    continue;
+                }
+                let name = crate::engine::container_name(&pod.name, &c.name);
+                for cmd in [
+                    Podman.container_stop(&name),
+                    Podman.cp_into(&file, &name, &dest),
+                    Podman.container_start(&name),
+                ] {
+                    r.command(&cmd);
+                    cmd.run_logged(&run.log)
+                        .with_context(|| format!("syncing {binary} into {name}"))?;
+                }
+                running_after_start(&name)?;
+                synced.push(name);
+            }
+        }
+    }
+    Ok(Some(synced))
+}
+
+/// Until a started container runs (started again while podman 4.3's clean-up of its stop
+/// stops it again: the race the suite's `Stack::start` meets too), within 60 s.
+fn running_after_start(container: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = Podman.container_state(container).read().unwrap_or_default();
+        match ready::classify(&state) {
+            ready::Health::Running => return Ok(()),
+            ready::Health::Starting => {}
+            ready::Health::Failed(_) => {
+                let _ = Podman.container_start(container).read();
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{container} did not run within 60 s of its start ({})",
+            state.trim()
+        );
+        interrupt::check()?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// After a live update: builds the images of the plan (what now runs, packaged) and records
+/// them as the stack's, so a later change compares against them. Returns what it built.
+fn record_images(
+    project: &Project,
+    r: &Reporter,
+    opts: &BuildOptions,
+    prepared: build::Prepared,
+    stack: &mut Stack,
+) -> anyhow::Result<Vec<String>> {
+    let built: Vec<String> = prepared
+        .plan
+        .iter()
+        .filter(|i| !i.is_cached())
+        .map(|i| i.spec.name.clone())
+        .collect();
+    let (handoff, _) = build::finish_with(project, r, opts, prepared, false)?;
+    if let Stack::Podman(run) = stack {
+        let mut ports = run.stack.published.iter().map(|p| p.host_port);
+        let new = Manifests::load(&project.manifests_dir())?.render_podman(
+            &handoff.pinned(),
+            run.id.suffix(),
+            run.stack.subnet,
+            || ports.next().map_or_else(runtime::free_port, Ok),
+        )?;
+        for (pod, yaml) in new.pods.iter().zip(&new.pod_yaml) {
+            fsx::write_atomic(&run.pod_file(&pod.name), yaml)?;
+        }
+        fsx::write_atomic(&run.stack_file(), &new.yaml)?;
+        run.stack = new;
+    }
+    Ok(built)
 }
 
 /// The running stack the loop changes.
@@ -579,6 +850,26 @@ mod tests {
             DataChange::Any
         ))));
         assert!(changes_content(&EventKind::Create(CreateKind::File)));
+    }
+
+    #[test]
+    fn a_binary_goes_where_the_dockerfile_copies_it() {
+        let gateway = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../Dockerfile.gateway"),
+        )
+        .unwrap();
+        assert_eq!(
+            binary_destination(&gateway, "gateway").as_deref(),
+            Some("/usr/local/bin/gateway")
+        );
+        assert_eq!(
+            binary_destination("FROM x\ncopy --chmod=0755 svc /opt/bin/\n", "svc").as_deref(),
+            Some("/opt/bin/svc")
+        );
+        assert_eq!(
+            binary_destination("COPY other /x\nCOPY a b c /d/\n", "svc"),
+            None
+        );
     }
 
     #[test]

@@ -417,6 +417,23 @@ impl Podman {
         self.cmd().args(["pod", "start", pod])
     }
 
+    /// Stops one container (SIGTERM, then SIGKILL after 10 s), its pod left running.
+    pub fn container_stop(self, container: &str) -> Cmd {
+        self.cmd().args(["stop", "--time", "10", container])
+    }
+
+    pub fn container_start(self, container: &str) -> Cmd {
+        self.cmd().args(["start", container])
+    }
+
+    /// Copies a file of this machine into a container (through the API on a remote engine).
+    pub fn cp_into(self, file: &Path, container: &str, dest: &str) -> Cmd {
+        self.cmd()
+            .arg("cp")
+            .arg(file.display().to_string())
+            .arg(format!("{container}:{dest}"))
+    }
+
     /// State of a container: `status exit-code restarts`.
     pub fn container_state(self, container: &str) -> Cmd {
         self.cmd().args([

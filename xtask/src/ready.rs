@@ -43,6 +43,16 @@ pub fn classify(state: &str) -> Health {
 /// Until every container is ready, each polled on its own (its probe, then, while it is not
 /// ready, its state), so that one container's slow probe delays no other's.
 pub fn wait_ready(run: &PodmanRun, timeout: Duration, r: &Reporter) -> anyhow::Result<()> {
+    wait_ready_of(run, None, timeout, r)
+}
+
+/// [`wait_ready`] for the containers named in `only` (all when `None`).
+pub fn wait_ready_of(
+    run: &PodmanRun,
+    only: Option<&[String]>,
+    timeout: Duration,
+    r: &Reporter,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     let deadline = start + timeout;
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -57,6 +67,7 @@ pub fn wait_ready(run: &PodmanRun, timeout: Duration, r: &Reporter) -> anyhow::R
         .pods
         .iter()
         .flat_map(|p| p.containers.iter().map(move |c| (p, c)))
+        .filter(|(p, c)| only.is_none_or(|o| o.contains(&container_name(&p.name, &c.name))))
         .collect();
     let outcomes: Vec<Result<(), String>> = std::thread::scope(|s| {
         let polling: Vec<_> = containers

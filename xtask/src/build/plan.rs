@@ -22,6 +22,10 @@ pub struct PlanItem {
     pub spec: ImageSpec,
     pub context: PathBuf,
     pub fingerprint: String,
+    /// The fingerprint with the packaged binary's content left out (the fingerprint itself
+    /// for an image without one): equal across two plans when nothing but the binary changed,
+    /// which `dev` syncs into the running container instead of replacing its pod.
+    pub outside_binary: String,
     pub reference: String,
     pub action: Action,
 }
@@ -105,11 +109,36 @@ pub(super) fn make_plan(
             base_image_id: &env.base_image_id,
             platform: env.platform(),
         });
+        let outside_binary = match spec.binary() {
+            Some(binary) => {
+                let blanked: Vec<fingerprint::Entry> = entries
+                    .iter()
+                    .cloned()
+                    .map(|mut e| {
+                        if e.path == binary {
+                            e.kind = fingerprint::EntryKind::File {
+                                sha256: String::new(),
+                            };
+                        }
+                        e
+                    })
+                    .collect();
+                fingerprint::fingerprint(&Inputs {
+                    dockerfile: &dockerfile,
+                    context: &blanked,
+                    build_args: &spec.build_args,
+                    base_image_id: &env.base_image_id,
+                    platform: env.platform(),
+                })
+            }
+            None => fp.clone(),
+        };
         let reference = format!("{}:{}", spec.repository, fingerprint::tag(&fp));
         items.push(PlanItem {
             spec: spec.clone(),
             context,
             fingerprint: fp,
+            outside_binary,
             reference,
             action: Action::Build {
                 reason: String::new(),
