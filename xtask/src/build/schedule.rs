@@ -316,6 +316,7 @@ mod tests {
             },
             context: "c".into(),
             fingerprint: "f".repeat(64),
+            outside_binary: "f".repeat(64),
             reference: format!("localhost/e2e-{name}:ffff"),
             action: Action::Build {
                 reason: "not built yet".into(),
