@@ -554,6 +554,23 @@ pub fn binary_destination(dockerfile: &str, binary: &str) -> Option<String> {
 /// Each running image by name: its reference, and its fingerprint outside its binary.
 type Running = BTreeMap<String, (String, String)>;
 
+/// The images of `plan` other than those that run (new, or back to an earlier one), when
+/// there are some and each differs from the running one in its binary alone; else `None`.
+fn binary_only_changes<'a>(
+    plan: &'a [build::PlanItem],
+    running: &Running,
+) -> Option<Vec<&'a build::PlanItem>> {
+    let changed: Vec<&build::PlanItem> = plan
+        .iter()
+        .filter(|i| running.get(&i.spec.name).map(|(r, _)| r) != Some(&i.reference))
+        .collect();
+    let binary_only = |i: &&build::PlanItem| {
+        i.spec.binary().is_some()
+            && running.get(&i.spec.name).map(|(_, o)| o) == Some(&i.outside_binary)
+    };
+    (!changed.is_empty() && changed.iter().all(binary_only)).then_some(changed)
+}
+
 /// The live update: when every image the change touched (on podman) packages a binary and
 /// nothing else of it changed (`running` holds each running image's fingerprint outside its
 /// binary) and no manifest changed, each new binary is copied into the containers running
@@ -570,19 +587,9 @@ fn live_update(
     let Stack::Podman(run) = stack else {
         return Ok(None);
     };
-    // Images other than those that run (new, or back to an earlier one, cached).
-    let changed: Vec<&build::PlanItem> = prepared
-        .plan
-        .iter()
-        .filter(|i| running.get(&i.spec.name).map(|(r, _)| r) != Some(&i.reference))
-        .collect();
-    let binary_only = |i: &&build::PlanItem| {
-        i.spec.binary().is_some()
-            && running.get(&i.spec.name).map(|(_, o)| o) == Some(&i.outside_binary)
-    };
-    if changed.is_empty() || !changed.iter().all(binary_only) {
+    let Some(changed) = binary_only_changes(&prepared.plan, running) else {
         return Ok(None);
-    }
+    };
     // The manifests rendered with the images that run now must be what runs.
     let now: BTreeMap<String, String> = run
         .stack
@@ -850,6 +857,89 @@ mod tests {
             DataChange::Any
         ))));
         assert!(changes_content(&EventKind::Create(CreateKind::File)));
+    }
+
+    fn item(name: &str, binary: bool, tag: &str, outside: &str) -> build::PlanItem {
+        build::PlanItem {
+            spec: crate::images::ImageSpec {
+                name: name.into(),
+                repository: format!("localhost/e2e-{name}"),
+                dockerfile: "d".into(),
+                context: if binary {
+                    crate::images::BuildContext::Binary(name.into())
+                } else {
+                    crate::images::BuildContext::Dir("c".into())
+                },
+                memory: 1,
+                build_args: Default::default(),
+            },
+            context: "c".into(),
+            fingerprint: tag.into(),
+            outside_binary: outside.into(),
+            reference: format!("localhost/e2e-{name}:{tag}"),
+            action: build::Action::Build {
+                reason: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn only_a_change_of_binaries_alone_is_synced() {
+        let running: Running = [
+            ("gateway", "g1", "G"),
+            ("data-storage", "d1", "D"),
+            ("redis", "r1", "r1"),
+        ]
+        .iter()
+        .map(|(n, t, o)| {
+            (
+                n.to_string(),
+                (format!("localhost/e2e-{n}:{t}"), o.to_string()),
+            )
+        })
+        .collect();
+        let names = |v: Option<Vec<&build::PlanItem>>| {
+            v.map(|v| v.iter().map(|i| i.spec.name.clone()).collect::<Vec<_>>())
+        };
+        let plan = |g: (&str, &str), r: (&str, &str)| {
+            vec![
+                item("gateway", true, g.0, g.1),
+                item("data-storage", true, "d1", "D"),
+                item("redis", false, r.0, r.1),
+            ]
+        };
+        // The gateway's binary changed: synced.
+        assert_eq!(
+            names(binary_only_changes(
+                &plan(("g2", "G"), ("r1", "r1")),
+                &running
+            )),
+            Some(vec!["gateway".to_owned()])
+        );
+        // Nothing changed: nothing to sync.
+        assert_eq!(
+            names(binary_only_changes(
+                &plan(("g1", "G"), ("r1", "r1")),
+                &running
+            )),
+            None
+        );
+        // Its Dockerfile (or base image, ...) changed too: a new image and pod.
+        assert_eq!(
+            names(binary_only_changes(
+                &plan(("g2", "G2"), ("r1", "r1")),
+                &running
+            )),
+            None
+        );
+        // Redis changed beside it: everything the usual way.
+        assert_eq!(
+            names(binary_only_changes(
+                &plan(("g2", "G"), ("r2", "r2")),
+                &running
+            )),
+            None
+        );
     }
 
     #[test]
