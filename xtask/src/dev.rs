@@ -251,6 +251,9 @@ impl DevArgs {
             WATCHED.join(", ")
         ));
         let mut cycle = 0;
+        // The images of a live update, built once the loop has been idle a moment (a change
+        // before then makes its own plan, which supersedes this one).
+        let mut pending: Option<(build::Prepared, Instant)> = None;
         loop {
             let mut changed = BTreeSet::new();
             // Wait for a first relevant change, then until it has been quiet for `debounce`.
@@ -258,6 +261,15 @@ impl DevArgs {
             loop {
                 if interrupt::interrupted() {
                     anyhow::bail!("interrupted");
+                }
+                if quiet_since.is_none()
+                    && pending
+                        .as_ref()
+                        .is_some_and(|(_, t)| t.elapsed() >= RECORD_WHEN_IDLE)
+                {
+                    if let Some((prepared, _)) = pending.take() {
+                        record_images(project, r, opts, prepared);
+                    }
                 }
                 match rx.recv_timeout(Duration::from_millis(50)) {
                     Ok(Ok(event)) if changes_content(&event.kind) => {
@@ -296,21 +308,7 @@ impl DevArgs {
             cycle += 1;
             let (summary, record) = self.cycle(project, r, opts, session, stack, running, &names);
             r.line(format!("cycle {cycle}: {summary}"));
-            // After the cycle's line: the image of what now runs, built for the record.
-            if let Some(prepared) = record {
-                let t = Instant::now();
-                match record_images(project, r, opts, prepared, stack) {
-                    Ok(built) if built.is_empty() => r.line(
-                        "  the images of what runs now were built before: recorded as the stack's",
-                    ),
-                    Ok(built) => r.line(format!(
-                        "  built {} for the record in {} (the pods keep running)",
-                        list(&built),
-                        secs(t.elapsed())
-                    )),
-                    Err(e) => r.line(format!("  building the image for the record FAILED: {e:#}")),
-                }
-            }
+            pending = record.map(|p| (p, Instant::now()));
         }
     }
 
@@ -399,6 +397,11 @@ impl DevArgs {
         match live_update(project, r, &prepared, running, stack) {
             Ok(Some(synced)) => {
                 timed(&mut times, "sync+restart", t);
+                if let Stack::Podman(run) = stack {
+                    if let Err(e) = restack(project, run, &prepared.plan) {
+                        r.line(format!("recording the stack's new images FAILED: {e:#}"));
+                    }
+                }
                 let t = Instant::now();
                 if let Err(e) = stack.wait_ready(r, Duration::from_secs(self.ready_timeout)) {
                     return failed(
@@ -667,37 +670,52 @@ fn running_after_start(container: &str) -> anyhow::Result<()> {
     }
 }
 
-/// After a live update: builds the images of the plan (what now runs, packaged) and records
-/// them as the stack's, so a later change compares against them. Returns what it built.
-fn record_images(
-    project: &Project,
-    r: &Reporter,
-    opts: &BuildOptions,
-    prepared: build::Prepared,
-    stack: &mut Stack,
-) -> anyhow::Result<Vec<String>> {
+/// How long the loop waits, idle, before it builds a live update's images.
+const RECORD_WHEN_IDLE: Duration = Duration::from_millis(500);
+
+/// After a live update, once the loop is idle: builds the images of its plan (what now runs,
+/// packaged) and writes `images.json`, so `e2e` and later cycles find them built.
+fn record_images(project: &Project, r: &Reporter, opts: &BuildOptions, prepared: build::Prepared) {
+    let t = Instant::now();
     let built: Vec<String> = prepared
         .plan
         .iter()
         .filter(|i| !i.is_cached())
         .map(|i| i.spec.name.clone())
         .collect();
-    let (handoff, _) = build::finish_with(project, r, opts, prepared, false)?;
-    if let Stack::Podman(run) = stack {
-        let mut ports = run.stack.published.iter().map(|p| p.host_port);
-        let new = Manifests::load(&project.manifests_dir())?.render_podman(
-            &handoff.pinned(),
-            run.id.suffix(),
-            run.stack.subnet,
-            || ports.next().map_or_else(runtime::free_port, Ok),
-        )?;
-        for (pod, yaml) in new.pods.iter().zip(&new.pod_yaml) {
-            fsx::write_atomic(&run.pod_file(&pod.name), yaml)?;
-        }
-        fsx::write_atomic(&run.stack_file(), &new.yaml)?;
-        run.stack = new;
+    if built.is_empty() {
+        return;
     }
-    Ok(built)
+    match build::finish_with(project, r, opts, prepared, false) {
+        Ok(_) => r.line(format!(
+            "  built {} for the record in {} (the stack kept running)",
+            list(&built),
+            secs(t.elapsed())
+        )),
+        Err(e) => r.line(format!("  building the image for the record FAILED: {e:#}")),
+    }
+}
+
+/// After a live update: the stack's files and record name the images of `plan` (what now
+/// runs, once packaged), so later cycles compare against them.
+fn restack(project: &Project, run: &mut PodmanRun, plan: &[build::PlanItem]) -> anyhow::Result<()> {
+    let pinned: BTreeMap<String, String> = plan
+        .iter()
+        .map(|i| (i.spec.repository.clone(), i.reference.clone()))
+        .collect();
+    let mut ports = run.stack.published.iter().map(|p| p.host_port);
+    let new = Manifests::load(&project.manifests_dir())?.render_podman(
+        &pinned,
+        run.id.suffix(),
+        run.stack.subnet,
+        || ports.next().map_or_else(runtime::free_port, Ok),
+    )?;
+    for (pod, yaml) in new.pods.iter().zip(&new.pod_yaml) {
+        fsx::write_atomic(&run.pod_file(&pod.name), yaml)?;
+    }
+    fsx::write_atomic(&run.stack_file(), &new.yaml)?;
+    run.stack = new;
+    Ok(())
 }
 
 /// The running stack the loop changes.

@@ -39,12 +39,13 @@ pub struct Created {
 }
 
 impl Created {
-    /// In stages: every pod stopped (one command), then every pod removed at once, then the
-    /// secrets, then the network.
+    /// In stages: every pod killed, then stopped (one command each), then every pod removed
+    /// at once, then the secrets, then the network.
     pub fn teardown(&self) -> Vec<Vec<crate::cmd::Cmd>> {
         let mut stages = Vec::new();
         if !self.pods.is_empty() {
-            // One command: podman stops a pod's containers in parallel itself.
+            // One command each: podman works on a pod's containers in parallel itself.
+            stages.push(vec![Podman.pods_sigkill(&self.pods)]);
             stages.push(vec![Podman.pods_kill(&self.pods)]);
             // One `pod rm` per pod, at once: removing a pod's cgroup waits while anything
             // lives in it, and a remote engine keeps each exec session's conmon there (its
@@ -521,6 +522,7 @@ mod tests {
         assert_eq!(
             down,
             [
+                "podman pod kill postgres-103501-42 redis-103501-42 data-storage-103501-42 gateway-103501-42",
                 "podman pod stop --ignore --time 0 postgres-103501-42 redis-103501-42 data-storage-103501-42 gateway-103501-42",
                 "podman pod rm --force --ignore postgres-103501-42",
                 "podman pod rm --force --ignore redis-103501-42",
@@ -688,6 +690,7 @@ mod tests {
         assert_eq!(
             cmds,
             [
+                "podman pod kill gateway-1",
                 "podman pod stop --ignore --time 0 gateway-1",
                 "podman pod rm --force --ignore gateway-1",
                 "podman secret rm pg-1",
