@@ -36,16 +36,24 @@ pub struct Created {
     /// Images of the run's own (the suite packaged for the engine), removed with it.
     #[serde(default)]
     pub images: Vec<String>,
+    /// The engine is remote: its `pod stop` ignores `--time`, so the pods are killed first.
+    #[serde(default)]
+    pub remote: bool,
 }
 
 impl Created {
-    /// In stages: every pod killed, then stopped (one command each), then every pod removed
-    /// at once, then the secrets, then the network.
+    /// In stages: every pod (on a remote engine killed, then) stopped, one command each, then
+    /// every pod removed at once, then the secrets, then the network.
     pub fn teardown(&self) -> Vec<Vec<crate::cmd::Cmd>> {
         let mut stages = Vec::new();
         if !self.pods.is_empty() {
-            // One command each: podman works on a pod's containers in parallel itself.
-            stages.push(vec![Podman.pods_sigkill(&self.pods)]);
+            // One command each: podman works on a pod's containers in parallel itself. Not
+            // killed first on a local engine: the clean-ups a kill leaves to conmon can still
+            // be in the pod's cgroup when it is removed, and `pod rm` then waits 3 s (5 runs
+            // of 50 in a soak); a local `pod stop --time 0` kills and cleans up itself.
+            if self.remote {
+                stages.push(vec![Podman.pods_sigkill(&self.pods)]);
+            }
             stages.push(vec![Podman.pods_kill(&self.pods)]);
             // One `pod rm` per pod, at once: removing a pod's cgroup waits while anything
             // lives in it, and a remote engine keeps each exec session's conmon there (its
@@ -289,6 +297,7 @@ impl PodmanRun {
         let mut created = Created {
             network: Some(network.clone()),
             images: self.suite_image.iter().cloned().collect(),
+            remote: self.remote,
             ..Created::default()
         };
         let mut steps = Vec::new();
@@ -377,6 +386,7 @@ impl PodmanRun {
     /// What the run has created once every step ran (for `--dry-run`'s teardown).
     pub fn final_record(&self) -> RunRecord {
         self.record(Created {
+            remote: self.remote,
             images: self.suite_image.iter().cloned().collect(),
             network: Some(self.network()),
             secrets: self.stack.secrets.iter().map(|s| s.name.clone()).collect(),
@@ -522,7 +532,6 @@ mod tests {
         assert_eq!(
             down,
             [
-                "podman pod kill postgres-103501-42 redis-103501-42 data-storage-103501-42 gateway-103501-42",
                 "podman pod stop --ignore --time 0 postgres-103501-42 redis-103501-42 data-storage-103501-42 gateway-103501-42",
                 "podman pod rm --force --ignore postgres-103501-42",
                 "podman pod rm --force --ignore redis-103501-42",
@@ -690,13 +699,22 @@ mod tests {
         assert_eq!(
             cmds,
             [
-                "podman pod kill gateway-1",
                 "podman pod stop --ignore --time 0 gateway-1",
                 "podman pod rm --force --ignore gateway-1",
                 "podman secret rm pg-1",
                 "podman network rm --force e2e-1"
             ]
         );
+        // A remote engine's `pod stop` ignores --time: its pods are killed first.
+        let remote = Created {
+            remote: true,
+            ..full
+        };
+        let first: Vec<String> = remote.teardown()[0]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(first, ["podman pod kill gateway-1"]);
     }
 
     #[test]
