@@ -250,24 +250,6 @@ pub fn prepare(
     let selected = images.select(names)?;
     let env = session.env(r, base_image_id)?;
     let budget = env.budget.clone();
-    let too_big = memory::too_big(
-        selected.iter().map(|s| (s.name.as_str(), s.memory)),
-        budget.bytes,
-    );
-    if !too_big.is_empty() {
-        let list: Vec<String> = too_big
-            .iter()
-            .map(|(n, c)| format!("{n} (cap {})", memory::human(*c)))
-            .collect();
-        anyhow::bail!(
-            "the memory budget is {} ({}), and these images' caps alone exceed it: {}.\n  fix: lower their \
-             `memory` in the images file, or give more with --memory-budget SIZE",
-            memory::human(budget.bytes),
-            budget.source,
-            list.join(", ")
-        );
-    }
-
     let binaries: Vec<&str> = selected.iter().filter_map(ImageSpec::binary).collect();
     let compile_in = compile::resolve(opts.compile_in, &compile::host_platform(), env.platform());
     let engine_bin = match (compile_in, binaries.is_empty()) {
@@ -342,6 +324,27 @@ pub fn prepare(
             Ok(plan)
         },
     )?;
+    // Only the images to build must fit: a cached one needs no memory, and a small engine's
+    // free memory (page cache counts as used) shrinks after a few runs.
+    let too_big = memory::too_big(
+        plan.iter()
+            .filter(|i| !for_archive && !i.is_cached())
+            .map(|i| (i.spec.name.as_str(), i.spec.memory)),
+        budget.bytes,
+    );
+    if !too_big.is_empty() {
+        let list: Vec<String> = too_big
+            .iter()
+            .map(|(n, c)| format!("{n} (cap {})", memory::human(*c)))
+            .collect();
+        anyhow::bail!(
+            "the memory budget is {} ({}), and these images' caps alone exceed it: {}.\n  fix: lower their \
+             `memory` in the images file, or give more with --memory-budget SIZE",
+            memory::human(budget.bytes),
+            budget.source,
+            list.join(", ")
+        );
+    }
     Ok(Prepared {
         images,
         env,
