@@ -606,13 +606,7 @@ fn live_update(
             )
         })
         .collect();
-    let mut ports = run.stack.published.iter().map(|p| p.host_port);
-    let again = Manifests::load(&project.manifests_dir())?.render_podman(
-        &now,
-        run.id.suffix(),
-        run.stack.subnet,
-        || ports.next().map_or_else(runtime::free_port, Ok),
-    )?;
+    let again = run.rerender(&Manifests::load(&project.manifests_dir())?, &now)?;
     if again.pod_yaml != run.stack.pod_yaml {
         return Ok(None);
     }
@@ -703,13 +697,7 @@ fn restack(project: &Project, run: &mut PodmanRun, plan: &[build::PlanItem]) -> 
         .iter()
         .map(|i| (i.spec.repository.clone(), i.reference.clone()))
         .collect();
-    let mut ports = run.stack.published.iter().map(|p| p.host_port);
-    let new = Manifests::load(&project.manifests_dir())?.render_podman(
-        &pinned,
-        run.id.suffix(),
-        run.stack.subnet,
-        || ports.next().map_or_else(runtime::free_port, Ok),
-    )?;
+    let new = run.rerender(&Manifests::load(&project.manifests_dir())?, &pinned)?;
     for (pod, yaml) in new.pods.iter().zip(&new.pod_yaml) {
         fsx::write_atomic(&run.pod_file(&pod.name), yaml)?;
     }
@@ -768,19 +756,7 @@ impl Stack {
         };
         match self {
             Stack::Podman(run) => {
-                // The same host ports as before.
-                let mut ports = run
-                    .stack
-                    .published
-                    .iter()
-                    .map(|p| p.host_port)
-                    .collect::<Vec<_>>()
-                    .into_iter();
-                let subnet = run.stack.subnet;
-                let stack =
-                    manifests.render_podman(&handoff.pinned(), run.id.suffix(), subnet, || {
-                        ports.next().map_or_else(runtime::free_port, Ok)
-                    })?;
+                let stack = run.rerender(&manifests, &handoff.pinned())?;
                 let changed = changed_pods(&run.stack, &stack);
                 let mut names = Vec::new();
                 for &i in &changed {

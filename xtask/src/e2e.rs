@@ -594,12 +594,7 @@ impl E2eArgs {
         let (mut run, record) = match early {
             // The same stack with every image pinned now, on the ports the early part chose.
             Some((started, record)) => {
-                let mut ports = started.stack.published.iter().map(|p| p.host_port);
-                let subnet = started.stack.subnet;
-                let stack =
-                    manifests.render_podman(&handoff.pinned(), id.suffix(), subnet, || {
-                        ports.next().map_or_else(free_port, Ok)
-                    })?;
+                let stack = started.rerender(manifests, &handoff.pinned())?;
                 let mut run = PodmanRun::new(project, id.clone(), stack);
                 run.early = started.early;
                 (run, record)

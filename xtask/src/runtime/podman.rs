@@ -199,6 +199,19 @@ impl PodmanRun {
         self.id.network()
     }
 
+    /// The manifests rendered for this run again, with `pinned` images, on the same host
+    /// ports and subnet (an early start made complete, a pod replaced, a live update).
+    pub fn rerender(
+        &self,
+        manifests: &crate::manifests::Manifests,
+        pinned: &BTreeMap<String, String>,
+    ) -> anyhow::Result<PodmanStack> {
+        let mut ports = self.stack.published.iter().map(|p| p.host_port);
+        manifests.render_podman(pinned, self.id.suffix(), self.stack.subnet, || {
+            ports.next().map_or_else(super::free_port, Ok)
+        })
+    }
+
     pub fn stack_file(&self) -> PathBuf {
         self.dir.join("stack.yaml")
     }
