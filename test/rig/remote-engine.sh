@@ -3,9 +3,10 @@
 # (2 GiB), its own filesystem and its own ports, reached only through its remote API.
 #
 # It is podman's API service (`podman system service`) in a privileged container, `e2e-rig`,
-# started with --memory 2g --memory-swap 2g, storing its images and containers in the named
-# volume e2e-rig-storage, serving its API on a unix socket in /run/e2e-rig (a directory
-# bind-mounted from the host). lxcfs's /proc files make /proc/meminfo in the rig, and so
+# started with --memory 2g --memory-swap 2g, storing its images and containers on a disk of
+# its own (an 8 GiB ext4 filesystem in a sparse file, /var/lib/e2e-rig/store.ext4, loop-mounted
+# at /var/lib/e2e-rig/store: its free space is the rig's, not this machine's), serving its API
+# on a unix socket in /run/e2e-rig (a directory bind-mounted from the host). lxcfs's /proc files make /proc/meminfo in the rig, and so
 # `podman info`, report the 2 GiB limit. See test/rig/README.md.
 #
 #   test/rig/remote-engine.sh start    build the rig image if needed, start the rig, wait for
@@ -14,11 +15,12 @@
 #   test/rig/remote-engine.sh url      print the URL (unix:///run/e2e-rig/podman.sock)
 #   test/rig/remote-engine.sh status   the rig's state and what its engine reports; exit 0 when
 #                                      it answers
-#   test/rig/remote-engine.sh stop     remove the rig container, its volume, its socket directory
+#   test/rig/remote-engine.sh stop     remove the rig container, its disk, its socket directory
 #                                      and the lxcfs this script started (idempotent)
 #   test/rig/remote-engine.sh purge    stop, and remove the rig images too
 #
-# Environment: E2E_RIG_MEMORY (default 2g), E2E_BASE_IMAGE (default
+# Environment: E2E_RIG_MEMORY (default 2g), E2E_RIG_DISK (the disk's size, default 8g),
+# E2E_RIG_NO_BASE=1 (start without loading the base image: the rig then has none), E2E_BASE_IMAGE (default
 # localhost/e2e-base:bookworm), E2E_RIG_TIMEOUT (seconds to wait for the API, default 60),
 # E2E_RIG_NO_LXCFS=1 (start without lxcfs: `podman info` then reports the host's memory).
 # Run as root. Progress goes to stderr; `start` prints only the export line on stdout, so
@@ -31,6 +33,9 @@ readonly RIG_IMAGE_REPO=localhost/e2e-rig
 readonly SOCK_DIR=/run/e2e-rig
 readonly SOCK=$SOCK_DIR/podman.sock
 readonly URL=unix://$SOCK
+readonly DISK_DIR=/var/lib/e2e-rig
+readonly DISK_IMG=$DISK_DIR/store.ext4
+readonly DISK_MNT=$DISK_DIR/store
 readonly LXCFS_DIR=/var/lib/lxcfs
 readonly LXCFS_PIDFILE=/run/e2e-rig-lxcfs.pid
 readonly LXCFS_LOG=/run/e2e-rig-lxcfs.log
@@ -40,10 +45,11 @@ readonly LXCFS_PROC_FILES=(cpuinfo diskstats meminfo stat swaps uptime)
 readonly RIG_FILES=(Containerfile containers.conf storage.conf rig-entrypoint.sh)
 
 RIG_MEMORY=${E2E_RIG_MEMORY:-2g}
+RIG_DISK=${E2E_RIG_DISK:-8g}
 BASE_IMAGE=${E2E_BASE_IMAGE:-localhost/e2e-base:bookworm}
 START_TIMEOUT=${E2E_RIG_TIMEOUT:-60}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-readonly RIG_MEMORY BASE_IMAGE START_TIMEOUT HERE
+readonly RIG_MEMORY RIG_DISK BASE_IMAGE START_TIMEOUT HERE
 
 log() { printf '[e2e-rig %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() {
@@ -169,6 +175,32 @@ wait_for_api() {
     done
 }
 
+# The rig's disk: an ext4 filesystem of its own (no reserved blocks, so its free space is what
+# df and podman info say), in a sparse file that takes only what is written.
+disk_mounted() { awk -v d="$DISK_MNT" '$2 == d { found = 1 } END { exit !found }' /proc/self/mounts; }
+ensure_disk() {
+    mkdir -p "$DISK_MNT"
+    disk_mounted && return
+    if [[ ! -f $DISK_IMG ]]; then
+        command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 is not installed: apt-get install e2fsprogs"
+        log "making the rig's disk: $DISK_IMG, a sparse $RIG_DISK ext4 filesystem"
+        truncate -s "$RIG_DISK" "$DISK_IMG"
+        mkfs.ext4 -q -m 0 "$DISK_IMG" || die "mkfs.ext4 $DISK_IMG failed"
+    fi
+    mount -o loop "$DISK_IMG" "$DISK_MNT" ||
+        die "mounting the rig's disk $DISK_IMG failed (it needs a loop device: modprobe loop)"
+}
+release_disk() {
+    if disk_mounted; then
+        umount "$DISK_MNT" || umount -l "$DISK_MNT"
+    fi
+    if [[ -e $DISK_IMG ]]; then
+        log "removing the rig's disk $DISK_IMG (its images, containers, networks)"
+        rm -f "$DISK_IMG"
+    fi
+    rmdir "$DISK_MNT" "$DISK_DIR" 2>/dev/null || true
+}
+
 # The base image, loaded through the API (`podman save | podman --remote load`) when the rig
 # does not have it with the host's ID.
 ensure_base_image() {
@@ -198,7 +230,7 @@ cmd_start() {
         log "the rig is already running"
     else
         if rig_exists; then
-            log "removing the rig container left from before (its volume, the rig's disk, is kept)"
+            log "removing the rig container left from before (the rig's disk is kept)"
             hpod rm -f -t 0 "$RIG_NAME" >/dev/null
         fi
         ensure_rig_image "$ref"
@@ -211,9 +243,7 @@ cmd_start() {
         fi
         mkdir -p "$SOCK_DIR"
         rm -f "$SOCK"
-        if ! hpod volume exists "$RIG_VOLUME"; then
-            hpod volume create --label e2e-rig=1 "$RIG_VOLUME" >/dev/null
-        fi
+        ensure_disk
         log "starting the rig container $RIG_NAME (--memory $RIG_MEMORY --memory-swap $RIG_MEMORY)"
         # --privileged: the engine inside makes mounts, cgroups, network namespaces and
         # iptables rules of its own. --pids-limit 0: no limit of the host's engine on the
@@ -222,12 +252,16 @@ cmd_start() {
             --privileged --memory "$RIG_MEMORY" --memory-swap "$RIG_MEMORY" --pids-limit 0 \
             "${proc_mounts[@]}" \
             -v "$SOCK_DIR:$SOCK_DIR" \
-            -v "$RIG_VOLUME:/var/lib/containers" \
+            -v "$DISK_MNT:/var/lib/containers" \
             "$ref" >/dev/null
         wait_for_api
         log "the rig's API answers on $URL ($(since "$t0") s after start)"
     fi
-    ensure_base_image
+    if [[ ${E2E_RIG_NO_BASE:-} == 1 ]]; then
+        log "E2E_RIG_NO_BASE=1: the base image is not loaded into the rig"
+    else
+        ensure_base_image
+    fi
     local facts
     facts=$(rpod info --format 'memTotal={{.Host.MemTotal}} memFree={{.Host.MemFree}} cpus={{.Host.CPUs}} {{.Host.OS}}/{{.Host.Arch}} serviceIsRemote={{.Host.ServiceIsRemote}}')
     log "the rig's engine reports: $facts"
@@ -241,8 +275,9 @@ cmd_stop() {
         log "removing the rig container $RIG_NAME (and everything running in it)"
         hpod rm -f -t 0 "$RIG_NAME" >/dev/null
     fi
+    release_disk
+    # The rig's disk was a named volume before it was a filesystem of its own.
     if hpod volume exists "$RIG_VOLUME"; then
-        log "removing the rig's volume $RIG_VOLUME (its images, containers, networks)"
         hpod volume rm -f "$RIG_VOLUME" >/dev/null
     fi
     rm -rf "$SOCK_DIR"
@@ -277,7 +312,7 @@ cmd_status() {
     fi
     if api_ok; then
         rpod info --format 'engine:    podman {{.Version.Version}} on {{.Host.Hostname}}, {{.Host.OS}}/{{.Host.Arch}}, {{.Host.CPUs}} CPUs, memTotal {{.Host.MemTotal}} memFree {{.Host.MemFree}}, serviceIsRemote {{.Host.ServiceIsRemote}}'
-        rpod info --format 'storage:   {{.Store.GraphDriverName}} on {{.Store.GraphRoot}}: {{.Store.ImageStore.Number}} images, {{.Store.ContainerStore.Number}} containers ({{.Store.ContainerStore.Running}} running)'
+        rpod info --format 'storage:   {{.Store.GraphDriverName}} on {{.Store.GraphRoot}}: {{.Store.ImageStore.Number}} images, {{.Store.ContainerStore.Number}} containers ({{.Store.ContainerStore.Running}} running); {{.Store.GraphRootUsed}} of {{.Store.GraphRootAllocated}} bytes used'
         echo "use:       export CONTAINER_HOST=$URL"
     else
         echo "engine:    not answering"

@@ -59,10 +59,11 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// The archive's images as a handoff, once loaded into `engine`.
-    pub fn handoff(&self, engine: Engine) -> Handoff {
+    /// The archive's images as a handoff, once loaded into `engine` (at `at`).
+    pub fn handoff(&self, engine: Engine, at: &str) -> Handoff {
         Handoff {
             engine,
+            at: at.to_owned(),
             platform: self.platform.clone(),
             base_image: self.base_image.clone(),
             base_image_id: self.base_image_id.clone(),
@@ -104,7 +105,7 @@ impl SaveArgs {
             engine: self.opts.engine.or(recorded),
             ..self.opts.clone()
         };
-        let session = Session::open(project, &opts)?;
+        let session = Session::open(project, &opts, &r, false)?;
         if self.build {
             build::prebuild(project, &r, &opts, &session, &[])?;
         }
@@ -179,7 +180,14 @@ fn fresh_handoff(
             Action::Build { .. } => None,
         })
         .collect();
-    Ok(Handoff { images, ..handoff })
+    let env = &prepared.env;
+    Ok(Handoff {
+        images,
+        engine: env.engine(),
+        at: env.facts.at.clone(),
+        platform: env.platform().to_owned(),
+        ..handoff
+    })
 }
 
 /// Writes the archive and its manifest, each to a temporary file renamed into place only
@@ -388,7 +396,7 @@ pub struct LoadArgs {
 impl LoadArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let r = Reporter::new();
-        let session = Session::open(project, &self.opts)?;
+        let session = Session::open(project, &self.opts, &r, false)?;
         match (&self.archive, &self.registry) {
             (Some(archive), _) => {
                 load(project, &r, archive, self.allow_stale, &self.opts, &session)?
@@ -504,7 +512,7 @@ pub fn load(
         ));
         Ok(())
     })?;
-    Ok(manifest.handoff(engine))
+    Ok(manifest.handoff(engine, &prepared.env.facts.at))
 }
 
 pub fn load_cmd(engine: Engine, archive: &Path, compression: Compression) -> crate::cmd::Pipeline {

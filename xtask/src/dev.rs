@@ -144,7 +144,7 @@ impl DevArgs {
             engine: e2e::engine_for(self.runtime, self.build.engine)?,
             ..self.build.clone()
         };
-        let session = Session::open_with(project, &opts, Some(&r))?;
+        let session = Session::open(project, &opts, &r, true)?;
         let needs = doctor::Needs {
             kind: self.runtime == Runtime::Kind,
             ..doctor::Needs::default()

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::{
     build::{BuildOptions, Session},
-    cmd::Cmd,
+    engine::{Engine, EngineFacts},
     handoff::Handoff,
     memory,
     problem::Problem,
@@ -76,7 +76,7 @@ impl DoctorArgs {
             archive: self.images,
             start_container: true,
         };
-        let session = Session::open(project, &self.opts)?;
+        let session = Session::open(project, &self.opts, &r, false)?;
         let checks = run_checks(project, &session, &needs);
         r.line(render(&checks));
         let failed = checks.iter().filter(|c| c.problem.is_some()).count();
@@ -95,14 +95,14 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
             checks.push(Check::ok(
                 "engine",
                 format!(
-                    "{} {} ({}), on {} machine: {} CPUs, {} memory",
+                    "{} {} ({}) at {}: {} CPUs, {} memory",
                     f.engine.program(),
                     f.version,
                     f.platform,
                     if f.remote {
-                        "its own (remote or VM)"
+                        format!("{}, on its own machine (remote or VM)", f.at)
                     } else {
-                        "this"
+                        f.at.clone()
                     },
                     f.cpus,
                     memory::human(f.mem_total)
@@ -111,7 +111,7 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
             let base = match (&facts.base, &needs.archive) {
                 (_, Some(_)) => None,
                 (Some(_), None) => Some(Check::ok("base image", facts.base_image.clone())),
-                (None, None) => Some(Check::problem("base image", &facts.missing_base(f.engine))),
+                (None, None) => Some(Check::problem("base image", &facts.missing_base(f))),
             };
             checks.extend(base);
             if needs.start_container && facts.base.is_some() {
@@ -163,26 +163,20 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
         }
     }
     let need_disk = disk_needed(project, needs.archive.as_deref());
-    match free_disk(&project.target_dir) {
-        Some(free) if free >= need_disk => checks.push(Check::ok(
-            "disk",
-            format!(
-                "{} free, {} needed",
-                memory::human(free),
-                memory::human(need_disk)
-            ),
-        )),
-        Some(free) => checks.push(Check::fail(
-            "disk",
-            format!(
-                "{} free under {}, about {} needed",
-                memory::human(free),
-                project.target_dir.display(),
-                memory::human(need_disk)
-            ),
-            "free disk space (`podman image prune`, `cargo clean`)",
-        )),
-        None => {}
+    if let Ok(f) = &facts.engine {
+        checks.push(disk_check(f, need_disk));
+        if f.remote {
+            if let Some(free) = crate::facts::free_disk(&project.target_dir) {
+                checks.push(Check::ok(
+                    "host disk",
+                    format!(
+                        "{} free under {} on this machine (binaries, archives)",
+                        memory::human(free),
+                        project.display(&project.target_dir)
+                    ),
+                ));
+            }
+        }
     }
     if needs.archive.is_some() || which::which("zstd").is_ok() {
         checks.push(match which::which("zstd") {
@@ -256,6 +250,47 @@ fn memory_check(
     )
 }
 
+/// The engine's store against what the run needs: its disk is where images, loads and
+/// builds go (a podman machine's or a remote engine's, not this machine's).
+pub fn disk_check(f: &EngineFacts, need: u64) -> Check {
+    let machine = if f.remote {
+        format!("the engine's machine ({})", f.at)
+    } else {
+        "this machine".to_owned()
+    };
+    let Some((path, free)) = f.store.as_ref().and_then(|s| Some((&s.path, s.free?))) else {
+        return Check::ok(
+            "disk",
+            format!(
+                "{} at {} does not say how much room its image store has{}: not checked",
+                f.engine.program(),
+                f.at,
+                f.store
+                    .as_ref()
+                    .map(|s| format!(" ({})", s.path))
+                    .unwrap_or_default()
+            ),
+        );
+    };
+    let said = format!(
+        "{} free in the engine's store {path} on {machine}, {} needed",
+        memory::human(free),
+        memory::human(need)
+    );
+    if free >= need {
+        return Check::ok("disk", said);
+    }
+    let program = f.engine.program();
+    let fix = if f.remote && f.engine == Engine::Podman {
+        "free room in the engine: `podman system prune` (`podman system df` shows what is reclaimable), or give \
+         its machine a bigger disk: `podman machine stop && podman machine set --disk-size 100 && podman machine start`"
+            .to_owned()
+    } else {
+        format!("`{program} system prune` (`{program} system df` shows what is reclaimable), or free room on that filesystem")
+    };
+    Check::fail("disk", said.replace(", ", ", about "), fix)
+}
+
 /// Disk a run needs: the archive three times over (archive, unpacked stream, image store),
 /// else the images' sizes from the last build, else 2 GiB.
 fn disk_needed(project: &Project, archive: Option<&Path>) -> u64 {
@@ -269,17 +304,6 @@ fn disk_needed(project: &Project, archive: Option<&Path>) -> u64 {
         .map(|h| h.images.iter().map(|i| i.size).sum::<u64>())
         .filter(|s| *s > 0)
         .unwrap_or(2 << 30)
-}
-
-/// Free bytes on the filesystem of `dir` (or its nearest existing parent), from `df`.
-fn free_disk(dir: &Path) -> Option<u64> {
-    let existing = dir.ancestors().find(|d| d.exists())?;
-    let out = Cmd::new("df")
-        .args(["--output=avail", "-B1"])
-        .arg(existing.display().to_string())
-        .read()
-        .ok()?;
-    out.lines().nth(1)?.trim().parse().ok()
 }
 
 /// The checks as a person reads them: a line each, then the fixes.
@@ -321,6 +345,62 @@ pub fn require(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn facts(remote: bool, at: &str, free: Option<u64>) -> EngineFacts {
+        EngineFacts {
+            engine: Engine::Podman,
+            version: "4.3.1".into(),
+            platform: "linux/amd64".into(),
+            cpus: 2,
+            mem_total: 2 << 30,
+            mem_free: None,
+            remote,
+            at: at.into(),
+            store: Some(crate::engine::Store {
+                path: "/var/lib/containers/storage".into(),
+                free,
+            }),
+        }
+    }
+
+    /// The disk judged is the engine's store, named with its machine; the fix fits the engine.
+    #[test]
+    fn the_disk_is_the_engines_store() {
+        const GIB: u64 = 1 << 30;
+        let rig = facts(true, "unix:///run/e2e-rig/podman.sock", Some(3 * GIB));
+        let ok = disk_check(&rig, GIB);
+        assert_eq!(ok.problem, None);
+        assert_eq!(
+            ok.detail,
+            "3.0 GiB free in the engine's store /var/lib/containers/storage on the engine's machine \
+             (unix:///run/e2e-rig/podman.sock), 1.0 GiB needed"
+        );
+        let full = disk_check(&rig, 4 * GIB);
+        assert!(
+            full.problem
+                .as_deref()
+                .unwrap()
+                .contains("about 4.0 GiB needed"),
+            "{full:?}"
+        );
+        assert!(
+            full.fix.contains("podman machine set --disk-size"),
+            "{}",
+            full.fix
+        );
+        assert!(full.fix.contains("podman system prune"), "{}", full.fix);
+        let local = disk_check(&facts(false, "this machine", Some(GIB / 2)), GIB);
+        assert!(local.problem.unwrap().contains("on this machine"));
+        assert!(!local.fix.contains("podman machine"), "{}", local.fix);
+        // An engine that cannot tell: said so, and not the host's disk instead.
+        let unknown = disk_check(&facts(true, "ssh://vm", None), GIB);
+        assert_eq!(unknown.problem, None);
+        assert!(
+            unknown.detail.contains("does not say how much room"),
+            "{}",
+            unknown.detail
+        );
+    }
 
     #[test]
     fn render_shows_each_problem_with_its_fix() {

@@ -136,8 +136,8 @@ impl E2eArgs {
         };
         // The engine is decided and asked once, here; every stage takes these facts.
         // Loading an archive needs no base image: only a build makes or pulls one.
-        let provision = (self.images.is_none() && !self.dry_run).then_some(&r);
-        let session = Session::open_with(project, &opts, provision)?;
+        let provision = self.images.is_none() && !self.dry_run;
+        let session = Session::open(project, &opts, &r, provision)?;
         let mut manifests = Manifests::load(&project.manifests_dir())?;
         if self.faults {
             manifests.set_env(
@@ -788,12 +788,12 @@ impl E2eArgs {
         let handoff = match (&self.images, &self.registry) {
             (Some(a), _) => {
                 let m = archive::verify(a)?;
-                let engine = session.facts.env(Some(&m.base_image_id))?.engine();
+                let env = session.facts.env(Some(&m.base_image_id))?;
                 lines.push(format!(
                     "{}  # after verifying the archive's SHA-256",
-                    archive::load_cmd(engine, a, m.compression)
+                    archive::load_cmd(env.engine(), a, m.compression)
                 ));
-                m.handoff(engine)
+                m.handoff(env.engine(), &env.facts.at)
             }
             (None, registry) => {
                 let env = session.facts.env(None)?;

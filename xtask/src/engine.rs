@@ -130,6 +130,17 @@ impl Engine {
         self.cmd().args(["rmi", reference])
     }
 
+    /// The directory of an image's top layer, on the engine's machine (`<graph root>/overlay/<id>/diff`).
+    pub fn layer_dir(self, image: &str) -> Cmd {
+        self.cmd().args([
+            "image",
+            "inspect",
+            "--format",
+            "{{.GraphDriver.Data.UpperDir}}",
+            image,
+        ])
+    }
+
     /// Starts and removes a container: proves the engine can run one, not just answer.
     pub fn run_true(self, image: &str) -> Cmd {
         let mut c = self.cmd().args(["run", "--rm", "--network", "none"]);
@@ -234,6 +245,42 @@ pub struct EngineFacts {
     pub mem_free: Option<u64>,
     /// The engine runs on another machine (a VM, a remote host), reached through its API.
     pub remote: bool,
+    /// Which engine this is: `this machine`, or how this machine reaches the remote one (its
+    /// URL or connection, else its host name). Images recorded in one engine are not in another.
+    pub at: String,
+    /// Where the engine keeps its images (`None`: the engine does not say).
+    pub store: Option<Store>,
+}
+
+/// The engine's image store: a directory on the engine's machine, and the room left on its
+/// filesystem, which is what images, loads and builds fill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Store {
+    pub path: String,
+    /// Bytes free there (`None`: unknown).
+    pub free: Option<u64>,
+}
+
+/// Said of a local engine's `at`.
+pub const THIS_MACHINE: &str = "this machine";
+
+/// How this machine reaches a remote engine: the URL or connection the client was given
+/// (`CONTAINER_HOST`, `CONTAINER_CONNECTION`; docker's `DOCKER_HOST`, `DOCKER_CONTEXT`), else
+/// the engine's host name (podman machine's default connection).
+pub fn remote_at(given: Option<String>, hostname: Option<&str>) -> String {
+    given
+        .filter(|g| !g.is_empty())
+        .or_else(|| hostname.map(|h| format!("host {h}")))
+        .unwrap_or_else(|| "the default connection".to_owned())
+}
+
+pub fn given_at(engine: Engine) -> Option<String> {
+    let vars = match engine {
+        Engine::Podman => ["CONTAINER_HOST", "CONTAINER_CONNECTION"],
+        Engine::Docker => ["DOCKER_HOST", "DOCKER_CONTEXT"],
+    };
+    vars.iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
 }
 
 impl EngineFacts {
@@ -260,6 +307,8 @@ impl EngineFacts {
             mem_total: crate::memory::total().unwrap_or(0),
             mem_free: None,
             remote: false,
+            at: THIS_MACHINE.to_owned(),
+            store: None,
         }))
     }
 
@@ -271,6 +320,8 @@ impl EngineFacts {
         Ok(match engine {
             Engine::Podman => {
                 let host = &v["host"];
+                let remote = host["serviceIsRemote"].as_bool().unwrap_or(false);
+                let store = &v["store"];
                 EngineFacts {
                     engine,
                     version: v["version"]["Version"].as_str().unwrap_or("?").to_owned(),
@@ -282,23 +333,50 @@ impl EngineFacts {
                     cpus: num(&host["cpus"]) as usize,
                     mem_total: num(&host["memTotal"]),
                     mem_free: host["memFree"].as_u64(),
-                    remote: host["serviceIsRemote"].as_bool().unwrap_or(false),
+                    remote,
+                    at: if remote {
+                        remote_at(given_at(engine), host["hostname"].as_str())
+                    } else {
+                        THIS_MACHINE.to_owned()
+                    },
+                    // Podman 4 says how big the store's filesystem is and how much of it is
+                    // used; the difference is free (reserved blocks included).
+                    store: store["graphRoot"].as_str().map(|path| Store {
+                        path: path.to_owned(),
+                        free: store["graphRootAllocated"]
+                            .as_u64()
+                            .zip(store["graphRootUsed"].as_u64())
+                            .map(|(all, used)| all.saturating_sub(used)),
+                    }),
                 }
             }
-            Engine::Docker => EngineFacts {
-                engine,
-                version: v["ServerVersion"].as_str().unwrap_or("?").to_owned(),
-                platform: normalize_platform(&format!(
-                    "{}/{}",
-                    v["OSType"].as_str().unwrap_or("linux"),
-                    v["Architecture"].as_str().unwrap_or("?")
-                )),
-                cpus: num(&v["NCPU"]) as usize,
-                mem_total: num(&v["MemTotal"]),
-                mem_free: None,
-                remote: std::env::var("DOCKER_HOST")
-                    .is_ok_and(|h| !h.is_empty() && !h.starts_with("unix://")),
-            },
+            Engine::Docker => {
+                let remote = std::env::var("DOCKER_HOST")
+                    .is_ok_and(|h| !h.is_empty() && !h.starts_with("unix://"));
+                EngineFacts {
+                    engine,
+                    version: v["ServerVersion"].as_str().unwrap_or("?").to_owned(),
+                    platform: normalize_platform(&format!(
+                        "{}/{}",
+                        v["OSType"].as_str().unwrap_or("linux"),
+                        v["Architecture"].as_str().unwrap_or("?")
+                    )),
+                    cpus: num(&v["NCPU"]) as usize,
+                    mem_total: num(&v["MemTotal"]),
+                    mem_free: None,
+                    remote,
+                    at: if remote {
+                        remote_at(given_at(engine), v["Name"].as_str())
+                    } else {
+                        THIS_MACHINE.to_owned()
+                    },
+                    // Docker names its data root; only a local one can be measured from here.
+                    store: v["DockerRootDir"].as_str().map(|path| Store {
+                        path: path.to_owned(),
+                        free: None,
+                    }),
+                }
+            }
         })
     }
 }
@@ -544,6 +622,48 @@ mod tests {
     }
 
     #[test]
+    fn the_store_and_the_name_are_the_engines() {
+        // `podman info` of the 2 GiB rig (podman 4.3.1), trimmed: its store is its own
+        // filesystem, 4 GiB with 1 GiB used.
+        let rig = r#"{"host":{"arch":"amd64","os":"linux","cpus":2,"memTotal":2147483648,
+            "hostname":"e2e-rig","serviceIsRemote":true},
+            "store":{"graphRoot":"/var/lib/containers/storage","graphRootAllocated":4294967296,
+            "graphRootUsed":1073741824},"version":{"Version":"4.3.1"}}"#;
+        let f = EngineFacts::parse(Engine::Podman, rig).unwrap();
+        assert_eq!(
+            f.store,
+            Some(Store {
+                path: "/var/lib/containers/storage".into(),
+                free: Some(3 << 30)
+            })
+        );
+        // Which remote: as this machine was told to reach it, else the engine's host name.
+        assert_eq!(
+            remote_at(
+                Some("ssh://root@127.0.0.1:2222/run/podman/podman.sock".into()),
+                Some("vm")
+            ),
+            "ssh://root@127.0.0.1:2222/run/podman/podman.sock"
+        );
+        assert_eq!(
+            remote_at(None, Some("podman-machine-default")),
+            "host podman-machine-default"
+        );
+        assert_eq!(
+            remote_at(Some(String::new()), None),
+            "the default connection"
+        );
+        // An engine that does not say how full its store is: the path, no free figure.
+        let old = r#"{"host":{"serviceIsRemote":false},"store":{"graphRoot":"/x"}}"#;
+        let f = EngineFacts::parse(Engine::Podman, old).unwrap();
+        assert_eq!((f.at.as_str(), f.store.unwrap().free), (THIS_MACHINE, None));
+        let docker =
+            r#"{"OSType":"linux","Architecture":"x86_64","DockerRootDir":"/var/lib/docker"}"#;
+        let f = EngineFacts::parse(Engine::Docker, docker).unwrap();
+        assert_eq!(f.store.unwrap().path, "/var/lib/docker");
+    }
+
+    #[test]
     fn facts_are_the_engines_not_the_clients() {
         // Trimmed from `podman info --format json` of podman 4.3 (as a remote client on a
         // Mac would print it: the host part describes the engine's machine).
@@ -561,6 +681,8 @@ mod tests {
         );
         assert!(EngineFacts::parse(Engine::Podman, "Error: no").is_err());
         let local = r#"{"Client":{"Version":"4.3.1","OsArch":"linux/amd64"}}"#;
+        let f = EngineFacts::local_podman(local).unwrap().unwrap();
+        assert_eq!((f.at.as_str(), f.store.as_ref()), (THIS_MACHINE, None));
         let f = EngineFacts::local_podman(local).unwrap().unwrap();
         assert_eq!((f.platform.as_str(), f.remote), ("linux/amd64", false));
         let remote = r#"{"Client":{"OsArch":"darwin/arm64"},"Server":{"OsArch":"linux/arm64"}}"#;

@@ -2,10 +2,13 @@
 //! itself (platform, memory, CPUs, local or remote), whether it has the base image, and the
 //! memory budgets. `doctor` judges these facts; every later stage takes the same values.
 
+use std::path::Path;
+
 use anyhow::Context;
 
 use crate::{
-    engine::{Engine, EngineFacts, ImageInfo},
+    cmd::Cmd,
+    engine::{Engine, EngineFacts, ImageInfo, Store},
     memory::{self, Budget},
     problem::Problem,
 };
@@ -17,6 +20,8 @@ pub struct Facts {
     pub base_image: String,
     /// The base image in the engine (`None`: not there, or the engine did not answer).
     pub base: Option<ImageInfo>,
+    /// The base image made without a registry, when the configured one is not there.
+    pub offline_base: Option<String>,
     /// The memory image builds may use: the engine machine's.
     pub budget: Result<Budget, Problem>,
     /// The memory the host's `cargo build` may use: the host's.
@@ -50,18 +55,24 @@ impl Env {
 }
 
 impl Facts {
-    /// Asks the engine for its facts and for the base image at once (each call costs
-    /// tens to hundreds of milliseconds), and reads the host's memory meanwhile.
+    /// Asks the engine for its facts and for each base image candidate (the configured one,
+    /// then the offline one) at once, since each call costs tens of milliseconds here and
+    /// seconds over ssh; reads the host's memory meanwhile. `base_image` is the first
+    /// candidate the engine has, else the first.
     pub fn gather(
         engine: Result<Engine, Problem>,
-        base_image: &str,
+        candidates: &[&str],
         budget_flag: Option<u64>,
     ) -> Facts {
         let (answer, base) = match engine {
             Err(p) => (Err(p), None),
             Ok(e) => std::thread::scope(|s| {
                 let info = s.spawn(|| ask(e));
-                let base = e.image(base_image);
+                let found: Vec<_> = candidates
+                    .iter()
+                    .map(|c| s.spawn(move || e.image(c).map(|i| (c.to_string(), i))))
+                    .collect();
+                let base = found.into_iter().find_map(|h| h.join().expect("no panic"));
                 let answer = match info.join().expect("no panic") {
                     Ok(Ok(facts)) => Ok(facts),
                     Ok(Err(err)) => Err(Problem::new(format!("{err:#}"), e.not_answering_fix())),
@@ -70,7 +81,7 @@ impl Facts {
                         e.not_answering_fix(),
                     )),
                 };
-                (answer, base)
+                (answer.map(|f| with_local_store(f, base.as_ref())), base)
             }),
         };
         let host = memory::read()
@@ -96,10 +107,20 @@ impl Facts {
             }),
             None => host,
         };
+        let (base_image, base) = match base {
+            Some((name, info)) => (name, Some(info)),
+            None => (
+                candidates
+                    .first()
+                    .map_or_else(String::new, |c| c.to_string()),
+                None,
+            ),
+        };
         Facts {
             engine: answer,
-            base_image: base_image.to_owned(),
+            base_image,
             base,
+            offline_base: candidates.get(1).map(|c| c.to_string()),
             budget,
             host_budget,
         }
@@ -112,7 +133,7 @@ impl Facts {
         let base_image_id = match (base_image_id, &self.base) {
             (Some(id), _) => id.to_owned(),
             (None, Some(b)) => b.id.clone(),
-            (None, None) => return Err(self.missing_base(facts.engine).into()),
+            (None, None) => return Err(self.missing_base(&facts).into()),
         };
         Ok(Env {
             facts,
@@ -126,28 +147,78 @@ impl Facts {
         })
     }
 
-    pub fn missing_base(&self, engine: Engine) -> Problem {
+    pub fn missing_base(&self, engine: &EngineFacts) -> Problem {
+        let program = engine.engine.program();
+        let offline = match self.offline_base.as_deref() {
+            Some(offline) => format!(
+                ", or where no registry answers makes {offline} with debootstrap on this machine \
+                 (`test/e2e/make-base-image.sh`, as root) and imports it into {}",
+                crate::build::base_destination(engine)
+            ),
+            None => String::new(),
+        };
         Problem::new(
             format!(
-                "the base image {} is not in {}'s image store",
-                self.base_image,
-                engine.program()
+                "the base image {} is not in the image store of {program} at {}",
+                self.base_image, engine.at
             ),
             format!(
-                "`cargo xtask e2e` (or prebuild-images) pulls it, or where no registry answers makes the \
-                 offline one with debootstrap (`test/e2e/make-base-image.sh`, as root); or set E2E_BASE_IMAGE \
-                 to an image {} has",
-                engine.program()
+                "`cargo xtask e2e` (or prebuild-images) pulls it into that engine{offline}; or set \
+                 E2E_BASE_IMAGE to an image it has"
             ),
         )
     }
+}
+
+/// A local engine's store is on this machine: where the base image's layers are (`podman
+/// info`, which says it, takes ten times as long as one `image inspect`), measured with `df`.
+/// Docker names its data root; a remote engine's store is as the engine reported it.
+fn with_local_store(mut f: EngineFacts, base: Option<&(String, ImageInfo)>) -> EngineFacts {
+    if f.remote {
+        return f;
+    }
+    let path = match (f.store.take(), base) {
+        (Some(store), _) => Some(store.path),
+        (None, Some((image, _))) => f
+            .engine
+            .layer_dir(image)
+            .read()
+            .ok()
+            .and_then(|dir| graph_root(&dir)),
+        (None, None) => None,
+    };
+    f.store = path.map(|path| Store {
+        free: free_disk(Path::new(&path)),
+        path,
+    });
+    f
+}
+
+/// `/var/lib/containers/storage` of `/var/lib/containers/storage/overlay/<id>/diff`.
+pub fn graph_root(layer_dir: &str) -> Option<String> {
+    let dir = layer_dir.trim();
+    let (root, _) = dir.rsplit_once("/overlay/")?;
+    Some(root.to_owned()).filter(|r| r.starts_with('/'))
+}
+
+/// Free bytes on the filesystem of `dir` (or its nearest existing parent), from `df`.
+pub fn free_disk(dir: &Path) -> Option<u64> {
+    let existing = dir.ancestors().find(|d| d.exists())?;
+    let out = Cmd::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(existing.display().to_string())
+        .read()
+        .ok()?;
+    out.lines().nth(1)?.trim().parse().ok()
 }
 
 /// The engine's facts: `version` first (cheap), and `info` only when the engine is not a
 /// local podman. The outer error: the engine did not answer; the inner: it answered
 /// something unreadable.
 fn ask(engine: Engine) -> anyhow::Result<anyhow::Result<EngineFacts>> {
-    if engine == Engine::Podman {
+    // Told where a remote podman is: one call, `info`, answers everything.
+    let told_remote = std::env::var_os("CONTAINER_HOST").is_some_and(|h| !h.is_empty());
+    if engine == Engine::Podman && !told_remote {
         let version = engine.version().read()?;
         if let Some(local) = EngineFacts::local_podman(&version) {
             return Ok(local);
@@ -155,4 +226,24 @@ fn ask(engine: Engine) -> anyhow::Result<anyhow::Result<EngineFacts>> {
     }
     let json = engine.info().read()?;
     Ok(EngineFacts::parse(engine, &json))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_store_is_where_the_layers_are() {
+        assert_eq!(
+            graph_root("/var/lib/containers/storage/overlay/2f01/diff\n").as_deref(),
+            Some("/var/lib/containers/storage")
+        );
+        assert_eq!(
+            graph_root("/root/.local/share/containers/storage/overlay/ab/diff").as_deref(),
+            Some("/root/.local/share/containers/storage")
+        );
+        assert_eq!(graph_root("<no value>"), None);
+        assert_eq!(graph_root(""), None);
+        assert!(free_disk(Path::new("/")).is_some_and(|f| f > 0));
+    }
 }

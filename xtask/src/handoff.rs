@@ -6,11 +6,19 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{engine::Engine, fsx, project::Project};
+use crate::{
+    engine::{Engine, EngineFacts, THIS_MACHINE},
+    fsx,
+    project::Project,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Handoff {
     pub engine: Engine,
+    /// Which engine has these images: `this machine`, or how this machine reaches a remote
+    /// one (see [`EngineFacts::at`]). Files written before this field are of the local engine.
+    #[serde(default = "this_machine")]
+    pub at: String,
     pub platform: String,
     pub base_image: String,
     pub base_image_id: String,
@@ -31,7 +39,27 @@ pub struct ImageRecord {
     pub size: u64,
 }
 
+fn this_machine() -> String {
+    THIS_MACHINE.to_owned()
+}
+
 impl Handoff {
+    /// Whether this record describes that engine's images (another engine has others, even
+    /// where the tags are the same).
+    pub fn is_of(&self, f: &EngineFacts) -> bool {
+        self.engine == f.engine && self.at == f.at && self.platform == f.platform
+    }
+
+    /// `podman at unix:///run/e2e-rig/podman.sock (linux/amd64)`.
+    pub fn engine_name(&self) -> String {
+        format!(
+            "{} at {} ({})",
+            self.engine.program(),
+            self.at,
+            self.platform
+        )
+    }
+
     pub fn path(project: &Project) -> PathBuf {
         project.e2e_dir().join("images.json")
     }

@@ -71,6 +71,7 @@ pub fn pull(
         let images = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Handoff {
             engine,
+            at: prepared.env.facts.at.clone(),
             platform: prepared.env.platform().to_owned(),
             base_image: prepared.env.base_image.clone(),
             base_image_id: prepared.env.base_image_id.clone(),

@@ -76,7 +76,7 @@ pub struct PrebuildArgs {
 impl PrebuildArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let r = Reporter::new();
-        let session = Session::open_with(project, &self.build, Some(&r))?;
+        let session = Session::open(project, &self.build, &r, true)?;
         prebuild(project, &r, &self.build, &session, &self.images)?;
         Ok(())
     }
@@ -90,30 +90,48 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn open(project: &Project, opts: &BuildOptions) -> anyhow::Result<Session> {
-        Session::open_with(project, opts, None)
-    }
-
-    /// [`Session::open`]; with a reporter, a missing base image is provisioned first (see
-    /// [`provision_base`]).
-    pub fn open_with(
+    /// Reads the images file and asks the engine for its facts, as the run's first phase
+    /// (over ssh, each answer takes seconds). With `provision`, a base image the engine
+    /// lacks is pulled or made first (see [`provision_base`]).
+    pub fn open(
         project: &Project,
         opts: &BuildOptions,
-        r: Option<&Reporter>,
+        r: &Reporter,
+        provision: bool,
     ) -> anyhow::Result<Session> {
-        let mut images = load_images(project, opts)?;
+        let images = load_images(project, opts)?;
         // The one place the engine is decided (as asked, else podman, else docker).
         let engine = Engine::detect(opts.engine);
-        if let Ok(engine) = engine {
-            let base = match r {
-                Some(r) => provision_base(project, r, engine, &images),
-                None => present_base(engine, &images),
-            };
-            if let Some(base) = base.filter(|b| *b != images.base_image) {
-                images = load_images_with_base(project, opts, &base)?;
+        let candidates: Vec<&str> = std::iter::once(images.base_image.as_str())
+            .chain(images.offline_base_image.as_deref())
+            .collect();
+        let mut facts = r.phase("ask the engine", |r| {
+            if let Ok(e) = engine {
+                let at = crate::engine::given_at(e).map(|a| format!(" at {a}"));
+                // Asked once; over ssh each answer takes seconds.
+                r.line(format!(
+                    "  asking {}{}: its platform, memory, CPUs, store and base image",
+                    e.program(),
+                    at.unwrap_or_default()
+                ));
+            }
+            Ok(Facts::gather(
+                engine.clone(),
+                &candidates,
+                opts.memory_budget,
+            ))
+        })?;
+        if let (true, None, Ok(f)) = (provision, &facts.base, &facts.engine) {
+            if let Some(made) = provision_base(project, r, f, &images) {
+                facts.base = f.engine.image(&made);
+                facts.base_image = made;
             }
         }
-        let facts = Facts::gather(engine, &images.base_image, opts.memory_budget);
+        let images = if facts.base_image != images.base_image {
+            load_images_with_base(project, opts, &facts.base_image)?
+        } else {
+            images
+        };
         Ok(Session { images, facts })
     }
 
@@ -166,41 +184,30 @@ fn load_images_with_base(
     Images::load(&file, Some(base.to_owned()))
 }
 
-/// The base image the engine has: the configured one, else the offline one.
-pub fn present_base(engine: Engine, images: &Images) -> Option<String> {
-    std::iter::once(images.base_image.as_str())
-        .chain(images.offline_base_image.as_deref())
-        .find(|i| engine.image(i).is_some())
-        .map(str::to_owned)
-}
-
-/// The base image to build on, so that a machine with an engine and Rust needs nothing
-/// else: the configured one when the engine has it; else the offline one when the engine
-/// has it; else the configured one, pulled; else the offline one, made with debootstrap
-/// (`test/e2e/make-base-image.sh`). `None` when none worked (doctor then says so).
+/// When the engine has neither base image: the configured one, pulled; else the offline one,
+/// made with debootstrap on this machine (`test/e2e/make-base-image.sh`) and imported into
+/// the engine (a remote engine's store, through its API). `None` when neither worked
+/// (doctor then says so).
 pub fn provision_base(
     project: &Project,
     r: &Reporter,
-    engine: Engine,
+    engine: &crate::engine::EngineFacts,
     images: &Images,
 ) -> Option<String> {
-    if let Some(present) = present_base(engine, images) {
-        return Some(present);
-    }
     let offline = images.offline_base_image.as_deref();
     let log = project.logs_dir().join("base-image.log");
-    let pull = Cmd::new(engine.program()).args(["pull", &images.base_image]);
+    let program = engine.engine.program();
+    let pull = Cmd::new(program).args(["pull", &images.base_image]);
     r.line(format!(
-        "the base image {} is not in {}: pulling it",
-        images.base_image,
-        engine.program()
+        "the base image {} is not in {program} at {}: pulling it into that engine's store",
+        images.base_image, engine.at
     ));
     r.command(&pull);
     if pull.run_logged(&log).is_ok() {
         return Some(images.base_image.clone());
     }
     let offline = offline?;
-    if engine != Engine::Podman {
+    if engine.engine != Engine::Podman {
         return None;
     }
     let make = Cmd::new("bash")
@@ -213,7 +220,8 @@ pub fn provision_base(
         )
         .arg(offline);
     r.line(format!(
-        "no registry answers: making {offline} with debootstrap (about a minute)"
+        "no registry answers: making {offline} with debootstrap on this machine (about a minute) and importing it into {}",
+        base_destination(engine)
     ));
     r.command(&make);
     match make.run_logged(&log) {
@@ -222,6 +230,18 @@ pub fn provision_base(
             r.line(format!("could not make {offline}: {e:#}"));
             None
         }
+    }
+}
+
+/// Where a base image made on this machine goes: the engine's own store.
+pub fn base_destination(engine: &crate::engine::EngineFacts) -> String {
+    if engine.remote {
+        format!(
+            "the engine at {} through its API (its own store; nothing goes into this machine's)",
+            engine.at
+        )
+    } else {
+        "this machine's podman".to_owned()
     }
 }
 
@@ -436,7 +456,7 @@ pub fn finish_with(
         records.push(item.record(image));
     }
     // Images not selected this time keep their previous entry, so the file lists every image.
-    if let Some(prev) = previous.filter(|p| p.engine == env.engine()) {
+    if let Some(prev) = previous.filter(|p| p.is_of(&env.facts)) {
         for old in prev.images {
             if !records.iter().any(|r| r.name == old.name)
                 && images.images.iter().any(|i| i.name == old.name)
@@ -455,6 +475,7 @@ pub fn finish_with(
     records.sort_by_key(|r| order(&r.name));
     let handoff = Handoff {
         engine: env.engine(),
+        at: env.facts.at,
         platform: env.facts.platform,
         base_image: env.base_image,
         base_image_id: env.base_image_id,
@@ -504,6 +525,7 @@ pub fn tidy(r: &Reporter, handoff: &Handoff) {
 pub fn planned_handoff(prepared: &Prepared) -> Handoff {
     Handoff {
         engine: prepared.env.engine(),
+        at: prepared.env.facts.at.clone(),
         platform: prepared.env.platform().to_owned(),
         base_image: prepared.env.base_image.clone(),
         base_image_id: prepared.env.base_image_id.clone(),

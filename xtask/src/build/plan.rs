@@ -57,13 +57,42 @@ pub enum Action {
     },
 }
 
+/// What `images.json` says of an image, for the reason a build is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded<'a> {
+    /// No record of it.
+    Nothing,
+    /// This engine's record: the fingerprint it was built with.
+    Here(&'a str),
+    /// The record is of another engine (named): it says nothing of this one.
+    Elsewhere(&'a str),
+}
+
+/// What `images.json` says of the image named `name`, for the engine `f`.
+pub fn recorded<'a>(
+    previous: Option<&'a Handoff>,
+    f: &crate::engine::EngineFacts,
+    name: &str,
+    other: &'a str,
+) -> Recorded<'a> {
+    match previous {
+        None => Recorded::Nothing,
+        Some(p) if !p.is_of(f) => Recorded::Elsewhere(other),
+        Some(p) => p
+            .images
+            .iter()
+            .find(|i| i.name == name)
+            .map_or(Recorded::Nothing, |i| Recorded::Here(&i.fingerprint)),
+    }
+}
+
 /// The freshness decision. An image is cached only when its fingerprinted tag exists *and*
 /// carries the same full fingerprint in its label: the tag's existence alone is not enough.
 pub fn decide(
     force: bool,
     fingerprint: &str,
     in_engine: Option<ImageInfo>,
-    previous: Option<&str>,
+    previous: Recorded,
 ) -> Action {
     let build = |reason: &str| Action::Build {
         reason: reason.to_owned(),
@@ -75,9 +104,12 @@ pub fn decide(
         Some(image) if image.fingerprint.as_deref() == Some(fingerprint) => Action::Cached(image),
         Some(_) => build("its tag exists but without this fingerprint in its label"),
         None => match previous {
-            Some(p) if p != fingerprint => build("inputs changed since the last build"),
-            Some(_) => build("built before, but no longer in the engine"),
-            None => build("not built yet"),
+            Recorded::Here(p) if p != fingerprint => build("inputs changed since the last build"),
+            Recorded::Here(_) => build("built before, but no longer in the engine"),
+            Recorded::Elsewhere(other) => build(&format!(
+                "not built in this engine yet (images.json was of {other})"
+            )),
+            Recorded::Nothing => build("not built yet"),
         },
     }
 }
@@ -157,11 +189,9 @@ pub(super) fn make_plan(
             .map(|h| h.join().unwrap_or(None))
             .collect()
     });
+    let other = previous.map(Handoff::engine_name).unwrap_or_default();
     for (item, in_engine) in items.iter_mut().zip(found) {
-        let prev = previous
-            .filter(|p| p.engine == env.engine())
-            .and_then(|p| p.images.iter().find(|i| i.name == item.spec.name))
-            .map(|i| i.fingerprint.as_str());
+        let prev = recorded(previous, &env.facts, &item.spec.name, &other);
         item.action = decide(force, &item.fingerprint, in_engine, prev);
     }
     Ok(items)
@@ -341,25 +371,89 @@ mod tests {
             })
         };
         assert_eq!(
-            decide(false, &fp, found(Some(&fp)), None),
+            decide(false, &fp, found(Some(&fp)), Recorded::Nothing),
             Action::Cached(found(Some(&fp)).unwrap())
         );
         assert!(
-            matches!(decide(true, &fp, found(Some(&fp)), None), Action::Build { reason } if reason == "--force")
+            matches!(decide(true, &fp, found(Some(&fp)), Recorded::Nothing), Action::Build { reason } if reason == "--force")
         );
         assert!(
-            matches!(decide(false, &fp, found(None), None), Action::Build { reason } if reason.contains("label"))
+            matches!(decide(false, &fp, found(None), Recorded::Nothing), Action::Build { reason } if reason.contains("label"))
         );
         assert!(matches!(
-            decide(false, &fp, found(Some("other")), None),
+            decide(false, &fp, found(Some("other")), Recorded::Nothing),
             Action::Build { .. }
         ));
         assert!(
-            matches!(decide(false, &fp, None, Some("old")), Action::Build { reason } if reason.contains("inputs changed"))
+            matches!(decide(false, &fp, None, Recorded::Here("old")), Action::Build { reason } if reason.contains("inputs changed"))
         );
         assert!(
-            matches!(decide(false, &fp, None, None), Action::Build { reason } if reason == "not built yet")
+            matches!(decide(false, &fp, None, Recorded::Nothing), Action::Build { reason } if reason == "not built yet")
         );
+    }
+
+    /// A record describes one engine: another engine (the rig after local runs, say) is told
+    /// as new, not as having lost its images; going back finds the record again.
+    #[test]
+    fn the_record_counts_only_for_the_engine_it_names() {
+        let facts = |at: &str| crate::engine::EngineFacts {
+            engine: crate::engine::Engine::Podman,
+            version: "4.3.1".into(),
+            platform: "linux/amd64".into(),
+            cpus: 2,
+            mem_total: 2 << 30,
+            mem_free: None,
+            remote: at != crate::engine::THIS_MACHINE,
+            at: at.into(),
+            store: None,
+        };
+        let record = Handoff {
+            engine: crate::engine::Engine::Podman,
+            at: crate::engine::THIS_MACHINE.into(),
+            platform: "linux/amd64".into(),
+            base_image: String::new(),
+            base_image_id: String::new(),
+            images: vec![ImageRecord {
+                name: "gateway".into(),
+                repository: "localhost/e2e-gateway".into(),
+                reference: "localhost/e2e-gateway:aaaa".into(),
+                id: "id".into(),
+                fingerprint: "aaaa".into(),
+                size: 1,
+            }],
+            built_now: vec![],
+        };
+        let name = record.engine_name();
+        assert_eq!(name, "podman at this machine (linux/amd64)");
+        let local = facts(crate::engine::THIS_MACHINE);
+        let rig = facts("unix:///run/e2e-rig/podman.sock");
+        let fp = "b".repeat(64);
+        assert_eq!(
+            recorded(Some(&record), &local, "gateway", &name),
+            Recorded::Here("aaaa")
+        );
+        assert_eq!(
+            recorded(Some(&record), &local, "redis", &name),
+            Recorded::Nothing
+        );
+        assert_eq!(recorded(None, &rig, "gateway", ""), Recorded::Nothing);
+        let elsewhere = recorded(Some(&record), &rig, "gateway", &name);
+        assert_eq!(elsewhere, Recorded::Elsewhere(name.as_str()));
+        assert_eq!(
+            decide(false, &fp, None, elsewhere),
+            Action::Build {
+                reason: "not built in this engine yet (images.json was of podman at this machine (linux/amd64))".into()
+            }
+        );
+        // Another platform of the same engine is another record too.
+        let arm = crate::engine::EngineFacts {
+            platform: "linux/arm64".into(),
+            ..local.clone()
+        };
+        assert!(matches!(
+            recorded(Some(&record), &arm, "gateway", &name),
+            Recorded::Elsewhere(_)
+        ));
     }
 
     #[test]
@@ -374,6 +468,7 @@ mod tests {
         };
         let handoff = Handoff {
             engine: crate::engine::Engine::Podman,
+            at: String::new(),
             platform: String::new(),
             base_image: String::new(),
             base_image_id: String::new(),
