@@ -17,24 +17,11 @@ use anyhow::Context;
 
 use crate::{
     build::{self, BuildOptions, Session},
-    cmd::Cmd,
-    doctor,
-    e2e::{self, E2eArgs, Runtime},
-    engine::Podman,
-    fsx,
-    handoff::Handoff,
     interrupt,
-    manifests::{Manifests, PodmanStack},
     project::Project,
-    ready,
     report::{secs, Reporter},
-    runtime::{
-        self,
-        kind::{self, KindFiles, KindRun},
-        podman::PodmanRun,
-        step::{Live, Runner},
-        RunId,
-    },
+    run::{RunOptions, Runtime, Source},
+    runtime::{self, RunId, Stack},
 };
 
 #[derive(clap::Args, Debug)]
@@ -106,32 +93,17 @@ pub fn changes_content(kind: &notify::EventKind) -> bool {
     }
 }
 
-/// The pods of `new` whose rendered YAML differs from `old`'s (a new image reference, or a
-/// changed manifest): the pods to replace.
-pub fn changed_pods(old: &PodmanStack, new: &PodmanStack) -> Vec<usize> {
-    (0..new.pods.len())
-        .filter(|&i| {
-            old.pod_yaml.get(i) != new.pod_yaml.get(i)
-                || old.pods.get(i).map(|p| &p.name) != Some(&new.pods[i].name)
-        })
-        .collect()
-}
-
 impl DevArgs {
-    fn as_e2e(&self) -> E2eArgs {
-        E2eArgs {
+    fn options(&self) -> RunOptions {
+        RunOptions {
             runtime: self.runtime,
             keep: self.keep,
-            ready_timeout: self.ready_timeout,
+            ready_timeout: Duration::from_secs(self.ready_timeout),
             faults: false,
-            images: None,
-            registry: None,
-            allow_stale: false,
+            source: Source::Build,
             cluster_name: None,
             reuse_cluster: None,
-            dry_run: false,
             suite_in: None,
-            down: None,
             build: self.build.clone(),
             test_args: self.test_args.clone(),
         }
@@ -139,43 +111,24 @@ impl DevArgs {
 
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let r = Reporter::new();
-        let e2e = self.as_e2e();
-        let opts = BuildOptions {
-            engine: e2e::engine_for(self.runtime, self.build.engine)?,
-            ..self.build.clone()
-        };
-        let session = Session::open(project, &opts, &r, true)?;
-        let needs = doctor::Needs {
-            kind: self.runtime == Runtime::Kind,
-            ..doctor::Needs::default()
-        };
-        doctor::require(project, &r, &session, &needs)?;
-        let manifests = Manifests::load(&project.manifests_dir())?;
-        let (handoff, _) = e2e.images_for_run(project, &r, &opts, &session)?;
+        let mut opts = self.options();
+        opts.build.engine = opts.engine()?;
+        let session = Session::open(project, &opts.build, &r, true)?;
+        opts.require(project, &r, &session)?;
+        let manifests = opts.manifests(project)?;
+        let images = opts.images(project, &r, &session, false)?;
         let id = RunId::new(Some("dev"));
-        let timeout = Duration::from_secs(self.ready_timeout);
-        let mut stack = match self.runtime {
-            Runtime::Podman => Stack::Podman(e2e.podman_run(project, &manifests, &handoff, &id)?),
-            Runtime::Kind => {
-                let (run, files) =
-                    e2e.kind_run(project, handoff.engine, &manifests, &handoff, &id)?;
-                Stack::Kind(run, files)
-            }
-        };
+        let mut stack = opts.stack(project, &session, &manifests, &images.handoff, &id, None)?;
         r.line(format!("dev run {id}"));
-        let mut runner = Runner {
-            dir: id.dir(project),
-            log: id.log(project),
-            exec: &mut Live,
-            record: None,
-        };
-        let up = match &stack {
-            Stack::Podman(run) => runner.phases(&r, &run.plan(timeout, vec![])),
-            Stack::Kind(run, files) => runner.phases(&r, &run.plan(files, timeout, vec![])),
-        };
-        let record = runner.record.clone();
+        let (up, record) = runtime::execute(
+            &*stack,
+            &r,
+            project,
+            &stack.plan(opts.ready_timeout, vec![]),
+            None,
+        );
         let outcome = up.and_then(|()| {
-            let suite = self.suite(project, &stack.urls());
+            let suite = stack.suite(project, "e2e", &self.test_args);
             let passed = r.phase("run E2E suite", |r| {
                 r.command(&suite);
                 Ok(suite.run_inherit().is_ok())
@@ -185,7 +138,7 @@ impl DevArgs {
                 if passed { "passed" } else { "FAILED" }
             ));
             // What each running service image is, its binary left out: a change of only the
-            // binary is synced into the running container (see `live_update`).
+            // binary is synced into the running container (see `Stack::sync_binaries`).
             let mut running: Running = build::plan_quietly(project, &session, &[])
                 .map(|plan| {
                     plan.into_iter()
@@ -193,21 +146,19 @@ impl DevArgs {
                         .collect()
                 })
                 .unwrap_or_default();
-            self.watch(project, &r, &opts, &session, &mut stack, &mut running)
+            self.watch(
+                project,
+                &r,
+                &opts.build,
+                &session,
+                &mut *stack,
+                &mut running,
+            )
         });
         if let Some(h) = crate::handoff::Handoff::load(project) {
             build::tidy(&r, &h);
         }
-        let teardown = match (&record, self.keep) {
-            (Some(_), true) => {
-                r.line(stack.keep_instructions());
-                Ok(())
-            }
-            (Some(record), false) => r.phase("tear down", |r| {
-                runtime::teardown(&id.dir(project), record, &id.log(project), r, &mut Live)
-            }),
-            (None, _) => Ok(()),
-        };
+        let teardown = runtime::finish(&*stack, &r, record.as_ref(), self.keep);
         match (outcome, teardown) {
             // Ctrl-C is how the loop ends: once torn down (or kept), that is a success.
             (Err(_), Ok(())) if interrupt::interrupted() => {
@@ -220,11 +171,6 @@ impl DevArgs {
         }
     }
 
-    /// The suite's test binary, as the first stack-up or the cycle compiled it.
-    fn suite(&self, project: &Project, urls: &BTreeMap<String, String>) -> Cmd {
-        crate::suite::run(project, "e2e", urls).args(self.test_args.iter().cloned())
-    }
-
     /// Watches the workspace until Ctrl-C; each settled batch of changes is one cycle.
     fn watch(
         &self,
@@ -232,7 +178,7 @@ impl DevArgs {
         r: &Reporter,
         opts: &BuildOptions,
         session: &Session,
-        stack: &mut Stack,
+        stack: &mut dyn Stack,
         running: &mut Running,
     ) -> anyhow::Result<()> {
         use notify::Watcher;
@@ -322,7 +268,7 @@ impl DevArgs {
         r: &Reporter,
         opts: &BuildOptions,
         session: &Session,
-        stack: &mut Stack,
+        stack: &mut dyn Stack,
         running: &mut Running,
         changed: &[String],
     ) -> (String, Option<build::Prepared>) {
@@ -347,7 +293,7 @@ impl DevArgs {
         r: &Reporter,
         opts: &BuildOptions,
         session: &Session,
-        stack: &mut Stack,
+        stack: &mut dyn Stack,
         running: &mut Running,
         changed: &[String],
         record: &mut Option<build::Prepared>,
@@ -394,14 +340,13 @@ impl DevArgs {
         // Only binaries changed: each is synced into its running container, whose process
         // restarts (Tilt's live update); the images follow after the cycle's line.
         let t = Instant::now();
-        match live_update(project, r, &prepared, running, stack) {
+        let synced = match binary_only_changes(&prepared.plan, running) {
+            Some(changed) => stack.sync_binaries(project, r, &changed, &prepared.plan),
+            None => Ok(None),
+        };
+        match synced {
             Ok(Some(synced)) => {
                 timed(&mut times, "sync+restart", t);
-                if let Stack::Podman(run) = stack {
-                    if let Err(e) = restack(project, run, &prepared.plan) {
-                        r.line(format!("recording the stack's new images FAILED: {e:#}"));
-                    }
-                }
                 let t = Instant::now();
                 if let Err(e) = stack.wait_ready(r, Duration::from_secs(self.ready_timeout)) {
                     return failed(
@@ -415,7 +360,7 @@ impl DevArgs {
                 }
                 timed(&mut times, "ready", t);
                 let t = Instant::now();
-                let suite = self.suite(project, &stack.urls());
+                let suite = stack.suite(project, "e2e", &self.test_args);
                 r.command(&suite);
                 let passed = suite.run_inherit().is_ok();
                 timed(&mut times, "suite", t);
@@ -519,7 +464,7 @@ impl DevArgs {
                 );
             }
         }
-        let suite = self.suite(project, &stack.urls());
+        let suite = stack.suite(project, "e2e", &self.test_args);
         r.command(&suite);
         let passed = suite.run_inherit().is_ok();
         timed(&mut times, "suite", t);
@@ -532,26 +477,6 @@ impl DevArgs {
             secs(started.elapsed())
         )
     }
-}
-
-/// Where a Dockerfile's `COPY` puts a binary: `COPY gateway /usr/local/bin/gateway` (flags
-/// such as `--chmod` allowed; a destination ending in `/` gets the binary's name).
-pub fn binary_destination(dockerfile: &str, binary: &str) -> Option<String> {
-    dockerfile.lines().find_map(|line| {
-        let mut words = line.split_whitespace();
-        if !words.next()?.eq_ignore_ascii_case("COPY") {
-            return None;
-        }
-        let args: Vec<&str> = words.filter(|w| !w.starts_with("--")).collect();
-        match args.as_slice() {
-            [src, dest] if *src == binary => Some(if dest.ends_with('/') {
-                format!("{dest}{binary}")
-            } else {
-                (*dest).to_owned()
-            }),
-            _ => None,
-        }
-    })
 }
 
 /// Each running image by name: its reference, and its fingerprint outside its binary.
@@ -572,96 +497,6 @@ fn binary_only_changes<'a>(
             && running.get(&i.spec.name).map(|(_, o)| o) == Some(&i.outside_binary)
     };
     (!changed.is_empty() && changed.iter().all(binary_only)).then_some(changed)
-}
-
-/// The live update: when every image the change touched (on podman) packages a binary and
-/// nothing else of it changed (`running` holds each running image's fingerprint outside its
-/// binary) and no manifest changed, each new binary is copied into the containers running
-/// that image (stopped with SIGTERM first, so the gateway hands its outbox lease over, then
-/// started again in the same pod: same address, no new pod). Returns those containers, or
-/// `None` when the change needs new images and pods.
-fn live_update(
-    project: &Project,
-    r: &Reporter,
-    prepared: &build::Prepared,
-    running: &Running,
-    stack: &Stack,
-) -> anyhow::Result<Option<Vec<String>>> {
-    let Stack::Podman(run) = stack else {
-        return Ok(None);
-    };
-    let Some(changed) = binary_only_changes(&prepared.plan, running) else {
-        return Ok(None);
-    };
-    // The manifests rendered with the images that run now must be what runs.
-    let now: BTreeMap<String, String> = run
-        .stack
-        .pods
-        .iter()
-        .flat_map(|p| &p.containers)
-        .map(|c| {
-            (
-                crate::manifests::repository(&c.image).to_owned(),
-                c.image.clone(),
-            )
-        })
-        .collect();
-    let again = run.rerender(&Manifests::load(&project.manifests_dir())?, &now)?;
-    if again.pod_yaml != run.stack.pod_yaml {
-        return Ok(None);
-    }
-    let mut synced = Vec::new();
-    for item in changed {
-        let binary = item.spec.binary().unwrap_or_default();
-        let dockerfile = std::fs::read_to_string(project.root.join(&item.spec.dockerfile))?;
-        let Some(dest) = binary_destination(&dockerfile, binary) else {
-            return Ok(None);
-        };
-        let file = item.context.join(binary);
-        for pod in &run.stack.pods {
-            for c in &pod.containers {
-                if crate::manifests::repository(&c.image) != item.spec.repository {
-                    continue;
-                }
-                let name = crate::engine::container_name(&pod.name, &c.name);
-                for cmd in [
-                    Podman.container_stop(&name),
-                    Podman.cp_into(&file, &name, &dest),
-                    Podman.container_start(&name),
-                ] {
-                    r.command(&cmd);
-                    cmd.run_logged(&run.log)
-                        .with_context(|| format!("syncing {binary} into {name}"))?;
-                }
-                running_after_start(&name)?;
-                synced.push(name);
-            }
-        }
-    }
-    Ok(Some(synced))
-}
-
-/// Until a started container runs (started again while podman 4.3's clean-up of its stop
-/// stops it again: the race the suite's `Stack::start` meets too), within 60 s.
-fn running_after_start(container: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let state = Podman.container_state(container).read().unwrap_or_default();
-        match ready::classify(&state) {
-            ready::Health::Running => return Ok(()),
-            ready::Health::Starting => {}
-            ready::Health::Failed(_) => {
-                let _ = Podman.container_start(container).read();
-            }
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{container} did not run within 60 s of its start ({})",
-            state.trim()
-        );
-        interrupt::check()?;
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// How long the loop waits, idle, before it builds a live update's images.
@@ -690,119 +525,6 @@ fn record_images(project: &Project, r: &Reporter, opts: &BuildOptions, prepared:
     }
 }
 
-/// After a live update: the stack's files and record name the images of `plan` (what now
-/// runs, once packaged), so later cycles compare against them.
-fn restack(project: &Project, run: &mut PodmanRun, plan: &[build::PlanItem]) -> anyhow::Result<()> {
-    let pinned: BTreeMap<String, String> = plan
-        .iter()
-        .map(|i| (i.spec.repository.clone(), i.reference.clone()))
-        .collect();
-    let new = run.rerender(&Manifests::load(&project.manifests_dir())?, &pinned)?;
-    for (pod, yaml) in new.pods.iter().zip(&new.pod_yaml) {
-        fsx::write_atomic(&run.pod_file(&pod.name), yaml)?;
-    }
-    fsx::write_atomic(&run.stack_file(), &new.yaml)?;
-    run.stack = new;
-    Ok(())
-}
-
-/// The running stack the loop changes.
-enum Stack {
-    Podman(PodmanRun),
-    Kind(KindRun, KindFiles),
-}
-
-impl Stack {
-    fn urls(&self) -> BTreeMap<String, String> {
-        match self {
-            Stack::Podman(run) => run.urls(),
-            Stack::Kind(run, _) => run.urls(),
-        }
-    }
-
-    fn keep_instructions(&self) -> String {
-        match self {
-            Stack::Podman(run) => run.keep_instructions(),
-            Stack::Kind(run, _) => format!(
-                "the cluster is left running: kubectl --context kind-{} --namespace {} get pods\n  remove it: cargo xtask e2e --down {}",
-                run.cluster, run.namespace, run.id
-            ),
-        }
-    }
-
-    fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()> {
-        match self {
-            Stack::Podman(run) => ready::wait_ready(run, timeout, r),
-            Stack::Kind(run, _) => kind::wait_ready(run, timeout, r),
-        }
-    }
-
-    /// Renders the manifests with the new images and replaces the pods whose rendering
-    /// changed; returns their names.
-    fn replace(
-        &mut self,
-        project: &Project,
-        r: &Reporter,
-        handoff: &Handoff,
-    ) -> anyhow::Result<Vec<String>> {
-        let manifests = Manifests::load(&project.manifests_dir())?;
-        let run_all = |cmds: Vec<Cmd>, log: &Path, what: &str| -> anyhow::Result<()> {
-            for cmd in cmds {
-                r.command(&cmd);
-                cmd.run_logged(log)
-                    .with_context(|| format!("replacing {what}"))?;
-            }
-            Ok(())
-        };
-        match self {
-            Stack::Podman(run) => {
-                let stack = run.rerender(&manifests, &handoff.pinned())?;
-                let changed = changed_pods(&run.stack, &stack);
-                let mut names = Vec::new();
-                for &i in &changed {
-                    let pod = &stack.pods[i].name;
-                    let file = run.pod_file(pod);
-                    fsx::write_atomic(&file, &stack.pod_yaml[i])?;
-                    let one = std::slice::from_ref(pod);
-                    let cmds = vec![
-                        // Stopped, not killed: a service finishes what it was doing (the
-                        // gateway releases its outbox lease for the new one).
-                        Podman.pod_stop(pod),
-                        Podman.pods_rm(one),
-                        Podman.kube_play(&run.network(), stack.address(pod), &file),
-                    ];
-                    run_all(cmds, &run.log, pod)?;
-                    names.push(pod.clone());
-                }
-                fsx::write_atomic(&run.stack_file(), &stack.yaml)?;
-                run.stack = stack;
-                Ok(names)
-            }
-            Stack::Kind(run, files) => {
-                let (yaml, _) = manifests.render_kind(&handoff.pinned())?;
-                let (old, new) = (kind::pod_docs(&files.stack), kind::pod_docs(&yaml));
-                let names: Vec<String> = new
-                    .keys()
-                    .filter(|k| old.get(*k) != new.get(*k))
-                    .cloned()
-                    .collect();
-                let images: Vec<String> = handoff
-                    .images
-                    .iter()
-                    .filter(|i| !run.references.contains(&i.reference))
-                    .map(|i| i.reference.clone())
-                    .collect();
-                fsx::write_atomic(&run.stack_file(), &yaml)?;
-                run_all(run.replace(&names, &images), &run.log, &names.join(", "))?;
-                let _ = std::fs::remove_file(&run.archive_tar);
-                run.references = handoff.images.iter().map(|i| i.reference.clone()).collect();
-                files.stack = yaml;
-                Ok(names)
-            }
-        }
-    }
-}
-
 fn list(items: &[String]) -> String {
     if items.is_empty() {
         "nothing".into()
@@ -814,6 +536,10 @@ fn list(items: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        manifests::Manifests,
+        runtime::podman::{binary_destination, changed_pods},
+    };
     use std::collections::BTreeMap;
 
     #[test]

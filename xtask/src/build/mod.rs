@@ -135,6 +135,11 @@ impl Session {
         Ok(Session { images, facts })
     }
 
+    /// The engine runs on another machine (a VM, a remote host).
+    pub fn remote(&self) -> bool {
+        self.facts.engine.as_ref().is_ok_and(|f| f.remote)
+    }
+
     /// The facts to go on with, printed once: the engine, its machine, the base image.
     pub fn env(&self, r: &Reporter, base_image_id: Option<&str>) -> anyhow::Result<Env> {
         r.phase("check prerequisites", |r| {

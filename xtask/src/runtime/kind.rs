@@ -17,11 +17,13 @@ use std::{
 use anyhow::Context;
 use serde_norway::Value;
 
-use crate::{cmd::Cmd, engine::Engine, interrupt, report::Reporter};
+use crate::{
+    cmd::Cmd, engine::Engine, handoff::Handoff, interrupt, project::Project, report::Reporter,
+};
 
 use super::{
     step::{Phase, Step},
-    url_var, Created as AnyCreated, RunId, RunRecord, ServiceControl, StackControl,
+    url_var, Created as AnyCreated, RunId, RunRecord, ServiceControl, Stack, StackControl,
 };
 
 /// What a Kind run creates, as recorded for `e2e --down`: a cluster of its own (deleted
@@ -87,9 +89,11 @@ pub struct KindRun {
     pub references: Vec<String>,
     /// The Pods of the manifests, by name.
     pub pods: Vec<String>,
+    pub files: KindFiles,
 }
 
 /// The files a Kind run writes before it starts.
+#[derive(Debug, Clone)]
 pub struct KindFiles {
     /// The rendered cluster config (empty for a reused cluster).
     pub config: String,
@@ -131,101 +135,6 @@ impl KindRun {
             namespace: self.namespace.clone(),
             provider: self.provider,
         }
-    }
-
-    pub fn final_record(&self) -> RunRecord {
-        RunRecord {
-            id: self.id.clone(),
-            pid: std::process::id(),
-            created: AnyCreated::Kind(self.created()),
-        }
-    }
-
-    /// The run as phases: the image archive, the cluster (recorded before it is made), the
-    /// images into the nodes that lack them, the manifests into the run's namespace, the
-    /// wait until ready, then the given test phases.
-    pub fn plan<'a>(
-        &'a self,
-        files: &KindFiles,
-        ready_timeout: Duration,
-        tests: Vec<Phase<'a>>,
-    ) -> Vec<Phase<'a>> {
-        let mut phases = vec![Phase::new(
-            "image archive for kind",
-            vec![
-                Step::Write {
-                    path: self.stack_file(),
-                    contents: files.stack.clone(),
-                },
-                // `kind load image-archive` reads a plain tar: unpack the archive, or save one.
-                Step::Run {
-                    cmd: self.make_tar(),
-                    doing: "making the image archive for kind".into(),
-                },
-            ],
-        )];
-        let mut deploy = Vec::new();
-        if self.reuse {
-            deploy.push(Step::Record(self.final_record()));
-        } else {
-            let mut create = vec![
-                Step::Record(self.final_record()),
-                Step::Write {
-                    path: self.config_file(),
-                    contents: files.config.clone(),
-                },
-                Step::Run {
-                    cmd: self.create_cluster(),
-                    doing: "creating the Kind cluster".into(),
-                },
-            ];
-            if let Some(path) = &files.ports_record {
-                create.push(Step::Write {
-                    path: path.clone(),
-                    contents: serde_json::to_string(&self.ports).expect("ports serialise"),
-                });
-            }
-            phases.push(Phase::new("create cluster", create));
-        }
-        let node = format!("{}-control-plane", self.cluster);
-        let mut what = vec![format!("{}  (the nodes)", self.get_nodes())];
-        what.extend(
-            self.references
-                .iter()
-                .map(|r| format!("{}  (per node and image)", self.node_has_image(&node, r))),
-        );
-        what.push(format!(
-            "{}  (each node that lacks one, all at once)",
-            self.load_archive(&node)
-        ));
-        phases.push(Phase::new(
-            "load images",
-            vec![Step::Watch {
-                what: what.join("\n"),
-                run: Box::new(move |r| load_images(self, r, &self.log)),
-            }],
-        ));
-        deploy.push(Step::Run {
-            cmd: self.create_namespace(),
-            doing: "creating the run's namespace".into(),
-        });
-        deploy.push(Step::Run {
-            cmd: self.apply(),
-            doing: "applying the manifests".into(),
-        });
-        phases.push(Phase::new("deploy", deploy));
-        phases.push(Phase::new(
-            "wait until ready",
-            vec![Step::Watch {
-                what: format!(
-                    "{}  (polled until every pod is Ready)",
-                    self.get_pods_json()
-                ),
-                run: Box::new(move |r| wait_ready(self, ready_timeout, r)),
-            }],
-        ));
-        phases.extend(tests);
-        phases
     }
 
     /// Makes the plain tar `kind load image-archive` reads: unpacks the saved archive, or
@@ -339,7 +248,7 @@ impl KindRun {
     /// The commands that replace pods in the running cluster (the dev loop's rule: only the
     /// pods whose image or manifest changed): the new images into the nodes, each changed
     /// Pod deleted, the new manifests applied (which recreates them and leaves the rest).
-    pub fn replace(&self, pods: &[String], images: &[String]) -> Vec<Cmd> {
+    pub fn replace_cmds(&self, pods: &[String], images: &[String]) -> Vec<Cmd> {
         let mut cmds = Vec::new();
         if !images.is_empty() {
             let mut save = Cmd::new(self.provider.program()).arg("save");
@@ -370,9 +279,110 @@ impl KindRun {
         }
         cmds
     }
+}
+
+impl Stack for KindRun {
+    fn id(&self) -> &RunId {
+        &self.id
+    }
+
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// The run as phases: the image archive, the cluster (recorded before it is made), the
+    /// images into the nodes that lack them, the manifests into the run's namespace, the
+    /// wait until ready, then the given test phases.
+    fn plan<'a>(&'a self, ready_timeout: Duration, tests: Vec<Phase<'a>>) -> Vec<Phase<'a>> {
+        let files = &self.files;
+        let mut phases = vec![Phase::new(
+            "image archive for kind",
+            vec![
+                Step::Write {
+                    path: self.stack_file(),
+                    contents: files.stack.clone(),
+                },
+                // `kind load image-archive` reads a plain tar: unpack the archive, or save one.
+                Step::Run {
+                    cmd: self.make_tar(),
+                    doing: "making the image archive for kind".into(),
+                },
+            ],
+        )];
+        let mut deploy = Vec::new();
+        if self.reuse {
+            deploy.push(Step::Record(self.final_record()));
+        } else {
+            let mut create = vec![
+                Step::Record(self.final_record()),
+                Step::Write {
+                    path: self.config_file(),
+                    contents: files.config.clone(),
+                },
+                Step::Run {
+                    cmd: self.create_cluster(),
+                    doing: "creating the Kind cluster".into(),
+                },
+            ];
+            if let Some(path) = &files.ports_record {
+                create.push(Step::Write {
+                    path: path.clone(),
+                    contents: serde_json::to_string(&self.ports).expect("ports serialise"),
+                });
+            }
+            phases.push(Phase::new("create cluster", create));
+        }
+        let node = format!("{}-control-plane", self.cluster);
+        let mut what = vec![format!("{}  (the nodes)", self.get_nodes())];
+        what.extend(
+            self.references
+                .iter()
+                .map(|r| format!("{}  (per node and image)", self.node_has_image(&node, r))),
+        );
+        what.push(format!(
+            "{}  (each node that lacks one, all at once)",
+            self.load_archive(&node)
+        ));
+        phases.push(Phase::new(
+            "load images",
+            vec![Step::Watch {
+                what: what.join("\n"),
+                run: Box::new(move |r| load_images(self, r, &self.log)),
+            }],
+        ));
+        deploy.push(Step::Run {
+            cmd: self.create_namespace(),
+            doing: "creating the run's namespace".into(),
+        });
+        deploy.push(Step::Run {
+            cmd: self.apply(),
+            doing: "applying the manifests".into(),
+        });
+        phases.push(Phase::new("deploy", deploy));
+        phases.push(Phase::new(
+            "wait until ready",
+            vec![Step::Watch {
+                what: format!(
+                    "{}  (polled until every pod is Ready)",
+                    self.get_pods_json()
+                ),
+                run: Box::new(move |r| wait_ready(self, ready_timeout, r)),
+            }],
+        ));
+        phases.extend(tests);
+        phases
+    }
+
+    fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()> {
+        wait_ready(self, timeout, r)
+    }
 
     /// `<SERVICE>_URL` for each NodePort Service mapped to the host.
-    pub fn urls(&self) -> BTreeMap<String, String> {
+    fn urls(&self) -> BTreeMap<String, String> {
         self.node_ports
             .iter()
             .filter_map(|(svc, np)| {
@@ -383,10 +393,9 @@ impl KindRun {
             .collect()
     }
 
-    /// How the fault tests stop, start and enter each service: a Pod is deleted, and the
-    /// run's manifests applied again bring it back (bare Pods have no controller to scale;
-    /// the other Pods are unchanged by the apply).
-    pub fn stack_control(&self, dedup_ttl_seconds: u64) -> StackControl {
+    /// A Pod is deleted, and the run's manifests applied again bring it back (bare Pods
+    /// have no controller to scale; the other Pods are unchanged by the apply).
+    fn control(&self, dedup_ttl_seconds: u64) -> StackControl {
         let services = self
             .pods
             .iter()
@@ -412,6 +421,81 @@ impl KindRun {
             dedup_ttl_seconds,
             services,
         }
+    }
+
+    fn final_record(&self) -> RunRecord {
+        RunRecord {
+            id: self.id.clone(),
+            pid: std::process::id(),
+            created: AnyCreated::Kind(self.created()),
+        }
+    }
+
+    fn keep_instructions(&self) -> String {
+        let mut s = format!(
+            "the cluster is left running: kubectl --context kind-{} --namespace {} get pods\n",
+            self.cluster, self.namespace
+        );
+        for (k, v) in self.urls() {
+            s.push_str(&format!("  {k}={v}\n"));
+        }
+        s.push_str(&format!("  remove it: cargo xtask e2e --down {}", self.id));
+        s
+    }
+
+    /// The failure bundle: kind's exported logs, the namespace's events, every pod described
+    /// and its logs (and its previous container's).
+    fn save_failure(&self) -> anyhow::Result<PathBuf> {
+        let _ = std::fs::remove_file(&self.archive_tar);
+        let bundle = self.bundle_dir();
+        std::fs::create_dir_all(&bundle)?;
+        for (file, c) in self.bundle(&self.pods) {
+            let text = c
+                .survives_interrupt()
+                .read()
+                .unwrap_or_else(|e| format!("{e:#}"));
+            std::fs::write(bundle.join(file), text)?;
+        }
+        Ok(bundle)
+    }
+
+    fn failure_commands(&self) -> Vec<String> {
+        self.bundle(&self.pods)
+            .into_iter()
+            .map(|(file, c)| format!("{c}  # on failure, into bundle/{file}"))
+            .collect()
+    }
+
+    fn replace(
+        &mut self,
+        project: &Project,
+        r: &Reporter,
+        handoff: &Handoff,
+    ) -> anyhow::Result<Vec<String>> {
+        let manifests = crate::manifests::Manifests::load(&project.manifests_dir())?;
+        let (yaml, _) = manifests.render_kind(&handoff.pinned())?;
+        let (old, new) = (pod_docs(&self.files.stack), pod_docs(&yaml));
+        let names: Vec<String> = new
+            .keys()
+            .filter(|k| old.get(*k) != new.get(*k))
+            .cloned()
+            .collect();
+        let images: Vec<String> = handoff
+            .images
+            .iter()
+            .filter(|i| !self.references.contains(&i.reference))
+            .map(|i| i.reference.clone())
+            .collect();
+        crate::fsx::write_atomic(&self.stack_file(), &yaml)?;
+        for cmd in self.replace_cmds(&names, &images) {
+            r.command(&cmd);
+            cmd.run_logged(&self.log)
+                .with_context(|| format!("replacing {}", names.join(", ")))?;
+        }
+        let _ = std::fs::remove_file(&self.archive_tar);
+        self.references = handoff.images.iter().map(|i| i.reference.clone()).collect();
+        self.files.stack = yaml;
+        Ok(names)
     }
 }
 
@@ -608,9 +692,10 @@ pub fn load_images(run: &KindRun, r: &Reporter, log: &Path) -> anyhow::Result<()
         .collect();
     if lacking.is_empty() {
         r.line("  every node has every image");
+        let _ = std::fs::remove_file(&run.archive_tar);
         return Ok(());
     }
-    std::thread::scope(|s| {
+    let loaded = std::thread::scope(|s| {
         let handles: Vec<_> = lacking
             .iter()
             .map(|n| {
@@ -622,7 +707,9 @@ pub fn load_images(run: &KindRun, r: &Reporter, log: &Path) -> anyhow::Result<()
         handles
             .into_iter()
             .try_for_each(|h| h.join().expect("no panic"))
-    })
+    });
+    let _ = std::fs::remove_file(&run.archive_tar);
+    loaded
 }
 
 #[cfg(test)]
@@ -660,6 +747,7 @@ mod tests {
             references: vec!["localhost/e2e-gateway:aaaa".into()],
             pods: vec!["gateway".into()],
             dir,
+            files: files(),
         }
     }
 
@@ -688,7 +776,7 @@ mod tests {
     #[test]
     fn the_kind_plan_is_the_documented_command_line() {
         let run = run(false, Engine::Podman);
-        let mut plan = step::print(&run.plan(&files(), Duration::from_secs(1), suite(&run)));
+        let mut plan = step::print(&run.plan(Duration::from_secs(1), suite(&run)));
         plan.extend(
             run.final_record()
                 .teardown()
@@ -725,7 +813,7 @@ mod tests {
             let root = std::env::temp_dir()
                 .join(format!("xtask-kind-plan-{}-{reuse}", std::process::id()));
             let run = run_in(&root, reuse, Engine::Docker);
-            let plan = run.plan(&files(), Duration::from_secs(1), suite(&run));
+            let plan = run.plan(Duration::from_secs(1), suite(&run));
             let mut printed = step::printed_commands(&plan);
             printed.extend(
                 run.final_record()
@@ -747,7 +835,7 @@ mod tests {
     fn the_dev_loop_replaces_only_changed_pods_through_kubectl() {
         let run = run(false, Engine::Podman);
         let cmds: Vec<String> = run
-            .replace(&["gateway".into()], &["localhost/e2e-gateway:bbbb".into()])
+            .replace_cmds(&["gateway".into()], &["localhost/e2e-gateway:bbbb".into()])
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -761,7 +849,7 @@ mod tests {
             ]
         );
         assert!(
-            run.replace(&[], &[]).is_empty(),
+            run.replace_cmds(&[], &[]).is_empty(),
             "nothing changed, nothing run"
         );
         let m =
@@ -782,7 +870,7 @@ mod tests {
     #[test]
     fn a_reused_cluster_is_neither_created_nor_deleted() {
         let run = run(true, Engine::Docker);
-        let mut plan = step::print(&run.plan(&files(), Duration::from_secs(1), vec![]));
+        let mut plan = step::print(&run.plan(Duration::from_secs(1), vec![]));
         plan.extend(
             run.final_record()
                 .teardown()

@@ -13,11 +13,133 @@ pub mod step;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::{cmd::Cmd, fsx, project::Project, report::Reporter};
+use crate::{cmd::Cmd, fsx, handoff::Handoff, project::Project, report::Reporter};
+use step::{Live, Phase, Runner};
+
+/// A stack a run brings up, on podman ([`podman::PodmanRun`]) or in Kind ([`kind::KindRun`]):
+/// `e2e` and `dev` drive either through this, and never ask which it is.
+pub trait Stack {
+    fn id(&self) -> &RunId;
+    /// `target/e2e/runs/<id>`: the rendered files, the record, logs on failure.
+    fn dir(&self) -> &Path;
+    /// Where every command of the run logs its output.
+    fn log(&self) -> &Path;
+    /// Deploy, wait until ready, then `tests`: the phases a run prints or executes.
+    fn plan<'a>(&'a self, ready_timeout: Duration, tests: Vec<Phase<'a>>) -> Vec<Phase<'a>>;
+    /// Until every service is ready again (after `dev` replaced some).
+    fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()>;
+    /// The services' URLs for a suite on this machine: `<SERVICE>_URL`.
+    fn urls(&self) -> BTreeMap<String, String>;
+    /// How the fault tests stop, start and enter each service.
+    fn control(&self, dedup_ttl_seconds: u64) -> StackControl;
+    /// What the run has created once every step ran (for `--dry-run`'s teardown).
+    fn final_record(&self) -> RunRecord;
+    /// How to reach and remove a stack left up with `--keep`.
+    fn keep_instructions(&self) -> String;
+    /// After a failure: what explains it (every container's log; Kind's bundle), kept in
+    /// the run's directory; returns where.
+    fn save_failure(&self) -> anyhow::Result<PathBuf>;
+    /// The commands [`Stack::save_failure`] runs, for `--dry-run`.
+    fn failure_commands(&self) -> Vec<String>;
+    /// `dev`: the manifests rendered with the images of `handoff`; the pods whose rendering
+    /// changed are replaced (the others keep running). Returns their names.
+    fn replace(
+        &mut self,
+        project: &Project,
+        r: &Reporter,
+        handoff: &Handoff,
+    ) -> anyhow::Result<Vec<String>>;
+    /// `dev`'s live update: each new binary of `changed` copied into the containers that run
+    /// its image, restarted in place; the stack then names the images of `plan`. Returns
+    /// those containers, or `None` when this stack cannot (a new image and pod are needed).
+    fn sync_binaries(
+        &mut self,
+        _project: &Project,
+        _r: &Reporter,
+        _changed: &[&crate::build::PlanItem],
+        _plan: &[crate::build::PlanItem],
+    ) -> anyhow::Result<Option<Vec<String>>> {
+        Ok(None)
+    }
+    /// Where readiness is asked and the suite runs, when that needs saying.
+    fn where_it_runs(&self) -> Option<String> {
+        None
+    }
+    /// Steps before the suite runs (packaging it for the engine).
+    fn suite_steps<'a>(&'a self, _project: &'a Project) -> Vec<step::Step<'a>> {
+        Vec::new()
+    }
+    /// One of the suite's test binaries against this stack, as it runs: here, with the
+    /// published URLs.
+    fn suite(&self, project: &Project, test: &str, args: &[String]) -> Cmd {
+        crate::suite::run(project, test, &self.urls()).args(args.iter().cloned())
+    }
+}
+
+/// Runs the phases (after what `record` says was made already); on failure keeps what
+/// explains it. Returns the outcome and the record of what exists, for [`finish`].
+pub fn execute(
+    stack: &dyn Stack,
+    r: &Reporter,
+    project: &Project,
+    plan: &[Phase],
+    record: Option<RunRecord>,
+) -> (anyhow::Result<()>, Option<RunRecord>) {
+    let mut runner = Runner {
+        dir: stack.dir().to_owned(),
+        log: stack.log().to_owned(),
+        exec: &mut Live,
+        record,
+    };
+    let outcome = runner.phases(r, plan);
+    if outcome.is_err() && runner.record.is_some() {
+        match stack.save_failure() {
+            Ok(dir) => r.line(format!(
+                "what explains the failure is kept in {}",
+                project.display(&dir)
+            )),
+            Err(e) => r.line(format!("could not keep the containers' logs: {e:#}")),
+        }
+    }
+    (outcome, runner.record)
+}
+
+/// The end of every run: tears down what `record` says exists, or with `keep` leaves it and
+/// says how to reach it.
+pub fn finish(
+    stack: &dyn Stack,
+    r: &Reporter,
+    record: Option<&RunRecord>,
+    keep: bool,
+) -> anyhow::Result<()> {
+    match (record, keep) {
+        (Some(_), true) => {
+            r.line(stack.keep_instructions());
+            Ok(())
+        }
+        (Some(record), false) => r.phase("tear down", |r| {
+            teardown(stack.dir(), record, stack.log(), r, &mut Live)
+        }),
+        (None, _) => Ok(()),
+    }
+}
+
+/// A run's outcome and its teardown's, as one result.
+pub fn combine(outcome: anyhow::Result<()>, teardown: anyhow::Result<()>) -> anyhow::Result<()> {
+    match (outcome, teardown) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) => Err(e.context("E2E failed")),
+        (Ok(()), Err(t)) => Err(t.context("E2E passed but the teardown failed")),
+        (Err(e), Err(t)) => {
+            Err(e.context(format!("E2E failed, and the teardown failed too: {t:#}")))
+        }
+    }
+}
 
 /// A run's id, `20261127-103501-4242` (UTC time, then the process id), which sorts by time
 /// and is unique per process; every name a run gives derives from it.

@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -11,19 +11,22 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     engine::{container_name, Engine, Podman},
+    handoff::Handoff,
     manifests::{secret_payload, PodmanStack},
     project::Project,
     ready,
     report::{secs, Reporter},
+    suite::InEngine,
 };
 
 use super::{
     step::{Phase, Step},
-    url_var, Created as AnyCreated, RunId, RunRecord, ServiceControl, StackControl,
+    url_var, Created as AnyCreated, RunId, RunRecord, ServiceControl, Stack, StackControl,
 };
 
 /// What a podman run has created (or is about to).
@@ -167,9 +170,9 @@ pub struct PodmanRun {
     /// The engine runs on another machine: its published ports are not reachable here, so
     /// readiness is asked from inside the containers and the suite runs on the network.
     pub remote: bool,
-    /// An image of the run's own (the suite, packaged for the engine), recorded with the
-    /// run so its teardown removes it.
-    pub suite_image: Option<String>,
+    /// The suite, packaged for the engine and run on the run's network; its image is
+    /// recorded with the run, so its teardown removes it.
+    pub suite: Option<InEngine>,
     /// The pods started before the service images exist ([`Self::plan_early`]).
     pub early: std::collections::BTreeSet<String>,
     /// The early pods' images, while an archive is loading them: the early pods start as
@@ -185,7 +188,7 @@ impl PodmanRun {
     pub fn new(project: &Project, id: RunId, stack: PodmanStack) -> PodmanRun {
         PodmanRun {
             remote: false,
-            suite_image: None,
+            suite: None,
             early: Default::default(),
             arriving: None,
             dir: id.dir(project),
@@ -245,20 +248,6 @@ impl PodmanRun {
             .collect()
     }
 
-    /// The services' URLs for the test suite: `<POD>_URL` for each published pod.
-    pub fn urls(&self) -> BTreeMap<String, String> {
-        self.stack
-            .published
-            .iter()
-            .map(|p| {
-                (
-                    url_var(&p.base),
-                    format!("http://127.0.0.1:{}", p.host_port),
-                )
-            })
-            .collect()
-    }
-
     /// The services' URLs on the run's network (for a suite that runs in a container there):
     /// `http://<pod>:<container port>`.
     pub fn network_urls(&self) -> BTreeMap<String, String> {
@@ -286,30 +275,13 @@ impl PodmanRun {
         vec![Phase::new("deploy infrastructure", self.deploy_steps(true))]
     }
 
-    /// Deploy what [`Self::plan_early`] did not (everything, without early pods), wait until
-    /// ready, then the given test phases.
-    pub fn plan<'a>(&'a self, ready_timeout: Duration, tests: Vec<Phase<'a>>) -> Vec<Phase<'a>> {
-        let mut phases = vec![
-            Phase::new("deploy", self.deploy_steps(false)),
-            Phase::new(
-                "wait until ready",
-                vec![Step::Watch {
-                    what: "readiness: each container's readinessProbe, polled (podman exec / HTTP GET)".into(),
-                    run: Box::new(move |r| ready::wait_ready(self, ready_timeout, r)),
-                }],
-            ),
-        ];
-        phases.extend(tests);
-        phases
-    }
-
     /// The deploy steps: `early` the network, secrets and early pods; else the rest.
     fn deploy_steps(&self, early: bool) -> Vec<Step<'_>> {
         let network = self.network();
         let all_at_once = self.early.is_empty();
         let mut created = Created {
             network: Some(network.clone()),
-            images: self.suite_image.iter().cloned().collect(),
+            images: self.suite.iter().map(|p| p.image.clone()).collect(),
             remote: self.remote,
             ..Created::default()
         };
@@ -395,20 +367,67 @@ impl PodmanRun {
         });
         steps
     }
+}
 
-    /// What the run has created once every step ran (for `--dry-run`'s teardown).
-    pub fn final_record(&self) -> RunRecord {
+impl Stack for PodmanRun {
+    fn id(&self) -> &RunId {
+        &self.id
+    }
+
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// Deploy what [`PodmanRun::plan_early`] did not (everything, without early pods), wait
+    /// until ready, then the given test phases.
+    fn plan<'a>(&'a self, ready_timeout: Duration, tests: Vec<Phase<'a>>) -> Vec<Phase<'a>> {
+        let mut phases = vec![
+            Phase::new("deploy", self.deploy_steps(false)),
+            Phase::new(
+                "wait until ready",
+                vec![Step::Watch {
+                    what: "readiness: each container's readinessProbe, polled (podman exec / HTTP GET)".into(),
+                    run: Box::new(move |r| ready::wait_ready(self, ready_timeout, r)),
+                }],
+            ),
+        ];
+        phases.extend(tests);
+        phases
+    }
+
+    fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()> {
+        ready::wait_ready(self, timeout, r)
+    }
+
+    /// The services' URLs for the test suite: `<POD>_URL` for each published pod.
+    fn urls(&self) -> BTreeMap<String, String> {
+        self.stack
+            .published
+            .iter()
+            .map(|p| {
+                (
+                    url_var(&p.base),
+                    format!("http://127.0.0.1:{}", p.host_port),
+                )
+            })
+            .collect()
+    }
+
+    fn final_record(&self) -> RunRecord {
         self.record(Created {
             remote: self.remote,
-            images: self.suite_image.iter().cloned().collect(),
+            images: self.suite.iter().map(|p| p.image.clone()).collect(),
             network: Some(self.network()),
             secrets: self.stack.secrets.iter().map(|s| s.name.clone()).collect(),
             pods: self.stack.pods.iter().map(|p| p.name.clone()).collect(),
         })
     }
 
-    /// How the fault tests stop, start and enter each service.
-    pub fn stack_control(&self, dedup_ttl_seconds: u64) -> StackControl {
+    fn control(&self, dedup_ttl_seconds: u64) -> StackControl {
         let services = self
             .stack
             .pods
@@ -433,9 +452,9 @@ impl PodmanRun {
         }
     }
 
-    /// Saves every container's log (and its state) under `<run dir>/logs/`, named by the
-    /// manifests' pod names (`gateway-gateway.log`).
-    pub fn save_logs(&self) -> anyhow::Result<PathBuf> {
+    /// Every container's log (and its state) in `<run dir>/logs/`, named by the manifests'
+    /// pod names (`gateway-gateway.log`).
+    fn save_failure(&self) -> anyhow::Result<PathBuf> {
         let dir = self.dir.join("logs");
         std::fs::create_dir_all(&dir)?;
         for (file, container) in self.containers() {
@@ -457,8 +476,7 @@ impl PodmanRun {
         Ok(dir)
     }
 
-    /// How to reach and remove a stack left up with `--keep`.
-    pub fn keep_instructions(&self) -> String {
+    fn keep_instructions(&self) -> String {
         let mut s = String::from("the stack is left running:\n");
         for (var, url) in self.urls() {
             s.push_str(&format!("  {var}={url}\n"));
@@ -487,15 +505,208 @@ impl PodmanRun {
         ));
         s
     }
+
+    fn failure_commands(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn where_it_runs(&self) -> Option<String> {
+        let place = match (&self.suite, self.remote) {
+            (Some(_), _) => "in the engine, on the run's network",
+            (None, true) => "here (--suite-in host)",
+            (None, false) => return Some(format!("network {}", self.network())),
+        };
+        Some(format!(
+            "network {}; the engine is remote: readiness is asked inside the containers; the suite runs {place}",
+            self.network()
+        ))
+    }
+
+    fn suite_steps<'a>(&'a self, project: &'a Project) -> Vec<Step<'a>> {
+        let Some(package) = &self.suite else {
+            return Vec::new();
+        };
+        vec![Step::Watch {
+            what: format!(
+                "the suite's test binaries (as their compile placed them) packaged, \
+                 unless an image of the same content is in the engine: {}",
+                package.build()
+            ),
+            run: Box::new(move |r| package.package(project, r)),
+        }]
+    }
+
+    /// In the engine: in a container on the run's network, against in-network URLs.
+    fn suite(&self, project: &Project, test: &str, args: &[String]) -> crate::cmd::Cmd {
+        match &self.suite {
+            Some(p) => p.run(
+                &self.network(),
+                &self.stack.hosts(),
+                test,
+                &self.network_urls(),
+                args,
+            ),
+            None => crate::suite::run(project, test, &self.urls()).args(args.iter().cloned()),
+        }
+    }
+
+    /// Tilt's live update: when no manifest changed (rendered with the images that run now,
+    /// they are what runs), each container of a changed image is stopped with SIGTERM (the
+    /// gateway hands its outbox lease over), gets the new binary where the Dockerfile's
+    /// `COPY` put it, and starts again in the same pod: same address, no new pod.
+    fn sync_binaries(
+        &mut self,
+        project: &Project,
+        r: &Reporter,
+        changed: &[&crate::build::PlanItem],
+        plan: &[crate::build::PlanItem],
+    ) -> anyhow::Result<Option<Vec<String>>> {
+        let manifests = crate::manifests::Manifests::load(&project.manifests_dir())?;
+        let now: BTreeMap<String, String> = self
+            .stack
+            .pods
+            .iter()
+            .flat_map(|p| &p.containers)
+            .map(|c| {
+                (
+                    crate::manifests::repository(&c.image).to_owned(),
+                    c.image.clone(),
+                )
+            })
+            .collect();
+        if self.rerender(&manifests, &now)?.pod_yaml != self.stack.pod_yaml {
+            return Ok(None);
+        }
+        let mut synced = Vec::new();
+        for item in changed {
+            let binary = item.spec.binary().unwrap_or_default();
+            let dockerfile = std::fs::read_to_string(project.root.join(&item.spec.dockerfile))?;
+            let Some(dest) = binary_destination(&dockerfile, binary) else {
+                return Ok(None);
+            };
+            let file = item.context.join(binary);
+            for pod in &self.stack.pods {
+                for c in &pod.containers {
+                    if crate::manifests::repository(&c.image) != item.spec.repository {
+                        continue;
+                    }
+                    let name = container_name(&pod.name, &c.name);
+                    for cmd in [
+                        Podman.container_stop(&name),
+                        Podman.cp_into(&file, &name, &dest),
+                        Podman.container_start(&name),
+                    ] {
+                        r.command(&cmd);
+                        cmd.run_logged(&self.log)
+                            .with_context(|| format!("syncing {binary} into {name}"))?;
+                    }
+                    running_after_start(&name)?;
+                    synced.push(name);
+                }
+            }
+        }
+        // The stack's files name the images of `plan` (what now runs, once packaged), so
+        // later cycles compare against them.
+        let pinned = plan
+            .iter()
+            .map(|i| (i.spec.repository.clone(), i.reference.clone()))
+            .collect();
+        let new = self.rerender(&manifests, &pinned)?;
+        for (pod, yaml) in new.pods.iter().zip(&new.pod_yaml) {
+            crate::fsx::write_atomic(&self.pod_file(&pod.name), yaml)?;
+        }
+        crate::fsx::write_atomic(&self.stack_file(), &new.yaml)?;
+        self.stack = new;
+        Ok(Some(synced))
+    }
+
+    fn replace(
+        &mut self,
+        project: &Project,
+        r: &Reporter,
+        handoff: &Handoff,
+    ) -> anyhow::Result<Vec<String>> {
+        let manifests = crate::manifests::Manifests::load(&project.manifests_dir())?;
+        let stack = self.rerender(&manifests, &handoff.pinned())?;
+        let mut names = Vec::new();
+        for i in changed_pods(&self.stack, &stack) {
+            let pod = &stack.pods[i].name;
+            let file = self.pod_file(pod);
+            crate::fsx::write_atomic(&file, &stack.pod_yaml[i])?;
+            // Stopped, not killed: a service finishes what it was doing (the gateway
+            // releases its outbox lease for the new one).
+            for cmd in [
+                Podman.pod_stop(pod),
+                Podman.pods_rm(std::slice::from_ref(pod)),
+                Podman.kube_play(&self.network(), stack.address(pod), &file),
+            ] {
+                r.command(&cmd);
+                cmd.run_logged(&self.log)
+                    .with_context(|| format!("replacing {pod}"))?;
+            }
+            names.push(pod.clone());
+        }
+        crate::fsx::write_atomic(&self.stack_file(), &stack.yaml)?;
+        self.stack = stack;
+        Ok(names)
+    }
+}
+
+/// Until a started container runs (started again while podman 4.3's clean-up of its stop
+/// stops it again: the race the suite's `Stack::start` meets too), within 60 s.
+fn running_after_start(container: &str) -> anyhow::Result<()> {
+    crate::poll::until(Duration::from_secs(60), Duration::from_millis(50), || {
+        let state = Podman.container_state(container).read().unwrap_or_default();
+        match ready::classify(&state) {
+            ready::Health::Running => return Ok(true),
+            ready::Health::Starting => {}
+            ready::Health::Failed(_) => {
+                let _ = Podman.container_start(container).read();
+            }
+        }
+        Ok(false)
+    })
+    .with_context(|| format!("{container} did not run within 60 s of its start"))
+}
+
+/// Where a Dockerfile's `COPY` puts a binary: `COPY gateway /usr/local/bin/gateway` (flags
+/// such as `--chmod` allowed; a destination ending in `/` gets the binary's name).
+pub fn binary_destination(dockerfile: &str, binary: &str) -> Option<String> {
+    dockerfile.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        if !words.next()?.eq_ignore_ascii_case("COPY") {
+            return None;
+        }
+        let args: Vec<&str> = words.filter(|w| !w.starts_with("--")).collect();
+        match args.as_slice() {
+            [src, dest] if *src == binary => Some(if dest.ends_with('/') {
+                format!("{dest}{binary}")
+            } else {
+                (*dest).to_owned()
+            }),
+            _ => None,
+        }
+    })
+}
+
+/// The pods of `new` whose rendered YAML differs from `old`'s (a new image reference, or a
+/// changed manifest): the pods to replace.
+pub fn changed_pods(old: &PodmanStack, new: &PodmanStack) -> Vec<usize> {
+    (0..new.pods.len())
+        .filter(|&i| {
+            old.pod_yaml.get(i) != new.pod_yaml.get(i)
+                || old.pods.get(i).map(|p| &p.name) != Some(&new.pods[i].name)
+        })
+        .collect()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::runtime::step;
     use std::path::Path;
 
-    fn run(root: &Path) -> PodmanRun {
+    pub(crate) fn run(root: &Path) -> PodmanRun {
         let m = crate::manifests::Manifests::load(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests"),
         )
@@ -733,7 +944,7 @@ mod tests {
     #[test]
     fn fault_tests_get_a_handle_on_every_service() {
         let run = run(Path::new("/r"));
-        let c = run.stack_control(5);
+        let c = run.control(5);
         assert_eq!(c.services.len(), 4);
         let pg = &c.services["postgres"];
         assert_eq!(

@@ -1,0 +1,50 @@
+//! The one way the xtask waits for something: poll with a deadline (never a sleep as
+//! synchronisation), giving up at once on Ctrl-C.
+
+use std::time::{Duration, Instant};
+
+/// Calls `check` every `pause` until it says done (`Ok(true)`), fails (`Err`), or `timeout`
+/// has passed (an error saying how long it waited).
+pub fn until(
+    timeout: Duration,
+    pause: Duration,
+    mut check: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        crate::interrupt::check()?;
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "not done after {}",
+            crate::report::secs(timeout)
+        );
+        std::thread::sleep(pause);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_until_done_fails_or_times_out() {
+        let mut n = 0;
+        until(Duration::from_secs(5), Duration::ZERO, || {
+            n += 1;
+            Ok(n == 3)
+        })
+        .unwrap();
+        assert_eq!(n, 3);
+        let failed = until(Duration::from_secs(5), Duration::ZERO, || {
+            anyhow::bail!("broken")
+        });
+        assert_eq!(failed.unwrap_err().to_string(), "broken");
+        let late = until(Duration::from_millis(20), Duration::from_millis(5), || {
+            Ok(false)
+        });
+        assert!(late.unwrap_err().to_string().starts_with("not done after"));
+    }
+}
