@@ -101,17 +101,20 @@ pub fn text_summary(t: &Timeline) -> String {
             continue;
         }
         let _ = writeln!(s, "{heading}:");
-        let width = list.iter().map(|x| x.name.chars().count()).max();
+        // Rust pads by characters, as a terminal shows them (mostly).
+        let width = list
+            .iter()
+            .map(|x| x.name.chars().count())
+            .max()
+            .unwrap_or(0);
         for x in list.iter() {
-            let (start, pad) = (fin(x.start_s), width.unwrap_or(0) - x.name.chars().count());
+            let (start, state) = (fin(x.start_s), format!("{:?}", x.state).to_lowercase());
             let end = fin(x.end_s).max(start);
+            let took = end - start;
             let _ = write!(
                 s,
-                "  {}{}  {:<6}  {:>6.1} s  {start:>7.1} s → {end:>7.1} s",
-                x.name,
-                " ".repeat(pad),
-                format!("{:?}", x.state).to_lowercase(),
-                end - start,
+                "  {:<width$}  {state:<6}  {took:>6.1} s  {start:>7.1} s → {end:>7.1} s",
+                x.name
             );
             if let Some(detail) = x.detail.lines().next().filter(|d| !d.is_empty()) {
                 let _ = write!(s, "  {detail}");
@@ -121,8 +124,11 @@ pub fn text_summary(t: &Timeline) -> String {
     }
     let finite = t.memory.iter().filter(|m| m.t_s.is_finite());
     // The highest sample; the last of equals, as on the page.
-    let peak =
-        finite.max_by(|a, b| (a.used_bytes.cmp(&b.used_bytes)).then(a.t_s.total_cmp(&b.t_s)));
+    let peak = finite.max_by(|a, b| {
+        a.used_bytes
+            .cmp(&b.used_bytes)
+            .then(a.t_s.total_cmp(&b.t_s))
+    });
     if let Some(p) = peak {
         let _ = write!(
             s,
@@ -373,6 +379,13 @@ mod tests {
         );
         t.budget_bytes = None;
         assert!(text_summary(&t).contains("peak memory: 1.46 GiB at 49.0 s\n"));
+        // Names are padded by characters, not bytes.
+        t.images[2].name = "ρедис".into();
+        let s = text_summary(&t);
+        assert!(
+            s.contains(&format!("  ρедис{}loaded", " ".repeat(9))),
+            "{s}"
+        );
     }
 
     #[test]
