@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Checks a run's timeline page (xtask/src/timeline.rs) the way a person would see it, in
-# Debian's headless Chromium:
+# Checks a run's timeline page (xtask/templates/report.html, filled in by xtask/src/timeline.rs)
+# the way a person would see it, in Debian's headless Chromium:
 #   (a) takes a screenshot next to the report (REPORT.png, 1400x900) and checks it is a real,
 #       non-trivial PNG;
 #   (b) dumps the DOM after load and checks body has data-rendered="ok" (set by the page's
