@@ -8,7 +8,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
+    path::Path,
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -120,40 +120,33 @@ impl DevArgs {
         let id = RunId::new(Some("dev"));
         let mut stack = opts.stack(project, &session, &manifests, &images.handoff, &id, None)?;
         r.line(format!("dev run {id}"));
-        let (up, record) = runtime::execute(
-            &*stack,
-            &r,
-            project,
-            &stack.plan(opts.ready_timeout, vec![]),
-            None,
-        );
+        let plan = stack.plan(opts.ready_timeout, vec![]);
+        let (up, record) = runtime::execute(&*stack, &r, project, &plan, None);
+        drop(plan);
         let outcome = up.and_then(|()| {
-            let suite = stack.suite(project, "e2e", &self.test_args);
-            let passed = r.phase("run E2E suite", |r| {
-                r.command(&suite);
-                Ok(suite.run_inherit().is_ok())
-            })?;
+            // What each running service image is, its binary left out: a change of only the
+            // binary is synced into the running container (see `Stack::sync_binaries`).
+            let running = build::plan_quietly(project, &session, &[])
+                .map(|plan| {
+                    let each =
+                        |i: build::PlanItem| (i.spec.name.clone(), (i.reference, i.outside_binary));
+                    plan.into_iter().map(each).collect()
+                })
+                .unwrap_or_default();
+            let mut dev = Loop {
+                project,
+                r: &r,
+                opts: &opts,
+                session: &session,
+                stack: &mut *stack,
+                running,
+            };
+            let passed = r.phase("run E2E suite", |_| Ok(dev.suite()))?;
             r.line(format!(
                 "suite {}",
                 if passed { "passed" } else { "FAILED" }
             ));
-            // What each running service image is, its binary left out: a change of only the
-            // binary is synced into the running container (see `Stack::sync_binaries`).
-            let mut running: Running = build::plan_quietly(project, &session, &[])
-                .map(|plan| {
-                    plan.into_iter()
-                        .map(|i| (i.spec.name.clone(), (i.reference, i.outside_binary)))
-                        .collect()
-                })
-                .unwrap_or_default();
-            self.watch(
-                project,
-                &r,
-                &opts.build,
-                &session,
-                &mut *stack,
-                &mut running,
-            )
+            dev.watch(Duration::from_millis(self.debounce))
         });
         if let Some(h) = crate::handoff::Handoff::load(project) {
             build::tidy(&r, &h);
@@ -170,27 +163,42 @@ impl DevArgs {
             (Err(e), Err(t)) => Err(e.context(format!("and the teardown failed too: {t:#}"))),
         }
     }
+}
 
-    /// Watches the workspace until Ctrl-C; each settled batch of changes is one cycle.
-    fn watch(
-        &self,
-        project: &Project,
-        r: &Reporter,
-        opts: &BuildOptions,
-        session: &Session,
-        stack: &mut dyn Stack,
-        running: &mut Running,
-    ) -> anyhow::Result<()> {
+/// The loop, once the stack is up.
+struct Loop<'a> {
+    project: &'a Project,
+    r: &'a Reporter,
+    opts: &'a RunOptions,
+    session: &'a Session,
+    stack: &'a mut dyn Stack,
+    /// Each running image by name: its reference, and its fingerprint outside its binary.
+    running: Running,
+}
+
+impl Loop<'_> {
+    /// The suite against the stack, on this terminal: whether it passed.
+    fn suite(&self) -> bool {
+        let suite = self.stack.suite(self.project, "e2e", &self.opts.test_args);
+        self.r.command(&suite);
+        suite.run_inherit().is_ok()
+    }
+
+    /// Watches the workspace until Ctrl-C; each settled batch of changes (quiet for
+    /// `debounce`) is one cycle.
+    fn watch(&mut self, debounce: Duration) -> anyhow::Result<()> {
         use notify::Watcher;
+        let (project, r) = (self.project, self.r);
         let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
         let mut watcher = notify::recommended_watcher(tx).context("starting the file watcher")?;
-        for w in WATCHED {
-            let path = project.root.join(w);
-            if path.exists() {
-                watcher
-                    .watch(&path, notify::RecursiveMode::Recursive)
-                    .with_context(|| format!("watching {}", path.display()))?;
-            }
+        for path in WATCHED
+            .iter()
+            .map(|w| project.root.join(w))
+            .filter(|p| p.exists())
+        {
+            watcher
+                .watch(&path, notify::RecursiveMode::Recursive)
+                .with_context(|| format!("watching {}", path.display()))?;
         }
         r.line(format!(
             "watching {} for changes (Ctrl-C stops and tears down)",
@@ -202,43 +210,36 @@ impl DevArgs {
         let mut pending: Option<(build::Prepared, Instant)> = None;
         loop {
             let mut changed = BTreeSet::new();
-            // Wait for a first relevant change, then until it has been quiet for `debounce`.
             let mut quiet_since: Option<Instant> = None;
-            loop {
-                if interrupt::interrupted() {
-                    anyhow::bail!("interrupted");
-                }
+            while quiet_since.is_none_or(|t| t.elapsed() < debounce) {
+                interrupt::check()?;
                 if quiet_since.is_none()
                     && pending
                         .as_ref()
                         .is_some_and(|(_, t)| t.elapsed() >= RECORD_WHEN_IDLE)
                 {
                     if let Some((prepared, _)) = pending.take() {
-                        record_images(project, r, opts, prepared);
+                        record_images(project, r, &self.opts.build, prepared);
                     }
                 }
                 match rx.recv_timeout(Duration::from_millis(50)) {
                     Ok(Ok(event)) if changes_content(&event.kind) => {
-                        let relevant: Vec<PathBuf> = event
-                            .paths
-                            .into_iter()
-                            .filter(|p| relevant(&project.root, p))
-                            .collect();
-                        if !relevant.is_empty() {
-                            changed.extend(relevant);
+                        let before = changed.len();
+                        changed.extend(
+                            event
+                                .paths
+                                .into_iter()
+                                .filter(|p| relevant(&project.root, p)),
+                        );
+                        if changed.len() > before {
                             quiet_since = Some(Instant::now());
                         }
                     }
-                    Ok(Ok(_)) => {}
                     Ok(Err(e)) => r.line(format!("watch error: {e}")),
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Ok(Ok(_)) | Err(mpsc::RecvTimeoutError::Timeout) => {}
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
                         anyhow::bail!("the file watcher stopped")
                     }
-                }
-                if quiet_since.is_some_and(|t| t.elapsed() >= Duration::from_millis(self.debounce))
-                {
-                    break;
                 }
             }
             // An editor's or sed's temporary file, created and renamed away, is no change.
@@ -252,150 +253,87 @@ impl DevArgs {
                 continue;
             }
             cycle += 1;
-            let (summary, record) = self.cycle(project, r, opts, session, stack, running, &names);
-            r.line(format!("cycle {cycle}: {summary}"));
-            pending = record.map(|p| (p, Instant::now()));
+            let started = Instant::now();
+            let what = match names.len() {
+                n if n > 3 => format!("{} (+{} more)", names[..3].join(", "), n - 3),
+                _ => names.join(", "),
+            };
+            r.line(format!("changed: {what}"));
+            let mut times = Times::default();
+            let summary = match self.cycle(&names, &mut times) {
+                Ok((done, record)) => {
+                    pending = record.map(|p| (p, Instant::now()));
+                    format!(
+                        "{done}; {}; total {}",
+                        times.steps(),
+                        secs(started.elapsed())
+                    )
+                }
+                Err((e, stopped)) => {
+                    r.line(format!("{e:#}"));
+                    format!(
+                        "{stopped} ({})",
+                        if times.0.is_empty() {
+                            secs(started.elapsed())
+                        } else {
+                            times.steps()
+                        }
+                    )
+                }
+            };
+            r.line(format!("cycle {cycle}: changed {what}; {summary}"));
         }
     }
 
-    /// One cycle; returns its one-line summary, and when it synced a binary into a running
-    /// container, the plan whose images are to be built for the record. Nothing here stops
-    /// the loop: a failure is shown and the stack stays as it was.
-    #[allow(clippy::too_many_arguments)]
+    /// One cycle: what it did, and when it synced a binary into a running container, the plan
+    /// whose images are to be built for the record; or the error and where it stopped.
+    /// Nothing here stops the loop: a failure is shown and the stack stays as it was.
     fn cycle(
-        &self,
-        project: &Project,
-        r: &Reporter,
-        opts: &BuildOptions,
-        session: &Session,
-        stack: &mut dyn Stack,
-        running: &mut Running,
+        &mut self,
         changed: &[String],
-    ) -> (String, Option<build::Prepared>) {
-        let mut record = None;
-        let summary = self.cycle_inner(
-            project,
-            r,
-            opts,
-            session,
-            stack,
-            running,
-            changed,
-            &mut record,
-        );
-        (summary, record)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn cycle_inner(
-        &self,
-        project: &Project,
-        r: &Reporter,
-        opts: &BuildOptions,
-        session: &Session,
-        stack: &mut dyn Stack,
-        running: &mut Running,
-        changed: &[String],
-        record: &mut Option<build::Prepared>,
-    ) -> String {
-        let started = Instant::now();
-        let mut times: Vec<(&str, Duration)> = Vec::new();
-        let what = if changed.len() > 3 {
-            format!("{} (+{} more)", changed[..3].join(", "), changed.len() - 3)
-        } else {
-            changed.join(", ")
+        times: &mut Times,
+    ) -> Result<(String, Option<build::Prepared>), (anyhow::Error, String)> {
+        let (project, r, opts) = (self.project, self.r, &self.opts.build);
+        let stopped = |how: &str| {
+            let how = how.to_owned();
+            move |e| (e, how)
         };
-        let timed = |times: &mut Vec<(&'static str, Duration)>, name: &'static str, t: Instant| {
-            times.push((name, t.elapsed()))
-        };
-        let steps = |times: &Vec<(&str, Duration)>| {
-            times
-                .iter()
-                .map(|(n, d)| format!("{n} {}", secs(*d)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        r.line(format!("changed: {what}"));
-        // A step's error shown in full, and the cycle's summary saying where it stopped.
-        let failed = |e: anyhow::Error, how: String| -> String {
-            r.line(format!("{e:#}"));
-            format!("changed {what}; {how}")
-        };
-
-        // Recompile and rebuild what changed; on failure the stack stays as it was.
-        let t = Instant::now();
-        let prepared = match build::prepare(project, r, opts, session, &[], None, true) {
-            Ok(p) => p,
-            Err(e) => {
-                return failed(
-                    e,
-                    format!(
-                        "compile or plan FAILED, the stack is unchanged ({})",
-                        secs(started.elapsed())
-                    ),
-                )
-            }
-        };
-        timed(&mut times, "compile+plan", t);
+        // Recompile and plan; on failure the stack stays as it was.
+        let prepared = times
+            .time("compile+plan", || {
+                build::prepare(project, r, opts, self.session, &[], None, true)
+            })
+            .map_err(stopped("compile or plan FAILED, the stack is unchanged"))?;
         // Only binaries changed: each is synced into its running container, whose process
-        // restarts (Tilt's live update); the images follow after the cycle's line.
-        let t = Instant::now();
-        let synced = match binary_only_changes(&prepared.plan, running) {
-            Some(changed) => stack.sync_binaries(project, r, &changed, &prepared.plan),
-            None => Ok(None),
+        // restarts (Tilt's live update); the images follow once the loop is idle.
+        let synced = match binary_only_changes(&prepared.plan, &self.running) {
+            Some(changed) => times
+                .time("sync+restart", || {
+                    self.stack
+                        .sync_binaries(project, r, &changed, &prepared.plan)
+                })
+                .map_err(stopped("syncing the binary FAILED, the stack is as it was"))?,
+            None => None,
         };
-        match synced {
-            Ok(Some(synced)) => {
-                timed(&mut times, "sync+restart", t);
-                let t = Instant::now();
-                if let Err(e) = stack.wait_ready(r, Duration::from_secs(self.ready_timeout)) {
-                    return failed(
-                        e,
-                        format!(
-                            "synced {}; NOT READY ({})",
-                            synced.join(", "),
-                            steps(&times)
-                        ),
-                    );
-                }
-                timed(&mut times, "ready", t);
-                let t = Instant::now();
-                let suite = stack.suite(project, "e2e", &self.test_args);
-                r.command(&suite);
-                let passed = suite.run_inherit().is_ok();
-                timed(&mut times, "suite", t);
-                for i in &prepared.plan {
-                    running.insert(
-                        i.spec.name.clone(),
-                        (i.reference.clone(), i.outside_binary.clone()),
-                    );
-                }
-                *record = Some(prepared);
-                return format!(
-                    "changed {what}; synced {} (binary only: process restarted in its pod); suite {}; {}; total {}",
-                    synced.join(", "),
-                    if passed { "passed" } else { "FAILED" },
-                    steps(&times),
-                    secs(started.elapsed())
-                );
-            }
-            Ok(None) => {}
-            Err(e) => {
-                return failed(
-                    e,
-                    format!(
-                        "syncing the binary FAILED, the stack is as it was ({})",
-                        secs(started.elapsed())
-                    ),
-                )
-            }
-        }
-        let t = Instant::now();
-        for i in prepared.plan.iter() {
-            running.insert(
+        self.running.extend(prepared.plan.iter().map(|i| {
+            (
                 i.spec.name.clone(),
                 (i.reference.clone(), i.outside_binary.clone()),
+            )
+        }));
+        if let Some(synced) = synced {
+            let synced = synced.join(", ");
+            times
+                .time("ready", || {
+                    self.stack.wait_ready(r, self.opts.ready_timeout)
+                })
+                .map_err(stopped(&format!("synced {synced}; NOT READY")))?;
+            let passed = times.time("suite", || Ok(self.suite())).unwrap_or(false);
+            let done = format!(
+                "synced {synced} (binary only: process restarted in its pod); suite {}",
+                verdict(passed)
             );
+            return Ok((done, Some(prepared)));
         }
         let rebuilt: Vec<String> = prepared
             .plan
@@ -403,79 +341,80 @@ impl DevArgs {
             .filter(|i| !i.is_cached())
             .map(|i| i.spec.name.clone())
             .collect();
-        let handoff = match build::finish_with(project, r, opts, prepared, false) {
-            Ok((h, _)) => h,
-            Err(e) => {
-                return failed(
-                    e,
-                    format!(
-                        "image build FAILED, the stack is unchanged ({})",
-                        secs(started.elapsed())
-                    ),
-                )
-            }
-        };
-        timed(&mut times, "images", t);
-
+        let rebuilt = list(&rebuilt);
+        let (handoff, _) = times
+            .time("images", || {
+                build::finish_with(project, r, opts, prepared, false)
+            })
+            .map_err(stopped("image build FAILED, the stack is unchanged"))?;
         // Replace only the pods that differ, the same way on either runtime.
-        let t = Instant::now();
-        let names = match stack.replace(project, r, &handoff) {
-            Ok(names) => names,
-            Err(e) => {
-                return failed(
-                    e,
-                    format!(
-                        "rebuilt {}; replacing FAILED, the rest of the stack is unchanged ({})",
-                        list(&rebuilt),
-                        secs(started.elapsed())
-                    ),
-                )
-            }
-        };
-        timed(&mut times, "replace", t);
-        if !names.is_empty() {
-            let t = Instant::now();
-            if let Err(e) = stack.wait_ready(r, Duration::from_secs(self.ready_timeout)) {
-                return failed(
-                    e,
-                    format!(
-                        "rebuilt {}; replaced {}; NOT READY ({})",
-                        list(&rebuilt),
-                        names.join(", "),
-                        steps(&times)
-                    ),
-                );
-            }
-            timed(&mut times, "ready", t);
+        let replaced = times
+            .time("replace", || self.stack.replace(project, r, &handoff))
+            .map_err(stopped(&format!(
+                "rebuilt {rebuilt}; replacing FAILED, the rest of the stack is unchanged"
+            )))?;
+        let replaced = list(&replaced);
+        if replaced != "nothing" {
+            times
+                .time("ready", || {
+                    self.stack.wait_ready(r, self.opts.ready_timeout)
+                })
+                .map_err(stopped(&format!(
+                    "rebuilt {rebuilt}; replaced {replaced}; NOT READY"
+                )))?;
         }
-
-        let t = Instant::now();
         // Compiled again only when the change can change it (the services are not its
         // dependencies): a no-op cargo check is a quarter of a second.
-        if crate::suite::touched_by(changed) {
-            if let Err(e) = crate::suite::compile_here(
-                project,
-                r,
-                session.facts.env(None).map_or(1, |e| e.cargo_jobs()),
-            ) {
-                return failed(
-                    e,
-                    format!("suite compile FAILED, the stack is up ({})", steps(&times)),
-                );
+        let passed = times.time("suite", || {
+            if crate::suite::touched_by(changed) {
+                let jobs = self.session.facts.env(None).map_or(1, |e| e.cargo_jobs());
+                crate::suite::compile_here(project, r, jobs)?;
             }
+            Ok(self.suite())
+        });
+        let passed = passed.map_err(|e| (e, "suite compile FAILED, the stack is up".to_owned()))?;
+        Ok((
+            format!(
+                "rebuilt {rebuilt}; replaced {replaced}; suite {}",
+                verdict(passed)
+            ),
+            None,
+        ))
+    }
+}
+
+/// The time of each step of a cycle, in order.
+#[derive(Default)]
+struct Times(Vec<(&'static str, Duration)>);
+
+impl Times {
+    fn time<T>(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let t = Instant::now();
+        let out = f();
+        if out.is_ok() {
+            self.0.push((name, t.elapsed()));
         }
-        let suite = stack.suite(project, "e2e", &self.test_args);
-        r.command(&suite);
-        let passed = suite.run_inherit().is_ok();
-        timed(&mut times, "suite", t);
-        format!(
-            "changed {what}; rebuilt {}; replaced {}; suite {}; {}; total {}",
-            list(&rebuilt),
-            list(&names),
-            if passed { "passed" } else { "FAILED" },
-            steps(&times),
-            secs(started.elapsed())
-        )
+        out
+    }
+
+    fn steps(&self) -> String {
+        self.0
+            .iter()
+            .map(|(n, d)| format!("{n} {}", secs(*d)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn verdict(passed: bool) -> &'static str {
+    if passed {
+        "passed"
+    } else {
+        "FAILED"
     }
 }
 

@@ -10,9 +10,8 @@ use std::{
 use crate::{
     engine::{container_name, Podman},
     interrupt,
-    manifests::{Container, Pod, Probe},
+    manifests::{Container, Pod, PodmanStack, Probe as ProbeSpec},
     report::{secs, Reporter},
-    runtime::podman::PodmanRun,
 };
 
 /// What podman says of a container, reduced to what the wait needs.
@@ -40,43 +39,42 @@ pub fn classify(state: &str) -> Health {
     }
 }
 
-/// Until every container is ready, each polled on its own (its probe, then, while it is not
-/// ready, its state), so that one container's slow probe delays no other's.
-pub fn wait_ready(run: &PodmanRun, timeout: Duration, r: &Reporter) -> anyhow::Result<()> {
-    wait_ready_of(run, None, timeout, r)
-}
-
-/// [`wait_ready`] for the containers named in `only` (all when `None`).
-pub fn wait_ready_of(
-    run: &PodmanRun,
-    only: Option<&[String]>,
+/// Until every container of `stack` is ready, each polled on its own (its probe, then, while
+/// it is not ready, its state), so that one container's slow probe delays no other's. On a
+/// `remote` engine, probes run in the pod: its published ports are not this machine's.
+pub fn wait_ready(
+    stack: &PodmanStack,
+    remote: bool,
     timeout: Duration,
     r: &Reporter,
 ) -> anyhow::Result<()> {
     let start = Instant::now();
-    let deadline = start + timeout;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(1)))
         .http_status_as_error(false)
         .build()
         .into();
-    // Set when one container has failed or time is up: the others stop polling.
+    // Set when one container has failed: the others stop polling.
     let stop = AtomicBool::new(false);
-    let containers: Vec<(&Pod, &Container)> = run
-        .stack
+    let containers = stack
         .pods
         .iter()
-        .flat_map(|p| p.containers.iter().map(move |c| (p, c)))
-        .filter(|(p, c)| only.is_none_or(|o| o.contains(&container_name(&p.name, &c.name))))
-        .collect();
-    let outcomes: Vec<Result<(), String>> = std::thread::scope(|s| {
+        .flat_map(|p| p.containers.iter().map(move |c| (p, c)));
+    let failed: Vec<String> = std::thread::scope(|s| {
         let polling: Vec<_> = containers
-            .iter()
             .map(|(pod, c)| {
                 let (agent, stop) = (&agent, &stop);
                 s.spawn(move || {
                     let name = container_name(&pod.name, &c.name);
-                    let outcome = poll(run, pod, c, &name, agent, stop, deadline);
+                    let probe = Probe {
+                        stack,
+                        remote,
+                        pod,
+                        c,
+                        name: &name,
+                        agent,
+                    };
+                    let outcome = probe.until_ready(stop, timeout);
                     match &outcome {
                         Ok(()) => r.line(format!("  {name} ready after {}", secs(start.elapsed()))),
                         Err(_) => stop.store(true, Ordering::SeqCst),
@@ -87,15 +85,18 @@ pub fn wait_ready_of(
             .collect();
         polling
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("its poll panicked".into())))
+            .filter_map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("its poll panicked".into()))
+                    .err()
+            })
             .collect()
     });
     interrupt::check()?;
-    let failed: Vec<String> = outcomes.into_iter().filter_map(Result::err).collect();
     if failed.is_empty() {
         return Ok(());
     }
-    if Instant::now() >= deadline {
+    if start.elapsed() >= timeout {
         anyhow::bail!(
             "not ready after {}s:\n{}\n  (raise the limit with --ready-timeout SECONDS)",
             timeout.as_secs(),
@@ -105,100 +106,113 @@ pub fn wait_ready_of(
     anyhow::bail!("while waiting for readiness:\n{}", failed.join("\n"))
 }
 
-/// One container, until its probe passes (`Ok`), it fails, the deadline passes or another
-/// container failed (`Err`, why).
-fn poll(
-    run: &PodmanRun,
-    pod: &Pod,
-    c: &Container,
-    name: &str,
-    agent: &ureq::Agent,
-    stop: &AtomicBool,
-    deadline: Instant,
-) -> Result<(), String> {
-    // An HTTP GET costs next to nothing; a probe run in the container costs a `podman exec`.
-    let pause = match &c.readiness {
-        Some(Probe::Http { .. }) if !run.remote => Duration::from_millis(50),
-        _ => Duration::from_millis(100),
-    };
-    loop {
-        let reason = match probe(run, pod, c, name, agent) {
-            Ok(()) => return Ok(()),
-            Err(reason) => reason,
-        };
-        // Not ready: has it failed? (An exit or a restart ends the wait at once.)
-        let state = Podman.container_state(name).read().unwrap_or_default();
-        if let Health::Failed(why) = classify(&state) {
-            let log = Podman.logs(name).read().unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            if lines.is_empty() {
-                return Err(format!("{why}; its log is empty now"));
-            }
-            let tail = lines[lines.len().saturating_sub(30)..].join("\n    | ");
-            return Err(format!("{why}; its last log lines:\n    | {tail}"));
-        }
-        if stop.load(Ordering::SeqCst) || interrupt::interrupted() {
-            return Err(format!("not ready ({reason}) when the wait ended"));
-        }
-        if Instant::now() >= deadline {
-            return Err(reason);
-        }
-        std::thread::sleep(pause);
-    }
+/// One container's readiness probe, as the manifests give it.
+struct Probe<'a> {
+    stack: &'a PodmanStack,
+    remote: bool,
+    pod: &'a Pod,
+    c: &'a Container,
+    name: &'a str,
+    agent: &'a ureq::Agent,
 }
 
-/// The container's readiness probe, once: `Ok` when it passes, else why not.
-fn probe(
-    run: &PodmanRun,
-    pod: &Pod,
-    c: &Container,
-    name: &str,
-    agent: &ureq::Agent,
-) -> Result<(), String> {
-    match &c.readiness {
-        None => match classify(&Podman.container_state(name).read().unwrap_or_default()) {
-            Health::Running => Ok(()),
-            _ => Err("starting".into()),
-        },
-        // A probe loops where it runs, one engine call per slice (not per try). On a remote
-        // engine that call is a container of the probed one's image in its pod, not a
-        // `podman exec`: the engine's API keeps each exec session's conmon in the pod's cgroup
-        // for 300 s, and `pod rm` then waits 3 s for podman's SIGTERM to it (13 s of teardown
-        // in the rig). Its published ports are not this machine's either.
-        Some(Probe::Exec(command)) => {
-            let probe = until_ready(COMMAND, command, SLICE_SECONDS);
-            let cmd = if run.remote {
-                Podman.run_in_pod(&pod.name, &c.image, &probe)
-            } else {
-                Podman.exec(name, &probe)
+impl Probe<'_> {
+    /// Until the probe passes (`Ok`), the container fails, another one did (`stop`), or the
+    /// time is up (`Err`, why).
+    fn until_ready(&self, stop: &AtomicBool, timeout: Duration) -> Result<(), String> {
+        // An HTTP GET costs next to nothing; a probe run in the container costs a `podman exec`.
+        let pause = match &self.c.readiness {
+            Some(ProbeSpec::Http { .. }) if !self.remote => Duration::from_millis(50),
+            _ => Duration::from_millis(100),
+        };
+        let mut reason = String::new();
+        let ready = crate::poll::until(timeout, pause, || {
+            reason = match self.once() {
+                Ok(()) => return Ok(true),
+                Err(reason) => reason,
             };
-            match cmd.succeeds() {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(format!("`{}` failed", command.join(" "))),
-                Err(e) => Err(format!("{e:#}")),
+            // Not ready: has it failed? (An exit or a restart ends the wait at once.)
+            let state = Podman.container_state(self.name).read().unwrap_or_default();
+            if let Health::Failed(why) = classify(&state) {
+                let log = Podman.logs(self.name).read().unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                if lines.is_empty() {
+                    anyhow::bail!("{why}; its log is empty now");
+                }
+                let tail = lines[lines.len().saturating_sub(30)..].join("\n    | ");
+                anyhow::bail!("{why}; its last log lines:\n    | {tail}");
             }
-        }
-        Some(Probe::Http { path, port }) if run.remote => {
-            let get = until_ready(HTTP_GET, &[port.to_string(), path.clone()], SLICE_SECONDS);
-            match Podman.run_in_pod(&pod.name, &c.image, &get).succeeds() {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(format!("GET {path} on port {port}: no 2xx answer")),
-                Err(e) => Err(format!("GET {path} on port {port}: {e:#}")),
+            anyhow::ensure!(
+                !stop.load(Ordering::SeqCst),
+                "not ready ({reason}) when the wait ended"
+            );
+            Ok(false)
+        });
+        match ready {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(reason),
+            Err(e) if interrupt::interrupted() => {
+                Err(format!("not ready ({reason}) when the wait ended: {e}"))
             }
+            Err(e) => Err(format!("{e:#}")),
         }
-        Some(Probe::Http { path, port }) => match run.stack.host_port(&pod.name, *port) {
-            None => Err(format!(
-                "port {port} is not published, so GET {path} cannot be checked"
-            )),
-            Some(host_port) => {
-                let url = format!("http://127.0.0.1:{host_port}{path}");
-                match agent.get(&url).call() {
-                    Ok(resp) if resp.status().is_success() => Ok(()),
-                    Ok(resp) => Err(format!("GET {url} answered {}", resp.status())),
-                    Err(e) => Err(format!("GET {url}: {e}")),
+    }
+
+    /// The probe, once: `Ok` when it passes, else why not.
+    fn once(&self) -> Result<(), String> {
+        let Probe {
+            stack,
+            remote,
+            pod,
+            c,
+            name,
+            agent,
+        } = *self;
+        match &c.readiness {
+            None => match classify(&Podman.container_state(name).read().unwrap_or_default()) {
+                Health::Running => Ok(()),
+                _ => Err("starting".into()),
+            },
+            // A probe loops where it runs, one engine call per slice (not per try). On a remote
+            // engine that call is a container of the probed one's image in its pod, not a
+            // `podman exec`: the engine's API keeps each exec session's conmon in the pod's cgroup
+            // for 300 s, and `pod rm` then waits 3 s for podman's SIGTERM to it (13 s of teardown
+            // in the rig). Its published ports are not this machine's either.
+            Some(ProbeSpec::Exec(command)) => {
+                let probe = until_ready(COMMAND, command, SLICE_SECONDS);
+                let cmd = if remote {
+                    Podman.run_in_pod(&pod.name, &c.image, &probe)
+                } else {
+                    Podman.exec(name, &probe)
+                };
+                match cmd.succeeds() {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(format!("`{}` failed", command.join(" "))),
+                    Err(e) => Err(format!("{e:#}")),
                 }
             }
-        },
+            Some(ProbeSpec::Http { path, port }) if remote => {
+                let get = until_ready(HTTP_GET, &[port.to_string(), path.clone()], SLICE_SECONDS);
+                match Podman.run_in_pod(&pod.name, &c.image, &get).succeeds() {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(format!("GET {path} on port {port}: no 2xx answer")),
+                    Err(e) => Err(format!("GET {path} on port {port}: {e:#}")),
+                }
+            }
+            Some(ProbeSpec::Http { path, port }) => match stack.host_port(&pod.name, *port) {
+                None => Err(format!(
+                    "port {port} is not published, so GET {path} cannot be checked"
+                )),
+                Some(host_port) => {
+                    let url = format!("http://127.0.0.1:{host_port}{path}");
+                    match agent.get(&url).call() {
+                        Ok(resp) if resp.status().is_success() => Ok(()),
+                        Ok(resp) => Err(format!("GET {url} answered {}", resp.status())),
+                        Err(e) => Err(format!("GET {url}: {e}")),
+                    }
+                }
+            },
+        }
     }
 }
 

@@ -11,15 +11,13 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Context;
 use serde_norway::Value;
 
-use crate::{
-    cmd::Cmd, engine::Engine, handoff::Handoff, interrupt, project::Project, report::Reporter,
-};
+use crate::{cmd::Cmd, engine::Engine, handoff::Handoff, project::Project, report::Reporter};
 
 use super::{
     step::{Phase, Step},
@@ -59,6 +57,17 @@ fn kind(provider: Engine) -> Cmd {
         Engine::Podman => c.env("KIND_EXPERIMENTAL_PROVIDER", "podman"),
         Engine::Docker => c,
     }
+}
+
+/// `save` of images into one plain tar (podman: all of them, not only the first).
+fn save(provider: Engine, tar: &str, images: &[String]) -> Cmd {
+    let c = Cmd::new(provider.program()).arg("save");
+    let c = if provider == Engine::Podman {
+        c.arg("--multi-image-archive")
+    } else {
+        c
+    };
+    c.args(["--output", tar]).args(images.iter().cloned())
 }
 
 fn kubectl(cluster: &str) -> Cmd {
@@ -146,16 +155,10 @@ impl KindRun {
                 .args(["-d", "-q", "-f", "-o", &tar])
                 .arg(a.display().to_string()),
             Some(a) => Cmd::new("cp").arg(a.display().to_string()).arg(tar),
-            None => {
-                let mut c = Cmd::new(self.provider.program()).arg("save");
-                if self.provider == Engine::Podman {
-                    c = c.arg("--multi-image-archive");
-                }
-                c.args(["--output", &tar])
-                    .args(self.references.iter().cloned())
-            }
+            None => save(self.provider, &tar, &self.references),
         }
     }
+
     pub fn create_cluster(&self) -> Cmd {
         self.kind()
             .args(["create", "cluster", "--name", &self.cluster, "--config"])
@@ -203,13 +206,14 @@ impl KindRun {
 
     /// The commands of a failure bundle: (file in the bundle, command).
     pub fn bundle(&self, pods: &[String]) -> Vec<(String, Cmd)> {
+        let export = self
+            .kind()
+            .args(["export", "logs"])
+            .arg(self.bundle_dir().join("kind").display().to_string());
         let mut cmds = vec![
             (
                 "kind-export-logs.txt".into(),
-                self.kind()
-                    .args(["export", "logs"])
-                    .arg(self.bundle_dir().join("kind").display().to_string())
-                    .args(["--name", &self.cluster]),
+                export.args(["--name", &self.cluster]),
             ),
             (
                 "events.txt".into(),
@@ -222,25 +226,17 @@ impl KindRun {
             ),
         ];
         for pod in pods {
-            cmds.push((
-                format!("{pod}.log"),
-                self.kubectl_ns().args([
-                    "logs",
-                    &format!("pod/{pod}"),
-                    "--all-containers",
-                    "--timestamps",
-                ]),
-            ));
+            let logs = self.kubectl_ns().args([
+                "logs",
+                &format!("pod/{pod}"),
+                "--all-containers",
+                "--timestamps",
+            ]);
             cmds.push((
                 format!("{pod}.previous.log"),
-                self.kubectl_ns().args([
-                    "logs",
-                    &format!("pod/{pod}"),
-                    "--all-containers",
-                    "--timestamps",
-                    "--previous",
-                ]),
+                logs.clone().arg("--previous"),
             ));
+            cmds.insert(cmds.len() - 1, (format!("{pod}.log"), logs));
         }
         cmds
     }
@@ -249,30 +245,23 @@ impl KindRun {
     /// pods whose image or manifest changed): the new images into the nodes, each changed
     /// Pod deleted, the new manifests applied (which recreates them and leaves the rest).
     pub fn replace_cmds(&self, pods: &[String], images: &[String]) -> Vec<Cmd> {
+        let tar = self.archive_tar.display().to_string();
         let mut cmds = Vec::new();
         if !images.is_empty() {
-            let mut save = Cmd::new(self.provider.program()).arg("save");
-            if self.provider == Engine::Podman {
-                save = save.arg("--multi-image-archive");
-            }
-            cmds.push(
-                save.args(["--output", &self.archive_tar.display().to_string()])
-                    .args(images.iter().cloned()),
-            );
+            cmds.push(save(self.provider, &tar, images));
             cmds.push(
                 self.kind()
-                    .args(["load", "image-archive"])
-                    .arg(self.archive_tar.display().to_string())
-                    .args(["--name", &self.cluster]),
+                    .args(["load", "image-archive", &tar, "--name", &self.cluster]),
             );
         }
         for pod in pods {
-            cmds.push(self.kubectl_ns().args([
+            let delete = [
                 "delete",
                 &format!("pod/{pod}"),
                 "--wait=true",
                 "--ignore-not-found",
-            ]));
+            ];
+            cmds.push(self.kubectl_ns().args(delete));
         }
         if !pods.is_empty() {
             cmds.push(self.apply());
@@ -620,51 +609,43 @@ pub fn pod_health(pod: &serde_json::Value) -> PodHealth {
 /// Polls the namespace's pods until every one is Ready, with a deadline; fails at once on
 /// a crash loop, with the pod's logs and `kubectl describe`.
 pub fn wait_ready(run: &KindRun, timeout: Duration, r: &Reporter) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let out = run.get_pods_json().read()?;
-        let list: serde_json::Value = serde_json::from_str(&out)?;
+    let mut waiting = Vec::new();
+    let ready = crate::poll::until(timeout, Duration::from_millis(500), || {
+        let list: serde_json::Value = serde_json::from_str(&run.get_pods_json().read()?)?;
         let pods = list["items"].as_array().cloned().unwrap_or_default();
-        let mut waiting = Vec::new();
+        waiting.clear();
         for pod in &pods {
             let name = pod["metadata"]["name"].as_str().unwrap_or("?");
             match pod_health(pod) {
                 PodHealth::Ready => {}
                 PodHealth::Waiting(why) => waiting.push(format!("{name}: {why}")),
                 PodHealth::Failed(why) => {
-                    let logs = run
-                        .kubectl_ns()
-                        .args([
-                            "logs",
-                            &format!("pod/{name}"),
-                            "--all-containers",
-                            "--tail",
-                            "30",
-                        ])
-                        .read()
-                        .unwrap_or_default();
-                    let describe = run
-                        .kubectl_ns()
-                        .args(["describe", &format!("pod/{name}")])
-                        .read()
-                        .unwrap_or_default();
+                    let pod = format!("pod/{name}");
+                    let logs =
+                        run.kubectl_ns()
+                            .args(["logs", &pod, "--all-containers", "--tail", "30"]);
+                    let describe = run.kubectl_ns().args(["describe", &pod]);
+                    let (logs, describe) = (
+                        logs.read().unwrap_or_default(),
+                        describe.read().unwrap_or_default(),
+                    );
                     anyhow::bail!("pod {name} failed while waiting for readiness: {why}\n--- logs ---\n{logs}\n--- describe ---\n{describe}");
                 }
             }
         }
-        if !pods.is_empty() && waiting.is_empty() {
+        let ready = !pods.is_empty() && waiting.is_empty();
+        if ready {
             r.line(format!("  {} pods ready", pods.len()));
-            return Ok(());
         }
-        interrupt::check()?;
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "not ready after {}s:\n  {}",
-            timeout.as_secs(),
-            waiting.join("\n  ")
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+        Ok(ready)
+    })?;
+    anyhow::ensure!(
+        ready,
+        "not ready after {}s:\n  {}",
+        timeout.as_secs(),
+        waiting.join("\n  ")
+    );
+    Ok(())
 }
 
 /// Loads the archive into every node that lacks one of the images, all nodes at once.

@@ -120,7 +120,14 @@ impl Arriving {
     pub fn wait(&self, r: &Reporter) -> anyhow::Result<()> {
         let start = Instant::now();
         let mut missing = self.images.clone();
-        loop {
+        let names = |missing: &[(String, String)]| {
+            missing
+                .iter()
+                .map(|(reference, _)| reference.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let arrived = crate::poll::until(Self::DEADLINE, Duration::from_millis(300), || {
             // Read before looking: a load that ended before the look left what it loaded.
             let ended = self.ended.load(Ordering::SeqCst);
             let references: Vec<String> = missing.iter().map(|(r, _)| r.clone()).collect();
@@ -129,27 +136,21 @@ impl Arriving {
                 .read_any()
                 .unwrap_or_default();
             missing.retain(|(_, id)| !found.lines().any(|l| l.trim() == id));
-            if missing.is_empty() {
-                r.line(format!("  loaded after {}", secs(start.elapsed())));
-                return Ok(());
-            }
-            let names = || {
-                missing
-                    .iter()
-                    .map(|(reference, _)| reference.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            anyhow::ensure!(!ended, "the archive's load ended without {}", names());
             anyhow::ensure!(
-                start.elapsed() < Self::DEADLINE,
-                "{} did not arrive within {} of loading the archive",
-                names(),
-                secs(Self::DEADLINE)
+                missing.is_empty() || !ended,
+                "the archive's load ended without {}",
+                names(&missing)
             );
-            crate::interrupt::check()?;
-            std::thread::sleep(Duration::from_millis(300));
-        }
+            Ok(missing.is_empty())
+        })?;
+        anyhow::ensure!(
+            arrived,
+            "{} did not arrive within {} of loading the archive",
+            names(&missing),
+            secs(Self::DEADLINE)
+        );
+        r.line(format!("  loaded after {}", secs(start.elapsed())));
+        Ok(())
     }
 }
 
@@ -391,7 +392,7 @@ impl Stack for PodmanRun {
                 "wait until ready",
                 vec![Step::Watch {
                     what: "readiness: each container's readinessProbe, polled (podman exec / HTTP GET)".into(),
-                    run: Box::new(move |r| ready::wait_ready(self, ready_timeout, r)),
+                    run: Box::new(move |r| ready::wait_ready(&self.stack, self.remote, ready_timeout, r)),
                 }],
             ),
         ];
@@ -400,7 +401,7 @@ impl Stack for PodmanRun {
     }
 
     fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()> {
-        ready::wait_ready(self, timeout, r)
+        ready::wait_ready(&self.stack, self.remote, timeout, r)
     }
 
     /// The services' URLs for the test suite: `<POD>_URL` for each published pod.
@@ -655,7 +656,7 @@ impl Stack for PodmanRun {
 /// Until a started container runs (started again while podman 4.3's clean-up of its stop
 /// stops it again: the race the suite's `Stack::start` meets too), within 60 s.
 fn running_after_start(container: &str) -> anyhow::Result<()> {
-    crate::poll::until(Duration::from_secs(60), Duration::from_millis(50), || {
+    let running = crate::poll::until(Duration::from_secs(60), Duration::from_millis(50), || {
         let state = Podman.container_state(container).read().unwrap_or_default();
         match ready::classify(&state) {
             ready::Health::Running => return Ok(true),
@@ -665,8 +666,9 @@ fn running_after_start(container: &str) -> anyhow::Result<()> {
             }
         }
         Ok(false)
-    })
-    .with_context(|| format!("{container} did not run within 60 s of its start"))
+    })?;
+    anyhow::ensure!(running, "{container} did not run within 60 s of its start");
+    Ok(())
 }
 
 /// Where a Dockerfile's `COPY` puts a binary: `COPY gateway /usr/local/bin/gateway` (flags
