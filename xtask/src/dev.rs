@@ -142,10 +142,7 @@ impl DevArgs {
                 running,
             };
             let passed = r.phase("run E2E suite", |_| Ok(dev.suite()))?;
-            r.line(format!(
-                "suite {}",
-                if passed { "passed" } else { "FAILED" }
-            ));
+            r.line(format!("suite {}", if passed { "passed" } else { "FAILED" }));
             dev.watch(Duration::from_millis(self.debounce))
         });
         if let Some(h) = crate::handoff::Handoff::load(project) {
@@ -191,11 +188,7 @@ impl Loop<'_> {
         let (project, r) = (self.project, self.r);
         let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
         let mut watcher = notify::recommended_watcher(tx).context("starting the file watcher")?;
-        for path in WATCHED
-            .iter()
-            .map(|w| project.root.join(w))
-            .filter(|p| p.exists())
-        {
+        for path in WATCHED.iter().map(|w| project.root.join(w)).filter(|p| p.exists()) {
             watcher
                 .watch(&path, notify::RecursiveMode::Recursive)
                 .with_context(|| format!("watching {}", path.display()))?;
@@ -214,9 +207,7 @@ impl Loop<'_> {
             while quiet_since.is_none_or(|t| t.elapsed() < debounce) {
                 interrupt::check()?;
                 if quiet_since.is_none()
-                    && pending
-                        .as_ref()
-                        .is_some_and(|(_, t)| t.elapsed() >= RECORD_WHEN_IDLE)
+                    && pending.as_ref().is_some_and(|(_, t)| t.elapsed() >= RECORD_WHEN_IDLE)
                 {
                     if let Some((prepared, _)) = pending.take() {
                         record_images(project, r, &self.opts.build, prepared);
@@ -225,12 +216,8 @@ impl Loop<'_> {
                 match rx.recv_timeout(Duration::from_millis(50)) {
                     Ok(Ok(event)) if changes_content(&event.kind) => {
                         let before = changed.len();
-                        changed.extend(
-                            event
-                                .paths
-                                .into_iter()
-                                .filter(|p| relevant(&project.root, p)),
-                        );
+                        changed
+                            .extend(event.paths.into_iter().filter(|p| relevant(&project.root, p)));
                         if changed.len() > before {
                             quiet_since = Some(Instant::now());
                         }
@@ -263,21 +250,13 @@ impl Loop<'_> {
             let summary = match self.cycle(&names, &mut times) {
                 Ok((done, record)) => {
                     pending = record.map(|p| (p, Instant::now()));
-                    format!(
-                        "{done}; {}; total {}",
-                        times.steps(),
-                        secs(started.elapsed())
-                    )
+                    format!("{done}; {}; total {}", times.steps(), secs(started.elapsed()))
                 }
                 Err((e, stopped)) => {
                     r.line(format!("{e:#}"));
                     format!(
                         "{stopped} ({})",
-                        if times.0.is_empty() {
-                            secs(started.elapsed())
-                        } else {
-                            times.steps()
-                        }
+                        if times.0.is_empty() { secs(started.elapsed()) } else { times.steps() }
                     )
                 }
             };
@@ -309,24 +288,21 @@ impl Loop<'_> {
         let synced = match binary_only_changes(&prepared.plan, &self.running) {
             Some(changed) => times
                 .time("sync+restart", || {
-                    self.stack
-                        .sync_binaries(project, r, &changed, &prepared.plan)
+                    self.stack.sync_binaries(project, r, &changed, &prepared.plan)
                 })
                 .map_err(stopped("syncing the binary FAILED, the stack is as it was"))?,
             None => None,
         };
-        self.running.extend(prepared.plan.iter().map(|i| {
-            (
-                i.spec.name.clone(),
-                (i.reference.clone(), i.outside_binary.clone()),
-            )
-        }));
+        self.running.extend(
+            prepared
+                .plan
+                .iter()
+                .map(|i| (i.spec.name.clone(), (i.reference.clone(), i.outside_binary.clone()))),
+        );
         if let Some(synced) = synced {
             let synced = synced.join(", ");
             times
-                .time("ready", || {
-                    self.stack.wait_ready(r, self.opts.ready_timeout)
-                })
+                .time("ready", || self.stack.wait_ready(r, self.opts.ready_timeout))
                 .map_err(stopped(&format!("synced {synced}; NOT READY")))?;
             let passed = times.time("suite", || Ok(self.suite())).unwrap_or(false);
             let done = format!(
@@ -335,33 +311,22 @@ impl Loop<'_> {
             );
             return Ok((done, Some(prepared)));
         }
-        let rebuilt: Vec<String> = prepared
-            .plan
-            .iter()
-            .filter(|i| !i.is_cached())
-            .map(|i| i.spec.name.clone())
-            .collect();
+        let rebuilt: Vec<String> =
+            prepared.plan.iter().filter(|i| !i.is_cached()).map(|i| i.spec.name.clone()).collect();
         let rebuilt = list(&rebuilt);
         let (handoff, _) = times
-            .time("images", || {
-                build::finish_with(project, r, opts, prepared, false)
-            })
+            .time("images", || build::finish_with(project, r, opts, prepared, false))
             .map_err(stopped("image build FAILED, the stack is unchanged"))?;
         // Replace only the pods that differ, the same way on either runtime.
-        let replaced = times
-            .time("replace", || self.stack.replace(project, r, &handoff))
-            .map_err(stopped(&format!(
-                "rebuilt {rebuilt}; replacing FAILED, the rest of the stack is unchanged"
-            )))?;
+        let replaced =
+            times.time("replace", || self.stack.replace(project, r, &handoff)).map_err(stopped(
+                &format!("rebuilt {rebuilt}; replacing FAILED, the rest of the stack is unchanged"),
+            ))?;
         let replaced = list(&replaced);
         if replaced != "nothing" {
             times
-                .time("ready", || {
-                    self.stack.wait_ready(r, self.opts.ready_timeout)
-                })
-                .map_err(stopped(&format!(
-                    "rebuilt {rebuilt}; replaced {replaced}; NOT READY"
-                )))?;
+                .time("ready", || self.stack.wait_ready(r, self.opts.ready_timeout))
+                .map_err(stopped(&format!("rebuilt {rebuilt}; replaced {replaced}; NOT READY")))?;
         }
         // Compiled again only when the change can change it (the services are not its
         // dependencies): a no-op cargo check is a quarter of a second.
@@ -373,13 +338,7 @@ impl Loop<'_> {
             Ok(self.suite())
         });
         let passed = passed.map_err(|e| (e, "suite compile FAILED, the stack is up".to_owned()))?;
-        Ok((
-            format!(
-                "rebuilt {rebuilt}; replaced {replaced}; suite {}",
-                verdict(passed)
-            ),
-            None,
-        ))
+        Ok((format!("rebuilt {rebuilt}; replaced {replaced}; suite {}", verdict(passed)), None))
     }
 }
 
@@ -402,11 +361,7 @@ impl Times {
     }
 
     fn steps(&self) -> String {
-        self.0
-            .iter()
-            .map(|(n, d)| format!("{n} {}", secs(*d)))
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.0.iter().map(|(n, d)| format!("{n} {}", secs(*d))).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -445,12 +400,8 @@ const RECORD_WHEN_IDLE: Duration = Duration::from_millis(500);
 /// packaged) and writes `images.json`, so `e2e` and later cycles find them built.
 fn record_images(project: &Project, r: &Reporter, opts: &BuildOptions, prepared: build::Prepared) {
     let t = Instant::now();
-    let built: Vec<String> = prepared
-        .plan
-        .iter()
-        .filter(|i| !i.is_cached())
-        .map(|i| i.spec.name.clone())
-        .collect();
+    let built: Vec<String> =
+        prepared.plan.iter().filter(|i| !i.is_cached()).map(|i| i.spec.name.clone()).collect();
     if built.is_empty() {
         return;
     }
@@ -486,19 +437,10 @@ mod tests {
         let root = Path::new("/r");
         assert!(relevant(root, Path::new("/r/services/gateway/src/api.rs")));
         assert!(relevant(root, Path::new("/r/Cargo.lock")));
-        assert!(relevant(
-            root,
-            Path::new("/r/test/e2e/manifests/40-gateway.yaml")
-        ));
+        assert!(relevant(root, Path::new("/r/test/e2e/manifests/40-gateway.yaml")));
         assert!(!relevant(root, Path::new("/r/target/debug/gateway")));
-        assert!(!relevant(
-            root,
-            Path::new("/r/services/gateway/src/.api.rs.swp")
-        ));
-        assert!(!relevant(
-            root,
-            Path::new("/r/services/gateway/src/api.rs~")
-        ));
+        assert!(!relevant(root, Path::new("/r/services/gateway/src/.api.rs.swp")));
+        assert!(!relevant(root, Path::new("/r/services/gateway/src/api.rs~")));
         assert!(!relevant(root, Path::new("/r/README.md")));
         assert!(!relevant(root, Path::new("/elsewhere/services/x")));
     }
@@ -512,9 +454,7 @@ mod tests {
         assert!(!changes_content(&EventKind::Modify(ModifyKind::Metadata(
             MetadataKind::WriteTime
         ))));
-        assert!(changes_content(&EventKind::Modify(ModifyKind::Data(
-            DataChange::Any
-        ))));
+        assert!(changes_content(&EventKind::Modify(ModifyKind::Data(DataChange::Any))));
         assert!(changes_content(&EventKind::Create(CreateKind::File)));
     }
 
@@ -536,27 +476,17 @@ mod tests {
             fingerprint: tag.into(),
             outside_binary: outside.into(),
             reference: format!("localhost/e2e-{name}:{tag}"),
-            action: build::Action::Build {
-                reason: String::new(),
-            },
+            action: build::Action::Build { reason: String::new() },
         }
     }
 
     #[test]
     fn only_a_change_of_binaries_alone_is_synced() {
-        let running: Running = [
-            ("gateway", "g1", "G"),
-            ("data-storage", "d1", "D"),
-            ("redis", "r1", "r1"),
-        ]
-        .iter()
-        .map(|(n, t, o)| {
-            (
-                n.to_string(),
-                (format!("localhost/e2e-{n}:{t}"), o.to_string()),
-            )
-        })
-        .collect();
+        let running: Running =
+            [("gateway", "g1", "G"), ("data-storage", "d1", "D"), ("redis", "r1", "r1")]
+                .iter()
+                .map(|(n, t, o)| (n.to_string(), (format!("localhost/e2e-{n}:{t}"), o.to_string())))
+                .collect();
         let names = |v: Option<Vec<&build::PlanItem>>| {
             v.map(|v| v.iter().map(|i| i.spec.name.clone()).collect::<Vec<_>>())
         };
@@ -569,36 +499,15 @@ mod tests {
         };
         // The gateway's binary changed: synced.
         assert_eq!(
-            names(binary_only_changes(
-                &plan(("g2", "G"), ("r1", "r1")),
-                &running
-            )),
+            names(binary_only_changes(&plan(("g2", "G"), ("r1", "r1")), &running)),
             Some(vec!["gateway".to_owned()])
         );
         // Nothing changed: nothing to sync.
-        assert_eq!(
-            names(binary_only_changes(
-                &plan(("g1", "G"), ("r1", "r1")),
-                &running
-            )),
-            None
-        );
+        assert_eq!(names(binary_only_changes(&plan(("g1", "G"), ("r1", "r1")), &running)), None);
         // Its Dockerfile (or base image, ...) changed too: a new image and pod.
-        assert_eq!(
-            names(binary_only_changes(
-                &plan(("g2", "G2"), ("r1", "r1")),
-                &running
-            )),
-            None
-        );
+        assert_eq!(names(binary_only_changes(&plan(("g2", "G2"), ("r1", "r1")), &running)), None);
         // Redis changed beside it: everything the usual way.
-        assert_eq!(
-            names(binary_only_changes(
-                &plan(("g2", "G"), ("r2", "r2")),
-                &running
-            )),
-            None
-        );
+        assert_eq!(names(binary_only_changes(&plan(("g2", "G"), ("r2", "r2")), &running)), None);
     }
 
     #[test]
@@ -615,10 +524,7 @@ mod tests {
             binary_destination("FROM x\ncopy --chmod=0755 svc /opt/bin/\n", "svc").as_deref(),
             Some("/opt/bin/svc")
         );
-        assert_eq!(
-            binary_destination("COPY other /x\nCOPY a b c /d/\n", "svc"),
-            None
-        );
+        assert_eq!(binary_destination("COPY other /x\nCOPY a b c /d/\n", "svc"), None);
     }
 
     #[test]
@@ -627,22 +533,14 @@ mod tests {
             Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests"))
                 .unwrap();
         let mut ports = 40000..;
-        let old = m
-            .render_podman(&BTreeMap::new(), "1", None, || Ok(ports.next().unwrap()))
-            .unwrap();
+        let old =
+            m.render_podman(&BTreeMap::new(), "1", None, || Ok(ports.next().unwrap())).unwrap();
         let mut ports = 40000..;
-        let pinned = [(
-            "localhost/e2e-gateway".to_owned(),
-            "localhost/e2e-gateway:new".to_owned(),
-        )]
-        .into();
-        let new = m
-            .render_podman(&pinned, "1", None, || Ok(ports.next().unwrap()))
-            .unwrap();
-        let changed: Vec<&str> = changed_pods(&old, &new)
-            .iter()
-            .map(|&i| new.pods[i].base.as_str())
-            .collect();
+        let pinned =
+            [("localhost/e2e-gateway".to_owned(), "localhost/e2e-gateway:new".to_owned())].into();
+        let new = m.render_podman(&pinned, "1", None, || Ok(ports.next().unwrap())).unwrap();
+        let changed: Vec<&str> =
+            changed_pods(&old, &new).iter().map(|&i| new.pods[i].base.as_str()).collect();
         assert_eq!(changed, ["gateway"]);
         assert!(changed_pods(&old, &old).is_empty());
     }

@@ -130,10 +130,9 @@ impl E2eArgs {
             ready_timeout: std::time::Duration::from_secs(self.ready_timeout),
             faults: self.faults,
             source: match (&self.images, &self.registry) {
-                (Some(path), _) => Source::Archive {
-                    path: path.clone(),
-                    allow_stale: self.allow_stale,
-                },
+                (Some(path), _) => {
+                    Source::Archive { path: path.clone(), allow_stale: self.allow_stale }
+                }
                 (None, Some(prefix)) => Source::Registry(prefix.clone()),
                 (None, None) => Source::Build,
             },
@@ -148,11 +147,7 @@ impl E2eArgs {
 
 /// Where the run's files are, and where readiness and the suite run.
 fn describe(project: &Project, r: &Reporter, stack: &dyn Stack) {
-    r.line(format!(
-        "run {} (files in {})",
-        stack.id(),
-        project.display(stack.dir())
-    ));
+    r.line(format!("run {} (files in {})", stack.id(), project.display(stack.dir())));
     if let Some(line) = stack.where_it_runs() {
         r.line(line);
     }
@@ -252,12 +247,8 @@ fn dry_run(
         }
         source => {
             let env = session.facts.env(None)?;
-            let binaries: Vec<&str> = session
-                .images
-                .images
-                .iter()
-                .filter_map(crate::images::ImageSpec::binary)
-                .collect();
+            let binaries: Vec<&str> =
+                session.images.images.iter().filter_map(crate::images::ImageSpec::binary).collect();
             lines.push(
                 build::cargo_build(project, &binaries, env.cargo_jobs(), opts.build.release)
                     .to_string(),
@@ -280,10 +271,9 @@ fn dry_run(
                         fingerprint::tag(&item.fingerprint),
                         item.reference,
                     ),
-                    (Action::Build { reason }, _) => format!(
-                        "{}  # {reason}",
-                        build::build_cmd_for(project, env.engine(), item)
-                    ),
+                    (Action::Build { reason }, _) => {
+                        format!("{}  # {reason}", build::build_cmd_for(project, env.engine(), item))
+                    }
                 });
             }
             build::planned_handoff(&prepared)
@@ -303,18 +293,10 @@ fn dry_run(
         });
     }
     let stack = opts.stack(project, session, manifests, &handoff, id, early)?;
-    lines.extend(step::print(
-        &stack.plan(opts.ready_timeout, opts.tests(project, &*stack, None)),
-    ));
+    lines.extend(step::print(&stack.plan(opts.ready_timeout, opts.tests(project, &*stack, None))));
     lines.extend(stack.failure_commands());
     let keep = if opts.keep { "  # skipped: --keep" } else { "" };
-    lines.extend(
-        stack
-            .final_record()
-            .teardown()
-            .iter()
-            .map(|c| format!("{c}{keep}")),
-    );
+    lines.extend(stack.final_record().teardown().iter().map(|c| format!("{c}{keep}")));
     println!("{}", lines.join("\n"));
     Ok(())
 }

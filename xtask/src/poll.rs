@@ -35,14 +35,10 @@ mod tests {
             Ok(n == 3)
         });
         assert_eq!((done.unwrap(), n), (true, 3));
-        let failed = until(Duration::from_secs(5), Duration::ZERO, || {
-            anyhow::bail!("broken")
-        });
+        let failed = until(Duration::from_secs(5), Duration::ZERO, || anyhow::bail!("broken"));
         assert_eq!(failed.unwrap_err().to_string(), "broken");
         let started = Instant::now();
-        let late = until(Duration::from_millis(20), Duration::from_millis(5), || {
-            Ok(false)
-        });
+        let late = until(Duration::from_millis(20), Duration::from_millis(5), || Ok(false));
         assert!(!late.unwrap() && started.elapsed() >= Duration::from_millis(20));
     }
 }

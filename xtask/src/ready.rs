@@ -29,9 +29,9 @@ pub fn classify(state: &str) -> Health {
     let exit: i64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let restarts: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     match status {
-        _ if restarts > 0 => Health::Failed(format!(
-            "restarted {restarts} time(s), last exit code {exit}"
-        )),
+        _ if restarts > 0 => {
+            Health::Failed(format!("restarted {restarts} time(s), last exit code {exit}"))
+        }
         "running" => Health::Running,
         "created" | "configured" | "initialized" => Health::Starting,
         "exited" | "stopped" | "dead" => Health::Failed(format!("{status} with exit code {exit}")),
@@ -56,24 +56,14 @@ pub fn wait_ready(
         .into();
     // Set when one container has failed: the others stop polling.
     let stop = AtomicBool::new(false);
-    let containers = stack
-        .pods
-        .iter()
-        .flat_map(|p| p.containers.iter().map(move |c| (p, c)));
+    let containers = stack.pods.iter().flat_map(|p| p.containers.iter().map(move |c| (p, c)));
     let failed: Vec<String> = std::thread::scope(|s| {
         let polling: Vec<_> = containers
             .map(|(pod, c)| {
                 let (agent, stop) = (&agent, &stop);
                 s.spawn(move || {
                     let name = container_name(&pod.name, &c.name);
-                    let probe = Probe {
-                        stack,
-                        remote,
-                        pod,
-                        c,
-                        name: &name,
-                        agent,
-                    };
+                    let probe = Probe { stack, remote, pod, c, name: &name, agent };
                     let outcome = probe.until_ready(stop, timeout);
                     match &outcome {
                         Ok(()) => r.line(format!("  {name} ready after {}", secs(start.elapsed()))),
@@ -85,11 +75,7 @@ pub fn wait_ready(
             .collect();
         polling
             .into_iter()
-            .filter_map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err("its poll panicked".into()))
-                    .err()
-            })
+            .filter_map(|h| h.join().unwrap_or_else(|_| Err("its poll panicked".into())).err())
             .collect()
     });
     interrupt::check()?;
@@ -160,14 +146,7 @@ impl Probe<'_> {
 
     /// The probe, once: `Ok` when it passes, else why not.
     fn once(&self) -> Result<(), String> {
-        let Probe {
-            stack,
-            remote,
-            pod,
-            c,
-            name,
-            agent,
-        } = *self;
+        let Probe { stack, remote, pod, c, name, agent } = *self;
         match &c.readiness {
             None => match classify(&Podman.container_state(name).read().unwrap_or_default()) {
                 Health::Running => Ok(()),
@@ -200,9 +179,9 @@ impl Probe<'_> {
                 }
             }
             Some(ProbeSpec::Http { path, port }) => match stack.host_port(&pod.name, *port) {
-                None => Err(format!(
-                    "port {port} is not published, so GET {path} cannot be checked"
-                )),
+                None => {
+                    Err(format!("port {port} is not published, so GET {path} cannot be checked"))
+                }
                 Some(host_port) => {
                     let url = format!("http://127.0.0.1:{host_port}{path}");
                     match agent.get(&url).call() {
@@ -250,16 +229,9 @@ mod tests {
 
     /// The loop as the container runs it, here with this machine's bash.
     fn looped(body: &str, args: &[&str], slice: u32) -> bool {
-        let argv = until_ready(
-            body,
-            &args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-            slice,
-        );
-        std::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .status()
-            .unwrap()
-            .success()
+        let argv =
+            until_ready(body, &args.iter().map(|a| a.to_string()).collect::<Vec<_>>(), slice);
+        std::process::Command::new(&argv[0]).args(&argv[1..]).status().unwrap().success()
     }
 
     /// A server on a free loopback port answering every request with `status`.
@@ -300,11 +272,8 @@ mod tests {
         let busy = http_server("503 Service Unavailable").to_string();
         assert!(looped(HTTP_GET, &[&ok, "/health/ready"], 1));
         assert!(!looped(HTTP_GET, &[&busy, "/health/ready"], 1));
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let closed =
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         assert!(!looped(HTTP_GET, &[&closed.to_string(), "/"], 1));
     }
 
@@ -312,10 +281,7 @@ mod tests {
     fn classifies_podman_states() {
         assert_eq!(classify("running 0 0"), Health::Running);
         assert_eq!(classify("created 0 0"), Health::Starting);
-        assert_eq!(
-            classify("exited 1 0"),
-            Health::Failed("exited with exit code 1".into())
-        );
+        assert_eq!(classify("exited 1 0"), Health::Failed("exited with exit code 1".into()));
         assert!(matches!(classify("running 0 2"), Health::Failed(w) if w.contains("restarted 2")));
         assert!(matches!(classify(""), Health::Failed(w) if w.contains("unknown")));
     }

@@ -37,11 +37,7 @@ impl Reporter {
     /// Plain lines, never bars (for tests).
     #[cfg(test)]
     pub fn quiet() -> Reporter {
-        Reporter {
-            bars: None,
-            phases: Mutex::new(Vec::new()),
-            started: Instant::now(),
-        }
+        Reporter { bars: None, phases: Mutex::new(Vec::new()), started: Instant::now() }
     }
 
     pub fn line(&self, msg: impl AsRef<str>) {
@@ -70,15 +66,8 @@ impl Reporter {
         let took = start.elapsed();
         let offset = start.duration_since(self.started);
         let ok = result.is_ok();
-        self.line(format!(
-            "<== {name}: {} in {}",
-            if ok { "done" } else { "FAILED" },
-            secs(took)
-        ));
-        self.phases
-            .lock()
-            .unwrap()
-            .push((name.to_owned(), offset, took, ok));
+        self.line(format!("<== {name}: {} in {}", if ok { "done" } else { "FAILED" }, secs(took)));
+        self.phases.lock().unwrap().push((name.to_owned(), offset, took, ok));
         result
     }
 
@@ -125,12 +114,8 @@ impl Reporter {
     /// wall time since the start (phases may overlap).
     pub fn summary(&self) -> String {
         let phases = self.phases.lock().unwrap();
-        let width = phases
-            .iter()
-            .map(|(n, ..)| n.len())
-            .max()
-            .unwrap_or(0)
-            .max("total (wall)".len());
+        let width =
+            phases.iter().map(|(n, ..)| n.len()).max().unwrap_or(0).max("total (wall)".len());
         let total = self.started.elapsed();
         let mut out = String::new();
         for (name, _, took, ok) in phases.iter() {
@@ -140,11 +125,7 @@ impl Reporter {
                 if *ok { "ok" } else { "FAILED" }
             ));
         }
-        out.push_str(&format!(
-            "  {:<width$}  {:>8}\n",
-            "total (wall)",
-            secs(total)
-        ));
+        out.push_str(&format!("  {:<width$}  {:>8}\n", "total (wall)", secs(total)));
         out
     }
 }
@@ -179,11 +160,7 @@ impl Reporter {
                 name: name.clone(),
                 start_s: start.as_secs_f64(),
                 end_s: (*start + *took).as_secs_f64(),
-                state: if *ok {
-                    SpanState::Ok
-                } else {
-                    SpanState::Failed
-                },
+                state: if *ok { SpanState::Ok } else { SpanState::Failed },
                 detail: secs(*took),
             })
             .collect()
@@ -229,32 +206,22 @@ pub fn timeline_of(
         .map_or((0.0, 0.0), |p| (p.start_s, p.end_s));
     let spans = images
         .iter()
-        .map(
-            |(name, state)| match activity.builds.iter().find(|b| &b.image == name) {
-                Some(b) => timeline::Span {
-                    name: name.clone(),
-                    start_s: r.offset(b.started),
-                    end_s: r.offset(b.started) + b.took.as_secs_f64(),
-                    state: if b.ok {
-                        SpanState::Built
-                    } else {
-                        SpanState::Failed
-                    },
-                    detail: format!("{} (cap {})", secs(b.took), crate::memory::human(b.cap)),
-                },
-                None => timeline::Span {
-                    name: name.clone(),
-                    start_s: images_at.0,
-                    end_s: if *state == SpanState::Loaded {
-                        images_at.1
-                    } else {
-                        images_at.0
-                    },
-                    state: *state,
-                    detail: format!("{state:?}").to_lowercase(),
-                },
+        .map(|(name, state)| match activity.builds.iter().find(|b| &b.image == name) {
+            Some(b) => timeline::Span {
+                name: name.clone(),
+                start_s: r.offset(b.started),
+                end_s: r.offset(b.started) + b.took.as_secs_f64(),
+                state: if b.ok { SpanState::Built } else { SpanState::Failed },
+                detail: format!("{} (cap {})", secs(b.took), crate::memory::human(b.cap)),
             },
-        )
+            None => timeline::Span {
+                name: name.clone(),
+                start_s: images_at.0,
+                end_s: if *state == SpanState::Loaded { images_at.1 } else { images_at.0 },
+                state: *state,
+                detail: format!("{state:?}").to_lowercase(),
+            },
+        })
         .collect();
     Timeline {
         title: title.to_owned(),
@@ -265,10 +232,7 @@ pub fn timeline_of(
         memory: activity
             .memory
             .iter()
-            .map(|(t, used)| timeline::Sample {
-                t_s: r.offset(*t),
-                used_bytes: *used,
-            })
+            .map(|(t, used)| timeline::Sample { t_s: r.offset(*t), used_bytes: *used })
             .collect(),
         budget_bytes: budget,
         caps: activity
@@ -318,11 +282,7 @@ mod tests {
 
     #[test]
     fn summary_lists_phases_and_total() {
-        let r = Reporter {
-            bars: None,
-            phases: Mutex::new(Vec::new()),
-            started: Instant::now(),
-        };
+        let r = Reporter { bars: None, phases: Mutex::new(Vec::new()), started: Instant::now() };
         r.phase("build", |_| Ok(())).unwrap();
         let _ = r.phase("test", |_| -> anyhow::Result<()> { anyhow::bail!("no") });
         let s = r.summary();
@@ -335,10 +295,7 @@ mod tests {
     fn tables_align() {
         let t = table(
             &["image", "state"],
-            &[
-                vec!["gateway".into(), "built".into()],
-                vec!["pg".into(), "cached".into()],
-            ],
+            &[vec!["gateway".into(), "built".into()], vec!["pg".into(), "cached".into()]],
         );
         assert_eq!(t, "  image    state\n  gateway  built\n  pg       cached");
     }
@@ -360,18 +317,14 @@ impl ReportArgs {
             None => {
                 let mut dirs: Vec<_> = std::fs::read_dir(&runs)
                     .with_context(|| {
-                        format!(
-                            "no runs yet in {}: run `cargo xtask e2e`",
-                            project.display(&runs)
-                        )
+                        format!("no runs yet in {}: run `cargo xtask e2e`", project.display(&runs))
                     })?
                     .filter_map(Result::ok)
                     .map(|e| e.path())
                     .filter(|d| d.join("timeline.json").is_file())
                     .collect();
                 dirs.sort();
-                dirs.pop()
-                    .context("no run has written a report yet: run `cargo xtask e2e`")?
+                dirs.pop().context("no run has written a report yet: run `cargo xtask e2e`")?
             }
         };
         let file = dir.join("timeline.json");

@@ -154,20 +154,11 @@ impl RunOptions {
                 if prepared.plan.iter().all(|i| i.is_cached()) {
                     let (handoff, activity) = build::finish(project, r, opts, prepared)?;
                     let pending_suite = compile_suite_unless(defer, project, r, jobs)?;
-                    return Ok(Images {
-                        handoff,
-                        activity,
-                        pending_suite,
-                    });
+                    return Ok(Images { handoff, activity, pending_suite });
                 }
                 // The suite's rustc jobs run beside the builds; on a local engine they share
                 // its memory. Never so much that the largest image no longer fits.
-                let biggest = prepared
-                    .plan
-                    .iter()
-                    .map(|i| i.spec.memory)
-                    .max()
-                    .unwrap_or(0);
+                let biggest = prepared.plan.iter().map(|i| i.spec.memory).max().unwrap_or(0);
                 let reserved = if env.facts.remote {
                     0
                 } else {
@@ -192,23 +183,12 @@ impl RunOptions {
                 });
                 compiled?;
                 let (handoff, activity) = built?;
-                return Ok(Images {
-                    handoff,
-                    activity,
-                    pending_suite: None,
-                });
+                return Ok(Images { handoff, activity, pending_suite: None });
             }
         };
-        let jobs = session
-            .facts
-            .env(Some(&handoff.base_image_id))?
-            .cargo_jobs();
+        let jobs = session.facts.env(Some(&handoff.base_image_id))?.cargo_jobs();
         let pending_suite = compile_suite_unless(defer, project, r, jobs)?;
-        Ok(Images {
-            handoff,
-            activity: Activity::default(),
-            pending_suite,
-        })
+        Ok(Images { handoff, activity: Activity::default(), pending_suite })
     }
 
     /// The pods that can start before the service images exist (their images package no
@@ -223,30 +203,18 @@ impl RunOptions {
         if self.runtime != Runtime::Podman || self.build.force {
             return None;
         }
-        let names: Vec<String> = session
-            .images
-            .infrastructure()
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
+        let names: Vec<String> =
+            session.images.infrastructure().into_iter().map(str::to_owned).collect();
         // Their images: cached here, or coming with the archive (awaited before they start).
         let (pinned, arriving): (BTreeMap<String, String>, _) = match &self.source {
             Source::Registry(_) => return None,
             Source::Archive { path, .. } => {
                 let manifest = archive::read_manifest(path).ok()?;
-                let records: Vec<_> = manifest
-                    .images
-                    .into_iter()
-                    .filter(|i| names.contains(&i.name))
-                    .collect();
-                let arriving = records
-                    .iter()
-                    .map(|i| (i.reference.clone(), i.id.clone()))
-                    .collect();
-                let pinned = records
-                    .into_iter()
-                    .map(|i| (i.repository, i.reference))
-                    .collect();
+                let records: Vec<_> =
+                    manifest.images.into_iter().filter(|i| names.contains(&i.name)).collect();
+                let arriving =
+                    records.iter().map(|i| (i.reference.clone(), i.id.clone())).collect();
+                let pinned = records.into_iter().map(|i| (i.repository, i.reference)).collect();
                 (pinned, Some(arriving))
             }
             Source::Build => {
@@ -265,17 +233,11 @@ impl RunOptions {
             return None;
         }
         let subnet = subnet_for(id).ok()?;
-        let stack = manifests
-            .render_podman(&pinned, id.suffix(), Some(subnet), free_port)
-            .ok()?;
+        let stack = manifests.render_podman(&pinned, id.suffix(), Some(subnet), free_port).ok()?;
         let early: std::collections::BTreeSet<String> = stack
             .pods
             .iter()
-            .filter(|p| {
-                p.containers
-                    .iter()
-                    .all(|c| pinned.values().any(|r| *r == c.image))
-            })
+            .filter(|p| p.containers.iter().all(|c| pinned.values().any(|r| *r == c.image)))
             .map(|p| p.name.clone())
             .collect();
         if early.is_empty() {
@@ -283,10 +245,7 @@ impl RunOptions {
         }
         let mut run = PodmanRun::new(project, id.clone(), stack);
         run.early = early;
-        run.arriving = arriving.map(|images| Arriving {
-            images,
-            ended: Default::default(),
-        });
+        run.arriving = arriving.map(|images| Arriving { images, ended: Default::default() });
         Some(run)
     }
 
@@ -302,9 +261,9 @@ impl RunOptions {
         early: Option<PodmanRun>,
     ) -> anyhow::Result<Box<dyn Stack>> {
         match self.runtime {
-            Runtime::Podman => Ok(Box::new(
-                self.podman(project, session, manifests, handoff, id, early)?,
-            )),
+            Runtime::Podman => {
+                Ok(Box::new(self.podman(project, session, manifests, handoff, id, early)?))
+            }
             // The engine that built or loaded the images is kind's provider.
             Runtime::Kind => Ok(Box::new(self.kind(project, manifests, handoff, id)?)),
         }
@@ -369,10 +328,7 @@ impl RunOptions {
             (None, None) => (id.namespace(), false),
         };
         let (stack, node_ports) = manifests.render_kind(&handoff.pinned())?;
-        let record = project
-            .e2e_dir()
-            .join("clusters")
-            .join(format!("{cluster}.json"));
+        let record = project.e2e_dir().join("clusters").join(format!("{cluster}.json"));
         let (config, ports) = if reuse {
             let ports: BTreeMap<u16, u16> = serde_json::from_slice(&std::fs::read(&record).with_context(|| {
                 format!(
@@ -456,10 +412,7 @@ impl RunOptions {
                 .arg("--test-threads=1");
             phases.push(Phase::new(
                 "run fault tests",
-                vec![Step::Terminal {
-                    cmd,
-                    doing: "the fault tests failed".into(),
-                }],
+                vec![Step::Terminal { cmd, doing: "the fault tests failed".into() }],
             ));
         }
         phases
@@ -490,17 +443,14 @@ pub fn images_beside_infrastructure(
         let images = images();
         // Pods awaiting the archive's images stop waiting for any that did not come.
         if let Some(arriving) = &run.arriving {
-            arriving
-                .ended
-                .store(true, std::sync::atomic::Ordering::SeqCst);
+            arriving.ended.store(true, std::sync::atomic::Ordering::SeqCst);
         }
         (images, starting.join().expect("no panic"))
     });
     if let (Some(record), true) = (&record, images.is_err() || started.is_err()) {
         // Nothing else will run: what started early is torn down now.
-        let teardown = r.phase("tear down", |r| {
-            runtime::teardown(&run.dir, record, &run.log, r, &mut Live)
-        });
+        let teardown =
+            r.phase("tear down", |r| runtime::teardown(&run.dir, record, &run.log, r, &mut Live));
         if let Err(t) = teardown {
             r.line(format!("{t:#}"));
         }
@@ -534,9 +484,9 @@ pub struct SuiteGate<'s>(
 impl SuiteGate<'_> {
     fn wait(&self) -> anyhow::Result<()> {
         match self.0.lock().expect("not poisoned").take() {
-            Some(h) => h
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("the suite's compile panicked"))),
+            Some(h) => {
+                h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the suite's compile panicked")))
+            }
             None => Ok(()),
         }
     }
@@ -544,9 +494,7 @@ impl SuiteGate<'_> {
 
 /// `cargo test --no-run` of the suite, as a phase.
 pub fn compile_suite(project: &Project, r: &Reporter, jobs: usize) -> anyhow::Result<()> {
-    r.phase("compile E2E suite", |r| {
-        suite::compile_here(project, r, jobs)
-    })
+    r.phase("compile E2E suite", |r| suite::compile_here(project, r, jobs))
 }
 
 fn compile_suite_unless(

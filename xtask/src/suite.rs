@@ -20,11 +20,7 @@ pub enum SuiteIn {
 impl SuiteIn {
     /// As asked, else where the services can be reached: the engine when it is remote.
     pub fn resolve(asked: Option<SuiteIn>, remote: bool) -> SuiteIn {
-        asked.unwrap_or(if remote {
-            SuiteIn::Engine
-        } else {
-            SuiteIn::Host
-        })
+        asked.unwrap_or(if remote { SuiteIn::Engine } else { SuiteIn::Host })
     }
 }
 
@@ -88,9 +84,7 @@ pub fn compile_here(
 
 /// Whether a change (paths from the workspace's root) can change the suite's binaries.
 pub fn touched_by(changed: &[String]) -> bool {
-    changed
-        .iter()
-        .any(|p| p.starts_with(DIR) || p == "Cargo.lock" || p == "Cargo.toml")
+    changed.iter().any(|p| p.starts_with(DIR) || p == "Cargo.lock" || p == "Cargo.toml")
 }
 
 /// Links each test binary the compile named (`json`: its stdout) to [`binary`].
@@ -194,10 +188,7 @@ impl InEngine {
         InEngine {
             engine,
             image: format!("localhost/e2e-suite:{suffix}"),
-            context: project
-                .e2e_dir()
-                .join("context")
-                .join(format!("suite-{suffix}")),
+            context: project.e2e_dir().join("context").join(format!("suite-{suffix}")),
             dockerfile: project.root.join("docker/suite.Dockerfile"),
             base_image: base_image.to_owned(),
             compiled_in_engine: None,
@@ -246,10 +237,7 @@ impl InEngine {
             field(f.file_name().unwrap_or_default().as_encoded_bytes());
             field(&std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?);
         }
-        let hex: String = h.finalize()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex: String = h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
         Ok(format!("localhost/e2e-suite:{hex}"))
     }
 
@@ -267,8 +255,7 @@ impl InEngine {
         };
         for cmd in cmds {
             r.command(&cmd);
-            cmd.run_logged(&log)
-                .context("packaging the suite for the engine")?;
+            cmd.run_logged(&log).context("packaging the suite for the engine")?;
         }
         Ok(())
     }
@@ -302,9 +289,7 @@ impl InEngine {
         for (k, v) in urls {
             c = c.arg("--env").arg(format!("{k}={v}"));
         }
-        c.arg(&self.image)
-            .arg(format!("/suite/{test}"))
-            .args(args.iter().cloned())
+        c.arg(&self.image).arg(format!("/suite/{test}")).args(args.iter().cloned())
     }
 }
 
@@ -318,10 +303,7 @@ mod tests {
             |paths: &[&str]| touched_by(&paths.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>());
         assert!(changed(&["test/suite/tests/e2e.rs"]));
         assert!(changed(&["services/gateway/src/api.rs", "Cargo.lock"]));
-        assert!(!changed(&[
-            "services/gateway/src/api.rs",
-            "docker/redis/redis.conf"
-        ]));
+        assert!(!changed(&["services/gateway/src/api.rs", "docker/redis/redis.conf"]));
     }
 
     #[test]
@@ -363,17 +345,8 @@ mod tests {
             target_dir: "/r/target".into(),
             e2e_dir: "/r/target/e2e".into(),
         };
-        let s = InEngine::new(
-            &project,
-            Engine::Podman,
-            "1-2",
-            "localhost/e2e-base:bookworm",
-        );
-        let urls = [(
-            "GATEWAY_URL".to_owned(),
-            "http://gateway-1-2:8080".to_owned(),
-        )]
-        .into();
+        let s = InEngine::new(&project, Engine::Podman, "1-2", "localhost/e2e-base:bookworm");
+        let urls = [("GATEWAY_URL".to_owned(), "http://gateway-1-2:8080".to_owned())].into();
         assert_eq!(
             s.run(
                 "e2e-x",

@@ -80,9 +80,8 @@ pub fn render_html(t: &Timeline) -> String {
     // `<!--` followed by `<script` would change how the parser looks for its end. JSON
     // strings read `\u003c` as '<' again, and '<' appears nowhere else in JSON.
     // (Non-finite numbers become null; the page draws them as 0.)
-    let json = serde_json::to_string(t)
-        .unwrap_or_else(|_| "null".to_owned())
-        .replace('<', "\\u003c");
+    let json =
+        serde_json::to_string(t).unwrap_or_else(|_| "null".to_owned()).replace('<', "\\u003c");
     TEMPLATE.replacen(PLACEHOLDER, &json, 1)
 }
 
@@ -102,11 +101,7 @@ pub fn text_summary(t: &Timeline) -> String {
         }
         let _ = writeln!(s, "{heading}:");
         // Rust pads by characters, as a terminal shows them (mostly).
-        let width = list
-            .iter()
-            .map(|x| x.name.chars().count())
-            .max()
-            .unwrap_or(0);
+        let width = list.iter().map(|x| x.name.chars().count()).max().unwrap_or(0);
         for x in list.iter() {
             let (start, state) = (fin(x.start_s), format!("{:?}", x.state).to_lowercase());
             let end = fin(x.end_s).max(start);
@@ -124,18 +119,9 @@ pub fn text_summary(t: &Timeline) -> String {
     }
     let finite = t.memory.iter().filter(|m| m.t_s.is_finite());
     // The highest sample; the last of equals, as on the page.
-    let peak = finite.max_by(|a, b| {
-        a.used_bytes
-            .cmp(&b.used_bytes)
-            .then(a.t_s.total_cmp(&b.t_s))
-    });
+    let peak = finite.max_by(|a, b| a.used_bytes.cmp(&b.used_bytes).then(a.t_s.total_cmp(&b.t_s)));
     if let Some(p) = peak {
-        let _ = write!(
-            s,
-            "peak memory: {} at {:.1} s",
-            HumanBytes(p.used_bytes),
-            p.t_s
-        );
+        let _ = write!(s, "peak memory: {} at {:.1} s", HumanBytes(p.used_bytes), p.t_s);
         if let Some(b) = t.budget_bytes {
             let _ = write!(s, " (budget {})", HumanBytes(b));
         }
@@ -152,13 +138,7 @@ mod tests {
     const ISLAND: &str = "<script type=\"application/json\" id=\"timeline\">";
 
     fn span(name: &str, start_s: f64, end_s: f64, state: SpanState) -> Span {
-        Span {
-            name: name.to_string(),
-            start_s,
-            end_s,
-            state,
-            detail: String::new(),
-        }
+        Span { name: name.to_string(), start_s, end_s, state, detail: String::new() }
     }
 
     fn sample() -> Timeline {
@@ -177,10 +157,7 @@ mod tests {
                 span("postgres", 60.0, 65.0, SpanState::Loaded),
             ],
             memory: (0..50u32)
-                .map(|i| Sample {
-                    t_s: f64::from(i),
-                    used_bytes: GIB + u64::from(i) * 10_000_000,
-                })
+                .map(|i| Sample { t_s: f64::from(i), used_bytes: GIB + u64::from(i) * 10_000_000 })
                 .collect(),
             budget_bytes: Some(6 * GIB),
             caps: vec![Cap {
@@ -293,10 +270,7 @@ mod tests {
         assert_eq!(data(&html)["phases"], serde_json::json!([]));
         let text = text_summary(&t);
         assert!(text.contains("total:   0.0 s (0 seconds)"), "{text}");
-        assert!(
-            !text.contains("peak") && !text.contains("phases:"),
-            "{text}"
-        );
+        assert!(!text.contains("peak") && !text.contains("phases:"), "{text}");
     }
 
     #[test]
@@ -313,14 +287,8 @@ mod tests {
             ],
             images: vec![span("late", 1e15, 1e15, SpanState::Cached)],
             memory: vec![
-                Sample {
-                    t_s: f64::NAN,
-                    used_bytes: u64::MAX,
-                },
-                Sample {
-                    t_s: 3.0,
-                    used_bytes: u64::MAX - 1,
-                },
+                Sample { t_s: f64::NAN, used_bytes: u64::MAX },
+                Sample { t_s: 3.0, used_bytes: u64::MAX - 1 },
             ],
             budget_bytes: Some(u64::MAX),
             caps: vec![Cap {
@@ -337,10 +305,7 @@ mod tests {
         assert!(!island(&html).contains("NaN") && !island(&html).contains("Infinity"));
         let text = text_summary(&t);
         assert!(text.contains("total:   0.0 s (0 seconds)"), "{text}");
-        assert!(
-            text.contains("backwards  failed     0.0 s      5.0 s →     5.0 s"),
-            "{text}"
-        );
+        assert!(text.contains("backwards  failed     0.0 s      5.0 s →     5.0 s"), "{text}");
         assert!(text.contains("infinite   ok         0.0 s"), "{text}");
         // The sample without a time is left out.
         assert!(text.contains("peak memory: 16.00 EiB at 3.0 s"), "{text}");
@@ -352,17 +317,11 @@ mod tests {
         let mut t = sample();
         t.images[0].detail = "38.0s (cap 2 GiB)\nsecond line".into();
         let s = text_summary(&t);
-        assert!(
-            s.starts_with("cargo xtask e2e — run 20261130-101500-4242\n"),
-            "{s}"
-        );
+        assert!(s.starts_with("cargo xtask e2e — run 20261130-101500-4242\n"), "{s}");
         assert!(s.contains("\noutcome: passed\n"), "{s}");
         assert!(s.contains("\ntotal:   120.0 s (2 minutes)\n"), "{s}");
         assert!(s.contains("\nphases:\n"), "{s}");
-        assert!(
-            s.contains("  prebuild images  ok        58.5 s      1.5 s →    60.0 s\n"),
-            "{s}"
-        );
+        assert!(s.contains("  prebuild images  ok        58.5 s      1.5 s →    60.0 s\n"), "{s}");
         assert!(s.contains("\nimages:\n"), "{s}");
         assert!(s.contains("  data-storage  cached     0.0 s"), "{s}");
         assert!(
@@ -373,19 +332,13 @@ mod tests {
         );
         assert!(!s.contains("second line"), "{s}");
         assert!(s.contains("  postgres      loaded     5.0 s"), "{s}");
-        assert!(
-            s.contains("peak memory: 1.46 GiB at 49.0 s (budget 6.00 GiB)\n"),
-            "{s}"
-        );
+        assert!(s.contains("peak memory: 1.46 GiB at 49.0 s (budget 6.00 GiB)\n"), "{s}");
         t.budget_bytes = None;
         assert!(text_summary(&t).contains("peak memory: 1.46 GiB at 49.0 s\n"));
         // Names are padded by characters, not bytes.
         t.images[2].name = "ρедис".into();
         let s = text_summary(&t);
-        assert!(
-            s.contains(&format!("  ρедис{}loaded", " ".repeat(9))),
-            "{s}"
-        );
+        assert!(s.contains(&format!("  ρедис{}loaded", " ".repeat(9))), "{s}");
     }
 
     #[test]

@@ -62,11 +62,7 @@ fn kind(provider: Engine) -> Cmd {
 /// `save` of images into one plain tar (podman: all of them, not only the first).
 fn save(provider: Engine, tar: &str, images: &[String]) -> Cmd {
     let c = Cmd::new(provider.program()).arg("save");
-    let c = if provider == Engine::Podman {
-        c.arg("--multi-image-archive")
-    } else {
-        c
-    };
+    let c = if provider == Engine::Podman { c.arg("--multi-image-archive") } else { c };
     c.args(["--output", tar]).args(images.iter().cloned())
 }
 
@@ -151,9 +147,9 @@ impl KindRun {
     pub fn make_tar(&self) -> Cmd {
         let tar = self.archive_tar.display().to_string();
         match &self.archive_source {
-            Some(a) if a.extension().is_some_and(|e| e == "zst") => Cmd::new("zstd")
-                .args(["-d", "-q", "-f", "-o", &tar])
-                .arg(a.display().to_string()),
+            Some(a) if a.extension().is_some_and(|e| e == "zst") => {
+                Cmd::new("zstd").args(["-d", "-q", "-f", "-o", &tar]).arg(a.display().to_string())
+            }
             Some(a) => Cmd::new("cp").arg(a.display().to_string()).arg(tar),
             None => save(self.provider, &tar, &self.references),
         }
@@ -190,14 +186,11 @@ impl KindRun {
     }
 
     pub fn create_namespace(&self) -> Cmd {
-        self.kubectl()
-            .args(["create", "namespace", &self.namespace])
+        self.kubectl().args(["create", "namespace", &self.namespace])
     }
 
     pub fn apply(&self) -> Cmd {
-        self.kubectl_ns()
-            .args(["apply", "--filename"])
-            .arg(self.stack_file().display().to_string())
+        self.kubectl_ns().args(["apply", "--filename"]).arg(self.stack_file().display().to_string())
     }
 
     pub fn get_pods_json(&self) -> Cmd {
@@ -211,19 +204,12 @@ impl KindRun {
             .args(["export", "logs"])
             .arg(self.bundle_dir().join("kind").display().to_string());
         let mut cmds = vec![
-            (
-                "kind-export-logs.txt".into(),
-                export.args(["--name", &self.cluster]),
-            ),
+            ("kind-export-logs.txt".into(), export.args(["--name", &self.cluster])),
             (
                 "events.txt".into(),
-                self.kubectl_ns()
-                    .args(["get", "events", "--sort-by=.lastTimestamp"]),
+                self.kubectl_ns().args(["get", "events", "--sort-by=.lastTimestamp"]),
             ),
-            (
-                "describe-pods.txt".into(),
-                self.kubectl_ns().args(["describe", "pods"]),
-            ),
+            ("describe-pods.txt".into(), self.kubectl_ns().args(["describe", "pods"])),
         ];
         for pod in pods {
             let logs = self.kubectl_ns().args([
@@ -232,10 +218,7 @@ impl KindRun {
                 "--all-containers",
                 "--timestamps",
             ]);
-            cmds.push((
-                format!("{pod}.previous.log"),
-                logs.clone().arg("--previous"),
-            ));
+            cmds.push((format!("{pod}.previous.log"), logs.clone().arg("--previous")));
             cmds.insert(cmds.len() - 1, (format!("{pod}.log"), logs));
         }
         cmds
@@ -249,18 +232,10 @@ impl KindRun {
         let mut cmds = Vec::new();
         if !images.is_empty() {
             cmds.push(save(self.provider, &tar, images));
-            cmds.push(
-                self.kind()
-                    .args(["load", "image-archive", &tar, "--name", &self.cluster]),
-            );
+            cmds.push(self.kind().args(["load", "image-archive", &tar, "--name", &self.cluster]));
         }
         for pod in pods {
-            let delete = [
-                "delete",
-                &format!("pod/{pod}"),
-                "--wait=true",
-                "--ignore-not-found",
-            ];
+            let delete = ["delete", &format!("pod/{pod}"), "--wait=true", "--ignore-not-found"];
             cmds.push(self.kubectl_ns().args(delete));
         }
         if !pods.is_empty() {
@@ -291,10 +266,7 @@ impl Stack for KindRun {
         let mut phases = vec![Phase::new(
             "image archive for kind",
             vec![
-                Step::Write {
-                    path: self.stack_file(),
-                    contents: files.stack.clone(),
-                },
+                Step::Write { path: self.stack_file(), contents: files.stack.clone() },
                 // `kind load image-archive` reads a plain tar: unpack the archive, or save one.
                 Step::Run {
                     cmd: self.make_tar(),
@@ -308,14 +280,8 @@ impl Stack for KindRun {
         } else {
             let mut create = vec![
                 Step::Record(self.final_record()),
-                Step::Write {
-                    path: self.config_file(),
-                    contents: files.config.clone(),
-                },
-                Step::Run {
-                    cmd: self.create_cluster(),
-                    doing: "creating the Kind cluster".into(),
-                },
+                Step::Write { path: self.config_file(), contents: files.config.clone() },
+                Step::Run { cmd: self.create_cluster(), doing: "creating the Kind cluster".into() },
             ];
             if let Some(path) = &files.ports_record {
                 create.push(Step::Write {
@@ -332,10 +298,7 @@ impl Stack for KindRun {
                 .iter()
                 .map(|r| format!("{}  (per node and image)", self.node_has_image(&node, r))),
         );
-        what.push(format!(
-            "{}  (each node that lacks one, all at once)",
-            self.load_archive(&node)
-        ));
+        what.push(format!("{}  (each node that lacks one, all at once)", self.load_archive(&node)));
         phases.push(Phase::new(
             "load images",
             vec![Step::Watch {
@@ -347,18 +310,12 @@ impl Stack for KindRun {
             cmd: self.create_namespace(),
             doing: "creating the run's namespace".into(),
         });
-        deploy.push(Step::Run {
-            cmd: self.apply(),
-            doing: "applying the manifests".into(),
-        });
+        deploy.push(Step::Run { cmd: self.apply(), doing: "applying the manifests".into() });
         phases.push(Phase::new("deploy", deploy));
         phases.push(Phase::new(
             "wait until ready",
             vec![Step::Watch {
-                what: format!(
-                    "{}  (polled until every pod is Ready)",
-                    self.get_pods_json()
-                ),
+                what: format!("{}  (polled until every pod is Ready)", self.get_pods_json()),
                 run: Box::new(move |r| wait_ready(self, ready_timeout, r)),
             }],
         ));
@@ -375,9 +332,7 @@ impl Stack for KindRun {
         self.node_ports
             .iter()
             .filter_map(|(svc, np)| {
-                self.ports
-                    .get(np)
-                    .map(|hp| (url_var(svc), format!("http://127.0.0.1:{hp}")))
+                self.ports.get(np).map(|hp| (url_var(svc), format!("http://127.0.0.1:{hp}")))
             })
             .collect()
     }
@@ -393,9 +348,7 @@ impl Stack for KindRun {
                 (
                     pod.clone(),
                     ServiceControl::new(
-                        &self
-                            .kubectl_ns()
-                            .args(["delete", &format!("pod/{pod}"), "--wait=true"]),
+                        &self.kubectl_ns().args(["delete", &format!("pod/{pod}"), "--wait=true"]),
                         &self
                             .kubectl_ns()
                             .args(["apply", "--filename"])
@@ -405,11 +358,7 @@ impl Stack for KindRun {
                 )
             })
             .collect();
-        StackControl {
-            runtime: "kind",
-            dedup_ttl_seconds,
-            services,
-        }
+        StackControl { runtime: "kind", dedup_ttl_seconds, services }
     }
 
     fn final_record(&self) -> RunRecord {
@@ -439,10 +388,7 @@ impl Stack for KindRun {
         let bundle = self.bundle_dir();
         std::fs::create_dir_all(&bundle)?;
         for (file, c) in self.bundle(&self.pods) {
-            let text = c
-                .survives_interrupt()
-                .read()
-                .unwrap_or_else(|e| format!("{e:#}"));
+            let text = c.survives_interrupt().read().unwrap_or_else(|e| format!("{e:#}"));
             std::fs::write(bundle.join(file), text)?;
         }
         Ok(bundle)
@@ -464,11 +410,8 @@ impl Stack for KindRun {
         let manifests = crate::manifests::Manifests::load(&project.manifests_dir())?;
         let (yaml, _) = manifests.render_kind(&handoff.pinned())?;
         let (old, new) = (pod_docs(&self.files.stack), pod_docs(&yaml));
-        let names: Vec<String> = new
-            .keys()
-            .filter(|k| old.get(*k) != new.get(*k))
-            .cloned()
-            .collect();
+        let names: Vec<String> =
+            new.keys().filter(|k| old.get(*k) != new.get(*k)).cloned().collect();
         let images: Vec<String> = handoff
             .images
             .iter()
@@ -478,8 +421,7 @@ impl Stack for KindRun {
         crate::fsx::write_atomic(&self.stack_file(), &yaml)?;
         for cmd in self.replace_cmds(&names, &images) {
             r.command(&cmd);
-            cmd.run_logged(&self.log)
-                .with_context(|| format!("replacing {}", names.join(", ")))?;
+            cmd.run_logged(&self.log).with_context(|| format!("replacing {}", names.join(", ")))?;
         }
         let _ = std::fs::remove_file(&self.archive_tar);
         self.references = handoff.images.iter().map(|i| i.reference.clone()).collect();
@@ -528,14 +470,8 @@ pub fn render_cluster_config(
     );
     doc["name"] = Value::String(name.to_owned());
     let mut ports = BTreeMap::new();
-    for node in doc["nodes"]
-        .as_sequence_mut()
-        .context("the Kind cluster config has no nodes")?
-    {
-        if let Some(mappings) = node
-            .get_mut("extraPortMappings")
-            .and_then(Value::as_sequence_mut)
-        {
+    for node in doc["nodes"].as_sequence_mut().context("the Kind cluster config has no nodes")? {
+        if let Some(mappings) = node.get_mut("extraPortMappings").and_then(Value::as_sequence_mut) {
             for m in mappings {
                 let container_port = m["containerPort"]
                     .as_u64()
@@ -568,10 +504,7 @@ pub fn pod_health(pod: &serde_json::Value) -> PodHealth {
             pod["status"]["message"].as_str().unwrap_or("")
         ));
     }
-    let statuses = pod["status"]["containerStatuses"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let statuses = pod["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
     for s in &statuses {
         let name = s["name"].as_str().unwrap_or("?");
         let waiting = s["state"]["waiting"]["reason"].as_str().unwrap_or("");
@@ -587,18 +520,15 @@ pub fn pod_health(pod: &serde_json::Value) -> PodHealth {
             return PodHealth::Failed(format!("container {name}: {waiting}"));
         }
         if s["restartCount"].as_u64().unwrap_or(0) > 0 {
-            let code = s["lastState"]["terminated"]["exitCode"]
-                .as_i64()
-                .unwrap_or(0);
+            let code = s["lastState"]["terminated"]["exitCode"].as_i64().unwrap_or(0);
             return PodHealth::Failed(format!(
                 "container {name} restarted (last exit code {code})"
             ));
         }
     }
-    let ready = pod["status"]["conditions"].as_array().is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    });
+    let ready = pod["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
     if ready {
         PodHealth::Ready
     } else {
@@ -622,13 +552,10 @@ pub fn wait_ready(run: &KindRun, timeout: Duration, r: &Reporter) -> anyhow::Res
                 PodHealth::Failed(why) => {
                     let pod = format!("pod/{name}");
                     let logs =
-                        run.kubectl_ns()
-                            .args(["logs", &pod, "--all-containers", "--tail", "30"]);
+                        run.kubectl_ns().args(["logs", &pod, "--all-containers", "--tail", "30"]);
                     let describe = run.kubectl_ns().args(["describe", &pod]);
-                    let (logs, describe) = (
-                        logs.read().unwrap_or_default(),
-                        describe.read().unwrap_or_default(),
-                    );
+                    let (logs, describe) =
+                        (logs.read().unwrap_or_default(), describe.read().unwrap_or_default());
                     anyhow::bail!("pod {name} failed while waiting for readiness: {why}\n--- logs ---\n{logs}\n--- describe ---\n{describe}");
                 }
             }
@@ -639,12 +566,7 @@ pub fn wait_ready(run: &KindRun, timeout: Duration, r: &Reporter) -> anyhow::Res
         }
         Ok(ready)
     })?;
-    anyhow::ensure!(
-        ready,
-        "not ready after {}s:\n  {}",
-        timeout.as_secs(),
-        waiting.join("\n  ")
-    );
+    anyhow::ensure!(ready, "not ready after {}s:\n  {}", timeout.as_secs(), waiting.join("\n  "));
     Ok(())
 }
 
@@ -658,17 +580,11 @@ pub fn load_images(run: &KindRun, r: &Reporter, log: &Path) -> anyhow::Result<()
         .filter(|l| !l.is_empty())
         .map(str::to_owned)
         .collect();
-    anyhow::ensure!(
-        !nodes.is_empty(),
-        "kind reports no nodes for cluster {}",
-        run.cluster
-    );
+    anyhow::ensure!(!nodes.is_empty(), "kind reports no nodes for cluster {}", run.cluster);
     let lacking: Vec<&String> = nodes
         .iter()
         .filter(|n| {
-            run.references
-                .iter()
-                .any(|img| !run.node_has_image(n, img).succeeds().unwrap_or(false))
+            run.references.iter().any(|img| !run.node_has_image(n, img).succeeds().unwrap_or(false))
         })
         .collect();
     if lacking.is_empty() {
@@ -685,9 +601,7 @@ pub fn load_images(run: &KindRun, r: &Reporter, log: &Path) -> anyhow::Result<()
                 s.spawn(move || c.run_logged(log))
             })
             .collect();
-        handles
-            .into_iter()
-            .try_for_each(|h| h.join().expect("no panic"))
+        handles.into_iter().try_for_each(|h| h.join().expect("no panic"))
     });
     let _ = std::fs::remove_file(&run.archive_tar);
     loaded
@@ -708,21 +622,13 @@ mod tests {
         let dir = root.join("target/e2e/runs/1");
         KindRun {
             id: serde_json::from_str("\"20261127-103501-42\"").unwrap(),
-            cluster: if reuse {
-                "team".into()
-            } else {
-                "e2e-103501-42".into()
-            },
+            cluster: if reuse { "team".into() } else { "e2e-103501-42".into() },
             reuse,
             namespace: "e2e-103501-42".into(),
             provider,
             log: root.join("target/e2e/logs/run-1.log"),
             ports: [(30080, 41000), (30081, 41001)].into(),
-            node_ports: [
-                ("gateway".to_owned(), 30080),
-                ("data-storage".to_owned(), 30081),
-            ]
-            .into(),
+            node_ports: [("gateway".to_owned(), 30080), ("data-storage".to_owned(), 30081)].into(),
             archive_tar: dir.join("images.tar"),
             archive_source: Some("/r/images.tar.zst".into()),
             references: vec!["localhost/e2e-gateway:aaaa".into()],
@@ -733,11 +639,7 @@ mod tests {
     }
 
     fn files() -> KindFiles {
-        KindFiles {
-            config: "kind: Cluster".into(),
-            stack: "---".into(),
-            ports_record: None,
-        }
+        KindFiles { config: "kind: Cluster".into(), stack: "---".into(), ports_record: None }
     }
 
     fn suite(run: &KindRun) -> Vec<Phase<'static>> {
@@ -745,25 +647,14 @@ mod tests {
         for (k, v) in run.urls() {
             cmd = cmd.env(k, v);
         }
-        vec![Phase::new(
-            "run E2E suite",
-            vec![Step::Terminal {
-                cmd,
-                doing: "the suite".into(),
-            }],
-        )]
+        vec![Phase::new("run E2E suite", vec![Step::Terminal { cmd, doing: "the suite".into() }])]
     }
 
     #[test]
     fn the_kind_plan_is_the_documented_command_line() {
         let run = run(false, Engine::Podman);
         let mut plan = step::print(&run.plan(Duration::from_secs(1), suite(&run)));
-        plan.extend(
-            run.final_record()
-                .teardown()
-                .iter()
-                .map(ToString::to_string),
-        );
+        plan.extend(run.final_record().teardown().iter().map(ToString::to_string));
         let expected = [
             "zstd -d -q -f -o /r/target/e2e/runs/1/images.tar /r/images.tar.zst",
             "KIND_EXPERIMENTAL_PROVIDER=podman kind create cluster --name e2e-103501-42 --config /r/target/e2e/runs/1/kind-cluster.yaml --wait 120s",
@@ -777,11 +668,8 @@ mod tests {
             "KIND_EXPERIMENTAL_PROVIDER=podman kind delete cluster --name e2e-103501-42",
         ];
         assert_eq!(plan, expected);
-        let bundle: Vec<String> = run
-            .bundle(&["POD".into()])
-            .iter()
-            .map(|(f, c)| format!("{f}: {c}"))
-            .collect();
+        let bundle: Vec<String> =
+            run.bundle(&["POD".into()]).iter().map(|(f, c)| format!("{f}: {c}")).collect();
         assert_eq!(bundle[0], "kind-export-logs.txt: KIND_EXPERIMENTAL_PROVIDER=podman kind export logs /r/target/e2e/runs/1/bundle/kind --name e2e-103501-42");
         assert!(bundle
             .iter()
@@ -796,12 +684,7 @@ mod tests {
             let run = run_in(&root, reuse, Engine::Docker);
             let plan = run.plan(Duration::from_secs(1), suite(&run));
             let mut printed = step::printed_commands(&plan);
-            printed.extend(
-                run.final_record()
-                    .teardown()
-                    .iter()
-                    .map(ToString::to_string),
-            );
+            printed.extend(run.final_record().teardown().iter().map(ToString::to_string));
             let (mut rec, record) = step::record_run(&run.dir, &run.log, &[&plan]);
             let record = record.expect("recorded before the cluster exists");
             assert_eq!(record, run.final_record());
@@ -829,19 +712,13 @@ mod tests {
                 "kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 apply --filename /r/target/e2e/runs/1/stack.yaml",
             ]
         );
-        assert!(
-            run.replace_cmds(&[], &[]).is_empty(),
-            "nothing changed, nothing run"
-        );
+        assert!(run.replace_cmds(&[], &[]).is_empty(), "nothing changed, nothing run");
         let m =
             Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests"))
                 .unwrap();
         let (old, _) = m.render_kind(&BTreeMap::new()).unwrap();
-        let pinned = [(
-            "localhost/e2e-gateway".to_owned(),
-            "localhost/e2e-gateway:new".to_owned(),
-        )]
-        .into();
+        let pinned =
+            [("localhost/e2e-gateway".to_owned(), "localhost/e2e-gateway:new".to_owned())].into();
         let (new, _) = m.render_kind(&pinned).unwrap();
         let (old, new) = (pod_docs(&old), pod_docs(&new));
         let changed: Vec<&String> = new.keys().filter(|k| old.get(*k) != new.get(*k)).collect();
@@ -852,22 +729,13 @@ mod tests {
     fn a_reused_cluster_is_neither_created_nor_deleted() {
         let run = run(true, Engine::Docker);
         let mut plan = step::print(&run.plan(Duration::from_secs(1), vec![]));
-        plan.extend(
-            run.final_record()
-                .teardown()
-                .iter()
-                .map(ToString::to_string),
-        );
+        plan.extend(run.final_record().teardown().iter().map(ToString::to_string));
         assert!(
-            !plan
-                .iter()
-                .any(|l| l.contains("create cluster") || l.contains("delete cluster")),
+            !plan.iter().any(|l| l.contains("create cluster") || l.contains("delete cluster")),
             "{plan:#?}"
         );
         assert!(
-            !plan
-                .iter()
-                .any(|l| l.contains("KIND_EXPERIMENTAL_PROVIDER")),
+            !plan.iter().any(|l| l.contains("KIND_EXPERIMENTAL_PROVIDER")),
             "docker is kind's default provider"
         );
         assert!(plan.last().unwrap().starts_with("kubectl --context kind-team delete namespace e2e-103501-42 --wait=false --ignore-not-found"));
@@ -903,11 +771,8 @@ mod tests {
         let m =
             Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests"))
                 .unwrap();
-        let images: BTreeMap<String, String> = [(
-            "localhost/e2e-gateway".to_owned(),
-            "localhost/e2e-gateway:abc".to_owned(),
-        )]
-        .into();
+        let images: BTreeMap<String, String> =
+            [("localhost/e2e-gateway".to_owned(), "localhost/e2e-gateway:abc".to_owned())].into();
         let (yaml, node_ports) = m.render_kind(&images).unwrap();
         assert!(yaml.contains("image: localhost/e2e-gateway:abc"));
         assert!(!yaml.contains("imagePullPolicy: IfNotPresent"));
@@ -915,10 +780,7 @@ mod tests {
         assert!(yaml.contains("kind: Secret") && yaml.contains("kind: Service"));
         assert_eq!(
             node_ports,
-            BTreeMap::from([
-                ("data-storage".to_owned(), 30081),
-                ("gateway".to_owned(), 30080)
-            ])
+            BTreeMap::from([("data-storage".to_owned(), 30081), ("gateway".to_owned(), 30080)])
         );
         // The NodePorts are exactly the ports the cluster config maps to the host.
         let template = std::fs::read_to_string(concat!(
@@ -935,10 +797,7 @@ mod tests {
 
     #[test]
     fn without_an_archive_the_engine_saves_one() {
-        let r = KindRun {
-            archive_source: None,
-            ..run(false, Engine::Podman)
-        };
+        let r = KindRun { archive_source: None, ..run(false, Engine::Podman) };
         assert_eq!(r.make_tar().to_string(), "podman save --multi-image-archive --output /r/target/e2e/runs/1/images.tar localhost/e2e-gateway:aaaa");
     }
 
@@ -952,29 +811,15 @@ mod tests {
         let file = std::env::temp_dir().join(format!("xtask-kind-{}.yaml", std::process::id()));
         std::fs::write(&file, yaml).unwrap();
         let out = std::process::Command::new("kubectl")
-            .args([
-                "label",
-                "--local",
-                "--dry-run=client",
-                "-o",
-                "name",
-                "e2e.check=1",
-                "-f",
-            ])
+            .args(["label", "--local", "--dry-run=client", "-o", "name", "e2e.check=1", "-f"])
             .arg(&file)
             .env("KUBECONFIG", "/dev/null")
             .output()
             .expect("kubectl is needed for this test (apt-get install kubectl)");
         std::fs::remove_file(&file).unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let names: Vec<String> =
+            String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
         assert_eq!(
             names,
             [
@@ -1022,10 +867,7 @@ mod tests {
 
     #[test]
     fn containerd_names() {
-        assert_eq!(
-            containerd_name("localhost/e2e-gateway:1"),
-            "localhost/e2e-gateway:1"
-        );
+        assert_eq!(containerd_name("localhost/e2e-gateway:1"), "localhost/e2e-gateway:1");
         assert_eq!(containerd_name("redis:7"), "docker.io/library/redis:7");
         assert_eq!(containerd_name("team/x:1"), "docker.io/team/x:1");
         assert_eq!(containerd_name("ghcr.io/a/b:1"), "ghcr.io/a/b:1");

@@ -99,10 +99,9 @@ pub fn execute(
     let outcome = runner.phases(r, plan);
     if outcome.is_err() && runner.record.is_some() {
         match stack.save_failure() {
-            Ok(dir) => r.line(format!(
-                "what explains the failure is kept in {}",
-                project.display(&dir)
-            )),
+            Ok(dir) => {
+                r.line(format!("what explains the failure is kept in {}", project.display(&dir)))
+            }
             Err(e) => r.line(format!("could not keep the containers' logs: {e:#}")),
         }
     }
@@ -122,9 +121,9 @@ pub fn finish(
             r.line(stack.keep_instructions());
             Ok(())
         }
-        (Some(record), false) => r.phase("tear down", |r| {
-            teardown(stack.dir(), record, stack.log(), r, &mut Live)
-        }),
+        (Some(record), false) => {
+            r.phase("tear down", |r| teardown(stack.dir(), record, stack.log(), r, &mut Live))
+        }
         (None, _) => Ok(()),
     }
 }
@@ -269,27 +268,17 @@ pub fn teardown(
         let stage: Vec<Cmd> = stage.into_iter().map(Cmd::survives_interrupt).collect();
         stage.iter().for_each(|c| r.command(c));
         failures.extend(
-            exec.run_all(&stage, log)
-                .into_iter()
-                .filter_map(Result::err)
-                .map(|e| format!("{e:#}")),
+            exec.run_all(&stage, log).into_iter().filter_map(Result::err).map(|e| format!("{e:#}")),
         );
     }
     // Only a failed step needs judging by what is left (asking costs a command per object).
-    let left = if failures.is_empty() {
-        Vec::new()
-    } else {
-        record.leftovers(&mut |c| exec.probe(c))
-    };
+    let left =
+        if failures.is_empty() { Vec::new() } else { record.leftovers(&mut |c| exec.probe(c)) };
     let kind = matches!(record.created, Created::Kind(_));
     if !failures.is_empty() && (kind || !left.is_empty()) {
         anyhow::bail!(
             "teardown left something behind{}:\n{}\n  fix: `cargo xtask e2e --down {}` tries again",
-            if left.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", left.join(", "))
-            },
+            if left.is_empty() { String::new() } else { format!(" ({})", left.join(", ")) },
             failures.join("\n"),
             record.id
         );
@@ -367,16 +356,9 @@ pub struct ServiceControl {
 
 impl ServiceControl {
     pub fn new(stop: &Cmd, start: &Cmd, exec: &Cmd) -> ServiceControl {
-        let argv = |c: &Cmd| {
-            std::iter::once(c.program.clone())
-                .chain(c.args.iter().cloned())
-                .collect()
-        };
-        ServiceControl {
-            stop: argv(stop),
-            start: argv(start),
-            exec: argv(exec),
-        }
+        let argv =
+            |c: &Cmd| std::iter::once(c.program.clone()).chain(c.args.iter().cloned()).collect();
+        ServiceControl { stop: argv(stop), start: argv(start), exec: argv(exec) }
     }
 }
 
@@ -402,9 +384,7 @@ mod tests {
             new.as_str().len(),
             "20261127-103501-".len() + std::process::id().to_string().len() + 5
         );
-        assert!(new
-            .as_str()
-            .ends_with(&format!("-{}-mine", std::process::id())));
+        assert!(new.as_str().ends_with(&format!("-{}-mine", std::process::id())));
     }
 
     #[test]

@@ -62,12 +62,8 @@ impl Created {
             // lives in it, and a remote engine keeps each exec session's conmon there (its
             // exit delay is 300 s) until podman sends SIGTERM after 3 s: 3 s a pod, which
             // overlap this way instead of adding up (13 s for the stack in the rig).
-            stages.push(
-                self.pods
-                    .iter()
-                    .map(|p| Podman.pods_rm(std::slice::from_ref(p)))
-                    .collect(),
-            );
+            stages
+                .push(self.pods.iter().map(|p| Podman.pods_rm(std::slice::from_ref(p))).collect());
         }
         stages.push(self.secrets.iter().map(|s| Podman.secret_rm(s)).collect());
         if !self.images.is_empty() {
@@ -121,20 +117,13 @@ impl Arriving {
         let start = Instant::now();
         let mut missing = self.images.clone();
         let names = |missing: &[(String, String)]| {
-            missing
-                .iter()
-                .map(|(reference, _)| reference.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            missing.iter().map(|(reference, _)| reference.as_str()).collect::<Vec<_>>().join(", ")
         };
         let arrived = crate::poll::until(Self::DEADLINE, Duration::from_millis(300), || {
             // Read before looking: a load that ended before the look left what it loaded.
             let ended = self.ended.load(Ordering::SeqCst);
             let references: Vec<String> = missing.iter().map(|(r, _)| r.clone()).collect();
-            let found = Engine::Podman
-                .image_ids(&references)
-                .read_any()
-                .unwrap_or_default();
+            let found = Engine::Podman.image_ids(&references).read_any().unwrap_or_default();
             missing.retain(|(_, id)| !found.lines().any(|l| l.trim() == id));
             anyhow::ensure!(
                 missing.is_empty() || !ended,
@@ -240,10 +229,7 @@ impl PodmanRun {
             .iter()
             .flat_map(|p| {
                 p.containers.iter().map(move |c| {
-                    (
-                        format!("{}-{}", p.base, c.name),
-                        container_name(&p.name, &c.name),
-                    )
+                    (format!("{}-{}", p.base, c.name), container_name(&p.name, &c.name))
                 })
             })
             .collect()
@@ -255,12 +241,7 @@ impl PodmanRun {
         self.stack
             .published
             .iter()
-            .map(|p| {
-                (
-                    url_var(&p.base),
-                    format!("http://{}:{}", p.pod, p.container_port),
-                )
-            })
+            .map(|p| (url_var(&p.base), format!("http://{}:{}", p.pod, p.container_port)))
             .collect()
     }
 
@@ -290,10 +271,8 @@ impl PodmanRun {
         if early || all_at_once {
             steps.push(Step::Record(self.record(created.clone())));
             steps.push(Step::Run {
-                cmd: Podman.network_create(
-                    &network,
-                    self.stack.subnet.map(|s| s.to_string()).as_deref(),
-                ),
+                cmd: Podman
+                    .network_create(&network, self.stack.subnet.map(|s| s.to_string()).as_deref()),
                 doing: "creating the run's podman network".into(),
             });
             for secret in &self.stack.secrets {
@@ -340,28 +319,18 @@ impl PodmanRun {
             });
         }
         if !early {
-            steps.push(Step::Write {
-                path: self.stack_file(),
-                contents: self.stack.yaml.clone(),
-            });
+            steps.push(Step::Write { path: self.stack_file(), contents: self.stack.yaml.clone() });
         }
         // One `kube play` per pod, all at once: faster than one play of the whole stack
         // (measured 0.76 s against 1.19 s for the four pods).
         for (pod, yaml) in &pods {
-            steps.push(Step::Write {
-                path: self.pod_file(&pod.name),
-                contents: (*yaml).clone(),
-            });
+            steps.push(Step::Write { path: self.pod_file(&pod.name), contents: (*yaml).clone() });
         }
         steps.push(Step::Parallel {
             cmds: pods
                 .iter()
                 .map(|(p, _)| {
-                    Podman.kube_play(
-                        &network,
-                        self.stack.address(&p.name),
-                        &self.pod_file(&p.name),
-                    )
+                    Podman.kube_play(&network, self.stack.address(&p.name), &self.pod_file(&p.name))
                 })
                 .collect(),
             doing: "starting the pods with podman kube play".into(),
@@ -409,12 +378,7 @@ impl Stack for PodmanRun {
         self.stack
             .published
             .iter()
-            .map(|p| {
-                (
-                    url_var(&p.base),
-                    format!("http://127.0.0.1:{}", p.host_port),
-                )
-            })
+            .map(|p| (url_var(&p.base), format!("http://127.0.0.1:{}", p.host_port)))
             .collect()
     }
 
@@ -446,11 +410,7 @@ impl Stack for PodmanRun {
                 ))
             })
             .collect();
-        StackControl {
-            runtime: "podman",
-            dedup_ttl_seconds,
-            services,
-        }
+        StackControl { runtime: "podman", dedup_ttl_seconds, services }
     }
 
     /// Every container's log (and its state) in `<run dir>/logs/`, named by the manifests'
@@ -482,28 +442,18 @@ impl Stack for PodmanRun {
         for (var, url) in self.urls() {
             s.push_str(&format!("  {var}={url}\n"));
         }
-        let vars: Vec<String> = self
-            .urls()
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let vars: Vec<String> = self.urls().iter().map(|(k, v)| format!("{k}={v}")).collect();
         s.push_str(&format!(
             "  run the suite again: {} cargo test -p e2e-suite --test e2e\n",
             vars.join(" ")
         ));
         let names: Vec<String> = self.containers().into_iter().map(|(_, c)| c).collect();
-        s.push_str(&format!(
-            "  logs: podman logs -f CONTAINER, for {}\n",
-            names.join(", ")
-        ));
+        s.push_str(&format!("  logs: podman logs -f CONTAINER, for {}\n", names.join(", ")));
         s.push_str(&format!(
             "  stop, start, enter a service: {} (E2E_STACK for the fault tests and test/bench/run.sh)\n",
             self.dir.join("stack.json").display()
         ));
-        s.push_str(&format!(
-            "  remove it: cargo xtask e2e --down {}\n",
-            self.id
-        ));
+        s.push_str(&format!("  remove it: cargo xtask e2e --down {}\n", self.id));
         s
     }
 
@@ -540,13 +490,9 @@ impl Stack for PodmanRun {
     /// In the engine: in a container on the run's network, against in-network URLs.
     fn suite(&self, project: &Project, test: &str, args: &[String]) -> crate::cmd::Cmd {
         match &self.suite {
-            Some(p) => p.run(
-                &self.network(),
-                &self.stack.hosts(),
-                test,
-                &self.network_urls(),
-                args,
-            ),
+            Some(p) => {
+                p.run(&self.network(), &self.stack.hosts(), test, &self.network_urls(), args)
+            }
             None => crate::suite::run(project, test, &self.urls()).args(args.iter().cloned()),
         }
     }
@@ -568,12 +514,7 @@ impl Stack for PodmanRun {
             .pods
             .iter()
             .flat_map(|p| &p.containers)
-            .map(|c| {
-                (
-                    crate::manifests::repository(&c.image).to_owned(),
-                    c.image.clone(),
-                )
-            })
+            .map(|c| (crate::manifests::repository(&c.image).to_owned(), c.image.clone()))
             .collect();
         if self.rerender(&manifests, &now)?.pod_yaml != self.stack.pod_yaml {
             return Ok(None);
@@ -608,10 +549,8 @@ impl Stack for PodmanRun {
         }
         // The stack's files name the images of `plan` (what now runs, once packaged), so
         // later cycles compare against them.
-        let pinned = plan
-            .iter()
-            .map(|i| (i.spec.repository.clone(), i.reference.clone()))
-            .collect();
+        let pinned =
+            plan.iter().map(|i| (i.spec.repository.clone(), i.reference.clone())).collect();
         let new = self.rerender(&manifests, &pinned)?;
         for (pod, yaml) in new.pods.iter().zip(&new.pod_yaml) {
             crate::fsx::write_atomic(&self.pod_file(&pod.name), yaml)?;
@@ -642,8 +581,7 @@ impl Stack for PodmanRun {
                 Podman.kube_play(&self.network(), stack.address(pod), &file),
             ] {
                 r.command(&cmd);
-                cmd.run_logged(&self.log)
-                    .with_context(|| format!("replacing {pod}"))?;
+                cmd.run_logged(&self.log).with_context(|| format!("replacing {pod}"))?;
             }
             names.push(pod.clone());
         }
@@ -718,9 +656,7 @@ pub(crate) mod tests {
             .render_podman(
                 &BTreeMap::new(),
                 id.suffix(),
-                Some(crate::manifests::Subnet {
-                    base: std::net::Ipv4Addr::new(10, 89, 7, 64),
-                }),
+                Some(crate::manifests::Subnet { base: std::net::Ipv4Addr::new(10, 89, 7, 64) }),
                 || Ok(40000),
             )
             .unwrap();
@@ -749,12 +685,8 @@ pub(crate) mod tests {
                 "# readiness: each container's readinessProbe, polled (podman exec / HTTP GET)",
             ]
         );
-        let down: Vec<String> = run
-            .final_record()
-            .teardown()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let down: Vec<String> =
+            run.final_record().teardown().iter().map(ToString::to_string).collect();
         assert_eq!(
             down,
             [
@@ -778,38 +710,22 @@ pub(crate) mod tests {
         let tests = || {
             vec![Phase::new(
                 "run E2E suite",
-                vec![Step::Terminal {
-                    cmd: suite.clone(),
-                    doing: "the E2E suite failed".into(),
-                }],
+                vec![Step::Terminal { cmd: suite.clone(), doing: "the E2E suite failed".into() }],
             )]
         };
         let plan = run.plan(Duration::from_secs(1), tests());
         let mut printed = step::printed_commands(&plan);
-        printed.extend(
-            run.final_record()
-                .teardown()
-                .iter()
-                .map(ToString::to_string),
-        );
+        printed.extend(run.final_record().teardown().iter().map(ToString::to_string));
         let (mut rec, record) = step::record_run(&run.dir, &run.log, &[&plan]);
         let record = record.expect("the run recorded what it made");
         let r = crate::report::Reporter::quiet();
         assert_eq!(record, run.final_record(), "the last record is everything");
-        assert!(
-            run.dir.join("state.json").exists(),
-            "recorded on disk before creating"
-        );
+        assert!(run.dir.join("state.json").exists(), "recorded on disk before creating");
         crate::runtime::teardown(&run.dir, &record, &run.log, &r, &mut rec).unwrap();
         assert_eq!(rec.commands, printed);
+        assert!(!run.dir.join("state.json").exists(), "nothing left: the record is gone");
         assert!(
-            !run.dir.join("state.json").exists(),
-            "nothing left: the record is gone"
-        );
-        assert!(
-            !run.dir
-                .join("secret-postgres-credentials-103501-42.json")
-                .exists(),
+            !run.dir.join("secret-postgres-credentials-103501-42.json").exists(),
             "secret payloads never stay on disk"
         );
         std::fs::remove_dir_all(root).unwrap();
@@ -819,21 +735,10 @@ pub(crate) mod tests {
     fn early_pods_start_first_and_the_rest_after() {
         let root = std::env::temp_dir().join(format!("xtask-podman-early-{}", std::process::id()));
         let mut run = run(&root);
-        run.early = [
-            "postgres-103501-42".to_owned(),
-            "redis-103501-42".to_owned(),
-        ]
-        .into();
+        run.early = ["postgres-103501-42".to_owned(), "redis-103501-42".to_owned()].into();
         let early = step::printed_commands(&run.plan_early());
-        assert_eq!(
-            early.len(),
-            4,
-            "network, secret, postgres, redis: {early:#?}"
-        );
-        assert!(
-            early[3].ends_with("pods/redis-103501-42.yaml"),
-            "{early:#?}"
-        );
+        assert_eq!(early.len(), 4, "network, secret, postgres, redis: {early:#?}");
+        assert!(early[3].ends_with("pods/redis-103501-42.yaml"), "{early:#?}");
         let rest = step::printed_commands(&run.plan(Duration::from_secs(1), vec![]));
         assert_eq!(rest.len(), 2, "data-storage and gateway: {rest:#?}");
         assert!(rest.iter().all(|l| l.starts_with("podman kube play")));
@@ -867,17 +772,12 @@ pub(crate) mod tests {
                 l.starts_with("# until the archive's load has put localhost/e2e-postgres:1")
             })
             .expect("a wait step");
-        let play = lines
-            .iter()
-            .position(|l| l.starts_with("podman kube play"))
-            .expect("a kube play");
+        let play =
+            lines.iter().position(|l| l.starts_with("podman kube play")).expect("a kube play");
         assert!(wait < play, "{lines:#?}");
         // The rest of the run does not wait: its images are in when it deploys.
         let rest = step::print(&run.plan(Duration::from_secs(1), vec![]));
-        assert!(
-            !rest.iter().any(|l| l.contains("until the archive")),
-            "{rest:#?}"
-        );
+        assert!(!rest.iter().any(|l| l.contains("until the archive")), "{rest:#?}");
         let _ = std::fs::remove_dir_all(root);
     }
 
@@ -896,32 +796,11 @@ pub(crate) mod tests {
 
     #[test]
     fn teardown_removes_exactly_what_was_recorded() {
-        let half = Created {
-            network: Some("e2e-1".into()),
-            ..Created::default()
-        };
-        let cmds: Vec<String> = half
-            .teardown()
-            .iter()
-            .flatten()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(
-            cmds,
-            ["podman network rm --force e2e-1"],
-            "nothing was played yet"
-        );
-        let full = Created {
-            secrets: vec!["pg-1".into()],
-            pods: vec!["gateway-1".into()],
-            ..half
-        };
-        let cmds: Vec<String> = full
-            .teardown()
-            .iter()
-            .flatten()
-            .map(ToString::to_string)
-            .collect();
+        let half = Created { network: Some("e2e-1".into()), ..Created::default() };
+        let cmds: Vec<String> = half.teardown().iter().flatten().map(ToString::to_string).collect();
+        assert_eq!(cmds, ["podman network rm --force e2e-1"], "nothing was played yet");
+        let full = Created { secrets: vec!["pg-1".into()], pods: vec!["gateway-1".into()], ..half };
+        let cmds: Vec<String> = full.teardown().iter().flatten().map(ToString::to_string).collect();
         assert_eq!(
             cmds,
             [
@@ -932,14 +811,8 @@ pub(crate) mod tests {
             ]
         );
         // A remote engine's `pod stop` ignores --time: its pods are killed first.
-        let remote = Created {
-            remote: true,
-            ..full
-        };
-        let first: Vec<String> = remote.teardown()[0]
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let remote = Created { remote: true, ..full };
+        let first: Vec<String> = remote.teardown()[0].iter().map(ToString::to_string).collect();
         assert_eq!(first, ["podman pod kill gateway-1"]);
     }
 
@@ -949,22 +822,9 @@ pub(crate) mod tests {
         let c = run.control(5);
         assert_eq!(c.services.len(), 4);
         let pg = &c.services["postgres"];
-        assert_eq!(
-            pg.stop,
-            [
-                "podman",
-                "pod",
-                "stop",
-                "--time",
-                "10",
-                "postgres-103501-42"
-            ]
-        );
+        assert_eq!(pg.stop, ["podman", "pod", "stop", "--time", "10", "postgres-103501-42"]);
         assert_eq!(pg.start, ["podman", "pod", "start", "postgres-103501-42"]);
-        assert_eq!(
-            pg.exec,
-            ["podman", "exec", "-i", "postgres-103501-42-postgres"]
-        );
+        assert_eq!(pg.exec, ["podman", "exec", "-i", "postgres-103501-42-postgres"]);
         assert_eq!(c.dedup_ttl_seconds, 5);
     }
 }

@@ -23,12 +23,7 @@ pub enum Step<'a> {
     /// Runs a command with its output in the run's log; on failure, says what was being done.
     Run { cmd: Cmd, doing: String },
     /// Writes a secret's payload (owner-only), runs the command that reads it, removes it.
-    Secret {
-        file: PathBuf,
-        payload: String,
-        cmd: Cmd,
-        doing: String,
-    },
+    Secret { file: PathBuf, payload: String, cmd: Cmd, doing: String },
     /// Runs commands at once, each with its output in the run's log; all must succeed.
     Parallel { cmds: Vec<Cmd>, doing: String },
     /// Runs a command on this terminal (a test suite); its failure fails the run.
@@ -100,8 +95,7 @@ impl Exec for Live {
             running
                 .into_iter()
                 .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a command's thread panicked")))
+                    h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a command's thread panicked")))
                 })
                 .collect()
         })
@@ -127,9 +121,7 @@ pub struct Runner<'e> {
 impl Runner<'_> {
     pub fn phases(&mut self, r: &Reporter, phases: &[Phase]) -> anyhow::Result<()> {
         for phase in phases {
-            r.phase(phase.name, |r| {
-                phase.steps.iter().try_for_each(|s| self.step(r, s))
-            })?;
+            r.phase(phase.name, |r| phase.steps.iter().try_for_each(|s| self.step(r, s)))?;
         }
         Ok(())
     }
@@ -146,12 +138,7 @@ impl Runner<'_> {
                 r.command(cmd);
                 self.exec.run(cmd, &self.log).with_context(|| doing.clone())
             }
-            Step::Secret {
-                file,
-                payload,
-                cmd,
-                doing,
-            } => {
+            Step::Secret { file, payload, cmd, doing } => {
                 fsx::write_private(file, payload)?;
                 r.command(cmd);
                 let result = self.exec.run(cmd, &self.log);
@@ -182,20 +169,14 @@ impl Runner<'_> {
 
 /// The lines of a list of phases, as `--dry-run` prints them.
 pub fn print(phases: &[Phase]) -> Vec<String> {
-    phases
-        .iter()
-        .flat_map(|p| p.steps.iter().flat_map(Step::lines))
-        .collect()
+    phases.iter().flat_map(|p| p.steps.iter().flat_map(Step::lines)).collect()
 }
 
 /// The commands `--dry-run` prints for these phases, comments left out (for tests that
 /// compare them with the commands executed).
 #[cfg(test)]
 pub fn printed_commands(phases: &[Phase]) -> Vec<String> {
-    print(phases)
-        .into_iter()
-        .filter(|l| !l.starts_with('#'))
-        .collect()
+    print(phases).into_iter().filter(|l| !l.starts_with('#')).collect()
 }
 
 /// Executes lists of phases in turn with a [`Recorder`]: the recorder, and the record the
@@ -203,12 +184,8 @@ pub fn printed_commands(phases: &[Phase]) -> Vec<String> {
 #[cfg(test)]
 pub fn record_run(dir: &Path, log: &Path, plans: &[&[Phase]]) -> (Recorder, Option<RunRecord>) {
     let mut rec = Recorder::default();
-    let mut runner = Runner {
-        dir: dir.to_owned(),
-        log: log.to_owned(),
-        exec: &mut rec,
-        record: None,
-    };
+    let mut runner =
+        Runner { dir: dir.to_owned(), log: log.to_owned(), exec: &mut rec, record: None };
     let r = Reporter::quiet();
     for plan in plans {
         runner.phases(&r, plan).unwrap();
