@@ -428,7 +428,7 @@ mod tests {
     use super::*;
     use crate::{
         manifests::Manifests,
-        runtime::podman::{binary_destination, changed_pods},
+        runtime::podman::{changed_pods, live::binary_destination},
     };
     use std::collections::BTreeMap;
 

@@ -24,7 +24,6 @@ mod memory;
 mod poll;
 mod problem;
 mod project;
-mod ready;
 mod registry;
 mod report;
 mod run;

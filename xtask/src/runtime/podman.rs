@@ -19,7 +19,6 @@ use crate::{
     handoff::Handoff,
     manifests::{secret_payload, PodmanStack},
     project::Project,
-    ready,
     report::{secs, Reporter},
     suite::InEngine,
 };
@@ -497,10 +496,6 @@ impl Stack for PodmanRun {
         }
     }
 
-    /// Tilt's live update: when no manifest changed (rendered with the images that run now,
-    /// they are what runs), each container of a changed image is stopped with SIGTERM (the
-    /// gateway hands its outbox lease over), gets the new binary where the Dockerfile's
-    /// `COPY` put it, and starts again in the same pod: same address, no new pod.
     fn sync_binaries(
         &mut self,
         project: &Project,
@@ -508,56 +503,7 @@ impl Stack for PodmanRun {
         changed: &[&crate::build::PlanItem],
         plan: &[crate::build::PlanItem],
     ) -> anyhow::Result<Option<Vec<String>>> {
-        let manifests = crate::manifests::Manifests::load(&project.manifests_dir())?;
-        let now: BTreeMap<String, String> = self
-            .stack
-            .pods
-            .iter()
-            .flat_map(|p| &p.containers)
-            .map(|c| (crate::manifests::repository(&c.image).to_owned(), c.image.clone()))
-            .collect();
-        if self.rerender(&manifests, &now)?.pod_yaml != self.stack.pod_yaml {
-            return Ok(None);
-        }
-        let mut synced = Vec::new();
-        for item in changed {
-            let binary = item.spec.binary().unwrap_or_default();
-            let dockerfile = std::fs::read_to_string(project.root.join(&item.spec.dockerfile))?;
-            let Some(dest) = binary_destination(&dockerfile, binary) else {
-                return Ok(None);
-            };
-            let file = item.context.join(binary);
-            for pod in &self.stack.pods {
-                for c in &pod.containers {
-                    if crate::manifests::repository(&c.image) != item.spec.repository {
-                        continue;
-                    }
-                    let name = container_name(&pod.name, &c.name);
-                    for cmd in [
-                        Podman.container_stop(&name),
-                        Podman.cp_into(&file, &name, &dest),
-                        Podman.container_start(&name),
-                    ] {
-                        r.command(&cmd);
-                        cmd.run_logged(&self.log)
-                            .with_context(|| format!("syncing {binary} into {name}"))?;
-                    }
-                    running_after_start(&name)?;
-                    synced.push(name);
-                }
-            }
-        }
-        // The stack's files name the images of `plan` (what now runs, once packaged), so
-        // later cycles compare against them.
-        let pinned =
-            plan.iter().map(|i| (i.spec.repository.clone(), i.reference.clone())).collect();
-        let new = self.rerender(&manifests, &pinned)?;
-        for (pod, yaml) in new.pods.iter().zip(&new.pod_yaml) {
-            crate::fsx::write_atomic(&self.pod_file(&pod.name), yaml)?;
-        }
-        crate::fsx::write_atomic(&self.stack_file(), &new.yaml)?;
-        self.stack = new;
-        Ok(Some(synced))
+        self.live_update(project, r, changed, plan)
     }
 
     fn replace(
@@ -591,44 +537,6 @@ impl Stack for PodmanRun {
     }
 }
 
-/// Until a started container runs (started again while podman 4.3's clean-up of its stop
-/// stops it again: the race the suite's `Stack::start` meets too), within 60 s.
-fn running_after_start(container: &str) -> anyhow::Result<()> {
-    let running = crate::poll::until(Duration::from_secs(60), Duration::from_millis(50), || {
-        let state = Podman.container_state(container).read().unwrap_or_default();
-        match ready::classify(&state) {
-            ready::Health::Running => return Ok(true),
-            ready::Health::Starting => {}
-            ready::Health::Failed(_) => {
-                let _ = Podman.container_start(container).read();
-            }
-        }
-        Ok(false)
-    })?;
-    anyhow::ensure!(running, "{container} did not run within 60 s of its start");
-    Ok(())
-}
-
-/// Where a Dockerfile's `COPY` puts a binary: `COPY gateway /usr/local/bin/gateway` (flags
-/// such as `--chmod` allowed; a destination ending in `/` gets the binary's name).
-pub fn binary_destination(dockerfile: &str, binary: &str) -> Option<String> {
-    dockerfile.lines().find_map(|line| {
-        let mut words = line.split_whitespace();
-        if !words.next()?.eq_ignore_ascii_case("COPY") {
-            return None;
-        }
-        let args: Vec<&str> = words.filter(|w| !w.starts_with("--")).collect();
-        match args.as_slice() {
-            [src, dest] if *src == binary => Some(if dest.ends_with('/') {
-                format!("{dest}{binary}")
-            } else {
-                (*dest).to_owned()
-            }),
-            _ => None,
-        }
-    })
-}
-
 /// The pods of `new` whose rendered YAML differs from `old`'s (a new image reference, or a
 /// changed manifest): the pods to replace.
 pub fn changed_pods(old: &PodmanStack, new: &PodmanStack) -> Vec<usize> {
@@ -640,191 +548,8 @@ pub fn changed_pods(old: &PodmanStack, new: &PodmanStack) -> Vec<usize> {
         .collect()
 }
 
+pub(crate) mod live;
+mod ready;
+
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use crate::runtime::step;
-    use std::path::Path;
-
-    pub(crate) fn run(root: &Path) -> PodmanRun {
-        let m = crate::manifests::Manifests::load(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests"),
-        )
-        .unwrap();
-        let id: RunId = serde_json::from_str("\"20261127-103501-42\"").unwrap();
-        let stack = m
-            .render_podman(
-                &BTreeMap::new(),
-                id.suffix(),
-                Some(crate::manifests::Subnet { base: std::net::Ipv4Addr::new(10, 89, 7, 64) }),
-                || Ok(40000),
-            )
-            .unwrap();
-        let project = Project {
-            root: root.into(),
-            target_dir: root.join("target"),
-            e2e_dir: root.join("target/e2e"),
-        };
-        PodmanRun::new(&project, id, stack)
-    }
-
-    #[test]
-    fn the_podman_plan_is_exact() {
-        let run = run(Path::new("/r"));
-        let lines = step::print(&run.plan(Duration::from_secs(1), vec![]));
-        assert_eq!(
-            lines,
-            [
-                "podman network create --label e2e.xtask=1 --subnet 10.89.7.64/27 e2e-20261127-103501-42",
-                "podman secret create postgres-credentials-103501-42 /r/target/e2e/runs/20261127-103501-42/secret-postgres-credentials-103501-42.json",
-                "# at once, 4 commands:",
-                "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.74 --mac-address 02:e2:0a:59:07:4a /r/target/e2e/runs/20261127-103501-42/pods/postgres-103501-42.yaml",
-                "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.75 --mac-address 02:e2:0a:59:07:4b /r/target/e2e/runs/20261127-103501-42/pods/redis-103501-42.yaml",
-                "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.76 --mac-address 02:e2:0a:59:07:4c /r/target/e2e/runs/20261127-103501-42/pods/data-storage-103501-42.yaml",
-                "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.77 --mac-address 02:e2:0a:59:07:4d /r/target/e2e/runs/20261127-103501-42/pods/gateway-103501-42.yaml",
-                "# readiness: each container's readinessProbe, polled (podman exec / HTTP GET)",
-            ]
-        );
-        let down: Vec<String> =
-            run.final_record().teardown().iter().map(ToString::to_string).collect();
-        assert_eq!(
-            down,
-            [
-                "podman pod stop --ignore --time 0 postgres-103501-42 redis-103501-42 data-storage-103501-42 gateway-103501-42",
-                "podman pod rm --force --ignore postgres-103501-42",
-                "podman pod rm --force --ignore redis-103501-42",
-                "podman pod rm --force --ignore data-storage-103501-42",
-                "podman pod rm --force --ignore gateway-103501-42",
-                "podman secret rm postgres-credentials-103501-42",
-                "podman network rm --force e2e-20261127-103501-42",
-            ]
-        );
-        assert_eq!(run.urls()["GATEWAY_URL"], "http://127.0.0.1:40000");
-    }
-
-    #[test]
-    fn the_printed_plan_is_the_executed_plan() {
-        let root = std::env::temp_dir().join(format!("xtask-podman-plan-{}", std::process::id()));
-        let run = run(&root);
-        let suite = crate::cmd::Cmd::new("cargo").args(["test", "-p", "e2e-suite"]);
-        let tests = || {
-            vec![Phase::new(
-                "run E2E suite",
-                vec![Step::Terminal { cmd: suite.clone(), doing: "the E2E suite failed".into() }],
-            )]
-        };
-        let plan = run.plan(Duration::from_secs(1), tests());
-        let mut printed = step::printed_commands(&plan);
-        printed.extend(run.final_record().teardown().iter().map(ToString::to_string));
-        let (mut rec, record) = step::record_run(&run.dir, &run.log, &[&plan]);
-        let record = record.expect("the run recorded what it made");
-        let r = crate::report::Reporter::quiet();
-        assert_eq!(record, run.final_record(), "the last record is everything");
-        assert!(run.dir.join("state.json").exists(), "recorded on disk before creating");
-        crate::runtime::teardown(&run.dir, &record, &run.log, &r, &mut rec).unwrap();
-        assert_eq!(rec.commands, printed);
-        assert!(!run.dir.join("state.json").exists(), "nothing left: the record is gone");
-        assert!(
-            !run.dir.join("secret-postgres-credentials-103501-42.json").exists(),
-            "secret payloads never stay on disk"
-        );
-        std::fs::remove_dir_all(root).unwrap();
-    }
-
-    #[test]
-    fn early_pods_start_first_and_the_rest_after() {
-        let root = std::env::temp_dir().join(format!("xtask-podman-early-{}", std::process::id()));
-        let mut run = run(&root);
-        run.early = ["postgres-103501-42".to_owned(), "redis-103501-42".to_owned()].into();
-        let early = step::printed_commands(&run.plan_early());
-        assert_eq!(early.len(), 4, "network, secret, postgres, redis: {early:#?}");
-        assert!(early[3].ends_with("pods/redis-103501-42.yaml"), "{early:#?}");
-        let rest = step::printed_commands(&run.plan(Duration::from_secs(1), vec![]));
-        assert_eq!(rest.len(), 2, "data-storage and gateway: {rest:#?}");
-        assert!(rest.iter().all(|l| l.starts_with("podman kube play")));
-        // Executed, the two parts record everything, and tear it all down.
-        let (rec, record) = step::record_run(
-            &run.dir,
-            &run.log,
-            &[&run.plan_early(), &run.plan(Duration::from_secs(1), vec![])],
-        );
-        assert_eq!(record.unwrap(), run.final_record());
-        let mut printed = early;
-        printed.extend(rest);
-        assert_eq!(rec.commands, printed);
-        std::fs::remove_dir_all(root).unwrap();
-    }
-
-    #[test]
-    fn early_pods_of_an_archive_wait_for_their_images_before_they_play() {
-        let root =
-            std::env::temp_dir().join(format!("xtask-podman-arriving-{}", std::process::id()));
-        let mut run = run(&root);
-        run.early = ["postgres-103501-42".to_owned()].into();
-        run.arriving = Some(Arriving {
-            images: vec![("localhost/e2e-postgres:1".into(), "a".repeat(64))],
-            ended: Default::default(),
-        });
-        let lines = step::print(&run.plan_early());
-        let wait = lines
-            .iter()
-            .position(|l| {
-                l.starts_with("# until the archive's load has put localhost/e2e-postgres:1")
-            })
-            .expect("a wait step");
-        let play =
-            lines.iter().position(|l| l.starts_with("podman kube play")).expect("a kube play");
-        assert!(wait < play, "{lines:#?}");
-        // The rest of the run does not wait: its images are in when it deploys.
-        let rest = step::print(&run.plan(Duration::from_secs(1), vec![]));
-        assert!(!rest.iter().any(|l| l.contains("until the archive")), "{rest:#?}");
-        let _ = std::fs::remove_dir_all(root);
-    }
-
-    #[test]
-    fn a_load_that_ends_without_the_images_ends_the_wait() {
-        let arriving = Arriving {
-            images: vec![("localhost/e2e-no-such-image:0".into(), "b".repeat(64))],
-            ended: Arc::new(AtomicBool::new(true)),
-        };
-        let err = arriving.wait(&Reporter::new()).unwrap_err().to_string();
-        assert!(
-            err.contains("the archive's load ended without localhost/e2e-no-such-image:0"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn teardown_removes_exactly_what_was_recorded() {
-        let half = Created { network: Some("e2e-1".into()), ..Created::default() };
-        let cmds: Vec<String> = half.teardown().iter().flatten().map(ToString::to_string).collect();
-        assert_eq!(cmds, ["podman network rm --force e2e-1"], "nothing was played yet");
-        let full = Created { secrets: vec!["pg-1".into()], pods: vec!["gateway-1".into()], ..half };
-        let cmds: Vec<String> = full.teardown().iter().flatten().map(ToString::to_string).collect();
-        assert_eq!(
-            cmds,
-            [
-                "podman pod stop --ignore --time 0 gateway-1",
-                "podman pod rm --force --ignore gateway-1",
-                "podman secret rm pg-1",
-                "podman network rm --force e2e-1"
-            ]
-        );
-        // A remote engine's `pod stop` ignores --time: its pods are killed first.
-        let remote = Created { remote: true, ..full };
-        let first: Vec<String> = remote.teardown()[0].iter().map(ToString::to_string).collect();
-        assert_eq!(first, ["podman pod kill gateway-1"]);
-    }
-
-    #[test]
-    fn fault_tests_get_a_handle_on_every_service() {
-        let run = run(Path::new("/r"));
-        let c = run.control(5);
-        assert_eq!(c.services.len(), 4);
-        let pg = &c.services["postgres"];
-        assert_eq!(pg.stop, ["podman", "pod", "stop", "--time", "10", "postgres-103501-42"]);
-        assert_eq!(pg.start, ["podman", "pod", "start", "postgres-103501-42"]);
-        assert_eq!(pg.exec, ["podman", "exec", "-i", "postgres-103501-42-postgres"]);
-        assert_eq!(c.dedup_ttl_seconds, 5);
-    }
-}
+pub(crate) mod tests;

@@ -1,0 +1,92 @@
+//! Readiness in a Kind cluster: the namespace's pods polled until every one is Ready, with a
+//! deadline; a crash loop fails the wait at once, with the pod's logs and `kubectl describe`.
+
+use std::time::Duration;
+
+use super::KindRun;
+use crate::report::Reporter;
+
+/// What a pod's status says, reduced to what the wait needs.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PodHealth {
+    Ready,
+    Waiting(String),
+    /// Crash-looping, or failed: stop waiting at once.
+    Failed(String),
+}
+
+/// Decides from one item of `kubectl get pods -o json`.
+pub fn pod_health(pod: &serde_json::Value) -> PodHealth {
+    let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
+    if phase == "Failed" {
+        return PodHealth::Failed(format!(
+            "phase Failed: {}",
+            pod["status"]["message"].as_str().unwrap_or("")
+        ));
+    }
+    let statuses = pod["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
+    for s in &statuses {
+        let name = s["name"].as_str().unwrap_or("?");
+        let waiting = s["state"]["waiting"]["reason"].as_str().unwrap_or("");
+        if matches!(
+            waiting,
+            "CrashLoopBackOff"
+                | "ErrImageNeverPull"
+                | "ImagePullBackOff"
+                | "ErrImagePull"
+                | "CreateContainerConfigError"
+                | "InvalidImageName"
+        ) {
+            return PodHealth::Failed(format!("container {name}: {waiting}"));
+        }
+        if s["restartCount"].as_u64().unwrap_or(0) > 0 {
+            let code = s["lastState"]["terminated"]["exitCode"].as_i64().unwrap_or(0);
+            return PodHealth::Failed(format!(
+                "container {name} restarted (last exit code {code})"
+            ));
+        }
+    }
+    let ready = pod["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+    if ready {
+        PodHealth::Ready
+    } else {
+        PodHealth::Waiting(format!("phase {phase}"))
+    }
+}
+
+/// Polls the namespace's pods until every one is Ready, with a deadline; fails at once on
+/// a crash loop, with the pod's logs and `kubectl describe`.
+pub fn wait_ready(run: &KindRun, timeout: Duration, r: &Reporter) -> anyhow::Result<()> {
+    let mut waiting = Vec::new();
+    let ready = crate::poll::until(timeout, Duration::from_millis(500), || {
+        let list: serde_json::Value = serde_json::from_str(&run.get_pods_json().read()?)?;
+        let pods = list["items"].as_array().cloned().unwrap_or_default();
+        waiting.clear();
+        for pod in &pods {
+            let name = pod["metadata"]["name"].as_str().unwrap_or("?");
+            match pod_health(pod) {
+                PodHealth::Ready => {}
+                PodHealth::Waiting(why) => waiting.push(format!("{name}: {why}")),
+                PodHealth::Failed(why) => {
+                    let pod = format!("pod/{name}");
+                    let logs =
+                        run.kubectl_ns().args(["logs", &pod, "--all-containers", "--tail", "30"]);
+                    let describe = run.kubectl_ns().args(["describe", &pod]);
+                    let (logs, describe) =
+                        (logs.read().unwrap_or_default(), describe.read().unwrap_or_default());
+                    anyhow::bail!("pod {name} failed while waiting for readiness: {why}\n--- logs ---\n{logs}\n--- describe ---\n{describe}");
+                }
+            }
+        }
+        let ready = !pods.is_empty() && waiting.is_empty();
+        if ready {
+            r.line(format!("  {} pods ready", pods.len()));
+        }
+        Ok(ready)
+    })?;
+    anyhow::ensure!(ready, "not ready after {}s:\n  {}", timeout.as_secs(), waiting.join("\n  "));
+    Ok(())
+}
+

@@ -1,0 +1,258 @@
+use super::ready::{pod_health, PodHealth};
+use super::*;
+
+use crate::manifests::Manifests;
+use crate::runtime::step;
+
+fn run(reuse: bool, provider: Engine) -> KindRun {
+    run_in(Path::new("/r"), reuse, provider)
+}
+
+fn run_in(root: &Path, reuse: bool, provider: Engine) -> KindRun {
+    let dir = root.join("target/e2e/runs/1");
+    KindRun {
+        id: serde_json::from_str("\"20261127-103501-42\"").unwrap(),
+        cluster: if reuse { "team".into() } else { "e2e-103501-42".into() },
+        reuse,
+        namespace: "e2e-103501-42".into(),
+        provider,
+        log: root.join("target/e2e/logs/run-1.log"),
+        ports: [(30080, 41000), (30081, 41001)].into(),
+        node_ports: [("gateway".to_owned(), 30080), ("data-storage".to_owned(), 30081)].into(),
+        archive_tar: dir.join("images.tar"),
+        archive_source: Some("/r/images.tar.zst".into()),
+        references: vec!["localhost/e2e-gateway:aaaa".into()],
+        pods: vec!["gateway".into()],
+        dir,
+        files: files(),
+    }
+}
+
+fn files() -> KindFiles {
+    KindFiles { config: "kind: Cluster".into(), stack: "---".into(), ports_record: None }
+}
+
+fn suite(run: &KindRun) -> Vec<Phase<'static>> {
+    let mut cmd = Cmd::new("cargo").args(["test", "-p", "e2e-suite"]);
+    for (k, v) in run.urls() {
+        cmd = cmd.env(k, v);
+    }
+    vec![Phase::new("run E2E suite", vec![Step::Terminal { cmd, doing: "the suite".into() }])]
+}
+
+#[test]
+fn the_kind_plan_is_the_documented_command_line() {
+    let run = run(false, Engine::Podman);
+    let mut plan = step::print(&run.plan(Duration::from_secs(1), suite(&run)));
+    plan.extend(run.final_record().teardown().iter().map(ToString::to_string));
+    let expected = [
+        "zstd -d -q -f -o /r/target/e2e/runs/1/images.tar /r/images.tar.zst",
+        "KIND_EXPERIMENTAL_PROVIDER=podman kind create cluster --name e2e-103501-42 --config /r/target/e2e/runs/1/kind-cluster.yaml --wait 120s",
+        "# KIND_EXPERIMENTAL_PROVIDER=podman kind get nodes --name e2e-103501-42  (the nodes)",
+        "# podman exec e2e-103501-42-control-plane crictl inspecti -q localhost/e2e-gateway:aaaa  (per node and image)",
+        "# KIND_EXPERIMENTAL_PROVIDER=podman kind load image-archive /r/target/e2e/runs/1/images.tar --name e2e-103501-42 --nodes e2e-103501-42-control-plane  (each node that lacks one, all at once)",
+        "kubectl --context kind-e2e-103501-42 create namespace e2e-103501-42",
+        "kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 apply --filename /r/target/e2e/runs/1/stack.yaml",
+        "# kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 get pods --output json  (polled until every pod is Ready)",
+        "DATA_STORAGE_URL=http://127.0.0.1:41001 GATEWAY_URL=http://127.0.0.1:41000 cargo test -p e2e-suite",
+        "KIND_EXPERIMENTAL_PROVIDER=podman kind delete cluster --name e2e-103501-42",
+    ];
+    assert_eq!(plan, expected);
+    let bundle: Vec<String> =
+        run.bundle(&["POD".into()]).iter().map(|(f, c)| format!("{f}: {c}")).collect();
+    assert_eq!(bundle[0], "kind-export-logs.txt: KIND_EXPERIMENTAL_PROVIDER=podman kind export logs /r/target/e2e/runs/1/bundle/kind --name e2e-103501-42");
+    assert!(bundle
+        .iter()
+        .any(|l| l.ends_with("logs pod/POD --all-containers --timestamps --previous")));
+}
+
+#[test]
+fn the_printed_plan_is_the_executed_plan() {
+    for reuse in [false, true] {
+        let root =
+            std::env::temp_dir().join(format!("xtask-kind-plan-{}-{reuse}", std::process::id()));
+        let run = run_in(&root, reuse, Engine::Docker);
+        let plan = run.plan(Duration::from_secs(1), suite(&run));
+        let mut printed = step::printed_commands(&plan);
+        printed.extend(run.final_record().teardown().iter().map(ToString::to_string));
+        let (mut rec, record) = step::record_run(&run.dir, &run.log, &[&plan]);
+        let record = record.expect("recorded before the cluster exists");
+        assert_eq!(record, run.final_record());
+        let r = Reporter::quiet();
+        crate::runtime::teardown(&run.dir, &record, &run.log, &r, &mut rec).unwrap();
+        assert_eq!(rec.commands, printed, "reuse: {reuse}");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}
+
+#[test]
+fn the_dev_loop_replaces_only_changed_pods_through_kubectl() {
+    let run = run(false, Engine::Podman);
+    let cmds: Vec<String> = run
+        .replace_cmds(&["gateway".into()], &["localhost/e2e-gateway:bbbb".into()])
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        cmds,
+        [
+            "podman save --multi-image-archive --output /r/target/e2e/runs/1/images.tar localhost/e2e-gateway:bbbb",
+            "KIND_EXPERIMENTAL_PROVIDER=podman kind load image-archive /r/target/e2e/runs/1/images.tar --name e2e-103501-42",
+            "kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 delete pod/gateway --wait=true --ignore-not-found",
+            "kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 apply --filename /r/target/e2e/runs/1/stack.yaml",
+        ]
+    );
+    assert!(run.replace_cmds(&[], &[]).is_empty(), "nothing changed, nothing run");
+    let m = Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests"))
+        .unwrap();
+    let (old, _) = m.render_kind(&BTreeMap::new()).unwrap();
+    let pinned =
+        [("localhost/e2e-gateway".to_owned(), "localhost/e2e-gateway:new".to_owned())].into();
+    let (new, _) = m.render_kind(&pinned).unwrap();
+    let (old, new) = (pod_docs(&old), pod_docs(&new));
+    let changed: Vec<&String> = new.keys().filter(|k| old.get(*k) != new.get(*k)).collect();
+    assert_eq!(changed, ["gateway"]);
+}
+
+#[test]
+fn a_reused_cluster_is_neither_created_nor_deleted() {
+    let run = run(true, Engine::Docker);
+    let mut plan = step::print(&run.plan(Duration::from_secs(1), vec![]));
+    plan.extend(run.final_record().teardown().iter().map(ToString::to_string));
+    assert!(
+        !plan.iter().any(|l| l.contains("create cluster") || l.contains("delete cluster")),
+        "{plan:#?}"
+    );
+    assert!(
+        !plan.iter().any(|l| l.contains("KIND_EXPERIMENTAL_PROVIDER")),
+        "docker is kind's default provider"
+    );
+    assert!(plan.last().unwrap().starts_with("kubectl --context kind-team delete namespace e2e-103501-42 --wait=false --ignore-not-found"));
+}
+
+#[test]
+fn cluster_config_gets_its_name_and_free_host_ports() {
+    let template = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../test/e2e/kind-cluster.yaml"
+    ))
+    .unwrap();
+    let mut next = 50000;
+    let (yaml, ports) = render_cluster_config(&template, "e2e-x", || {
+        next += 1;
+        Ok(next)
+    })
+    .unwrap();
+    assert_eq!(ports, BTreeMap::from([(30080, 50001), (30081, 50002)]));
+    let doc: Value = serde_norway::from_str(&yaml).unwrap();
+    assert_eq!(doc["name"].as_str(), Some("e2e-x"));
+    assert_eq!(doc["apiVersion"].as_str(), Some("kind.x-k8s.io/v1alpha4"));
+    let m = &doc["nodes"][0]["extraPortMappings"][0];
+    assert_eq!((m["containerPort"].as_u64(), m["hostPort"].as_u64()), (Some(30080), Some(50001)));
+    assert_eq!(m["listenAddress"].as_str(), Some("127.0.0.1"));
+}
+
+#[test]
+fn manifests_for_kind_pin_images_never_pull_and_keep_services() {
+    let m = Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests"))
+        .unwrap();
+    let images: BTreeMap<String, String> =
+        [("localhost/e2e-gateway".to_owned(), "localhost/e2e-gateway:abc".to_owned())].into();
+    let (yaml, node_ports) = m.render_kind(&images).unwrap();
+    assert!(yaml.contains("image: localhost/e2e-gateway:abc"));
+    assert!(!yaml.contains("imagePullPolicy: IfNotPresent"));
+    assert_eq!(yaml.matches("imagePullPolicy: Never").count(), 4);
+    assert!(yaml.contains("kind: Secret") && yaml.contains("kind: Service"));
+    assert_eq!(
+        node_ports,
+        BTreeMap::from([("data-storage".to_owned(), 30081), ("gateway".to_owned(), 30080)])
+    );
+    // The NodePorts are exactly the ports the cluster config maps to the host.
+    let template = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../test/e2e/kind-cluster.yaml"
+    ))
+    .unwrap();
+    let (_, ports) = render_cluster_config(&template, "x", || Ok(1)).unwrap();
+    let mapped: Vec<u16> = ports.keys().copied().collect();
+    let mut wanted: Vec<u16> = node_ports.values().copied().collect();
+    wanted.sort_unstable();
+    assert_eq!(mapped, wanted);
+}
+
+#[test]
+fn without_an_archive_the_engine_saves_one() {
+    let r = KindRun { archive_source: None, ..run(false, Engine::Podman) };
+    assert_eq!(r.make_tar().to_string(), "podman save --multi-image-archive --output /r/target/e2e/runs/1/images.tar localhost/e2e-gateway:aaaa");
+}
+
+/// kubectl itself parses the rendered manifests (offline: `--local`), as `kubectl apply` would.
+#[test]
+fn kubectl_parses_the_rendered_manifests() {
+    let m = Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests"))
+        .unwrap();
+    let (yaml, _) = m.render_kind(&BTreeMap::new()).unwrap();
+    let file = std::env::temp_dir().join(format!("xtask-kind-{}.yaml", std::process::id()));
+    std::fs::write(&file, yaml).unwrap();
+    let out = std::process::Command::new("kubectl")
+        .args(["label", "--local", "--dry-run=client", "-o", "name", "e2e.check=1", "-f"])
+        .arg(&file)
+        .env("KUBECONFIG", "/dev/null")
+        .output()
+        .expect("kubectl is needed for this test (apt-get install kubectl)");
+    std::fs::remove_file(&file).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let names: Vec<String> =
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(
+        names,
+        [
+            "secret/postgres-credentials",
+            "pod/postgres",
+            "service/postgres",
+            "pod/redis",
+            "service/redis",
+            "pod/data-storage",
+            "service/data-storage",
+            "pod/gateway",
+            "service/gateway"
+        ]
+    );
+}
+
+#[test]
+fn pod_health_fails_fast_on_crash_loops() {
+    let pod = |status: serde_json::Value| serde_json::json!({ "status": status });
+    assert_eq!(
+        pod_health(&pod(
+            serde_json::json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}], "containerStatuses": [{"name": "g", "restartCount": 0, "state": {"running": {}}}]})
+        )),
+        PodHealth::Ready
+    );
+    assert!(matches!(
+        pod_health(&pod(serde_json::json!({"phase": "Pending"}))),
+        PodHealth::Waiting(_)
+    ));
+    assert!(matches!(
+        pod_health(&pod(serde_json::json!({"phase": "Running", "containerStatuses": [{"name": "g", "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}))),
+        PodHealth::Failed(w) if w.contains("CrashLoopBackOff")
+    ));
+    assert!(matches!(
+        pod_health(&pod(serde_json::json!({"phase": "Running", "containerStatuses": [{"name": "g", "restartCount": 1, "lastState": {"terminated": {"exitCode": 2}}, "state": {"running": {}}}]}))),
+        PodHealth::Failed(w) if w.contains("exit code 2")
+    ));
+    assert!(matches!(
+        pod_health(&pod(
+            serde_json::json!({"phase": "Pending", "containerStatuses": [{"name": "g", "restartCount": 0, "state": {"waiting": {"reason": "ErrImageNeverPull"}}}]})
+        )),
+        PodHealth::Failed(_)
+    ));
+}
+
+#[test]
+fn containerd_names() {
+    assert_eq!(containerd_name("localhost/e2e-gateway:1"), "localhost/e2e-gateway:1");
+    assert_eq!(containerd_name("redis:7"), "docker.io/library/redis:7");
+    assert_eq!(containerd_name("team/x:1"), "docker.io/team/x:1");
+    assert_eq!(containerd_name("ghcr.io/a/b:1"), "ghcr.io/a/b:1");
+}

@@ -1,0 +1,180 @@
+use super::*;
+use crate::runtime::step;
+use std::path::Path;
+
+pub(crate) fn run(root: &Path) -> PodmanRun {
+    let m = crate::manifests::Manifests::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests"),
+    )
+    .unwrap();
+    let id: RunId = serde_json::from_str("\"20261127-103501-42\"").unwrap();
+    let stack = m
+        .render_podman(
+            &BTreeMap::new(),
+            id.suffix(),
+            Some(crate::manifests::Subnet { base: std::net::Ipv4Addr::new(10, 89, 7, 64) }),
+            || Ok(40000),
+        )
+        .unwrap();
+    let project = Project {
+        root: root.into(),
+        target_dir: root.join("target"),
+        e2e_dir: root.join("target/e2e"),
+    };
+    PodmanRun::new(&project, id, stack)
+}
+
+#[test]
+fn the_podman_plan_is_exact() {
+    let run = run(Path::new("/r"));
+    let lines = step::print(&run.plan(Duration::from_secs(1), vec![]));
+    assert_eq!(
+        lines,
+        [
+            "podman network create --label e2e.xtask=1 --subnet 10.89.7.64/27 e2e-20261127-103501-42",
+            "podman secret create postgres-credentials-103501-42 /r/target/e2e/runs/20261127-103501-42/secret-postgres-credentials-103501-42.json",
+            "# at once, 4 commands:",
+            "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.74 --mac-address 02:e2:0a:59:07:4a /r/target/e2e/runs/20261127-103501-42/pods/postgres-103501-42.yaml",
+            "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.75 --mac-address 02:e2:0a:59:07:4b /r/target/e2e/runs/20261127-103501-42/pods/redis-103501-42.yaml",
+            "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.76 --mac-address 02:e2:0a:59:07:4c /r/target/e2e/runs/20261127-103501-42/pods/data-storage-103501-42.yaml",
+            "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.77 --mac-address 02:e2:0a:59:07:4d /r/target/e2e/runs/20261127-103501-42/pods/gateway-103501-42.yaml",
+            "# readiness: each container's readinessProbe, polled (podman exec / HTTP GET)",
+        ]
+    );
+    let down: Vec<String> = run.final_record().teardown().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        down,
+        [
+            "podman pod stop --ignore --time 0 postgres-103501-42 redis-103501-42 data-storage-103501-42 gateway-103501-42",
+            "podman pod rm --force --ignore postgres-103501-42",
+            "podman pod rm --force --ignore redis-103501-42",
+            "podman pod rm --force --ignore data-storage-103501-42",
+            "podman pod rm --force --ignore gateway-103501-42",
+            "podman secret rm postgres-credentials-103501-42",
+            "podman network rm --force e2e-20261127-103501-42",
+        ]
+    );
+    assert_eq!(run.urls()["GATEWAY_URL"], "http://127.0.0.1:40000");
+}
+
+#[test]
+fn the_printed_plan_is_the_executed_plan() {
+    let root = std::env::temp_dir().join(format!("xtask-podman-plan-{}", std::process::id()));
+    let run = run(&root);
+    let suite = crate::cmd::Cmd::new("cargo").args(["test", "-p", "e2e-suite"]);
+    let tests = || {
+        vec![Phase::new(
+            "run E2E suite",
+            vec![Step::Terminal { cmd: suite.clone(), doing: "the E2E suite failed".into() }],
+        )]
+    };
+    let plan = run.plan(Duration::from_secs(1), tests());
+    let mut printed = step::printed_commands(&plan);
+    printed.extend(run.final_record().teardown().iter().map(ToString::to_string));
+    let (mut rec, record) = step::record_run(&run.dir, &run.log, &[&plan]);
+    let record = record.expect("the run recorded what it made");
+    let r = crate::report::Reporter::quiet();
+    assert_eq!(record, run.final_record(), "the last record is everything");
+    assert!(run.dir.join("state.json").exists(), "recorded on disk before creating");
+    crate::runtime::teardown(&run.dir, &record, &run.log, &r, &mut rec).unwrap();
+    assert_eq!(rec.commands, printed);
+    assert!(!run.dir.join("state.json").exists(), "nothing left: the record is gone");
+    assert!(
+        !run.dir.join("secret-postgres-credentials-103501-42.json").exists(),
+        "secret payloads never stay on disk"
+    );
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn early_pods_start_first_and_the_rest_after() {
+    let root = std::env::temp_dir().join(format!("xtask-podman-early-{}", std::process::id()));
+    let mut run = run(&root);
+    run.early = ["postgres-103501-42".to_owned(), "redis-103501-42".to_owned()].into();
+    let early = step::printed_commands(&run.plan_early());
+    assert_eq!(early.len(), 4, "network, secret, postgres, redis: {early:#?}");
+    assert!(early[3].ends_with("pods/redis-103501-42.yaml"), "{early:#?}");
+    let rest = step::printed_commands(&run.plan(Duration::from_secs(1), vec![]));
+    assert_eq!(rest.len(), 2, "data-storage and gateway: {rest:#?}");
+    assert!(rest.iter().all(|l| l.starts_with("podman kube play")));
+    // Executed, the two parts record everything, and tear it all down.
+    let (rec, record) = step::record_run(
+        &run.dir,
+        &run.log,
+        &[&run.plan_early(), &run.plan(Duration::from_secs(1), vec![])],
+    );
+    assert_eq!(record.unwrap(), run.final_record());
+    let mut printed = early;
+    printed.extend(rest);
+    assert_eq!(rec.commands, printed);
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn early_pods_of_an_archive_wait_for_their_images_before_they_play() {
+    let root = std::env::temp_dir().join(format!("xtask-podman-arriving-{}", std::process::id()));
+    let mut run = run(&root);
+    run.early = ["postgres-103501-42".to_owned()].into();
+    run.arriving = Some(Arriving {
+        images: vec![("localhost/e2e-postgres:1".into(), "a".repeat(64))],
+        ended: Default::default(),
+    });
+    let lines = step::print(&run.plan_early());
+    let wait = lines
+        .iter()
+        .position(|l| l.starts_with("# until the archive's load has put localhost/e2e-postgres:1"))
+        .expect("a wait step");
+    let play = lines.iter().position(|l| l.starts_with("podman kube play")).expect("a kube play");
+    assert!(wait < play, "{lines:#?}");
+    // The rest of the run does not wait: its images are in when it deploys.
+    let rest = step::print(&run.plan(Duration::from_secs(1), vec![]));
+    assert!(!rest.iter().any(|l| l.contains("until the archive")), "{rest:#?}");
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn a_load_that_ends_without_the_images_ends_the_wait() {
+    let arriving = Arriving {
+        images: vec![("localhost/e2e-no-such-image:0".into(), "b".repeat(64))],
+        ended: Arc::new(AtomicBool::new(true)),
+    };
+    let err = arriving.wait(&Reporter::new()).unwrap_err().to_string();
+    assert!(
+        err.contains("the archive's load ended without localhost/e2e-no-such-image:0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn teardown_removes_exactly_what_was_recorded() {
+    let half = Created { network: Some("e2e-1".into()), ..Created::default() };
+    let cmds: Vec<String> = half.teardown().iter().flatten().map(ToString::to_string).collect();
+    assert_eq!(cmds, ["podman network rm --force e2e-1"], "nothing was played yet");
+    let full = Created { secrets: vec!["pg-1".into()], pods: vec!["gateway-1".into()], ..half };
+    let cmds: Vec<String> = full.teardown().iter().flatten().map(ToString::to_string).collect();
+    assert_eq!(
+        cmds,
+        [
+            "podman pod stop --ignore --time 0 gateway-1",
+            "podman pod rm --force --ignore gateway-1",
+            "podman secret rm pg-1",
+            "podman network rm --force e2e-1"
+        ]
+    );
+    // A remote engine's `pod stop` ignores --time: its pods are killed first.
+    let remote = Created { remote: true, ..full };
+    let first: Vec<String> = remote.teardown()[0].iter().map(ToString::to_string).collect();
+    assert_eq!(first, ["podman pod kill gateway-1"]);
+}
+
+#[test]
+fn fault_tests_get_a_handle_on_every_service() {
+    let run = run(Path::new("/r"));
+    let c = run.control(5);
+    assert_eq!(c.services.len(), 4);
+    let pg = &c.services["postgres"];
+    assert_eq!(pg.stop, ["podman", "pod", "stop", "--time", "10", "postgres-103501-42"]);
+    assert_eq!(pg.start, ["podman", "pod", "start", "postgres-103501-42"]);
+    assert_eq!(pg.exec, ["podman", "exec", "-i", "postgres-103501-42-postgres"]);
+    assert_eq!(c.dedup_ttl_seconds, 5);
+}
