@@ -3,7 +3,7 @@
 //! new build starts, running ones finish, and every failure is explained.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::HashMap,
     path::PathBuf,
     sync::mpsc,
     time::{Duration, Instant},
@@ -13,8 +13,10 @@ use crate::{
     cmd::{Cmd, CmdError},
     diagnose::{self, Cause},
     engine::{BuildCmd, Engine, ImageInfo, FINGERPRINT_LABEL},
-    images, interrupt,
-    memory::{self, Budget},
+    facts::Env,
+    images::podman_size,
+    interrupt,
+    memory::{self, human},
     project::Project,
     report::{secs, table, Reporter},
     sampler::Sampler,
@@ -37,7 +39,6 @@ pub enum BuildFailure {
     Vanished,
 }
 
-/// What happened to one build.
 pub struct Outcome {
     pub result: Result<ImageInfo, BuildFailure>,
     pub started: Instant,
@@ -62,30 +63,24 @@ pub struct Activity {
     pub memory: Vec<(Instant, u64)>,
 }
 
-/// Runs the builds the plan asks for, admitting each only while it fits; after a failure
-/// no new build starts, running ones finish, and every failure is reported.
 pub fn execute(
     project: &Project,
     r: &Reporter,
-    engine: Engine,
+    env: &Env,
     plan: &[PlanItem],
     jobs: usize,
-    budget: &Budget,
-    local: bool,
 ) -> (HashMap<String, Outcome>, Activity) {
-    let mut queue: VecDeque<&PlanItem> = plan
-        .iter()
-        .filter(|i| matches!(i.action, Action::Build { .. }))
-        .collect();
+    let mut queue = plan.iter().filter(|i| !i.is_cached()).peekable();
+    let mut left = plan.iter().filter(|i| !i.is_cached()).count();
     let mut outcomes = HashMap::new();
-    if queue.is_empty() {
+    if left == 0 {
         r.line("  nothing to build");
         return (outcomes, Activity::default());
     }
-    let overall = r.overall(queue.len() as u64, "images");
+    let overall = r.overall(left as u64, "images");
     // The memory sampled is this machine's: it says something of the builds only when the
     // engine runs here.
-    let sampler = local.then(Sampler::start);
+    let sampler = (!env.facts.remote).then(Sampler::start);
     let (tx, rx) = mpsc::channel::<(String, Outcome)>();
     std::thread::scope(|s| {
         let mut running: Vec<(String, u64)> = Vec::new();
@@ -94,21 +89,21 @@ pub fn execute(
         let mut stopping = false;
         loop {
             while !stopping && !interrupt::interrupted() {
-                let Some(next) = queue.front() else { break };
                 let caps: Vec<u64> = running.iter().map(|(_, c)| *c).collect();
-                if !memory::admit(&caps, next.spec.memory, budget.bytes, jobs) {
+                let Some(item) =
+                    queue.next_if(|i| memory::admit(&caps, i.spec.memory, env.budget.bytes, jobs))
+                else {
                     break;
-                }
-                let item = queue.pop_front().expect("peeked");
+                };
+                left -= 1;
                 running.push((item.spec.name.clone(), item.spec.memory));
                 for (name, _) in &running {
                     let n = crowd.entry(name.clone()).or_insert(0);
                     *n = (*n).max(running.len());
                 }
-                let tx = tx.clone();
-                let sampler = &sampler;
+                let (tx, sampler) = (tx.clone(), &sampler);
                 s.spawn(move || {
-                    let outcome = build_one(project, r, engine, item, sampler.as_ref());
+                    let outcome = build_one(project, r, env.engine(), item, sampler.as_ref());
                     let _ = tx.send((item.spec.name.clone(), outcome));
                 });
             }
@@ -123,7 +118,7 @@ pub fn execute(
                         if let BuildFailure::OutOfMemory { at_once, .. } = failure {
                             *at_once = crowd.get(&name).copied().unwrap_or(1);
                         }
-                        if !stopping && (!running.is_empty() || !queue.is_empty()) {
+                        if !stopping && (!running.is_empty() || left > 0) {
                             r.line(format!(
                                 "  {name} failed: starting no new builds; waiting for {} running",
                                 running.len()
@@ -167,15 +162,14 @@ pub fn explain(project: &Project, item: &PlanItem, failure: &BuildFailure) -> St
         BuildFailure::OutOfMemory { step, at_once } => format!(
             "image {name} was killed for running out of memory: its build hit its memory cap of {}{} \
              with {at_once} build(s) running.\n  fix: raise `memory` for {name} in the images file, or lower --jobs.\n  log: {}",
-            images::podman_size(item.spec.memory),
+            podman_size(item.spec.memory),
             at(step),
             project.display(&build_log(project, name))
         ),
         BuildFailure::Failed { step, error } => format!("image {name} failed{}: {error}", at(step)),
-        BuildFailure::Vanished => format!(
-            "image {name}: the build succeeded but {} is not in the engine",
-            item.reference
-        ),
+        BuildFailure::Vanished => {
+            format!("image {name}: the build succeeded but {} is not in the engine", item.reference)
+        }
     }
 }
 
@@ -185,18 +179,14 @@ fn build_log(project: &Project, name: &str) -> PathBuf {
 
 /// The engine command that builds a planned image, labelled with its fingerprint.
 pub fn build_cmd_for(project: &Project, engine: Engine, item: &PlanItem) -> Cmd {
-    let mut labels = BTreeMap::new();
-    labels.insert(FINGERPRINT_LABEL.to_owned(), item.fingerprint.clone());
-    let dockerfile = project.root.join(&item.spec.dockerfile);
-    let no_cache = matches!(&item.action, Action::Build { reason } if reason == "--force");
     engine.build(&BuildCmd {
         reference: item.reference.clone(),
-        dockerfile: &dockerfile,
+        dockerfile: &project.root.join(&item.spec.dockerfile),
         context: &item.context,
-        memory: images::podman_size(item.spec.memory),
+        memory: podman_size(item.spec.memory),
         build_args: item.spec.build_args.clone(),
-        labels,
-        no_cache,
+        labels: [(FINGERPRINT_LABEL.to_owned(), item.fingerprint.clone())].into(),
+        no_cache: matches!(&item.action, Action::Build { reason } if reason == "--force"),
     })
 }
 
@@ -208,33 +198,25 @@ fn build_one(
     sampler: Option<&Sampler>,
 ) -> Outcome {
     let started = Instant::now();
-    let spec = &item.spec;
+    let name = &item.spec.name;
     let cmd = build_cmd_for(project, engine, item);
-    let log = build_log(project, &spec.name);
+    let log = build_log(project, name);
     let _ = std::fs::remove_file(&log);
     r.line(format!(
-        "  building {} (cap {})",
-        spec.name,
-        images::podman_size(spec.memory)
+        "  building {name} (cap {})",
+        podman_size(item.spec.memory)
     ));
     r.command(&cmd);
-    let bar = r.spinner(&spec.name, "building");
+    let bar = r.spinner(name, "building");
     let result = cmd.run_logged(&log);
     r.finish(&bar);
     let took = started.elapsed();
     let peak = sampler.and_then(|s| s.peak_between(started, Some(started + took)));
     let result = match result {
-        Ok(()) => match engine.image(&item.reference) {
-            Some(image) => {
-                r.line(format!("  built {} in {}", item.reference, secs(took)));
-                Ok(image)
-            }
-            None => Err(BuildFailure::Vanished),
-        },
+        Ok(()) => engine.image(&item.reference).ok_or(BuildFailure::Vanished),
         Err(err) => {
             let code = err.downcast_ref::<CmdError>().and_then(|e| e.code);
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let d = diagnose::diagnose(code, &text);
+            let d = diagnose::diagnose(code, &std::fs::read_to_string(&log).unwrap_or_default());
             Err(match d.cause {
                 Cause::OutOfMemory => BuildFailure::OutOfMemory {
                     step: d.step,
@@ -247,6 +229,9 @@ fn build_one(
             })
         }
     };
+    if result.is_ok() {
+        r.line(format!("  built {} in {}", item.reference, secs(took)));
+    }
     Outcome {
         result,
         started,
@@ -259,38 +244,23 @@ pub fn outcome_table(plan: &[PlanItem], outcomes: &HashMap<String, Outcome>) -> 
     let rows: Vec<Vec<String>> = plan
         .iter()
         .map(|item| {
-            let name = item.spec.name.clone();
-            match (&item.action, outcomes.get(&name)) {
+            let [result, time, size, peak] = match (&item.action, outcomes.get(&item.spec.name)) {
                 (Action::Cached(image), _) => {
-                    vec![
-                        name,
-                        "cached".into(),
-                        "-".into(),
-                        memory::human(image.size),
-                        "-".into(),
-                    ]
+                    ["cached".into(), "-".into(), human(image.size), "-".into()]
                 }
-                (Action::Build { .. }, Some(o)) => vec![
-                    name,
-                    if o.result.is_ok() {
-                        "built".into()
-                    } else {
-                        "FAILED".into()
-                    },
+                (Action::Build { .. }, Some(o)) => [
+                    if o.result.is_ok() { "built" } else { "FAILED" }.into(),
                     secs(o.took),
                     o.result
                         .as_ref()
-                        .map_or("-".into(), |image| memory::human(image.size)),
-                    o.peak.map_or("-".into(), memory::human),
+                        .map_or("-".into(), |image| human(image.size)),
+                    o.peak.map_or("-".into(), human),
                 ],
-                (Action::Build { .. }, None) => vec![
-                    name,
-                    "not started".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                ],
-            }
+                (Action::Build { .. }, None) => {
+                    ["not started".into(), "-".into(), "-".into(), "-".into()]
+                }
+            };
+            vec![item.spec.name.clone(), result, time, size, peak]
         })
         .collect();
     format!(
