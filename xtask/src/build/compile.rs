@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use super::BuildOptions;
 use crate::{
     cmd::Cmd,
     engine::{BuildCmd, FINGERPRINT_LABEL},
@@ -46,6 +47,55 @@ pub fn resolve(asked: Option<CompileIn>, host: &str, engine: &str) -> CompileIn 
         CompileIn::Host
     } else {
         CompileIn::Engine
+    })
+}
+
+/// Compiles the binaries the images package (without `compile`, a dry run, only says where
+/// they are): on this machine, or in the engine when it runs another platform. Returns
+/// their directory.
+pub fn binaries(
+    project: &Project,
+    r: &Reporter,
+    opts: &BuildOptions,
+    env: &Env,
+    builder: Option<&Builder>,
+    binaries: &[&str],
+    compile: bool,
+) -> anyhow::Result<PathBuf> {
+    let host = host_platform();
+    if binaries.is_empty() || resolve(opts.compile_in, &host, env.platform()) == CompileIn::Host {
+        if compile && !binaries.is_empty() {
+            let jobs = env.cargo_jobs();
+            r.phase("compile service binaries", |r| {
+                let cmd = super::cargo_build(project, binaries, jobs, opts.release);
+                r.line(format!(
+                    "  cargo -j {jobs}: {} CPUs here, the host's budget {} ({}) at {} a rustc job",
+                    memory::cpus(),
+                    memory::human(env.host_budget.bytes),
+                    env.host_budget.source,
+                    memory::human(memory::RUSTC_JOB)
+                ));
+                r.command(&cmd);
+                cmd.run_logged(&project.logs_dir().join("cargo-build.log"))
+                    .context("compiling the service binaries")
+            })?;
+        }
+        return Ok(project.binaries_dir(opts.release));
+    }
+    let builder = builder.ok_or_else(|| {
+        Problem::new(
+            format!(
+                "the binaries must compile in the engine ({} cannot run this machine's {host}), but the images file has no [builder]",
+                env.platform()
+            ),
+            "add a [builder] section to test/e2e/images.toml (see the comment there)",
+        )
+    })?;
+    if !compile {
+        return Ok(project.e2e_dir().join("engine-bin"));
+    }
+    r.phase("compile service binaries", |r| {
+        in_engine(project, r, env, builder, binaries)
     })
 }
 

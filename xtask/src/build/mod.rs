@@ -19,8 +19,6 @@ pub use schedule::{build_cmd_for, Activity};
 
 use std::path::PathBuf;
 
-use anyhow::Context;
-
 use crate::{
     cmd::Cmd,
     engine::{Engine, EngineFacts, ImageInfo},
@@ -28,8 +26,7 @@ use crate::{
     fingerprint,
     handoff::{Handoff, ImageRecord},
     images::{self, ImageSpec, Images},
-    interrupt, memory,
-    problem::Problem,
+    memory,
     project::Project,
     report::Reporter,
 };
@@ -249,44 +246,8 @@ pub fn prepare(
     let env = session.env(r, base_image_id)?;
     let budget = &env.budget;
     let binaries: Vec<&str> = selected.iter().filter_map(ImageSpec::binary).collect();
-    let host = compile::host_platform();
-    let in_engine = compile::resolve(opts.compile_in, &host, env.platform()) == CompileIn::Engine;
-    let engine_bin = if in_engine && !binaries.is_empty() {
-        let builder = session.images.builder.as_ref().ok_or_else(|| {
-            Problem::new(
-                format!(
-                    "the binaries must compile in the engine ({} cannot run this machine's {host}), but the images file has no [builder]",
-                    env.platform()
-                ),
-                "add a [builder] section to test/e2e/images.toml (see the comment there)",
-            )
-        })?;
-        Some(match compile {
-            true => r.phase("compile service binaries", |r| {
-                compile::in_engine(project, r, &env, builder, &binaries)
-            })?,
-            false => project.e2e_dir().join("engine-bin"),
-        })
-    } else {
-        None
-    };
-    if !binaries.is_empty() && compile && engine_bin.is_none() {
-        let jobs = env.cargo_jobs();
-        r.phase("compile service binaries", |r| {
-            let cmd = cargo_build(project, &binaries, jobs, opts.release);
-            r.line(format!(
-                "  cargo -j {jobs}: {} CPUs here, the host's budget {} ({}) at {} a rustc job",
-                memory::cpus(),
-                memory::human(env.host_budget.bytes),
-                env.host_budget.source,
-                memory::human(memory::RUSTC_JOB)
-            ));
-            r.command(&cmd);
-            cmd.run_logged(&project.logs_dir().join("cargo-build.log"))
-                .context("compiling the service binaries")
-        })?;
-    }
-
+    let builder = session.images.builder.as_ref();
+    let bin_dir = compile::binaries(project, r, opts, &env, builder, &binaries, compile)?;
     let previous = Handoff::load(project);
     let for_archive = base_image_id.is_some();
     let phase = if for_archive {
@@ -295,7 +256,6 @@ pub fn prepare(
         "plan"
     };
     let plan = r.phase(phase, |r| {
-        let bin_dir = engine_bin.unwrap_or_else(|| project.binaries_dir(opts.release));
         let plan = plan::make_plan(
             project,
             &env,
@@ -377,61 +337,26 @@ pub fn finish_with(
     prepared: Prepared,
     tidy: bool,
 ) -> anyhow::Result<(Handoff, Activity)> {
-    let Prepared {
-        images,
-        env,
-        plan,
-        previous,
-    } = prepared;
-    let (outcomes, activity) = r.phase("build images", |r| {
-        Ok(schedule::execute(project, r, &env, &plan, opts.jobs))
-    })?;
-    r.line(format!(
-        "images:\n{}",
-        schedule::outcome_table(&plan, &outcomes)
-    ));
-    let failures: Vec<String> = plan
-        .iter()
-        .filter_map(|i| {
-            let failure = outcomes.get(&i.spec.name)?.result.as_ref().err()?;
-            Some(format!("- {}", schedule::explain(project, i, failure)))
-        })
-        .collect();
-    anyhow::ensure!(
-        failures.is_empty(),
-        "{} image build(s) failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
-    interrupt::check()?;
-
-    let mut records = plan
-        .iter()
-        .map(|item| match &item.action {
-            Action::Cached(image) => Ok(item.record(image)),
-            Action::Build { .. } => outcomes
-                .get(&item.spec.name)
-                .and_then(|o| o.result.as_ref().ok())
-                .map(|image| item.record(image))
-                .context("a build without an outcome"),
-        })
-        .collect::<anyhow::Result<Vec<ImageRecord>>>()?;
+    let (mut records, activity) =
+        schedule::run(project, r, &prepared.env, &prepared.plan, opts.jobs)?;
+    let (env, images) = (&prepared.env, &prepared.images.images);
     // Images not selected this time keep their previous entry, so the file lists every image.
-    if let Some(prev) = previous.filter(|p| p.is_of(&env.facts)) {
+    if let Some(prev) = prepared.previous.filter(|p| p.is_of(&env.facts)) {
         let kept: Vec<ImageRecord> = prev
             .images
             .into_iter()
             .filter(|old| {
                 !records.iter().any(|r| r.name == old.name)
-                    && images.images.iter().any(|i| i.name == old.name)
+                    && images.iter().any(|i| i.name == old.name)
             })
             .collect();
         records.extend(kept);
     }
-    let order = |name: &str| images.images.iter().position(|i| i.name == name);
+    let order = |name: &str| images.iter().position(|i| i.name == name);
     records.sort_by_key(|r| order(&r.name).unwrap_or(usize::MAX));
-    let mut handoff = Handoff::new(&env, records);
-    handoff.built_now = plan
+    let mut handoff = Handoff::new(env, records);
+    handoff.built_now = prepared
+        .plan
         .iter()
         .filter(|i| !i.is_cached())
         .map(|i| i.spec.name.clone())

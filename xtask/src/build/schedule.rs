@@ -9,11 +9,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context;
+
 use crate::{
     cmd::{Cmd, CmdError},
     diagnose::{self, Cause},
     engine::{BuildCmd, Engine, ImageInfo, FINGERPRINT_LABEL},
     facts::Env,
+    handoff::ImageRecord,
     images::podman_size,
     interrupt,
     memory::{self, human},
@@ -63,7 +66,47 @@ pub struct Activity {
     pub memory: Vec<(Instant, u64)>,
 }
 
-pub fn execute(
+/// Runs the builds, prints what became of every image, and fails with every failure
+/// explained. Returns each planned image's record, and what the builds did over time.
+pub fn run(
+    project: &Project,
+    r: &Reporter,
+    env: &Env,
+    plan: &[PlanItem],
+    jobs: usize,
+) -> anyhow::Result<(Vec<ImageRecord>, Activity)> {
+    let (outcomes, activity) =
+        r.phase("build images", |r| Ok(execute(project, r, env, plan, jobs)))?;
+    r.line(format!("images:\n{}", outcome_table(plan, &outcomes)));
+    let failures: Vec<String> = plan
+        .iter()
+        .filter_map(|i| {
+            let failure = outcomes.get(&i.spec.name)?.result.as_ref().err()?;
+            Some(format!("- {}", explain(project, i, failure)))
+        })
+        .collect();
+    let n = failures.len();
+    anyhow::ensure!(
+        n == 0,
+        "{n} image build(s) failed:\n{}",
+        failures.join("\n")
+    );
+    interrupt::check()?;
+    let records = plan.iter().map(|item| {
+        let image = match &item.action {
+            Action::Cached(image) => Some(image),
+            Action::Build { .. } => outcomes
+                .get(&item.spec.name)
+                .and_then(|o| o.result.as_ref().ok()),
+        };
+        image
+            .map(|image| item.record(image))
+            .context("a build without an outcome")
+    });
+    Ok((records.collect::<anyhow::Result<_>>()?, activity))
+}
+
+fn execute(
     project: &Project,
     r: &Reporter,
     env: &Env,
@@ -83,24 +126,21 @@ pub fn execute(
     let sampler = (!env.facts.remote).then(Sampler::start);
     let (tx, rx) = mpsc::channel::<(String, Outcome)>();
     std::thread::scope(|s| {
-        let mut running: Vec<(String, u64)> = Vec::new();
-        // For each running build, the most builds that ran at once while it did.
-        let mut crowd: HashMap<String, usize> = HashMap::new();
+        // Each running build's name, cap, and the most builds that ran at once while it did.
+        let mut running: Vec<(String, u64, usize)> = Vec::new();
         let mut stopping = false;
         loop {
             while !stopping && !interrupt::interrupted() {
-                let caps: Vec<u64> = running.iter().map(|(_, c)| *c).collect();
-                let Some(item) =
-                    queue.next_if(|i| memory::admit(&caps, i.spec.memory, env.budget.bytes, jobs))
-                else {
+                let caps: Vec<u64> = running.iter().map(|b| b.1).collect();
+                let fits =
+                    |i: &&PlanItem| memory::admit(&caps, i.spec.memory, env.budget.bytes, jobs);
+                let Some(item) = queue.next_if(fits) else {
                     break;
                 };
                 left -= 1;
-                running.push((item.spec.name.clone(), item.spec.memory));
-                for (name, _) in &running {
-                    let n = crowd.entry(name.clone()).or_insert(0);
-                    *n = (*n).max(running.len());
-                }
+                running.push((item.spec.name.clone(), item.spec.memory, 0));
+                let n = running.len();
+                running.iter_mut().for_each(|b| b.2 = b.2.max(n));
                 let (tx, sampler) = (tx.clone(), &sampler);
                 s.spawn(move || {
                     let outcome = build_one(project, r, env.engine(), item, sampler.as_ref());
@@ -110,27 +150,25 @@ pub fn execute(
             if running.is_empty() {
                 break;
             }
-            match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok((name, mut outcome)) => {
-                    running.retain(|(n, _)| *n != name);
-                    overall.inc(1);
-                    if let Err(failure) = &mut outcome.result {
-                        if let BuildFailure::OutOfMemory { at_once, .. } = failure {
-                            *at_once = crowd.get(&name).copied().unwrap_or(1);
-                        }
-                        if !stopping && (!running.is_empty() || left > 0) {
-                            r.line(format!(
-                                "  {name} failed: starting no new builds; waiting for {} running",
-                                running.len()
-                            ));
-                        }
-                        stopping = true;
-                    }
-                    outcomes.insert(name, outcome);
+            let Ok((name, mut outcome)) = rx.recv() else {
+                break;
+            };
+            let (_, _, crowd) =
+                running.remove(running.iter().position(|b| b.0 == name).expect("running"));
+            overall.inc(1);
+            if let Err(failure) = &mut outcome.result {
+                if let BuildFailure::OutOfMemory { at_once, .. } = failure {
+                    *at_once = crowd;
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                if !stopping && (!running.is_empty() || left > 0) {
+                    let n = running.len();
+                    r.line(format!(
+                        "  {name} failed: starting no new builds; waiting for {n} running"
+                    ));
+                }
+                stopping = true;
             }
+            outcomes.insert(name, outcome);
         }
     });
     let memory = sampler.map(Sampler::stop).unwrap_or_default();
@@ -152,7 +190,7 @@ pub fn execute(
 }
 
 /// The message for a failed build: the image, what happened, where, and what to change.
-pub fn explain(project: &Project, item: &PlanItem, failure: &BuildFailure) -> String {
+fn explain(project: &Project, item: &PlanItem, failure: &BuildFailure) -> String {
     let name = &item.spec.name;
     let at = |step: &Option<String>| {
         step.as_ref()
@@ -240,7 +278,7 @@ fn build_one(
     }
 }
 
-pub fn outcome_table(plan: &[PlanItem], outcomes: &HashMap<String, Outcome>) -> String {
+fn outcome_table(plan: &[PlanItem], outcomes: &HashMap<String, Outcome>) -> String {
     let rows: Vec<Vec<String>> = plan
         .iter()
         .map(|item| {
