@@ -50,9 +50,8 @@ pub fn resolve(asked: Option<CompileIn>, host: &str, engine: &str) -> CompileIn 
     })
 }
 
-/// Compiles the binaries the images package (without `compile`, a dry run, only says where
-/// they are): on this machine, or in the engine when it runs another platform. Returns
-/// their directory.
+/// Compiles the binaries the images package, here or in the engine, and returns their
+/// directory; without `compile` (a dry run), only the directory.
 pub fn binaries(
     project: &Project,
     r: &Reporter,
@@ -148,10 +147,9 @@ fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The compile's memory cap and cargo's `--jobs` in the engine: the `[builder]` cap, or the
-/// engine's whole budget when that is smaller (the compile runs alone, before any image
-/// build); one rustc job per [`memory::RUSTC_JOB`] of it, at least one, at most one per CPU
-/// there. A compile that needs more than its cap is OOM-killed by it and reported so.
+/// The compile's memory cap and cargo's `--jobs` in the engine: at most the engine's whole
+/// budget (the compile runs alone, before any image build); a compile that needs more than
+/// its cap is OOM-killed by it and reported so.
 pub fn limits(builder_cap: u64, budget: u64, engine_cpus: usize) -> (u64, usize) {
     let cap = builder_cap.min(budget);
     (cap, memory::cargo_jobs(cap, engine_cpus))

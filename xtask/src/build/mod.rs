@@ -24,7 +24,7 @@ use crate::{
     engine::{Engine, EngineFacts, ImageInfo},
     facts::{Env, Facts},
     fingerprint,
-    handoff::{Handoff, ImageRecord},
+    handoff::Handoff,
     images::{self, ImageSpec, Images},
     memory,
     project::Project,
@@ -256,22 +256,13 @@ pub fn prepare(
         "plan"
     };
     let plan = r.phase(phase, |r| {
-        let plan = plan::make_plan(
-            project,
-            &env,
-            &bin_dir,
-            &selected,
-            opts.force,
-            previous.as_ref(),
-        )?;
+        let previous = previous.as_ref();
+        let plan = plan::make_plan(project, &env, &bin_dir, &selected, opts.force, previous)?;
+        let tags = plan
+            .iter()
+            .map(|i| format!("{} {}", i.spec.name, fingerprint::tag(&i.fingerprint)));
         r.line(match for_archive {
-            true => {
-                let tags: Vec<String> = plan
-                    .iter()
-                    .map(|i| format!("{} {}", i.spec.name, fingerprint::tag(&i.fingerprint)))
-                    .collect();
-                format!("  {}", tags.join(", "))
-            }
+            true => format!("  {}", tags.collect::<Vec<_>>().join(", ")),
             false => plan::describe_plan(&plan, opts.jobs, budget),
         });
         Ok(plan)
@@ -284,16 +275,15 @@ pub fn prepare(
         budget.bytes,
     );
     if !too_big.is_empty() {
-        let list: Vec<String> = too_big
+        let list = too_big
             .iter()
-            .map(|(n, c)| format!("{n} (cap {})", memory::human(*c)))
-            .collect();
+            .map(|(n, c)| format!("{n} (cap {})", memory::human(*c)));
         anyhow::bail!(
             "the memory budget is {} ({}), and these images' caps alone exceed it: {}.\n  fix: lower their \
              `memory` in the images file, or give more with --memory-budget SIZE",
             memory::human(budget.bytes),
             budget.source,
-            list.join(", ")
+            list.collect::<Vec<_>>().join(", ")
         );
     }
     let images = session.images.clone();
@@ -337,24 +327,20 @@ pub fn finish_with(
     prepared: Prepared,
     tidy: bool,
 ) -> anyhow::Result<(Handoff, Activity)> {
-    let (mut records, activity) =
-        schedule::run(project, r, &prepared.env, &prepared.plan, opts.jobs)?;
-    let (env, images) = (&prepared.env, &prepared.images.images);
-    // Images not selected this time keep their previous entry, so the file lists every image.
-    if let Some(prev) = prepared.previous.filter(|p| p.is_of(&env.facts)) {
-        let kept: Vec<ImageRecord> = prev
-            .images
-            .into_iter()
-            .filter(|old| {
-                !records.iter().any(|r| r.name == old.name)
-                    && images.iter().any(|i| i.name == old.name)
-            })
-            .collect();
-        records.extend(kept);
-    }
-    let order = |name: &str| images.iter().position(|i| i.name == name);
-    records.sort_by_key(|r| order(&r.name).unwrap_or(usize::MAX));
-    let mut handoff = Handoff::new(env, records);
+    let (built, activity) = schedule::run(project, r, &prepared.env, &prepared.plan, opts.jobs)?;
+    let env = &prepared.env;
+    // Images not selected this time keep their previous entry, so the file lists every image
+    // (in the images file's order).
+    let previous = prepared.previous.filter(|p| p.is_of(&env.facts));
+    let previous = previous.map(|p| p.images).unwrap_or_default();
+    let records = prepared.images.images.iter().filter_map(|spec| {
+        built
+            .iter()
+            .chain(&previous)
+            .find(|r| r.name == spec.name)
+            .cloned()
+    });
+    let mut handoff = Handoff::new(env, records.collect());
     handoff.built_now = prepared
         .plan
         .iter()
