@@ -141,23 +141,16 @@ pub(super) fn make_plan(
             })
         };
         let fp = fingerprint_of(&entries);
-        let outside_binary = match spec.binary() {
-            Some(binary) => fingerprint_of(
-                &entries
-                    .iter()
-                    .cloned()
-                    .map(|mut e| {
-                        if e.path == binary {
-                            e.kind = EntryKind::File {
-                                sha256: String::new(),
-                            };
-                        }
-                        e
-                    })
-                    .collect::<Vec<_>>(),
-            ),
-            None => fp.clone(),
+        let blank = |e: &Entry| match spec.binary() {
+            Some(binary) if e.path == binary => {
+                let kind = EntryKind::File {
+                    sha256: String::new(),
+                };
+                Entry { kind, ..e.clone() }
+            }
+            _ => e.clone(),
         };
+        let outside_binary = fingerprint_of(&entries.iter().map(blank).collect::<Vec<_>>());
         items.push(PlanItem {
             spec: spec.clone(),
             context,
