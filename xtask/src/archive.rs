@@ -19,12 +19,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     build::{self, Action, BuildOptions, Session},
-    cmd::Cmd,
+    cmd::{Cmd, Pipeline},
     engine::Engine,
     fingerprint,
     fsx::{temp_beside, Pending},
     handoff::{Handoff, ImageRecord},
-    interrupt, memory,
+    interrupt,
+    memory::human,
     project::Project,
     registry,
     report::{secs, Reporter},
@@ -103,7 +104,7 @@ impl SaveArgs {
         let recorded = Handoff::load(project).map(|h| h.engine);
         let opts = BuildOptions {
             engine: self.opts.engine.or(recorded),
-            ..self.opts.clone()
+            ..self.opts
         };
         let session = Session::open(project, &opts, &r, false)?;
         if self.build {
@@ -111,7 +112,7 @@ impl SaveArgs {
         }
         let mut handoff = fresh_handoff(project, &r, &opts, &session)?;
         in_start_order(&mut handoff.images, &session.images.infrastructure());
-        let output = self.output.clone().unwrap_or_else(|| {
+        let output = self.output.unwrap_or_else(|| {
             project.e2e_dir().join(match self.compress {
                 Compression::Zstd => "images.tar.zst",
                 Compression::None => "images.tar",
@@ -131,8 +132,8 @@ impl SaveArgs {
         r.line(format!(
             "{} images, {} (the images together: {}), sha256 {}",
             manifest.images.len(),
-            memory::human(manifest.size),
-            memory::human(sum),
+            human(manifest.size),
+            human(sum),
             &manifest.sha256[..16]
         ));
         Ok(())
@@ -155,38 +156,32 @@ fn fresh_handoff(
     })?;
     let prepared = build::prepare(project, r, opts, session, &[], None, true)?;
     let mut problems = Vec::new();
+    let mut images = Vec::new();
     for item in &prepared.plan {
         let recorded = handoff.images.iter().find(|i| i.name == item.spec.name);
-        match (&item.action, recorded) {
-            (Action::Build { reason }, _) => problems.push(format!("{}: {reason}", item.spec.name)),
-            (_, None) => problems.push(format!("{}: not in images.json", item.spec.name)),
-            (Action::Cached(_), Some(rec)) if rec.fingerprint != item.fingerprint => problems.push(
-                format!("{}: images.json lists an older build", item.spec.name),
-            ),
-            _ => {}
-        }
+        let problem = match (&item.action, recorded) {
+            (Action::Build { reason }, _) => reason.as_str(),
+            (_, None) => "not in images.json",
+            (_, Some(rec)) if rec.fingerprint != item.fingerprint => {
+                "images.json lists an older build"
+            }
+            (Action::Cached(image), _) => {
+                images.push(item.record(image));
+                continue;
+            }
+        };
+        problems.push(format!("{}: {problem}", item.spec.name));
     }
-    if !problems.is_empty() {
-        anyhow::bail!(
-            "these images do not match the current sources:\n  {}\n  fix: run `cargo xtask prebuild-images` first, or pass --build",
-            problems.join("\n  ")
-        );
-    }
-    let images = prepared
-        .plan
-        .iter()
-        .filter_map(|item| match &item.action {
-            Action::Cached(image) => Some(item.record(image)),
-            Action::Build { .. } => None,
-        })
-        .collect();
-    let env = &prepared.env;
+    anyhow::ensure!(
+        problems.is_empty(),
+        "these images do not match the current sources:\n  {}\n  fix: run `cargo xtask prebuild-images` first, or pass --build",
+        problems.join("\n  ")
+    );
+    let (base_image, base_image_id) = (handoff.base_image, handoff.base_image_id);
     Ok(Handoff {
-        images,
-        engine: env.engine(),
-        at: env.facts.at.clone(),
-        platform: env.platform().to_owned(),
-        ..handoff
+        base_image,
+        base_image_id,
+        ..Handoff::new(&prepared.env, images)
     })
 }
 
@@ -203,12 +198,10 @@ pub fn save(
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    if compression == Compression::Zstd {
-        which::which("zstd").map_err(|_| {
-            anyhow::anyhow!(
-                "zstd is not installed.\n  fix: `apt-get install zstd`, or pass --compress none"
-            )
-        })?;
+    if compression == Compression::Zstd && which::which("zstd").is_err() {
+        anyhow::bail!(
+            "zstd is not installed.\n  fix: `apt-get install zstd`, or pass --compress none"
+        );
     }
     // Both are removed if anything stops the save before they are renamed into place.
     let tmp_archive = Pending::new(temp_beside(output));
@@ -217,25 +210,19 @@ pub fn save(
     let refs: Vec<String> = handoff.images.iter().map(|i| i.reference.clone()).collect();
     let log = project.logs_dir().join("save-images.log");
     let _ = std::fs::remove_file(&log);
-    match compression {
-        Compression::Zstd => {
-            let p = save_cmd(handoff.engine, &refs, None).pipe(
-                Cmd::new("zstd")
-                    .args(["-T0", "-3", "-q", "-f", "-o"])
-                    .arg(tmp_archive.path().display().to_string()),
-            );
-            r.line(format!("  $ {p}"));
-            p.run_logged(&log).context("saving the images")?;
-        }
-        Compression::None => {
-            let c = save_cmd(handoff.engine, &refs, Some(tmp_archive.path()));
-            r.command(&c);
-            c.run_logged(&log).context("saving the images")?;
-        }
-    }
+    let tmp = tmp_archive.path();
+    let save = match compression {
+        Compression::Zstd => save_cmd(handoff.engine, &refs, None).pipe(
+            Cmd::new("zstd")
+                .args(["-T0", "-3", "-q", "-f", "-o"])
+                .arg(tmp.display().to_string()),
+        ),
+        Compression::None => Pipeline(vec![save_cmd(handoff.engine, &refs, Some(tmp))]),
+    };
+    r.line(format!("  $ {save}"));
+    save.run_logged(&log).context("saving the images")?;
     interrupt::check()?;
-    let size = std::fs::metadata(tmp_archive.path())?.len();
-    let sha256 = fingerprint::file_sha256(tmp_archive.path())?;
+    let size = std::fs::metadata(tmp)?.len();
     let manifest = Manifest {
         format: FORMAT.into(),
         archive: output
@@ -243,7 +230,7 @@ pub fn save(
             .context("the output needs a file name")?
             .to_string_lossy()
             .into_owned(),
-        sha256,
+        sha256: fingerprint::file_sha256(tmp)?,
         size,
         compression,
         engine: handoff.engine,
@@ -263,12 +250,8 @@ pub fn save(
     let _ = std::fs::remove_file(&final_manifest);
     tmp_archive.persist(output)?;
     tmp_manifest.persist(&final_manifest)?;
-    r.line(format!(
-        "  saved {} images in {} ({})",
-        manifest.images.len(),
-        secs(start.elapsed()),
-        memory::human(size)
-    ));
+    let (n, took) = (manifest.images.len(), secs(start.elapsed()));
+    r.line(format!("  saved {n} images in {took} ({})", human(size)));
     Ok(manifest)
 }
 
@@ -281,101 +264,95 @@ pub fn in_start_order(images: &mut [ImageRecord], infrastructure: &[&str]) {
 }
 
 fn save_cmd(engine: Engine, refs: &[String], output: Option<&Path>) -> Cmd {
-    let mut c = Cmd::new(engine.program()).arg("save");
-    if engine == Engine::Podman {
-        c = c.arg("--multi-image-archive");
-    }
-    if let Some(o) = output {
-        c = c.arg("--output").arg(o.display().to_string());
-    }
-    c.args(refs.iter().cloned())
+    let multi = (engine == Engine::Podman).then_some("--multi-image-archive");
+    let output = output.map(|o| ["--output".to_owned(), o.display().to_string()]);
+    Cmd::new(engine.program())
+        .arg("save")
+        .args(multi)
+        .args(output.into_iter().flatten())
+        .args(refs)
 }
 
 /// `git rev-parse HEAD`, with `-dirty` when the work tree has changes.
 fn commit(project: &Project) -> String {
-    let head = Cmd::new("git")
-        .args(["rev-parse", "HEAD"])
-        .cwd(&project.root)
-        .read()
-        .map(|s| s.trim().to_owned());
-    let dirty = Cmd::new("git")
-        .args(["status", "--porcelain", "--untracked-files=no"])
-        .cwd(&project.root)
-        .read()
-        .is_ok_and(|s| !s.trim().is_empty());
-    match head {
-        Ok(h) if dirty => format!("{h}-dirty"),
-        Ok(h) => h,
+    let git = |args: &[&str]| {
+        Cmd::new("git")
+            .args(args.iter().copied())
+            .cwd(&project.root)
+            .read()
+    };
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_ok_and(|s| !s.trim().is_empty());
+    match git(&["rev-parse", "HEAD"]) {
+        Ok(h) if dirty => format!("{}-dirty", h.trim()),
+        Ok(h) => h.trim().to_owned(),
         Err(_) => "unknown".into(),
     }
 }
 
 /// The manifest beside the archive, read and parsed, not checked against the archive.
 pub fn read_manifest(archive: &Path) -> anyhow::Result<Manifest> {
-    let manifest_file = manifest_path(archive);
-    let text = std::fs::read(&manifest_file).with_context(|| {
+    let file = manifest_path(archive);
+    let text = std::fs::read(&file).with_context(|| {
         format!(
             "no manifest {} beside the archive (an incomplete save, or not made by `cargo xtask save-images`)",
-            manifest_file.display()
+            file.display()
         )
     })?;
     let manifest: Manifest = serde_json::from_slice(&text)
-        .with_context(|| format!("{} is not a valid manifest", manifest_file.display()))?;
+        .with_context(|| format!("{} is not a valid manifest", file.display()))?;
+    let format = &manifest.format;
     anyhow::ensure!(
-        manifest.format == FORMAT,
-        "{} has format {:?}, expected {FORMAT:?}",
-        manifest_file.display(),
-        manifest.format
+        format == FORMAT,
+        "{} has format {format:?}, expected {FORMAT:?}",
+        file.display()
     );
     Ok(manifest)
 }
 
 /// Checks the manifest and the archive's size and SHA-256; loads nothing.
 pub fn verify(archive: &Path) -> anyhow::Result<Manifest> {
-    let manifest = read_manifest(archive)?;
+    let m = read_manifest(archive)?;
+    let a = archive.display();
     let size = std::fs::metadata(archive)
-        .with_context(|| format!("reading {}", archive.display()))?
+        .with_context(|| format!("reading {a}"))?
         .len();
+    let again = "Nothing was loaded.\n  fix: download or save it again";
     anyhow::ensure!(
-        size == manifest.size,
-        "{} is {size} bytes but its manifest says {}: the archive is truncated or was replaced. Nothing was loaded.\n  fix: download or save it again",
-        archive.display(),
-        manifest.size
+        size == m.size,
+        "{a} is {size} bytes but its manifest says {}: the archive is truncated or was replaced. {again}",
+        m.size
     );
     let sha = fingerprint::file_sha256(archive)?;
     anyhow::ensure!(
-        sha == manifest.sha256,
-        "{} is corrupted: its SHA-256 is {sha}, its manifest says {}. Nothing was loaded.\n  fix: download or save it again",
-        archive.display(),
-        manifest.sha256
+        sha == m.sha256,
+        "{a} is corrupted: its SHA-256 is {sha}, its manifest says {}. {again}",
+        m.sha256
     );
-    Ok(manifest)
+    Ok(m)
 }
 
 /// The images of the archive whose fingerprints differ from the current checkout's.
 pub fn stale_images(manifest: &Manifest, current: &BTreeMap<String, String>) -> Vec<String> {
-    let mut stale = Vec::new();
-    for image in &manifest.images {
-        match current.get(&image.name) {
-            Some(fp) if *fp == image.fingerprint => {}
-            Some(fp) => stale.push(format!(
+    let tag = fingerprint::tag;
+    let differ = manifest
+        .images
+        .iter()
+        .filter_map(|i| match current.get(&i.name) {
+            Some(fp) if *fp == i.fingerprint => None,
+            Some(fp) => Some(format!(
                 "{}: archive {} but this checkout gives {}",
-                image.name,
-                fingerprint::tag(&image.fingerprint),
-                fingerprint::tag(fp)
+                i.name,
+                tag(&i.fingerprint),
+                tag(fp)
             )),
-            None => stale.push(format!(
-                "{}: not in this checkout's images file",
-                image.name
-            )),
-        }
-    }
-    for name in current.keys() {
-        if !manifest.images.iter().any(|i| &i.name == name) {
-            stale.push(format!("{name}: missing from the archive"));
-        }
-    }
-    stale
+            None => Some(format!("{}: not in this checkout's images file", i.name)),
+        });
+    let missing = current
+        .keys()
+        .filter(|name| !manifest.images.iter().any(|i| &i.name == *name))
+        .map(|name| format!("{name}: missing from the archive"));
+    differ.chain(missing).collect()
 }
 
 #[derive(clap::Args, Debug)]
@@ -399,17 +376,17 @@ impl LoadArgs {
         let session = Session::open(project, &self.opts, &r, false)?;
         match (&self.archive, &self.registry) {
             (Some(archive), _) => {
-                load(project, &r, archive, self.allow_stale, &self.opts, &session)?
+                load(project, &r, archive, self.allow_stale, &self.opts, &session)
             }
-            (None, Some(prefix)) => registry::pull(project, &r, prefix, &self.opts, &session)?,
+            (None, Some(prefix)) => registry::pull(project, &r, prefix, &self.opts, &session),
             (None, None) => unreachable!("clap requires one"),
-        };
-        Ok(())
+        }
+        .map(drop)
     }
 }
 
-/// Verifies, compares with the checkout, loads (into every target at once) and checks the
-/// image IDs. Returns the images as a handoff, for `e2e`.
+/// Verifies, compares with the checkout, loads and checks the image IDs. Returns the images
+/// as a handoff, for `e2e`.
 pub fn load(
     project: &Project,
     r: &Reporter,
@@ -423,22 +400,15 @@ pub fn load(
         r.line(format!(
             "  {} images, {}, sha256 {} matches; saved from commit {} by {}",
             m.images.len(),
-            memory::human(m.size),
+            human(m.size),
             &m.sha256[..16],
             m.commit,
             m.tool
         ));
         Ok(m)
     })?;
-    let prepared = build::prepare(
-        project,
-        r,
-        opts,
-        session,
-        &[],
-        Some(&manifest.base_image_id),
-        true,
-    )?;
+    let base_id = Some(manifest.base_image_id.as_str());
+    let prepared = build::prepare(project, r, opts, session, &[], base_id, true)?;
     let engine = prepared.env.engine();
     let current: BTreeMap<String, String> = prepared
         .plan
@@ -448,22 +418,18 @@ pub fn load(
     let stale = stale_images(&manifest, &current);
     if !stale.is_empty() {
         let list = stale.join("\n  ");
-        if !allow_stale {
-            anyhow::bail!(
-                "the archive does not match this checkout:\n  {list}\n  fix: make a new archive \
-                 (`cargo xtask prebuild-images && cargo xtask save-images`), run `cargo xtask e2e` without \
-                 --images to build here, or pass --allow-stale to test the archive's images anyway"
-            );
-        }
-        for line in [
-            "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!".to_owned(),
-            "WARNING: --allow-stale: these images do NOT match this checkout:".to_owned(),
-            format!("  {list}"),
-            "The tests will run against the archive's images, not against your sources.".to_owned(),
-            "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!".to_owned(),
-        ] {
-            r.line(line);
-        }
+        anyhow::ensure!(
+            allow_stale,
+            "the archive does not match this checkout:\n  {list}\n  fix: make a new archive \
+             (`cargo xtask prebuild-images && cargo xtask save-images`), run `cargo xtask e2e` without \
+             --images to build here, or pass --allow-stale to test the archive's images anyway"
+        );
+        let bar = "!".repeat(72);
+        r.line(&bar);
+        r.line("WARNING: --allow-stale: these images do NOT match this checkout:");
+        r.line(format!("  {list}"));
+        r.line("The tests will run against the archive's images, not against your sources.");
+        r.line(&bar);
     }
     r.phase("load images", |r| {
         let present = |i: &ImageRecord| {
@@ -476,24 +442,11 @@ pub fn load(
             return Ok(());
         }
         let start = Instant::now();
-        // One target here (the local engine); loading is light, so several targets (Kind
-        // nodes, clusters) load at once.
-        let targets = [load_cmd(engine, archive, manifest.compression)];
         let log = project.logs_dir().join("load-images.log");
         let _ = std::fs::remove_file(&log);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = targets
-                .iter()
-                .map(|t| {
-                    r.line(format!("  $ {t}"));
-                    s.spawn(|| t.run_logged(&log))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .try_for_each(|h| h.join().expect("no panic"))
-        })
-        .context("loading the archive")?;
+        let load = load_cmd(engine, archive, manifest.compression);
+        r.line(format!("  $ {load}"));
+        load.run_logged(&log).context("loading the archive")?;
         let missing: Vec<&str> = manifest
             .images
             .iter()
@@ -505,26 +458,24 @@ pub fn load(
             "after loading, these images are missing or have other IDs: {}",
             missing.join(", ")
         );
-        r.line(format!(
-            "  loaded {} images in {}",
-            manifest.images.len(),
-            secs(start.elapsed())
-        ));
+        let (n, took) = (manifest.images.len(), secs(start.elapsed()));
+        r.line(format!("  loaded {n} images in {took}"));
         Ok(())
     })?;
     Ok(manifest.handoff(engine, &prepared.env.facts.at))
 }
 
-pub fn load_cmd(engine: Engine, archive: &Path, compression: Compression) -> crate::cmd::Pipeline {
-    let load = Cmd::new(engine.program()).arg("load");
+pub fn load_cmd(engine: Engine, archive: &Path, compression: Compression) -> Pipeline {
+    let (load, archive) = (
+        Cmd::new(engine.program()).arg("load"),
+        archive.display().to_string(),
+    );
     match compression {
         Compression::Zstd => Cmd::new("zstd")
             .args(["-d", "-c", "-q"])
-            .arg(archive.display().to_string())
+            .arg(archive)
             .pipe(load),
-        Compression::None => {
-            crate::cmd::Pipeline(vec![load.arg("--input").arg(archive.display().to_string())])
-        }
+        Compression::None => Pipeline(vec![load.args(["--input".to_owned(), archive])]),
     }
 }
 

@@ -6,9 +6,10 @@
 //! across any number of them, `!` re-includes; the last matching line wins, and a pattern
 //! that matches a directory excludes everything under it.
 
-use globset::{Glob, GlobMatcher};
+use globset::{Glob, GlobBuilder, GlobMatcher};
 
 pub struct Ignore {
+    /// Each pattern, and whether it re-includes (`!`).
     rules: Vec<(GlobMatcher, bool)>,
 }
 
@@ -19,20 +20,25 @@ impl Ignore {
 
     pub fn parse(text: &str) -> anyhow::Result<Ignore> {
         let mut rules = Vec::new();
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
             let (negated, pattern) = match line.strip_prefix('!') {
                 Some(p) => (true, p.trim()),
                 None => (false, line),
             };
-            let pattern = clean(pattern);
+            // Like Go's `filepath.Clean`: no leading `/` or `./`, no trailing `/`.
+            let parts: Vec<&str> = pattern
+                .split('/')
+                .filter(|p| !p.is_empty() && *p != ".")
+                .collect();
+            let pattern = parts.join("/");
             if pattern.is_empty() {
                 continue;
             }
-            let glob = globset::GlobBuilder::new(&pattern)
+            let glob = GlobBuilder::new(&pattern)
                 .literal_separator(true)
                 .build()
                 .or_else(|_| Glob::new(&globset::escape(&pattern)))
@@ -42,33 +48,17 @@ impl Ignore {
         Ok(Ignore { rules })
     }
 
-    /// Whether `path` (relative, `/`-separated) is left out of the context.
+    /// Whether `path` (relative, `/`-separated) is left out of the context: the last rule
+    /// that matches it or one of its parent directories decides.
     pub fn is_ignored(&self, path: &str) -> bool {
-        let mut ignored = false;
-        for (glob, negated) in &self.rules {
-            if matches_self_or_parent(glob, path) {
-                ignored = !negated;
-            }
-        }
-        ignored
+        let parents = path.match_indices('/').map(|(i, _)| &path[..i]);
+        let hits = |g: &GlobMatcher| g.is_match(path) || parents.clone().any(|p| g.is_match(p));
+        self.rules
+            .iter()
+            .rev()
+            .find(|(g, _)| hits(g))
+            .is_some_and(|(_, negated)| !negated)
     }
-}
-
-fn matches_self_or_parent(glob: &GlobMatcher, path: &str) -> bool {
-    if glob.is_match(path) {
-        return true;
-    }
-    path.match_indices('/')
-        .any(|(i, _)| glob.is_match(&path[..i]))
-}
-
-/// Like Go's `filepath.Clean` on a pattern: no leading `/` or `./`, no trailing `/`.
-fn clean(pattern: &str) -> String {
-    let parts: Vec<&str> = pattern
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect();
-    parts.join("/")
 }
 
 #[cfg(test)]

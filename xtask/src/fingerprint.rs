@@ -7,7 +7,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    io::Read,
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
 };
@@ -84,17 +83,18 @@ pub fn tag(fingerprint: &str) -> String {
 
 /// Lists a build context as the engine would send it, in path order.
 pub fn scan_context(dir: &Path, cache: &mut HashCache) -> anyhow::Result<Vec<Entry>> {
-    let ignore = ["/.containerignore", "/.dockerignore"]
-        .iter()
-        .map(|f| dir.join(&f[1..]))
+    let ignore = match [".containerignore", ".dockerignore"]
+        .map(|f| dir.join(f))
+        .into_iter()
         .find(|p| p.is_file())
-        .map(|p| {
+    {
+        Some(p) => {
             let text =
                 std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            Ignore::parse(&text).with_context(|| format!("in {}", p.display()))
-        })
-        .transpose()?
-        .unwrap_or_else(Ignore::none);
+            Ignore::parse(&text).with_context(|| format!("in {}", p.display()))?
+        }
+        None => Ignore::none(),
+    };
     let mut entries = Vec::new();
     walk(dir, dir, &ignore, cache, &mut entries)?;
     entries.sort_by(|a, b| a.path.cmp(&b.path));
@@ -108,10 +108,8 @@ fn walk(
     cache: &mut HashCache,
     out: &mut Vec<Entry>,
 ) -> anyhow::Result<()> {
-    let read = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
-    for item in read {
-        let item = item?;
-        let path = item.path();
+    for item in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = item?.path();
         let rel = path
             .strip_prefix(root)?
             .to_string_lossy()
@@ -120,28 +118,24 @@ fn walk(
             continue;
         }
         let meta = std::fs::symlink_metadata(&path)?;
-        let mode = meta.permissions().mode() & 0o7777;
-        if meta.file_type().is_symlink() {
+        let kind = if meta.file_type().is_symlink() {
             let target = std::fs::read_link(&path)?.to_string_lossy().into_owned();
-            out.push(Entry {
-                path: rel,
-                mode,
-                kind: EntryKind::Symlink { target },
-            });
+            EntryKind::Symlink { target }
         } else if meta.is_dir() {
-            out.push(Entry {
-                path: rel,
-                mode,
-                kind: EntryKind::Dir,
-            });
-            walk(root, &path, ignore, cache, out)?;
+            EntryKind::Dir
         } else {
-            let sha256 = cache.digest(&path, &meta)?;
-            out.push(Entry {
-                path: rel,
-                mode,
-                kind: EntryKind::File { sha256 },
-            });
+            EntryKind::File {
+                sha256: cache.digest(&path, &meta)?,
+            }
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        out.push(Entry {
+            path: rel,
+            mode,
+            kind,
+        });
+        if meta.is_dir() {
+            walk(root, &path, ignore, cache, out)?;
         }
     }
     Ok(())
@@ -167,47 +161,38 @@ struct Cached {
 
 impl HashCache {
     pub fn load(path: &Path) -> HashCache {
-        let mut cache: HashCache = std::fs::read(path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
-        cache.path = Some(path.to_owned());
-        cache
+        let bytes = std::fs::read(path).unwrap_or_default();
+        let cache: HashCache = serde_json::from_slice(&bytes).unwrap_or_default();
+        HashCache {
+            path: Some(path.to_owned()),
+            ..cache
+        }
     }
 
     pub fn save(&self) -> anyhow::Result<()> {
-        if let Some(path) = &self.path {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, serde_json::to_vec(self)?)?;
-            std::fs::rename(tmp, path)?;
+        match &self.path {
+            Some(path) => crate::fsx::write_atomic(path, serde_json::to_vec(self)?),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     pub fn digest(&mut self, path: &Path, meta: &std::fs::Metadata) -> anyhow::Result<String> {
-        let key = Cached {
-            len: meta.len(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-            ino: meta.ino(),
-            sha256: String::new(),
-        };
-        if let Some(c) = self.entries.get(path) {
-            if (c.len, c.mtime_ns, c.ino) == (key.len, key.mtime_ns, key.ino) {
-                return Ok(c.sha256.clone());
+        let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+        let (len, ino) = (meta.len(), meta.ino());
+        match self.entries.get(path) {
+            Some(c) if (c.len, c.mtime_ns, c.ino) == (len, mtime_ns, ino) => Ok(c.sha256.clone()),
+            _ => {
+                let sha256 = file_sha256(path)?;
+                let cached = Cached {
+                    len,
+                    mtime_ns,
+                    ino,
+                    sha256: sha256.clone(),
+                };
+                self.entries.insert(path.to_owned(), cached);
+                Ok(sha256)
             }
         }
-        let sha256 = file_sha256(path)?;
-        self.entries.insert(
-            path.to_owned(),
-            Cached {
-                sha256: sha256.clone(),
-                ..key
-            },
-        );
-        Ok(sha256)
     }
 }
 
@@ -215,14 +200,7 @@ pub fn file_sha256(path: &Path) -> anyhow::Result<String> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
+    std::io::copy(&mut file, &mut h).with_context(|| format!("reading {}", path.display()))?;
     Ok(format!("{:x}", h.finalize()))
 }
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     engine::{Engine, EngineFacts, THIS_MACHINE},
+    facts::Env,
     fsx,
     project::Project,
 };
@@ -44,6 +45,19 @@ fn this_machine() -> String {
 }
 
 impl Handoff {
+    /// `images`, as the engine of `env` has them.
+    pub fn new(env: &Env, images: Vec<ImageRecord>) -> Handoff {
+        Handoff {
+            engine: env.engine(),
+            at: env.facts.at.clone(),
+            platform: env.platform().to_owned(),
+            base_image: env.base_image.clone(),
+            base_image_id: env.base_image_id.clone(),
+            images,
+            built_now: Vec::new(),
+        }
+    }
+
     /// Whether this record describes that engine's images (another engine has others, even
     /// where the tags are the same).
     pub fn is_of(&self, f: &EngineFacts) -> bool {

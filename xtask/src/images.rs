@@ -98,11 +98,8 @@ impl Images {
     /// The images that package no binary of ours (PostgreSQL, Redis): a run starts their
     /// pods first, as soon as their images are there.
     pub fn infrastructure(&self) -> Vec<&str> {
-        self.images
-            .iter()
-            .filter(|i| i.binary().is_none())
-            .map(|i| i.name.as_str())
-            .collect()
+        let infra = self.images.iter().filter(|i| i.binary().is_none());
+        infra.map(|i| i.name.as_str()).collect()
     }
 
     /// Reads the images file; `base_override` (from `E2E_BASE_IMAGE`) replaces the base image.
@@ -114,25 +111,20 @@ impl Images {
 
     pub fn parse(text: &str, base_override: Option<String>) -> anyhow::Result<Images> {
         let file: File = toml::from_str(text)?;
+        let defaults = file.defaults;
         let overridden = base_override.filter(|b| !b.is_empty());
-        let offline_base_image = file
-            .defaults
-            .offline_base_image
-            .clone()
-            .filter(|_| overridden.is_none());
-        let base_image = overridden.unwrap_or(file.defaults.base_image);
-        let mut images = Vec::new();
+        let offline_base_image = defaults.offline_base_image.filter(|_| overridden.is_none());
+        let base_image = overridden.unwrap_or(defaults.base_image);
+        let mut images: Vec<ImageSpec> = Vec::new();
         for raw in file.images {
             let name = raw.name;
+            let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
             anyhow::ensure!(
-                !name.is_empty()
-                    && name
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
-                "image name {name:?} may only hold lowercase letters, digits and '-'"
+                !name.is_empty() && name.chars().all(allowed),
+                "image {name:?} may only hold lowercase letters, digits and '-'"
             );
             anyhow::ensure!(
-                images.iter().all(|i: &ImageSpec| i.name != name),
+                images.iter().all(|i| i.name != name),
                 "image {name:?} is declared twice"
             );
             let context = match (raw.context, raw.binary) {
@@ -145,15 +137,14 @@ impl Images {
                     "image {name:?}: set context (a directory) or binary (a workspace binary)"
                 ),
             };
-            let memory_text = raw.memory.unwrap_or_else(|| file.defaults.memory.clone());
-            let memory =
-                parse_size(&memory_text).with_context(|| format!("image {name:?}: memory"))?;
+            let memory = parse_size(raw.memory.as_ref().unwrap_or(&defaults.memory))
+                .with_context(|| format!("image {name:?}: memory"))?;
             let mut build_args = raw.build_args;
             build_args
                 .entry("BASE_IMAGE".into())
                 .or_insert_with(|| base_image.clone());
             images.push(ImageSpec {
-                repository: format!("{}-{name}", file.defaults.repository),
+                repository: format!("{}-{name}", defaults.repository),
                 name,
                 dockerfile: raw.dockerfile,
                 context,
@@ -162,19 +153,17 @@ impl Images {
             });
         }
         anyhow::ensure!(!images.is_empty(), "no [[image]] entries");
-        let builder = file
-            .builder
-            .map(|b| -> anyhow::Result<Builder> {
-                Ok(Builder {
-                    image: std::env::var("E2E_BUILDER_IMAGE")
-                        .ok()
-                        .filter(|i| !i.is_empty())
-                        .unwrap_or(b.image),
-                    dockerfile: b.dockerfile,
-                    memory: parse_size(&b.memory).context("[builder] memory")?,
-                })
-            })
-            .transpose()?;
+        let builder_image = std::env::var("E2E_BUILDER_IMAGE")
+            .ok()
+            .filter(|i| !i.is_empty());
+        let builder = match file.builder {
+            Some(b) => Some(Builder {
+                image: builder_image.unwrap_or(b.image),
+                dockerfile: b.dockerfile,
+                memory: parse_size(&b.memory).context("[builder] memory")?,
+            }),
+            None => None,
+        };
         Ok(Images {
             base_image,
             offline_base_image,
@@ -189,23 +178,15 @@ impl Images {
         if names.is_empty() {
             return Ok(self.images.clone());
         }
-        names
-            .iter()
-            .map(|n| {
-                self.images
-                    .iter()
-                    .find(|i| &i.name == n)
-                    .cloned()
-                    .with_context(|| {
-                        let known: Vec<&str> =
-                            self.images.iter().map(|i| i.name.as_str()).collect();
-                        format!(
-                            "no image named {n:?} in test/e2e/images.toml (known: {})",
-                            known.join(", ")
-                        )
-                    })
+        let known: Vec<&str> = self.images.iter().map(|i| i.name.as_str()).collect();
+        let find = |n: &String| {
+            let image = self.images.iter().find(|i| &i.name == n).cloned();
+            image.with_context(|| {
+                let known = known.join(", ");
+                format!("no image named {n:?} in test/e2e/images.toml (known: {known})")
             })
-            .collect()
+        };
+        names.iter().map(find).collect()
     }
 }
 

@@ -9,7 +9,7 @@ use crate::{
     cmd::Cmd,
     engine::Engine,
     fingerprint,
-    handoff::{Handoff, ImageRecord},
+    handoff::Handoff,
     project::Project,
     report::Reporter,
 };
@@ -29,55 +29,33 @@ pub fn pull(
     let engine = prepared.env.engine();
     let log = project.logs_dir().join("pull-images.log");
     let _ = std::fs::remove_file(&log);
-    let insecure = is_loopback_registry(prefix);
     r.phase("pull images", |r| {
-        let results: Vec<anyhow::Result<ImageRecord>> = std::thread::scope(|s| {
-            let handles: Vec<_> = prepared
-                .plan
-                .iter()
-                .map(|item| {
-                    s.spawn(|| -> anyhow::Result<ImageRecord> {
-                        if let Action::Cached(image) = &item.action {
-                            return Ok(item.record(image));
-                        }
-                        let remote = format!("{}/{}:{}", prefix.trim_end_matches('/'), item.spec.name, fingerprint::tag(&item.fingerprint));
-                        let mut pull = Cmd::new(engine.program()).arg("pull");
-                        if insecure && engine == Engine::Podman {
-                            pull = pull.arg("--tls-verify=false");
-                        }
-                        let pull = pull.arg(&remote);
-                        let tag = Cmd::new(engine.program()).args(["tag", &remote, &item.reference]);
-                        for c in [pull, tag] {
-                            r.command(&c);
-                            c.run_logged(&log).with_context(|| {
-                                format!("pulling {} as {remote} (was it pushed with `save-images --push {prefix}`?)", item.spec.name)
-                            })?;
-                        }
-                        let image = engine
-                            .image(&item.reference)
-                            .with_context(|| format!("{} is not in the engine after the pull", item.reference))?;
-                        anyhow::ensure!(
-                            image.fingerprint.as_deref() == Some(item.fingerprint.as_str()),
-                            "{remote} carries fingerprint {:?}, this checkout needs {}",
-                            image.fingerprint,
-                            item.fingerprint
-                        );
-                        Ok(item.record(&image))
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("no panic")).collect()
+        let pulled = build::in_parallel(&prepared.plan, |item| {
+            if let Action::Cached(image) = &item.action {
+                return Ok(item.record(image));
+            }
+            let (name, fp) = (&item.spec.name, &item.fingerprint);
+            let remote = remote_reference(prefix, name, fp);
+            let pull = registry_cmd(engine, "pull", prefix).arg(&remote);
+            let tag = Cmd::new(engine.program()).args(["tag", &remote, &item.reference]);
+            for c in [pull, tag] {
+                r.command(&c);
+                c.run_logged(&log).with_context(|| {
+                    format!("pulling {name} as {remote} (was it pushed with `save-images --push {prefix}`?)")
+                })?;
+            }
+            let image = engine
+                .image(&item.reference)
+                .with_context(|| format!("{} is not in the engine after the pull", item.reference))?;
+            anyhow::ensure!(
+                image.fingerprint.as_ref() == Some(fp),
+                "{remote} carries fingerprint {:?}, this checkout needs {fp}",
+                image.fingerprint
+            );
+            Ok(item.record(&image))
         });
-        let images = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Handoff {
-            engine,
-            at: prepared.env.facts.at.clone(),
-            platform: prepared.env.platform().to_owned(),
-            base_image: prepared.env.base_image.clone(),
-            base_image_id: prepared.env.base_image_id.clone(),
-            images,
-            built_now: Vec::new(),
-        })
+        let images = pulled.into_iter().collect::<anyhow::Result<_>>()?;
+        Ok(Handoff::new(&prepared.env, images))
     })
 }
 
@@ -89,15 +67,10 @@ pub fn push(
     prefix: &str,
 ) -> anyhow::Result<()> {
     let log = project.logs_dir().join("push-images.log");
-    let insecure = is_loopback_registry(prefix);
     for image in &handoff.images {
-        let remote = remote_reference(prefix, image);
+        let remote = remote_reference(prefix, &image.name, &image.fingerprint);
         let tag = Cmd::new(handoff.engine.program()).args(["tag", &image.reference, &remote]);
-        let mut push = Cmd::new(handoff.engine.program()).arg("push");
-        if insecure && handoff.engine == Engine::Podman {
-            push = push.arg("--tls-verify=false");
-        }
-        let push = push.arg(&remote);
+        let push = registry_cmd(handoff.engine, "push", prefix).arg(&remote);
         for c in [tag, push] {
             r.command(&c);
             c.run_logged(&log)
@@ -107,26 +80,33 @@ pub fn push(
     Ok(())
 }
 
-/// `localhost:5000/e2e` + gateway at fingerprint f00... = `localhost:5000/e2e/gateway:f00...`.
-pub fn remote_reference(prefix: &str, image: &ImageRecord) -> String {
-    format!(
-        "{}/{}:{}",
-        prefix.trim_end_matches('/'),
-        image.name,
-        fingerprint::tag(&image.fingerprint)
-    )
+/// `podman pull` or `push`, told that a registry on loopback speaks plain HTTP (in tests).
+fn registry_cmd(engine: Engine, verb: &str, prefix: &str) -> Cmd {
+    let plain_http = is_loopback_registry(prefix) && engine == Engine::Podman;
+    Cmd::new(engine.program())
+        .arg(verb)
+        .args(plain_http.then_some("--tls-verify=false"))
 }
 
-/// Registries on loopback speak plain HTTP in tests; podman must be told so.
 pub fn is_loopback_registry(prefix: &str) -> bool {
     let host = prefix.split('/').next().unwrap_or("");
     let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
     host == "localhost" || host.starts_with("127.") || host == "[::1]"
 }
 
+/// `localhost:5000/e2e` + gateway at fingerprint f00... = `localhost:5000/e2e/gateway:f00...`.
+pub fn remote_reference(prefix: &str, name: &str, fingerprint: &str) -> String {
+    format!(
+        "{}/{name}:{}",
+        prefix.trim_end_matches('/'),
+        fingerprint::tag(fingerprint)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handoff::ImageRecord;
 
     #[test]
     fn registry_references() {
@@ -139,7 +119,7 @@ mod tests {
             size: 0,
         };
         assert_eq!(
-            remote_reference("localhost:5000/e2e/", &r),
+            remote_reference("localhost:5000/e2e/", &r.name, &r.fingerprint),
             "localhost:5000/e2e/gateway:cccccccccccccccc"
         );
         assert!(is_loopback_registry("localhost:5000/e2e"));

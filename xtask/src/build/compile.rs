@@ -12,12 +12,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use super::BuildOptions;
 use crate::{
     cmd::Cmd,
     engine::{BuildCmd, FINGERPRINT_LABEL},
     facts::Env,
     fingerprint::{self, HashCache, Inputs},
-    images::{self, Builder},
+    images::{podman_size, Builder},
     memory,
     problem::Problem,
     project::Project,
@@ -35,11 +36,8 @@ pub enum CompileIn {
 
 /// `os/arch` of the binaries this machine's cargo makes.
 pub fn host_platform() -> String {
-    crate::engine::normalize_platform(&format!(
-        "{}/{}",
-        std::env::consts::OS,
-        std::env::consts::ARCH
-    ))
+    let (os, arch) = (std::env::consts::OS, std::env::consts::ARCH);
+    crate::engine::normalize_platform(&format!("{os}/{arch}"))
 }
 
 /// As asked, else on this machine when it makes binaries the engine's platform runs, else
@@ -49,6 +47,54 @@ pub fn resolve(asked: Option<CompileIn>, host: &str, engine: &str) -> CompileIn 
         CompileIn::Host
     } else {
         CompileIn::Engine
+    })
+}
+
+/// Compiles the binaries the images package, here or in the engine, and returns their
+/// directory; without `compile` (a dry run), only the directory.
+pub fn binaries(
+    project: &Project,
+    r: &Reporter,
+    opts: &BuildOptions,
+    env: &Env,
+    builder: Option<&Builder>,
+    binaries: &[&str],
+    compile: bool,
+) -> anyhow::Result<PathBuf> {
+    let host = host_platform();
+    if binaries.is_empty() || resolve(opts.compile_in, &host, env.platform()) == CompileIn::Host {
+        if compile && !binaries.is_empty() {
+            let jobs = env.cargo_jobs();
+            r.phase("compile service binaries", |r| {
+                let cmd = super::cargo_build(project, binaries, jobs, opts.release);
+                r.line(format!(
+                    "  cargo -j {jobs}: {} CPUs here, the host's budget {} ({}) at {} a rustc job",
+                    memory::cpus(),
+                    memory::human(env.host_budget.bytes),
+                    env.host_budget.source,
+                    memory::human(memory::RUSTC_JOB)
+                ));
+                r.command(&cmd);
+                cmd.run_logged(&project.logs_dir().join("cargo-build.log"))
+                    .context("compiling the service binaries")
+            })?;
+        }
+        return Ok(project.binaries_dir(opts.release));
+    }
+    let builder = builder.ok_or_else(|| {
+        Problem::new(
+            format!(
+                "the binaries must compile in the engine ({} cannot run this machine's {host}), but the images file has no [builder]",
+                env.platform()
+            ),
+            "add a [builder] section to test/e2e/images.toml (see the comment there)",
+        )
+    })?;
+    if !compile {
+        return Ok(project.e2e_dir().join("engine-bin"));
+    }
+    r.phase("compile service binaries", |r| {
+        in_engine(project, r, env, builder, binaries)
     })
 }
 
@@ -81,24 +127,19 @@ pub fn stage_sources(project: &Project) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Hard links (else copies) of every file under `from`, `target` directories left out.
 fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
-    let meta = match std::fs::symlink_metadata(from) {
-        Ok(m) => m,
-        Err(_) => return Ok(()),
+    let Ok(meta) = std::fs::symlink_metadata(from) else {
+        return Ok(());
     };
-    if meta.is_dir() {
-        if from.file_name().is_some_and(|n| n == "target") {
-            return Ok(());
-        }
+    if meta.is_dir() && from.file_name().is_some_and(|n| n != "target") {
         std::fs::create_dir_all(to)?;
         for e in std::fs::read_dir(from)? {
             let e = e?;
             copy_tree(&e.path(), &to.join(e.file_name()))?;
         }
     } else if meta.is_file() {
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
+        std::fs::create_dir_all(to.parent().context("a file has a parent")?)?;
         if std::fs::hard_link(from, to).is_err() {
             std::fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
         }
@@ -106,10 +147,9 @@ fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The compile's memory cap and cargo's `--jobs` in the engine: the `[builder]` cap, or the
-/// engine's whole budget when that is smaller (the compile runs alone, before any image
-/// build); one rustc job per [`memory::RUSTC_JOB`] of it, at least one, at most one per CPU
-/// there. A compile that needs more than its cap is OOM-killed by it and reported so.
+/// The compile's memory cap and cargo's `--jobs` in the engine: at most the engine's whole
+/// budget (the compile runs alone, before any image build); a compile that needs more than
+/// its cap is OOM-killed by it and reported so.
 pub fn limits(builder_cap: u64, budget: u64, engine_cpus: usize) -> (u64, usize) {
     let cap = builder_cap.min(budget);
     (cap, memory::cargo_jobs(cap, engine_cpus))
@@ -126,18 +166,14 @@ pub fn in_engine(
     binaries: &[&str],
 ) -> anyhow::Result<PathBuf> {
     let engine = env.engine();
+    let program = engine.program();
     let (cap, jobs) = limits(builder.memory, env.budget.bytes, env.facts.cpus);
     let builder_image = engine.image(&builder.image).ok_or_else(|| {
         Problem::new(
+            format!("the builder image {} is not in {program}'s image store", builder.image),
             format!(
-                "the builder image {} is not in {}'s image store",
-                builder.image,
-                engine.program()
-            ),
-            format!(
-                "`{} pull {}` where a registry answers, or `test/e2e/make-builder-image.sh` and \
+                "`{program} pull {}` where a registry answers, or `test/e2e/make-builder-image.sh` and \
                  E2E_BUILDER_IMAGE=localhost/e2e-rust:<version> on a machine without one",
-                engine.program(),
                 builder.image
             ),
         )
@@ -147,13 +183,10 @@ pub fn in_engine(
     let entries = fingerprint::scan_context(&context, &mut cache)?;
     cache.save()?;
     let dockerfile = project.root.join(&builder.dockerfile);
-    let bin_args: Vec<String> = binaries
-        .iter()
-        .flat_map(|b| ["--bin".to_owned(), (*b).to_owned()])
-        .collect();
+    let bins: Vec<String> = binaries.iter().map(|b| format!("--bin {b}")).collect();
     let mut build_args: std::collections::BTreeMap<String, String> = [
         ("BUILDER_IMAGE".to_owned(), builder.image.clone()),
-        ("BINARIES".to_owned(), bin_args.join(" ")),
+        ("BINARIES".to_owned(), bins.join(" ")),
     ]
     .into();
     let fp = fingerprint::fingerprint(&Inputs {
@@ -170,10 +203,7 @@ pub fn in_engine(
     let cached = engine
         .image(&reference)
         .is_some_and(|i| i.fingerprint.as_deref() == Some(fp.as_str()));
-    if cached
-        && out.join(".fingerprint").is_file()
-        && std::fs::read_to_string(out.join(".fingerprint"))? == fp
-    {
+    if cached && std::fs::read_to_string(out.join(".fingerprint")).is_ok_and(|f| f == fp) {
         r.line(format!("  compiled in the engine before: {reference}"));
         return Ok(out);
     }
@@ -184,23 +214,22 @@ pub fn in_engine(
             reference: reference.clone(),
             dockerfile: &dockerfile,
             context: &context,
-            memory: images::podman_size(cap),
+            memory: podman_size(cap),
             build_args,
             labels: [(FINGERPRINT_LABEL.to_owned(), fp.clone())].into(),
             no_cache: false,
         });
+        let budget_note = match cap < builder.memory {
+            true => format!(
+                " (the engine's budget; [builder] memory asks {})",
+                podman_size(builder.memory)
+            ),
+            false => String::new(),
+        };
         r.line(format!(
-            "  compiling in the engine ({}), capped at {}{}, cargo --jobs {jobs} ({} a rustc job, {} CPUs there)",
+            "  compiling in the engine ({}), capped at {}{budget_note}, cargo --jobs {jobs} ({} a rustc job, {} CPUs there)",
             env.platform(),
-            images::podman_size(cap),
-            if cap < builder.memory {
-                format!(
-                    " (the engine's budget; [builder] memory asks {})",
-                    images::podman_size(builder.memory)
-                )
-            } else {
-                String::new()
-            },
+            podman_size(cap),
             memory::human(memory::RUSTC_JOB),
             env.facts.cpus
         ));
@@ -219,27 +248,22 @@ pub fn in_engine(
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out)?;
     let container = format!("e2e-extract-{}", std::process::id());
-    let steps = [
-        Cmd::new(engine.program()).args(["create", "--name", &container, &reference, "true"]),
-        Cmd::new(engine.program()).args([
+    let copy_out = [
+        Cmd::new(program).args(["create", "--name", &container, &reference, "true"]),
+        Cmd::new(program).args([
             "cp",
             &format!("{container}:/out/."),
             &out.display().to_string(),
         ]),
-    ];
-    let mut result = Ok(());
-    for c in steps {
-        r.command(&c);
-        result = c.run_logged(&log);
-        if result.is_err() {
-            break;
-        }
-    }
-    let _ = Cmd::new(engine.program())
-        .args(["rm", "--force", &container])
-        .survives_interrupt()
-        .read();
-    result.context("copying the binaries out of the engine")?;
+    ]
+    .iter()
+    .try_for_each(|c| {
+        r.command(c);
+        c.run_logged(&log)
+    });
+    let rm = Cmd::new(program).args(["rm", "--force", &container]);
+    let _ = rm.survives_interrupt().read();
+    copy_out.context("copying the binaries out of the engine")?;
     std::fs::write(out.join(".fingerprint"), &fp)?;
     Ok(out)
 }

@@ -19,17 +19,14 @@ pub use schedule::{build_cmd_for, Activity};
 
 use std::path::PathBuf;
 
-use anyhow::Context;
-
 use crate::{
     cmd::Cmd,
-    engine::Engine,
+    engine::{Engine, EngineFacts, ImageInfo},
     facts::{Env, Facts},
     fingerprint,
-    handoff::{Handoff, ImageRecord},
+    handoff::Handoff,
     images::{self, ImageSpec, Images},
-    interrupt, memory,
-    problem::Problem,
+    memory,
     project::Project,
     report::Reporter,
 };
@@ -77,8 +74,7 @@ impl PrebuildArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let r = Reporter::new();
         let session = Session::open(project, &self.build, &r, true)?;
-        prebuild(project, &r, &self.build, &session, &self.images)?;
-        Ok(())
+        prebuild(project, &r, &self.build, &session, &self.images).map(drop)
     }
 }
 
@@ -108,7 +104,6 @@ impl Session {
         let mut facts = r.phase("ask the engine", |r| {
             if let Ok(e) = engine {
                 let at = crate::engine::given_at(e).map(|a| format!(" at {a}"));
-                // Asked once; over ssh each answer takes seconds.
                 r.line(format!(
                     "  asking {}{}: its platform, memory, CPUs, store and base image",
                     e.program(),
@@ -127,10 +122,9 @@ impl Session {
                 facts.base_image = made;
             }
         }
-        let images = if facts.base_image != images.base_image {
-            load_images_with_base(project, opts, &facts.base_image)?
-        } else {
-            images
+        let images = match facts.base_image != images.base_image {
+            true => Images::load(&images_file(project, opts), Some(facts.base_image.clone()))?,
+            false => images,
         };
         Ok(Session { images, facts })
     }
@@ -144,23 +138,19 @@ impl Session {
     pub fn env(&self, r: &Reporter, base_image_id: Option<&str>) -> anyhow::Result<Env> {
         r.phase("check prerequisites", |r| {
             let env = self.facts.env(base_image_id)?;
+            let f = &env.facts;
             r.line(format!(
-                "  {} {} answers ({}, {}{} CPUs, {} memory); base image {} {} ({})",
-                env.engine().program(),
-                env.facts.version,
-                env.platform(),
-                if env.facts.remote {
-                    "remote, "
-                } else {
-                    "local, "
-                },
-                env.facts.cpus,
-                memory::human(env.facts.mem_total),
+                "  {} {} answers ({}, {}, {} CPUs, {} memory); base image {} {} ({})",
+                f.engine.program(),
+                f.version,
+                f.platform,
+                if f.remote { "remote" } else { "local" },
+                f.cpus,
+                memory::human(f.mem_total),
                 env.base_image,
-                if base_image_id.is_some() {
-                    "as the archive recorded it"
-                } else {
-                    "is present"
+                match base_image_id {
+                    Some(_) => "as the archive recorded it",
+                    None => "is present",
                 },
                 &env.base_image_id[..12.min(env.base_image_id.len())]
             ));
@@ -169,24 +159,17 @@ impl Session {
     }
 }
 
-pub fn load_images(project: &Project, opts: &BuildOptions) -> anyhow::Result<Images> {
-    let file = opts
-        .images_file
+fn images_file(project: &Project, opts: &BuildOptions) -> PathBuf {
+    opts.images_file
         .clone()
-        .unwrap_or_else(|| project.images_file());
-    Images::load(&file, std::env::var("E2E_BASE_IMAGE").ok())
+        .unwrap_or_else(|| project.images_file())
 }
 
-fn load_images_with_base(
-    project: &Project,
-    opts: &BuildOptions,
-    base: &str,
-) -> anyhow::Result<Images> {
-    let file = opts
-        .images_file
-        .clone()
-        .unwrap_or_else(|| project.images_file());
-    Images::load(&file, Some(base.to_owned()))
+pub fn load_images(project: &Project, opts: &BuildOptions) -> anyhow::Result<Images> {
+    Images::load(
+        &images_file(project, opts),
+        std::env::var("E2E_BASE_IMAGE").ok(),
+    )
 }
 
 /// When the engine has neither base image: the configured one, pulled; else the offline one,
@@ -196,10 +179,9 @@ fn load_images_with_base(
 pub fn provision_base(
     project: &Project,
     r: &Reporter,
-    engine: &crate::engine::EngineFacts,
+    engine: &EngineFacts,
     images: &Images,
 ) -> Option<String> {
-    let offline = images.offline_base_image.as_deref();
     let log = project.logs_dir().join("base-image.log");
     let program = engine.engine.program();
     let pull = Cmd::new(program).args(["pull", &images.base_image]);
@@ -211,18 +193,13 @@ pub fn provision_base(
     if pull.run_logged(&log).is_ok() {
         return Some(images.base_image.clone());
     }
-    let offline = offline?;
+    let offline = images.offline_base_image.as_deref()?;
     if engine.engine != Engine::Podman {
         return None;
     }
+    let script = project.root.join("test/e2e/make-base-image.sh");
     let make = Cmd::new("bash")
-        .arg(
-            project
-                .root
-                .join("test/e2e/make-base-image.sh")
-                .display()
-                .to_string(),
-        )
+        .arg(script.display().to_string())
         .arg(offline);
     r.line(format!(
         "no registry answers: making {offline} with debootstrap on this machine (about a minute) and importing it into {}",
@@ -239,14 +216,13 @@ pub fn provision_base(
 }
 
 /// Where a base image made on this machine goes: the engine's own store.
-pub fn base_destination(engine: &crate::engine::EngineFacts) -> String {
-    if engine.remote {
-        format!(
+pub fn base_destination(engine: &EngineFacts) -> String {
+    match engine.remote {
+        true => format!(
             "the engine at {} through its API (its own store; nothing goes into this machine's)",
             engine.at
-        )
-    } else {
-        "this machine's podman".to_owned()
+        ),
+        false => "this machine's podman".to_owned(),
     }
 }
 
@@ -271,105 +247,51 @@ pub fn prepare(
     base_image_id: Option<&str>,
     compile: bool,
 ) -> anyhow::Result<Prepared> {
-    let images = session.images.clone();
-    let selected = images.select(names)?;
+    let selected = session.images.select(names)?;
     let env = session.env(r, base_image_id)?;
-    let budget = env.budget.clone();
+    let budget = &env.budget;
     let binaries: Vec<&str> = selected.iter().filter_map(ImageSpec::binary).collect();
-    let compile_in = compile::resolve(opts.compile_in, &compile::host_platform(), env.platform());
-    let engine_bin = match (compile_in, binaries.is_empty()) {
-        (CompileIn::Engine, false) => {
-            let builder = session.images.builder.as_ref().ok_or_else(|| {
-                Problem::new(
-                    format!(
-                        "the binaries must compile in the engine ({} cannot run this machine's {}), but the images file has no [builder]",
-                        env.platform(),
-                        compile::host_platform()
-                    ),
-                    "add a [builder] section to test/e2e/images.toml (see the comment there)",
-                )
-            })?;
-            let dir = if compile {
-                r.phase("compile service binaries", |r| {
-                    compile::in_engine(project, r, &env, builder, &binaries)
-                })?
-            } else {
-                project.e2e_dir().join("engine-bin")
-            };
-            Some(dir)
-        }
-        _ => None,
-    };
-    if !binaries.is_empty() && compile && engine_bin.is_none() {
-        let jobs = env.cargo_jobs();
-        r.phase("compile service binaries", |r| {
-            let cmd = cargo_build(project, &binaries, jobs, opts.release);
-            r.line(format!(
-                "  cargo -j {jobs}: {} CPUs here, the host's budget {} ({}) at {} a rustc job",
-                memory::cpus(),
-                memory::human(env.host_budget.bytes),
-                env.host_budget.source,
-                memory::human(memory::RUSTC_JOB)
-            ));
-            r.command(&cmd);
-            cmd.run_logged(&project.logs_dir().join("cargo-build.log"))
-                .context("compiling the service binaries")
-        })?;
-    }
-
+    let builder = session.images.builder.as_ref();
+    let bin_dir = compile::binaries(project, r, opts, &env, builder, &binaries, compile)?;
     let previous = Handoff::load(project);
     let for_archive = base_image_id.is_some();
-    let plan = r.phase(
-        if for_archive {
-            "fingerprint this checkout"
-        } else {
-            "plan"
-        },
-        |r| {
-            let bin_dir = engine_bin
-                .clone()
-                .unwrap_or_else(|| project.binaries_dir(opts.release));
-            let plan = plan::make_plan(
-                project,
-                &env,
-                &bin_dir,
-                &selected,
-                opts.force,
-                previous.as_ref(),
-            )?;
-            if for_archive {
-                let tags: Vec<String> = plan
-                    .iter()
-                    .map(|i| format!("{} {}", i.spec.name, fingerprint::tag(&i.fingerprint)))
-                    .collect();
-                r.line(format!("  {}", tags.join(", ")));
-            } else {
-                r.line(plan::describe_plan(&plan, opts.jobs, &budget));
-            }
-            Ok(plan)
-        },
-    )?;
+    let phase = if for_archive {
+        "fingerprint this checkout"
+    } else {
+        "plan"
+    };
+    let plan = r.phase(phase, |r| {
+        let previous = previous.as_ref();
+        let plan = plan::make_plan(project, &env, &bin_dir, &selected, opts.force, previous)?;
+        let tags = plan
+            .iter()
+            .map(|i| format!("{} {}", i.spec.name, fingerprint::tag(&i.fingerprint)));
+        r.line(match for_archive {
+            true => format!("  {}", tags.collect::<Vec<_>>().join(", ")),
+            false => plan::describe_plan(&plan, opts.jobs, budget),
+        });
+        Ok(plan)
+    })?;
     // Only the images to build must fit: a cached one needs no memory, and a small engine's
     // free memory (page cache counts as used) shrinks after a few runs.
+    let to_build = plan.iter().filter(|i| !for_archive && !i.is_cached());
     let too_big = memory::too_big(
-        plan.iter()
-            .filter(|i| !for_archive && !i.is_cached())
-            .map(|i| (i.spec.name.as_str(), i.spec.memory)),
+        to_build.map(|i| (i.spec.name.as_str(), i.spec.memory)),
         budget.bytes,
     );
     if !too_big.is_empty() {
-        let list: Vec<String> = too_big
+        let list = too_big
             .iter()
-            .map(|(n, c)| format!("{n} (cap {})", memory::human(*c)))
-            .collect();
+            .map(|(n, c)| format!("{n} (cap {})", memory::human(*c)));
         anyhow::bail!(
             "the memory budget is {} ({}), and these images' caps alone exceed it: {}.\n  fix: lower their \
              `memory` in the images file, or give more with --memory-budget SIZE",
             memory::human(budget.bytes),
             budget.source,
-            list.join(", ")
+            list.collect::<Vec<_>>().join(", ")
         );
     }
+    let images = session.images.clone();
     Ok(Prepared {
         images,
         env,
@@ -410,94 +332,33 @@ pub fn finish_with(
     prepared: Prepared,
     tidy: bool,
 ) -> anyhow::Result<(Handoff, Activity)> {
-    let Prepared {
-        images,
-        env,
-        plan,
-        previous,
-    } = prepared;
-    let (outcomes, activity) = r.phase("build images", |r| {
-        Ok(schedule::execute(
-            project,
-            r,
-            env.engine(),
-            &plan,
-            opts.jobs,
-            &env.budget,
-            !env.facts.remote,
-        ))
-    })?;
-    r.line(format!(
-        "images:\n{}",
-        schedule::outcome_table(&plan, &outcomes)
-    ));
-    let failures: Vec<String> = plan
+    let (built, activity) = schedule::run(project, r, &prepared.env, &prepared.plan, opts.jobs)?;
+    let env = &prepared.env;
+    // Images not selected this time keep their previous entry, so the file lists every image
+    // (in the images file's order).
+    let previous = prepared.previous.filter(|p| p.is_of(&env.facts));
+    let previous = previous.map(|p| p.images).unwrap_or_default();
+    let records = prepared.images.images.iter().filter_map(|spec| {
+        built
+            .iter()
+            .chain(&previous)
+            .find(|r| r.name == spec.name)
+            .cloned()
+    });
+    let mut handoff = Handoff::new(env, records.collect());
+    handoff.built_now = prepared
+        .plan
         .iter()
-        .filter_map(|i| {
-            let o = outcomes.get(&i.spec.name)?;
-            let f = o.result.as_ref().err()?;
-            Some(schedule::explain(project, i, f))
-        })
+        .filter(|i| !i.is_cached())
+        .map(|i| i.spec.name.clone())
         .collect();
-    if !failures.is_empty() {
-        let list: Vec<String> = failures.iter().map(|f| format!("- {f}")).collect();
-        anyhow::bail!(
-            "{} image build(s) failed:\n{}",
-            failures.len(),
-            list.join("\n")
-        );
-    }
-    interrupt::check()?;
-
-    let mut records: Vec<ImageRecord> = Vec::new();
-    for item in &plan {
-        let image = match &item.action {
-            Action::Cached(image) => image,
-            Action::Build { .. } => outcomes
-                .get(&item.spec.name)
-                .and_then(|o| o.result.as_ref().ok())
-                .context("a build without an outcome")?,
-        };
-        records.push(item.record(image));
-    }
-    // Images not selected this time keep their previous entry, so the file lists every image.
-    if let Some(prev) = previous.filter(|p| p.is_of(&env.facts)) {
-        for old in prev.images {
-            if !records.iter().any(|r| r.name == old.name)
-                && images.images.iter().any(|i| i.name == old.name)
-            {
-                records.push(old);
-            }
-        }
-    }
-    let order = |name: &str| {
-        images
-            .images
-            .iter()
-            .position(|i| i.name == name)
-            .unwrap_or(usize::MAX)
-    };
-    records.sort_by_key(|r| order(&r.name));
-    let handoff = Handoff {
-        engine: env.engine(),
-        at: env.facts.at,
-        platform: env.facts.platform,
-        base_image: env.base_image,
-        base_image_id: env.base_image_id,
-        images: records,
-        built_now: plan
-            .iter()
-            .filter(|i| matches!(i.action, Action::Build { .. }))
-            .map(|i| i.spec.name.clone())
-            .collect(),
-    };
     handoff.save(project)?;
     r.line(format!(
         "wrote {}",
         project.display(&Handoff::path(project))
     ));
-    if tidy && plan.iter().any(|i| !i.is_cached()) {
-        plan::prune_superseded(r, &handoff);
+    if tidy && !handoff.built_now.is_empty() {
+        self::tidy(r, &handoff);
     }
     Ok((handoff, activity))
 }
@@ -511,58 +372,71 @@ pub fn plan_quietly(
 ) -> anyhow::Result<Vec<PlanItem>> {
     let env = session.facts.env(None)?;
     let specs = session.images.select(names)?;
+    let bin_dir = project.binaries_dir(false);
     plan::make_plan(
         project,
         &env,
-        &project.binaries_dir(false),
+        &bin_dir,
         &specs,
         false,
         Handoff::load(project).as_ref(),
     )
 }
 
-/// Removes the tags the handed-off images superseded (see [`finish_with`]).
+/// Removes the older fingerprint tags of the images just handed off, beyond the
+/// [`plan::KEEP_OLDER`] newest, so a day of rebuilds does not fill the disk. Other
+/// repositories are never touched.
 pub fn tidy(r: &Reporter, handoff: &Handoff) {
-    plan::prune_superseded(r, handoff);
+    let Ok(listing) = handoff.engine.list_fingerprinted().read() else {
+        return;
+    };
+    let old = plan::superseded(&listing, handoff);
+    for reference in &old {
+        let _ = handoff.engine.untag(reference).read();
+    }
+    if !old.is_empty() {
+        r.line(format!(
+            "removed {} superseded image tag(s): {}",
+            old.len(),
+            old.join(", ")
+        ));
+    }
 }
 
 /// The handoff a plan would give, before anything is built (for `--dry-run`).
 pub fn planned_handoff(prepared: &Prepared) -> Handoff {
-    Handoff {
-        engine: prepared.env.engine(),
-        at: prepared.env.facts.at.clone(),
-        platform: prepared.env.platform().to_owned(),
-        base_image: prepared.env.base_image.clone(),
-        base_image_id: prepared.env.base_image_id.clone(),
-        images: prepared
-            .plan
-            .iter()
-            .map(|i| match &i.action {
-                Action::Cached(image) => i.record(image),
-                Action::Build { .. } => i.record(&crate::engine::ImageInfo {
-                    id: String::new(),
-                    size: 0,
-                    fingerprint: Some(i.fingerprint.clone()),
-                }),
-            })
-            .collect(),
-        built_now: vec![],
-    }
+    let images = prepared.plan.iter().map(|i| match &i.action {
+        Action::Cached(image) => i.record(image),
+        Action::Build { .. } => i.record(&ImageInfo {
+            id: String::new(),
+            size: 0,
+            fingerprint: Some(i.fingerprint.clone()),
+        }),
+    });
+    Handoff::new(&prepared.env, images.collect())
+}
+
+/// `f` of every item, all at once (an engine call costs tens of milliseconds here, seconds
+/// over ssh), in the items' order.
+pub fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items.iter().map(|i| s.spawn(|| f(i))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("no panic"))
+            .collect()
+    })
 }
 
 /// One `cargo build` for every binary the images package, in the workspace's `dev` profile
 /// (the one `cargo test` shares, so the E2E suite reuses the compiled dependencies).
 pub fn cargo_build(project: &Project, binaries: &[&str], jobs: usize, release: bool) -> Cmd {
-    let mut c = Cmd::new(Project::cargo())
+    let release = release.then_some("--release");
+    Cmd::new(Project::cargo())
         .args(["build", "--workspace", "--locked", "-j", &jobs.to_string()])
-        .cwd(&project.root);
-    if release {
-        c = c.arg("--release");
-    }
-    for b in binaries {
-        c = c.arg("--bin").arg(*b);
-    }
-    c
+        .cwd(&project.root)
+        .args(release)
+        .args(binaries.iter().flat_map(|b| ["--bin", b]))
 }
 
 #[cfg(test)]

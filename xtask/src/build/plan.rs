@@ -1,20 +1,22 @@
 //! The plan: each image's build context staged and fingerprinted, its fingerprinted tag
-//! looked up in the engine, and the decision (cached, or build and why); and the tidy-up of
-//! tags the new builds superseded.
+//! looked up in the engine, and the decision (cached, or build and why).
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context;
 
 use crate::{
-    engine::ImageInfo,
+    engine::{EngineFacts, ImageInfo},
     facts::Env,
-    fingerprint::{self, HashCache, Inputs},
+    fingerprint::{self, Entry, EntryKind, HashCache, Inputs},
     handoff::{Handoff, ImageRecord},
     images::{self, BuildContext, ImageSpec},
     memory::{self, Budget},
     project::Project,
-    report::{table, Reporter},
+    report::table,
 };
 
 #[derive(Debug, Clone)]
@@ -59,8 +61,7 @@ pub enum Action {
 
 /// What `images.json` says of an image, for the reason a build is needed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recorded<'a> {
-    /// No record of it.
+enum Recorded<'a> {
     Nothing,
     /// This engine's record: the fingerprint it was built with.
     Here(&'a str),
@@ -68,10 +69,9 @@ pub enum Recorded<'a> {
     Elsewhere(&'a str),
 }
 
-/// What `images.json` says of the image named `name`, for the engine `f`.
-pub fn recorded<'a>(
+fn recorded<'a>(
     previous: Option<&'a Handoff>,
-    f: &crate::engine::EngineFacts,
+    f: &EngineFacts,
     name: &str,
     other: &'a str,
 ) -> Recorded<'a> {
@@ -88,36 +88,34 @@ pub fn recorded<'a>(
 
 /// The freshness decision. An image is cached only when its fingerprinted tag exists *and*
 /// carries the same full fingerprint in its label: the tag's existence alone is not enough.
-pub fn decide(
+fn decide(
     force: bool,
     fingerprint: &str,
     in_engine: Option<ImageInfo>,
     previous: Recorded,
 ) -> Action {
-    let build = |reason: &str| Action::Build {
-        reason: reason.to_owned(),
+    let reason = match (force, in_engine, previous) {
+        (true, ..) => "--force".to_owned(),
+        (_, Some(image), _) if image.fingerprint.as_deref() == Some(fingerprint) => {
+            return Action::Cached(image)
+        }
+        (_, Some(_), _) => "its tag exists but without this fingerprint in its label".to_owned(),
+        (_, None, Recorded::Here(p)) if p != fingerprint => {
+            "inputs changed since the last build".to_owned()
+        }
+        (_, None, Recorded::Here(_)) => "built before, but no longer in the engine".to_owned(),
+        (_, None, Recorded::Elsewhere(other)) => {
+            format!("not built in this engine yet (images.json was of {other})")
+        }
+        (_, None, Recorded::Nothing) => "not built yet".to_owned(),
     };
-    if force {
-        return build("--force");
-    }
-    match in_engine {
-        Some(image) if image.fingerprint.as_deref() == Some(fingerprint) => Action::Cached(image),
-        Some(_) => build("its tag exists but without this fingerprint in its label"),
-        None => match previous {
-            Recorded::Here(p) if p != fingerprint => build("inputs changed since the last build"),
-            Recorded::Here(_) => build("built before, but no longer in the engine"),
-            Recorded::Elsewhere(other) => build(&format!(
-                "not built in this engine yet (images.json was of {other})"
-            )),
-            Recorded::Nothing => build("not built yet"),
-        },
-    }
+    Action::Build { reason }
 }
 
 pub(super) fn make_plan(
     project: &Project,
     env: &Env,
-    bin_dir: &std::path::Path,
+    bin_dir: &Path,
     specs: &[ImageSpec],
     force: bool,
     previous: Option<&Handoff>,
@@ -127,68 +125,45 @@ pub(super) fn make_plan(
     for spec in specs {
         let context = stage_context(project, spec, bin_dir, &mut cache)?;
         let entries = fingerprint::scan_context(&context, &mut cache)?;
-        let dockerfile_path = project.root.join(&spec.dockerfile);
-        let dockerfile = std::fs::read(&dockerfile_path).with_context(|| {
+        let dockerfile = std::fs::read(project.root.join(&spec.dockerfile)).with_context(|| {
             format!(
                 "image {}: reading its Dockerfile {}",
                 spec.name, spec.dockerfile
             )
         })?;
-        let fp = fingerprint::fingerprint(&Inputs {
-            dockerfile: &dockerfile,
-            context: &entries,
-            build_args: &spec.build_args,
-            base_image_id: &env.base_image_id,
-            platform: env.platform(),
-        });
-        let outside_binary = match spec.binary() {
-            Some(binary) => {
-                let blanked: Vec<fingerprint::Entry> = entries
-                    .iter()
-                    .cloned()
-                    .map(|mut e| {
-                        if e.path == binary {
-                            e.kind = fingerprint::EntryKind::File {
-                                sha256: String::new(),
-                            };
-                        }
-                        e
-                    })
-                    .collect();
-                fingerprint::fingerprint(&Inputs {
-                    dockerfile: &dockerfile,
-                    context: &blanked,
-                    build_args: &spec.build_args,
-                    base_image_id: &env.base_image_id,
-                    platform: env.platform(),
-                })
-            }
-            None => fp.clone(),
+        let fingerprint_of = |context: &[Entry]| {
+            fingerprint::fingerprint(&Inputs {
+                dockerfile: &dockerfile,
+                context,
+                build_args: &spec.build_args,
+                base_image_id: &env.base_image_id,
+                platform: env.platform(),
+            })
         };
-        let reference = format!("{}:{}", spec.repository, fingerprint::tag(&fp));
+        let fp = fingerprint_of(&entries);
+        let blank = |e: &Entry| match spec.binary() {
+            Some(binary) if e.path == binary => {
+                let kind = EntryKind::File {
+                    sha256: String::new(),
+                };
+                Entry { kind, ..e.clone() }
+            }
+            _ => e.clone(),
+        };
+        let outside_binary = fingerprint_of(&entries.iter().map(blank).collect::<Vec<_>>());
         items.push(PlanItem {
             spec: spec.clone(),
             context,
+            reference: format!("{}:{}", spec.repository, fingerprint::tag(&fp)),
             fingerprint: fp,
             outside_binary,
-            reference,
             action: Action::Build {
                 reason: String::new(),
             },
         });
     }
     cache.save()?;
-    // Look every tag up at once: each engine call costs tens of milliseconds.
-    let found: Vec<Option<ImageInfo>> = std::thread::scope(|s| {
-        let handles: Vec<_> = items
-            .iter()
-            .map(|item| s.spawn(|| env.engine().image(&item.reference)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or(None))
-            .collect()
-    });
+    let found = super::in_parallel(&items, |item| env.engine().image(&item.reference));
     let other = previous.map(Handoff::engine_name).unwrap_or_default();
     for (item, in_engine) in items.iter_mut().zip(found) {
         let prev = recorded(previous, &env.facts, &item.spec.name, &other);
@@ -203,45 +178,41 @@ pub fn describe_plan(plan: &[PlanItem], jobs: usize, budget: &Budget) -> String 
         .iter()
         .map(|i| {
             let (state, why) = match &i.action {
-                Action::Cached(_) => ("cached".to_owned(), "fingerprint matches".to_owned()),
-                Action::Build { reason } => ("build".to_owned(), reason.clone()),
+                Action::Cached(_) => ("cached", "fingerprint matches"),
+                Action::Build { reason } => ("build", reason.as_str()),
             };
+            let cap = images::podman_size(i.spec.memory);
             vec![
                 i.spec.name.clone(),
                 fingerprint::tag(&i.fingerprint),
-                state,
-                images::podman_size(i.spec.memory),
-                why,
+                state.into(),
+                cap,
+                why.into(),
             ]
         })
         .collect();
     let caps: Vec<u64> = plan
         .iter()
-        .filter(|i| matches!(i.action, Action::Build { .. }))
+        .filter(|i| !i.is_cached())
         .map(|i| i.spec.memory)
         .collect();
-    let mut out = format!(
-        "plan:\n{}\n",
-        table(&["image", "tag", "action", "cap", "why"], &rows)
-    );
-    out.push_str(&format!(
-        "  memory budget: {} ({})\n",
+    format!(
+        "plan:\n{}\n  memory budget: {} ({})\n  {}",
+        table(&["image", "tag", "action", "cap", "why"], &rows),
         memory::human(budget.bytes),
-        budget.source
-    ));
-    out.push_str(&format!("  {}", concurrency(&caps, jobs, budget.bytes)));
-    out
+        budget.source,
+        concurrency(&caps, jobs, budget.bytes)
+    )
 }
 
 /// One line on how many builds will run at once, and why.
-pub fn concurrency(caps: &[u64], jobs: usize, budget: u64) -> String {
-    if caps.is_empty() {
-        return "nothing to build: every image is cached".into();
-    }
+fn concurrency(caps: &[u64], jobs: usize, budget: u64) -> String {
     let n = caps.len();
     let at_once = memory::max_parallel(caps, budget, jobs).min(n);
     let jobs = jobs.max(1);
-    if jobs == 1 {
+    if n == 0 {
+        "nothing to build: every image is cached".into()
+    } else if jobs == 1 {
         format!("{n} to build, one at a time (the default; --jobs N allows more while their caps fit the budget)")
     } else if at_once < jobs.min(n) {
         format!("{n} to build, at most {at_once} at once: --jobs {jobs}, but only {at_once} of their caps fit the budget together")
@@ -256,71 +227,50 @@ pub fn concurrency(caps: &[u64], jobs: usize, budget: u64) -> String {
 fn stage_context(
     project: &Project,
     spec: &ImageSpec,
-    bin_dir: &std::path::Path,
+    bin_dir: &Path,
     cache: &mut HashCache,
 ) -> anyhow::Result<PathBuf> {
-    match &spec.context {
+    let bin = match &spec.context {
         BuildContext::Dir(dir) => {
             let path = project.root.join(dir);
+            let name = &spec.name;
             anyhow::ensure!(
                 path.is_dir(),
-                "image {}: context directory {dir} does not exist",
-                spec.name
+                "image {name}: context directory {dir} does not exist"
             );
-            Ok(path)
+            return Ok(path);
         }
-        BuildContext::Binary(bin) => {
-            let src = bin_dir.join(bin);
-            let src_meta = std::fs::metadata(&src).with_context(|| {
-                format!(
-                    "image {}: binary {} was not built (is `{bin}` a binary of this workspace?)",
-                    spec.name,
-                    project.display(&src)
-                )
-            })?;
-            let dir = project.e2e_dir().join("context").join(&spec.name);
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let dst = dir.join(bin);
-            let same = match std::fs::metadata(&dst) {
-                Ok(dst_meta) => cache.digest(&src, &src_meta)? == cache.digest(&dst, &dst_meta)?,
-                Err(_) => false,
-            };
-            if !same {
-                let tmp = dir.join(format!(".{bin}.tmp"));
-                std::fs::copy(&src, &tmp)
-                    .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
-                std::fs::rename(&tmp, &dst)?;
-            }
-            // Only the binary belongs in this context.
-            for entry in std::fs::read_dir(&dir)? {
-                let path = entry?.path();
-                if path != dst {
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
-            Ok(dir)
-        }
-    }
-}
-
-/// Removes the older fingerprint tags of the images just handed off, beyond the
-/// `KEEP_OLDER` newest, so a day of rebuilds does not fill the disk. Other repositories are
-/// never touched.
-pub(super) fn prune_superseded(r: &Reporter, handoff: &Handoff) {
-    let Ok(listing) = handoff.engine.list_fingerprinted().read() else {
-        return;
+        BuildContext::Binary(bin) => bin,
     };
-    let old = superseded(&listing, handoff);
-    for reference in &old {
-        let _ = handoff.engine.untag(reference).read();
+    let src = bin_dir.join(bin);
+    let src_meta = std::fs::metadata(&src).with_context(|| {
+        format!(
+            "image {}: binary {} was not built (is `{bin}` a binary of this workspace?)",
+            spec.name,
+            project.display(&src)
+        )
+    })?;
+    let dir = project.e2e_dir().join("context").join(&spec.name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dst = dir.join(bin);
+    let same = match std::fs::metadata(&dst) {
+        Ok(dst_meta) => cache.digest(&src, &src_meta)? == cache.digest(&dst, &dst_meta)?,
+        Err(_) => false,
+    };
+    if !same {
+        let tmp = dir.join(format!(".{bin}.tmp"));
+        std::fs::copy(&src, &tmp)
+            .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
+        std::fs::rename(&tmp, &dst)?;
     }
-    if !old.is_empty() {
-        r.line(format!(
-            "removed {} superseded image tag(s): {}",
-            old.len(),
-            old.join(", ")
-        ));
+    // Only the binary belongs in this context.
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path != dst {
+            let _ = std::fs::remove_file(&path);
+        }
     }
+    Ok(dir)
 }
 
 /// How many older tags of each image are kept (other checkouts or worktrees of the same
@@ -336,22 +286,17 @@ pub fn superseded(listing: &str, handoff: &Handoff) -> Vec<String> {
         .map(|i| (i.repository.as_str(), i.reference.as_str()))
         .collect();
     let mut kept: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut old = Vec::new();
-    for l in listing.lines().map(str::trim).filter(|l| !l.is_empty()) {
+    let ours = listing.lines().map(str::trim).filter(|l| {
         let repo = crate::manifests::repository(l);
-        match current.get(repo) {
-            Some(cur) if cur != &l => {
-                let n = kept.entry(repo).or_insert(0);
-                if *n < KEEP_OLDER {
-                    *n += 1;
-                } else {
-                    old.push(l.to_owned());
-                }
-            }
-            _ => {}
-        }
-    }
-    old
+        current.get(repo).is_some_and(|cur| cur != l)
+    });
+    ours.filter(|l| {
+        let n = kept.entry(crate::manifests::repository(l)).or_insert(0);
+        *n += 1;
+        *n > KEEP_OLDER
+    })
+    .map(str::to_owned)
+    .collect()
 }
 
 #[cfg(test)]

@@ -3,18 +3,23 @@
 //! new build starts, running ones finish, and every failure is explained.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::HashMap,
     path::PathBuf,
     sync::mpsc,
     time::{Duration, Instant},
 };
 
+use anyhow::Context;
+
 use crate::{
     cmd::{Cmd, CmdError},
     diagnose::{self, Cause},
     engine::{BuildCmd, Engine, ImageInfo, FINGERPRINT_LABEL},
-    images, interrupt,
-    memory::{self, Budget},
+    facts::Env,
+    handoff::ImageRecord,
+    images::podman_size,
+    interrupt,
+    memory::{self, human},
     project::Project,
     report::{secs, table, Reporter},
     sampler::Sampler,
@@ -37,7 +42,6 @@ pub enum BuildFailure {
     Vanished,
 }
 
-/// What happened to one build.
 pub struct Outcome {
     pub result: Result<ImageInfo, BuildFailure>,
     pub started: Instant,
@@ -62,80 +66,109 @@ pub struct Activity {
     pub memory: Vec<(Instant, u64)>,
 }
 
-/// Runs the builds the plan asks for, admitting each only while it fits; after a failure
-/// no new build starts, running ones finish, and every failure is reported.
-pub fn execute(
+/// Runs the builds, prints what became of every image, and fails with every failure
+/// explained. Returns each planned image's record, and what the builds did over time.
+pub fn run(
     project: &Project,
     r: &Reporter,
-    engine: Engine,
+    env: &Env,
     plan: &[PlanItem],
     jobs: usize,
-    budget: &Budget,
-    local: bool,
-) -> (HashMap<String, Outcome>, Activity) {
-    let mut queue: VecDeque<&PlanItem> = plan
+) -> anyhow::Result<(Vec<ImageRecord>, Activity)> {
+    let (outcomes, activity) =
+        r.phase("build images", |r| Ok(execute(project, r, env, plan, jobs)))?;
+    r.line(format!("images:\n{}", outcome_table(plan, &outcomes)));
+    let failures: Vec<String> = plan
         .iter()
-        .filter(|i| matches!(i.action, Action::Build { .. }))
+        .filter_map(|i| {
+            let failure = outcomes.get(&i.spec.name)?.result.as_ref().err()?;
+            Some(format!("- {}", explain(project, i, failure)))
+        })
         .collect();
+    let n = failures.len();
+    anyhow::ensure!(
+        n == 0,
+        "{n} image build(s) failed:\n{}",
+        failures.join("\n")
+    );
+    interrupt::check()?;
+    let records = plan.iter().map(|item| {
+        let image = match &item.action {
+            Action::Cached(image) => Some(image),
+            Action::Build { .. } => outcomes
+                .get(&item.spec.name)
+                .and_then(|o| o.result.as_ref().ok()),
+        };
+        image
+            .map(|image| item.record(image))
+            .context("a build without an outcome")
+    });
+    Ok((records.collect::<anyhow::Result<_>>()?, activity))
+}
+
+fn execute(
+    project: &Project,
+    r: &Reporter,
+    env: &Env,
+    plan: &[PlanItem],
+    jobs: usize,
+) -> (HashMap<String, Outcome>, Activity) {
+    let mut queue = plan.iter().filter(|i| !i.is_cached()).peekable();
+    let mut left = plan.iter().filter(|i| !i.is_cached()).count();
     let mut outcomes = HashMap::new();
-    if queue.is_empty() {
+    if left == 0 {
         r.line("  nothing to build");
         return (outcomes, Activity::default());
     }
-    let overall = r.overall(queue.len() as u64, "images");
+    let overall = r.overall(left as u64, "images");
     // The memory sampled is this machine's: it says something of the builds only when the
     // engine runs here.
-    let sampler = local.then(Sampler::start);
+    let sampler = (!env.facts.remote).then(Sampler::start);
     let (tx, rx) = mpsc::channel::<(String, Outcome)>();
     std::thread::scope(|s| {
-        let mut running: Vec<(String, u64)> = Vec::new();
-        // For each running build, the most builds that ran at once while it did.
-        let mut crowd: HashMap<String, usize> = HashMap::new();
+        // Each running build's name, cap, and the most builds that ran at once while it did.
+        let mut running: Vec<(String, u64, usize)> = Vec::new();
         let mut stopping = false;
         loop {
             while !stopping && !interrupt::interrupted() {
-                let Some(next) = queue.front() else { break };
-                let caps: Vec<u64> = running.iter().map(|(_, c)| *c).collect();
-                if !memory::admit(&caps, next.spec.memory, budget.bytes, jobs) {
+                let caps: Vec<u64> = running.iter().map(|b| b.1).collect();
+                let fits =
+                    |i: &&PlanItem| memory::admit(&caps, i.spec.memory, env.budget.bytes, jobs);
+                let Some(item) = queue.next_if(fits) else {
                     break;
-                }
-                let item = queue.pop_front().expect("peeked");
-                running.push((item.spec.name.clone(), item.spec.memory));
-                for (name, _) in &running {
-                    let n = crowd.entry(name.clone()).or_insert(0);
-                    *n = (*n).max(running.len());
-                }
-                let tx = tx.clone();
-                let sampler = &sampler;
+                };
+                left -= 1;
+                running.push((item.spec.name.clone(), item.spec.memory, 0));
+                let n = running.len();
+                running.iter_mut().for_each(|b| b.2 = b.2.max(n));
+                let (tx, sampler) = (tx.clone(), &sampler);
                 s.spawn(move || {
-                    let outcome = build_one(project, r, engine, item, sampler.as_ref());
+                    let outcome = build_one(project, r, env.engine(), item, sampler.as_ref());
                     let _ = tx.send((item.spec.name.clone(), outcome));
                 });
             }
             if running.is_empty() {
                 break;
             }
-            match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok((name, mut outcome)) => {
-                    running.retain(|(n, _)| *n != name);
-                    overall.inc(1);
-                    if let Err(failure) = &mut outcome.result {
-                        if let BuildFailure::OutOfMemory { at_once, .. } = failure {
-                            *at_once = crowd.get(&name).copied().unwrap_or(1);
-                        }
-                        if !stopping && (!running.is_empty() || !queue.is_empty()) {
-                            r.line(format!(
-                                "  {name} failed: starting no new builds; waiting for {} running",
-                                running.len()
-                            ));
-                        }
-                        stopping = true;
-                    }
-                    outcomes.insert(name, outcome);
+            let Ok((name, mut outcome)) = rx.recv() else {
+                break;
+            };
+            let (_, _, crowd) =
+                running.remove(running.iter().position(|b| b.0 == name).expect("running"));
+            overall.inc(1);
+            if let Err(failure) = &mut outcome.result {
+                if let BuildFailure::OutOfMemory { at_once, .. } = failure {
+                    *at_once = crowd;
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                if !stopping && (!running.is_empty() || left > 0) {
+                    let n = running.len();
+                    r.line(format!(
+                        "  {name} failed: starting no new builds; waiting for {n} running"
+                    ));
+                }
+                stopping = true;
             }
+            outcomes.insert(name, outcome);
         }
     });
     let memory = sampler.map(Sampler::stop).unwrap_or_default();
@@ -157,7 +190,7 @@ pub fn execute(
 }
 
 /// The message for a failed build: the image, what happened, where, and what to change.
-pub fn explain(project: &Project, item: &PlanItem, failure: &BuildFailure) -> String {
+fn explain(project: &Project, item: &PlanItem, failure: &BuildFailure) -> String {
     let name = &item.spec.name;
     let at = |step: &Option<String>| {
         step.as_ref()
@@ -167,15 +200,14 @@ pub fn explain(project: &Project, item: &PlanItem, failure: &BuildFailure) -> St
         BuildFailure::OutOfMemory { step, at_once } => format!(
             "image {name} was killed for running out of memory: its build hit its memory cap of {}{} \
              with {at_once} build(s) running.\n  fix: raise `memory` for {name} in the images file, or lower --jobs.\n  log: {}",
-            images::podman_size(item.spec.memory),
+            podman_size(item.spec.memory),
             at(step),
             project.display(&build_log(project, name))
         ),
         BuildFailure::Failed { step, error } => format!("image {name} failed{}: {error}", at(step)),
-        BuildFailure::Vanished => format!(
-            "image {name}: the build succeeded but {} is not in the engine",
-            item.reference
-        ),
+        BuildFailure::Vanished => {
+            format!("image {name}: the build succeeded but {} is not in the engine", item.reference)
+        }
     }
 }
 
@@ -185,18 +217,14 @@ fn build_log(project: &Project, name: &str) -> PathBuf {
 
 /// The engine command that builds a planned image, labelled with its fingerprint.
 pub fn build_cmd_for(project: &Project, engine: Engine, item: &PlanItem) -> Cmd {
-    let mut labels = BTreeMap::new();
-    labels.insert(FINGERPRINT_LABEL.to_owned(), item.fingerprint.clone());
-    let dockerfile = project.root.join(&item.spec.dockerfile);
-    let no_cache = matches!(&item.action, Action::Build { reason } if reason == "--force");
     engine.build(&BuildCmd {
         reference: item.reference.clone(),
-        dockerfile: &dockerfile,
+        dockerfile: &project.root.join(&item.spec.dockerfile),
         context: &item.context,
-        memory: images::podman_size(item.spec.memory),
+        memory: podman_size(item.spec.memory),
         build_args: item.spec.build_args.clone(),
-        labels,
-        no_cache,
+        labels: [(FINGERPRINT_LABEL.to_owned(), item.fingerprint.clone())].into(),
+        no_cache: matches!(&item.action, Action::Build { reason } if reason == "--force"),
     })
 }
 
@@ -208,33 +236,25 @@ fn build_one(
     sampler: Option<&Sampler>,
 ) -> Outcome {
     let started = Instant::now();
-    let spec = &item.spec;
+    let name = &item.spec.name;
     let cmd = build_cmd_for(project, engine, item);
-    let log = build_log(project, &spec.name);
+    let log = build_log(project, name);
     let _ = std::fs::remove_file(&log);
     r.line(format!(
-        "  building {} (cap {})",
-        spec.name,
-        images::podman_size(spec.memory)
+        "  building {name} (cap {})",
+        podman_size(item.spec.memory)
     ));
     r.command(&cmd);
-    let bar = r.spinner(&spec.name, "building");
+    let bar = r.spinner(name, "building");
     let result = cmd.run_logged(&log);
     r.finish(&bar);
     let took = started.elapsed();
     let peak = sampler.and_then(|s| s.peak_between(started, Some(started + took)));
     let result = match result {
-        Ok(()) => match engine.image(&item.reference) {
-            Some(image) => {
-                r.line(format!("  built {} in {}", item.reference, secs(took)));
-                Ok(image)
-            }
-            None => Err(BuildFailure::Vanished),
-        },
+        Ok(()) => engine.image(&item.reference).ok_or(BuildFailure::Vanished),
         Err(err) => {
             let code = err.downcast_ref::<CmdError>().and_then(|e| e.code);
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let d = diagnose::diagnose(code, &text);
+            let d = diagnose::diagnose(code, &std::fs::read_to_string(&log).unwrap_or_default());
             Err(match d.cause {
                 Cause::OutOfMemory => BuildFailure::OutOfMemory {
                     step: d.step,
@@ -247,6 +267,9 @@ fn build_one(
             })
         }
     };
+    if result.is_ok() {
+        r.line(format!("  built {} in {}", item.reference, secs(took)));
+    }
     Outcome {
         result,
         started,
@@ -255,42 +278,27 @@ fn build_one(
     }
 }
 
-pub fn outcome_table(plan: &[PlanItem], outcomes: &HashMap<String, Outcome>) -> String {
+fn outcome_table(plan: &[PlanItem], outcomes: &HashMap<String, Outcome>) -> String {
     let rows: Vec<Vec<String>> = plan
         .iter()
         .map(|item| {
-            let name = item.spec.name.clone();
-            match (&item.action, outcomes.get(&name)) {
+            let [result, time, size, peak] = match (&item.action, outcomes.get(&item.spec.name)) {
                 (Action::Cached(image), _) => {
-                    vec![
-                        name,
-                        "cached".into(),
-                        "-".into(),
-                        memory::human(image.size),
-                        "-".into(),
-                    ]
+                    ["cached".into(), "-".into(), human(image.size), "-".into()]
                 }
-                (Action::Build { .. }, Some(o)) => vec![
-                    name,
-                    if o.result.is_ok() {
-                        "built".into()
-                    } else {
-                        "FAILED".into()
-                    },
+                (Action::Build { .. }, Some(o)) => [
+                    if o.result.is_ok() { "built" } else { "FAILED" }.into(),
                     secs(o.took),
                     o.result
                         .as_ref()
-                        .map_or("-".into(), |image| memory::human(image.size)),
-                    o.peak.map_or("-".into(), memory::human),
+                        .map_or("-".into(), |image| human(image.size)),
+                    o.peak.map_or("-".into(), human),
                 ],
-                (Action::Build { .. }, None) => vec![
-                    name,
-                    "not started".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                ],
-            }
+                (Action::Build { .. }, None) => {
+                    ["not started".into(), "-".into(), "-".into(), "-".into()]
+                }
+            };
+            vec![item.spec.name.clone(), result, time, size, peak]
         })
         .collect();
     format!(
