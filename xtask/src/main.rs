@@ -66,15 +66,9 @@ enum Command {
     Report(report::ReportArgs),
     /// Run `e2e` N times in a row: passes, failures with their logs, p50/p95 of each phase.
     Soak(soak::SoakArgs),
-    /// Benchmark: a no-op `prebuild-images` against plain cached builds, cold builds one at
-    /// a time against all at once (medians, wall time and peak memory).
-    BenchImages(bench::BenchArgs),
-    /// Benchmark: the archive's size, save and load with and without zstd, and the time to
-    /// the first test of `e2e --images` against a warm `e2e`.
-    BenchArchive(bench::BenchArchiveArgs),
-    /// Benchmark: a warm `e2e`, a one-line change with `dev` against `e2e`, and
-    /// `e2e --images` to its first test against a warm `e2e` (medians).
-    BenchLoop(bench::BenchLoopArgs),
+    /// Benchmarks, as medians: `images` (no-op and cold builds), `archive` (save, load, and
+    /// `e2e --images`), `loop` (a warm `e2e`, a change with `dev` against `e2e`).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -84,14 +78,12 @@ fn main() -> std::process::ExitCode {
         Command::PrebuildImages(args) => args.run(&project),
         Command::E2e(args) => args.run(&project),
         Command::Dev(args) => args.run(&project),
-        Command::BenchImages(args) => args.run(&project),
         Command::Doctor(args) => args.run(&project),
-        Command::BenchArchive(args) => args.run(&project),
-        Command::BenchLoop(args) => args.run(&project),
         Command::SaveImages(args) => args.run(&project),
         Command::LoadImages(args) => args.run(&project),
         Command::Report(args) => args.run(&project),
         Command::Soak(args) => args.run(&project),
+        Command::Bench(args) => args.run(&project),
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

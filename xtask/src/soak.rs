@@ -4,15 +4,16 @@
 //! each phase. `target/e2e/soak/<stamp>/` keeps each run's output and `soak.json`.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
+    collections::BTreeSet,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
+    bench::percentile,
     cmd::Cmd,
     project::Project,
     report::{secs, table, Reporter},
@@ -31,17 +32,56 @@ pub struct SoakArgs {
     pub e2e_args: Vec<String>,
 }
 
-/// One run of the soak, as its `report.json` and exit status tell it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Outcome {
+/// What soak and the benchmarks read of a run's `report.json` (e2e's `RunReport`).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RunReport {
     pub passed: bool,
+    pub error: Option<String>,
+    /// Seconds per phase, in order.
+    pub phases: Vec<(String, f64)>,
+    /// Seconds from the start of the run to the start of the suite (none if it never started).
+    pub first_test_s: Option<f64>,
+}
+
+impl RunReport {
+    pub fn read(path: &Path) -> anyhow::Result<RunReport> {
+        let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&text).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// The newest run's, under `target/e2e/runs/`.
+    pub fn latest(project: &Project) -> anyhow::Result<RunReport> {
+        let mut reports = run_dirs(project).into_iter().map(|d| d.join("report.json"));
+        let newest = reports.rfind(|p| p.is_file());
+        RunReport::read(&newest.context("no run has written a report.json")?)
+    }
+
+    /// When the suite started, since the run started.
+    pub fn first_test(&self) -> anyhow::Result<Duration> {
+        let missing = "the run's report has no first_test_s: the suite did not start";
+        Ok(Duration::from_secs_f64(self.first_test_s.context(missing)?))
+    }
+
+    /// How long a phase took.
+    pub fn phase(&self, name: &str) -> anyhow::Result<Duration> {
+        let (_, s) = (self.phases.iter().find(|(n, _)| n == name))
+            .with_context(|| format!("the run's report has no phase {name:?}"))?;
+        Ok(Duration::from_secs_f64(*s))
+    }
+}
+
+/// One run of the soak, as its `report.json` and exit status tell it.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    /// Its report (none: a default), passed only if the run also exited well.
+    #[serde(flatten)]
+    pub report: RunReport,
     pub wall_s: f64,
     /// The run's directory (`target/e2e/runs/<id>`: report, logs on failure), when it made one.
     pub run_dir: Option<PathBuf>,
     /// The run's whole output.
     pub output: PathBuf,
-    pub error: Option<String>,
-    pub phases: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,10 +100,8 @@ impl SoakArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         anyhow::ensure!(self.runs > 0, "--runs must be at least 1");
         let r = Reporter::new();
-        let dir = project
-            .e2e_dir()
-            .join("soak")
-            .join(chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string());
+        let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
+        let dir = project.e2e_dir().join("soak").join(stamp);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let exe = std::env::current_exe()?.display().to_string();
         r.line(format!(
@@ -80,38 +118,36 @@ impl SoakArgs {
             // On Ctrl-C the run gets it too and tears down: it is waited for, not killed.
             let cmd = Cmd::new(&exe)
                 .arg("e2e")
-                .args(self.e2e_args.iter().cloned())
-                .survives_interrupt();
+                .args(self.e2e_args.iter().cloned());
             let start = Instant::now();
-            let status = cmd.run_logged(&output);
+            let status = cmd.survives_interrupt().run_logged(&output);
             let wall = start.elapsed();
             let new_dir = run_dirs(project).difference(&before).last().cloned();
-            let outcome = outcome(status.is_ok(), wall, new_dir, output, status.err());
-            r.line(describe(i, self.runs, &outcome, project));
-            let failed = !outcome.passed;
-            outcomes.push(outcome);
-            if failed && self.fail_fast {
+            let o = outcome(status.is_ok(), wall, new_dir, output, status.err());
+            r.line(describe(i, self.runs, &o, project));
+            let stop = self.fail_fast && !o.report.passed;
+            outcomes.push(o);
+            if stop {
                 break;
             }
         }
         let summary = summarize(&outcomes, &self.e2e_args);
-        std::fs::write(
-            dir.join("soak.json"),
-            serde_json::to_string_pretty(&summary)?,
-        )?;
+        let json = dir.join("soak.json");
+        std::fs::write(&json, serde_json::to_string_pretty(&summary)?)?;
         r.line(render(&summary, project));
         anyhow::ensure!(
             summary.failed == 0,
             "{} of {} runs failed (their logs are named above; {})",
             summary.failed,
             summary.runs,
-            project.display(&dir.join("soak.json"))
+            project.display(&json)
         );
         Ok(())
     }
 }
 
-fn run_dirs(project: &Project) -> BTreeSet<PathBuf> {
+/// The folders under `target/e2e/runs/`, in the order of their names (the order they began).
+pub fn run_dirs(project: &Project) -> BTreeSet<PathBuf> {
     std::fs::read_dir(project.runs_dir())
         .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_default()
@@ -124,73 +160,46 @@ fn outcome(
     output: PathBuf,
     error: Option<anyhow::Error>,
 ) -> Outcome {
-    let report: Option<serde_json::Value> = run_dir
-        .as_ref()
-        .and_then(|d| std::fs::read(d.join("report.json")).ok())
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let phases = report
-        .as_ref()
-        .and_then(|r| serde_json::from_value(r["phases"].clone()).ok())
-        .unwrap_or_default();
-    let error = report
-        .as_ref()
-        .and_then(|r| r["error"].as_str().map(str::to_owned))
-        .or_else(|| error.map(|e| format!("{e:#}")));
+    let read = |d: &PathBuf| RunReport::read(&d.join("report.json")).ok();
+    let mut report = run_dir.as_ref().and_then(read).unwrap_or_default();
+    report.passed &= exited_ok;
+    report.error = report.error.or_else(|| error.map(|e| format!("{e:#}")));
+    let wall_s = wall.as_secs_f64();
     Outcome {
-        passed: exited_ok && report.as_ref().is_some_and(|r| r["passed"] == true),
-        wall_s: wall.as_secs_f64(),
+        report,
+        wall_s,
         run_dir,
         output,
-        error,
-        phases,
     }
 }
 
 fn describe(i: usize, n: usize, o: &Outcome, project: &Project) -> String {
     let wall = secs(Duration::from_secs_f64(o.wall_s));
-    if o.passed {
+    if o.report.passed {
         return format!("run {i}/{n}: passed in {wall}");
     }
-    let logs = o
-        .run_dir
-        .as_ref()
+    let error = o.report.error.as_deref().unwrap_or("no report");
+    let logs = (o.run_dir.as_ref())
         .map(|d| format!("; container logs in {}", project.display(&d.join("logs"))))
         .unwrap_or_default();
     format!(
         "run {i}/{n}: FAILED after {wall}: {}\n  output: {}{logs}",
-        o.error
-            .as_deref()
-            .unwrap_or("no report")
-            .lines()
-            .next()
-            .unwrap_or(""),
+        error.lines().next().unwrap_or(""),
         project.display(&o.output)
     )
-}
-
-/// The nearest-rank percentile `p` (0-100) of `values`; 0 when there are none.
-pub fn percentile(values: &[f64], p: f64) -> f64 {
-    let mut v: Vec<f64> = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
-    v[rank.clamp(1, v.len()) - 1]
 }
 
 fn summarize<'a>(outcomes: &'a [Outcome], e2e_args: &'a [String]) -> Summary<'a> {
     let walls: Vec<f64> = outcomes.iter().map(|o| o.wall_s).collect();
     // Each phase in the order runs have it, over the runs that have it.
-    let mut order: Vec<String> = Vec::new();
-    let mut times: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for (name, t) in outcomes.iter().flat_map(|o| &o.phases) {
-        if !order.contains(name) {
-            order.push(name.clone());
+    let mut phases: Vec<(String, Vec<f64>)> = Vec::new();
+    for (name, t) in outcomes.iter().flat_map(|o| &o.report.phases) {
+        match phases.iter_mut().find(|(n, _)| n == name) {
+            Some((_, times)) => times.push(*t),
+            None => phases.push((name.clone(), vec![*t])),
         }
-        times.entry(name.clone()).or_default().push(*t);
     }
-    let passed = outcomes.iter().filter(|o| o.passed).count();
+    let passed = outcomes.iter().filter(|o| o.report.passed).count();
     Summary {
         runs: outcomes.len(),
         passed,
@@ -198,45 +207,27 @@ fn summarize<'a>(outcomes: &'a [Outcome], e2e_args: &'a [String]) -> Summary<'a>
         e2e_args,
         wall_p50_s: percentile(&walls, 50.0),
         wall_p95_s: percentile(&walls, 95.0),
-        phases: order
-            .into_iter()
-            .map(|n| {
-                let t = &times[&n];
-                (n, percentile(t, 50.0), percentile(t, 95.0))
-            })
+        phases: (phases.into_iter())
+            .map(|(n, t)| (n, percentile(&t, 50.0), percentile(&t, 95.0)))
             .collect(),
         outcomes,
     }
 }
 
 fn render(s: &Summary, project: &Project) -> String {
-    let f = |x: f64| format!("{x:.2}s");
-    let mut rows: Vec<Vec<String>> = s
-        .phases
-        .iter()
-        .map(|(n, p50, p95)| vec![n.clone(), f(*p50), f(*p95)])
+    let wall = ("wall (whole run)".to_owned(), s.wall_p50_s, s.wall_p95_s);
+    let rows: Vec<Vec<String>> = (s.phases.iter().chain([&wall]))
+        .map(|(n, p50, p95)| vec![n.clone(), format!("{p50:.2}s"), format!("{p95:.2}s")])
         .collect();
-    rows.push(vec![
-        "wall (whole run)".into(),
-        f(s.wall_p50_s),
-        f(s.wall_p95_s),
-    ]);
-    let mut out = format!(
-        "soak: {} passed, {} failed of {} runs\n{}",
-        s.passed,
-        s.failed,
-        s.runs,
-        table(&["phase", "p50", "p95"], &rows)
-    );
-    for (i, o) in s.outcomes.iter().enumerate().filter(|(_, o)| !o.passed) {
-        out.push_str(&format!(
-            "\nfailed: run {} ({})",
-            i + 1,
-            o.run_dir
-                .as_ref()
-                .map(|d| project.display(&d.join("logs")))
-                .unwrap_or_else(|| project.display(&o.output))
-        ));
+    let (passed, failed, runs) = (s.passed, s.failed, s.runs);
+    let table = table(&["phase", "p50", "p95"], &rows);
+    let mut out = format!("soak: {passed} passed, {failed} failed of {runs} runs\n{table}");
+    for (i, o) in s.outcomes.iter().enumerate() {
+        let logs = o.run_dir.as_ref().map(|d| d.join("logs"));
+        let logs = project.display(&logs.unwrap_or(o.output.clone()));
+        if !o.report.passed {
+            out += &format!("\nfailed: run {} ({logs})", i + 1);
+        }
     }
     out
 }
@@ -252,7 +243,7 @@ mod tests {
         assert_eq!(percentile(&v, 95.0), 19.0);
         assert_eq!(percentile(&v, 100.0), 20.0);
         assert_eq!(percentile(&[3.0], 95.0), 3.0);
-        assert_eq!(percentile(&[], 50.0), 0.0);
+        assert_eq!(percentile::<f64>(&[], 50.0), 0.0);
     }
 
     #[test]
@@ -272,9 +263,9 @@ mod tests {
         let out = || dir.join("run-1.log");
         report(true);
         let ok = outcome(true, Duration::from_secs(3), Some(dir.clone()), out(), None);
-        assert!(ok.passed && ok.error.is_none());
+        assert!(ok.report.passed && ok.report.error.is_none());
         assert_eq!(
-            ok.phases,
+            ok.report.phases,
             [("deploy".into(), 1.5), ("tear down".into(), 0.5)]
         );
         report(false);
@@ -285,8 +276,8 @@ mod tests {
             out(),
             None,
         );
-        assert!(!bad.passed);
-        assert_eq!(bad.error.as_deref(), Some("the E2E suite failed"));
+        assert!(!bad.report.passed);
+        assert_eq!(bad.report.error.as_deref(), Some("the E2E suite failed"));
         let none = outcome(
             false,
             Duration::ZERO,
@@ -294,7 +285,7 @@ mod tests {
             out(),
             Some(anyhow::anyhow!("no engine")),
         );
-        assert!(!none.passed && none.error.as_deref() == Some("no engine"));
+        assert!(!none.report.passed && none.report.error.as_deref() == Some("no engine"));
         let s = summarize(std::slice::from_ref(&ok), &[]);
         assert_eq!((s.passed, s.failed), (1, 0));
         assert_eq!(s.phases[0], ("deploy".into(), 1.5, 1.5));
