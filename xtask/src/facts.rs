@@ -92,30 +92,20 @@ impl Facts {
                     "run on Linux, or pass --memory-budget SIZE",
                 )
             });
-        let budget = match (budget_flag, &answer) {
-            (Some(bytes), _) => Ok(Budget {
-                bytes,
-                source: "--memory-budget".into(),
-            }),
+        let flag = budget_flag.map(|bytes| Budget {
+            bytes,
+            source: "--memory-budget".into(),
+        });
+        let budget = match (&flag, &answer) {
+            (Some(b), _) => Ok(b.clone()),
             (None, Ok(f)) if f.remote => Ok(memory::engine_budget(f)),
             (None, _) => host.clone(),
         };
-        let host_budget = match budget_flag {
-            Some(bytes) => Ok(Budget {
-                bytes,
-                source: "--memory-budget".into(),
-            }),
-            None => host,
-        };
-        let (base_image, base) = match base {
-            Some((name, info)) => (name, Some(info)),
-            None => (
-                candidates
-                    .first()
-                    .map_or_else(String::new, |c| c.to_string()),
-                None,
-            ),
-        };
+        let host_budget = flag.map_or(host, Ok);
+        let first = candidates
+            .first()
+            .map_or_else(String::new, |c| c.to_string());
+        let (base_image, base) = base.map_or((first, None), |(name, info)| (name, Some(info)));
         Facts {
             engine: answer,
             base_image,

@@ -47,11 +47,11 @@ impl Project {
     }
 
     pub fn logs_dir(&self) -> PathBuf {
-        self.e2e_dir().join("logs")
+        self.e2e_dir.join("logs")
     }
 
     pub fn runs_dir(&self) -> PathBuf {
-        self.e2e_dir().join("runs")
+        self.e2e_dir.join("runs")
     }
 
     /// The directory cargo puts binaries in: the `dev` profile's, or `--release`'s.
