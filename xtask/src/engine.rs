@@ -14,6 +14,45 @@ use crate::{
 /// The label that carries an image's full fingerprint.
 pub const FINGERPRINT_LABEL: &str = "e2e.fingerprint";
 
+/// One method a command, as a table: `name(parameters) => [arguments]`, then `+ list` to
+/// append a list's items. Each argument is anything a `String` is made from.
+macro_rules! commands {
+    ($ty:ty, $s:ident => $program:expr;
+     $($(#[$doc:meta])* $name:ident($($p:ident: $t:ty),*) => [$($a:expr),*] $(+ $rest:expr)?;)*) => {
+        impl $ty {
+            $($(#[$doc])* pub fn $name($s, $($p: $t),*) -> Cmd {
+                Cmd::new($program).args([$(String::from($a)),*])$(.args($rest))?
+            })*
+        }
+    };
+}
+
+commands! { Engine, self => self.program();
+    /// Everything the engine says about itself and its machine, as JSON: asked once per
+    /// command (see [`EngineFacts`]).
+    info() => ["info", "--format", self.json()];
+    /// The client's version, and the server's when the engine is remote (podman prints a
+    /// `Server` part only then): tens of milliseconds, where `info` takes hundreds.
+    version() => ["version", "--format", self.json()];
+    /// `ID SIZE FINGERPRINT-LABEL` of an image; fails when there is no such image. (`with`:
+    /// docker fails on `index` of an image without labels.)
+    inspect_image(reference: &str) => ["image", "inspect", "--format", format!("{{{{.Id}}}} \
+        {{{{.Size}}}} {{{{with .Config.Labels}}}}{{{{index . \"{FINGERPRINT_LABEL}\"}}}}{{{{end}}}}"),
+        reference];
+    /// The IDs of those of `references` the engine has (one line each; it fails for the
+    /// others).
+    image_ids(references: &[String]) => ["image", "inspect", "--format", "{{.Id}}"] + references;
+    /// `repository:tag` of every image that carries a fingerprint label (every image built here).
+    list_fingerprinted() => ["images", "--filter", format!("label={FINGERPRINT_LABEL}"),
+        "--format", "{{.Repository}}:{{.Tag}}"];
+    /// Gives an image another name.
+    tag(reference: &str, new: &str) => ["tag", reference, new];
+    untag(reference: &str) => ["rmi", reference];
+    /// The directory of an image's top layer, on the engine's machine
+    /// (`<graph root>/overlay/<id>/diff`).
+    layer_dir(image: &str) => ["image", "inspect", "--format", "{{.GraphDriver.Data.UpperDir}}", image];
+}
+
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
 )]
@@ -80,64 +119,6 @@ impl Engine {
             Engine::Podman => "json",
             Engine::Docker => "{{json .}}",
         }
-    }
-
-    /// Everything the engine says about itself and its machine, as JSON: asked once per
-    /// command (see [`EngineFacts`]).
-    pub fn info(self) -> Cmd {
-        self.cmd(["info", "--format", self.json()])
-    }
-
-    /// The client's version, and the server's when the engine is remote (podman prints a
-    /// `Server` part only then): tens of milliseconds, where `info` takes hundreds.
-    pub fn version(self) -> Cmd {
-        self.cmd(["version", "--format", self.json()])
-    }
-
-    /// `ID SIZE FINGERPRINT-LABEL` of an image; fails when there is no such image.
-    pub fn inspect_image(self, reference: &str) -> Cmd {
-        // `with`: docker fails on `index` of an image without labels.
-        let format = format!("{{{{.Id}}}} {{{{.Size}}}} {{{{with .Config.Labels}}}}{{{{index . \"{FINGERPRINT_LABEL}\"}}}}{{{{end}}}}");
-        self.cmd(["image", "inspect", "--format", &format, reference])
-    }
-
-    /// The IDs of those of `references` the engine has (one line each; it fails for the
-    /// others).
-    pub fn image_ids(self, references: &[String]) -> Cmd {
-        self.cmd(["image", "inspect", "--format", "{{.Id}}"])
-            .args(references)
-    }
-
-    /// `repository:tag` of every image that carries a fingerprint label (every image built here).
-    pub fn list_fingerprinted(self) -> Cmd {
-        let filter = format!("label={FINGERPRINT_LABEL}");
-        self.cmd([
-            "images",
-            "--filter",
-            &filter,
-            "--format",
-            "{{.Repository}}:{{.Tag}}",
-        ])
-    }
-
-    /// Gives an image another name.
-    pub fn tag(self, reference: &str, new: &str) -> Cmd {
-        self.cmd(["tag", reference, new])
-    }
-
-    pub fn untag(self, reference: &str) -> Cmd {
-        self.cmd(["rmi", reference])
-    }
-
-    /// The directory of an image's top layer, on the engine's machine (`<graph root>/overlay/<id>/diff`).
-    pub fn layer_dir(self, image: &str) -> Cmd {
-        self.cmd([
-            "image",
-            "inspect",
-            "--format",
-            "{{.GraphDriver.Data.UpperDir}}",
-            image,
-        ])
     }
 
     /// Starts and removes a container: proves the engine can run one, not just answer.
@@ -365,19 +346,7 @@ pub fn normalize_platform(p: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Podman;
 
-/// A podman command a line: `name(parameters) => [arguments]`, then `+ list` to append a
-/// list's items. Each argument is anything a `String` is made from.
-macro_rules! podman_commands {
-    ($($(#[$doc:meta])* $name:ident($($p:ident: $t:ty),*) => [$($a:expr),*] $(+ $rest:expr)?;)*) => {
-        impl Podman {
-            $($(#[$doc])* pub fn $name(self, $($p: $t),*) -> Cmd {
-                Cmd::new(Self::PROGRAM).args([$(String::from($a)),*])$(.args($rest))?
-            })*
-        }
-    };
-}
-
-podman_commands! {
+commands! { Podman, self => Self::PROGRAM;
     network_rm(name: &str) => ["network", "rm", "--force", name];
     network_exists(name: &str) => ["network", "exists", name];
     /// Every network's subnets, whitespace-separated.
@@ -572,6 +541,32 @@ mod tests {
         assert!(
             EngineFacts::local_podman(remote).is_none(),
             "a remote engine is asked with info"
+        );
+    }
+
+    #[test]
+    fn table_commands_print_their_arguments_in_order() {
+        assert_eq!(
+            Engine::Docker.inspect_image("x").to_string(),
+            "docker image inspect --format '{{.Id}} {{.Size}} {{with .Config.Labels}}\
+             {{index . \"e2e.fingerprint\"}}{{end}}' x"
+        );
+        assert_eq!(
+            Engine::Podman.list_fingerprinted().to_string(),
+            "podman images --filter label=e2e.fingerprint --format '{{.Repository}}:{{.Tag}}'"
+        );
+        assert_eq!(
+            Podman.pods_rm(&["a".into(), "b".into()]).to_string(),
+            "podman pod rm --force --ignore a b"
+        );
+        let command = ["redis-cli".to_owned(), "ping".to_owned()];
+        assert_eq!(
+            Podman.run_in_pod("p", "img", &command).to_string(),
+            "podman run --rm --pod p --entrypoint redis-cli img ping"
+        );
+        assert_eq!(
+            Podman.network_create("n", Some("10.89.0.0/27")).to_string(),
+            "podman network create --label e2e.xtask=1 --subnet 10.89.0.0/27 n"
         );
     }
 
