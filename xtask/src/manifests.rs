@@ -279,7 +279,7 @@ impl Manifests {
         };
         let renames = |kinds: &[&str]| -> anyhow::Result<BTreeMap<String, String>> {
             let docs = self.docs.iter().filter(|d| kinds.contains(&kind(d)));
-            docs.map(|d| name(d).map(|n| (renamed(&n), n)).map(|(new, n)| (n, new)))
+            docs.map(|d| name(d).map(|n| (n.clone(), renamed(&n))))
                 .collect()
         };
         let (hosts, secret_names) = (renames(&["Pod", "Service"])?, renames(&["Secret"])?);
