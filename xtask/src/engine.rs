@@ -14,6 +14,10 @@ use crate::{
 /// The label that carries an image's full fingerprint.
 pub const FINGERPRINT_LABEL: &str = "e2e.fingerprint";
 
+/// `with`: docker fails on `index` of an image without labels.
+const INSPECT: &str =
+    r#"{{.Id}} {{.Size}} {{with .Config.Labels}}{{index . "e2e.fingerprint"}}{{end}}"#;
+
 /// One method a command, as a table: `name(parameters) => [arguments]`, then `+ list` to
 /// append a list's items. Each argument is anything a `String` is made from.
 macro_rules! commands {
@@ -34,11 +38,8 @@ commands! { Engine, self => self.program();
     /// The client's version, and the server's when the engine is remote (podman prints a
     /// `Server` part only then): tens of milliseconds, where `info` takes hundreds.
     version() => ["version", "--format", self.json()];
-    /// `ID SIZE FINGERPRINT-LABEL` of an image; fails when there is no such image. (`with`:
-    /// docker fails on `index` of an image without labels.)
-    inspect_image(reference: &str) => ["image", "inspect", "--format", format!("{{{{.Id}}}} \
-        {{{{.Size}}}} {{{{with .Config.Labels}}}}{{{{index . \"{FINGERPRINT_LABEL}\"}}}}{{{{end}}}}"),
-        reference];
+    /// `ID SIZE FINGERPRINT-LABEL` of an image; fails when there is no such image.
+    inspect_image(reference: &str) => ["image", "inspect", "--format", INSPECT, reference];
     /// The IDs of those of `references` the engine has (one line each; it fails for the
     /// others).
     image_ids(references: &[String]) => ["image", "inspect", "--format", "{{.Id}}"] + references;
@@ -546,6 +547,7 @@ mod tests {
 
     #[test]
     fn table_commands_print_their_arguments_in_order() {
+        assert!(INSPECT.contains(&format!("\"{FINGERPRINT_LABEL}\"")));
         assert_eq!(
             Engine::Docker.inspect_image("x").to_string(),
             "docker image inspect --format '{{.Id}} {{.Size}} {{with .Config.Labels}}\

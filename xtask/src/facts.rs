@@ -73,14 +73,12 @@ impl Facts {
                     .map(|c| s.spawn(move || e.image(c).map(|i| (c.to_string(), i))))
                     .collect();
                 let base = found.into_iter().find_map(|h| h.join().expect("no panic"));
-                let answer = match info.join().expect("no panic") {
-                    Ok(Ok(facts)) => Ok(facts),
-                    Ok(Err(err)) => Err(Problem::new(format!("{err:#}"), e.not_answering_fix())),
-                    Err(err) => Err(Problem::new(
-                        format!("{} is installed but does not answer: {err:#}", e.program()),
-                        e.not_answering_fix(),
-                    )),
-                };
+                let answer = (info.join().expect("no panic"))
+                    .map_err(|err| {
+                        format!("{} is installed but does not answer: {err:#}", e.program())
+                    })
+                    .and_then(|facts| facts.map_err(|err| format!("{err:#}")))
+                    .map_err(|what| Problem::new(what, e.not_answering_fix()));
                 (answer.map(|f| with_local_store(f, base.as_ref())), base)
             }),
         };
