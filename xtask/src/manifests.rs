@@ -446,16 +446,13 @@ fn secret(doc: &Value) -> anyhow::Result<Secret> {
     let yaml: SecretYaml = serde_norway::from_value(doc.clone())
         .with_context(|| format!("secret {name}: data and stringData map keys to strings"))?;
     let mut data = BTreeMap::new();
-    for (k, v) in yaml.data {
+    for (k, v) in yaml.data.unwrap_or_default() {
         let bytes = (STANDARD.decode(v))
             .with_context(|| format!("secret {name}: data.{k} is not base64"))?;
         data.insert(k, bytes);
     }
-    data.extend(
-        yaml.string_data
-            .into_iter()
-            .map(|(k, v)| (k, v.into_bytes())),
-    );
+    let string_data = yaml.string_data.unwrap_or_default().into_iter();
+    data.extend(string_data.map(|(k, v)| (k, v.into_bytes())));
     Ok(Secret { name, data })
 }
 
@@ -476,11 +473,12 @@ pub fn repository(image: &str) -> &str {
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default, rename_all = "camelCase")]
+/// A Secret's values (`data:` left empty is YAML's null: no values).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct SecretYaml {
-    data: BTreeMap<String, String>,
-    string_data: BTreeMap<String, String>,
+    data: Option<BTreeMap<String, String>>,
+    string_data: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Serialize)]
@@ -766,6 +764,11 @@ mod tests {
         let s = secret(&docs[0]).unwrap();
         assert_eq!(s.data["a"], b"hi");
         assert_eq!(s.data["b"], b"yo");
+        let empty = parse_docs("kind: Secret\nmetadata: {name: s}\ndata:\n").unwrap();
+        assert!(
+            secret(&empty[0]).unwrap().data.is_empty(),
+            "an empty data: is no values"
+        );
         let bad = parse_docs("kind: Secret\nmetadata: {name: s}\ndata: {a: '***'}\n").unwrap();
         assert!(secret(&bad[0])
             .unwrap_err()
