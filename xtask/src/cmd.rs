@@ -14,7 +14,7 @@ use anyhow::Context;
 
 use crate::interrupt;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cmd {
     pub program: String,
     pub args: Vec<String>,
@@ -26,12 +26,10 @@ pub struct Cmd {
 
 impl Cmd {
     pub fn new(program: impl Into<String>) -> Cmd {
+        let program = program.into();
         Cmd {
-            program: program.into(),
-            args: Vec::new(),
-            env: Vec::new(),
-            cwd: None,
-            survives_interrupt: false,
+            program,
+            ..Cmd::default()
         }
     }
 

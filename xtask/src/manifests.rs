@@ -181,11 +181,8 @@ impl Manifests {
             .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
             .collect();
         files.sort();
-        anyhow::ensure!(
-            !files.is_empty(),
-            "no *.yaml manifests in {}",
-            dir.display()
-        );
+        let shown = dir.display();
+        anyhow::ensure!(!files.is_empty(), "no *.yaml manifests in {shown}");
         let mut docs = Vec::new();
         for file in files {
             let text = std::fs::read_to_string(&file)
