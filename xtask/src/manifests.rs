@@ -420,15 +420,12 @@ fn parse_docs(text: &str) -> anyhow::Result<Vec<Value>> {
 }
 
 fn kind(doc: &Value) -> &str {
-    doc.get("kind").and_then(Value::as_str).unwrap_or("")
+    doc["kind"].as_str().unwrap_or("")
 }
 
 fn name(doc: &Value) -> anyhow::Result<String> {
-    doc.get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .with_context(|| format!("a {} without metadata.name", kind(doc)))
+    let name = doc["metadata"]["name"].as_str().map(str::to_owned);
+    name.with_context(|| format!("a {} without metadata.name", kind(doc)))
 }
 
 /// A Pod's `spec.containers`.
