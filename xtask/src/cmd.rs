@@ -6,6 +6,7 @@ use std::{
     fs::File,
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
+    process::Output,
     time::Duration,
 };
 
@@ -13,7 +14,7 @@ use anyhow::Context;
 
 use crate::interrupt;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cmd {
     pub program: String,
     pub args: Vec<String>,
@@ -25,12 +26,10 @@ pub struct Cmd {
 
 impl Cmd {
     pub fn new(program: impl Into<String>) -> Cmd {
+        let program = program.into();
         Cmd {
-            program: program.into(),
-            args: Vec::new(),
-            env: Vec::new(),
-            cwd: None,
-            survives_interrupt: false,
+            program,
+            ..Cmd::default()
         }
     }
 
@@ -39,11 +38,7 @@ impl Cmd {
         self
     }
 
-    pub fn args<I, S>(mut self, args: I) -> Cmd
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
+    pub fn args<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Cmd {
         self.args.extend(args.into_iter().map(Into::into));
         self
     }
@@ -63,21 +58,25 @@ impl Cmd {
         self
     }
 
-    fn expression(&self) -> duct::Expression {
-        self.bare_expression().stdin_null()
+    pub fn pipe(self, next: Cmd) -> Pipeline {
+        Pipeline(vec![self, next])
     }
 
-    /// Without the stdin redirection, for the later commands of a pipeline (their stdin is
-    /// the pipe).
-    fn bare_expression(&self) -> duct::Expression {
-        let mut e = duct::cmd(&self.program, &self.args);
+    /// Without the stdin redirection a first command gets, for the later commands of a
+    /// pipeline (their stdin is the pipe).
+    fn expression(&self, stdin_null: bool) -> duct::Expression {
+        let mut e = duct::cmd(&self.program, &self.args).unchecked();
         for (k, v) in &self.env {
             e = e.env(k, v);
         }
         if let Some(dir) = &self.cwd {
             e = e.dir(dir);
         }
-        e.unchecked()
+        if stdin_null {
+            e.stdin_null()
+        } else {
+            e
+        }
     }
 
     /// Runs the command with stdout and stderr appended to `log`. On failure the error
@@ -86,68 +85,63 @@ impl Cmd {
         Pipeline(vec![self.clone()]).run_logged(log)
     }
 
+    /// [`Cmd::run_logged`], but its stdout (a tool's machine-readable output) returned
+    /// instead of logged; stderr still goes to `log`.
+    pub fn run_logged_capturing(&self, log: &Path) -> anyhow::Result<String> {
+        let stdout = Pipeline(vec![self.clone()]).run_into(log, true)?;
+        Ok(String::from_utf8_lossy(&stdout).into_owned())
+    }
+
     /// Runs the command with its output on this terminal (for the test suite).
     pub fn run_inherit(&self) -> anyhow::Result<()> {
-        let handle = self
-            .expression()
-            .stdin_null()
-            .start()
-            .with_context(|| format!("starting `{self}`"))?;
-        let status = self.wait(&handle)?;
+        let handle =
+            (self.expression(true).start()).with_context(|| format!("starting `{self}`"))?;
+        let status = self.wait_output(&handle)?.status;
         anyhow::ensure!(status.success(), "`{self}` failed with {status}");
         Ok(())
     }
 
     /// Runs the command and returns its stdout; the error carries its stderr.
     pub fn read(&self) -> anyhow::Result<String> {
-        let output = self.captured()?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-            return Err(CmdError {
+        let output = self.run_to_end(|e| e.stdout_capture().stderr_capture())?;
+        anyhow::ensure!(
+            output.status.success(),
+            CmdError {
                 cmd: self.to_string(),
-                status: format!("{}", output.status),
+                status: output.status.to_string(),
                 code: output.status.code(),
                 log: None,
-                tail: stderr,
+                tail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
             }
-            .into());
-        }
+        );
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// Runs the command and returns its stdout, whatever its exit status (for commands that
     /// print what they found and fail for what they did not).
     pub fn read_any(&self) -> anyhow::Result<String> {
-        Ok(String::from_utf8_lossy(&self.captured()?.stdout).into_owned())
-    }
-
-    /// Runs the command to its end with stdout and stderr captured.
-    fn captured(&self) -> anyhow::Result<std::process::Output> {
-        self.expression()
-            .stdout_capture()
-            .stderr_capture()
-            .run()
-            .with_context(|| format!("running `{self}`"))
+        let output = self.run_to_end(|e| e.stdout_capture().stderr_capture())?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// Runs the command and answers whether it exited 0 (for `podman image exists` and the like).
     pub fn succeeds(&self) -> anyhow::Result<bool> {
-        let output = self
-            .expression()
-            .stdout_null()
-            .stderr_null()
-            .run()
-            .with_context(|| format!("running `{self}`"))?;
+        let output = self.run_to_end(|e| e.stdout_null().stderr_null())?;
         Ok(output.status.success())
     }
 
-    fn wait(&self, handle: &duct::Handle) -> anyhow::Result<std::process::ExitStatus> {
-        self.wait_output(handle).map(|o| o.status)
+    fn run_to_end(
+        &self,
+        io: impl FnOnce(duct::Expression) -> duct::Expression,
+    ) -> anyhow::Result<Output> {
+        io(self.expression(true))
+            .run()
+            .with_context(|| format!("running `{self}`"))
     }
 
     /// Until the command ends (killed on Ctrl-C unless it survives interrupts); its output
     /// holds what was captured.
-    fn wait_output(&self, handle: &duct::Handle) -> anyhow::Result<std::process::Output> {
+    fn wait_output(&self, handle: &duct::Handle) -> anyhow::Result<Output> {
         loop {
             if let Some(output) = handle.try_wait()? {
                 return Ok(output.clone());
@@ -164,22 +158,6 @@ impl Cmd {
 /// Commands joined by pipes, `a | b`, run with every stderr and the last stdout in a log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pipeline(pub Vec<Cmd>);
-
-impl Cmd {
-    pub fn pipe(self, next: Cmd) -> Pipeline {
-        Pipeline(vec![self, next])
-    }
-}
-
-impl Cmd {
-    /// [`Cmd::run_logged`], but its stdout (a tool's machine-readable output) returned
-    /// instead of logged; stderr still goes to `log`.
-    pub fn run_logged_capturing(&self, log: &Path) -> anyhow::Result<String> {
-        Pipeline(vec![self.clone()])
-            .run_into(log, true)
-            .map(|stdout| String::from_utf8_lossy(&stdout).into_owned())
-    }
-}
 
 impl Pipeline {
     pub fn run_logged(&self, log: &Path) -> anyhow::Result<()> {
@@ -198,34 +176,30 @@ impl Pipeline {
             .open(log)
             .with_context(|| format!("opening log file {}", log.display()))?;
         writeln!(file, "$ {self}")?;
-        let mut expr = first.expression();
+        let mut expr = first.expression(true);
         for next in &self.0[1..] {
-            expr = expr.pipe(next.bare_expression());
+            expr = expr.pipe(next.expression(false));
         }
         expr = if capture {
             expr.stdout_capture()
         } else {
             expr.stdout_file(file.try_clone()?)
         };
-        let handle = expr
-            .stderr_file(file)
-            .start()
-            .with_context(|| format!("starting `{self}`"))?;
+        let handle =
+            (expr.stderr_file(file).start()).with_context(|| format!("starting `{self}`"))?;
         let output = first.wait_output(&handle)?;
-        let status = output.status;
-        if status.success() {
-            return Ok(output.stdout);
-        }
-        Err(CmdError {
-            cmd: self.to_string(),
-            status: status
-                .code()
-                .map_or("a signal".to_owned(), |c| format!("exit code {c}")),
-            code: status.code(),
-            log: Some(log.to_owned()),
-            tail: tail(log, 20),
-        }
-        .into())
+        let code = output.status.code();
+        anyhow::ensure!(
+            output.status.success(),
+            CmdError {
+                cmd: self.to_string(),
+                status: code.map_or("a signal".to_owned(), |c| format!("exit code {c}")),
+                code,
+                log: Some(log.to_owned()),
+                tail: tail(log, 20),
+            }
+        );
+        Ok(output.stdout)
     }
 }
 
@@ -243,10 +217,9 @@ impl fmt::Display for Cmd {
             write!(f, "{k}={} ", quote(v))?;
         }
         write!(f, "{}", quote(&self.program))?;
-        for a in &self.args {
-            write!(f, " {}", quote(a))?;
-        }
-        Ok(())
+        self.args
+            .iter()
+            .try_for_each(|a| write!(f, " {}", quote(a)))
     }
 }
 
@@ -278,11 +251,8 @@ impl fmt::Display for CmdError {
         }
         if !self.tail.is_empty() {
             write!(f, "\n  last lines:")?;
-            for line in self.tail.lines() {
-                write!(f, "\n    | {line}")?;
-            }
         }
-        Ok(())
+        (self.tail.lines()).try_for_each(|line| write!(f, "\n    | {line}"))
     }
 }
 
@@ -380,6 +350,8 @@ mod tests {
             .read()
             .unwrap_err();
         assert!(err.to_string().contains("oops"), "{err}");
+        let code = err.downcast_ref::<CmdError>().and_then(|e| e.code);
+        assert_eq!(code, Some(1), "the exit code, for the build's diagnosis");
         assert!(Cmd::new("true").succeeds().unwrap());
         assert!(!Cmd::new("false").succeeds().unwrap());
     }

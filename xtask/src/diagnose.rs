@@ -18,19 +18,20 @@ pub struct Diagnosis {
 }
 
 pub fn diagnose(exit_code: Option<i32>, log: &str) -> Diagnosis {
-    let killed = log.lines().any(|l| l.trim() == "Killed")
-        // The OOM killer took the step's first process itself, not one of its children:
-        // podman then exits 1, and says so (seen in CI with a 32m cap).
-        || log.lines().any(|l| l.trim() == "container exited on killed")
-        || log.contains("exit status 137")
-        || log.contains("returned a non-zero code: 137")
-        || exit_code == Some(137);
+    // `container exited on killed`: the OOM killer took the step's first process itself, not
+    // one of its children: podman then exits 1, and says so (seen in CI with a 32m cap).
+    let killed = exit_code == Some(137)
+        || (log.lines()).any(|l| matches!(l.trim(), "Killed" | "container exited on killed"))
+        || ["exit status 137", "returned a non-zero code: 137"]
+            .iter()
+            .any(|s| log.contains(s));
+    let cause = if killed {
+        Cause::OutOfMemory
+    } else {
+        Cause::Other
+    };
     Diagnosis {
-        cause: if killed {
-            Cause::OutOfMemory
-        } else {
-            Cause::Other
-        },
+        cause,
         step: failing_step(log),
     }
 }
@@ -38,14 +39,12 @@ pub fn diagnose(exit_code: Option<i32>, log: &str) -> Diagnosis {
 /// The step in `Error: building at STEP "..."` (podman), else the last `STEP n/m: ...`
 /// (podman) or `Step n/m : ...` (docker) line.
 fn failing_step(log: &str) -> Option<String> {
-    if let Some(rest) = log
+    let at = log
         .lines()
         .rev()
-        .find_map(|l| l.split_once("building at STEP \"").map(|(_, r)| r))
-    {
-        if let Some((step, _)) = rest.split_once("\":") {
-            return Some(step.to_owned());
-        }
+        .find_map(|l| l.split_once("building at STEP \""));
+    if let Some((step, _)) = at.and_then(|(_, rest)| rest.split_once("\":")) {
+        return Some(step.to_owned());
     }
     log.lines().rev().find_map(|l| {
         let l = l.trim();

@@ -1,14 +1,15 @@
 //! `cargo xtask doctor`: every prerequisite of a run, checked, each problem with its fix.
 //! `e2e` runs the same checks first and stops before doing anything when one fails.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::{
     build::{BuildOptions, Session},
     engine::{Engine, EngineFacts},
     handoff::Handoff,
-    memory,
-    problem::Problem,
+    images::ImageSpec,
+    memory::{self, human, Budget},
+    problem::{Problem, PODMAN_DOCS},
     project::Project,
     report::Reporter,
 };
@@ -22,26 +23,26 @@ pub struct Check {
 }
 
 impl Check {
-    fn ok(name: &str, detail: impl Into<String>) -> Check {
+    fn new(name: &str, result: Result<String, Problem>) -> Check {
+        let (problem, detail, fix) = match result {
+            Ok(detail) => (None, detail, String::new()),
+            Err(p) => (Some(p.what), String::new(), p.fix),
+        };
+        let name = name.into();
         Check {
-            name: name.into(),
-            problem: None,
-            detail: detail.into(),
-            fix: String::new(),
+            name,
+            problem,
+            detail,
+            fix,
         }
+    }
+
+    fn ok(name: &str, detail: impl Into<String>) -> Check {
+        Check::new(name, Ok(detail.into()))
     }
 
     fn fail(name: &str, problem: impl Into<String>, fix: impl Into<String>) -> Check {
-        Check {
-            name: name.into(),
-            problem: Some(problem.into()),
-            detail: String::new(),
-            fix: fix.into(),
-        }
-    }
-
-    fn problem(name: &str, p: &Problem) -> Check {
-        Check::fail(name, p.what.clone(), p.fix.clone())
+        Check::new(name, Err(Problem::new(problem, fix)))
     }
 }
 
@@ -51,7 +52,7 @@ pub struct Needs {
     /// A Kind cluster: `kind` and `kubectl`.
     pub kind: bool,
     /// Loading this archive (so the base image is not needed, `zstd` is, and disk for it).
-    pub archive: Option<std::path::PathBuf>,
+    pub archive: Option<PathBuf>,
     /// Prove the engine can start a container (`doctor` does; `e2e` learns it from the run).
     pub start_container: bool,
 }
@@ -63,7 +64,7 @@ pub struct DoctorArgs {
     pub kind: bool,
     /// Check for loading this archive.
     #[arg(long, value_name = "ARCHIVE")]
-    pub images: Option<std::path::PathBuf>,
+    pub images: Option<PathBuf>,
     #[command(flatten)]
     pub opts: BuildOptions,
 }
@@ -71,9 +72,10 @@ pub struct DoctorArgs {
 impl DoctorArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let r = Reporter::new();
+        let (kind, archive) = (self.kind, self.images);
         let needs = Needs {
-            kind: self.kind,
-            archive: self.images,
+            kind,
+            archive,
             start_container: true,
         };
         let session = Session::open(project, &self.opts, &r, false)?;
@@ -90,93 +92,74 @@ impl DoctorArgs {
 pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Check> {
     let facts = &session.facts;
     let mut checks = Vec::new();
-    match &facts.engine {
+    let engine = facts.engine.as_ref();
+    match engine {
         Ok(f) => {
+            let at = match f.remote {
+                true => format!("{}, on its own machine (remote or VM)", f.at),
+                false => f.at.clone(),
+            };
+            let (program, version, platform) = (f.engine.program(), &f.version, &f.platform);
+            let (cpus, memory) = (f.cpus, human(f.mem_total));
             checks.push(Check::ok(
                 "engine",
-                format!(
-                    "{} {} ({}) at {}: {} CPUs, {} memory",
-                    f.engine.program(),
-                    f.version,
-                    f.platform,
-                    if f.remote {
-                        format!("{}, on its own machine (remote or VM)", f.at)
-                    } else {
-                        f.at.clone()
-                    },
-                    f.cpus,
-                    memory::human(f.mem_total)
-                ),
+                format!("{program} {version} ({platform}) at {at}: {cpus} CPUs, {memory} memory"),
             ));
-            let base = match (&facts.base, &needs.archive) {
-                (_, Some(_)) => None,
-                (Some(_), None) => Some(Check::ok("base image", facts.base_image.clone())),
-                (None, None) => Some(Check::problem("base image", &facts.missing_base(f))),
-            };
-            checks.extend(base);
+            if needs.archive.is_none() {
+                let base = facts.base.as_ref().map(|_| facts.base_image.clone());
+                let base = base.ok_or_else(|| facts.missing_base(f));
+                checks.push(Check::new("base image", base));
+            }
             if needs.start_container && facts.base.is_some() {
                 let run = f.engine.run_true(&facts.base_image);
-                checks.push(match run.read() {
-                    Ok(_) => Check::ok("start a container", run.to_string()),
-                    Err(e) => Check::fail(
-                        "start a container",
-                        format!("{} cannot start a container: {e:#}", f.engine.program()),
-                        format!(
-                            "runtime = \"runc\" and the ulimits in /etc/containers/containers.conf; see {}",
-                            crate::problem::PODMAN_DOCS
-                        ),
-                    ),
-                });
+                checks.push(Check::new(
+                    "start a container",
+                    run.read().map(|_| run.to_string()).map_err(|e| {
+                        Problem::new(
+                            format!("{program} cannot start a container: {e:#}"),
+                            format!("runtime = \"runc\" and the ulimits in /etc/containers/containers.conf; see {PODMAN_DOCS}"),
+                        )
+                    }),
+                ));
             }
         }
-        Err(p) => checks.push(Check::problem("engine", p)),
+        Err(p) => checks.push(Check::new("engine", Err(p.clone()))),
     }
-    let biggest = session.images.images.iter().max_by_key(|i| i.memory);
-    match (&facts.budget, biggest) {
+    let images = &session.images.images;
+    match (&facts.budget, images.iter().max_by_key(|i| i.memory)) {
         (Ok(budget), Some(big)) => {
-            let mut check = memory_check(budget, big, facts.engine.as_ref().ok());
-            let caps: Vec<u64> = session.images.images.iter().map(|i| i.memory).collect();
+            let mut check = memory_check(budget, big, engine.ok());
+            let caps: Vec<u64> = images.iter().map(|i| i.memory).collect();
             let at_once = memory::max_parallel(&caps, budget.bytes, usize::MAX);
             let jobs = format!(
                 "with this budget, `--jobs N` runs at most {at_once} build(s) at once (one at a time by default)"
             );
-            if check.problem.is_some() {
-                check.fix = format!("{}; meanwhile {jobs}", check.fix);
-            } else {
-                check.detail = format!("{}; {jobs}", check.detail);
+            match check.problem {
+                Some(_) => check.fix = format!("{}; meanwhile {jobs}", check.fix),
+                None => check.detail = format!("{}; {jobs}", check.detail),
             }
             checks.push(check);
         }
-        (Err(p), _) => checks.push(Check::problem("memory", p)),
+        (Err(p), _) => checks.push(Check::new("memory", Err(p.clone()))),
         _ => {}
     }
-    if let Ok(host) = &facts.host_budget {
-        if facts.engine.as_ref().is_ok_and(|f| f.remote) {
-            checks.push(Check::ok(
-                "host memory",
-                format!(
-                    "{} for the host's cargo build ({})",
-                    memory::human(host.bytes),
-                    host.source
-                ),
-            ));
-        }
+    let remote = engine.is_ok_and(|f| f.remote);
+    if let (Ok(host), true) = (&facts.host_budget, remote) {
+        let (bytes, source) = (human(host.bytes), &host.source);
+        let detail = format!("{bytes} for the host's cargo build ({source})");
+        checks.push(Check::ok("host memory", detail));
     }
-    let need_disk = disk_needed(project, needs.archive.as_deref());
-    if let Ok(f) = &facts.engine {
-        checks.push(disk_check(f, need_disk));
-        if f.remote {
-            if let Some(free) = crate::facts::free_disk(&project.target_dir) {
-                checks.push(Check::ok(
-                    "host disk",
-                    format!(
-                        "{} free under {} on this machine (binaries, archives)",
-                        memory::human(free),
-                        project.display(&project.target_dir)
-                    ),
-                ));
-            }
-        }
+    if let Ok(f) = engine {
+        let need = disk_needed(project, needs.archive.as_deref());
+        checks.push(disk_check(f, need));
+    }
+    if let Some(free) = remote
+        .then(|| crate::facts::free_disk(&project.target_dir))
+        .flatten()
+    {
+        let (free, dir) = (human(free), project.display(&project.target_dir));
+        let detail = format!("{free} free under {dir} on this machine (binaries, archives)");
+        checks.push(Check::ok("host disk", detail));
     }
     if needs.archive.is_some() || which::which("zstd").is_ok() {
         checks.push(match which::which("zstd") {
@@ -185,102 +168,84 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
         });
     }
     if let Some(archive) = &needs.archive {
-        checks.push(if archive.is_file() {
-            Check::ok("archive", archive.display().to_string())
-        } else {
-            Check::fail(
+        checks.push(match archive.is_file() {
+            true => Check::ok("archive", archive.display().to_string()),
+            false => Check::fail(
                 "archive",
                 format!("{} does not exist", archive.display()),
                 "download it, or make it with `cargo xtask save-images`",
-            )
+            ),
         });
     }
-    if needs.kind {
-        for (tool, fix) in [
-            ("kind", "install kind (https://kind.sigs.k8s.io), e.g. `go install sigs.k8s.io/kind@latest`"),
-            ("kubectl", "apt-get install kubectl, or see https://kubernetes.io/docs/tasks/tools/"),
-        ] {
-            checks.push(match which::which(tool) {
-                Ok(p) => Check::ok(tool, p.display().to_string()),
-                Err(_) => Check::fail(tool, format!("{tool} is not installed (not found on PATH)"), fix),
-            });
-        }
+    let kind = "install kind (https://kind.sigs.k8s.io), e.g. `go install sigs.k8s.io/kind@latest`";
+    let kubectl = "apt-get install kubectl, or see https://kubernetes.io/docs/tasks/tools/";
+    for (tool, fix) in [("kind", kind), ("kubectl", kubectl)]
+        .into_iter()
+        .filter(|_| needs.kind)
+    {
+        checks.push(match which::which(tool) {
+            Ok(p) => Check::ok(tool, p.display().to_string()),
+            Err(_) => Check::fail(
+                tool,
+                format!("{tool} is not installed (not found on PATH)"),
+                fix,
+            ),
+        });
     }
     checks
 }
 
 /// The engine machine's memory against the largest image cap (plus the margin the budget
 /// keeps), with the fix for that engine when it is too small.
-fn memory_check(
-    budget: &memory::Budget,
-    big: &crate::images::ImageSpec,
-    engine: Option<&crate::engine::EngineFacts>,
-) -> Check {
+fn memory_check(budget: &Budget, big: &ImageSpec, engine: Option<&EngineFacts>) -> Check {
+    let (bytes, source, cap, name) = (
+        human(budget.bytes),
+        &budget.source,
+        human(big.memory),
+        &big.name,
+    );
     if big.memory <= budget.bytes {
-        return Check::ok(
-            "memory",
-            format!(
-                "budget {} ({}) fits the largest cap ({} for {})",
-                memory::human(budget.bytes),
-                budget.source,
-                memory::human(big.memory),
-                big.name
-            ),
-        );
+        let detail = format!("budget {bytes} ({source}) fits the largest cap ({cap} for {name})");
+        return Check::ok("memory", detail);
     }
     let fix = match engine {
-        Some(f) if f.remote && f.engine == crate::engine::Engine::Podman => {
+        Some(f) if f.remote && f.engine == Engine::Podman => {
             "give the engine's machine more memory: `podman machine stop && podman machine set --memory 4096 && \
              podman machine start` (podman machine), or free memory there; or lower that image's `memory` in \
              test/e2e/images.toml"
-                .to_owned()
         }
-        _ => "free memory, lower that image's `memory` in test/e2e/images.toml, or pass --memory-budget".to_owned(),
+        _ => "free memory, lower that image's `memory` in test/e2e/images.toml, or pass --memory-budget",
     };
-    Check::fail(
-        "memory",
-        format!(
-            "budget {} ({}) is less than {}'s cap {}",
-            memory::human(budget.bytes),
-            budget.source,
-            big.name,
-            memory::human(big.memory)
-        ),
-        fix,
-    )
+    let what = format!("budget {bytes} ({source}) is less than {name}'s cap {cap}");
+    Check::fail("memory", what, fix)
 }
 
 /// The engine's store against what the run needs: its disk is where images, loads and
 /// builds go (a podman machine's or a remote engine's, not this machine's).
 pub fn disk_check(f: &EngineFacts, need: u64) -> Check {
-    let machine = if f.remote {
-        format!("the engine's machine ({})", f.at)
-    } else {
-        "this machine".to_owned()
-    };
+    let program = f.engine.program();
     let Some((path, free)) = f.store.as_ref().and_then(|s| Some((&s.path, s.free?))) else {
-        return Check::ok(
-            "disk",
-            format!(
-                "{} at {} does not say how much room its image store has{}: not checked",
-                f.engine.program(),
-                f.at,
-                f.store
-                    .as_ref()
-                    .map(|s| format!(" ({})", s.path))
-                    .unwrap_or_default()
-            ),
+        let path = f
+            .store
+            .as_ref()
+            .map(|s| format!(" ({})", s.path))
+            .unwrap_or_default();
+        let at = &f.at;
+        let detail = format!(
+            "{program} at {at} does not say how much room its image store has{path}: not checked"
         );
+        return Check::ok("disk", detail);
     };
-    let said = format!(
-        "{} free in the engine's store {path} on {machine}, {} needed",
-        memory::human(free),
-        memory::human(need)
-    );
+    let machine = match f.remote {
+        true => format!("the engine's machine ({})", f.at),
+        false => "this machine".to_owned(),
+    };
+    let (free_text, need_text) = (human(free), human(need));
+    let said =
+        format!("{free_text} free in the engine's store {path} on {machine}, {need_text} needed");
     if free >= need {
         return Check::ok("disk", said);
     }
-    let program = f.engine.program();
     let fix = if f.remote && f.engine == Engine::Podman {
         "free room in the engine: `podman system prune` (`podman system df` shows what is reclaimable), or give \
          its machine a bigger disk: `podman machine stop && podman machine set --disk-size 100 && podman machine start`"
@@ -294,11 +259,8 @@ pub fn disk_check(f: &EngineFacts, need: u64) -> Check {
 /// Disk a run needs: the archive three times over (archive, unpacked stream, image store),
 /// else the images' sizes from the last build, else 2 GiB.
 fn disk_needed(project: &Project, archive: Option<&Path>) -> u64 {
-    if let Some(size) = archive
-        .and_then(|a| std::fs::metadata(a).ok())
-        .map(|m| m.len())
-    {
-        return size * 3;
+    if let Some(meta) = archive.and_then(|a| std::fs::metadata(a).ok()) {
+        return meta.len() * 3;
     }
     Handoff::load(project)
         .map(|h| h.images.iter().map(|i| i.size).sum::<u64>())
@@ -310,13 +272,10 @@ fn disk_needed(project: &Project, archive: Option<&Path>) -> u64 {
 pub fn render(checks: &[Check]) -> String {
     let mut out = String::from("doctor:\n");
     for c in checks {
-        match &c.problem {
-            None => out.push_str(&format!("  ok    {:<18} {}\n", c.name, c.detail)),
-            Some(p) => out.push_str(&format!(
-                "  FAIL  {:<18} {p}\n        fix: {}\n",
-                c.name, c.fix
-            )),
-        }
+        out.push_str(&match &c.problem {
+            None => format!("  ok    {:<18} {}\n", c.name, c.detail),
+            Some(p) => format!("  FAIL  {:<18} {p}\n        fix: {}\n", c.name, c.fix),
+        });
     }
     out.trim_end().to_owned()
 }
@@ -330,15 +289,13 @@ pub fn require(
 ) -> anyhow::Result<()> {
     r.phase("doctor", |r| {
         let checks = run_checks(project, session, needs);
-        let failed: Vec<&Check> = checks.iter().filter(|c| c.problem.is_some()).collect();
-        if failed.is_empty() {
-            r.line(format!("  {} checks passed", checks.len()));
-            return Ok(());
-        }
-        anyhow::bail!(
+        anyhow::ensure!(
+            checks.iter().all(|c| c.problem.is_none()),
             "a prerequisite is missing; nothing was done.\n{}",
             render(&checks)
-        )
+        );
+        r.line(format!("  {} checks passed", checks.len()));
+        Ok(())
     })
 }
 

@@ -2,7 +2,9 @@
 //! images, podman for running the stack. Every command a run needs is built here, so a
 //! dry run and the tests can print and compare them.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+
+use serde_json::Value;
 
 use crate::{
     cmd::Cmd,
@@ -11,6 +13,46 @@ use crate::{
 
 /// The label that carries an image's full fingerprint.
 pub const FINGERPRINT_LABEL: &str = "e2e.fingerprint";
+
+/// `with`: docker fails on `index` of an image without labels.
+const INSPECT: &str =
+    r#"{{.Id}} {{.Size}} {{with .Config.Labels}}{{index . "e2e.fingerprint"}}{{end}}"#;
+
+/// One method a command, as a table: `name(parameters) => [arguments]`, then `+ list` to
+/// append a list's items. Each argument is anything a `String` is made from.
+macro_rules! commands {
+    ($ty:ty, $s:ident => $program:expr;
+     $($(#[$doc:meta])* $name:ident($($p:ident: $t:ty),*) => [$($a:expr),*] $(+ $rest:expr)?;)*) => {
+        impl $ty {
+            $($(#[$doc])* pub fn $name($s, $($p: $t),*) -> Cmd {
+                Cmd::new($program).args([$(String::from($a)),*])$(.args($rest))?
+            })*
+        }
+    };
+}
+
+commands! { Engine, self => self.program();
+    /// Everything the engine says about itself and its machine, as JSON: asked once per
+    /// command (see [`EngineFacts`]).
+    info() => ["info", "--format", self.json()];
+    /// The client's version, and the server's when the engine is remote (podman prints a
+    /// `Server` part only then): tens of milliseconds, where `info` takes hundreds.
+    version() => ["version", "--format", self.json()];
+    /// `ID SIZE FINGERPRINT-LABEL` of an image; fails when there is no such image.
+    inspect_image(reference: &str) => ["image", "inspect", "--format", INSPECT, reference];
+    /// The IDs of those of `references` the engine has (one line each; it fails for the
+    /// others).
+    image_ids(references: &[String]) => ["image", "inspect", "--format", "{{.Id}}"] + references;
+    /// `repository:tag` of every image that carries a fingerprint label (every image built here).
+    list_fingerprinted() => ["images", "--filter", format!("label={FINGERPRINT_LABEL}"),
+        "--format", "{{.Repository}}:{{.Tag}}"];
+    /// Gives an image another name.
+    tag(reference: &str, new: &str) => ["tag", reference, new];
+    untag(reference: &str) => ["rmi", reference];
+    /// The directory of an image's top layer, on the engine's machine
+    /// (`<graph root>/overlay/<id>/diff`).
+    layer_dir(image: &str) => ["image", "inspect", "--format", "{{.GraphDriver.Data.UpperDir}}", image];
+}
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
@@ -68,85 +110,26 @@ impl Engine {
         }
     }
 
-    fn cmd(self) -> Cmd {
-        Cmd::new(self.program())
+    fn cmd<const N: usize>(self, args: [&str; N]) -> Cmd {
+        Cmd::new(self.program()).args(args)
     }
 
-    /// Everything the engine says about itself and its machine, as JSON: asked once per
-    /// command (see [`EngineFacts`]).
-    pub fn info(self) -> Cmd {
+    /// `--format` for JSON: podman's word for it, docker's template.
+    fn json(self) -> &'static str {
         match self {
-            Engine::Podman => self.cmd().args(["info", "--format", "json"]),
-            Engine::Docker => self.cmd().args(["info", "--format", "{{json .}}"]),
+            Engine::Podman => "json",
+            Engine::Docker => "{{json .}}",
         }
-    }
-
-    /// The client's version, and the server's when the engine is remote (podman prints a
-    /// `Server` part only then): tens of milliseconds, where `info` takes hundreds.
-    pub fn version(self) -> Cmd {
-        match self {
-            Engine::Podman => self.cmd().args(["version", "--format", "json"]),
-            Engine::Docker => self.cmd().args(["version", "--format", "{{json .}}"]),
-        }
-    }
-
-    /// `ID SIZE FINGERPRINT-LABEL` of an image; fails when there is no such image.
-    pub fn inspect_image(self, reference: &str) -> Cmd {
-        self.cmd().args([
-            "image",
-            "inspect",
-            "--format",
-            // `with`: docker fails on `index` of an image without labels.
-            &format!("{{{{.Id}}}} {{{{.Size}}}} {{{{with .Config.Labels}}}}{{{{index . \"{FINGERPRINT_LABEL}\"}}}}{{{{end}}}}"),
-            reference,
-        ])
-    }
-
-    /// The IDs of those of `references` the engine has (one line each; it fails for the
-    /// others).
-    pub fn image_ids(self, references: &[String]) -> Cmd {
-        self.cmd()
-            .args(["image", "inspect", "--format", "{{.Id}}"])
-            .args(references.iter().cloned())
-    }
-
-    /// `repository:tag` of every image that carries a fingerprint label (every image built here).
-    pub fn list_fingerprinted(self) -> Cmd {
-        self.cmd().args([
-            "images",
-            "--filter",
-            &format!("label={FINGERPRINT_LABEL}"),
-            "--format",
-            "{{.Repository}}:{{.Tag}}",
-        ])
-    }
-
-    /// Gives an image another name.
-    pub fn tag(self, reference: &str, new: &str) -> Cmd {
-        self.cmd().args(["tag", reference, new])
-    }
-
-    pub fn untag(self, reference: &str) -> Cmd {
-        self.cmd().args(["rmi", reference])
-    }
-
-    /// The directory of an image's top layer, on the engine's machine (`<graph root>/overlay/<id>/diff`).
-    pub fn layer_dir(self, image: &str) -> Cmd {
-        self.cmd().args([
-            "image",
-            "inspect",
-            "--format",
-            "{{.GraphDriver.Data.UpperDir}}",
-            image,
-        ])
     }
 
     /// Starts and removes a container: proves the engine can run one, not just answer.
     pub fn run_true(self, image: &str) -> Cmd {
-        let mut c = self.cmd().args(["run", "--rm", "--network", "none"]);
-        if self == Engine::Podman {
-            c = c.arg("--pull=never");
-        }
+        let c = self.cmd(["run", "--rm", "--network", "none"]);
+        let c = if self == Engine::Podman {
+            c.arg("--pull=never")
+        } else {
+            c
+        };
         c.args([image, "true"])
     }
 
@@ -154,29 +137,32 @@ impl Engine {
     /// never pulling. Docker uses its classic builder: BuildKit ignores `--memory`.
     pub fn build(self, b: &BuildCmd) -> Cmd {
         let mut c = match self {
-            Engine::Podman => self.cmd().args(["build", "--layers", "--pull=never"]),
+            Engine::Podman => self.cmd(["build", "--layers", "--pull=never"]),
             // `--force-rm`: the classic builder otherwise keeps the container of a failed
             // step (an OOM-killed RUN, say) for ever.
             Engine::Docker => self
-                .cmd()
-                .env("DOCKER_BUILDKIT", "0")
-                .args(["build", "--force-rm"]),
+                .cmd(["build", "--force-rm"])
+                .env("DOCKER_BUILDKIT", "0"),
         };
         if b.no_cache {
             c = c.arg("--no-cache");
         }
         c = c.args(["--memory", &b.memory, "--memory-swap", &b.memory]);
-        for (k, v) in &b.build_args {
-            c = c.arg("--build-arg").arg(format!("{k}={v}"));
-        }
-        for (k, v) in &b.labels {
-            c = c.arg("--label").arg(format!("{k}={v}"));
+        for (flag, map) in [("--build-arg", &b.build_args), ("--label", &b.labels)] {
+            for (k, v) in map {
+                c = c.arg(flag).arg(format!("{k}={v}"));
+            }
         }
         c.arg("--file")
             .arg(b.dockerfile.display().to_string())
-            .arg("--tag")
-            .arg(&b.reference)
+            .args(["--tag", &b.reference])
             .arg(b.context.display().to_string())
+    }
+
+    /// The image, or `None` when the engine does not have it.
+    pub fn image(self, reference: &str) -> Option<ImageInfo> {
+        let out = self.inspect_image(reference).read().ok()?;
+        ImageInfo::parse(&out)
     }
 }
 
@@ -208,25 +194,12 @@ impl ImageInfo {
         let mut parts = out.split_whitespace();
         let id = parts.next()?.trim_start_matches("sha256:").to_owned();
         let size = parts.next()?.parse().ok()?;
-        let fingerprint = parts
-            .next()
-            .filter(|l| *l != "<no" && !l.is_empty())
-            .map(str::to_owned);
+        let fingerprint = parts.next().filter(|l| *l != "<no").map(str::to_owned);
         Some(ImageInfo {
             id,
             size,
             fingerprint,
         })
-    }
-}
-
-impl Engine {
-    /// The image, or `None` when the engine does not have it.
-    pub fn image(self, reference: &str) -> Option<ImageInfo> {
-        self.inspect_image(reference)
-            .read()
-            .ok()
-            .and_then(|o| ImageInfo::parse(&o))
     }
 }
 
@@ -283,26 +256,26 @@ pub fn given_at(engine: Engine) -> Option<String> {
         .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
 }
 
+fn json(engine: Engine, command: &str, text: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(text)
+        .map_err(|e| anyhow::anyhow!("`{} {command}` printed no JSON: {e}", engine.program()))
+}
+
 impl EngineFacts {
     /// From podman's `version()` output: when it shows no server, podman runs on this
     /// machine, so the machine's facts are this machine's (read here, without `info`).
     /// `None` when the engine is remote: ask `info()`.
     pub fn local_podman(version_json: &str) -> Option<anyhow::Result<EngineFacts>> {
-        let v: serde_json::Value = match serde_json::from_str(version_json) {
+        let v = match json(Engine::Podman, "version", version_json) {
+            Ok(v) if !v["Server"].is_null() => return None,
             Ok(v) => v,
-            Err(e) => {
-                return Some(Err(anyhow::anyhow!(
-                    "`podman version` printed no JSON: {e}"
-                )))
-            }
+            Err(e) => return Some(Err(e)),
         };
-        if !v["Server"].is_null() {
-            return None;
-        }
+        let client = &v["Client"];
         Some(Ok(EngineFacts {
             engine: Engine::Podman,
-            version: v["Client"]["Version"].as_str().unwrap_or("?").to_owned(),
-            platform: normalize_platform(v["Client"]["OsArch"].as_str().unwrap_or("?")),
+            version: client["Version"].as_str().unwrap_or("?").to_owned(),
+            platform: normalize_platform(client["OsArch"].as_str().unwrap_or("?")),
             cpus: crate::memory::cpus(),
             mem_total: crate::memory::total().unwrap_or(0),
             mem_free: None,
@@ -312,71 +285,53 @@ impl EngineFacts {
         }))
     }
 
-    /// Reads `info()` output.
-    pub fn parse(engine: Engine, json: &str) -> anyhow::Result<EngineFacts> {
-        let v: serde_json::Value = serde_json::from_str(json)
-            .map_err(|e| anyhow::anyhow!("`{} info` printed no JSON: {e}", engine.program()))?;
-        let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
-        Ok(match engine {
-            Engine::Podman => {
-                let host = &v["host"];
-                let remote = host["serviceIsRemote"].as_bool().unwrap_or(false);
-                let store = &v["store"];
-                EngineFacts {
-                    engine,
-                    version: v["version"]["Version"].as_str().unwrap_or("?").to_owned(),
-                    platform: normalize_platform(&format!(
-                        "{}/{}",
-                        host["os"].as_str().unwrap_or("linux"),
-                        host["arch"].as_str().unwrap_or("?")
-                    )),
-                    cpus: num(&host["cpus"]) as usize,
-                    mem_total: num(&host["memTotal"]),
-                    mem_free: host["memFree"].as_u64(),
-                    remote,
-                    at: if remote {
-                        remote_at(given_at(engine), host["hostname"].as_str())
-                    } else {
-                        THIS_MACHINE.to_owned()
-                    },
-                    // Podman 4 says how big the store's filesystem is and how much of it is
-                    // used; the difference is free (reserved blocks included).
-                    store: store["graphRoot"].as_str().map(|path| Store {
-                        path: path.to_owned(),
-                        free: store["graphRootAllocated"]
-                            .as_u64()
-                            .zip(store["graphRootUsed"].as_u64())
-                            .map(|(all, used)| all.saturating_sub(used)),
-                    }),
-                }
-            }
-            Engine::Docker => {
-                let remote = std::env::var("DOCKER_HOST")
-                    .is_ok_and(|h| !h.is_empty() && !h.starts_with("unix://"));
-                EngineFacts {
-                    engine,
-                    version: v["ServerVersion"].as_str().unwrap_or("?").to_owned(),
-                    platform: normalize_platform(&format!(
-                        "{}/{}",
-                        v["OSType"].as_str().unwrap_or("linux"),
-                        v["Architecture"].as_str().unwrap_or("?")
-                    )),
-                    cpus: num(&v["NCPU"]) as usize,
-                    mem_total: num(&v["MemTotal"]),
-                    mem_free: None,
-                    remote,
-                    at: if remote {
-                        remote_at(given_at(engine), v["Name"].as_str())
-                    } else {
-                        THIS_MACHINE.to_owned()
-                    },
-                    // Docker names its data root; only a local one can be measured from here.
-                    store: v["DockerRootDir"].as_str().map(|path| Store {
-                        path: path.to_owned(),
-                        free: None,
-                    }),
-                }
-            }
+    /// Reads `info()` output: podman's facts of its machine are under `host`, docker's at the
+    /// top.
+    pub fn parse(engine: Engine, json_text: &str) -> anyhow::Result<EngineFacts> {
+        let v = json(engine, "info", json_text)?;
+        let podman = engine == Engine::Podman;
+        let field = |podman_name: &str, docker_name: &str| match engine {
+            Engine::Podman => &v["host"][podman_name],
+            Engine::Docker => &v[docker_name],
+        };
+        let remote = match engine {
+            Engine::Podman => v["host"]["serviceIsRemote"].as_bool().unwrap_or(false),
+            Engine::Docker => std::env::var("DOCKER_HOST")
+                .is_ok_and(|h| !h.is_empty() && !h.starts_with("unix://")),
+        };
+        let store = &v["store"];
+        let (version, root) = match engine {
+            Engine::Podman => (&v["version"]["Version"], &store["graphRoot"]),
+            Engine::Docker => (&v["ServerVersion"], &v["DockerRootDir"]),
+        };
+        Ok(EngineFacts {
+            engine,
+            version: version.as_str().unwrap_or("?").to_owned(),
+            platform: normalize_platform(&format!(
+                "{}/{}",
+                field("os", "OSType").as_str().unwrap_or("linux"),
+                field("arch", "Architecture").as_str().unwrap_or("?")
+            )),
+            cpus: field("cpus", "NCPU").as_u64().unwrap_or(0) as usize,
+            mem_total: field("memTotal", "MemTotal").as_u64().unwrap_or(0),
+            mem_free: v["host"]["memFree"].as_u64().filter(|_| podman),
+            remote,
+            at: if remote {
+                remote_at(given_at(engine), field("hostname", "Name").as_str())
+            } else {
+                THIS_MACHINE.to_owned()
+            },
+            // Podman 4 says how big the store's filesystem is and how much of it is used; the
+            // difference is free (reserved blocks included). Docker names its data root; only
+            // a local one can be measured from here.
+            store: root.as_str().map(|path| Store {
+                path: path.to_owned(),
+                free: store["graphRootAllocated"]
+                    .as_u64()
+                    .zip(store["graphRootUsed"].as_u64())
+                    .map(|(all, used)| all.saturating_sub(used))
+                    .filter(|_| podman),
+            }),
         })
     }
 }
@@ -392,167 +347,65 @@ pub fn normalize_platform(p: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Podman;
 
-impl Podman {
-    pub const PROGRAM: &'static str = "podman";
-
-    fn cmd(self) -> Cmd {
-        Cmd::new(Self::PROGRAM)
-    }
-
-    pub fn network_create(self, name: &str, subnet: Option<&str>) -> Cmd {
-        let mut c = self
-            .cmd()
-            .args(["network", "create", "--label", "e2e.xtask=1"]);
-        if let Some(subnet) = subnet {
-            c = c.args(["--subnet", subnet]);
-        }
-        c.arg(name)
-    }
-
-    pub fn network_rm(self, name: &str) -> Cmd {
-        self.cmd().args(["network", "rm", "--force", name])
-    }
-
-    pub fn secret_create(self, name: &str, file: &Path) -> Cmd {
-        self.cmd()
-            .args(["secret", "create", name])
-            .arg(file.display().to_string())
-    }
-
-    pub fn secret_rm(self, name: &str) -> Cmd {
-        self.cmd().args(["secret", "rm", name])
-    }
-
-    pub fn secret_exists(self, name: &str) -> Cmd {
-        self.cmd()
-            .args(["secret", "inspect", "--format", "{{.ID}}", name])
-    }
-
-    pub fn pod_exists(self, pod: &str) -> Cmd {
-        self.cmd().args(["pod", "exists", pod])
-    }
-
-    pub fn network_exists(self, name: &str) -> Cmd {
-        self.cmd().args(["network", "exists", name])
-    }
-
-    /// Plays a pod file on a network, at fixed IP and MAC addresses when given.
-    pub fn kube_play(
-        self,
-        network: &str,
-        address: Option<(std::net::Ipv4Addr, String)>,
-        file: &Path,
-    ) -> Cmd {
-        let mut c = self.cmd().args(["kube", "play", "--network", network]);
-        if let Some((ip, mac)) = address {
-            c = c
-                .arg("--ip")
-                .arg(ip.to_string())
-                .arg("--mac-address")
-                .arg(mac);
-        }
-        c.arg(file.display().to_string())
-    }
-
+commands! { Podman, self => Self::PROGRAM;
+    network_rm(name: &str) => ["network", "rm", "--force", name];
+    network_exists(name: &str) => ["network", "exists", name];
     /// Every network's subnets, whitespace-separated.
-    pub fn network_subnets(self) -> Cmd {
-        self.cmd().args([
-            "network",
-            "ls",
-            "--format",
-            "{{range .Subnets}}{{.Subnet}} {{end}}",
-        ])
-    }
-
+    network_subnets() => ["network", "ls", "--format", "{{range .Subnets}}{{.Subnet}} {{end}}"];
+    secret_create(name: &str, file: &Path) => ["secret", "create", name, file.display().to_string()];
+    secret_rm(name: &str) => ["secret", "rm", name];
+    secret_exists(name: &str) => ["secret", "inspect", "--format", "{{.ID}}", name];
+    pod_exists(pod: &str) => ["pod", "exists", pod];
+    pod_stop(pod: &str) => ["pod", "stop", "--time", "10", pod];
+    pod_start(pod: &str) => ["pod", "start", pod];
     /// SIGKILL to every container of the pods, not waiting for them to end: a teardown
     /// keeps nothing, and a remote podman 4.3 ignores `pod stop --time` (it sends SIGTERM and
     /// waits up to 10 s: 3 s for the gateway's delivery to give up, measured in the rig).
-    pub fn pods_sigkill(self, pods: &[String]) -> Cmd {
-        self.cmd().args(["pod", "kill"]).args(pods.iter().cloned())
-    }
-
+    pods_sigkill(pods: &[String]) => ["pod", "kill"] + pods;
     /// Stops pods at once (on a local engine SIGKILL; after [`Self::pods_sigkill`], waits
     /// for the ends and the clean-ups). podman 4.3's `pod rm --force` ignores its `--time`
     /// and waits 10 s per container that ignores SIGTERM (measured: 15 s for the stack,
     /// against 1.1 s for this then `pods_rm`).
-    pub fn pods_kill(self, pods: &[String]) -> Cmd {
-        self.cmd()
-            .args(["pod", "stop", "--ignore", "--time", "0"])
-            .args(pods.iter().cloned())
-    }
-
+    pods_kill(pods: &[String]) => ["pod", "stop", "--ignore", "--time", "0"] + pods;
     /// Removes pods, all in one command.
-    pub fn pods_rm(self, pods: &[String]) -> Cmd {
-        self.cmd()
-            .args(["pod", "rm", "--force", "--ignore"])
-            .args(pods.iter().cloned())
-    }
-
+    pods_rm(pods: &[String]) => ["pod", "rm", "--force", "--ignore"] + pods;
     /// Removes images of a run's own, whether or not they exist.
-    pub fn images_rm(self, images: &[String]) -> Cmd {
-        self.cmd()
-            .args(["rmi", "--force", "--ignore"])
-            .args(images.iter().cloned())
-    }
-
-    pub fn pod_stop(self, pod: &str) -> Cmd {
-        self.cmd().args(["pod", "stop", "--time", "10", pod])
-    }
-
-    pub fn pod_start(self, pod: &str) -> Cmd {
-        self.cmd().args(["pod", "start", pod])
-    }
-
+    images_rm(images: &[String]) => ["rmi", "--force", "--ignore"] + images;
     /// Stops one container (SIGTERM, then SIGKILL after 10 s), its pod left running.
-    pub fn container_stop(self, container: &str) -> Cmd {
-        self.cmd().args(["stop", "--time", "10", container])
-    }
-
-    pub fn container_start(self, container: &str) -> Cmd {
-        self.cmd().args(["start", container])
-    }
-
-    /// Copies a file of this machine into a container (through the API on a remote engine).
-    pub fn cp_into(self, file: &Path, container: &str, dest: &str) -> Cmd {
-        self.cmd()
-            .arg("cp")
-            .arg(file.display().to_string())
-            .arg(format!("{container}:{dest}"))
-    }
-
+    container_stop(container: &str) => ["stop", "--time", "10", container];
+    container_start(container: &str) => ["start", container];
     /// State of a container: `status exit-code restarts`.
-    pub fn container_state(self, container: &str) -> Cmd {
-        self.cmd().args([
-            "container",
-            "inspect",
-            "--format",
-            "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}",
-            container,
-        ])
-    }
-
-    pub fn exec(self, container: &str, command: &[String]) -> Cmd {
-        self.cmd()
-            .args(["exec", container])
-            .args(command.iter().cloned())
-    }
-
+    container_state(container: &str) => ["container", "inspect", "--format",
+        "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}", container];
+    /// Copies a file of this machine into a container (through the API on a remote engine).
+    cp_into(file: &Path, container: &str, dest: &str) =>
+        ["cp", file.display().to_string(), format!("{container}:{dest}")];
+    exec(container: &str, command: &[String]) => ["exec", container] + command;
+    /// `podman exec -i CONTAINER`, to which a command is appended.
+    exec_prefix(container: &str) => ["exec", "-i", container];
     /// A container of `image` run once in a pod (its network namespace: `127.0.0.1` is the
     /// pod's), `command[0]` its entrypoint, removed when it ends.
-    pub fn run_in_pod(self, pod: &str, image: &str, command: &[String]) -> Cmd {
-        self.cmd()
-            .args(["run", "--rm", "--pod", pod, "--entrypoint", &command[0]])
-            .arg(image)
-            .args(command[1..].iter().cloned())
+    run_in_pod(pod: &str, image: &str, command: &[String]) =>
+        ["run", "--rm", "--pod", pod, "--entrypoint", &command[0], image] + &command[1..];
+    logs(container: &str) => ["logs", "--timestamps", container];
+}
+
+impl Podman {
+    pub const PROGRAM: &'static str = "podman";
+
+    pub fn network_create(self, name: &str, subnet: Option<&str>) -> Cmd {
+        let c = Cmd::new(Self::PROGRAM).args(["network", "create", "--label", "e2e.xtask=1"]);
+        c.args(subnet.map(|s| ["--subnet", s]).into_iter().flatten())
+            .arg(name)
     }
 
-    /// `podman exec -i CONTAINER`, to which a command is appended.
-    pub fn exec_prefix(self, container: &str) -> Cmd {
-        self.cmd().args(["exec", "-i", container])
-    }
-
-    pub fn logs(self, container: &str) -> Cmd {
-        self.cmd().args(["logs", "--timestamps", container])
+    /// Plays a pod file on a network, at fixed IP and MAC addresses when given.
+    pub fn kube_play(self, network: &str, address: Option<(Ipv4Addr, String)>, file: &Path) -> Cmd {
+        let c = Cmd::new(Self::PROGRAM).args(["kube", "play", "--network", network]);
+        let at =
+            address.map(|(ip, mac)| ["--ip".into(), ip.to_string(), "--mac-address".into(), mac]);
+        c.args(at.into_iter().flatten())
+            .arg(file.display().to_string())
     }
 }
 
@@ -689,6 +542,33 @@ mod tests {
         assert!(
             EngineFacts::local_podman(remote).is_none(),
             "a remote engine is asked with info"
+        );
+    }
+
+    #[test]
+    fn table_commands_print_their_arguments_in_order() {
+        assert!(INSPECT.contains(&format!("\"{FINGERPRINT_LABEL}\"")));
+        assert_eq!(
+            Engine::Docker.inspect_image("x").to_string(),
+            "docker image inspect --format '{{.Id}} {{.Size}} {{with .Config.Labels}}\
+             {{index . \"e2e.fingerprint\"}}{{end}}' x"
+        );
+        assert_eq!(
+            Engine::Podman.list_fingerprinted().to_string(),
+            "podman images --filter label=e2e.fingerprint --format '{{.Repository}}:{{.Tag}}'"
+        );
+        assert_eq!(
+            Podman.pods_rm(&["a".into(), "b".into()]).to_string(),
+            "podman pod rm --force --ignore a b"
+        );
+        let command = ["redis-cli".to_owned(), "ping".to_owned()];
+        assert_eq!(
+            Podman.run_in_pod("p", "img", &command).to_string(),
+            "podman run --rm --pod p --entrypoint redis-cli img ping"
+        );
+        assert_eq!(
+            Podman.network_create("n", Some("10.89.0.0/27")).to_string(),
+            "podman network create --label e2e.xtask=1 --subnet 10.89.0.0/27 n"
         );
     }
 

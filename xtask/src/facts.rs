@@ -73,14 +73,12 @@ impl Facts {
                     .map(|c| s.spawn(move || e.image(c).map(|i| (c.to_string(), i))))
                     .collect();
                 let base = found.into_iter().find_map(|h| h.join().expect("no panic"));
-                let answer = match info.join().expect("no panic") {
-                    Ok(Ok(facts)) => Ok(facts),
-                    Ok(Err(err)) => Err(Problem::new(format!("{err:#}"), e.not_answering_fix())),
-                    Err(err) => Err(Problem::new(
-                        format!("{} is installed but does not answer: {err:#}", e.program()),
-                        e.not_answering_fix(),
-                    )),
-                };
+                let answer = (info.join().expect("no panic"))
+                    .map_err(|err| {
+                        format!("{} is installed but does not answer: {err:#}", e.program())
+                    })
+                    .and_then(|facts| facts.map_err(|err| format!("{err:#}")))
+                    .map_err(|what| Problem::new(what, e.not_answering_fix()));
                 (answer.map(|f| with_local_store(f, base.as_ref())), base)
             }),
         };
@@ -92,30 +90,20 @@ impl Facts {
                     "run on Linux, or pass --memory-budget SIZE",
                 )
             });
-        let budget = match (budget_flag, &answer) {
-            (Some(bytes), _) => Ok(Budget {
-                bytes,
-                source: "--memory-budget".into(),
-            }),
+        let flag = budget_flag.map(|bytes| Budget {
+            bytes,
+            source: "--memory-budget".into(),
+        });
+        let budget = match (&flag, &answer) {
+            (Some(b), _) => Ok(b.clone()),
             (None, Ok(f)) if f.remote => Ok(memory::engine_budget(f)),
             (None, _) => host.clone(),
         };
-        let host_budget = match budget_flag {
-            Some(bytes) => Ok(Budget {
-                bytes,
-                source: "--memory-budget".into(),
-            }),
-            None => host,
-        };
-        let (base_image, base) = match base {
-            Some((name, info)) => (name, Some(info)),
-            None => (
-                candidates
-                    .first()
-                    .map_or_else(String::new, |c| c.to_string()),
-                None,
-            ),
-        };
+        let host_budget = flag.map_or(host, Ok);
+        let first = candidates
+            .first()
+            .map_or_else(String::new, |c| c.to_string());
+        let (base_image, base) = base.map_or((first, None), |(name, info)| (name, Some(info)));
         Facts {
             engine: answer,
             base_image,

@@ -7,10 +7,7 @@ use anyhow::Context;
 
 /// `dir/.name.tmp-<pid>`: beside the target, so the rename stays on one filesystem.
 pub fn temp_beside(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 

@@ -24,8 +24,6 @@ pub fn interrupted() -> bool {
 
 /// Fails with a clear message once the run was interrupted.
 pub fn check() -> anyhow::Result<()> {
-    if interrupted() {
-        anyhow::bail!("interrupted");
-    }
+    anyhow::ensure!(!interrupted(), "interrupted");
     Ok(())
 }

@@ -3,12 +3,12 @@
 //! free loopback ports, and Secrets taken out (podman 4.3's `kube play` stores a Secret in a
 //! form its own `secretKeyRef` cannot read, so the xtask creates them; see `secret_payload`).
 
-use std::{collections::BTreeMap, path::Path};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use anyhow::Context;
-use base64::Engine as _;
-use serde::Deserialize;
-use serde_norway::{Mapping, Value};
+use base64::{engine::general_purpose::STANDARD, Engine as _};
+use serde::{Deserialize, Serialize};
+use serde_norway::Value;
 
 /// Every document of every `*.yaml` file, files in name order.
 #[derive(Debug, Clone)]
@@ -65,7 +65,7 @@ pub struct Published {
 /// pod keeps its address when it is stopped, started or replaced. See docs/dns-hang.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subnet {
-    pub base: std::net::Ipv4Addr,
+    pub base: Ipv4Addr,
 }
 
 impl Subnet {
@@ -80,7 +80,7 @@ impl Subnet {
 
     /// A /27 that overlaps none of `used` (the engine's networks), its first try derived
     /// from the run's id so that two runs planned at once start apart.
-    pub fn choose(run: &str, used: &[(std::net::Ipv4Addr, u32)]) -> anyhow::Result<Subnet> {
+    pub fn choose(run: &str, used: &[(Ipv4Addr, u32)]) -> anyhow::Result<Subnet> {
         let hash = run.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
         });
@@ -105,7 +105,7 @@ impl Subnet {
     }
 
     /// The `i`-th pod's address.
-    pub fn pod(&self, i: usize) -> std::net::Ipv4Addr {
+    pub fn pod(&self, i: usize) -> Ipv4Addr {
         (u32::from(self.base) + Self::FIRST_POD + i as u32).into()
     }
 
@@ -126,7 +126,7 @@ impl std::fmt::Display for Subnet {
 }
 
 /// The IPv4 subnets in `podman network ls` output (`10.88.0.0/16` a line), others skipped.
-pub fn parse_subnets(text: &str) -> Vec<(std::net::Ipv4Addr, u32)> {
+pub fn parse_subnets(text: &str) -> Vec<(Ipv4Addr, u32)> {
     text.split_whitespace()
         .filter_map(|cidr| {
             let (ip, prefix) = cidr.split_once('/')?;
@@ -151,20 +151,14 @@ pub struct PodmanStack {
 
 impl PodmanStack {
     /// Each pod's name and fixed address on the run's network.
-    pub fn hosts(&self) -> Vec<(String, std::net::Ipv4Addr)> {
-        self.subnet
-            .map(|s| {
-                self.pods
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| (p.name.clone(), s.pod(i)))
-                    .collect()
-            })
-            .unwrap_or_default()
+    pub fn hosts(&self) -> Vec<(String, Ipv4Addr)> {
+        let Some(s) = self.subnet else { return vec![] };
+        let pods = self.pods.iter().enumerate();
+        pods.map(|(i, p)| (p.name.clone(), s.pod(i))).collect()
     }
 
     /// A pod's fixed IP and MAC addresses, when the stack has them.
-    pub fn address(&self, pod: &str) -> Option<(std::net::Ipv4Addr, String)> {
+    pub fn address(&self, pod: &str) -> Option<(Ipv4Addr, String)> {
         let i = self.pods.iter().position(|p| p.name == pod)?;
         let subnet = self.subnet?;
         Some((subnet.pod(i), subnet.mac(i)))
@@ -183,16 +177,12 @@ impl Manifests {
     pub fn load(dir: &Path) -> anyhow::Result<Manifests> {
         let mut files: Vec<_> = std::fs::read_dir(dir)
             .with_context(|| format!("reading {}", dir.display()))?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
+            .filter_map(|e| Some(e.ok()?.path()))
             .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
             .collect();
         files.sort();
-        anyhow::ensure!(
-            !files.is_empty(),
-            "no *.yaml manifests in {}",
-            dir.display()
-        );
+        let shown = dir.display();
+        anyhow::ensure!(!files.is_empty(), "no *.yaml manifests in {shown}");
         let mut docs = Vec::new();
         for file in files {
             let text = std::fs::read_to_string(&file)
@@ -212,32 +202,24 @@ impl Manifests {
         let mut node_ports = BTreeMap::new();
         for doc in &self.docs {
             let mut doc = doc.clone();
-            match doc["kind"].as_str() {
-                Some("Pod") => {
-                    for c in doc["spec"]["containers"]
-                        .as_sequence_mut()
-                        .context("a Pod without containers")?
-                    {
-                        let image = c["image"].as_str().unwrap_or_default().to_owned();
-                        if let Some(pinned) = images.get(repository(&image)) {
-                            c["image"] = Value::String(pinned.clone());
+            match kind(&doc) {
+                "Pod" => {
+                    for c in containers_of(&mut doc).context("a Pod without containers")? {
+                        let image = c["image"].as_str().unwrap_or_default();
+                        if let Some(pinned) = images.get(repository(image)) {
+                            c["image"] = pinned.clone().into();
                         }
-                        c["imagePullPolicy"] = Value::String("Never".into());
+                        c["imagePullPolicy"] = "Never".into();
                     }
                 }
-                Some("Service") => {
-                    let name = doc["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned();
+                "Service" => {
                     if let Some(np) = doc["spec"]["ports"][0]["nodePort"].as_u64() {
-                        node_ports.insert(name, np as u16);
+                        node_ports.insert(name(&doc).unwrap_or_default(), np as u16);
                     }
                 }
                 _ => {}
             }
-            out.push_str("---\n");
-            out.push_str(&serde_norway::to_string(&doc)?);
+            out.push_str(&format!("---\n{}", serde_norway::to_string(&doc)?));
         }
         Ok((out, node_ports))
     }
@@ -250,19 +232,16 @@ impl Manifests {
             .iter_mut()
             .find(|d| kind(d) == "Pod" && name(d).ok().as_deref() == Some(pod))
             .with_context(|| format!("no Pod {pod} in the manifests"))?;
-        for c in doc["spec"]["containers"]
-            .as_sequence_mut()
-            .with_context(|| format!("pod {pod}: spec.containers is missing"))?
+        let entry = serde_norway::to_value(EnvVar { name: var, value })?;
+        for c in
+            containers_of(doc).with_context(|| format!("pod {pod}: spec.containers is missing"))?
         {
-            let mut entry = Mapping::new();
-            entry.insert("name".into(), var.into());
-            entry.insert("value".into(), value.into());
             match c.get_mut("env").and_then(Value::as_sequence_mut) {
                 Some(env) => {
                     env.retain(|e| e.get("name").and_then(Value::as_str) != Some(var));
-                    env.push(Value::Mapping(entry));
+                    env.push(entry.clone());
                 }
-                None => c["env"] = Value::Sequence(vec![Value::Mapping(entry)]),
+                None => c["env"] = Value::Sequence(vec![entry.clone()]),
             }
         }
         Ok(())
@@ -291,32 +270,18 @@ impl Manifests {
         subnet: Option<Subnet>,
         mut free_port: impl FnMut() -> anyhow::Result<u16>,
     ) -> anyhow::Result<PodmanStack> {
-        let renamed = |n: &str| {
-            if suffix.is_empty() {
-                n.to_owned()
-            } else {
-                format!("{n}-{suffix}")
-            }
+        let renamed = |n: &str| match suffix {
+            "" => n.to_owned(),
+            _ => format!("{n}-{suffix}"),
         };
-        let mut hosts = BTreeMap::new();
-        let mut secret_names = BTreeMap::new();
-        for doc in &self.docs {
-            match kind(doc) {
-                "Pod" | "Service" => {
-                    let n = name(doc)?;
-                    hosts.insert(n.clone(), renamed(&n));
-                }
-                "Secret" => {
-                    let n = name(doc)?;
-                    secret_names.insert(n.clone(), renamed(&n));
-                }
-                _ => {}
-            }
-        }
-        let mut yaml_docs = Vec::new();
-        let mut secrets = Vec::new();
-        let mut pods = Vec::new();
-        let mut published = Vec::new();
+        let renames = |kinds: &[&str]| -> anyhow::Result<BTreeMap<String, String>> {
+            let docs = self.docs.iter().filter(|d| kinds.contains(&kind(d)));
+            docs.map(|d| name(d).map(|n| (n.clone(), renamed(&n))))
+                .collect()
+        };
+        let (hosts, secret_names) = (renames(&["Pod", "Service"])?, renames(&["Secret"])?);
+        let (mut yaml_docs, mut secrets, mut pods, mut published) =
+            (vec![], vec![], vec![], vec![]);
         for doc in &self.docs {
             match kind(doc) {
                 "Secret" => {
@@ -330,37 +295,31 @@ impl Manifests {
                     let mut doc = doc.clone();
                     let base = name(&doc)?;
                     let pod_name = renamed(&base);
-                    doc["metadata"]["name"] = Value::String(pod_name.clone());
+                    doc["metadata"]["name"] = pod_name.clone().into();
                     if !suffix.is_empty() {
-                        doc["metadata"]["labels"]["e2e.run"] = Value::String(suffix.to_owned());
+                        doc["metadata"]["labels"]["e2e.run"] = suffix.into();
                     }
                     let mut containers = Vec::new();
-                    let spec_containers = doc
-                        .get_mut("spec")
-                        .and_then(|s| s.get_mut("containers"))
-                        .and_then(Value::as_sequence_mut)
-                        .with_context(|| format!("pod {pod_name}: spec.containers is missing"))?;
-                    for c in spec_containers.iter_mut() {
+                    for c in containers_of(&mut doc)
+                        .with_context(|| format!("pod {pod_name}: spec.containers is missing"))?
+                    {
                         let typed: ContainerYaml = serde_norway::from_value(c.clone())
                             .with_context(|| format!("pod {pod_name}: a container"))?;
                         let image = pin_image(&typed.image, images);
-                        c["image"] = Value::String(image.clone());
-                        if let Some(env) = c.get_mut("env").and_then(Value::as_sequence_mut) {
-                            for var in env.iter_mut() {
-                                if let Some(value) = var.get("value").and_then(Value::as_str) {
-                                    var["value"] = Value::String(rename_hosts(value, &hosts));
-                                }
-                                if let Some(r) = var
-                                    .get_mut("valueFrom")
-                                    .and_then(|v| v.get_mut("secretKeyRef"))
+                        c["image"] = image.clone().into();
+                        let env = c.get_mut("env").and_then(Value::as_sequence_mut);
+                        for var in env.into_iter().flatten() {
+                            if let Some(value) = var.get("value").and_then(Value::as_str) {
+                                var["value"] = rename_hosts(value, &hosts).into();
+                            }
+                            let secret_ref = var
+                                .get_mut("valueFrom")
+                                .and_then(|v| v.get_mut("secretKeyRef"));
+                            if let Some(r) = secret_ref {
+                                if let Some(new) =
+                                    r["name"].as_str().and_then(|n| secret_names.get(n))
                                 {
-                                    if let Some(new) = r
-                                        .get("name")
-                                        .and_then(Value::as_str)
-                                        .and_then(|n| secret_names.get(n))
-                                    {
-                                        r["name"] = Value::String(new.clone());
-                                    }
+                                    r["name"] = new.clone().into();
                                 }
                             }
                         }
@@ -373,9 +332,8 @@ impl Manifests {
                         }
                         for (i, port) in typed.ports.iter().enumerate() {
                             let host_port = free_port()?;
-                            let entry = &mut c["ports"][i];
-                            entry["hostPort"] = Value::Number(host_port.into());
-                            entry["hostIP"] = Value::String("127.0.0.1".into());
+                            c["ports"][i]["hostPort"] = host_port.into();
+                            c["ports"][i]["hostIP"] = "127.0.0.1".into();
                             published.push(Published {
                                 pod: pod_name.clone(),
                                 base: base.clone(),
@@ -405,21 +363,15 @@ impl Manifests {
         }
         anyhow::ensure!(!pods.is_empty(), "the manifests hold no Pod");
         if let Some(subnet) = subnet {
-            let aliases: Vec<Value> = pods
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let mut a = Mapping::new();
-                    a.insert("ip".into(), subnet.pod(i).to_string().into());
-                    a.insert(
-                        "hostnames".into(),
-                        Value::Sequence(vec![p.name.clone().into()]),
-                    );
-                    Value::Mapping(a)
+            let aliases: Vec<HostAlias> = (pods.iter().enumerate())
+                .map(|(i, p)| HostAlias {
+                    ip: subnet.pod(i).to_string(),
+                    hostnames: [p.name.clone()],
                 })
                 .collect();
+            let aliases = serde_norway::to_value(aliases)?;
             for doc in &mut yaml_docs {
-                doc["spec"]["hostAliases"] = Value::Sequence(aliases.clone());
+                doc["spec"]["hostAliases"] = aliases.clone();
             }
         }
         let pod_yaml = yaml_docs
@@ -455,70 +407,46 @@ pub fn rename_hosts(value: &str, hosts: &BTreeMap<String, String>) -> String {
 /// What podman 4.3's `secretKeyRef` reads from a podman secret: a JSON object of key to
 /// base64-encoded value.
 pub fn secret_payload(secret: &Secret) -> String {
-    let map: BTreeMap<&str, String> = secret
-        .data
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str(),
-                base64::engine::general_purpose::STANDARD.encode(v),
-            )
-        })
+    let map: BTreeMap<&str, String> = (secret.data.iter())
+        .map(|(k, v)| (k.as_str(), STANDARD.encode(v)))
         .collect();
     serde_json::to_string(&map).expect("a map of strings serialises")
 }
 
 fn parse_docs(text: &str) -> anyhow::Result<Vec<Value>> {
-    let mut docs = Vec::new();
-    for de in serde_norway::Deserializer::from_str(text) {
-        let v = Value::deserialize(de)?;
-        if !v.is_null() {
-            docs.push(v);
-        }
-    }
-    Ok(docs)
+    let docs = serde_norway::Deserializer::from_str(text).map(Value::deserialize);
+    let docs = docs.filter(|d| !matches!(d, Ok(Value::Null)));
+    Ok(docs.collect::<Result<_, _>>()?)
 }
 
 fn kind(doc: &Value) -> &str {
-    doc.get("kind").and_then(Value::as_str).unwrap_or("")
+    doc["kind"].as_str().unwrap_or("")
 }
 
 fn name(doc: &Value) -> anyhow::Result<String> {
-    doc.get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .with_context(|| format!("a {} without metadata.name", kind(doc)))
+    let name = doc["metadata"]["name"].as_str().map(str::to_owned);
+    name.with_context(|| format!("a {} without metadata.name", kind(doc)))
+}
+
+/// A Pod's `spec.containers`.
+fn containers_of(doc: &mut Value) -> Option<&mut Vec<Value>> {
+    doc.get_mut("spec")?
+        .get_mut("containers")?
+        .as_sequence_mut()
 }
 
 fn secret(doc: &Value) -> anyhow::Result<Secret> {
     let name = name(doc)?;
+    let yaml: SecretYaml = serde_norway::from_value(doc.clone())
+        .with_context(|| format!("secret {name}: data and stringData map keys to strings"))?;
     let mut data = BTreeMap::new();
-    let empty = Mapping::new();
-    for (k, v) in doc
-        .get("data")
-        .and_then(Value::as_mapping)
-        .unwrap_or(&empty)
-    {
-        let (k, v) = (
-            k.as_str().unwrap_or_default(),
-            v.as_str().unwrap_or_default(),
-        );
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(v)
+    for (k, v) in yaml.data.unwrap_or_default() {
+        let bytes = (STANDARD.decode(v))
             .with_context(|| format!("secret {name}: data.{k} is not base64"))?;
-        data.insert(k.to_owned(), bytes);
+        data.insert(k, bytes);
     }
-    for (k, v) in doc
-        .get("stringData")
-        .and_then(Value::as_mapping)
-        .unwrap_or(&empty)
-    {
-        data.insert(
-            k.as_str().unwrap_or_default().to_owned(),
-            v.as_str().unwrap_or_default().as_bytes().to_vec(),
-        );
-    }
+    let string_data = yaml.string_data.unwrap_or_default().into_iter();
+    data.extend(string_data.map(|(k, v)| (k, v.into_bytes())));
     Ok(Secret { name, data })
 }
 
@@ -537,6 +465,26 @@ pub fn repository(image: &str) -> &str {
         Some(i) if !image[i..].contains('/') => &image[..i],
         _ => image,
     }
+}
+
+/// A Secret's values (`data:` left empty is YAML's null: no values).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SecretYaml {
+    data: Option<BTreeMap<String, String>>,
+    string_data: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Serialize)]
+struct EnvVar<'a> {
+    name: &'a str,
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+struct HostAlias {
+    ip: String,
+    hostnames: [String; 1],
 }
 
 #[derive(Deserialize)]
@@ -576,12 +524,8 @@ struct HttpGetYaml {
 impl From<ProbeYaml> for Probe {
     fn from(p: ProbeYaml) -> Probe {
         match (p.exec, p.http_get) {
-            (_, Some(h)) => Probe::Http {
-                path: h.path,
-                port: h.port,
-            },
-            (Some(e), None) => Probe::Exec(e.command),
-            (None, None) => Probe::Exec(vec!["true".into()]),
+            (_, Some(HttpGetYaml { path, port })) => Probe::Http { path, port },
+            (exec, None) => Probe::Exec(exec.map_or_else(|| vec!["true".into()], |e| e.command)),
         }
     }
 }
@@ -814,6 +758,11 @@ mod tests {
         let s = secret(&docs[0]).unwrap();
         assert_eq!(s.data["a"], b"hi");
         assert_eq!(s.data["b"], b"yo");
+        let empty = parse_docs("kind: Secret\nmetadata: {name: s}\ndata:\n").unwrap();
+        assert!(
+            secret(&empty[0]).unwrap().data.is_empty(),
+            "an empty data: is no values"
+        );
         let bad = parse_docs("kind: Secret\nmetadata: {name: s}\ndata: {a: '***'}\n").unwrap();
         assert!(secret(&bad[0])
             .unwrap_err()

@@ -34,32 +34,26 @@ pub fn default_budget(info: &MemoryInfo) -> Budget {
         (Some(limit), usage) if limit < UNLIMITED => Some(limit.saturating_sub(usage.unwrap_or(0))),
         _ => None,
     };
-    let (free, from) = match cgroup_free {
-        Some(c) if c < info.available => (c, "the cgroup's limit less its usage"),
-        _ => (info.available, "MemAvailable"),
-    };
-    let margin = (free / 10).max(512 * MIB);
-    Budget {
-        bytes: free.saturating_sub(margin),
-        source: format!(
-            "{} free ({from}) less a {} margin",
-            human(free),
-            human(margin)
-        ),
+    match cgroup_free {
+        Some(c) if c < info.available => less_margin(c, "free (the cgroup's limit less its usage)"),
+        _ => less_margin(info.available, "free (MemAvailable)"),
     }
 }
 
 /// The budget of an engine on another machine (a VM, a remote host), from what it reports:
 /// its free memory (or, when it reports none, its total) less the same margin.
 pub fn engine_budget(facts: &crate::engine::EngineFacts) -> Budget {
-    let (free, from) = match facts.mem_free {
-        Some(f) => (f, "the engine machine's free memory"),
-        None => (facts.mem_total, "the engine machine's total memory"),
-    };
+    match facts.mem_free {
+        Some(f) => less_margin(f, "(the engine machine's free memory)"),
+        None => less_margin(facts.mem_total, "(the engine machine's total memory)"),
+    }
+}
+
+fn less_margin(free: u64, from: &str) -> Budget {
     let margin = (free / 10).max(512 * MIB);
     Budget {
         bytes: free.saturating_sub(margin),
-        source: format!("{} ({from}) less a {} margin", human(free), human(margin)),
+        source: format!("{} {from} less a {} margin", human(free), human(margin)),
     }
 }
 
@@ -83,15 +77,11 @@ pub fn too_big<'a>(
 pub fn max_parallel(caps: &[u64], budget: u64, jobs: usize) -> usize {
     let mut sorted = caps.to_vec();
     sorted.sort_unstable();
-    let mut sum = 0;
-    let mut fit = 0;
-    for cap in sorted {
-        if sum + cap > budget {
-            break;
-        }
-        sum += cap;
-        fit += 1;
-    }
+    let sums = sorted.iter().scan(0, |sum, cap| {
+        *sum += cap;
+        Some(*sum)
+    });
+    let fit = sums.take_while(|sum| *sum <= budget).count();
     fit.min(jobs.max(1)).max(1)
 }
 
@@ -161,13 +151,11 @@ fn cgroup_memory(proc_self_cgroup: &str, root: &Path) -> (Option<u64>, Option<u6
             .and_then(|s| s.trim().parse::<u64>().ok())
     };
     for line in proc_self_cgroup.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (
-            parts.next(),
-            parts.next().unwrap_or(""),
-            parts.next().unwrap_or(""),
-        );
-        let path = path.trim_start_matches('/');
+        let mut parts = line
+            .splitn(3, ':')
+            .skip(1)
+            .map(|p| p.trim_start_matches('/'));
+        let (controllers, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         if controllers.split(',').any(|c| c == "memory") {
             for dir in [root.join("memory").join(path), root.join("memory")] {
                 if let Some(limit) = read(&dir.join("memory.limit_in_bytes")) {

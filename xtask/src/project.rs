@@ -15,18 +15,14 @@ impl Project {
     /// Anchors once to the workspace root, whatever directory `cargo xtask` was run from.
     pub fn locate() -> anyhow::Result<Project> {
         let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-        let root = manifest_dir
-            .parent()
+            .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+        let root = (manifest_dir.parent())
             .context("the xtask crate has no parent directory")?
             .to_path_buf();
-        let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-            .map(|d| root.join(d))
-            .unwrap_or_else(|| root.join("target"));
-        let e2e_dir = std::env::var_os("E2E_DIR")
-            .map(|d| root.join(d))
-            .unwrap_or_else(|| target_dir.join("e2e"));
+        // A directory named by an environment variable, relative to the root.
+        let given = |var, default: PathBuf| std::env::var_os(var).map_or(default, |d| root.join(d));
+        let target_dir = given("CARGO_TARGET_DIR", root.join("target"));
+        let e2e_dir = given("E2E_DIR", target_dir.join("e2e"));
         Ok(Project {
             root,
             target_dir,
@@ -47,11 +43,11 @@ impl Project {
     }
 
     pub fn logs_dir(&self) -> PathBuf {
-        self.e2e_dir().join("logs")
+        self.e2e_dir.join("logs")
     }
 
     pub fn runs_dir(&self) -> PathBuf {
-        self.e2e_dir().join("runs")
+        self.e2e_dir.join("runs")
     }
 
     /// The directory cargo puts binaries in: the `dev` profile's, or `--release`'s.

@@ -24,17 +24,13 @@ impl Sampler {
     /// start has a level to compare with.
     pub fn start() -> Sampler {
         let samples = Arc::new(Mutex::new(Vec::new()));
-        if let Some(used) = memory::used_now() {
-            samples.lock().unwrap().push((Instant::now(), used));
-        }
+        sample(&samples);
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (samples.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 std::thread::sleep(Sampler::PERIOD);
-                if let Some(used) = memory::used_now() {
-                    s.lock().unwrap().push((Instant::now(), used));
-                }
+                sample(&s);
             }
         });
         Sampler {
@@ -47,9 +43,7 @@ impl Sampler {
     /// The highest use in `[from, to]` (or since `from`), above the use at `from`. A sample
     /// is taken now, so a span shorter than the period still has one.
     pub fn peak_between(&self, from: Instant, to: Option<Instant>) -> Option<u64> {
-        if let Some(used) = memory::used_now() {
-            self.samples.lock().unwrap().push((Instant::now(), used));
-        }
+        sample(&self.samples);
         let samples = self.samples.lock().unwrap();
         peak_above_start(&samples, from, to.unwrap_or_else(Instant::now))
     }
@@ -72,6 +66,12 @@ impl Sampler {
 impl Drop for Sampler {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn sample(samples: &Mutex<Vec<(Instant, u64)>>) {
+    if let Some(used) = memory::used_now() {
+        samples.lock().unwrap().push((Instant::now(), used));
     }
 }
 
