@@ -103,7 +103,7 @@ impl Cmd {
 
     /// Runs the command and returns its stdout; the error carries its stderr.
     pub fn read(&self) -> anyhow::Result<String> {
-        let output = self.run_to_end(|e| e.stdout_capture().stderr_capture())?;
+        let output = self.run_to_end(true)?;
         anyhow::ensure!(
             output.status.success(),
             CmdError {
@@ -120,23 +120,28 @@ impl Cmd {
     /// Runs the command and returns its stdout, whatever its exit status (for commands that
     /// print what they found and fail for what they did not).
     pub fn read_any(&self) -> anyhow::Result<String> {
-        let output = self.run_to_end(|e| e.stdout_capture().stderr_capture())?;
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        Ok(String::from_utf8_lossy(&self.run_to_end(true)?.stdout).into_owned())
     }
 
     /// Runs the command and answers whether it exited 0 (for `podman image exists` and the like).
     pub fn succeeds(&self) -> anyhow::Result<bool> {
-        let output = self.run_to_end(|e| e.stdout_null().stderr_null())?;
-        Ok(output.status.success())
+        Ok(self.run_to_end(false)?.status.success())
     }
 
-    fn run_to_end(
-        &self,
-        io: impl FnOnce(duct::Expression) -> duct::Expression,
-    ) -> anyhow::Result<Output> {
-        io(self.expression(true))
-            .run()
-            .with_context(|| format!("running `{self}`"))
+    /// One command run to its end, its output captured (or dropped): a plain sequential
+    /// step, which xshell runs (an empty stdin, nothing echoed). duct runs the rest: what
+    /// streams into a log, pipes into another command, or must die on Ctrl-C.
+    fn run_to_end(&self, capture: bool) -> anyhow::Result<Output> {
+        let sh = xshell::Shell::new()?;
+        if let Some(dir) = &self.cwd {
+            sh.change_dir(dir);
+        }
+        let mut cmd = sh.cmd(&self.program).args(&self.args).quiet().ignore_status();
+        cmd = cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        if !capture {
+            cmd = cmd.ignore_stdout().ignore_stderr();
+        }
+        cmd.output().with_context(|| format!("running `{self}`"))
     }
 
     /// Until the command ends (killed on Ctrl-C unless it survives interrupts); its output

@@ -7,7 +7,6 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::{
-    cmd::Cmd,
     engine::{Engine, EngineFacts, ImageInfo, Store},
     memory::{self, Budget},
     problem::Problem,
@@ -192,11 +191,8 @@ pub fn graph_root(layer_dir: &str) -> Option<String> {
 /// Free bytes on the filesystem of `dir` (or its nearest existing parent), from `df`.
 pub fn free_disk(dir: &Path) -> Option<u64> {
     let existing = dir.ancestors().find(|d| d.exists())?;
-    let out = Cmd::new("df")
-        .args(["--output=avail", "-B1"])
-        .arg(existing.display().to_string())
-        .read()
-        .ok()?;
+    let sh = xshell::Shell::new().ok()?;
+    let out = xshell::cmd!(sh, "df --output=avail -B1 {existing}").quiet().read().ok()?;
     out.lines().nth(1)?.trim().parse().ok()
 }
 
