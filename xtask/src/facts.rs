@@ -95,7 +95,7 @@ impl Facts {
         });
         let budget = match (&flag, &answer) {
             (Some(b), _) => Ok(b.clone()),
-            (None, Ok(f)) if f.remote => Ok(memory::engine_budget(f)),
+            (None, Ok(f)) if f.remote => Ok(memory::engine_budget(f.mem_free, f.mem_total)),
             (None, _) => host.clone(),
         };
         let host_budget = flag.map_or(host, Ok);

@@ -40,12 +40,12 @@ pub fn default_budget(info: &MemoryInfo) -> Budget {
     }
 }
 
-/// The budget of an engine on another machine (a VM, a remote host), from what it reports:
-/// its free memory (or, when it reports none, its total) less the same margin.
-pub fn engine_budget(facts: &crate::engine::EngineFacts) -> Budget {
-    match facts.mem_free {
+/// The budget of an engine on another machine: its free memory (else its total), less a
+/// margin. Takes the engine's own figures, so this module needs nothing of the engine's.
+pub fn engine_budget(mem_free: Option<u64>, mem_total: u64) -> Budget {
+    match mem_free {
         Some(f) => less_margin(f, "(the engine machine's free memory)"),
-        None => less_margin(facts.mem_total, "(the engine machine's total memory)"),
+        None => less_margin(mem_total, "(the engine machine's total memory)"),
     }
 }
 
