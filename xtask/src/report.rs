@@ -114,7 +114,7 @@ impl Reporter {
             let ok = if p.state == SpanState::Ok { "ok" } else { "FAILED" };
             out += &format!("  {:<width$}  {:>8}  {ok}\n", p.name, p.detail);
         }
-        out + &format!("  {total:<width$}  {:>8}\n", secs(self.elapsed()))
+        out + &format!("  {total:<width$}  {:>8}\n", secs(self.started.elapsed()))
     }
 
     /// The phases as (name, seconds to the millisecond), for the run report.
@@ -133,10 +133,6 @@ impl Reporter {
 
     pub fn phase_spans(&self) -> Vec<Span> {
         self.phases.lock().unwrap().iter().map(|(p, _)| p.clone()).collect()
-    }
-
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
     }
 }
 
@@ -187,7 +183,7 @@ pub fn write_timeline(
     let t = Timeline {
         title: title.to_owned(),
         outcome: outcome.to_owned(),
-        total_s: r.elapsed().as_secs_f64(),
+        total_s: r.started.elapsed().as_secs_f64(),
         phases,
         images: spans.collect(),
         memory: memory.collect(),
