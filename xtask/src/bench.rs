@@ -1,25 +1,15 @@
 //! `cargo xtask bench <images|archive|loop>`: what the pipeline buys, measured side by side in
 //! one go, as medians of several runs (each subcommand's doc says what it measures).
 
-use std::{
-    path::Path,
-    time::{Duration, Instant, SystemTime},
-};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 
-use crate::{
-    build,
-    cmd::Cmd,
-    engine::BuildCmd,
-    handoff::Handoff,
-    images,
-    memory::{self, human},
-    project::Project,
-    report::{table, Reporter},
-    sampler::Sampler,
-    soak::RunReport,
-};
+use crate::memory::{self, human};
+use crate::report::{phase, table, Reporter};
+use crate::{build, cmd::Cmd, engine::BuildCmd, handoff::Handoff, images, project::Project};
+use crate::{sampler::Sampler, soak::RunReport};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -63,14 +53,9 @@ enum Bench {
 
 impl BenchArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
-        let r = Reporter::new();
-        let b = Bencher { project, r };
+        let b = Bencher { project, r: Reporter::new() };
         match self.bench {
-            Bench::Images {
-                runs,
-                cold_runs,
-                no_cold,
-            } => b.images(runs, (!no_cold).then_some(cold_runs)),
+            Bench::Images { runs, cold_runs, no_cold } => b.images(runs, cold_runs, no_cold),
             Bench::Archive { runs } => b.archive(runs),
             Bench::Loop { runs } => b.dev_loop(runs),
         }
@@ -98,15 +83,33 @@ struct Bencher<'a> {
 impl Bencher<'_> {
     /// `cargo xtask ARGS...` as this very binary, its output in the benchmark's log.
     fn xtask(&self, args: &[&str]) -> anyhow::Result<Sample> {
-        let cmd = Cmd::new(std::env::current_exe()?.display().to_string());
-        let log = self.project.logs_dir().join("bench.log");
-        measure(|| cmd.args(args.iter().copied()).run_logged(&log))
+        let cmd =
+            Cmd::new(std::env::current_exe()?.display().to_string()).args(args.iter().copied());
+        measure(|| cmd.run_logged(&self.project.logs_dir().join("bench.log")))
     }
 
     /// `cargo xtask e2e ARGS...`, and the report it wrote.
     fn e2e(&self, args: &[&str]) -> anyhow::Result<(Sample, RunReport)> {
         let sample = self.xtask(&[&["e2e"], args].concat())?;
         Ok((sample, RunReport::latest(self.project)?))
+    }
+
+    /// The time to the first test of `e2e ARGS...`.
+    fn first_test(&self, args: &[&str]) -> anyhow::Result<Sample> {
+        Ok(self.e2e(args)?.1.first_test()?.into())
+    }
+
+    /// The time to the first test of `e2e --images ARCHIVE`, the images removed first.
+    fn first_test_loaded(&self, handoff: &Handoff, archive: &str) -> anyhow::Result<Sample> {
+        remove_images(handoff);
+        self.first_test(&["--images", archive])
+    }
+
+    /// A folder for the archives, made afresh (the caller removes it).
+    fn scratch(&self) -> anyhow::Result<PathBuf> {
+        let dir = self.project.e2e_dir().join("bench");
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
     }
 
     /// `f` `n` times, each run announced: its `K` measurements, each as a series of `n`.
@@ -126,21 +129,16 @@ impl Bencher<'_> {
         Ok(series)
     }
 
-    /// The table of `rows` (each: the runs; the median, min and max time; the median peak
-    /// memory when measured), under `title` and above `note`.
+    /// The table of `rows` under `title` and above `note`.
     fn results(&self, title: &str, rows: &[(impl AsRef<str>, Vec<Sample>)], note: &str) {
-        let header: Vec<_> = "measurement|runs|median|min|max|median peak memory"
-            .split('|')
-            .collect();
+        let header = ["measurement", "runs", "median", "min", "max", "median peak memory"];
         let rows: Vec<_> = rows.iter().map(|(name, s)| row(name.as_ref(), s)).collect();
-        let table = table(&header, &rows);
-        self.r
-            .line(format!("results ({title}):\n{table}\n  {note}"));
+        self.r.line(format!("results ({title}):\n{}\n  {note}", table(&header, &rows)));
     }
 
-    fn images(&self, runs: usize, cold_runs: Option<usize>) -> anyhow::Result<()> {
-        let (p, r) = (self.project, &self.r);
-        r.line("warming up: one prebuild-images so that every image is cached");
+    fn images(&self, runs: usize, cold_runs: usize, no_cold: bool) -> anyhow::Result<()> {
+        let p = self.project;
+        self.r.line("warming up: one prebuild-images so that every image is cached");
         self.xtask(&["prebuild-images"])?;
         let handoff =
             Handoff::load(p).context("no target/e2e/images.json after prebuild-images")?;
@@ -148,33 +146,26 @@ impl Bencher<'_> {
         // The plain builds: the same Dockerfiles, contexts, caps and arguments, with podman's
         // layer cache, under tags of their own.
         let tag = |spec: &images::ImageSpec| format!("{}:bench-plain", spec.repository);
-        let plain = || {
-            measure(|| {
-                for spec in &specs {
-                    let context = match &spec.context {
-                        images::BuildContext::Dir(d) => p.root.join(d),
-                        images::BuildContext::Binary(_) => {
-                            p.e2e_dir().join("context").join(&spec.name)
-                        }
-                    };
-                    let cmd = handoff.engine.build(&BuildCmd {
-                        reference: tag(spec),
-                        dockerfile: &p.root.join(&spec.dockerfile),
-                        context: &context,
-                        memory: images::podman_size(spec.memory),
-                        build_args: spec.build_args.clone(),
-                        labels: Default::default(),
-                        no_cache: false,
-                    });
-                    cmd.run_logged(&p.logs_dir().join("bench-plain.log"))?;
-                }
-                Ok(())
-            })
+        let plain_one = |spec: &images::ImageSpec| {
+            let context = match &spec.context {
+                images::BuildContext::Dir(d) => p.root.join(d),
+                images::BuildContext::Binary(_) => p.e2e_dir().join("context").join(&spec.name),
+            };
+            let cmd = handoff.engine.build(&BuildCmd {
+                reference: tag(spec),
+                dockerfile: &p.root.join(&spec.dockerfile),
+                context: &context,
+                memory: images::podman_size(spec.memory),
+                build_args: spec.build_args.clone(),
+                labels: Default::default(),
+                no_cache: false,
+            });
+            cmd.run_logged(&p.logs_dir().join("bench-plain.log"))
         };
+        let plain = || measure(|| specs.iter().try_for_each(plain_one));
         plain()?; // warm the layer cache for the plain builds too
-        let [noop, plains] = self.repeat(runs, "no-op", || {
-            Ok([self.xtask(&["prebuild-images"])?, plain()?])
-        })?;
+        let [noop, plains] =
+            self.repeat(runs, "no-op", || Ok([self.xtask(&["prebuild-images"])?, plain()?]))?;
         let speedup = ratio(&plains, &noop);
         let mut note =
             format!("no-op prebuild-images is {speedup:.1}x faster than the plain builds");
@@ -182,17 +173,17 @@ impl Bencher<'_> {
             ("no-op prebuild-images (all cached)".to_owned(), noop),
             ("plain podman build, layer cache".to_owned(), plains),
         ];
-        if let Some(cold_runs) = cold_runs {
+        if !no_cold {
             let n = specs.len().to_string();
             let what = "cold (no layer cache): one at a time, then all at once";
             let cold = |jobs: &str| self.xtask(&["prebuild-images", "--force", "--jobs", jobs]);
             let [one, all] = self.repeat(cold_runs, what, || Ok([cold("1")?, cold(&n)?]))?;
-            let worst = one.iter().chain(&all).filter_map(|s| s.peak).max();
+            let worst = one.iter().chain(&all).filter_map(|s| s.peak).max().unwrap_or(0);
             let caps = specs.iter().map(|s| s.memory).sum();
             let budget = memory::default_budget(&memory::read()?).bytes;
             note += &format!(
                 "\n  peak memory of any cold run: {} (sum of the images' caps: {}; default budget now: {})",
-                human(worst.unwrap_or(0)),
+                human(worst),
                 human(caps),
                 human(budget)
             );
@@ -202,41 +193,34 @@ impl Bencher<'_> {
         for spec in &specs {
             let _ = handoff.engine.untag(&tag(spec)).read();
         }
-        let title = format!("{} images, medians", handoff.images.len());
-        self.results(&title, &rows, &note);
+        self.results(&format!("{} images, medians", handoff.images.len()), &rows, &note);
         Ok(())
     }
 
     fn archive(&self, runs: usize) -> anyhow::Result<()> {
-        let r = &self.r;
-        r.line("warming up: prebuild-images, so that every image is cached");
+        self.r.line("warming up: prebuild-images, so that every image is cached");
         self.xtask(&["prebuild-images"])?;
         let handoff = Handoff::load(self.project).context("no images.json")?;
-        let dir = self.project.e2e_dir().join("bench");
-        std::fs::create_dir_all(&dir)?;
+        let dir = self.scratch()?;
         let (zst, tar) = (dir.join("images.tar.zst"), dir.join("images.tar"));
         let (zst_s, tar_s) = (zst.display().to_string(), tar.display().to_string());
+        let load = |archive: &str| {
+            remove_images(&handoff);
+            self.xtask(&["load-images", archive])
+        };
         let [save_z, save_n, load_z, load_n] = self.repeat(runs, "save/load", || {
             let save_z = self.xtask(&["save-images", "--output", &zst_s])?;
             let save_n = self.xtask(&["save-images", "--compress", "none", "--output", &tar_s])?;
-            remove_images(&handoff);
-            let load_z = self.xtask(&["load-images", &zst_s])?;
-            remove_images(&handoff);
-            let load_n = self.xtask(&["load-images", &tar_s])?;
-            Ok([save_z, save_n, load_z, load_n])
+            Ok([save_z, save_n, load(&zst_s)?, load(&tar_s)?])
         })?;
         let what = "e2e --images (images removed first), then warm e2e";
         let [from_archive, warm] = self.repeat(runs, what, || {
-            remove_images(&handoff);
-            let (_, from_archive) = self.e2e(&["--images", &zst_s])?;
-            let (_, warm) = self.e2e(&[])?;
-            Ok([from_archive.first_test()?.into(), warm.first_test()?.into()])
+            Ok([self.first_test_loaded(&handoff, &zst_s)?, self.first_test(&[])?])
         })?;
         let size = |p: &Path| human(std::fs::metadata(p).map_or(0, |m| m.len()));
-        let sum = handoff.images.iter().map(|i| i.size).sum();
+        let (n, sum) = (handoff.images.len(), handoff.images.iter().map(|i| i.size).sum());
         let note = format!(
-            "sizes: the {} images together {}; archive with zstd {}, without {}",
-            handoff.images.len(),
+            "sizes: the {n} images together {}; archive with zstd {}, without {}",
             human(sum),
             size(&zst),
             size(&tar)
@@ -269,25 +253,22 @@ impl Bencher<'_> {
         // A one-line change: a kept static, unique across benchmark runs too, so that the
         // binary changes (and nothing else does) and no earlier image has it.
         let change = || -> anyhow::Result<()> {
-            let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?;
-            let probe = format!("static BENCH_LOOP_PROBE: u128 = {};", nanos.as_nanos());
-            Ok(std::fs::write(
-                &main_rs,
-                format!("{original}\n#[used]\n{probe}\n"),
-            )?)
+            let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_nanos();
+            let probe = format!("static BENCH_LOOP_PROBE: u128 = {nanos};");
+            Ok(std::fs::write(&main_rs, format!("{original}\n#[used]\n{probe}\n"))?)
         };
         r.line("warming up: a whole e2e, so that everything is compiled and built");
         self.xtask(&["e2e"])?;
-        let what = "warm e2e, then a change with e2e";
-        let [warm, warm_first, with_e2e] = self.repeat(runs, what, || {
-            let (warm, report) = self.e2e(&[])?;
-            let first = report.first_test()?;
-            change()?;
-            let (changed, report) = self.e2e(&[])?;
-            // To a finished suite: the run's wall time less its teardown.
-            let to_suite = changed.time.saturating_sub(report.phase("tear down")?);
-            Ok([warm, first.into(), to_suite.into()])
-        })?;
+        let [warm, warm_first, with_e2e] =
+            self.repeat(runs, "warm e2e, then a change with e2e", || {
+                let (warm, report) = self.e2e(&[])?;
+                let first = report.first_test()?;
+                change()?;
+                let (changed, report) = self.e2e(&[])?;
+                // To a finished suite: the run's wall time less its teardown.
+                let to_suite = changed.time.saturating_sub(report.phase(phase::TEAR_DOWN)?);
+                Ok([warm, first.into(), to_suite.into()])
+            })?;
         std::fs::write(&main_rs, &original)?;
 
         r.line("dev: the stack up once, then one change per run");
@@ -300,8 +281,7 @@ impl Bencher<'_> {
                 let cycles = wait_for(&log, "] cycle ", 0)?.len();
                 let start = Instant::now();
                 change()?;
-                let mut lines = wait_for(&log, "] cycle ", cycles + 1)?;
-                let line = lines.pop().unwrap_or_default();
+                let line = wait_for(&log, "] cycle ", cycles + 1)?.pop().unwrap_or_default();
                 let took = start.elapsed();
                 r.line(format!("  {line}"));
                 anyhow::ensure!(line.contains("suite passed"), "a dev cycle failed: {line}");
@@ -318,14 +298,11 @@ impl Bencher<'_> {
 
         r.line("e2e --images: the images removed first, then loaded from an archive");
         let handoff = Handoff::load(self.project).context("no images.json")?;
-        let dir = self.project.e2e_dir().join("bench");
-        std::fs::create_dir_all(&dir)?;
+        let dir = self.scratch()?;
         let archive = dir.join("loop.tar.zst").display().to_string();
         self.xtask(&["save-images", "--build", "--output", &archive])?;
-        let [from_archive] = self.repeat(runs, "e2e --images", || {
-            remove_images(&handoff);
-            Ok([self.e2e(&["--images", &archive])?.1.first_test()?.into()])
-        })?;
+        let [from_archive] =
+            self.repeat(runs, "e2e --images", || Ok([self.first_test_loaded(&handoff, &archive)?]))?;
         let _ = std::fs::remove_dir_all(&dir);
         let note = format!(
             "dev is {:.1}x faster than e2e for a change; e2e --images reaches its first test in {:.2}x the time of a warm e2e",
@@ -335,14 +312,8 @@ impl Bencher<'_> {
         let rows = [
             ("(a) warm e2e, wall", warm),
             ("(a) warm e2e, to the first test", warm_first),
-            (
-                "(b) one-line gateway change to a finished suite: e2e",
-                with_e2e,
-            ),
-            (
-                "(b) the same with dev (change saved to cycle summary)",
-                with_dev,
-            ),
+            ("(b) one-line gateway change to a finished suite: e2e", with_e2e),
+            ("(b) the same with dev (change saved to cycle summary)", with_dev),
             ("(c) e2e --images, to the first test", from_archive),
         ];
         self.results(&format!("medians of {runs} runs, one go"), &rows, &note);
@@ -350,38 +321,27 @@ impl Bencher<'_> {
     }
 }
 
-/// Removes the images of `handoff` from the engine, for a command that loads them.
 fn remove_images(handoff: &Handoff) {
     let refs = handoff.images.iter().map(|i| i.reference.clone());
-    let rmi = Cmd::new(handoff.engine.program()).arg("rmi");
-    let _ = rmi.args(refs).read();
+    let _ = Cmd::new(handoff.engine.program()).arg("rmi").args(refs).read();
 }
 
 /// The lines of a log that contain `what`, once there are at least `n` (polled, for at most
 /// 300 s).
 fn wait_for(log: &Path, what: &str, n: usize) -> anyhow::Result<Vec<String>> {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
+    let mut lines = Vec::new();
+    let done = crate::poll::until(Duration::from_secs(300), Duration::from_millis(20), || {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        let matching = text.lines().filter(|l| l.contains(what));
-        let lines: Vec<String> = matching.map(Into::into).collect();
-        if lines.len() >= n {
-            return Ok(lines);
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "waited 300s for {what:?} in {}",
-            log.display()
-        );
-        crate::interrupt::check()?;
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        lines = text.lines().filter(|l| l.contains(what)).map(Into::into).collect();
+        Ok(lines.len() >= n)
+    })?;
+    anyhow::ensure!(done, "waited 300s for {what:?} in {}", log.display());
+    Ok(lines)
 }
 
 /// Wall time of `f`, and the machine's peak memory in use above the level before it.
 fn measure(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Sample> {
-    let sampler = Sampler::start();
-    let start = Instant::now();
+    let (sampler, start) = (Sampler::start(), Instant::now());
     let result = f();
     let time = start.elapsed();
     let peak = Some(sampler.peak_between(start, None).unwrap_or(0));
@@ -393,27 +353,23 @@ fn times(samples: &[Sample]) -> Vec<Duration> {
     samples.iter().map(|s| s.time).collect()
 }
 
-/// A table row: the runs; the median, min and max time; the median peak memory, or `-`.
+/// A table row: the runs; the median, min and max time (to the millisecond under 10 s); the
+/// median peak memory, or `-`.
 fn row(name: &str, samples: &[Sample]) -> Vec<String> {
     let t = times(samples);
     let (min, max) = (t.iter().min().copied(), t.iter().max().copied());
-    let stats = [median(&t), min.unwrap_or_default(), max.unwrap_or_default()].map(secs3);
+    let stats = [median(&t), min.unwrap_or_default(), max.unwrap_or_default()].map(|d| {
+        let precision = if d < Duration::from_secs(10) { 3 } else { 1 };
+        format!("{:.precision$}s", d.as_secs_f64())
+    });
     let peaks: Vec<u64> = samples.iter().filter_map(|s| s.peak).collect();
-    let peak = Some(peaks).filter(|p| !p.is_empty());
-    let peak = peak.map_or("-".into(), |p| human(median(&p)));
-    let head = [name.to_owned(), samples.len().to_string()];
-    head.into_iter().chain(stats).chain([peak]).collect()
+    let peak = if peaks.is_empty() { "-".into() } else { human(median(&peaks)) };
+    [name.to_owned(), samples.len().to_string()].into_iter().chain(stats).chain([peak]).collect()
 }
 
 /// The median time of `a` over that of `b`.
 fn ratio(a: &[Sample], b: &[Sample]) -> f64 {
     median(&times(a)).as_secs_f64() / median(&times(b)).as_secs_f64().max(0.001)
-}
-
-/// Seconds, to the millisecond under 10 s.
-fn secs3(d: Duration) -> String {
-    let precision = if d < Duration::from_secs(10) { 3 } else { 1 };
-    format!("{:.precision$}s", d.as_secs_f64())
 }
 
 /// The middle value (of an even count, the upper of the two middle ones); the default of none.
@@ -430,8 +386,7 @@ pub fn percentile<T: Copy + PartialOrd + Default>(values: &[T], p: f64) -> T {
 fn nth<T: Copy + PartialOrd + Default>(values: &[T], rank: usize) -> T {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let i = rank.clamp(1, v.len().max(1)) - 1;
-    v.get(i).copied().unwrap_or_default()
+    v.get(rank.clamp(1, v.len().max(1)) - 1).copied().unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -443,10 +398,7 @@ mod tests {
         let report = dir.join("report.json");
         let first_test = || super::RunReport::read(&report).unwrap().first_test();
         std::fs::write(&report, r#"{"first_test_s": 5.5}"#).unwrap();
-        assert_eq!(
-            first_test().unwrap(),
-            std::time::Duration::from_secs_f64(5.5)
-        );
+        assert_eq!(first_test().unwrap(), std::time::Duration::from_secs_f64(5.5));
         std::fs::write(&report, r#"{"first_test_s": null}"#).unwrap();
         assert!(first_test().is_err());
         std::fs::remove_dir_all(dir).unwrap();
@@ -461,18 +413,9 @@ mod tests {
 
     #[test]
     fn rows_have_the_median_min_max_and_the_peak_when_measured() {
-        let s = |ms, peak| super::Sample {
-            time: std::time::Duration::from_millis(ms),
-            peak,
-        };
-        let row = super::row(
-            "x",
-            &[
-                s(1500, Some(3 << 20)),
-                s(12_000, None),
-                s(900, Some(1 << 20)),
-            ],
-        );
+        let s = |ms, peak| super::Sample { time: std::time::Duration::from_millis(ms), peak };
+        let row =
+            super::row("x", &[s(1500, Some(3 << 20)), s(12_000, None), s(900, Some(1 << 20))]);
         assert_eq!(row, ["x", "3", "1.500s", "0.900s", "12.0s", "3 MiB"]);
         assert_eq!(super::row("y", &[s(2, None)])[5], "-");
     }

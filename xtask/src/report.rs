@@ -3,23 +3,29 @@
 //! bar. Elsewhere (CI logs): plain timestamped lines only. Every external command is echoed
 //! once before it runs; each phase is printed with the time it took.
 
-use std::{
-    io::IsTerminal,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
+use std::{io::IsTerminal, sync::Mutex};
 
+use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::{
-    cmd::Cmd,
-    timeline::{self, SpanState, Timeline},
-};
+use crate::timeline::{self, Span, SpanState, Timeline};
+use crate::{build::Activity, cmd::Cmd, memory::human};
+
+/// The names of the phases that code looks for (in reports, benchmarks and CI's greps).
+pub mod phase {
+    #[allow(dead_code)] // until e2e.rs and dev.rs match on it
+    pub const SUITE: &str = "run E2E suite";
+    pub const BUILD: &str = "build images";
+    pub const LOAD: &str = "load images";
+    pub const PULL: &str = "pull images";
+    pub const TEAR_DOWN: &str = "tear down";
+}
 
 pub struct Reporter {
     bars: Option<MultiProgress>,
-    /// Each phase: name, start (since the reporter started), duration, success.
-    phases: Mutex<Vec<(String, Duration, Duration, bool)>>,
+    /// Each phase as a span since the reporter started, with its exact duration.
+    phases: Mutex<Vec<(Span, Duration)>>,
     started: Instant,
 }
 
@@ -27,25 +33,19 @@ impl Reporter {
     /// Bars when stderr is a terminal, plain lines otherwise.
     pub fn new() -> Reporter {
         let tty = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
-        Reporter {
-            bars: tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
-            phases: Mutex::new(Vec::new()),
-            started: Instant::now(),
-        }
+        let bars = tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        Reporter { bars, phases: Mutex::default(), started: Instant::now() }
     }
 
-    /// Plain lines, never bars (for tests).
     #[cfg(test)]
     pub fn quiet() -> Reporter {
-        Reporter { bars: None, phases: Mutex::new(Vec::new()), started: Instant::now() }
+        Reporter { bars: None, phases: Mutex::default(), started: Instant::now() }
     }
 
     pub fn line(&self, msg: impl AsRef<str>) {
-        let text = format!("[{}] {}", clock(), msg.as_ref());
+        let text = format!("[{}] {}", chrono::Utc::now().format("%H:%M:%S"), msg.as_ref());
         match &self.bars {
-            Some(mp) => {
-                let _ = mp.println(text);
-            }
+            Some(mp) => drop(mp.println(text)),
             None => eprintln!("{text}"),
         }
     }
@@ -63,43 +63,36 @@ impl Reporter {
         self.line(format!("==> {name}"));
         let start = Instant::now();
         let result = f(self);
-        let took = start.elapsed();
-        let offset = start.duration_since(self.started);
-        let ok = result.is_ok();
+        let (took, ok) = (start.elapsed(), result.is_ok());
         self.line(format!("<== {name}: {} in {}", if ok { "done" } else { "FAILED" }, secs(took)));
-        self.phases.lock().unwrap().push((name.to_owned(), offset, took, ok));
+        let (start_s, state) =
+            (self.offset(start), if ok { SpanState::Ok } else { SpanState::Failed });
+        let (name, end_s, detail) = (name.to_owned(), start_s + took.as_secs_f64(), secs(took));
+        self.phases.lock().unwrap().push((Span { name, start_s, end_s, state, detail }, took));
         result
     }
 
     /// An overall bar of `len` steps (hidden when not on a terminal).
     pub fn overall(&self, len: u64, what: &str) -> ProgressBar {
-        let Some(mp) = &self.bars else {
-            return ProgressBar::hidden();
-        };
-        let bar = mp.add(ProgressBar::new(len));
-        bar.set_style(
-            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
-                .expect("a valid template")
-                .progress_chars("=> "),
-        );
-        bar.set_prefix(what.to_owned());
-        bar
+        let template = "{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({elapsed})";
+        self.add(ProgressBar::new(len), template, what)
     }
 
     /// A spinner for one running task (hidden when not on a terminal).
     pub fn spinner(&self, name: &str, msg: &str) -> ProgressBar {
-        let Some(mp) = &self.bars else {
-            return ProgressBar::hidden();
-        };
-        let bar = mp.add(ProgressBar::new_spinner());
-        bar.set_style(
-            ProgressStyle::with_template("{prefix:>12} {spinner} {msg} ({elapsed})")
-                .expect("a valid template"),
-        );
-        bar.set_prefix(name.to_owned());
-        bar.set_message(msg.to_owned());
-        bar.enable_steady_tick(Duration::from_millis(120));
+        let bar =
+            self.add(ProgressBar::new_spinner(), "{prefix:>12} {spinner} {msg} ({elapsed})", name);
+        if !bar.is_hidden() {
+            bar.set_message(msg.to_owned());
+            bar.enable_steady_tick(Duration::from_millis(120));
+        }
         bar
+    }
+
+    fn add(&self, bar: ProgressBar, template: &str, prefix: &str) -> ProgressBar {
+        let Some(mp) = &self.bars else { return ProgressBar::hidden() };
+        let style = ProgressStyle::with_template(template).expect("a valid template");
+        mp.add(bar.with_style(style.progress_chars("=> ")).with_prefix(prefix.to_owned()))
     }
 
     /// Removes a finished bar from the screen.
@@ -114,34 +107,22 @@ impl Reporter {
     /// wall time since the start (phases may overlap).
     pub fn summary(&self) -> String {
         let phases = self.phases.lock().unwrap();
-        let width =
-            phases.iter().map(|(n, ..)| n.len()).max().unwrap_or(0).max("total (wall)".len());
-        let total = self.started.elapsed();
+        let total = "total (wall)";
+        let width = phases.iter().map(|(p, _)| p.name.len()).fold(total.len(), usize::max);
         let mut out = String::new();
-        for (name, _, took, ok) in phases.iter() {
-            out.push_str(&format!(
-                "  {name:<width$}  {:>8}  {}\n",
-                secs(*took),
-                if *ok { "ok" } else { "FAILED" }
-            ));
+        for (p, _) in phases.iter() {
+            let ok = if p.state == SpanState::Ok { "ok" } else { "FAILED" };
+            out += &format!("  {:<width$}  {:>8}  {ok}\n", p.name, p.detail);
         }
-        out.push_str(&format!("  {:<width$}  {:>8}\n", "total (wall)", secs(total)));
-        out
+        out + &format!("  {total:<width$}  {:>8}\n", secs(self.started.elapsed()))
     }
-}
 
-pub fn secs(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
-}
-
-impl Reporter {
-    /// The phases as (name, seconds), for the run report.
+    /// The phases as (name, seconds to the millisecond), for the run report.
     pub fn phase_times(&self) -> Vec<(String, f64)> {
-        self.phases
-            .lock()
-            .unwrap()
+        let phases = self.phases.lock().unwrap();
+        phases
             .iter()
-            .map(|(n, _, d, _)| (n.clone(), (d.as_secs_f64() * 1000.0).round() / 1000.0))
+            .map(|(p, d)| (p.name.clone(), (d.as_secs_f64() * 1000.0).round() / 1000.0))
             .collect()
     }
 
@@ -150,130 +131,109 @@ impl Reporter {
         t.saturating_duration_since(self.started).as_secs_f64()
     }
 
-    /// The phases as spans on the run's time axis.
-    pub fn phase_spans(&self) -> Vec<timeline::Span> {
-        self.phases
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(name, start, took, ok)| timeline::Span {
-                name: name.clone(),
-                start_s: start.as_secs_f64(),
-                end_s: (*start + *took).as_secs_f64(),
-                state: if *ok { SpanState::Ok } else { SpanState::Failed },
-                detail: secs(*took),
-            })
-            .collect()
-    }
-
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
+    pub fn phase_spans(&self) -> Vec<Span> {
+        self.phases.lock().unwrap().iter().map(|(p, _)| p.clone()).collect()
     }
 }
 
-/// Writes `report.html` beside `report.json`: the phases and every image on one time axis,
-/// and the memory the builds used against the budget and their caps.
+pub fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+/// Writes `report.html` (and the `timeline.json` it is made from) beside `report.json`: the
+/// phases from the reporter, a span per image (built or failed ones as they ran, cached and
+/// loaded ones as marks at the start of their phase), memory samples.
 pub fn write_timeline(
     r: &Reporter,
     dir: &std::path::Path,
     title: &str,
     outcome: &str,
     images: &[(String, SpanState)],
-    activity: &crate::build::Activity,
+    activity: &Activity,
     budget: Option<u64>,
 ) -> anyhow::Result<std::path::PathBuf> {
-    let t = timeline_of(r, title, outcome, images, activity, budget);
+    let phases = r.phase_spans();
+    let images_phase = [phase::BUILD, phase::LOAD, phase::PULL];
+    let at = phases.iter().find(|p| images_phase.contains(&p.name.as_str()));
+    let (from, to) = at.map_or((0.0, 0.0), |p| (p.start_s, p.end_s));
+    let ran = |at: Instant, took: Duration| (r.offset(at), r.offset(at) + took.as_secs_f64());
+    let spans = images.iter().map(|(name, state)| {
+        let (start_s, end_s, state, detail) =
+            match activity.builds.iter().find(|b| &b.image == name) {
+                Some(b) => {
+                    let (start, end) = ran(b.started, b.took);
+                    let state = if b.ok { SpanState::Built } else { SpanState::Failed };
+                    (start, end, state, format!("{} (cap {})", secs(b.took), human(b.cap)))
+                }
+                None => {
+                    let end = if *state == SpanState::Loaded { to } else { from };
+                    (from, end, *state, format!("{state:?}").to_lowercase())
+                }
+            };
+        Span { name: name.clone(), start_s, end_s, state, detail }
+    });
+    let caps = activity.builds.iter().map(|b| {
+        let (start_s, end_s) = ran(b.started, b.took);
+        timeline::Cap { image: b.image.clone(), start_s, end_s, cap_bytes: b.cap }
+    });
+    let memory = activity
+        .memory
+        .iter()
+        .map(|&(t, used_bytes)| timeline::Sample { t_s: r.offset(t), used_bytes });
+    let t = Timeline {
+        title: title.to_owned(),
+        outcome: outcome.to_owned(),
+        total_s: r.started.elapsed().as_secs_f64(),
+        phases,
+        images: spans.collect(),
+        memory: memory.collect(),
+        budget_bytes: budget,
+        caps: caps.collect(),
+    };
     let path = dir.join("report.html");
     crate::fsx::write_atomic(&path, timeline::render_html(&t))?;
     crate::fsx::write_json(&dir.join("timeline.json"), &t)?;
     Ok(path)
 }
 
-/// The run's timeline: phases from the reporter, a span per image (built or failed ones as
-/// they ran, cached and loaded ones as marks at the start of their phase), memory samples.
-pub fn timeline_of(
-    r: &Reporter,
-    title: &str,
-    outcome: &str,
-    images: &[(String, SpanState)],
-    activity: &crate::build::Activity,
-    budget: Option<u64>,
-) -> Timeline {
-    let phases = r.phase_spans();
-    let images_at = phases
-        .iter()
-        .find(|p| ["build images", "load images", "pull images"].contains(&p.name.as_str()))
-        .map_or((0.0, 0.0), |p| (p.start_s, p.end_s));
-    let spans = images
-        .iter()
-        .map(|(name, state)| match activity.builds.iter().find(|b| &b.image == name) {
-            Some(b) => timeline::Span {
-                name: name.clone(),
-                start_s: r.offset(b.started),
-                end_s: r.offset(b.started) + b.took.as_secs_f64(),
-                state: if b.ok { SpanState::Built } else { SpanState::Failed },
-                detail: format!("{} (cap {})", secs(b.took), crate::memory::human(b.cap)),
-            },
-            None => timeline::Span {
-                name: name.clone(),
-                start_s: images_at.0,
-                end_s: if *state == SpanState::Loaded { images_at.1 } else { images_at.0 },
-                state: *state,
-                detail: format!("{state:?}").to_lowercase(),
-            },
-        })
-        .collect();
-    Timeline {
-        title: title.to_owned(),
-        outcome: outcome.to_owned(),
-        total_s: r.elapsed().as_secs_f64(),
-        phases,
-        images: spans,
-        memory: activity
-            .memory
-            .iter()
-            .map(|(t, used)| timeline::Sample { t_s: r.offset(*t), used_bytes: *used })
-            .collect(),
-        budget_bytes: budget,
-        caps: activity
-            .builds
-            .iter()
-            .map(|b| timeline::Cap {
-                image: b.image.clone(),
-                start_s: r.offset(b.started),
-                end_s: r.offset(b.started) + b.took.as_secs_f64(),
-                cap_bytes: b.cap,
-            })
-            .collect(),
-    }
-}
-
-/// UTC wall-clock time as HH:MM:SS.
-fn clock() -> String {
-    chrono::Utc::now().format("%H:%M:%S").to_string()
-}
-
 /// A plain-text table with a header row, columns padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let fmt_row = |cells: Vec<&str>| {
-        let mut line = String::new();
-        for (cell, w) in cells.iter().zip(&widths) {
-            line.push_str(&format!("  {cell:<w$}"));
-        }
-        line.trim_end().to_owned()
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let all: Vec<&Vec<String>> = std::iter::once(&header).chain(rows).collect();
+    let width = |i: usize| all.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).max();
+    let widths: Vec<usize> = (0..header.len()).map(|i| width(i).unwrap_or(0)).collect();
+    let line = |row: &&Vec<String>| {
+        let cells = row.iter().zip(&widths).map(|(c, w)| format!("  {c:<w$}"));
+        cells.collect::<String>().trim_end().to_owned()
     };
-    let mut out = fmt_row(header.to_vec());
-    for row in rows {
-        out.push('\n');
-        out.push_str(&fmt_row(row.iter().map(String::as_str).collect()));
+    all.iter().map(line).collect::<Vec<_>>().join("\n")
+}
+
+/// `cargo xtask report [RUN]`: where a run's report is, and what it says.
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// The run id (a folder of target/e2e/runs) [default: the last run].
+    pub run: Option<String>,
+}
+
+impl ReportArgs {
+    pub fn run(self, project: &crate::project::Project) -> anyhow::Result<()> {
+        let dir = match &self.run {
+            Some(id) => project.runs_dir().join(id),
+            None => (crate::soak::run_dirs(project).into_iter())
+                .rfind(|d| d.join("timeline.json").is_file())
+                .context("no run has written a report yet: run `cargo xtask e2e`")?,
+        };
+        let file = dir.join("timeline.json");
+        let missing = || format!("no report for that run ({} is missing)", file.display());
+        let t: Timeline = serde_json::from_slice(&std::fs::read(&file).with_context(missing)?)?;
+        // A closed pipe (`| head`) is not an error worth a panic.
+        use std::io::Write;
+        let out = &mut std::io::stdout().lock();
+        let _ =
+            writeln!(out, "{}\n{}", dir.join("report.html").display(), timeline::text_summary(&t));
+        Ok(())
     }
-    out
 }
 
 #[cfg(test)]
@@ -298,45 +258,5 @@ mod tests {
             &[vec!["gateway".into(), "built".into()], vec!["pg".into(), "cached".into()]],
         );
         assert_eq!(t, "  image    state\n  gateway  built\n  pg       cached");
-    }
-}
-
-/// `cargo xtask report [RUN]`: where a run's report is, and what it says.
-#[derive(clap::Args, Debug)]
-pub struct ReportArgs {
-    /// The run id (a folder of target/e2e/runs) [default: the last run].
-    pub run: Option<String>,
-}
-
-impl ReportArgs {
-    pub fn run(self, project: &crate::project::Project) -> anyhow::Result<()> {
-        use anyhow::Context;
-        let runs = project.runs_dir();
-        let dir = match &self.run {
-            Some(id) => runs.join(id),
-            None => {
-                let mut dirs: Vec<_> = std::fs::read_dir(&runs)
-                    .with_context(|| {
-                        format!("no runs yet in {}: run `cargo xtask e2e`", project.display(&runs))
-                    })?
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|d| d.join("timeline.json").is_file())
-                    .collect();
-                dirs.sort();
-                dirs.pop().context("no run has written a report yet: run `cargo xtask e2e`")?
-            }
-        };
-        let file = dir.join("timeline.json");
-        let t: Timeline =
-            serde_json::from_slice(&std::fs::read(&file).with_context(|| {
-                format!("no report for that run ({} is missing)", file.display())
-            })?)?;
-        // A closed pipe (`| head`) is not an error worth a panic.
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", dir.join("report.html").display());
-        let _ = writeln!(out, "{}", timeline::text_summary(&t));
-        Ok(())
     }
 }

@@ -3,21 +3,14 @@
 //! passes, failures (each with its run's saved logs), and p50/p95 of the wall time and of
 //! each phase. `target/e2e/soak/<stamp>/` keeps each run's output and `soak.json`.
 
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-    time::{Duration, Instant},
-};
+use std::path::{Path, PathBuf};
+use std::{collections::BTreeSet, time::Duration, time::Instant};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    bench::percentile,
-    cmd::Cmd,
-    project::Project,
-    report::{secs, table, Reporter},
-};
+use crate::report::{secs, table, Reporter};
+use crate::{bench::percentile, cmd::Cmd, project::Project};
 
 #[derive(clap::Args, Debug)]
 pub struct SoakArgs {
@@ -50,14 +43,13 @@ impl RunReport {
         serde_json::from_slice(&text).with_context(|| format!("reading {}", path.display()))
     }
 
-    /// The newest run's, under `target/e2e/runs/`.
+    /// The newest run's.
     pub fn latest(project: &Project) -> anyhow::Result<RunReport> {
-        let mut reports = run_dirs(project).into_iter().map(|d| d.join("report.json"));
-        let newest = reports.rfind(|p| p.is_file());
+        let newest =
+            run_dirs(project).into_iter().map(|d| d.join("report.json")).rfind(|p| p.is_file());
         RunReport::read(&newest.context("no run has written a report.json")?)
     }
 
-    /// When the suite started, since the run started.
     pub fn first_test(&self) -> anyhow::Result<Duration> {
         let missing = "the run's report has no first_test_s: the suite did not start";
         Ok(Duration::from_secs_f64(self.first_test_s.context(missing)?))
@@ -84,6 +76,7 @@ pub struct Outcome {
     pub output: PathBuf,
 }
 
+/// `soak.json`.
 #[derive(Debug, Serialize)]
 struct Summary<'a> {
     runs: usize,
@@ -99,48 +92,45 @@ struct Summary<'a> {
 impl SoakArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         anyhow::ensure!(self.runs > 0, "--runs must be at least 1");
-        let r = Reporter::new();
-        let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
-        let dir = project.e2e_dir().join("soak").join(stamp);
+        let (r, n) = (Reporter::new(), self.runs);
+        let dir = project
+            .e2e_dir()
+            .join("soak")
+            .join(chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string());
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let exe = std::env::current_exe()?.display().to_string();
+        let (args, shown) = (&self.e2e_args, project.display(&dir));
         r.line(format!(
-            "soak: {} runs of cargo xtask e2e {}; each run's output in {}",
-            self.runs,
-            self.e2e_args.join(" "),
-            project.display(&dir)
+            "soak: {n} runs of cargo xtask e2e {}; each run's output in {shown}",
+            args.join(" ")
         ));
+        // On Ctrl-C a run gets it too and tears down: it is waited for, not killed.
+        let cmd = Cmd::new(std::env::current_exe()?.display().to_string())
+            .arg("e2e")
+            .args(args.iter().cloned());
         let mut outcomes = Vec::new();
-        for i in 1..=self.runs {
+        for i in 1..=n {
             crate::interrupt::check()?;
-            let before = run_dirs(project);
-            let output = dir.join(format!("run-{i}.log"));
-            // On Ctrl-C the run gets it too and tears down: it is waited for, not killed.
-            let cmd = Cmd::new(&exe)
-                .arg("e2e")
-                .args(self.e2e_args.iter().cloned());
-            let start = Instant::now();
-            let status = cmd.survives_interrupt().run_logged(&output);
-            let wall = start.elapsed();
+            let (before, output, start) =
+                (run_dirs(project), dir.join(format!("run-{i}.log")), Instant::now());
+            let status = cmd.clone().survives_interrupt().run_logged(&output);
             let new_dir = run_dirs(project).difference(&before).last().cloned();
-            let o = outcome(status.is_ok(), wall, new_dir, output, status.err());
-            r.line(describe(i, self.runs, &o, project));
+            let o = outcome(status.is_ok(), start.elapsed(), new_dir, output, status.err());
+            r.line(describe(i, n, &o, project));
             let stop = self.fail_fast && !o.report.passed;
             outcomes.push(o);
             if stop {
                 break;
             }
         }
-        let summary = summarize(&outcomes, &self.e2e_args);
+        let summary = summarize(&outcomes, args);
         let json = dir.join("soak.json");
         std::fs::write(&json, serde_json::to_string_pretty(&summary)?)?;
         r.line(render(&summary, project));
+        let (failed, json) = (summary.failed, project.display(&json));
         anyhow::ensure!(
-            summary.failed == 0,
-            "{} of {} runs failed (their logs are named above; {})",
-            summary.failed,
-            summary.runs,
-            project.display(&json)
+            failed == 0,
+            "{failed} of {} runs failed (their logs are named above; {json})",
+            summary.runs
         );
         Ok(())
     }
@@ -164,13 +154,7 @@ fn outcome(
     let mut report = run_dir.as_ref().and_then(read).unwrap_or_default();
     report.passed &= exited_ok;
     report.error = report.error.or_else(|| error.map(|e| format!("{e:#}")));
-    let wall_s = wall.as_secs_f64();
-    Outcome {
-        report,
-        wall_s,
-        run_dir,
-        output,
-    }
+    Outcome { report, wall_s: wall.as_secs_f64(), run_dir, output }
 }
 
 fn describe(i: usize, n: usize, o: &Outcome, project: &Project) -> String {
@@ -178,14 +162,13 @@ fn describe(i: usize, n: usize, o: &Outcome, project: &Project) -> String {
     if o.report.passed {
         return format!("run {i}/{n}: passed in {wall}");
     }
-    let error = o.report.error.as_deref().unwrap_or("no report");
+    let error = o.report.error.as_deref().unwrap_or("no report").lines().next().unwrap_or("");
     let logs = (o.run_dir.as_ref())
-        .map(|d| format!("; container logs in {}", project.display(&d.join("logs"))))
-        .unwrap_or_default();
+        .map(|d| format!("; container logs in {}", project.display(&d.join("logs"))));
+    let output = project.display(&o.output);
     format!(
-        "run {i}/{n}: FAILED after {wall}: {}\n  output: {}{logs}",
-        error.lines().next().unwrap_or(""),
-        project.display(&o.output)
+        "run {i}/{n}: FAILED after {wall}: {error}\n  output: {output}{}",
+        logs.unwrap_or_default()
     )
 }
 
@@ -207,7 +190,8 @@ fn summarize<'a>(outcomes: &'a [Outcome], e2e_args: &'a [String]) -> Summary<'a>
         e2e_args,
         wall_p50_s: percentile(&walls, 50.0),
         wall_p95_s: percentile(&walls, 95.0),
-        phases: (phases.into_iter())
+        phases: phases
+            .into_iter()
             .map(|(n, t)| (n, percentile(&t, 50.0), percentile(&t, 95.0)))
             .collect(),
         outcomes,
@@ -219,15 +203,12 @@ fn render(s: &Summary, project: &Project) -> String {
     let rows: Vec<Vec<String>> = (s.phases.iter().chain([&wall]))
         .map(|(n, p50, p95)| vec![n.clone(), format!("{p50:.2}s"), format!("{p95:.2}s")])
         .collect();
-    let (passed, failed, runs) = (s.passed, s.failed, s.runs);
     let table = table(&["phase", "p50", "p95"], &rows);
-    let mut out = format!("soak: {passed} passed, {failed} failed of {runs} runs\n{table}");
-    for (i, o) in s.outcomes.iter().enumerate() {
-        let logs = o.run_dir.as_ref().map(|d| d.join("logs"));
-        let logs = project.display(&logs.unwrap_or(o.output.clone()));
-        if !o.report.passed {
-            out += &format!("\nfailed: run {} ({logs})", i + 1);
-        }
+    let mut out =
+        format!("soak: {} passed, {} failed of {} runs\n{table}", s.passed, s.failed, s.runs);
+    for (i, o) in s.outcomes.iter().enumerate().filter(|(_, o)| !o.report.passed) {
+        let logs = o.run_dir.as_ref().map_or(o.output.clone(), |d| d.join("logs"));
+        out += &format!("\nfailed: run {} ({})", i + 1, project.display(&logs));
     }
     out
 }
@@ -264,27 +245,12 @@ mod tests {
         report(true);
         let ok = outcome(true, Duration::from_secs(3), Some(dir.clone()), out(), None);
         assert!(ok.report.passed && ok.report.error.is_none());
-        assert_eq!(
-            ok.report.phases,
-            [("deploy".into(), 1.5), ("tear down".into(), 0.5)]
-        );
+        assert_eq!(ok.report.phases, [("deploy".into(), 1.5), ("tear down".into(), 0.5)]);
         report(false);
-        let bad = outcome(
-            false,
-            Duration::from_secs(3),
-            Some(dir.clone()),
-            out(),
-            None,
-        );
+        let bad = outcome(false, Duration::from_secs(3), Some(dir.clone()), out(), None);
         assert!(!bad.report.passed);
         assert_eq!(bad.report.error.as_deref(), Some("the E2E suite failed"));
-        let none = outcome(
-            false,
-            Duration::ZERO,
-            None,
-            out(),
-            Some(anyhow::anyhow!("no engine")),
-        );
+        let none = outcome(false, Duration::ZERO, None, out(), Some(anyhow::anyhow!("no engine")));
         assert!(!none.report.passed && none.report.error.as_deref() == Some("no engine"));
         let s = summarize(std::slice::from_ref(&ok), &[]);
         assert_eq!((s.passed, s.failed), (1, 0));

@@ -1,18 +1,14 @@
 //! A run's timeline: the data (written as `timeline.json` beside each report), the page
 //! `report.html` made from it, and a plain-text summary for a terminal.
 //!
-//! The page is one static file, `xtask/templates/report.html` (HTML, CSS and JS; nothing is
-//! fetched), into which `render_html` puts the timeline as JSON in a data island,
-//! `<script type="application/json" id="timeline">`. The page's script draws everything from
-//! that data: on one shared time axis, every phase and every image as a bar (cached images
-//! hatched grey and marked "cached", failures red), then the machine's memory in use with the
-//! builds' budget (dashed) and each build's cap over the interval its build ran, then a table
-//! of the figures. Every bar carries `data-phase` or `data-image` + `data-state` so tests can
-//! find it, and a tooltip with the exact figures; the script ends by setting
-//! `document.body.dataset.rendered = "ok"` (`test/e2e/check-report.sh` checks the page in
-//! Chromium).
+//! The page is one static file, `xtask/templates/report.html` (nothing is fetched); the
+//! timeline goes into it as JSON in a data island, `<script type="application/json"
+//! id="timeline">`, and the page's script draws everything from that. Its bars carry
+//! `data-phase` or `data-image` + `data-state` so tests can find them, and the script ends by
+//! setting `document.body.dataset.rendered = "ok"` (`test/e2e/check-report.sh` checks the
+//! page in Chromium).
 
-use std::{fmt::Write as _, time::Duration};
+use std::time::Duration;
 
 use indicatif::{HumanBytes, HumanDuration};
 use serde::{Deserialize, Serialize};
@@ -23,7 +19,6 @@ pub struct Timeline {
     pub title: String,
     /// e.g. "passed" / "FAILED: <error>"
     pub outcome: String,
-    /// Wall time of the run.
     pub total_s: f64,
     /// The run's phases (they may overlap).
     pub phases: Vec<Span>,
@@ -31,7 +26,7 @@ pub struct Timeline {
     pub images: Vec<Span>,
     /// Machine memory in use over time (may be empty: no builds ran).
     pub memory: Vec<Sample>,
-    /// The memory budget of the builds, drawn as a horizontal line.
+    /// The builds' memory budget, drawn as a horizontal line.
     pub budget_bytes: Option<u64>,
     /// Each build's memory cap, drawn for the time its build ran.
     pub caps: Vec<Cap>,
@@ -74,58 +69,46 @@ pub struct Cap {
 const TEMPLATE: &str = include_str!("../templates/report.html");
 const PLACEHOLDER: &str = "__TIMELINE_JSON__";
 
-/// The whole page: the template with the timeline in its data island.
 pub fn render_html(t: &Timeline) -> String {
     // Inside a <script> element only '<' can do harm: `</script>` would end the element, and
     // `<!--` followed by `<script` would change how the parser looks for its end. JSON
     // strings read `\u003c` as '<' again, and '<' appears nowhere else in JSON.
     // (Non-finite numbers become null; the page draws them as 0.)
-    let json =
-        serde_json::to_string(t).unwrap_or_else(|_| "null".to_owned()).replace('<', "\\u003c");
+    let json = serde_json::to_string(t).unwrap_or_else(|_| "null".into()).replace('<', "\\u003c");
     TEMPLATE.replacen(PLACEHOLDER, &json, 1)
 }
 
-/// A plain-text summary for a terminal: outcome, total, each phase with its duration, each
-/// image with its state and duration, and the peak memory (and the budget) when there are
-/// samples.
+/// For a terminal: outcome, total, each phase and image with its state and times, and the
+/// peak memory (and the budget) when there are samples.
 pub fn text_summary(t: &Timeline) -> String {
     let fin = |x: f64| if x.is_finite() { x } else { 0.0 };
-    let mut s = String::new();
     let total = fin(t.total_s).max(0.0);
     let human = HumanDuration(Duration::try_from_secs_f64(total).unwrap_or_default());
-    let _ = writeln!(s, "{}\noutcome: {}", t.title, t.outcome);
-    let _ = writeln!(s, "total:   {total:.1} s ({human})");
+    let mut s = format!("{}\noutcome: {}\ntotal:   {total:.1} s ({human})\n", t.title, t.outcome);
     for (heading, list) in [("phases", &t.phases), ("images", &t.images)] {
-        if list.is_empty() {
-            continue;
+        if !list.is_empty() {
+            s += &format!("{heading}:\n");
         }
-        let _ = writeln!(s, "{heading}:");
         // Rust pads by characters, as a terminal shows them (mostly).
         let width = list.iter().map(|x| x.name.chars().count()).max().unwrap_or(0);
-        for x in list.iter() {
+        for x in list {
             let (start, state) = (fin(x.start_s), format!("{:?}", x.state).to_lowercase());
-            let end = fin(x.end_s).max(start);
+            let (end, name) = (fin(x.end_s).max(start), &x.name);
             let took = end - start;
-            let _ = write!(
-                s,
-                "  {:<width$}  {state:<6}  {took:>6.1} s  {start:>7.1} s → {end:>7.1} s",
-                x.name
+            let detail = x.detail.lines().next().filter(|d| !d.is_empty());
+            let detail = detail.map_or(String::new(), |d| format!("  {d}"));
+            s += &format!(
+                "  {name:<width$}  {state:<6}  {took:>6.1} s  {start:>7.1} s → {end:>7.1} s{detail}\n"
             );
-            if let Some(detail) = x.detail.lines().next().filter(|d| !d.is_empty()) {
-                let _ = write!(s, "  {detail}");
-            }
-            s.push('\n');
         }
     }
-    let finite = t.memory.iter().filter(|m| m.t_s.is_finite());
     // The highest sample; the last of equals, as on the page.
+    let finite = t.memory.iter().filter(|m| m.t_s.is_finite());
     let peak = finite.max_by(|a, b| a.used_bytes.cmp(&b.used_bytes).then(a.t_s.total_cmp(&b.t_s)));
     if let Some(p) = peak {
-        let _ = write!(s, "peak memory: {} at {:.1} s", HumanBytes(p.used_bytes), p.t_s);
-        if let Some(b) = t.budget_bytes {
-            let _ = write!(s, " (budget {})", HumanBytes(b));
-        }
-        s.push('\n');
+        let budget =
+            t.budget_bytes.map_or(String::new(), |b| format!(" (budget {})", HumanBytes(b)));
+        s += &format!("peak memory: {} at {:.1} s{budget}\n", HumanBytes(p.used_bytes), p.t_s);
     }
     s
 }
