@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
+use xshell::cmd;
 
 use crate::memory::{self, human};
 use crate::report::{phase, table, Reporter};
@@ -101,7 +102,7 @@ impl Bencher<'_> {
 
     /// The time to the first test of `e2e --images ARCHIVE`, the images removed first.
     fn first_test_loaded(&self, handoff: &Handoff, archive: &str) -> anyhow::Result<Sample> {
-        remove_images(handoff);
+        remove_images(self.project, handoff)?;
         self.first_test(&["--images", archive])
     }
 
@@ -205,7 +206,7 @@ impl Bencher<'_> {
         let (zst, tar) = (dir.join("images.tar.zst"), dir.join("images.tar"));
         let (zst_s, tar_s) = (zst.display().to_string(), tar.display().to_string());
         let load = |archive: &str| {
-            remove_images(&handoff);
+            remove_images(self.project, &handoff)?;
             self.xtask(&["load-images", archive])
         };
         let [save_z, save_n, load_z, load_n] = self.repeat(runs, "save/load", || {
@@ -289,9 +290,9 @@ impl Bencher<'_> {
             })
         });
         // Stop dev as a developer does (Ctrl-C), and let it tear down.
-        for pid in dev.pids() {
-            let _ = Cmd::new("kill").args(["-INT", &pid.to_string()]).read();
-        }
+        let sh = self.project.shell()?;
+        let pids: Vec<String> = dev.pids().iter().map(u32::to_string).collect();
+        let _ = cmd!(sh, "kill -INT {pids...}").quiet().run();
         let _ = dev.wait();
         std::fs::write(&main_rs, &original)?;
         let [with_dev] = with_dev?;
@@ -321,9 +322,11 @@ impl Bencher<'_> {
     }
 }
 
-fn remove_images(handoff: &Handoff) {
-    let refs = handoff.images.iter().map(|i| i.reference.clone());
-    let _ = Cmd::new(handoff.engine.program()).arg("rmi").args(refs).read();
+fn remove_images(project: &Project, handoff: &Handoff) -> anyhow::Result<()> {
+    let (sh, engine) = (project.shell()?, handoff.engine.program());
+    let refs = handoff.images.iter().map(|i| &i.reference);
+    let _ = cmd!(sh, "{engine} rmi {refs...}").quiet().ignore_stderr().run();
+    Ok(())
 }
 
 /// The lines of a log that contain `what`, once there are at least `n` (polled, for at most

@@ -30,6 +30,15 @@ impl Project {
         })
     }
 
+    /// A shell at the workspace root for the plain sequential steps (xshell's `cmd!`: one
+    /// command after another, interpolated, never a shell string). One per thread: a Shell
+    /// is not shared between threads.
+    pub fn shell(&self) -> anyhow::Result<xshell::Shell> {
+        let sh = xshell::Shell::new()?;
+        sh.change_dir(&self.root);
+        Ok(sh)
+    }
+
     pub fn images_file(&self) -> PathBuf {
         self.root.join("test/e2e/images.toml")
     }
