@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
+use anyhow::{Context, Result};
 
 use crate::{
     build::{self, BuildOptions, Session},
@@ -109,14 +109,17 @@ impl DevArgs {
         }
     }
 
-    pub fn run(self, project: &Project) -> anyhow::Result<()> {
+    pub fn run(self, project: &Project) -> Result<()> {
         let r = Reporter::new();
         let mut opts = self.options();
         opts.build.engine = opts.engine()?;
         let session = Session::open(project, &opts.build, &r, true)?;
         opts.require(project, &r, &session)?;
         let manifests = opts.manifests(project)?;
-        let images = opts.images(project, &r, &session, false)?;
+        let images = opts.images(project, &r, &session)?;
+        if let Some(jobs) = images.pending_suite {
+            crate::run::compile_suite(project, &r, jobs)?;
+        }
         let id = RunId::new(Some("dev"));
         let mut stack = opts.stack(project, &session, &manifests, &images.handoff, &id, None)?;
         r.line(format!("dev run {id}"));
@@ -183,7 +186,7 @@ impl Loop<'_> {
 
     /// Watches the workspace until Ctrl-C; each settled batch of changes (quiet for
     /// `debounce`) is one cycle.
-    fn watch(&mut self, debounce: Duration) -> anyhow::Result<()> {
+    fn watch(&mut self, debounce: Duration) -> Result<()> {
         use notify::Watcher;
         let (project, r) = (self.project, self.r);
         let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
@@ -347,11 +350,7 @@ impl Loop<'_> {
 struct Times(Vec<(&'static str, Duration)>);
 
 impl Times {
-    fn time<T>(
-        &mut self,
-        name: &'static str,
-        f: impl FnOnce() -> anyhow::Result<T>,
-    ) -> anyhow::Result<T> {
+    fn time<T>(&mut self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let t = Instant::now();
         let out = f();
         if out.is_ok() {

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
@@ -84,7 +85,7 @@ pub struct RunReport {
 }
 
 impl E2eArgs {
-    pub fn run(self, project: &Project) -> anyhow::Result<()> {
+    pub fn run(self, project: &Project) -> Result<()> {
         let r = Reporter::new();
         if let Some(run) = &self.down {
             return runtime::down(project, &r, Some(run.as_str()).filter(|s| !s.is_empty()));
@@ -102,7 +103,7 @@ impl E2eArgs {
         opts.require(project, &r, &session)?;
         let early = opts.early_start(project, &session, &manifests, &id);
         let (images, record) = run::images_beside_infrastructure(&r, early.as_ref(), || {
-            opts.images(project, &r, &session, true)
+            opts.images(project, &r, &session)
         })?;
         let stack = opts.stack(project, &session, &manifests, &images.handoff, &id, early)?;
         describe(project, &r, &*stack);
@@ -162,8 +163,8 @@ fn write_report(
     session: &Session,
     images: &Images,
     id: &RunId,
-    outcome: &anyhow::Result<()>,
-) -> anyhow::Result<()> {
+    outcome: &Result<()>,
+) -> Result<()> {
     let dir = id.dir(project);
     r.line(format!("phases:\n{}", r.summary()));
     let handoff = &images.handoff;
@@ -233,7 +234,7 @@ fn dry_run(
     session: &Session,
     manifests: &crate::manifests::Manifests,
     id: &RunId,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let mut lines: Vec<String> = Vec::new();
     let handoff = match &opts.source {
         Source::Archive { path, .. } => {
