@@ -116,9 +116,54 @@ impl RunOptions {
         Ok(manifests)
     }
 
+    /// The suite, then (with `--faults`) the fault tests, as phases of the run, with the
+    /// stack's control file (how to stop, start and enter each service, for the fault tests,
+    /// the load benchmark, and anyone with a `--keep` stack). The suite first waits for a
+    /// compile still running (`gate`).
+    pub fn tests<'a>(
+        &'a self,
+        project: &'a Project,
+        stack: &'a dyn Stack,
+        gate: Option<&'a SuiteGate<'_>>,
+    ) -> Vec<Phase<'a>> {
+        let file = stack.dir().join("stack.json");
+        let control = serde_json::to_string_pretty(&stack.control(FAULTS_DEDUP_TTL_SECONDS));
+        let mut steps =
+            vec![Step::Write { path: file.clone(), contents: control.expect("serialises") }];
+        steps.extend(gate.map(|gate| Step::Watch {
+            what: "the E2E suite's compile, started beside the deploy, has finished".into(),
+            run: Box::new(move |_| gate.wait()),
+        }));
+        steps.extend(stack.suite_steps(project));
+        let cmd = stack.suite(project, "e2e", &self.test_args);
+        steps.push(Step::Terminal { cmd, doing: "the E2E suite failed".into() });
+        let mut phases = vec![Phase::new("run E2E suite", steps)];
+        if self.faults {
+            let cmd = suite::run(project, "faults", &stack.urls())
+                .env("E2E_STACK", file.display().to_string())
+                .arg("--test-threads=1");
+            let doing = "the fault tests failed".into();
+            phases.push(Phase::new("run fault tests", vec![Step::Terminal { cmd, doing }]));
+        }
+        phases
+    }
+}
+
+/// A run under way: its options, and what each of its steps needs.
+pub struct Run<'a> {
+    pub opts: &'a RunOptions,
+    pub project: &'a Project,
+    pub r: &'a Reporter,
+    pub session: &'a Session,
+    pub manifests: &'a Manifests,
+    pub id: &'a RunId,
+}
+
+impl Run<'_> {
     /// Every prerequisite, checked before anything is done.
-    pub fn require(&self, project: &Project, r: &Reporter, session: &Session) -> Result<()> {
-        if self.faults && SuiteIn::resolve(self.suite_in, session.remote()) == SuiteIn::Engine {
+    pub fn require(&self) -> Result<()> {
+        let Run { opts, project, r, session, .. } = *self;
+        if opts.faults && SuiteIn::resolve(opts.suite_in, session.remote()) == SuiteIn::Engine {
             return Err(Problem::new(
                 "the fault tests stop and start services with the engine's command line, so they run on this machine, \
                  and this engine's published ports are not reachable from here",
@@ -127,8 +172,8 @@ impl RunOptions {
             )
             .into());
         }
-        let archive = self.source.archive().cloned();
-        let kind = self.runtime == Runtime::Kind;
+        let archive = opts.source.archive().cloned();
+        let kind = opts.runtime == Runtime::Kind;
         doctor::require(
             project,
             r,
@@ -138,20 +183,20 @@ impl RunOptions {
     }
 
     /// The images: built, loaded or pulled, and the suite's compile still to do (`-j`).
-    pub fn images(&self, project: &Project, r: &Reporter, session: &Session) -> Result<Images> {
-        let opts = &self.build;
-        let handoff = match &self.source {
+    pub fn images(&self) -> Result<Images> {
+        let Run { opts, project, r, session, .. } = *self;
+        let handoff = match &opts.source {
             Source::Archive { path, allow_stale } => {
-                archive::load(project, r, path, *allow_stale, opts, session)?
+                archive::load(project, r, path, *allow_stale, &opts.build, session)?
             }
-            Source::Registry(prefix) => registry::pull(project, r, prefix, opts, session)?,
+            Source::Registry(prefix) => registry::pull(project, r, prefix, &opts.build, session)?,
             Source::Build => {
-                let prepared = build::prepare(project, r, opts, session, &[], None, true)?;
+                let prepared = build::prepare(project, r, &opts.build, session, &[], None, true)?;
                 if !prepared.plan.iter().all(|i| i.is_cached()) {
-                    return build_beside_suite(project, r, opts, prepared);
+                    return build_beside_suite(project, r, &opts.build, prepared);
                 }
                 let jobs = prepared.env.cargo_jobs();
-                let (handoff, activity) = build::finish(project, r, opts, prepared)?;
+                let (handoff, activity) = build::finish(project, r, &opts.build, prepared)?;
                 return Ok(Images { handoff, activity, pending_suite: Some(jobs) });
             }
         };
@@ -161,20 +206,15 @@ impl RunOptions {
 
     /// The pods that can start before the service images exist (their images package no
     /// binary of ours and are there already, or come first in the archive), or `None`.
-    pub fn early_start(
-        &self,
-        project: &Project,
-        session: &Session,
-        manifests: &Manifests,
-        id: &RunId,
-    ) -> Option<PodmanRun> {
-        if self.runtime != Runtime::Podman || self.build.force {
+    pub fn early_start(&self) -> Option<PodmanRun> {
+        let Run { opts, project, session, manifests, id, .. } = *self;
+        if opts.runtime != Runtime::Podman || opts.build.force {
             return None;
         }
         let names: Vec<String> =
             session.images.infrastructure().into_iter().map(str::to_owned).collect();
         // Their images: cached here, or coming with the archive (awaited before they start).
-        let (pinned, arriving): (BTreeMap<String, String>, _) = match &self.source {
+        let (pinned, arriving): (BTreeMap<String, String>, _) = match &opts.source {
             Source::Registry(_) => return None,
             Source::Archive { path, .. } => {
                 let images = archive::read_manifest(path).ok()?.images.into_iter();
@@ -211,17 +251,10 @@ impl RunOptions {
 
     /// The stack on the runtime asked for, its manifests rendered with the images of
     /// `handoff`; on podman, going on from what `early` started.
-    pub fn stack(
-        &self,
-        project: &Project,
-        session: &Session,
-        manifests: &Manifests,
-        handoff: &Handoff,
-        id: &RunId,
-        early: Option<PodmanRun>,
-    ) -> Result<Box<dyn Stack>> {
-        if self.runtime == Runtime::Kind {
-            return Ok(Box::new(self.kind(project, manifests, handoff, id)?));
+    pub fn stack(&self, handoff: &Handoff, early: Option<PodmanRun>) -> Result<Box<dyn Stack>> {
+        let Run { opts, project, session, manifests, id, .. } = *self;
+        if opts.runtime == Runtime::Kind {
+            return Ok(Box::new(self.kind(handoff)?));
         }
         let pinned = handoff.pinned();
         let (stack, early) = match early {
@@ -233,13 +266,13 @@ impl RunOptions {
         let mut run = PodmanRun { early, remote, ..PodmanRun::new(project, id.clone(), stack) };
         // Where the suite runs (as asked, else in the engine when it is remote), and when in
         // the engine, its package (recorded with the run, so the teardown removes its image).
-        if SuiteIn::resolve(self.suite_in, remote) == SuiteIn::Engine {
+        if SuiteIn::resolve(opts.suite_in, remote) == SuiteIn::Engine {
             let base = &session.facts.base_image;
             let mut package = InEngine::new(project, Engine::Podman, id.suffix(), base);
             // Compiled in the engine (as asked, or as the platforms decide).
             let in_engine = session.facts.engine.as_ref().is_ok_and(|f| {
                 let host = compile::host_platform();
-                compile::resolve(self.build.compile_in, &host, &f.platform) == CompileIn::Engine
+                compile::resolve(opts.build.compile_in, &host, &f.platform) == CompileIn::Engine
             });
             package.compiled_in_engine =
                 in_engine.then(|| project.e2e_dir().join("engine-bin").join("suite"));
@@ -248,14 +281,9 @@ impl RunOptions {
         Ok(Box::new(run))
     }
 
-    fn kind(
-        &self,
-        project: &Project,
-        manifests: &Manifests,
-        handoff: &Handoff,
-        id: &RunId,
-    ) -> Result<KindRun> {
-        let (cluster, reuse) = match (&self.reuse_cluster, &self.cluster_name) {
+    fn kind(&self, handoff: &Handoff) -> Result<KindRun> {
+        let Run { opts, project, manifests, id, .. } = *self;
+        let (cluster, reuse) = match (&opts.reuse_cluster, &opts.cluster_name) {
             (Some(name), _) => (name.clone(), true),
             (None, name) => (name.clone().unwrap_or_else(|| id.namespace()), false),
         };
@@ -283,7 +311,7 @@ impl RunOptions {
             // The engine that built or loaded the images is kind's provider.
             provider: handoff.engine,
             archive_tar: dir.join("images.tar"),
-            archive_source: self.source.archive().cloned(),
+            archive_source: opts.source.archive().cloned(),
             log: id.log(project),
             dir,
             ports,
@@ -293,41 +321,9 @@ impl RunOptions {
             files: KindFiles {
                 config,
                 stack,
-                ports_record: (self.keep && !reuse).then_some(record),
+                ports_record: (opts.keep && !reuse).then_some(record),
             },
         })
-    }
-
-    /// The suite, then (with `--faults`) the fault tests, as phases of the run, with the
-    /// stack's control file (how to stop, start and enter each service, for the fault tests,
-    /// the load benchmark, and anyone with a `--keep` stack). The suite first waits for a
-    /// compile still running (`gate`).
-    pub fn tests<'a>(
-        &'a self,
-        project: &'a Project,
-        stack: &'a dyn Stack,
-        gate: Option<&'a SuiteGate<'_>>,
-    ) -> Vec<Phase<'a>> {
-        let file = stack.dir().join("stack.json");
-        let control = serde_json::to_string_pretty(&stack.control(FAULTS_DEDUP_TTL_SECONDS));
-        let mut steps =
-            vec![Step::Write { path: file.clone(), contents: control.expect("serialises") }];
-        steps.extend(gate.map(|gate| Step::Watch {
-            what: "the E2E suite's compile, started beside the deploy, has finished".into(),
-            run: Box::new(move |_| gate.wait()),
-        }));
-        steps.extend(stack.suite_steps(project));
-        let cmd = stack.suite(project, "e2e", &self.test_args);
-        steps.push(Step::Terminal { cmd, doing: "the E2E suite failed".into() });
-        let mut phases = vec![Phase::new("run E2E suite", steps)];
-        if self.faults {
-            let cmd = suite::run(project, "faults", &stack.urls())
-                .env("E2E_STACK", file.display().to_string())
-                .arg("--test-threads=1");
-            let doing = "the fault tests failed".into();
-            phases.push(Phase::new("run fault tests", vec![Step::Terminal { cmd, doing }]));
-        }
-        phases
     }
 }
 
