@@ -394,11 +394,9 @@ pub fn images_beside_infrastructure(
         }
         (images, starting.join().expect("no panic"))
     });
-    if let (Some(record), true) = (&record, images.is_err() || started.is_err()) {
+    if images.is_err() || started.is_err() {
         // Nothing else will run: what started early is torn down now.
-        let teardown =
-            r.phase("tear down", |r| runtime::teardown(&run.dir, record, &run.log, r, &mut Live));
-        if let Err(t) = teardown {
+        if let Err(t) = runtime::finish(run, r, record.as_ref(), false) {
             r.line(format!("{t:#}"));
         }
     }

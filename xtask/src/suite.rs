@@ -46,12 +46,8 @@ fn binary(project: &Project, test: &str) -> PathBuf {
 /// Compiles every test binary of the suite (the suite and the fault tests); cargo's JSON
 /// messages on stdout say where they are ([`executables`]), its diagnostics go to stderr.
 pub fn compile(project: &Project, jobs: usize) -> Cmd {
-    let args =
-        "test --locked -p e2e-suite --tests --no-run --message-format=json-render-diagnostics";
-    Cmd::new(Project::cargo())
-        .args(args.split(' '))
-        .args(["-j", &jobs.to_string()])
-        .cwd(&project.root)
+    let args = format!("test --locked -p e2e-suite --tests --no-run --message-format=json-render-diagnostics -j {jobs}");
+    Cmd::new(Project::cargo()).args(args.split(' ')).cwd(&project.root)
 }
 
 /// Compiles the suite on this machine and places its test binaries ([`place`]).
