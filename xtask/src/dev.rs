@@ -1,10 +1,9 @@
-//! `cargo xtask dev`: the developer's loop. The stack comes up once (the same images,
-//! manifests and readiness as `e2e`) and the suite runs; then every change in the workspace
-//! starts a cycle: recompile, rebuild exactly the images whose fingerprint changed, replace
-//! only the pods that run a changed image or manifest (PostgreSQL and Redis keep running, and
-//! keep their data, unless their own image or manifest changed), wait until ready, rerun the
-//! suite. A compile error or a failed build is shown and the stack stays as it was. Ctrl-C
-//! (or SIGTERM) tears everything down, as `e2e` does; `--keep` leaves it up.
+//! `cargo xtask dev`: the developer's loop. The stack comes up once (as for `e2e`) and the
+//! suite runs; then each change in the workspace starts a cycle: recompile, rebuild exactly the
+//! images whose fingerprint changed, replace only the pods that run a changed image or manifest
+//! (PostgreSQL and Redis keep running, and their data, unless their own image or manifest
+//! changed), wait until ready, rerun the suite. A failed compile or build is shown and the
+//! stack stays as it was. Ctrl-C (or SIGTERM) tears everything down; `--keep` leaves it up.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
