@@ -1,10 +1,9 @@
-//! `cargo xtask dev`: the developer's loop. The stack comes up once (the same images,
-//! manifests and readiness as `e2e`) and the suite runs; then every change in the workspace
-//! starts a cycle: recompile, rebuild exactly the images whose fingerprint changed, replace
-//! only the pods that run a changed image or manifest (PostgreSQL and Redis keep running, and
-//! keep their data, unless their own image or manifest changed), wait until ready, rerun the
-//! suite. A compile error or a failed build is shown and the stack stays as it was. Ctrl-C
-//! (or SIGTERM) tears everything down, as `e2e` does; `--keep` leaves it up.
+//! `cargo xtask dev`: the developer's loop. The stack comes up once (as for `e2e`) and the
+//! suite runs; then each change in the workspace starts a cycle: recompile, rebuild exactly the
+//! images whose fingerprint changed, replace only the pods that run a changed image or manifest
+//! (PostgreSQL and Redis keep running, and their data, unless their own image or manifest
+//! changed), wait until ready, rerun the suite. A failed compile or build is shown and the
+//! stack stays as it was. Ctrl-C (or SIGTERM) tears everything down; `--keep` leaves it up.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -13,14 +12,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
+use anyhow::{Context, Result};
 
 use crate::{
-    build::{self, BuildOptions, Session},
+    build::{self, BuildOptions, PlanItem, Session},
     interrupt,
     project::Project,
     report::{secs, Reporter},
-    run::{RunOptions, Runtime, Source},
+    run::{self, Run, RunOptions, Runtime},
     runtime::{self, RunId, Stack},
 };
 
@@ -58,67 +57,48 @@ pub const WATCHED: &[&str] = &[
 
 /// Whether a changed path can change an image, a manifest or the suite.
 pub fn relevant(root: &Path, path: &Path) -> bool {
-    let Ok(rel) = path.strip_prefix(root) else {
-        return false;
-    };
+    let Ok(rel) = path.strip_prefix(root) else { return false };
     let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let editor_noise = name.starts_with('.')
-        || name.ends_with('~')
-        || name.ends_with(".swp")
-        || name.ends_with(".tmp");
+    let editor_noise =
+        name.starts_with('.') || ["~", ".swp", ".tmp"].iter().any(|end| name.ends_with(end));
     let in_target = rel.components().any(|c| c.as_os_str() == "target");
     !editor_noise && !in_target && WATCHED.iter().any(|w| rel.starts_with(w))
 }
 
-/// Names editors and `sed -i` give their temporary files (`sedAb12Cd`, `.x.swp`, `x~`,
-/// `4913`).
+/// Names editors and `sed -i` give their temporary files (`sedAb12Cd`, `.x.swp`, `x~`, `4913`).
 fn has_temp_name(p: &Path) -> bool {
     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    name.starts_with("sed")
-        || name.starts_with('.')
-        || name.ends_with('~')
-        || name.chars().all(|c| c.is_ascii_digit())
+    let digits = name.chars().all(|c| c.is_ascii_digit());
+    name.starts_with("sed") || name.starts_with('.') || name.ends_with('~') || digits
 }
 
 /// Whether an event can change a file's content or the set of files: reads (the xtask's
 /// own fingerprinting opens every context file) and metadata-only changes (an mtime, which
 /// changes no fingerprint) do not.
 pub fn changes_content(kind: &notify::EventKind) -> bool {
-    use notify::event::{EventKind, ModifyKind};
-    match kind {
-        EventKind::Create(_) | EventKind::Remove(_) => true,
-        EventKind::Modify(ModifyKind::Metadata(_)) => false,
-        EventKind::Modify(_) => true,
-        EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
-    }
+    use notify::event::{EventKind::*, ModifyKind};
+    matches!(kind, Create(_) | Remove(_))
+        || matches!(kind, Modify(m) if !matches!(m, ModifyKind::Metadata(_)))
 }
 
 impl DevArgs {
-    fn options(&self) -> RunOptions {
-        RunOptions {
-            runtime: self.runtime,
-            keep: self.keep,
-            ready_timeout: Duration::from_secs(self.ready_timeout),
-            faults: false,
-            source: Source::Build,
-            cluster_name: None,
-            reuse_cluster: None,
-            suite_in: None,
-            build: self.build.clone(),
-            test_args: self.test_args.clone(),
-        }
-    }
-
-    pub fn run(self, project: &Project) -> anyhow::Result<()> {
+    pub fn run(self, project: &Project) -> Result<()> {
         let r = Reporter::new();
-        let mut opts = self.options();
+        let DevArgs { runtime, keep, ready_timeout, debounce, build, test_args } = self;
+        let ready_timeout = Duration::from_secs(ready_timeout);
+        let mut opts =
+            RunOptions { runtime, keep, ready_timeout, build, test_args, ..Default::default() };
         opts.build.engine = opts.engine()?;
         let session = Session::open(project, &opts.build, &r, true)?;
-        opts.require(project, &r, &session)?;
-        let manifests = opts.manifests(project)?;
-        let images = opts.images(project, &r, &session, false)?;
-        let id = RunId::new(Some("dev"));
-        let mut stack = opts.stack(project, &session, &manifests, &images.handoff, &id, None)?;
+        let (manifests, id) = (opts.manifests(project)?, RunId::new(Some("dev")));
+        let run =
+            Run { opts: &opts, project, r: &r, session: &session, manifests: &manifests, id: &id };
+        run.require()?;
+        let images = run.images()?;
+        if let Some(jobs) = images.pending_suite {
+            run::compile_suite(project, &r, jobs)?;
+        }
+        let mut stack = run.stack(&images.handoff, None)?;
         r.line(format!("dev run {id}"));
         let plan = stack.plan(opts.ready_timeout, vec![]);
         let (up, record) = runtime::execute(&*stack, &r, project, &plan, None);
@@ -126,30 +106,24 @@ impl DevArgs {
         let outcome = up.and_then(|()| {
             // What each running service image is, its binary left out: a change of only the
             // binary is synced into the running container (see `Stack::sync_binaries`).
-            let running = build::plan_quietly(project, &session, &[])
-                .map(|plan| {
-                    let each =
-                        |i: build::PlanItem| (i.spec.name.clone(), (i.reference, i.outside_binary));
-                    plan.into_iter().map(each).collect()
-                })
-                .unwrap_or_default();
+            let running = build::plan_quietly(project, &session, &[]);
             let mut dev = Loop {
                 project,
                 r: &r,
                 opts: &opts,
                 session: &session,
                 stack: &mut *stack,
-                running,
+                running: running.map(|plan| running_of(&plan)).unwrap_or_default(),
+                pending: None,
             };
             let passed = r.phase("run E2E suite", |_| Ok(dev.suite()))?;
-            r.line(format!("suite {}", if passed { "passed" } else { "FAILED" }));
-            dev.watch(Duration::from_millis(self.debounce))
+            r.line(format!("suite {}", verdict(passed)));
+            dev.watch(Duration::from_millis(debounce))
         });
         if let Some(h) = crate::handoff::Handoff::load(project) {
             build::tidy(&r, &h);
         }
-        let teardown = runtime::finish(&*stack, &r, record.as_ref(), self.keep);
-        match (outcome, teardown) {
+        match (outcome, runtime::finish(&*stack, &r, record.as_ref(), keep)) {
             // Ctrl-C is how the loop ends: once torn down (or kept), that is a success.
             (Err(_), Ok(())) if interrupt::interrupted() => {
                 r.line("dev loop stopped");
@@ -169,8 +143,10 @@ struct Loop<'a> {
     opts: &'a RunOptions,
     session: &'a Session,
     stack: &'a mut dyn Stack,
-    /// Each running image by name: its reference, and its fingerprint outside its binary.
     running: Running,
+    /// After a live update, its plan: its images are built once the loop has been idle a
+    /// moment (a change before then makes its own plan, which supersedes this one).
+    pending: Option<(build::Prepared, Instant)>,
 }
 
 impl Loop<'_> {
@@ -183,7 +159,7 @@ impl Loop<'_> {
 
     /// Watches the workspace until Ctrl-C; each settled batch of changes (quiet for
     /// `debounce`) is one cycle.
-    fn watch(&mut self, debounce: Duration) -> anyhow::Result<()> {
+    fn watch(&mut self, debounce: Duration) -> Result<()> {
         use notify::Watcher;
         let (project, r) = (self.project, self.r);
         let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
@@ -193,25 +169,19 @@ impl Loop<'_> {
                 .watch(&path, notify::RecursiveMode::Recursive)
                 .with_context(|| format!("watching {}", path.display()))?;
         }
-        r.line(format!(
-            "watching {} for changes (Ctrl-C stops and tears down)",
-            WATCHED.join(", ")
-        ));
+        let watched = WATCHED.join(", ");
+        r.line(format!("watching {watched} for changes (Ctrl-C stops and tears down)"));
         let mut cycle = 0;
-        // The images of a live update, built once the loop has been idle a moment (a change
-        // before then makes its own plan, which supersedes this one).
-        let mut pending: Option<(build::Prepared, Instant)> = None;
         loop {
             let mut changed = BTreeSet::new();
             let mut quiet_since: Option<Instant> = None;
             while quiet_since.is_none_or(|t| t.elapsed() < debounce) {
                 interrupt::check()?;
-                if quiet_since.is_none()
-                    && pending.as_ref().is_some_and(|(_, t)| t.elapsed() >= RECORD_WHEN_IDLE)
+                let idle = |(_, t): &mut (_, Instant)| t.elapsed() >= RECORD_WHEN_IDLE;
+                if let Some((prepared, _)) =
+                    self.pending.take_if(|p| quiet_since.is_none() && idle(p))
                 {
-                    if let Some((prepared, _)) = pending.take() {
-                        record_images(project, r, &self.opts.build, prepared);
-                    }
+                    self.record_images(prepared);
                 }
                 match rx.recv_timeout(Duration::from_millis(50)) {
                     Ok(Ok(event)) if changes_content(&event.kind) => {
@@ -230,10 +200,9 @@ impl Loop<'_> {
                 }
             }
             // An editor's or sed's temporary file, created and renamed away, is no change.
-            changed.retain(|p| p.exists() || p.parent().is_some_and(Path::exists));
             let names: Vec<String> = changed
                 .iter()
-                .filter(|p| p.exists() || !has_temp_name(p))
+                .filter(|p| p.exists() || p.parent().is_some_and(Path::exists) && !has_temp_name(p))
                 .map(|p| project.display(p))
                 .collect();
             if names.is_empty() {
@@ -246,122 +215,117 @@ impl Loop<'_> {
                 _ => names.join(", "),
             };
             r.line(format!("changed: {what}"));
-            let mut times = Times::default();
-            let summary = match self.cycle(&names, &mut times) {
-                Ok((done, record)) => {
-                    pending = record.map(|p| (p, Instant::now()));
-                    format!("{done}; {}; total {}", times.steps(), secs(started.elapsed()))
+            let mut steps = Steps(r, Vec::new());
+            let summary = match self.cycle(&names, &mut steps) {
+                Ok(done) => format!("{done}; {}; total {}", steps.times(), secs(started.elapsed())),
+                Err(stopped) if steps.1.is_empty() => {
+                    format!("{stopped} ({})", secs(started.elapsed()))
                 }
-                Err((e, stopped)) => {
-                    r.line(format!("{e:#}"));
-                    format!(
-                        "{stopped} ({})",
-                        if times.0.is_empty() { secs(started.elapsed()) } else { times.steps() }
-                    )
-                }
+                Err(stopped) => format!("{stopped} ({})", steps.times()),
             };
             r.line(format!("cycle {cycle}: changed {what}; {summary}"));
         }
     }
 
-    /// One cycle: what it did, and when it synced a binary into a running container, the plan
-    /// whose images are to be built for the record; or the error and where it stopped.
-    /// Nothing here stops the loop: a failure is shown and the stack stays as it was.
-    fn cycle(
-        &mut self,
-        changed: &[String],
-        times: &mut Times,
-    ) -> Result<(String, Option<build::Prepared>), (anyhow::Error, String)> {
+    /// One cycle: what it did, or (its error shown) where it stopped. Nothing here stops the
+    /// loop: a failure is shown and the stack stays as it was.
+    fn cycle(&mut self, changed: &[String], steps: &mut Steps) -> Result<String, String> {
         let (project, r, opts) = (self.project, self.r, &self.opts.build);
-        let stopped = |how: &str| {
-            let how = how.to_owned();
-            move |e| (e, how)
-        };
-        // Recompile and plan; on failure the stack stays as it was.
-        let prepared = times
-            .time("compile+plan", || {
-                build::prepare(project, r, opts, self.session, &[], None, true)
-            })
-            .map_err(stopped("compile or plan FAILED, the stack is unchanged"))?;
+        let session = self.session;
+        let prepared =
+            steps.run("compile+plan", "compile or plan FAILED, the stack is unchanged", || {
+                build::prepare(project, r, opts, session, &[], None, true)
+            })?;
         // Only binaries changed: each is synced into its running container, whose process
         // restarts (Tilt's live update); the images follow once the loop is idle.
         let synced = match binary_only_changes(&prepared.plan, &self.running) {
-            Some(changed) => times
-                .time("sync+restart", || {
-                    self.stack.sync_binaries(project, r, &changed, &prepared.plan)
-                })
-                .map_err(stopped("syncing the binary FAILED, the stack is as it was"))?,
+            Some(changed) => steps.run(
+                "sync+restart",
+                "syncing the binary FAILED, the stack is as it was",
+                || self.stack.sync_binaries(project, r, &changed, &prepared.plan),
+            )?,
             None => None,
         };
-        self.running.extend(
-            prepared
-                .plan
-                .iter()
-                .map(|i| (i.spec.name.clone(), (i.reference.clone(), i.outside_binary.clone()))),
-        );
-        if let Some(synced) = synced {
-            let synced = synced.join(", ");
-            times
-                .time("ready", || self.stack.wait_ready(r, self.opts.ready_timeout))
-                .map_err(stopped(&format!("synced {synced}; NOT READY")))?;
-            let passed = times.time("suite", || Ok(self.suite())).unwrap_or(false);
-            let done = format!(
-                "synced {synced} (binary only: process restarted in its pod); suite {}",
-                verdict(passed)
-            );
-            return Ok((done, Some(prepared)));
+        self.running.extend(running_of(&prepared.plan));
+        let (did, restarted, record) = match synced {
+            Some(synced) => (format!("synced {}", synced.join(", ")), true, Some(prepared)),
+            None => {
+                let rebuilt = list(&uncached(&prepared.plan));
+                let (handoff, _) =
+                    steps.run("images", "image build FAILED, the stack is unchanged", || {
+                        build::finish_with(project, r, opts, prepared, false)
+                    })?;
+                // Replace only the pods that differ, the same way on either runtime.
+                let stopped = format!(
+                    "rebuilt {rebuilt}; replacing FAILED, the rest of the stack is unchanged"
+                );
+                let replaced =
+                    steps.run("replace", &stopped, || self.stack.replace(project, r, &handoff))?;
+                let did = format!("rebuilt {rebuilt}; replaced {}", list(&replaced));
+                (did, !replaced.is_empty(), None)
+            }
+        };
+        if restarted {
+            let stopped = format!("{did}; NOT READY");
+            steps.run("ready", &stopped, || self.stack.wait_ready(r, self.opts.ready_timeout))?;
         }
-        let rebuilt: Vec<String> =
-            prepared.plan.iter().filter(|i| !i.is_cached()).map(|i| i.spec.name.clone()).collect();
-        let rebuilt = list(&rebuilt);
-        let (handoff, _) = times
-            .time("images", || build::finish_with(project, r, opts, prepared, false))
-            .map_err(stopped("image build FAILED, the stack is unchanged"))?;
-        // Replace only the pods that differ, the same way on either runtime.
-        let replaced =
-            times.time("replace", || self.stack.replace(project, r, &handoff)).map_err(stopped(
-                &format!("rebuilt {rebuilt}; replacing FAILED, the rest of the stack is unchanged"),
-            ))?;
-        let replaced = list(&replaced);
-        if replaced != "nothing" {
-            times
-                .time("ready", || self.stack.wait_ready(r, self.opts.ready_timeout))
-                .map_err(stopped(&format!("rebuilt {rebuilt}; replaced {replaced}; NOT READY")))?;
-        }
-        // Compiled again only when the change can change it (the services are not its
-        // dependencies): a no-op cargo check is a quarter of a second.
-        let passed = times.time("suite", || {
+        // The suite, compiled again only when the change can change it (the services are not
+        // its dependencies): a no-op cargo check is a quarter of a second.
+        let passed = steps.run("suite", "suite compile FAILED, the stack is up", || {
             if crate::suite::touched_by(changed) {
-                let jobs = self.session.facts.env(None).map_or(1, |e| e.cargo_jobs());
+                let jobs = session.facts.env(None).map_or(1, |e| e.cargo_jobs());
                 crate::suite::compile_here(project, r, jobs)?;
             }
             Ok(self.suite())
-        });
-        let passed = passed.map_err(|e| (e, "suite compile FAILED, the stack is up".to_owned()))?;
-        Ok((format!("rebuilt {rebuilt}; replaced {replaced}; suite {}", verdict(passed)), None))
+        })?;
+        let live =
+            if record.is_some() { " (binary only: process restarted in its pod)" } else { "" };
+        self.pending = record.map(|p| (p, Instant::now()));
+        Ok(format!("{did}{live}; suite {}", verdict(passed)))
+    }
+
+    /// After a live update, once the loop is idle: builds the images of its plan (what now
+    /// runs, packaged) and writes `images.json`, so `e2e` and later cycles find them built.
+    fn record_images(&self, prepared: build::Prepared) {
+        let (t, built) = (Instant::now(), uncached(&prepared.plan));
+        if built.is_empty() {
+            return;
+        }
+        let r = self.r;
+        match build::finish_with(self.project, r, &self.opts.build, prepared, false) {
+            Ok(_) => r.line(format!(
+                "  built {} for the record in {} (the stack kept running)",
+                list(&built),
+                secs(t.elapsed())
+            )),
+            Err(e) => r.line(format!("  building the image for the record FAILED: {e:#}")),
+        }
     }
 }
 
-/// The time of each step of a cycle, in order.
-#[derive(Default)]
-struct Times(Vec<(&'static str, Duration)>);
+/// A cycle's steps: the time of each that succeeded, in order.
+struct Steps<'a>(&'a Reporter, Vec<(&'static str, Duration)>);
 
-impl Times {
-    fn time<T>(
+impl Steps<'_> {
+    /// Runs a step, timed; on failure shows the error and returns `stopped`: where the cycle
+    /// stopped.
+    fn run<T>(
         &mut self,
         name: &'static str,
-        f: impl FnOnce() -> anyhow::Result<T>,
-    ) -> anyhow::Result<T> {
+        stopped: &str,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T, String> {
         let t = Instant::now();
-        let out = f();
-        if out.is_ok() {
-            self.0.push((name, t.elapsed()));
-        }
-        out
+        let out = f().map_err(|e| {
+            self.0.line(format!("{e:#}"));
+            stopped.to_owned()
+        })?;
+        self.1.push((name, t.elapsed()));
+        Ok(out)
     }
 
-    fn steps(&self) -> String {
-        self.0.iter().map(|(n, d)| format!("{n} {}", secs(*d))).collect::<Vec<_>>().join(", ")
+    fn times(&self) -> String {
+        self.1.iter().map(|(n, d)| format!("{n} {}", secs(*d))).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -373,54 +337,41 @@ fn verdict(passed: bool) -> &'static str {
     }
 }
 
-/// Each running image by name: its reference, and its fingerprint outside its binary.
-type Running = BTreeMap<String, (String, String)>;
-
-/// The images of `plan` other than those that run (new, or back to an earlier one), when
-/// there are some and each differs from the running one in its binary alone; else `None`.
-fn binary_only_changes<'a>(
-    plan: &'a [build::PlanItem],
-    running: &Running,
-) -> Option<Vec<&'a build::PlanItem>> {
-    let changed: Vec<&build::PlanItem> = plan
-        .iter()
-        .filter(|i| running.get(&i.spec.name).map(|(r, _)| r) != Some(&i.reference))
-        .collect();
-    let binary_only = |i: &&build::PlanItem| {
-        i.spec.binary().is_some()
-            && running.get(&i.spec.name).map(|(_, o)| o) == Some(&i.outside_binary)
-    };
-    (!changed.is_empty() && changed.iter().all(binary_only)).then_some(changed)
-}
-
-/// How long the loop waits, idle, before it builds a live update's images.
-const RECORD_WHEN_IDLE: Duration = Duration::from_millis(500);
-
-/// After a live update, once the loop is idle: builds the images of its plan (what now runs,
-/// packaged) and writes `images.json`, so `e2e` and later cycles find them built.
-fn record_images(project: &Project, r: &Reporter, opts: &BuildOptions, prepared: build::Prepared) {
-    let t = Instant::now();
-    let built: Vec<String> =
-        prepared.plan.iter().filter(|i| !i.is_cached()).map(|i| i.spec.name.clone()).collect();
-    if built.is_empty() {
-        return;
-    }
-    match build::finish_with(project, r, opts, prepared, false) {
-        Ok(_) => r.line(format!(
-            "  built {} for the record in {} (the stack kept running)",
-            list(&built),
-            secs(t.elapsed())
-        )),
-        Err(e) => r.line(format!("  building the image for the record FAILED: {e:#}")),
-    }
-}
-
 fn list(items: &[String]) -> String {
     if items.is_empty() {
         "nothing".into()
     } else {
         items.join(", ")
     }
+}
+
+/// How long the loop waits, idle, before it builds a live update's images.
+const RECORD_WHEN_IDLE: Duration = Duration::from_millis(500);
+
+/// Each running image by name: its reference, and its fingerprint outside its binary.
+type Running = BTreeMap<String, (String, String)>;
+
+fn running_of(plan: &[PlanItem]) -> Running {
+    let each =
+        |i: &PlanItem| (i.spec.name.clone(), (i.reference.clone(), i.outside_binary.clone()));
+    plan.iter().map(each).collect()
+}
+
+/// The images of `plan` to build, by name.
+fn uncached(plan: &[PlanItem]) -> Vec<String> {
+    plan.iter().filter(|i| !i.is_cached()).map(|i| i.spec.name.clone()).collect()
+}
+
+/// The images of `plan` other than those that run (new, or back to an earlier one), when
+/// there are some and each differs from the running one in its binary alone; else `None`.
+fn binary_only_changes<'a>(plan: &'a [PlanItem], running: &Running) -> Option<Vec<&'a PlanItem>> {
+    let running = |i: &PlanItem| running.get(&i.spec.name);
+    let changed: Vec<&PlanItem> =
+        plan.iter().filter(|i| running(i).map(|(r, _)| r) != Some(&i.reference)).collect();
+    let binary_only = |i: &&PlanItem| {
+        i.spec.binary().is_some() && running(i).map(|(_, o)| o) == Some(&i.outside_binary)
+    };
+    (!changed.is_empty() && changed.iter().all(binary_only)).then_some(changed)
 }
 
 #[cfg(test)]

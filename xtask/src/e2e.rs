@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::{
@@ -12,8 +13,8 @@ use crate::{
     fingerprint,
     project::Project,
     report::{self, Reporter},
-    run::{self, Images, RunOptions, Runtime, Source},
-    runtime::{self, step, RunId, Stack},
+    run::{self, Images, Run, RunOptions, Runtime, Source},
+    runtime::{self, step, RunId},
     suite,
     timeline::SpanState,
 };
@@ -84,7 +85,7 @@ pub struct RunReport {
 }
 
 impl E2eArgs {
-    pub fn run(self, project: &Project) -> anyhow::Result<()> {
+    pub fn run(self, project: &Project) -> Result<()> {
         let r = Reporter::new();
         if let Some(run) = &self.down {
             return runtime::down(project, &r, Some(run.as_str()).filter(|s| !s.is_empty()));
@@ -96,30 +97,28 @@ impl E2eArgs {
         let session = Session::open(project, &opts.build, &r, provision)?;
         let manifests = opts.manifests(project)?;
         let id = RunId::new(self.cluster_name.as_deref());
+        let run =
+            Run { opts: &opts, project, r: &r, session: &session, manifests: &manifests, id: &id };
         if self.dry_run {
-            return dry_run(project, &r, &opts, &session, &manifests, &id);
+            return dry_run(&run);
         }
-        opts.require(project, &r, &session)?;
-        let early = opts.early_start(project, &session, &manifests, &id);
-        let (images, record) = run::images_beside_infrastructure(&r, early.as_ref(), || {
-            opts.images(project, &r, &session, true)
-        })?;
-        let stack = opts.stack(project, &session, &manifests, &images.handoff, &id, early)?;
-        describe(project, &r, &*stack);
+        run.require()?;
+        let early = run.early_start();
+        let (images, record) =
+            run::images_beside_infrastructure(&r, early.as_ref(), || run.images())?;
+        let stack = run.stack(&images.handoff, early)?;
+        r.line(format!("run {} (files in {})", stack.id(), project.display(stack.dir())));
+        if let Some(line) = stack.where_it_runs() {
+            r.line(line);
+        }
         let (outcome, record) =
             run::beside_suite_compile(project, &r, images.pending_suite, |gate| {
-                let tests = opts.tests(project, &*stack, gate);
-                runtime::execute(
-                    &*stack,
-                    &r,
-                    project,
-                    &stack.plan(opts.ready_timeout, tests),
-                    record,
-                )
+                let plan = stack.plan(opts.ready_timeout, opts.tests(project, &*stack, gate));
+                runtime::execute(&*stack, &r, project, &plan, record)
             });
         let teardown = runtime::finish(&*stack, &r, record.as_ref(), opts.keep);
         let outcome = runtime::combine(outcome, teardown);
-        write_report(project, &r, &opts, &session, &images, &id, &outcome)?;
+        write_report(&run, &images, &outcome)?;
         outcome
     }
 
@@ -145,29 +144,14 @@ impl E2eArgs {
     }
 }
 
-/// Where the run's files are, and where readiness and the suite run.
-fn describe(project: &Project, r: &Reporter, stack: &dyn Stack) {
-    r.line(format!("run {} (files in {})", stack.id(), project.display(stack.dir())));
-    if let Some(line) = stack.where_it_runs() {
-        r.line(line);
-    }
-}
-
 /// `report.json` and `report.html` in the run's directory: the phases, the images, the
 /// memory the builds used.
-fn write_report(
-    project: &Project,
-    r: &Reporter,
-    opts: &RunOptions,
-    session: &Session,
-    images: &Images,
-    id: &RunId,
-    outcome: &anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let dir = id.dir(project);
+fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> {
+    let Run { opts, project, r, session, id, .. } = *run;
+    let (dir, handoff) = (id.dir(project), &images.handoff);
     r.line(format!("phases:\n{}", r.summary()));
-    let handoff = &images.handoff;
     let built = handoff.built_now.len();
+    let suite = r.phase_spans().into_iter().find(|p| p.name == "run E2E suite");
     let report = RunReport {
         run: id.to_string(),
         runtime: opts.runtime,
@@ -176,47 +160,27 @@ fn write_report(
         phases: r.phase_times(),
         images_cached: handoff.images.len().saturating_sub(built),
         images_built: built,
-        bytes_loaded: match &opts.source {
-            Source::Archive { path, .. } => std::fs::metadata(path).map_or(0, |m| m.len()),
-            _ => 0,
-        },
-        first_test_s: r
-            .phase_spans()
-            .iter()
-            .find(|p| p.name == "run E2E suite")
-            .map(|p| (p.start_s * 1000.0).round() / 1000.0),
+        bytes_loaded: opts
+            .source
+            .archive()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len()),
+        first_test_s: suite.map(|p| (p.start_s * 1000.0).round() / 1000.0),
     };
     crate::fsx::write_json(&dir.join("report.json"), &report)?;
-    let loaded = !matches!(opts.source, Source::Build);
-    let states: Vec<(String, SpanState)> = handoff
-        .images
-        .iter()
-        .map(|i| {
-            let state = match (handoff.built_now.contains(&i.name), loaded) {
-                (true, _) => SpanState::Built,
-                (false, true) => SpanState::Loaded,
-                (false, false) => SpanState::Cached,
-            };
-            (i.name.clone(), state)
-        })
-        .collect();
+    let not_built =
+        if opts.source.archive().is_some() { SpanState::Loaded } else { SpanState::Cached };
+    let state = |name| if handoff.built_now.contains(name) { SpanState::Built } else { not_built };
+    let states: Vec<_> = handoff.images.iter().map(|i| (i.name.clone(), state(&i.name))).collect();
     let outcome_line = match &report.error {
         None => "passed".to_owned(),
         Some(e) => format!("FAILED: {}", e.lines().next().unwrap_or("")),
     };
-    report::write_timeline(
-        r,
-        &dir,
-        &format!("cargo xtask e2e: run {id}"),
-        &outcome_line,
-        &states,
-        &images.activity,
-        session.facts.budget.as_ref().ok().map(|b| b.bytes),
-    )?;
-    r.line(format!(
-        "report: {} (and report.html beside it)",
-        project.display(&dir.join("report.json"))
-    ));
+    let title = format!("cargo xtask e2e: run {id}");
+    let budget = session.facts.budget.as_ref().ok().map(|b| b.bytes);
+    report::write_timeline(r, &dir, &title, &outcome_line, &states, &images.activity, budget)?;
+    let json = project.display(&dir.join("report.json"));
+    r.line(format!("report: {json} (and report.html beside it)"));
     if outcome.is_ok() {
         r.line("E2E passed");
     }
@@ -226,73 +190,58 @@ fn write_report(
 /// Prints every command the run would run, in order, and runs none of them: the image
 /// stage as planned, then the stack's phases (the same values a run executes), then the
 /// teardown.
-fn dry_run(
-    project: &Project,
-    r: &Reporter,
-    opts: &RunOptions,
-    session: &Session,
-    manifests: &crate::manifests::Manifests,
-    id: &RunId,
-) -> anyhow::Result<()> {
+fn dry_run(run: &Run) -> Result<()> {
+    let Run { opts, project, r, session, .. } = *run;
     let mut lines: Vec<String> = Vec::new();
     let handoff = match &opts.source {
         Source::Archive { path, .. } => {
             let m = archive::verify(path)?;
             let env = session.facts.env(Some(&m.base_image_id))?;
-            lines.push(format!(
-                "{}  # after verifying the archive's SHA-256",
-                archive::load_cmd(env.engine(), path, m.compression)
-            ));
+            let load = archive::load_cmd(env.engine(), path, m.compression);
+            lines.push(format!("{load}  # after verifying the archive's SHA-256"));
             m.handoff(env.engine(), &env.facts.at)
         }
         source => {
             let env = session.facts.env(None)?;
+            let engine = env.engine();
             let binaries: Vec<&str> =
                 session.images.images.iter().filter_map(crate::images::ImageSpec::binary).collect();
+            let release = opts.build.release;
             lines.push(
-                build::cargo_build(project, &binaries, env.cargo_jobs(), opts.build.release)
-                    .to_string(),
+                build::cargo_build(project, &binaries, env.cargo_jobs(), release).to_string(),
             );
             let prepared = build::prepare(project, r, &opts.build, session, &[], None, false)
-                .map_err(|e| {
-                    e.context(
-                        "a dry run plans with the binaries on disk: run `cargo build` once first",
-                    )
-                })?;
-            for item in &prepared.plan {
-                lines.push(match (&item.action, source) {
-                    (Action::Cached(_), _) => {
-                        format!("# {} is cached: {}", item.spec.name, item.reference)
-                    }
-                    (Action::Build { .. }, Source::Registry(prefix)) => format!(
-                        "{} pull {prefix}/{}:{}  # then tagged {}",
-                        env.engine().program(),
-                        item.spec.name,
-                        fingerprint::tag(&item.fingerprint),
-                        item.reference,
-                    ),
-                    (Action::Build { reason }, _) => {
-                        format!("{}  # {reason}", build::build_cmd_for(project, env.engine(), item))
-                    }
-                });
-            }
+                .context(
+                    "a dry run plans with the binaries on disk: run `cargo build` once first",
+                )?;
+            lines.extend(prepared.plan.iter().map(|item| match (&item.action, source) {
+                (Action::Cached(_), _) => {
+                    format!("# {} is cached: {}", item.spec.name, item.reference)
+                }
+                (Action::Build { .. }, Source::Registry(prefix)) => format!(
+                    "{} pull {prefix}/{}:{}  # then tagged {}",
+                    engine.program(),
+                    item.spec.name,
+                    fingerprint::tag(&item.fingerprint),
+                    item.reference,
+                ),
+                (Action::Build { reason }, _) => {
+                    format!("{}  # {reason}", build::build_cmd_for(project, engine, item))
+                }
+            }));
             build::planned_handoff(&prepared)
         }
     };
     lines.push(suite::compile(project, 1).to_string());
-    let early = opts.early_start(project, session, manifests, id);
+    let early = run.early_start();
     if let Some(early) = &early {
-        lines.splice(0..0, {
-            let mut first = vec![match opts.source {
-                Source::Archive { .. } => "# while the archive loads (its first images are these):",
-                _ => "# while the service binaries compile and their images build:",
-            }
-            .to_owned()];
-            first.extend(step::print(&early.plan_early()));
-            first
-        });
+        let first = match opts.source {
+            Source::Archive { .. } => "# while the archive loads (its first images are these):",
+            _ => "# while the service binaries compile and their images build:",
+        };
+        lines.splice(0..0, [first.to_owned()].into_iter().chain(step::print(&early.plan_early())));
     }
-    let stack = opts.stack(project, session, manifests, &handoff, id, early)?;
+    let stack = run.stack(&handoff, early)?;
     lines.extend(step::print(&stack.plan(opts.ready_timeout, opts.tests(project, &*stack, None))));
     lines.extend(stack.failure_commands());
     let keep = if opts.keep { "  # skipped: --keep" } else { "" };

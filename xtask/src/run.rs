@@ -2,13 +2,19 @@
 //! infrastructure started while they come, the stack on either runtime, the suite's phases,
 //! and the two things a run does at once (declared here, and only here).
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{atomic::Ordering, Mutex},
+    thread::{scope, ScopedJoinHandle},
+    time::Duration,
+};
 
-use anyhow::Context;
+use anyhow::{Context, Result};
 
 use crate::{
     archive,
-    build::{self, Activity, BuildOptions, CompileIn, Session},
+    build::{self, compile, Activity, BuildOptions, CompileIn, Session},
     doctor,
     engine::Engine,
     handoff::Handoff,
@@ -30,21 +36,23 @@ use crate::{
 
 /// The deduplication TTL the gateway gets for `--faults` runs, so that a test can see a
 /// signal's deduplication expire.
-pub const FAULTS_DEDUP_TTL_SECONDS: u64 = 5;
+const FAULTS_DEDUP_TTL_SECONDS: u64 = 5;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
     /// `podman kube play` on a network of the run's own.
+    #[default]
     Podman,
     /// A Kind cluster (provider: the engine, docker or podman).
     Kind,
 }
 
 /// Where a run's images come from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub enum Source {
     /// Built here (what changed), the suite compiling meanwhile.
+    #[default]
     Build,
     /// Loaded from an archive of `save-images` (`allow_stale`: even when it does not match).
     Archive { path: PathBuf, allow_stale: bool },
@@ -52,8 +60,17 @@ pub enum Source {
     Registry(String),
 }
 
+impl Source {
+    pub fn archive(&self) -> Option<&PathBuf> {
+        match self {
+            Source::Archive { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+}
+
 /// What a run is decided from: `e2e`'s options, or `dev`'s.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub runtime: Runtime,
     pub keep: bool,
@@ -90,292 +107,13 @@ impl RunOptions {
     }
 
     /// The manifests, with the fault tests' short deduplication TTL when they run.
-    pub fn manifests(&self, project: &Project) -> anyhow::Result<Manifests> {
+    pub fn manifests(&self, project: &Project) -> Result<Manifests> {
         let mut manifests = Manifests::load(&project.manifests_dir())?;
         if self.faults {
             let ttl = FAULTS_DEDUP_TTL_SECONDS.to_string();
             manifests.set_env("gateway", "DEDUP_TTL_SECONDS", &ttl)?;
         }
         Ok(manifests)
-    }
-
-    /// Every prerequisite, checked before anything is done.
-    pub fn require(
-        &self,
-        project: &Project,
-        r: &Reporter,
-        session: &Session,
-    ) -> anyhow::Result<()> {
-        if self.faults && SuiteIn::resolve(self.suite_in, session.remote()) == SuiteIn::Engine {
-            return Err(Problem::new(
-                "the fault tests stop and start services with the engine's command line, so they run on this machine, \
-                 and this engine's published ports are not reachable from here",
-                "run --faults against a local engine, or pass --suite-in host where the engine publishes its ports here \
-                 (podman machine forwards them)",
-            )
-            .into());
-        }
-        let needs = doctor::Needs {
-            kind: self.runtime == Runtime::Kind,
-            archive: match &self.source {
-                Source::Archive { path, .. } => Some(path.clone()),
-                _ => None,
-            },
-            start_container: false,
-        };
-        doctor::require(project, r, session, &needs)
-    }
-
-    /// The images: built, loaded or pulled. Image builds wait on podman and apt more than
-    /// on the CPU, so the suite compiles while they run, with its rustc jobs' memory taken
-    /// out of the builds' budget. With `defer`, a compile that would run after the images
-    /// is left to [`beside_suite_compile`].
-    pub fn images(
-        &self,
-        project: &Project,
-        r: &Reporter,
-        session: &Session,
-        defer: bool,
-    ) -> anyhow::Result<Images> {
-        let opts = &self.build;
-        let handoff = match &self.source {
-            Source::Archive { path, allow_stale } => {
-                archive::load(project, r, path, *allow_stale, opts, session)?
-            }
-            Source::Registry(prefix) => registry::pull(project, r, prefix, opts, session)?,
-            Source::Build => {
-                let mut prepared = build::prepare(project, r, opts, session, &[], None, true)?;
-                let env = &mut prepared.env;
-                let jobs = if prepared.plan.iter().all(|i| i.is_cached()) {
-                    env.cargo_jobs()
-                } else {
-                    memory::cargo_jobs(env.host_budget.bytes / 2, memory::cpus())
-                };
-                if prepared.plan.iter().all(|i| i.is_cached()) {
-                    let (handoff, activity) = build::finish(project, r, opts, prepared)?;
-                    let pending_suite = compile_suite_unless(defer, project, r, jobs)?;
-                    return Ok(Images { handoff, activity, pending_suite });
-                }
-                // The suite's rustc jobs run beside the builds; on a local engine they share
-                // its memory. Never so much that the largest image no longer fits.
-                let biggest = prepared.plan.iter().map(|i| i.spec.memory).max().unwrap_or(0);
-                let reserved = if env.facts.remote {
-                    0
-                } else {
-                    (jobs as u64 * memory::RUSTC_JOB).min(env.budget.bytes.saturating_sub(biggest))
-                };
-                env.budget.bytes -= reserved;
-                if reserved > 0 {
-                    env.budget.source = format!(
-                        "{}, less {} for the E2E suite compiling meanwhile",
-                        env.budget.source,
-                        memory::human(reserved)
-                    );
-                }
-                r.line(format!(
-                    "the E2E suite compiles (cargo -j {jobs}) while the images build: {} of the budget is kept for it",
-                    memory::human(reserved)
-                ));
-                let (built, compiled) = std::thread::scope(|s| {
-                    let compiling = s.spawn(|| compile_suite(project, r, jobs));
-                    let built = build::finish(project, r, opts, prepared);
-                    (built, compiling.join().expect("no panic"))
-                });
-                compiled?;
-                let (handoff, activity) = built?;
-                return Ok(Images { handoff, activity, pending_suite: None });
-            }
-        };
-        let jobs = session.facts.env(Some(&handoff.base_image_id))?.cargo_jobs();
-        let pending_suite = compile_suite_unless(defer, project, r, jobs)?;
-        Ok(Images { handoff, activity: Activity::default(), pending_suite })
-    }
-
-    /// The pods that can start before the service images exist (their images package no
-    /// binary of ours and are there already, or come first in the archive), or `None`.
-    pub fn early_start(
-        &self,
-        project: &Project,
-        session: &Session,
-        manifests: &Manifests,
-        id: &RunId,
-    ) -> Option<PodmanRun> {
-        if self.runtime != Runtime::Podman || self.build.force {
-            return None;
-        }
-        let names: Vec<String> =
-            session.images.infrastructure().into_iter().map(str::to_owned).collect();
-        // Their images: cached here, or coming with the archive (awaited before they start).
-        let (pinned, arriving): (BTreeMap<String, String>, _) = match &self.source {
-            Source::Registry(_) => return None,
-            Source::Archive { path, .. } => {
-                let manifest = archive::read_manifest(path).ok()?;
-                let records: Vec<_> =
-                    manifest.images.into_iter().filter(|i| names.contains(&i.name)).collect();
-                let arriving =
-                    records.iter().map(|i| (i.reference.clone(), i.id.clone())).collect();
-                let pinned = records.into_iter().map(|i| (i.repository, i.reference)).collect();
-                (pinned, Some(arriving))
-            }
-            Source::Build => {
-                let items = build::plan_quietly(project, session, &names).ok()?;
-                if !items.iter().all(|i| i.is_cached()) {
-                    return None;
-                }
-                let pinned = items
-                    .iter()
-                    .map(|i| (i.spec.repository.clone(), i.reference.clone()))
-                    .collect();
-                (pinned, None)
-            }
-        };
-        if pinned.is_empty() {
-            return None;
-        }
-        let subnet = subnet_for(id).ok()?;
-        let stack = manifests.render_podman(&pinned, id.suffix(), Some(subnet), free_port).ok()?;
-        let early: std::collections::BTreeSet<String> = stack
-            .pods
-            .iter()
-            .filter(|p| p.containers.iter().all(|c| pinned.values().any(|r| *r == c.image)))
-            .map(|p| p.name.clone())
-            .collect();
-        if early.is_empty() {
-            return None;
-        }
-        let mut run = PodmanRun::new(project, id.clone(), stack);
-        run.early = early;
-        run.arriving = arriving.map(|images| Arriving { images, ended: Default::default() });
-        Some(run)
-    }
-
-    /// The stack on the runtime asked for, its manifests rendered with the images of
-    /// `handoff`; on podman, going on from what `early` started.
-    pub fn stack(
-        &self,
-        project: &Project,
-        session: &Session,
-        manifests: &Manifests,
-        handoff: &Handoff,
-        id: &RunId,
-        early: Option<PodmanRun>,
-    ) -> anyhow::Result<Box<dyn Stack>> {
-        match self.runtime {
-            Runtime::Podman => {
-                Ok(Box::new(self.podman(project, session, manifests, handoff, id, early)?))
-            }
-            // The engine that built or loaded the images is kind's provider.
-            Runtime::Kind => Ok(Box::new(self.kind(project, manifests, handoff, id)?)),
-        }
-    }
-
-    fn podman(
-        &self,
-        project: &Project,
-        session: &Session,
-        manifests: &Manifests,
-        handoff: &Handoff,
-        id: &RunId,
-        early: Option<PodmanRun>,
-    ) -> anyhow::Result<PodmanRun> {
-        let mut run = match early {
-            // The same stack with every image pinned now, on the ports the early part chose.
-            Some(started) => {
-                let mut run = PodmanRun::new(
-                    project,
-                    id.clone(),
-                    started.rerender(manifests, &handoff.pinned())?,
-                );
-                run.early = started.early;
-                run
-            }
-            None => {
-                let subnet = subnet_for(id)?;
-                let stack = manifests.render_podman(
-                    &handoff.pinned(),
-                    id.suffix(),
-                    Some(subnet),
-                    free_port,
-                )?;
-                PodmanRun::new(project, id.clone(), stack)
-            }
-        };
-        run.remote = session.remote();
-        // Where the suite runs (as asked, else in the engine when it is remote), and when in
-        // the engine, its package (recorded with the run, so the teardown removes its image).
-        if SuiteIn::resolve(self.suite_in, run.remote) == SuiteIn::Engine {
-            let base = &session.facts.base_image;
-            let mut package = InEngine::new(project, Engine::Podman, id.suffix(), base);
-            package.compiled_in_engine = self
-                .compiles_in_engine(session)
-                .then(|| project.e2e_dir().join("engine-bin").join("suite"));
-            run.suite = Some(package);
-        }
-        Ok(run)
-    }
-
-    fn kind(
-        &self,
-        project: &Project,
-        manifests: &Manifests,
-        handoff: &Handoff,
-        id: &RunId,
-    ) -> anyhow::Result<KindRun> {
-        let dir = id.dir(project);
-        let (cluster, reuse) = match (&self.reuse_cluster, &self.cluster_name) {
-            (Some(name), _) => (name.clone(), true),
-            (None, Some(name)) => (name.clone(), false),
-            (None, None) => (id.namespace(), false),
-        };
-        let (stack, node_ports) = manifests.render_kind(&handoff.pinned())?;
-        let record = project.e2e_dir().join("clusters").join(format!("{cluster}.json"));
-        let (config, ports) = if reuse {
-            let ports: BTreeMap<u16, u16> = serde_json::from_slice(&std::fs::read(&record).with_context(|| {
-                format!(
-                    "cluster {cluster} was not made by `cargo xtask e2e --runtime kind --keep` ({} is missing), so its port mappings are unknown",
-                    project.display(&record)
-                )
-            })?)?;
-            (String::new(), ports)
-        } else {
-            let template =
-                std::fs::read_to_string(project.root.join("test/e2e/kind-cluster.yaml"))?;
-            kind::render_cluster_config(&template, &cluster, free_port)?
-        };
-        Ok(KindRun {
-            id: id.clone(),
-            cluster,
-            reuse,
-            namespace: id.namespace(),
-            provider: handoff.engine,
-            archive_tar: dir.join("images.tar"),
-            archive_source: match &self.source {
-                Source::Archive { path, .. } => Some(path.clone()),
-                _ => None,
-            },
-            log: id.log(project),
-            dir,
-            ports,
-            node_ports,
-            references: handoff.images.iter().map(|i| i.reference.clone()).collect(),
-            pods: manifests.pods(),
-            files: KindFiles {
-                config,
-                stack,
-                ports_record: (self.keep && !reuse).then_some(record),
-            },
-        })
-    }
-
-    /// Whether this run's binaries compile in the engine (as asked, or as the platforms decide).
-    fn compiles_in_engine(&self, session: &Session) -> bool {
-        session.facts.engine.as_ref().is_ok_and(|f| {
-            build::compile::resolve(
-                self.build.compile_in,
-                &build::compile::host_platform(),
-                &f.platform,
-            ) == CompileIn::Engine
-        })
     }
 
     /// The suite, then (with `--faults`) the fault tests, as phases of the run, with the
@@ -389,34 +127,247 @@ impl RunOptions {
         gate: Option<&'a SuiteGate<'_>>,
     ) -> Vec<Phase<'a>> {
         let file = stack.dir().join("stack.json");
-        let control = stack.control(FAULTS_DEDUP_TTL_SECONDS);
-        let mut steps = vec![Step::Write {
-            path: file.clone(),
-            contents: serde_json::to_string_pretty(&control).expect("serialises"),
-        }];
-        if let Some(gate) = gate {
-            steps.push(Step::Watch {
-                what: "the E2E suite's compile, started beside the deploy, has finished".into(),
-                run: Box::new(move |_| gate.wait()),
-            });
-        }
+        let control = serde_json::to_string_pretty(&stack.control(FAULTS_DEDUP_TTL_SECONDS));
+        let mut steps =
+            vec![Step::Write { path: file.clone(), contents: control.expect("serialises") }];
+        steps.extend(gate.map(|gate| Step::Watch {
+            what: "the E2E suite's compile, started beside the deploy, has finished".into(),
+            run: Box::new(move |_| gate.wait()),
+        }));
         steps.extend(stack.suite_steps(project));
-        steps.push(Step::Terminal {
-            cmd: stack.suite(project, "e2e", &self.test_args),
-            doing: "the E2E suite failed".into(),
-        });
+        let cmd = stack.suite(project, "e2e", &self.test_args);
+        steps.push(Step::Terminal { cmd, doing: "the E2E suite failed".into() });
         let mut phases = vec![Phase::new("run E2E suite", steps)];
         if self.faults {
             let cmd = suite::run(project, "faults", &stack.urls())
                 .env("E2E_STACK", file.display().to_string())
                 .arg("--test-threads=1");
-            phases.push(Phase::new(
-                "run fault tests",
-                vec![Step::Terminal { cmd, doing: "the fault tests failed".into() }],
-            ));
+            let doing = "the fault tests failed".into();
+            phases.push(Phase::new("run fault tests", vec![Step::Terminal { cmd, doing }]));
         }
         phases
     }
+}
+
+/// A run under way: its options, and what each of its steps needs.
+pub struct Run<'a> {
+    pub opts: &'a RunOptions,
+    pub project: &'a Project,
+    pub r: &'a Reporter,
+    pub session: &'a Session,
+    pub manifests: &'a Manifests,
+    pub id: &'a RunId,
+}
+
+impl Run<'_> {
+    /// Every prerequisite, checked before anything is done.
+    pub fn require(&self) -> Result<()> {
+        let Run { opts, project, r, session, .. } = *self;
+        if opts.faults && SuiteIn::resolve(opts.suite_in, session.remote()) == SuiteIn::Engine {
+            return Err(Problem::new(
+                "the fault tests stop and start services with the engine's command line, so they run on this machine, \
+                 and this engine's published ports are not reachable from here",
+                "run --faults against a local engine, or pass --suite-in host where the engine publishes its ports here \
+                 (podman machine forwards them)",
+            )
+            .into());
+        }
+        let archive = opts.source.archive().cloned();
+        let kind = opts.runtime == Runtime::Kind;
+        doctor::require(
+            project,
+            r,
+            session,
+            &doctor::Needs { kind, archive, start_container: false },
+        )
+    }
+
+    /// The images: built, loaded or pulled, and the suite's compile still to do (`-j`).
+    pub fn images(&self) -> Result<Images> {
+        let Run { opts, project, r, session, .. } = *self;
+        let handoff = match &opts.source {
+            Source::Archive { path, allow_stale } => {
+                archive::load(project, r, path, *allow_stale, &opts.build, session)?
+            }
+            Source::Registry(prefix) => registry::pull(project, r, prefix, &opts.build, session)?,
+            Source::Build => {
+                let prepared = build::prepare(project, r, &opts.build, session, &[], None, true)?;
+                if !prepared.plan.iter().all(|i| i.is_cached()) {
+                    return build_beside_suite(project, r, &opts.build, prepared);
+                }
+                let jobs = prepared.env.cargo_jobs();
+                let (handoff, activity) = build::finish(project, r, &opts.build, prepared)?;
+                return Ok(Images { handoff, activity, pending_suite: Some(jobs) });
+            }
+        };
+        let jobs = session.facts.env(Some(&handoff.base_image_id))?.cargo_jobs();
+        Ok(Images { handoff, activity: Activity::default(), pending_suite: Some(jobs) })
+    }
+
+    /// The pods that can start before the service images exist (their images package no
+    /// binary of ours and are there already, or come first in the archive), or `None`.
+    pub fn early_start(&self) -> Option<PodmanRun> {
+        let Run { opts, project, session, manifests, id, .. } = *self;
+        if opts.runtime != Runtime::Podman || opts.build.force {
+            return None;
+        }
+        let names: Vec<String> =
+            session.images.infrastructure().into_iter().map(str::to_owned).collect();
+        // Their images: cached here, or coming with the archive (awaited before they start).
+        let (pinned, arriving): (BTreeMap<String, String>, _) = match &opts.source {
+            Source::Registry(_) => return None,
+            Source::Archive { path, .. } => {
+                let images = archive::read_manifest(path).ok()?.images.into_iter();
+                let (pinned, arriving): (_, Vec<_>) = images
+                    .filter(|i| names.contains(&i.name))
+                    .map(|i| ((i.repository, i.reference.clone()), (i.reference, i.id)))
+                    .unzip();
+                (pinned, Some(arriving))
+            }
+            Source::Build => {
+                let items = build::plan_quietly(project, session, &names).ok()?;
+                if !items.iter().all(|i| i.is_cached()) {
+                    return None;
+                }
+                (items.into_iter().map(|i| (i.spec.repository, i.reference)).collect(), None)
+            }
+        };
+        if pinned.is_empty() {
+            return None;
+        }
+        let stack = render_podman(manifests, &pinned, id).ok()?;
+        let early: std::collections::BTreeSet<String> = stack
+            .pods
+            .iter()
+            .filter(|p| p.containers.iter().all(|c| pinned.values().any(|r| *r == c.image)))
+            .map(|p| p.name.clone())
+            .collect();
+        if early.is_empty() {
+            return None;
+        }
+        let arriving = arriving.map(|images| Arriving { images, ended: Default::default() });
+        Some(PodmanRun { early, arriving, ..PodmanRun::new(project, id.clone(), stack) })
+    }
+
+    /// The stack on the runtime asked for, its manifests rendered with the images of
+    /// `handoff`; on podman, going on from what `early` started.
+    pub fn stack(&self, handoff: &Handoff, early: Option<PodmanRun>) -> Result<Box<dyn Stack>> {
+        let Run { opts, project, session, manifests, id, .. } = *self;
+        if opts.runtime == Runtime::Kind {
+            return Ok(Box::new(self.kind(handoff)?));
+        }
+        let pinned = handoff.pinned();
+        let (stack, early) = match early {
+            // The same stack with every image pinned now, on the ports the early part chose.
+            Some(started) => (started.rerender(manifests, &pinned)?, started.early),
+            None => (render_podman(manifests, &pinned, id)?, Default::default()),
+        };
+        let remote = session.remote();
+        let mut run = PodmanRun { early, remote, ..PodmanRun::new(project, id.clone(), stack) };
+        // Where the suite runs (as asked, else in the engine when it is remote), and when in
+        // the engine, its package (recorded with the run, so the teardown removes its image).
+        if SuiteIn::resolve(opts.suite_in, remote) == SuiteIn::Engine {
+            let base = &session.facts.base_image;
+            let mut package = InEngine::new(project, Engine::Podman, id.suffix(), base);
+            // Compiled in the engine (as asked, or as the platforms decide).
+            let in_engine = session.facts.engine.as_ref().is_ok_and(|f| {
+                let host = compile::host_platform();
+                compile::resolve(opts.build.compile_in, &host, &f.platform) == CompileIn::Engine
+            });
+            package.compiled_in_engine =
+                in_engine.then(|| project.e2e_dir().join("engine-bin").join("suite"));
+            run.suite = Some(package);
+        }
+        Ok(Box::new(run))
+    }
+
+    fn kind(&self, handoff: &Handoff) -> Result<KindRun> {
+        let Run { opts, project, manifests, id, .. } = *self;
+        let (cluster, reuse) = match (&opts.reuse_cluster, &opts.cluster_name) {
+            (Some(name), _) => (name.clone(), true),
+            (None, name) => (name.clone().unwrap_or_else(|| id.namespace()), false),
+        };
+        let (stack, node_ports) = manifests.render_kind(&handoff.pinned())?;
+        let record = project.e2e_dir().join("clusters").join(format!("{cluster}.json"));
+        let (config, ports) = if reuse {
+            let ports = std::fs::read(&record).with_context(|| {
+                format!(
+                    "cluster {cluster} was not made by `cargo xtask e2e --runtime kind --keep` ({} is missing), so its port mappings are unknown",
+                    project.display(&record)
+                )
+            })?;
+            (String::new(), serde_json::from_slice(&ports)?)
+        } else {
+            let template =
+                std::fs::read_to_string(project.root.join("test/e2e/kind-cluster.yaml"))?;
+            kind::render_cluster_config(&template, &cluster, free_port)?
+        };
+        let dir = id.dir(project);
+        Ok(KindRun {
+            id: id.clone(),
+            cluster,
+            reuse,
+            namespace: id.namespace(),
+            // The engine that built or loaded the images is kind's provider.
+            provider: handoff.engine,
+            archive_tar: dir.join("images.tar"),
+            archive_source: opts.source.archive().cloned(),
+            log: id.log(project),
+            dir,
+            ports,
+            node_ports,
+            references: handoff.images.iter().map(|i| i.reference.clone()).collect(),
+            pods: manifests.pods(),
+            files: KindFiles {
+                config,
+                stack,
+                ports_record: (opts.keep && !reuse).then_some(record),
+            },
+        })
+    }
+}
+
+/// Image builds wait on podman and apt more than on the CPU, so the suite compiles while they
+/// run. On a local engine its rustc jobs share the engine's memory: theirs is taken out of
+/// the builds' budget, never so much that the largest image no longer fits.
+fn build_beside_suite(
+    project: &Project,
+    r: &Reporter,
+    opts: &BuildOptions,
+    mut prepared: build::Prepared,
+) -> Result<Images> {
+    let env = &mut prepared.env;
+    let jobs = memory::cargo_jobs(env.host_budget.bytes / 2, memory::cpus());
+    let biggest = prepared.plan.iter().map(|i| i.spec.memory).max().unwrap_or(0);
+    let budget = &mut env.budget;
+    let room = budget.bytes.saturating_sub(biggest);
+    let reserved = if env.facts.remote { 0 } else { (jobs as u64 * memory::RUSTC_JOB).min(room) };
+    budget.bytes -= reserved;
+    let kept = memory::human(reserved);
+    if reserved > 0 {
+        budget.source =
+            format!("{}, less {kept} for the E2E suite compiling meanwhile", budget.source);
+    }
+    r.line(format!(
+        "the E2E suite compiles (cargo -j {jobs}) while the images build: {kept} of the budget is kept for it"
+    ));
+    let (built, compiled) = scope(|s| {
+        let compiling = s.spawn(|| compile_suite(project, r, jobs));
+        let built = build::finish(project, r, opts, prepared);
+        (built, compiling.join().expect("no panic"))
+    });
+    compiled?;
+    let (handoff, activity) = built?;
+    Ok(Images { handoff, activity, pending_suite: None })
+}
+
+/// The manifests for podman, on a subnet of the run's own and free host ports.
+fn render_podman(
+    manifests: &Manifests,
+    pinned: &BTreeMap<String, String>,
+    id: &RunId,
+) -> Result<crate::manifests::PodmanStack> {
+    manifests.render_podman(pinned, id.suffix(), Some(subnet_for(id)?), free_port)
 }
 
 /// The images, and meanwhile the pods of `early` (PostgreSQL and Redis, whose images are
@@ -425,33 +376,27 @@ impl RunOptions {
 pub fn images_beside_infrastructure(
     r: &Reporter,
     early: Option<&PodmanRun>,
-    images: impl FnOnce() -> anyhow::Result<Images>,
-) -> anyhow::Result<(Images, Option<RunRecord>)> {
+    images: impl FnOnce() -> Result<Images>,
+) -> Result<(Images, Option<RunRecord>)> {
     let Some(run) = early else {
         return Ok((images()?, None));
     };
-    let (images, (started, record)) = std::thread::scope(|s| {
+    let (images, (started, record)) = scope(|s| {
         let starting = s.spawn(|| {
-            let mut runner = Runner {
-                dir: run.dir.clone(),
-                log: run.log.clone(),
-                exec: &mut Live,
-                record: None,
-            };
+            let (dir, log) = (run.dir.clone(), run.log.clone());
+            let mut runner = Runner { dir, log, exec: &mut Live, record: None };
             (runner.phases(r, &run.plan_early()), runner.record)
         });
         let images = images();
         // Pods awaiting the archive's images stop waiting for any that did not come.
         if let Some(arriving) = &run.arriving {
-            arriving.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+            arriving.ended.store(true, Ordering::SeqCst);
         }
         (images, starting.join().expect("no panic"))
     });
-    if let (Some(record), true) = (&record, images.is_err() || started.is_err()) {
+    if images.is_err() || started.is_err() {
         // Nothing else will run: what started early is torn down now.
-        let teardown =
-            r.phase("tear down", |r| runtime::teardown(&run.dir, record, &run.log, r, &mut Live));
-        if let Err(t) = teardown {
+        if let Err(t) = runtime::finish(run, r, record.as_ref(), false) {
             r.line(format!("{t:#}"));
         }
     }
@@ -469,43 +414,24 @@ pub fn beside_suite_compile<T>(
     pending: Option<usize>,
     deploy_and_test: impl FnOnce(Option<&SuiteGate<'_>>) -> T,
 ) -> T {
-    std::thread::scope(|s| {
+    scope(|s| {
         let compiling = pending.map(|jobs| s.spawn(move || compile_suite(project, r, jobs)));
-        let gate = compiling.map(|h| SuiteGate(std::sync::Mutex::new(Some(h))));
-        deploy_and_test(gate.as_ref())
+        deploy_and_test(compiling.map(|h| SuiteGate(Mutex::new(Some(h)))).as_ref())
     })
 }
 
 /// A suite compile running beside the deploy, waited for once, before the suite runs.
-pub struct SuiteGate<'s>(
-    std::sync::Mutex<Option<std::thread::ScopedJoinHandle<'s, anyhow::Result<()>>>>,
-);
+pub struct SuiteGate<'s>(Mutex<Option<ScopedJoinHandle<'s, Result<()>>>>);
 
 impl SuiteGate<'_> {
-    fn wait(&self) -> anyhow::Result<()> {
-        match self.0.lock().expect("not poisoned").take() {
-            Some(h) => {
-                h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the suite's compile panicked")))
-            }
-            None => Ok(()),
-        }
+    fn wait(&self) -> Result<()> {
+        let compiling = self.0.lock().expect("not poisoned").take();
+        let panicked = |_| Err(anyhow::anyhow!("the suite's compile panicked"));
+        compiling.map_or(Ok(()), |h| h.join().unwrap_or_else(panicked))
     }
 }
 
 /// `cargo test --no-run` of the suite, as a phase.
-pub fn compile_suite(project: &Project, r: &Reporter, jobs: usize) -> anyhow::Result<()> {
+pub fn compile_suite(project: &Project, r: &Reporter, jobs: usize) -> Result<()> {
     r.phase("compile E2E suite", |r| suite::compile_here(project, r, jobs))
-}
-
-fn compile_suite_unless(
-    defer: bool,
-    project: &Project,
-    r: &Reporter,
-    jobs: usize,
-) -> anyhow::Result<Option<usize>> {
-    if defer {
-        return Ok(Some(jobs));
-    }
-    compile_suite(project, r, jobs)?;
-    Ok(None)
 }

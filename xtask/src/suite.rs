@@ -2,11 +2,14 @@
 //! whose published ports this machine cannot reach, its test binaries packaged into an
 //! image and run in a container on the run's network.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
-use anyhow::Context;
+use anyhow::{Context, Result};
 
-use crate::{cmd::Cmd, engine::Engine, project::Project};
+use crate::{cmd::Cmd, engine::Engine, project::Project, report::Reporter};
 
 /// Where the suite runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -27,59 +30,32 @@ impl SuiteIn {
 /// The suite's sources, where cargo runs its test binaries from.
 const DIR: &str = "test/suite";
 
-/// One test binary of the suite, as [`compile`] left it, run as cargo runs it (from the
-/// suite's directory), with the services' URLs. A run compiles the suite first, so asking
-/// cargo again (a no-op check of the whole workspace) is time to no purpose.
+/// One test binary as [`place`] left it, run as cargo runs it (from the suite's directory),
+/// with the services' URLs. A run compiles the suite first, so asking cargo again (a no-op
+/// check of the whole workspace) is time to no purpose.
 pub fn run(project: &Project, test: &str, urls: &BTreeMap<String, String>) -> Cmd {
-    with_urls(
-        Cmd::new(binary(project, test).display().to_string()).cwd(project.root.join(DIR)),
-        urls,
-    )
-}
-
-fn with_urls(mut cmd: Cmd, urls: &BTreeMap<String, String>) -> Cmd {
-    for (var, url) in urls {
-        cmd = cmd.env(var, url);
-    }
-    cmd
+    let cmd = Cmd::new(binary(project, test).display().to_string()).cwd(project.root.join(DIR));
+    urls.iter().fold(cmd, |cmd, (var, url)| cmd.env(var, url))
 }
 
 /// Where [`place`] puts a test binary: `target/e2e/suite/<test>`, a path that stays.
-pub fn binary(project: &Project, test: &str) -> PathBuf {
+fn binary(project: &Project, test: &str) -> PathBuf {
     project.e2e_dir().join("suite").join(test)
 }
 
 /// Compiles every test binary of the suite (the suite and the fault tests); cargo's JSON
-/// messages on stdout say where they are ([`executables`]), its diagnostics are rendered on
-/// stderr as usual.
+/// messages on stdout say where they are ([`executables`]), its diagnostics go to stderr.
 pub fn compile(project: &Project, jobs: usize) -> Cmd {
-    Cmd::new(Project::cargo())
-        .args([
-            "test",
-            "--locked",
-            "-p",
-            "e2e-suite",
-            "--tests",
-            "--no-run",
-            "--message-format=json-render-diagnostics",
-            "-j",
-            &jobs.to_string(),
-        ])
-        .cwd(&project.root)
+    let args = format!("test --locked -p e2e-suite --tests --no-run --message-format=json-render-diagnostics -j {jobs}");
+    Cmd::new(Project::cargo()).args(args.split(' ')).cwd(&project.root)
 }
 
 /// Compiles the suite on this machine and places its test binaries ([`place`]).
-pub fn compile_here(
-    project: &Project,
-    r: &crate::report::Reporter,
-    jobs: usize,
-) -> anyhow::Result<()> {
+pub fn compile_here(project: &Project, r: &Reporter, jobs: usize) -> Result<()> {
     let cmd = compile(project, jobs);
     r.command(&cmd);
-    let json = cmd
-        .run_logged_capturing(&project.logs_dir().join("cargo-test-build.log"))
-        .context("compiling the E2E suite")?;
-    place(project, &json)
+    let log = project.logs_dir().join("cargo-test-build.log");
+    place(project, &cmd.run_logged_capturing(&log).context("compiling the E2E suite")?)
 }
 
 /// Whether a change (paths from the workspace's root) can change the suite's binaries.
@@ -88,17 +64,16 @@ pub fn touched_by(changed: &[String]) -> bool {
 }
 
 /// Links each test binary the compile named (`json`: its stdout) to [`binary`].
-pub fn place(project: &Project, json: &str) -> anyhow::Result<()> {
+pub fn place(project: &Project, json: &str) -> Result<()> {
     let found = executables(json);
     anyhow::ensure!(!found.is_empty(), "cargo named no test binary of the suite");
     let dir = project.e2e_dir().join("suite");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     for (test, from) in found {
-        // Linked beside it, then renamed over it: a run going on at the same time never
-        // finds the file missing.
+        // Linked beside it, then renamed over it: a run going on at the same time never finds
+        // the file missing. Not when already that file (a link to it): rename(2) between two
+        // links of one file does nothing and would leave the temporary link behind.
         let to = binary(project, &test);
-        // Already that file (a link to it): rename(2) between two links of one file does
-        // nothing and would leave the temporary link behind.
         if same_file(&from, &to) {
             continue;
         }
@@ -114,26 +89,26 @@ pub fn place(project: &Project, json: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
+    let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    id(a).is_some_and(|a| id(b) == Some(a))
 }
 
 /// The test binaries [`place`] left, by test name (its temporary files, named with a leading
 /// dot, left out).
-fn placed(project: &Project) -> anyhow::Result<BTreeMap<String, PathBuf>> {
-    let dir = project.e2e_dir().join("suite");
+fn placed(project: &Project) -> Result<BTreeMap<String, PathBuf>> {
+    files_in(&project.e2e_dir().join("suite"), |name| (!name.starts_with('.')).then_some(name))
+}
+
+/// The files in `dir` that `test` names a test binary of, by that name.
+fn files_in(dir: &Path, test: impl Fn(&str) -> Option<&str>) -> Result<BTreeMap<String, PathBuf>> {
     let mut found = BTreeMap::new();
-    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = e?.path();
-        match path.file_name().and_then(|n| n.to_str()) {
-            Some(name) if !name.starts_with('.') && path.is_file() => {
-                found.insert(name.to_owned(), path.clone());
-            }
-            _ => {}
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(test) = test(name).filter(|_| path.is_file()) {
+            found.insert(test.to_owned(), path.clone());
         }
     }
     Ok(found)
@@ -146,27 +121,9 @@ pub fn executables(json_lines: &str) -> BTreeMap<String, PathBuf> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["kind"][0] == "test")
         .filter_map(|m| {
-            Some((
-                m["target"]["name"].as_str()?.to_owned(),
-                PathBuf::from(m["executable"].as_str()?),
-            ))
+            Some((m["target"]["name"].as_str()?.to_owned(), m["executable"].as_str()?.into()))
         })
         .collect()
-}
-
-/// The test binaries the compile in the engine copied out (`<test>-<hash>`), by test name.
-pub fn in_engine_executables(dir: &std::path::Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
-    let mut found = BTreeMap::new();
-    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = e?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if let Some((test, hash)) = name.rsplit_once('-') {
-            if hash.chars().all(|c| c.is_ascii_hexdigit()) {
-                found.insert(test.to_owned(), path.clone());
-            }
-        }
-    }
-    Ok(found)
 }
 
 /// The suite packaged for the engine: the image, its build, and how it runs.
@@ -178,8 +135,8 @@ pub struct InEngine {
     pub context: PathBuf,
     pub dockerfile: PathBuf,
     pub base_image: String,
-    /// The test binaries compiled in the engine (`engine-bin/suite`), else cargo's on this
-    /// machine.
+    /// The test binaries compiled in the engine (`engine-bin/suite`, copied out as
+    /// `<test>-<hash>`), else cargo's on this machine.
     pub compiled_in_engine: Option<PathBuf>,
 }
 
@@ -197,9 +154,12 @@ impl InEngine {
 
     /// Stages the test binaries (compiled in the engine, or here and placed by [`place`])
     /// into the build context.
-    pub fn stage(&self, project: &Project) -> anyhow::Result<()> {
+    pub fn stage(&self, project: &Project) -> Result<()> {
         let found = match &self.compiled_in_engine {
-            Some(dir) => in_engine_executables(dir)?,
+            Some(dir) => files_in(dir, |name| {
+                let (test, hash) = name.rsplit_once('-')?;
+                hash.chars().all(|c| c.is_ascii_hexdigit()).then_some(test)
+            })?,
             None => placed(project)?,
         };
         anyhow::ensure!(!found.is_empty(), "cargo named no test binary of the suite");
@@ -217,25 +177,23 @@ impl InEngine {
     /// Dockerfile and the base image>`: the image a run's tag points at, kept in the engine,
     /// so a run whose suite did not change builds nothing (a remote engine took 3 s a run to
     /// receive and copy the 29 MB of binaries).
-    pub fn content_reference(&self) -> anyhow::Result<String> {
+    pub fn content_reference(&self) -> Result<String> {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         let mut field = |bytes: &[u8]| {
             h.update((bytes.len() as u64).to_le_bytes());
             h.update(bytes);
         };
+        let read = |f: &Path| std::fs::read(f).with_context(|| format!("reading {}", f.display()));
         field(self.base_image.as_bytes());
-        field(
-            &std::fs::read(&self.dockerfile)
-                .with_context(|| format!("reading {}", self.dockerfile.display()))?,
-        );
+        field(&read(&self.dockerfile)?);
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.context)?
             .map(|e| e.map(|e| e.path()))
             .collect::<Result<_, _>>()?;
         files.sort();
         for f in files {
             field(f.file_name().unwrap_or_default().as_encoded_bytes());
-            field(&std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?);
+            field(&read(&f)?);
         }
         let hex: String = h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
         Ok(format!("localhost/e2e-suite:{hex}"))
@@ -243,10 +201,9 @@ impl InEngine {
 
     /// Stages the binaries, then tags the image of their content as this run's, building it
     /// (and naming it by its content) only when the engine does not have it.
-    pub fn package(&self, project: &Project, r: &crate::report::Reporter) -> anyhow::Result<()> {
+    pub fn package(&self, project: &Project, r: &Reporter) -> Result<()> {
         self.stage(project)?;
         let content = self.content_reference()?;
-        let log = project.logs_dir().join("build-suite.log");
         let cmds = if self.engine.image(&content).is_some() {
             r.line(format!("  the suite's image is built: {content}"));
             vec![self.engine.tag(&content, &self.image)]
@@ -255,7 +212,8 @@ impl InEngine {
         };
         for cmd in cmds {
             r.command(&cmd);
-            cmd.run_logged(&log).context("packaging the suite for the engine")?;
+            cmd.run_logged(&project.logs_dir().join("build-suite.log"))
+                .context("packaging the suite for the engine")?;
         }
         Ok(())
     }
@@ -282,14 +240,14 @@ impl InEngine {
         urls: &BTreeMap<String, String>,
         args: &[String],
     ) -> Cmd {
-        let mut c = Cmd::new(self.engine.program()).args(["run", "--rm", "--network", network]);
-        for (name, ip) in hosts {
-            c = c.arg("--add-host").arg(format!("{name}:{ip}"));
-        }
-        for (k, v) in urls {
-            c = c.arg("--env").arg(format!("{k}={v}"));
-        }
-        c.arg(&self.image).arg(format!("/suite/{test}")).args(args.iter().cloned())
+        let hosts =
+            hosts.iter().flat_map(|(name, ip)| ["--add-host".into(), format!("{name}:{ip}")]);
+        let urls = urls.iter().flat_map(|(k, v)| ["--env".into(), format!("{k}={v}")]);
+        Cmd::new(self.engine.program())
+            .args(["run", "--rm", "--network", network])
+            .args(hosts.chain(urls))
+            .args([self.image.clone(), format!("/suite/{test}")])
+            .args(args.iter().cloned())
     }
 }
 
