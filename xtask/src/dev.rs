@@ -116,7 +116,7 @@ impl DevArgs {
                 running: running.map(|plan| running_of(&plan)).unwrap_or_default(),
                 pending: None,
             };
-            let passed = r.phase("run E2E suite", |_| Ok(dev.suite()))?;
+            let passed = r.phase(crate::report::phase::SUITE, |_| Ok(dev.suite()))?;
             r.line(format!("suite {}", verdict(passed)));
             dev.watch(Duration::from_millis(debounce))
         });

@@ -151,7 +151,7 @@ fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> 
     let (dir, handoff) = (id.dir(project), &images.handoff);
     r.line(format!("phases:\n{}", r.summary()));
     let built = handoff.built_now.len();
-    let suite = r.phase_spans().into_iter().find(|p| p.name == "run E2E suite");
+    let suite = r.phase_spans().into_iter().find(|p| p.name == crate::report::phase::SUITE);
     let report = RunReport {
         run: id.to_string(),
         runtime: opts.runtime,

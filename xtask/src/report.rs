@@ -14,7 +14,6 @@ use crate::{build::Activity, cmd::Cmd, memory::human};
 
 /// The names of the phases that code looks for (in reports, benchmarks and CI's greps).
 pub mod phase {
-    #[allow(dead_code)] // until e2e.rs and dev.rs match on it
     pub const SUITE: &str = "run E2E suite";
     pub const BUILD: &str = "build images";
     pub const LOAD: &str = "load images";

@@ -137,7 +137,7 @@ impl RunOptions {
         steps.extend(stack.suite_steps(project));
         let cmd = stack.suite(project, "e2e", &self.test_args);
         steps.push(Step::Terminal { cmd, doing: "the E2E suite failed".into() });
-        let mut phases = vec![Phase::new("run E2E suite", steps)];
+        let mut phases = vec![Phase::new(crate::report::phase::SUITE, steps)];
         if self.faults {
             let cmd = suite::run(project, "faults", &stack.urls())
                 .env("E2E_STACK", file.display().to_string())
