@@ -102,10 +102,7 @@ impl SaveArgs {
         let r = Reporter::new();
         // The images to save are the ones the last prebuild handed off, in its engine.
         let recorded = Handoff::load(project).map(|h| h.engine);
-        let opts = BuildOptions {
-            engine: self.opts.engine.or(recorded),
-            ..self.opts
-        };
+        let opts = BuildOptions { engine: self.opts.engine.or(recorded), ..self.opts };
         let session = Session::open(project, &opts, &r, false)?;
         if self.build {
             build::prebuild(project, &r, &opts, &session, &[])?;
@@ -118,13 +115,10 @@ impl SaveArgs {
                 Compression::None => "images.tar",
             })
         });
-        let manifest = r.phase("save images", |r| {
-            save(project, r, &handoff, &output, self.compress)
-        })?;
+        let manifest =
+            r.phase("save images", |r| save(project, r, &handoff, &output, self.compress))?;
         if let Some(prefix) = &self.push {
-            r.phase("push images", |r| {
-                registry::push(project, r, &handoff, prefix)
-            })?;
+            r.phase("push images", |r| registry::push(project, r, &handoff, prefix))?;
         }
         r.line(format!("archive:  {}", output.display()));
         r.line(format!("manifest: {}", manifest_path(&output).display()));
@@ -178,11 +172,7 @@ fn fresh_handoff(
         problems.join("\n  ")
     );
     let (base_image, base_image_id) = (handoff.base_image, handoff.base_image_id);
-    Ok(Handoff {
-        base_image,
-        base_image_id,
-        ..Handoff::new(&prepared.env, images)
-    })
+    Ok(Handoff { base_image, base_image_id, ..Handoff::new(&prepared.env, images) })
 }
 
 /// Writes the archive and its manifest, each to a temporary file renamed into place only
@@ -213,9 +203,7 @@ pub fn save(
     let tmp = tmp_archive.path();
     let save = match compression {
         Compression::Zstd => save_cmd(handoff.engine, &refs, None).pipe(
-            Cmd::new("zstd")
-                .args(["-T0", "-3", "-q", "-f", "-o"])
-                .arg(tmp.display().to_string()),
+            Cmd::new("zstd").args(["-T0", "-3", "-q", "-f", "-o"]).arg(tmp.display().to_string()),
         ),
         Compression::None => Pipeline(vec![save_cmd(handoff.engine, &refs, Some(tmp))]),
     };
@@ -266,21 +254,12 @@ pub fn in_start_order(images: &mut [ImageRecord], infrastructure: &[&str]) {
 fn save_cmd(engine: Engine, refs: &[String], output: Option<&Path>) -> Cmd {
     let multi = (engine == Engine::Podman).then_some("--multi-image-archive");
     let output = output.map(|o| ["--output".to_owned(), o.display().to_string()]);
-    Cmd::new(engine.program())
-        .arg("save")
-        .args(multi)
-        .args(output.into_iter().flatten())
-        .args(refs)
+    Cmd::new(engine.program()).arg("save").args(multi).args(output.into_iter().flatten()).args(refs)
 }
 
 /// `git rev-parse HEAD`, with `-dirty` when the work tree has changes.
 fn commit(project: &Project) -> String {
-    let git = |args: &[&str]| {
-        Cmd::new("git")
-            .args(args.iter().copied())
-            .cwd(&project.root)
-            .read()
-    };
+    let git = |args: &[&str]| Cmd::new("git").args(args.iter().copied()).cwd(&project.root).read();
     let dirty =
         git(&["status", "--porcelain", "--untracked-files=no"]).is_ok_and(|s| !s.trim().is_empty());
     match git(&["rev-parse", "HEAD"]) {
@@ -314,9 +293,7 @@ pub fn read_manifest(archive: &Path) -> anyhow::Result<Manifest> {
 pub fn verify(archive: &Path) -> anyhow::Result<Manifest> {
     let m = read_manifest(archive)?;
     let a = archive.display();
-    let size = std::fs::metadata(archive)
-        .with_context(|| format!("reading {a}"))?
-        .len();
+    let size = std::fs::metadata(archive).with_context(|| format!("reading {a}"))?.len();
     let again = "Nothing was loaded.\n  fix: download or save it again";
     anyhow::ensure!(
         size == m.size,
@@ -335,19 +312,16 @@ pub fn verify(archive: &Path) -> anyhow::Result<Manifest> {
 /// The images of the archive whose fingerprints differ from the current checkout's.
 pub fn stale_images(manifest: &Manifest, current: &BTreeMap<String, String>) -> Vec<String> {
     let tag = fingerprint::tag;
-    let differ = manifest
-        .images
-        .iter()
-        .filter_map(|i| match current.get(&i.name) {
-            Some(fp) if *fp == i.fingerprint => None,
-            Some(fp) => Some(format!(
-                "{}: archive {} but this checkout gives {}",
-                i.name,
-                tag(&i.fingerprint),
-                tag(fp)
-            )),
-            None => Some(format!("{}: not in this checkout's images file", i.name)),
-        });
+    let differ = manifest.images.iter().filter_map(|i| match current.get(&i.name) {
+        Some(fp) if *fp == i.fingerprint => None,
+        Some(fp) => Some(format!(
+            "{}: archive {} but this checkout gives {}",
+            i.name,
+            tag(&i.fingerprint),
+            tag(fp)
+        )),
+        None => Some(format!("{}: not in this checkout's images file", i.name)),
+    });
     let missing = current
         .keys()
         .filter(|name| !manifest.images.iter().any(|i| &i.name == *name))
@@ -410,11 +384,8 @@ pub fn load(
     let base_id = Some(manifest.base_image_id.as_str());
     let prepared = build::prepare(project, r, opts, session, &[], base_id, true)?;
     let engine = prepared.env.engine();
-    let current: BTreeMap<String, String> = prepared
-        .plan
-        .iter()
-        .map(|i| (i.spec.name.clone(), i.fingerprint.clone()))
-        .collect();
+    let current: BTreeMap<String, String> =
+        prepared.plan.iter().map(|i| (i.spec.name.clone(), i.fingerprint.clone())).collect();
     let stale = stale_images(&manifest, &current);
     if !stale.is_empty() {
         let list = stale.join("\n  ");
@@ -432,11 +403,8 @@ pub fn load(
         r.line(&bar);
     }
     r.phase("load images", |r| {
-        let present = |i: &ImageRecord| {
-            engine
-                .image(&i.reference)
-                .is_some_and(|found| found.id == i.id)
-        };
+        let present =
+            |i: &ImageRecord| engine.image(&i.reference).is_some_and(|found| found.id == i.id);
         if manifest.images.iter().all(present) {
             r.line("  every image is already loaded, with the archive's image IDs");
             return Ok(());
@@ -447,12 +415,8 @@ pub fn load(
         let load = load_cmd(engine, archive, manifest.compression);
         r.line(format!("  $ {load}"));
         load.run_logged(&log).context("loading the archive")?;
-        let missing: Vec<&str> = manifest
-            .images
-            .iter()
-            .filter(|i| !present(i))
-            .map(|i| i.reference.as_str())
-            .collect();
+        let missing: Vec<&str> =
+            manifest.images.iter().filter(|i| !present(i)).map(|i| i.reference.as_str()).collect();
         anyhow::ensure!(
             missing.is_empty(),
             "after loading, these images are missing or have other IDs: {}",
@@ -466,15 +430,9 @@ pub fn load(
 }
 
 pub fn load_cmd(engine: Engine, archive: &Path, compression: Compression) -> Pipeline {
-    let (load, archive) = (
-        Cmd::new(engine.program()).arg("load"),
-        archive.display().to_string(),
-    );
+    let (load, archive) = (Cmd::new(engine.program()).arg("load"), archive.display().to_string());
     match compression {
-        Compression::Zstd => Cmd::new("zstd")
-            .args(["-d", "-c", "-q"])
-            .arg(archive)
-            .pipe(load),
+        Compression::Zstd => Cmd::new("zstd").args(["-d", "-c", "-q"]).arg(archive).pipe(load),
         Compression::None => Pipeline(vec![load.args(["--input".to_owned(), archive])]),
     }
 }
@@ -505,15 +463,9 @@ mod tests {
             .map(|n| record(n, &fp))
             .collect();
         in_start_order(&mut images, &["postgres", "redis"]);
-        assert_eq!(
-            names(&images),
-            ["postgres", "redis", "gateway", "data-storage"]
-        );
+        assert_eq!(names(&images), ["postgres", "redis", "gateway", "data-storage"]);
         in_start_order(&mut images, &[]);
-        assert_eq!(
-            names(&images),
-            ["postgres", "redis", "gateway", "data-storage"]
-        );
+        assert_eq!(names(&images), ["postgres", "redis", "gateway", "data-storage"]);
     }
 
     #[test]
@@ -553,10 +505,7 @@ mod tests {
 
     #[test]
     fn save_and_load_commands() {
-        let refs = vec![
-            "localhost/e2e-a:1".to_owned(),
-            "localhost/e2e-b:2".to_owned(),
-        ];
+        let refs = vec!["localhost/e2e-a:1".to_owned(), "localhost/e2e-b:2".to_owned()];
         assert_eq!(
             save_cmd(Engine::Podman, &refs, None).to_string(),
             "podman save --multi-image-archive localhost/e2e-a:1 localhost/e2e-b:2"

@@ -110,10 +110,7 @@ fn walk(
 ) -> anyhow::Result<()> {
     for item in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = item?.path();
-        let rel = path
-            .strip_prefix(root)?
-            .to_string_lossy()
-            .replace('\\', "/");
+        let rel = path.strip_prefix(root)?.to_string_lossy().replace('\\', "/");
         if ignore.is_ignored(&rel) {
             continue;
         }
@@ -124,16 +121,10 @@ fn walk(
         } else if meta.is_dir() {
             EntryKind::Dir
         } else {
-            EntryKind::File {
-                sha256: cache.digest(&path, &meta)?,
-            }
+            EntryKind::File { sha256: cache.digest(&path, &meta)? }
         };
         let mode = meta.permissions().mode() & 0o7777;
-        out.push(Entry {
-            path: rel,
-            mode,
-            kind,
-        });
+        out.push(Entry { path: rel, mode, kind });
         if meta.is_dir() {
             walk(root, &path, ignore, cache, out)?;
         }
@@ -163,10 +154,7 @@ impl HashCache {
     pub fn load(path: &Path) -> HashCache {
         let bytes = std::fs::read(path).unwrap_or_default();
         let cache: HashCache = serde_json::from_slice(&bytes).unwrap_or_default();
-        HashCache {
-            path: Some(path.to_owned()),
-            ..cache
-        }
+        HashCache { path: Some(path.to_owned()), ..cache }
     }
 
     pub fn save(&self) -> anyhow::Result<()> {
@@ -183,12 +171,7 @@ impl HashCache {
             Some(c) if (c.len, c.mtime_ns, c.ino) == (len, mtime_ns, ino) => Ok(c.sha256.clone()),
             _ => {
                 let sha256 = file_sha256(path)?;
-                let cached = Cached {
-                    len,
-                    mtime_ns,
-                    ino,
-                    sha256: sha256.clone(),
-                };
+                let cached = Cached { len, mtime_ns, ino, sha256: sha256.clone() };
                 self.entries.insert(path.to_owned(), cached);
                 Ok(sha256)
             }
@@ -278,10 +261,7 @@ mod tests {
     fn mtime_alone_changes_nothing() {
         let c = Ctx::new("mtime");
         let before = c.fp();
-        let f = std::fs::File::options()
-            .write(true)
-            .open(c.dir.join("app.sh"))
-            .unwrap();
+        let f = std::fs::File::options().write(true).open(c.dir.join("app.sh")).unwrap();
         f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(3600))
             .unwrap();
         assert_eq!(before, c.fp());
@@ -318,21 +298,13 @@ mod tests {
         let none = BTreeMap::new();
         let base = c.fp_with(&none, "sha256:base1", "linux/amd64", b"FROM x\n");
         let args: BTreeMap<String, String> = [("BASE_IMAGE".to_owned(), "x".to_owned())].into();
-        assert_ne!(
-            base,
-            c.fp_with(&args, "sha256:base1", "linux/amd64", b"FROM x\n"),
-            "build arg"
-        );
+        assert_ne!(base, c.fp_with(&args, "sha256:base1", "linux/amd64", b"FROM x\n"), "build arg");
         assert_ne!(
             base,
             c.fp_with(&none, "sha256:base2", "linux/amd64", b"FROM x\n"),
             "base image ID"
         );
-        assert_ne!(
-            base,
-            c.fp_with(&none, "sha256:base1", "linux/arm64", b"FROM x\n"),
-            "platform"
-        );
+        assert_ne!(base, c.fp_with(&none, "sha256:base1", "linux/arm64", b"FROM x\n"), "platform");
         assert_ne!(
             base,
             c.fp_with(&none, "sha256:base1", "linux/amd64", b"FROM y\n"),
@@ -345,14 +317,10 @@ mod tests {
         let c = Ctx::new("cache");
         let file = c.dir.join("app.sh");
         let mut cache = HashCache::default();
-        let first = cache
-            .digest(&file, &std::fs::metadata(&file).unwrap())
-            .unwrap();
+        let first = cache.digest(&file, &std::fs::metadata(&file).unwrap()).unwrap();
         assert_eq!(first, file_sha256(&file).unwrap());
         std::fs::write(&file, "echo changed\n").unwrap();
-        let second = cache
-            .digest(&file, &std::fs::metadata(&file).unwrap())
-            .unwrap();
+        let second = cache.digest(&file, &std::fs::metadata(&file).unwrap()).unwrap();
         assert_ne!(first, second);
     }
 }

@@ -66,12 +66,7 @@ impl Handoff {
 
     /// `podman at unix:///run/e2e-rig/podman.sock (linux/amd64)`.
     pub fn engine_name(&self) -> String {
-        format!(
-            "{} at {} ({})",
-            self.engine.program(),
-            self.at,
-            self.platform
-        )
+        format!("{} at {} ({})", self.engine.program(), self.at, self.platform)
     }
 
     pub fn path(project: &Project) -> PathBuf {
@@ -88,9 +83,6 @@ impl Handoff {
 
     /// Each image repository mapped to the reference that was built.
     pub fn pinned(&self) -> BTreeMap<String, String> {
-        self.images
-            .iter()
-            .map(|i| (i.repository.clone(), i.reference.clone()))
-            .collect()
+        self.images.iter().map(|i| (i.repository.clone(), i.reference.clone())).collect()
     }
 }

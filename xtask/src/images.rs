@@ -140,9 +140,7 @@ impl Images {
             let memory = parse_size(raw.memory.as_ref().unwrap_or(&defaults.memory))
                 .with_context(|| format!("image {name:?}: memory"))?;
             let mut build_args = raw.build_args;
-            build_args
-                .entry("BASE_IMAGE".into())
-                .or_insert_with(|| base_image.clone());
+            build_args.entry("BASE_IMAGE".into()).or_insert_with(|| base_image.clone());
             images.push(ImageSpec {
                 repository: format!("{}-{name}", defaults.repository),
                 name,
@@ -153,9 +151,7 @@ impl Images {
             });
         }
         anyhow::ensure!(!images.is_empty(), "no [[image]] entries");
-        let builder_image = std::env::var("E2E_BUILDER_IMAGE")
-            .ok()
-            .filter(|i| !i.is_empty());
+        let builder_image = std::env::var("E2E_BUILDER_IMAGE").ok().filter(|i| !i.is_empty());
         let builder = match file.builder {
             Some(b) => Some(Builder {
                 image: builder_image.unwrap_or(b.image),
@@ -164,12 +160,7 @@ impl Images {
             }),
             None => None,
         };
-        Ok(Images {
-            base_image,
-            offline_base_image,
-            images,
-            builder,
-        })
+        Ok(Images { base_image, offline_base_image, images, builder })
     }
 
     /// The images named on the command line, or all of them; unknown names are an error
@@ -193,13 +184,10 @@ impl Images {
 /// Parses `512m`, `1g`, `1.5GiB`, `300000k` or a plain number of bytes.
 pub fn parse_size(text: &str) -> anyhow::Result<u64> {
     let t = text.trim().to_ascii_lowercase();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .with_context(|| format!("{text:?} is not a size like 512m or 2g"))?;
+    let value: f64 =
+        num.parse().with_context(|| format!("{text:?} is not a size like 512m or 2g"))?;
     let mult: u64 = match unit.trim().trim_end_matches("ib").trim_end_matches('b') {
         "" => 1,
         "k" => 1 << 10,
@@ -256,33 +244,21 @@ mod tests {
 
     #[test]
     fn base_image_can_be_overridden() {
-        let f = Images::parse(
-            SAMPLE,
-            Some("docker.io/library/debian:bookworm-slim".into()),
-        )
-        .unwrap();
-        assert_eq!(
-            f.images[0].build_args["BASE_IMAGE"],
-            "docker.io/library/debian:bookworm-slim"
-        );
+        let f =
+            Images::parse(SAMPLE, Some("docker.io/library/debian:bookworm-slim".into())).unwrap();
+        assert_eq!(f.images[0].build_args["BASE_IMAGE"], "docker.io/library/debian:bookworm-slim");
     }
 
     #[test]
     fn mistakes_are_named() {
-        let both = SAMPLE.replace(
-            "binary = \"gateway\"",
-            "binary = \"gateway\"\ncontext = \"x\"",
-        );
+        let both = SAMPLE.replace("binary = \"gateway\"", "binary = \"gateway\"\ncontext = \"x\"");
         assert!(format!("{:#}", Images::parse(&both, None).unwrap_err())
             .contains("either context or binary"));
         let typo = SAMPLE.replace("dockerfile = \"Dockerfile.gateway\"", "dockerfil = \"x\"");
         assert!(format!("{:#}", Images::parse(&typo, None).unwrap_err()).contains("dockerfil"));
         let f = Images::parse(SAMPLE, None).unwrap();
         let err = f.select(&["gatway".into()]).unwrap_err().to_string();
-        assert!(
-            err.contains("gatway") && err.contains("known: gateway, redis"),
-            "{err}"
-        );
+        assert!(err.contains("gatway") && err.contains("known: gateway, redis"), "{err}");
     }
 
     #[test]

@@ -73,8 +73,7 @@ pub fn push(
         let push = registry_cmd(handoff.engine, "push", prefix).arg(&remote);
         for c in [tag, push] {
             r.command(&c);
-            c.run_logged(&log)
-                .with_context(|| format!("pushing {}", image.name))?;
+            c.run_logged(&log).with_context(|| format!("pushing {}", image.name))?;
         }
     }
     Ok(())
@@ -83,9 +82,7 @@ pub fn push(
 /// `podman pull` or `push`, told that a registry on loopback speaks plain HTTP (in tests).
 fn registry_cmd(engine: Engine, verb: &str, prefix: &str) -> Cmd {
     let plain_http = is_loopback_registry(prefix) && engine == Engine::Podman;
-    Cmd::new(engine.program())
-        .arg(verb)
-        .args(plain_http.then_some("--tls-verify=false"))
+    Cmd::new(engine.program()).arg(verb).args(plain_http.then_some("--tls-verify=false"))
 }
 
 pub fn is_loopback_registry(prefix: &str) -> bool {
@@ -96,11 +93,7 @@ pub fn is_loopback_registry(prefix: &str) -> bool {
 
 /// `localhost:5000/e2e` + gateway at fingerprint f00... = `localhost:5000/e2e/gateway:f00...`.
 pub fn remote_reference(prefix: &str, name: &str, fingerprint: &str) -> String {
-    format!(
-        "{}/{name}:{}",
-        prefix.trim_end_matches('/'),
-        fingerprint::tag(fingerprint)
-    )
+    format!("{}/{name}:{}", prefix.trim_end_matches('/'), fingerprint::tag(fingerprint))
 }
 
 #[cfg(test)]

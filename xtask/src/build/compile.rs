@@ -43,11 +43,7 @@ pub fn host_platform() -> String {
 /// As asked, else on this machine when it makes binaries the engine's platform runs, else
 /// in the engine.
 pub fn resolve(asked: Option<CompileIn>, host: &str, engine: &str) -> CompileIn {
-    asked.unwrap_or(if host == engine {
-        CompileIn::Host
-    } else {
-        CompileIn::Engine
-    })
+    asked.unwrap_or(if host == engine { CompileIn::Host } else { CompileIn::Engine })
 }
 
 /// Compiles the binaries the images package, here or in the engine, and returns their
@@ -93,9 +89,7 @@ pub fn binaries(
     if !compile {
         return Ok(project.e2e_dir().join("engine-bin"));
     }
-    r.phase("compile service binaries", |r| {
-        in_engine(project, r, env, builder, binaries)
-    })
+    r.phase("compile service binaries", |r| in_engine(project, r, env, builder, binaries))
 }
 
 /// The workspace's files that the compile reads (the services embed their OpenAPI
@@ -200,9 +194,8 @@ pub fn in_engine(
     let reference = format!("localhost/e2e-builder:{}", fingerprint::tag(&fp));
     let out = project.e2e_dir().join("engine-bin");
     let log = project.logs_dir().join("build-builder.log");
-    let cached = engine
-        .image(&reference)
-        .is_some_and(|i| i.fingerprint.as_deref() == Some(fp.as_str()));
+    let cached =
+        engine.image(&reference).is_some_and(|i| i.fingerprint.as_deref() == Some(fp.as_str()));
     if cached && std::fs::read_to_string(out.join(".fingerprint")).is_ok_and(|f| f == fp) {
         r.line(format!("  compiled in the engine before: {reference}"));
         return Ok(out);
@@ -239,10 +232,7 @@ pub fn in_engine(
         let result = build.run_logged(&log);
         r.finish(&bar);
         result.context("compiling the workspace in the engine")?;
-        r.line(format!(
-            "  compiled in the engine in {}",
-            secs(start.elapsed())
-        ));
+        r.line(format!("  compiled in the engine in {}", secs(start.elapsed())));
     }
     // The binaries come back through the engine's API.
     let _ = std::fs::remove_dir_all(&out);
@@ -250,11 +240,7 @@ pub fn in_engine(
     let container = format!("e2e-extract-{}", std::process::id());
     let copy_out = [
         Cmd::new(program).args(["create", "--name", &container, &reference, "true"]),
-        Cmd::new(program).args([
-            "cp",
-            &format!("{container}:/out/."),
-            &out.display().to_string(),
-        ]),
+        Cmd::new(program).args(["cp", &format!("{container}:/out/."), &out.display().to_string()]),
     ]
     .iter()
     .try_for_each(|c| {
@@ -275,18 +261,12 @@ mod tests {
     #[test]
     fn binaries_compile_where_they_can_run() {
         assert_eq!(resolve(None, "linux/amd64", "linux/amd64"), CompileIn::Host);
-        assert_eq!(
-            resolve(None, "darwin/arm64", "linux/arm64"),
-            CompileIn::Engine
-        );
+        assert_eq!(resolve(None, "darwin/arm64", "linux/arm64"), CompileIn::Engine);
         assert_eq!(
             resolve(Some(CompileIn::Engine), "linux/amd64", "linux/amd64"),
             CompileIn::Engine
         );
-        assert_eq!(
-            resolve(Some(CompileIn::Host), "darwin/arm64", "linux/arm64"),
-            CompileIn::Host
-        );
+        assert_eq!(resolve(Some(CompileIn::Host), "darwin/arm64", "linux/arm64"), CompileIn::Host);
         assert!(host_platform().contains('/'));
     }
 

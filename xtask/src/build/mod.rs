@@ -110,11 +110,7 @@ impl Session {
                     at.unwrap_or_default()
                 ));
             }
-            Ok(Facts::gather(
-                engine.clone(),
-                &candidates,
-                opts.memory_budget,
-            ))
+            Ok(Facts::gather(engine.clone(), &candidates, opts.memory_budget))
         })?;
         if let (true, None, Ok(f)) = (provision, &facts.base, &facts.engine) {
             if let Some(made) = provision_base(project, r, f, &images) {
@@ -160,16 +156,11 @@ impl Session {
 }
 
 fn images_file(project: &Project, opts: &BuildOptions) -> PathBuf {
-    opts.images_file
-        .clone()
-        .unwrap_or_else(|| project.images_file())
+    opts.images_file.clone().unwrap_or_else(|| project.images_file())
 }
 
 pub fn load_images(project: &Project, opts: &BuildOptions) -> anyhow::Result<Images> {
-    Images::load(
-        &images_file(project, opts),
-        std::env::var("E2E_BASE_IMAGE").ok(),
-    )
+    Images::load(&images_file(project, opts), std::env::var("E2E_BASE_IMAGE").ok())
 }
 
 /// When the engine has neither base image: the configured one, pulled; else the offline one,
@@ -198,9 +189,7 @@ pub fn provision_base(
         return None;
     }
     let script = project.root.join("test/e2e/make-base-image.sh");
-    let make = Cmd::new("bash")
-        .arg(script.display().to_string())
-        .arg(offline);
+    let make = Cmd::new("bash").arg(script.display().to_string()).arg(offline);
     r.line(format!(
         "no registry answers: making {offline} with debootstrap on this machine (about a minute) and importing it into {}",
         base_destination(engine)
@@ -255,17 +244,12 @@ pub fn prepare(
     let bin_dir = compile::binaries(project, r, opts, &env, builder, &binaries, compile)?;
     let previous = Handoff::load(project);
     let for_archive = base_image_id.is_some();
-    let phase = if for_archive {
-        "fingerprint this checkout"
-    } else {
-        "plan"
-    };
+    let phase = if for_archive { "fingerprint this checkout" } else { "plan" };
     let plan = r.phase(phase, |r| {
         let previous = previous.as_ref();
         let plan = plan::make_plan(project, &env, &bin_dir, &selected, opts.force, previous)?;
-        let tags = plan
-            .iter()
-            .map(|i| format!("{} {}", i.spec.name, fingerprint::tag(&i.fingerprint)));
+        let tags =
+            plan.iter().map(|i| format!("{} {}", i.spec.name, fingerprint::tag(&i.fingerprint)));
         r.line(match for_archive {
             true => format!("  {}", tags.collect::<Vec<_>>().join(", ")),
             false => plan::describe_plan(&plan, opts.jobs, budget),
@@ -275,14 +259,10 @@ pub fn prepare(
     // Only the images to build must fit: a cached one needs no memory, and a small engine's
     // free memory (page cache counts as used) shrinks after a few runs.
     let to_build = plan.iter().filter(|i| !for_archive && !i.is_cached());
-    let too_big = memory::too_big(
-        to_build.map(|i| (i.spec.name.as_str(), i.spec.memory)),
-        budget.bytes,
-    );
+    let too_big =
+        memory::too_big(to_build.map(|i| (i.spec.name.as_str(), i.spec.memory)), budget.bytes);
     if !too_big.is_empty() {
-        let list = too_big
-            .iter()
-            .map(|(n, c)| format!("{n} (cap {})", memory::human(*c)));
+        let list = too_big.iter().map(|(n, c)| format!("{n} (cap {})", memory::human(*c)));
         anyhow::bail!(
             "the memory budget is {} ({}), and these images' caps alone exceed it: {}.\n  fix: lower their \
              `memory` in the images file, or give more with --memory-budget SIZE",
@@ -292,12 +272,7 @@ pub fn prepare(
         );
     }
     let images = session.images.clone();
-    Ok(Prepared {
-        images,
-        env,
-        plan,
-        previous,
-    })
+    Ok(Prepared { images, env, plan, previous })
 }
 
 /// Builds the named images (all when `names` is empty) as the module doc says.
@@ -338,25 +313,15 @@ pub fn finish_with(
     // (in the images file's order).
     let previous = prepared.previous.filter(|p| p.is_of(&env.facts));
     let previous = previous.map(|p| p.images).unwrap_or_default();
-    let records = prepared.images.images.iter().filter_map(|spec| {
-        built
-            .iter()
-            .chain(&previous)
-            .find(|r| r.name == spec.name)
-            .cloned()
-    });
+    let records =
+        prepared.images.images.iter().filter_map(|spec| {
+            built.iter().chain(&previous).find(|r| r.name == spec.name).cloned()
+        });
     let mut handoff = Handoff::new(env, records.collect());
-    handoff.built_now = prepared
-        .plan
-        .iter()
-        .filter(|i| !i.is_cached())
-        .map(|i| i.spec.name.clone())
-        .collect();
+    handoff.built_now =
+        prepared.plan.iter().filter(|i| !i.is_cached()).map(|i| i.spec.name.clone()).collect();
     handoff.save(project)?;
-    r.line(format!(
-        "wrote {}",
-        project.display(&Handoff::path(project))
-    ));
+    r.line(format!("wrote {}", project.display(&Handoff::path(project))));
     if tidy && !handoff.built_now.is_empty() {
         self::tidy(r, &handoff);
     }
@@ -373,14 +338,7 @@ pub fn plan_quietly(
     let env = session.facts.env(None)?;
     let specs = session.images.select(names)?;
     let bin_dir = project.binaries_dir(false);
-    plan::make_plan(
-        project,
-        &env,
-        &bin_dir,
-        &specs,
-        false,
-        Handoff::load(project).as_ref(),
-    )
+    plan::make_plan(project, &env, &bin_dir, &specs, false, Handoff::load(project).as_ref())
 }
 
 /// Removes the older fingerprint tags of the images just handed off, beyond the
@@ -395,11 +353,7 @@ pub fn tidy(r: &Reporter, handoff: &Handoff) {
         let _ = handoff.engine.untag(reference).read();
     }
     if !old.is_empty() {
-        r.line(format!(
-            "removed {} superseded image tag(s): {}",
-            old.len(),
-            old.join(", ")
-        ));
+        r.line(format!("removed {} superseded image tag(s): {}", old.len(), old.join(", ")));
     }
 }
 
@@ -421,10 +375,7 @@ pub fn planned_handoff(prepared: &Prepared) -> Handoff {
 pub fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     std::thread::scope(|s| {
         let handles: Vec<_> = items.iter().map(|i| s.spawn(|| f(i))).collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("no panic"))
-            .collect()
+        handles.into_iter().map(|h| h.join().expect("no panic")).collect()
     })
 }
 

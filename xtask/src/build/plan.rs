@@ -126,10 +126,7 @@ pub(super) fn make_plan(
         let context = stage_context(project, spec, bin_dir, &mut cache)?;
         let entries = fingerprint::scan_context(&context, &mut cache)?;
         let dockerfile = std::fs::read(project.root.join(&spec.dockerfile)).with_context(|| {
-            format!(
-                "image {}: reading its Dockerfile {}",
-                spec.name, spec.dockerfile
-            )
+            format!("image {}: reading its Dockerfile {}", spec.name, spec.dockerfile)
         })?;
         let fingerprint_of = |context: &[Entry]| {
             fingerprint::fingerprint(&Inputs {
@@ -143,9 +140,7 @@ pub(super) fn make_plan(
         let fp = fingerprint_of(&entries);
         let blank = |e: &Entry| match spec.binary() {
             Some(binary) if e.path == binary => {
-                let kind = EntryKind::File {
-                    sha256: String::new(),
-                };
+                let kind = EntryKind::File { sha256: String::new() };
                 Entry { kind, ..e.clone() }
             }
             _ => e.clone(),
@@ -157,9 +152,7 @@ pub(super) fn make_plan(
             reference: format!("{}:{}", spec.repository, fingerprint::tag(&fp)),
             fingerprint: fp,
             outside_binary,
-            action: Action::Build {
-                reason: String::new(),
-            },
+            action: Action::Build { reason: String::new() },
         });
     }
     cache.save()?;
@@ -191,11 +184,7 @@ pub fn describe_plan(plan: &[PlanItem], jobs: usize, budget: &Budget) -> String 
             ]
         })
         .collect();
-    let caps: Vec<u64> = plan
-        .iter()
-        .filter(|i| !i.is_cached())
-        .map(|i| i.spec.memory)
-        .collect();
+    let caps: Vec<u64> = plan.iter().filter(|i| !i.is_cached()).map(|i| i.spec.memory).collect();
     format!(
         "plan:\n{}\n  memory budget: {} ({})\n  {}",
         table(&["image", "tag", "action", "cap", "why"], &rows),
@@ -234,10 +223,7 @@ fn stage_context(
         BuildContext::Dir(dir) => {
             let path = project.root.join(dir);
             let name = &spec.name;
-            anyhow::ensure!(
-                path.is_dir(),
-                "image {name}: context directory {dir} does not exist"
-            );
+            anyhow::ensure!(path.is_dir(), "image {name}: context directory {dir} does not exist");
             return Ok(path);
         }
         BuildContext::Binary(bin) => bin,
@@ -280,11 +266,8 @@ pub const KEEP_OLDER: usize = 2;
 /// The references in `listing` (newest first, as the engines list images) of a handed-off
 /// repository, beyond its current tag and the `KEEP_OLDER` newest others.
 pub fn superseded(listing: &str, handoff: &Handoff) -> Vec<String> {
-    let current: BTreeMap<&str, &str> = handoff
-        .images
-        .iter()
-        .map(|i| (i.repository.as_str(), i.reference.as_str()))
-        .collect();
+    let current: BTreeMap<&str, &str> =
+        handoff.images.iter().map(|i| (i.repository.as_str(), i.reference.as_str())).collect();
     let mut kept: BTreeMap<&str, usize> = BTreeMap::new();
     let ours = listing.lines().map(str::trim).filter(|l| {
         let repo = crate::manifests::repository(l);
@@ -373,14 +356,8 @@ mod tests {
         let local = facts(crate::engine::THIS_MACHINE);
         let rig = facts("unix:///run/e2e-rig/podman.sock");
         let fp = "b".repeat(64);
-        assert_eq!(
-            recorded(Some(&record), &local, "gateway", &name),
-            Recorded::Here("aaaa")
-        );
-        assert_eq!(
-            recorded(Some(&record), &local, "redis", &name),
-            Recorded::Nothing
-        );
+        assert_eq!(recorded(Some(&record), &local, "gateway", &name), Recorded::Here("aaaa"));
+        assert_eq!(recorded(Some(&record), &local, "redis", &name), Recorded::Nothing);
         assert_eq!(recorded(None, &rig, "gateway", ""), Recorded::Nothing);
         let elsewhere = recorded(Some(&record), &rig, "gateway", &name);
         assert_eq!(elsewhere, Recorded::Elsewhere(name.as_str()));
@@ -391,14 +368,8 @@ mod tests {
             }
         );
         // Another platform of the same engine is another record too.
-        let arm = crate::engine::EngineFacts {
-            platform: "linux/arm64".into(),
-            ..local.clone()
-        };
-        assert!(matches!(
-            recorded(Some(&record), &arm, "gateway", &name),
-            Recorded::Elsewhere(_)
-        ));
+        let arm = crate::engine::EngineFacts { platform: "linux/arm64".into(), ..local.clone() };
+        assert!(matches!(recorded(Some(&record), &arm, "gateway", &name), Recorded::Elsewhere(_)));
     }
 
     #[test]

@@ -86,22 +86,16 @@ pub fn run(
         })
         .collect();
     let n = failures.len();
-    anyhow::ensure!(
-        n == 0,
-        "{n} image build(s) failed:\n{}",
-        failures.join("\n")
-    );
+    anyhow::ensure!(n == 0, "{n} image build(s) failed:\n{}", failures.join("\n"));
     interrupt::check()?;
     let records = plan.iter().map(|item| {
         let image = match &item.action {
             Action::Cached(image) => Some(image),
-            Action::Build { .. } => outcomes
-                .get(&item.spec.name)
-                .and_then(|o| o.result.as_ref().ok()),
+            Action::Build { .. } => {
+                outcomes.get(&item.spec.name).and_then(|o| o.result.as_ref().ok())
+            }
         };
-        image
-            .map(|image| item.record(image))
-            .context("a build without an outcome")
+        image.map(|image| item.record(image)).context("a build without an outcome")
     });
     Ok((records.collect::<anyhow::Result<_>>()?, activity))
 }
@@ -192,10 +186,7 @@ fn execute(
 /// The message for a failed build: the image, what happened, where, and what to change.
 fn explain(project: &Project, item: &PlanItem, failure: &BuildFailure) -> String {
     let name = &item.spec.name;
-    let at = |step: &Option<String>| {
-        step.as_ref()
-            .map_or(String::new(), |s| format!(" at `{s}`"))
-    };
+    let at = |step: &Option<String>| step.as_ref().map_or(String::new(), |s| format!(" at `{s}`"));
     match failure {
         BuildFailure::OutOfMemory { step, at_once } => format!(
             "image {name} was killed for running out of memory: its build hit its memory cap of {}{} \
@@ -240,10 +231,7 @@ fn build_one(
     let cmd = build_cmd_for(project, engine, item);
     let log = build_log(project, name);
     let _ = std::fs::remove_file(&log);
-    r.line(format!(
-        "  building {name} (cap {})",
-        podman_size(item.spec.memory)
-    ));
+    r.line(format!("  building {name} (cap {})", podman_size(item.spec.memory)));
     r.command(&cmd);
     let bar = r.spinner(name, "building");
     let result = cmd.run_logged(&log);
@@ -256,26 +244,15 @@ fn build_one(
             let code = err.downcast_ref::<CmdError>().and_then(|e| e.code);
             let d = diagnose::diagnose(code, &std::fs::read_to_string(&log).unwrap_or_default());
             Err(match d.cause {
-                Cause::OutOfMemory => BuildFailure::OutOfMemory {
-                    step: d.step,
-                    at_once: 1,
-                },
-                Cause::Other => BuildFailure::Failed {
-                    step: d.step,
-                    error: format!("{err:#}"),
-                },
+                Cause::OutOfMemory => BuildFailure::OutOfMemory { step: d.step, at_once: 1 },
+                Cause::Other => BuildFailure::Failed { step: d.step, error: format!("{err:#}") },
             })
         }
     };
     if result.is_ok() {
         r.line(format!("  built {} in {}", item.reference, secs(took)));
     }
-    Outcome {
-        result,
-        started,
-        took,
-        peak,
-    }
+    Outcome { result, started, took, peak }
 }
 
 fn outcome_table(plan: &[PlanItem], outcomes: &HashMap<String, Outcome>) -> String {
@@ -289,9 +266,7 @@ fn outcome_table(plan: &[PlanItem], outcomes: &HashMap<String, Outcome>) -> Stri
                 (Action::Build { .. }, Some(o)) => [
                     if o.result.is_ok() { "built" } else { "FAILED" }.into(),
                     secs(o.took),
-                    o.result
-                        .as_ref()
-                        .map_or("-".into(), |image| human(image.size)),
+                    o.result.as_ref().map_or("-".into(), |image| human(image.size)),
                     o.peak.map_or("-".into(), human),
                 ],
                 (Action::Build { .. }, None) => {
@@ -326,9 +301,7 @@ mod tests {
             fingerprint: "f".repeat(64),
             outside_binary: "f".repeat(64),
             reference: format!("localhost/e2e-{name}:ffff"),
-            action: Action::Build {
-                reason: "not built yet".into(),
-            },
+            action: Action::Build { reason: "not built yet".into() },
         }
     }
 
@@ -342,10 +315,7 @@ mod tests {
         let msg = explain(
             &project,
             &item("postgres"),
-            &BuildFailure::OutOfMemory {
-                step: Some("RUN apt-get install".into()),
-                at_once: 2,
-            },
+            &BuildFailure::OutOfMemory { step: Some("RUN apt-get install".into()), at_once: 2 },
         );
         assert!(
             msg.contains("postgres") && msg.contains("out of memory") && msg.contains("512m"),
