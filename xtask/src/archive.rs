@@ -14,11 +14,11 @@ use std::{
     time::Instant,
 };
 
-use anyhow::Context;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    build::{self, Action, BuildOptions, Session},
+    build::{self, Action, BuildOptions, Ctx, Goal, Session},
     cmd::{Cmd, Pipeline},
     engine::Engine,
     fingerprint,
@@ -98,16 +98,17 @@ pub struct SaveArgs {
 }
 
 impl SaveArgs {
-    pub fn run(self, project: &Project) -> anyhow::Result<()> {
-        let r = Reporter::new();
+    pub fn run(self, project: &Project) -> Result<()> {
+        let r = &Reporter::new();
         // The images to save are the ones the last prebuild handed off, in its engine.
         let recorded = Handoff::load(project).map(|h| h.engine);
-        let opts = BuildOptions { engine: self.opts.engine.or(recorded), ..self.opts };
-        let session = Session::open(project, &opts, &r, false)?;
+        let opts = &BuildOptions { engine: self.opts.engine.or(recorded), ..self.opts };
+        let session = &Session::open(project, opts, r, false)?;
+        let cx = Ctx { project, r, opts, session };
         if self.build {
-            build::prebuild(project, &r, &opts, &session, &[])?;
+            build::prebuild(cx, &[])?;
         }
-        let mut handoff = fresh_handoff(project, &r, &opts, &session)?;
+        let mut handoff = fresh_handoff(cx)?;
         in_start_order(&mut handoff.images, &session.images.infrastructure());
         let output = self.output.unwrap_or_else(|| {
             project.e2e_dir().join(match self.compress {
@@ -136,19 +137,14 @@ impl SaveArgs {
 
 /// The handoff file, checked against the current checkout and the engine: every image must
 /// be there, with the fingerprint the sources give now.
-fn fresh_handoff(
-    project: &Project,
-    r: &Reporter,
-    opts: &BuildOptions,
-    session: &Session,
-) -> anyhow::Result<Handoff> {
-    let handoff = Handoff::load(project).with_context(|| {
+fn fresh_handoff(cx: Ctx) -> Result<Handoff> {
+    let handoff = Handoff::load(cx.project).with_context(|| {
         format!(
             "no {} yet.\n  fix: run `cargo xtask prebuild-images` first, or `cargo xtask save-images --build`",
-            project.display(&Handoff::path(project))
+            cx.project.display(&Handoff::path(cx.project))
         )
     })?;
-    let prepared = build::prepare(project, r, opts, session, &[], None, true)?;
+    let prepared = build::prepare(cx, Goal::Build(&[]))?;
     let mut problems = Vec::new();
     let mut images = Vec::new();
     for item in &prepared.plan {
@@ -183,7 +179,7 @@ pub fn save(
     handoff: &Handoff,
     output: &Path,
     compression: Compression,
-) -> anyhow::Result<Manifest> {
+) -> Result<Manifest> {
     let start = Instant::now();
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -270,7 +266,7 @@ fn commit(project: &Project) -> String {
 }
 
 /// The manifest beside the archive, read and parsed, not checked against the archive.
-pub fn read_manifest(archive: &Path) -> anyhow::Result<Manifest> {
+pub fn read_manifest(archive: &Path) -> Result<Manifest> {
     let file = manifest_path(archive);
     let text = std::fs::read(&file).with_context(|| {
         format!(
@@ -290,7 +286,7 @@ pub fn read_manifest(archive: &Path) -> anyhow::Result<Manifest> {
 }
 
 /// Checks the manifest and the archive's size and SHA-256; loads nothing.
-pub fn verify(archive: &Path) -> anyhow::Result<Manifest> {
+pub fn verify(archive: &Path) -> Result<Manifest> {
     let m = read_manifest(archive)?;
     let a = archive.display();
     let size = std::fs::metadata(archive).with_context(|| format!("reading {a}"))?.len();
@@ -345,14 +341,12 @@ pub struct LoadArgs {
 }
 
 impl LoadArgs {
-    pub fn run(self, project: &Project) -> anyhow::Result<()> {
-        let r = Reporter::new();
-        let session = Session::open(project, &self.opts, &r, false)?;
+    pub fn run(self, project: &Project) -> Result<()> {
+        let (r, opts) = (&Reporter::new(), &self.opts);
+        let cx = Ctx { project, r, opts, session: &Session::open(project, opts, r, false)? };
         match (&self.archive, &self.registry) {
-            (Some(archive), _) => {
-                load(project, &r, archive, self.allow_stale, &self.opts, &session)
-            }
-            (None, Some(prefix)) => registry::pull(project, &r, prefix, &self.opts, &session),
+            (Some(archive), _) => load(cx, archive, self.allow_stale),
+            (None, Some(prefix)) => registry::pull(cx, prefix),
             (None, None) => unreachable!("clap requires one"),
         }
         .map(drop)
@@ -361,14 +355,8 @@ impl LoadArgs {
 
 /// Verifies, compares with the checkout, loads and checks the image IDs. Returns the images
 /// as a handoff, for `e2e`.
-pub fn load(
-    project: &Project,
-    r: &Reporter,
-    archive: &Path,
-    allow_stale: bool,
-    opts: &BuildOptions,
-    session: &Session,
-) -> anyhow::Result<Handoff> {
+pub fn load(cx: Ctx, archive: &Path, allow_stale: bool) -> Result<Handoff> {
+    let (project, r) = (cx.project, cx.r);
     let manifest = r.phase("verify archive", |r| {
         let m = verify(archive)?;
         r.line(format!(
@@ -381,8 +369,7 @@ pub fn load(
         ));
         Ok(m)
     })?;
-    let base_id = Some(manifest.base_image_id.as_str());
-    let prepared = build::prepare(project, r, opts, session, &[], base_id, true)?;
+    let prepared = build::prepare(cx, Goal::Archive { base_image_id: &manifest.base_image_id })?;
     let engine = prepared.env.engine();
     let current: BTreeMap<String, String> =
         prepared.plan.iter().map(|i| (i.spec.name.clone(), i.fingerprint.clone())).collect();

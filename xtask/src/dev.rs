@@ -210,7 +210,8 @@ impl Loop<'_> {
                     && pending.as_ref().is_some_and(|(_, t)| t.elapsed() >= RECORD_WHEN_IDLE)
                 {
                     if let Some((prepared, _)) = pending.take() {
-                        record_images(project, r, &self.opts.build, prepared);
+                        let opts = &self.opts.build;
+                        record_images(build::Ctx { project, r, opts, session: self.session }, prepared);
                     }
                 }
                 match rx.recv_timeout(Duration::from_millis(50)) {
@@ -273,6 +274,7 @@ impl Loop<'_> {
         times: &mut Times,
     ) -> Result<(String, Option<build::Prepared>), (anyhow::Error, String)> {
         let (project, r, opts) = (self.project, self.r, &self.opts.build);
+        let cx = build::Ctx { project, r, opts, session: self.session };
         let stopped = |how: &str| {
             let how = how.to_owned();
             move |e| (e, how)
@@ -280,7 +282,7 @@ impl Loop<'_> {
         // Recompile and plan; on failure the stack stays as it was.
         let prepared = times
             .time("compile+plan", || {
-                build::prepare(project, r, opts, self.session, &[], None, true)
+                build::prepare(cx, build::Goal::Build(&[]))
             })
             .map_err(stopped("compile or plan FAILED, the stack is unchanged"))?;
         // Only binaries changed: each is synced into its running container, whose process
@@ -315,7 +317,7 @@ impl Loop<'_> {
             prepared.plan.iter().filter(|i| !i.is_cached()).map(|i| i.spec.name.clone()).collect();
         let rebuilt = list(&rebuilt);
         let (handoff, _) = times
-            .time("images", || build::finish_with(project, r, opts, prepared, false))
+            .time("images", || build::finish_with(cx, prepared, false))
             .map_err(stopped("image build FAILED, the stack is unchanged"))?;
         // Replace only the pods that differ, the same way on either runtime.
         let replaced =
@@ -398,14 +400,15 @@ const RECORD_WHEN_IDLE: Duration = Duration::from_millis(500);
 
 /// After a live update, once the loop is idle: builds the images of its plan (what now runs,
 /// packaged) and writes `images.json`, so `e2e` and later cycles find them built.
-fn record_images(project: &Project, r: &Reporter, opts: &BuildOptions, prepared: build::Prepared) {
+fn record_images(cx: build::Ctx, prepared: build::Prepared) {
+    let r = cx.r;
     let t = Instant::now();
     let built: Vec<String> =
         prepared.plan.iter().filter(|i| !i.is_cached()).map(|i| i.spec.name.clone()).collect();
     if built.is_empty() {
         return;
     }
-    match build::finish_with(project, r, opts, prepared, false) {
+    match build::finish_with(cx, prepared, false) {
         Ok(_) => r.line(format!(
             "  built {} for the record in {} (the stack kept running)",
             list(&built),

@@ -253,7 +253,8 @@ fn dry_run(
                 build::cargo_build(project, &binaries, env.cargo_jobs(), opts.build.release)
                     .to_string(),
             );
-            let prepared = build::prepare(project, r, &opts.build, session, &[], None, false)
+            let cx = build::Ctx { project, r, opts: &opts.build, session };
+            let prepared = build::prepare(cx, build::Goal::DryRun)
                 .map_err(|e| {
                     e.context(
                         "a dry run plans with the binaries on disk: run `cargo build` once first",

@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::Context;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -82,7 +82,7 @@ pub fn tag(fingerprint: &str) -> String {
 }
 
 /// Lists a build context as the engine would send it, in path order.
-pub fn scan_context(dir: &Path, cache: &mut HashCache) -> anyhow::Result<Vec<Entry>> {
+pub fn scan_context(dir: &Path, cache: &mut HashCache) -> Result<Vec<Entry>> {
     let ignore = match [".containerignore", ".dockerignore"]
         .map(|f| dir.join(f))
         .into_iter()
@@ -107,7 +107,7 @@ fn walk(
     ignore: &Ignore,
     cache: &mut HashCache,
     out: &mut Vec<Entry>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     for item in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = item?.path();
         let rel = path.strip_prefix(root)?.to_string_lossy().replace('\\', "/");
@@ -157,14 +157,14 @@ impl HashCache {
         HashCache { path: Some(path.to_owned()), ..cache }
     }
 
-    pub fn save(&self) -> anyhow::Result<()> {
+    pub fn save(&self) -> Result<()> {
         match &self.path {
             Some(path) => crate::fsx::write_atomic(path, serde_json::to_vec(self)?),
             None => Ok(()),
         }
     }
 
-    pub fn digest(&mut self, path: &Path, meta: &std::fs::Metadata) -> anyhow::Result<String> {
+    pub fn digest(&mut self, path: &Path, meta: &std::fs::Metadata) -> Result<String> {
         let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
         let (len, ino) = (meta.len(), meta.ino());
         match self.entries.get(path) {
@@ -179,7 +179,7 @@ impl HashCache {
     }
 }
 
-pub fn file_sha256(path: &Path) -> anyhow::Result<String> {
+pub fn file_sha256(path: &Path) -> Result<String> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut h = Sha256::new();

@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use anyhow::Context;
+use anyhow::{Context, Result};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -103,13 +103,13 @@ impl Images {
     }
 
     /// Reads the images file; `base_override` (from `E2E_BASE_IMAGE`) replaces the base image.
-    pub fn load(path: &Path, base_override: Option<String>) -> anyhow::Result<Images> {
+    pub fn load(path: &Path, base_override: Option<String>) -> Result<Images> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Images::parse(&text, base_override).with_context(|| format!("in {}", path.display()))
     }
 
-    pub fn parse(text: &str, base_override: Option<String>) -> anyhow::Result<Images> {
+    pub fn parse(text: &str, base_override: Option<String>) -> Result<Images> {
         let file: File = toml::from_str(text)?;
         let defaults = file.defaults;
         let overridden = base_override.filter(|b| !b.is_empty());
@@ -165,7 +165,7 @@ impl Images {
 
     /// The images named on the command line, or all of them; unknown names are an error
     /// that lists the known ones.
-    pub fn select(&self, names: &[String]) -> anyhow::Result<Vec<ImageSpec>> {
+    pub fn select(&self, names: &[String]) -> Result<Vec<ImageSpec>> {
         if names.is_empty() {
             return Ok(self.images.clone());
         }
@@ -182,7 +182,7 @@ impl Images {
 }
 
 /// Parses `512m`, `1g`, `1.5GiB`, `300000k` or a plain number of bytes.
-pub fn parse_size(text: &str) -> anyhow::Result<u64> {
+pub fn parse_size(text: &str) -> Result<u64> {
     let t = text.trim().to_ascii_lowercase();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);

@@ -137,14 +137,12 @@ impl RunOptions {
         session: &Session,
         defer: bool,
     ) -> anyhow::Result<Images> {
-        let opts = &self.build;
+        let cx = build::Ctx { project, r, opts: &self.build, session };
         let handoff = match &self.source {
-            Source::Archive { path, allow_stale } => {
-                archive::load(project, r, path, *allow_stale, opts, session)?
-            }
-            Source::Registry(prefix) => registry::pull(project, r, prefix, opts, session)?,
+            Source::Archive { path, allow_stale } => archive::load(cx, path, *allow_stale)?,
+            Source::Registry(prefix) => registry::pull(cx, prefix)?,
             Source::Build => {
-                let mut prepared = build::prepare(project, r, opts, session, &[], None, true)?;
+                let mut prepared = build::prepare(cx, build::Goal::Build(&[]))?;
                 let env = &mut prepared.env;
                 let jobs = if prepared.plan.iter().all(|i| i.is_cached()) {
                     env.cargo_jobs()
@@ -152,7 +150,7 @@ impl RunOptions {
                     memory::cargo_jobs(env.host_budget.bytes / 2, memory::cpus())
                 };
                 if prepared.plan.iter().all(|i| i.is_cached()) {
-                    let (handoff, activity) = build::finish(project, r, opts, prepared)?;
+                    let (handoff, activity) = build::finish(cx, prepared)?;
                     let pending_suite = compile_suite_unless(defer, project, r, jobs)?;
                     return Ok(Images { handoff, activity, pending_suite });
                 }
@@ -178,7 +176,7 @@ impl RunOptions {
                 ));
                 let (built, compiled) = std::thread::scope(|s| {
                     let compiling = s.spawn(|| compile_suite(project, r, jobs));
-                    let built = build::finish(project, r, opts, prepared);
+                    let built = build::finish(cx, prepared);
                     (built, compiling.join().expect("no panic"))
                 });
                 compiled?;

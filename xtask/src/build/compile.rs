@@ -10,9 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, Result};
 
-use super::BuildOptions;
+use super::Ctx;
 use crate::{
     cmd::Cmd,
     engine::{BuildCmd, FINGERPRINT_LABEL},
@@ -48,20 +48,12 @@ pub fn resolve(asked: Option<CompileIn>, host: &str, engine: &str) -> CompileIn 
 
 /// Compiles the binaries the images package, here or in the engine, and returns their
 /// directory; without `compile` (a dry run), only the directory.
-pub fn binaries(
-    project: &Project,
-    r: &Reporter,
-    opts: &BuildOptions,
-    env: &Env,
-    builder: Option<&Builder>,
-    binaries: &[&str],
-    compile: bool,
-) -> anyhow::Result<PathBuf> {
-    let host = host_platform();
+pub fn binaries(cx: Ctx, env: &Env, binaries: &[&str], compile: bool) -> Result<PathBuf> {
+    let (project, opts, host) = (cx.project, cx.opts, host_platform());
     if binaries.is_empty() || resolve(opts.compile_in, &host, env.platform()) == CompileIn::Host {
         if compile && !binaries.is_empty() {
             let jobs = env.cargo_jobs();
-            r.phase("compile service binaries", |r| {
+            cx.r.phase("compile service binaries", |r| {
                 let cmd = super::cargo_build(project, binaries, jobs, opts.release);
                 r.line(format!(
                     "  cargo -j {jobs}: {} CPUs here, the host's budget {} ({}) at {} a rustc job",
@@ -77,7 +69,7 @@ pub fn binaries(
         }
         return Ok(project.binaries_dir(opts.release));
     }
-    let builder = builder.ok_or_else(|| {
+    let builder = cx.session.images.builder.as_ref().ok_or_else(|| {
         Problem::new(
             format!(
                 "the binaries must compile in the engine ({} cannot run this machine's {host}), but the images file has no [builder]",
@@ -89,7 +81,7 @@ pub fn binaries(
     if !compile {
         return Ok(project.e2e_dir().join("engine-bin"));
     }
-    r.phase("compile service binaries", |r| in_engine(project, r, env, builder, binaries))
+    cx.r.phase("compile service binaries", |r| in_engine(project, r, env, builder, binaries))
 }
 
 /// The workspace's files that the compile reads (the services embed their OpenAPI
@@ -107,7 +99,7 @@ const SOURCES: &[&str] = &[
 
 /// Stages the sources into `target/e2e/context/builder` (hard links where possible), with
 /// the host's CA bundle when it has one; files no longer in the sources are removed.
-pub fn stage_sources(project: &Project) -> anyhow::Result<PathBuf> {
+pub fn stage_sources(project: &Project) -> Result<PathBuf> {
     let dir = project.e2e_dir().join("context").join("builder");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -122,7 +114,7 @@ pub fn stage_sources(project: &Project) -> anyhow::Result<PathBuf> {
 }
 
 /// Hard links (else copies) of every file under `from`, `target` directories left out.
-fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     let Ok(meta) = std::fs::symlink_metadata(from) else {
         return Ok(());
     };
@@ -158,7 +150,7 @@ pub fn in_engine(
     env: &Env,
     builder: &Builder,
     binaries: &[&str],
-) -> anyhow::Result<PathBuf> {
+) -> Result<PathBuf> {
     let engine = env.engine();
     let program = engine.program();
     let (cap, jobs) = limits(builder.memory, env.budget.bytes, env.facts.cpus);
@@ -178,11 +170,10 @@ pub fn in_engine(
     cache.save()?;
     let dockerfile = project.root.join(&builder.dockerfile);
     let bins: Vec<String> = binaries.iter().map(|b| format!("--bin {b}")).collect();
-    let mut build_args: std::collections::BTreeMap<String, String> = [
-        ("BUILDER_IMAGE".to_owned(), builder.image.clone()),
-        ("BINARIES".to_owned(), bins.join(" ")),
-    ]
-    .into();
+    let mut build_args: std::collections::BTreeMap<String, String> =
+        [("BUILDER_IMAGE", builder.image.clone()), ("BINARIES", bins.join(" "))]
+            .map(|(k, v)| (k.to_owned(), v))
+            .into();
     let fp = fingerprint::fingerprint(&Inputs {
         dockerfile: &std::fs::read(&dockerfile)
             .with_context(|| format!("reading {}", builder.dockerfile))?,
@@ -212,11 +203,9 @@ pub fn in_engine(
             labels: [(FINGERPRINT_LABEL.to_owned(), fp.clone())].into(),
             no_cache: false,
         });
+        let asks = podman_size(builder.memory);
         let budget_note = match cap < builder.memory {
-            true => format!(
-                " (the engine's budget; [builder] memory asks {})",
-                podman_size(builder.memory)
-            ),
+            true => format!(" (the engine's budget; [builder] memory asks {asks})"),
             false => String::new(),
         };
         r.line(format!(

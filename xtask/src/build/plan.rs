@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::Context;
+use anyhow::{Context, Result};
 
 use crate::{
     engine::{EngineFacts, ImageInfo},
@@ -119,7 +119,7 @@ pub(super) fn make_plan(
     specs: &[ImageSpec],
     force: bool,
     previous: Option<&Handoff>,
-) -> anyhow::Result<Vec<PlanItem>> {
+) -> Result<Vec<PlanItem>> {
     let mut cache = HashCache::load(&project.e2e_dir().join("hash-cache.json"));
     let mut items = Vec::new();
     for spec in specs {
@@ -138,12 +138,9 @@ pub(super) fn make_plan(
             })
         };
         let fp = fingerprint_of(&entries);
-        let blank = |e: &Entry| match spec.binary() {
-            Some(binary) if e.path == binary => {
-                let kind = EntryKind::File { sha256: String::new() };
-                Entry { kind, ..e.clone() }
-            }
-            _ => e.clone(),
+        let blank = |e: &Entry| match spec.binary() == Some(e.path.as_str()) {
+            true => Entry { kind: EntryKind::File { sha256: String::new() }, ..e.clone() },
+            false => e.clone(),
         };
         let outside_binary = fingerprint_of(&entries.iter().map(blank).collect::<Vec<_>>());
         items.push(PlanItem {
@@ -174,14 +171,8 @@ pub fn describe_plan(plan: &[PlanItem], jobs: usize, budget: &Budget) -> String 
                 Action::Cached(_) => ("cached", "fingerprint matches"),
                 Action::Build { reason } => ("build", reason.as_str()),
             };
-            let cap = images::podman_size(i.spec.memory);
-            vec![
-                i.spec.name.clone(),
-                fingerprint::tag(&i.fingerprint),
-                state.into(),
-                cap,
-                why.into(),
-            ]
+            let (name, cap) = (i.spec.name.clone(), images::podman_size(i.spec.memory));
+            vec![name, fingerprint::tag(&i.fingerprint), state.into(), cap, why.into()]
         })
         .collect();
     let caps: Vec<u64> = plan.iter().filter(|i| !i.is_cached()).map(|i| i.spec.memory).collect();
@@ -218,11 +209,11 @@ fn stage_context(
     spec: &ImageSpec,
     bin_dir: &Path,
     cache: &mut HashCache,
-) -> anyhow::Result<PathBuf> {
+) -> Result<PathBuf> {
+    let name = &spec.name;
     let bin = match &spec.context {
         BuildContext::Dir(dir) => {
             let path = project.root.join(dir);
-            let name = &spec.name;
             anyhow::ensure!(path.is_dir(), "image {name}: context directory {dir} does not exist");
             return Ok(path);
         }
@@ -230,17 +221,14 @@ fn stage_context(
     };
     let src = bin_dir.join(bin);
     let src_meta = std::fs::metadata(&src).with_context(|| {
-        format!(
-            "image {}: binary {} was not built (is `{bin}` a binary of this workspace?)",
-            spec.name,
-            project.display(&src)
-        )
+        let src = project.display(&src);
+        format!("image {name}: binary {src} was not built (is `{bin}` a binary of this workspace?)")
     })?;
     let dir = project.e2e_dir().join("context").join(&spec.name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dst = dir.join(bin);
     let same = match std::fs::metadata(&dst) {
-        Ok(dst_meta) => cache.digest(&src, &src_meta)? == cache.digest(&dst, &dst_meta)?,
+        Ok(meta) => cache.digest(&src, &src_meta)? == cache.digest(&dst, &meta)?,
         Err(_) => false,
     };
     if !same {
@@ -269,17 +257,17 @@ pub fn superseded(listing: &str, handoff: &Handoff) -> Vec<String> {
     let current: BTreeMap<&str, &str> =
         handoff.images.iter().map(|i| (i.repository.as_str(), i.reference.as_str())).collect();
     let mut kept: BTreeMap<&str, usize> = BTreeMap::new();
-    let ours = listing.lines().map(str::trim).filter(|l| {
-        let repo = crate::manifests::repository(l);
-        current.get(repo).is_some_and(|cur| cur != l)
-    });
-    ours.filter(|l| {
-        let n = kept.entry(crate::manifests::repository(l)).or_insert(0);
+    let repository = crate::manifests::repository;
+    let ours = listing
+        .lines()
+        .map(str::trim)
+        .filter(|l| current.get(repository(l)).is_some_and(|c| c != l));
+    let beyond = ours.filter(|l| {
+        let n = kept.entry(repository(l)).or_insert(0);
         *n += 1;
         *n > KEEP_OLDER
-    })
-    .map(str::to_owned)
-    .collect()
+    });
+    beyond.map(str::to_owned).collect()
 }
 
 #[cfg(test)]
