@@ -110,27 +110,17 @@ impl SaveArgs {
         }
         let mut handoff = fresh_handoff(cx)?;
         in_start_order(&mut handoff.images, &session.images.infrastructure());
-        let output = self.output.unwrap_or_else(|| {
-            project.e2e_dir().join(match self.compress {
-                Compression::Zstd => "images.tar.zst",
-                Compression::None => "images.tar",
-            })
-        });
-        let manifest =
-            r.phase("save images", |r| save(project, r, &handoff, &output, self.compress))?;
+        let name = if self.compress == Compression::Zstd { "images.tar.zst" } else { "images.tar" };
+        let output = self.output.unwrap_or_else(|| project.e2e_dir().join(name));
+        let manifest = r.phase("save images", |_| save(cx, &handoff, &output, self.compress))?;
         if let Some(prefix) = &self.push {
             r.phase("push images", |r| registry::push(project, r, &handoff, prefix))?;
         }
         r.line(format!("archive:  {}", output.display()));
         r.line(format!("manifest: {}", manifest_path(&output).display()));
-        let sum: u64 = manifest.images.iter().map(|i| i.size).sum();
-        r.line(format!(
-            "{} images, {} (the images together: {}), sha256 {}",
-            manifest.images.len(),
-            human(manifest.size),
-            human(sum),
-            &manifest.sha256[..16]
-        ));
+        let (n, size, sha) = (manifest.images.len(), human(manifest.size), &manifest.sha256[..16]);
+        let sum = human(manifest.images.iter().map(|i| i.size).sum());
+        r.line(format!("{n} images, {size} (the images together: {sum}), sha256 {sha}"));
         Ok(())
     }
 }
@@ -145,8 +135,7 @@ fn fresh_handoff(cx: Ctx) -> Result<Handoff> {
         )
     })?;
     let prepared = build::prepare(cx, Goal::Build(&[]))?;
-    let mut problems = Vec::new();
-    let mut images = Vec::new();
+    let (mut problems, mut images) = (Vec::new(), Vec::new());
     for item in &prepared.plan {
         let recorded = handoff.images.iter().find(|i| i.name == item.spec.name);
         let problem = match (&item.action, recorded) {
@@ -174,21 +163,20 @@ fn fresh_handoff(cx: Ctx) -> Result<Handoff> {
 /// Writes the archive and its manifest, each to a temporary file renamed into place only
 /// when complete: an interrupted save leaves nothing that looks complete.
 pub fn save(
-    project: &Project,
-    r: &Reporter,
+    cx: Ctx,
     handoff: &Handoff,
     output: &Path,
     compression: Compression,
 ) -> Result<Manifest> {
-    let start = Instant::now();
+    let (start, project, r) = (Instant::now(), cx.project, cx.r);
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    if compression == Compression::Zstd && which::which("zstd").is_err() {
-        anyhow::bail!(
-            "zstd is not installed.\n  fix: `apt-get install zstd`, or pass --compress none"
-        );
-    }
+    let zstd = compression == Compression::Zstd;
+    anyhow::ensure!(
+        !zstd || which::which("zstd").is_ok(),
+        "zstd is not installed.\n  fix: `apt-get install zstd`, or pass --compress none"
+    );
     // Both are removed if anything stops the save before they are renamed into place.
     let tmp_archive = Pending::new(temp_beside(output));
     let final_manifest = manifest_path(output);
@@ -207,13 +195,10 @@ pub fn save(
     save.run_logged(&log).context("saving the images")?;
     interrupt::check()?;
     let size = std::fs::metadata(tmp)?.len();
+    let name = output.file_name().context("the output needs a file name")?;
     let manifest = Manifest {
         format: FORMAT.into(),
-        archive: output
-            .file_name()
-            .context("the output needs a file name")?
-            .to_string_lossy()
-            .into_owned(),
+        archive: name.to_string_lossy().into(),
         sha256: fingerprint::file_sha256(tmp)?,
         size,
         compression,
@@ -223,9 +208,7 @@ pub fn save(
         base_image_id: handoff.base_image_id.clone(),
         tool: format!("xtask {}", env!("CARGO_PKG_VERSION")),
         commit: commit(project),
-        created_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        created_unix: std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_secs()),
         images: handoff.images.clone(),
     };
     std::fs::write(tmp_manifest.path(), serde_json::to_vec_pretty(&manifest)?)?;
@@ -234,8 +217,8 @@ pub fn save(
     let _ = std::fs::remove_file(&final_manifest);
     tmp_archive.persist(output)?;
     tmp_manifest.persist(&final_manifest)?;
-    let (n, took) = (manifest.images.len(), secs(start.elapsed()));
-    r.line(format!("  saved {n} images in {took} ({})", human(size)));
+    let (n, took, size) = (manifest.images.len(), secs(start.elapsed()), human(size));
+    r.line(format!("  saved {n} images in {took} ({size})"));
     Ok(manifest)
 }
 
@@ -267,21 +250,14 @@ fn commit(project: &Project) -> String {
 
 /// The manifest beside the archive, read and parsed, not checked against the archive.
 pub fn read_manifest(archive: &Path) -> Result<Manifest> {
-    let file = manifest_path(archive);
-    let text = std::fs::read(&file).with_context(|| {
-        format!(
-            "no manifest {} beside the archive (an incomplete save, or not made by `cargo xtask save-images`)",
-            file.display()
-        )
+    let (path, file) = (manifest_path(archive), manifest_path(archive).display().to_string());
+    let text = std::fs::read(&path).with_context(|| {
+        format!("no manifest {file} beside the archive (an incomplete save, or not made by `cargo xtask save-images`)")
     })?;
-    let manifest: Manifest = serde_json::from_slice(&text)
-        .with_context(|| format!("{} is not a valid manifest", file.display()))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&text).with_context(|| format!("{file} is not a valid manifest"))?;
     let format = &manifest.format;
-    anyhow::ensure!(
-        format == FORMAT,
-        "{} has format {format:?}, expected {FORMAT:?}",
-        file.display()
-    );
+    anyhow::ensure!(format == FORMAT, "{file} has format {format:?}, expected {FORMAT:?}");
     Ok(manifest)
 }
 
@@ -359,13 +335,10 @@ pub fn load(cx: Ctx, archive: &Path, allow_stale: bool) -> Result<Handoff> {
     let (project, r) = (cx.project, cx.r);
     let manifest = r.phase("verify archive", |r| {
         let m = verify(archive)?;
+        let (n, size, sha, commit, tool) =
+            (m.images.len(), human(m.size), &m.sha256[..16], &m.commit, &m.tool);
         r.line(format!(
-            "  {} images, {}, sha256 {} matches; saved from commit {} by {}",
-            m.images.len(),
-            human(m.size),
-            &m.sha256[..16],
-            m.commit,
-            m.tool
+            "  {n} images, {size}, sha256 {sha} matches; saved from commit {commit} by {tool}"
         ));
         Ok(m)
     })?;
@@ -409,8 +382,7 @@ pub fn load(cx: Ctx, archive: &Path, allow_stale: bool) -> Result<Handoff> {
             "after loading, these images are missing or have other IDs: {}",
             missing.join(", ")
         );
-        let (n, took) = (manifest.images.len(), secs(start.elapsed()));
-        r.line(format!("  loaded {n} images in {took}"));
+        r.line(format!("  loaded {} images in {}", manifest.images.len(), secs(start.elapsed())));
         Ok(())
     })?;
     Ok(manifest.handoff(engine, &prepared.env.facts.at))

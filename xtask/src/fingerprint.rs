@@ -20,7 +20,6 @@ use crate::dockerignore::Ignore;
 /// Bump when the encoding below changes, so old tags stop matching.
 const VERSION: &str = "e2e-image-fingerprint-v1";
 
-/// One entry of a build context.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// Relative, `/`-separated.
@@ -37,7 +36,6 @@ pub enum EntryKind {
     Symlink { target: String },
 }
 
-/// Everything that determines an image.
 #[derive(Debug, Clone)]
 pub struct Inputs<'a> {
     pub dockerfile: &'a [u8],
@@ -83,16 +81,12 @@ pub fn tag(fingerprint: &str) -> String {
 
 /// Lists a build context as the engine would send it, in path order.
 pub fn scan_context(dir: &Path, cache: &mut HashCache) -> Result<Vec<Entry>> {
-    let ignore = match [".containerignore", ".dockerignore"]
+    let file = [".containerignore", ".dockerignore"]
         .map(|f| dir.join(f))
         .into_iter()
-        .find(|p| p.is_file())
-    {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            Ignore::parse(&text).with_context(|| format!("in {}", p.display()))?
-        }
+        .find(|p| p.is_file());
+    let ignore = match file {
+        Some(p) => Ignore::parse(&read(&p)?).with_context(|| format!("in {}", p.display()))?,
         None => Ignore::none(),
     };
     let mut entries = Vec::new();
@@ -116,8 +110,7 @@ fn walk(
         }
         let meta = std::fs::symlink_metadata(&path)?;
         let kind = if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&path)?.to_string_lossy().into_owned();
-            EntryKind::Symlink { target }
+            EntryKind::Symlink { target: std::fs::read_link(&path)?.to_string_lossy().into() }
         } else if meta.is_dir() {
             EntryKind::Dir
         } else {
@@ -167,24 +160,25 @@ impl HashCache {
     pub fn digest(&mut self, path: &Path, meta: &std::fs::Metadata) -> Result<String> {
         let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
         let (len, ino) = (meta.len(), meta.ino());
-        match self.entries.get(path) {
-            Some(c) if (c.len, c.mtime_ns, c.ino) == (len, mtime_ns, ino) => Ok(c.sha256.clone()),
-            _ => {
-                let sha256 = file_sha256(path)?;
-                let cached = Cached { len, mtime_ns, ino, sha256: sha256.clone() };
-                self.entries.insert(path.to_owned(), cached);
-                Ok(sha256)
-            }
+        let same = |c: &&Cached| (c.len, c.mtime_ns, c.ino) == (len, mtime_ns, ino);
+        if let Some(c) = self.entries.get(path).filter(same) {
+            return Ok(c.sha256.clone());
         }
+        let sha256 = file_sha256(path)?;
+        self.entries.insert(path.to_owned(), Cached { len, mtime_ns, ino, sha256: sha256.clone() });
+        Ok(sha256)
     }
 }
 
 pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut h = Sha256::new();
-    std::io::copy(&mut file, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    let copied = std::fs::File::open(path).and_then(|mut file| std::io::copy(&mut file, &mut h));
+    copied.with_context(|| format!("reading {}", path.display()))?;
     Ok(format!("{:x}", h.finalize()))
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
 #[cfg(test)]

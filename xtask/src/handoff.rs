@@ -45,7 +45,6 @@ fn this_machine() -> String {
 }
 
 impl Handoff {
-    /// `images`, as the engine of `env` has them.
     pub fn new(env: &Env, images: Vec<ImageRecord>) -> Handoff {
         Handoff {
             engine: env.engine(),
@@ -81,7 +80,6 @@ impl Handoff {
         fsx::write_json(&Handoff::path(project), self)
     }
 
-    /// Each image repository mapped to the reference that was built.
     pub fn pinned(&self) -> BTreeMap<String, String> {
         self.images.iter().map(|i| (i.repository.clone(), i.reference.clone())).collect()
     }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 struct File {
     defaults: Defaults,
-    builder: Option<RawBuilder>,
+    builder: Option<Builder>,
     #[serde(rename = "image")]
     images: Vec<RawImage>,
 }
@@ -35,24 +35,21 @@ struct RawImage {
     build_args: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBuilder {
-    image: String,
-    dockerfile: String,
-    memory: String,
-}
-
 /// Where the workspace's binaries compile when they compile in the engine: the builder
 /// image, the Dockerfile of that one compile, and its memory cap.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Builder {
     pub image: String,
     pub dockerfile: String,
+    #[serde(deserialize_with = "size")]
     pub memory: u64,
 }
 
-/// Where an image's build context comes from.
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    parse_size(&String::deserialize(d)?).map_err(|e| serde::de::Error::custom(format!("{e:#}")))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BuildContext {
     /// A directory of the repository.
@@ -61,7 +58,6 @@ pub enum BuildContext {
     Binary(String),
 }
 
-/// One image, as the images file declares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSpec {
     pub name: String,
@@ -98,8 +94,7 @@ impl Images {
     /// The images that package no binary of ours (PostgreSQL, Redis): a run starts their
     /// pods first, as soon as their images are there.
     pub fn infrastructure(&self) -> Vec<&str> {
-        let infra = self.images.iter().filter(|i| i.binary().is_none());
-        infra.map(|i| i.name.as_str()).collect()
+        self.images.iter().filter(|i| i.binary().is_none()).map(|i| i.name.as_str()).collect()
     }
 
     /// Reads the images file; `base_override` (from `E2E_BASE_IMAGE`) replaces the base image.
@@ -119,10 +114,8 @@ impl Images {
         for raw in file.images {
             let name = raw.name;
             let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
-            anyhow::ensure!(
-                !name.is_empty() && name.chars().all(allowed),
-                "image {name:?} may only hold lowercase letters, digits and '-'"
-            );
+            let why = "may only hold lowercase letters, digits and '-'";
+            anyhow::ensure!(!name.is_empty() && name.chars().all(allowed), "image {name:?} {why}");
             anyhow::ensure!(
                 images.iter().all(|i| i.name != name),
                 "image {name:?} is declared twice"
@@ -151,15 +144,10 @@ impl Images {
             });
         }
         anyhow::ensure!(!images.is_empty(), "no [[image]] entries");
-        let builder_image = std::env::var("E2E_BUILDER_IMAGE").ok().filter(|i| !i.is_empty());
-        let builder = match file.builder {
-            Some(b) => Some(Builder {
-                image: builder_image.unwrap_or(b.image),
-                dockerfile: b.dockerfile,
-                memory: parse_size(&b.memory).context("[builder] memory")?,
-            }),
-            None => None,
-        };
+        let mut builder = file.builder;
+        if let (Some(b), Ok(image)) = (&mut builder, std::env::var("E2E_BUILDER_IMAGE")) {
+            b.image = if image.is_empty() { b.image.clone() } else { image };
+        }
         Ok(Images { base_image, offline_base_image, images, builder })
     }
 
@@ -171,10 +159,10 @@ impl Images {
         }
         let known: Vec<&str> = self.images.iter().map(|i| i.name.as_str()).collect();
         let find = |n: &String| {
+            let known = || known.join(", ");
             let image = self.images.iter().find(|i| &i.name == n).cloned();
             image.with_context(|| {
-                let known = known.join(", ");
-                format!("no image named {n:?} in test/e2e/images.toml (known: {known})")
+                format!("no image named {n:?} in test/e2e/images.toml (known: {})", known())
             })
         };
         names.iter().map(find).collect()

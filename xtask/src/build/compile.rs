@@ -151,8 +151,7 @@ pub fn in_engine(
     builder: &Builder,
     binaries: &[&str],
 ) -> Result<PathBuf> {
-    let engine = env.engine();
-    let program = engine.program();
+    let (engine, program) = (env.engine(), env.engine().program());
     let (cap, jobs) = limits(builder.memory, env.budget.bytes, env.facts.cpus);
     let builder_image = engine.image(&builder.image).ok_or_else(|| {
         Problem::new(
@@ -183,8 +182,8 @@ pub fn in_engine(
         platform: env.platform(),
     });
     let reference = format!("localhost/e2e-builder:{}", fingerprint::tag(&fp));
-    let out = project.e2e_dir().join("engine-bin");
-    let log = project.logs_dir().join("build-builder.log");
+    let (out, log) =
+        (project.e2e_dir().join("engine-bin"), project.logs_dir().join("build-builder.log"));
     let cached =
         engine.image(&reference).is_some_and(|i| i.fingerprint.as_deref() == Some(fp.as_str()));
     if cached && std::fs::read_to_string(out.join(".fingerprint")).is_ok_and(|f| f == fp) {

@@ -76,7 +76,6 @@ impl PrebuildArgs {
     }
 }
 
-/// What every image step works with.
 #[derive(Clone, Copy)]
 pub struct Ctx<'a> {
     pub project: &'a Project,
@@ -96,12 +95,7 @@ impl Session {
     /// Reads the images file and asks the engine for its facts, as the run's first phase
     /// (over ssh, each answer takes seconds). With `provision`, a base image the engine
     /// lacks is pulled or made first (see [`provision_base`]).
-    pub fn open(
-        p: &Project,
-        opts: &BuildOptions,
-        r: &Reporter,
-        provision: bool,
-    ) -> Result<Session> {
+    pub fn open(p: &Project, opts: &BuildOptions, r: &Reporter, provision: bool) -> Result<Self> {
         let images = load_images(p, opts)?;
         // The one place the engine is decided (as asked, else podman, else docker).
         let engine = Engine::detect(opts.engine);
@@ -179,9 +173,9 @@ pub fn provision_base(
     let log = p.logs_dir().join("base-image.log");
     let (program, base) = (engine.engine.program(), &images.base_image);
     let pull = Cmd::new(program).args(["pull", base]);
+    let at = &engine.at;
     r.line(format!(
-        "the base image {base} is not in {program} at {}: pulling it into that engine's store",
-        engine.at
+        "the base image {base} is not in {program} at {at}: pulling it into that engine's store"
     ));
     r.command(&pull);
     if pull.run_logged(&log).is_ok() {
@@ -213,15 +207,12 @@ pub fn base_destination(engine: &EngineFacts) -> String {
     }
 }
 
-/// Everything decided before a build starts.
 pub struct Prepared {
-    pub images: Images,
     pub env: Env,
     pub plan: Vec<PlanItem>,
     pub previous: Option<Handoff>,
 }
 
-/// What [`prepare`] is for.
 #[derive(Clone, Copy)]
 pub enum Goal<'a> {
     /// Compile, then plan the named images (all when none is named) for a build.
@@ -273,10 +264,9 @@ pub fn prepare(cx: Ctx, goal: Goal) -> Result<Prepared> {
         budget.source,
         list.join(", ")
     );
-    Ok(Prepared { images: cx.session.images.clone(), env, plan, previous })
+    Ok(Prepared { env, plan, previous })
 }
 
-/// Builds the named images (all when `names` is empty) as the module doc says.
 pub fn prebuild(cx: Ctx, names: &[String]) -> Result<Handoff> {
     Ok(finish(cx, prepare(cx, Goal::Build(names))?)?.0)
 }
@@ -290,15 +280,13 @@ pub fn finish(cx: Ctx, prepared: Prepared) -> Result<(Handoff, Activity)> {
 /// [`finish`]; without `tidy`, superseded tags stay (the dev loop tidies once, at its end,
 /// rather than removing an image in every cycle).
 pub fn finish_with(cx: Ctx, prepared: Prepared, tidy: bool) -> Result<(Handoff, Activity)> {
-    let Prepared { images, env, plan, previous } = prepared;
+    let Prepared { env, plan, previous } = prepared;
     let (built, activity) = schedule::run(cx, &env, &plan)?;
     // Images not selected this time keep their previous entry, so the file lists every image
     // (in the images file's order).
     let previous = previous.filter(|p| p.is_of(&env.facts)).map(|p| p.images).unwrap_or_default();
-    let records = images
-        .images
-        .iter()
-        .filter_map(|s| built.iter().chain(&previous).find(|r| r.name == s.name).cloned());
+    let find = |s: &ImageSpec| built.iter().chain(&previous).find(|r| r.name == s.name).cloned();
+    let records = cx.session.images.images.iter().filter_map(find);
     let mut handoff = Handoff::new(&env, records.collect());
     handoff.built_now =
         plan.iter().filter(|i| !i.is_cached()).map(|i| i.spec.name.clone()).collect();

@@ -33,7 +33,6 @@ pub struct PlanItem {
 }
 
 impl PlanItem {
-    /// The handoff entry of this image, once the engine has it.
     pub fn record(&self, image: &ImageInfo) -> ImageRecord {
         ImageRecord {
             name: self.spec.name.clone(),
@@ -88,28 +87,22 @@ fn recorded<'a>(
 
 /// The freshness decision. An image is cached only when its fingerprinted tag exists *and*
 /// carries the same full fingerprint in its label: the tag's existence alone is not enough.
-fn decide(
-    force: bool,
-    fingerprint: &str,
-    in_engine: Option<ImageInfo>,
-    previous: Recorded,
-) -> Action {
+fn decide(force: bool, fp: &str, in_engine: Option<ImageInfo>, previous: Recorded) -> Action {
     let reason = match (force, in_engine, previous) {
-        (true, ..) => "--force".to_owned(),
-        (_, Some(image), _) if image.fingerprint.as_deref() == Some(fingerprint) => {
+        (true, ..) => "--force",
+        (_, Some(image), _) if image.fingerprint.as_deref() == Some(fp) => {
             return Action::Cached(image)
         }
-        (_, Some(_), _) => "its tag exists but without this fingerprint in its label".to_owned(),
-        (_, None, Recorded::Here(p)) if p != fingerprint => {
-            "inputs changed since the last build".to_owned()
-        }
-        (_, None, Recorded::Here(_)) => "built before, but no longer in the engine".to_owned(),
+        (_, Some(_), _) => "its tag exists but without this fingerprint in its label",
+        (_, None, Recorded::Here(p)) if p != fp => "inputs changed since the last build",
+        (_, None, Recorded::Here(_)) => "built before, but no longer in the engine",
         (_, None, Recorded::Elsewhere(other)) => {
-            format!("not built in this engine yet (images.json was of {other})")
+            let reason = format!("not built in this engine yet (images.json was of {other})");
+            return Action::Build { reason };
         }
-        (_, None, Recorded::Nothing) => "not built yet".to_owned(),
+        (_, None, Recorded::Nothing) => "not built yet",
     };
-    Action::Build { reason }
+    Action::Build { reason: reason.into() }
 }
 
 pub(super) fn make_plan(
@@ -125,9 +118,9 @@ pub(super) fn make_plan(
     for spec in specs {
         let context = stage_context(project, spec, bin_dir, &mut cache)?;
         let entries = fingerprint::scan_context(&context, &mut cache)?;
-        let dockerfile = std::fs::read(project.root.join(&spec.dockerfile)).with_context(|| {
-            format!("image {}: reading its Dockerfile {}", spec.name, spec.dockerfile)
-        })?;
+        let (name, path) = (&spec.name, &spec.dockerfile);
+        let dockerfile = std::fs::read(project.root.join(path))
+            .with_context(|| format!("image {name}: reading its Dockerfile {path}"))?;
         let fingerprint_of = |context: &[Entry]| {
             fingerprint::fingerprint(&Inputs {
                 dockerfile: &dockerfile,
@@ -185,7 +178,6 @@ pub fn describe_plan(plan: &[PlanItem], jobs: usize, budget: &Budget) -> String 
     )
 }
 
-/// One line on how many builds will run at once, and why.
 fn concurrency(caps: &[u64], jobs: usize, budget: u64) -> String {
     let n = caps.len();
     let at_once = memory::max_parallel(caps, budget, jobs).min(n);

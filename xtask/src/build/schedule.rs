@@ -29,7 +29,6 @@ use crate::{
     sampler::Sampler,
 };
 
-/// Why a build failed, as the diagnosis found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BuildFailure {
     /// Killed for memory (exit 137, `Killed`): its cap was too small for what ran.
@@ -162,7 +161,6 @@ fn execute(
     (outcomes, activity)
 }
 
-/// The message for a failed build: the image, what happened, where, and what to change.
 fn explain(project: &Project, item: &PlanItem, failure: &BuildFailure) -> String {
     let name = &item.spec.name;
     let at = |step: &Option<String>| step.as_ref().map_or(String::new(), |s| format!(" at `{s}`"));
@@ -185,7 +183,6 @@ fn build_log(project: &Project, name: &str) -> PathBuf {
     project.logs_dir().join(format!("build-{name}.log"))
 }
 
-/// The engine command that builds a planned image, labelled with its fingerprint.
 pub fn build_cmd_for(project: &Project, engine: Engine, item: &PlanItem) -> Cmd {
     engine.build(&BuildCmd {
         reference: item.reference.clone(),
