@@ -21,10 +21,8 @@ impl Ignore {
     pub fn parse(text: &str) -> anyhow::Result<Ignore> {
         let mut rules = Vec::new();
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-            let (negated, pattern) = match line.strip_prefix('!') {
-                Some(p) => (true, p.trim()),
-                None => (false, line),
-            };
+            let (negated, pattern) =
+                line.strip_prefix('!').map_or((false, line), |p| (true, p.trim()));
             // Like Go's `filepath.Clean`: no leading `/` or `./`, no trailing `/`.
             let parts: Vec<&str> =
                 pattern.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
