@@ -22,7 +22,7 @@ use crate::{
     memory,
     problem::Problem,
     project::Project,
-    report::{secs, Reporter},
+    report::secs,
 };
 
 /// Where the workspace's binaries compile.
@@ -69,19 +69,17 @@ pub fn binaries(cx: Ctx, env: &Env, binaries: &[&str], compile: bool) -> Result<
         }
         return Ok(project.binaries_dir(opts.release));
     }
+    let platform = env.platform();
     let builder = cx.session.images.builder.as_ref().ok_or_else(|| {
         Problem::new(
-            format!(
-                "the binaries must compile in the engine ({} cannot run this machine's {host}), but the images file has no [builder]",
-                env.platform()
-            ),
+            format!("the binaries must compile in the engine ({platform} cannot run this machine's {host}), but the images file has no [builder]"),
             "add a [builder] section to test/e2e/images.toml (see the comment there)",
         )
     })?;
     if !compile {
         return Ok(project.e2e_dir().join("engine-bin"));
     }
-    cx.r.phase("compile service binaries", |r| in_engine(project, r, env, builder, binaries))
+    cx.r.phase("compile service binaries", |_| in_engine(cx, env, builder, binaries))
 }
 
 /// The workspace's files that the compile reads (the services embed their OpenAPI
@@ -144,13 +142,8 @@ pub fn limits(builder_cap: u64, budget: u64, engine_cpus: usize) -> (u64, usize)
 /// The compile in the engine: the builder build (skipped when its fingerprinted tag is
 /// there), then the binaries copied out. Returns the directory holding them (and `suite/`,
 /// the suite's test binaries).
-pub fn in_engine(
-    project: &Project,
-    r: &Reporter,
-    env: &Env,
-    builder: &Builder,
-    binaries: &[&str],
-) -> Result<PathBuf> {
+pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Result<PathBuf> {
+    let (project, r) = (cx.project, cx.r);
     let (engine, program) = (env.engine(), env.engine().program());
     let (cap, jobs) = limits(builder.memory, env.budget.bytes, env.facts.cpus);
     let builder_image = engine.image(&builder.image).ok_or_else(|| {
