@@ -211,7 +211,8 @@ impl Loop<'_> {
                 {
                     if let Some((prepared, _)) = pending.take() {
                         let opts = &self.opts.build;
-                        record_images(build::Ctx { project, r, opts, session: self.session }, prepared);
+                        let cx = build::Ctx { project, r, opts, session: self.session };
+                        record_images(cx, prepared);
                     }
                 }
                 match rx.recv_timeout(Duration::from_millis(50)) {
@@ -281,9 +282,7 @@ impl Loop<'_> {
         };
         // Recompile and plan; on failure the stack stays as it was.
         let prepared = times
-            .time("compile+plan", || {
-                build::prepare(cx, build::Goal::Build(&[]))
-            })
+            .time("compile+plan", || build::prepare(cx, build::Goal::Build(&[])))
             .map_err(stopped("compile or plan FAILED, the stack is unchanged"))?;
         // Only binaries changed: each is synced into its running container, whose process
         // restarts (Tilt's live update); the images follow once the loop is idle.

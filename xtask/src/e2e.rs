@@ -254,12 +254,9 @@ fn dry_run(
                     .to_string(),
             );
             let cx = build::Ctx { project, r, opts: &opts.build, session };
-            let prepared = build::prepare(cx, build::Goal::DryRun)
-                .map_err(|e| {
-                    e.context(
-                        "a dry run plans with the binaries on disk: run `cargo build` once first",
-                    )
-                })?;
+            let prepared = build::prepare(cx, build::Goal::DryRun).map_err(|e| {
+                e.context("a dry run plans with the binaries on disk: run `cargo build` once first")
+            })?;
             for item in &prepared.plan {
                 lines.push(match (&item.action, source) {
                     (Action::Cached(_), _) => {
