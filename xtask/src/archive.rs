@@ -14,11 +14,11 @@ use std::{
     time::Instant,
 };
 
-use anyhow::Context;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    build::{self, Action, BuildOptions, Session},
+    build::{self, Action, BuildOptions, Ctx, Goal, Session},
     cmd::{Cmd, Pipeline},
     engine::Engine,
     fingerprint,
@@ -98,65 +98,44 @@ pub struct SaveArgs {
 }
 
 impl SaveArgs {
-    pub fn run(self, project: &Project) -> anyhow::Result<()> {
-        let r = Reporter::new();
+    pub fn run(self, project: &Project) -> Result<()> {
+        let r = &Reporter::new();
         // The images to save are the ones the last prebuild handed off, in its engine.
         let recorded = Handoff::load(project).map(|h| h.engine);
-        let opts = BuildOptions {
-            engine: self.opts.engine.or(recorded),
-            ..self.opts
-        };
-        let session = Session::open(project, &opts, &r, false)?;
+        let opts = &BuildOptions { engine: self.opts.engine.or(recorded), ..self.opts };
+        let session = &Session::open(project, opts, r, false)?;
+        let cx = Ctx { project, r, opts, session };
         if self.build {
-            build::prebuild(project, &r, &opts, &session, &[])?;
+            build::prebuild(cx, &[])?;
         }
-        let mut handoff = fresh_handoff(project, &r, &opts, &session)?;
+        let mut handoff = fresh_handoff(cx)?;
         in_start_order(&mut handoff.images, &session.images.infrastructure());
-        let output = self.output.unwrap_or_else(|| {
-            project.e2e_dir().join(match self.compress {
-                Compression::Zstd => "images.tar.zst",
-                Compression::None => "images.tar",
-            })
-        });
-        let manifest = r.phase("save images", |r| {
-            save(project, r, &handoff, &output, self.compress)
-        })?;
+        let name = if self.compress == Compression::Zstd { "images.tar.zst" } else { "images.tar" };
+        let output = self.output.unwrap_or_else(|| project.e2e_dir().join(name));
+        let manifest = r.phase("save images", |_| save(cx, &handoff, &output, self.compress))?;
         if let Some(prefix) = &self.push {
-            r.phase("push images", |r| {
-                registry::push(project, r, &handoff, prefix)
-            })?;
+            r.phase("push images", |r| registry::push(project, r, &handoff, prefix))?;
         }
         r.line(format!("archive:  {}", output.display()));
         r.line(format!("manifest: {}", manifest_path(&output).display()));
-        let sum: u64 = manifest.images.iter().map(|i| i.size).sum();
-        r.line(format!(
-            "{} images, {} (the images together: {}), sha256 {}",
-            manifest.images.len(),
-            human(manifest.size),
-            human(sum),
-            &manifest.sha256[..16]
-        ));
+        let (n, size, sha) = (manifest.images.len(), human(manifest.size), &manifest.sha256[..16]);
+        let sum = human(manifest.images.iter().map(|i| i.size).sum());
+        r.line(format!("{n} images, {size} (the images together: {sum}), sha256 {sha}"));
         Ok(())
     }
 }
 
 /// The handoff file, checked against the current checkout and the engine: every image must
 /// be there, with the fingerprint the sources give now.
-fn fresh_handoff(
-    project: &Project,
-    r: &Reporter,
-    opts: &BuildOptions,
-    session: &Session,
-) -> anyhow::Result<Handoff> {
-    let handoff = Handoff::load(project).with_context(|| {
+fn fresh_handoff(cx: Ctx) -> Result<Handoff> {
+    let handoff = Handoff::load(cx.project).with_context(|| {
         format!(
             "no {} yet.\n  fix: run `cargo xtask prebuild-images` first, or `cargo xtask save-images --build`",
-            project.display(&Handoff::path(project))
+            cx.project.display(&Handoff::path(cx.project))
         )
     })?;
-    let prepared = build::prepare(project, r, opts, session, &[], None, true)?;
-    let mut problems = Vec::new();
-    let mut images = Vec::new();
+    let prepared = build::prepare(cx, Goal::Build(&[]))?;
+    let (mut problems, mut images) = (Vec::new(), Vec::new());
     for item in &prepared.plan {
         let recorded = handoff.images.iter().find(|i| i.name == item.spec.name);
         let problem = match (&item.action, recorded) {
@@ -178,31 +157,26 @@ fn fresh_handoff(
         problems.join("\n  ")
     );
     let (base_image, base_image_id) = (handoff.base_image, handoff.base_image_id);
-    Ok(Handoff {
-        base_image,
-        base_image_id,
-        ..Handoff::new(&prepared.env, images)
-    })
+    Ok(Handoff { base_image, base_image_id, ..Handoff::new(&prepared.env, images) })
 }
 
 /// Writes the archive and its manifest, each to a temporary file renamed into place only
 /// when complete: an interrupted save leaves nothing that looks complete.
 pub fn save(
-    project: &Project,
-    r: &Reporter,
+    cx: Ctx,
     handoff: &Handoff,
     output: &Path,
     compression: Compression,
-) -> anyhow::Result<Manifest> {
-    let start = Instant::now();
+) -> Result<Manifest> {
+    let (start, project, r) = (Instant::now(), cx.project, cx.r);
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    if compression == Compression::Zstd && which::which("zstd").is_err() {
-        anyhow::bail!(
-            "zstd is not installed.\n  fix: `apt-get install zstd`, or pass --compress none"
-        );
-    }
+    let zstd = compression == Compression::Zstd;
+    anyhow::ensure!(
+        !zstd || which::which("zstd").is_ok(),
+        "zstd is not installed.\n  fix: `apt-get install zstd`, or pass --compress none"
+    );
     // Both are removed if anything stops the save before they are renamed into place.
     let tmp_archive = Pending::new(temp_beside(output));
     let final_manifest = manifest_path(output);
@@ -213,9 +187,7 @@ pub fn save(
     let tmp = tmp_archive.path();
     let save = match compression {
         Compression::Zstd => save_cmd(handoff.engine, &refs, None).pipe(
-            Cmd::new("zstd")
-                .args(["-T0", "-3", "-q", "-f", "-o"])
-                .arg(tmp.display().to_string()),
+            Cmd::new("zstd").args(["-T0", "-3", "-q", "-f", "-o"]).arg(tmp.display().to_string()),
         ),
         Compression::None => Pipeline(vec![save_cmd(handoff.engine, &refs, Some(tmp))]),
     };
@@ -223,13 +195,10 @@ pub fn save(
     save.run_logged(&log).context("saving the images")?;
     interrupt::check()?;
     let size = std::fs::metadata(tmp)?.len();
+    let name = output.file_name().context("the output needs a file name")?;
     let manifest = Manifest {
         format: FORMAT.into(),
-        archive: output
-            .file_name()
-            .context("the output needs a file name")?
-            .to_string_lossy()
-            .into_owned(),
+        archive: name.to_string_lossy().into(),
         sha256: fingerprint::file_sha256(tmp)?,
         size,
         compression,
@@ -239,9 +208,7 @@ pub fn save(
         base_image_id: handoff.base_image_id.clone(),
         tool: format!("xtask {}", env!("CARGO_PKG_VERSION")),
         commit: commit(project),
-        created_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        created_unix: std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_secs()),
         images: handoff.images.clone(),
     };
     std::fs::write(tmp_manifest.path(), serde_json::to_vec_pretty(&manifest)?)?;
@@ -250,8 +217,8 @@ pub fn save(
     let _ = std::fs::remove_file(&final_manifest);
     tmp_archive.persist(output)?;
     tmp_manifest.persist(&final_manifest)?;
-    let (n, took) = (manifest.images.len(), secs(start.elapsed()));
-    r.line(format!("  saved {n} images in {took} ({})", human(size)));
+    let (n, took, size) = (manifest.images.len(), secs(start.elapsed()), human(size));
+    r.line(format!("  saved {n} images in {took} ({size})"));
     Ok(manifest)
 }
 
@@ -266,21 +233,12 @@ pub fn in_start_order(images: &mut [ImageRecord], infrastructure: &[&str]) {
 fn save_cmd(engine: Engine, refs: &[String], output: Option<&Path>) -> Cmd {
     let multi = (engine == Engine::Podman).then_some("--multi-image-archive");
     let output = output.map(|o| ["--output".to_owned(), o.display().to_string()]);
-    Cmd::new(engine.program())
-        .arg("save")
-        .args(multi)
-        .args(output.into_iter().flatten())
-        .args(refs)
+    Cmd::new(engine.program()).arg("save").args(multi).args(output.into_iter().flatten()).args(refs)
 }
 
 /// `git rev-parse HEAD`, with `-dirty` when the work tree has changes.
 fn commit(project: &Project) -> String {
-    let git = |args: &[&str]| {
-        Cmd::new("git")
-            .args(args.iter().copied())
-            .cwd(&project.root)
-            .read()
-    };
+    let git = |args: &[&str]| Cmd::new("git").args(args.iter().copied()).cwd(&project.root).read();
     let dirty =
         git(&["status", "--porcelain", "--untracked-files=no"]).is_ok_and(|s| !s.trim().is_empty());
     match git(&["rev-parse", "HEAD"]) {
@@ -291,32 +249,23 @@ fn commit(project: &Project) -> String {
 }
 
 /// The manifest beside the archive, read and parsed, not checked against the archive.
-pub fn read_manifest(archive: &Path) -> anyhow::Result<Manifest> {
-    let file = manifest_path(archive);
-    let text = std::fs::read(&file).with_context(|| {
-        format!(
-            "no manifest {} beside the archive (an incomplete save, or not made by `cargo xtask save-images`)",
-            file.display()
-        )
+pub fn read_manifest(archive: &Path) -> Result<Manifest> {
+    let (path, file) = (manifest_path(archive), manifest_path(archive).display().to_string());
+    let text = std::fs::read(&path).with_context(|| {
+        format!("no manifest {file} beside the archive (an incomplete save, or not made by `cargo xtask save-images`)")
     })?;
-    let manifest: Manifest = serde_json::from_slice(&text)
-        .with_context(|| format!("{} is not a valid manifest", file.display()))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&text).with_context(|| format!("{file} is not a valid manifest"))?;
     let format = &manifest.format;
-    anyhow::ensure!(
-        format == FORMAT,
-        "{} has format {format:?}, expected {FORMAT:?}",
-        file.display()
-    );
+    anyhow::ensure!(format == FORMAT, "{file} has format {format:?}, expected {FORMAT:?}");
     Ok(manifest)
 }
 
 /// Checks the manifest and the archive's size and SHA-256; loads nothing.
-pub fn verify(archive: &Path) -> anyhow::Result<Manifest> {
+pub fn verify(archive: &Path) -> Result<Manifest> {
     let m = read_manifest(archive)?;
     let a = archive.display();
-    let size = std::fs::metadata(archive)
-        .with_context(|| format!("reading {a}"))?
-        .len();
+    let size = std::fs::metadata(archive).with_context(|| format!("reading {a}"))?.len();
     let again = "Nothing was loaded.\n  fix: download or save it again";
     anyhow::ensure!(
         size == m.size,
@@ -335,19 +284,16 @@ pub fn verify(archive: &Path) -> anyhow::Result<Manifest> {
 /// The images of the archive whose fingerprints differ from the current checkout's.
 pub fn stale_images(manifest: &Manifest, current: &BTreeMap<String, String>) -> Vec<String> {
     let tag = fingerprint::tag;
-    let differ = manifest
-        .images
-        .iter()
-        .filter_map(|i| match current.get(&i.name) {
-            Some(fp) if *fp == i.fingerprint => None,
-            Some(fp) => Some(format!(
-                "{}: archive {} but this checkout gives {}",
-                i.name,
-                tag(&i.fingerprint),
-                tag(fp)
-            )),
-            None => Some(format!("{}: not in this checkout's images file", i.name)),
-        });
+    let differ = manifest.images.iter().filter_map(|i| match current.get(&i.name) {
+        Some(fp) if *fp == i.fingerprint => None,
+        Some(fp) => Some(format!(
+            "{}: archive {} but this checkout gives {}",
+            i.name,
+            tag(&i.fingerprint),
+            tag(fp)
+        )),
+        None => Some(format!("{}: not in this checkout's images file", i.name)),
+    });
     let missing = current
         .keys()
         .filter(|name| !manifest.images.iter().any(|i| &i.name == *name))
@@ -371,14 +317,12 @@ pub struct LoadArgs {
 }
 
 impl LoadArgs {
-    pub fn run(self, project: &Project) -> anyhow::Result<()> {
-        let r = Reporter::new();
-        let session = Session::open(project, &self.opts, &r, false)?;
+    pub fn run(self, project: &Project) -> Result<()> {
+        let (r, opts) = (&Reporter::new(), &self.opts);
+        let cx = Ctx { project, r, opts, session: &Session::open(project, opts, r, false)? };
         match (&self.archive, &self.registry) {
-            (Some(archive), _) => {
-                load(project, &r, archive, self.allow_stale, &self.opts, &session)
-            }
-            (None, Some(prefix)) => registry::pull(project, &r, prefix, &self.opts, &session),
+            (Some(archive), _) => load(cx, archive, self.allow_stale),
+            (None, Some(prefix)) => registry::pull(cx, prefix),
             (None, None) => unreachable!("clap requires one"),
         }
         .map(drop)
@@ -387,34 +331,21 @@ impl LoadArgs {
 
 /// Verifies, compares with the checkout, loads and checks the image IDs. Returns the images
 /// as a handoff, for `e2e`.
-pub fn load(
-    project: &Project,
-    r: &Reporter,
-    archive: &Path,
-    allow_stale: bool,
-    opts: &BuildOptions,
-    session: &Session,
-) -> anyhow::Result<Handoff> {
+pub fn load(cx: Ctx, archive: &Path, allow_stale: bool) -> Result<Handoff> {
+    let (project, r) = (cx.project, cx.r);
     let manifest = r.phase("verify archive", |r| {
         let m = verify(archive)?;
+        let (n, size, sha, commit, tool) =
+            (m.images.len(), human(m.size), &m.sha256[..16], &m.commit, &m.tool);
         r.line(format!(
-            "  {} images, {}, sha256 {} matches; saved from commit {} by {}",
-            m.images.len(),
-            human(m.size),
-            &m.sha256[..16],
-            m.commit,
-            m.tool
+            "  {n} images, {size}, sha256 {sha} matches; saved from commit {commit} by {tool}"
         ));
         Ok(m)
     })?;
-    let base_id = Some(manifest.base_image_id.as_str());
-    let prepared = build::prepare(project, r, opts, session, &[], base_id, true)?;
+    let prepared = build::prepare(cx, Goal::Archive { base_image_id: &manifest.base_image_id })?;
     let engine = prepared.env.engine();
-    let current: BTreeMap<String, String> = prepared
-        .plan
-        .iter()
-        .map(|i| (i.spec.name.clone(), i.fingerprint.clone()))
-        .collect();
+    let current: BTreeMap<String, String> =
+        prepared.plan.iter().map(|i| (i.spec.name.clone(), i.fingerprint.clone())).collect();
     let stale = stale_images(&manifest, &current);
     if !stale.is_empty() {
         let list = stale.join("\n  ");
@@ -432,11 +363,8 @@ pub fn load(
         r.line(&bar);
     }
     r.phase("load images", |r| {
-        let present = |i: &ImageRecord| {
-            engine
-                .image(&i.reference)
-                .is_some_and(|found| found.id == i.id)
-        };
+        let present =
+            |i: &ImageRecord| engine.image(&i.reference).is_some_and(|found| found.id == i.id);
         if manifest.images.iter().all(present) {
             r.line("  every image is already loaded, with the archive's image IDs");
             return Ok(());
@@ -447,34 +375,23 @@ pub fn load(
         let load = load_cmd(engine, archive, manifest.compression);
         r.line(format!("  $ {load}"));
         load.run_logged(&log).context("loading the archive")?;
-        let missing: Vec<&str> = manifest
-            .images
-            .iter()
-            .filter(|i| !present(i))
-            .map(|i| i.reference.as_str())
-            .collect();
+        let missing: Vec<&str> =
+            manifest.images.iter().filter(|i| !present(i)).map(|i| i.reference.as_str()).collect();
         anyhow::ensure!(
             missing.is_empty(),
             "after loading, these images are missing or have other IDs: {}",
             missing.join(", ")
         );
-        let (n, took) = (manifest.images.len(), secs(start.elapsed()));
-        r.line(format!("  loaded {n} images in {took}"));
+        r.line(format!("  loaded {} images in {}", manifest.images.len(), secs(start.elapsed())));
         Ok(())
     })?;
     Ok(manifest.handoff(engine, &prepared.env.facts.at))
 }
 
 pub fn load_cmd(engine: Engine, archive: &Path, compression: Compression) -> Pipeline {
-    let (load, archive) = (
-        Cmd::new(engine.program()).arg("load"),
-        archive.display().to_string(),
-    );
+    let (load, archive) = (Cmd::new(engine.program()).arg("load"), archive.display().to_string());
     match compression {
-        Compression::Zstd => Cmd::new("zstd")
-            .args(["-d", "-c", "-q"])
-            .arg(archive)
-            .pipe(load),
+        Compression::Zstd => Cmd::new("zstd").args(["-d", "-c", "-q"]).arg(archive).pipe(load),
         Compression::None => Pipeline(vec![load.args(["--input".to_owned(), archive])]),
     }
 }
@@ -505,15 +422,9 @@ mod tests {
             .map(|n| record(n, &fp))
             .collect();
         in_start_order(&mut images, &["postgres", "redis"]);
-        assert_eq!(
-            names(&images),
-            ["postgres", "redis", "gateway", "data-storage"]
-        );
+        assert_eq!(names(&images), ["postgres", "redis", "gateway", "data-storage"]);
         in_start_order(&mut images, &[]);
-        assert_eq!(
-            names(&images),
-            ["postgres", "redis", "gateway", "data-storage"]
-        );
+        assert_eq!(names(&images), ["postgres", "redis", "gateway", "data-storage"]);
     }
 
     #[test]
@@ -553,10 +464,7 @@ mod tests {
 
     #[test]
     fn save_and_load_commands() {
-        let refs = vec![
-            "localhost/e2e-a:1".to_owned(),
-            "localhost/e2e-b:2".to_owned(),
-        ];
+        let refs = vec!["localhost/e2e-a:1".to_owned(), "localhost/e2e-b:2".to_owned()];
         assert_eq!(
             save_cmd(Engine::Podman, &refs, None).to_string(),
             "podman save --multi-image-archive localhost/e2e-a:1 localhost/e2e-b:2"

@@ -231,10 +231,10 @@ impl Loop<'_> {
     /// loop: a failure is shown and the stack stays as it was.
     fn cycle(&mut self, changed: &[String], steps: &mut Steps) -> Result<String, String> {
         let (project, r, opts) = (self.project, self.r, &self.opts.build);
-        let session = self.session;
+        let cx = build::Ctx { project, r, opts, session: self.session };
         let prepared =
             steps.run("compile+plan", "compile or plan FAILED, the stack is unchanged", || {
-                build::prepare(project, r, opts, session, &[], None, true)
+                build::prepare(cx, build::Goal::Build(&[]))
             })?;
         // Only binaries changed: each is synced into its running container, whose process
         // restarts (Tilt's live update); the images follow once the loop is idle.
@@ -253,7 +253,7 @@ impl Loop<'_> {
                 let rebuilt = list(&uncached(&prepared.plan));
                 let (handoff, _) =
                     steps.run("images", "image build FAILED, the stack is unchanged", || {
-                        build::finish_with(project, r, opts, prepared, false)
+                        build::finish_with(cx, prepared, false)
                     })?;
                 // Replace only the pods that differ, the same way on either runtime.
                 let stopped = format!(
@@ -273,7 +273,7 @@ impl Loop<'_> {
         // its dependencies): a no-op cargo check is a quarter of a second.
         let passed = steps.run("suite", "suite compile FAILED, the stack is up", || {
             if crate::suite::touched_by(changed) {
-                let jobs = session.facts.env(None).map_or(1, |e| e.cargo_jobs());
+                let jobs = self.session.facts.env(None).map_or(1, |e| e.cargo_jobs());
                 crate::suite::compile_here(project, r, jobs)?;
             }
             Ok(self.suite())
@@ -292,7 +292,9 @@ impl Loop<'_> {
             return;
         }
         let r = self.r;
-        match build::finish_with(self.project, r, &self.opts.build, prepared, false) {
+        let cx =
+            build::Ctx { project: self.project, r, opts: &self.opts.build, session: self.session };
+        match build::finish_with(cx, prepared, false) {
             Ok(_) => r.line(format!(
                 "  built {} for the record in {} (the stack kept running)",
                 list(&built),

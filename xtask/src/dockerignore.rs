@@ -20,20 +20,12 @@ impl Ignore {
 
     pub fn parse(text: &str) -> anyhow::Result<Ignore> {
         let mut rules = Vec::new();
-        for line in text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        {
-            let (negated, pattern) = match line.strip_prefix('!') {
-                Some(p) => (true, p.trim()),
-                None => (false, line),
-            };
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let (negated, pattern) =
+                line.strip_prefix('!').map_or((false, line), |p| (true, p.trim()));
             // Like Go's `filepath.Clean`: no leading `/` or `./`, no trailing `/`.
-            let parts: Vec<&str> = pattern
-                .split('/')
-                .filter(|p| !p.is_empty() && *p != ".")
-                .collect();
+            let parts: Vec<&str> =
+                pattern.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
             let pattern = parts.join("/");
             if pattern.is_empty() {
                 continue;
@@ -53,11 +45,7 @@ impl Ignore {
     pub fn is_ignored(&self, path: &str) -> bool {
         let parents = path.match_indices('/').map(|(i, _)| &path[..i]);
         let hits = |g: &GlobMatcher| g.is_match(path) || parents.clone().any(|p| g.is_match(p));
-        self.rules
-            .iter()
-            .rev()
-            .find(|(g, _)| hits(g))
-            .is_some_and(|(_, negated)| !negated)
+        self.rules.iter().rev().find(|(g, _)| hits(g)).is_some_and(|(_, negated)| !negated)
     }
 }
 
@@ -75,10 +63,7 @@ mod tests {
         assert!(!ig.is_ignored("README.md"), "re-included by a later !");
         assert!(!ig.is_ignored("sub/notes.md"), "* does not cross /");
         assert!(ig.is_ignored("target"));
-        assert!(
-            ig.is_ignored("target/debug/gateway"),
-            "a matched directory takes its contents"
-        );
+        assert!(ig.is_ignored("target/debug/gateway"), "a matched directory takes its contents");
         assert!(ig.is_ignored("docs/a/b/c.png"));
         assert!(ig.is_ignored("docs/c.png"), "** matches zero directories");
         assert!(ig.is_ignored("temp1"));

@@ -210,10 +210,10 @@ fn dry_run(run: &Run) -> Result<()> {
             lines.push(
                 build::cargo_build(project, &binaries, env.cargo_jobs(), release).to_string(),
             );
-            let prepared = build::prepare(project, r, &opts.build, session, &[], None, false)
-                .context(
-                    "a dry run plans with the binaries on disk: run `cargo build` once first",
-                )?;
+            let cx = build::Ctx { project, r, opts: &opts.build, session };
+            let prepared = build::prepare(cx, build::Goal::DryRun).context(
+                "a dry run plans with the binaries on disk: run `cargo build` once first",
+            )?;
             lines.extend(prepared.plan.iter().map(|item| match (&item.action, source) {
                 (Action::Cached(_), _) => {
                     format!("# {} is cached: {}", item.spec.name, item.reference)

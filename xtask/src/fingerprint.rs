@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::Context;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -20,7 +20,6 @@ use crate::dockerignore::Ignore;
 /// Bump when the encoding below changes, so old tags stop matching.
 const VERSION: &str = "e2e-image-fingerprint-v1";
 
-/// One entry of a build context.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// Relative, `/`-separated.
@@ -37,7 +36,6 @@ pub enum EntryKind {
     Symlink { target: String },
 }
 
-/// Everything that determines an image.
 #[derive(Debug, Clone)]
 pub struct Inputs<'a> {
     pub dockerfile: &'a [u8],
@@ -82,17 +80,13 @@ pub fn tag(fingerprint: &str) -> String {
 }
 
 /// Lists a build context as the engine would send it, in path order.
-pub fn scan_context(dir: &Path, cache: &mut HashCache) -> anyhow::Result<Vec<Entry>> {
-    let ignore = match [".containerignore", ".dockerignore"]
+pub fn scan_context(dir: &Path, cache: &mut HashCache) -> Result<Vec<Entry>> {
+    let file = [".containerignore", ".dockerignore"]
         .map(|f| dir.join(f))
         .into_iter()
-        .find(|p| p.is_file())
-    {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            Ignore::parse(&text).with_context(|| format!("in {}", p.display()))?
-        }
+        .find(|p| p.is_file());
+    let ignore = match file {
+        Some(p) => Ignore::parse(&read(&p)?).with_context(|| format!("in {}", p.display()))?,
         None => Ignore::none(),
     };
     let mut entries = Vec::new();
@@ -107,33 +101,23 @@ fn walk(
     ignore: &Ignore,
     cache: &mut HashCache,
     out: &mut Vec<Entry>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     for item in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = item?.path();
-        let rel = path
-            .strip_prefix(root)?
-            .to_string_lossy()
-            .replace('\\', "/");
+        let rel = path.strip_prefix(root)?.to_string_lossy().replace('\\', "/");
         if ignore.is_ignored(&rel) {
             continue;
         }
         let meta = std::fs::symlink_metadata(&path)?;
         let kind = if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&path)?.to_string_lossy().into_owned();
-            EntryKind::Symlink { target }
+            EntryKind::Symlink { target: std::fs::read_link(&path)?.to_string_lossy().into() }
         } else if meta.is_dir() {
             EntryKind::Dir
         } else {
-            EntryKind::File {
-                sha256: cache.digest(&path, &meta)?,
-            }
+            EntryKind::File { sha256: cache.digest(&path, &meta)? }
         };
         let mode = meta.permissions().mode() & 0o7777;
-        out.push(Entry {
-            path: rel,
-            mode,
-            kind,
-        });
+        out.push(Entry { path: rel, mode, kind });
         if meta.is_dir() {
             walk(root, &path, ignore, cache, out)?;
         }
@@ -163,45 +147,38 @@ impl HashCache {
     pub fn load(path: &Path) -> HashCache {
         let bytes = std::fs::read(path).unwrap_or_default();
         let cache: HashCache = serde_json::from_slice(&bytes).unwrap_or_default();
-        HashCache {
-            path: Some(path.to_owned()),
-            ..cache
-        }
+        HashCache { path: Some(path.to_owned()), ..cache }
     }
 
-    pub fn save(&self) -> anyhow::Result<()> {
+    pub fn save(&self) -> Result<()> {
         match &self.path {
             Some(path) => crate::fsx::write_atomic(path, serde_json::to_vec(self)?),
             None => Ok(()),
         }
     }
 
-    pub fn digest(&mut self, path: &Path, meta: &std::fs::Metadata) -> anyhow::Result<String> {
+    pub fn digest(&mut self, path: &Path, meta: &std::fs::Metadata) -> Result<String> {
         let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
         let (len, ino) = (meta.len(), meta.ino());
-        match self.entries.get(path) {
-            Some(c) if (c.len, c.mtime_ns, c.ino) == (len, mtime_ns, ino) => Ok(c.sha256.clone()),
-            _ => {
-                let sha256 = file_sha256(path)?;
-                let cached = Cached {
-                    len,
-                    mtime_ns,
-                    ino,
-                    sha256: sha256.clone(),
-                };
-                self.entries.insert(path.to_owned(), cached);
-                Ok(sha256)
-            }
+        let same = |c: &&Cached| (c.len, c.mtime_ns, c.ino) == (len, mtime_ns, ino);
+        if let Some(c) = self.entries.get(path).filter(same) {
+            return Ok(c.sha256.clone());
         }
+        let sha256 = file_sha256(path)?;
+        self.entries.insert(path.to_owned(), Cached { len, mtime_ns, ino, sha256: sha256.clone() });
+        Ok(sha256)
     }
 }
 
-pub fn file_sha256(path: &Path) -> anyhow::Result<String> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+pub fn file_sha256(path: &Path) -> Result<String> {
     let mut h = Sha256::new();
-    std::io::copy(&mut file, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    let copied = std::fs::File::open(path).and_then(|mut file| std::io::copy(&mut file, &mut h));
+    copied.with_context(|| format!("reading {}", path.display()))?;
     Ok(format!("{:x}", h.finalize()))
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
 #[cfg(test)]
@@ -278,10 +255,7 @@ mod tests {
     fn mtime_alone_changes_nothing() {
         let c = Ctx::new("mtime");
         let before = c.fp();
-        let f = std::fs::File::options()
-            .write(true)
-            .open(c.dir.join("app.sh"))
-            .unwrap();
+        let f = std::fs::File::options().write(true).open(c.dir.join("app.sh")).unwrap();
         f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(3600))
             .unwrap();
         assert_eq!(before, c.fp());
@@ -318,21 +292,13 @@ mod tests {
         let none = BTreeMap::new();
         let base = c.fp_with(&none, "sha256:base1", "linux/amd64", b"FROM x\n");
         let args: BTreeMap<String, String> = [("BASE_IMAGE".to_owned(), "x".to_owned())].into();
-        assert_ne!(
-            base,
-            c.fp_with(&args, "sha256:base1", "linux/amd64", b"FROM x\n"),
-            "build arg"
-        );
+        assert_ne!(base, c.fp_with(&args, "sha256:base1", "linux/amd64", b"FROM x\n"), "build arg");
         assert_ne!(
             base,
             c.fp_with(&none, "sha256:base2", "linux/amd64", b"FROM x\n"),
             "base image ID"
         );
-        assert_ne!(
-            base,
-            c.fp_with(&none, "sha256:base1", "linux/arm64", b"FROM x\n"),
-            "platform"
-        );
+        assert_ne!(base, c.fp_with(&none, "sha256:base1", "linux/arm64", b"FROM x\n"), "platform");
         assert_ne!(
             base,
             c.fp_with(&none, "sha256:base1", "linux/amd64", b"FROM y\n"),
@@ -345,14 +311,10 @@ mod tests {
         let c = Ctx::new("cache");
         let file = c.dir.join("app.sh");
         let mut cache = HashCache::default();
-        let first = cache
-            .digest(&file, &std::fs::metadata(&file).unwrap())
-            .unwrap();
+        let first = cache.digest(&file, &std::fs::metadata(&file).unwrap()).unwrap();
         assert_eq!(first, file_sha256(&file).unwrap());
         std::fs::write(&file, "echo changed\n").unwrap();
-        let second = cache
-            .digest(&file, &std::fs::metadata(&file).unwrap())
-            .unwrap();
+        let second = cache.digest(&file, &std::fs::metadata(&file).unwrap()).unwrap();
         assert_ne!(first, second);
     }
 }

@@ -45,7 +45,6 @@ fn this_machine() -> String {
 }
 
 impl Handoff {
-    /// `images`, as the engine of `env` has them.
     pub fn new(env: &Env, images: Vec<ImageRecord>) -> Handoff {
         Handoff {
             engine: env.engine(),
@@ -66,12 +65,7 @@ impl Handoff {
 
     /// `podman at unix:///run/e2e-rig/podman.sock (linux/amd64)`.
     pub fn engine_name(&self) -> String {
-        format!(
-            "{} at {} ({})",
-            self.engine.program(),
-            self.at,
-            self.platform
-        )
+        format!("{} at {} ({})", self.engine.program(), self.at, self.platform)
     }
 
     pub fn path(project: &Project) -> PathBuf {
@@ -86,11 +80,7 @@ impl Handoff {
         fsx::write_json(&Handoff::path(project), self)
     }
 
-    /// Each image repository mapped to the reference that was built.
     pub fn pinned(&self) -> BTreeMap<String, String> {
-        self.images
-            .iter()
-            .map(|i| (i.repository.clone(), i.reference.clone()))
-            .collect()
+        self.images.iter().map(|i| (i.repository.clone(), i.reference.clone())).collect()
     }
 }

@@ -2,14 +2,14 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use anyhow::Context;
+use anyhow::{Context, Result};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     defaults: Defaults,
-    builder: Option<RawBuilder>,
+    builder: Option<Builder>,
     #[serde(rename = "image")]
     images: Vec<RawImage>,
 }
@@ -35,24 +35,21 @@ struct RawImage {
     build_args: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBuilder {
-    image: String,
-    dockerfile: String,
-    memory: String,
-}
-
 /// Where the workspace's binaries compile when they compile in the engine: the builder
 /// image, the Dockerfile of that one compile, and its memory cap.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Builder {
     pub image: String,
     pub dockerfile: String,
+    #[serde(deserialize_with = "size")]
     pub memory: u64,
 }
 
-/// Where an image's build context comes from.
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    parse_size(&String::deserialize(d)?).map_err(|e| serde::de::Error::custom(format!("{e:#}")))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BuildContext {
     /// A directory of the repository.
@@ -61,7 +58,6 @@ pub enum BuildContext {
     Binary(String),
 }
 
-/// One image, as the images file declares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSpec {
     pub name: String,
@@ -98,18 +94,17 @@ impl Images {
     /// The images that package no binary of ours (PostgreSQL, Redis): a run starts their
     /// pods first, as soon as their images are there.
     pub fn infrastructure(&self) -> Vec<&str> {
-        let infra = self.images.iter().filter(|i| i.binary().is_none());
-        infra.map(|i| i.name.as_str()).collect()
+        self.images.iter().filter(|i| i.binary().is_none()).map(|i| i.name.as_str()).collect()
     }
 
     /// Reads the images file; `base_override` (from `E2E_BASE_IMAGE`) replaces the base image.
-    pub fn load(path: &Path, base_override: Option<String>) -> anyhow::Result<Images> {
+    pub fn load(path: &Path, base_override: Option<String>) -> Result<Images> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Images::parse(&text, base_override).with_context(|| format!("in {}", path.display()))
     }
 
-    pub fn parse(text: &str, base_override: Option<String>) -> anyhow::Result<Images> {
+    pub fn parse(text: &str, base_override: Option<String>) -> Result<Images> {
         let file: File = toml::from_str(text)?;
         let defaults = file.defaults;
         let overridden = base_override.filter(|b| !b.is_empty());
@@ -119,10 +114,8 @@ impl Images {
         for raw in file.images {
             let name = raw.name;
             let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
-            anyhow::ensure!(
-                !name.is_empty() && name.chars().all(allowed),
-                "image {name:?} may only hold lowercase letters, digits and '-'"
-            );
+            let why = "may only hold lowercase letters, digits and '-'";
+            anyhow::ensure!(!name.is_empty() && name.chars().all(allowed), "image {name:?} {why}");
             anyhow::ensure!(
                 images.iter().all(|i| i.name != name),
                 "image {name:?} is declared twice"
@@ -140,9 +133,7 @@ impl Images {
             let memory = parse_size(raw.memory.as_ref().unwrap_or(&defaults.memory))
                 .with_context(|| format!("image {name:?}: memory"))?;
             let mut build_args = raw.build_args;
-            build_args
-                .entry("BASE_IMAGE".into())
-                .or_insert_with(|| base_image.clone());
+            build_args.entry("BASE_IMAGE".into()).or_insert_with(|| base_image.clone());
             images.push(ImageSpec {
                 repository: format!("{}-{name}", defaults.repository),
                 name,
@@ -153,37 +144,25 @@ impl Images {
             });
         }
         anyhow::ensure!(!images.is_empty(), "no [[image]] entries");
-        let builder_image = std::env::var("E2E_BUILDER_IMAGE")
-            .ok()
-            .filter(|i| !i.is_empty());
-        let builder = match file.builder {
-            Some(b) => Some(Builder {
-                image: builder_image.unwrap_or(b.image),
-                dockerfile: b.dockerfile,
-                memory: parse_size(&b.memory).context("[builder] memory")?,
-            }),
-            None => None,
-        };
-        Ok(Images {
-            base_image,
-            offline_base_image,
-            images,
-            builder,
-        })
+        let mut builder = file.builder;
+        if let (Some(b), Ok(image)) = (&mut builder, std::env::var("E2E_BUILDER_IMAGE")) {
+            b.image = if image.is_empty() { b.image.clone() } else { image };
+        }
+        Ok(Images { base_image, offline_base_image, images, builder })
     }
 
     /// The images named on the command line, or all of them; unknown names are an error
     /// that lists the known ones.
-    pub fn select(&self, names: &[String]) -> anyhow::Result<Vec<ImageSpec>> {
+    pub fn select(&self, names: &[String]) -> Result<Vec<ImageSpec>> {
         if names.is_empty() {
             return Ok(self.images.clone());
         }
         let known: Vec<&str> = self.images.iter().map(|i| i.name.as_str()).collect();
         let find = |n: &String| {
+            let known = || known.join(", ");
             let image = self.images.iter().find(|i| &i.name == n).cloned();
             image.with_context(|| {
-                let known = known.join(", ");
-                format!("no image named {n:?} in test/e2e/images.toml (known: {known})")
+                format!("no image named {n:?} in test/e2e/images.toml (known: {})", known())
             })
         };
         names.iter().map(find).collect()
@@ -191,15 +170,12 @@ impl Images {
 }
 
 /// Parses `512m`, `1g`, `1.5GiB`, `300000k` or a plain number of bytes.
-pub fn parse_size(text: &str) -> anyhow::Result<u64> {
+pub fn parse_size(text: &str) -> Result<u64> {
     let t = text.trim().to_ascii_lowercase();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .with_context(|| format!("{text:?} is not a size like 512m or 2g"))?;
+    let value: f64 =
+        num.parse().with_context(|| format!("{text:?} is not a size like 512m or 2g"))?;
     let mult: u64 = match unit.trim().trim_end_matches("ib").trim_end_matches('b') {
         "" => 1,
         "k" => 1 << 10,
@@ -256,33 +232,21 @@ mod tests {
 
     #[test]
     fn base_image_can_be_overridden() {
-        let f = Images::parse(
-            SAMPLE,
-            Some("docker.io/library/debian:bookworm-slim".into()),
-        )
-        .unwrap();
-        assert_eq!(
-            f.images[0].build_args["BASE_IMAGE"],
-            "docker.io/library/debian:bookworm-slim"
-        );
+        let f =
+            Images::parse(SAMPLE, Some("docker.io/library/debian:bookworm-slim".into())).unwrap();
+        assert_eq!(f.images[0].build_args["BASE_IMAGE"], "docker.io/library/debian:bookworm-slim");
     }
 
     #[test]
     fn mistakes_are_named() {
-        let both = SAMPLE.replace(
-            "binary = \"gateway\"",
-            "binary = \"gateway\"\ncontext = \"x\"",
-        );
+        let both = SAMPLE.replace("binary = \"gateway\"", "binary = \"gateway\"\ncontext = \"x\"");
         assert!(format!("{:#}", Images::parse(&both, None).unwrap_err())
             .contains("either context or binary"));
         let typo = SAMPLE.replace("dockerfile = \"Dockerfile.gateway\"", "dockerfil = \"x\"");
         assert!(format!("{:#}", Images::parse(&typo, None).unwrap_err()).contains("dockerfil"));
         let f = Images::parse(SAMPLE, None).unwrap();
         let err = f.select(&["gatway".into()]).unwrap_err().to_string();
-        assert!(
-            err.contains("gatway") && err.contains("known: gateway, redis"),
-            "{err}"
-        );
+        assert!(err.contains("gatway") && err.contains("known: gateway, redis"), "{err}");
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! REGISTRY/PREFIX` pushes each image under its fingerprint tag; `load-images --registry` and
 //! `e2e --registry` pull this checkout's images by those tags.
 
-use anyhow::Context;
+use anyhow::{Context, Result};
 
 use crate::{
-    build::{self, Action, BuildOptions, Session},
+    build::{self, Action, Ctx, Goal},
     cmd::Cmd,
     engine::Engine,
     fingerprint,
@@ -18,14 +18,8 @@ use crate::{
 /// parallel: pulling is light) and tags them as a local build would. An image already in the
 /// engine with its fingerprint is not pulled. The base image must be present, since its ID
 /// is part of every fingerprint.
-pub fn pull(
-    project: &Project,
-    r: &Reporter,
-    prefix: &str,
-    opts: &BuildOptions,
-    session: &Session,
-) -> anyhow::Result<Handoff> {
-    let prepared = build::prepare(project, r, opts, session, &[], None, true)?;
+pub fn pull(cx: Ctx, prefix: &str) -> Result<Handoff> {
+    let (project, r, prepared) = (cx.project, cx.r, build::prepare(cx, Goal::Build(&[]))?);
     let engine = prepared.env.engine();
     let log = project.logs_dir().join("pull-images.log");
     let _ = std::fs::remove_file(&log);
@@ -54,18 +48,13 @@ pub fn pull(
             );
             Ok(item.record(&image))
         });
-        let images = pulled.into_iter().collect::<anyhow::Result<_>>()?;
+        let images = pulled.into_iter().collect::<Result<_>>()?;
         Ok(Handoff::new(&prepared.env, images))
     })
 }
 
 /// Tags each image `REGISTRY/PREFIX/<name>:<fingerprint tag>` and pushes it.
-pub fn push(
-    project: &Project,
-    r: &Reporter,
-    handoff: &Handoff,
-    prefix: &str,
-) -> anyhow::Result<()> {
+pub fn push(project: &Project, r: &Reporter, handoff: &Handoff, prefix: &str) -> Result<()> {
     let log = project.logs_dir().join("push-images.log");
     for image in &handoff.images {
         let remote = remote_reference(prefix, &image.name, &image.fingerprint);
@@ -73,8 +62,7 @@ pub fn push(
         let push = registry_cmd(handoff.engine, "push", prefix).arg(&remote);
         for c in [tag, push] {
             r.command(&c);
-            c.run_logged(&log)
-                .with_context(|| format!("pushing {}", image.name))?;
+            c.run_logged(&log).with_context(|| format!("pushing {}", image.name))?;
         }
     }
     Ok(())
@@ -83,9 +71,7 @@ pub fn push(
 /// `podman pull` or `push`, told that a registry on loopback speaks plain HTTP (in tests).
 fn registry_cmd(engine: Engine, verb: &str, prefix: &str) -> Cmd {
     let plain_http = is_loopback_registry(prefix) && engine == Engine::Podman;
-    Cmd::new(engine.program())
-        .arg(verb)
-        .args(plain_http.then_some("--tls-verify=false"))
+    Cmd::new(engine.program()).arg(verb).args(plain_http.then_some("--tls-verify=false"))
 }
 
 pub fn is_loopback_registry(prefix: &str) -> bool {
@@ -96,11 +82,7 @@ pub fn is_loopback_registry(prefix: &str) -> bool {
 
 /// `localhost:5000/e2e` + gateway at fingerprint f00... = `localhost:5000/e2e/gateway:f00...`.
 pub fn remote_reference(prefix: &str, name: &str, fingerprint: &str) -> String {
-    format!(
-        "{}/{name}:{}",
-        prefix.trim_end_matches('/'),
-        fingerprint::tag(fingerprint)
-    )
+    format!("{}/{name}:{}", prefix.trim_end_matches('/'), fingerprint::tag(fingerprint))
 }
 
 #[cfg(test)]

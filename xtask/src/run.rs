@@ -185,18 +185,17 @@ impl Run<'_> {
     /// The images: built, loaded or pulled, and the suite's compile still to do (`-j`).
     pub fn images(&self) -> Result<Images> {
         let Run { opts, project, r, session, .. } = *self;
+        let cx = build::Ctx { project, r, opts: &opts.build, session };
         let handoff = match &opts.source {
-            Source::Archive { path, allow_stale } => {
-                archive::load(project, r, path, *allow_stale, &opts.build, session)?
-            }
-            Source::Registry(prefix) => registry::pull(project, r, prefix, &opts.build, session)?,
+            Source::Archive { path, allow_stale } => archive::load(cx, path, *allow_stale)?,
+            Source::Registry(prefix) => registry::pull(cx, prefix)?,
             Source::Build => {
-                let prepared = build::prepare(project, r, &opts.build, session, &[], None, true)?;
+                let prepared = build::prepare(cx, build::Goal::Build(&[]))?;
                 if !prepared.plan.iter().all(|i| i.is_cached()) {
-                    return build_beside_suite(project, r, &opts.build, prepared);
+                    return build_beside_suite(cx, prepared);
                 }
                 let jobs = prepared.env.cargo_jobs();
-                let (handoff, activity) = build::finish(project, r, &opts.build, prepared)?;
+                let (handoff, activity) = build::finish(cx, prepared)?;
                 return Ok(Images { handoff, activity, pending_suite: Some(jobs) });
             }
         };
@@ -330,12 +329,8 @@ impl Run<'_> {
 /// Image builds wait on podman and apt more than on the CPU, so the suite compiles while they
 /// run. On a local engine its rustc jobs share the engine's memory: theirs is taken out of
 /// the builds' budget, never so much that the largest image no longer fits.
-fn build_beside_suite(
-    project: &Project,
-    r: &Reporter,
-    opts: &BuildOptions,
-    mut prepared: build::Prepared,
-) -> Result<Images> {
+fn build_beside_suite(cx: build::Ctx, mut prepared: build::Prepared) -> Result<Images> {
+    let (project, r) = (cx.project, cx.r);
     let env = &mut prepared.env;
     let jobs = memory::cargo_jobs(env.host_budget.bytes / 2, memory::cpus());
     let biggest = prepared.plan.iter().map(|i| i.spec.memory).max().unwrap_or(0);
@@ -353,7 +348,7 @@ fn build_beside_suite(
     ));
     let (built, compiled) = scope(|s| {
         let compiling = s.spawn(|| compile_suite(project, r, jobs));
-        let built = build::finish(project, r, opts, prepared);
+        let built = build::finish(cx, prepared);
         (built, compiling.join().expect("no panic"))
     });
     compiled?;

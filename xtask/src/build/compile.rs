@@ -10,9 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, Result};
 
-use super::BuildOptions;
+use super::Ctx;
 use crate::{
     cmd::Cmd,
     engine::{BuildCmd, FINGERPRINT_LABEL},
@@ -22,7 +22,7 @@ use crate::{
     memory,
     problem::Problem,
     project::Project,
-    report::{secs, Reporter},
+    report::secs,
 };
 
 /// Where the workspace's binaries compile.
@@ -43,29 +43,17 @@ pub fn host_platform() -> String {
 /// As asked, else on this machine when it makes binaries the engine's platform runs, else
 /// in the engine.
 pub fn resolve(asked: Option<CompileIn>, host: &str, engine: &str) -> CompileIn {
-    asked.unwrap_or(if host == engine {
-        CompileIn::Host
-    } else {
-        CompileIn::Engine
-    })
+    asked.unwrap_or(if host == engine { CompileIn::Host } else { CompileIn::Engine })
 }
 
 /// Compiles the binaries the images package, here or in the engine, and returns their
 /// directory; without `compile` (a dry run), only the directory.
-pub fn binaries(
-    project: &Project,
-    r: &Reporter,
-    opts: &BuildOptions,
-    env: &Env,
-    builder: Option<&Builder>,
-    binaries: &[&str],
-    compile: bool,
-) -> anyhow::Result<PathBuf> {
-    let host = host_platform();
+pub fn binaries(cx: Ctx, env: &Env, binaries: &[&str], compile: bool) -> Result<PathBuf> {
+    let (project, opts, host) = (cx.project, cx.opts, host_platform());
     if binaries.is_empty() || resolve(opts.compile_in, &host, env.platform()) == CompileIn::Host {
         if compile && !binaries.is_empty() {
             let jobs = env.cargo_jobs();
-            r.phase("compile service binaries", |r| {
+            cx.r.phase("compile service binaries", |r| {
                 let cmd = super::cargo_build(project, binaries, jobs, opts.release);
                 r.line(format!(
                     "  cargo -j {jobs}: {} CPUs here, the host's budget {} ({}) at {} a rustc job",
@@ -81,21 +69,17 @@ pub fn binaries(
         }
         return Ok(project.binaries_dir(opts.release));
     }
-    let builder = builder.ok_or_else(|| {
+    let platform = env.platform();
+    let builder = cx.session.images.builder.as_ref().ok_or_else(|| {
         Problem::new(
-            format!(
-                "the binaries must compile in the engine ({} cannot run this machine's {host}), but the images file has no [builder]",
-                env.platform()
-            ),
+            format!("the binaries must compile in the engine ({platform} cannot run this machine's {host}), but the images file has no [builder]"),
             "add a [builder] section to test/e2e/images.toml (see the comment there)",
         )
     })?;
     if !compile {
         return Ok(project.e2e_dir().join("engine-bin"));
     }
-    r.phase("compile service binaries", |r| {
-        in_engine(project, r, env, builder, binaries)
-    })
+    cx.r.phase("compile service binaries", |_| in_engine(cx, env, builder, binaries))
 }
 
 /// The workspace's files that the compile reads (the services embed their OpenAPI
@@ -113,7 +97,7 @@ const SOURCES: &[&str] = &[
 
 /// Stages the sources into `target/e2e/context/builder` (hard links where possible), with
 /// the host's CA bundle when it has one; files no longer in the sources are removed.
-pub fn stage_sources(project: &Project) -> anyhow::Result<PathBuf> {
+pub fn stage_sources(project: &Project) -> Result<PathBuf> {
     let dir = project.e2e_dir().join("context").join("builder");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -128,7 +112,7 @@ pub fn stage_sources(project: &Project) -> anyhow::Result<PathBuf> {
 }
 
 /// Hard links (else copies) of every file under `from`, `target` directories left out.
-fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     let Ok(meta) = std::fs::symlink_metadata(from) else {
         return Ok(());
     };
@@ -158,15 +142,9 @@ pub fn limits(builder_cap: u64, budget: u64, engine_cpus: usize) -> (u64, usize)
 /// The compile in the engine: the builder build (skipped when its fingerprinted tag is
 /// there), then the binaries copied out. Returns the directory holding them (and `suite/`,
 /// the suite's test binaries).
-pub fn in_engine(
-    project: &Project,
-    r: &Reporter,
-    env: &Env,
-    builder: &Builder,
-    binaries: &[&str],
-) -> anyhow::Result<PathBuf> {
-    let engine = env.engine();
-    let program = engine.program();
+pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Result<PathBuf> {
+    let (project, r) = (cx.project, cx.r);
+    let (engine, program) = (env.engine(), env.engine().program());
     let (cap, jobs) = limits(builder.memory, env.budget.bytes, env.facts.cpus);
     let builder_image = engine.image(&builder.image).ok_or_else(|| {
         Problem::new(
@@ -184,11 +162,10 @@ pub fn in_engine(
     cache.save()?;
     let dockerfile = project.root.join(&builder.dockerfile);
     let bins: Vec<String> = binaries.iter().map(|b| format!("--bin {b}")).collect();
-    let mut build_args: std::collections::BTreeMap<String, String> = [
-        ("BUILDER_IMAGE".to_owned(), builder.image.clone()),
-        ("BINARIES".to_owned(), bins.join(" ")),
-    ]
-    .into();
+    let mut build_args: std::collections::BTreeMap<String, String> =
+        [("BUILDER_IMAGE", builder.image.clone()), ("BINARIES", bins.join(" "))]
+            .map(|(k, v)| (k.to_owned(), v))
+            .into();
     let fp = fingerprint::fingerprint(&Inputs {
         dockerfile: &std::fs::read(&dockerfile)
             .with_context(|| format!("reading {}", builder.dockerfile))?,
@@ -198,11 +175,10 @@ pub fn in_engine(
         platform: env.platform(),
     });
     let reference = format!("localhost/e2e-builder:{}", fingerprint::tag(&fp));
-    let out = project.e2e_dir().join("engine-bin");
-    let log = project.logs_dir().join("build-builder.log");
-    let cached = engine
-        .image(&reference)
-        .is_some_and(|i| i.fingerprint.as_deref() == Some(fp.as_str()));
+    let (out, log) =
+        (project.e2e_dir().join("engine-bin"), project.logs_dir().join("build-builder.log"));
+    let cached =
+        engine.image(&reference).is_some_and(|i| i.fingerprint.as_deref() == Some(fp.as_str()));
     if cached && std::fs::read_to_string(out.join(".fingerprint")).is_ok_and(|f| f == fp) {
         r.line(format!("  compiled in the engine before: {reference}"));
         return Ok(out);
@@ -219,11 +195,9 @@ pub fn in_engine(
             labels: [(FINGERPRINT_LABEL.to_owned(), fp.clone())].into(),
             no_cache: false,
         });
+        let asks = podman_size(builder.memory);
         let budget_note = match cap < builder.memory {
-            true => format!(
-                " (the engine's budget; [builder] memory asks {})",
-                podman_size(builder.memory)
-            ),
+            true => format!(" (the engine's budget; [builder] memory asks {asks})"),
             false => String::new(),
         };
         r.line(format!(
@@ -239,10 +213,7 @@ pub fn in_engine(
         let result = build.run_logged(&log);
         r.finish(&bar);
         result.context("compiling the workspace in the engine")?;
-        r.line(format!(
-            "  compiled in the engine in {}",
-            secs(start.elapsed())
-        ));
+        r.line(format!("  compiled in the engine in {}", secs(start.elapsed())));
     }
     // The binaries come back through the engine's API.
     let _ = std::fs::remove_dir_all(&out);
@@ -250,11 +221,7 @@ pub fn in_engine(
     let container = format!("e2e-extract-{}", std::process::id());
     let copy_out = [
         Cmd::new(program).args(["create", "--name", &container, &reference, "true"]),
-        Cmd::new(program).args([
-            "cp",
-            &format!("{container}:/out/."),
-            &out.display().to_string(),
-        ]),
+        Cmd::new(program).args(["cp", &format!("{container}:/out/."), &out.display().to_string()]),
     ]
     .iter()
     .try_for_each(|c| {
@@ -275,18 +242,12 @@ mod tests {
     #[test]
     fn binaries_compile_where_they_can_run() {
         assert_eq!(resolve(None, "linux/amd64", "linux/amd64"), CompileIn::Host);
-        assert_eq!(
-            resolve(None, "darwin/arm64", "linux/arm64"),
-            CompileIn::Engine
-        );
+        assert_eq!(resolve(None, "darwin/arm64", "linux/arm64"), CompileIn::Engine);
         assert_eq!(
             resolve(Some(CompileIn::Engine), "linux/amd64", "linux/amd64"),
             CompileIn::Engine
         );
-        assert_eq!(
-            resolve(Some(CompileIn::Host), "darwin/arm64", "linux/arm64"),
-            CompileIn::Host
-        );
+        assert_eq!(resolve(Some(CompileIn::Host), "darwin/arm64", "linux/arm64"), CompileIn::Host);
         assert!(host_platform().contains('/'));
     }
 

@@ -19,6 +19,8 @@ pub use schedule::{build_cmd_for, Activity};
 
 use std::path::PathBuf;
 
+use anyhow::Result;
+
 use crate::{
     cmd::Cmd,
     engine::{Engine, EngineFacts, ImageInfo},
@@ -37,7 +39,7 @@ pub struct BuildOptions {
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub jobs: usize,
     /// Memory all builds together may use, e.g. `6g` [default: available now, less a margin].
-    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    #[arg(long, value_name = "SIZE", value_parser = |s: &str| images::parse_size(s).map_err(|e| format!("{e:#}")))]
     pub memory_budget: Option<u64>,
     /// Rebuild every image, even those whose fingerprinted tag exists (no layer cache).
     #[arg(long)]
@@ -58,10 +60,6 @@ pub struct BuildOptions {
     pub images_file: Option<PathBuf>,
 }
 
-fn parse_size_arg(s: &str) -> Result<u64, String> {
-    images::parse_size(s).map_err(|e| format!("{e:#}"))
-}
-
 #[derive(clap::Args, Debug)]
 pub struct PrebuildArgs {
     /// Images to build (names from the images file); all of them when none is given.
@@ -71,11 +69,19 @@ pub struct PrebuildArgs {
 }
 
 impl PrebuildArgs {
-    pub fn run(self, project: &Project) -> anyhow::Result<()> {
-        let r = Reporter::new();
-        let session = Session::open(project, &self.build, &r, true)?;
-        prebuild(project, &r, &self.build, &session, &self.images).map(drop)
+    pub fn run(self, project: &Project) -> Result<()> {
+        let (r, opts) = (&Reporter::new(), &self.build);
+        let session = &Session::open(project, opts, r, true)?;
+        prebuild(Ctx { project, r, opts, session }, &self.images).map(drop)
     }
+}
+
+#[derive(Clone, Copy)]
+pub struct Ctx<'a> {
+    pub project: &'a Project,
+    pub r: &'a Reporter,
+    pub opts: &'a BuildOptions,
+    pub session: &'a Session,
 }
 
 /// What every image command starts from, read and asked once: the images file, and the
@@ -89,13 +95,8 @@ impl Session {
     /// Reads the images file and asks the engine for its facts, as the run's first phase
     /// (over ssh, each answer takes seconds). With `provision`, a base image the engine
     /// lacks is pulled or made first (see [`provision_base`]).
-    pub fn open(
-        project: &Project,
-        opts: &BuildOptions,
-        r: &Reporter,
-        provision: bool,
-    ) -> anyhow::Result<Session> {
-        let images = load_images(project, opts)?;
+    pub fn open(p: &Project, opts: &BuildOptions, r: &Reporter, provision: bool) -> Result<Self> {
+        let images = load_images(p, opts)?;
         // The one place the engine is decided (as asked, else podman, else docker).
         let engine = Engine::detect(opts.engine);
         let candidates: Vec<&str> = std::iter::once(images.base_image.as_str())
@@ -103,27 +104,22 @@ impl Session {
             .collect();
         let mut facts = r.phase("ask the engine", |r| {
             if let Ok(e) = engine {
-                let at = crate::engine::given_at(e).map(|a| format!(" at {a}"));
+                let at = crate::engine::given_at(e).map(|a| format!(" at {a}")).unwrap_or_default();
                 r.line(format!(
-                    "  asking {}{}: its platform, memory, CPUs, store and base image",
-                    e.program(),
-                    at.unwrap_or_default()
+                    "  asking {}{at}: its platform, memory, CPUs, store and base image",
+                    e.program()
                 ));
             }
-            Ok(Facts::gather(
-                engine.clone(),
-                &candidates,
-                opts.memory_budget,
-            ))
+            Ok(Facts::gather(engine.clone(), &candidates, opts.memory_budget))
         })?;
         if let (true, None, Ok(f)) = (provision, &facts.base, &facts.engine) {
-            if let Some(made) = provision_base(project, r, f, &images) {
+            if let Some(made) = provision_base(p, r, f, &images) {
                 facts.base = f.engine.image(&made);
                 facts.base_image = made;
             }
         }
         let images = match facts.base_image != images.base_image {
-            true => Images::load(&images_file(project, opts), Some(facts.base_image.clone()))?,
+            true => Images::load(&images_file(p, opts), Some(facts.base_image.clone()))?,
             false => images,
         };
         Ok(Session { images, facts })
@@ -135,10 +131,10 @@ impl Session {
     }
 
     /// The facts to go on with, printed once: the engine, its machine, the base image.
-    pub fn env(&self, r: &Reporter, base_image_id: Option<&str>) -> anyhow::Result<Env> {
+    pub fn env(&self, r: &Reporter, base_image_id: Option<&str>) -> Result<Env> {
         r.phase("check prerequisites", |r| {
             let env = self.facts.env(base_image_id)?;
-            let f = &env.facts;
+            let (f, id) = (&env.facts, &env.base_image_id);
             r.line(format!(
                 "  {} {} answers ({}, {}, {} CPUs, {} memory); base image {} {} ({})",
                 f.engine.program(),
@@ -148,11 +144,8 @@ impl Session {
                 f.cpus,
                 memory::human(f.mem_total),
                 env.base_image,
-                match base_image_id {
-                    Some(_) => "as the archive recorded it",
-                    None => "is present",
-                },
-                &env.base_image_id[..12.min(env.base_image_id.len())]
+                if base_image_id.is_some() { "as the archive recorded it" } else { "is present" },
+                &id[..12.min(id.len())]
             ));
             Ok(env)
         })
@@ -160,16 +153,11 @@ impl Session {
 }
 
 fn images_file(project: &Project, opts: &BuildOptions) -> PathBuf {
-    opts.images_file
-        .clone()
-        .unwrap_or_else(|| project.images_file())
+    opts.images_file.clone().unwrap_or_else(|| project.images_file())
 }
 
-pub fn load_images(project: &Project, opts: &BuildOptions) -> anyhow::Result<Images> {
-    Images::load(
-        &images_file(project, opts),
-        std::env::var("E2E_BASE_IMAGE").ok(),
-    )
+pub fn load_images(project: &Project, opts: &BuildOptions) -> Result<Images> {
+    Images::load(&images_file(project, opts), std::env::var("E2E_BASE_IMAGE").ok())
 }
 
 /// When the engine has neither base image: the configured one, pulled; else the offline one,
@@ -177,42 +165,35 @@ pub fn load_images(project: &Project, opts: &BuildOptions) -> anyhow::Result<Ima
 /// the engine (a remote engine's store, through its API). `None` when neither worked
 /// (doctor then says so).
 pub fn provision_base(
-    project: &Project,
+    p: &Project,
     r: &Reporter,
     engine: &EngineFacts,
     images: &Images,
 ) -> Option<String> {
-    let log = project.logs_dir().join("base-image.log");
-    let program = engine.engine.program();
-    let pull = Cmd::new(program).args(["pull", &images.base_image]);
+    let log = p.logs_dir().join("base-image.log");
+    let (program, base) = (engine.engine.program(), &images.base_image);
+    let pull = Cmd::new(program).args(["pull", base]);
+    let at = &engine.at;
     r.line(format!(
-        "the base image {} is not in {program} at {}: pulling it into that engine's store",
-        images.base_image, engine.at
+        "the base image {base} is not in {program} at {at}: pulling it into that engine's store"
     ));
     r.command(&pull);
     if pull.run_logged(&log).is_ok() {
-        return Some(images.base_image.clone());
+        return Some(base.clone());
     }
-    let offline = images.offline_base_image.as_deref()?;
-    if engine.engine != Engine::Podman {
-        return None;
-    }
-    let script = project.root.join("test/e2e/make-base-image.sh");
+    let offline =
+        images.offline_base_image.as_deref().filter(|_| engine.engine == Engine::Podman)?;
     let make = Cmd::new("bash")
-        .arg(script.display().to_string())
+        .arg(p.root.join("test/e2e/make-base-image.sh").display().to_string())
         .arg(offline);
     r.line(format!(
         "no registry answers: making {offline} with debootstrap on this machine (about a minute) and importing it into {}",
         base_destination(engine)
     ));
     r.command(&make);
-    match make.run_logged(&log) {
-        Ok(()) => Some(offline.to_owned()),
-        Err(e) => {
-            r.line(format!("could not make {offline}: {e:#}"));
-            None
-        }
-    }
+    let made =
+        make.run_logged(&log).map_err(|e| r.line(format!("could not make {offline}: {e:#}")));
+    made.ok().map(|()| offline.to_owned())
 }
 
 /// Where a base image made on this machine goes: the engine's own store.
@@ -226,139 +207,93 @@ pub fn base_destination(engine: &EngineFacts) -> String {
     }
 }
 
-/// Everything decided before a build starts.
 pub struct Prepared {
-    pub images: Images,
     pub env: Env,
     pub plan: Vec<PlanItem>,
     pub previous: Option<Handoff>,
 }
 
-/// Steps 1 to 3: prerequisites, binaries, plan. `base_image_id` given (from an archive's
-/// manifest) means the base image need not be in the engine, and that the plan is only
-/// compared with the archive, never built. Without `compile`, it plans with the binaries on
-/// disk (a dry run).
-pub fn prepare(
-    project: &Project,
-    r: &Reporter,
-    opts: &BuildOptions,
-    session: &Session,
-    names: &[String],
-    base_image_id: Option<&str>,
-    compile: bool,
-) -> anyhow::Result<Prepared> {
-    let selected = session.images.select(names)?;
-    let env = session.env(r, base_image_id)?;
+#[derive(Clone, Copy)]
+pub enum Goal<'a> {
+    /// Compile, then plan the named images (all when none is named) for a build.
+    Build(&'a [String]),
+    /// Plan with the binaries on disk, compiling nothing.
+    DryRun,
+    /// Compare this checkout with an archive, whose manifest gives the base image's ID: the
+    /// base image need not be in the engine, and nothing will be built.
+    Archive { base_image_id: &'a str },
+}
+
+/// Steps 1 to 3: prerequisites, binaries, plan.
+pub fn prepare(cx: Ctx, goal: Goal) -> Result<Prepared> {
+    let (names, base_image_id) = match goal {
+        Goal::Build(names) => (names, None),
+        Goal::DryRun => (&[][..], None),
+        Goal::Archive { base_image_id } => (&[][..], Some(base_image_id)),
+    };
+    let (r, for_archive) = (cx.r, base_image_id.is_some());
+    let selected = cx.session.images.select(names)?;
+    let env = cx.session.env(r, base_image_id)?;
     let budget = &env.budget;
     let binaries: Vec<&str> = selected.iter().filter_map(ImageSpec::binary).collect();
-    let builder = session.images.builder.as_ref();
-    let bin_dir = compile::binaries(project, r, opts, &env, builder, &binaries, compile)?;
-    let previous = Handoff::load(project);
-    let for_archive = base_image_id.is_some();
-    let phase = if for_archive {
-        "fingerprint this checkout"
-    } else {
-        "plan"
-    };
-    let plan = r.phase(phase, |r| {
-        let previous = previous.as_ref();
-        let plan = plan::make_plan(project, &env, &bin_dir, &selected, opts.force, previous)?;
-        let tags = plan
-            .iter()
-            .map(|i| format!("{} {}", i.spec.name, fingerprint::tag(&i.fingerprint)));
+    let bin_dir = compile::binaries(cx, &env, &binaries, !matches!(goal, Goal::DryRun))?;
+    let previous = Handoff::load(cx.project);
+    let plan = r.phase(if for_archive { "fingerprint this checkout" } else { "plan" }, |r| {
+        let (force, previous) = (cx.opts.force, previous.as_ref());
+        let plan = plan::make_plan(cx.project, &env, &bin_dir, &selected, force, previous)?;
+        let tags =
+            plan.iter().map(|i| format!("{} {}", i.spec.name, fingerprint::tag(&i.fingerprint)));
         r.line(match for_archive {
             true => format!("  {}", tags.collect::<Vec<_>>().join(", ")),
-            false => plan::describe_plan(&plan, opts.jobs, budget),
+            false => plan::describe_plan(&plan, cx.opts.jobs, budget),
         });
         Ok(plan)
     })?;
     // Only the images to build must fit: a cached one needs no memory, and a small engine's
     // free memory (page cache counts as used) shrinks after a few runs.
     let to_build = plan.iter().filter(|i| !for_archive && !i.is_cached());
-    let too_big = memory::too_big(
-        to_build.map(|i| (i.spec.name.as_str(), i.spec.memory)),
-        budget.bytes,
+    let too_big =
+        memory::too_big(to_build.map(|i| (i.spec.name.as_str(), i.spec.memory)), budget.bytes);
+    let list: Vec<_> =
+        too_big.iter().map(|(n, c)| format!("{n} (cap {})", memory::human(*c))).collect();
+    anyhow::ensure!(
+        list.is_empty(),
+        "the memory budget is {} ({}), and these images' caps alone exceed it: {}.\n  fix: lower their \
+         `memory` in the images file, or give more with --memory-budget SIZE",
+        memory::human(budget.bytes),
+        budget.source,
+        list.join(", ")
     );
-    if !too_big.is_empty() {
-        let list = too_big
-            .iter()
-            .map(|(n, c)| format!("{n} (cap {})", memory::human(*c)));
-        anyhow::bail!(
-            "the memory budget is {} ({}), and these images' caps alone exceed it: {}.\n  fix: lower their \
-             `memory` in the images file, or give more with --memory-budget SIZE",
-            memory::human(budget.bytes),
-            budget.source,
-            list.collect::<Vec<_>>().join(", ")
-        );
-    }
-    let images = session.images.clone();
-    Ok(Prepared {
-        images,
-        env,
-        plan,
-        previous,
-    })
+    Ok(Prepared { env, plan, previous })
 }
 
-/// Builds the named images (all when `names` is empty) as the module doc says.
-pub fn prebuild(
-    project: &Project,
-    r: &Reporter,
-    opts: &BuildOptions,
-    session: &Session,
-    names: &[String],
-) -> anyhow::Result<Handoff> {
-    let prepared = prepare(project, r, opts, session, names, None, true)?;
-    Ok(finish(project, r, opts, prepared)?.0)
+pub fn prebuild(cx: Ctx, names: &[String]) -> Result<Handoff> {
+    Ok(finish(cx, prepare(cx, Goal::Build(names))?)?.0)
 }
 
 /// Steps 4 and 5: build what the plan says, then write the handoff. Also returns what the
 /// builds did over time (for the run's report).
-pub fn finish(
-    project: &Project,
-    r: &Reporter,
-    opts: &BuildOptions,
-    prepared: Prepared,
-) -> anyhow::Result<(Handoff, Activity)> {
-    finish_with(project, r, opts, prepared, true)
+pub fn finish(cx: Ctx, prepared: Prepared) -> Result<(Handoff, Activity)> {
+    finish_with(cx, prepared, true)
 }
 
 /// [`finish`]; without `tidy`, superseded tags stay (the dev loop tidies once, at its end,
 /// rather than removing an image in every cycle).
-pub fn finish_with(
-    project: &Project,
-    r: &Reporter,
-    opts: &BuildOptions,
-    prepared: Prepared,
-    tidy: bool,
-) -> anyhow::Result<(Handoff, Activity)> {
-    let (built, activity) = schedule::run(project, r, &prepared.env, &prepared.plan, opts.jobs)?;
-    let env = &prepared.env;
+pub fn finish_with(cx: Ctx, prepared: Prepared, tidy: bool) -> Result<(Handoff, Activity)> {
+    let Prepared { env, plan, previous } = prepared;
+    let (built, activity) = schedule::run(cx, &env, &plan)?;
     // Images not selected this time keep their previous entry, so the file lists every image
     // (in the images file's order).
-    let previous = prepared.previous.filter(|p| p.is_of(&env.facts));
-    let previous = previous.map(|p| p.images).unwrap_or_default();
-    let records = prepared.images.images.iter().filter_map(|spec| {
-        built
-            .iter()
-            .chain(&previous)
-            .find(|r| r.name == spec.name)
-            .cloned()
-    });
-    let mut handoff = Handoff::new(env, records.collect());
-    handoff.built_now = prepared
-        .plan
-        .iter()
-        .filter(|i| !i.is_cached())
-        .map(|i| i.spec.name.clone())
-        .collect();
-    handoff.save(project)?;
-    r.line(format!(
-        "wrote {}",
-        project.display(&Handoff::path(project))
-    ));
+    let previous = previous.filter(|p| p.is_of(&env.facts)).map(|p| p.images).unwrap_or_default();
+    let find = |s: &ImageSpec| built.iter().chain(&previous).find(|r| r.name == s.name).cloned();
+    let records = cx.session.images.images.iter().filter_map(find);
+    let mut handoff = Handoff::new(&env, records.collect());
+    handoff.built_now =
+        plan.iter().filter(|i| !i.is_cached()).map(|i| i.spec.name.clone()).collect();
+    handoff.save(cx.project)?;
+    cx.r.line(format!("wrote {}", cx.project.display(&Handoff::path(cx.project))));
     if tidy && !handoff.built_now.is_empty() {
-        self::tidy(r, &handoff);
+        self::tidy(cx.r, &handoff);
     }
     Ok((handoff, activity))
 }
@@ -369,37 +304,23 @@ pub fn plan_quietly(
     project: &Project,
     session: &Session,
     names: &[String],
-) -> anyhow::Result<Vec<PlanItem>> {
-    let env = session.facts.env(None)?;
-    let specs = session.images.select(names)?;
+) -> Result<Vec<PlanItem>> {
+    let (env, specs) = (session.facts.env(None)?, session.images.select(names)?);
     let bin_dir = project.binaries_dir(false);
-    plan::make_plan(
-        project,
-        &env,
-        &bin_dir,
-        &specs,
-        false,
-        Handoff::load(project).as_ref(),
-    )
+    plan::make_plan(project, &env, &bin_dir, &specs, false, Handoff::load(project).as_ref())
 }
 
 /// Removes the older fingerprint tags of the images just handed off, beyond the
 /// [`plan::KEEP_OLDER`] newest, so a day of rebuilds does not fill the disk. Other
 /// repositories are never touched.
 pub fn tidy(r: &Reporter, handoff: &Handoff) {
-    let Ok(listing) = handoff.engine.list_fingerprinted().read() else {
-        return;
-    };
+    let Ok(listing) = handoff.engine.list_fingerprinted().read() else { return };
     let old = plan::superseded(&listing, handoff);
     for reference in &old {
         let _ = handoff.engine.untag(reference).read();
     }
     if !old.is_empty() {
-        r.line(format!(
-            "removed {} superseded image tag(s): {}",
-            old.len(),
-            old.join(", ")
-        ));
+        r.line(format!("removed {} superseded image tag(s): {}", old.len(), old.join(", ")));
     }
 }
 
@@ -421,21 +342,17 @@ pub fn planned_handoff(prepared: &Prepared) -> Handoff {
 pub fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     std::thread::scope(|s| {
         let handles: Vec<_> = items.iter().map(|i| s.spawn(|| f(i))).collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("no panic"))
-            .collect()
+        handles.into_iter().map(|h| h.join().expect("no panic")).collect()
     })
 }
 
 /// One `cargo build` for every binary the images package, in the workspace's `dev` profile
 /// (the one `cargo test` shares, so the E2E suite reuses the compiled dependencies).
 pub fn cargo_build(project: &Project, binaries: &[&str], jobs: usize, release: bool) -> Cmd {
-    let release = release.then_some("--release");
     Cmd::new(Project::cargo())
         .args(["build", "--workspace", "--locked", "-j", &jobs.to_string()])
         .cwd(&project.root)
-        .args(release)
+        .args(release.then_some("--release"))
         .args(binaries.iter().flat_map(|b| ["--bin", b]))
 }
 

@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::Context;
+use anyhow::{Context, Result};
 
 use crate::{
     engine::{EngineFacts, ImageInfo},
@@ -33,7 +33,6 @@ pub struct PlanItem {
 }
 
 impl PlanItem {
-    /// The handoff entry of this image, once the engine has it.
     pub fn record(&self, image: &ImageInfo) -> ImageRecord {
         ImageRecord {
             name: self.spec.name.clone(),
@@ -88,28 +87,22 @@ fn recorded<'a>(
 
 /// The freshness decision. An image is cached only when its fingerprinted tag exists *and*
 /// carries the same full fingerprint in its label: the tag's existence alone is not enough.
-fn decide(
-    force: bool,
-    fingerprint: &str,
-    in_engine: Option<ImageInfo>,
-    previous: Recorded,
-) -> Action {
+fn decide(force: bool, fp: &str, in_engine: Option<ImageInfo>, previous: Recorded) -> Action {
     let reason = match (force, in_engine, previous) {
-        (true, ..) => "--force".to_owned(),
-        (_, Some(image), _) if image.fingerprint.as_deref() == Some(fingerprint) => {
+        (true, ..) => "--force",
+        (_, Some(image), _) if image.fingerprint.as_deref() == Some(fp) => {
             return Action::Cached(image)
         }
-        (_, Some(_), _) => "its tag exists but without this fingerprint in its label".to_owned(),
-        (_, None, Recorded::Here(p)) if p != fingerprint => {
-            "inputs changed since the last build".to_owned()
-        }
-        (_, None, Recorded::Here(_)) => "built before, but no longer in the engine".to_owned(),
+        (_, Some(_), _) => "its tag exists but without this fingerprint in its label",
+        (_, None, Recorded::Here(p)) if p != fp => "inputs changed since the last build",
+        (_, None, Recorded::Here(_)) => "built before, but no longer in the engine",
         (_, None, Recorded::Elsewhere(other)) => {
-            format!("not built in this engine yet (images.json was of {other})")
+            let reason = format!("not built in this engine yet (images.json was of {other})");
+            return Action::Build { reason };
         }
-        (_, None, Recorded::Nothing) => "not built yet".to_owned(),
+        (_, None, Recorded::Nothing) => "not built yet",
     };
-    Action::Build { reason }
+    Action::Build { reason: reason.into() }
 }
 
 pub(super) fn make_plan(
@@ -119,18 +112,15 @@ pub(super) fn make_plan(
     specs: &[ImageSpec],
     force: bool,
     previous: Option<&Handoff>,
-) -> anyhow::Result<Vec<PlanItem>> {
+) -> Result<Vec<PlanItem>> {
     let mut cache = HashCache::load(&project.e2e_dir().join("hash-cache.json"));
     let mut items = Vec::new();
     for spec in specs {
         let context = stage_context(project, spec, bin_dir, &mut cache)?;
         let entries = fingerprint::scan_context(&context, &mut cache)?;
-        let dockerfile = std::fs::read(project.root.join(&spec.dockerfile)).with_context(|| {
-            format!(
-                "image {}: reading its Dockerfile {}",
-                spec.name, spec.dockerfile
-            )
-        })?;
+        let (name, path) = (&spec.name, &spec.dockerfile);
+        let dockerfile = std::fs::read(project.root.join(path))
+            .with_context(|| format!("image {name}: reading its Dockerfile {path}"))?;
         let fingerprint_of = |context: &[Entry]| {
             fingerprint::fingerprint(&Inputs {
                 dockerfile: &dockerfile,
@@ -141,14 +131,9 @@ pub(super) fn make_plan(
             })
         };
         let fp = fingerprint_of(&entries);
-        let blank = |e: &Entry| match spec.binary() {
-            Some(binary) if e.path == binary => {
-                let kind = EntryKind::File {
-                    sha256: String::new(),
-                };
-                Entry { kind, ..e.clone() }
-            }
-            _ => e.clone(),
+        let blank = |e: &Entry| match spec.binary() == Some(e.path.as_str()) {
+            true => Entry { kind: EntryKind::File { sha256: String::new() }, ..e.clone() },
+            false => e.clone(),
         };
         let outside_binary = fingerprint_of(&entries.iter().map(blank).collect::<Vec<_>>());
         items.push(PlanItem {
@@ -157,9 +142,7 @@ pub(super) fn make_plan(
             reference: format!("{}:{}", spec.repository, fingerprint::tag(&fp)),
             fingerprint: fp,
             outside_binary,
-            action: Action::Build {
-                reason: String::new(),
-            },
+            action: Action::Build { reason: String::new() },
         });
     }
     cache.save()?;
@@ -181,21 +164,11 @@ pub fn describe_plan(plan: &[PlanItem], jobs: usize, budget: &Budget) -> String 
                 Action::Cached(_) => ("cached", "fingerprint matches"),
                 Action::Build { reason } => ("build", reason.as_str()),
             };
-            let cap = images::podman_size(i.spec.memory);
-            vec![
-                i.spec.name.clone(),
-                fingerprint::tag(&i.fingerprint),
-                state.into(),
-                cap,
-                why.into(),
-            ]
+            let (name, cap) = (i.spec.name.clone(), images::podman_size(i.spec.memory));
+            vec![name, fingerprint::tag(&i.fingerprint), state.into(), cap, why.into()]
         })
         .collect();
-    let caps: Vec<u64> = plan
-        .iter()
-        .filter(|i| !i.is_cached())
-        .map(|i| i.spec.memory)
-        .collect();
+    let caps: Vec<u64> = plan.iter().filter(|i| !i.is_cached()).map(|i| i.spec.memory).collect();
     format!(
         "plan:\n{}\n  memory budget: {} ({})\n  {}",
         table(&["image", "tag", "action", "cap", "why"], &rows),
@@ -205,7 +178,6 @@ pub fn describe_plan(plan: &[PlanItem], jobs: usize, budget: &Budget) -> String 
     )
 }
 
-/// One line on how many builds will run at once, and why.
 fn concurrency(caps: &[u64], jobs: usize, budget: u64) -> String {
     let n = caps.len();
     let at_once = memory::max_parallel(caps, budget, jobs).min(n);
@@ -229,32 +201,26 @@ fn stage_context(
     spec: &ImageSpec,
     bin_dir: &Path,
     cache: &mut HashCache,
-) -> anyhow::Result<PathBuf> {
+) -> Result<PathBuf> {
+    let name = &spec.name;
     let bin = match &spec.context {
         BuildContext::Dir(dir) => {
             let path = project.root.join(dir);
-            let name = &spec.name;
-            anyhow::ensure!(
-                path.is_dir(),
-                "image {name}: context directory {dir} does not exist"
-            );
+            anyhow::ensure!(path.is_dir(), "image {name}: context directory {dir} does not exist");
             return Ok(path);
         }
         BuildContext::Binary(bin) => bin,
     };
     let src = bin_dir.join(bin);
     let src_meta = std::fs::metadata(&src).with_context(|| {
-        format!(
-            "image {}: binary {} was not built (is `{bin}` a binary of this workspace?)",
-            spec.name,
-            project.display(&src)
-        )
+        let src = project.display(&src);
+        format!("image {name}: binary {src} was not built (is `{bin}` a binary of this workspace?)")
     })?;
     let dir = project.e2e_dir().join("context").join(&spec.name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dst = dir.join(bin);
     let same = match std::fs::metadata(&dst) {
-        Ok(dst_meta) => cache.digest(&src, &src_meta)? == cache.digest(&dst, &dst_meta)?,
+        Ok(meta) => cache.digest(&src, &src_meta)? == cache.digest(&dst, &meta)?,
         Err(_) => false,
     };
     if !same {
@@ -280,23 +246,20 @@ pub const KEEP_OLDER: usize = 2;
 /// The references in `listing` (newest first, as the engines list images) of a handed-off
 /// repository, beyond its current tag and the `KEEP_OLDER` newest others.
 pub fn superseded(listing: &str, handoff: &Handoff) -> Vec<String> {
-    let current: BTreeMap<&str, &str> = handoff
-        .images
-        .iter()
-        .map(|i| (i.repository.as_str(), i.reference.as_str()))
-        .collect();
+    let current: BTreeMap<&str, &str> =
+        handoff.images.iter().map(|i| (i.repository.as_str(), i.reference.as_str())).collect();
     let mut kept: BTreeMap<&str, usize> = BTreeMap::new();
-    let ours = listing.lines().map(str::trim).filter(|l| {
-        let repo = crate::manifests::repository(l);
-        current.get(repo).is_some_and(|cur| cur != l)
-    });
-    ours.filter(|l| {
-        let n = kept.entry(crate::manifests::repository(l)).or_insert(0);
+    let repository = crate::manifests::repository;
+    let ours = listing
+        .lines()
+        .map(str::trim)
+        .filter(|l| current.get(repository(l)).is_some_and(|c| c != l));
+    let beyond = ours.filter(|l| {
+        let n = kept.entry(repository(l)).or_insert(0);
         *n += 1;
         *n > KEEP_OLDER
-    })
-    .map(str::to_owned)
-    .collect()
+    });
+    beyond.map(str::to_owned).collect()
 }
 
 #[cfg(test)]
@@ -373,14 +336,8 @@ mod tests {
         let local = facts(crate::engine::THIS_MACHINE);
         let rig = facts("unix:///run/e2e-rig/podman.sock");
         let fp = "b".repeat(64);
-        assert_eq!(
-            recorded(Some(&record), &local, "gateway", &name),
-            Recorded::Here("aaaa")
-        );
-        assert_eq!(
-            recorded(Some(&record), &local, "redis", &name),
-            Recorded::Nothing
-        );
+        assert_eq!(recorded(Some(&record), &local, "gateway", &name), Recorded::Here("aaaa"));
+        assert_eq!(recorded(Some(&record), &local, "redis", &name), Recorded::Nothing);
         assert_eq!(recorded(None, &rig, "gateway", ""), Recorded::Nothing);
         let elsewhere = recorded(Some(&record), &rig, "gateway", &name);
         assert_eq!(elsewhere, Recorded::Elsewhere(name.as_str()));
@@ -391,14 +348,8 @@ mod tests {
             }
         );
         // Another platform of the same engine is another record too.
-        let arm = crate::engine::EngineFacts {
-            platform: "linux/arm64".into(),
-            ..local.clone()
-        };
-        assert!(matches!(
-            recorded(Some(&record), &arm, "gateway", &name),
-            Recorded::Elsewhere(_)
-        ));
+        let arm = crate::engine::EngineFacts { platform: "linux/arm64".into(), ..local.clone() };
+        assert!(matches!(recorded(Some(&record), &arm, "gateway", &name), Recorded::Elsewhere(_)));
     }
 
     #[test]

@@ -9,8 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
+use anyhow::{Context, Result};
 
+use super::{
+    plan::{Action, PlanItem},
+    Ctx,
+};
 use crate::{
     cmd::{Cmd, CmdError},
     diagnose::{self, Cause},
@@ -25,9 +29,6 @@ use crate::{
     sampler::Sampler,
 };
 
-use super::plan::{Action, PlanItem};
-
-/// Why a build failed, as the diagnosis found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BuildFailure {
     /// Killed for memory (exit 137, `Killed`): its cap was too small for what ran.
@@ -68,50 +69,32 @@ pub struct Activity {
 
 /// Runs the builds, prints what became of every image, and fails with every failure
 /// explained. Returns each planned image's record, and what the builds did over time.
-pub fn run(
-    project: &Project,
-    r: &Reporter,
-    env: &Env,
-    plan: &[PlanItem],
-    jobs: usize,
-) -> anyhow::Result<(Vec<ImageRecord>, Activity)> {
-    let (outcomes, activity) =
-        r.phase("build images", |r| Ok(execute(project, r, env, plan, jobs)))?;
-    r.line(format!("images:\n{}", outcome_table(plan, &outcomes)));
+pub fn run(cx: Ctx, env: &Env, plan: &[PlanItem]) -> Result<(Vec<ImageRecord>, Activity)> {
+    let (outcomes, activity) = cx.r.phase("build images", |r| Ok(execute(cx, r, env, plan)))?;
+    cx.r.line(format!("images:\n{}", outcome_table(plan, &outcomes)));
+    let result = |i: &PlanItem| outcomes.get(&i.spec.name).map(|o| o.result.as_ref());
     let failures: Vec<String> = plan
         .iter()
-        .filter_map(|i| {
-            let failure = outcomes.get(&i.spec.name)?.result.as_ref().err()?;
-            Some(format!("- {}", explain(project, i, failure)))
-        })
+        .filter_map(|i| Some(format!("- {}", explain(cx.project, i, result(i)?.err()?))))
         .collect();
     let n = failures.len();
-    anyhow::ensure!(
-        n == 0,
-        "{n} image build(s) failed:\n{}",
-        failures.join("\n")
-    );
+    anyhow::ensure!(n == 0, "{n} image build(s) failed:\n{}", failures.join("\n"));
     interrupt::check()?;
     let records = plan.iter().map(|item| {
         let image = match &item.action {
             Action::Cached(image) => Some(image),
-            Action::Build { .. } => outcomes
-                .get(&item.spec.name)
-                .and_then(|o| o.result.as_ref().ok()),
+            Action::Build { .. } => result(item).and_then(|r| r.ok()),
         };
-        image
-            .map(|image| item.record(image))
-            .context("a build without an outcome")
+        image.map(|image| item.record(image)).context("a build without an outcome")
     });
-    Ok((records.collect::<anyhow::Result<_>>()?, activity))
+    Ok((records.collect::<Result<_>>()?, activity))
 }
 
 fn execute(
-    project: &Project,
+    cx: Ctx,
     r: &Reporter,
     env: &Env,
     plan: &[PlanItem],
-    jobs: usize,
 ) -> (HashMap<String, Outcome>, Activity) {
     let mut queue = plan.iter().filter(|i| !i.is_cached()).peekable();
     let mut left = plan.iter().filter(|i| !i.is_cached()).count();
@@ -132,25 +115,21 @@ fn execute(
         loop {
             while !stopping && !interrupt::interrupted() {
                 let caps: Vec<u64> = running.iter().map(|b| b.1).collect();
-                let fits =
-                    |i: &&PlanItem| memory::admit(&caps, i.spec.memory, env.budget.bytes, jobs);
-                let Some(item) = queue.next_if(fits) else {
-                    break;
+                let fits = |i: &&PlanItem| {
+                    memory::admit(&caps, i.spec.memory, env.budget.bytes, cx.opts.jobs)
                 };
+                let Some(item) = queue.next_if(fits) else { break };
                 left -= 1;
                 running.push((item.spec.name.clone(), item.spec.memory, 0));
                 let n = running.len();
                 running.iter_mut().for_each(|b| b.2 = b.2.max(n));
                 let (tx, sampler) = (tx.clone(), &sampler);
                 s.spawn(move || {
-                    let outcome = build_one(project, r, env.engine(), item, sampler.as_ref());
+                    let outcome = build_one(cx.project, r, env.engine(), item, sampler.as_ref());
                     let _ = tx.send((item.spec.name.clone(), outcome));
                 });
             }
-            if running.is_empty() {
-                break;
-            }
-            let Ok((name, mut outcome)) = rx.recv() else {
+            let Some(Ok((name, mut outcome))) = (!running.is_empty()).then(|| rx.recv()) else {
                 break;
             };
             let (_, _, crowd) =
@@ -173,29 +152,18 @@ fn execute(
     });
     let memory = sampler.map(Sampler::stop).unwrap_or_default();
     r.finish(&overall);
-    let builds = plan
-        .iter()
-        .filter_map(|i| {
-            let o = outcomes.get(&i.spec.name)?;
-            Some(BuildSpan {
-                image: i.spec.name.clone(),
-                started: o.started,
-                took: o.took,
-                cap: i.spec.memory,
-                ok: o.result.is_ok(),
-            })
-        })
-        .collect();
-    (outcomes, Activity { builds, memory })
+    let builds = plan.iter().filter_map(|i| {
+        let o = outcomes.get(&i.spec.name)?;
+        let (image, cap, ok) = (i.spec.name.clone(), i.spec.memory, o.result.is_ok());
+        Some(BuildSpan { image, started: o.started, took: o.took, cap, ok })
+    });
+    let activity = Activity { builds: builds.collect(), memory };
+    (outcomes, activity)
 }
 
-/// The message for a failed build: the image, what happened, where, and what to change.
 fn explain(project: &Project, item: &PlanItem, failure: &BuildFailure) -> String {
     let name = &item.spec.name;
-    let at = |step: &Option<String>| {
-        step.as_ref()
-            .map_or(String::new(), |s| format!(" at `{s}`"))
-    };
+    let at = |step: &Option<String>| step.as_ref().map_or(String::new(), |s| format!(" at `{s}`"));
     match failure {
         BuildFailure::OutOfMemory { step, at_once } => format!(
             "image {name} was killed for running out of memory: its build hit its memory cap of {}{} \
@@ -215,7 +183,6 @@ fn build_log(project: &Project, name: &str) -> PathBuf {
     project.logs_dir().join(format!("build-{name}.log"))
 }
 
-/// The engine command that builds a planned image, labelled with its fingerprint.
 pub fn build_cmd_for(project: &Project, engine: Engine, item: &PlanItem) -> Cmd {
     engine.build(&BuildCmd {
         reference: item.reference.clone(),
@@ -229,74 +196,51 @@ pub fn build_cmd_for(project: &Project, engine: Engine, item: &PlanItem) -> Cmd 
 }
 
 fn build_one(
-    project: &Project,
+    p: &Project,
     r: &Reporter,
     engine: Engine,
     item: &PlanItem,
     sampler: Option<&Sampler>,
 ) -> Outcome {
-    let started = Instant::now();
-    let name = &item.spec.name;
-    let cmd = build_cmd_for(project, engine, item);
-    let log = build_log(project, name);
+    let (started, name) = (Instant::now(), &item.spec.name);
+    let (cmd, log) = (build_cmd_for(p, engine, item), build_log(p, name));
     let _ = std::fs::remove_file(&log);
-    r.line(format!(
-        "  building {name} (cap {})",
-        podman_size(item.spec.memory)
-    ));
+    r.line(format!("  building {name} (cap {})", podman_size(item.spec.memory)));
     r.command(&cmd);
     let bar = r.spinner(name, "building");
     let result = cmd.run_logged(&log);
     r.finish(&bar);
     let took = started.elapsed();
     let peak = sampler.and_then(|s| s.peak_between(started, Some(started + took)));
-    let result = match result {
-        Ok(()) => engine.image(&item.reference).ok_or(BuildFailure::Vanished),
-        Err(err) => {
-            let code = err.downcast_ref::<CmdError>().and_then(|e| e.code);
-            let d = diagnose::diagnose(code, &std::fs::read_to_string(&log).unwrap_or_default());
-            Err(match d.cause {
-                Cause::OutOfMemory => BuildFailure::OutOfMemory {
-                    step: d.step,
-                    at_once: 1,
-                },
-                Cause::Other => BuildFailure::Failed {
-                    step: d.step,
-                    error: format!("{err:#}"),
-                },
-            })
+    let result = result.map_err(|err| {
+        let code = err.downcast_ref::<CmdError>().and_then(|e| e.code);
+        let d = diagnose::diagnose(code, &std::fs::read_to_string(&log).unwrap_or_default());
+        match d.cause {
+            Cause::OutOfMemory => BuildFailure::OutOfMemory { step: d.step, at_once: 1 },
+            Cause::Other => BuildFailure::Failed { step: d.step, error: format!("{err:#}") },
         }
-    };
+    });
+    let result = result.and_then(|()| engine.image(&item.reference).ok_or(BuildFailure::Vanished));
     if result.is_ok() {
         r.line(format!("  built {} in {}", item.reference, secs(took)));
     }
-    Outcome {
-        result,
-        started,
-        took,
-        peak,
-    }
+    Outcome { result, started, took, peak }
 }
 
 fn outcome_table(plan: &[PlanItem], outcomes: &HashMap<String, Outcome>) -> String {
+    let dash = || "-".to_owned();
     let rows: Vec<Vec<String>> = plan
         .iter()
         .map(|item| {
             let [result, time, size, peak] = match (&item.action, outcomes.get(&item.spec.name)) {
-                (Action::Cached(image), _) => {
-                    ["cached".into(), "-".into(), human(image.size), "-".into()]
-                }
+                (Action::Cached(image), _) => ["cached".into(), dash(), human(image.size), dash()],
                 (Action::Build { .. }, Some(o)) => [
                     if o.result.is_ok() { "built" } else { "FAILED" }.into(),
                     secs(o.took),
-                    o.result
-                        .as_ref()
-                        .map_or("-".into(), |image| human(image.size)),
-                    o.peak.map_or("-".into(), human),
+                    o.result.as_ref().map_or_else(|_| dash(), |image| human(image.size)),
+                    o.peak.map_or_else(dash, human),
                 ],
-                (Action::Build { .. }, None) => {
-                    ["not started".into(), "-".into(), "-".into(), "-".into()]
-                }
+                (Action::Build { .. }, None) => ["not started".into(), dash(), dash(), dash()],
             };
             vec![item.spec.name.clone(), result, time, size, peak]
         })
@@ -326,9 +270,7 @@ mod tests {
             fingerprint: "f".repeat(64),
             outside_binary: "f".repeat(64),
             reference: format!("localhost/e2e-{name}:ffff"),
-            action: Action::Build {
-                reason: "not built yet".into(),
-            },
+            action: Action::Build { reason: "not built yet".into() },
         }
     }
 
@@ -342,10 +284,7 @@ mod tests {
         let msg = explain(
             &project,
             &item("postgres"),
-            &BuildFailure::OutOfMemory {
-                step: Some("RUN apt-get install".into()),
-                at_once: 2,
-            },
+            &BuildFailure::OutOfMemory { step: Some("RUN apt-get install".into()), at_once: 2 },
         );
         assert!(
             msg.contains("postgres") && msg.contains("out of memory") && msg.contains("512m"),
