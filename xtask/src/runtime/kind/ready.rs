@@ -89,4 +89,3 @@ pub fn wait_ready(run: &KindRun, timeout: Duration, r: &Reporter) -> anyhow::Res
     anyhow::ensure!(ready, "not ready after {}s:\n  {}", timeout.as_secs(), waiting.join("\n  "));
     Ok(())
 }
-
