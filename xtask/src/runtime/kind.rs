@@ -139,14 +139,8 @@ impl KindRun {
 
     /// Whether a node already has an image (asked of the node's containerd).
     fn node_has_image(&self, node: &str, reference: &str) -> Cmd {
-        Cmd::new(self.provider.program()).args([
-            "exec",
-            node,
-            "crictl",
-            "inspecti",
-            "-q",
-            &containerd_name(reference),
-        ])
+        let c = Cmd::new(self.provider.program()).args(["exec", node, "crictl", "inspecti", "-q"]);
+        c.arg(containerd_name(reference))
     }
 
     fn load_archive(&self, node: &str) -> Cmd {
@@ -163,24 +157,17 @@ impl KindRun {
 
     /// The commands of a failure bundle: (file in the bundle, command).
     pub fn bundle(&self, pods: &[String]) -> Vec<(String, Cmd)> {
+        let ns = |args: &[&str]| self.kubectl_ns().args(args.iter().copied());
         let mut cmds = vec![
             (
                 "kind-export-logs.txt".into(),
                 self.kind(&["export", "logs", &self.file("bundle/kind")]),
             ),
-            (
-                "events.txt".into(),
-                self.kubectl_ns().args(["get", "events", "--sort-by=.lastTimestamp"]),
-            ),
-            ("describe-pods.txt".into(), self.kubectl_ns().args(["describe", "pods"])),
+            ("events.txt".into(), ns(&["get", "events", "--sort-by=.lastTimestamp"])),
+            ("describe-pods.txt".into(), ns(&["describe", "pods"])),
         ];
         for pod in pods {
-            let logs = self.kubectl_ns().args([
-                "logs",
-                &format!("pod/{pod}"),
-                "--all-containers",
-                "--timestamps",
-            ]);
+            let logs = ns(&["logs", &format!("pod/{pod}"), "--all-containers", "--timestamps"]);
             cmds.push((format!("{pod}.log"), logs.clone()));
             cmds.push((format!("{pod}.previous.log"), logs.arg("--previous")));
         }
@@ -197,12 +184,8 @@ impl KindRun {
             cmds.push(self.kind(&["load", "image-archive", &self.tar()]));
         }
         for pod in pods {
-            cmds.push(self.kubectl_ns().args([
-                "delete",
-                &format!("pod/{pod}"),
-                "--wait=true",
-                "--ignore-not-found",
-            ]));
+            let delete = self.kubectl_ns().args(["delete", &format!("pod/{pod}"), "--wait=true"]);
+            cmds.push(delete.arg("--ignore-not-found"));
         }
         cmds.extend((!pods.is_empty()).then(|| self.apply()));
         cmds
@@ -237,12 +220,9 @@ impl Stack for KindRun {
             ],
         )];
         if !self.reuse {
-            let create = self.kind(&["create", "cluster"]).args([
-                "--config",
-                &self.file("kind-cluster.yaml"),
-                "--wait",
-                "120s",
-            ]);
+            let config = self.file("kind-cluster.yaml");
+            let create =
+                self.kind(&["create", "cluster"]).args(["--config", &config, "--wait", "120s"]);
             let ports = files.ports_record.iter().map(|path| {
                 write(path.clone(), serde_json::to_string(&self.ports).expect("ports serialise"))
             });
@@ -254,20 +234,13 @@ impl Stack for KindRun {
             phases.push(Phase::new("create cluster", steps.into_iter().chain(ports).collect()));
         }
         let node = format!("{}-control-plane", self.cluster);
-        let what = std::iter::once(format!("{}  (the nodes)", self.kind(&["get", "nodes"])))
-            .chain(
-                self.references
-                    .iter()
-                    .map(|r| format!("{}  (per node and image)", self.node_has_image(&node, r))),
-            )
-            .chain([format!(
-                "{}  (each node that lacks one, all at once)",
-                self.load_archive(&node)
-            )]);
-        let load = Step::Watch {
-            what: what.collect::<Vec<_>>().join("\n"),
-            run: Box::new(move |r| load_images(self, r, &self.log)),
-        };
+        let mut what = vec![format!("{}  (the nodes)", self.kind(&["get", "nodes"]))];
+        for r in &self.references {
+            what.push(format!("{}  (per node and image)", self.node_has_image(&node, r)));
+        }
+        what.push(format!("{}  (each node that lacks one, all at once)", self.load_archive(&node)));
+        let what = what.join("\n");
+        let load = Step::Watch { what, run: Box::new(move |r| load_images(self, r, &self.log)) };
         phases.push(Phase::new("load images", vec![load]));
         let namespace = kubectl(&self.cluster).args(["create", "namespace", &self.namespace]);
         let deploy = [
@@ -308,16 +281,10 @@ impl Stack for KindRun {
     }
 
     fn final_record(&self) -> RunRecord {
-        let (cluster, namespace) = (self.cluster.clone(), self.namespace.clone());
-        RunRecord::new(
-            &self.id,
-            AnyCreated::Kind(Created {
-                cluster,
-                reuse: self.reuse,
-                namespace,
-                provider: self.provider,
-            }),
-        )
+        let (cluster, namespace, reuse) =
+            (self.cluster.clone(), self.namespace.clone(), self.reuse);
+        let created = Created { cluster, reuse, namespace, provider: self.provider };
+        RunRecord::new(&self.id, AnyCreated::Kind(created))
     }
 
     fn keep_instructions(&self) -> String {

@@ -19,7 +19,7 @@ use crate::{
     cmd::Cmd,
     engine::{container_name, Engine, Podman},
     handoff::Handoff,
-    manifests::{secret_payload, Manifests, PodmanStack, Subnet},
+    manifests::{secret_payload, Manifests, PodmanStack, Published, Subnet},
     project::Project,
     report::{secs, Reporter},
     suite::InEngine,
@@ -46,8 +46,8 @@ pub struct Created {
 }
 
 impl Created {
-    /// In stages: every pod (on a remote engine killed, then) stopped, one command each, then
-    /// every pod removed at once, then the secrets, then the network.
+    /// In stages: the pods (on a remote engine killed, then) stopped, removed at once, then
+    /// the secrets, the run's images, the network.
     pub fn teardown(&self) -> Vec<Vec<Cmd>> {
         let mut stages = Vec::new();
         if !self.pods.is_empty() {
@@ -147,12 +147,12 @@ pub struct PodmanRun {
     /// The engine runs on another machine: its published ports are not reachable here, so
     /// readiness is asked from inside the containers and the suite runs on the network.
     pub remote: bool,
-    /// The suite, packaged for the engine and run on the run's network; its image is
-    /// recorded with the run, so its teardown removes it.
+    /// The suite, packaged for the engine and run on the run's network; its image is removed
+    /// with the run.
     pub suite: Option<InEngine>,
-    /// The pods started before the service images exist ([`Self::plan_early`]).
+    /// The pods started before the service images exist ([`Self::plan_early`]), once their
+    /// images are in (`arriving`, when an archive loads them).
     pub early: BTreeSet<String>,
-    /// The early pods' images while an archive loads them: the early pods start once they are in.
     pub arriving: Option<Arriving>,
     pub dir: PathBuf,
     pub log: PathBuf,
@@ -174,10 +174,6 @@ impl PodmanRun {
         }
     }
 
-    pub fn network(&self) -> String {
-        self.id.network()
-    }
-
     /// The manifests rendered for this run again, with `pinned` images, on the same host
     /// ports and subnet (an early start made complete, a pod replaced, a live update).
     pub fn rerender(
@@ -185,10 +181,9 @@ impl PodmanRun {
         manifests: &Manifests,
         pinned: &BTreeMap<String, String>,
     ) -> anyhow::Result<PodmanStack> {
-        let mut ports = self.stack.published.iter().map(|p| p.host_port);
-        manifests.render_podman(pinned, self.id.suffix(), self.stack.subnet, || {
-            ports.next().map_or_else(super::free_port, Ok)
-        })
+        let mut ports = self.stack.published.iter().map(|p| Ok(p.host_port));
+        let free_port = || ports.next().unwrap_or_else(super::free_port);
+        manifests.render_podman(pinned, self.id.suffix(), self.stack.subnet, free_port)
     }
 
     pub fn stack_file(&self) -> PathBuf {
@@ -203,10 +198,9 @@ impl PodmanRun {
         RunRecord::new(&self.id, AnyCreated::Podman(created))
     }
 
-    /// Everything the run creates.
     fn created(&self) -> Created {
         Created {
-            network: Some(self.network()),
+            network: Some(self.id.network()),
             secrets: self.stack.secrets.iter().map(|s| s.name.clone()).collect(),
             pods: self.stack.pods.iter().map(|p| p.name.clone()).collect(),
             images: self.suite.iter().map(|p| p.image.clone()).collect(),
@@ -225,17 +219,11 @@ impl PodmanRun {
         .collect()
     }
 
-    /// `<POD>_URL` for each published pod: `http://{host(pod, container port, host port)}`.
-    fn urls_at(&self, host: impl Fn(&str, u16, u16) -> String) -> BTreeMap<String, String> {
-        let published = self.stack.published.iter();
-        published
-            .map(|p| {
-                (
-                    url_var(&p.base),
-                    format!("http://{}", host(&p.pod, p.container_port, p.host_port)),
-                )
-            })
-            .collect()
+    /// `<POD>_URL` for each published pod: `http://{host}`.
+    fn urls_at(&self, host: impl Fn(&Published) -> String) -> BTreeMap<String, String> {
+        let urls =
+            self.stack.published.iter().map(|p| (url_var(&p.base), format!("http://{}", host(p))));
+        urls.collect()
     }
 
     /// The network, the secrets, and the pods in `early` (each recorded before it is made):
@@ -250,7 +238,7 @@ impl PodmanRun {
 
     /// The deploy steps: `early` the network, secrets and early pods; else the rest.
     fn deploy_steps(&self, early: bool) -> Vec<Step<'_>> {
-        let network = self.network();
+        let network = self.id.network();
         let all_at_once = self.early.is_empty();
         let mut created = self.created();
         if early {
@@ -340,7 +328,7 @@ impl Stack for PodmanRun {
     }
 
     fn urls(&self) -> BTreeMap<String, String> {
-        self.urls_at(|_, _, host_port| format!("127.0.0.1:{host_port}"))
+        self.urls_at(|p| format!("127.0.0.1:{}", p.host_port))
     }
 
     fn final_record(&self) -> RunRecord {
@@ -393,30 +381,20 @@ impl Stack for PodmanRun {
     }
 
     fn where_it_runs(&self) -> Option<String> {
-        let place = match (&self.suite, self.remote) {
-            (Some(_), _) => "in the engine, on the run's network",
-            (None, true) => "here (--suite-in host)",
-            (None, false) => return Some(format!("network {}", self.network())),
-        };
-        Some(format!(
-            "network {}; the engine is remote: readiness is asked inside the containers; the suite runs {place}",
-            self.network()
-        ))
+        let net = self.id.network();
+        Some(match (&self.suite, self.remote) {
+            (None, false) => format!("network {net}"),
+            (suite, _) => format!(
+                "network {net}; the engine is remote: readiness is asked inside the containers; the suite runs {}",
+                if suite.is_some() { "in the engine, on the run's network" } else { "here (--suite-in host)" }
+            ),
+        })
     }
 
     fn suite_steps<'a>(&'a self, project: &'a Project) -> Vec<Step<'a>> {
-        let what = |p: &InEngine| {
-            format!(
-                "the suite's test binaries (as their compile placed them) packaged, \
-                 unless an image of the same content is in the engine: {}",
-                p.build()
-            )
-        };
-        let steps = self
-            .suite
-            .iter()
-            .map(|p| Step::Watch { what: what(p), run: Box::new(move |r| p.package(project, r)) });
-        steps.collect()
+        let Some(p) = &self.suite else { return Vec::new() };
+        let what = format!("the suite's test binaries (as their compile placed them) packaged, unless an image of the same content is in the engine: {}", p.build());
+        vec![Step::Watch { what, run: Box::new(move |r| p.package(project, r)) }]
     }
 
     /// In the engine: in a container on the run's network, against in-network URLs
@@ -425,8 +403,8 @@ impl Stack for PodmanRun {
         let Some(p) = &self.suite else {
             return crate::suite::run(project, test, &self.urls()).args(args.iter().cloned());
         };
-        let urls = self.urls_at(|pod, port, _| format!("{pod}:{port}"));
-        p.run(&self.network(), &self.stack.hosts(), test, &urls, args)
+        let urls = self.urls_at(|p| format!("{}:{}", p.pod, p.container_port));
+        p.run(&self.id.network(), &self.stack.hosts(), test, &urls, args)
     }
 
     fn sync_binaries(
@@ -456,7 +434,8 @@ impl Stack for PodmanRun {
             // releases its outbox lease for the new one).
             let address = stack.address(pod);
             let rm = Podman.pods_rm(std::slice::from_ref(pod));
-            for cmd in [Podman.pod_stop(pod), rm, Podman.kube_play(&self.network(), address, &file)]
+            for cmd in
+                [Podman.pod_stop(pod), rm, Podman.kube_play(&self.id.network(), address, &file)]
             {
                 r.command(&cmd);
                 cmd.run_logged(&self.log).with_context(|| format!("replacing {pod}"))?;
