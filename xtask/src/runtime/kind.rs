@@ -78,7 +78,6 @@ pub struct KindRun {
     /// `--reuse-cluster`: the cluster is not created nor deleted, only the namespace.
     pub reuse: bool,
     pub namespace: String,
-    /// The node provider: docker, or podman (`KIND_EXPERIMENTAL_PROVIDER=podman`).
     pub provider: Engine,
     pub dir: PathBuf,
     pub log: PathBuf,
@@ -90,19 +89,16 @@ pub struct KindRun {
     pub archive_tar: PathBuf,
     /// Where the images come from: an archive of `save-images`, or the engine.
     pub archive_source: Option<PathBuf>,
-    /// The images, as the manifests run them.
+    /// The images, and the Pods, as the manifests name them.
     pub references: Vec<String>,
-    /// The Pods of the manifests, by name.
     pub pods: Vec<String>,
     pub files: KindFiles,
 }
 
-/// The files a Kind run writes before it starts.
 #[derive(Debug, Clone)]
 pub struct KindFiles {
-    /// The rendered cluster config (empty for a reused cluster).
+    /// The rendered cluster config (empty for a reused cluster) and manifests.
     pub config: String,
-    /// The rendered manifests.
     pub stack: String,
     /// With `--keep`: where the cluster's port mappings are recorded, for `--reuse-cluster`.
     pub ports_record: Option<PathBuf>,
@@ -125,8 +121,6 @@ impl KindRun {
         kubectl(&self.cluster).args(["--namespace", &self.namespace])
     }
 
-    /// Makes the plain tar `kind load image-archive` reads: unpacks the saved archive, or
-    /// saves the images from the engine.
     pub fn make_tar(&self) -> Cmd {
         match &self.archive_source {
             Some(a) if a.extension().is_some_and(|e| e == "zst") => Cmd::new("zstd")
@@ -137,7 +131,6 @@ impl KindRun {
         }
     }
 
-    /// Whether a node already has an image (asked of the node's containerd).
     fn node_has_image(&self, node: &str, reference: &str) -> Cmd {
         let c = Cmd::new(self.provider.program()).args(["exec", node, "crictl", "inspecti", "-q"]);
         c.arg(containerd_name(reference))
@@ -155,7 +148,8 @@ impl KindRun {
         self.kubectl_ns().args(["get", "pods", "--output", "json"])
     }
 
-    /// The commands of a failure bundle: (file in the bundle, command).
+    /// The failure bundle: (file, command) for kind's logs, the events, every pod described
+    /// and its logs (and its previous container's).
     pub fn bundle(&self, pods: &[String]) -> Vec<(String, Cmd)> {
         let ns = |args: &[&str]| self.kubectl_ns().args(args.iter().copied());
         let mut cmds = vec![
@@ -174,9 +168,8 @@ impl KindRun {
         cmds
     }
 
-    /// The commands that replace pods in the running cluster (the dev loop's rule: only the
-    /// pods whose image or manifest changed): the new images into the nodes, each changed
-    /// Pod deleted, the new manifests applied (which recreates them and leaves the rest).
+    /// The new images into the nodes, each changed Pod deleted, the manifests applied (which
+    /// recreates them and leaves the rest).
     pub fn replace_cmds(&self, pods: &[String], images: &[String]) -> Vec<Cmd> {
         let mut cmds = Vec::new();
         if !images.is_empty() {
@@ -205,8 +198,6 @@ impl Stack for KindRun {
         &self.log
     }
 
-    /// The image archive, the cluster (recorded before it is made), the images into the
-    /// nodes that lack them, the manifests into the run's namespace, the wait until ready.
     fn plan<'a>(&'a self, ready_timeout: Duration, tests: Vec<Phase<'a>>) -> Vec<Phase<'a>> {
         let files = &self.files;
         let run = |cmd, doing: &str| Step::Run { cmd, doing: doing.into() };
@@ -259,7 +250,6 @@ impl Stack for KindRun {
         ready::wait_ready(self, timeout, r)
     }
 
-    /// `<SERVICE>_URL` for each NodePort Service mapped to the host.
     fn urls(&self) -> BTreeMap<String, String> {
         let ports = self.node_ports.iter();
         ports
@@ -295,8 +285,6 @@ impl Stack for KindRun {
         )
     }
 
-    /// The failure bundle: kind's exported logs, the namespace's events, every pod described
-    /// and its logs (and its previous container's).
     fn save_failure(&self) -> anyhow::Result<PathBuf> {
         let _ = std::fs::remove_file(&self.archive_tar);
         let bundle = self.dir.join("bundle");
@@ -341,7 +329,7 @@ impl Stack for KindRun {
     }
 }
 
-/// Each Pod's document in rendered manifests, by name (to see which pods changed).
+/// Each Pod's document in rendered manifests, by name.
 pub fn pod_docs(yaml: &str) -> BTreeMap<String, String> {
     yaml.split("---\n")
         .filter_map(|doc| {
@@ -363,8 +351,8 @@ pub fn containerd_name(reference: &str) -> String {
     }
 }
 
-/// Renders the cluster config: its name and a free host port for every extraPortMapping.
-/// Returns the YAML and NodePort to host port.
+/// The cluster config with its name and a free host port for every extraPortMapping, and
+/// NodePort to host port.
 pub fn render_cluster_config(
     template: &str,
     name: &str,

@@ -1,9 +1,6 @@
-//! Where the stack runs: podman (`kube play` on a network of the run's own) or a Kind cluster.
-//!
-//! Both describe a run as [`step`]s, printed (`--dry-run`) or executed, so the plan shown is
-//! the plan run. What a run creates is recorded in `target/e2e/runs/<id>/state.json`
-//! ([`RunRecord`]) before it is created, so `e2e --down` can remove what a crashed or `--keep`
-//! run left. The two runtimes do not know of each other; this module is what they share.
+//! Where the stack runs: podman (`kube play` on a network of the run's own) or a Kind cluster,
+//! either as [`step`]s printed (`--dry-run`) or executed. What a run creates is recorded in
+//! `state.json` ([`RunRecord`]) before it is created, for `e2e --down`.
 
 pub mod kind;
 pub mod podman;
@@ -24,9 +21,7 @@ use step::{Live, Phase, Runner};
 /// drive either through this, and never ask which it is.
 pub trait Stack {
     fn id(&self) -> &RunId;
-    /// `target/e2e/runs/<id>`.
     fn dir(&self) -> &Path;
-    /// Where every command of the run logs its output.
     fn log(&self) -> &Path;
     /// Deploy, wait until ready, then `tests`.
     fn plan<'a>(&'a self, ready_timeout: Duration, tests: Vec<Phase<'a>>) -> Vec<Phase<'a>>;
@@ -34,7 +29,6 @@ pub trait Stack {
     fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()>;
     /// `<SERVICE>_URL` for a suite on this machine.
     fn urls(&self) -> BTreeMap<String, String>;
-    /// How the fault tests stop, start and enter each service.
     fn control(&self, dedup_ttl_seconds: u64) -> StackControl;
     /// What the run has created once every step ran (for `--dry-run`'s teardown).
     fn final_record(&self) -> RunRecord;
@@ -65,7 +59,6 @@ pub trait Stack {
     ) -> anyhow::Result<Option<Vec<String>>> {
         Ok(None)
     }
-    /// Where readiness is asked and the suite runs, when that needs saying.
     fn where_it_runs(&self) -> Option<String> {
         None
     }
@@ -126,10 +119,10 @@ pub fn finish(
 
 /// A run's outcome and its teardown's, as one result.
 pub fn combine(outcome: anyhow::Result<()>, teardown: anyhow::Result<()>) -> anyhow::Result<()> {
+    use anyhow::Context;
     match (outcome, teardown) {
-        (Ok(()), Ok(())) => Ok(()),
+        (Ok(()), t) => t.context("E2E passed but the teardown failed"),
         (Err(e), Ok(())) => Err(e.context("E2E failed")),
-        (Ok(()), Err(t)) => Err(t.context("E2E passed but the teardown failed")),
         (Err(e), Err(t)) => {
             Err(e.context(format!("E2E failed, and the teardown failed too: {t:#}")))
         }
@@ -166,7 +159,6 @@ impl RunId {
         project.logs_dir().join(format!("run-{}.log", self.0))
     }
 
-    /// The podman network of the run.
     pub fn network(&self) -> String {
         format!("e2e-{}", self.0)
     }
@@ -201,7 +193,6 @@ pub enum Created {
 }
 
 impl RunRecord {
-    /// This process's record of `created`.
     pub fn new(id: &RunId, created: Created) -> RunRecord {
         RunRecord { id: id.clone(), pid: std::process::id(), created }
     }
@@ -228,11 +219,6 @@ impl RunRecord {
 
     pub fn teardown(&self) -> Vec<Cmd> {
         self.teardown_stages().into_iter().flatten().collect()
-    }
-
-    /// Whether the process that made this run is still running.
-    pub fn in_progress(&self) -> bool {
-        self.pid != std::process::id() && Path::new(&format!("/proc/{}", self.pid)).exists()
     }
 }
 
@@ -292,8 +278,10 @@ pub fn down(project: &Project, r: &Reporter, only: Option<&str>) -> anyhow::Resu
     }
     let mut failures = Vec::new();
     for (dir, record) in found {
+        // Its process still running: a run in progress.
         let id = &record.id;
-        if only.is_none() && record.in_progress() {
+        let running = Path::new(&format!("/proc/{}", record.pid)).exists();
+        if only.is_none() && record.pid != std::process::id() && running {
             let pid = record.pid;
             r.line(format!(
                 "run {id} is in progress (pid {pid}): left alone; `--down {id}` removes it anyway"

@@ -30,7 +30,6 @@ use super::{
     url_var, Created as AnyCreated, RunId, RunRecord, ServiceControl, Stack, StackControl,
 };
 
-/// What a podman run has created (or is about to).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Created {
     pub network: Option<String>,
@@ -75,7 +74,6 @@ impl Created {
         stages
     }
 
-    /// What of it still exists.
     pub fn leftovers(&self, exists: &mut dyn FnMut(&Cmd) -> bool) -> Vec<String> {
         let pods = self.pods.iter().map(|p| ("pod", p, Podman.pod_exists(p)));
         let secrets = self.secrets.iter().map(|s| ("secret", s, Podman.secret_exists(s)));
@@ -91,23 +89,20 @@ impl Created {
 /// Images an archive is loading, awaited by the pods that run them.
 #[derive(Debug, Clone)]
 pub struct Arriving {
-    /// Reference and image ID of each.
+    /// Reference and image ID of each; `ended` is set when the load has ended.
     pub images: Vec<(String, String)>,
-    /// Set when the load has ended, loaded or not.
     pub ended: Arc<AtomicBool>,
 }
 
 impl Arriving {
-    /// The longest a pod waits for its image while the load goes on.
     const DEADLINE: Duration = Duration::from_secs(15 * 60);
 
     fn names(images: &[(String, String)]) -> String {
         images.iter().map(|(reference, _)| reference.as_str()).collect::<Vec<_>>().join(", ")
     }
 
-    /// Until every image is in the engine with its ID, or the load has ended without it.
-    /// Polled with one `podman image inspect` of all of them at a time (a podman process
-    /// costs CPU the load needs).
+    /// Until every image is in the engine, or the load has ended without it. One `podman image
+    /// inspect` of all of them at a time: a podman process costs CPU the load needs.
     pub fn wait(&self, r: &Reporter) -> anyhow::Result<()> {
         let start = Instant::now();
         let mut missing = self.images.clone();
@@ -131,9 +126,8 @@ impl Arriving {
     }
 }
 
-/// The run's network's subnet: a /27 none of the engine's networks overlaps (one
-/// `podman network ls`), so that every pod has a fixed address and every name is in every
-/// pod's `/etc/hosts` (see [`Subnet`]).
+/// A /27 none of the engine's networks overlaps, so that every pod has a fixed address and
+/// every name is in every pod's `/etc/hosts` (see [`Subnet`]).
 pub fn subnet_for(id: &RunId) -> anyhow::Result<Subnet> {
     let used = Podman
         .network_subnets()
@@ -147,8 +141,7 @@ pub struct PodmanRun {
     /// The engine runs on another machine: its published ports are not reachable here, so
     /// readiness is asked from inside the containers and the suite runs on the network.
     pub remote: bool,
-    /// The suite, packaged for the engine and run on the run's network; its image is removed
-    /// with the run.
+    /// The suite, packaged for the engine and run on the run's network.
     pub suite: Option<InEngine>,
     /// The pods started before the service images exist ([`Self::plan_early`]), once their
     /// images are in (`arriving`, when an archive loads them).
@@ -174,8 +167,7 @@ impl PodmanRun {
         }
     }
 
-    /// The manifests rendered for this run again, with `pinned` images, on the same host
-    /// ports and subnet (an early start made complete, a pod replaced, a live update).
+    /// The manifests rendered again with `pinned` images, on the same host ports and subnet.
     pub fn rerender(
         &self,
         manifests: &Manifests,
@@ -208,7 +200,7 @@ impl PodmanRun {
         }
     }
 
-    /// Every container as podman names it, with the pod's name in the manifests.
+    /// (`<manifest pod>-<container>`, podman's name) of every container.
     pub fn containers(&self) -> Vec<(String, String)> {
         let pods = self.stack.pods.iter();
         pods.flat_map(|p| {
@@ -226,9 +218,8 @@ impl PodmanRun {
         urls.collect()
     }
 
-    /// The network, the secrets, and the pods in `early` (each recorded before it is made):
-    /// what can start before the service images exist (PostgreSQL and Redis). Empty when no
-    /// pod starts early: [`Stack::plan`] then deploys everything.
+    /// The network, the secrets, and the pods in `early` (PostgreSQL and Redis), before the
+    /// service images exist; empty when no pod starts early.
     pub fn plan_early(&self) -> Vec<Phase<'_>> {
         if self.early.is_empty() {
             return Vec::new();
@@ -236,7 +227,6 @@ impl PodmanRun {
         vec![Phase::new("deploy infrastructure", self.deploy_steps(true))]
     }
 
-    /// The deploy steps: `early` the network, secrets and early pods; else the rest.
     fn deploy_steps(&self, early: bool) -> Vec<Step<'_>> {
         let network = self.id.network();
         let all_at_once = self.early.is_empty();
@@ -308,8 +298,7 @@ impl Stack for PodmanRun {
         &self.log
     }
 
-    /// Deploy what [`PodmanRun::plan_early`] did not (everything, without early pods), wait
-    /// until ready, then the given test phases.
+    /// Deploys what [`PodmanRun::plan_early`] did not.
     fn plan<'a>(&'a self, ready_timeout: Duration, tests: Vec<Phase<'a>>) -> Vec<Phase<'a>> {
         let wait = Step::Watch {
             what: "readiness: each container's readinessProbe, polled (podman exec / HTTP GET)"
@@ -347,8 +336,7 @@ impl Stack for PodmanRun {
         StackControl { runtime: "podman", dedup_ttl_seconds, services: services.collect() }
     }
 
-    /// Every container's log (and its state) in `<run dir>/logs/`, named by the manifests'
-    /// pod names (`gateway-gateway.log`).
+    /// Every container's log and state in `logs/gateway-gateway.log` and so on.
     fn save_failure(&self) -> anyhow::Result<PathBuf> {
         let dir = self.dir.join("logs");
         std::fs::create_dir_all(&dir)?;
@@ -397,8 +385,6 @@ impl Stack for PodmanRun {
         vec![Step::Watch { what, run: Box::new(move |r| p.package(project, r)) }]
     }
 
-    /// In the engine: in a container on the run's network, against in-network URLs
-    /// (`http://<pod>:<container port>`).
     fn suite(&self, project: &Project, test: &str, args: &[String]) -> Cmd {
         let Some(p) = &self.suite else {
             return crate::suite::run(project, test, &self.urls()).args(args.iter().cloned());
@@ -448,8 +434,7 @@ impl Stack for PodmanRun {
     }
 }
 
-/// The pods of `new` whose rendered YAML differs from `old`'s (a new image reference, or a
-/// changed manifest): the pods to replace.
+/// The pods of `new` whose rendered YAML differs from `old`'s: the pods to replace.
 pub fn changed_pods(old: &PodmanStack, new: &PodmanStack) -> Vec<usize> {
     (0..new.pods.len())
         .filter(|&i| {

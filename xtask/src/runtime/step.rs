@@ -65,13 +65,11 @@ impl Step<'_> {
 
 /// How commands are run: for real ([`Live`]), or recorded by the tests.
 pub trait Exec {
-    /// Runs a command, its output appended to `log`.
     fn run(&mut self, cmd: &Cmd, log: &Path) -> anyhow::Result<()>;
     /// Runs commands at once (by default, one after the other); returns the failures.
     fn run_all(&mut self, cmds: &[Cmd], log: &Path) -> Vec<String> {
         failures(cmds.iter().map(|c| self.run(c, log)))
     }
-    /// Runs a command on this terminal.
     fn terminal(&mut self, cmd: &Cmd) -> anyhow::Result<()>;
     /// Asks a yes/no question of the world (`podman pod exists`): not a step of the run.
     fn probe(&mut self, cmd: &Cmd) -> bool;
@@ -81,12 +79,10 @@ pub trait Exec {
     }
 }
 
-/// The errors among `results`, each as one string.
 pub fn failures(results: impl IntoIterator<Item = anyhow::Result<()>>) -> Vec<String> {
     results.into_iter().filter_map(|r| Some(format!("{:#}", r.err()?))).collect()
 }
 
-/// Runs commands for real.
 pub struct Live;
 
 impl Exec for Live {
@@ -163,7 +159,6 @@ impl Runner<'_> {
     }
 }
 
-/// The lines of a list of phases, as `--dry-run` prints them.
 pub fn print(phases: &[Phase]) -> Vec<String> {
     phases.iter().flat_map(|p| p.steps.iter().flat_map(Step::lines)).collect()
 }
