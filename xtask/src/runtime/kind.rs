@@ -20,7 +20,7 @@ use serde_norway::Value;
 use crate::{cmd::Cmd, engine::Engine, handoff::Handoff, project::Project, report::Reporter};
 
 use super::{
-    step::{Phase, Step},
+    step::{Exec, Live, Phase, Step},
     url_var, Created as AnyCreated, RunId, RunRecord, ServiceControl, Stack, StackControl,
 };
 
@@ -36,26 +36,18 @@ pub struct Created {
 
 impl Created {
     pub fn teardown(&self) -> Vec<Cmd> {
-        let ns = &self.namespace;
+        let (ns, flags) = (&self.namespace, ["--wait=false", "--ignore-not-found"]);
         vec![match self.reuse {
-            true => kubectl(&self.cluster).args([
-                "delete",
-                "namespace",
-                ns,
-                "--wait=false",
-                "--ignore-not-found",
-            ]),
+            true => kubectl(&self.cluster).args(["delete", "namespace", ns]).args(flags),
             false => kind(self.provider).args(["delete", "cluster", "--name", &self.cluster]),
         }]
     }
 }
 
 fn kind(provider: Engine) -> Cmd {
-    let c = Cmd::new("kind");
-    if provider == Engine::Podman {
-        c.env("KIND_EXPERIMENTAL_PROVIDER", "podman")
-    } else {
-        c
+    match provider {
+        Engine::Podman => Cmd::new("kind").env("KIND_EXPERIMENTAL_PROVIDER", "podman"),
+        Engine::Docker => Cmd::new("kind"),
     }
 }
 
@@ -290,10 +282,8 @@ impl Stack for KindRun {
         let bundle = self.dir.join("bundle");
         std::fs::create_dir_all(&bundle)?;
         for (file, c) in self.bundle(&self.pods) {
-            std::fs::write(
-                bundle.join(file),
-                c.survives_interrupt().read().unwrap_or_else(|e| format!("{e:#}")),
-            )?;
+            let text = c.survives_interrupt().read().unwrap_or_else(|e| format!("{e:#}"));
+            std::fs::write(bundle.join(file), text)?;
         }
         Ok(bundle)
     }
@@ -390,16 +380,14 @@ fn load_images(run: &KindRun, r: &Reporter, log: &Path) -> anyhow::Result<()> {
     };
     let lacking: Vec<Cmd> =
         nodes.into_iter().filter(|n| lacks(n)).map(|n| run.load_archive(n)).collect();
-    let loaded = if lacking.is_empty() {
+    if lacking.is_empty() {
         r.line("  every node has every image");
-        Ok(())
-    } else {
-        lacking.iter().for_each(|c| r.command(c));
-        let failed = super::step::Exec::run_all(&mut super::step::Live, &lacking, log);
-        failed.into_iter().next().map_or(Ok(()), |e| Err(anyhow::anyhow!(e)))
-    };
+    }
+    lacking.iter().for_each(|c| r.command(c));
+    let failed = Live.run_all(&lacking, log);
     let _ = std::fs::remove_file(&run.archive_tar);
-    loaded
+    anyhow::ensure!(failed.is_empty(), "{}", failed.join("\n"));
+    Ok(())
 }
 
 mod ready;
