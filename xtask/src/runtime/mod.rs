@@ -81,12 +81,8 @@ pub fn execute(
     plan: &[Phase],
     record: Option<RunRecord>,
 ) -> (anyhow::Result<()>, Option<RunRecord>) {
-    let mut runner = Runner {
-        dir: stack.dir().to_owned(),
-        log: stack.log().to_owned(),
-        exec: &mut Live,
-        record,
-    };
+    let (dir, log) = (stack.dir().to_owned(), stack.log().to_owned());
+    let mut runner = Runner { dir, log, exec: &mut Live, record };
     let outcome = runner.phases(r, plan);
     if outcome.is_err() && runner.record.is_some() {
         r.line(match stack.save_failure() {
@@ -105,16 +101,12 @@ pub fn finish(
     record: Option<&RunRecord>,
     keep: bool,
 ) -> anyhow::Result<()> {
-    match record {
-        Some(record) if !keep => {
-            r.phase("tear down", |r| teardown(stack.dir(), record, stack.log(), r, &mut Live))
-        }
-        Some(_) => {
-            r.line(stack.keep_instructions());
-            Ok(())
-        }
-        None => Ok(()),
+    let Some(record) = record else { return Ok(()) };
+    if keep {
+        r.line(stack.keep_instructions());
+        return Ok(());
     }
+    r.phase("tear down", |r| teardown(stack.dir(), record, stack.log(), r, &mut Live))
 }
 
 /// A run's outcome and its teardown's, as one result.
