@@ -20,7 +20,7 @@ use serde_norway::Value;
 use crate::{cmd::Cmd, engine::Engine, handoff::Handoff, project::Project, report::Reporter};
 
 use super::{
-    step::{Phase, Step},
+    step::{Exec, Live, Phase, Step},
     url_var, Created as AnyCreated, RunId, RunRecord, ServiceControl, Stack, StackControl,
 };
 
@@ -35,27 +35,19 @@ pub struct Created {
 }
 
 impl Created {
-    /// Deletes the cluster, or only the namespace of a reused one.
     pub fn teardown(&self) -> Vec<Cmd> {
-        if self.reuse {
-            vec![kubectl(&self.cluster).args([
-                "delete",
-                "namespace",
-                &self.namespace,
-                "--wait=false",
-                "--ignore-not-found",
-            ])]
-        } else {
-            vec![kind(self.provider).args(["delete", "cluster", "--name", &self.cluster])]
-        }
+        let (ns, flags) = (&self.namespace, ["--wait=false", "--ignore-not-found"]);
+        vec![match self.reuse {
+            true => kubectl(&self.cluster).args(["delete", "namespace", ns]).args(flags),
+            false => kind(self.provider).args(["delete", "cluster", "--name", &self.cluster]),
+        }]
     }
 }
 
 fn kind(provider: Engine) -> Cmd {
-    let c = Cmd::new("kind");
     match provider {
-        Engine::Podman => c.env("KIND_EXPERIMENTAL_PROVIDER", "podman"),
-        Engine::Docker => c,
+        Engine::Podman => Cmd::new("kind").env("KIND_EXPERIMENTAL_PROVIDER", "podman"),
+        Engine::Docker => Cmd::new("kind"),
     }
 }
 
@@ -78,7 +70,6 @@ pub struct KindRun {
     /// `--reuse-cluster`: the cluster is not created nor deleted, only the namespace.
     pub reuse: bool,
     pub namespace: String,
-    /// The node provider: docker, or podman (`KIND_EXPERIMENTAL_PROVIDER=podman`).
     pub provider: Engine,
     pub dir: PathBuf,
     pub log: PathBuf,
@@ -90,157 +81,98 @@ pub struct KindRun {
     pub archive_tar: PathBuf,
     /// Where the images come from: an archive of `save-images`, or the engine.
     pub archive_source: Option<PathBuf>,
-    /// The images, as the manifests run them.
+    /// The images, and the Pods, as the manifests name them.
     pub references: Vec<String>,
-    /// The Pods of the manifests, by name.
     pub pods: Vec<String>,
     pub files: KindFiles,
 }
 
-/// The files a Kind run writes before it starts.
 #[derive(Debug, Clone)]
 pub struct KindFiles {
-    /// The rendered cluster config (empty for a reused cluster).
+    /// The rendered cluster config (empty for a reused cluster) and manifests.
     pub config: String,
-    /// The rendered manifests.
     pub stack: String,
     /// With `--keep`: where the cluster's port mappings are recorded, for `--reuse-cluster`.
     pub ports_record: Option<PathBuf>,
 }
 
 impl KindRun {
-    pub fn config_file(&self) -> PathBuf {
-        self.dir.join("kind-cluster.yaml")
+    fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
     }
 
-    pub fn stack_file(&self) -> PathBuf {
-        self.dir.join("stack.yaml")
+    fn tar(&self) -> String {
+        self.archive_tar.display().to_string()
     }
 
-    pub fn bundle_dir(&self) -> PathBuf {
-        self.dir.join("bundle")
-    }
-
-    fn kind(&self) -> Cmd {
-        kind(self.provider)
-    }
-
-    fn kubectl(&self) -> Cmd {
-        kubectl(&self.cluster)
+    fn kind(&self, args: &[&str]) -> Cmd {
+        kind(self.provider).args(args.iter().copied()).args(["--name", &self.cluster])
     }
 
     fn kubectl_ns(&self) -> Cmd {
-        self.kubectl().args(["--namespace", &self.namespace])
+        kubectl(&self.cluster).args(["--namespace", &self.namespace])
     }
 
-    pub fn created(&self) -> Created {
-        Created {
-            cluster: self.cluster.clone(),
-            reuse: self.reuse,
-            namespace: self.namespace.clone(),
-            provider: self.provider,
-        }
-    }
-
-    /// Makes the plain tar `kind load image-archive` reads: unpacks the saved archive, or
-    /// saves the images from the engine.
     pub fn make_tar(&self) -> Cmd {
-        let tar = self.archive_tar.display().to_string();
         match &self.archive_source {
-            Some(a) if a.extension().is_some_and(|e| e == "zst") => {
-                Cmd::new("zstd").args(["-d", "-q", "-f", "-o", &tar]).arg(a.display().to_string())
-            }
-            Some(a) => Cmd::new("cp").arg(a.display().to_string()).arg(tar),
-            None => save(self.provider, &tar, &self.references),
+            Some(a) if a.extension().is_some_and(|e| e == "zst") => Cmd::new("zstd")
+                .args(["-d", "-q", "-f", "-o", &self.tar()])
+                .arg(a.display().to_string()),
+            Some(a) => Cmd::new("cp").arg(a.display().to_string()).arg(self.tar()),
+            None => save(self.provider, &self.tar(), &self.references),
         }
     }
 
-    pub fn create_cluster(&self) -> Cmd {
-        self.kind()
-            .args(["create", "cluster", "--name", &self.cluster, "--config"])
-            .arg(self.config_file().display().to_string())
-            .args(["--wait", "120s"])
+    fn node_has_image(&self, node: &str, reference: &str) -> Cmd {
+        let c = Cmd::new(self.provider.program()).args(["exec", node, "crictl", "inspecti", "-q"]);
+        c.arg(containerd_name(reference))
     }
 
-    pub fn get_nodes(&self) -> Cmd {
-        self.kind().args(["get", "nodes", "--name", &self.cluster])
+    fn load_archive(&self, node: &str) -> Cmd {
+        self.kind(&["load", "image-archive", &self.tar()]).args(["--nodes", node])
     }
 
-    /// Whether a node already has an image (asked of the node's containerd).
-    pub fn node_has_image(&self, node: &str, reference: &str) -> Cmd {
-        Cmd::new(self.provider.program()).args([
-            "exec",
-            node,
-            "crictl",
-            "inspecti",
-            "-q",
-            &containerd_name(reference),
-        ])
+    fn apply(&self) -> Cmd {
+        self.kubectl_ns().args(["apply", "--filename", &self.file("stack.yaml")])
     }
 
-    pub fn load_archive(&self, node: &str) -> Cmd {
-        self.kind()
-            .args(["load", "image-archive"])
-            .arg(self.archive_tar.display().to_string())
-            .args(["--name", &self.cluster, "--nodes", node])
-    }
-
-    pub fn create_namespace(&self) -> Cmd {
-        self.kubectl().args(["create", "namespace", &self.namespace])
-    }
-
-    pub fn apply(&self) -> Cmd {
-        self.kubectl_ns().args(["apply", "--filename"]).arg(self.stack_file().display().to_string())
-    }
-
-    pub fn get_pods_json(&self) -> Cmd {
+    fn get_pods_json(&self) -> Cmd {
         self.kubectl_ns().args(["get", "pods", "--output", "json"])
     }
 
-    /// The commands of a failure bundle: (file in the bundle, command).
+    /// The failure bundle: (file, command) for kind's logs, the events, every pod described
+    /// and its logs (and its previous container's).
     pub fn bundle(&self, pods: &[String]) -> Vec<(String, Cmd)> {
-        let export = self
-            .kind()
-            .args(["export", "logs"])
-            .arg(self.bundle_dir().join("kind").display().to_string());
+        let ns = |args: &[&str]| self.kubectl_ns().args(args.iter().copied());
         let mut cmds = vec![
-            ("kind-export-logs.txt".into(), export.args(["--name", &self.cluster])),
             (
-                "events.txt".into(),
-                self.kubectl_ns().args(["get", "events", "--sort-by=.lastTimestamp"]),
+                "kind-export-logs.txt".into(),
+                self.kind(&["export", "logs", &self.file("bundle/kind")]),
             ),
-            ("describe-pods.txt".into(), self.kubectl_ns().args(["describe", "pods"])),
+            ("events.txt".into(), ns(&["get", "events", "--sort-by=.lastTimestamp"])),
+            ("describe-pods.txt".into(), ns(&["describe", "pods"])),
         ];
         for pod in pods {
-            let logs = self.kubectl_ns().args([
-                "logs",
-                &format!("pod/{pod}"),
-                "--all-containers",
-                "--timestamps",
-            ]);
-            cmds.push((format!("{pod}.previous.log"), logs.clone().arg("--previous")));
-            cmds.insert(cmds.len() - 1, (format!("{pod}.log"), logs));
+            let logs = ns(&["logs", &format!("pod/{pod}"), "--all-containers", "--timestamps"]);
+            cmds.push((format!("{pod}.log"), logs.clone()));
+            cmds.push((format!("{pod}.previous.log"), logs.arg("--previous")));
         }
         cmds
     }
 
-    /// The commands that replace pods in the running cluster (the dev loop's rule: only the
-    /// pods whose image or manifest changed): the new images into the nodes, each changed
-    /// Pod deleted, the new manifests applied (which recreates them and leaves the rest).
+    /// The new images into the nodes, each changed Pod deleted, the manifests applied (which
+    /// recreates them and leaves the rest).
     pub fn replace_cmds(&self, pods: &[String], images: &[String]) -> Vec<Cmd> {
-        let tar = self.archive_tar.display().to_string();
         let mut cmds = Vec::new();
         if !images.is_empty() {
-            cmds.push(save(self.provider, &tar, images));
-            cmds.push(self.kind().args(["load", "image-archive", &tar, "--name", &self.cluster]));
+            cmds.push(save(self.provider, &self.tar(), images));
+            cmds.push(self.kind(&["load", "image-archive", &self.tar()]));
         }
         for pod in pods {
-            let delete = ["delete", &format!("pod/{pod}"), "--wait=true", "--ignore-not-found"];
-            cmds.push(self.kubectl_ns().args(delete));
+            let delete = self.kubectl_ns().args(["delete", &format!("pod/{pod}"), "--wait=true"]);
+            cmds.push(delete.arg("--ignore-not-found"));
         }
-        if !pods.is_empty() {
-            cmds.push(self.apply());
-        }
+        cmds.extend((!pods.is_empty()).then(|| self.apply()));
         cmds
     }
 }
@@ -258,81 +190,63 @@ impl Stack for KindRun {
         &self.log
     }
 
-    /// The run as phases: the image archive, the cluster (recorded before it is made), the
-    /// images into the nodes that lack them, the manifests into the run's namespace, the
-    /// wait until ready, then the given test phases.
     fn plan<'a>(&'a self, ready_timeout: Duration, tests: Vec<Phase<'a>>) -> Vec<Phase<'a>> {
         let files = &self.files;
+        let run = |cmd, doing: &str| Step::Run { cmd, doing: doing.into() };
+        let write = |path, contents| Step::Write { path, contents };
         let mut phases = vec![Phase::new(
             "image archive for kind",
+            // `kind load image-archive` reads a plain tar: unpack the archive, or save one.
             vec![
-                Step::Write { path: self.stack_file(), contents: files.stack.clone() },
-                // `kind load image-archive` reads a plain tar: unpack the archive, or save one.
-                Step::Run {
-                    cmd: self.make_tar(),
-                    doing: "making the image archive for kind".into(),
-                },
+                write(self.dir.join("stack.yaml"), files.stack.clone()),
+                run(self.make_tar(), "making the image archive for kind"),
             ],
         )];
-        let mut deploy = Vec::new();
-        if self.reuse {
-            deploy.push(Step::Record(self.final_record()));
-        } else {
-            let mut create = vec![
+        if !self.reuse {
+            let config = self.file("kind-cluster.yaml");
+            let create =
+                self.kind(&["create", "cluster"]).args(["--config", &config, "--wait", "120s"]);
+            let ports = files.ports_record.iter().map(|path| {
+                write(path.clone(), serde_json::to_string(&self.ports).expect("ports serialise"))
+            });
+            let steps = [
                 Step::Record(self.final_record()),
-                Step::Write { path: self.config_file(), contents: files.config.clone() },
-                Step::Run { cmd: self.create_cluster(), doing: "creating the Kind cluster".into() },
+                write(self.dir.join("kind-cluster.yaml"), files.config.clone()),
+                run(create, "creating the Kind cluster"),
             ];
-            if let Some(path) = &files.ports_record {
-                create.push(Step::Write {
-                    path: path.clone(),
-                    contents: serde_json::to_string(&self.ports).expect("ports serialise"),
-                });
-            }
-            phases.push(Phase::new("create cluster", create));
+            phases.push(Phase::new("create cluster", steps.into_iter().chain(ports).collect()));
         }
         let node = format!("{}-control-plane", self.cluster);
-        let mut what = vec![format!("{}  (the nodes)", self.get_nodes())];
-        what.extend(
-            self.references
-                .iter()
-                .map(|r| format!("{}  (per node and image)", self.node_has_image(&node, r))),
-        );
+        let mut what = vec![format!("{}  (the nodes)", self.kind(&["get", "nodes"]))];
+        for r in &self.references {
+            what.push(format!("{}  (per node and image)", self.node_has_image(&node, r)));
+        }
         what.push(format!("{}  (each node that lacks one, all at once)", self.load_archive(&node)));
-        phases.push(Phase::new(
-            "load images",
-            vec![Step::Watch {
-                what: what.join("\n"),
-                run: Box::new(move |r| load_images(self, r, &self.log)),
-            }],
-        ));
-        deploy.push(Step::Run {
-            cmd: self.create_namespace(),
-            doing: "creating the run's namespace".into(),
-        });
-        deploy.push(Step::Run { cmd: self.apply(), doing: "applying the manifests".into() });
-        phases.push(Phase::new("deploy", deploy));
-        phases.push(Phase::new(
-            "wait until ready",
-            vec![Step::Watch {
-                what: format!("{}  (polled until every pod is Ready)", self.get_pods_json()),
-                run: Box::new(move |r| ready::wait_ready(self, ready_timeout, r)),
-            }],
-        ));
-        phases.extend(tests);
-        phases
+        let what = what.join("\n");
+        let load = Step::Watch { what, run: Box::new(move |r| load_images(self, r, &self.log)) };
+        phases.push(Phase::new("load images", vec![load]));
+        let namespace = kubectl(&self.cluster).args(["create", "namespace", &self.namespace]);
+        let deploy = [
+            run(namespace, "creating the run's namespace"),
+            run(self.apply(), "applying the manifests"),
+        ];
+        let record = self.reuse.then(|| Step::Record(self.final_record()));
+        phases.push(Phase::new("deploy", record.into_iter().chain(deploy).collect()));
+        let what = format!("{}  (polled until every pod is Ready)", self.get_pods_json());
+        let wait = Step::Watch { what, run: Box::new(move |r| self.wait_ready(r, ready_timeout)) };
+        phases.push(Phase::new("wait until ready", vec![wait]));
+        phases.into_iter().chain(tests).collect()
     }
 
     fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()> {
         ready::wait_ready(self, timeout, r)
     }
 
-    /// `<SERVICE>_URL` for each NodePort Service mapped to the host.
     fn urls(&self) -> BTreeMap<String, String> {
-        self.node_ports
-            .iter()
+        let ports = self.node_ports.iter();
+        ports
             .filter_map(|(svc, np)| {
-                self.ports.get(np).map(|hp| (url_var(svc), format!("http://127.0.0.1:{hp}")))
+                Some((url_var(svc), format!("http://127.0.0.1:{}", self.ports.get(np)?)))
             })
             .collect()
     }
@@ -340,52 +254,32 @@ impl Stack for KindRun {
     /// A Pod is deleted, and the run's manifests applied again bring it back (bare Pods
     /// have no controller to scale; the other Pods are unchanged by the apply).
     fn control(&self, dedup_ttl_seconds: u64) -> StackControl {
-        let services = self
-            .pods
-            .iter()
-            .map(|pod| {
-                let file = self.stack_file();
-                (
-                    pod.clone(),
-                    ServiceControl::new(
-                        &self.kubectl_ns().args(["delete", &format!("pod/{pod}"), "--wait=true"]),
-                        &self
-                            .kubectl_ns()
-                            .args(["apply", "--filename"])
-                            .arg(file.display().to_string()),
-                        &self.kubectl_ns().args(["exec", "-i", pod, "--"]),
-                    ),
-                )
-            })
-            .collect();
-        StackControl { runtime: "kind", dedup_ttl_seconds, services }
+        let services = self.pods.iter().map(|pod| {
+            let stop = self.kubectl_ns().args(["delete", &format!("pod/{pod}"), "--wait=true"]);
+            let exec = self.kubectl_ns().args(["exec", "-i", pod, "--"]);
+            (pod.clone(), ServiceControl::new(&stop, &self.apply(), &exec))
+        });
+        StackControl { runtime: "kind", dedup_ttl_seconds, services: services.collect() }
     }
 
     fn final_record(&self) -> RunRecord {
-        RunRecord {
-            id: self.id.clone(),
-            pid: std::process::id(),
-            created: AnyCreated::Kind(self.created()),
-        }
+        let (cluster, namespace, reuse) =
+            (self.cluster.clone(), self.namespace.clone(), self.reuse);
+        let created = Created { cluster, reuse, namespace, provider: self.provider };
+        RunRecord::new(&self.id, AnyCreated::Kind(created))
     }
 
     fn keep_instructions(&self) -> String {
-        let mut s = format!(
-            "the cluster is left running: kubectl --context kind-{} --namespace {} get pods\n",
-            self.cluster, self.namespace
-        );
-        for (k, v) in self.urls() {
-            s.push_str(&format!("  {k}={v}\n"));
-        }
-        s.push_str(&format!("  remove it: cargo xtask e2e --down {}", self.id));
-        s
+        let urls: String = self.urls().iter().map(|(k, v)| format!("  {k}={v}\n")).collect();
+        format!(
+            "the cluster is left running: kubectl --context kind-{} --namespace {} get pods\n{urls}  remove it: cargo xtask e2e --down {}",
+            self.cluster, self.namespace, self.id
+        )
     }
 
-    /// The failure bundle: kind's exported logs, the namespace's events, every pod described
-    /// and its logs (and its previous container's).
     fn save_failure(&self) -> anyhow::Result<PathBuf> {
         let _ = std::fs::remove_file(&self.archive_tar);
-        let bundle = self.bundle_dir();
+        let bundle = self.dir.join("bundle");
         std::fs::create_dir_all(&bundle)?;
         for (file, c) in self.bundle(&self.pods) {
             let text = c.survives_interrupt().read().unwrap_or_else(|e| format!("{e:#}"));
@@ -395,10 +289,8 @@ impl Stack for KindRun {
     }
 
     fn failure_commands(&self) -> Vec<String> {
-        self.bundle(&self.pods)
-            .into_iter()
-            .map(|(file, c)| format!("{c}  # on failure, into bundle/{file}"))
-            .collect()
+        let bundle = self.bundle(&self.pods).into_iter();
+        bundle.map(|(file, c)| format!("{c}  # on failure, into bundle/{file}")).collect()
     }
 
     fn replace(
@@ -412,25 +304,22 @@ impl Stack for KindRun {
         let (old, new) = (pod_docs(&self.files.stack), pod_docs(&yaml));
         let names: Vec<String> =
             new.keys().filter(|k| old.get(*k) != new.get(*k)).cloned().collect();
-        let images: Vec<String> = handoff
-            .images
-            .iter()
-            .filter(|i| !self.references.contains(&i.reference))
-            .map(|i| i.reference.clone())
-            .collect();
-        crate::fsx::write_atomic(&self.stack_file(), &yaml)?;
+        let references: Vec<String> = handoff.images.iter().map(|i| i.reference.clone()).collect();
+        let images: Vec<String> =
+            references.iter().filter(|i| !self.references.contains(i)).cloned().collect();
+        crate::fsx::write_atomic(&self.dir.join("stack.yaml"), &yaml)?;
         for cmd in self.replace_cmds(&names, &images) {
             r.command(&cmd);
             cmd.run_logged(&self.log).with_context(|| format!("replacing {}", names.join(", ")))?;
         }
         let _ = std::fs::remove_file(&self.archive_tar);
-        self.references = handoff.images.iter().map(|i| i.reference.clone()).collect();
+        self.references = references;
         self.files.stack = yaml;
         Ok(names)
     }
 }
 
-/// Each Pod's document in rendered manifests, by name (to see which pods changed).
+/// Each Pod's document in rendered manifests, by name.
 pub fn pod_docs(yaml: &str) -> BTreeMap<String, String> {
     yaml.split("---\n")
         .filter_map(|doc| {
@@ -443,20 +332,17 @@ pub fn pod_docs(yaml: &str) -> BTreeMap<String, String> {
 
 /// containerd names `localhost/x:1` as is, and `x:1` as `docker.io/library/x:1`.
 pub fn containerd_name(reference: &str) -> String {
-    let first = reference.split('/').next().unwrap_or("");
-    if reference.contains('/')
-        && (first.contains('.') || first.contains(':') || first == "localhost")
-    {
-        reference.to_owned()
-    } else if reference.contains('/') {
-        format!("docker.io/{reference}")
-    } else {
-        format!("docker.io/library/{reference}")
+    match reference.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => {
+            reference.to_owned()
+        }
+        Some(_) => format!("docker.io/{reference}"),
+        None => format!("docker.io/library/{reference}"),
     }
 }
 
-/// Renders the cluster config: its name and a free host port for every extraPortMapping.
-/// Returns the YAML and NodePort to host port.
+/// The cluster config with its name and a free host port for every extraPortMapping, and
+/// NodePort to host port.
 pub fn render_cluster_config(
     template: &str,
     name: &str,
@@ -471,56 +357,37 @@ pub fn render_cluster_config(
     doc["name"] = Value::String(name.to_owned());
     let mut ports = BTreeMap::new();
     for node in doc["nodes"].as_sequence_mut().context("the Kind cluster config has no nodes")? {
-        if let Some(mappings) = node.get_mut("extraPortMappings").and_then(Value::as_sequence_mut) {
-            for m in mappings {
-                let container_port = m["containerPort"]
-                    .as_u64()
-                    .context("an extraPortMapping without containerPort")?
-                    as u16;
-                let host_port = free_port()?;
-                m["hostPort"] = Value::Number(host_port.into());
-                ports.insert(container_port, host_port);
-            }
+        for m in
+            node.get_mut("extraPortMappings").and_then(Value::as_sequence_mut).into_iter().flatten()
+        {
+            let port =
+                m["containerPort"].as_u64().context("an extraPortMapping without containerPort")?;
+            let host_port = free_port()?;
+            m["hostPort"] = Value::Number(host_port.into());
+            ports.insert(port as u16, host_port);
         }
     }
     Ok((serde_norway::to_string(&doc)?, ports))
 }
 
 /// Loads the archive into every node that lacks one of the images, all nodes at once.
-pub fn load_images(run: &KindRun, r: &Reporter, log: &Path) -> anyhow::Result<()> {
-    let nodes: Vec<String> = run
-        .get_nodes()
-        .read()?
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect();
+fn load_images(run: &KindRun, r: &Reporter, log: &Path) -> anyhow::Result<()> {
+    let nodes = run.kind(&["get", "nodes"]).read()?;
+    let nodes: Vec<&str> = nodes.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     anyhow::ensure!(!nodes.is_empty(), "kind reports no nodes for cluster {}", run.cluster);
-    let lacking: Vec<&String> = nodes
-        .iter()
-        .filter(|n| {
-            run.references.iter().any(|img| !run.node_has_image(n, img).succeeds().unwrap_or(false))
-        })
-        .collect();
+    let lacks = |n: &str| {
+        run.references.iter().any(|i| !run.node_has_image(n, i).succeeds().unwrap_or(false))
+    };
+    let lacking: Vec<Cmd> =
+        nodes.into_iter().filter(|n| lacks(n)).map(|n| run.load_archive(n)).collect();
     if lacking.is_empty() {
         r.line("  every node has every image");
-        let _ = std::fs::remove_file(&run.archive_tar);
-        return Ok(());
     }
-    let loaded = std::thread::scope(|s| {
-        let handles: Vec<_> = lacking
-            .iter()
-            .map(|n| {
-                let c = run.load_archive(n);
-                r.command(&c);
-                s.spawn(move || c.run_logged(log))
-            })
-            .collect();
-        handles.into_iter().try_for_each(|h| h.join().expect("no panic"))
-    });
+    lacking.iter().for_each(|c| r.command(c));
+    let failed = Live.run_all(&lacking, log);
     let _ = std::fs::remove_file(&run.archive_tar);
-    loaded
+    anyhow::ensure!(failed.is_empty(), "{}", failed.join("\n"));
+    Ok(())
 }
 
 mod ready;

@@ -1,10 +1,6 @@
-//! Where the stack runs: podman (`kube play` on a network of the run's own) or a Kind cluster.
-//!
-//! Both runtimes describe a run as a list of steps ([`step`]) that is either printed
-//! (`--dry-run`) or executed, so the plan shown is the plan run. What a run creates is
-//! recorded in `target/e2e/runs/<id>/state.json` ([`RunRecord`]) before it is created, so
-//! `cargo xtask e2e --down` can remove what a crashed or `--keep` run left. The two runtimes
-//! do not know of each other; this module is what they share.
+//! Where the stack runs: podman (`kube play` on a network of the run's own) or a Kind cluster,
+//! either as [`step`]s printed (`--dry-run`) or executed. What a run creates is recorded in
+//! `state.json` ([`RunRecord`]) before it is created, for `e2e --down`.
 
 pub mod kind;
 pub mod podman;
@@ -18,55 +14,51 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{cmd::Cmd, fsx, handoff::Handoff, project::Project, report::Reporter};
+use crate::{build::PlanItem, cmd::Cmd, fsx, handoff::Handoff, project::Project, report::Reporter};
 use step::{Live, Phase, Runner};
 
-/// A stack a run brings up, on podman ([`podman::PodmanRun`]) or in Kind ([`kind::KindRun`]):
-/// `e2e` and `dev` drive either through this, and never ask which it is.
+/// A stack on podman ([`podman::PodmanRun`]) or in Kind ([`kind::KindRun`]): `e2e` and `dev`
+/// drive either through this, and never ask which it is.
 pub trait Stack {
     fn id(&self) -> &RunId;
-    /// `target/e2e/runs/<id>`: the rendered files, the record, logs on failure.
     fn dir(&self) -> &Path;
-    /// Where every command of the run logs its output.
     fn log(&self) -> &Path;
-    /// Deploy, wait until ready, then `tests`: the phases a run prints or executes.
+    /// Deploy, wait until ready, then `tests`.
     fn plan<'a>(&'a self, ready_timeout: Duration, tests: Vec<Phase<'a>>) -> Vec<Phase<'a>>;
     /// Until every service is ready again (after `dev` replaced some).
     fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()>;
-    /// The services' URLs for a suite on this machine: `<SERVICE>_URL`.
+    /// `<SERVICE>_URL` for a suite on this machine.
     fn urls(&self) -> BTreeMap<String, String>;
-    /// How the fault tests stop, start and enter each service.
     fn control(&self, dedup_ttl_seconds: u64) -> StackControl;
     /// What the run has created once every step ran (for `--dry-run`'s teardown).
     fn final_record(&self) -> RunRecord;
-    /// How to reach and remove a stack left up with `--keep`.
     fn keep_instructions(&self) -> String;
-    /// After a failure: what explains it (every container's log; Kind's bundle), kept in
-    /// the run's directory; returns where.
+    /// After a failure: what explains it, kept in the run's directory; returns where.
     fn save_failure(&self) -> anyhow::Result<PathBuf>;
     /// The commands [`Stack::save_failure`] runs, for `--dry-run`.
-    fn failure_commands(&self) -> Vec<String>;
-    /// `dev`: the manifests rendered with the images of `handoff`; the pods whose rendering
-    /// changed are replaced (the others keep running). Returns their names.
+    fn failure_commands(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// `dev`: the pods whose rendering with the images of `handoff` changed are replaced
+    /// (the others keep running). Returns their names.
     fn replace(
         &mut self,
         project: &Project,
         r: &Reporter,
         handoff: &Handoff,
     ) -> anyhow::Result<Vec<String>>;
-    /// `dev`'s live update: each new binary of `changed` copied into the containers that run
-    /// its image, restarted in place; the stack then names the images of `plan`. Returns
-    /// those containers, or `None` when this stack cannot (a new image and pod are needed).
+    /// `dev`'s live update: each new binary of `changed` copied into the containers of its
+    /// image, restarted in place; the stack then names the images of `plan`. Returns those
+    /// containers, or `None` when a new image and pod are needed.
     fn sync_binaries(
         &mut self,
         _project: &Project,
         _r: &Reporter,
-        _changed: &[&crate::build::PlanItem],
-        _plan: &[crate::build::PlanItem],
+        _changed: &[&PlanItem],
+        _plan: &[PlanItem],
     ) -> anyhow::Result<Option<Vec<String>>> {
         Ok(None)
     }
-    /// Where readiness is asked and the suite runs, when that needs saying.
     fn where_it_runs(&self) -> Option<String> {
         None
     }
@@ -74,8 +66,7 @@ pub trait Stack {
     fn suite_steps<'a>(&'a self, _project: &'a Project) -> Vec<step::Step<'a>> {
         Vec::new()
     }
-    /// One of the suite's test binaries against this stack, as it runs: here, with the
-    /// published URLs.
+    /// One of the suite's test binaries against this stack (here, with the published URLs).
     fn suite(&self, project: &Project, test: &str, args: &[String]) -> Cmd {
         crate::suite::run(project, test, &self.urls()).args(args.iter().cloned())
     }
@@ -90,20 +81,14 @@ pub fn execute(
     plan: &[Phase],
     record: Option<RunRecord>,
 ) -> (anyhow::Result<()>, Option<RunRecord>) {
-    let mut runner = Runner {
-        dir: stack.dir().to_owned(),
-        log: stack.log().to_owned(),
-        exec: &mut Live,
-        record,
-    };
+    let (dir, log) = (stack.dir().to_owned(), stack.log().to_owned());
+    let mut runner = Runner { dir, log, exec: &mut Live, record };
     let outcome = runner.phases(r, plan);
     if outcome.is_err() && runner.record.is_some() {
-        match stack.save_failure() {
-            Ok(dir) => {
-                r.line(format!("what explains the failure is kept in {}", project.display(&dir)))
-            }
-            Err(e) => r.line(format!("could not keep the containers' logs: {e:#}")),
-        }
+        r.line(match stack.save_failure() {
+            Ok(dir) => format!("what explains the failure is kept in {}", project.display(&dir)),
+            Err(e) => format!("could not keep the containers' logs: {e:#}"),
+        });
     }
     (outcome, runner.record)
 }
@@ -116,24 +101,20 @@ pub fn finish(
     record: Option<&RunRecord>,
     keep: bool,
 ) -> anyhow::Result<()> {
-    match (record, keep) {
-        (Some(_), true) => {
-            r.line(stack.keep_instructions());
-            Ok(())
-        }
-        (Some(record), false) => {
-            r.phase("tear down", |r| teardown(stack.dir(), record, stack.log(), r, &mut Live))
-        }
-        (None, _) => Ok(()),
+    let Some(record) = record else { return Ok(()) };
+    if keep {
+        r.line(stack.keep_instructions());
+        return Ok(());
     }
+    r.phase("tear down", |r| teardown(stack.dir(), record, stack.log(), r, &mut Live))
 }
 
 /// A run's outcome and its teardown's, as one result.
 pub fn combine(outcome: anyhow::Result<()>, teardown: anyhow::Result<()>) -> anyhow::Result<()> {
+    use anyhow::Context;
     match (outcome, teardown) {
-        (Ok(()), Ok(())) => Ok(()),
+        (Ok(()), t) => t.context("E2E passed but the teardown failed"),
         (Err(e), Ok(())) => Err(e.context("E2E failed")),
-        (Ok(()), Err(t)) => Err(t.context("E2E passed but the teardown failed")),
         (Err(e), Err(t)) => {
             Err(e.context(format!("E2E failed, and the teardown failed too: {t:#}")))
         }
@@ -149,12 +130,8 @@ pub struct RunId(String);
 impl RunId {
     /// A new id; `name` (e.g. `--cluster-name`) is appended when given.
     pub fn new(name: Option<&str>) -> RunId {
-        let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
-        let id = format!("{stamp}-{}", std::process::id());
-        RunId(match name {
-            Some(n) => format!("{id}-{n}"),
-            None => id,
-        })
+        let id = format!("{}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S"), std::process::id());
+        RunId(name.map_or_else(|| id.clone(), |n| format!("{id}-{n}")))
     }
 
     pub fn as_str(&self) -> &str {
@@ -166,17 +143,14 @@ impl RunId {
         self.0.split_once('-').map_or(&self.0, |(_, rest)| rest)
     }
 
-    /// `target/e2e/runs/<id>`: the rendered files, the record, logs on failure, the report.
     pub fn dir(&self, project: &Project) -> PathBuf {
         project.runs_dir().join(&self.0)
     }
 
-    /// Where every command of the run logs its output.
     pub fn log(&self, project: &Project) -> PathBuf {
         project.logs_dir().join(format!("run-{}.log", self.0))
     }
 
-    /// The podman network of the run.
     pub fn network(&self) -> String {
         format!("e2e-{}", self.0)
     }
@@ -211,6 +185,10 @@ pub enum Created {
 }
 
 impl RunRecord {
+    pub fn new(id: &RunId, created: Created) -> RunRecord {
+        RunRecord { id: id.clone(), pid: std::process::id(), created }
+    }
+
     fn path(dir: &Path) -> PathBuf {
         dir.join("state.json")
     }
@@ -223,8 +201,7 @@ impl RunRecord {
         fsx::write_json(&RunRecord::path(dir), self)
     }
 
-    /// The teardown, as stages of commands: the commands of a stage run at once, the
-    /// stages one after the other.
+    /// The teardown, as stages: the commands of a stage run at once, the stages in turn.
     pub fn teardown_stages(&self) -> Vec<Vec<Cmd>> {
         match &self.created {
             Created::Podman(c) => c.teardown(),
@@ -232,30 +209,15 @@ impl RunRecord {
         }
     }
 
-    /// The teardown's commands, in order.
     pub fn teardown(&self) -> Vec<Cmd> {
         self.teardown_stages().into_iter().flatten().collect()
-    }
-
-    /// What of this run still exists (after a teardown: what it failed to remove). Kind's
-    /// objects are not listed: a failed delete is reported as such.
-    pub fn leftovers(&self, exists: &mut dyn FnMut(&Cmd) -> bool) -> Vec<String> {
-        match &self.created {
-            Created::Podman(c) => c.leftovers(exists),
-            Created::Kind(_) => Vec::new(),
-        }
-    }
-
-    /// Whether the process that made this run is still running.
-    pub fn in_progress(&self) -> bool {
-        self.pid != std::process::id() && Path::new(&format!("/proc/{}", self.pid)).exists()
     }
 }
 
 /// Runs the teardown of a record: every step, even when one fails and even after Ctrl-C.
 /// A step may fail because what it removes never existed or is gone already, so what counts
 /// is what is left afterwards: if anything is, every failure is reported; if nothing is, the
-/// record is removed.
+/// record is removed. (Kind's objects are not probed: a failed delete counts as left.)
 pub fn teardown(
     dir: &Path,
     record: &RunRecord,
@@ -267,15 +229,14 @@ pub fn teardown(
     for stage in record.teardown_stages() {
         let stage: Vec<Cmd> = stage.into_iter().map(Cmd::survives_interrupt).collect();
         stage.iter().for_each(|c| r.command(c));
-        failures.extend(
-            exec.run_all(&stage, log).into_iter().filter_map(Result::err).map(|e| format!("{e:#}")),
-        );
+        failures.extend(exec.run_all(&stage, log));
     }
     // Only a failed step needs judging by what is left (asking costs a command per object).
-    let left =
-        if failures.is_empty() { Vec::new() } else { record.leftovers(&mut |c| exec.probe(c)) };
-    let kind = matches!(record.created, Created::Kind(_));
-    if !failures.is_empty() && (kind || !left.is_empty()) {
+    let left = match &record.created {
+        Created::Podman(c) if !failures.is_empty() => c.leftovers(&mut |c| exec.probe(c)),
+        _ => Vec::new(),
+    };
+    if !failures.is_empty() && (matches!(record.created, Created::Kind(_)) || !left.is_empty()) {
         anyhow::bail!(
             "teardown left something behind{}:\n{}\n  fix: `cargo xtask e2e --down {}` tries again",
             if left.is_empty() { String::new() } else { format!(" ({})", left.join(", ")) },
@@ -292,39 +253,35 @@ pub fn teardown(
 /// removed when named.
 pub fn down(project: &Project, r: &Reporter, only: Option<&str>) -> anyhow::Result<()> {
     let runs = project.runs_dir();
-    let mut found = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(&runs) {
-        for e in entries.filter_map(Result::ok) {
-            if let Some(record) = RunRecord::load(&e.path()) {
-                found.push((e.path(), record));
-            }
-        }
-    }
+    let mut found: Vec<(PathBuf, RunRecord)> = std::fs::read_dir(&runs)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.path(), RunRecord::load(&e.path())?)))
+        .filter(|(_, record)| only.is_none_or(|id| record.id.as_str() == id))
+        .collect();
     found.sort_by(|a, b| a.1.id.cmp(&b.1.id));
     if let Some(id) = only {
-        found.retain(|(_, s)| s.id.as_str() == id);
-        anyhow::ensure!(
-            !found.is_empty(),
-            "no run {id} with anything left in {}",
-            project.display(&runs)
-        );
-    }
-    if found.is_empty() {
+        let runs = project.display(&runs);
+        anyhow::ensure!(!found.is_empty(), "no run {id} with anything left in {runs}");
+    } else if found.is_empty() {
         r.line("nothing to remove: no run has left anything");
         return Ok(());
     }
     let mut failures = Vec::new();
     for (dir, record) in found {
-        if only.is_none() && record.in_progress() {
+        // Its process still running: a run in progress.
+        let id = &record.id;
+        let running = Path::new(&format!("/proc/{}", record.pid)).exists();
+        if only.is_none() && record.pid != std::process::id() && running {
+            let pid = record.pid;
             r.line(format!(
-                "run {} is in progress (pid {}): left alone; `--down {}` removes it anyway",
-                record.id, record.pid, record.id
+                "run {id} is in progress (pid {pid}): left alone; `--down {id}` removes it anyway"
             ));
             continue;
         }
-        r.line(format!("removing what run {} left", record.id));
-        let log = record.id.log(project);
-        if let Err(e) = teardown(&dir, &record, &log, r, &mut step::Live) {
+        r.line(format!("removing what run {id} left"));
+        if let Err(e) = teardown(&dir, &record, &id.log(project), r, &mut Live) {
             failures.push(format!("{e:#}"));
         }
     }
@@ -356,8 +313,7 @@ pub struct ServiceControl {
 
 impl ServiceControl {
     pub fn new(stop: &Cmd, start: &Cmd, exec: &Cmd) -> ServiceControl {
-        let argv =
-            |c: &Cmd| std::iter::once(c.program.clone()).chain(c.args.iter().cloned()).collect();
+        let argv = |c: &Cmd| [&c.program].into_iter().chain(&c.args).cloned().collect();
         ServiceControl { stop: argv(stop), start: argv(start), exec: argv(exec) }
     }
 }

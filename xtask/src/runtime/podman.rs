@@ -2,7 +2,7 @@
 //! manifests, every Pod played from one rendered file; and teardown of all of it.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -15,9 +15,11 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    build::PlanItem,
+    cmd::Cmd,
     engine::{container_name, Engine, Podman},
     handoff::Handoff,
-    manifests::{secret_payload, PodmanStack},
+    manifests::{secret_payload, Manifests, PodmanStack, Published, Subnet},
     project::Project,
     report::{secs, Reporter},
     suite::InEngine,
@@ -28,7 +30,6 @@ use super::{
     url_var, Created as AnyCreated, RunId, RunRecord, ServiceControl, Stack, StackControl,
 };
 
-/// What a podman run has created (or is about to).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Created {
     pub network: Option<String>,
@@ -44,9 +45,9 @@ pub struct Created {
 }
 
 impl Created {
-    /// In stages: every pod (on a remote engine killed, then) stopped, one command each, then
-    /// every pod removed at once, then the secrets, then the network.
-    pub fn teardown(&self) -> Vec<Vec<crate::cmd::Cmd>> {
+    /// In stages: the pods (on a remote engine killed, then) stopped, removed at once, then
+    /// the secrets, the run's images, the network.
+    pub fn teardown(&self) -> Vec<Vec<Cmd>> {
         let mut stages = Vec::new();
         if !self.pods.is_empty() {
             // One command each: podman works on a pod's containers in parallel itself. Not
@@ -68,90 +69,71 @@ impl Created {
         if !self.images.is_empty() {
             stages.push(vec![Podman.images_rm(&self.images)]);
         }
-        if let Some(net) = &self.network {
-            stages.push(vec![Podman.network_rm(net)]);
-        }
-        stages.retain(|s: &Vec<crate::cmd::Cmd>| !s.is_empty());
+        stages.extend(self.network.iter().map(|net| vec![Podman.network_rm(net)]));
+        stages.retain(|s| !s.is_empty());
         stages
     }
 
-    pub fn leftovers(&self, exists: &mut dyn FnMut(&crate::cmd::Cmd) -> bool) -> Vec<String> {
-        let mut left: Vec<String> = Vec::new();
-        for p in &self.pods {
-            if exists(&Podman.pod_exists(p)) {
-                left.push(format!("pod {p}"));
-            }
-        }
-        for s in &self.secrets {
-            if exists(&Podman.secret_exists(s)) {
-                left.push(format!("secret {s}"));
-            }
-        }
-        if let Some(net) = &self.network {
-            if exists(&Podman.network_exists(net)) {
-                left.push(format!("network {net}"));
-            }
-        }
-        left
+    pub fn leftovers(&self, exists: &mut dyn FnMut(&Cmd) -> bool) -> Vec<String> {
+        let pods = self.pods.iter().map(|p| ("pod", p, Podman.pod_exists(p)));
+        let secrets = self.secrets.iter().map(|s| ("secret", s, Podman.secret_exists(s)));
+        let net = self.network.iter().map(|n| ("network", n, Podman.network_exists(n)));
+        pods.chain(secrets)
+            .chain(net)
+            .filter(|(.., c)| exists(c))
+            .map(|(k, n, _)| format!("{k} {n}"))
+            .collect()
     }
 }
 
 /// Images an archive is loading, awaited by the pods that run them.
 #[derive(Debug, Clone)]
 pub struct Arriving {
-    /// Reference and image ID of each.
+    /// Reference and image ID of each; `ended` is set when the load has ended.
     pub images: Vec<(String, String)>,
-    /// Set when the load has ended, loaded or not.
     pub ended: Arc<AtomicBool>,
 }
 
 impl Arriving {
-    /// The longest a pod waits for its image while the load goes on.
     const DEADLINE: Duration = Duration::from_secs(15 * 60);
 
-    /// Until every image is in the engine with its ID, or the load has ended without it.
-    /// Polled with one `podman image inspect` of all of them at a time (a podman process
-    /// costs CPU the load needs).
+    fn names(images: &[(String, String)]) -> String {
+        images.iter().map(|(reference, _)| reference.as_str()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Until every image is in the engine, or the load has ended without it. One `podman image
+    /// inspect` of all of them at a time: a podman process costs CPU the load needs.
     pub fn wait(&self, r: &Reporter) -> anyhow::Result<()> {
         let start = Instant::now();
         let mut missing = self.images.clone();
-        let names = |missing: &[(String, String)]| {
-            missing.iter().map(|(reference, _)| reference.as_str()).collect::<Vec<_>>().join(", ")
-        };
         let arrived = crate::poll::until(Self::DEADLINE, Duration::from_millis(300), || {
             // Read before looking: a load that ended before the look left what it loaded.
             let ended = self.ended.load(Ordering::SeqCst);
             let references: Vec<String> = missing.iter().map(|(r, _)| r.clone()).collect();
             let found = Engine::Podman.image_ids(&references).read_any().unwrap_or_default();
             missing.retain(|(_, id)| !found.lines().any(|l| l.trim() == id));
+            let names = Self::names(&missing);
             anyhow::ensure!(
                 missing.is_empty() || !ended,
-                "the archive's load ended without {}",
-                names(&missing)
+                "the archive's load ended without {names}"
             );
             Ok(missing.is_empty())
         })?;
-        anyhow::ensure!(
-            arrived,
-            "{} did not arrive within {} of loading the archive",
-            names(&missing),
-            secs(Self::DEADLINE)
-        );
+        let (names, deadline) = (Self::names(&missing), secs(Self::DEADLINE));
+        anyhow::ensure!(arrived, "{names} did not arrive within {deadline} of loading the archive");
         r.line(format!("  loaded after {}", secs(start.elapsed())));
         Ok(())
     }
 }
 
-/// The run's network's subnet: a /27 none of the engine's networks overlaps (one
-/// `podman network ls`), so that every pod has a fixed address and every name is in every
-/// pod's `/etc/hosts` (see [`crate::manifests::Subnet`]).
-pub fn subnet_for(id: &RunId) -> anyhow::Result<crate::manifests::Subnet> {
-    use anyhow::Context;
+/// A /27 none of the engine's networks overlaps, so that every pod has a fixed address and
+/// every name is in every pod's `/etc/hosts` (see [`Subnet`]).
+pub fn subnet_for(id: &RunId) -> anyhow::Result<Subnet> {
     let used = Podman
         .network_subnets()
         .read()
         .context("listing the engine's networks, to give the run's network a free subnet")?;
-    crate::manifests::Subnet::choose(id.as_str(), &crate::manifests::parse_subnets(&used))
+    Subnet::choose(id.as_str(), &crate::manifests::parse_subnets(&used))
 }
 
 pub struct PodmanRun {
@@ -159,15 +141,12 @@ pub struct PodmanRun {
     /// The engine runs on another machine: its published ports are not reachable here, so
     /// readiness is asked from inside the containers and the suite runs on the network.
     pub remote: bool,
-    /// The suite, packaged for the engine and run on the run's network; its image is
-    /// recorded with the run, so its teardown removes it.
+    /// The suite, packaged for the engine and run on the run's network.
     pub suite: Option<InEngine>,
-    /// The pods started before the service images exist ([`Self::plan_early`]).
-    pub early: std::collections::BTreeSet<String>,
-    /// The early pods' images, while an archive is loading them: the early pods start as
-    /// soon as these are in the engine.
+    /// The pods started before the service images exist ([`Self::plan_early`]), once their
+    /// images are in (`arriving`, when an archive loads them).
+    pub early: BTreeSet<String>,
     pub arriving: Option<Arriving>,
-    /// `target/e2e/runs/<id>`: the rendered stack, its record, logs on failure.
     pub dir: PathBuf,
     pub log: PathBuf,
     pub stack: PodmanStack,
@@ -175,80 +154,72 @@ pub struct PodmanRun {
 
 impl PodmanRun {
     pub fn new(project: &Project, id: RunId, stack: PodmanStack) -> PodmanRun {
+        let (dir, log) = (id.dir(project), id.log(project));
         PodmanRun {
             remote: false,
             suite: None,
-            early: Default::default(),
+            early: BTreeSet::new(),
             arriving: None,
-            dir: id.dir(project),
-            log: id.log(project),
+            dir,
+            log,
             id,
             stack,
         }
     }
 
-    pub fn network(&self) -> String {
-        self.id.network()
-    }
-
-    /// The manifests rendered for this run again, with `pinned` images, on the same host
-    /// ports and subnet (an early start made complete, a pod replaced, a live update).
+    /// The manifests rendered again with `pinned` images, on the same host ports and subnet.
     pub fn rerender(
         &self,
-        manifests: &crate::manifests::Manifests,
+        manifests: &Manifests,
         pinned: &BTreeMap<String, String>,
     ) -> anyhow::Result<PodmanStack> {
-        let mut ports = self.stack.published.iter().map(|p| p.host_port);
-        manifests.render_podman(pinned, self.id.suffix(), self.stack.subnet, || {
-            ports.next().map_or_else(super::free_port, Ok)
-        })
+        let mut ports = self.stack.published.iter().map(|p| Ok(p.host_port));
+        let free_port = || ports.next().unwrap_or_else(super::free_port);
+        manifests.render_podman(pinned, self.id.suffix(), self.stack.subnet, free_port)
     }
 
     pub fn stack_file(&self) -> PathBuf {
         self.dir.join("stack.yaml")
     }
 
-    /// One pod's rendered YAML (`pods/<pod>.yaml` in the run's directory).
     pub fn pod_file(&self, pod: &str) -> PathBuf {
         self.dir.join("pods").join(format!("{pod}.yaml"))
     }
 
     fn record(&self, created: Created) -> RunRecord {
-        RunRecord {
-            id: self.id.clone(),
-            pid: std::process::id(),
-            created: AnyCreated::Podman(created),
+        RunRecord::new(&self.id, AnyCreated::Podman(created))
+    }
+
+    fn created(&self) -> Created {
+        Created {
+            network: Some(self.id.network()),
+            secrets: self.stack.secrets.iter().map(|s| s.name.clone()).collect(),
+            pods: self.stack.pods.iter().map(|p| p.name.clone()).collect(),
+            images: self.suite.iter().map(|p| p.image.clone()).collect(),
+            remote: self.remote,
         }
     }
 
-    /// Every container as podman names it, with the pod's name in the manifests.
+    /// (`<manifest pod>-<container>`, podman's name) of every container.
     pub fn containers(&self) -> Vec<(String, String)> {
-        self.stack
-            .pods
-            .iter()
-            .flat_map(|p| {
-                p.containers.iter().map(move |c| {
-                    (format!("{}-{}", p.base, c.name), container_name(&p.name, &c.name))
-                })
-            })
-            .collect()
+        let pods = self.stack.pods.iter();
+        pods.flat_map(|p| {
+            p.containers
+                .iter()
+                .map(move |c| (format!("{}-{}", p.base, c.name), container_name(&p.name, &c.name)))
+        })
+        .collect()
     }
 
-    /// The services' URLs on the run's network (for a suite that runs in a container there):
-    /// `http://<pod>:<container port>`.
-    pub fn network_urls(&self) -> BTreeMap<String, String> {
-        self.stack
-            .published
-            .iter()
-            .map(|p| (url_var(&p.base), format!("http://{}:{}", p.pod, p.container_port)))
-            .collect()
+    /// `<POD>_URL` for each published pod: `http://{host}`.
+    fn urls_at(&self, host: impl Fn(&Published) -> String) -> BTreeMap<String, String> {
+        let urls =
+            self.stack.published.iter().map(|p| (url_var(&p.base), format!("http://{}", host(p))));
+        urls.collect()
     }
 
-    /// Deploy (network, secrets, `kube play`, each recorded before it is made), wait until
-    /// ready, then the given test phases.
-    /// The network, the secrets, and the pods in `early` (each recorded before it is made):
-    /// what can start before the service images exist (PostgreSQL and Redis). Empty when no
-    /// pod starts early: [`Self::plan`] then deploys everything.
+    /// The network, the secrets, and the pods in `early` (PostgreSQL and Redis), before the
+    /// service images exist; empty when no pod starts early.
     pub fn plan_early(&self) -> Vec<Phase<'_>> {
         if self.early.is_empty() {
             return Vec::new();
@@ -256,27 +227,23 @@ impl PodmanRun {
         vec![Phase::new("deploy infrastructure", self.deploy_steps(true))]
     }
 
-    /// The deploy steps: `early` the network, secrets and early pods; else the rest.
     fn deploy_steps(&self, early: bool) -> Vec<Step<'_>> {
-        let network = self.network();
+        let network = self.id.network();
         let all_at_once = self.early.is_empty();
-        let mut created = Created {
-            network: Some(network.clone()),
-            images: self.suite.iter().map(|p| p.image.clone()).collect(),
-            remote: self.remote,
-            ..Created::default()
-        };
+        let mut created = self.created();
+        if early {
+            created.pods.retain(|p| self.early.contains(p));
+        }
         let mut steps = Vec::new();
         if early || all_at_once {
-            steps.push(Step::Record(self.record(created.clone())));
-            steps.push(Step::Run {
-                cmd: Podman
-                    .network_create(&network, self.stack.subnet.map(|s| s.to_string()).as_deref()),
-                doing: "creating the run's podman network".into(),
-            });
+            let mut made = Created { secrets: Vec::new(), pods: Vec::new(), ..created.clone() };
+            steps.push(Step::Record(self.record(made.clone())));
+            let subnet = self.stack.subnet.map(|s| s.to_string());
+            let cmd = Podman.network_create(&network, subnet.as_deref());
+            steps.push(Step::Run { cmd, doing: "creating the run's podman network".into() });
             for secret in &self.stack.secrets {
-                created.secrets.push(secret.name.clone());
-                steps.push(Step::Record(self.record(created.clone())));
+                made.secrets.push(secret.name.clone());
+                steps.push(Step::Record(self.record(made.clone())));
                 let file = self.dir.join(format!("secret-{}.json", secret.name));
                 steps.push(Step::Secret {
                     cmd: Podman.secret_create(&secret.name, &file),
@@ -285,55 +252,29 @@ impl PodmanRun {
                     doing: format!("creating podman secret {}", secret.name),
                 });
             }
-        } else {
-            created.secrets = self.stack.secrets.iter().map(|s| s.name.clone()).collect();
         }
-        let pods: Vec<(&crate::manifests::Pod, &String)> = self
-            .stack
-            .pods
-            .iter()
-            .zip(&self.stack.pod_yaml)
-            .filter(|(p, _)| all_at_once || self.early.contains(&p.name) == early)
-            .collect();
-        created.pods = self
-            .stack
-            .pods
-            .iter()
-            .filter(|p| !early || self.early.contains(&p.name))
-            .map(|p| p.name.clone())
-            .collect();
         steps.push(Step::Record(self.record(created)));
         if let Some(arriving) = self.arriving.as_ref().filter(|_| early) {
-            steps.push(Step::Watch {
-                what: format!(
-                    "until the archive's load has put {} in the engine (polled)",
-                    arriving
-                        .images
-                        .iter()
-                        .map(|(reference, _)| reference.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                run: Box::new(move |r| arriving.wait(r)),
-            });
+            let names = Arriving::names(&arriving.images);
+            let what = format!("until the archive's load has put {names} in the engine (polled)");
+            steps.push(Step::Watch { what, run: Box::new(move |r| arriving.wait(r)) });
         }
         if !early {
             steps.push(Step::Write { path: self.stack_file(), contents: self.stack.yaml.clone() });
         }
         // One `kube play` per pod, all at once: faster than one play of the whole stack
         // (measured 0.76 s against 1.19 s for the four pods).
-        for (pod, yaml) in &pods {
-            steps.push(Step::Write { path: self.pod_file(&pod.name), contents: (*yaml).clone() });
+        let pods = self.stack.pods.iter().zip(&self.stack.pod_yaml);
+        let mut cmds = Vec::new();
+        for (pod, yaml) in
+            pods.filter(|(p, _)| all_at_once || self.early.contains(&p.name) == early)
+        {
+            let file = self.pod_file(&pod.name);
+            cmds.push(Podman.kube_play(&network, self.stack.address(&pod.name), &file));
+            steps.push(Step::Write { path: file, contents: yaml.clone() });
         }
-        steps.push(Step::Parallel {
-            cmds: pods
-                .iter()
-                .map(|(p, _)| {
-                    Podman.kube_play(&network, self.stack.address(&p.name), &self.pod_file(&p.name))
-                })
-                .collect(),
-            doing: "starting the pods with podman kube play".into(),
-        });
+        steps
+            .push(Step::Parallel { cmds, doing: "starting the pods with podman kube play".into() });
         steps
     }
 }
@@ -351,157 +292,105 @@ impl Stack for PodmanRun {
         &self.log
     }
 
-    /// Deploy what [`PodmanRun::plan_early`] did not (everything, without early pods), wait
-    /// until ready, then the given test phases.
+    /// Deploys what [`PodmanRun::plan_early`] did not.
     fn plan<'a>(&'a self, ready_timeout: Duration, tests: Vec<Phase<'a>>) -> Vec<Phase<'a>> {
-        let mut phases = vec![
+        let wait = Step::Watch {
+            what: "readiness: each container's readinessProbe, polled (podman exec / HTTP GET)"
+                .into(),
+            run: Box::new(move |r| self.wait_ready(r, ready_timeout)),
+        };
+        let phases = [
             Phase::new("deploy", self.deploy_steps(false)),
-            Phase::new(
-                "wait until ready",
-                vec![Step::Watch {
-                    what: "readiness: each container's readinessProbe, polled (podman exec / HTTP GET)".into(),
-                    run: Box::new(move |r| ready::wait_ready(&self.stack, self.remote, ready_timeout, r)),
-                }],
-            ),
+            Phase::new("wait until ready", vec![wait]),
         ];
-        phases.extend(tests);
-        phases
+        phases.into_iter().chain(tests).collect()
     }
 
     fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()> {
         ready::wait_ready(&self.stack, self.remote, timeout, r)
     }
 
-    /// The services' URLs for the test suite: `<POD>_URL` for each published pod.
     fn urls(&self) -> BTreeMap<String, String> {
-        self.stack
-            .published
-            .iter()
-            .map(|p| (url_var(&p.base), format!("http://127.0.0.1:{}", p.host_port)))
-            .collect()
+        self.urls_at(|p| format!("127.0.0.1:{}", p.host_port))
     }
 
     fn final_record(&self) -> RunRecord {
-        self.record(Created {
-            remote: self.remote,
-            images: self.suite.iter().map(|p| p.image.clone()).collect(),
-            network: Some(self.network()),
-            secrets: self.stack.secrets.iter().map(|s| s.name.clone()).collect(),
-            pods: self.stack.pods.iter().map(|p| p.name.clone()).collect(),
-        })
+        self.record(self.created())
     }
 
     fn control(&self, dedup_ttl_seconds: u64) -> StackControl {
-        let services = self
-            .stack
-            .pods
-            .iter()
-            .filter_map(|p| {
-                let c = p.containers.first()?;
-                let container = container_name(&p.name, &c.name);
-                Some((
-                    p.base.clone(),
-                    ServiceControl::new(
-                        &Podman.pod_stop(&p.name),
-                        &Podman.pod_start(&p.name),
-                        &Podman.exec_prefix(&container),
-                    ),
-                ))
-            })
-            .collect();
-        StackControl { runtime: "podman", dedup_ttl_seconds, services }
+        let services = self.stack.pods.iter().filter_map(|p| {
+            let container = container_name(&p.name, &p.containers.first()?.name);
+            let (stop, start) = (Podman.pod_stop(&p.name), Podman.pod_start(&p.name));
+            let exec = Podman.exec_prefix(&container);
+            Some((p.base.clone(), ServiceControl::new(&stop, &start, &exec)))
+        });
+        StackControl { runtime: "podman", dedup_ttl_seconds, services: services.collect() }
     }
 
-    /// Every container's log (and its state) in `<run dir>/logs/`, named by the manifests'
-    /// pod names (`gateway-gateway.log`).
+    /// Every container's log and state in `logs/gateway-gateway.log` and so on.
     fn save_failure(&self) -> anyhow::Result<PathBuf> {
         let dir = self.dir.join("logs");
         std::fs::create_dir_all(&dir)?;
         for (file, container) in self.containers() {
-            let logs = Podman
-                .logs(&container)
-                .survives_interrupt()
-                .read()
-                .unwrap_or_else(|e| format!("(no log: {e:#})\n"));
-            let state = Podman
-                .container_state(&container)
-                .survives_interrupt()
-                .read()
-                .unwrap_or_else(|e| format!("{e:#}"));
-            std::fs::write(
-                dir.join(format!("{file}.log")),
-                format!("# container {container}, state: {}\n{logs}", state.trim()),
-            )?;
+            let read = |c: Cmd| c.survives_interrupt().read();
+            let logs =
+                read(Podman.logs(&container)).unwrap_or_else(|e| format!("(no log: {e:#})\n"));
+            let state =
+                read(Podman.container_state(&container)).unwrap_or_else(|e| format!("{e:#}"));
+            let text = format!("# container {container}, state: {}\n{logs}", state.trim());
+            std::fs::write(dir.join(format!("{file}.log")), text)?;
         }
         Ok(dir)
     }
 
     fn keep_instructions(&self) -> String {
-        let mut s = String::from("the stack is left running:\n");
-        for (var, url) in self.urls() {
-            s.push_str(&format!("  {var}={url}\n"));
-        }
         let vars: Vec<String> = self.urls().iter().map(|(k, v)| format!("{k}={v}")).collect();
-        s.push_str(&format!(
-            "  run the suite again: {} cargo test -p e2e-suite --test e2e\n",
-            vars.join(" ")
-        ));
         let names: Vec<String> = self.containers().into_iter().map(|(_, c)| c).collect();
-        s.push_str(&format!("  logs: podman logs -f CONTAINER, for {}\n", names.join(", ")));
-        s.push_str(&format!(
-            "  stop, start, enter a service: {} (E2E_STACK for the fault tests and test/bench/run.sh)\n",
-            self.dir.join("stack.json").display()
-        ));
-        s.push_str(&format!("  remove it: cargo xtask e2e --down {}\n", self.id));
-        s
-    }
-
-    fn failure_commands(&self) -> Vec<String> {
-        Vec::new()
+        format!(
+            "the stack is left running:\n{}  run the suite again: {} cargo test -p e2e-suite --test e2e\n  \
+             logs: podman logs -f CONTAINER, for {}\n  \
+             stop, start, enter a service: {} (E2E_STACK for the fault tests and test/bench/run.sh)\n  \
+             remove it: cargo xtask e2e --down {}\n",
+            vars.iter().map(|v| format!("  {v}\n")).collect::<String>(),
+            vars.join(" "),
+            names.join(", "),
+            self.dir.join("stack.json").display(),
+            self.id
+        )
     }
 
     fn where_it_runs(&self) -> Option<String> {
-        let place = match (&self.suite, self.remote) {
-            (Some(_), _) => "in the engine, on the run's network",
-            (None, true) => "here (--suite-in host)",
-            (None, false) => return Some(format!("network {}", self.network())),
-        };
-        Some(format!(
-            "network {}; the engine is remote: readiness is asked inside the containers; the suite runs {place}",
-            self.network()
-        ))
+        let net = self.id.network();
+        Some(match (&self.suite, self.remote) {
+            (None, false) => format!("network {net}"),
+            (suite, _) => format!(
+                "network {net}; the engine is remote: readiness is asked inside the containers; the suite runs {}",
+                if suite.is_some() { "in the engine, on the run's network" } else { "here (--suite-in host)" }
+            ),
+        })
     }
 
     fn suite_steps<'a>(&'a self, project: &'a Project) -> Vec<Step<'a>> {
-        let Some(package) = &self.suite else {
-            return Vec::new();
-        };
-        vec![Step::Watch {
-            what: format!(
-                "the suite's test binaries (as their compile placed them) packaged, \
-                 unless an image of the same content is in the engine: {}",
-                package.build()
-            ),
-            run: Box::new(move |r| package.package(project, r)),
-        }]
+        let Some(p) = &self.suite else { return Vec::new() };
+        let what = format!("the suite's test binaries (as their compile placed them) packaged, unless an image of the same content is in the engine: {}", p.build());
+        vec![Step::Watch { what, run: Box::new(move |r| p.package(project, r)) }]
     }
 
-    /// In the engine: in a container on the run's network, against in-network URLs.
-    fn suite(&self, project: &Project, test: &str, args: &[String]) -> crate::cmd::Cmd {
-        match &self.suite {
-            Some(p) => {
-                p.run(&self.network(), &self.stack.hosts(), test, &self.network_urls(), args)
-            }
-            None => crate::suite::run(project, test, &self.urls()).args(args.iter().cloned()),
-        }
+    fn suite(&self, project: &Project, test: &str, args: &[String]) -> Cmd {
+        let Some(p) = &self.suite else {
+            return crate::suite::run(project, test, &self.urls()).args(args.iter().cloned());
+        };
+        let urls = self.urls_at(|p| format!("{}:{}", p.pod, p.container_port));
+        p.run(&self.id.network(), &self.stack.hosts(), test, &urls, args)
     }
 
     fn sync_binaries(
         &mut self,
         project: &Project,
         r: &Reporter,
-        changed: &[&crate::build::PlanItem],
-        plan: &[crate::build::PlanItem],
+        changed: &[&PlanItem],
+        plan: &[PlanItem],
     ) -> anyhow::Result<Option<Vec<String>>> {
         self.live_update(project, r, changed, plan)
     }
@@ -512,8 +401,8 @@ impl Stack for PodmanRun {
         r: &Reporter,
         handoff: &Handoff,
     ) -> anyhow::Result<Vec<String>> {
-        let manifests = crate::manifests::Manifests::load(&project.manifests_dir())?;
-        let stack = self.rerender(&manifests, &handoff.pinned())?;
+        let stack =
+            self.rerender(&Manifests::load(&project.manifests_dir())?, &handoff.pinned())?;
         let mut names = Vec::new();
         for i in changed_pods(&self.stack, &stack) {
             let pod = &stack.pods[i].name;
@@ -521,11 +410,11 @@ impl Stack for PodmanRun {
             crate::fsx::write_atomic(&file, &stack.pod_yaml[i])?;
             // Stopped, not killed: a service finishes what it was doing (the gateway
             // releases its outbox lease for the new one).
-            for cmd in [
-                Podman.pod_stop(pod),
-                Podman.pods_rm(std::slice::from_ref(pod)),
-                Podman.kube_play(&self.network(), stack.address(pod), &file),
-            ] {
+            let address = stack.address(pod);
+            let rm = Podman.pods_rm(std::slice::from_ref(pod));
+            for cmd in
+                [Podman.pod_stop(pod), rm, Podman.kube_play(&self.id.network(), address, &file)]
+            {
                 r.command(&cmd);
                 cmd.run_logged(&self.log).with_context(|| format!("replacing {pod}"))?;
             }
@@ -537,8 +426,7 @@ impl Stack for PodmanRun {
     }
 }
 
-/// The pods of `new` whose rendered YAML differs from `old`'s (a new image reference, or a
-/// changed manifest): the pods to replace.
+/// The pods of `new` whose rendered YAML differs from `old`'s: the pods to replace.
 pub fn changed_pods(old: &PodmanStack, new: &PodmanStack) -> Vec<usize> {
     (0..new.pods.len())
         .filter(|&i| {

@@ -14,19 +14,19 @@ use super::RunRecord;
 /// What an observing step does when it runs.
 pub type Observe<'a> = Box<dyn Fn(&Reporter) -> anyhow::Result<()> + 'a>;
 
-/// One thing a run does.
+/// One thing a run does; `doing` says what, when it fails.
 pub enum Step<'a> {
     /// Writes a file of the run (the rendered stack, a config).
     Write { path: PathBuf, contents: String },
     /// Records in `state.json` what the next steps create, before they create it.
     Record(RunRecord),
-    /// Runs a command with its output in the run's log; on failure, says what was being done.
+    /// Runs a command with its output in the run's log.
     Run { cmd: Cmd, doing: String },
     /// Writes a secret's payload (owner-only), runs the command that reads it, removes it.
     Secret { file: PathBuf, payload: String, cmd: Cmd, doing: String },
     /// Runs commands at once, each with its output in the run's log; all must succeed.
     Parallel { cmds: Vec<Cmd>, doing: String },
-    /// Runs a command on this terminal (a test suite); its failure fails the run.
+    /// Runs a command on this terminal (a test suite).
     Terminal { cmd: Cmd, doing: String },
     /// Something that observes rather than changes (polling until ready, loading only what
     /// is missing): shown as what it does, then run.
@@ -54,9 +54,9 @@ impl Step<'_> {
                 vec![cmd.to_string()]
             }
             Step::Parallel { cmds, .. } => {
-                let mut lines = vec![format!("# at once, {} commands:", cmds.len())];
-                lines.extend(cmds.iter().map(ToString::to_string));
-                lines
+                std::iter::once(format!("# at once, {} commands:", cmds.len()))
+                    .chain(cmds.iter().map(ToString::to_string))
+                    .collect()
             }
             Step::Watch { what, .. } => what.lines().map(|l| format!("# {l}")).collect(),
         }
@@ -65,13 +65,11 @@ impl Step<'_> {
 
 /// How commands are run: for real ([`Live`]), or recorded by the tests.
 pub trait Exec {
-    /// Runs a command, its output appended to `log`.
     fn run(&mut self, cmd: &Cmd, log: &Path) -> anyhow::Result<()>;
-    /// Runs commands at once (by default, one after the other), each with its result.
-    fn run_all(&mut self, cmds: &[Cmd], log: &Path) -> Vec<anyhow::Result<()>> {
-        cmds.iter().map(|c| self.run(c, log)).collect()
+    /// Runs commands at once (by default, one after the other); returns the failures.
+    fn run_all(&mut self, cmds: &[Cmd], log: &Path) -> Vec<String> {
+        failures(cmds.iter().map(|c| self.run(c, log)))
     }
-    /// Runs a command on this terminal.
     fn terminal(&mut self, cmd: &Cmd) -> anyhow::Result<()>;
     /// Asks a yes/no question of the world (`podman pod exists`): not a step of the run.
     fn probe(&mut self, cmd: &Cmd) -> bool;
@@ -81,7 +79,10 @@ pub trait Exec {
     }
 }
 
-/// Runs commands for real.
+pub fn failures(results: impl IntoIterator<Item = anyhow::Result<()>>) -> Vec<String> {
+    results.into_iter().filter_map(|r| Some(format!("{:#}", r.err()?))).collect()
+}
+
 pub struct Live;
 
 impl Exec for Live {
@@ -89,15 +90,12 @@ impl Exec for Live {
         cmd.run_logged(log)
     }
 
-    fn run_all(&mut self, cmds: &[Cmd], log: &Path) -> Vec<anyhow::Result<()>> {
+    fn run_all(&mut self, cmds: &[Cmd], log: &Path) -> Vec<String> {
         std::thread::scope(|s| {
             let running: Vec<_> = cmds.iter().map(|c| s.spawn(|| c.run_logged(log))).collect();
-            running
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a command's thread panicked")))
-                })
-                .collect()
+            failures(running.into_iter().map(|h| {
+                h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a command's thread panicked")))
+            }))
         })
     }
 
@@ -147,13 +145,7 @@ impl Runner<'_> {
             }
             Step::Parallel { cmds, doing } => {
                 cmds.iter().for_each(|c| r.command(c));
-                let failed: Vec<String> = self
-                    .exec
-                    .run_all(cmds, &self.log)
-                    .into_iter()
-                    .filter_map(Result::err)
-                    .map(|e| format!("{e:#}"))
-                    .collect();
+                let failed = self.exec.run_all(cmds, &self.log);
                 anyhow::ensure!(failed.is_empty(), "{doing}:\n{}", failed.join("\n"));
                 Ok(())
             }
@@ -167,14 +159,13 @@ impl Runner<'_> {
     }
 }
 
-/// The lines of a list of phases, as `--dry-run` prints them.
 pub fn print(phases: &[Phase]) -> Vec<String> {
     phases.iter().flat_map(|p| p.steps.iter().flat_map(Step::lines)).collect()
 }
 
+#[cfg(test)]
 /// The commands `--dry-run` prints for these phases, comments left out (for tests that
 /// compare them with the commands executed).
-#[cfg(test)]
 pub fn printed_commands(phases: &[Phase]) -> Vec<String> {
     print(phases).into_iter().filter(|l| !l.starts_with('#')).collect()
 }

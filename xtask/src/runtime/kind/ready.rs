@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use serde_json::Value;
+
 use super::KindRun;
 use crate::report::Reporter;
 
@@ -15,28 +17,24 @@ pub enum PodHealth {
     Failed(String),
 }
 
+/// The waiting reasons that will not pass by themselves.
+const FAILED: &str = "CrashLoopBackOff ErrImageNeverPull ImagePullBackOff ErrImagePull \
+                      CreateContainerConfigError InvalidImageName";
+
 /// Decides from one item of `kubectl get pods -o json`.
-pub fn pod_health(pod: &serde_json::Value) -> PodHealth {
-    let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
+pub fn pod_health(pod: &Value) -> PodHealth {
+    let status = &pod["status"];
+    let phase = status["phase"].as_str().unwrap_or("Pending");
     if phase == "Failed" {
         return PodHealth::Failed(format!(
             "phase Failed: {}",
-            pod["status"]["message"].as_str().unwrap_or("")
+            status["message"].as_str().unwrap_or("")
         ));
     }
-    let statuses = pod["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
-    for s in &statuses {
+    for s in status["containerStatuses"].as_array().into_iter().flatten() {
         let name = s["name"].as_str().unwrap_or("?");
         let waiting = s["state"]["waiting"]["reason"].as_str().unwrap_or("");
-        if matches!(
-            waiting,
-            "CrashLoopBackOff"
-                | "ErrImageNeverPull"
-                | "ImagePullBackOff"
-                | "ErrImagePull"
-                | "CreateContainerConfigError"
-                | "InvalidImageName"
-        ) {
+        if FAILED.split_whitespace().any(|r| r == waiting) {
             return PodHealth::Failed(format!("container {name}: {waiting}"));
         }
         if s["restartCount"].as_u64().unwrap_or(0) > 0 {
@@ -46,22 +44,18 @@ pub fn pod_health(pod: &serde_json::Value) -> PodHealth {
             ));
         }
     }
-    let ready = pod["status"]["conditions"]
-        .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
-    if ready {
-        PodHealth::Ready
-    } else {
-        PodHealth::Waiting(format!("phase {phase}"))
+    let conditions = status["conditions"].as_array().into_iter().flatten();
+    match conditions.into_iter().any(|c| c["type"] == "Ready" && c["status"] == "True") {
+        true => PodHealth::Ready,
+        false => PodHealth::Waiting(format!("phase {phase}")),
     }
 }
 
-/// Polls the namespace's pods until every one is Ready, with a deadline; fails at once on
-/// a crash loop, with the pod's logs and `kubectl describe`.
+/// Polls the namespace's pods until every one is Ready, with a deadline.
 pub fn wait_ready(run: &KindRun, timeout: Duration, r: &Reporter) -> anyhow::Result<()> {
     let mut waiting = Vec::new();
     let ready = crate::poll::until(timeout, Duration::from_millis(500), || {
-        let list: serde_json::Value = serde_json::from_str(&run.get_pods_json().read()?)?;
+        let list: Value = serde_json::from_str(&run.get_pods_json().read()?)?;
         let pods = list["items"].as_array().cloned().unwrap_or_default();
         waiting.clear();
         for pod in &pods {
@@ -71,11 +65,11 @@ pub fn wait_ready(run: &KindRun, timeout: Duration, r: &Reporter) -> anyhow::Res
                 PodHealth::Waiting(why) => waiting.push(format!("{name}: {why}")),
                 PodHealth::Failed(why) => {
                     let pod = format!("pod/{name}");
-                    let logs =
-                        run.kubectl_ns().args(["logs", &pod, "--all-containers", "--tail", "30"]);
-                    let describe = run.kubectl_ns().args(["describe", &pod]);
-                    let (logs, describe) =
-                        (logs.read().unwrap_or_default(), describe.read().unwrap_or_default());
+                    let read = |args: &[&str]| {
+                        run.kubectl_ns().args(args.iter().copied()).read().unwrap_or_default()
+                    };
+                    let logs = read(&["logs", &pod, "--all-containers", "--tail", "30"]);
+                    let describe = read(&["describe", &pod]);
                     anyhow::bail!("pod {name} failed while waiting for readiness: {why}\n--- logs ---\n{logs}\n--- describe ---\n{describe}");
                 }
             }
@@ -89,4 +83,3 @@ pub fn wait_ready(run: &KindRun, timeout: Duration, r: &Reporter) -> anyhow::Res
     anyhow::ensure!(ready, "not ready after {}s:\n  {}", timeout.as_secs(), waiting.join("\n  "));
     Ok(())
 }
-

@@ -1,11 +1,11 @@
 //! `dev`'s live update on podman (Tilt's): a binary synced into the containers that run it.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context;
 
 use super::{container_name, ready, Podman, PodmanRun};
-use crate::{project::Project, report::Reporter};
+use crate::{build::PlanItem, fsx, manifests::repository, project::Project, report::Reporter};
 
 impl PodmanRun {
     /// Tilt's live update: when no manifest changed (rendered with the images that run now,
@@ -16,17 +16,14 @@ impl PodmanRun {
         &mut self,
         project: &Project,
         r: &Reporter,
-        changed: &[&crate::build::PlanItem],
-        plan: &[crate::build::PlanItem],
+        changed: &[&PlanItem],
+        plan: &[PlanItem],
     ) -> anyhow::Result<Option<Vec<String>>> {
         let manifests = crate::manifests::Manifests::load(&project.manifests_dir())?;
-        let now: BTreeMap<String, String> = self
-            .stack
-            .pods
-            .iter()
-            .flat_map(|p| &p.containers)
-            .map(|c| (crate::manifests::repository(&c.image).to_owned(), c.image.clone()))
-            .collect();
+        let containers =
+            || self.stack.pods.iter().flat_map(|p| p.containers.iter().map(move |c| (p, c)));
+        let now =
+            containers().map(|(_, c)| (repository(&c.image).to_owned(), c.image.clone())).collect();
         if self.rerender(&manifests, &now)?.pod_yaml != self.stack.pod_yaml {
             return Ok(None);
         }
@@ -38,24 +35,18 @@ impl PodmanRun {
                 return Ok(None);
             };
             let file = item.context.join(binary);
-            for pod in &self.stack.pods {
-                for c in &pod.containers {
-                    if crate::manifests::repository(&c.image) != item.spec.repository {
-                        continue;
-                    }
-                    let name = container_name(&pod.name, &c.name);
-                    for cmd in [
-                        Podman.container_stop(&name),
-                        Podman.cp_into(&file, &name, &dest),
-                        Podman.container_start(&name),
-                    ] {
-                        r.command(&cmd);
-                        cmd.run_logged(&self.log)
-                            .with_context(|| format!("syncing {binary} into {name}"))?;
-                    }
-                    running_after_start(&name)?;
-                    synced.push(name);
+            for (pod, c) in
+                containers().filter(|(_, c)| repository(&c.image) == item.spec.repository)
+            {
+                let name = container_name(&pod.name, &c.name);
+                let cp = Podman.cp_into(&file, &name, &dest);
+                for cmd in [Podman.container_stop(&name), cp, Podman.container_start(&name)] {
+                    r.command(&cmd);
+                    cmd.run_logged(&self.log)
+                        .with_context(|| format!("syncing {binary} into {name}"))?;
                 }
+                running_after_start(&name)?;
+                synced.push(name);
             }
         }
         // The stack's files name the images of `plan` (what now runs, once packaged), so
@@ -64,9 +55,9 @@ impl PodmanRun {
             plan.iter().map(|i| (i.spec.repository.clone(), i.reference.clone())).collect();
         let new = self.rerender(&manifests, &pinned)?;
         for (pod, yaml) in new.pods.iter().zip(&new.pod_yaml) {
-            crate::fsx::write_atomic(&self.pod_file(&pod.name), yaml)?;
+            fsx::write_atomic(&self.pod_file(&pod.name), yaml)?;
         }
-        crate::fsx::write_atomic(&self.stack_file(), &new.yaml)?;
+        fsx::write_atomic(&self.stack_file(), &new.yaml)?;
         self.stack = new;
         Ok(Some(synced))
     }
@@ -76,13 +67,10 @@ impl PodmanRun {
 /// stops it again: the race the suite's `Stack::start` meets too), within 60 s.
 fn running_after_start(container: &str) -> anyhow::Result<()> {
     let running = crate::poll::until(Duration::from_secs(60), Duration::from_millis(50), || {
-        let state = Podman.container_state(container).read().unwrap_or_default();
-        match ready::classify(&state) {
+        match ready::health(container) {
             ready::Health::Running => return Ok(true),
             ready::Health::Starting => {}
-            ready::Health::Failed(_) => {
-                let _ = Podman.container_start(container).read();
-            }
+            ready::Health::Failed(_) => drop(Podman.container_start(container).read()),
         }
         Ok(false)
     })?;
@@ -98,13 +86,9 @@ pub fn binary_destination(dockerfile: &str, binary: &str) -> Option<String> {
         if !words.next()?.eq_ignore_ascii_case("COPY") {
             return None;
         }
-        let args: Vec<&str> = words.filter(|w| !w.starts_with("--")).collect();
-        match args.as_slice() {
-            [src, dest] if *src == binary => Some(if dest.ends_with('/') {
-                format!("{dest}{binary}")
-            } else {
-                (*dest).to_owned()
-            }),
+        match words.filter(|w| !w.starts_with("--")).collect::<Vec<_>>()[..] {
+            [src, dest] if src == binary && dest.ends_with('/') => Some(format!("{dest}{binary}")),
+            [src, dest] if src == binary => Some(dest.to_owned()),
             _ => None,
         }
     })

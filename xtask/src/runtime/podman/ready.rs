@@ -39,6 +39,11 @@ pub fn classify(state: &str) -> Health {
     }
 }
 
+/// A container's state, classified.
+pub fn health(container: &str) -> Health {
+    classify(&Podman.container_state(container).read().unwrap_or_default())
+}
+
 /// Until every container of `stack` is ready, each polled on its own (its probe, then, while
 /// it is not ready, its state), so that one container's slow probe delays no other's. On a
 /// `remote` engine, probes run in the pod: its published ports are not this machine's.
@@ -56,15 +61,14 @@ pub fn wait_ready(
         .into();
     // Set when one container has failed: the others stop polling.
     let stop = AtomicBool::new(false);
-    let containers = stack.pods.iter().flat_map(|p| p.containers.iter().map(move |c| (p, c)));
     let failed: Vec<String> = std::thread::scope(|s| {
+        let containers = stack.pods.iter().flat_map(|p| p.containers.iter().map(move |c| (p, c)));
         let polling: Vec<_> = containers
             .map(|(pod, c)| {
                 let (agent, stop) = (&agent, &stop);
                 s.spawn(move || {
                     let name = container_name(&pod.name, &c.name);
-                    let probe = Probe { stack, remote, pod, c, name: &name, agent };
-                    let outcome = probe.until_ready(stop, timeout);
+                    let outcome = until_ready_in(stack, remote, pod, c, agent, stop, timeout);
                     match &outcome {
                         Ok(()) => r.line(format!("  {name} ready after {}", secs(start.elapsed()))),
                         Err(_) => stop.store(true, Ordering::SeqCst),
@@ -73,125 +77,103 @@ pub fn wait_ready(
                 })
             })
             .collect();
-        polling
+        let outcomes = polling
             .into_iter()
-            .filter_map(|h| h.join().unwrap_or_else(|_| Err("its poll panicked".into())).err())
-            .collect()
+            .map(|h| h.join().unwrap_or_else(|_| Err("its poll panicked".into())));
+        outcomes.filter_map(Result::err).collect()
     });
     interrupt::check()?;
-    if failed.is_empty() {
-        return Ok(());
-    }
-    if start.elapsed() >= timeout {
-        anyhow::bail!(
-            "not ready after {}s:\n{}\n  (raise the limit with --ready-timeout SECONDS)",
-            timeout.as_secs(),
-            failed.join("\n")
-        );
-    }
-    anyhow::bail!("while waiting for readiness:\n{}", failed.join("\n"))
+    let failed = failed.join("\n");
+    anyhow::ensure!(
+        failed.is_empty() || start.elapsed() < timeout,
+        "not ready after {}s:\n{failed}\n  (raise the limit with --ready-timeout SECONDS)",
+        timeout.as_secs()
+    );
+    anyhow::ensure!(failed.is_empty(), "while waiting for readiness:\n{failed}");
+    Ok(())
 }
 
-/// One container's readiness probe, as the manifests give it.
-struct Probe<'a> {
-    stack: &'a PodmanStack,
+/// Until the container's readiness probe (as the manifests give it) passes (`Ok`), the
+/// container fails, another one did (`stop`), or the time is up (`Err`, why).
+fn until_ready_in(
+    stack: &PodmanStack,
     remote: bool,
-    pod: &'a Pod,
-    c: &'a Container,
-    name: &'a str,
-    agent: &'a ureq::Agent,
-}
-
-impl Probe<'_> {
-    /// Until the probe passes (`Ok`), the container fails, another one did (`stop`), or the
-    /// time is up (`Err`, why).
-    fn until_ready(&self, stop: &AtomicBool, timeout: Duration) -> Result<(), String> {
-        // An HTTP GET costs next to nothing; a probe run in the container costs a `podman exec`.
-        let pause = match &self.c.readiness {
-            Some(ProbeSpec::Http { .. }) if !self.remote => Duration::from_millis(50),
-            _ => Duration::from_millis(100),
+    pod: &Pod,
+    c: &Container,
+    agent: &ureq::Agent,
+    stop: &AtomicBool,
+    timeout: Duration,
+) -> Result<(), String> {
+    let name = &container_name(&pod.name, &c.name);
+    // A probe loops where it runs, one engine call per slice (not per try). On a remote
+    // engine that call is a container of the probed one's image in its pod, not a
+    // `podman exec`: the engine's API keeps each exec session's conmon in the pod's cgroup
+    // for 300 s, and `pod rm` then waits 3 s for podman's SIGTERM to it (13 s of teardown
+    // in the rig). Its published ports are not this machine's either.
+    let in_container = |probe: Vec<String>, failed: String, what: &str| {
+        let cmd = if remote {
+            Podman.run_in_pod(&pod.name, &c.image, &probe)
+        } else {
+            Podman.exec(name, &probe)
         };
-        let mut reason = String::new();
-        let ready = crate::poll::until(timeout, pause, || {
-            reason = match self.once() {
-                Ok(()) => return Ok(true),
-                Err(reason) => reason,
-            };
-            // Not ready: has it failed? (An exit or a restart ends the wait at once.)
-            let state = Podman.container_state(self.name).read().unwrap_or_default();
-            if let Health::Failed(why) = classify(&state) {
-                let log = Podman.logs(self.name).read().unwrap_or_default();
-                let lines: Vec<&str> = log.lines().collect();
-                if lines.is_empty() {
-                    anyhow::bail!("{why}; its log is empty now");
-                }
-                let tail = lines[lines.len().saturating_sub(30)..].join("\n    | ");
-                anyhow::bail!("{why}; its last log lines:\n    | {tail}");
-            }
-            anyhow::ensure!(
-                !stop.load(Ordering::SeqCst),
-                "not ready ({reason}) when the wait ended"
-            );
-            Ok(false)
-        });
-        match ready {
+        match cmd.succeeds() {
             Ok(true) => Ok(()),
-            Ok(false) => Err(reason),
-            Err(e) if interrupt::interrupted() => {
-                Err(format!("not ready ({reason}) when the wait ended: {e}"))
-            }
-            Err(e) => Err(format!("{e:#}")),
+            Ok(false) => Err(failed),
+            Err(e) => Err(format!("{what}{e:#}")),
         }
-    }
-
-    /// The probe, once: `Ok` when it passes, else why not.
-    fn once(&self) -> Result<(), String> {
-        let Probe { stack, remote, pod, c, name, agent } = *self;
-        match &c.readiness {
-            None => match classify(&Podman.container_state(name).read().unwrap_or_default()) {
-                Health::Running => Ok(()),
-                _ => Err("starting".into()),
-            },
-            // A probe loops where it runs, one engine call per slice (not per try). On a remote
-            // engine that call is a container of the probed one's image in its pod, not a
-            // `podman exec`: the engine's API keeps each exec session's conmon in the pod's cgroup
-            // for 300 s, and `pod rm` then waits 3 s for podman's SIGTERM to it (13 s of teardown
-            // in the rig). Its published ports are not this machine's either.
-            Some(ProbeSpec::Exec(command)) => {
-                let probe = until_ready(COMMAND, command, SLICE_SECONDS);
-                let cmd = if remote {
-                    Podman.run_in_pod(&pod.name, &c.image, &probe)
-                } else {
-                    Podman.exec(name, &probe)
-                };
-                match cmd.succeeds() {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(format!("`{}` failed", command.join(" "))),
-                    Err(e) => Err(format!("{e:#}")),
-                }
-            }
-            Some(ProbeSpec::Http { path, port }) if remote => {
-                let get = until_ready(HTTP_GET, &[port.to_string(), path.clone()], SLICE_SECONDS);
-                match Podman.run_in_pod(&pod.name, &c.image, &get).succeeds() {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(format!("GET {path} on port {port}: no 2xx answer")),
-                    Err(e) => Err(format!("GET {path} on port {port}: {e:#}")),
-                }
-            }
-            Some(ProbeSpec::Http { path, port }) => match stack.host_port(&pod.name, *port) {
-                None => {
-                    Err(format!("port {port} is not published, so GET {path} cannot be checked"))
-                }
-                Some(host_port) => {
-                    let url = format!("http://127.0.0.1:{host_port}{path}");
-                    match agent.get(&url).call() {
-                        Ok(resp) if resp.status().is_success() => Ok(()),
-                        Ok(resp) => Err(format!("GET {url} answered {}", resp.status())),
-                        Err(e) => Err(format!("GET {url}: {e}")),
-                    }
-                }
-            },
+    };
+    // The probe, once: `Ok` when it passes, else why not.
+    let once = || match &c.readiness {
+        None if health(name) == Health::Running => Ok(()),
+        None => Err("starting".to_owned()),
+        Some(ProbeSpec::Exec(command)) => {
+            let failed = format!("`{}` failed", command.join(" "));
+            in_container(until_ready(COMMAND, command, SLICE_SECONDS), failed, "")
         }
+        Some(ProbeSpec::Http { path, port }) if remote => {
+            let get = until_ready(HTTP_GET, &[port.to_string(), path.clone()], SLICE_SECONDS);
+            let what = format!("GET {path} on port {port}: ");
+            in_container(get, format!("{what}no 2xx answer"), &what)
+        }
+        Some(ProbeSpec::Http { path, port }) => {
+            let host_port = stack.host_port(&pod.name, *port).ok_or_else(|| {
+                format!("port {port} is not published, so GET {path} cannot be checked")
+            })?;
+            let url = format!("http://127.0.0.1:{host_port}{path}");
+            match agent.get(&url).call() {
+                Ok(resp) if resp.status().is_success() => Ok(()),
+                Ok(resp) => Err(format!("GET {url} answered {}", resp.status())),
+                Err(e) => Err(format!("GET {url}: {e}")),
+            }
+        }
+    };
+    // An HTTP GET costs next to nothing; a probe run in the container costs a `podman exec`.
+    let local_http = matches!(c.readiness, Some(ProbeSpec::Http { .. })) && !remote;
+    let pause = Duration::from_millis(if local_http { 50 } else { 100 });
+    let mut reason = String::new();
+    let ready = crate::poll::until(timeout, pause, || {
+        reason = match once() {
+            Ok(()) => return Ok(true),
+            Err(reason) => reason,
+        };
+        // Not ready: has it failed? (An exit or a restart ends the wait at once.)
+        if let Health::Failed(why) = health(name) {
+            let log = Podman.logs(name).read().unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            anyhow::ensure!(!lines.is_empty(), "{why}; its log is empty now");
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n    | ");
+            anyhow::bail!("{why}; its last log lines:\n    | {tail}");
+        }
+        anyhow::ensure!(!stop.load(Ordering::SeqCst), "not ready ({reason}) when the wait ended");
+        Ok(false)
+    });
+    match ready {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(reason),
+        Err(e) if interrupt::interrupted() => {
+            Err(format!("not ready ({reason}) when the wait ended: {e}"))
+        }
+        Err(e) => Err(format!("{e:#}")),
     }
 }
 
@@ -218,9 +200,11 @@ pub fn until_ready(body: &str, args: &[String], slice: u32) -> Vec<String> {
          until probe \"$@\" >/dev/null 2>&1; do\n  tries=$((tries - 1))\n  \
          [ \"$tries\" -gt 0 ] || exit 1\n  sleep 0.05\ndone"
     );
-    let mut argv: Vec<String> = vec!["bash".into(), "-c".into(), script, "ready".into()];
-    argv.extend(args.iter().cloned());
-    argv
+    ["bash", "-c", &script, "ready"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(args.iter().cloned())
+        .collect()
 }
 
 #[cfg(test)]
