@@ -302,8 +302,8 @@ impl Bencher<'_> {
         let dir = self.scratch()?;
         let archive = dir.join("loop.tar.zst").display().to_string();
         self.xtask(&["save-images", "--build", "--output", &archive])?;
-        let [from_archive] =
-            self.repeat(runs, "e2e --images", || Ok([self.first_test_loaded(&handoff, &archive)?]))?;
+        let [from_archive] = self
+            .repeat(runs, "e2e --images", || Ok([self.first_test_loaded(&handoff, &archive)?]))?;
         let _ = std::fs::remove_dir_all(&dir);
         let note = format!(
             "dev is {:.1}x faster than e2e for a change; e2e --images reaches its first test in {:.2}x the time of a warm e2e",

@@ -27,10 +27,7 @@ pub struct Cmd {
 impl Cmd {
     pub fn new(program: impl Into<String>) -> Cmd {
         let program = program.into();
-        Cmd {
-            program,
-            ..Cmd::default()
-        }
+        Cmd { program, ..Cmd::default() }
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Cmd {
@@ -185,11 +182,7 @@ impl Pipeline {
         for next in &self.0[1..] {
             expr = expr.pipe(next.expression(false));
         }
-        expr = if capture {
-            expr.stdout_capture()
-        } else {
-            expr.stdout_file(file.try_clone()?)
-        };
+        expr = if capture { expr.stdout_capture() } else { expr.stdout_file(file.try_clone()?) };
         let handle =
             (expr.stderr_file(file).start()).with_context(|| format!("starting `{self}`"))?;
         let output = first.wait_output(&handle)?;
@@ -222,16 +215,13 @@ impl fmt::Display for Cmd {
             write!(f, "{k}={} ", quote(v))?;
         }
         write!(f, "{}", quote(&self.program))?;
-        self.args
-            .iter()
-            .try_for_each(|a| write!(f, " {}", quote(a)))
+        self.args.iter().try_for_each(|a| write!(f, " {}", quote(a)))
     }
 }
 
 pub fn quote(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+    let plain =
+        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
     if plain {
         s.to_owned()
     } else {
@@ -289,10 +279,7 @@ mod tests {
             c.to_string(),
             r"podman build --build-arg BASE_IMAGE=localhost/e2e-base:bookworm 'a b' 'it'\''s'"
         );
-        assert_eq!(
-            Cmd::new("cargo").env("X", "1 2").arg("t").to_string(),
-            "X='1 2' cargo t"
-        );
+        assert_eq!(Cmd::new("cargo").env("X", "1 2").arg("t").to_string(), "X='1 2' cargo t");
     }
 
     #[test]
@@ -313,27 +300,14 @@ mod tests {
 
     #[test]
     fn pipelines_print_and_fail_like_commands() {
-        let p = Cmd::new("podman")
-            .args(["save", "x"])
-            .pipe(Cmd::new("zstd").args(["-o", "a b"]));
+        let p = Cmd::new("podman").args(["save", "x"]).pipe(Cmd::new("zstd").args(["-o", "a b"]));
         assert_eq!(p.to_string(), "podman save x | zstd -o 'a b'");
         let dir = std::env::temp_dir().join(format!("xtask-pipe-{}", std::process::id()));
         let log = dir.join("p.log");
-        Cmd::new("echo")
-            .arg("hello")
-            .pipe(Cmd::new("cat"))
-            .run_logged(&log)
-            .unwrap();
+        Cmd::new("echo").arg("hello").pipe(Cmd::new("cat")).run_logged(&log).unwrap();
         // The second command reads the pipe (`wc -c` counts what `echo` wrote).
-        Cmd::new("echo")
-            .arg("1234")
-            .pipe(Cmd::new("wc").arg("-c"))
-            .run_logged(&log)
-            .unwrap();
-        assert!(std::fs::read_to_string(&log)
-            .unwrap()
-            .lines()
-            .any(|l| l.trim() == "5"));
+        Cmd::new("echo").arg("1234").pipe(Cmd::new("wc").arg("-c")).run_logged(&log).unwrap();
+        assert!(std::fs::read_to_string(&log).unwrap().lines().any(|l| l.trim() == "5"));
         assert!(std::fs::read_to_string(&log).unwrap().contains("hello"));
         let err = Cmd::new("echo")
             .arg("x")
@@ -350,10 +324,7 @@ mod tests {
     #[test]
     fn read_returns_stdout_and_errors_carry_stderr() {
         assert_eq!(Cmd::new("echo").arg("hi").read().unwrap(), "hi\n");
-        let err = Cmd::new("sh")
-            .args(["-c", "echo oops >&2; exit 1"])
-            .read()
-            .unwrap_err();
+        let err = Cmd::new("sh").args(["-c", "echo oops >&2; exit 1"]).read().unwrap_err();
         assert!(err.to_string().contains("oops"), "{err}");
         let code = err.downcast_ref::<CmdError>().and_then(|e| e.code);
         assert_eq!(code, Some(1), "the exit code, for the build's diagnosis");

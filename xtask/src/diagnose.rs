@@ -22,35 +22,21 @@ pub fn diagnose(exit_code: Option<i32>, log: &str) -> Diagnosis {
     // one of its children: podman then exits 1, and says so (seen in CI with a 32m cap).
     let killed = exit_code == Some(137)
         || (log.lines()).any(|l| matches!(l.trim(), "Killed" | "container exited on killed"))
-        || ["exit status 137", "returned a non-zero code: 137"]
-            .iter()
-            .any(|s| log.contains(s));
-    let cause = if killed {
-        Cause::OutOfMemory
-    } else {
-        Cause::Other
-    };
-    Diagnosis {
-        cause,
-        step: failing_step(log),
-    }
+        || ["exit status 137", "returned a non-zero code: 137"].iter().any(|s| log.contains(s));
+    let cause = if killed { Cause::OutOfMemory } else { Cause::Other };
+    Diagnosis { cause, step: failing_step(log) }
 }
 
 /// The step in `Error: building at STEP "..."` (podman), else the last `STEP n/m: ...`
 /// (podman) or `Step n/m : ...` (docker) line.
 fn failing_step(log: &str) -> Option<String> {
-    let at = log
-        .lines()
-        .rev()
-        .find_map(|l| l.split_once("building at STEP \""));
+    let at = log.lines().rev().find_map(|l| l.split_once("building at STEP \""));
     if let Some((step, _)) = at.and_then(|(_, rest)| rest.split_once("\":")) {
         return Some(step.to_owned());
     }
     log.lines().rev().find_map(|l| {
         let l = l.trim();
-        let rest = l
-            .strip_prefix("STEP ")
-            .or_else(|| l.strip_prefix("Step "))?;
+        let rest = l.strip_prefix("STEP ").or_else(|| l.strip_prefix("Step "))?;
         let (_, step) = rest.split_once(':')?;
         Some(step.trim().to_owned())
     })
@@ -61,11 +47,8 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> String {
-        std::fs::read_to_string(format!(
-            "{}/tests/fixtures/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
+        std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap()
     }
 
     #[test]
@@ -74,10 +57,7 @@ mod tests {
         // needed 300 MB (see tests/fixtures).
         let d = diagnose(Some(137), &fixture("podman-build-oom.log"));
         assert_eq!(d.cause, Cause::OutOfMemory);
-        assert_eq!(
-            d.step.as_deref(),
-            Some("RUN head -c 300m /dev/zero | tail -n 1 >/dev/null")
-        );
+        assert_eq!(d.step.as_deref(), Some("RUN head -c 300m /dev/zero | tail -n 1 >/dev/null"));
     }
 
     #[test]
@@ -85,10 +65,7 @@ mod tests {
         // The same build under a 32m cap, in CI: podman exited 1.
         let d = diagnose(Some(1), &fixture("podman-build-oom-container-killed.log"));
         assert_eq!(d.cause, Cause::OutOfMemory);
-        assert_eq!(
-            d.step.as_deref(),
-            Some("RUN head -c 300m /dev/zero | tail -n 1 >/dev/null")
-        );
+        assert_eq!(d.step.as_deref(), Some("RUN head -c 300m /dev/zero | tail -n 1 >/dev/null"));
     }
 
     #[test]

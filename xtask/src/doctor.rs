@@ -29,12 +29,7 @@ impl Check {
             Err(p) => (Some(p.what), String::new(), p.fix),
         };
         let name = name.into();
-        Check {
-            name,
-            problem,
-            detail,
-            fix,
-        }
+        Check { name, problem, detail, fix }
     }
 
     fn ok(name: &str, detail: impl Into<String>) -> Check {
@@ -73,11 +68,7 @@ impl DoctorArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let r = Reporter::new();
         let (kind, archive) = (self.kind, self.images);
-        let needs = Needs {
-            kind,
-            archive,
-            start_container: true,
-        };
+        let needs = Needs { kind, archive, start_container: true };
         let session = Session::open(project, &self.opts, &r, false)?;
         let checks = run_checks(project, &session, &needs);
         r.line(render(&checks));
@@ -153,10 +144,7 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
         let need = disk_needed(project, needs.archive.as_deref());
         checks.push(disk_check(f, need));
     }
-    if let Some(free) = remote
-        .then(|| crate::facts::free_disk(&project.target_dir))
-        .flatten()
-    {
+    if let Some(free) = remote.then(|| crate::facts::free_disk(&project.target_dir)).flatten() {
         let (free, dir) = (human(free), project.display(&project.target_dir));
         let detail = format!("{free} free under {dir} on this machine (binaries, archives)");
         checks.push(Check::ok("host disk", detail));
@@ -179,17 +167,12 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
     }
     let kind = "install kind (https://kind.sigs.k8s.io), e.g. `go install sigs.k8s.io/kind@latest`";
     let kubectl = "apt-get install kubectl, or see https://kubernetes.io/docs/tasks/tools/";
-    for (tool, fix) in [("kind", kind), ("kubectl", kubectl)]
-        .into_iter()
-        .filter(|_| needs.kind)
-    {
+    for (tool, fix) in [("kind", kind), ("kubectl", kubectl)].into_iter().filter(|_| needs.kind) {
         checks.push(match which::which(tool) {
             Ok(p) => Check::ok(tool, p.display().to_string()),
-            Err(_) => Check::fail(
-                tool,
-                format!("{tool} is not installed (not found on PATH)"),
-                fix,
-            ),
+            Err(_) => {
+                Check::fail(tool, format!("{tool} is not installed (not found on PATH)"), fix)
+            }
         });
     }
     checks
@@ -198,12 +181,8 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
 /// The engine machine's memory against the largest image cap (plus the margin the budget
 /// keeps), with the fix for that engine when it is too small.
 fn memory_check(budget: &Budget, big: &ImageSpec, engine: Option<&EngineFacts>) -> Check {
-    let (bytes, source, cap, name) = (
-        human(budget.bytes),
-        &budget.source,
-        human(big.memory),
-        &big.name,
-    );
+    let (bytes, source, cap, name) =
+        (human(budget.bytes), &budget.source, human(big.memory), &big.name);
     if big.memory <= budget.bytes {
         let detail = format!("budget {bytes} ({source}) fits the largest cap ({cap} for {name})");
         return Check::ok("memory", detail);
@@ -225,11 +204,7 @@ fn memory_check(budget: &Budget, big: &ImageSpec, engine: Option<&EngineFacts>) 
 pub fn disk_check(f: &EngineFacts, need: u64) -> Check {
     let program = f.engine.program();
     let Some((path, free)) = f.store.as_ref().and_then(|s| Some((&s.path, s.free?))) else {
-        let path = f
-            .store
-            .as_ref()
-            .map(|s| format!(" ({})", s.path))
-            .unwrap_or_default();
+        let path = f.store.as_ref().map(|s| format!(" ({})", s.path)).unwrap_or_default();
         let at = &f.at;
         let detail = format!(
             "{program} at {at} does not say how much room its image store has{path}: not checked"
@@ -313,10 +288,7 @@ mod tests {
             mem_free: None,
             remote,
             at: at.into(),
-            store: Some(crate::engine::Store {
-                path: "/var/lib/containers/storage".into(),
-                free,
-            }),
+            store: Some(crate::engine::Store { path: "/var/lib/containers/storage".into(), free }),
         }
     }
 
@@ -333,18 +305,8 @@ mod tests {
              (unix:///run/e2e-rig/podman.sock), 1.0 GiB needed"
         );
         let full = disk_check(&rig, 4 * GIB);
-        assert!(
-            full.problem
-                .as_deref()
-                .unwrap()
-                .contains("about 4.0 GiB needed"),
-            "{full:?}"
-        );
-        assert!(
-            full.fix.contains("podman machine set --disk-size"),
-            "{}",
-            full.fix
-        );
+        assert!(full.problem.as_deref().unwrap().contains("about 4.0 GiB needed"), "{full:?}");
+        assert!(full.fix.contains("podman machine set --disk-size"), "{}", full.fix);
         assert!(full.fix.contains("podman system prune"), "{}", full.fix);
         let local = disk_check(&facts(false, "this machine", Some(GIB / 2)), GIB);
         assert!(local.problem.unwrap().contains("on this machine"));
@@ -352,11 +314,7 @@ mod tests {
         // An engine that cannot tell: said so, and not the host's disk instead.
         let unknown = disk_check(&facts(true, "ssh://vm", None), GIB);
         assert_eq!(unknown.problem, None);
-        assert!(
-            unknown.detail.contains("does not say how much room"),
-            "{}",
-            unknown.detail
-        );
+        assert!(unknown.detail.contains("does not say how much room"), "{}", unknown.detail);
     }
 
     #[test]

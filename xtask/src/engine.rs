@@ -125,11 +125,7 @@ impl Engine {
     /// Starts and removes a container: proves the engine can run one, not just answer.
     pub fn run_true(self, image: &str) -> Cmd {
         let c = self.cmd(["run", "--rm", "--network", "none"]);
-        let c = if self == Engine::Podman {
-            c.arg("--pull=never")
-        } else {
-            c
-        };
+        let c = if self == Engine::Podman { c.arg("--pull=never") } else { c };
         c.args([image, "true"])
     }
 
@@ -140,9 +136,7 @@ impl Engine {
             Engine::Podman => self.cmd(["build", "--layers", "--pull=never"]),
             // `--force-rm`: the classic builder otherwise keeps the container of a failed
             // step (an OOM-killed RUN, say) for ever.
-            Engine::Docker => self
-                .cmd(["build", "--force-rm"])
-                .env("DOCKER_BUILDKIT", "0"),
+            Engine::Docker => self.cmd(["build", "--force-rm"]).env("DOCKER_BUILDKIT", "0"),
         };
         if b.no_cache {
             c = c.arg("--no-cache");
@@ -195,11 +189,7 @@ impl ImageInfo {
         let id = parts.next()?.trim_start_matches("sha256:").to_owned();
         let size = parts.next()?.parse().ok()?;
         let fingerprint = parts.next().filter(|l| *l != "<no").map(str::to_owned);
-        Some(ImageInfo {
-            id,
-            size,
-            fingerprint,
-        })
+        Some(ImageInfo { id, size, fingerprint })
     }
 }
 
@@ -252,8 +242,7 @@ pub fn given_at(engine: Engine) -> Option<String> {
         Engine::Podman => ["CONTAINER_HOST", "CONTAINER_CONNECTION"],
         Engine::Docker => ["DOCKER_HOST", "DOCKER_CONTEXT"],
     };
-    vars.iter()
-        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+    vars.iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
 }
 
 fn json(engine: Engine, command: &str, text: &str) -> anyhow::Result<Value> {
@@ -338,9 +327,7 @@ impl EngineFacts {
 
 /// `linux/x86_64` (docker) and `linux/amd64` (podman) name the same platform.
 pub fn normalize_platform(p: &str) -> String {
-    p.trim()
-        .replace("x86_64", "amd64")
-        .replace("aarch64", "arm64")
+    p.trim().replace("x86_64", "amd64").replace("aarch64", "arm64")
 }
 
 /// podman, for running the stack: networks, secrets, `kube play`, containers.
@@ -395,8 +382,7 @@ impl Podman {
 
     pub fn network_create(self, name: &str, subnet: Option<&str>) -> Cmd {
         let c = Cmd::new(Self::PROGRAM).args(["network", "create", "--label", "e2e.xtask=1"]);
-        c.args(subnet.map(|s| ["--subnet", s]).into_iter().flatten())
-            .arg(name)
+        c.args(subnet.map(|s| ["--subnet", s]).into_iter().flatten()).arg(name)
     }
 
     /// Plays a pod file on a network, at fixed IP and MAC addresses when given.
@@ -404,8 +390,7 @@ impl Podman {
         let c = Cmd::new(Self::PROGRAM).args(["kube", "play", "--network", network]);
         let at =
             address.map(|(ip, mac)| ["--ip".into(), ip.to_string(), "--mac-address".into(), mac]);
-        c.args(at.into_iter().flatten())
-            .arg(file.display().to_string())
+        c.args(at.into_iter().flatten()).arg(file.display().to_string())
     }
 }
 
@@ -424,11 +409,8 @@ mod tests {
             dockerfile: Path::new("docker/redis.Dockerfile"),
             context: Path::new("docker/redis"),
             memory: "512m".into(),
-            build_args: [(
-                "BASE_IMAGE".to_owned(),
-                "localhost/e2e-base:bookworm".to_owned(),
-            )]
-            .into(),
+            build_args: [("BASE_IMAGE".to_owned(), "localhost/e2e-base:bookworm".to_owned())]
+                .into(),
             labels: [(FINGERPRINT_LABEL.to_owned(), "0123".to_owned())].into(),
             no_cache,
         }
@@ -462,14 +444,8 @@ mod tests {
             size,
             fingerprint: fp.map(Into::into),
         };
-        assert_eq!(
-            ImageInfo::parse("sha256:abc 1234 f00\n"),
-            Some(info("abc", 1234, Some("f00")))
-        );
-        assert_eq!(
-            ImageInfo::parse("abc 1234 <no value>\n"),
-            Some(info("abc", 1234, None))
-        );
+        assert_eq!(ImageInfo::parse("sha256:abc 1234 f00\n"), Some(info("abc", 1234, Some("f00"))));
+        assert_eq!(ImageInfo::parse("abc 1234 <no value>\n"), Some(info("abc", 1234, None)));
         assert_eq!(ImageInfo::parse(""), None);
         assert_eq!(normalize_platform("linux/x86_64\n"), "linux/amd64");
     }
@@ -485,27 +461,15 @@ mod tests {
         let f = EngineFacts::parse(Engine::Podman, rig).unwrap();
         assert_eq!(
             f.store,
-            Some(Store {
-                path: "/var/lib/containers/storage".into(),
-                free: Some(3 << 30)
-            })
+            Some(Store { path: "/var/lib/containers/storage".into(), free: Some(3 << 30) })
         );
         // Which remote: as this machine was told to reach it, else the engine's host name.
         assert_eq!(
-            remote_at(
-                Some("ssh://root@127.0.0.1:2222/run/podman/podman.sock".into()),
-                Some("vm")
-            ),
+            remote_at(Some("ssh://root@127.0.0.1:2222/run/podman/podman.sock".into()), Some("vm")),
             "ssh://root@127.0.0.1:2222/run/podman/podman.sock"
         );
-        assert_eq!(
-            remote_at(None, Some("podman-machine-default")),
-            "host podman-machine-default"
-        );
-        assert_eq!(
-            remote_at(Some(String::new()), None),
-            "the default connection"
-        );
+        assert_eq!(remote_at(None, Some("podman-machine-default")), "host podman-machine-default");
+        assert_eq!(remote_at(Some(String::new()), None), "the default connection");
         // An engine that does not say how full its store is: the path, no free figure.
         let old = r#"{"host":{"serviceIsRemote":false},"store":{"graphRoot":"/x"}}"#;
         let f = EngineFacts::parse(Engine::Podman, old).unwrap();
@@ -539,10 +503,7 @@ mod tests {
         let f = EngineFacts::local_podman(local).unwrap().unwrap();
         assert_eq!((f.platform.as_str(), f.remote), ("linux/amd64", false));
         let remote = r#"{"Client":{"OsArch":"darwin/arm64"},"Server":{"OsArch":"linux/arm64"}}"#;
-        assert!(
-            EngineFacts::local_podman(remote).is_none(),
-            "a remote engine is asked with info"
-        );
+        assert!(EngineFacts::local_podman(remote).is_none(), "a remote engine is asked with info");
     }
 
     #[test]
@@ -575,9 +536,7 @@ mod tests {
     #[test]
     fn kube_commands() {
         assert_eq!(
-            Podman
-                .kube_play("e2e-1", None, Path::new("s.yaml"))
-                .to_string(),
+            Podman.kube_play("e2e-1", None, Path::new("s.yaml")).to_string(),
             "podman kube play --network e2e-1 s.yaml"
         );
         assert_eq!(container_name("gateway", "gateway"), "gateway-gateway");

@@ -81,27 +81,20 @@ impl Facts {
                 (answer.map(|f| with_local_store(f, base.as_ref())), base)
             }),
         };
-        let host = memory::read()
-            .map(|info| memory::default_budget(&info))
-            .map_err(|e| {
-                Problem::new(
-                    format!("cannot read this machine's memory (/proc/meminfo): {e:#}"),
-                    "run on Linux, or pass --memory-budget SIZE",
-                )
-            });
-        let flag = budget_flag.map(|bytes| Budget {
-            bytes,
-            source: "--memory-budget".into(),
+        let host = memory::read().map(|info| memory::default_budget(&info)).map_err(|e| {
+            Problem::new(
+                format!("cannot read this machine's memory (/proc/meminfo): {e:#}"),
+                "run on Linux, or pass --memory-budget SIZE",
+            )
         });
+        let flag = budget_flag.map(|bytes| Budget { bytes, source: "--memory-budget".into() });
         let budget = match (&flag, &answer) {
             (Some(b), _) => Ok(b.clone()),
             (None, Ok(f)) if f.remote => Ok(memory::engine_budget(f.mem_free, f.mem_total)),
             (None, _) => host.clone(),
         };
         let host_budget = flag.map_or(host, Ok);
-        let first = candidates
-            .first()
-            .map_or_else(String::new, |c| c.to_string());
+        let first = candidates.first().map_or_else(String::new, |c| c.to_string());
         let (base_image, base) = base.map_or((first, None), |(name, info)| (name, Some(info)));
         Facts {
             engine: answer,
@@ -127,10 +120,7 @@ impl Facts {
             base_image: self.base_image.clone(),
             base_image_id,
             budget: self.budget.clone().context("the memory budget")?,
-            host_budget: self
-                .host_budget
-                .clone()
-                .context("the host's memory budget")?,
+            host_budget: self.host_budget.clone().context("the host's memory budget")?,
         })
     }
 
@@ -166,18 +156,12 @@ fn with_local_store(mut f: EngineFacts, base: Option<&(String, ImageInfo)>) -> E
     }
     let path = match (f.store.take(), base) {
         (Some(store), _) => Some(store.path),
-        (None, Some((image, _))) => f
-            .engine
-            .layer_dir(image)
-            .read()
-            .ok()
-            .and_then(|dir| graph_root(&dir)),
+        (None, Some((image, _))) => {
+            f.engine.layer_dir(image).read().ok().and_then(|dir| graph_root(&dir))
+        }
         (None, None) => None,
     };
-    f.store = path.map(|path| Store {
-        free: free_disk(Path::new(&path)),
-        path,
-    });
+    f.store = path.map(|path| Store { free: free_disk(Path::new(&path)), path });
     f
 }
 

@@ -78,19 +78,14 @@ mod tests {
         let file = dir.join("a.json");
         write_json(&file, &serde_json::json!({"a": 1})).unwrap();
         assert!(std::fs::read_to_string(&file).unwrap().contains("\"a\": 1"));
-        let names: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "{names:?}");
         {
             let p = Pending::new(dir.join("unfinished"));
             std::fs::write(p.path(), "x").unwrap();
         }
-        assert!(
-            !dir.join("unfinished").exists(),
-            "dropped before persist: removed"
-        );
+        assert!(!dir.join("unfinished").exists(), "dropped before persist: removed");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -249,11 +249,7 @@ impl Manifests {
 
     /// The names of the Pods, in order.
     pub fn pods(&self) -> Vec<String> {
-        self.docs
-            .iter()
-            .filter(|d| kind(d) == "Pod")
-            .filter_map(|d| name(d).ok())
-            .collect()
+        self.docs.iter().filter(|d| kind(d) == "Pod").filter_map(|d| name(d).ok()).collect()
     }
 
     /// Renders the manifests for podman. `images` maps an image repository (no tag) to the
@@ -276,8 +272,7 @@ impl Manifests {
         };
         let renames = |kinds: &[&str]| -> anyhow::Result<BTreeMap<String, String>> {
             let docs = self.docs.iter().filter(|d| kinds.contains(&kind(d)));
-            docs.map(|d| name(d).map(|n| (n.clone(), renamed(&n))))
-                .collect()
+            docs.map(|d| name(d).map(|n| (n.clone(), renamed(&n)))).collect()
         };
         let (hosts, secret_names) = (renames(&["Pod", "Service"])?, renames(&["Secret"])?);
         let (mut yaml_docs, mut secrets, mut pods, mut published) =
@@ -312,9 +307,8 @@ impl Manifests {
                             if let Some(value) = var.get("value").and_then(Value::as_str) {
                                 var["value"] = rename_hosts(value, &hosts).into();
                             }
-                            let secret_ref = var
-                                .get_mut("valueFrom")
-                                .and_then(|v| v.get_mut("secretKeyRef"));
+                            let secret_ref =
+                                var.get_mut("valueFrom").and_then(|v| v.get_mut("secretKeyRef"));
                             if let Some(r) = secret_ref {
                                 if let Some(new) =
                                     r["name"].as_str().and_then(|n| secret_names.get(n))
@@ -348,11 +342,7 @@ impl Manifests {
                             readiness: typed.readiness_probe.map(Probe::from),
                         });
                     }
-                    pods.push(Pod {
-                        name: pod_name,
-                        base,
-                        containers,
-                    });
+                    pods.push(Pod { name: pod_name, base, containers });
                     yaml_docs.push(doc);
                 }
                 other => anyhow::bail!(
@@ -378,14 +368,7 @@ impl Manifests {
             .iter()
             .map(|doc| Ok(format!("---\n{}", serde_norway::to_string(doc)?)))
             .collect::<anyhow::Result<Vec<String>>>()?;
-        Ok(PodmanStack {
-            yaml: pod_yaml.concat(),
-            pod_yaml,
-            secrets,
-            pods,
-            published,
-            subnet,
-        })
+        Ok(PodmanStack { yaml: pod_yaml.concat(), pod_yaml, secrets, pods, published, subnet })
     }
 }
 
@@ -407,9 +390,8 @@ pub fn rename_hosts(value: &str, hosts: &BTreeMap<String, String>) -> String {
 /// What podman 4.3's `secretKeyRef` reads from a podman secret: a JSON object of key to
 /// base64-encoded value.
 pub fn secret_payload(secret: &Secret) -> String {
-    let map: BTreeMap<&str, String> = (secret.data.iter())
-        .map(|(k, v)| (k.as_str(), STANDARD.encode(v)))
-        .collect();
+    let map: BTreeMap<&str, String> =
+        (secret.data.iter()).map(|(k, v)| (k.as_str(), STANDARD.encode(v))).collect();
     serde_json::to_string(&map).expect("a map of strings serialises")
 }
 
@@ -430,9 +412,7 @@ fn name(doc: &Value) -> anyhow::Result<String> {
 
 /// A Pod's `spec.containers`.
 fn containers_of(doc: &mut Value) -> Option<&mut Vec<Value>> {
-    doc.get_mut("spec")?
-        .get_mut("containers")?
-        .as_sequence_mut()
+    doc.get_mut("spec")?.get_mut("containers")?.as_sequence_mut()
 }
 
 fn secret(doc: &Value) -> anyhow::Result<Secret> {
@@ -452,10 +432,7 @@ fn secret(doc: &Value) -> anyhow::Result<Secret> {
 
 /// `localhost/e2e-gateway:latest` becomes the built reference for `localhost/e2e-gateway`.
 fn pin_image(image: &str, images: &BTreeMap<String, String>) -> String {
-    images
-        .get(repository(image))
-        .cloned()
-        .unwrap_or_else(|| image.to_owned())
+    images.get(repository(image)).cloned().unwrap_or_else(|| image.to_owned())
 }
 
 /// The image reference without its tag or digest.
@@ -547,21 +524,13 @@ mod tests {
             let s = Subnet::choose(run, &used).unwrap();
             let base = u32::from(s.base);
             assert_eq!(base % 32, 0, "{s} is a /27");
-            assert_eq!(
-                base >> 16,
-                u32::from_be_bytes([0, 0, 10, 89]),
-                "{s} in 10.89/16"
-            );
+            assert_eq!(base >> 16, u32::from_be_bytes([0, 0, 10, 89]), "{s} in 10.89/16");
             assert!(
                 base >= u32::from_be_bytes([10, 89, 1, 32])
                     || base < u32::from_be_bytes([10, 89, 0, 0]),
                 "{s} overlaps 10.89.0.0/24 or 10.89.1.0/27"
             );
-            assert_eq!(
-                Subnet::choose(run, &used).unwrap(),
-                s,
-                "the same run, the same subnet"
-            );
+            assert_eq!(Subnet::choose(run, &used).unwrap(), s, "the same run, the same subnet");
         }
         assert_ne!(
             Subnet::choose("20261202-080000-1", &[]).unwrap(),
@@ -575,12 +544,9 @@ mod tests {
 
     #[test]
     fn with_a_subnet_every_pod_has_a_fixed_address_and_every_name_in_its_hosts() {
-        let subnet = Subnet {
-            base: std::net::Ipv4Addr::new(10, 89, 7, 64),
-        };
-        let stack = shipped()
-            .render_podman(&BTreeMap::new(), "r1", Some(subnet), || Ok(40000))
-            .unwrap();
+        let subnet = Subnet { base: std::net::Ipv4Addr::new(10, 89, 7, 64) };
+        let stack =
+            shipped().render_podman(&BTreeMap::new(), "r1", Some(subnet), || Ok(40000)).unwrap();
         let hosts = stack.hosts();
         assert_eq!(
             hosts,
@@ -593,39 +559,27 @@ mod tests {
         );
         assert_eq!(
             stack.address("redis-r1"),
-            Some((
-                "10.89.7.75".parse().unwrap(),
-                "02:e2:0a:59:07:4b".to_owned()
-            ))
+            Some(("10.89.7.75".parse().unwrap(), "02:e2:0a:59:07:4b".to_owned()))
         );
         for yaml in &stack.pod_yaml {
             let doc: Value = serde_norway::from_str(yaml.trim_start_matches("---\n")).unwrap();
             let aliases = doc["spec"]["hostAliases"].as_sequence().unwrap();
             for (name, ip) in &hosts {
                 assert!(
-                    aliases
-                        .iter()
-                        .any(|a| a["ip"].as_str() == Some(&ip.to_string())
-                            && a["hostnames"][0].as_str() == Some(name)),
+                    aliases.iter().any(|a| a["ip"].as_str() == Some(&ip.to_string())
+                        && a["hostnames"][0].as_str() == Some(name)),
                     "{name} -> {ip} missing in {yaml}"
                 );
             }
         }
-        let plain = shipped()
-            .render_podman(&BTreeMap::new(), "r1", None, || Ok(40000))
-            .unwrap();
+        let plain = shipped().render_podman(&BTreeMap::new(), "r1", None, || Ok(40000)).unwrap();
         assert!(plain.hosts().is_empty() && !plain.yaml.contains("hostAliases"));
     }
 
     fn render(m: &Manifests) -> PodmanStack {
         let images: BTreeMap<String, String> = ["gateway", "data-storage", "postgres", "redis"]
             .iter()
-            .map(|n| {
-                (
-                    format!("localhost/e2e-{n}"),
-                    format!("localhost/e2e-{n}:abc123"),
-                )
-            })
+            .map(|n| (format!("localhost/e2e-{n}"), format!("localhost/e2e-{n}:abc123")))
             .collect();
         let mut next = 40000;
         m.render_podman(&images, "", None, || {
@@ -655,19 +609,10 @@ mod tests {
         assert_eq!(stack.host_port("gateway", 8080), Some(40002));
         assert!(stack.yaml.contains("hostIP: 127.0.0.1"));
         assert!(!stack.yaml.contains("kind: Service") && !stack.yaml.contains("kind: Secret"));
-        assert!(
-            !stack.yaml.contains("Probe"),
-            "probes are run by the xtask, not podman"
-        );
+        assert!(!stack.yaml.contains("Probe"), "probes are run by the xtask, not podman");
         // Readiness comes from the manifests' probes.
         let gw = &stack.pods[3].containers[0];
-        assert_eq!(
-            gw.readiness,
-            Some(Probe::Http {
-                path: "/ready".into(),
-                port: 8080
-            })
-        );
+        assert_eq!(gw.readiness, Some(Probe::Http { path: "/ready".into(), port: 8080 }));
         let pg = &stack.pods[0].containers[0];
         assert!(matches!(&pg.readiness, Some(Probe::Exec(c)) if c[0] == "pg_isready"));
     }
@@ -675,40 +620,19 @@ mod tests {
     #[test]
     fn a_run_suffix_renames_pods_secrets_and_the_hosts_that_name_them() {
         let m = shipped();
-        let stack = m
-            .render_podman(&BTreeMap::new(), "r1", None, || Ok(40000))
-            .unwrap();
+        let stack = m.render_podman(&BTreeMap::new(), "r1", None, || Ok(40000)).unwrap();
         let names: Vec<&str> = stack.pods.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["postgres-r1", "redis-r1", "data-storage-r1", "gateway-r1"]
-        );
+        assert_eq!(names, ["postgres-r1", "redis-r1", "data-storage-r1", "gateway-r1"]);
         assert_eq!(stack.secrets[0].name, "postgres-credentials-r1");
         assert!(
             stack.yaml.contains("value: postgres-r1\n"),
             "POSTGRES_HOST follows:\n{}",
             stack.yaml
         );
-        assert!(
-            stack.yaml.contains("redis://redis-r1:6379"),
-            "{}",
-            stack.yaml
-        );
-        assert!(
-            stack.yaml.contains("http://data-storage-r1:8080"),
-            "{}",
-            stack.yaml
-        );
-        assert!(
-            stack.yaml.contains("name: postgres-credentials-r1"),
-            "{}",
-            stack.yaml
-        );
-        assert!(
-            !stack.yaml.contains("name: postgres-credentials\n"),
-            "{}",
-            stack.yaml
-        );
+        assert!(stack.yaml.contains("redis://redis-r1:6379"), "{}", stack.yaml);
+        assert!(stack.yaml.contains("http://data-storage-r1:8080"), "{}", stack.yaml);
+        assert!(stack.yaml.contains("name: postgres-credentials-r1"), "{}", stack.yaml);
+        assert!(!stack.yaml.contains("name: postgres-credentials\n"), "{}", stack.yaml);
         assert!(stack.yaml.contains("e2e.run: r1"));
         assert_eq!(
             stack.host_port("gateway", 8080),
@@ -720,20 +644,11 @@ mod tests {
 
     #[test]
     fn hosts_are_renamed_only_where_they_are_hosts() {
-        let hosts: BTreeMap<String, String> = [
-            ("redis".into(), "redis-x".into()),
-            ("postgres".into(), "postgres-x".into()),
-        ]
-        .into();
+        let hosts: BTreeMap<String, String> =
+            [("redis".into(), "redis-x".into()), ("postgres".into(), "postgres-x".into())].into();
         assert_eq!(rename_hosts("postgres", &hosts), "postgres-x");
-        assert_eq!(
-            rename_hosts("redis://redis:6379", &hosts),
-            "redis://redis-x:6379"
-        );
-        assert_eq!(
-            rename_hosts("http://redis/path?q=1", &hosts),
-            "http://redis-x/path?q=1"
-        );
+        assert_eq!(rename_hosts("redis://redis:6379", &hosts), "redis://redis-x:6379");
+        assert_eq!(rename_hosts("http://redis/path?q=1", &hosts), "http://redis-x/path?q=1");
         assert_eq!(rename_hosts("redis-cache", &hosts), "redis-cache");
         assert_eq!(rename_hosts("http://redisx:1", &hosts), "http://redisx:1");
         assert_eq!(rename_hosts("300", &hosts), "300");
@@ -759,23 +674,14 @@ mod tests {
         assert_eq!(s.data["a"], b"hi");
         assert_eq!(s.data["b"], b"yo");
         let empty = parse_docs("kind: Secret\nmetadata: {name: s}\ndata:\n").unwrap();
-        assert!(
-            secret(&empty[0]).unwrap().data.is_empty(),
-            "an empty data: is no values"
-        );
+        assert!(secret(&empty[0]).unwrap().data.is_empty(), "an empty data: is no values");
         let bad = parse_docs("kind: Secret\nmetadata: {name: s}\ndata: {a: '***'}\n").unwrap();
-        assert!(secret(&bad[0])
-            .unwrap_err()
-            .to_string()
-            .contains("data.a is not base64"));
+        assert!(secret(&bad[0]).unwrap_err().to_string().contains("data.a is not base64"));
     }
 
     #[test]
     fn image_repository_strips_tag_and_digest_but_not_registry_port() {
-        assert_eq!(
-            repository("localhost/e2e-gateway:latest"),
-            "localhost/e2e-gateway"
-        );
+        assert_eq!(repository("localhost/e2e-gateway:latest"), "localhost/e2e-gateway");
         assert_eq!(repository("localhost:5000/x"), "localhost:5000/x");
         assert_eq!(repository("localhost:5000/x:1"), "localhost:5000/x");
         assert_eq!(repository("x@sha256:abc"), "x");
@@ -787,28 +693,16 @@ mod tests {
         m.set_env("gateway", "DEDUP_TTL_SECONDS", "5").unwrap();
         m.set_env("gateway", "DEDUP_TTL_SECONDS", "6").unwrap();
         let (yaml, _) = m.render_kind(&BTreeMap::new()).unwrap();
-        assert_eq!(
-            yaml.matches("DEDUP_TTL_SECONDS").count(),
-            1,
-            "replaced, not repeated"
-        );
-        assert!(
-            yaml.contains("value: '6'") || yaml.contains("value: \"6\""),
-            "{yaml}"
-        );
+        assert_eq!(yaml.matches("DEDUP_TTL_SECONDS").count(), 1, "replaced, not repeated");
+        assert!(yaml.contains("value: '6'") || yaml.contains("value: \"6\""), "{yaml}");
         assert!(m.set_env("nope", "A", "1").is_err());
         assert_eq!(m.pods(), ["postgres", "redis", "data-storage", "gateway"]);
     }
 
     #[test]
     fn unsupported_kinds_are_named() {
-        let m = Manifests {
-            docs: parse_docs("kind: Deployment\nmetadata: {name: d}\n").unwrap(),
-        };
-        let err = m
-            .render_podman(&BTreeMap::new(), "", None, || Ok(1))
-            .unwrap_err()
-            .to_string();
+        let m = Manifests { docs: parse_docs("kind: Deployment\nmetadata: {name: d}\n").unwrap() };
+        let err = m.render_podman(&BTreeMap::new(), "", None, || Ok(1)).unwrap_err().to_string();
         assert!(
             err.contains("Deployment") && err.contains("only Pod, Service and Secret"),
             "{err}"

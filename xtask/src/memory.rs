@@ -136,25 +136,15 @@ pub fn read() -> anyhow::Result<MemoryInfo> {
     let (cgroup_limit, cgroup_usage) = std::fs::read_to_string("/proc/self/cgroup")
         .map(|text| cgroup_memory(&text, Path::new("/sys/fs/cgroup")))
         .unwrap_or((None, None));
-    Ok(MemoryInfo {
-        available,
-        cgroup_limit,
-        cgroup_usage,
-    })
+    Ok(MemoryInfo { available, cgroup_limit, cgroup_usage })
 }
 
 /// The memory limit and usage of this process's cgroup (v2, or v1's memory controller).
 fn cgroup_memory(proc_self_cgroup: &str, root: &Path) -> (Option<u64>, Option<u64>) {
-    let read = |p: &Path| {
-        std::fs::read_to_string(p)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-    };
+    let read =
+        |p: &Path| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u64>().ok());
     for line in proc_self_cgroup.lines() {
-        let mut parts = line
-            .splitn(3, ':')
-            .skip(1)
-            .map(|p| p.trim_start_matches('/'));
+        let mut parts = line.splitn(3, ':').skip(1).map(|p| p.trim_start_matches('/'));
         let (controllers, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         if controllers.split(',').any(|c| c == "memory") {
             for dir in [root.join("memory").join(path), root.join("memory")] {
@@ -191,11 +181,7 @@ mod tests {
             cgroup_limit: None,
             cgroup_usage: None,
         });
-        assert_eq!(
-            small.bytes,
-            2 * GIB - 512 * MIB,
-            "at least 512 MiB stays free"
-        );
+        assert_eq!(small.bytes, 2 * GIB - 512 * MIB, "at least 512 MiB stays free");
     }
 
     #[test]
@@ -220,19 +206,10 @@ mod tests {
     fn admission_needs_a_free_job_slot_and_room_in_the_budget() {
         let gib = GIB;
         assert!(admit(&[], 2 * gib, 2 * gib, 1));
-        assert!(
-            !admit(&[gib], gib, 4 * gib, 1),
-            "one job at a time by default"
-        );
+        assert!(!admit(&[gib], gib, 4 * gib, 1), "one job at a time by default");
         assert!(admit(&[gib], gib, 4 * gib, 2));
-        assert!(
-            !admit(&[gib, gib], gib, 4 * gib, 2),
-            "no third while --jobs 2"
-        );
-        assert!(
-            !admit(&[3 * gib], 2 * gib, 4 * gib, 4),
-            "caps must fit the budget together"
-        );
+        assert!(!admit(&[gib, gib], gib, 4 * gib, 2), "no third while --jobs 2");
+        assert!(!admit(&[3 * gib], 2 * gib, 4 * gib, 4), "caps must fit the budget together");
         assert!(admit(&[2 * gib], 2 * gib, 4 * gib, 4));
         assert!(admit(&[], gib, gib, 0), "--jobs 0 still runs one");
     }
@@ -270,10 +247,7 @@ mod tests {
         std::fs::create_dir_all(&v1).unwrap();
         std::fs::write(v1.join("memory.limit_in_bytes"), "4294967296\n").unwrap();
         std::fs::write(v1.join("memory.usage_in_bytes"), "1073741824\n").unwrap();
-        assert_eq!(
-            cgroup_memory("4:memory:/job/1\n0::/\n", &root),
-            (Some(4 * GIB), Some(GIB))
-        );
+        assert_eq!(cgroup_memory("4:memory:/job/1\n0::/\n", &root), (Some(4 * GIB), Some(GIB)));
         let v2 = root.join("user.slice");
         std::fs::create_dir_all(&v2).unwrap();
         std::fs::write(v2.join("memory.max"), "max\n").unwrap();

@@ -11,10 +11,7 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(what: impl Into<String>, fix: impl Into<String>) -> Problem {
-        Problem {
-            what: what.into(),
-            fix: fix.into(),
-        }
+        Problem { what: what.into(), fix: fix.into() }
     }
 }
 

@@ -23,11 +23,7 @@ impl Project {
         let given = |var, default: PathBuf| std::env::var_os(var).map_or(default, |d| root.join(d));
         let target_dir = given("CARGO_TARGET_DIR", root.join("target"));
         let e2e_dir = given("E2E_DIR", target_dir.join("e2e"));
-        Ok(Project {
-            root,
-            target_dir,
-            e2e_dir,
-        })
+        Ok(Project { root, target_dir, e2e_dir })
     }
 
     /// A shell at the workspace root for the plain sequential steps (xshell's `cmd!`: one
@@ -61,16 +57,12 @@ impl Project {
 
     /// The directory cargo puts binaries in: the `dev` profile's, or `--release`'s.
     pub fn binaries_dir(&self, release: bool) -> PathBuf {
-        self.target_dir
-            .join(if release { "release" } else { "debug" })
+        self.target_dir.join(if release { "release" } else { "debug" })
     }
 
     /// A path relative to the root, for messages.
     pub fn display(&self, path: &Path) -> String {
-        path.strip_prefix(&self.root)
-            .unwrap_or(path)
-            .display()
-            .to_string()
+        path.strip_prefix(&self.root).unwrap_or(path).display().to_string()
     }
 
     /// The cargo that runs us (`$CARGO`), so the same toolchain builds everything.

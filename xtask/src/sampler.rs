@@ -33,11 +33,7 @@ impl Sampler {
                 sample(&s);
             }
         });
-        Sampler {
-            samples,
-            stop,
-            thread: Some(thread),
-        }
+        Sampler { samples, stop, thread: Some(thread) }
     }
 
     /// The highest use in `[from, to]` (or since `from`), above the use at `from`. A sample
@@ -78,17 +74,8 @@ fn sample(samples: &Mutex<Vec<(Instant, u64)>>) {
 /// The peak of the samples in `[from, to]` above the last sample at or before `from` (or
 /// the first sample, when none is that early).
 pub fn peak_above_start(samples: &[(Instant, u64)], from: Instant, to: Instant) -> Option<u64> {
-    let base = samples
-        .iter()
-        .rev()
-        .find(|(t, _)| *t <= from)
-        .or_else(|| samples.first())?
-        .1;
-    let peak = samples
-        .iter()
-        .filter(|(t, _)| *t >= from && *t <= to)
-        .map(|(_, u)| *u)
-        .max()?;
+    let base = samples.iter().rev().find(|(t, _)| *t <= from).or_else(|| samples.first())?.1;
+    let peak = samples.iter().filter(|(t, _)| *t >= from && *t <= to).map(|(_, u)| *u).max()?;
     Some(peak.saturating_sub(base))
 }
 
@@ -111,10 +98,7 @@ mod tests {
     fn a_short_span_still_gets_a_sample() {
         let s = Sampler::start();
         let from = Instant::now();
-        assert!(
-            s.peak_between(from, None).is_some(),
-            "a sample is taken on asking"
-        );
+        assert!(s.peak_between(from, None).is_some(), "a sample is taken on asking");
         assert!(s.stop().len() >= 2);
     }
 }

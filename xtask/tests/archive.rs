@@ -30,10 +30,7 @@ fn refs(sb: &Sandbox) -> Vec<(String, String)> {
         .unwrap()
         .iter()
         .map(|i| {
-            (
-                i["reference"].as_str().unwrap().to_owned(),
-                i["id"].as_str().unwrap().to_owned(),
-            )
+            (i["reference"].as_str().unwrap().to_owned(), i["id"].as_str().unwrap().to_owned())
         })
         .collect()
 }
@@ -48,21 +45,14 @@ fn save(sb: &Sandbox, file: &Path, archive: &Path, extra: &[&str]) -> (bool, Str
 fn round_trip_keeps_image_ids() {
     for compress in ["zstd", "none"] {
         let (sb, file, archive) = built(&format!("rt{compress}"));
-        let archive = if compress == "none" {
-            archive.with_extension("")
-        } else {
-            archive
-        };
+        let archive = if compress == "none" { archive.with_extension("") } else { archive };
         let (ok, out) = save(&sb, &file, &archive, &["--compress", compress]);
         assert!(ok, "{out}");
         assert!(out.contains("2 images,"), "{out}");
         let manifest: serde_json::Value =
             serde_json::from_slice(&std::fs::read(format!("{}.json", archive.display())).unwrap())
                 .unwrap();
-        assert_eq!(
-            manifest["size"].as_u64().unwrap(),
-            std::fs::metadata(&archive).unwrap().len()
-        );
+        assert_eq!(manifest["size"].as_u64().unwrap(), std::fs::metadata(&archive).unwrap().len());
         assert_eq!(manifest["compression"], compress);
         assert_eq!(manifest["images"].as_array().unwrap().len(), 2);
         assert!(manifest["commit"].as_str().unwrap().len() >= 7);
@@ -101,19 +91,13 @@ fn a_corrupted_or_truncated_archive_loads_nothing() {
     std::fs::write(&archive, &flipped).unwrap();
     let (ok, out) = sb.xtask("load-images", &file, &[archive.to_str().unwrap()]);
     assert!(!ok, "{out}");
-    assert!(
-        out.contains("is corrupted") && out.contains("Nothing was loaded"),
-        "{out}"
-    );
+    assert!(out.contains("is corrupted") && out.contains("Nothing was loaded"), "{out}");
     assert!(sb.engine_id(&before[0].0).is_none(), "nothing loaded");
 
     std::fs::write(&archive, &good[..good.len() - 1000]).unwrap();
     let (ok, out) = sb.xtask("load-images", &file, &[archive.to_str().unwrap()]);
     assert!(!ok, "{out}");
-    assert!(
-        out.contains("truncated") && out.contains("Nothing was loaded"),
-        "{out}"
-    );
+    assert!(out.contains("truncated") && out.contains("Nothing was loaded"), "{out}");
     assert!(sb.engine_id(&before[1].0).is_none(), "nothing loaded");
 
     std::fs::remove_file(format!("{}.json", archive.display())).unwrap();
@@ -128,14 +112,8 @@ fn stale_images_are_named_on_save_and_on_load() {
     std::fs::write(sb.dir.join("alpha/data.txt"), "alpha v2\n").unwrap();
     let (ok, out) = save(&sb, &file, &archive, &[]);
     assert!(!ok, "{out}");
-    assert!(
-        out.contains("alpha: inputs changed since the last build"),
-        "{out}"
-    );
-    assert!(
-        out.contains("prebuild-images") && out.contains("--build"),
-        "{out}"
-    );
+    assert!(out.contains("alpha: inputs changed since the last build"), "{out}");
+    assert!(out.contains("prebuild-images") && out.contains("--build"), "{out}");
     assert!(!archive.exists());
     let (ok, out) = save(&sb, &file, &archive, &["--build"]);
     assert!(ok, "{out}");
@@ -145,20 +123,10 @@ fn stale_images_are_named_on_save_and_on_load() {
     sb.remove_images();
     let (ok, out) = sb.xtask("load-images", &file, &[archive.to_str().unwrap()]);
     assert!(!ok, "{out}");
-    assert!(
-        out.contains("the archive does not match this checkout"),
-        "{out}"
-    );
-    assert!(
-        out.contains("alpha: archive") && !out.contains("beta: archive"),
-        "{out}"
-    );
+    assert!(out.contains("the archive does not match this checkout"), "{out}");
+    assert!(out.contains("alpha: archive") && !out.contains("beta: archive"), "{out}");
     assert!(out.contains("--allow-stale"), "{out}");
-    let (ok, out) = sb.xtask(
-        "load-images",
-        &file,
-        &[archive.to_str().unwrap(), "--allow-stale"],
-    );
+    let (ok, out) = sb.xtask("load-images", &file, &[archive.to_str().unwrap(), "--allow-stale"]);
     assert!(ok, "{out}");
     assert!(out.contains("WARNING: --allow-stale"), "{out}");
 }
@@ -190,15 +158,10 @@ fn an_interrupted_save_leaves_nothing_that_looks_complete() {
             child.try_wait().unwrap().is_none(),
             "the save ended before it could be interrupted"
         );
-        assert!(
-            Instant::now() < deadline,
-            "no temporary archive within 60 s"
-        );
+        assert!(Instant::now() < deadline, "no temporary archive within 60 s");
         std::thread::sleep(Duration::from_millis(2));
     }
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
     let status = child.wait().unwrap();
     assert!(!status.success(), "an interrupted save must fail");
     let left: Vec<String> = std::fs::read_dir(&dir)
@@ -218,11 +181,7 @@ struct Registry {
 
 impl Registry {
     fn start(dir: &Path) -> Registry {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let config = dir.join("registry.yml");
@@ -242,17 +201,10 @@ impl Registry {
             .expect("docker-registry: apt-get install docker-registry");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the registry did not listen on {addr} within 30 s"
-            );
+            assert!(Instant::now() < deadline, "the registry did not listen on {addr} within 30 s");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Registry {
-            child,
-            dir: dir.to_owned(),
-            addr,
-        }
+        Registry { child, dir: dir.to_owned(), addr }
     }
 }
 
@@ -278,10 +230,7 @@ fn push_then_pull_through_a_local_registry() {
         .args(["rmi", "-f"])
         .args(before.iter().map(|(r, _)| {
             let (repo, tag) = r.rsplit_once(':').unwrap();
-            format!(
-                "{prefix}/{}:{tag}",
-                repo.rsplit_once('-').map_or(repo, |(_, n)| n)
-            )
+            format!("{prefix}/{}:{tag}", repo.rsplit_once('-').map_or(repo, |(_, n)| n))
         }))
         .output();
 
@@ -304,10 +253,7 @@ fn push_then_pull_through_a_local_registry() {
                 .map(str::to_owned)
                 .collect();
             if !pulled.is_empty() {
-                let _ = Command::new("podman")
-                    .args(["rmi", "-f"])
-                    .args(&pulled)
-                    .output();
+                let _ = Command::new("podman").args(["rmi", "-f"]).args(&pulled).output();
             }
         });
 }

@@ -26,25 +26,12 @@ fn docker_oom_kill_is_reported() {
     let sb = Sandbox::with_engine("doom", "docker");
     sb.image("hog", "RUN head -c 300m /dev/zero | tail -n 1 >/dev/null\n");
     let file = sb.images_file(&[("hog", "32m")]);
-    let containers = || {
-        Command::new("docker")
-            .args(["ps", "-aq"])
-            .output()
-            .unwrap()
-            .stdout
-    };
+    let containers = || Command::new("docker").args(["ps", "-aq"]).output().unwrap().stdout;
     let before = containers();
     let (ok, out) = sb.prebuild(&file, &[]);
-    assert_eq!(
-        containers(),
-        before,
-        "the failed build left its container behind"
-    );
+    assert_eq!(containers(), before, "the failed build left its container behind");
     assert!(!ok, "{out}");
-    assert!(
-        out.contains("image hog was killed for running out of memory"),
-        "{out}"
-    );
+    assert!(out.contains("image hog was killed for running out of memory"), "{out}");
     assert!(out.contains("at `RUN head -c 300m"), "{out}");
 }
 
@@ -55,20 +42,13 @@ fn builds_once_then_only_what_changed_with(sb: Sandbox) {
 
     let (ok, out) = sb.prebuild(&file, &[]);
     assert!(ok, "{out}");
-    assert_eq!(
-        (result_of(&out, "alpha"), result_of(&out, "beta")),
-        ("built", "built"),
-        "{out}"
-    );
+    assert_eq!((result_of(&out, "alpha"), result_of(&out, "beta")), ("built", "built"), "{out}");
     let h = sb.handoff();
     assert_eq!(h["images"].as_array().unwrap().len(), 2);
     for image in h["images"].as_array().unwrap() {
         let fp = image["fingerprint"].as_str().unwrap();
         assert_eq!(fp.len(), 64);
-        assert!(image["reference"]
-            .as_str()
-            .unwrap()
-            .ends_with(&format!(":{}", &fp[..16])));
+        assert!(image["reference"].as_str().unwrap().ends_with(&format!(":{}", &fp[..16])));
         assert!(image["size"].as_u64().unwrap() > 0);
     }
     let (alpha_id, beta_id) = (sb.id("alpha"), sb.id("beta"));
@@ -76,33 +56,18 @@ fn builds_once_then_only_what_changed_with(sb: Sandbox) {
     // Nothing changed: nothing is built.
     let (ok, out) = sb.prebuild(&file, &[]);
     assert!(ok, "{out}");
-    assert!(
-        out.contains("nothing to build: every image is cached"),
-        "{out}"
-    );
-    assert_eq!(
-        (result_of(&out, "alpha"), result_of(&out, "beta")),
-        ("cached", "cached"),
-        "{out}"
-    );
+    assert!(out.contains("nothing to build: every image is cached"), "{out}");
+    assert_eq!((result_of(&out, "alpha"), result_of(&out, "beta")), ("cached", "cached"), "{out}");
 
     // A newer mtime alone changes nothing.
-    let f = std::fs::File::options()
-        .write(true)
-        .open(sb.dir.join("beta/data.txt"))
-        .unwrap();
-    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(60))
-        .unwrap();
+    let f = std::fs::File::options().write(true).open(sb.dir.join("beta/data.txt")).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(60)).unwrap();
     // One byte of alpha's context: only alpha is rebuilt, and the plan says why.
     std::fs::write(sb.dir.join("alpha/data.txt"), "alpha v2\n").unwrap();
     let (ok, out) = sb.prebuild(&file, &[]);
     assert!(ok, "{out}");
     assert!(out.contains("inputs changed since the last build"), "{out}");
-    assert_eq!(
-        (result_of(&out, "alpha"), result_of(&out, "beta")),
-        ("built", "cached"),
-        "{out}"
-    );
+    assert_eq!((result_of(&out, "alpha"), result_of(&out, "beta")), ("built", "cached"), "{out}");
     assert_ne!(sb.id("alpha"), alpha_id);
     assert_eq!(sb.id("beta"), beta_id);
 
@@ -120,21 +85,12 @@ fn a_build_over_its_memory_cap_is_reported_as_an_oom_kill() {
     let file = sb.images_file(&[("hog", "32m")]);
     let (ok, out) = sb.prebuild(&file, &[]);
     assert!(!ok, "{out}");
-    assert!(
-        out.contains("image hog was killed for running out of memory"),
-        "{out}"
-    );
-    assert!(
-        out.contains("memory cap of 32m at `RUN head -c 300m"),
-        "{out}"
-    );
+    assert!(out.contains("image hog was killed for running out of memory"), "{out}");
+    assert!(out.contains("memory cap of 32m at `RUN head -c 300m"), "{out}");
     assert!(out.contains("with 1 build(s) running"), "{out}");
     assert!(out.contains("raise `memory` for hog"), "{out}");
     assert!(out.contains("build-hog.log"), "{out}");
-    assert!(
-        !sb.dir.join("state/images.json").exists(),
-        "no handoff after a failure"
-    );
+    assert!(!sb.dir.join("state/images.json").exists(), "no handoff after a failure");
 }
 
 #[test]
@@ -146,18 +102,9 @@ fn with_several_builds_every_failure_is_listed() {
     let file = sb.images_file(&[("broken", "64m"), ("hog", "32m"), ("fine", "64m")]);
     let (ok, out) = sb.prebuild(&file, &["--jobs", "2"]);
     assert!(!ok, "{out}");
-    assert!(
-        out.contains("2 to build") || out.contains("3 to build"),
-        "{out}"
-    );
-    assert!(
-        out.contains("image broken failed at `RUN echo compiling && exit 3`"),
-        "{out}"
-    );
-    assert!(
-        out.contains("image hog was killed for running out of memory"),
-        "{out}"
-    );
+    assert!(out.contains("2 to build") || out.contains("3 to build"), "{out}");
+    assert!(out.contains("image broken failed at `RUN echo compiling && exit 3`"), "{out}");
+    assert!(out.contains("image hog was killed for running out of memory"), "{out}");
     assert!(out.contains("2 image build(s) failed"), "{out}");
     // After the first failure no new build starts.
     assert_eq!(result_of(&out, "fine"), "not", "{out}");
@@ -170,9 +117,6 @@ fn caps_over_the_budget_are_refused_before_anything_runs() {
     let file = sb.images_file(&[("big", "512m")]);
     let (ok, out) = sb.prebuild(&file, &["--memory-budget", "256m"]);
     assert!(!ok, "{out}");
-    assert!(
-        out.contains("big (cap 512 MiB)") && out.contains("--memory-budget"),
-        "{out}"
-    );
+    assert!(out.contains("big (cap 512 MiB)") && out.contains("--memory-budget"), "{out}");
     assert!(!out.contains("building big"), "{out}");
 }

@@ -9,17 +9,11 @@ fn workflow() -> Value {
 }
 
 fn steps<'a>(w: &'a Value, job: &str) -> &'a Vec<Value> {
-    w["jobs"][job]["steps"]
-        .as_sequence()
-        .unwrap_or_else(|| panic!("job {job} has no steps"))
+    w["jobs"][job]["steps"].as_sequence().unwrap_or_else(|| panic!("job {job} has no steps"))
 }
 
 fn runs(w: &Value, job: &str) -> String {
-    steps(w, job)
-        .iter()
-        .filter_map(|s| s["run"].as_str())
-        .collect::<Vec<_>>()
-        .join("\n")
+    steps(w, job).iter().filter_map(|s| s["run"].as_str()).collect::<Vec<_>>().join("\n")
 }
 
 fn uses<'a>(w: &'a Value, job: &str, action: &str) -> Vec<&'a Value> {
@@ -33,9 +27,7 @@ fn uses<'a>(w: &'a Value, job: &str, action: &str) -> Vec<&'a Value> {
 fn build_images_builds_saves_and_uploads_without_recompressing() {
     let w = workflow();
     let run = runs(&w, "build-images");
-    let prebuild = run
-        .find("cargo xtask prebuild-images")
-        .expect("prebuild-images");
+    let prebuild = run.find("cargo xtask prebuild-images").expect("prebuild-images");
     let save = run.find("cargo xtask save-images").expect("save-images");
     assert!(prebuild < save, "build before saving");
     let upload = uses(&w, "build-images", "actions/upload-artifact");
@@ -61,26 +53,13 @@ fn e2e_jobs_only_load_the_archive() {
     assert_eq!(download.len(), 1);
     assert_eq!(download[0]["with"]["path"].as_str(), Some("target/e2e"));
     let run = runs(&w, "e2e");
-    assert!(
-        run.contains("cargo xtask e2e --images target/e2e/images.tar.zst"),
-        "{run}"
-    );
-    for forbidden in [
-        "prebuild-images",
-        "podman build",
-        "docker build",
-        "podman pull",
-        "docker pull",
-    ] {
-        assert!(
-            !run.contains(forbidden),
-            "the e2e job must not `{forbidden}`:\n{run}"
-        );
+    assert!(run.contains("cargo xtask e2e --images target/e2e/images.tar.zst"), "{run}");
+    for forbidden in
+        ["prebuild-images", "podman build", "docker build", "podman pull", "docker pull"]
+    {
+        assert!(!run.contains(forbidden), "the e2e job must not `{forbidden}`:\n{run}");
     }
-    assert!(
-        run.contains("E2E_SKIP_BASE_IMAGE=1"),
-        "a loading job needs no base image"
-    );
+    assert!(run.contains("E2E_SKIP_BASE_IMAGE=1"), "a loading job needs no base image");
 }
 
 /// The build job builds on the official Debian image, which `prebuild-images` pulls itself
@@ -91,18 +70,12 @@ fn the_build_job_uses_upstream_images_and_no_job_pulls_by_hand() {
     for job in w["jobs"].as_mapping().unwrap().keys() {
         let run = runs(&w, job.as_str().unwrap());
         assert!(!run.contains(" pull "), "{run}");
-        assert!(
-            !run.contains("E2E_BASE_IMAGE="),
-            "upstream images on GitHub: {run}"
-        );
+        assert!(!run.contains("E2E_BASE_IMAGE="), "upstream images on GitHub: {run}");
     }
     let build = runs(&w, "build-images");
     assert!(
         build.contains("E2E_SKIP_BASE_IMAGE=1"),
         "no debootstrap where a registry answers: {build}"
     );
-    assert!(
-        runs(&w, "e2e").contains("--faults"),
-        "the e2e job runs the fault tests"
-    );
+    assert!(runs(&w, "e2e").contains("--faults"), "the e2e job runs the fault tests");
 }

@@ -24,14 +24,9 @@ impl Sandbox {
     }
 
     pub fn with_engine(name: &str, engine: &'static str) -> Sandbox {
-        let turn = ENGINE
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let turn = ENGINE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         assert!(
-            Command::new(engine)
-                .arg("version")
-                .output()
-                .is_ok_and(|o| o.status.success()),
+            Command::new(engine).arg("version").output().is_ok_and(|o| o.status.success()),
             "these tests need {engine}: run test/e2e/setup-{engine}.sh as root"
         );
         let dir = std::env::temp_dir().join(format!("xtask-it-{name}-{}", std::process::id()));
@@ -111,10 +106,7 @@ impl Sandbox {
             .output()
             .ok()?;
         out.status.success().then(|| {
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .trim_start_matches("sha256:")
-                .to_owned()
+            String::from_utf8_lossy(&out.stdout).trim().trim_start_matches("sha256:").to_owned()
         })
     }
 
@@ -130,10 +122,7 @@ impl Sandbox {
             .map(str::to_owned)
             .collect();
         if !ours.is_empty() {
-            let _ = Command::new(self.engine)
-                .args(["rmi", "-f"])
-                .args(&ours)
-                .output();
+            let _ = Command::new(self.engine).args(["rmi", "-f"]).args(&ours).output();
         }
     }
 
@@ -143,12 +132,7 @@ impl Sandbox {
 
     pub fn id(&self, name: &str) -> String {
         let h = self.handoff();
-        h["images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["name"] == name)
-            .unwrap()["id"]
+        h["images"].as_array().unwrap().iter().find(|i| i["name"] == name).unwrap()["id"]
             .as_str()
             .unwrap()
             .to_owned()
