@@ -1,0 +1,187 @@
+use super::*;
+
+fn shipped() -> Manifests {
+    Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests")).unwrap()
+}
+
+#[test]
+fn a_run_gets_a_subnet_no_network_of_the_engine_overlaps() {
+    let used = parse_subnets("10.88.0.0/16 fd00::/64\n10.89.0.0/24 10.89.1.0/27\n");
+    assert_eq!(used.len(), 3, "IPv6 subnets are skipped");
+    for run in ["20261202-080000-1", "20261202-080000-2", "x", ""] {
+        let s = Subnet::choose(run, &used).unwrap();
+        let base = u32::from(s.base);
+        assert_eq!(base % 32, 0, "{s} is a /27");
+        assert_eq!(base >> 16, u32::from_be_bytes([0, 0, 10, 89]), "{s} in 10.89/16");
+        assert!(
+            base >= u32::from_be_bytes([10, 89, 1, 32])
+                || base < u32::from_be_bytes([10, 89, 0, 0]),
+            "{s} overlaps 10.89.0.0/24 or 10.89.1.0/27"
+        );
+        assert_eq!(Subnet::choose(run, &used).unwrap(), s, "the same run, the same subnet");
+    }
+    assert_ne!(
+        Subnet::choose("20261202-080000-1", &[]).unwrap(),
+        Subnet::choose("20261202-080000-2", &[]).unwrap(),
+        "two runs at once start apart"
+    );
+    let all = [(std::net::Ipv4Addr::new(10, 0, 0, 0), 8)];
+    let err = Subnet::choose("r", &all).unwrap_err().to_string();
+    assert!(err.contains("podman network prune"), "{err}");
+}
+
+#[test]
+fn with_a_subnet_every_pod_has_a_fixed_address_and_every_name_in_its_hosts() {
+    let subnet = Subnet { base: std::net::Ipv4Addr::new(10, 89, 7, 64) };
+    let stack =
+        shipped().render_podman(&BTreeMap::new(), "r1", Some(subnet), || Ok(40000)).unwrap();
+    let hosts = stack.hosts();
+    assert_eq!(
+        hosts,
+        vec![
+            ("postgres-r1".to_owned(), "10.89.7.74".parse().unwrap()),
+            ("redis-r1".to_owned(), "10.89.7.75".parse().unwrap()),
+            ("data-storage-r1".to_owned(), "10.89.7.76".parse().unwrap()),
+            ("gateway-r1".to_owned(), "10.89.7.77".parse().unwrap()),
+        ]
+    );
+    assert_eq!(
+        stack.address("redis-r1"),
+        Some(("10.89.7.75".parse().unwrap(), "02:e2:0a:59:07:4b".to_owned()))
+    );
+    for yaml in &stack.pod_yaml {
+        let doc: Value = serde_norway::from_str(yaml.trim_start_matches("---\n")).unwrap();
+        let aliases = doc["spec"]["hostAliases"].as_sequence().unwrap();
+        for (name, ip) in &hosts {
+            assert!(
+                aliases.iter().any(|a| a["ip"].as_str() == Some(&ip.to_string())
+                    && a["hostnames"][0].as_str() == Some(name)),
+                "{name} -> {ip} missing in {yaml}"
+            );
+        }
+    }
+    let plain = shipped().render_podman(&BTreeMap::new(), "r1", None, || Ok(40000)).unwrap();
+    assert!(plain.hosts().is_empty() && !plain.yaml.contains("hostAliases"));
+}
+
+fn render(m: &Manifests) -> PodmanStack {
+    let images: BTreeMap<String, String> = ["gateway", "data-storage", "postgres", "redis"]
+        .iter()
+        .map(|n| (format!("localhost/e2e-{n}"), format!("localhost/e2e-{n}:abc123")))
+        .collect();
+    let mut next = 40000;
+    m.render_podman(&images, "", None, || {
+        next += 1;
+        Ok(next)
+    })
+    .unwrap()
+}
+
+#[test]
+fn shipped_manifests_render_for_podman() {
+    let stack = render(&shipped());
+    let names: Vec<&str> = stack.pods.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["postgres", "redis", "data-storage", "gateway"],
+        "files in name order: dependencies first"
+    );
+    // Every image is pinned to the built reference.
+    for pod in &stack.pods {
+        assert!(pod.containers[0].image.ends_with(":abc123"), "{pod:?}");
+    }
+    assert!(!stack.yaml.contains(":latest"));
+    // Only the HTTP services are published, on loopback, each on its own port.
+    assert_eq!(stack.published.len(), 2);
+    assert_eq!(stack.host_port("data-storage", 8080), Some(40001));
+    assert_eq!(stack.host_port("gateway", 8080), Some(40002));
+    assert!(stack.yaml.contains("hostIP: 127.0.0.1"));
+    assert!(!stack.yaml.contains("kind: Service") && !stack.yaml.contains("kind: Secret"));
+    assert!(!stack.yaml.contains("Probe"), "probes are run by the xtask, not podman");
+    // Readiness comes from the manifests' probes.
+    let gw = &stack.pods[3].containers[0];
+    assert_eq!(gw.readiness, Some(Probe::Http { path: "/ready".into(), port: 8080 }));
+    let pg = &stack.pods[0].containers[0];
+    assert!(matches!(&pg.readiness, Some(Probe::Exec(c)) if c[0] == "pg_isready"));
+}
+
+#[test]
+fn a_run_suffix_renames_pods_secrets_and_the_hosts_that_name_them() {
+    let m = shipped();
+    let stack = m.render_podman(&BTreeMap::new(), "r1", None, || Ok(40000)).unwrap();
+    let names: Vec<&str> = stack.pods.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["postgres-r1", "redis-r1", "data-storage-r1", "gateway-r1"]);
+    assert_eq!(stack.secrets[0].name, "postgres-credentials-r1");
+    assert!(stack.yaml.contains("value: postgres-r1\n"), "POSTGRES_HOST follows:\n{}", stack.yaml);
+    assert!(stack.yaml.contains("redis://redis-r1:6379"), "{}", stack.yaml);
+    assert!(stack.yaml.contains("http://data-storage-r1:8080"), "{}", stack.yaml);
+    assert!(stack.yaml.contains("name: postgres-credentials-r1"), "{}", stack.yaml);
+    assert!(!stack.yaml.contains("name: postgres-credentials\n"), "{}", stack.yaml);
+    assert!(stack.yaml.contains("e2e.run: r1"));
+    assert_eq!(stack.host_port("gateway", 8080), Some(40000), "found by the manifests' name too");
+    assert_eq!(stack.pods[3].base, "gateway");
+}
+
+#[test]
+fn hosts_are_renamed_only_where_they_are_hosts() {
+    let hosts: BTreeMap<String, String> =
+        [("redis".into(), "redis-x".into()), ("postgres".into(), "postgres-x".into())].into();
+    assert_eq!(rename_hosts("postgres", &hosts), "postgres-x");
+    assert_eq!(rename_hosts("redis://redis:6379", &hosts), "redis://redis-x:6379");
+    assert_eq!(rename_hosts("http://redis/path?q=1", &hosts), "http://redis-x/path?q=1");
+    assert_eq!(rename_hosts("redis-cache", &hosts), "redis-cache");
+    assert_eq!(rename_hosts("http://redisx:1", &hosts), "http://redisx:1");
+    assert_eq!(rename_hosts("300", &hosts), "300");
+}
+
+#[test]
+fn secrets_are_taken_out_and_encoded_for_podman() {
+    let stack = render(&shipped());
+    assert_eq!(stack.secrets.len(), 1);
+    let s = &stack.secrets[0];
+    assert_eq!(s.name, "postgres-credentials");
+    assert_eq!(s.data["user"], b"audit");
+    let payload: serde_json::Value = serde_json::from_str(&secret_payload(s)).unwrap();
+    assert_eq!(payload["user"], "YXVkaXQ="); // base64("audit")
+}
+
+#[test]
+fn data_and_string_data_both_count() {
+    let docs =
+        parse_docs("kind: Secret\nmetadata: {name: s}\ndata: {a: aGk=}\nstringData: {b: yo}\n")
+            .unwrap();
+    let s = secret(&docs[0]).unwrap();
+    assert_eq!(s.data["a"], b"hi");
+    assert_eq!(s.data["b"], b"yo");
+    let empty = parse_docs("kind: Secret\nmetadata: {name: s}\ndata:\n").unwrap();
+    assert!(secret(&empty[0]).unwrap().data.is_empty(), "an empty data: is no values");
+    let bad = parse_docs("kind: Secret\nmetadata: {name: s}\ndata: {a: '***'}\n").unwrap();
+    assert!(secret(&bad[0]).unwrap_err().to_string().contains("data.a is not base64"));
+}
+
+#[test]
+fn image_repository_strips_tag_and_digest_but_not_registry_port() {
+    assert_eq!(repository("localhost/e2e-gateway:latest"), "localhost/e2e-gateway");
+    assert_eq!(repository("localhost:5000/x"), "localhost:5000/x");
+    assert_eq!(repository("localhost:5000/x:1"), "localhost:5000/x");
+    assert_eq!(repository("x@sha256:abc"), "x");
+}
+
+#[test]
+fn a_run_can_set_a_pods_environment() {
+    let mut m = shipped();
+    m.set_env("gateway", "DEDUP_TTL_SECONDS", "5").unwrap();
+    m.set_env("gateway", "DEDUP_TTL_SECONDS", "6").unwrap();
+    let (yaml, _) = m.render_kind(&BTreeMap::new()).unwrap();
+    assert_eq!(yaml.matches("DEDUP_TTL_SECONDS").count(), 1, "replaced, not repeated");
+    assert!(yaml.contains("value: '6'") || yaml.contains("value: \"6\""), "{yaml}");
+    assert!(m.set_env("nope", "A", "1").is_err());
+    assert_eq!(m.pods(), ["postgres", "redis", "data-storage", "gateway"]);
+}
+
+#[test]
+fn unsupported_kinds_are_named() {
+    let m = Manifests { docs: parse_docs("kind: Deployment\nmetadata: {name: d}\n").unwrap() };
+    let err = m.render_podman(&BTreeMap::new(), "", None, || Ok(1)).unwrap_err().to_string();
+    assert!(err.contains("Deployment") && err.contains("only Pod, Service and Secret"), "{err}");
+}
