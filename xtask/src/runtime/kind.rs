@@ -234,31 +234,24 @@ impl Stack for KindRun {
                 run(create, "creating the Kind cluster"),
             ];
             let ports = serde_json::to_string(&self.ports).expect("ports serialise");
-            steps.extend(
-                self.files.ports_record.iter().map(|path| write(path.clone(), ports.clone())),
-            );
+            steps.extend(self.files.ports_record.clone().map(|path| write(path, ports)));
             phases.push(Phase::new("create cluster", steps));
         }
         let node = format!("{}-control-plane", self.cluster);
-        let what = std::iter::once(format!("{}  (the nodes)", self.kind(&["get", "nodes"])))
-            .chain(
-                self.references
-                    .iter()
-                    .map(|r| format!("{}  (per node and image)", self.node_has_image(&node, r))),
-            )
-            .chain([format!(
-                "{}  (each node that lacks one, all at once)",
-                self.load_archive(&node)
-            )]);
-        let what = what.collect::<Vec<_>>().join("\n");
+        let mut what = format!("{}  (the nodes)\n", self.kind(&["get", "nodes"]));
+        for r in &self.references {
+            what += &format!("{}  (per node and image)\n", self.node_has_image(&node, r));
+        }
+        what += &format!("{}  (each node that lacks one, all at once)", self.load_archive(&node));
         let load = Step::Watch { what, run: Box::new(move |r| self.load_images(r)) };
         phases.push(Phase::new("load images", vec![load]));
         let namespace = kubectl(&self.cluster).args(["create", "namespace", &self.namespace]);
-        let mut deploy: Vec<Step> =
-            self.reuse.then(|| Step::Record(self.final_record())).into_iter().collect();
-        deploy.push(run(namespace, "creating the run's namespace"));
-        deploy.push(run(self.apply(), "applying the manifests"));
-        phases.push(Phase::new("deploy", deploy));
+        let record = self.reuse.then(|| Step::Record(self.final_record()));
+        let deploy = [
+            run(namespace, "creating the run's namespace"),
+            run(self.apply(), "applying the manifests"),
+        ];
+        phases.push(Phase::new("deploy", record.into_iter().chain(deploy).collect()));
         let what = format!("{}  (polled until every pod is Ready)", self.get_pods_json());
         let wait = Step::Watch { what, run: Box::new(move |r| self.wait_ready(r, ready_timeout)) };
         phases.push(Phase::new("wait until ready", vec![wait]));
@@ -270,12 +263,8 @@ impl Stack for KindRun {
     }
 
     fn urls(&self) -> BTreeMap<String, String> {
-        let ports = self.node_ports.iter();
-        ports
-            .filter_map(|(svc, np)| {
-                Some((url_var(svc), format!("http://127.0.0.1:{}", self.ports.get(np)?)))
-            })
-            .collect()
+        let url = |np| self.ports.get(np).map(|p| format!("http://127.0.0.1:{p}"));
+        self.node_ports.iter().filter_map(|(svc, np)| Some((url_var(svc), url(np)?))).collect()
     }
 
     /// A Pod is deleted, and the run's manifests applied again bring it back (bare Pods
@@ -290,9 +279,8 @@ impl Stack for KindRun {
     }
 
     fn final_record(&self) -> RunRecord {
-        let (cluster, namespace, reuse) =
-            (self.cluster.clone(), self.namespace.clone(), self.reuse);
-        let created = Created { cluster, reuse, namespace, provider: self.provider };
+        let (cluster, namespace) = (self.cluster.clone(), self.namespace.clone());
+        let created = Created { cluster, reuse: self.reuse, namespace, provider: self.provider };
         RunRecord::new(&self.id, AnyCreated::Kind(created))
     }
 

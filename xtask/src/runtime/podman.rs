@@ -146,17 +146,8 @@ pub struct PodmanRun {
 
 impl PodmanRun {
     pub fn new(project: &Project, id: RunId, stack: PodmanStack) -> PodmanRun {
-        let (dir, log) = (id.dir(project), id.log(project));
-        PodmanRun {
-            remote: false,
-            suite: None,
-            early: BTreeSet::new(),
-            arriving: None,
-            dir,
-            log,
-            id,
-            stack,
-        }
+        let (dir, log, early) = (id.dir(project), id.log(project), BTreeSet::new());
+        PodmanRun { remote: false, suite: None, early, arriving: None, dir, log, id, stack }
     }
 
     /// The manifests rendered again with `pinned` images, on the same host ports and subnet.
@@ -205,9 +196,8 @@ impl PodmanRun {
 
     /// `<POD>_URL` for each published pod: `http://{host}`.
     fn urls_at(&self, host: impl Fn(&Published) -> String) -> BTreeMap<String, String> {
-        let urls =
-            self.stack.published.iter().map(|p| (url_var(&p.base), format!("http://{}", host(p))));
-        urls.collect()
+        let published = self.stack.published.iter();
+        published.map(|p| (url_var(&p.base), format!("http://{}", host(p)))).collect()
     }
 
     /// The network, the secrets, and the pods in `early` (PostgreSQL and Redis), before the
@@ -324,8 +314,8 @@ impl Stack for PodmanRun {
     fn save_failure(&self) -> anyhow::Result<PathBuf> {
         let dir = self.dir.join("logs");
         std::fs::create_dir_all(&dir)?;
+        let read = |c: Cmd| c.survives_interrupt().read();
         for (file, container) in self.containers() {
-            let read = |c: Cmd| c.survives_interrupt().read();
             let logs =
                 read(Podman.logs(&container)).unwrap_or_else(|e| format!("(no log: {e:#})\n"));
             let state =
