@@ -19,7 +19,7 @@ pub use schedule::build_cmd_for;
 
 pub use crate::timeline::Activity;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
@@ -335,6 +335,15 @@ pub fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) ->
         let handles: Vec<_> = items.iter().map(|i| s.spawn(|| f(i))).collect();
         handles.into_iter().map(|h| h.join().expect("no panic")).collect()
     })
+}
+
+/// `cmd`, echoed and logged, under a spinner.
+fn run_spinning(r: &Reporter, cmd: &Cmd, log: &Path, name: &str, msg: &str) -> Result<()> {
+    r.command(cmd);
+    let bar = r.spinner(name, msg);
+    let result = cmd.run_logged(log);
+    r.finish(&bar);
+    result
 }
 
 /// One `cargo build` of every binary the images package, in the `dev` profile that `cargo

@@ -189,10 +189,7 @@ fn build_one(
     let (cmd, log) = (build_cmd_for(p, engine, item), build_log(p, name));
     let _ = std::fs::remove_file(&log);
     r.line(format!("  building {name} (cap {})", podman_size(item.spec.memory)));
-    r.command(&cmd);
-    let bar = r.spinner(name, "building");
-    let result = cmd.run_logged(&log);
-    r.finish(&bar);
+    let result = super::run_spinning(r, &cmd, &log, name, "building");
     let took = started.elapsed();
     let peak = sampler.and_then(|s| s.peak_between(started, Some(started + took)));
     let result = result.map_err(|err| {
