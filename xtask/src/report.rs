@@ -9,8 +9,8 @@ use std::{io::IsTerminal, sync::Mutex};
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::timeline::{self, Span, SpanState, Timeline};
-use crate::{build::Activity, cmd::Cmd, memory::human};
+use crate::timeline::{self, Activity, Span, SpanState, Timeline};
+use crate::{cmd::Cmd, memory::human};
 
 /// The names of the phases that code looks for (in reports, benchmarks and CI's greps).
 pub mod phase {

@@ -8,7 +8,7 @@
 //! setting `document.body.dataset.rendered = "ok"` (`test/e2e/check-report.sh` checks the
 //! page in Chromium).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, HumanDuration};
 use serde::{Deserialize, Serialize};
@@ -63,6 +63,23 @@ pub struct Cap {
     pub start_s: f64,
     pub end_s: f64,
     pub cap_bytes: u64,
+}
+
+/// What the builds did over time: each build's span and the machine's memory in use.
+#[derive(Debug, Clone, Default)]
+pub struct Activity {
+    pub builds: Vec<BuildSpan>,
+    pub memory: Vec<(Instant, u64)>,
+}
+
+/// One build over time.
+#[derive(Debug, Clone)]
+pub struct BuildSpan {
+    pub image: String,
+    pub started: Instant,
+    pub took: Duration,
+    pub cap: u64,
+    pub ok: bool,
 }
 
 /// The page; `PLACEHOLDER` stands once in it, as the data island's content.
