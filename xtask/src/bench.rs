@@ -8,9 +8,9 @@ use anyhow::Context;
 use xshell::cmd;
 
 use crate::memory::{self, human};
-use crate::report::{phase, table, Reporter};
+use crate::report::{median, phase, table, Reporter, RunReport};
+use crate::sampler::Sampler;
 use crate::{build, cmd::Cmd, engine::BuildCmd, handoff::Handoff, images, project::Project};
-use crate::{sampler::Sampler, soak::RunReport};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -373,23 +373,6 @@ fn row(name: &str, samples: &[Sample]) -> Vec<String> {
 /// The median time of `a` over that of `b`.
 fn ratio(a: &[Sample], b: &[Sample]) -> f64 {
     median(&times(a)).as_secs_f64() / median(&times(b)).as_secs_f64().max(0.001)
-}
-
-/// The middle value (of an even count, the upper of the two middle ones); the default of none.
-pub fn median<T: Copy + PartialOrd + Default>(values: &[T]) -> T {
-    nth(values, values.len() / 2 + 1)
-}
-
-/// The nearest-rank percentile `p` (0-100) of `values`; the default (0) of none.
-pub fn percentile<T: Copy + PartialOrd + Default>(values: &[T], p: f64) -> T {
-    nth(values, ((p / 100.0) * values.len() as f64).ceil() as usize)
-}
-
-/// The `rank`th smallest value (from 1, kept within the values); the default of none.
-fn nth<T: Copy + PartialOrd + Default>(values: &[T], rank: usize) -> T {
-    let mut v = values.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v.get(rank.clamp(1, v.len().max(1)) - 1).copied().unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -4,20 +4,18 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use serde::Serialize;
-
 use crate::{
     archive,
     build::{self, Action, BuildOptions, Session},
     fingerprint,
     project::Project,
-    report::{self, Reporter},
+    report::{self, phase, Reporter, RunReport},
     run::{self, Images, Run, RunOptions, Runtime, Source},
     runtime::{self, step, RunId},
     suite,
     timeline::SpanState,
 };
+use anyhow::{Context, Result};
 
 #[derive(clap::Args, Debug)]
 pub struct E2eArgs {
@@ -66,22 +64,6 @@ pub struct E2eArgs {
     /// Arguments for the test harness, after `--` (e.g. `-- metrics` to run matching tests).
     #[arg(last = true)]
     pub test_args: Vec<String>,
-}
-
-/// `target/e2e/runs/<id>/report.json`.
-#[derive(Debug, Serialize)]
-pub struct RunReport {
-    pub run: String,
-    pub runtime: Runtime,
-    pub passed: bool,
-    pub error: Option<String>,
-    /// Seconds per phase, in order.
-    pub phases: Vec<(String, f64)>,
-    pub images_cached: usize,
-    pub images_built: usize,
-    pub bytes_loaded: u64,
-    /// Seconds from the start of the run to the start of the suite (none if it never started).
-    pub first_test_s: Option<f64>,
 }
 
 impl E2eArgs {
@@ -148,28 +130,24 @@ impl E2eArgs {
 /// memory the builds used.
 fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> {
     let Run { opts, project, r, session, id, .. } = *run;
-    let (dir, handoff) = (id.dir(project), &images.handoff);
+    let (dir, handoff, spans) = (id.dir(project), &images.handoff, r.phase_spans());
     r.line(format!("phases:\n{}", r.summary()));
+    let ms = |s: f64| (s * 1000.0).round() / 1000.0;
     let built = handoff.built_now.len();
-    let suite = r.phase_spans().into_iter().find(|p| p.name == crate::report::phase::SUITE);
+    let archive = opts.source.archive();
     let report = RunReport {
         run: id.to_string(),
-        runtime: opts.runtime,
+        runtime: Some(opts.runtime),
         passed: outcome.is_ok(),
         error: outcome.as_ref().err().map(|e| format!("{e:#}")),
-        phases: r.phase_times(),
+        phases: spans.iter().map(|p| (p.name.clone(), ms(p.end_s - p.start_s))).collect(),
         images_cached: handoff.images.len().saturating_sub(built),
         images_built: built,
-        bytes_loaded: opts
-            .source
-            .archive()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map_or(0, |m| m.len()),
-        first_test_s: suite.map(|p| (p.start_s * 1000.0).round() / 1000.0),
+        bytes_loaded: archive.and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len()),
+        first_test_s: spans.iter().find(|p| p.name == phase::SUITE).map(|p| ms(p.start_s)),
     };
     crate::fsx::write_json(&dir.join("report.json"), &report)?;
-    let not_built =
-        if opts.source.archive().is_some() { SpanState::Loaded } else { SpanState::Cached };
+    let not_built = if archive.is_some() { SpanState::Loaded } else { SpanState::Cached };
     let state = |name| if handoff.built_now.contains(name) { SpanState::Built } else { not_built };
     let states: Vec<_> = handoff.images.iter().map(|i| (i.name.clone(), state(&i.name))).collect();
     let outcome_line = match &report.error {

@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
 
 use crate::{
     archive,
@@ -38,7 +39,7 @@ use crate::{
 /// signal's deduplication expire.
 const FAULTS_DEDUP_TTL_SECONDS: u64 = 5;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
     /// `podman kube play` on a network of the run's own.
