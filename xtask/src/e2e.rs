@@ -1,6 +1,5 @@
-//! `cargo xtask e2e`: ask the engine, check the prerequisites, the images (infrastructure
-//! starting meanwhile), the stack, readiness, the suite, the fault tests, the teardown, the
-//! report. [`E2eArgs::run`] is that list; `run` holds what it shares with `dev`.
+//! `cargo xtask e2e`: ask the engine, prerequisites, images (infrastructure meanwhile), stack,
+//! readiness, suite, fault tests, teardown, report: [`E2eArgs::run`] is that list.
 
 use std::path::PathBuf;
 
@@ -28,8 +27,8 @@ pub struct E2eArgs {
     /// How long to wait for every service to be ready, in seconds.
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     pub ready_timeout: u64,
-    /// After the suite, run the fault tests (services stopped and restarted under load),
-    /// one at a time; the gateway gets a short deduplication TTL for them.
+    /// Then run the fault tests (services stopped and restarted under load) one at a time,
+    /// with a short deduplication TTL for the gateway.
     #[arg(long)]
     pub faults: bool,
     /// Load the images from this archive (from `cargo xtask save-images`) instead of building.
@@ -44,8 +43,8 @@ pub struct E2eArgs {
     /// Kind: name the cluster [default: e2e-<run>, unique per run].
     #[arg(long, value_name = "NAME")]
     pub cluster_name: Option<String>,
-    /// Kind: use this existing cluster (made by an earlier `--runtime kind --keep`); only the
-    /// run's namespace is created and removed.
+    /// Kind: use this cluster of an earlier `--runtime kind --keep` (only the run's namespace
+    /// is created and removed).
     #[arg(long, value_name = "NAME", conflicts_with = "cluster_name")]
     pub reuse_cluster: Option<String>,
     /// Where the suite runs [default: this machine; in the engine, on the run's network,
@@ -55,8 +54,7 @@ pub struct E2eArgs {
     /// Print the exact commands of the whole run without running them.
     #[arg(long)]
     pub dry_run: bool,
-    /// Remove what earlier runs left (every run that is not in progress, or the one named),
-    /// then exit.
+    /// Remove what earlier runs left (every one not in progress, or the one named), then exit.
     #[arg(long, value_name = "RUN", num_args = 0..=1, default_missing_value = "")]
     pub down: Option<String>,
     #[command(flatten)]
@@ -126,8 +124,7 @@ impl E2eArgs {
     }
 }
 
-/// `report.json` and `report.html` in the run's directory: the phases, the images, the
-/// memory the builds used.
+/// `report.json` and `report.html` in the run's directory: phases, images, builds' memory.
 fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> {
     let Run { opts, project, r, session, id, .. } = *run;
     let (dir, handoff, spans) = (id.dir(project), &images.handoff, r.phase_spans());
@@ -165,9 +162,8 @@ fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> 
     Ok(())
 }
 
-/// Prints every command the run would run, in order, and runs none of them: the image
-/// stage as planned, then the stack's phases (the same values a run executes), then the
-/// teardown.
+/// Prints, in order and without running any, the run's commands: the images as planned, the
+/// stack's phases (the values a run executes), the teardown.
 fn dry_run(run: &Run) -> Result<()> {
     let Run { opts, project, r, session, .. } = *run;
     let mut lines: Vec<String> = Vec::new();

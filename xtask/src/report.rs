@@ -11,8 +11,9 @@ use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use crate::build::Activity;
 use crate::timeline::{self, Span, SpanState, Timeline};
-use crate::{build::Activity, cmd::Cmd, memory::human, project::Project, run::Runtime};
+use crate::{cmd::Cmd, memory::human, project::Project, run::Runtime};
 
 /// The names of the phases that code looks for (in reports, benchmarks and CI's greps).
 pub mod phase {
@@ -198,7 +199,7 @@ pub fn write_timeline(
     let at = phases.iter().find(|p| images_phase.contains(&p.name.as_str()));
     let (from, to) = at.map_or((0.0, 0.0), |p| (p.start_s, p.end_s));
     let ran = |at: Instant, took: Duration| (r.offset(at), r.offset(at) + took.as_secs_f64());
-    let spans = images.iter().map(|(name, state)| {
+    let span = |(name, state): &(String, SpanState)| {
         let (start_s, end_s, state, detail) =
             match activity.builds.iter().find(|b| &b.image == name) {
                 Some(b) => {
@@ -212,22 +213,20 @@ pub fn write_timeline(
                 }
             };
         Span { name: name.clone(), start_s, end_s, state, detail }
-    });
+    };
     let caps = activity.builds.iter().map(|b| {
         let (start_s, end_s) = ran(b.started, b.took);
         timeline::Cap { image: b.image.clone(), start_s, end_s, cap_bytes: b.cap }
     });
-    let memory = activity
-        .memory
-        .iter()
-        .map(|&(t, used_bytes)| timeline::Sample { t_s: r.offset(t), used_bytes });
+    let sample =
+        |&(t, used_bytes): &(Instant, u64)| timeline::Sample { t_s: r.offset(t), used_bytes };
     let t = Timeline {
         title: title.to_owned(),
         outcome: outcome.to_owned(),
         total_s: r.started.elapsed().as_secs_f64(),
         phases,
-        images: spans.collect(),
-        memory: memory.collect(),
+        images: images.iter().map(span).collect(),
+        memory: activity.memory.iter().map(sample).collect(),
         budget_bytes: budget,
         caps: caps.collect(),
     };

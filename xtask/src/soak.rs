@@ -1,7 +1,6 @@
-//! `cargo xtask soak`: the E2E cycle N times in a row, against whatever engine `e2e` would
-//! use (the local one, or `CONTAINER_HOST`'s), and what a flaky suite needs to be found:
-//! passes, failures (each with its run's saved logs), and p50/p95 of the wall time and of
-//! each phase. `target/e2e/soak/<stamp>/` keeps each run's output and `soak.json`.
+//! `cargo xtask soak`: `e2e` N times on its engine (local, or `CONTAINER_HOST`'s), to find a
+//! flaky suite: passes, failures with their logs, p50/p95 of the wall time and each phase.
+//! `target/e2e/soak/<stamp>/` keeps each run's output and `soak.json`.
 
 use std::{path::PathBuf, time::Duration, time::Instant};
 
@@ -31,7 +30,7 @@ pub struct Outcome {
     #[serde(flatten)]
     pub report: RunReport,
     pub wall_s: f64,
-    /// The run's directory (`target/e2e/runs/<id>`: report, logs on failure), when it made one.
+    /// The run's `target/e2e/runs/<id>` (report, logs on failure), if it made one.
     pub run_dir: Option<PathBuf>,
     /// The run's whole output.
     pub output: PathBuf,
