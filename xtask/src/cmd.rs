@@ -1,4 +1,5 @@
-//! External commands as values: argument lists (never `sh -c`), printed exactly as they run.
+//! External commands as values: built as argument lists (never `sh -c`), printable exactly
+//! as they will run, and run with their output in a log file.
 
 use std::{
     fmt,
@@ -58,7 +59,8 @@ impl Cmd {
         Pipeline(vec![self, next])
     }
 
-    /// `stdin_null` false for a pipeline's later commands (their stdin is the pipe).
+    /// Without the stdin redirection a first command gets, for the later commands of a
+    /// pipeline (their stdin is the pipe).
     fn expression(&self, stdin_null: bool) -> duct::Expression {
         let mut e = duct::cmd(&self.program, &self.args).unchecked();
         for (k, v) in &self.env {
@@ -74,12 +76,14 @@ impl Cmd {
         }
     }
 
-    /// Runs with stdout and stderr appended to `log`; a failure names the log and its last lines.
+    /// Runs the command with stdout and stderr appended to `log`. On failure the error
+    /// names the command, its exit status, the log file and the log's last lines.
     pub fn run_logged(&self, log: &Path) -> anyhow::Result<()> {
         Pipeline(vec![self.clone()]).run_logged(log)
     }
 
-    /// [`Cmd::run_logged`], but stdout (machine-readable) returned instead of logged.
+    /// [`Cmd::run_logged`], but its stdout (a tool's machine-readable output) returned
+    /// instead of logged; stderr still goes to `log`.
     pub fn run_logged_capturing(&self, log: &Path) -> anyhow::Result<String> {
         let stdout = Pipeline(vec![self.clone()]).run_into(log, true)?;
         Ok(String::from_utf8_lossy(&stdout).into_owned())
@@ -110,7 +114,8 @@ impl Cmd {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    /// Its stdout, whatever its exit status (for commands that fail for what they did not find).
+    /// Runs the command and returns its stdout, whatever its exit status (for commands that
+    /// print what they found and fail for what they did not).
     pub fn read_any(&self) -> anyhow::Result<String> {
         Ok(String::from_utf8_lossy(&self.run_to_end(true)?.stdout).into_owned())
     }
@@ -120,8 +125,9 @@ impl Cmd {
         Ok(self.run_to_end(false)?.status.success())
     }
 
-    /// Run to its end by xshell (empty stdin, output captured or dropped); duct runs what streams
-    /// into a log, pipes into another command, or must die on Ctrl-C.
+    /// One command run to its end, its output captured (or dropped): a plain sequential
+    /// step, which xshell runs (an empty stdin, nothing echoed). duct runs the rest: what
+    /// streams into a log, pipes into another command, or must die on Ctrl-C.
     fn run_to_end(&self, capture: bool) -> anyhow::Result<Output> {
         let sh = xshell::Shell::new()?;
         if let Some(dir) = &self.cwd {
@@ -135,7 +141,8 @@ impl Cmd {
         cmd.output().with_context(|| format!("running `{self}`"))
     }
 
-    /// Waits for the end (killing it on Ctrl-C unless it survives interrupts).
+    /// Until the command ends (killed on Ctrl-C unless it survives interrupts); its output
+    /// holds what was captured.
     fn wait_output(&self, handle: &duct::Handle) -> anyhow::Result<Output> {
         loop {
             if let Some(output) = handle.try_wait()? {
@@ -196,7 +203,8 @@ impl Pipeline {
 
 impl fmt::Display for Pipeline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | "))
+        let parts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        write!(f, "{}", parts.join(" | "))
     }
 }
 
@@ -247,9 +255,10 @@ impl std::error::Error for CmdError {}
 
 /// The last `n` lines of a file (empty when it cannot be read).
 pub fn tail(path: &Path, n: usize) -> String {
-    let file = File::open(path).map(BufReader::new);
-    let lines: Vec<String> =
-        file.into_iter().flat_map(|f| f.lines().map_while(Result::ok)).collect();
+    let Ok(file) = File::open(path) else {
+        return String::new();
+    };
+    let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 

@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-/// Calls `check` every `pause` until done (`Ok(true)`), `Err`, or `timeout` (`Ok(false)`).
+/// Calls `check` every `pause` until it says done (`Ok(true)`), fails (`Err`), or `timeout`
+/// has passed (`Ok(false)`: the caller says what was not done).
 pub fn until(
     timeout: Duration,
     pause: Duration,

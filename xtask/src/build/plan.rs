@@ -24,8 +24,9 @@ pub struct PlanItem {
     pub spec: ImageSpec,
     pub context: PathBuf,
     pub fingerprint: String,
-    /// The fingerprint without the packaged binary's content (if any): unchanged when only the
-    /// binary changed, which `dev` then syncs into the running container, keeping its pod.
+    /// The fingerprint with the packaged binary's content left out (the fingerprint itself
+    /// for an image without one): equal across two plans when nothing but the binary changed,
+    /// which `dev` syncs into the running container instead of replacing its pod.
     pub outside_binary: String,
     pub reference: String,
     pub action: Action,
@@ -84,7 +85,8 @@ fn recorded<'a>(
     }
 }
 
-/// Cached only when the fingerprinted tag exists *and* its label has the full fingerprint.
+/// The freshness decision. An image is cached only when its fingerprinted tag exists *and*
+/// carries the same full fingerprint in its label: the tag's existence alone is not enough.
 fn decide(force: bool, fp: &str, in_engine: Option<ImageInfo>, previous: Recorded) -> Action {
     let reason = match (force, in_engine, previous) {
         (true, ..) => "--force",
@@ -191,8 +193,9 @@ fn concurrency(caps: &[u64], jobs: usize, budget: u64) -> String {
     }
 }
 
-/// An image's build context: its directory, or a staged one holding only its binary (the
-/// engine is sent megabytes, not the target directory), rewritten only when it changed.
+/// The build context of an image: its directory, or a staged directory holding only the
+/// binary it packages (so the engine is sent megabytes, not the target directory). The
+/// staged copy is rewritten only when the binary's content changed.
 fn stage_context(
     project: &Project,
     spec: &ImageSpec,
@@ -236,7 +239,8 @@ fn stage_context(
     Ok(dir)
 }
 
-/// How many older tags of each image are kept (other worktrees build other fingerprints).
+/// How many older tags of each image are kept (other checkouts or worktrees of the same
+/// repository build other binaries, so other fingerprints; they keep theirs).
 pub const KEEP_OLDER: usize = 2;
 
 /// The references in `listing` (newest first, as the engines list images) of a handed-off

@@ -159,14 +159,6 @@ impl Runner<'_> {
     }
 }
 
-/// Runs commands in turn, each shown, with its output in `log` (`dev`'s changes to a stack).
-pub fn run_shown(r: &Reporter, log: &Path, cmds: &[Cmd], doing: &str) -> anyhow::Result<()> {
-    cmds.iter().try_for_each(|c| {
-        r.command(c);
-        c.run_logged(log).with_context(|| doing.to_owned())
-    })
-}
-
 pub fn print(phases: &[Phase]) -> Vec<String> {
     phases.iter().flat_map(|p| p.steps.iter().flat_map(Step::lines)).collect()
 }
