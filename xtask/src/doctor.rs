@@ -216,10 +216,14 @@ pub fn disk_check(f: &EngineFacts, need: u64) -> Check {
         false => "this machine".to_owned(),
     };
     let (free_text, need_text) = (human(free), human(need));
-    let said =
-        format!("{free_text} free in the engine's store {path} on {machine}, {need_text} needed");
+    // `about`: a shortfall is judged on an estimate of the need.
+    let said = |about: &str| {
+        format!(
+            "{free_text} free in the engine's store {path} on {machine}, {about}{need_text} needed"
+        )
+    };
     if free >= need {
-        return Check::ok("disk", said);
+        return Check::ok("disk", said(""));
     }
     let fix = if f.remote && f.engine == Engine::Podman {
         "free room in the engine: `podman system prune` (`podman system df` shows what is reclaimable), or give \
@@ -228,7 +232,7 @@ pub fn disk_check(f: &EngineFacts, need: u64) -> Check {
     } else {
         format!("`{program} system prune` (`{program} system df` shows what is reclaimable), or free room on that filesystem")
     };
-    Check::fail("disk", said.replace(", ", ", about "), fix)
+    Check::fail("disk", said("about "), fix)
 }
 
 /// Disk a run needs: the archive three times over (archive, unpacked stream, image store),
