@@ -20,7 +20,9 @@ pub struct Cmd {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
-    /// Teardown steps must finish even after Ctrl-C; everything else is stopped by it.
+    /// What changes the engine's state (deploy and teardown steps) finishes even after
+    /// Ctrl-C, in a process group of its own that a terminal's Ctrl-C does not reach;
+    /// everything else is stopped by it.
     pub survives_interrupt: bool,
 }
 
@@ -68,6 +70,12 @@ impl Cmd {
         }
         if let Some(dir) = &self.cwd {
             e = e.dir(dir);
+        }
+        if self.survives_interrupt {
+            e = e.before_spawn(|c| {
+                std::os::unix::process::CommandExt::process_group(c, 0);
+                Ok(())
+            });
         }
         if stdin_null {
             e.stdin_null()

@@ -141,7 +141,7 @@ impl Runner<'_> {
                 r.command(cmd);
                 let result = self.exec.run(cmd, &self.log);
                 let _ = std::fs::remove_file(file);
-                result.with_context(|| doing.clone())
+                result.map_err(damaged_secrets).with_context(|| doing.clone())
             }
             Step::Parallel { cmds, doing } => {
                 cmds.iter().for_each(|c| r.command(c));
@@ -157,6 +157,24 @@ impl Runner<'_> {
             Step::Watch { .. } => Ok(()),
         }
     }
+}
+
+/// podman 4.3 writes its secret database (`secrets.json`, `filedriver/secretsdata.json`) in
+/// place: a podman killed mid-write (by anything; this xtask lets its own finish) leaves a file
+/// empty, and every `podman secret` then fails.
+fn damaged_secrets(err: anyhow::Error) -> anyhow::Error {
+    if !format!("{err:#}").contains("unexpected end of JSON input") {
+        return err;
+    }
+    let what = format!(
+        "{err:#}\npodman's secret database is damaged (\"unexpected end of JSON input\"): a \
+         podman was killed while writing it, and every `podman secret` command fails until it \
+         is replaced"
+    );
+    let fix = "on the engine's machine, move podman's secrets directory aside and podman starts \
+        an empty one (the secrets in it are lost): \
+        `mv \"$(podman info --format '{{.Store.GraphRoot}}')/secrets\" /tmp/podman-secrets.broken`";
+    crate::problem::Problem::new(what, fix).into()
 }
 
 pub fn print(phases: &[Phase]) -> Vec<String> {
@@ -190,17 +208,29 @@ pub fn record_run(dir: &Path, log: &Path, plans: &[&[Phase]]) -> (Recorder, Opti
 #[derive(Default)]
 pub struct Recorder {
     pub commands: Vec<String>,
+    /// Those of them that Ctrl-C would stop mid-way.
+    pub interruptible: Vec<String>,
+}
+
+#[cfg(test)]
+impl Recorder {
+    fn push(&mut self, cmd: &Cmd) {
+        self.commands.push(cmd.to_string());
+        if !cmd.survives_interrupt {
+            self.interruptible.push(cmd.to_string());
+        }
+    }
 }
 
 #[cfg(test)]
 impl Exec for Recorder {
     fn run(&mut self, cmd: &Cmd, _log: &Path) -> anyhow::Result<()> {
-        self.commands.push(cmd.to_string());
+        self.push(cmd);
         Ok(())
     }
 
     fn terminal(&mut self, cmd: &Cmd) -> anyhow::Result<()> {
-        self.commands.push(cmd.to_string());
+        self.push(cmd);
         Ok(())
     }
 
@@ -210,5 +240,26 @@ impl Exec for Recorder {
 
     fn watches(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_secret_database_is_named_with_its_fix() {
+        let err = anyhow::anyhow!(
+            "`podman secret create s f` failed\n | Error: unexpected end of JSON input"
+        );
+        let err = damaged_secrets(err);
+        let p = err.downcast_ref::<crate::problem::Problem>().expect("a problem with a fix");
+        assert!(p.what.starts_with("`podman secret create s f` failed"), "{}", p.what);
+        assert!(p.fix.contains("/secrets\" /tmp/"), "{}", p.fix);
+        let other = damaged_secrets(anyhow::anyhow!("Error: secret name in use"));
+        assert!(
+            other.downcast_ref::<crate::problem::Problem>().is_none(),
+            "anything else passes through"
+        );
     }
 }

@@ -78,6 +78,12 @@ fn the_printed_plan_is_the_executed_plan() {
     assert!(run.dir.join("state.json").exists(), "recorded on disk before creating");
     crate::runtime::teardown(&run.dir, &record, &run.log, &r, &mut rec).unwrap();
     assert_eq!(rec.commands, printed);
+    assert_eq!(
+        rec.interruptible,
+        ["cargo test -p e2e-suite"],
+        "only the suite stops mid-way on Ctrl-C: a podman step killed mid-write can leave \
+         podman's own state broken (its secret database empty)"
+    );
     assert!(!run.dir.join("state.json").exists(), "nothing left: the record is gone");
     assert!(
         !run.dir.join("secret-postgres-credentials-103501-42.json").exists(),
