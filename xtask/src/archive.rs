@@ -1,12 +1,10 @@
-//! `cargo xtask save-images` and `cargo xtask load-images`: one verified archive of every
-//! E2E image, so CI builds images once and test jobs only load them.
-//!
-//! The archive is `podman save --multi-image-archive` (shared layers stored once; `docker
-//! save` with docker), compressed with zstd by default. Beside it, `<archive>.json` is its
-//! manifest: each image's reference, ID and fingerprint, the archive's SHA-256 and size, the
-//! tool version and the commit. Both are written atomically (temporary file, then rename).
-//! Loading verifies the checksum and the manifest before it loads anything, and refuses an
-//! archive whose fingerprints differ from the current checkout unless `--allow-stale`.
+//! `cargo xtask save-images` / `load-images`: one verified archive of every E2E image, so CI
+//! builds images once and test jobs only load them. The archive is `podman save
+//! --multi-image-archive` (shared layers once; `docker save` with docker), zstd by default;
+//! its manifest `<archive>.json` gives each image's reference, ID and fingerprint, the
+//! archive's SHA-256 and size, the tool version and the commit; both are written atomically.
+//! Loading verifies both first, and refuses fingerprints other than the checkout's unless
+//! `--allow-stale`.
 
 use std::{
     collections::BTreeMap,
@@ -125,8 +123,7 @@ impl SaveArgs {
     }
 }
 
-/// The handoff file, checked against the current checkout and the engine: every image must
-/// be there, with the fingerprint the sources give now.
+/// The handoff, checked: every image in the engine, with the fingerprint the sources give now.
 fn fresh_handoff(cx: Ctx) -> Result<Handoff> {
     let handoff = Handoff::load(cx.project).with_context(|| {
         format!(
@@ -160,8 +157,8 @@ fn fresh_handoff(cx: Ctx) -> Result<Handoff> {
     Ok(Handoff { base_image, base_image_id, ..Handoff::new(&prepared.env, images) })
 }
 
-/// Writes the archive and its manifest, each to a temporary file renamed into place only
-/// when complete: an interrupted save leaves nothing that looks complete.
+/// Writes the archive and its manifest, each renamed into place only when complete: an
+/// interrupted save leaves nothing that looks complete.
 pub fn save(
     cx: Ctx,
     handoff: &Handoff,
@@ -172,9 +169,8 @@ pub fn save(
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let zstd = compression == Compression::Zstd;
     anyhow::ensure!(
-        !zstd || which::which("zstd").is_ok(),
+        compression == Compression::None || which::which("zstd").is_ok(),
         "zstd is not installed.\n  fix: `apt-get install zstd`, or pass --compress none"
     );
     // Both are removed if anything stops the save before they are renamed into place.
@@ -222,10 +218,9 @@ pub fn save(
     Ok(manifest)
 }
 
-/// The order images are saved in, and so loaded (a load makes each image available as it
-/// comes): first the ones that package no binary of ours, which `e2e --images` starts as
-/// soon as they are in (PostgreSQL initialises while the rest loads), then the others; each
-/// group in the images file's order.
+/// The save (and so load) order: first the images that package no binary of ours, which `e2e
+/// --images` starts as soon as they are loaded (PostgreSQL initialises while the rest loads);
+/// each group in the images file's order.
 pub fn in_start_order(images: &mut [ImageRecord], infrastructure: &[&str]) {
     images.sort_by_key(|i| !infrastructure.contains(&i.name.as_str()));
 }
@@ -250,8 +245,8 @@ fn commit(project: &Project) -> String {
 
 /// The manifest beside the archive, read and parsed, not checked against the archive.
 pub fn read_manifest(archive: &Path) -> Result<Manifest> {
-    let (path, file) = (manifest_path(archive), manifest_path(archive).display().to_string());
-    let text = std::fs::read(&path).with_context(|| {
+    let file = manifest_path(archive).display().to_string();
+    let text = std::fs::read(manifest_path(archive)).with_context(|| {
         format!("no manifest {file} beside the archive (an incomplete save, or not made by `cargo xtask save-images`)")
     })?;
     let manifest: Manifest =
@@ -329,10 +324,9 @@ impl LoadArgs {
     }
 }
 
-/// Verifies, compares with the checkout, loads and checks the image IDs. Returns the images
-/// as a handoff, for `e2e`.
+/// Verifies, compares with the checkout, loads, checks the image IDs; the images as a handoff.
 pub fn load(cx: Ctx, archive: &Path, allow_stale: bool) -> Result<Handoff> {
-    let (project, r) = (cx.project, cx.r);
+    let r = cx.r;
     let manifest = r.phase("verify archive", |r| {
         let m = verify(archive)?;
         let (n, size, sha, commit, tool) =
@@ -370,7 +364,7 @@ pub fn load(cx: Ctx, archive: &Path, allow_stale: bool) -> Result<Handoff> {
             return Ok(());
         }
         let start = Instant::now();
-        let log = project.logs_dir().join("load-images.log");
+        let log = cx.project.logs_dir().join("load-images.log");
         let _ = std::fs::remove_file(&log);
         let load = load_cmd(engine, archive, manifest.compression);
         r.line(format!("  $ {load}"));

@@ -1,5 +1,5 @@
-//! `cargo xtask bench <images|archive|loop>`: what the pipeline buys, measured side by side in
-//! one go, as medians of several runs (each subcommand's doc says what it measures).
+//! `cargo xtask bench <images|archive|loop>`: what the pipeline buys, side by side in one go,
+//! as medians of several runs.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -8,9 +8,9 @@ use anyhow::Context;
 use xshell::cmd;
 
 use crate::memory::{self, human};
-use crate::report::{phase, table, Reporter};
+use crate::report::{median, phase, table, Reporter, RunReport};
+use crate::sampler::Sampler;
 use crate::{build, cmd::Cmd, engine::BuildCmd, handoff::Handoff, images, project::Project};
-use crate::{sampler::Sampler, soak::RunReport};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -20,9 +20,8 @@ pub struct BenchArgs {
 
 #[derive(clap::Subcommand, Debug)]
 enum Bench {
-    /// A no-op `prebuild-images` against plain `podman build`s of the same Dockerfiles with
-    /// podman's layer cache, and cold builds (no layer cache) one at a time against all at
-    /// once: wall time and the machine's peak memory above the level before each.
+    /// No-op `prebuild-images` against plain `podman build`s (layer cache), and cold builds one
+    /// at a time against all at once: wall time and peak memory above the level before.
     Images {
         /// Runs of each measurement; medians are reported.
         #[arg(long, default_value_t = 5)]
@@ -34,17 +33,16 @@ enum Bench {
         #[arg(long)]
         no_cold: bool,
     },
-    /// The archive's size against the images' sizes, save and load with zstd and without,
-    /// and the time to the first test of `e2e --images` (images removed first) against a
-    /// warm `e2e`.
+    /// Archive against image sizes, save and load with and without zstd, and `e2e --images`
+    /// (images removed first) to its first test against a warm `e2e`.
     Archive {
         /// Runs of each measurement; medians are reported.
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
-    /// (a) a warm `e2e`; (b) a one-line gateway change to a finished suite, with `dev`
-    /// against `e2e`; (c) `e2e --images` (images removed first) to its first test against a
-    /// warm `e2e`. It puts `services/gateway/src/main.rs` back whatever happens.
+    /// (a) warm `e2e`; (b) a one-line gateway change to a finished suite, `dev` against `e2e`;
+    /// (c) `e2e --images` (images removed first) to its first test. Always restores
+    /// `services/gateway/src/main.rs`.
     Loop {
         /// Runs of each measurement (at least 5 for the medians the goals are stated in).
         #[arg(long, default_value_t = 5)]
@@ -63,8 +61,7 @@ impl BenchArgs {
     }
 }
 
-/// One measurement: a time and, for a whole command, the machine's peak memory in use above
-/// the level before it.
+/// One measurement: a time and, for a whole command, the peak memory above the level before.
 struct Sample {
     time: Duration,
     peak: Option<u64>,
@@ -144,8 +141,7 @@ impl Bencher<'_> {
         let handoff =
             Handoff::load(p).context("no target/e2e/images.json after prebuild-images")?;
         let specs = build::load_images(p, &Default::default())?.images;
-        // The plain builds: the same Dockerfiles, contexts, caps and arguments, with podman's
-        // layer cache, under tags of their own.
+        // Plain builds: the same Dockerfiles, contexts, caps and arguments, under tags of their own.
         let tag = |spec: &images::ImageSpec| format!("{}:bench-plain", spec.repository);
         let plain_one = |spec: &images::ImageSpec| {
             let context = match &spec.context {
@@ -251,8 +247,7 @@ impl Bencher<'_> {
             }
         }
         let _restore = Restore(&main_rs, &original);
-        // A one-line change: a kept static, unique across benchmark runs too, so that the
-        // binary changes (and nothing else does) and no earlier image has it.
+        // A kept static, unique across runs: only the binary changes, and no earlier image has it.
         let change = || -> anyhow::Result<()> {
             let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_nanos();
             let probe = format!("static BENCH_LOOP_PROBE: u128 = {nanos};");
@@ -329,8 +324,7 @@ fn remove_images(project: &Project, handoff: &Handoff) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The lines of a log that contain `what`, once there are at least `n` (polled, for at most
-/// 300 s).
+/// The lines of a log that contain `what`, once there are at least `n` (polled up to 300 s).
 fn wait_for(log: &Path, what: &str, n: usize) -> anyhow::Result<Vec<String>> {
     let mut lines = Vec::new();
     let done = crate::poll::until(Duration::from_secs(300), Duration::from_millis(20), || {
@@ -356,8 +350,7 @@ fn times(samples: &[Sample]) -> Vec<Duration> {
     samples.iter().map(|s| s.time).collect()
 }
 
-/// A table row: the runs; the median, min and max time (to the millisecond under 10 s); the
-/// median peak memory, or `-`.
+/// A row: runs; median, min, max time (ms precision under 10 s); median peak memory or `-`.
 fn row(name: &str, samples: &[Sample]) -> Vec<String> {
     let t = times(samples);
     let (min, max) = (t.iter().min().copied(), t.iter().max().copied());
@@ -373,23 +366,6 @@ fn row(name: &str, samples: &[Sample]) -> Vec<String> {
 /// The median time of `a` over that of `b`.
 fn ratio(a: &[Sample], b: &[Sample]) -> f64 {
     median(&times(a)).as_secs_f64() / median(&times(b)).as_secs_f64().max(0.001)
-}
-
-/// The middle value (of an even count, the upper of the two middle ones); the default of none.
-pub fn median<T: Copy + PartialOrd + Default>(values: &[T]) -> T {
-    nth(values, values.len() / 2 + 1)
-}
-
-/// The nearest-rank percentile `p` (0-100) of `values`; the default (0) of none.
-pub fn percentile<T: Copy + PartialOrd + Default>(values: &[T], p: f64) -> T {
-    nth(values, ((p / 100.0) * values.len() as f64).ceil() as usize)
-}
-
-/// The `rank`th smallest value (from 1, kept within the values); the default of none.
-fn nth<T: Copy + PartialOrd + Default>(values: &[T], rank: usize) -> T {
-    let mut v = values.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v.get(rank.clamp(1, v.len().max(1)) - 1).copied().unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -1,5 +1,4 @@
-//! External commands as values: built as argument lists (never `sh -c`), printable exactly
-//! as they will run, and run with their output in a log file.
+//! External commands as values: argument lists (never `sh -c`), printed exactly as they run.
 
 use std::{
     fmt,
@@ -61,8 +60,7 @@ impl Cmd {
         Pipeline(vec![self, next])
     }
 
-    /// Without the stdin redirection a first command gets, for the later commands of a
-    /// pipeline (their stdin is the pipe).
+    /// `stdin_null` false for a pipeline's later commands (their stdin is the pipe).
     fn expression(&self, stdin_null: bool) -> duct::Expression {
         let mut e = duct::cmd(&self.program, &self.args).unchecked();
         for (k, v) in &self.env {
@@ -84,14 +82,12 @@ impl Cmd {
         }
     }
 
-    /// Runs the command with stdout and stderr appended to `log`. On failure the error
-    /// names the command, its exit status, the log file and the log's last lines.
+    /// Runs with stdout and stderr appended to `log`; a failure names the log and its last lines.
     pub fn run_logged(&self, log: &Path) -> anyhow::Result<()> {
         Pipeline(vec![self.clone()]).run_logged(log)
     }
 
-    /// [`Cmd::run_logged`], but its stdout (a tool's machine-readable output) returned
-    /// instead of logged; stderr still goes to `log`.
+    /// [`Cmd::run_logged`], but stdout (machine-readable) returned instead of logged.
     pub fn run_logged_capturing(&self, log: &Path) -> anyhow::Result<String> {
         let stdout = Pipeline(vec![self.clone()]).run_into(log, true)?;
         Ok(String::from_utf8_lossy(&stdout).into_owned())
@@ -122,8 +118,7 @@ impl Cmd {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    /// Runs the command and returns its stdout, whatever its exit status (for commands that
-    /// print what they found and fail for what they did not).
+    /// Its stdout, whatever its exit status (for commands that fail for what they did not find).
     pub fn read_any(&self) -> anyhow::Result<String> {
         Ok(String::from_utf8_lossy(&self.run_to_end(true)?.stdout).into_owned())
     }
@@ -133,9 +128,8 @@ impl Cmd {
         Ok(self.run_to_end(false)?.status.success())
     }
 
-    /// One command run to its end, its output captured (or dropped): a plain sequential
-    /// step, which xshell runs (an empty stdin, nothing echoed). duct runs the rest: what
-    /// streams into a log, pipes into another command, or must die on Ctrl-C.
+    /// Run to its end by xshell (empty stdin, output captured or dropped); duct runs what streams
+    /// into a log, pipes into another command, or must die on Ctrl-C.
     fn run_to_end(&self, capture: bool) -> anyhow::Result<Output> {
         let sh = xshell::Shell::new()?;
         if let Some(dir) = &self.cwd {
@@ -149,8 +143,7 @@ impl Cmd {
         cmd.output().with_context(|| format!("running `{self}`"))
     }
 
-    /// Until the command ends (killed on Ctrl-C unless it survives interrupts); its output
-    /// holds what was captured.
+    /// Waits for the end (killing it on Ctrl-C unless it survives interrupts).
     fn wait_output(&self, handle: &duct::Handle) -> anyhow::Result<Output> {
         loop {
             if let Some(output) = handle.try_wait()? {
@@ -211,8 +204,7 @@ impl Pipeline {
 
 impl fmt::Display for Pipeline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
-        write!(f, "{}", parts.join(" | "))
+        write!(f, "{}", self.0.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | "))
     }
 }
 
@@ -263,10 +255,9 @@ impl std::error::Error for CmdError {}
 
 /// The last `n` lines of a file (empty when it cannot be read).
 pub fn tail(path: &Path, n: usize) -> String {
-    let Ok(file) = File::open(path) else {
-        return String::new();
-    };
-    let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+    let file = File::open(path).map(BufReader::new);
+    let lines: Vec<String> =
+        file.into_iter().flat_map(|f| f.lines().map_while(Result::ok)).collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 

@@ -1,9 +1,8 @@
-//! `cargo xtask dev`: the developer's loop. The stack comes up once (as for `e2e`) and the
-//! suite runs; then each change in the workspace starts a cycle: recompile, rebuild exactly the
-//! images whose fingerprint changed, replace only the pods that run a changed image or manifest
-//! (PostgreSQL and Redis keep running, and their data, unless their own image or manifest
-//! changed), wait until ready, rerun the suite. A failed compile or build is shown and the
-//! stack stays as it was. Ctrl-C (or SIGTERM) tears everything down; `--keep` leaves it up.
+//! `cargo xtask dev`: the stack comes up once (as for `e2e`), the suite runs, and each change
+//! starts a cycle: recompile, rebuild the images whose fingerprint changed, replace only the
+//! pods of a changed image or manifest (PostgreSQL and Redis keep running, with their data),
+//! wait until ready, rerun the suite. A failure is shown and the stack stays as it was.
+//! Ctrl-C (or SIGTERM) tears everything down; `--keep` leaves it up.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -72,9 +71,8 @@ fn has_temp_name(p: &Path) -> bool {
     name.starts_with("sed") || name.starts_with('.') || name.ends_with('~') || digits
 }
 
-/// Whether an event can change a file's content or the set of files: reads (the xtask's
-/// own fingerprinting opens every context file) and metadata-only changes (an mtime, which
-/// changes no fingerprint) do not.
+/// Whether an event can change a file's content or the set of files: not reads (fingerprinting
+/// opens every context file) nor metadata changes (an mtime changes no fingerprint).
 pub fn changes_content(kind: &notify::EventKind) -> bool {
     use notify::event::{EventKind::*, ModifyKind};
     matches!(kind, Create(_) | Remove(_))
@@ -104,8 +102,8 @@ impl DevArgs {
         let (up, record) = runtime::execute(&*stack, &r, project, &plan, None);
         drop(plan);
         let outcome = up.and_then(|()| {
-            // What each running service image is, its binary left out: a change of only the
-            // binary is synced into the running container (see `Stack::sync_binaries`).
+            // Each running image's fingerprint without its binary: a change of only the binary
+            // is synced into the running container (`Stack::sync_binaries`).
             let running = build::plan_quietly(project, &session, &[]);
             let mut dev = Loop {
                 project,
@@ -117,7 +115,7 @@ impl DevArgs {
                 pending: None,
             };
             let passed = r.phase(crate::report::phase::SUITE, |_| Ok(dev.suite()))?;
-            r.line(format!("suite {}", verdict(passed)));
+            r.line(format!("suite {}", if passed { "passed" } else { "FAILED" }));
             dev.watch(Duration::from_millis(debounce))
         });
         if let Some(h) = crate::handoff::Handoff::load(project) {
@@ -144,8 +142,8 @@ struct Loop<'a> {
     session: &'a Session,
     stack: &'a mut dyn Stack,
     running: Running,
-    /// After a live update, its plan: its images are built once the loop has been idle a
-    /// moment (a change before then makes its own plan, which supersedes this one).
+    /// A live update's plan, whose images are built once the loop is idle a moment (unless a
+    /// newer change's plan supersedes it).
     pending: Option<(build::Prepared, Instant)>,
 }
 
@@ -157,8 +155,7 @@ impl Loop<'_> {
         suite.run_inherit().is_ok()
     }
 
-    /// Watches the workspace until Ctrl-C; each settled batch of changes (quiet for
-    /// `debounce`) is one cycle.
+    /// Watches until Ctrl-C; each batch of changes, quiet for `debounce`, is one cycle.
     fn watch(&mut self, debounce: Duration) -> Result<()> {
         use notify::Watcher;
         let (project, r) = (self.project, self.r);
@@ -227,8 +224,7 @@ impl Loop<'_> {
         }
     }
 
-    /// One cycle: what it did, or (its error shown) where it stopped. Nothing here stops the
-    /// loop: a failure is shown and the stack stays as it was.
+    /// One cycle: what it did, or (its error shown) where it stopped; the loop goes on.
     fn cycle(&mut self, changed: &[String], steps: &mut Steps) -> Result<String, String> {
         let (project, r, opts) = (self.project, self.r, &self.opts.build);
         let cx = build::Ctx { project, r, opts, session: self.session };
@@ -236,8 +232,8 @@ impl Loop<'_> {
             steps.run("compile+plan", "compile or plan FAILED, the stack is unchanged", || {
                 build::prepare(cx, build::Goal::Build(&[]))
             })?;
-        // Only binaries changed: each is synced into its running container, whose process
-        // restarts (Tilt's live update); the images follow once the loop is idle.
+        // Only binaries changed: each is synced into its container and its process restarted
+        // (Tilt's live update); the images follow once the loop is idle.
         let synced = match binary_only_changes(&prepared.plan, &self.running) {
             Some(changed) => steps.run(
                 "sync+restart",
@@ -269,8 +265,7 @@ impl Loop<'_> {
             let stopped = format!("{did}; NOT READY");
             steps.run("ready", &stopped, || self.stack.wait_ready(r, self.opts.ready_timeout))?;
         }
-        // The suite, compiled again only when the change can change it (the services are not
-        // its dependencies): a no-op cargo check is a quarter of a second.
+        // Recompiled only when the change can touch it: a no-op cargo check costs 0.25 s.
         let passed = steps.run("suite", "suite compile FAILED, the stack is up", || {
             if crate::suite::touched_by(changed) {
                 let jobs = self.session.facts.env(None).map_or(1, |e| e.cargo_jobs());
@@ -281,11 +276,11 @@ impl Loop<'_> {
         let live =
             if record.is_some() { " (binary only: process restarted in its pod)" } else { "" };
         self.pending = record.map(|p| (p, Instant::now()));
-        Ok(format!("{did}{live}; suite {}", verdict(passed)))
+        Ok(format!("{did}{live}; suite {}", if passed { "passed" } else { "FAILED" }))
     }
 
-    /// After a live update, once the loop is idle: builds the images of its plan (what now
-    /// runs, packaged) and writes `images.json`, so `e2e` and later cycles find them built.
+    /// After a live update, once idle: builds its plan's images (what now runs) and writes
+    /// `images.json`, so `e2e` and later cycles find them built.
     fn record_images(&self, prepared: build::Prepared) {
         let (t, built) = (Instant::now(), uncached(&prepared.plan));
         if built.is_empty() {
@@ -309,8 +304,7 @@ impl Loop<'_> {
 struct Steps<'a>(&'a Reporter, Vec<(&'static str, Duration)>);
 
 impl Steps<'_> {
-    /// Runs a step, timed; on failure shows the error and returns `stopped`: where the cycle
-    /// stopped.
+    /// Runs a step, timed; on failure shows the error and returns `stopped`.
     fn run<T>(
         &mut self,
         name: &'static str,
@@ -328,14 +322,6 @@ impl Steps<'_> {
 
     fn times(&self) -> String {
         self.1.iter().map(|(n, d)| format!("{n} {}", secs(*d))).collect::<Vec<_>>().join(", ")
-    }
-}
-
-fn verdict(passed: bool) -> &'static str {
-    if passed {
-        "passed"
-    } else {
-        "FAILED"
     }
 }
 
@@ -364,8 +350,8 @@ fn uncached(plan: &[PlanItem]) -> Vec<String> {
     plan.iter().filter(|i| !i.is_cached()).map(|i| i.spec.name.clone()).collect()
 }
 
-/// The images of `plan` other than those that run (new, or back to an earlier one), when
-/// there are some and each differs from the running one in its binary alone; else `None`.
+/// The images of `plan` not running (new, or back to an earlier one), if there are some and
+/// each differs from the running one in its binary alone.
 fn binary_only_changes<'a>(plan: &'a [PlanItem], running: &Running) -> Option<Vec<&'a PlanItem>> {
     let running = |i: &PlanItem| running.get(&i.spec.name);
     let changed: Vec<&PlanItem> =

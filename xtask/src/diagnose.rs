@@ -1,11 +1,9 @@
-//! Why an image build failed, read from its exit status and its log: killed for memory
-//! (the kernel's OOM killer inside the build's memory cap) or anything else, and at which
-//! Dockerfile step.
+//! Why an image build failed, from its exit status and log: OOM-killed under its memory cap or
+//! not, and at which Dockerfile step.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cause {
-    /// Exit 137 / `Killed` / `container exited on killed`: a RUN step was killed under the
-    /// build's cap.
+    /// Exit 137 / `Killed` / `container exited on killed`: a RUN step killed under the cap.
     OutOfMemory,
     Other,
 }
@@ -18,8 +16,8 @@ pub struct Diagnosis {
 }
 
 pub fn diagnose(exit_code: Option<i32>, log: &str) -> Diagnosis {
-    // `container exited on killed`: the OOM killer took the step's first process itself, not
-    // one of its children: podman then exits 1, and says so (seen in CI with a 32m cap).
+    // `container exited on killed`: the OOM killer took the step's first process, and podman
+    // exits 1 (seen in CI with a 32m cap).
     let killed = exit_code == Some(137)
         || (log.lines()).any(|l| matches!(l.trim(), "Killed" | "container exited on killed"))
         || ["exit status 137", "returned a non-zero code: 137"].iter().any(|s| log.contains(s));

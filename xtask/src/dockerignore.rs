@@ -1,10 +1,8 @@
-//! `.dockerignore` / `.containerignore`: which files of a build context the engine is sent,
-//! so that only those count in an image's fingerprint.
-//!
-//! Semantics as Docker documents them: one pattern a line, `#` comments, paths relative to
-//! the context root (a leading `/` is dropped), `*` and `?` within one path element, `**`
-//! across any number of them, `!` re-includes; the last matching line wins, and a pattern
-//! that matches a directory excludes everything under it.
+//! `.dockerignore` / `.containerignore`: the files of a build context the engine is sent, so
+//! only those count in a fingerprint. Docker's semantics: a pattern a line, `#` comments,
+//! paths relative to the context root (leading `/` dropped), `*` and `?` within a path
+//! element, `**` across any, `!` re-includes; the last match wins, and a matching directory
+//! excludes everything under it.
 
 use globset::{Glob, GlobBuilder, GlobMatcher};
 

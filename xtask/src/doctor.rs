@@ -24,12 +24,11 @@ pub struct Check {
 
 impl Check {
     fn new(name: &str, result: Result<String, Problem>) -> Check {
-        let (problem, detail, fix) = match result {
-            Ok(detail) => (None, detail, String::new()),
-            Err(p) => (Some(p.what), String::new(), p.fix),
-        };
         let name = name.into();
-        Check { name, problem, detail, fix }
+        match result {
+            Ok(detail) => Check { name, problem: None, detail, fix: String::new() },
+            Err(p) => Check { name, problem: Some(p.what), detail: String::new(), fix: p.fix },
+        }
     }
 
     fn ok(name: &str, detail: impl Into<String>) -> Check {
@@ -67,8 +66,7 @@ pub struct DoctorArgs {
 impl DoctorArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let r = Reporter::new();
-        let (kind, archive) = (self.kind, self.images);
-        let needs = Needs { kind, archive, start_container: true };
+        let needs = Needs { kind: self.kind, archive: self.images, start_container: true };
         let session = Session::open(project, &self.opts, &r, false)?;
         let checks = run_checks(project, &session, &needs);
         r.line(render(&checks));
@@ -78,8 +76,8 @@ impl DoctorArgs {
     }
 }
 
-/// Judges the facts the session gathered (nothing is asked of the engine again, but for
-/// starting a container when `needs.start_container`); never stops at the first problem.
+/// Judges the session's facts (the engine asked again only to start a container when
+/// `needs.start_container`); never stops at the first problem.
 pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Check> {
     let facts = &session.facts;
     let mut checks = Vec::new();
@@ -98,20 +96,15 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
             ));
             if needs.archive.is_none() {
                 let base = facts.base.as_ref().map(|_| facts.base_image.clone());
-                let base = base.ok_or_else(|| facts.missing_base(f));
-                checks.push(Check::new("base image", base));
+                checks.push(Check::new("base image", base.ok_or_else(|| facts.missing_base(f))));
             }
             if needs.start_container && facts.base.is_some() {
                 let run = f.engine.run_true(&facts.base_image);
-                checks.push(Check::new(
-                    "start a container",
-                    run.read().map(|_| run.to_string()).map_err(|e| {
-                        Problem::new(
-                            format!("{program} cannot start a container: {e:#}"),
-                            format!("runtime = \"runc\" and the ulimits in /etc/containers/containers.conf; see {PODMAN_DOCS}"),
-                        )
-                    }),
-                ));
+                let fix = format!("runtime = \"runc\" and the ulimits in /etc/containers/containers.conf; see {PODMAN_DOCS}");
+                let started = run.read().map(|_| run.to_string()).map_err(|e| {
+                    Problem::new(format!("{program} cannot start a container: {e:#}"), fix)
+                });
+                checks.push(Check::new("start a container", started));
             }
         }
         Err(p) => checks.push(Check::new("engine", Err(p.clone()))),
@@ -141,45 +134,37 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
         checks.push(Check::ok("host memory", detail));
     }
     if let Ok(f) = engine {
-        let need = disk_needed(project, needs.archive.as_deref());
-        checks.push(disk_check(f, need));
+        checks.push(disk_check(f, disk_needed(project, needs.archive.as_deref())));
     }
     if let Some(free) = remote.then(|| crate::facts::free_disk(&project.target_dir)).flatten() {
         let (free, dir) = (human(free), project.display(&project.target_dir));
         let detail = format!("{free} free under {dir} on this machine (binaries, archives)");
         checks.push(Check::ok("host disk", detail));
     }
-    if needs.archive.is_some() || which::which("zstd").is_ok() {
-        checks.push(match which::which("zstd") {
-            Ok(_) => Check::ok("zstd", "on PATH"),
-            Err(_) => Check::fail("zstd", "zstd is not installed", "apt-get install zstd"),
-        });
-    }
     if let Some(archive) = &needs.archive {
-        checks.push(match archive.is_file() {
-            true => Check::ok("archive", archive.display().to_string()),
-            false => Check::fail(
-                "archive",
-                format!("{} does not exist", archive.display()),
-                "download it, or make it with `cargo xtask save-images`",
-            ),
-        });
+        let (shown, fix) =
+            (archive.display(), "download it, or make it with `cargo xtask save-images`");
+        let found = archive.is_file().then(|| shown.to_string());
+        let found = found.ok_or_else(|| Problem::new(format!("{shown} does not exist"), fix));
+        checks.push(Check::new("archive", found));
     }
+    let zstd = needs.archive.is_some() || which::which("zstd").is_ok();
     let kind = "install kind (https://kind.sigs.k8s.io), e.g. `go install sigs.k8s.io/kind@latest`";
     let kubectl = "apt-get install kubectl, or see https://kubernetes.io/docs/tasks/tools/";
-    for (tool, fix) in [("kind", kind), ("kubectl", kubectl)].into_iter().filter(|_| needs.kind) {
-        checks.push(match which::which(tool) {
-            Ok(p) => Check::ok(tool, p.display().to_string()),
-            Err(_) => {
-                Check::fail(tool, format!("{tool} is not installed (not found on PATH)"), fix)
-            }
-        });
+    let tools = [
+        ("zstd", "apt-get install zstd", zstd),
+        ("kind", kind, needs.kind),
+        ("kubectl", kubectl, needs.kind),
+    ];
+    for (tool, fix, _) in tools.into_iter().filter(|t| t.2) {
+        let missing = Problem::new(format!("{tool} is not installed (not found on PATH)"), fix);
+        let found = which::which(tool).map(|p| p.display().to_string()).map_err(|_| missing);
+        checks.push(Check::new(tool, found));
     }
     checks
 }
 
-/// The engine machine's memory against the largest image cap (plus the margin the budget
-/// keeps), with the fix for that engine when it is too small.
+/// The engine machine's budget against the largest image cap, with that engine's fix.
 fn memory_check(budget: &Budget, big: &ImageSpec, engine: Option<&EngineFacts>) -> Check {
     let (bytes, source, cap, name) =
         (human(budget.bytes), &budget.source, human(big.memory), &big.name);
@@ -199,8 +184,8 @@ fn memory_check(budget: &Budget, big: &ImageSpec, engine: Option<&EngineFacts>) 
     Check::fail("memory", what, fix)
 }
 
-/// The engine's store against what the run needs: its disk is where images, loads and
-/// builds go (a podman machine's or a remote engine's, not this machine's).
+/// The engine's store (a podman machine's or remote engine's disk, not this machine's)
+/// against what the run needs.
 pub fn disk_check(f: &EngineFacts, need: u64) -> Check {
     let program = f.engine.program();
     let Some((path, free)) = f.store.as_ref().and_then(|s| Some((&s.path, s.free?))) else {

@@ -1,23 +1,20 @@
-//! `cargo xtask e2e`: ask the engine, check the prerequisites, the images (infrastructure
-//! starting meanwhile), the stack, readiness, the suite, the fault tests, the teardown, the
-//! report. [`E2eArgs::run`] is that list; `run` holds what it shares with `dev`.
+//! `cargo xtask e2e`: ask the engine, prerequisites, images (infrastructure meanwhile), stack,
+//! readiness, suite, fault tests, teardown, report: [`E2eArgs::run`] is that list.
 
 use std::path::PathBuf;
-
-use anyhow::{Context, Result};
-use serde::Serialize;
 
 use crate::{
     archive,
     build::{self, Action, BuildOptions, Session},
     fingerprint,
     project::Project,
-    report::{self, Reporter},
+    report::{self, phase, Reporter, RunReport},
     run::{self, Images, Run, RunOptions, Runtime, Source},
     runtime::{self, step, RunId},
     suite,
     timeline::SpanState,
 };
+use anyhow::{Context, Result};
 
 #[derive(clap::Args, Debug)]
 pub struct E2eArgs {
@@ -30,8 +27,8 @@ pub struct E2eArgs {
     /// How long to wait for every service to be ready, in seconds.
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     pub ready_timeout: u64,
-    /// After the suite, run the fault tests (services stopped and restarted under load),
-    /// one at a time; the gateway gets a short deduplication TTL for them.
+    /// Then run the fault tests (services stopped and restarted under load) one at a time,
+    /// with a short deduplication TTL for the gateway.
     #[arg(long)]
     pub faults: bool,
     /// Load the images from this archive (from `cargo xtask save-images`) instead of building.
@@ -46,8 +43,8 @@ pub struct E2eArgs {
     /// Kind: name the cluster [default: e2e-<run>, unique per run].
     #[arg(long, value_name = "NAME")]
     pub cluster_name: Option<String>,
-    /// Kind: use this existing cluster (made by an earlier `--runtime kind --keep`); only the
-    /// run's namespace is created and removed.
+    /// Kind: use this cluster of an earlier `--runtime kind --keep` (only the run's namespace
+    /// is created and removed).
     #[arg(long, value_name = "NAME", conflicts_with = "cluster_name")]
     pub reuse_cluster: Option<String>,
     /// Where the suite runs [default: this machine; in the engine, on the run's network,
@@ -57,8 +54,7 @@ pub struct E2eArgs {
     /// Print the exact commands of the whole run without running them.
     #[arg(long)]
     pub dry_run: bool,
-    /// Remove what earlier runs left (every run that is not in progress, or the one named),
-    /// then exit.
+    /// Remove what earlier runs left (every one not in progress, or the one named), then exit.
     #[arg(long, value_name = "RUN", num_args = 0..=1, default_missing_value = "")]
     pub down: Option<String>,
     #[command(flatten)]
@@ -66,22 +62,6 @@ pub struct E2eArgs {
     /// Arguments for the test harness, after `--` (e.g. `-- metrics` to run matching tests).
     #[arg(last = true)]
     pub test_args: Vec<String>,
-}
-
-/// `target/e2e/runs/<id>/report.json`.
-#[derive(Debug, Serialize)]
-pub struct RunReport {
-    pub run: String,
-    pub runtime: Runtime,
-    pub passed: bool,
-    pub error: Option<String>,
-    /// Seconds per phase, in order.
-    pub phases: Vec<(String, f64)>,
-    pub images_cached: usize,
-    pub images_built: usize,
-    pub bytes_loaded: u64,
-    /// Seconds from the start of the run to the start of the suite (none if it never started).
-    pub first_test_s: Option<f64>,
 }
 
 impl E2eArgs {
@@ -144,32 +124,27 @@ impl E2eArgs {
     }
 }
 
-/// `report.json` and `report.html` in the run's directory: the phases, the images, the
-/// memory the builds used.
+/// `report.json` and `report.html` in the run's directory: phases, images, builds' memory.
 fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> {
     let Run { opts, project, r, session, id, .. } = *run;
-    let (dir, handoff) = (id.dir(project), &images.handoff);
+    let (dir, handoff, spans) = (id.dir(project), &images.handoff, r.phase_spans());
     r.line(format!("phases:\n{}", r.summary()));
+    let ms = |s: f64| (s * 1000.0).round() / 1000.0;
     let built = handoff.built_now.len();
-    let suite = r.phase_spans().into_iter().find(|p| p.name == crate::report::phase::SUITE);
+    let archive = opts.source.archive();
     let report = RunReport {
         run: id.to_string(),
-        runtime: opts.runtime,
+        runtime: clap::ValueEnum::to_possible_value(&opts.runtime).map(|v| v.get_name().to_owned()),
         passed: outcome.is_ok(),
         error: outcome.as_ref().err().map(|e| format!("{e:#}")),
-        phases: r.phase_times(),
+        phases: spans.iter().map(|p| (p.name.clone(), ms(p.end_s - p.start_s))).collect(),
         images_cached: handoff.images.len().saturating_sub(built),
         images_built: built,
-        bytes_loaded: opts
-            .source
-            .archive()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map_or(0, |m| m.len()),
-        first_test_s: suite.map(|p| (p.start_s * 1000.0).round() / 1000.0),
+        bytes_loaded: archive.and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len()),
+        first_test_s: spans.iter().find(|p| p.name == phase::SUITE).map(|p| ms(p.start_s)),
     };
     crate::fsx::write_json(&dir.join("report.json"), &report)?;
-    let not_built =
-        if opts.source.archive().is_some() { SpanState::Loaded } else { SpanState::Cached };
+    let not_built = if archive.is_some() { SpanState::Loaded } else { SpanState::Cached };
     let state = |name| if handoff.built_now.contains(name) { SpanState::Built } else { not_built };
     let states: Vec<_> = handoff.images.iter().map(|i| (i.name.clone(), state(&i.name))).collect();
     let outcome_line = match &report.error {
@@ -187,9 +162,8 @@ fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> 
     Ok(())
 }
 
-/// Prints every command the run would run, in order, and runs none of them: the image
-/// stage as planned, then the stack's phases (the same values a run executes), then the
-/// teardown.
+/// Prints, in order and without running any, the run's commands: the images as planned, the
+/// stack's phases (the values a run executes), the teardown.
 fn dry_run(run: &Run) -> Result<()> {
     let Run { opts, project, r, session, .. } = *run;
     let mut lines: Vec<String> = Vec::new();

@@ -1,6 +1,5 @@
-//! The container engines' command lines, as values: podman (the default) and docker for
-//! images, podman for running the stack. Every command a run needs is built here, so a
-//! dry run and the tests can print and compare them.
+//! The engines' command lines as values (podman or docker for images, podman for the stack),
+//! so a dry run and the tests can print and compare them.
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
@@ -18,8 +17,7 @@ pub const FINGERPRINT_LABEL: &str = "e2e.fingerprint";
 const INSPECT: &str =
     r#"{{.Id}} {{.Size}} {{with .Config.Labels}}{{index . "e2e.fingerprint"}}{{end}}"#;
 
-/// One method a command, as a table: `name(parameters) => [arguments]`, then `+ list` to
-/// append a list's items. Each argument is anything a `String` is made from.
+/// A method per command: `name(parameters) => [arguments (into String)]`, `+ list` appended.
 macro_rules! commands {
     ($ty:ty, $s:ident => $program:expr;
      $($(#[$doc:meta])* $name:ident($($p:ident: $t:ty),*) => [$($a:expr),*] $(+ $rest:expr)?;)*) => {
@@ -32,25 +30,20 @@ macro_rules! commands {
 }
 
 commands! { Engine, self => self.program();
-    /// Everything the engine says about itself and its machine, as JSON: asked once per
-    /// command (see [`EngineFacts`]).
+    /// Everything the engine says about itself and its machine, as JSON (see [`EngineFacts`]).
     info() => ["info", "--format", self.json()];
-    /// The client's version, and the server's when the engine is remote (podman prints a
-    /// `Server` part only then): tens of milliseconds, where `info` takes hundreds.
+    /// The client's version, and a `Server` part only when remote: tens of ms, `info` hundreds.
     version() => ["version", "--format", self.json()];
     /// `ID SIZE FINGERPRINT-LABEL` of an image; fails when there is no such image.
     inspect_image(reference: &str) => ["image", "inspect", "--format", INSPECT, reference];
-    /// The IDs of those of `references` the engine has (one line each; it fails for the
-    /// others).
+    /// The IDs of those of `references` the engine has (a line each; it fails for the others).
     image_ids(references: &[String]) => ["image", "inspect", "--format", "{{.Id}}"] + references;
     /// `repository:tag` of every image that carries a fingerprint label (every image built here).
     list_fingerprinted() => ["images", "--filter", format!("label={FINGERPRINT_LABEL}"),
         "--format", "{{.Repository}}:{{.Tag}}"];
-    /// Gives an image another name.
     tag(reference: &str, new: &str) => ["tag", reference, new];
     untag(reference: &str) => ["rmi", reference];
-    /// The directory of an image's top layer, on the engine's machine
-    /// (`<graph root>/overlay/<id>/diff`).
+    /// An image's top layer's directory on the engine's machine (`<graph root>/overlay/<id>/diff`).
     layer_dir(image: &str) => ["image", "inspect", "--format", "{{.GraphDriver.Data.UpperDir}}", image];
 }
 
@@ -71,8 +64,7 @@ impl Engine {
         }
     }
 
-    /// The engine asked for, or podman, or docker when only docker is installed. Decided
-    /// once per command, by [`crate::facts::Facts::gather`].
+    /// The engine asked for, else podman, else docker (once per command, by `Facts::gather`).
     pub fn detect(requested: Option<Engine>) -> Result<Engine, Problem> {
         let installed = |e: Engine| which::which(e.program()).is_ok();
         match requested {
@@ -110,10 +102,6 @@ impl Engine {
         }
     }
 
-    fn cmd<const N: usize>(self, args: [&str; N]) -> Cmd {
-        Cmd::new(self.program()).args(args)
-    }
-
     /// `--format` for JSON: podman's word for it, docker's template.
     fn json(self) -> &'static str {
         match self {
@@ -124,23 +112,22 @@ impl Engine {
 
     /// Starts and removes a container: proves the engine can run one, not just answer.
     pub fn run_true(self, image: &str) -> Cmd {
-        let c = self.cmd(["run", "--rm", "--network", "none"]);
-        let c = if self == Engine::Podman { c.arg("--pull=never") } else { c };
-        c.args([image, "true"])
+        let pull = (self == Engine::Podman).then_some("--pull=never");
+        let c = Cmd::new(self.program()).args(["run", "--rm", "--network", "none"]);
+        c.args(pull).args([image, "true"])
     }
 
-    /// An image build under a memory cap (`--memory-swap` equal to it, so the cap holds),
-    /// never pulling. Docker uses its classic builder: BuildKit ignores `--memory`.
+    /// A build under a memory cap (`--memory-swap` equal, so it holds), never pulling. Docker uses
+    /// its classic builder (BuildKit ignores `--memory`), with `--force-rm`: it otherwise keeps a
+    /// failed step's container (an OOM-killed RUN) for ever.
     pub fn build(self, b: &BuildCmd) -> Cmd {
         let mut c = match self {
-            Engine::Podman => self.cmd(["build", "--layers", "--pull=never"]),
-            // `--force-rm`: the classic builder otherwise keeps the container of a failed
-            // step (an OOM-killed RUN, say) for ever.
-            Engine::Docker => self.cmd(["build", "--force-rm"]).env("DOCKER_BUILDKIT", "0"),
+            Engine::Podman => Cmd::new("podman").args(["build", "--layers", "--pull=never"]),
+            Engine::Docker => {
+                Cmd::new("docker").args(["build", "--force-rm"]).env("DOCKER_BUILDKIT", "0")
+            }
         };
-        if b.no_cache {
-            c = c.arg("--no-cache");
-        }
+        c = c.args(b.no_cache.then_some("--no-cache"));
         c = c.args(["--memory", &b.memory, "--memory-swap", &b.memory]);
         for (flag, map) in [("--build-arg", &b.build_args), ("--label", &b.labels)] {
             for (k, v) in map {
@@ -155,8 +142,7 @@ impl Engine {
 
     /// The image, or `None` when the engine does not have it.
     pub fn image(self, reference: &str) -> Option<ImageInfo> {
-        let out = self.inspect_image(reference).read().ok()?;
-        ImageInfo::parse(&out)
+        ImageInfo::parse(&self.inspect_image(reference).read().ok()?)
     }
 }
 
@@ -193,9 +179,8 @@ impl ImageInfo {
     }
 }
 
-/// What the engine says about itself and the machine it runs on. Asked once per command;
-/// the platform and the memory are the engine's, not the client's (they differ when the
-/// engine runs in a VM or elsewhere).
+/// What the engine says of itself and its machine, asked once per command: platform and memory
+/// are the engine's, not the client's (they differ when it runs in a VM or elsewhere).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineFacts {
     pub engine: Engine,
@@ -208,15 +193,15 @@ pub struct EngineFacts {
     pub mem_free: Option<u64>,
     /// The engine runs on another machine (a VM, a remote host), reached through its API.
     pub remote: bool,
-    /// Which engine this is: `this machine`, or how this machine reaches the remote one (its
-    /// URL or connection, else its host name). Images recorded in one engine are not in another.
+    /// `this machine`, or how it reaches the remote engine (see [`remote_at`]): images recorded
+    /// in one engine are not in another.
     pub at: String,
     /// Where the engine keeps its images (`None`: the engine does not say).
     pub store: Option<Store>,
 }
 
-/// The engine's image store: a directory on the engine's machine, and the room left on its
-/// filesystem, which is what images, loads and builds fill.
+/// The engine's image store on its machine, and the room left there (what images, loads and
+/// builds fill).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Store {
     pub path: String,
@@ -227,9 +212,8 @@ pub struct Store {
 /// Said of a local engine's `at`.
 pub const THIS_MACHINE: &str = "this machine";
 
-/// How this machine reaches a remote engine: the URL or connection the client was given
-/// (`CONTAINER_HOST`, `CONTAINER_CONNECTION`; docker's `DOCKER_HOST`, `DOCKER_CONTEXT`), else
-/// the engine's host name (podman machine's default connection).
+/// How this machine reaches a remote engine: the URL or connection given (see [`given_at`]),
+/// else the engine's host name (podman machine's default connection).
 pub fn remote_at(given: Option<String>, hostname: Option<&str>) -> String {
     given
         .filter(|g| !g.is_empty())
@@ -237,6 +221,7 @@ pub fn remote_at(given: Option<String>, hostname: Option<&str>) -> String {
         .unwrap_or_else(|| "the default connection".to_owned())
 }
 
+/// `CONTAINER_HOST`, `CONTAINER_CONNECTION` (docker: `DOCKER_HOST`, `DOCKER_CONTEXT`).
 pub fn given_at(engine: Engine) -> Option<String> {
     let vars = match engine {
         Engine::Podman => ["CONTAINER_HOST", "CONTAINER_CONNECTION"],
@@ -251,9 +236,8 @@ fn json(engine: Engine, command: &str, text: &str) -> anyhow::Result<Value> {
 }
 
 impl EngineFacts {
-    /// From podman's `version()` output: when it shows no server, podman runs on this
-    /// machine, so the machine's facts are this machine's (read here, without `info`).
-    /// `None` when the engine is remote: ask `info()`.
+    /// From podman's `version()`: no server means podman runs here, so its machine's facts are
+    /// read here, without `info`. `None` when remote: ask `info()`.
     pub fn local_podman(version_json: &str) -> Option<anyhow::Result<EngineFacts>> {
         let v = match json(Engine::Podman, "version", version_json) {
             Ok(v) if !v["Server"].is_null() => return None,
@@ -274,8 +258,7 @@ impl EngineFacts {
         }))
     }
 
-    /// Reads `info()` output: podman's facts of its machine are under `host`, docker's at the
-    /// top.
+    /// Reads `info()` output: podman's machine facts are under `host`, docker's at the top.
     pub fn parse(engine: Engine, json_text: &str) -> anyhow::Result<EngineFacts> {
         let v = json(engine, "info", json_text)?;
         let podman = engine == Engine::Podman;
@@ -288,9 +271,8 @@ impl EngineFacts {
             Engine::Docker => std::env::var("DOCKER_HOST")
                 .is_ok_and(|h| !h.is_empty() && !h.starts_with("unix://")),
         };
-        let store = &v["store"];
         let (version, root) = match engine {
-            Engine::Podman => (&v["version"]["Version"], &store["graphRoot"]),
+            Engine::Podman => (&v["version"]["Version"], &v["store"]["graphRoot"]),
             Engine::Docker => (&v["ServerVersion"], &v["DockerRootDir"]),
         };
         Ok(EngineFacts {
@@ -310,14 +292,13 @@ impl EngineFacts {
             } else {
                 THIS_MACHINE.to_owned()
             },
-            // Podman 4 says how big the store's filesystem is and how much of it is used; the
-            // difference is free (reserved blocks included). Docker names its data root; only
-            // a local one can be measured from here.
+            // Podman 4 gives the store's filesystem's size and use: the difference is free
+            // (reserved blocks included). Docker names its data root; only a local one is measured.
             store: root.as_str().map(|path| Store {
                 path: path.to_owned(),
-                free: store["graphRootAllocated"]
+                free: v["store"]["graphRootAllocated"]
                     .as_u64()
-                    .zip(store["graphRootUsed"].as_u64())
+                    .zip(v["store"]["graphRootUsed"].as_u64())
                     .map(|(all, used)| all.saturating_sub(used))
                     .filter(|_| podman),
             }),
@@ -345,16 +326,13 @@ commands! { Podman, self => Self::PROGRAM;
     pod_exists(pod: &str) => ["pod", "exists", pod];
     pod_stop(pod: &str) => ["pod", "stop", "--time", "10", pod];
     pod_start(pod: &str) => ["pod", "start", pod];
-    /// SIGKILL to every container of the pods, not waiting for them to end: a teardown
-    /// keeps nothing, and a remote podman 4.3 ignores `pod stop --time` (it sends SIGTERM and
-    /// waits up to 10 s: 3 s for the gateway's delivery to give up, measured in the rig).
+    /// SIGKILL to the pods' containers, not waiting: a remote podman 4.3 ignores `pod stop
+    /// --time` (SIGTERM, then up to 10 s: 3 s for the gateway's delivery to give up, in the rig).
     pods_sigkill(pods: &[String]) => ["pod", "kill"] + pods;
-    /// Stops pods at once (on a local engine SIGKILL; after [`Self::pods_sigkill`], waits
-    /// for the ends and the clean-ups). podman 4.3's `pod rm --force` ignores its `--time`
-    /// and waits 10 s per container that ignores SIGTERM (measured: 15 s for the stack,
-    /// against 1.1 s for this then `pods_rm`).
+    /// Stops pods at once (local: SIGKILL; after [`Self::pods_sigkill`], waits for the ends and
+    /// clean-ups). podman 4.3's `pod rm --force` ignores `--time` and waits 10 s per container
+    /// ignoring SIGTERM (15 s for the stack, against 1.1 s for this then `pods_rm`).
     pods_kill(pods: &[String]) => ["pod", "stop", "--ignore", "--time", "0"] + pods;
-    /// Removes pods, all in one command.
     pods_rm(pods: &[String]) => ["pod", "rm", "--force", "--ignore"] + pods;
     /// Removes images of a run's own, whether or not they exist.
     images_rm(images: &[String]) => ["rmi", "--force", "--ignore"] + images;
@@ -370,8 +348,7 @@ commands! { Podman, self => Self::PROGRAM;
     exec(container: &str, command: &[String]) => ["exec", container] + command;
     /// `podman exec -i CONTAINER`, to which a command is appended.
     exec_prefix(container: &str) => ["exec", "-i", container];
-    /// A container of `image` run once in a pod (its network namespace: `127.0.0.1` is the
-    /// pod's), `command[0]` its entrypoint, removed when it ends.
+    /// `image` run once in a pod (`127.0.0.1` is the pod's), `command[0]` its entrypoint.
     run_in_pod(pod: &str, image: &str, command: &[String]) =>
         ["run", "--rm", "--pod", pod, "--entrypoint", &command[0], image] + &command[1..];
     logs(container: &str) => ["logs", "--timestamps", container];

@@ -1,6 +1,5 @@
-//! What a command needs to know about the machine, asked once: which engine, what it says of
-//! itself (platform, memory, CPUs, local or remote), whether it has the base image, and the
-//! memory budgets. `doctor` judges these facts; every later stage takes the same values.
+//! What a command needs to know, asked once: the engine and what it says of itself, whether it
+//! has the base image, the memory budgets. `doctor` judges them; every later stage takes them.
 
 use std::path::Path;
 
@@ -46,18 +45,15 @@ impl Env {
         &self.facts.platform
     }
 
-    /// `cargo -j` for the host's compiles: one rustc job per 1.5 GiB of the host's budget,
-    /// at most one per CPU.
+    /// `cargo -j` for the host's compiles (see [`memory::cargo_jobs`]).
     pub fn cargo_jobs(&self) -> usize {
         memory::cargo_jobs(self.host_budget.bytes, memory::cpus())
     }
 }
 
 impl Facts {
-    /// Asks the engine for its facts and for each base image candidate (the configured one,
-    /// then the offline one) at once, since each call costs tens of milliseconds here and
-    /// seconds over ssh; reads the host's memory meanwhile. `base_image` is the first
-    /// candidate the engine has, else the first.
+    /// Asks the engine for its facts and each base image candidate (configured, then offline) at
+    /// once: each call costs tens of ms here, seconds over ssh. `base_image`: the first it has.
     pub fn gather(
         engine: Result<Engine, Problem>,
         candidates: &[&str],
@@ -94,7 +90,7 @@ impl Facts {
             (None, _) => host.clone(),
         };
         let host_budget = flag.map_or(host, Ok);
-        let first = candidates.first().map_or_else(String::new, |c| c.to_string());
+        let first = candidates.first().unwrap_or(&"").to_string();
         let (base_image, base) = base.map_or((first, None), |(name, info)| (name, Some(info)));
         Facts {
             engine: answer,
@@ -106,8 +102,7 @@ impl Facts {
         }
     }
 
-    /// The facts to go on with. `base_image_id` given (from an archive's manifest) means the
-    /// base image need not be in the engine.
+    /// The facts to go on with; a `base_image_id` given (an archive's) need not be in the engine.
     pub fn env(&self, base_image_id: Option<&str>) -> anyhow::Result<Env> {
         let facts = self.engine.clone()?;
         let base_image_id = match (base_image_id, &self.base) {
@@ -147,28 +142,23 @@ impl Facts {
     }
 }
 
-/// A local engine's store is on this machine: where the base image's layers are (`podman
-/// info`, which says it, takes ten times as long as one `image inspect`), measured with `df`.
-/// Docker names its data root; a remote engine's store is as the engine reported it.
+/// A local engine's store, measured with `df`: docker's data root, or where the base image's
+/// layers are (`podman info` says it, but takes 10x one `image inspect`). Remote: as reported.
 fn with_local_store(mut f: EngineFacts, base: Option<&(String, ImageInfo)>) -> EngineFacts {
     if f.remote {
         return f;
     }
-    let path = match (f.store.take(), base) {
-        (Some(store), _) => Some(store.path),
-        (None, Some((image, _))) => {
-            f.engine.layer_dir(image).read().ok().and_then(|dir| graph_root(&dir))
-        }
-        (None, None) => None,
-    };
+    let path = f.store.take().map(|s| s.path).or_else(|| {
+        let dir = f.engine.layer_dir(&base?.0).read().ok()?;
+        graph_root(&dir)
+    });
     f.store = path.map(|path| Store { free: free_disk(Path::new(&path)), path });
     f
 }
 
 /// `/var/lib/containers/storage` of `/var/lib/containers/storage/overlay/<id>/diff`.
 pub fn graph_root(layer_dir: &str) -> Option<String> {
-    let dir = layer_dir.trim();
-    let (root, _) = dir.rsplit_once("/overlay/")?;
+    let (root, _) = layer_dir.trim().rsplit_once("/overlay/")?;
     Some(root.to_owned()).filter(|r| r.starts_with('/'))
 }
 
@@ -180,11 +170,9 @@ pub fn free_disk(dir: &Path) -> Option<u64> {
     out.lines().nth(1)?.trim().parse().ok()
 }
 
-/// The engine's facts: `version` first (cheap), and `info` only when the engine is not a
-/// local podman. The outer error: the engine did not answer; the inner: it answered
-/// something unreadable.
+/// `version` first (cheap), `info` only when not a local podman (or told of a remote one). The
+/// outer error: no answer; the inner: an unreadable one.
 fn ask(engine: Engine) -> anyhow::Result<anyhow::Result<EngineFacts>> {
-    // Told where a remote podman is: one call, `info`, answers everything.
     let told_remote = std::env::var_os("CONTAINER_HOST").is_some_and(|h| !h.is_empty());
     if engine == Engine::Podman && !told_remote {
         let version = engine.version().read()?;

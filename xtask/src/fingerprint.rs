@@ -45,8 +45,7 @@ pub struct Inputs<'a> {
     pub platform: &'a str,
 }
 
-/// The fingerprint, as 64 hex digits. Every part is length-prefixed, so no two different
-/// inputs run together into the same byte stream.
+/// The fingerprint, as 64 hex digits; every part length-prefixed, so no two inputs collide.
 pub fn fingerprint(inputs: &Inputs) -> String {
     let mut h = Sha256::new();
     let mut put = |label: &str, bytes: &[u8]| {
@@ -86,7 +85,11 @@ pub fn scan_context(dir: &Path, cache: &mut HashCache) -> Result<Vec<Entry>> {
         .into_iter()
         .find(|p| p.is_file());
     let ignore = match file {
-        Some(p) => Ignore::parse(&read(&p)?).with_context(|| format!("in {}", p.display()))?,
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            Ignore::parse(&text).with_context(|| format!("in {}", p.display()))?
+        }
         None => Ignore::none(),
     };
     let mut entries = Vec::new();
@@ -126,8 +129,7 @@ fn walk(
 }
 
 /// Content digests remembered by (size, mtime, inode), so an unchanged 20 MB binary is not
-/// read again on every run. A changed mtime only means the file is read again: the digest,
-/// and so the fingerprint, stay the same when the content does.
+/// read on every run; a changed mtime only means reading it again (the digest stays).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct HashCache {
     entries: HashMap<PathBuf, Cached>,
@@ -175,10 +177,6 @@ pub fn file_sha256(path: &Path) -> Result<String> {
     let copied = std::fs::File::open(path).and_then(|mut file| std::io::copy(&mut file, &mut h));
     copied.with_context(|| format!("reading {}", path.display()))?;
     Ok(format!("{:x}", h.finalize()))
-}
-
-fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
 #[cfg(test)]

@@ -1,5 +1,4 @@
-//! Files written so that a reader never sees half of one: a temporary file beside the
-//! target, renamed into place when complete, and removed if anything stops the write.
+//! Files a reader never sees half of: written beside the target, renamed into place when done.
 
 use std::path::{Path, PathBuf};
 
@@ -30,15 +29,10 @@ pub fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<
 /// Writes a file only its owner can read (secrets on their way to the engine).
 pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(contents.as_bytes())?;
-    Ok(())
+    let mut open = std::fs::OpenOptions::new();
+    let f = open.write(true).create(true).truncate(true).mode(0o600).open(path);
+    let mut f = f.with_context(|| format!("writing {}", path.display()))?;
+    Ok(f.write_all(contents.as_bytes())?)
 }
 
 /// A temporary file that is removed when dropped, unless persisted.

@@ -16,8 +16,7 @@ use crate::{
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Handoff {
     pub engine: Engine,
-    /// Which engine has these images: `this machine`, or how this machine reaches a remote
-    /// one (see [`EngineFacts::at`]). Files written before this field are of the local engine.
+    /// Which engine has these images ([`EngineFacts::at`]); older files are the local one's.
     #[serde(default = "this_machine")]
     pub at: String,
     pub platform: String,
@@ -57,8 +56,7 @@ impl Handoff {
         }
     }
 
-    /// Whether this record describes that engine's images (another engine has others, even
-    /// where the tags are the same).
+    /// Whether this records that engine's images (another has others, even with equal tags).
     pub fn is_of(&self, f: &EngineFacts) -> bool {
         self.engine == f.engine && self.at == f.at && self.platform == f.platform
     }

@@ -35,8 +35,7 @@ struct RawImage {
     build_args: BTreeMap<String, String>,
 }
 
-/// Where the workspace's binaries compile when they compile in the engine: the builder
-/// image, the Dockerfile of that one compile, and its memory cap.
+/// The compile in the engine: the builder image, the Dockerfile of that compile, its cap.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Builder {
@@ -91,8 +90,7 @@ pub struct Images {
 }
 
 impl Images {
-    /// The images that package no binary of ours (PostgreSQL, Redis): a run starts their
-    /// pods first, as soon as their images are there.
+    /// The images that package no binary of ours (PostgreSQL, Redis): a run starts them first.
     pub fn infrastructure(&self) -> Vec<&str> {
         self.images.iter().filter(|i| i.binary().is_none()).map(|i| i.name.as_str()).collect()
     }
@@ -157,12 +155,14 @@ impl Images {
         if names.is_empty() {
             return Ok(self.images.clone());
         }
-        let known: Vec<&str> = self.images.iter().map(|i| i.name.as_str()).collect();
         let find = |n: &String| {
-            let known = || known.join(", ");
             let image = self.images.iter().find(|i| &i.name == n).cloned();
             image.with_context(|| {
-                format!("no image named {n:?} in test/e2e/images.toml (known: {})", known())
+                let known: Vec<&str> = self.images.iter().map(|i| i.name.as_str()).collect();
+                format!(
+                    "no image named {n:?} in test/e2e/images.toml (known: {})",
+                    known.join(", ")
+                )
             })
         };
         names.iter().map(find).collect()

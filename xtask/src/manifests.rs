@@ -1,7 +1,6 @@
-//! The Kubernetes manifests under `test/e2e/manifests/`, read once and rendered for a
-//! runtime. For podman: images pinned to what was just built, container ports published on
-//! free loopback ports, and Secrets taken out (podman 4.3's `kube play` stores a Secret in a
-//! form its own `secretKeyRef` cannot read, so the xtask creates them; see `secret_payload`).
+//! The manifests under `test/e2e/manifests/`, rendered for a runtime. For podman: images
+//! pinned, ports published on free loopback ports, Secrets taken out (podman 4.3's `kube play`
+//! stores one in a form its own `secretKeyRef` cannot read; see `secret_payload`).
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
@@ -55,14 +54,11 @@ pub struct Published {
     pub host_port: u16,
 }
 
-/// The run's network's addresses: a /27 of podman's own 10.89.0.0/16, its pods at fixed
-/// addresses from `.10` on, and every pod's name in every pod's `/etc/hosts` (`hostAliases`).
-///
-/// Why: on podman 4.3 (aardvark-dns 1.4) every container that joins or leaves any network
-/// makes aardvark-dns tear down and rebind its sockets; a name lookup in flight then is lost
-/// (a 5 s resolver timeout) or answered NXDOMAIN by the next nameserver in `resolv.conf`, and
-/// a service's new connection fails. Names in `/etc/hosts` never ask the DNS server, and a
-/// pod keeps its address when it is stopped, started or replaced. See docs/dns-hang.md.
+/// The run's network: a /27 of podman's 10.89.0.0/16, pods at fixed addresses from `.10`, every
+/// pod's name in every pod's `/etc/hosts` (`hostAliases`). Why (docs/dns-hang.md): on podman 4.3
+/// (aardvark-dns 1.4) any container joining or leaving any network makes aardvark-dns rebind its
+/// sockets, and a lookup in flight is lost (5 s timeout) or answered NXDOMAIN by the next
+/// nameserver; `/etc/hosts` never asks DNS, and a pod keeps its address when restarted or replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subnet {
     pub base: Ipv4Addr,
@@ -70,16 +66,14 @@ pub struct Subnet {
 
 impl Subnet {
     pub const PREFIX: u32 = 27;
-    /// The pods' first host number: podman's own allocation (the suite's container) starts
-    /// at `.2`, so pods from `.10` never meet it.
+    /// podman's own allocation (the suite's container) starts at `.2`: pods from `.10` never meet it.
     const FIRST_POD: u32 = 10;
     const SIZE: u32 = 1 << (32 - Self::PREFIX);
     /// 10.89.0.0/16, where podman allocates its networks.
     const POOL: u32 = u32::from_be_bytes([10, 89, 0, 0]);
     const SLOTS: u32 = 1 << (Self::PREFIX - 16);
 
-    /// A /27 that overlaps none of `used` (the engine's networks), its first try derived
-    /// from the run's id so that two runs planned at once start apart.
+    /// A /27 overlapping none of `used`, first tried at a hash of the run's id (runs start apart).
     pub fn choose(run: &str, used: &[(Ipv4Addr, u32)]) -> anyhow::Result<Subnet> {
         let hash = run.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
@@ -109,10 +103,8 @@ impl Subnet {
         (u32::from(self.base) + Self::FIRST_POD + i as u32).into()
     }
 
-    /// The `i`-th pod's MAC address, fixed as its IP is (locally administered, `02:e2:` and
-    /// the IP's four bytes): a pod started again or replaced keeps both, so its peers' ARP
-    /// entries stay right. With a new random MAC behind the same IP, a peer's stale entry
-    /// made a restarted Redis unreachable from the gateway for 40-54 s (measured).
+    /// The `i`-th pod's fixed MAC (`02:e2:` and the IP's bytes), so peers' ARP entries stay right:
+    /// a new random MAC behind the same IP made a restarted Redis unreachable for 40-54 s (measured).
     pub fn mac(&self, i: usize) -> String {
         let [a, b, c, d] = self.pod(i).octets();
         format!("02:e2:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
@@ -145,7 +137,7 @@ pub struct PodmanStack {
     pub secrets: Vec<Secret>,
     pub pods: Vec<Pod>,
     pub published: Vec<Published>,
-    /// The network's subnet and so each pod's address (in the order of `pods`), when given.
+    /// The network's subnet, and so each pod's address (in the order of `pods`).
     pub subnet: Option<Subnet>,
 }
 
@@ -159,9 +151,8 @@ impl PodmanStack {
 
     /// A pod's fixed IP and MAC addresses, when the stack has them.
     pub fn address(&self, pod: &str) -> Option<(Ipv4Addr, String)> {
-        let i = self.pods.iter().position(|p| p.name == pod)?;
-        let subnet = self.subnet?;
-        Some((subnet.pod(i), subnet.mac(i)))
+        let (i, s) = (self.pods.iter().position(|p| p.name == pod)?, self.subnet?);
+        Some((s.pod(i), s.mac(i)))
     }
 
     /// The host port of a pod's container port; `pod` is the run's name or the manifests'.
@@ -181,19 +172,17 @@ impl Manifests {
             .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
             .collect();
         files.sort();
-        let shown = dir.display();
-        anyhow::ensure!(!files.is_empty(), "no *.yaml manifests in {shown}");
+        anyhow::ensure!(!files.is_empty(), "no *.yaml manifests in {}", dir.display());
         let mut docs = Vec::new();
         for file in files {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
+            let text = std::fs::read_to_string(&file)?;
             docs.extend(parse_docs(&text).with_context(|| format!("in {}", file.display()))?);
         }
         Ok(Manifests { docs })
     }
 
-    /// Renders the manifests for Kind: images pinned to the handed-off references and never
-    /// pulled (they are loaded), Secrets and Services kept. Returns the YAML and the NodePorts.
+    /// For Kind: images pinned and never pulled (they are loaded), Secrets and Services kept.
+    /// Returns the YAML and the NodePorts.
     pub fn render_kind(
         &self,
         images: &BTreeMap<String, String>,
@@ -205,10 +194,8 @@ impl Manifests {
             match kind(&doc) {
                 "Pod" => {
                     for c in containers_of(&mut doc).context("a Pod without containers")? {
-                        let image = c["image"].as_str().unwrap_or_default();
-                        if let Some(pinned) = images.get(repository(image)) {
-                            c["image"] = pinned.clone().into();
-                        }
+                        c["image"] =
+                            pin_image(c["image"].as_str().unwrap_or_default(), images).into();
                         c["imagePullPolicy"] = "Never".into();
                     }
                 }
@@ -219,23 +206,20 @@ impl Manifests {
                 }
                 _ => {}
             }
-            out.push_str(&format!("---\n{}", serde_norway::to_string(&doc)?));
+            out.push_str(&to_yaml(&doc)?);
         }
         Ok((out, node_ports))
     }
 
-    /// Sets an environment variable of every container of a Pod (added, or replaced), for
-    /// settings a run gives (a short deduplication TTL for the fault tests).
+    /// Sets an environment variable in every container of a Pod (e.g. the fault tests' short TTL).
     pub fn set_env(&mut self, pod: &str, var: &str, value: &str) -> anyhow::Result<()> {
         let doc = self
             .docs
             .iter_mut()
             .find(|d| kind(d) == "Pod" && name(d).ok().as_deref() == Some(pod))
             .with_context(|| format!("no Pod {pod} in the manifests"))?;
-        let entry = serde_norway::to_value(EnvVar { name: var, value })?;
-        for c in
-            containers_of(doc).with_context(|| format!("pod {pod}: spec.containers is missing"))?
-        {
+        let entry = serde_norway::to_value(BTreeMap::from([("name", var), ("value", value)]))?;
+        for c in containers_of(doc).with_context(|| format!("pod {pod}: no spec.containers"))? {
             match c.get_mut("env").and_then(Value::as_sequence_mut) {
                 Some(env) => {
                     env.retain(|e| e.get("name").and_then(Value::as_str) != Some(var));
@@ -252,13 +236,10 @@ impl Manifests {
         self.docs.iter().filter(|d| kind(d) == "Pod").filter_map(|d| name(d).ok()).collect()
     }
 
-    /// Renders the manifests for podman. `images` maps an image repository (no tag) to the
-    /// reference to run; `free_port` yields a free host port for each published container port.
-    ///
-    /// podman names pods and secrets machine-wide, so every pod and secret gets the run's
-    /// `suffix` (`postgres` becomes `postgres-<suffix>`), and every environment value that
-    /// names one as a host (`postgres`, `redis://redis:6379`) and every `secretKeyRef` follows.
-    /// Two runs at once therefore never collide. An empty suffix keeps the names.
+    /// For podman. `images` maps a repository (no tag) to the reference to run; `free_port`
+    /// yields a host port per container port. podman's pod and secret names are machine-wide, so
+    /// each gets the run's `suffix` (`postgres-<suffix>`; empty: kept), and so do the env values
+    /// naming one as a host (`redis://redis:6379`) and `secretKeyRef`s: two runs never collide.
     pub fn render_podman(
         &self,
         images: &BTreeMap<String, String>,
@@ -279,11 +260,7 @@ impl Manifests {
             (vec![], vec![], vec![], vec![]);
         for doc in &self.docs {
             match kind(doc) {
-                "Secret" => {
-                    let mut s = secret(doc)?;
-                    s.name = renamed(&s.name);
-                    secrets.push(s);
-                }
+                "Secret" => secrets.push(Secret { name: renamed(&name(doc)?), ..secret(doc)? }),
                 // podman ignores Services; pods reach each other by pod name instead.
                 "Service" => {}
                 "Pod" => {
@@ -296,7 +273,7 @@ impl Manifests {
                     }
                     let mut containers = Vec::new();
                     for c in containers_of(&mut doc)
-                        .with_context(|| format!("pod {pod_name}: spec.containers is missing"))?
+                        .with_context(|| format!("pod {pod_name}: no spec.containers"))?
                     {
                         let typed: ContainerYaml = serde_norway::from_value(c.clone())
                             .with_context(|| format!("pod {pod_name}: a container"))?;
@@ -304,25 +281,15 @@ impl Manifests {
                         c["image"] = image.clone().into();
                         let env = c.get_mut("env").and_then(Value::as_sequence_mut);
                         for var in env.into_iter().flatten() {
-                            if let Some(value) = var.get("value").and_then(Value::as_str) {
-                                var["value"] = rename_hosts(value, &hosts).into();
-                            }
-                            let secret_ref =
+                            rename_at(var.get_mut("value"), &hosts);
+                            let r =
                                 var.get_mut("valueFrom").and_then(|v| v.get_mut("secretKeyRef"));
-                            if let Some(r) = secret_ref {
-                                if let Some(new) =
-                                    r["name"].as_str().and_then(|n| secret_names.get(n))
-                                {
-                                    r["name"] = new.clone().into();
-                                }
-                            }
+                            rename_at(r.and_then(|r| r.get_mut("name")), &secret_names);
                         }
-                        // podman turns probes into systemd healthchecks, which fail without
-                        // systemd; the xtask runs the readiness probes itself (see ready.rs).
-                        if let Some(map) = c.as_mapping_mut() {
-                            for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
-                                map.remove(probe);
-                            }
+                        // podman makes probes systemd healthchecks, which fail without systemd;
+                        // the xtask runs the readiness probes itself (see ready.rs).
+                        for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+                            c.as_mapping_mut().map(|m| m.remove(probe));
                         }
                         for (i, port) in typed.ports.iter().enumerate() {
                             let host_port = free_port()?;
@@ -364,16 +331,13 @@ impl Manifests {
                 doc["spec"]["hostAliases"] = aliases.clone();
             }
         }
-        let pod_yaml = yaml_docs
-            .iter()
-            .map(|doc| Ok(format!("---\n{}", serde_norway::to_string(doc)?)))
-            .collect::<anyhow::Result<Vec<String>>>()?;
+        let pod_yaml = yaml_docs.iter().map(to_yaml).collect::<anyhow::Result<Vec<_>>>()?;
         Ok(PodmanStack { yaml: pod_yaml.concat(), pod_yaml, secrets, pods, published, subnet })
     }
 }
 
-/// Replaces a host name in an environment value: the whole value (`postgres`) or the host
-/// of a URL (`redis://redis:6379`, `http://data-storage:8080/x`).
+/// Renames a host in an env value (or a secret's name): the whole value (`postgres`) or a
+/// URL's host (`redis://redis:6379`, `http://data-storage:8080/x`).
 pub fn rename_hosts(value: &str, hosts: &BTreeMap<String, String>) -> String {
     if let Some(new) = hosts.get(value) {
         return new.clone();
@@ -387,12 +351,24 @@ pub fn rename_hosts(value: &str, hosts: &BTreeMap<String, String>) -> String {
     value.to_owned()
 }
 
-/// What podman 4.3's `secretKeyRef` reads from a podman secret: a JSON object of key to
-/// base64-encoded value.
+/// A string value renamed by [`rename_hosts`].
+fn rename_at(value: Option<&mut Value>, names: &BTreeMap<String, String>) {
+    if let Some(v) = value {
+        if let Some(new) = v.as_str().map(|s| rename_hosts(s, names)) {
+            *v = new.into();
+        }
+    }
+}
+
+/// What podman 4.3's `secretKeyRef` reads from a podman secret: JSON of key to base64 value.
 pub fn secret_payload(secret: &Secret) -> String {
     let map: BTreeMap<&str, String> =
         (secret.data.iter()).map(|(k, v)| (k.as_str(), STANDARD.encode(v))).collect();
     serde_json::to_string(&map).expect("a map of strings serialises")
+}
+
+fn to_yaml(doc: &Value) -> anyhow::Result<String> {
+    Ok(format!("---\n{}", serde_norway::to_string(doc)?))
 }
 
 fn parse_docs(text: &str) -> anyhow::Result<Vec<Value>> {
@@ -450,12 +426,6 @@ pub fn repository(image: &str) -> &str {
 struct SecretYaml {
     data: Option<BTreeMap<String, String>>,
     string_data: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Serialize)]
-struct EnvVar<'a> {
-    name: &'a str,
-    value: &'a str,
 }
 
 #[derive(Serialize)]

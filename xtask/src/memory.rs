@@ -1,7 +1,8 @@
-//! How much memory builds may use, and whether one more build fits. Pure decisions with
-//! unit tests; the thin readers of `/proc` and the cgroup sit at the bottom.
+//! How much memory builds may use, and whether one more fits: pure decisions, then the readers.
 
 use std::path::Path;
+
+use anyhow::Context;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -40,8 +41,7 @@ pub fn default_budget(info: &MemoryInfo) -> Budget {
     }
 }
 
-/// The budget of an engine on another machine: its free memory (else its total), less a
-/// margin. Takes the engine's own figures, so this module needs nothing of the engine's.
+/// The budget of an engine on another machine: its free memory (else total), less a margin.
 pub fn engine_budget(mem_free: Option<u64>, mem_total: u64) -> Budget {
     match mem_free {
         Some(f) => less_margin(f, "(the engine machine's free memory)"),
@@ -57,9 +57,8 @@ fn less_margin(free: u64, from: &str) -> Budget {
     }
 }
 
-/// The admission rule: one more build may start when fewer than `jobs` run and the caps of
-/// the running builds plus its own fit the budget. A build whose cap alone exceeds the
-/// budget is refused before anything runs (see [`too_big`]), never started here.
+/// One more build may start when fewer than `jobs` run and all caps with its own fit the budget
+/// (one too big alone is refused before anything runs, see [`too_big`]).
 pub fn admit(running_caps: &[u64], next_cap: u64, budget: u64, jobs: usize) -> bool {
     running_caps.len() < jobs.max(1) && running_caps.iter().sum::<u64>() + next_cap <= budget
 }
@@ -72,8 +71,7 @@ pub fn too_big<'a>(
     caps.into_iter().filter(|(_, cap)| *cap > budget).collect()
 }
 
-/// How many builds can ever run at once: as many of the smallest caps as fit the budget
-/// together, capped by `jobs`, and at least one.
+/// How many builds can ever run at once: the smallest caps that fit together, 1 to `jobs`.
 pub fn max_parallel(caps: &[u64], budget: u64, jobs: usize) -> usize {
     let mut sorted = caps.to_vec();
     sorted.sort_unstable();
@@ -85,8 +83,7 @@ pub fn max_parallel(caps: &[u64], budget: u64, jobs: usize) -> usize {
     fit.min(jobs.max(1)).max(1)
 }
 
-/// A `cargo build -j` that fits the budget: one rustc job per `RUSTC_JOB`, at least one,
-/// at most one per CPU.
+/// A `cargo build -j` that fits the budget: one rustc job per `RUSTC_JOB`, 1 to one per CPU.
 pub fn cargo_jobs(budget: u64, cpus: usize) -> usize {
     ((budget / RUSTC_JOB) as usize).clamp(1, cpus.max(1))
 }
@@ -120,19 +117,21 @@ fn meminfo_field(text: &str, name: &str) -> Option<u64> {
 
 /// `MemTotal` of this machine, in bytes.
 pub fn total() -> Option<u64> {
-    meminfo_field(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemTotal")
+    meminfo_field(&meminfo().ok()?, "MemTotal")
+}
+
+fn meminfo() -> std::io::Result<String> {
+    std::fs::read_to_string("/proc/meminfo")
 }
 
 /// Memory in use on the machine now (`MemTotal - MemAvailable`), for peak sampling.
 pub fn used_now() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let text = meminfo().ok()?;
     Some(meminfo_field(&text, "MemTotal")?.saturating_sub(parse_meminfo(&text)?))
 }
 
 pub fn read() -> anyhow::Result<MemoryInfo> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
-    let available = parse_meminfo(&meminfo)
-        .ok_or_else(|| anyhow::anyhow!("no MemAvailable in /proc/meminfo"))?;
+    let available = parse_meminfo(&meminfo()?).context("no MemAvailable in /proc/meminfo")?;
     let (cgroup_limit, cgroup_usage) = std::fs::read_to_string("/proc/self/cgroup")
         .map(|text| cgroup_memory(&text, Path::new("/sys/fs/cgroup")))
         .unwrap_or((None, None));

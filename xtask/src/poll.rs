@@ -3,8 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-/// Calls `check` every `pause` until it says done (`Ok(true)`), fails (`Err`), or `timeout`
-/// has passed (`Ok(false)`: the caller says what was not done).
+/// Calls `check` every `pause` until done (`Ok(true)`), `Err`, or `timeout` (`Ok(false)`).
 pub fn until(
     timeout: Duration,
     pause: Duration,

@@ -26,9 +26,8 @@ impl Project {
         Ok(Project { root, target_dir, e2e_dir })
     }
 
-    /// A shell at the workspace root for the plain sequential steps (xshell's `cmd!`: one
-    /// command after another, interpolated, never a shell string). One per thread: a Shell
-    /// is not shared between threads.
+    /// A shell at the root for plain sequential steps (xshell's `cmd!`, never a shell string);
+    /// one per thread, as a Shell is not shared between threads.
     pub fn shell(&self) -> anyhow::Result<xshell::Shell> {
         let sh = xshell::Shell::new()?;
         sh.change_dir(&self.root);

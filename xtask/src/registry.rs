@@ -14,10 +14,9 @@ use crate::{
     report::Reporter,
 };
 
-/// Pulls this checkout's images from `REGISTRY/PREFIX` by their fingerprint tags (in
-/// parallel: pulling is light) and tags them as a local build would. An image already in the
-/// engine with its fingerprint is not pulled. The base image must be present, since its ID
-/// is part of every fingerprint.
+/// Pulls (in parallel: it is light) this checkout's images not already in the engine from
+/// `REGISTRY/PREFIX` by fingerprint tag, tagged as a local build would; the base image must be
+/// present (its ID is in every fingerprint).
 pub fn pull(cx: Ctx, prefix: &str) -> Result<Handoff> {
     let (project, r, prepared) = (cx.project, cx.r, build::prepare(cx, Goal::Build(&[]))?);
     let engine = prepared.env.engine();

@@ -1,16 +1,18 @@
-//! One place decides how progress is shown. On a terminal: indicatif bars (one overall,
-//! one per running build) with lines printed above them, so child output never tears a
-//! bar. Elsewhere (CI logs): plain timestamped lines only. Every external command is echoed
-//! once before it runs; each phase is printed with the time it took.
+//! How progress is shown, and what a run leaves behind. On a terminal: indicatif bars (one
+//! overall, one per running build) with lines printed above them, so child output never tears
+//! a bar; elsewhere (CI logs): plain timestamped lines. Each external command is echoed once
+//! before it runs, each phase printed with its time. A run's `report.json` and its timeline.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use std::{io::IsTerminal, sync::Mutex};
+use std::{collections::BTreeSet, io::IsTerminal, sync::Mutex};
 
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
 
-use crate::timeline::{self, Span, SpanState, Timeline};
-use crate::{build::Activity, cmd::Cmd, memory::human};
+use crate::timeline::{self, Activity, Span, SpanState, Timeline};
+use crate::{cmd::Cmd, memory::human, project::Project};
 
 /// The names of the phases that code looks for (in reports, benchmarks and CI's greps).
 pub mod phase {
@@ -23,13 +25,13 @@ pub mod phase {
 
 pub struct Reporter {
     bars: Option<MultiProgress>,
-    /// Each phase as a span since the reporter started, with its exact duration.
-    phases: Mutex<Vec<(Span, Duration)>>,
+    /// Each phase as a span since the reporter started.
+    phases: Mutex<Vec<Span>>,
     started: Instant,
 }
 
 impl Reporter {
-    /// Bars when stderr is a terminal, plain lines otherwise.
+    /// Bars when stderr is a terminal (and not in CI), plain lines otherwise.
     pub fn new() -> Reporter {
         let tty = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
         let bars = tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
@@ -67,7 +69,7 @@ impl Reporter {
         let (start_s, state) =
             (self.offset(start), if ok { SpanState::Ok } else { SpanState::Failed });
         let (name, end_s, detail) = (name.to_owned(), start_s + took.as_secs_f64(), secs(took));
-        self.phases.lock().unwrap().push((Span { name, start_s, end_s, state, detail }, took));
+        self.phases.lock().unwrap().push(Span { name, start_s, end_s, state, detail });
         result
     }
 
@@ -102,27 +104,17 @@ impl Reporter {
         }
     }
 
-    /// The phases so far with their durations, for the closing summary. The total is the
-    /// wall time since the start (phases may overlap).
+    /// The phases so far with their durations, and the wall time since the start (phases
+    /// may overlap).
     pub fn summary(&self) -> String {
-        let phases = self.phases.lock().unwrap();
-        let total = "total (wall)";
-        let width = phases.iter().map(|(p, _)| p.name.len()).fold(total.len(), usize::max);
+        let (phases, total) = (self.phase_spans(), "total (wall)");
+        let width = phases.iter().map(|p| p.name.len()).fold(total.len(), usize::max);
         let mut out = String::new();
-        for (p, _) in phases.iter() {
+        for p in &phases {
             let ok = if p.state == SpanState::Ok { "ok" } else { "FAILED" };
             out += &format!("  {:<width$}  {:>8}  {ok}\n", p.name, p.detail);
         }
         out + &format!("  {total:<width$}  {:>8}\n", secs(self.started.elapsed()))
-    }
-
-    /// The phases as (name, seconds to the millisecond), for the run report.
-    pub fn phase_times(&self) -> Vec<(String, f64)> {
-        let phases = self.phases.lock().unwrap();
-        phases
-            .iter()
-            .map(|(p, d)| (p.name.clone(), (d.as_secs_f64() * 1000.0).round() / 1000.0))
-            .collect()
     }
 
     /// Seconds from the reporter's start to `t` (0 for earlier instants).
@@ -131,7 +123,7 @@ impl Reporter {
     }
 
     pub fn phase_spans(&self) -> Vec<Span> {
-        self.phases.lock().unwrap().iter().map(|(p, _)| p.clone()).collect()
+        self.phases.lock().unwrap().clone()
     }
 }
 
@@ -139,24 +131,75 @@ pub fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
 
+/// `target/e2e/runs/<id>/report.json`: written by `e2e`, read by `soak` and `bench`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RunReport {
+    pub run: String,
+    /// `podman` or `kind` (as the run's `--runtime`).
+    pub runtime: Option<String>,
+    pub passed: bool,
+    pub error: Option<String>,
+    /// Seconds per phase, in order.
+    pub phases: Vec<(String, f64)>,
+    pub images_cached: usize,
+    pub images_built: usize,
+    pub bytes_loaded: u64,
+    /// Seconds from the start of the run to the start of the suite (none if it never started).
+    pub first_test_s: Option<f64>,
+}
+
+impl RunReport {
+    pub fn read(path: &Path) -> anyhow::Result<RunReport> {
+        let reading = || format!("reading {}", path.display());
+        serde_json::from_slice(&std::fs::read(path).with_context(reading)?).with_context(reading)
+    }
+
+    /// The newest run's.
+    pub fn latest(project: &Project) -> anyhow::Result<RunReport> {
+        let newest =
+            run_dirs(project).into_iter().map(|d| d.join("report.json")).rfind(|p| p.is_file());
+        RunReport::read(&newest.context("no run has written a report.json")?)
+    }
+
+    pub fn first_test(&self) -> anyhow::Result<Duration> {
+        let missing = "the run's report has no first_test_s: the suite did not start";
+        Ok(Duration::from_secs_f64(self.first_test_s.context(missing)?))
+    }
+
+    /// How long a phase took.
+    pub fn phase(&self, name: &str) -> anyhow::Result<Duration> {
+        let (_, s) = (self.phases.iter().find(|(n, _)| n == name))
+            .with_context(|| format!("the run's report has no phase {name:?}"))?;
+        Ok(Duration::from_secs_f64(*s))
+    }
+}
+
+/// The folders under `target/e2e/runs/`, in the order of their names (the order they began).
+pub fn run_dirs(project: &Project) -> BTreeSet<PathBuf> {
+    std::fs::read_dir(project.runs_dir())
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
 /// Writes `report.html` (and the `timeline.json` it is made from) beside `report.json`: the
-/// phases from the reporter, a span per image (built or failed ones as they ran, cached and
-/// loaded ones as marks at the start of their phase), memory samples.
+/// phases, a span per image (builds as they ran; cached and loaded images as marks at the
+/// start of their phase), memory samples.
 pub fn write_timeline(
     r: &Reporter,
-    dir: &std::path::Path,
+    dir: &Path,
     title: &str,
     outcome: &str,
     images: &[(String, SpanState)],
     activity: &Activity,
     budget: Option<u64>,
-) -> anyhow::Result<std::path::PathBuf> {
+) -> anyhow::Result<PathBuf> {
     let phases = r.phase_spans();
     let images_phase = [phase::BUILD, phase::LOAD, phase::PULL];
     let at = phases.iter().find(|p| images_phase.contains(&p.name.as_str()));
     let (from, to) = at.map_or((0.0, 0.0), |p| (p.start_s, p.end_s));
     let ran = |at: Instant, took: Duration| (r.offset(at), r.offset(at) + took.as_secs_f64());
-    let spans = images.iter().map(|(name, state)| {
+    let span = |(name, state): &(String, SpanState)| {
         let (start_s, end_s, state, detail) =
             match activity.builds.iter().find(|b| &b.image == name) {
                 Some(b) => {
@@ -170,22 +213,20 @@ pub fn write_timeline(
                 }
             };
         Span { name: name.clone(), start_s, end_s, state, detail }
-    });
+    };
     let caps = activity.builds.iter().map(|b| {
         let (start_s, end_s) = ran(b.started, b.took);
         timeline::Cap { image: b.image.clone(), start_s, end_s, cap_bytes: b.cap }
     });
-    let memory = activity
-        .memory
-        .iter()
-        .map(|&(t, used_bytes)| timeline::Sample { t_s: r.offset(t), used_bytes });
+    let sample =
+        |&(t, used_bytes): &(Instant, u64)| timeline::Sample { t_s: r.offset(t), used_bytes };
     let t = Timeline {
         title: title.to_owned(),
         outcome: outcome.to_owned(),
         total_s: r.started.elapsed().as_secs_f64(),
         phases,
-        images: spans.collect(),
-        memory: memory.collect(),
+        images: images.iter().map(span).collect(),
+        memory: activity.memory.iter().map(sample).collect(),
         budget_bytes: budget,
         caps: caps.collect(),
     };
@@ -208,6 +249,23 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     all.iter().map(line).collect::<Vec<_>>().join("\n")
 }
 
+/// The middle value (of an even count, the upper of the two middle ones); the default of none.
+pub fn median<T: Copy + PartialOrd + Default>(values: &[T]) -> T {
+    nth(values, values.len() / 2 + 1)
+}
+
+/// The nearest-rank percentile `p` (0-100) of `values`; the default (0) of none.
+pub fn percentile<T: Copy + PartialOrd + Default>(values: &[T], p: f64) -> T {
+    nth(values, ((p / 100.0) * values.len() as f64).ceil() as usize)
+}
+
+/// The `rank`th smallest value (from 1, kept within the values); the default of none.
+fn nth<T: Copy + PartialOrd + Default>(values: &[T], rank: usize) -> T {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.get(rank.clamp(1, v.len().max(1)) - 1).copied().unwrap_or_default()
+}
+
 /// `cargo xtask report [RUN]`: where a run's report is, and what it says.
 #[derive(clap::Args, Debug)]
 pub struct ReportArgs {
@@ -216,10 +274,10 @@ pub struct ReportArgs {
 }
 
 impl ReportArgs {
-    pub fn run(self, project: &crate::project::Project) -> anyhow::Result<()> {
+    pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let dir = match &self.run {
             Some(id) => project.runs_dir().join(id),
-            None => (crate::soak::run_dirs(project).into_iter())
+            None => (run_dirs(project).into_iter())
                 .rfind(|d| d.join("timeline.json").is_file())
                 .context("no run has written a report yet: run `cargo xtask e2e`")?,
         };

@@ -1,6 +1,5 @@
-//! What `e2e` and `dev` share: a run's options, its images (built, loaded or pulled), the
-//! infrastructure started while they come, the stack on either runtime, the suite's phases,
-//! and the two things a run does at once (declared here, and only here).
+//! What `e2e` and `dev` share: a run's options, images, early infrastructure, stack, suite
+//! phases, and the only two things a run does at once.
 
 use std::{
     collections::BTreeMap,
@@ -11,6 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
 
 use crate::{
     archive,
@@ -34,11 +34,10 @@ use crate::{
     suite::{self, InEngine, SuiteIn},
 };
 
-/// The deduplication TTL the gateway gets for `--faults` runs, so that a test can see a
-/// signal's deduplication expire.
+/// The gateway's deduplication TTL in `--faults` runs, short enough for a test to see it expire.
 const FAULTS_DEDUP_TTL_SECONDS: u64 = 5;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
     /// `podman kube play` on a network of the run's own.
@@ -93,8 +92,7 @@ pub struct Images {
 }
 
 impl RunOptions {
-    /// The engine the runtime runs with: podman's stack needs podman; Kind takes either (the
-    /// one asked for, else the one installed).
+    /// The runtime's engine: podman for podman; for Kind the one asked for, else the one installed.
     pub fn engine(&self) -> Result<Option<Engine>, Problem> {
         match (self.runtime, self.build.engine) {
             (Runtime::Podman, Some(Engine::Docker)) => Err(Problem::new(
@@ -116,10 +114,8 @@ impl RunOptions {
         Ok(manifests)
     }
 
-    /// The suite, then (with `--faults`) the fault tests, as phases of the run, with the
-    /// stack's control file (how to stop, start and enter each service, for the fault tests,
-    /// the load benchmark, and anyone with a `--keep` stack). The suite first waits for a
-    /// compile still running (`gate`).
+    /// The suite, then (`--faults`) the fault tests, as phases, after writing `stack.json` (how
+    /// to stop, start and enter each service); the suite first waits for `gate`'s compile.
     pub fn tests<'a>(
         &'a self,
         project: &'a Project,
@@ -172,8 +168,7 @@ impl Run<'_> {
             )
             .into());
         }
-        let archive = opts.source.archive().cloned();
-        let kind = opts.runtime == Runtime::Kind;
+        let (archive, kind) = (opts.source.archive().cloned(), opts.runtime == Runtime::Kind);
         doctor::require(
             project,
             r,
@@ -203,8 +198,8 @@ impl Run<'_> {
         Ok(Images { handoff, activity: Activity::default(), pending_suite: Some(jobs) })
     }
 
-    /// The pods that can start before the service images exist (their images package no
-    /// binary of ours and are there already, or come first in the archive), or `None`.
+    /// The pods that can start before the service images exist (their images hold no binary of
+    /// ours and are cached, or come first in the archive), or `None`.
     pub fn early_start(&self) -> Option<PodmanRun> {
         let Run { opts, project, session, manifests, id, .. } = *self;
         if opts.runtime != Runtime::Podman || opts.build.force {
@@ -248,8 +243,7 @@ impl Run<'_> {
         Some(PodmanRun { early, arriving, ..PodmanRun::new(project, id.clone(), stack) })
     }
 
-    /// The stack on the runtime asked for, its manifests rendered with the images of
-    /// `handoff`; on podman, going on from what `early` started.
+    /// The stack on the runtime asked for, with `handoff`'s images; on podman, going on from `early`.
     pub fn stack(&self, handoff: &Handoff, early: Option<PodmanRun>) -> Result<Box<dyn Stack>> {
         let Run { opts, project, session, manifests, id, .. } = *self;
         if opts.runtime == Runtime::Kind {
@@ -263,8 +257,8 @@ impl Run<'_> {
         };
         let remote = session.remote();
         let mut run = PodmanRun { early, remote, ..PodmanRun::new(project, id.clone(), stack) };
-        // Where the suite runs (as asked, else in the engine when it is remote), and when in
-        // the engine, its package (recorded with the run, so the teardown removes its image).
+        // In the engine (as asked, or when it is remote), the suite's package goes with the run,
+        // so the teardown removes its image.
         if SuiteIn::resolve(opts.suite_in, remote) == SuiteIn::Engine {
             let base = &session.facts.base_image;
             let mut package = InEngine::new(project, Engine::Podman, id.suffix(), base);
@@ -326,9 +320,8 @@ impl Run<'_> {
     }
 }
 
-/// Image builds wait on podman and apt more than on the CPU, so the suite compiles while they
-/// run. On a local engine its rustc jobs share the engine's memory: theirs is taken out of
-/// the builds' budget, never so much that the largest image no longer fits.
+/// Builds wait on podman and apt more than on the CPU, so the suite compiles meanwhile; on a
+/// local engine its rustc jobs' memory leaves the builds' budget, as long as the largest fits.
 fn build_beside_suite(cx: build::Ctx, mut prepared: build::Prepared) -> Result<Images> {
     let (project, r) = (cx.project, cx.r);
     let env = &mut prepared.env;
@@ -365,9 +358,8 @@ fn render_podman(
     manifests.render_podman(pinned, id.suffix(), Some(subnet_for(id)?), free_port)
 }
 
-/// The images, and meanwhile the pods of `early` (PostgreSQL and Redis, whose images are
-/// there already or come first in the archive): the first of the two things a run does at
-/// once. When either fails, what started is torn down. Returns what `early` recorded.
+/// The first thing a run does at once: the images, and meanwhile `early`'s pods (PostgreSQL,
+/// Redis); when either fails, what started is torn down. Returns what `early` recorded.
 pub fn images_beside_infrastructure(
     r: &Reporter,
     early: Option<&PodmanRun>,
@@ -401,8 +393,8 @@ pub fn images_beside_infrastructure(
     Ok((images, record))
 }
 
-/// The second: a suite compile still to do (nothing was built, so it did not run beside
-/// the builds) runs beside the deploy; the suite waits for it through the gate.
+/// The second: a suite compile still to do (no build ran beside it) runs beside the deploy,
+/// and the suite waits for it through the gate.
 pub fn beside_suite_compile<T>(
     project: &Project,
     r: &Reporter,

@@ -1,5 +1,5 @@
-//! The machine's memory in use, sampled every 100 ms on a thread of its own while builds
-//! run: for each build's peak in the table, the benchmarks' peaks, and the report's chart.
+//! The machine's memory in use, sampled every 100 ms on a thread while builds run: for builds'
+//! and benchmarks' peaks and the report's chart.
 
 use std::{
     sync::{
@@ -20,8 +20,7 @@ pub struct Sampler {
 impl Sampler {
     pub const PERIOD: Duration = Duration::from_millis(100);
 
-    /// Starts sampling; the first sample is taken before this returns, so every later
-    /// start has a level to compare with.
+    /// Starts sampling, the first sample taken at once (every later start has a level to compare).
     pub fn start() -> Sampler {
         let samples = Arc::new(Mutex::new(Vec::new()));
         sample(&samples);
@@ -36,8 +35,8 @@ impl Sampler {
         Sampler { samples, stop, thread: Some(thread) }
     }
 
-    /// The highest use in `[from, to]` (or since `from`), above the use at `from`. A sample
-    /// is taken now, so a span shorter than the period still has one.
+    /// The highest use in `[from, to or now]` above the use at `from`; sampled now, so a span
+    /// shorter than the period has one.
     pub fn peak_between(&self, from: Instant, to: Option<Instant>) -> Option<u64> {
         sample(&self.samples);
         let samples = self.samples.lock().unwrap();
@@ -71,8 +70,7 @@ fn sample(samples: &Mutex<Vec<(Instant, u64)>>) {
     }
 }
 
-/// The peak of the samples in `[from, to]` above the last sample at or before `from` (or
-/// the first sample, when none is that early).
+/// The peak in `[from, to]` above the last sample at or before `from` (else the first).
 pub fn peak_above_start(samples: &[(Instant, u64)], from: Instant, to: Instant) -> Option<u64> {
     let base = samples.iter().rev().find(|(t, _)| *t <= from).or_else(|| samples.first())?.1;
     let peak = samples.iter().filter(|(t, _)| *t >= from && *t <= to).map(|(_, u)| *u).max()?;

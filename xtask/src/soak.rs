@@ -1,16 +1,14 @@
-//! `cargo xtask soak`: the E2E cycle N times in a row, against whatever engine `e2e` would
-//! use (the local one, or `CONTAINER_HOST`'s), and what a flaky suite needs to be found:
-//! passes, failures (each with its run's saved logs), and p50/p95 of the wall time and of
-//! each phase. `target/e2e/soak/<stamp>/` keeps each run's output and `soak.json`.
+//! `cargo xtask soak`: `e2e` N times on its engine (local, or `CONTAINER_HOST`'s), to find a
+//! flaky suite: passes, failures with their logs, p50/p95 of the wall time and each phase.
+//! `target/e2e/soak/<stamp>/` keeps each run's output and `soak.json`.
 
-use std::path::{Path, PathBuf};
-use std::{collections::BTreeSet, time::Duration, time::Instant};
+use std::{path::PathBuf, time::Duration, time::Instant};
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::report::{secs, table, Reporter};
-use crate::{bench::percentile, cmd::Cmd, project::Project};
+use crate::report::{percentile, run_dirs, secs, table, Reporter, RunReport};
+use crate::{cmd::Cmd, project::Project};
 
 #[derive(clap::Args, Debug)]
 pub struct SoakArgs {
@@ -25,44 +23,6 @@ pub struct SoakArgs {
     pub e2e_args: Vec<String>,
 }
 
-/// What soak and the benchmarks read of a run's `report.json` (e2e's `RunReport`).
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(default)]
-pub struct RunReport {
-    pub passed: bool,
-    pub error: Option<String>,
-    /// Seconds per phase, in order.
-    pub phases: Vec<(String, f64)>,
-    /// Seconds from the start of the run to the start of the suite (none if it never started).
-    pub first_test_s: Option<f64>,
-}
-
-impl RunReport {
-    pub fn read(path: &Path) -> anyhow::Result<RunReport> {
-        let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_slice(&text).with_context(|| format!("reading {}", path.display()))
-    }
-
-    /// The newest run's.
-    pub fn latest(project: &Project) -> anyhow::Result<RunReport> {
-        let newest =
-            run_dirs(project).into_iter().map(|d| d.join("report.json")).rfind(|p| p.is_file());
-        RunReport::read(&newest.context("no run has written a report.json")?)
-    }
-
-    pub fn first_test(&self) -> anyhow::Result<Duration> {
-        let missing = "the run's report has no first_test_s: the suite did not start";
-        Ok(Duration::from_secs_f64(self.first_test_s.context(missing)?))
-    }
-
-    /// How long a phase took.
-    pub fn phase(&self, name: &str) -> anyhow::Result<Duration> {
-        let (_, s) = (self.phases.iter().find(|(n, _)| n == name))
-            .with_context(|| format!("the run's report has no phase {name:?}"))?;
-        Ok(Duration::from_secs_f64(*s))
-    }
-}
-
 /// One run of the soak, as its `report.json` and exit status tell it.
 #[derive(Debug, Serialize)]
 pub struct Outcome {
@@ -70,7 +30,7 @@ pub struct Outcome {
     #[serde(flatten)]
     pub report: RunReport,
     pub wall_s: f64,
-    /// The run's directory (`target/e2e/runs/<id>`: report, logs on failure), when it made one.
+    /// The run's `target/e2e/runs/<id>` (report, logs on failure), if it made one.
     pub run_dir: Option<PathBuf>,
     /// The run's whole output.
     pub output: PathBuf,
@@ -134,13 +94,6 @@ impl SoakArgs {
         );
         Ok(())
     }
-}
-
-/// The folders under `target/e2e/runs/`, in the order of their names (the order they began).
-pub fn run_dirs(project: &Project) -> BTreeSet<PathBuf> {
-    std::fs::read_dir(project.runs_dir())
-        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
-        .unwrap_or_default()
 }
 
 fn outcome(

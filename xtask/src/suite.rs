@@ -1,6 +1,5 @@
-//! The E2E suite (`test/suite`): its compile, its runs on this machine, and, for an engine
-//! whose published ports this machine cannot reach, its test binaries packaged into an
-//! image and run in a container on the run's network.
+//! The E2E suite (`test/suite`): its compile and runs here, or, when the engine's published
+//! ports are out of reach, its test binaries in an image run on the run's network.
 
 use std::{
     collections::BTreeMap,
@@ -30,9 +29,8 @@ impl SuiteIn {
 /// The suite's sources, where cargo runs its test binaries from.
 const DIR: &str = "test/suite";
 
-/// One test binary as [`place`] left it, run as cargo runs it (from the suite's directory),
-/// with the services' URLs. A run compiles the suite first, so asking cargo again (a no-op
-/// check of the whole workspace) is time to no purpose.
+/// One test binary as [`place`] left it, run from the suite's directory as cargo would, with
+/// the services' URLs (the run compiled it: cargo's no-op check would only cost time).
 pub fn run(project: &Project, test: &str, urls: &BTreeMap<String, String>) -> Cmd {
     let cmd = Cmd::new(binary(project, test).display().to_string()).cwd(project.root.join(DIR));
     urls.iter().fold(cmd, |cmd, (var, url)| cmd.env(var, url))
@@ -43,8 +41,7 @@ fn binary(project: &Project, test: &str) -> PathBuf {
     project.e2e_dir().join("suite").join(test)
 }
 
-/// Compiles every test binary of the suite (the suite and the fault tests); cargo's JSON
-/// messages on stdout say where they are ([`executables`]), its diagnostics go to stderr.
+/// Compiles every test binary (suite, fault tests); stdout's JSON names them ([`executables`]).
 pub fn compile(project: &Project, jobs: usize) -> Cmd {
     let args = format!("test --locked -p e2e-suite --tests --no-run --message-format=json-render-diagnostics -j {jobs}");
     Cmd::new(Project::cargo()).args(args.split(' ')).cwd(&project.root)
@@ -70,9 +67,8 @@ pub fn place(project: &Project, json: &str) -> Result<()> {
     let dir = project.e2e_dir().join("suite");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     for (test, from) in found {
-        // Linked beside it, then renamed over it: a run going on at the same time never finds
-        // the file missing. Not when already that file (a link to it): rename(2) between two
-        // links of one file does nothing and would leave the temporary link behind.
+        // Linked beside, renamed over: a concurrent run never finds it missing. Skipped when
+        // already that file, as rename(2) between two links of one file leaves the temporary.
         let to = binary(project, &test);
         if same_file(&from, &to) {
             continue;
@@ -95,8 +91,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
     id(a).is_some_and(|a| id(b) == Some(a))
 }
 
-/// The test binaries [`place`] left, by test name (its temporary files, named with a leading
-/// dot, left out).
+/// The test binaries [`place`] left, by test name (not its temporary `.` files).
 fn placed(project: &Project) -> Result<BTreeMap<String, PathBuf>> {
     files_in(&project.e2e_dir().join("suite"), |name| (!name.starts_with('.')).then_some(name))
 }
@@ -129,14 +124,13 @@ pub fn executables(json_lines: &str) -> BTreeMap<String, PathBuf> {
 /// The suite packaged for the engine: the image, its build, and how it runs.
 pub struct InEngine {
     pub engine: Engine,
-    /// `localhost/e2e-suite:<run suffix>`: per run, untagged with the run. It names the
-    /// image of the staged binaries' content ([`InEngine::content_reference`]), built once.
+    /// `localhost/e2e-suite:<run suffix>`, untagged with the run: a second name for the image
+    /// of the staged binaries' content ([`InEngine::content_reference`]), built once.
     pub image: String,
     pub context: PathBuf,
     pub dockerfile: PathBuf,
     pub base_image: String,
-    /// The test binaries compiled in the engine (`engine-bin/suite`, copied out as
-    /// `<test>-<hash>`), else cargo's on this machine.
+    /// The test binaries compiled in the engine (`<test>-<hash>` files), else cargo's here.
     pub compiled_in_engine: Option<PathBuf>,
 }
 
@@ -152,8 +146,7 @@ impl InEngine {
         }
     }
 
-    /// Stages the test binaries (compiled in the engine, or here and placed by [`place`])
-    /// into the build context.
+    /// Stages the test binaries (the engine's, or those [`place`] left) into the build context.
     pub fn stage(&self, project: &Project) -> Result<()> {
         let found = match &self.compiled_in_engine {
             Some(dir) => files_in(dir, |name| {
@@ -173,10 +166,8 @@ impl InEngine {
         Ok(())
     }
 
-    /// `localhost/e2e-suite:<16 hex digits of the SHA-256 of the staged binaries, the
-    /// Dockerfile and the base image>`: the image a run's tag points at, kept in the engine,
-    /// so a run whose suite did not change builds nothing (a remote engine took 3 s a run to
-    /// receive and copy the 29 MB of binaries).
+    /// `localhost/e2e-suite:<16 hex of the SHA-256 of the binaries, Dockerfile, base image>`,
+    /// kept in the engine so an unchanged suite builds nothing (3 s a run on a remote engine).
     pub fn content_reference(&self) -> Result<String> {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
@@ -199,8 +190,7 @@ impl InEngine {
         Ok(format!("localhost/e2e-suite:{hex}"))
     }
 
-    /// Stages the binaries, then tags the image of their content as this run's, building it
-    /// (and naming it by its content) only when the engine does not have it.
+    /// Stages the binaries and tags their content's image as this run's, built only if missing.
     pub fn package(&self, project: &Project, r: &Reporter) -> Result<()> {
         self.stage(project)?;
         let content = self.content_reference()?;
@@ -230,8 +220,8 @@ impl InEngine {
         })
     }
 
-    /// One test binary in a container on the network, with in-network URLs and the pods'
-    /// names in its `/etc/hosts` (as the pods have them: no name is asked of the DNS server).
+    /// One test binary in a container on the network, with in-network URLs and the pods' names
+    /// in its `/etc/hosts` (as the pods have them, so no DNS lookup).
     pub fn run(
         &self,
         network: &str,

@@ -1,14 +1,11 @@
-//! A run's timeline: the data (written as `timeline.json` beside each report), the page
-//! `report.html` made from it, and a plain-text summary for a terminal.
-//!
-//! The page is one static file, `xtask/templates/report.html` (nothing is fetched); the
-//! timeline goes into it as JSON in a data island, `<script type="application/json"
-//! id="timeline">`, and the page's script draws everything from that. Its bars carry
-//! `data-phase` or `data-image` + `data-state` so tests can find them, and the script ends by
-//! setting `document.body.dataset.rendered = "ok"` (`test/e2e/check-report.sh` checks the
-//! page in Chromium).
+//! A run's timeline (`timeline.json` beside each report), the page `report.html` made from it,
+//! and a plain-text summary. The page is the static `xtask/templates/report.html` (nothing is
+//! fetched) with the timeline as JSON in a data island, `<script type="application/json"
+//! id="timeline">`, that its script draws; bars carry `data-phase` or `data-image` +
+//! `data-state` for tests, and the script ends by setting `document.body.dataset.rendered =
+//! "ok"` (`test/e2e/check-report.sh` checks the page in Chromium).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, HumanDuration};
 use serde::{Deserialize, Serialize};
@@ -65,21 +62,37 @@ pub struct Cap {
     pub cap_bytes: u64,
 }
 
+/// What the builds did over time: each build's span and the machine's memory in use.
+#[derive(Debug, Clone, Default)]
+pub struct Activity {
+    pub builds: Vec<BuildSpan>,
+    pub memory: Vec<(Instant, u64)>,
+}
+
+/// One build over time.
+#[derive(Debug, Clone)]
+pub struct BuildSpan {
+    pub image: String,
+    pub started: Instant,
+    pub took: Duration,
+    pub cap: u64,
+    pub ok: bool,
+}
+
 /// The page; `PLACEHOLDER` stands once in it, as the data island's content.
 const TEMPLATE: &str = include_str!("../templates/report.html");
 const PLACEHOLDER: &str = "__TIMELINE_JSON__";
 
 pub fn render_html(t: &Timeline) -> String {
-    // Inside a <script> element only '<' can do harm: `</script>` would end the element, and
-    // `<!--` followed by `<script` would change how the parser looks for its end. JSON
-    // strings read `\u003c` as '<' again, and '<' appears nowhere else in JSON.
-    // (Non-finite numbers become null; the page draws them as 0.)
+    // In a <script> only '<' can harm (`</script>` ends it, `<!--` then `<script` moves its
+    // end); '<' appears in JSON only in strings, which read `\u003c` as '<' again. Non-finite
+    // numbers become null, which the page draws as 0.
     let json = serde_json::to_string(t).unwrap_or_else(|_| "null".into()).replace('<', "\\u003c");
     TEMPLATE.replacen(PLACEHOLDER, &json, 1)
 }
 
-/// For a terminal: outcome, total, each phase and image with its state and times, and the
-/// peak memory (and the budget) when there are samples.
+/// For a terminal: outcome, total, each phase and image (state, times), and peak memory and
+/// budget when sampled.
 pub fn text_summary(t: &Timeline) -> String {
     let fin = |x: f64| if x.is_finite() { x } else { 0.0 };
     let total = fin(t.total_s).max(0.0);

@@ -1,14 +1,17 @@
 //! Where the workspace's binaries compile: on this machine (one `cargo build`), or in the
-//! engine (one build of `[builder]` from the images file), when this machine cannot make
-//! binaries for the engine's platform (a Mac driving podman machine) or when asked.
+//! engine (one build of the images file's `[builder]`) when this machine cannot make binaries
+//! for the engine's platform (a Mac driving podman machine) or when asked.
 //!
-//! In the engine, the sources are staged into a build context (hard links), fingerprinted
-//! like any image's context (with the builder image's ID and the platform), and compiled in
-//! one capped build whose cargo registry and target directory are cache mounts kept in the
-//! engine: the next compile is incremental. The binaries come back through the engine's API
-//! (`podman cp`), and every image then packages them exactly as it packages host binaries.
+//! In the engine, the sources are staged (hard links) and fingerprinted like an image's
+//! context (with the builder image's ID and the platform), and compiled in one capped build
+//! whose cargo registry and target directory are cache mounts kept in the engine, so the next
+//! compile is incremental. The binaries come back through the engine's API (`podman cp`) and
+//! are packaged exactly as host binaries are.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result};
 
@@ -40,8 +43,8 @@ pub fn host_platform() -> String {
     crate::engine::normalize_platform(&format!("{os}/{arch}"))
 }
 
-/// As asked, else on this machine when it makes binaries the engine's platform runs, else
-/// in the engine.
+/// As asked, else here when this machine makes binaries the engine's platform runs, else in
+/// the engine.
 pub fn resolve(asked: Option<CompileIn>, host: &str, engine: &str) -> CompileIn {
     asked.unwrap_or(if host == engine { CompileIn::Host } else { CompileIn::Engine })
 }
@@ -50,8 +53,9 @@ pub fn resolve(asked: Option<CompileIn>, host: &str, engine: &str) -> CompileIn 
 /// directory; without `compile` (a dry run), only the directory.
 pub fn binaries(cx: Ctx, env: &Env, binaries: &[&str], compile: bool) -> Result<PathBuf> {
     let (project, opts, host) = (cx.project, cx.opts, host_platform());
-    if binaries.is_empty() || resolve(opts.compile_in, &host, env.platform()) == CompileIn::Host {
-        if compile && !binaries.is_empty() {
+    let (platform, none) = (env.platform(), binaries.is_empty());
+    if none || resolve(opts.compile_in, &host, platform) == CompileIn::Host {
+        if compile && !none {
             let jobs = env.cargo_jobs();
             cx.r.phase("compile service binaries", |r| {
                 let cmd = super::cargo_build(project, binaries, jobs, opts.release);
@@ -69,7 +73,6 @@ pub fn binaries(cx: Ctx, env: &Env, binaries: &[&str], compile: bool) -> Result<
         }
         return Ok(project.binaries_dir(opts.release));
     }
-    let platform = env.platform();
     let builder = cx.session.images.builder.as_ref().ok_or_else(|| {
         Problem::new(
             format!("the binaries must compile in the engine ({platform} cannot run this machine's {host}), but the images file has no [builder]"),
@@ -95,8 +98,8 @@ const SOURCES: &[&str] = &[
     "xtask/src",
 ];
 
-/// Stages the sources into `target/e2e/context/builder` (hard links where possible), with
-/// the host's CA bundle when it has one; files no longer in the sources are removed.
+/// Stages the sources afresh into `target/e2e/context/builder` (hard links where possible),
+/// with the host's CA bundle when it has one.
 pub fn stage_sources(project: &Project) -> Result<PathBuf> {
     let dir = project.e2e_dir().join("context").join("builder");
     let _ = std::fs::remove_dir_all(&dir);
@@ -113,9 +116,7 @@ pub fn stage_sources(project: &Project) -> Result<PathBuf> {
 
 /// Hard links (else copies) of every file under `from`, `target` directories left out.
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    let Ok(meta) = std::fs::symlink_metadata(from) else {
-        return Ok(());
-    };
+    let Ok(meta) = std::fs::symlink_metadata(from) else { return Ok(()) };
     if meta.is_dir() && from.file_name().is_some_and(|n| n != "target") {
         std::fs::create_dir_all(to)?;
         for e in std::fs::read_dir(from)? {
@@ -132,19 +133,18 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// The compile's memory cap and cargo's `--jobs` in the engine: at most the engine's whole
-/// budget (the compile runs alone, before any image build); a compile that needs more than
-/// its cap is OOM-killed by it and reported so.
+/// budget (it runs alone, before any image build); needing more, it is OOM-killed and said so.
 pub fn limits(builder_cap: u64, budget: u64, engine_cpus: usize) -> (u64, usize) {
     let cap = builder_cap.min(budget);
     (cap, memory::cargo_jobs(cap, engine_cpus))
 }
 
 /// The compile in the engine: the builder build (skipped when its fingerprinted tag is
-/// there), then the binaries copied out. Returns the directory holding them (and `suite/`,
-/// the suite's test binaries).
+/// there), then the binaries copied out. Returns their directory (with `suite/`, the suite's
+/// test binaries).
 pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Result<PathBuf> {
-    let (project, r) = (cx.project, cx.r);
-    let (engine, program) = (env.engine(), env.engine().program());
+    let (project, r, engine) = (cx.project, cx.r, env.engine());
+    let (program, platform) = (engine.program(), env.platform());
     let (cap, jobs) = limits(builder.memory, env.budget.bytes, env.facts.cpus);
     let builder_image = engine.image(&builder.image).ok_or_else(|| {
         Problem::new(
@@ -161,18 +161,18 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
     let entries = fingerprint::scan_context(&context, &mut cache)?;
     cache.save()?;
     let dockerfile = project.root.join(&builder.dockerfile);
-    let bins: Vec<String> = binaries.iter().map(|b| format!("--bin {b}")).collect();
-    let mut build_args: std::collections::BTreeMap<String, String> =
-        [("BUILDER_IMAGE", builder.image.clone()), ("BINARIES", bins.join(" "))]
-            .map(|(k, v)| (k.to_owned(), v))
-            .into();
+    let bins = binaries.iter().map(|b| format!("--bin {b}")).collect::<Vec<_>>().join(" ");
+    let mut build_args = BTreeMap::from(
+        [("BUILDER_IMAGE", builder.image.clone()), ("BINARIES", bins)]
+            .map(|(k, v)| (k.to_owned(), v)),
+    );
     let fp = fingerprint::fingerprint(&Inputs {
         dockerfile: &std::fs::read(&dockerfile)
             .with_context(|| format!("reading {}", builder.dockerfile))?,
         context: &entries,
         build_args: &build_args,
         base_image_id: &builder_image.id,
-        platform: env.platform(),
+        platform,
     });
     let reference = format!("localhost/e2e-builder:{}", fingerprint::tag(&fp));
     let (out, log) =
@@ -196,22 +196,16 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
             no_cache: false,
         });
         let asks = podman_size(builder.memory);
-        let budget_note = match cap < builder.memory {
-            true => format!(" (the engine's budget; [builder] memory asks {asks})"),
-            false => String::new(),
-        };
+        let note = format!(" (the engine's budget; [builder] memory asks {asks})");
         r.line(format!(
-            "  compiling in the engine ({}), capped at {}{budget_note}, cargo --jobs {jobs} ({} a rustc job, {} CPUs there)",
-            env.platform(),
+            "  compiling in the engine ({platform}), capped at {}{}, cargo --jobs {jobs} ({} a rustc job, {} CPUs there)",
             podman_size(cap),
+            if cap < builder.memory { note.as_str() } else { "" },
             memory::human(memory::RUSTC_JOB),
             env.facts.cpus
         ));
-        r.command(&build);
         let start = std::time::Instant::now();
-        let bar = r.spinner("compile", "in the engine");
-        let result = build.run_logged(&log);
-        r.finish(&bar);
+        let result = super::run_spinning(r, &build, &log, "compile", "in the engine");
         result.context("compiling the workspace in the engine")?;
         r.line(format!("  compiled in the engine in {}", secs(start.elapsed())));
     }
@@ -228,8 +222,7 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
         r.command(c);
         c.run_logged(&log)
     });
-    let rm = Cmd::new(program).args(["rm", "--force", &container]);
-    let _ = rm.survives_interrupt().read();
+    let _ = Cmd::new(program).args(["rm", "--force", &container]).survives_interrupt().read();
     copy_out.context("copying the binaries out of the engine")?;
     std::fs::write(out.join(".fingerprint"), &fp)?;
     Ok(out)

@@ -15,9 +15,11 @@ mod schedule;
 
 pub use compile::CompileIn;
 pub use plan::{Action, PlanItem};
-pub use schedule::{build_cmd_for, Activity};
+pub use schedule::build_cmd_for;
 
-use std::path::PathBuf;
+pub use crate::timeline::Activity;
+
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
@@ -92,9 +94,8 @@ pub struct Session {
 }
 
 impl Session {
-    /// Reads the images file and asks the engine for its facts, as the run's first phase
-    /// (over ssh, each answer takes seconds). With `provision`, a base image the engine
-    /// lacks is pulled or made first (see [`provision_base`]).
+    /// Reads the images file and asks the engine for its facts (over ssh, each answer takes
+    /// seconds); with `provision`, a missing base image is first [provided](provision_base).
     pub fn open(p: &Project, opts: &BuildOptions, r: &Reporter, provision: bool) -> Result<Self> {
         let images = load_images(p, opts)?;
         // The one place the engine is decided (as asked, else podman, else docker).
@@ -105,10 +106,8 @@ impl Session {
         let mut facts = r.phase("ask the engine", |r| {
             if let Ok(e) = engine {
                 let at = crate::engine::given_at(e).map(|a| format!(" at {a}")).unwrap_or_default();
-                r.line(format!(
-                    "  asking {}{at}: its platform, memory, CPUs, store and base image",
-                    e.program()
-                ));
+                let what = "its platform, memory, CPUs, store and base image";
+                r.line(format!("  asking {}{at}: {what}", e.program()));
             }
             Ok(Facts::gather(engine.clone(), &candidates, opts.memory_budget))
         })?;
@@ -160,10 +159,9 @@ pub fn load_images(project: &Project, opts: &BuildOptions) -> Result<Images> {
     Images::load(&images_file(project, opts), std::env::var("E2E_BASE_IMAGE").ok())
 }
 
-/// When the engine has neither base image: the configured one, pulled; else the offline one,
-/// made with debootstrap on this machine (`test/e2e/make-base-image.sh`) and imported into
-/// the engine (a remote engine's store, through its API). `None` when neither worked
-/// (doctor then says so).
+/// When the engine has neither base image: the configured one pulled, else (podman only) the
+/// offline one made here by `test/e2e/make-base-image.sh` and imported into the engine's own
+/// store. `None` when neither worked (doctor then says so).
 pub fn provision_base(
     p: &Project,
     r: &Reporter,
@@ -171,9 +169,8 @@ pub fn provision_base(
     images: &Images,
 ) -> Option<String> {
     let log = p.logs_dir().join("base-image.log");
-    let (program, base) = (engine.engine.program(), &images.base_image);
+    let (program, base, at) = (engine.engine.program(), &images.base_image, &engine.at);
     let pull = Cmd::new(program).args(["pull", base]);
-    let at = &engine.at;
     r.line(format!(
         "the base image {base} is not in {program} at {at}: pulling it into that engine's store"
     ));
@@ -183,9 +180,8 @@ pub fn provision_base(
     }
     let offline =
         images.offline_base_image.as_deref().filter(|_| engine.engine == Engine::Podman)?;
-    let make = Cmd::new("bash")
-        .arg(p.root.join("test/e2e/make-base-image.sh").display().to_string())
-        .arg(offline);
+    let script = p.root.join("test/e2e/make-base-image.sh").display().to_string();
+    let make = Cmd::new("bash").arg(script).arg(offline);
     r.line(format!(
         "no registry answers: making {offline} with debootstrap on this machine (about a minute) and importing it into {}",
         base_destination(engine)
@@ -219,8 +215,8 @@ pub enum Goal<'a> {
     Build(&'a [String]),
     /// Plan with the binaries on disk, compiling nothing.
     DryRun,
-    /// Compare this checkout with an archive, whose manifest gives the base image's ID: the
-    /// base image need not be in the engine, and nothing will be built.
+    /// Compare this checkout with an archive whose manifest gives the base image's ID (so
+    /// the engine need not have it); nothing will be built.
     Archive { base_image_id: &'a str },
 }
 
@@ -271,14 +267,13 @@ pub fn prebuild(cx: Ctx, names: &[String]) -> Result<Handoff> {
     Ok(finish(cx, prepare(cx, Goal::Build(names))?)?.0)
 }
 
-/// Steps 4 and 5: build what the plan says, then write the handoff. Also returns what the
+/// Steps 4 and 5: build what the plan says, write the handoff, tidy; also returns what the
 /// builds did over time (for the run's report).
 pub fn finish(cx: Ctx, prepared: Prepared) -> Result<(Handoff, Activity)> {
     finish_with(cx, prepared, true)
 }
 
-/// [`finish`]; without `tidy`, superseded tags stay (the dev loop tidies once, at its end,
-/// rather than removing an image in every cycle).
+/// [`finish`]; without `tidy`, superseded tags stay (the dev loop tidies once, at its end).
 pub fn finish_with(cx: Ctx, prepared: Prepared, tidy: bool) -> Result<(Handoff, Activity)> {
     let Prepared { env, plan, previous } = prepared;
     let (built, activity) = schedule::run(cx, &env, &plan)?;
@@ -286,8 +281,8 @@ pub fn finish_with(cx: Ctx, prepared: Prepared, tidy: bool) -> Result<(Handoff, 
     // (in the images file's order).
     let previous = previous.filter(|p| p.is_of(&env.facts)).map(|p| p.images).unwrap_or_default();
     let find = |s: &ImageSpec| built.iter().chain(&previous).find(|r| r.name == s.name).cloned();
-    let records = cx.session.images.images.iter().filter_map(find);
-    let mut handoff = Handoff::new(&env, records.collect());
+    let mut handoff =
+        Handoff::new(&env, cx.session.images.images.iter().filter_map(find).collect());
     handoff.built_now =
         plan.iter().filter(|i| !i.is_cached()).map(|i| i.spec.name.clone()).collect();
     handoff.save(cx.project)?;
@@ -298,8 +293,8 @@ pub fn finish_with(cx: Ctx, prepared: Prepared, tidy: bool) -> Result<(Handoff, 
     Ok((handoff, activity))
 }
 
-/// The plan of the named images, decided quietly (nothing compiled, nothing printed): to
-/// know early whether the images that package no binary of ours are already there.
+/// The plan of the named images, decided quietly (nothing compiled or printed): to know
+/// early whether the images that package no binary of ours are already there.
 pub fn plan_quietly(
     project: &Project,
     session: &Session,
@@ -310,9 +305,8 @@ pub fn plan_quietly(
     plan::make_plan(project, &env, &bin_dir, &specs, false, Handoff::load(project).as_ref())
 }
 
-/// Removes the older fingerprint tags of the images just handed off, beyond the
-/// [`plan::KEEP_OLDER`] newest, so a day of rebuilds does not fill the disk. Other
-/// repositories are never touched.
+/// Removes the handed-off images' older fingerprint tags beyond the [`plan::KEEP_OLDER`]
+/// newest, so rebuilds do not fill the disk; other repositories are never touched.
 pub fn tidy(r: &Reporter, handoff: &Handoff) {
     let Ok(listing) = handoff.engine.list_fingerprinted().read() else { return };
     let old = plan::superseded(&listing, handoff);
@@ -326,13 +320,10 @@ pub fn tidy(r: &Reporter, handoff: &Handoff) {
 
 /// The handoff a plan would give, before anything is built (for `--dry-run`).
 pub fn planned_handoff(prepared: &Prepared) -> Handoff {
+    let unbuilt = ImageInfo { id: String::new(), size: 0, fingerprint: None };
     let images = prepared.plan.iter().map(|i| match &i.action {
         Action::Cached(image) => i.record(image),
-        Action::Build { .. } => i.record(&ImageInfo {
-            id: String::new(),
-            size: 0,
-            fingerprint: Some(i.fingerprint.clone()),
-        }),
+        Action::Build { .. } => i.record(&unbuilt),
     });
     Handoff::new(&prepared.env, images.collect())
 }
@@ -346,8 +337,17 @@ pub fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) ->
     })
 }
 
-/// One `cargo build` for every binary the images package, in the workspace's `dev` profile
-/// (the one `cargo test` shares, so the E2E suite reuses the compiled dependencies).
+/// `cmd`, echoed and logged, under a spinner.
+fn run_spinning(r: &Reporter, cmd: &Cmd, log: &Path, name: &str, msg: &str) -> Result<()> {
+    r.command(cmd);
+    let bar = r.spinner(name, msg);
+    let result = cmd.run_logged(log);
+    r.finish(&bar);
+    result
+}
+
+/// One `cargo build` of every binary the images package, in the `dev` profile that `cargo
+/// test` shares (so the E2E suite reuses the compiled dependencies).
 pub fn cargo_build(project: &Project, binaries: &[&str], jobs: usize, release: bool) -> Cmd {
     Cmd::new(Project::cargo())
         .args(["build", "--workspace", "--locked", "-j", &jobs.to_string()])

@@ -24,9 +24,8 @@ pub struct PlanItem {
     pub spec: ImageSpec,
     pub context: PathBuf,
     pub fingerprint: String,
-    /// The fingerprint with the packaged binary's content left out (the fingerprint itself
-    /// for an image without one): equal across two plans when nothing but the binary changed,
-    /// which `dev` syncs into the running container instead of replacing its pod.
+    /// The fingerprint without the packaged binary's content (if any): unchanged when only the
+    /// binary changed, which `dev` then syncs into the running container, keeping its pod.
     pub outside_binary: String,
     pub reference: String,
     pub action: Action,
@@ -85,8 +84,7 @@ fn recorded<'a>(
     }
 }
 
-/// The freshness decision. An image is cached only when its fingerprinted tag exists *and*
-/// carries the same full fingerprint in its label: the tag's existence alone is not enough.
+/// Cached only when the fingerprinted tag exists *and* its label has the full fingerprint.
 fn decide(force: bool, fp: &str, in_engine: Option<ImageInfo>, previous: Recorded) -> Action {
     let reason = match (force, in_engine, previous) {
         (true, ..) => "--force",
@@ -193,9 +191,8 @@ fn concurrency(caps: &[u64], jobs: usize, budget: u64) -> String {
     }
 }
 
-/// The build context of an image: its directory, or a staged directory holding only the
-/// binary it packages (so the engine is sent megabytes, not the target directory). The
-/// staged copy is rewritten only when the binary's content changed.
+/// An image's build context: its directory, or a staged one holding only its binary (the
+/// engine is sent megabytes, not the target directory), rewritten only when it changed.
 fn stage_context(
     project: &Project,
     spec: &ImageSpec,
@@ -239,8 +236,7 @@ fn stage_context(
     Ok(dir)
 }
 
-/// How many older tags of each image are kept (other checkouts or worktrees of the same
-/// repository build other binaries, so other fingerprints; they keep theirs).
+/// How many older tags of each image are kept (other worktrees build other fingerprints).
 pub const KEEP_OLDER: usize = 2;
 
 /// The references in `listing` (newest first, as the engines list images) of a handed-off

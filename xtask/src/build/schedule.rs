@@ -27,6 +27,7 @@ use crate::{
     project::Project,
     report::{secs, table, Reporter},
     sampler::Sampler,
+    timeline::{Activity, BuildSpan},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,23 +49,6 @@ pub struct Outcome {
     pub started: Instant,
     pub took: Duration,
     pub peak: Option<u64>,
-}
-
-/// One build over time, for the run's report.
-#[derive(Debug, Clone)]
-pub struct BuildSpan {
-    pub image: String,
-    pub started: Instant,
-    pub took: Duration,
-    pub cap: u64,
-    pub ok: bool,
-}
-
-/// What the builds did over time: each build's span and the machine's memory in use.
-#[derive(Debug, Clone, Default)]
-pub struct Activity {
-    pub builds: Vec<BuildSpan>,
-    pub memory: Vec<(Instant, u64)>,
 }
 
 /// Runs the builds, prints what became of every image, and fails with every failure
@@ -96,14 +80,14 @@ fn execute(
     env: &Env,
     plan: &[PlanItem],
 ) -> (HashMap<String, Outcome>, Activity) {
-    let mut queue = plan.iter().filter(|i| !i.is_cached()).peekable();
-    let mut left = plan.iter().filter(|i| !i.is_cached()).count();
+    let to_build: Vec<&PlanItem> = plan.iter().filter(|i| !i.is_cached()).collect();
     let mut outcomes = HashMap::new();
-    if left == 0 {
+    if to_build.is_empty() {
         r.line("  nothing to build");
         return (outcomes, Activity::default());
     }
-    let overall = r.overall(left as u64, "images");
+    let overall = r.overall(to_build.len() as u64, "images");
+    let mut queue = to_build.into_iter().peekable();
     // The memory sampled is this machine's: it says something of the builds only when the
     // engine runs here.
     let sampler = (!env.facts.remote).then(Sampler::start);
@@ -119,7 +103,6 @@ fn execute(
                     memory::admit(&caps, i.spec.memory, env.budget.bytes, cx.opts.jobs)
                 };
                 let Some(item) = queue.next_if(fits) else { break };
-                left -= 1;
                 running.push((item.spec.name.clone(), item.spec.memory, 0));
                 let n = running.len();
                 running.iter_mut().for_each(|b| b.2 = b.2.max(n));
@@ -139,7 +122,7 @@ fn execute(
                 if let BuildFailure::OutOfMemory { at_once, .. } = failure {
                     *at_once = crowd;
                 }
-                if !stopping && (!running.is_empty() || left > 0) {
+                if !stopping && (!running.is_empty() || queue.peek().is_some()) {
                     let n = running.len();
                     r.line(format!(
                         "  {name} failed: starting no new builds; waiting for {n} running"
@@ -206,10 +189,7 @@ fn build_one(
     let (cmd, log) = (build_cmd_for(p, engine, item), build_log(p, name));
     let _ = std::fs::remove_file(&log);
     r.line(format!("  building {name} (cap {})", podman_size(item.spec.memory)));
-    r.command(&cmd);
-    let bar = r.spinner(name, "building");
-    let result = cmd.run_logged(&log);
-    r.finish(&bar);
+    let result = super::run_spinning(r, &cmd, &log, name, "building");
     let took = started.elapsed();
     let peak = sampler.and_then(|s| s.peak_between(started, Some(started + took)));
     let result = result.map_err(|err| {

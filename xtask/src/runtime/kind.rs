@@ -1,12 +1,7 @@
-//! The stack in a Kind cluster: a cluster of the run's own from `test/e2e/kind-cluster.yaml`
-//! (or `--reuse-cluster NAME`), the images loaded with `kind load image-archive` into the nodes
-//! that lack them (in parallel), the manifests applied with kubectl into a namespace of the
-//! run's own, readiness polled with a deadline (a crash-looping container fails the wait at
-//! once), a bundle of logs on failure, and the cluster deleted unless `--keep`.
-//!
-//! Built against kind's and kubectl's documented command line; Kind cannot run on this
-//! project's machines, so what runs here is the plan (the exact commands) and the rendered
-//! files, checked by tests.
+//! The stack in a Kind cluster of the run's own (or `--reuse-cluster NAME`): the images
+//! loaded into the nodes that lack them, the manifests applied into a namespace of the run's
+//! own, readiness polled, a bundle of logs on failure. Kind cannot run on this project's
+//! machines: the tests check the plan against kind's and kubectl's documented command line.
 
 use std::{
     collections::BTreeMap,
@@ -20,7 +15,7 @@ use serde_norway::Value;
 use crate::{cmd::Cmd, engine::Engine, handoff::Handoff, project::Project, report::Reporter};
 
 use super::{
-    step::{Exec, Live, Phase, Step},
+    step::{self, Exec, Live, Phase, Step},
     url_var, Created as AnyCreated, RunId, RunRecord, ServiceControl, Stack, StackControl,
 };
 
@@ -35,12 +30,21 @@ pub struct Created {
 }
 
 impl Created {
-    pub fn teardown(&self) -> Vec<Cmd> {
+    /// One stage, one command.
+    pub fn teardown(&self) -> Vec<Vec<Cmd>> {
         let (ns, flags) = (&self.namespace, ["--wait=false", "--ignore-not-found"]);
-        vec![match self.reuse {
+        vec![vec![match self.reuse {
             true => kubectl(&self.cluster).args(["delete", "namespace", ns]).args(flags),
             false => kind(self.provider).args(["delete", "cluster", "--name", &self.cluster]),
-        }]
+        }]]
+    }
+
+    /// What the teardown removes, named.
+    pub fn object(&self) -> String {
+        match self.reuse {
+            true => format!("namespace {}", self.namespace),
+            false => format!("cluster {}", self.cluster),
+        }
     }
 }
 
@@ -140,6 +144,27 @@ impl KindRun {
         self.kubectl_ns().args(["get", "pods", "--output", "json"])
     }
 
+    /// Loads the archive into every node that lacks one of the images, all nodes at once.
+    fn load_images(&self, r: &Reporter) -> anyhow::Result<()> {
+        let nodes = self.kind(&["get", "nodes"]).read()?;
+        let nodes: Vec<&str> = nodes.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        anyhow::ensure!(!nodes.is_empty(), "kind reports no nodes for cluster {}", self.cluster);
+        let has = |n: &str, i: &String| self.node_has_image(n, i).succeeds().unwrap_or(false);
+        let lacking: Vec<Cmd> = nodes
+            .into_iter()
+            .filter(|n| !self.references.iter().all(|i| has(n, i)))
+            .map(|n| self.load_archive(n))
+            .collect();
+        if lacking.is_empty() {
+            r.line("  every node has every image");
+        }
+        lacking.iter().for_each(|c| r.command(c));
+        let failed = Live.run_all(&lacking, &self.log);
+        let _ = std::fs::remove_file(&self.archive_tar);
+        anyhow::ensure!(failed.is_empty(), "{}", failed.join("\n"));
+        Ok(())
+    }
+
     /// The failure bundle: (file, command) for kind's logs, the events, every pod described
     /// and its logs (and its previous container's).
     pub fn bundle(&self, pods: &[String]) -> Vec<(String, Cmd)> {
@@ -191,46 +216,41 @@ impl Stack for KindRun {
     }
 
     fn plan<'a>(&'a self, ready_timeout: Duration, tests: Vec<Phase<'a>>) -> Vec<Phase<'a>> {
-        let files = &self.files;
         let run = |cmd, doing: &str| Step::Run { cmd, doing: doing.into() };
         let write = |path, contents| Step::Write { path, contents };
-        let mut phases = vec![Phase::new(
-            "image archive for kind",
-            // `kind load image-archive` reads a plain tar: unpack the archive, or save one.
-            vec![
-                write(self.dir.join("stack.yaml"), files.stack.clone()),
-                run(self.make_tar(), "making the image archive for kind"),
-            ],
-        )];
+        // `kind load image-archive` reads a plain tar: unpack the archive, or save one.
+        let tar = vec![
+            write(self.dir.join("stack.yaml"), self.files.stack.clone()),
+            run(self.make_tar(), "making the image archive for kind"),
+        ];
+        let mut phases = vec![Phase::new("image archive for kind", tar)];
         if !self.reuse {
             let config = self.file("kind-cluster.yaml");
             let create =
                 self.kind(&["create", "cluster"]).args(["--config", &config, "--wait", "120s"]);
-            let ports = files.ports_record.iter().map(|path| {
-                write(path.clone(), serde_json::to_string(&self.ports).expect("ports serialise"))
-            });
-            let steps = [
+            let mut steps = vec![
                 Step::Record(self.final_record()),
-                write(self.dir.join("kind-cluster.yaml"), files.config.clone()),
+                write(config.into(), self.files.config.clone()),
                 run(create, "creating the Kind cluster"),
             ];
-            phases.push(Phase::new("create cluster", steps.into_iter().chain(ports).collect()));
+            let ports = serde_json::to_string(&self.ports).expect("ports serialise");
+            steps.extend(self.files.ports_record.clone().map(|path| write(path, ports)));
+            phases.push(Phase::new("create cluster", steps));
         }
         let node = format!("{}-control-plane", self.cluster);
-        let mut what = vec![format!("{}  (the nodes)", self.kind(&["get", "nodes"]))];
+        let mut what = format!("{}  (the nodes)\n", self.kind(&["get", "nodes"]));
         for r in &self.references {
-            what.push(format!("{}  (per node and image)", self.node_has_image(&node, r)));
+            what += &format!("{}  (per node and image)\n", self.node_has_image(&node, r));
         }
-        what.push(format!("{}  (each node that lacks one, all at once)", self.load_archive(&node)));
-        let what = what.join("\n");
-        let load = Step::Watch { what, run: Box::new(move |r| load_images(self, r, &self.log)) };
+        what += &format!("{}  (each node that lacks one, all at once)", self.load_archive(&node));
+        let load = Step::Watch { what, run: Box::new(move |r| self.load_images(r)) };
         phases.push(Phase::new("load images", vec![load]));
         let namespace = kubectl(&self.cluster).args(["create", "namespace", &self.namespace]);
+        let record = self.reuse.then(|| Step::Record(self.final_record()));
         let deploy = [
             run(namespace, "creating the run's namespace"),
             run(self.apply(), "applying the manifests"),
         ];
-        let record = self.reuse.then(|| Step::Record(self.final_record()));
         phases.push(Phase::new("deploy", record.into_iter().chain(deploy).collect()));
         let what = format!("{}  (polled until every pod is Ready)", self.get_pods_json());
         let wait = Step::Watch { what, run: Box::new(move |r| self.wait_ready(r, ready_timeout)) };
@@ -243,12 +263,8 @@ impl Stack for KindRun {
     }
 
     fn urls(&self) -> BTreeMap<String, String> {
-        let ports = self.node_ports.iter();
-        ports
-            .filter_map(|(svc, np)| {
-                Some((url_var(svc), format!("http://127.0.0.1:{}", self.ports.get(np)?)))
-            })
-            .collect()
+        let url = |np| self.ports.get(np).map(|p| format!("http://127.0.0.1:{p}"));
+        self.node_ports.iter().filter_map(|(svc, np)| Some((url_var(svc), url(np)?))).collect()
     }
 
     /// A Pod is deleted, and the run's manifests applied again bring it back (bare Pods
@@ -263,9 +279,8 @@ impl Stack for KindRun {
     }
 
     fn final_record(&self) -> RunRecord {
-        let (cluster, namespace, reuse) =
-            (self.cluster.clone(), self.namespace.clone(), self.reuse);
-        let created = Created { cluster, reuse, namespace, provider: self.provider };
+        let (cluster, namespace) = (self.cluster.clone(), self.namespace.clone());
+        let created = Created { cluster, reuse: self.reuse, namespace, provider: self.provider };
         RunRecord::new(&self.id, AnyCreated::Kind(created))
     }
 
@@ -308,10 +323,8 @@ impl Stack for KindRun {
         let images: Vec<String> =
             references.iter().filter(|i| !self.references.contains(i)).cloned().collect();
         crate::fsx::write_atomic(&self.dir.join("stack.yaml"), &yaml)?;
-        for cmd in self.replace_cmds(&names, &images) {
-            r.command(&cmd);
-            cmd.run_logged(&self.log).with_context(|| format!("replacing {}", names.join(", ")))?;
-        }
+        let doing = format!("replacing {}", names.join(", "));
+        step::run_shown(r, &self.log, &self.replace_cmds(&names, &images), &doing)?;
         let _ = std::fs::remove_file(&self.archive_tar);
         self.references = references;
         self.files.stack = yaml;
@@ -368,26 +381,6 @@ pub fn render_cluster_config(
         }
     }
     Ok((serde_norway::to_string(&doc)?, ports))
-}
-
-/// Loads the archive into every node that lacks one of the images, all nodes at once.
-fn load_images(run: &KindRun, r: &Reporter, log: &Path) -> anyhow::Result<()> {
-    let nodes = run.kind(&["get", "nodes"]).read()?;
-    let nodes: Vec<&str> = nodes.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    anyhow::ensure!(!nodes.is_empty(), "kind reports no nodes for cluster {}", run.cluster);
-    let lacks = |n: &str| {
-        run.references.iter().any(|i| !run.node_has_image(n, i).succeeds().unwrap_or(false))
-    };
-    let lacking: Vec<Cmd> =
-        nodes.into_iter().filter(|n| lacks(n)).map(|n| run.load_archive(n)).collect();
-    if lacking.is_empty() {
-        r.line("  every node has every image");
-    }
-    lacking.iter().for_each(|c| r.command(c));
-    let failed = Live.run_all(&lacking, log);
-    let _ = std::fs::remove_file(&run.archive_tar);
-    anyhow::ensure!(failed.is_empty(), "{}", failed.join("\n"));
-    Ok(())
 }
 
 mod ready;

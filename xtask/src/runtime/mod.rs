@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::{build::PlanItem, cmd::Cmd, fsx, handoff::Handoff, project::Project, report::Reporter};
@@ -39,17 +40,16 @@ pub trait Stack {
     fn failure_commands(&self) -> Vec<String> {
         Vec::new()
     }
-    /// `dev`: the pods whose rendering with the images of `handoff` changed are replaced
-    /// (the others keep running). Returns their names.
+    /// `dev`: replaces the pods whose rendering with `handoff`'s images changed; their names.
     fn replace(
         &mut self,
         project: &Project,
         r: &Reporter,
         handoff: &Handoff,
     ) -> anyhow::Result<Vec<String>>;
-    /// `dev`'s live update: each new binary of `changed` copied into the containers of its
-    /// image, restarted in place; the stack then names the images of `plan`. Returns those
-    /// containers, or `None` when a new image and pod are needed.
+    /// `dev`'s live update: each binary of `changed` copied into its image's containers,
+    /// restarted in place, the stack then naming `plan`'s images. The containers, or `None`
+    /// when a new image and pod are needed.
     fn sync_binaries(
         &mut self,
         _project: &Project,
@@ -111,7 +111,6 @@ pub fn finish(
 
 /// A run's outcome and its teardown's, as one result.
 pub fn combine(outcome: anyhow::Result<()>, teardown: anyhow::Result<()>) -> anyhow::Result<()> {
-    use anyhow::Context;
     match (outcome, teardown) {
         (Ok(()), t) => t.context("E2E passed but the teardown failed"),
         (Err(e), Ok(())) => Err(e.context("E2E failed")),
@@ -205,7 +204,7 @@ impl RunRecord {
     pub fn teardown_stages(&self) -> Vec<Vec<Cmd>> {
         match &self.created {
             Created::Podman(c) => c.teardown(),
-            Created::Kind(c) => vec![c.teardown()],
+            Created::Kind(c) => c.teardown(),
         }
     }
 
@@ -215,9 +214,8 @@ impl RunRecord {
 }
 
 /// Runs the teardown of a record: every step, even when one fails and even after Ctrl-C.
-/// A step may fail because what it removes never existed or is gone already, so what counts
-/// is what is left afterwards: if anything is, every failure is reported; if nothing is, the
-/// record is removed. (Kind's objects are not probed: a failed delete counts as left.)
+/// A step fails too when what it removes is gone already, so only what is left counts: if
+/// anything, every failure is reported; if nothing, the record is removed.
 pub fn teardown(
     dir: &Path,
     record: &RunRecord,
@@ -233,17 +231,18 @@ pub fn teardown(
     }
     // Only a failed step needs judging by what is left (asking costs a command per object).
     let left = match &record.created {
-        Created::Podman(c) if !failures.is_empty() => c.leftovers(&mut |c| exec.probe(c)),
-        _ => Vec::new(),
+        _ if failures.is_empty() => Vec::new(),
+        Created::Podman(c) => c.leftovers(&mut |c| exec.probe(c)),
+        // Kind's objects are not probed: a failed delete counts as left.
+        Created::Kind(c) => vec![c.object()],
     };
-    if !failures.is_empty() && (matches!(record.created, Created::Kind(_)) || !left.is_empty()) {
-        anyhow::bail!(
-            "teardown left something behind{}:\n{}\n  fix: `cargo xtask e2e --down {}` tries again",
-            if left.is_empty() { String::new() } else { format!(" ({})", left.join(", ")) },
-            failures.join("\n"),
-            record.id
-        );
-    }
+    anyhow::ensure!(
+        left.is_empty(),
+        "teardown left something behind ({}):\n{}\n  fix: `cargo xtask e2e --down {}` tries again",
+        left.join(", "),
+        failures.join("\n"),
+        record.id
+    );
     let _ = std::fs::remove_file(RunRecord::path(dir));
     Ok(())
 }
@@ -270,11 +269,12 @@ pub fn down(project: &Project, r: &Reporter, only: Option<&str>) -> anyhow::Resu
     }
     let mut failures = Vec::new();
     for (dir, record) in found {
+        let (id, pid) = (&record.id, record.pid);
         // Its process still running: a run in progress.
-        let id = &record.id;
-        let running = Path::new(&format!("/proc/{}", record.pid)).exists();
-        if only.is_none() && record.pid != std::process::id() && running {
-            let pid = record.pid;
+        if only.is_none()
+            && pid != std::process::id()
+            && Path::new(&format!("/proc/{pid}")).exists()
+        {
             r.line(format!(
                 "run {id} is in progress (pid {pid}): left alone; `--down {id}` removes it anyway"
             ));
@@ -320,7 +320,6 @@ impl ServiceControl {
 
 /// A port that is free on loopback now (the engine binds it a moment later).
 pub fn free_port() -> anyhow::Result<u16> {
-    use anyhow::Context;
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?.port())
 }

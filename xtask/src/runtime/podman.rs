@@ -26,7 +26,7 @@ use crate::{
 };
 
 use super::{
-    step::{Phase, Step},
+    step::{self, Phase, Step},
     url_var, Created as AnyCreated, RunId, RunRecord, ServiceControl, Stack, StackControl,
 };
 
@@ -46,30 +46,22 @@ pub struct Created {
 
 impl Created {
     /// In stages: the pods (on a remote engine killed, then) stopped, removed at once, then
-    /// the secrets, the run's images, the network.
+    /// the secrets, the run's images, the network. Not killed on a local engine: a kill's
+    /// clean-ups can still be in the pod's cgroup at `pod rm`, which then waits 3 s (5 soak
+    /// runs of 50); a local `pod stop --time 0` kills and cleans up itself.
     pub fn teardown(&self) -> Vec<Vec<Cmd>> {
-        let mut stages = Vec::new();
-        if !self.pods.is_empty() {
-            // One command each: podman works on a pod's containers in parallel itself. Not
-            // killed first on a local engine: the clean-ups a kill leaves to conmon can still
-            // be in the pod's cgroup when it is removed, and `pod rm` then waits 3 s (5 runs
-            // of 50 in a soak); a local `pod stop --time 0` kills and cleans up itself.
-            if self.remote {
-                stages.push(vec![Podman.pods_sigkill(&self.pods)]);
-            }
-            stages.push(vec![Podman.pods_kill(&self.pods)]);
-            // One `pod rm` per pod, at once: removing a pod's cgroup waits while anything
-            // lives in it, and a remote engine keeps each exec session's conmon there (its
-            // exit delay is 300 s) until podman sends SIGTERM after 3 s: 3 s a pod, which
+        let pods = !self.pods.is_empty();
+        let mut stages = vec![
+            (self.remote && pods).then(|| Podman.pods_sigkill(&self.pods)).into_iter().collect(),
+            pods.then(|| Podman.pods_kill(&self.pods)).into_iter().collect(),
+            // One `pod rm` per pod, at once: a remote engine keeps each exec session's conmon
+            // (exit delay 300 s) in the pod's cgroup until podman's SIGTERM after 3 s, which
             // overlap this way instead of adding up (13 s for the stack in the rig).
-            stages
-                .push(self.pods.iter().map(|p| Podman.pods_rm(std::slice::from_ref(p))).collect());
-        }
-        stages.push(self.secrets.iter().map(|s| Podman.secret_rm(s)).collect());
-        if !self.images.is_empty() {
-            stages.push(vec![Podman.images_rm(&self.images)]);
-        }
-        stages.extend(self.network.iter().map(|net| vec![Podman.network_rm(net)]));
+            self.pods.iter().map(|p| Podman.pods_rm(std::slice::from_ref(p))).collect(),
+            self.secrets.iter().map(|s| Podman.secret_rm(s)).collect(),
+            (!self.images.is_empty()).then(|| Podman.images_rm(&self.images)).into_iter().collect(),
+            self.network.iter().map(|net| Podman.network_rm(net)).collect::<Vec<_>>(),
+        ];
         stages.retain(|s| !s.is_empty());
         stages
     }
@@ -154,17 +146,8 @@ pub struct PodmanRun {
 
 impl PodmanRun {
     pub fn new(project: &Project, id: RunId, stack: PodmanStack) -> PodmanRun {
-        let (dir, log) = (id.dir(project), id.log(project));
-        PodmanRun {
-            remote: false,
-            suite: None,
-            early: BTreeSet::new(),
-            arriving: None,
-            dir,
-            log,
-            id,
-            stack,
-        }
+        let (dir, log, early) = (id.dir(project), id.log(project), BTreeSet::new());
+        PodmanRun { remote: false, suite: None, early, arriving: None, dir, log, id, stack }
     }
 
     /// The manifests rendered again with `pinned` images, on the same host ports and subnet.
@@ -213,9 +196,8 @@ impl PodmanRun {
 
     /// `<POD>_URL` for each published pod: `http://{host}`.
     fn urls_at(&self, host: impl Fn(&Published) -> String) -> BTreeMap<String, String> {
-        let urls =
-            self.stack.published.iter().map(|p| (url_var(&p.base), format!("http://{}", host(p))));
-        urls.collect()
+        let published = self.stack.published.iter();
+        published.map(|p| (url_var(&p.base), format!("http://{}", host(p)))).collect()
     }
 
     /// The network, the secrets, and the pods in `early` (PostgreSQL and Redis), before the
@@ -339,8 +321,8 @@ impl Stack for PodmanRun {
     fn save_failure(&self) -> anyhow::Result<PathBuf> {
         let dir = self.dir.join("logs");
         std::fs::create_dir_all(&dir)?;
+        let read = |c: Cmd| c.survives_interrupt().read();
         for (file, container) in self.containers() {
-            let read = |c: Cmd| c.survives_interrupt().read();
             let logs =
                 read(Podman.logs(&container)).unwrap_or_else(|e| format!("(no log: {e:#})\n"));
             let state =
@@ -417,14 +399,14 @@ impl Stack for PodmanRun {
             crate::fsx::write_atomic(&file, &stack.pod_yaml[i])?;
             // Stopped, not killed: a service finishes what it was doing (the gateway
             // releases its outbox lease for the new one).
-            let address = stack.address(pod);
+            let play = Podman.kube_play(&self.id.network(), stack.address(pod), &file);
             let rm = Podman.pods_rm(std::slice::from_ref(pod));
-            for cmd in
-                [Podman.pod_stop(pod), rm, Podman.kube_play(&self.id.network(), address, &file)]
-            {
-                r.command(&cmd);
-                cmd.run_logged(&self.log).with_context(|| format!("replacing {pod}"))?;
-            }
+            step::run_shown(
+                r,
+                &self.log,
+                &[Podman.pod_stop(pod), rm, play],
+                &format!("replacing {pod}"),
+            )?;
             names.push(pod.clone());
         }
         crate::fsx::write_atomic(&self.stack_file(), &stack.yaml)?;

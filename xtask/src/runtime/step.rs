@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::{cmd::Cmd, fsx, report::Reporter};
+use crate::{cmd::Cmd, fsx, interrupt, report::Reporter};
 
 use super::RunRecord;
 
@@ -175,6 +175,16 @@ fn damaged_secrets(err: anyhow::Error) -> anyhow::Error {
         an empty one (the secrets in it are lost): \
         `mv \"$(podman info --format '{{.Store.GraphRoot}}')/secrets\" /tmp/podman-secrets.broken`";
     crate::problem::Problem::new(what, fix).into()
+}
+
+/// Runs commands in turn, each shown, with its output in `log` (`dev`'s changes to a stack),
+/// each to its end even after Ctrl-C (as the deploy's steps).
+pub fn run_shown(r: &Reporter, log: &Path, cmds: &[Cmd], doing: &str) -> anyhow::Result<()> {
+    cmds.iter().try_for_each(|c| {
+        r.command(c);
+        interrupt::check()?;
+        c.clone().survives_interrupt().run_logged(log).with_context(|| doing.to_owned())
+    })
 }
 
 pub fn print(phases: &[Phase]) -> Vec<String> {

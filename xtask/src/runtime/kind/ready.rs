@@ -37,8 +37,8 @@ pub fn pod_health(pod: &Value) -> PodHealth {
         if FAILED.split_whitespace().any(|r| r == waiting) {
             return PodHealth::Failed(format!("container {name}: {waiting}"));
         }
+        let code = s["lastState"]["terminated"]["exitCode"].as_i64().unwrap_or(0);
         if s["restartCount"].as_u64().unwrap_or(0) > 0 {
-            let code = s["lastState"]["terminated"]["exitCode"].as_i64().unwrap_or(0);
             return PodHealth::Failed(format!(
                 "container {name} restarted (last exit code {code})"
             ));

@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
-
 use super::{container_name, ready, Podman, PodmanRun};
+use crate::runtime::step::run_shown;
 use crate::{build::PlanItem, fsx, manifests::repository, project::Project, report::Reporter};
 
 impl PodmanRun {
@@ -39,12 +38,9 @@ impl PodmanRun {
                 containers().filter(|(_, c)| repository(&c.image) == item.spec.repository)
             {
                 let name = container_name(&pod.name, &c.name);
-                let cp = Podman.cp_into(&file, &name, &dest);
-                for cmd in [Podman.container_stop(&name), cp, Podman.container_start(&name)] {
-                    r.command(&cmd);
-                    cmd.run_logged(&self.log)
-                        .with_context(|| format!("syncing {binary} into {name}"))?;
-                }
+                let (stop, start) = (Podman.container_stop(&name), Podman.container_start(&name));
+                let cmds = [stop, Podman.cp_into(&file, &name, &dest), start];
+                run_shown(r, &self.log, &cmds, &format!("syncing {binary} into {name}"))?;
                 running_after_start(&name)?;
                 synced.push(name);
             }

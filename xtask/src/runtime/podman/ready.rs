@@ -1,6 +1,5 @@
-//! Waiting until every service is ready: each container's readiness probe from the
-//! manifests is run by the xtask (podman does not act on probes), polling with a deadline.
-//! A container that exits or restarts ends the wait at once, with its log.
+//! Until every service is ready: the xtask runs each container's readiness probe (podman
+//! does not act on probes); a container that exits or restarts ends the wait, with its log.
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
@@ -54,11 +53,8 @@ pub fn wait_ready(
     r: &Reporter,
 ) -> anyhow::Result<()> {
     let start = Instant::now();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(1)))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let config = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(1)));
+    let agent: ureq::Agent = config.http_status_as_error(false).build().into();
     // Set when one container has failed: the others stop polling.
     let stop = AtomicBool::new(false);
     let failed: Vec<String> = std::thread::scope(|s| {
@@ -84,13 +80,14 @@ pub fn wait_ready(
     });
     interrupt::check()?;
     let failed = failed.join("\n");
-    anyhow::ensure!(
-        failed.is_empty() || start.elapsed() < timeout,
-        "not ready after {}s:\n{failed}\n  (raise the limit with --ready-timeout SECONDS)",
-        timeout.as_secs()
-    );
-    anyhow::ensure!(failed.is_empty(), "while waiting for readiness:\n{failed}");
-    Ok(())
+    match () {
+        _ if failed.is_empty() => Ok(()),
+        _ if start.elapsed() >= timeout => Err(anyhow::anyhow!(
+            "not ready after {}s:\n{failed}\n  (raise the limit with --ready-timeout SECONDS)",
+            timeout.as_secs()
+        )),
+        _ => Err(anyhow::anyhow!("while waiting for readiness:\n{failed}")),
+    }
 }
 
 /// Until the container's readiness probe (as the manifests give it) passes (`Ok`), the
@@ -105,18 +102,12 @@ fn until_ready_in(
     timeout: Duration,
 ) -> Result<(), String> {
     let name = &container_name(&pod.name, &c.name);
-    // A probe loops where it runs, one engine call per slice (not per try). On a remote
-    // engine that call is a container of the probed one's image in its pod, not a
-    // `podman exec`: the engine's API keeps each exec session's conmon in the pod's cgroup
-    // for 300 s, and `pod rm` then waits 3 s for podman's SIGTERM to it (13 s of teardown
-    // in the rig). Its published ports are not this machine's either.
+    // A probe loops where it runs, one engine call per slice. On a remote engine, in a new
+    // container of the image in the pod, not `podman exec`: the API keeps each exec's conmon
+    // in the pod's cgroup for 300 s, and `pod rm` waits 3 s for each (13 s in the rig).
     let in_container = |probe: Vec<String>, failed: String, what: &str| {
-        let cmd = if remote {
-            Podman.run_in_pod(&pod.name, &c.image, &probe)
-        } else {
-            Podman.exec(name, &probe)
-        };
-        match cmd.succeeds() {
+        let remote = remote.then(|| Podman.run_in_pod(&pod.name, &c.image, &probe));
+        match remote.unwrap_or_else(|| Podman.exec(name, &probe)).succeeds() {
             Ok(true) => Ok(()),
             Ok(false) => Err(failed),
             Err(e) => Err(format!("{what}{e:#}")),
@@ -156,7 +147,7 @@ fn until_ready_in(
             Ok(()) => return Ok(true),
             Err(reason) => reason,
         };
-        // Not ready: has it failed? (An exit or a restart ends the wait at once.)
+        // Not ready: an exit or a restart ends the wait at once.
         if let Health::Failed(why) = health(name) {
             let log = Podman.logs(name).read().unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
@@ -177,12 +168,10 @@ fn until_ready_in(
     }
 }
 
-/// How long one `podman exec` of a probe polls in the container before it gives up (and the
-/// xtask looks at the container's state, the deadline and the other containers).
+/// How long one engine call of a probe polls before the xtask looks at the container's state.
 const SLICE_SECONDS: u32 = 3;
 
-/// A probe body for [`until_ready`]: `GET $2` on port `$1` of this container, passing on a
-/// 2xx status line.
+/// A probe body for [`until_ready`]: `GET $2` on port `$1` here, passing on a 2xx status.
 const HTTP_GET: &str = r#"exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
 printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$2" >&3
 read -r line <&3; exec 3>&-
@@ -200,11 +189,7 @@ pub fn until_ready(body: &str, args: &[String], slice: u32) -> Vec<String> {
          until probe \"$@\" >/dev/null 2>&1; do\n  tries=$((tries - 1))\n  \
          [ \"$tries\" -gt 0 ] || exit 1\n  sleep 0.05\ndone"
     );
-    ["bash", "-c", &script, "ready"]
-        .into_iter()
-        .map(str::to_owned)
-        .chain(args.iter().cloned())
-        .collect()
+    ["bash", "-c", &script, "ready"].map(str::to_owned).into_iter().chain(args.to_vec()).collect()
 }
 
 #[cfg(test)]
