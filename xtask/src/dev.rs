@@ -14,11 +14,12 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    build::{self, BuildOptions, PlanItem, Session},
+    build::{self, BuildOptions, PlanItem},
+    e2e::E2eArgs,
     interrupt,
     project::Project,
     report::{secs, Reporter},
-    run::{self, Run, RunOptions, Runtime},
+    run::{self, Run, Runtime},
     runtime::{self, RunId, Stack},
 };
 
@@ -81,47 +82,34 @@ pub fn changes_content(kind: &notify::EventKind) -> bool {
 
 impl DevArgs {
     pub fn run(self, project: &Project) -> Result<()> {
-        let r = Reporter::new();
         let DevArgs { runtime, keep, ready_timeout, debounce, build, test_args } = self;
-        let ready_timeout = Duration::from_secs(ready_timeout);
-        let mut opts =
-            RunOptions { runtime, keep, ready_timeout, build, test_args, ..Default::default() };
-        opts.build.engine = opts.engine()?;
-        let session = Session::open(project, &opts.build, &r, true)?;
-        let (manifests, id) = (opts.manifests(project)?, RunId::new(Some("dev")));
-        let run =
-            Run { opts: &opts, project, r: &r, session: &session, manifests: &manifests, id: &id };
+        let opts = E2eArgs { runtime, keep, ready_timeout, build, test_args, ..Default::default() };
+        let run = Run::open(project, opts, RunId::new(Some("dev")))?;
+        let r = &run.r;
         run.require()?;
         let images = run.images()?;
         if let Some(jobs) = images.pending_suite {
-            run::compile_suite(project, &r, jobs)?;
+            run::compile_suite(project, r, jobs)?;
         }
         let mut stack = run.stack(&images.handoff, None)?;
-        r.line(format!("dev run {id}"));
-        let plan = stack.plan(opts.ready_timeout, vec![]);
-        let (up, record) = runtime::execute(&*stack, &r, project, &plan, None);
+        r.line(format!("dev run {}", run.id));
+        let plan = stack.plan(Duration::from_secs(ready_timeout), vec![]);
+        let (up, record) = runtime::execute(&*stack, r, project, &plan, None);
         drop(plan);
         let outcome = up.and_then(|()| {
             // Each running image's fingerprint without its binary: a change of only the binary
             // is synced into the running container (`Stack::sync_binaries`).
-            let running = build::plan_quietly(project, &session, &[]);
-            let mut dev = Loop {
-                project,
-                r: &r,
-                opts: &opts,
-                session: &session,
-                stack: &mut *stack,
-                running: running.map(|plan| running_of(&plan)).unwrap_or_default(),
-                pending: None,
-            };
+            let running = build::plan_quietly(project, &run.session, &[]);
+            let running = running.map(|plan| running_of(&plan)).unwrap_or_default();
+            let mut dev = Loop { run: &run, stack: &mut *stack, running, pending: None };
             let passed = r.phase(crate::report::phase::SUITE, |_| Ok(dev.suite()))?;
             r.line(format!("suite {}", if passed { "passed" } else { "FAILED" }));
             dev.watch(Duration::from_millis(debounce))
         });
         if let Some(h) = crate::handoff::Handoff::load(project) {
-            build::tidy(&r, &h);
+            build::tidy(r, &h);
         }
-        match (outcome, runtime::finish(&*stack, &r, record.as_ref(), keep)) {
+        match (outcome, runtime::finish(&*stack, r, record.as_ref(), keep)) {
             // Ctrl-C is how the loop ends: once torn down (or kept), that is a success.
             (Err(_), Ok(())) if interrupt::interrupted() => {
                 r.line("dev loop stopped");
@@ -136,10 +124,7 @@ impl DevArgs {
 
 /// The loop, once the stack is up.
 struct Loop<'a> {
-    project: &'a Project,
-    r: &'a Reporter,
-    opts: &'a RunOptions,
-    session: &'a Session,
+    run: &'a Run<'a>,
     stack: &'a mut dyn Stack,
     running: Running,
     /// A live update's plan, whose images are built once the loop is idle a moment (unless a
@@ -150,15 +135,15 @@ struct Loop<'a> {
 impl Loop<'_> {
     /// The suite against the stack, on this terminal: whether it passed.
     fn suite(&self) -> bool {
-        let suite = self.stack.suite(self.project, "e2e", &self.opts.test_args);
-        self.r.command(&suite);
+        let suite = self.stack.suite(self.run.project, "e2e", &self.run.opts.test_args);
+        self.run.r.command(&suite);
         suite.run_inherit().is_ok()
     }
 
     /// Watches until Ctrl-C; each batch of changes, quiet for `debounce`, is one cycle.
     fn watch(&mut self, debounce: Duration) -> Result<()> {
         use notify::Watcher;
-        let (project, r) = (self.project, self.r);
+        let (project, r) = (self.run.project, &self.run.r);
         let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
         let mut watcher = notify::recommended_watcher(tx).context("starting the file watcher")?;
         for path in WATCHED.iter().map(|w| project.root.join(w)).filter(|p| p.exists()) {
@@ -226,8 +211,7 @@ impl Loop<'_> {
 
     /// One cycle: what it did, or (its error shown) where it stopped; the loop goes on.
     fn cycle(&mut self, changed: &[String], steps: &mut Steps) -> Result<String, String> {
-        let (project, r, opts) = (self.project, self.r, &self.opts.build);
-        let cx = build::Ctx { project, r, opts, session: self.session };
+        let (project, r, cx) = (self.run.project, &self.run.r, self.run.cx());
         let prepared =
             steps.run("compile+plan", "compile or plan FAILED, the stack is unchanged", || {
                 build::prepare(cx, build::Goal::Build(&[]))
@@ -263,12 +247,13 @@ impl Loop<'_> {
         };
         if restarted {
             let stopped = format!("{did}; NOT READY");
-            steps.run("ready", &stopped, || self.stack.wait_ready(r, self.opts.ready_timeout))?;
+            let timeout = Duration::from_secs(self.run.opts.ready_timeout);
+            steps.run("ready", &stopped, || self.stack.wait_ready(r, timeout))?;
         }
         // Recompiled only when the change can touch it: a no-op cargo check costs 0.25 s.
         let passed = steps.run("suite", "suite compile FAILED, the stack is up", || {
             if crate::suite::touched_by(changed) {
-                let jobs = self.session.facts.env(None).map_or(1, |e| e.cargo_jobs());
+                let jobs = self.run.session.facts.env(None).map_or(1, |e| e.cargo_jobs());
                 crate::suite::compile_here(project, r, jobs)?;
             }
             Ok(self.suite())
@@ -286,10 +271,8 @@ impl Loop<'_> {
         if built.is_empty() {
             return;
         }
-        let r = self.r;
-        let cx =
-            build::Ctx { project: self.project, r, opts: &self.opts.build, session: self.session };
-        match build::finish_with(cx, prepared, false) {
+        let r = &self.run.r;
+        match build::finish_with(self.run.cx(), prepared, false) {
             Ok(_) => r.line(format!(
                 "  built {} for the record in {} (the stack kept running)",
                 list(&built),

@@ -1,22 +1,22 @@
 //! `cargo xtask e2e`: ask the engine, prerequisites, images (infrastructure meanwhile), stack,
 //! readiness, suite, fault tests, teardown, report: [`E2eArgs::run`] is that list.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use crate::{
     archive,
-    build::{self, Action, BuildOptions, Session},
+    build::{self, Action, BuildOptions},
     fingerprint,
     project::Project,
     report::{self, phase, Reporter, RunReport},
-    run::{self, Images, Run, RunOptions, Runtime, Source},
+    run::{self, Images, Run, Runtime, Source},
     runtime::{self, step, RunId},
     suite,
     timeline::SpanState,
 };
 use anyhow::{Context, Result};
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Default)]
 pub struct E2eArgs {
     /// Where the stack runs.
     #[arg(long, value_enum, default_value_t = Runtime::Podman)]
@@ -66,72 +66,46 @@ pub struct E2eArgs {
 
 impl E2eArgs {
     pub fn run(self, project: &Project) -> Result<()> {
-        let r = Reporter::new();
         if let Some(run) = &self.down {
-            return runtime::down(project, &r, Some(run.as_str()).filter(|s| !s.is_empty()));
+            let only = Some(run.as_str()).filter(|s| !s.is_empty());
+            return runtime::down(project, &Reporter::new(), only);
         }
-        let mut opts = self.options();
-        opts.build.engine = opts.engine()?;
-        // Loading an archive needs no base image: only a build makes or pulls one.
-        let provision = matches!(opts.source, Source::Build) && !self.dry_run;
-        let session = Session::open(project, &opts.build, &r, provision)?;
-        let manifests = opts.manifests(project)?;
         let id = RunId::new(self.cluster_name.as_deref());
-        let run =
-            Run { opts: &opts, project, r: &r, session: &session, manifests: &manifests, id: &id };
-        if self.dry_run {
+        let run = Run::open(project, self, id)?;
+        let (opts, r) = (&run.opts, &run.r);
+        if opts.dry_run {
             return dry_run(&run);
         }
         run.require()?;
         let early = run.early_start();
         let (images, record) =
-            run::images_beside_infrastructure(&r, early.as_ref(), || run.images())?;
+            run::images_beside_infrastructure(r, early.as_ref(), || run.images())?;
         let stack = run.stack(&images.handoff, early)?;
         r.line(format!("run {} (files in {})", stack.id(), project.display(stack.dir())));
         if let Some(line) = stack.where_it_runs() {
             r.line(line);
         }
+        let ready_timeout = Duration::from_secs(opts.ready_timeout);
         let (outcome, record) =
-            run::beside_suite_compile(project, &r, images.pending_suite, |gate| {
-                let plan = stack.plan(opts.ready_timeout, opts.tests(project, &*stack, gate));
-                runtime::execute(&*stack, &r, project, &plan, record)
+            run::beside_suite_compile(project, r, images.pending_suite, |gate| {
+                let plan = stack.plan(ready_timeout, opts.tests(project, &*stack, gate));
+                runtime::execute(&*stack, r, project, &plan, record)
             });
-        let teardown = runtime::finish(&*stack, &r, record.as_ref(), opts.keep);
+        let teardown = runtime::finish(&*stack, r, record.as_ref(), opts.keep);
         let outcome = runtime::combine(outcome, teardown);
         write_report(&run, &images, &outcome)?;
         outcome
-    }
-
-    fn options(&self) -> RunOptions {
-        RunOptions {
-            runtime: self.runtime,
-            keep: self.keep,
-            ready_timeout: std::time::Duration::from_secs(self.ready_timeout),
-            faults: self.faults,
-            source: match (&self.images, &self.registry) {
-                (Some(path), _) => {
-                    Source::Archive { path: path.clone(), allow_stale: self.allow_stale }
-                }
-                (None, Some(prefix)) => Source::Registry(prefix.clone()),
-                (None, None) => Source::Build,
-            },
-            cluster_name: self.cluster_name.clone(),
-            reuse_cluster: self.reuse_cluster.clone(),
-            suite_in: self.suite_in,
-            build: self.build.clone(),
-            test_args: self.test_args.clone(),
-        }
     }
 }
 
 /// `report.json` and `report.html` in the run's directory: phases, images, builds' memory.
 fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> {
-    let Run { opts, project, r, session, id, .. } = *run;
+    let Run { opts, project, r, session, id, .. } = run;
     let (dir, handoff, spans) = (id.dir(project), &images.handoff, r.phase_spans());
     r.line(format!("phases:\n{}", r.summary()));
     let ms = |s: f64| (s * 1000.0).round() / 1000.0;
     let built = handoff.built_now.len();
-    let archive = opts.source.archive();
+    let archive = opts.images.as_ref();
     let report = RunReport {
         run: id.to_string(),
         runtime: clap::ValueEnum::to_possible_value(&opts.runtime).map(|v| v.get_name().to_owned()),
@@ -165,10 +139,10 @@ fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> 
 /// Prints, in order and without running any, the run's commands: the images as planned, the
 /// stack's phases (the values a run executes), the teardown.
 fn dry_run(run: &Run) -> Result<()> {
-    let Run { opts, project, r, session, .. } = *run;
+    let Run { opts, project, session, .. } = run;
     let mut lines: Vec<String> = Vec::new();
-    let handoff = match &opts.source {
-        Source::Archive { path, .. } => {
+    let handoff = match opts.source() {
+        Source::Archive(path) => {
             let m = archive::verify(path)?;
             let env = session.facts.env(Some(&m.base_image_id))?;
             let load = archive::load_cmd(env.engine(), path, m.compression);
@@ -184,8 +158,7 @@ fn dry_run(run: &Run) -> Result<()> {
             lines.push(
                 build::cargo_build(project, &binaries, env.cargo_jobs(), release).to_string(),
             );
-            let cx = build::Ctx { project, r, opts: &opts.build, session };
-            let prepared = build::prepare(cx, build::Goal::DryRun).context(
+            let prepared = build::prepare(run.cx(), build::Goal::DryRun).context(
                 "a dry run plans with the binaries on disk: run `cargo build` once first",
             )?;
             lines.extend(prepared.plan.iter().map(|item| match (&item.action, source) {
@@ -209,14 +182,15 @@ fn dry_run(run: &Run) -> Result<()> {
     lines.push(suite::compile(project, 1).to_string());
     let early = run.early_start();
     if let Some(early) = &early {
-        let first = match opts.source {
-            Source::Archive { .. } => "# while the archive loads (its first images are these):",
+        let first = match opts.source() {
+            Source::Archive(_) => "# while the archive loads (its first images are these):",
             _ => "# while the service binaries compile and their images build:",
         };
         lines.splice(0..0, [first.to_owned()].into_iter().chain(step::print(&early.plan_early())));
     }
     let stack = run.stack(&handoff, early)?;
-    lines.extend(step::print(&stack.plan(opts.ready_timeout, opts.tests(project, &*stack, None))));
+    let ready_timeout = Duration::from_secs(opts.ready_timeout);
+    lines.extend(step::print(&stack.plan(ready_timeout, opts.tests(project, &*stack, None))));
     lines.extend(stack.failure_commands());
     let keep = if opts.keep { "  # skipped: --keep" } else { "" };
     lines.extend(stack.final_record().teardown().iter().map(|c| format!("{c}{keep}")));
@@ -250,7 +224,7 @@ mod tests {
 
     #[test]
     fn the_engine_follows_the_runtime() {
-        let mut opts = args().options();
+        let mut opts = args();
         assert_eq!(opts.engine(), Ok(Some(Engine::Podman)));
         opts.build.engine = Some(Engine::Docker);
         let p = opts.engine().unwrap_err();
@@ -263,7 +237,7 @@ mod tests {
 
     #[test]
     fn fault_tests_run_after_the_suite_one_at_a_time_with_the_stack_file() {
-        let opts = args().options();
+        let opts = args();
         let project = Project {
             root: "/r".into(),
             target_dir: "/r/target".into(),

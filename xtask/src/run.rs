@@ -3,10 +3,9 @@
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
+    path::Path,
     sync::{atomic::Ordering, Mutex},
     thread::{scope, ScopedJoinHandle},
-    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -14,8 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     archive,
-    build::{self, compile, Activity, BuildOptions, CompileIn, Session},
+    build::{self, compile, Activity, CompileIn, Session},
     doctor,
+    e2e::E2eArgs,
     engine::Engine,
     handoff::Handoff,
     manifests::Manifests,
@@ -48,40 +48,14 @@ pub enum Runtime {
 }
 
 /// Where a run's images come from.
-#[derive(Debug, Clone, Default)]
-pub enum Source {
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
     /// Built here (what changed), the suite compiling meanwhile.
-    #[default]
     Build,
-    /// Loaded from an archive of `save-images` (`allow_stale`: even when it does not match).
-    Archive { path: PathBuf, allow_stale: bool },
+    /// Loaded from an archive of `save-images` (`--allow-stale`: even when it does not match).
+    Archive(&'a Path),
     /// Pulled from `REGISTRY/PREFIX` (pushed by `save-images --push`).
-    Registry(String),
-}
-
-impl Source {
-    pub fn archive(&self) -> Option<&PathBuf> {
-        match self {
-            Source::Archive { path, .. } => Some(path),
-            _ => None,
-        }
-    }
-}
-
-/// What a run is decided from: `e2e`'s options, or `dev`'s.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    pub runtime: Runtime,
-    pub keep: bool,
-    pub ready_timeout: Duration,
-    pub faults: bool,
-    pub source: Source,
-    /// Kind: the cluster's name, or an existing cluster to reuse.
-    pub cluster_name: Option<String>,
-    pub reuse_cluster: Option<String>,
-    pub suite_in: Option<SuiteIn>,
-    pub build: BuildOptions,
-    pub test_args: Vec<String>,
+    Registry(&'a str),
 }
 
 /// A run's images, and the suite's compile left to run beside the deploy (its `-j`).
@@ -91,7 +65,16 @@ pub struct Images {
     pub pending_suite: Option<usize>,
 }
 
-impl RunOptions {
+/// What a run is decided from: `e2e`'s options, or those `dev` fills in.
+impl E2eArgs {
+    pub fn source(&self) -> Source<'_> {
+        match (&self.images, &self.registry) {
+            (Some(path), _) => Source::Archive(path),
+            (None, Some(prefix)) => Source::Registry(prefix),
+            (None, None) => Source::Build,
+        }
+    }
+
     /// The runtime's engine: podman for podman; for Kind the one asked for, else the one installed.
     pub fn engine(&self) -> Result<Option<Engine>, Problem> {
         match (self.runtime, self.build.engine) {
@@ -147,18 +130,34 @@ impl RunOptions {
 
 /// A run under way: its options, and what each of its steps needs.
 pub struct Run<'a> {
-    pub opts: &'a RunOptions,
+    pub opts: E2eArgs,
     pub project: &'a Project,
-    pub r: &'a Reporter,
-    pub session: &'a Session,
-    pub manifests: &'a Manifests,
-    pub id: &'a RunId,
+    pub r: Reporter,
+    pub session: Session,
+    pub manifests: Manifests,
+    pub id: RunId,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    /// The engine decided, the session opened, the manifests read.
+    pub fn open(project: &'a Project, mut opts: E2eArgs, id: RunId) -> Result<Self> {
+        let r = Reporter::new();
+        opts.build.engine = opts.engine()?;
+        // Loading an archive needs no base image: only a build makes or pulls one.
+        let provision = matches!(opts.source(), Source::Build) && !opts.dry_run;
+        let session = Session::open(project, &opts.build, &r, provision)?;
+        let manifests = opts.manifests(project)?;
+        Ok(Run { opts, project, r, session, manifests, id })
+    }
+
+    pub fn cx(&self) -> build::Ctx<'_> {
+        let Run { opts, project, r, session, .. } = self;
+        build::Ctx { project, r, opts: &opts.build, session }
+    }
+
     /// Every prerequisite, checked before anything is done.
     pub fn require(&self) -> Result<()> {
-        let Run { opts, project, r, session, .. } = *self;
+        let Run { opts, project, r, session, .. } = self;
         if opts.faults && SuiteIn::resolve(opts.suite_in, session.remote()) == SuiteIn::Engine {
             return Err(Problem::new(
                 "the fault tests stop and start services with the engine's command line, so they run on this machine, \
@@ -168,7 +167,7 @@ impl Run<'_> {
             )
             .into());
         }
-        let (archive, kind) = (opts.source.archive().cloned(), opts.runtime == Runtime::Kind);
+        let (archive, kind) = (opts.images.clone(), opts.runtime == Runtime::Kind);
         doctor::require(
             project,
             r,
@@ -179,10 +178,9 @@ impl Run<'_> {
 
     /// The images: built, loaded or pulled, and the suite's compile still to do (`-j`).
     pub fn images(&self) -> Result<Images> {
-        let Run { opts, project, r, session, .. } = *self;
-        let cx = build::Ctx { project, r, opts: &opts.build, session };
-        let handoff = match &opts.source {
-            Source::Archive { path, allow_stale } => archive::load(cx, path, *allow_stale)?,
+        let cx = self.cx();
+        let handoff = match self.opts.source() {
+            Source::Archive(path) => archive::load(cx, path, self.opts.allow_stale)?,
             Source::Registry(prefix) => registry::pull(cx, prefix)?,
             Source::Build => {
                 let prepared = build::prepare(cx, build::Goal::Build(&[]))?;
@@ -194,23 +192,23 @@ impl Run<'_> {
                 return Ok(Images { handoff, activity, pending_suite: Some(jobs) });
             }
         };
-        let jobs = session.facts.env(Some(&handoff.base_image_id))?.cargo_jobs();
+        let jobs = self.session.facts.env(Some(&handoff.base_image_id))?.cargo_jobs();
         Ok(Images { handoff, activity: Activity::default(), pending_suite: Some(jobs) })
     }
 
     /// The pods that can start before the service images exist (their images hold no binary of
     /// ours and are cached, or come first in the archive), or `None`.
     pub fn early_start(&self) -> Option<PodmanRun> {
-        let Run { opts, project, session, manifests, id, .. } = *self;
+        let Run { opts, project, session, manifests, id, .. } = self;
         if opts.runtime != Runtime::Podman || opts.build.force {
             return None;
         }
         let names: Vec<String> =
             session.images.infrastructure().into_iter().map(str::to_owned).collect();
         // Their images: cached here, or coming with the archive (awaited before they start).
-        let (pinned, arriving): (BTreeMap<String, String>, _) = match &opts.source {
+        let (pinned, arriving): (BTreeMap<String, String>, _) = match opts.source() {
             Source::Registry(_) => return None,
-            Source::Archive { path, .. } => {
+            Source::Archive(path) => {
                 let images = archive::read_manifest(path).ok()?.images.into_iter();
                 let (pinned, arriving): (_, Vec<_>) = images
                     .filter(|i| names.contains(&i.name))
@@ -245,7 +243,7 @@ impl Run<'_> {
 
     /// The stack on the runtime asked for, with `handoff`'s images; on podman, going on from `early`.
     pub fn stack(&self, handoff: &Handoff, early: Option<PodmanRun>) -> Result<Box<dyn Stack>> {
-        let Run { opts, project, session, manifests, id, .. } = *self;
+        let Run { opts, project, session, manifests, id, .. } = self;
         if opts.runtime == Runtime::Kind {
             return Ok(Box::new(self.kind(handoff)?));
         }
@@ -275,7 +273,7 @@ impl Run<'_> {
     }
 
     fn kind(&self, handoff: &Handoff) -> Result<KindRun> {
-        let Run { opts, project, manifests, id, .. } = *self;
+        let Run { opts, project, manifests, id, .. } = self;
         let (cluster, reuse) = match (&opts.reuse_cluster, &opts.cluster_name) {
             (Some(name), _) => (name.clone(), true),
             (None, name) => (name.clone().unwrap_or_else(|| id.namespace()), false),
@@ -304,7 +302,7 @@ impl Run<'_> {
             // The engine that built or loaded the images is kind's provider.
             provider: handoff.engine,
             archive_tar: dir.join("images.tar"),
-            archive_source: opts.source.archive().cloned(),
+            archive_source: opts.images.clone(),
             log: id.log(project),
             dir,
             ports,
