@@ -7,37 +7,17 @@ use crate::{
     build::{BuildOptions, Session},
     engine::{Engine, EngineFacts},
     handoff::Handoff,
-    images::ImageSpec,
-    memory::{self, human, Budget},
+    memory::{self, human},
     problem::{Problem, PODMAN_DOCS},
     project::Project,
     report::Reporter,
 };
 
+/// A check's outcome: what was found, or the problem with its fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
-    pub name: String,
-    pub problem: Option<String>,
-    pub detail: String,
-    pub fix: String,
-}
-
-impl Check {
-    fn new(name: &str, result: Result<String, Problem>) -> Check {
-        let name = name.into();
-        match result {
-            Ok(detail) => Check { name, problem: None, detail, fix: String::new() },
-            Err(p) => Check { name, problem: Some(p.what), detail: String::new(), fix: p.fix },
-        }
-    }
-
-    fn ok(name: &str, detail: impl Into<String>) -> Check {
-        Check::new(name, Ok(detail.into()))
-    }
-
-    fn fail(name: &str, problem: impl Into<String>, fix: impl Into<String>) -> Check {
-        Check::new(name, Err(Problem::new(problem, fix)))
-    }
+    pub name: &'static str,
+    pub result: Result<String, Problem>,
 }
 
 /// What the run at hand needs.
@@ -70,7 +50,7 @@ impl DoctorArgs {
         let session = Session::open(project, &self.opts, &r, false)?;
         let checks = run_checks(project, &session, &needs);
         r.line(render(&checks));
-        let failed = checks.iter().filter(|c| c.problem.is_some()).count();
+        let failed = checks.iter().filter(|c| c.result.is_err()).count();
         anyhow::ensure!(failed == 0, "{failed} check(s) failed: see the fixes above");
         Ok(())
     }
@@ -79,98 +59,106 @@ impl DoctorArgs {
 /// Judges the session's facts (the engine asked again only to start a container when
 /// `needs.start_container`); never stops at the first problem.
 pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Check> {
-    let facts = &session.facts;
-    let mut checks = Vec::new();
-    let engine = facts.engine.as_ref();
-    match engine {
-        Ok(f) => {
-            let at = match f.remote {
-                true => format!("{}, on its own machine (remote or VM)", f.at),
-                false => f.at.clone(),
-            };
-            let (program, version, platform) = (f.engine.program(), &f.version, &f.platform);
-            let (cpus, memory) = (f.cpus, human(f.mem_total));
-            checks.push(Check::ok(
-                "engine",
-                format!("{program} {version} ({platform}) at {at}: {cpus} CPUs, {memory} memory"),
-            ));
-            if needs.archive.is_none() {
-                let base = facts.base.as_ref().map(|_| facts.base_image.clone());
-                checks.push(Check::new("base image", base.ok_or_else(|| facts.missing_base(f))));
-            }
-            if needs.start_container && facts.base.is_some() {
-                let run = f.engine.run_true(&facts.base_image);
-                let fix = format!("runtime = \"runc\" and the ulimits in /etc/containers/containers.conf; see {PODMAN_DOCS}");
-                let started = run.read().map(|_| run.to_string()).map_err(|e| {
-                    Problem::new(format!("{program} cannot start a container: {e:#}"), fix)
-                });
-                checks.push(Check::new("start a container", started));
-            }
-        }
-        Err(p) => checks.push(Check::new("engine", Err(p.clone()))),
-    }
-    let images = &session.images.images;
-    match (&facts.budget, images.iter().max_by_key(|i| i.memory)) {
-        (Ok(budget), Some(big)) => {
-            let mut check = memory_check(budget, big, engine.ok());
-            let caps: Vec<u64> = images.iter().map(|i| i.memory).collect();
-            let at_once = memory::max_parallel(&caps, budget.bytes, usize::MAX);
-            let jobs = format!(
-                "with this budget, `--jobs N` runs at most {at_once} build(s) at once (one at a time by default)"
-            );
-            match check.problem {
-                Some(_) => check.fix = format!("{}; meanwhile {jobs}", check.fix),
-                None => check.detail = format!("{}; {jobs}", check.detail),
-            }
-            checks.push(check);
-        }
-        (Err(p), _) => checks.push(Check::new("memory", Err(p.clone()))),
-        _ => {}
-    }
-    let remote = engine.is_ok_and(|f| f.remote);
-    if let (Ok(host), true) = (&facts.host_budget, remote) {
-        let (bytes, source) = (human(host.bytes), &host.source);
-        let detail = format!("{bytes} for the host's cargo build ({source})");
-        checks.push(Check::ok("host memory", detail));
-    }
-    if let Ok(f) = engine {
-        checks.push(disk_check(f, disk_needed(project, needs.archive.as_deref())));
-    }
-    if let Some(free) = remote.then(|| crate::facts::free_disk(&project.target_dir)).flatten() {
-        let (free, dir) = (human(free), project.display(&project.target_dir));
-        let detail = format!("{free} free under {dir} on this machine (binaries, archives)");
-        checks.push(Check::ok("host disk", detail));
-    }
-    if let Some(archive) = &needs.archive {
-        let (shown, fix) =
-            (archive.display(), "download it, or make it with `cargo xtask save-images`");
-        let found = archive.is_file().then(|| shown.to_string());
-        let found = found.ok_or_else(|| Problem::new(format!("{shown} does not exist"), fix));
-        checks.push(Check::new("archive", found));
-    }
-    let zstd = needs.archive.is_some() || which::which("zstd").is_ok();
+    let (facts, archive) = (&session.facts, needs.archive.as_deref());
+    let engine = facts.engine.as_ref().ok();
+    let remote = engine.is_some_and(|f| f.remote);
     let kind = "install kind (https://kind.sigs.k8s.io), e.g. `go install sigs.k8s.io/kind@latest`";
     let kubectl = "apt-get install kubectl, or see https://kubernetes.io/docs/tasks/tools/";
-    let tools = [
-        ("zstd", "apt-get install zstd", zstd),
-        ("kind", kind, needs.kind),
-        ("kubectl", kubectl, needs.kind),
+    let host_disk = remote.then(|| crate::facts::free_disk(&project.target_dir)).flatten();
+    let dir = project.display(&project.target_dir);
+    let zstd = archive.is_some() || which::which("zstd").is_ok();
+    let (start, base) = (needs.start_container && facts.base.is_some(), &facts.base_image);
+    // Each check, when it applies to this run.
+    let checks = [
+        ("engine", Some(facts.engine.as_ref().map(describe).map_err(Problem::clone))),
+        ("base image", engine.filter(|_| archive.is_none()).map(|f| base_image(facts, f))),
+        ("start a container", engine.filter(|_| start).map(|f| start_container(f, base))),
+        ("memory", memory_check(session, engine)),
+        (
+            "host memory",
+            facts.host_budget.as_ref().ok().filter(|_| remote).map(|host| {
+                Ok(format!("{} for the host's cargo build ({})", human(host.bytes), host.source))
+            }),
+        ),
+        ("disk", engine.map(|f| disk_check(f, disk_needed(project, archive)))),
+        (
+            "host disk",
+            host_disk.map(|free| {
+                Ok(format!("{} free under {dir} on this machine (binaries, archives)", human(free)))
+            }),
+        ),
+        (
+            "archive",
+            archive.map(|a| {
+                a.is_file().then(|| a.display().to_string()).ok_or_else(|| {
+                    Problem::new(
+                        format!("{} does not exist", a.display()),
+                        "download it, or make it with `cargo xtask save-images`",
+                    )
+                })
+            }),
+        ),
+        ("zstd", zstd.then(|| tool("zstd", "apt-get install zstd"))),
+        ("kind", needs.kind.then(|| tool("kind", kind))),
+        ("kubectl", needs.kind.then(|| tool("kubectl", kubectl))),
     ];
-    for (tool, fix, _) in tools.into_iter().filter(|t| t.2) {
-        let missing = Problem::new(format!("{tool} is not installed (not found on PATH)"), fix);
-        let found = which::which(tool).map(|p| p.display().to_string()).map_err(|_| missing);
-        checks.push(Check::new(tool, found));
-    }
-    checks
+    checks.into_iter().filter_map(|(name, result)| Some(Check { name, result: result? })).collect()
 }
 
-/// The engine machine's budget against the largest image cap, with that engine's fix.
-fn memory_check(budget: &Budget, big: &ImageSpec, engine: Option<&EngineFacts>) -> Check {
+/// The engine, as it describes itself.
+fn describe(f: &EngineFacts) -> String {
+    let at = match f.remote {
+        true => format!("{}, on its own machine (remote or VM)", f.at),
+        false => f.at.clone(),
+    };
+    let (program, version, platform) = (f.engine.program(), &f.version, &f.platform);
+    let (cpus, memory) = (f.cpus, human(f.mem_total));
+    format!("{program} {version} ({platform}) at {at}: {cpus} CPUs, {memory} memory")
+}
+
+fn base_image(facts: &crate::facts::Facts, f: &EngineFacts) -> Result<String, Problem> {
+    facts.base.as_ref().map(|_| facts.base_image.clone()).ok_or_else(|| facts.missing_base(f))
+}
+
+/// Whether the engine starts a container of the base image.
+fn start_container(f: &EngineFacts, base: &str) -> Result<String, Problem> {
+    let run = f.engine.run_true(base);
+    let fix = format!(
+        "runtime = \"runc\" and the ulimits in /etc/containers/containers.conf; see {PODMAN_DOCS}"
+    );
+    let what = |e| format!("{} cannot start a container: {e:#}", f.engine.program());
+    run.read().map(|_| run.to_string()).map_err(|e| Problem::new(what(e), fix))
+}
+
+/// Where on PATH a tool is.
+fn tool(tool: &str, fix: &str) -> Result<String, Problem> {
+    let missing = Problem::new(format!("{tool} is not installed (not found on PATH)"), fix);
+    which::which(tool).map(|p| p.display().to_string()).map_err(|_| missing)
+}
+
+/// The engine machine's budget against the largest image cap, with that engine's fix, and how
+/// many builds it lets run at once.
+fn memory_check(
+    session: &Session,
+    engine: Option<&EngineFacts>,
+) -> Option<Result<String, Problem>> {
+    let images = &session.images.images;
+    let (budget, big) = match (&session.facts.budget, images.iter().max_by_key(|i| i.memory)) {
+        (Ok(budget), Some(big)) => (budget, big),
+        (Err(p), _) => return Some(Err(p.clone())),
+        _ => return None,
+    };
+    let caps: Vec<u64> = images.iter().map(|i| i.memory).collect();
+    let at_once = memory::max_parallel(&caps, budget.bytes, usize::MAX);
+    let jobs = format!(
+        "with this budget, `--jobs N` runs at most {at_once} build(s) at once (one at a time by default)"
+    );
     let (bytes, source, cap, name) =
         (human(budget.bytes), &budget.source, human(big.memory), &big.name);
     if big.memory <= budget.bytes {
-        let detail = format!("budget {bytes} ({source}) fits the largest cap ({cap} for {name})");
-        return Check::ok("memory", detail);
+        return Some(Ok(format!(
+            "budget {bytes} ({source}) fits the largest cap ({cap} for {name}); {jobs}"
+        )));
     }
     let fix = match engine {
         Some(f) if f.remote && f.engine == Engine::Podman => {
@@ -181,20 +169,19 @@ fn memory_check(budget: &Budget, big: &ImageSpec, engine: Option<&EngineFacts>) 
         _ => "free memory, lower that image's `memory` in test/e2e/images.toml, or pass --memory-budget",
     };
     let what = format!("budget {bytes} ({source}) is less than {name}'s cap {cap}");
-    Check::fail("memory", what, fix)
+    Some(Err(Problem::new(what, format!("{fix}; meanwhile {jobs}"))))
 }
 
 /// The engine's store (a podman machine's or remote engine's disk, not this machine's)
 /// against what the run needs.
-pub fn disk_check(f: &EngineFacts, need: u64) -> Check {
+pub fn disk_check(f: &EngineFacts, need: u64) -> Result<String, Problem> {
     let program = f.engine.program();
     let Some((path, free)) = f.store.as_ref().and_then(|s| Some((&s.path, s.free?))) else {
         let path = f.store.as_ref().map(|s| format!(" ({})", s.path)).unwrap_or_default();
         let at = &f.at;
-        let detail = format!(
+        return Ok(format!(
             "{program} at {at} does not say how much room its image store has{path}: not checked"
-        );
-        return Check::ok("disk", detail);
+        ));
     };
     let machine = match f.remote {
         true => format!("the engine's machine ({})", f.at),
@@ -208,7 +195,7 @@ pub fn disk_check(f: &EngineFacts, need: u64) -> Check {
         )
     };
     if free >= need {
-        return Check::ok("disk", said(""));
+        return Ok(said(""));
     }
     let fix = if f.remote && f.engine == Engine::Podman {
         "free room in the engine: `podman system prune` (`podman system df` shows what is reclaimable), or give \
@@ -217,7 +204,7 @@ pub fn disk_check(f: &EngineFacts, need: u64) -> Check {
     } else {
         format!("`{program} system prune` (`{program} system df` shows what is reclaimable), or free room on that filesystem")
     };
-    Check::fail("disk", said("about "), fix)
+    Err(Problem::new(said("about "), fix))
 }
 
 /// Disk a run needs: the archive three times over (archive, unpacked stream, image store),
@@ -236,9 +223,9 @@ fn disk_needed(project: &Project, archive: Option<&Path>) -> u64 {
 pub fn render(checks: &[Check]) -> String {
     let mut out = String::from("doctor:\n");
     for c in checks {
-        out.push_str(&match &c.problem {
-            None => format!("  ok    {:<18} {}\n", c.name, c.detail),
-            Some(p) => format!("  FAIL  {:<18} {p}\n        fix: {}\n", c.name, c.fix),
+        out.push_str(&match &c.result {
+            Ok(detail) => format!("  ok    {:<18} {detail}\n", c.name),
+            Err(p) => format!("  FAIL  {:<18} {}\n        fix: {}\n", c.name, p.what, p.fix),
         });
     }
     out.trim_end().to_owned()
@@ -254,7 +241,7 @@ pub fn require(
     r.phase("doctor", |r| {
         let checks = run_checks(project, session, needs);
         anyhow::ensure!(
-            checks.iter().all(|c| c.problem.is_none()),
+            checks.iter().all(|c| c.result.is_ok()),
             "a prerequisite is missing; nothing was done.\n{}",
             render(&checks)
         );
@@ -287,30 +274,34 @@ mod tests {
         const GIB: u64 = 1 << 30;
         let rig = facts(true, "unix:///run/e2e-rig/podman.sock", Some(3 * GIB));
         let ok = disk_check(&rig, GIB);
-        assert_eq!(ok.problem, None);
+        assert!(ok.is_ok(), "{ok:?}");
         assert_eq!(
-            ok.detail,
+            ok.unwrap(),
             "3.0 GiB free in the engine's store /var/lib/containers/storage on the engine's machine \
              (unix:///run/e2e-rig/podman.sock), 1.0 GiB needed"
         );
-        let full = disk_check(&rig, 4 * GIB);
-        assert!(full.problem.as_deref().unwrap().contains("about 4.0 GiB needed"), "{full:?}");
+        let full = disk_check(&rig, 4 * GIB).unwrap_err();
+        assert!(full.what.contains("about 4.0 GiB needed"), "{full:?}");
         assert!(full.fix.contains("podman machine set --disk-size"), "{}", full.fix);
         assert!(full.fix.contains("podman system prune"), "{}", full.fix);
-        let local = disk_check(&facts(false, "this machine", Some(GIB / 2)), GIB);
-        assert!(local.problem.unwrap().contains("on this machine"));
+        let local = disk_check(&facts(false, "this machine", Some(GIB / 2)), GIB).unwrap_err();
+        assert!(local.what.contains("on this machine"));
         assert!(!local.fix.contains("podman machine"), "{}", local.fix);
         // An engine that cannot tell: said so, and not the host's disk instead.
         let unknown = disk_check(&facts(true, "ssh://vm", None), GIB);
-        assert_eq!(unknown.problem, None);
-        assert!(unknown.detail.contains("does not say how much room"), "{}", unknown.detail);
+        assert!(unknown.is_ok(), "{unknown:?}");
+        let detail = unknown.unwrap();
+        assert!(detail.contains("does not say how much room"), "{detail}");
     }
 
     #[test]
     fn render_shows_each_problem_with_its_fix() {
         let text = render(&[
-            Check::ok("engine", "podman on PATH"),
-            Check::fail("kind", "kind is not installed", "install kind"),
+            Check { name: "engine", result: Ok("podman on PATH".into()) },
+            Check {
+                name: "kind",
+                result: Err(Problem::new("kind is not installed", "install kind")),
+            },
         ]);
         assert!(text.contains("ok    engine"), "{text}");
         assert!(
