@@ -231,25 +231,6 @@ pub fn render(checks: &[Check]) -> String {
     out.trim_end().to_owned()
 }
 
-/// For `e2e`: the same checks, stopping the run before anything happens when one fails.
-pub fn require(
-    project: &Project,
-    r: &Reporter,
-    session: &Session,
-    needs: &Needs,
-) -> anyhow::Result<()> {
-    r.phase("doctor", |r| {
-        let checks = run_checks(project, session, needs);
-        anyhow::ensure!(
-            checks.iter().all(|c| c.result.is_ok()),
-            "a prerequisite is missing; nothing was done.\n{}",
-            render(&checks)
-        );
-        r.line(format!("  {} checks passed", checks.len()));
-        Ok(())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

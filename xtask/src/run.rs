@@ -168,12 +168,18 @@ impl<'a> Run<'a> {
             .into());
         }
         let (archive, kind) = (opts.images.clone(), opts.runtime == Runtime::Kind);
-        doctor::require(
-            project,
-            r,
-            session,
-            &doctor::Needs { kind, archive, start_container: false },
-        )
+        let needs = doctor::Needs { kind, archive, start_container: false };
+        // The same checks as `doctor`, stopping the run before anything happens when one fails.
+        r.phase("doctor", |r| {
+            let checks = doctor::run_checks(project, session, &needs);
+            anyhow::ensure!(
+                checks.iter().all(|c| c.result.is_ok()),
+                "a prerequisite is missing; nothing was done.\n{}",
+                doctor::render(&checks)
+            );
+            r.line(format!("  {} checks passed", checks.len()));
+            Ok(())
+        })
     }
 
     /// The images: built, loaded or pulled, and the suite's compile still to do (`-j`).
