@@ -32,8 +32,8 @@ pub struct DevArgs {
     #[arg(long)]
     pub keep: bool,
     /// How long to wait for the services to be ready, in seconds.
-    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
-    pub ready_timeout: u64,
+    #[arg(long, default_value = "120", value_name = "SECONDS", value_parser = |s: &str| s.parse().map(Duration::from_secs))]
+    pub ready_timeout: Duration,
     /// Quiet time after the last change before a cycle starts, in milliseconds.
     #[arg(long, default_value_t = 200, value_name = "MS")]
     pub debounce: u64,
@@ -93,7 +93,7 @@ impl DevArgs {
         }
         let mut stack = run.stack(&images.handoff, None)?;
         r.line(format!("dev run {}", run.id));
-        let plan = stack.plan(Duration::from_secs(ready_timeout), vec![]);
+        let plan = stack.plan(ready_timeout, vec![]);
         let (up, record) = runtime::execute(&*stack, r, project, &plan, None);
         drop(plan);
         let outcome = up.and_then(|()| {
@@ -247,7 +247,7 @@ impl Loop<'_> {
         };
         if restarted {
             let stopped = format!("{did}; NOT READY");
-            let timeout = Duration::from_secs(self.run.opts.ready_timeout);
+            let timeout = self.run.opts.ready_timeout;
             steps.run("ready", &stopped, || self.stack.wait_ready(r, timeout))?;
         }
         // Recompiled only when the change can touch it: a no-op cargo check costs 0.25 s.

@@ -25,8 +25,8 @@ pub struct E2eArgs {
     #[arg(long)]
     pub keep: bool,
     /// How long to wait for every service to be ready, in seconds.
-    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
-    pub ready_timeout: u64,
+    #[arg(long, default_value = "120", value_name = "SECONDS", value_parser = |s: &str| s.parse().map(Duration::from_secs))]
+    pub ready_timeout: Duration,
     /// Then run the fault tests (services stopped and restarted under load) one at a time,
     /// with a short deduplication TTL for the gateway.
     #[arg(long)]
@@ -85,10 +85,9 @@ impl E2eArgs {
         if let Some(line) = stack.where_it_runs() {
             r.line(line);
         }
-        let ready_timeout = Duration::from_secs(opts.ready_timeout);
         let (outcome, record) =
             run::beside_suite_compile(project, r, images.pending_suite, |gate| {
-                let plan = stack.plan(ready_timeout, opts.tests(project, &*stack, gate));
+                let plan = stack.plan(opts.ready_timeout, opts.tests(project, &*stack, gate));
                 runtime::execute(&*stack, r, project, &plan, record)
             });
         let teardown = runtime::finish(&*stack, r, record.as_ref(), opts.keep);
@@ -189,8 +188,7 @@ fn dry_run(run: &Run) -> Result<()> {
         lines.splice(0..0, [first.to_owned()].into_iter().chain(step::print(&early.plan_early())));
     }
     let stack = run.stack(&handoff, early)?;
-    let ready_timeout = Duration::from_secs(opts.ready_timeout);
-    lines.extend(step::print(&stack.plan(ready_timeout, opts.tests(project, &*stack, None))));
+    lines.extend(step::print(&stack.plan(opts.ready_timeout, opts.tests(project, &*stack, None))));
     lines.extend(stack.failure_commands());
     let keep = if opts.keep { "  # skipped: --keep" } else { "" };
     lines.extend(stack.final_record().teardown().iter().map(|c| format!("{c}{keep}")));
@@ -207,7 +205,7 @@ mod tests {
         E2eArgs {
             runtime: Runtime::Podman,
             keep: false,
-            ready_timeout: 1,
+            ready_timeout: Duration::from_secs(1),
             faults: true,
             images: None,
             registry: None,

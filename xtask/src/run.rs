@@ -184,22 +184,20 @@ impl<'a> Run<'a> {
 
     /// The images: built, loaded or pulled, and the suite's compile still to do (`-j`).
     pub fn images(&self) -> Result<Images> {
-        let cx = self.cx();
-        let handoff = match self.opts.source() {
-            Source::Archive(path) => archive::load(cx, path, self.opts.allow_stale)?,
-            Source::Registry(prefix) => registry::pull(cx, prefix)?,
+        let (cx, none) = (self.cx(), Activity::default());
+        let (handoff, activity) = match self.opts.source() {
+            Source::Archive(path) => (archive::load(cx, path, self.opts.allow_stale)?, none),
+            Source::Registry(prefix) => (registry::pull(cx, prefix)?, none),
             Source::Build => {
                 let prepared = build::prepare(cx, build::Goal::Build(&[]))?;
                 if !prepared.plan.iter().all(|i| i.is_cached()) {
                     return build_beside_suite(cx, prepared);
                 }
-                let jobs = prepared.env.cargo_jobs();
-                let (handoff, activity) = build::finish(cx, prepared)?;
-                return Ok(Images { handoff, activity, pending_suite: Some(jobs) });
+                build::finish(cx, prepared)?
             }
         };
         let jobs = self.session.facts.env(Some(&handoff.base_image_id))?.cargo_jobs();
-        Ok(Images { handoff, activity: Activity::default(), pending_suite: Some(jobs) })
+        Ok(Images { handoff, activity, pending_suite: Some(jobs) })
     }
 
     /// The pods that can start before the service images exist (their images hold no binary of
