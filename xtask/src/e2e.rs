@@ -9,7 +9,7 @@ use crate::{
     fingerprint,
     project::Project,
     report::{self, phase, Reporter, RunReport},
-    run::{self, Images, Run, Runtime, Source},
+    run::{self, Images, Run, Runtime},
     runtime::{self, step, RunId},
     suite,
     timeline::SpanState,
@@ -140,15 +140,15 @@ fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> 
 fn dry_run(run: &Run) -> Result<()> {
     let Run { opts, project, session, .. } = run;
     let mut lines: Vec<String> = Vec::new();
-    let handoff = match opts.source() {
-        Source::Archive(path) => {
+    let handoff = match (&opts.images, &opts.registry) {
+        (Some(path), _) => {
             let m = archive::verify(path)?;
             let env = session.facts.env(Some(&m.base_image_id))?;
             let load = archive::load_cmd(env.engine(), path, m.compression);
             lines.push(format!("{load}  # after verifying the archive's SHA-256"));
             m.handoff(env.engine(), &env.facts.at)
         }
-        source => {
+        (None, registry) => {
             let env = session.facts.env(None)?;
             let engine = env.engine();
             let binaries: Vec<&str> =
@@ -160,11 +160,11 @@ fn dry_run(run: &Run) -> Result<()> {
             let prepared = build::prepare(run.cx(), build::Goal::DryRun).context(
                 "a dry run plans with the binaries on disk: run `cargo build` once first",
             )?;
-            lines.extend(prepared.plan.iter().map(|item| match (&item.action, source) {
+            lines.extend(prepared.plan.iter().map(|item| match (&item.action, registry) {
                 (Action::Cached(_), _) => {
                     format!("# {} is cached: {}", item.spec.name, item.reference)
                 }
-                (Action::Build { .. }, Source::Registry(prefix)) => format!(
+                (Action::Build { .. }, Some(prefix)) => format!(
                     "{} pull {prefix}/{}:{}  # then tagged {}",
                     engine.program(),
                     item.spec.name,
@@ -181,9 +181,9 @@ fn dry_run(run: &Run) -> Result<()> {
     lines.push(suite::compile(project, 1).to_string());
     let early = run.early_start();
     if let Some(early) = &early {
-        let first = match opts.source() {
-            Source::Archive(_) => "# while the archive loads (its first images are these):",
-            _ => "# while the service binaries compile and their images build:",
+        let first = match opts.images {
+            Some(_) => "# while the archive loads (its first images are these):",
+            None => "# while the service binaries compile and their images build:",
         };
         lines.splice(0..0, [first.to_owned()].into_iter().chain(step::print(&early.plan_early())));
     }

@@ -3,7 +3,6 @@
 
 use std::{
     collections::BTreeMap,
-    path::Path,
     sync::{atomic::Ordering, Mutex},
     thread::{scope, ScopedJoinHandle},
 };
@@ -47,17 +46,6 @@ pub enum Runtime {
     Kind,
 }
 
-/// Where a run's images come from.
-#[derive(Clone, Copy)]
-pub enum Source<'a> {
-    /// Built here (what changed), the suite compiling meanwhile.
-    Build,
-    /// Loaded from an archive of `save-images` (`--allow-stale`: even when it does not match).
-    Archive(&'a Path),
-    /// Pulled from `REGISTRY/PREFIX` (pushed by `save-images --push`).
-    Registry(&'a str),
-}
-
 /// A run's images, and the suite's compile left to run beside the deploy (its `-j`).
 pub struct Images {
     pub handoff: Handoff,
@@ -65,16 +53,9 @@ pub struct Images {
     pub pending_suite: Option<usize>,
 }
 
-/// What a run is decided from: `e2e`'s options, or those `dev` fills in.
+/// What a run is decided from: `e2e`'s options, or those `dev` fills in. Its images are
+/// loaded from `--images`, else pulled from `--registry`, else built.
 impl E2eArgs {
-    pub fn source(&self) -> Source<'_> {
-        match (&self.images, &self.registry) {
-            (Some(path), _) => Source::Archive(path),
-            (None, Some(prefix)) => Source::Registry(prefix),
-            (None, None) => Source::Build,
-        }
-    }
-
     /// The runtime's engine: podman for podman; for Kind the one asked for, else the one installed.
     pub fn engine(&self) -> Result<Option<Engine>, Problem> {
         match (self.runtime, self.build.engine) {
@@ -144,7 +125,7 @@ impl<'a> Run<'a> {
         let r = Reporter::new();
         opts.build.engine = opts.engine()?;
         // Loading an archive needs no base image: only a build makes or pulls one.
-        let provision = matches!(opts.source(), Source::Build) && !opts.dry_run;
+        let provision = opts.images.is_none() && opts.registry.is_none() && !opts.dry_run;
         let session = Session::open(project, &opts.build, &r, provision)?;
         let manifests = opts.manifests(project)?;
         Ok(Run { opts, project, r, session, manifests, id })
@@ -185,10 +166,10 @@ impl<'a> Run<'a> {
     /// The images: built, loaded or pulled, and the suite's compile still to do (`-j`).
     pub fn images(&self) -> Result<Images> {
         let (cx, none) = (self.cx(), Activity::default());
-        let (handoff, activity) = match self.opts.source() {
-            Source::Archive(path) => (archive::load(cx, path, self.opts.allow_stale)?, none),
-            Source::Registry(prefix) => (registry::pull(cx, prefix)?, none),
-            Source::Build => {
+        let (handoff, activity) = match (&self.opts.images, &self.opts.registry) {
+            (Some(path), _) => (archive::load(cx, path, self.opts.allow_stale)?, none),
+            (None, Some(prefix)) => (registry::pull(cx, prefix)?, none),
+            (None, None) => {
                 let prepared = build::prepare(cx, build::Goal::Build(&[]))?;
                 if !prepared.plan.iter().all(|i| i.is_cached()) {
                     return build_beside_suite(cx, prepared);
@@ -210,9 +191,9 @@ impl<'a> Run<'a> {
         let names: Vec<String> =
             session.images.infrastructure().into_iter().map(str::to_owned).collect();
         // Their images: cached here, or coming with the archive (awaited before they start).
-        let (pinned, arriving): (BTreeMap<String, String>, _) = match opts.source() {
-            Source::Registry(_) => return None,
-            Source::Archive(path) => {
+        let (pinned, arriving): (BTreeMap<String, String>, _) = match (&opts.images, &opts.registry)
+        {
+            (Some(path), _) => {
                 let images = archive::read_manifest(path).ok()?.images.into_iter();
                 let (pinned, arriving): (_, Vec<_>) = images
                     .filter(|i| names.contains(&i.name))
@@ -220,7 +201,8 @@ impl<'a> Run<'a> {
                     .unzip();
                 (pinned, Some(arriving))
             }
-            Source::Build => {
+            (None, Some(_)) => return None,
+            (None, None) => {
                 let items = build::plan_quietly(project, session, &names).ok()?;
                 if !items.iter().all(|i| i.is_cached()) {
                     return None;
