@@ -146,8 +146,12 @@ impl InEngine {
         }
     }
 
-    /// Stages the test binaries (the engine's, or those [`place`] left) into the build context.
-    pub fn stage(&self, project: &Project) -> Result<()> {
+    /// Stages the test binaries (the engine's, or those [`place`] left) into the build context
+    /// and tags their content's image, `localhost/e2e-suite:<16 hex of the SHA-256 of the
+    /// binaries, Dockerfile, base image>`, as this run's: built only if missing, and kept in the
+    /// engine, so an unchanged suite builds nothing (3 s a run on a remote engine).
+    pub fn package(&self, project: &Project, r: &Reporter) -> Result<()> {
+        use sha2::{Digest, Sha256};
         let found = match &self.compiled_in_engine {
             Some(dir) => files_in(dir, |name| {
                 let (test, hash) = name.rsplit_once('-')?;
@@ -158,18 +162,6 @@ impl InEngine {
         anyhow::ensure!(!found.is_empty(), "cargo named no test binary of the suite");
         let _ = std::fs::remove_dir_all(&self.context);
         std::fs::create_dir_all(&self.context)?;
-        for (name, path) in found {
-            let dst = self.context.join(&name);
-            std::fs::copy(&path, &dst)
-                .with_context(|| format!("copying {} to {}", path.display(), dst.display()))?;
-        }
-        Ok(())
-    }
-
-    /// `localhost/e2e-suite:<16 hex of the SHA-256 of the binaries, Dockerfile, base image>`,
-    /// kept in the engine so an unchanged suite builds nothing (3 s a run on a remote engine).
-    pub fn content_reference(&self) -> Result<String> {
-        use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         let mut field = |bytes: &[u8]| {
             h.update((bytes.len() as u64).to_le_bytes());
@@ -178,22 +170,15 @@ impl InEngine {
         let read = |f: &Path| std::fs::read(f).with_context(|| format!("reading {}", f.display()));
         field(self.base_image.as_bytes());
         field(&read(&self.dockerfile)?);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.context)?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<Result<_, _>>()?;
-        files.sort();
-        for f in files {
-            field(f.file_name().unwrap_or_default().as_encoded_bytes());
-            field(&read(&f)?);
+        for (name, path) in found {
+            let dst = self.context.join(&name);
+            std::fs::copy(&path, &dst)
+                .with_context(|| format!("copying {} to {}", path.display(), dst.display()))?;
+            field(name.as_bytes());
+            field(&read(&dst)?);
         }
         let hex: String = h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
-        Ok(format!("localhost/e2e-suite:{hex}"))
-    }
-
-    /// Stages the binaries and tags their content's image as this run's, built only if missing.
-    pub fn package(&self, project: &Project, r: &Reporter) -> Result<()> {
-        self.stage(project)?;
-        let content = self.content_reference()?;
+        let content = format!("localhost/e2e-suite:{hex}");
         let cmds = if self.engine.image(&content).is_some() {
             r.line(format!("  the suite's image is built: {content}"));
             vec![self.engine.tag(&content, &self.image)]
