@@ -9,7 +9,7 @@ use crate::{
     fingerprint,
     project::Project,
     report::{self, phase, Reporter, RunReport},
-    run::{self, Images, Run, Runtime},
+    run::{Images, Run, Runtime},
     runtime::{self, step, RunId},
     suite,
     timeline::SpanState,
@@ -78,18 +78,16 @@ impl E2eArgs {
         }
         run.require()?;
         let early = run.early_start();
-        let (images, record) =
-            run::images_beside_infrastructure(r, early.as_ref(), || run.images())?;
+        let (images, record) = run.images_beside(early.as_ref())?;
         let stack = run.stack(&images.handoff, early)?;
         r.line(format!("run {} (files in {})", stack.id(), project.display(stack.dir())));
         if let Some(line) = stack.where_it_runs() {
             r.line(line);
         }
-        let (outcome, record) =
-            run::beside_suite_compile(project, r, images.pending_suite, |gate| {
-                let plan = stack.plan(opts.ready_timeout, opts.tests(project, &*stack, gate));
-                runtime::execute(&*stack, r, project, &plan, record)
-            });
+        let (outcome, record) = run.beside_suite_compile(images.pending_suite, |gate| {
+            let plan = stack.plan(opts.ready_timeout, opts.tests(project, &*stack, gate));
+            runtime::execute(&*stack, r, project, &plan, record)
+        });
         let teardown = runtime::finish(&*stack, r, record.as_ref(), opts.keep);
         let outcome = runtime::combine(outcome, teardown);
         write_report(&run, &images, &outcome)?;

@@ -302,6 +302,52 @@ impl<'a> Run<'a> {
             },
         })
     }
+
+    /// The first thing a run does at once: the images, and meanwhile `early`'s pods (PostgreSQL,
+    /// Redis); when either fails, what started is torn down. Returns what `early` recorded.
+    pub fn images_beside(&self, early: Option<&PodmanRun>) -> Result<(Images, Option<RunRecord>)> {
+        let Some(run) = early else {
+            return Ok((self.images()?, None));
+        };
+        let r = &self.r;
+        let (images, (started, record)) = scope(|s| {
+            let starting = s.spawn(|| {
+                let (dir, log) = (run.dir.clone(), run.log.clone());
+                let mut runner = Runner { dir, log, exec: &mut Live, record: None };
+                (runner.phases(r, &run.plan_early()), runner.record)
+            });
+            let images = self.images();
+            // Pods awaiting the archive's images stop waiting for any that did not come.
+            if let Some(arriving) = &run.arriving {
+                arriving.ended.store(true, Ordering::SeqCst);
+            }
+            (images, starting.join().expect("no panic"))
+        });
+        if images.is_err() || started.is_err() {
+            // Nothing else will run: what started early is torn down now.
+            if let Err(t) = runtime::finish(run, r, record.as_ref(), false) {
+                r.line(format!("{t:#}"));
+            }
+        }
+        // The images' error first: when they fail, what waited on them fails too.
+        let images = images?;
+        started?;
+        Ok((images, record))
+    }
+
+    /// The second: a suite compile still to do (no build ran beside it) runs beside the deploy,
+    /// and the suite waits for it through the gate.
+    pub fn beside_suite_compile<T>(
+        &self,
+        pending: Option<usize>,
+        deploy_and_test: impl FnOnce(Option<&SuiteGate<'_>>) -> T,
+    ) -> T {
+        let (project, r) = (self.project, &self.r);
+        scope(|s| {
+            let compiling = pending.map(|jobs| s.spawn(move || compile_suite(project, r, jobs)));
+            deploy_and_test(compiling.map(|h| SuiteGate(Mutex::new(Some(h)))).as_ref())
+        })
+    }
 }
 
 /// Builds wait on podman and apt more than on the CPU, so the suite compiles meanwhile; on a
@@ -340,55 +386,6 @@ fn render_podman(
     id: &RunId,
 ) -> Result<crate::manifests::PodmanStack> {
     manifests.render_podman(pinned, id.suffix(), Some(subnet_for(id)?), free_port)
-}
-
-/// The first thing a run does at once: the images, and meanwhile `early`'s pods (PostgreSQL,
-/// Redis); when either fails, what started is torn down. Returns what `early` recorded.
-pub fn images_beside_infrastructure(
-    r: &Reporter,
-    early: Option<&PodmanRun>,
-    images: impl FnOnce() -> Result<Images>,
-) -> Result<(Images, Option<RunRecord>)> {
-    let Some(run) = early else {
-        return Ok((images()?, None));
-    };
-    let (images, (started, record)) = scope(|s| {
-        let starting = s.spawn(|| {
-            let (dir, log) = (run.dir.clone(), run.log.clone());
-            let mut runner = Runner { dir, log, exec: &mut Live, record: None };
-            (runner.phases(r, &run.plan_early()), runner.record)
-        });
-        let images = images();
-        // Pods awaiting the archive's images stop waiting for any that did not come.
-        if let Some(arriving) = &run.arriving {
-            arriving.ended.store(true, Ordering::SeqCst);
-        }
-        (images, starting.join().expect("no panic"))
-    });
-    if images.is_err() || started.is_err() {
-        // Nothing else will run: what started early is torn down now.
-        if let Err(t) = runtime::finish(run, r, record.as_ref(), false) {
-            r.line(format!("{t:#}"));
-        }
-    }
-    // The images' error first: when they fail, what waited on them fails too.
-    let images = images?;
-    started?;
-    Ok((images, record))
-}
-
-/// The second: a suite compile still to do (no build ran beside it) runs beside the deploy,
-/// and the suite waits for it through the gate.
-pub fn beside_suite_compile<T>(
-    project: &Project,
-    r: &Reporter,
-    pending: Option<usize>,
-    deploy_and_test: impl FnOnce(Option<&SuiteGate<'_>>) -> T,
-) -> T {
-    scope(|s| {
-        let compiling = pending.map(|jobs| s.spawn(move || compile_suite(project, r, jobs)));
-        deploy_and_test(compiling.map(|h| SuiteGate(Mutex::new(Some(h)))).as_ref())
-    })
 }
 
 /// A suite compile running beside the deploy, waited for once, before the suite runs.

@@ -125,7 +125,7 @@ pub fn executables(json_lines: &str) -> BTreeMap<String, PathBuf> {
 pub struct InEngine {
     pub engine: Engine,
     /// `localhost/e2e-suite:<run suffix>`, untagged with the run: a second name for the image
-    /// of the staged binaries' content ([`InEngine::content_reference`]), built once.
+    /// of the staged binaries' content ([`InEngine::package`]), built once.
     pub image: String,
     pub context: PathBuf,
     pub dockerfile: PathBuf,
