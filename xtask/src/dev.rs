@@ -199,11 +199,13 @@ impl Loop<'_> {
             r.line(format!("changed: {what}"));
             let mut steps = Steps(r, Vec::new());
             let summary = match self.cycle(&names, &mut steps) {
-                Ok(done) => format!("{done}; {}; total {}", steps.times(), secs(started.elapsed())),
+                Ok(done) => {
+                    format!("{done}; {}; total {}", steps.1.join(", "), secs(started.elapsed()))
+                }
                 Err(stopped) if steps.1.is_empty() => {
                     format!("{stopped} ({})", secs(started.elapsed()))
                 }
-                Err(stopped) => format!("{stopped} ({})", steps.times()),
+                Err(stopped) => format!("{stopped} ({})", steps.1.join(", ")),
             };
             r.line(format!("cycle {cycle}: changed {what}; {summary}"));
         }
@@ -283,14 +285,14 @@ impl Loop<'_> {
     }
 }
 
-/// A cycle's steps: the time of each that succeeded, in order.
-struct Steps<'a>(&'a Reporter, Vec<(&'static str, Duration)>);
+/// A cycle's steps: each that succeeded, in order, with its time (`compile+plan 1.2s`).
+struct Steps<'a>(&'a Reporter, Vec<String>);
 
 impl Steps<'_> {
     /// Runs a step, timed; on failure shows the error and returns `stopped`.
     fn run<T>(
         &mut self,
-        name: &'static str,
+        name: &str,
         stopped: &str,
         f: impl FnOnce() -> Result<T>,
     ) -> Result<T, String> {
@@ -299,12 +301,8 @@ impl Steps<'_> {
             self.0.line(format!("{e:#}"));
             stopped.to_owned()
         })?;
-        self.1.push((name, t.elapsed()));
+        self.1.push(format!("{name} {}", secs(t.elapsed())));
         Ok(out)
-    }
-
-    fn times(&self) -> String {
-        self.1.iter().map(|(n, d)| format!("{n} {}", secs(*d))).collect::<Vec<_>>().join(", ")
     }
 }
 
