@@ -68,16 +68,6 @@ impl E2eArgs {
         }
     }
 
-    /// The manifests, with the fault tests' short deduplication TTL when they run.
-    pub fn manifests(&self, project: &Project) -> Result<Manifests> {
-        let mut manifests = Manifests::load(&project.manifests_dir())?;
-        if self.faults {
-            let ttl = FAULTS_DEDUP_TTL_SECONDS.to_string();
-            manifests.set_env("gateway", "DEDUP_TTL_SECONDS", &ttl)?;
-        }
-        Ok(manifests)
-    }
-
     /// The suite, then (`--faults`) the fault tests, as phases, after writing `stack.json` (how
     /// to stop, start and enter each service); the suite first waits for `gate`'s compile.
     pub fn tests<'a>(
@@ -120,14 +110,19 @@ pub struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    /// The engine decided, the session opened, the manifests read.
+    /// The engine decided, the session opened, the manifests read (with the fault tests' short
+    /// deduplication TTL when they run).
     pub fn open(project: &'a Project, mut opts: E2eArgs, id: RunId) -> Result<Self> {
         let r = Reporter::new();
         opts.build.engine = opts.engine()?;
         // Loading an archive needs no base image: only a build makes or pulls one.
         let provision = opts.images.is_none() && opts.registry.is_none() && !opts.dry_run;
         let session = Session::open(project, &opts.build, &r, provision)?;
-        let manifests = opts.manifests(project)?;
+        let mut manifests = Manifests::load(&project.manifests_dir())?;
+        if opts.faults {
+            let ttl = FAULTS_DEDUP_TTL_SECONDS.to_string();
+            manifests.set_env("gateway", "DEDUP_TTL_SECONDS", &ttl)?;
+        }
         Ok(Run { opts, project, r, session, manifests, id })
     }
 
@@ -279,7 +274,7 @@ impl<'a> Run<'a> {
                 std::fs::read_to_string(project.root.join("test/e2e/kind-cluster.yaml"))?;
             kind::render_cluster_config(&template, &cluster, free_port)?
         };
-        let dir = id.dir(project);
+        let (dir, ports_record) = (id.dir(project), (opts.keep && !reuse).then_some(record));
         Ok(KindRun {
             id: id.clone(),
             cluster,
@@ -295,11 +290,7 @@ impl<'a> Run<'a> {
             node_ports,
             references: handoff.images.iter().map(|i| i.reference.clone()).collect(),
             pods: manifests.pods(),
-            files: KindFiles {
-                config,
-                stack,
-                ports_record: (opts.keep && !reuse).then_some(record),
-            },
+            files: KindFiles { config, stack, ports_record },
         })
     }
 
