@@ -8,7 +8,6 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 
 use crate::{
     archive,
@@ -36,8 +35,7 @@ use crate::{
 /// The gateway's deduplication TTL in `--faults` runs, short enough for a test to see it expire.
 const FAULTS_DEDUP_TTL_SECONDS: u64 = 5;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Runtime {
     /// `podman kube play` on a network of the run's own.
     #[default]
