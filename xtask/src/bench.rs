@@ -1,7 +1,7 @@
 //! `cargo xtask bench <images|archive|loop>`: what the pipeline buys, side by side in one go,
 //! as medians of several runs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
@@ -92,22 +92,17 @@ impl Bencher<'_> {
         Ok((sample, RunReport::latest(self.project)?))
     }
 
-    /// The time to the first test of `e2e ARGS...`.
-    fn first_test(&self, args: &[&str]) -> anyhow::Result<Sample> {
-        Ok(self.e2e(args)?.1.first_test()?.into())
-    }
-
     /// The time to the first test of `e2e --images ARCHIVE`, the images removed first.
     fn first_test_loaded(&self, handoff: &Handoff, archive: &str) -> anyhow::Result<Sample> {
         remove_images(self.project, handoff)?;
-        self.first_test(&["--images", archive])
+        Ok(self.e2e(&["--images", archive])?.1.first_test()?.into())
     }
 
-    /// A folder for the archives, made afresh (the caller removes it).
-    fn scratch(&self) -> anyhow::Result<PathBuf> {
-        let dir = self.project.e2e_dir().join("bench");
-        std::fs::create_dir_all(&dir)?;
-        Ok(dir)
+    /// `prebuild-images`, so that every image is cached; its handoff.
+    fn warm_up(&self) -> anyhow::Result<Handoff> {
+        self.r.line("warming up: one prebuild-images so that every image is cached");
+        self.xtask(&["prebuild-images"])?;
+        Handoff::load(self.project).context("no target/e2e/images.json after prebuild-images")
     }
 
     /// `f` `n` times, each run announced: its `K` measurements, each as a series of `n`.
@@ -135,11 +130,7 @@ impl Bencher<'_> {
     }
 
     fn images(&self, runs: usize, cold_runs: usize, no_cold: bool) -> anyhow::Result<()> {
-        let p = self.project;
-        self.r.line("warming up: one prebuild-images so that every image is cached");
-        self.xtask(&["prebuild-images"])?;
-        let handoff =
-            Handoff::load(p).context("no target/e2e/images.json after prebuild-images")?;
+        let (p, handoff) = (self.project, self.warm_up()?);
         let specs = build::load_images(p, &Default::default())?.images;
         // Plain builds: the same Dockerfiles, contexts, caps and arguments, under tags of their own.
         let tag = |spec: &images::ImageSpec| format!("{}:bench-plain", spec.repository);
@@ -195,10 +186,8 @@ impl Bencher<'_> {
     }
 
     fn archive(&self, runs: usize) -> anyhow::Result<()> {
-        self.r.line("warming up: prebuild-images, so that every image is cached");
-        self.xtask(&["prebuild-images"])?;
-        let handoff = Handoff::load(self.project).context("no images.json")?;
-        let dir = self.scratch()?;
+        let (handoff, dir) = (self.warm_up()?, self.project.e2e_dir().join("bench"));
+        std::fs::create_dir_all(&dir)?;
         let (zst, tar) = (dir.join("images.tar.zst"), dir.join("images.tar"));
         let (zst_s, tar_s) = (zst.display().to_string(), tar.display().to_string());
         let load = |archive: &str| {
@@ -212,7 +201,8 @@ impl Bencher<'_> {
         })?;
         let what = "e2e --images (images removed first), then warm e2e";
         let [from_archive, warm] = self.repeat(runs, what, || {
-            Ok([self.first_test_loaded(&handoff, &zst_s)?, self.first_test(&[])?])
+            let loaded = self.first_test_loaded(&handoff, &zst_s)?;
+            Ok([loaded, self.e2e(&[])?.1.first_test()?.into()])
         })?;
         let size = |p: &Path| human(std::fs::metadata(p).map_or(0, |m| m.len()));
         let (n, sum) = (handoff.images.len(), handoff.images.iter().map(|i| i.size).sum());
@@ -294,7 +284,8 @@ impl Bencher<'_> {
 
         r.line("e2e --images: the images removed first, then loaded from an archive");
         let handoff = Handoff::load(self.project).context("no images.json")?;
-        let dir = self.scratch()?;
+        let dir = self.project.e2e_dir().join("bench");
+        std::fs::create_dir_all(&dir)?;
         let archive = dir.join("loop.tar.zst").display().to_string();
         self.xtask(&["save-images", "--build", "--output", &archive])?;
         let [from_archive] = self

@@ -193,7 +193,7 @@ pub fn write_timeline(
     images: &[(String, SpanState)],
     activity: &Activity,
     budget: Option<u64>,
-) -> anyhow::Result<PathBuf> {
+) -> anyhow::Result<()> {
     let phases = r.phase_spans();
     let images_phase = [phase::BUILD, phase::LOAD, phase::PULL];
     let at = phases.iter().find(|p| images_phase.contains(&p.name.as_str()));
@@ -230,10 +230,8 @@ pub fn write_timeline(
         budget_bytes: budget,
         caps: caps.collect(),
     };
-    let path = dir.join("report.html");
-    crate::fsx::write_atomic(&path, timeline::render_html(&t))?;
-    crate::fsx::write_json(&dir.join("timeline.json"), &t)?;
-    Ok(path)
+    crate::fsx::write_atomic(&dir.join("report.html"), timeline::render_html(&t))?;
+    crate::fsx::write_json(&dir.join("timeline.json"), &t)
 }
 
 /// A plain-text table with a header row, columns padded to their widest cell.

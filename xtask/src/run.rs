@@ -211,7 +211,7 @@ impl Run<'_> {
         let (pinned, arriving): (BTreeMap<String, String>, _) = match &opts.source {
             Source::Registry(_) => return None,
             Source::Archive { path, .. } => {
-                let images = archive::read_manifest(path).ok()?.images.into_iter();
+                let images = archive::read_manifest(path).ok()?.handoff.images.into_iter();
                 let (pinned, arriving): (_, Vec<_>) = images
                     .filter(|i| names.contains(&i.name))
                     .map(|i| ((i.repository, i.reference.clone()), (i.reference, i.id)))
