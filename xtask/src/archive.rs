@@ -16,7 +16,7 @@ use crate::{
     cmd::{Cmd, Pipeline},
     engine::Engine,
     fingerprint,
-    fsx::{temp_beside, Pending},
+    fsx::{self, temp_beside, Pending},
     handoff::{Handoff, ImageRecord},
     interrupt,
     memory::human,
@@ -144,17 +144,13 @@ pub fn save(
     compression: Compression,
 ) -> Result<Manifest> {
     let (start, project, r) = (Instant::now(), cx.project, cx.r);
-    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    fsx::create_parent(output)?;
     anyhow::ensure!(
         compression == Compression::None || which::which("zstd").is_ok(),
         "zstd is not installed.\n  fix: `apt-get install zstd`, or pass --compress none"
     );
-    // Both are removed if anything stops the save before they are renamed into place.
+    // Removed if anything stops the save before it is renamed into place.
     let tmp_archive = Pending::new(temp_beside(output));
-    let final_manifest = manifest_path(output);
-    let tmp_manifest = Pending::new(temp_beside(&final_manifest));
     let refs: Vec<String> = handoff.images.iter().map(|i| i.reference.clone()).collect();
     let log = project.logs_dir().join("save-images.log");
     let _ = std::fs::remove_file(&log);
@@ -181,12 +177,10 @@ pub fn save(
         created_unix: std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_secs()),
         handoff: handoff.clone(),
     };
-    std::fs::write(tmp_manifest.path(), serde_json::to_vec_pretty(&manifest)?)?;
-    interrupt::check()?;
     // An old manifest must never sit beside a new archive.
-    let _ = std::fs::remove_file(&final_manifest);
+    let _ = std::fs::remove_file(manifest_path(output));
     tmp_archive.persist(output)?;
-    tmp_manifest.persist(&final_manifest)?;
+    fsx::write_json(&manifest_path(output), &manifest)?;
     let (n, took, size) = (handoff.images.len(), secs(start.elapsed()), human(size));
     r.line(format!("  saved {n} images in {took} ({size})"));
     Ok(manifest)
@@ -205,16 +199,11 @@ fn save_cmd(engine: Engine, refs: &[String], output: Option<&Path>) -> Cmd {
     Cmd::new(engine.program()).arg("save").args(multi).args(output.into_iter().flatten()).args(refs)
 }
 
-/// `git rev-parse HEAD`, with `-dirty` when the work tree has changes.
+/// The commit's full hash, with `-dirty` when tracked files have changes (tags are not used).
 fn commit(project: &Project) -> String {
-    let git = |args: &[&str]| Cmd::new("git").args(args.iter().copied()).cwd(&project.root).read();
-    let dirty =
-        git(&["status", "--porcelain", "--untracked-files=no"]).is_ok_and(|s| !s.trim().is_empty());
-    match git(&["rev-parse", "HEAD"]) {
-        Ok(h) if dirty => format!("{}-dirty", h.trim()),
-        Ok(h) => h.trim().to_owned(),
-        Err(_) => "unknown".into(),
-    }
+    let describe = ["describe", "--always", "--dirty", "--abbrev=40", "--exclude=*"];
+    let hash = Cmd::new("git").args(describe).cwd(&project.root).read();
+    hash.map_or("unknown".into(), |h| h.trim().to_owned())
 }
 
 /// The manifest beside the archive, read and parsed, not checked against the archive.

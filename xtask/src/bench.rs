@@ -12,14 +12,8 @@ use crate::report::{median, phase, table, Reporter, RunReport};
 use crate::sampler::Sampler;
 use crate::{build, cmd::Cmd, engine::BuildCmd, handoff::Handoff, images, project::Project};
 
-#[derive(clap::Args, Debug)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    bench: Bench,
-}
-
 #[derive(clap::Subcommand, Debug)]
-enum Bench {
+pub enum Bench {
     /// No-op `prebuild-images` against plain `podman build`s (layer cache), and cold builds one
     /// at a time against all at once: wall time and peak memory above the level before.
     Images {
@@ -50,10 +44,10 @@ enum Bench {
     },
 }
 
-impl BenchArgs {
+impl Bench {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let b = Bencher { project, r: Reporter::new() };
-        match self.bench {
+        match self {
             Bench::Images { runs, cold_runs, no_cold } => b.images(runs, cold_runs, no_cold),
             Bench::Archive { runs } => b.archive(runs),
             Bench::Loop { runs } => b.dev_loop(runs),

@@ -10,18 +10,21 @@ pub fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
+/// Creates the directory `path` goes in, if it names one.
+pub fn create_parent(path: &Path) -> anyhow::Result<()> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else { return Ok(()) };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
 /// Writes `contents` to `path` atomically (creating the parent directory).
 pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    create_parent(path)?;
     let tmp = Pending::new(temp_beside(path));
     std::fs::write(tmp.path(), contents)
         .with_context(|| format!("writing {}", tmp.path().display()))?;
     tmp.persist(path)
 }
 
-/// Writes JSON atomically.
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     write_atomic(path, serde_json::to_vec_pretty(value)?)
 }
@@ -47,7 +50,6 @@ impl Pending {
         self.0.as_deref().expect("not persisted yet")
     }
 
-    /// Renames the temporary file to `dest`.
     pub fn persist(mut self, dest: &Path) -> anyhow::Result<()> {
         let tmp = self.0.take().expect("persisted once");
         std::fs::rename(&tmp, dest).with_context(|| format!("writing {}", dest.display()))

@@ -155,17 +155,12 @@ impl Images {
         if names.is_empty() {
             return Ok(self.images.clone());
         }
-        let find = |n: &String| {
-            let image = self.images.iter().find(|i| &i.name == n).cloned();
-            image.with_context(|| {
-                let known: Vec<&str> = self.images.iter().map(|i| i.name.as_str()).collect();
-                format!(
-                    "no image named {n:?} in test/e2e/images.toml (known: {})",
-                    known.join(", ")
-                )
-            })
+        let known: Vec<&str> = self.images.iter().map(|i| i.name.as_str()).collect();
+        let unknown = |n| {
+            format!("no image named {n:?} in test/e2e/images.toml (known: {})", known.join(", "))
         };
-        names.iter().map(find).collect()
+        let find = |n: &String| self.images.iter().find(|i| &i.name == n).cloned();
+        names.iter().map(|n| find(n).with_context(|| unknown(n))).collect()
     }
 }
 

@@ -69,7 +69,6 @@ pub struct Activity {
     pub memory: Vec<(Instant, u64)>,
 }
 
-/// One build over time.
 #[derive(Debug, Clone)]
 pub struct BuildSpan {
     pub image: String,
