@@ -80,7 +80,6 @@ impl Bencher<'_> {
         measure(|| cmd.run_logged(&self.project.logs_dir().join("bench.log")))
     }
 
-    /// `cargo xtask e2e ARGS...`, and the report it wrote.
     fn e2e(&self, args: &[&str]) -> anyhow::Result<(Sample, RunReport)> {
         let sample = self.xtask(&[&["e2e"], args].concat())?;
         Ok((sample, RunReport::latest(self.project)?))
@@ -116,7 +115,6 @@ impl Bencher<'_> {
         Ok(series)
     }
 
-    /// The table of `rows` under `title` and above `note`.
     fn results(&self, title: &str, rows: &[(impl AsRef<str>, Vec<Sample>)], note: &str) {
         let header = ["measurement", "runs", "median", "min", "max", "median peak memory"];
         let rows: Vec<_> = rows.iter().map(|(name, s)| row(name.as_ref(), s)).collect();

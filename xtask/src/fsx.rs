@@ -38,29 +38,26 @@ pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(f.write_all(contents.as_bytes())?)
 }
 
-/// A temporary file that is removed when dropped, unless persisted.
-pub struct Pending(Option<PathBuf>);
+/// A temporary file that is removed when dropped, unless persisted (renamed away) first.
+pub struct Pending(PathBuf);
 
 impl Pending {
     pub fn new(path: PathBuf) -> Pending {
-        Pending(Some(path))
+        Pending(path)
     }
 
     pub fn path(&self) -> &Path {
-        self.0.as_deref().expect("not persisted yet")
+        &self.0
     }
 
-    pub fn persist(mut self, dest: &Path) -> anyhow::Result<()> {
-        let tmp = self.0.take().expect("persisted once");
-        std::fs::rename(&tmp, dest).with_context(|| format!("writing {}", dest.display()))
+    pub fn persist(self, dest: &Path) -> anyhow::Result<()> {
+        std::fs::rename(&self.0, dest).with_context(|| format!("writing {}", dest.display()))
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if let Some(p) = &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

@@ -149,8 +149,7 @@ impl Images {
         Ok(Images { base_image, offline_base_image, images, builder })
     }
 
-    /// The images named on the command line, or all of them; unknown names are an error
-    /// that lists the known ones.
+    /// The images named on the command line, or all of them.
     pub fn select(&self, names: &[String]) -> Result<Vec<ImageSpec>> {
         if names.is_empty() {
             return Ok(self.images.clone());

@@ -1,7 +1,5 @@
-//! How progress is shown, and what a run leaves behind. On a terminal: indicatif bars (one
-//! overall, one per running build) with lines printed above them, so child output never tears
-//! a bar; elsewhere (CI logs): plain timestamped lines. Each external command is echoed once
-//! before it runs, each phase printed with its time. A run's `report.json` and its timeline.
+//! How progress is shown (docs/run.md: bars on a terminal, timestamped lines in CI, each
+//! command echoed, each phase timed), and what a run leaves behind: `report.json`, its timeline.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -96,7 +94,6 @@ impl Reporter {
         mp.add(bar.with_style(style.progress_chars("=> ")).with_prefix(prefix.to_owned()))
     }
 
-    /// Removes a finished bar from the screen.
     pub fn finish(&self, bar: &ProgressBar) {
         bar.finish_and_clear();
         if let Some(mp) = &self.bars {
@@ -155,7 +152,6 @@ impl RunReport {
         serde_json::from_slice(&std::fs::read(path).with_context(reading)?).with_context(reading)
     }
 
-    /// The newest run's.
     pub fn latest(project: &Project) -> anyhow::Result<RunReport> {
         let newest =
             run_dirs(project).into_iter().map(|d| d.join("report.json")).rfind(|p| p.is_file());
@@ -167,7 +163,6 @@ impl RunReport {
         Ok(Duration::from_secs_f64(self.first_test_s.context(missing)?))
     }
 
-    /// How long a phase took.
     pub fn phase(&self, name: &str) -> anyhow::Result<Duration> {
         let (_, s) = (self.phases.iter().find(|(n, _)| n == name))
             .with_context(|| format!("the run's report has no phase {name:?}"))?;
