@@ -241,8 +241,8 @@ pub fn verify(archive: &Path) -> Result<Manifest> {
 
 /// The images of the archive whose fingerprints differ from the current checkout's.
 pub fn stale_images(manifest: &Manifest, current: &BTreeMap<String, String>) -> Vec<String> {
-    let tag = fingerprint::tag;
-    let differ = manifest.handoff.images.iter().filter_map(|i| match current.get(&i.name) {
+    let (images, tag) = (&manifest.handoff.images, fingerprint::tag);
+    let differ = images.iter().filter_map(|i| match current.get(&i.name) {
         Some(fp) if *fp == i.fingerprint => None,
         Some(fp) => Some(format!(
             "{}: archive {} but this checkout gives {}",
@@ -254,7 +254,7 @@ pub fn stale_images(manifest: &Manifest, current: &BTreeMap<String, String>) -> 
     });
     let missing = current
         .keys()
-        .filter(|name| !manifest.handoff.images.iter().any(|i| &i.name == *name))
+        .filter(|name| !images.iter().any(|i| &i.name == *name))
         .map(|name| format!("{name}: missing from the archive"));
     differ.chain(missing).collect()
 }
@@ -299,8 +299,8 @@ pub fn load(cx: Ctx, archive: &Path, allow_stale: bool) -> Result<Handoff> {
         ));
         Ok(m)
     })?;
-    let prepared =
-        build::prepare(cx, Goal::Archive { base_image_id: &manifest.handoff.base_image_id })?;
+    let (images, base_image_id) = (&manifest.handoff.images, &manifest.handoff.base_image_id);
+    let prepared = build::prepare(cx, Goal::Archive { base_image_id })?;
     let engine = prepared.env.engine();
     let current: BTreeMap<String, String> =
         prepared.plan.iter().map(|i| (i.spec.name.clone(), i.fingerprint.clone())).collect();
@@ -323,7 +323,7 @@ pub fn load(cx: Ctx, archive: &Path, allow_stale: bool) -> Result<Handoff> {
     r.phase("load images", |r| {
         let present =
             |i: &ImageRecord| engine.image(&i.reference).is_some_and(|found| found.id == i.id);
-        if manifest.handoff.images.iter().all(present) {
+        if images.iter().all(present) {
             r.line("  every image is already loaded, with the archive's image IDs");
             return Ok(());
         }
@@ -333,23 +333,14 @@ pub fn load(cx: Ctx, archive: &Path, allow_stale: bool) -> Result<Handoff> {
         let load = load_cmd(engine, archive, manifest.compression);
         r.line(format!("  $ {load}"));
         load.run_logged(&log).context("loading the archive")?;
-        let missing: Vec<&str> = manifest
-            .handoff
-            .images
-            .iter()
-            .filter(|i| !present(i))
-            .map(|i| i.reference.as_str())
-            .collect();
+        let missing: Vec<&str> =
+            images.iter().filter(|i| !present(i)).map(|i| i.reference.as_str()).collect();
         anyhow::ensure!(
             missing.is_empty(),
             "after loading, these images are missing or have other IDs: {}",
             missing.join(", ")
         );
-        r.line(format!(
-            "  loaded {} images in {}",
-            manifest.handoff.images.len(),
-            secs(start.elapsed())
-        ));
+        r.line(format!("  loaded {} images in {}", images.len(), secs(start.elapsed())));
         Ok(())
     })?;
     Ok(Handoff { engine, at: prepared.env.facts.at.clone(), ..manifest.handoff })

@@ -162,12 +162,6 @@ impl RunReport {
         let missing = "the run's report has no first_test_s: the suite did not start";
         Ok(Duration::from_secs_f64(self.first_test_s.context(missing)?))
     }
-
-    pub fn phase(&self, name: &str) -> anyhow::Result<Duration> {
-        let (_, s) = (self.phases.iter().find(|(n, _)| n == name))
-            .with_context(|| format!("the run's report has no phase {name:?}"))?;
-        Ok(Duration::from_secs_f64(*s))
-    }
 }
 
 /// The folders under `target/e2e/runs/`, in the order of their names (the order they began).
