@@ -1,10 +1,6 @@
-//! `cargo xtask save-images` / `load-images`: one verified archive of every E2E image, so CI
-//! builds images once and test jobs only load them. The archive is `podman save
-//! --multi-image-archive` (shared layers once; `docker save` with docker), zstd by default;
-//! its manifest `<archive>.json` gives each image's reference, ID and fingerprint, the
-//! archive's SHA-256 and size, the tool version and the commit; both are written atomically.
-//! Loading verifies both first, and refuses fingerprints other than the checkout's unless
-//! `--allow-stale`.
+//! `cargo xtask save-images` / `load-images`: one verified archive of every E2E image (and its
+//! manifest `<archive>.json`), so CI builds images once and test jobs only load them. What is
+//! saved, checked and refused: docs/commands.md.
 
 use std::{
     collections::BTreeMap,
@@ -20,7 +16,7 @@ use crate::{
     cmd::{Cmd, Pipeline},
     engine::Engine,
     fingerprint,
-    fsx::{temp_beside, Pending},
+    fsx::{self, temp_beside, Pending},
     handoff::{Handoff, ImageRecord},
     interrupt,
     memory::human,
@@ -38,8 +34,8 @@ pub enum Compression {
     None,
 }
 
-/// `<archive>.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `<archive>.json`: the archive's checks and origin, and the handoff of its images.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: String,
     /// The archive's file name (it sits beside the manifest).
@@ -47,29 +43,11 @@ pub struct Manifest {
     pub sha256: String,
     pub size: u64,
     pub compression: Compression,
-    pub engine: Engine,
-    pub platform: String,
-    pub base_image: String,
-    pub base_image_id: String,
     pub tool: String,
     pub commit: String,
     pub created_unix: u64,
-    pub images: Vec<ImageRecord>,
-}
-
-impl Manifest {
-    /// The archive's images as a handoff, once loaded into `engine` (at `at`).
-    pub fn handoff(&self, engine: Engine, at: &str) -> Handoff {
-        Handoff {
-            engine,
-            at: at.to_owned(),
-            platform: self.platform.clone(),
-            base_image: self.base_image.clone(),
-            base_image_id: self.base_image_id.clone(),
-            images: self.images.clone(),
-            built_now: Vec::new(),
-        }
-    }
+    #[serde(flatten)]
+    pub handoff: Handoff,
 }
 
 pub fn manifest_path(archive: &Path) -> PathBuf {
@@ -116,8 +94,8 @@ impl SaveArgs {
         }
         r.line(format!("archive:  {}", output.display()));
         r.line(format!("manifest: {}", manifest_path(&output).display()));
-        let (n, size, sha) = (manifest.images.len(), human(manifest.size), &manifest.sha256[..16]);
-        let sum = human(manifest.images.iter().map(|i| i.size).sum());
+        let (n, size, sha) = (handoff.images.len(), human(manifest.size), &manifest.sha256[..16]);
+        let sum = human(handoff.images.iter().map(|i| i.size).sum());
         r.line(format!("{n} images, {size} (the images together: {sum}), sha256 {sha}"));
         Ok(())
     }
@@ -166,17 +144,13 @@ pub fn save(
     compression: Compression,
 ) -> Result<Manifest> {
     let (start, project, r) = (Instant::now(), cx.project, cx.r);
-    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    fsx::create_parent(output)?;
     anyhow::ensure!(
         compression == Compression::None || which::which("zstd").is_ok(),
         "zstd is not installed.\n  fix: `apt-get install zstd`, or pass --compress none"
     );
-    // Both are removed if anything stops the save before they are renamed into place.
+    // Removed if anything stops the save before it is renamed into place.
     let tmp_archive = Pending::new(temp_beside(output));
-    let final_manifest = manifest_path(output);
-    let tmp_manifest = Pending::new(temp_beside(&final_manifest));
     let refs: Vec<String> = handoff.images.iter().map(|i| i.reference.clone()).collect();
     let log = project.logs_dir().join("save-images.log");
     let _ = std::fs::remove_file(&log);
@@ -198,22 +172,16 @@ pub fn save(
         sha256: fingerprint::file_sha256(tmp)?,
         size,
         compression,
-        engine: handoff.engine,
-        platform: handoff.platform.clone(),
-        base_image: handoff.base_image.clone(),
-        base_image_id: handoff.base_image_id.clone(),
         tool: format!("xtask {}", env!("CARGO_PKG_VERSION")),
         commit: commit(project),
         created_unix: std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_secs()),
-        images: handoff.images.clone(),
+        handoff: handoff.clone(),
     };
-    std::fs::write(tmp_manifest.path(), serde_json::to_vec_pretty(&manifest)?)?;
-    interrupt::check()?;
     // An old manifest must never sit beside a new archive.
-    let _ = std::fs::remove_file(&final_manifest);
+    let _ = std::fs::remove_file(manifest_path(output));
     tmp_archive.persist(output)?;
-    tmp_manifest.persist(&final_manifest)?;
-    let (n, took, size) = (manifest.images.len(), secs(start.elapsed()), human(size));
+    fsx::write_json(&manifest_path(output), &manifest)?;
+    let (n, took, size) = (handoff.images.len(), secs(start.elapsed()), human(size));
     r.line(format!("  saved {n} images in {took} ({size})"));
     Ok(manifest)
 }
@@ -231,16 +199,11 @@ fn save_cmd(engine: Engine, refs: &[String], output: Option<&Path>) -> Cmd {
     Cmd::new(engine.program()).arg("save").args(multi).args(output.into_iter().flatten()).args(refs)
 }
 
-/// `git rev-parse HEAD`, with `-dirty` when the work tree has changes.
+/// The commit's full hash, with `-dirty` when tracked files have changes (tags are not used).
 fn commit(project: &Project) -> String {
-    let git = |args: &[&str]| Cmd::new("git").args(args.iter().copied()).cwd(&project.root).read();
-    let dirty =
-        git(&["status", "--porcelain", "--untracked-files=no"]).is_ok_and(|s| !s.trim().is_empty());
-    match git(&["rev-parse", "HEAD"]) {
-        Ok(h) if dirty => format!("{}-dirty", h.trim()),
-        Ok(h) => h.trim().to_owned(),
-        Err(_) => "unknown".into(),
-    }
+    let describe = ["describe", "--always", "--dirty", "--abbrev=40", "--exclude=*"];
+    let hash = Cmd::new("git").args(describe).cwd(&project.root).read();
+    hash.map_or("unknown".into(), |h| h.trim().to_owned())
 }
 
 /// The manifest beside the archive, read and parsed, not checked against the archive.
@@ -278,8 +241,8 @@ pub fn verify(archive: &Path) -> Result<Manifest> {
 
 /// The images of the archive whose fingerprints differ from the current checkout's.
 pub fn stale_images(manifest: &Manifest, current: &BTreeMap<String, String>) -> Vec<String> {
-    let tag = fingerprint::tag;
-    let differ = manifest.images.iter().filter_map(|i| match current.get(&i.name) {
+    let (images, tag) = (&manifest.handoff.images, fingerprint::tag);
+    let differ = images.iter().filter_map(|i| match current.get(&i.name) {
         Some(fp) if *fp == i.fingerprint => None,
         Some(fp) => Some(format!(
             "{}: archive {} but this checkout gives {}",
@@ -291,7 +254,7 @@ pub fn stale_images(manifest: &Manifest, current: &BTreeMap<String, String>) -> 
     });
     let missing = current
         .keys()
-        .filter(|name| !manifest.images.iter().any(|i| &i.name == *name))
+        .filter(|name| !images.iter().any(|i| &i.name == *name))
         .map(|name| format!("{name}: missing from the archive"));
     differ.chain(missing).collect()
 }
@@ -330,13 +293,14 @@ pub fn load(cx: Ctx, archive: &Path, allow_stale: bool) -> Result<Handoff> {
     let manifest = r.phase("verify archive", |r| {
         let m = verify(archive)?;
         let (n, size, sha, commit, tool) =
-            (m.images.len(), human(m.size), &m.sha256[..16], &m.commit, &m.tool);
+            (m.handoff.images.len(), human(m.size), &m.sha256[..16], &m.commit, &m.tool);
         r.line(format!(
             "  {n} images, {size}, sha256 {sha} matches; saved from commit {commit} by {tool}"
         ));
         Ok(m)
     })?;
-    let prepared = build::prepare(cx, Goal::Archive { base_image_id: &manifest.base_image_id })?;
+    let (images, base_image_id) = (&manifest.handoff.images, &manifest.handoff.base_image_id);
+    let prepared = build::prepare(cx, Goal::Archive { base_image_id })?;
     let engine = prepared.env.engine();
     let current: BTreeMap<String, String> =
         prepared.plan.iter().map(|i| (i.spec.name.clone(), i.fingerprint.clone())).collect();
@@ -359,7 +323,7 @@ pub fn load(cx: Ctx, archive: &Path, allow_stale: bool) -> Result<Handoff> {
     r.phase("load images", |r| {
         let present =
             |i: &ImageRecord| engine.image(&i.reference).is_some_and(|found| found.id == i.id);
-        if manifest.images.iter().all(present) {
+        if images.iter().all(present) {
             r.line("  every image is already loaded, with the archive's image IDs");
             return Ok(());
         }
@@ -370,16 +334,16 @@ pub fn load(cx: Ctx, archive: &Path, allow_stale: bool) -> Result<Handoff> {
         r.line(format!("  $ {load}"));
         load.run_logged(&log).context("loading the archive")?;
         let missing: Vec<&str> =
-            manifest.images.iter().filter(|i| !present(i)).map(|i| i.reference.as_str()).collect();
+            images.iter().filter(|i| !present(i)).map(|i| i.reference.as_str()).collect();
         anyhow::ensure!(
             missing.is_empty(),
             "after loading, these images are missing or have other IDs: {}",
             missing.join(", ")
         );
-        r.line(format!("  loaded {} images in {}", manifest.images.len(), secs(start.elapsed())));
+        r.line(format!("  loaded {} images in {}", images.len(), secs(start.elapsed())));
         Ok(())
     })?;
-    Ok(manifest.handoff(engine, &prepared.env.facts.at))
+    Ok(Handoff { engine, at: prepared.env.facts.at.clone(), ..manifest.handoff })
 }
 
 pub fn load_cmd(engine: Engine, archive: &Path, compression: Compression) -> Pipeline {
@@ -430,14 +394,18 @@ mod tests {
             sha256: String::new(),
             size: 0,
             compression: Compression::Zstd,
-            engine: Engine::Podman,
-            platform: "linux/amd64".into(),
-            base_image: String::new(),
-            base_image_id: String::new(),
             tool: String::new(),
             commit: String::new(),
             created_unix: 0,
-            images: vec![record("gateway", &a), record("redis", &a)],
+            handoff: Handoff {
+                engine: Engine::Podman,
+                at: String::new(),
+                platform: "linux/amd64".into(),
+                base_image: String::new(),
+                base_image_id: String::new(),
+                images: vec![record("gateway", &a), record("redis", &a)],
+                built_now: Vec::new(),
+            },
         };
         let same: BTreeMap<String, String> =
             [("gateway".into(), a.clone()), ("redis".into(), a.clone())].into();
@@ -454,6 +422,25 @@ mod tests {
             "gateway: archive aaaaaaaaaaaaaaaa but this checkout gives bbbbbbbbbbbbbbbb"
         ));
         assert_eq!(stale[1], "postgres: missing from the archive");
+    }
+
+    /// A manifest as earlier versions wrote it (the handoff's fields inline, no `at`) reads,
+    /// and one written now has those fields at the top level still.
+    #[test]
+    fn manifests_keep_their_fields_at_the_top_level() {
+        let json = r#"{"format":"e2e-images-archive/v1","archive":"images.tar.zst",
+            "sha256":"ab","size":7,"compression":"zstd","engine":"podman",
+            "platform":"linux/amd64","base_image":"localhost/e2e-base:bookworm",
+            "base_image_id":"b1","tool":"xtask 0.1.0","commit":"c0","created_unix":1,
+            "images":[]}"#;
+        let m: Manifest = serde_json::from_str(json).unwrap();
+        assert_eq!((m.handoff.engine, m.handoff.at.as_str()), (Engine::Podman, "this machine"));
+        assert_eq!((m.handoff.base_image_id.as_str(), m.compression), ("b1", Compression::Zstd));
+        let back = serde_json::to_value(&m).unwrap();
+        for key in ["format", "sha256", "size", "engine", "platform", "base_image_id", "images"] {
+            assert!(back.get(key).is_some(), "{key} missing from {back}");
+        }
+        assert!(back.get("built_now").is_none() && back.get("handoff").is_none(), "{back}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `cargo xtask bench <images|archive|loop>`: what the pipeline buys, side by side in one go,
 //! as medians of several runs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
@@ -12,14 +12,8 @@ use crate::report::{median, phase, table, Reporter, RunReport};
 use crate::sampler::Sampler;
 use crate::{build, cmd::Cmd, engine::BuildCmd, handoff::Handoff, images, project::Project};
 
-#[derive(clap::Args, Debug)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    bench: Bench,
-}
-
 #[derive(clap::Subcommand, Debug)]
-enum Bench {
+pub enum Bench {
     /// No-op `prebuild-images` against plain `podman build`s (layer cache), and cold builds one
     /// at a time against all at once: wall time and peak memory above the level before.
     Images {
@@ -50,10 +44,10 @@ enum Bench {
     },
 }
 
-impl BenchArgs {
+impl Bench {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let b = Bencher { project, r: Reporter::new() };
-        match self.bench {
+        match self {
             Bench::Images { runs, cold_runs, no_cold } => b.images(runs, cold_runs, no_cold),
             Bench::Archive { runs } => b.archive(runs),
             Bench::Loop { runs } => b.dev_loop(runs),
@@ -86,28 +80,22 @@ impl Bencher<'_> {
         measure(|| cmd.run_logged(&self.project.logs_dir().join("bench.log")))
     }
 
-    /// `cargo xtask e2e ARGS...`, and the report it wrote.
     fn e2e(&self, args: &[&str]) -> anyhow::Result<(Sample, RunReport)> {
         let sample = self.xtask(&[&["e2e"], args].concat())?;
         Ok((sample, RunReport::latest(self.project)?))
     }
 
-    /// The time to the first test of `e2e ARGS...`.
-    fn first_test(&self, args: &[&str]) -> anyhow::Result<Sample> {
-        Ok(self.e2e(args)?.1.first_test()?.into())
-    }
-
     /// The time to the first test of `e2e --images ARCHIVE`, the images removed first.
     fn first_test_loaded(&self, handoff: &Handoff, archive: &str) -> anyhow::Result<Sample> {
         remove_images(self.project, handoff)?;
-        self.first_test(&["--images", archive])
+        Ok(self.e2e(&["--images", archive])?.1.first_test()?.into())
     }
 
-    /// A folder for the archives, made afresh (the caller removes it).
-    fn scratch(&self) -> anyhow::Result<PathBuf> {
-        let dir = self.project.e2e_dir().join("bench");
-        std::fs::create_dir_all(&dir)?;
-        Ok(dir)
+    /// `prebuild-images`, so that every image is cached; its handoff.
+    fn warm_up(&self) -> anyhow::Result<Handoff> {
+        self.r.line("warming up: one prebuild-images so that every image is cached");
+        self.xtask(&["prebuild-images"])?;
+        Handoff::load(self.project).context("no target/e2e/images.json after prebuild-images")
     }
 
     /// `f` `n` times, each run announced: its `K` measurements, each as a series of `n`.
@@ -127,7 +115,6 @@ impl Bencher<'_> {
         Ok(series)
     }
 
-    /// The table of `rows` under `title` and above `note`.
     fn results(&self, title: &str, rows: &[(impl AsRef<str>, Vec<Sample>)], note: &str) {
         let header = ["measurement", "runs", "median", "min", "max", "median peak memory"];
         let rows: Vec<_> = rows.iter().map(|(name, s)| row(name.as_ref(), s)).collect();
@@ -135,11 +122,7 @@ impl Bencher<'_> {
     }
 
     fn images(&self, runs: usize, cold_runs: usize, no_cold: bool) -> anyhow::Result<()> {
-        let p = self.project;
-        self.r.line("warming up: one prebuild-images so that every image is cached");
-        self.xtask(&["prebuild-images"])?;
-        let handoff =
-            Handoff::load(p).context("no target/e2e/images.json after prebuild-images")?;
+        let (p, handoff) = (self.project, self.warm_up()?);
         let specs = build::load_images(p, &Default::default())?.images;
         // Plain builds: the same Dockerfiles, contexts, caps and arguments, under tags of their own.
         let tag = |spec: &images::ImageSpec| format!("{}:bench-plain", spec.repository);
@@ -195,10 +178,8 @@ impl Bencher<'_> {
     }
 
     fn archive(&self, runs: usize) -> anyhow::Result<()> {
-        self.r.line("warming up: prebuild-images, so that every image is cached");
-        self.xtask(&["prebuild-images"])?;
-        let handoff = Handoff::load(self.project).context("no images.json")?;
-        let dir = self.scratch()?;
+        let (handoff, dir) = (self.warm_up()?, self.project.e2e_dir().join("bench"));
+        std::fs::create_dir_all(&dir)?;
         let (zst, tar) = (dir.join("images.tar.zst"), dir.join("images.tar"));
         let (zst_s, tar_s) = (zst.display().to_string(), tar.display().to_string());
         let load = |archive: &str| {
@@ -212,7 +193,8 @@ impl Bencher<'_> {
         })?;
         let what = "e2e --images (images removed first), then warm e2e";
         let [from_archive, warm] = self.repeat(runs, what, || {
-            Ok([self.first_test_loaded(&handoff, &zst_s)?, self.first_test(&[])?])
+            let loaded = self.first_test_loaded(&handoff, &zst_s)?;
+            Ok([loaded, self.e2e(&[])?.1.first_test()?.into()])
         })?;
         let size = |p: &Path| human(std::fs::metadata(p).map_or(0, |m| m.len()));
         let (n, sum) = (handoff.images.len(), handoff.images.iter().map(|i| i.size).sum());
@@ -262,7 +244,9 @@ impl Bencher<'_> {
                 change()?;
                 let (changed, report) = self.e2e(&[])?;
                 // To a finished suite: the run's wall time less its teardown.
-                let to_suite = changed.time.saturating_sub(report.phase(phase::TEAR_DOWN)?);
+                let (_, tear_down) = (report.phases.iter().find(|(n, _)| n == phase::TEAR_DOWN))
+                    .context("the run's report has no phase \"tear down\"")?;
+                let to_suite = changed.time.saturating_sub(Duration::from_secs_f64(*tear_down));
                 Ok([warm, first.into(), to_suite.into()])
             })?;
         std::fs::write(&main_rs, &original)?;
@@ -294,7 +278,8 @@ impl Bencher<'_> {
 
         r.line("e2e --images: the images removed first, then loaded from an archive");
         let handoff = Handoff::load(self.project).context("no images.json")?;
-        let dir = self.scratch()?;
+        let dir = self.project.e2e_dir().join("bench");
+        std::fs::create_dir_all(&dir)?;
         let archive = dir.join("loop.tar.zst").display().to_string();
         self.xtask(&["save-images", "--build", "--output", &archive])?;
         let [from_archive] = self

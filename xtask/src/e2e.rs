@@ -141,10 +141,10 @@ fn dry_run(run: &Run) -> Result<()> {
     let handoff = match (&opts.images, &opts.registry) {
         (Some(path), _) => {
             let m = archive::verify(path)?;
-            let env = session.facts.env(Some(&m.base_image_id))?;
+            let env = session.facts.env(Some(&m.handoff.base_image_id))?;
             let load = archive::load_cmd(env.engine(), path, m.compression);
             lines.push(format!("{load}  # after verifying the archive's SHA-256"));
-            m.handoff(env.engine(), &env.facts.at)
+            crate::handoff::Handoff { engine: env.engine(), at: env.facts.at.clone(), ..m.handoff }
         }
         (None, registry) => {
             let env = session.facts.env(None)?;

@@ -10,18 +10,21 @@ pub fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
+/// Creates the directory `path` goes in, if it names one.
+pub fn create_parent(path: &Path) -> anyhow::Result<()> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else { return Ok(()) };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
 /// Writes `contents` to `path` atomically (creating the parent directory).
 pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    create_parent(path)?;
     let tmp = Pending::new(temp_beside(path));
     std::fs::write(tmp.path(), contents)
         .with_context(|| format!("writing {}", tmp.path().display()))?;
     tmp.persist(path)
 }
 
-/// Writes JSON atomically.
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     write_atomic(path, serde_json::to_vec_pretty(value)?)
 }
@@ -35,30 +38,26 @@ pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(f.write_all(contents.as_bytes())?)
 }
 
-/// A temporary file that is removed when dropped, unless persisted.
-pub struct Pending(Option<PathBuf>);
+/// A temporary file that is removed when dropped, unless persisted (renamed away) first.
+pub struct Pending(PathBuf);
 
 impl Pending {
     pub fn new(path: PathBuf) -> Pending {
-        Pending(Some(path))
+        Pending(path)
     }
 
     pub fn path(&self) -> &Path {
-        self.0.as_deref().expect("not persisted yet")
+        &self.0
     }
 
-    /// Renames the temporary file to `dest`.
-    pub fn persist(mut self, dest: &Path) -> anyhow::Result<()> {
-        let tmp = self.0.take().expect("persisted once");
-        std::fs::rename(&tmp, dest).with_context(|| format!("writing {}", dest.display()))
+    pub fn persist(self, dest: &Path) -> anyhow::Result<()> {
+        std::fs::rename(&self.0, dest).with_context(|| format!("writing {}", dest.display()))
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if let Some(p) = &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

@@ -149,23 +149,17 @@ impl Images {
         Ok(Images { base_image, offline_base_image, images, builder })
     }
 
-    /// The images named on the command line, or all of them; unknown names are an error
-    /// that lists the known ones.
+    /// The images named on the command line, or all of them.
     pub fn select(&self, names: &[String]) -> Result<Vec<ImageSpec>> {
         if names.is_empty() {
             return Ok(self.images.clone());
         }
-        let find = |n: &String| {
-            let image = self.images.iter().find(|i| &i.name == n).cloned();
-            image.with_context(|| {
-                let known: Vec<&str> = self.images.iter().map(|i| i.name.as_str()).collect();
-                format!(
-                    "no image named {n:?} in test/e2e/images.toml (known: {})",
-                    known.join(", ")
-                )
-            })
+        let known: Vec<&str> = self.images.iter().map(|i| i.name.as_str()).collect();
+        let unknown = |n| {
+            format!("no image named {n:?} in test/e2e/images.toml (known: {})", known.join(", "))
         };
-        names.iter().map(find).collect()
+        let find = |n: &String| self.images.iter().find(|i| &i.name == n).cloned();
+        names.iter().map(|n| find(n).with_context(|| unknown(n))).collect()
     }
 }
 

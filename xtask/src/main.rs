@@ -68,7 +68,8 @@ enum Command {
     Soak(soak::SoakArgs),
     /// Benchmarks, as medians: `images` (no-op and cold builds), `archive` (save, load, and
     /// `e2e --images`), `loop` (a warm `e2e`, a change with `dev` against `e2e`).
-    Bench(bench::BenchArgs),
+    #[command(subcommand)]
+    Bench(bench::Bench),
 }
 
 fn main() -> std::process::ExitCode {

@@ -1,7 +1,5 @@
-//! How progress is shown, and what a run leaves behind. On a terminal: indicatif bars (one
-//! overall, one per running build) with lines printed above them, so child output never tears
-//! a bar; elsewhere (CI logs): plain timestamped lines. Each external command is echoed once
-//! before it runs, each phase printed with its time. A run's `report.json` and its timeline.
+//! How progress is shown (docs/run.md: bars on a terminal, timestamped lines in CI, each
+//! command echoed, each phase timed), and what a run leaves behind: `report.json`, its timeline.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -96,7 +94,6 @@ impl Reporter {
         mp.add(bar.with_style(style.progress_chars("=> ")).with_prefix(prefix.to_owned()))
     }
 
-    /// Removes a finished bar from the screen.
     pub fn finish(&self, bar: &ProgressBar) {
         bar.finish_and_clear();
         if let Some(mp) = &self.bars {
@@ -155,7 +152,6 @@ impl RunReport {
         serde_json::from_slice(&std::fs::read(path).with_context(reading)?).with_context(reading)
     }
 
-    /// The newest run's.
     pub fn latest(project: &Project) -> anyhow::Result<RunReport> {
         let newest =
             run_dirs(project).into_iter().map(|d| d.join("report.json")).rfind(|p| p.is_file());
@@ -165,13 +161,6 @@ impl RunReport {
     pub fn first_test(&self) -> anyhow::Result<Duration> {
         let missing = "the run's report has no first_test_s: the suite did not start";
         Ok(Duration::from_secs_f64(self.first_test_s.context(missing)?))
-    }
-
-    /// How long a phase took.
-    pub fn phase(&self, name: &str) -> anyhow::Result<Duration> {
-        let (_, s) = (self.phases.iter().find(|(n, _)| n == name))
-            .with_context(|| format!("the run's report has no phase {name:?}"))?;
-        Ok(Duration::from_secs_f64(*s))
     }
 }
 
@@ -193,7 +182,7 @@ pub fn write_timeline(
     images: &[(String, SpanState)],
     activity: &Activity,
     budget: Option<u64>,
-) -> anyhow::Result<PathBuf> {
+) -> anyhow::Result<()> {
     let phases = r.phase_spans();
     let images_phase = [phase::BUILD, phase::LOAD, phase::PULL];
     let at = phases.iter().find(|p| images_phase.contains(&p.name.as_str()));
@@ -230,10 +219,8 @@ pub fn write_timeline(
         budget_bytes: budget,
         caps: caps.collect(),
     };
-    let path = dir.join("report.html");
-    crate::fsx::write_atomic(&path, timeline::render_html(&t))?;
-    crate::fsx::write_json(&dir.join("timeline.json"), &t)?;
-    Ok(path)
+    crate::fsx::write_atomic(&dir.join("report.html"), timeline::render_html(&t))?;
+    crate::fsx::write_json(&dir.join("timeline.json"), &t)
 }
 
 /// A plain-text table with a header row, columns padded to their widest cell.

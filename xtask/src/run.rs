@@ -187,7 +187,7 @@ impl<'a> Run<'a> {
         let (pinned, arriving): (BTreeMap<String, String>, _) = match (&opts.images, &opts.registry)
         {
             (Some(path), _) => {
-                let images = archive::read_manifest(path).ok()?.images.into_iter();
+                let images = archive::read_manifest(path).ok()?.handoff.images.into_iter();
                 let (pinned, arriving): (_, Vec<_>) = images
                     .filter(|i| names.contains(&i.name))
                     .map(|i| ((i.repository, i.reference.clone()), (i.reference, i.id)))

@@ -1,6 +1,5 @@
-//! `cargo xtask soak`: `e2e` N times on its engine (local, or `CONTAINER_HOST`'s), to find a
-//! flaky suite: passes, failures with their logs, p50/p95 of the wall time and each phase.
-//! `target/e2e/soak/<stamp>/` keeps each run's output and `soak.json`.
+//! `cargo xtask soak`: `e2e` N times in a row on its engine, to find a flaky suite: passes,
+//! failures with their logs, p50/p95 of the wall time and each phase (docs/commands.md).
 
 use std::{path::PathBuf, time::Duration, time::Instant};
 
@@ -52,77 +51,80 @@ struct Summary<'a> {
 impl SoakArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         anyhow::ensure!(self.runs > 0, "--runs must be at least 1");
-        let (r, n) = (Reporter::new(), self.runs);
-        let dir = project
-            .e2e_dir()
-            .join("soak")
-            .join(chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string());
+        let (r, n, args) = (Reporter::new(), self.runs, &self.e2e_args);
+        let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
+        let dir = project.e2e_dir().join("soak").join(stamp);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let (args, shown) = (&self.e2e_args, project.display(&dir));
+        let shown = project.display(&dir);
         r.line(format!(
             "soak: {n} runs of cargo xtask e2e {}; each run's output in {shown}",
             args.join(" ")
         ));
         // On Ctrl-C a run gets it too and tears down: it is waited for, not killed.
-        let cmd = Cmd::new(std::env::current_exe()?.display().to_string())
-            .arg("e2e")
-            .args(args.iter().cloned());
-        let mut outcomes = Vec::new();
+        let cmd = Cmd::new(std::env::current_exe()?.display().to_string()).arg("e2e").args(args);
+        let mut outcomes: Vec<Outcome> = Vec::new();
         for i in 1..=n {
             crate::interrupt::check()?;
             let (before, output, start) =
                 (run_dirs(project), dir.join(format!("run-{i}.log")), Instant::now());
             let status = cmd.clone().survives_interrupt().run_logged(&output);
             let new_dir = run_dirs(project).difference(&before).last().cloned();
-            let o = outcome(status.is_ok(), start.elapsed(), new_dir, output, status.err());
-            r.line(describe(i, n, &o, project));
-            let stop = self.fail_fast && !o.report.passed;
+            let o = outcome(status, start.elapsed(), new_dir, output);
+            let wall = secs(Duration::from_secs_f64(o.wall_s));
+            if o.report.passed {
+                r.line(format!("run {i}/{n}: passed in {wall}"));
+            } else {
+                let error = o.report.error.as_deref().unwrap_or("no report").lines().next();
+                let logs = o.run_dir.as_ref().map_or(String::new(), |d| {
+                    format!("; container logs in {}", project.display(&d.join("logs")))
+                });
+                let (error, output) = (error.unwrap_or(""), project.display(&o.output));
+                r.line(format!(
+                    "run {i}/{n}: FAILED after {wall}: {error}\n  output: {output}{logs}"
+                ));
+            }
             outcomes.push(o);
-            if stop {
+            if self.fail_fast && outcomes.last().is_some_and(|o| !o.report.passed) {
                 break;
             }
         }
-        let summary = summarize(&outcomes, args);
+        let s = summarize(&outcomes, args);
         let json = dir.join("soak.json");
-        std::fs::write(&json, serde_json::to_string_pretty(&summary)?)?;
-        r.line(render(&summary, project));
-        let (failed, json) = (summary.failed, project.display(&json));
+        std::fs::write(&json, serde_json::to_string_pretty(&s)?)?;
+        let wall = ("wall (whole run)".to_owned(), s.wall_p50_s, s.wall_p95_s);
+        let rows: Vec<Vec<String>> = (s.phases.iter().chain([&wall]))
+            .map(|(n, p50, p95)| vec![n.clone(), format!("{p50:.2}s"), format!("{p95:.2}s")])
+            .collect();
+        let table = table(&["phase", "p50", "p95"], &rows);
+        let mut out =
+            format!("soak: {} passed, {} failed of {} runs\n{table}", s.passed, s.failed, s.runs);
+        for (i, o) in s.outcomes.iter().enumerate().filter(|(_, o)| !o.report.passed) {
+            let logs = o.run_dir.as_ref().map_or(o.output.clone(), |d| d.join("logs"));
+            out += &format!("\nfailed: run {} ({})", i + 1, project.display(&logs));
+        }
+        r.line(out);
+        let (failed, json) = (s.failed, project.display(&json));
         anyhow::ensure!(
             failed == 0,
             "{failed} of {} runs failed (their logs are named above; {json})",
-            summary.runs
+            s.runs
         );
         Ok(())
     }
 }
 
+/// A run's outcome: its report, if it wrote one, and how it exited.
 fn outcome(
-    exited_ok: bool,
+    status: anyhow::Result<()>,
     wall: Duration,
     run_dir: Option<PathBuf>,
     output: PathBuf,
-    error: Option<anyhow::Error>,
 ) -> Outcome {
     let read = |d: &PathBuf| RunReport::read(&d.join("report.json")).ok();
     let mut report = run_dir.as_ref().and_then(read).unwrap_or_default();
-    report.passed &= exited_ok;
-    report.error = report.error.or_else(|| error.map(|e| format!("{e:#}")));
+    report.passed &= status.is_ok();
+    report.error = report.error.or_else(|| status.err().map(|e| format!("{e:#}")));
     Outcome { report, wall_s: wall.as_secs_f64(), run_dir, output }
-}
-
-fn describe(i: usize, n: usize, o: &Outcome, project: &Project) -> String {
-    let wall = secs(Duration::from_secs_f64(o.wall_s));
-    if o.report.passed {
-        return format!("run {i}/{n}: passed in {wall}");
-    }
-    let error = o.report.error.as_deref().unwrap_or("no report").lines().next().unwrap_or("");
-    let logs = (o.run_dir.as_ref())
-        .map(|d| format!("; container logs in {}", project.display(&d.join("logs"))));
-    let output = project.display(&o.output);
-    format!(
-        "run {i}/{n}: FAILED after {wall}: {error}\n  output: {output}{}",
-        logs.unwrap_or_default()
-    )
 }
 
 fn summarize<'a>(outcomes: &'a [Outcome], e2e_args: &'a [String]) -> Summary<'a> {
@@ -149,21 +151,6 @@ fn summarize<'a>(outcomes: &'a [Outcome], e2e_args: &'a [String]) -> Summary<'a>
             .collect(),
         outcomes,
     }
-}
-
-fn render(s: &Summary, project: &Project) -> String {
-    let wall = ("wall (whole run)".to_owned(), s.wall_p50_s, s.wall_p95_s);
-    let rows: Vec<Vec<String>> = (s.phases.iter().chain([&wall]))
-        .map(|(n, p50, p95)| vec![n.clone(), format!("{p50:.2}s"), format!("{p95:.2}s")])
-        .collect();
-    let table = table(&["phase", "p50", "p95"], &rows);
-    let mut out =
-        format!("soak: {} passed, {} failed of {} runs\n{table}", s.passed, s.failed, s.runs);
-    for (i, o) in s.outcomes.iter().enumerate().filter(|(_, o)| !o.report.passed) {
-        let logs = o.run_dir.as_ref().map_or(o.output.clone(), |d| d.join("logs"));
-        out += &format!("\nfailed: run {} ({})", i + 1, project.display(&logs));
-    }
-    out
 }
 
 #[cfg(test)]
@@ -196,14 +183,19 @@ mod tests {
         };
         let out = || dir.join("run-1.log");
         report(true);
-        let ok = outcome(true, Duration::from_secs(3), Some(dir.clone()), out(), None);
+        let ok = outcome(Ok(()), Duration::from_secs(3), Some(dir.clone()), out());
         assert!(ok.report.passed && ok.report.error.is_none());
         assert_eq!(ok.report.phases, [("deploy".into(), 1.5), ("tear down".into(), 0.5)]);
         report(false);
-        let bad = outcome(false, Duration::from_secs(3), Some(dir.clone()), out(), None);
+        let bad = outcome(
+            Err(anyhow::anyhow!("exit code 1")),
+            Duration::from_secs(3),
+            Some(dir.clone()),
+            out(),
+        );
         assert!(!bad.report.passed);
         assert_eq!(bad.report.error.as_deref(), Some("the E2E suite failed"));
-        let none = outcome(false, Duration::ZERO, None, out(), Some(anyhow::anyhow!("no engine")));
+        let none = outcome(Err(anyhow::anyhow!("no engine")), Duration::ZERO, None, out());
         assert!(!none.report.passed && none.report.error.as_deref() == Some("no engine"));
         let s = summarize(std::slice::from_ref(&ok), &[]);
         assert_eq!((s.passed, s.failed), (1, 0));

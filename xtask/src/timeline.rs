@@ -1,9 +1,7 @@
 //! A run's timeline (`timeline.json` beside each report), the page `report.html` made from it,
-//! and a plain-text summary. The page is the static `xtask/templates/report.html` (nothing is
-//! fetched) with the timeline as JSON in a data island, `<script type="application/json"
-//! id="timeline">`, that its script draws; bars carry `data-phase` or `data-image` +
-//! `data-state` for tests, and the script ends by setting `document.body.dataset.rendered =
-//! "ok"` (`test/e2e/check-report.sh` checks the page in Chromium).
+//! and a plain-text summary. The page is the static `xtask/templates/report.html` with the
+//! timeline as JSON in a data island that its script draws (the contract: the template's head
+//! comment and the tests below).
 
 use std::time::{Duration, Instant};
 
@@ -69,7 +67,6 @@ pub struct Activity {
     pub memory: Vec<(Instant, u64)>,
 }
 
-/// One build over time.
 #[derive(Debug, Clone)]
 pub struct BuildSpan {
     pub image: String,
