@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use anyhow::Context;
 use base64::{engine::general_purpose::STANDARD, Engine as _};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_norway::Value;
 
 /// Every document of every `*.yaml` file, files in name order.
@@ -49,7 +49,6 @@ pub struct Published {
     pub pod: String,
     /// The pod's name in the manifests.
     pub base: String,
-    pub container: String,
     pub container_port: u16,
     pub host_port: u16,
 }
@@ -275,9 +274,18 @@ impl Manifests {
                     for c in containers_of(&mut doc)
                         .with_context(|| format!("pod {pod_name}: no spec.containers"))?
                     {
-                        let typed: ContainerYaml = serde_norway::from_value(c.clone())
-                            .with_context(|| format!("pod {pod_name}: a container"))?;
-                        let image = pin_image(&typed.image, images);
+                        let what = format!("pod {pod_name}: a container");
+                        let (name, image): (String, String) =
+                            (field(c, &what, "name")?, field(c, &what, "image")?);
+                        let what = format!("pod {pod_name}: container {name}");
+                        let readiness = match &c["readinessProbe"] {
+                            Value::Null => None,
+                            p => Some(probe(p, &format!("{what}: readinessProbe"))?),
+                        };
+                        let ports: Vec<u16> = (c["ports"].as_sequence().into_iter().flatten())
+                            .map(|p| field(p, &format!("{what}: a port"), "containerPort"))
+                            .collect::<anyhow::Result<_>>()?;
+                        let image = pin_image(&image, images);
                         c["image"] = image.clone().into();
                         let env = c.get_mut("env").and_then(Value::as_sequence_mut);
                         for var in env.into_iter().flatten() {
@@ -291,23 +299,14 @@ impl Manifests {
                         for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
                             c.as_mapping_mut().map(|m| m.remove(probe));
                         }
-                        for (i, port) in typed.ports.iter().enumerate() {
+                        for (i, container_port) in ports.into_iter().enumerate() {
                             let host_port = free_port()?;
                             c["ports"][i]["hostPort"] = host_port.into();
                             c["ports"][i]["hostIP"] = "127.0.0.1".into();
-                            published.push(Published {
-                                pod: pod_name.clone(),
-                                base: base.clone(),
-                                container: typed.name.clone(),
-                                container_port: port.container_port,
-                                host_port,
-                            });
+                            let (pod, base) = (pod_name.clone(), base.clone());
+                            published.push(Published { pod, base, container_port, host_port });
                         }
-                        containers.push(Container {
-                            name: typed.name,
-                            image,
-                            readiness: typed.readiness_probe.map(Probe::from),
-                        });
+                        containers.push(Container { name, image, readiness });
                     }
                     pods.push(Pod { name: pod_name, base, containers });
                     yaml_docs.push(doc);
@@ -320,13 +319,14 @@ impl Manifests {
         }
         anyhow::ensure!(!pods.is_empty(), "the manifests hold no Pod");
         if let Some(subnet) = subnet {
-            let aliases: Vec<HostAlias> = (pods.iter().enumerate())
-                .map(|(i, p)| HostAlias {
-                    ip: subnet.pod(i).to_string(),
-                    hostnames: [p.name.clone()],
+            let aliases: Vec<Value> = (pods.iter().enumerate())
+                .map(|(i, p)| {
+                    let ip = ("ip".into(), subnet.pod(i).to_string().into());
+                    let hostnames = ("hostnames".into(), vec![p.name.as_str()].into());
+                    Value::Mapping([ip, hostnames].into_iter().collect())
                 })
                 .collect();
-            let aliases = serde_norway::to_value(aliases)?;
+            let aliases = Value::from(aliases);
             for doc in &mut yaml_docs {
                 doc["spec"]["hostAliases"] = aliases.clone();
             }
@@ -393,17 +393,39 @@ fn containers_of(doc: &mut Value) -> Option<&mut Vec<Value>> {
 
 fn secret(doc: &Value) -> anyhow::Result<Secret> {
     let name = name(doc)?;
-    let yaml: SecretYaml = serde_norway::from_value(doc.clone())
-        .with_context(|| format!("secret {name}: data and stringData map keys to strings"))?;
+    let strings = |field: &str| {
+        serde_norway::from_value::<Option<BTreeMap<String, String>>>(doc[field].clone())
+            .with_context(|| format!("secret {name}: data and stringData map keys to strings"))
+    };
     let mut data = BTreeMap::new();
-    for (k, v) in yaml.data.unwrap_or_default() {
+    for (k, v) in strings("data")?.unwrap_or_default() {
         let bytes = (STANDARD.decode(v))
             .with_context(|| format!("secret {name}: data.{k} is not base64"))?;
         data.insert(k, bytes);
     }
-    let string_data = yaml.string_data.unwrap_or_default().into_iter();
+    let string_data = strings("stringData")?.unwrap_or_default().into_iter();
     data.extend(string_data.map(|(k, v)| (k, v.into_bytes())));
     Ok(Secret { name, data })
+}
+
+/// `value[key]` as a `T`, or an error naming it in `what`.
+fn field<T: serde::de::DeserializeOwned>(
+    value: &Value,
+    what: &str,
+    key: &str,
+) -> anyhow::Result<T> {
+    serde_norway::from_value(value[key].clone()).with_context(|| format!("{what}: {key}"))
+}
+
+/// A probe as the manifests give it: `httpGet` (path, port), else `exec` (none: `true`).
+fn probe(p: &Value, what: &str) -> anyhow::Result<Probe> {
+    Ok(match (&p["httpGet"], &p["exec"]) {
+        (Value::Null, Value::Null) => Probe::Exec(vec!["true".into()]),
+        (Value::Null, exec) => Probe::Exec(field(exec, what, "command")?),
+        (get, _) => {
+            Probe::Http { path: field(get, what, "path")?, port: field(get, what, "port")? }
+        }
+    })
 }
 
 /// `localhost/e2e-gateway:latest` becomes the built reference for `localhost/e2e-gateway`.
@@ -417,63 +439,6 @@ pub fn repository(image: &str) -> &str {
     match image.rfind(':') {
         Some(i) if !image[i..].contains('/') => &image[..i],
         _ => image,
-    }
-}
-
-/// A Secret's values (`data:` left empty is YAML's null: no values).
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SecretYaml {
-    data: Option<BTreeMap<String, String>>,
-    string_data: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Serialize)]
-struct HostAlias {
-    ip: String,
-    hostnames: [String; 1],
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ContainerYaml {
-    name: String,
-    image: String,
-    #[serde(default)]
-    ports: Vec<PortYaml>,
-    readiness_probe: Option<ProbeYaml>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PortYaml {
-    container_port: u16,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ProbeYaml {
-    exec: Option<ExecYaml>,
-    http_get: Option<HttpGetYaml>,
-}
-
-#[derive(Deserialize)]
-struct ExecYaml {
-    command: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct HttpGetYaml {
-    path: String,
-    port: u16,
-}
-
-impl From<ProbeYaml> for Probe {
-    fn from(p: ProbeYaml) -> Probe {
-        match (p.exec, p.http_get) {
-            (_, Some(HttpGetYaml { path, port })) => Probe::Http { path, port },
-            (exec, None) => Probe::Exec(exec.map_or_else(|| vec!["true".into()], |e| e.command)),
-        }
     }
 }
 

@@ -26,7 +26,7 @@ use crate::{
     report::Reporter,
     runtime::{
         self, free_port,
-        kind::{self, KindFiles, KindRun},
+        kind::{self, KindRun},
         podman::{subnet_for, Arriving, PodmanRun},
         step::{Live, Phase, Runner, Step},
         RunId, RunRecord, Stack,
@@ -303,7 +303,6 @@ impl Run<'_> {
             namespace: id.namespace(),
             // The engine that built or loaded the images is kind's provider.
             provider: handoff.engine,
-            archive_tar: dir.join("images.tar"),
             archive_source: opts.source.archive().cloned(),
             log: id.log(project),
             dir,
@@ -311,11 +310,9 @@ impl Run<'_> {
             node_ports,
             references: handoff.images.iter().map(|i| i.reference.clone()).collect(),
             pods: manifests.pods(),
-            files: KindFiles {
-                config,
-                stack,
-                ports_record: (opts.keep && !reuse).then_some(record),
-            },
+            config,
+            stack,
+            ports_record: (opts.keep && !reuse).then_some(record),
         })
     }
 }

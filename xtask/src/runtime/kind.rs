@@ -38,14 +38,6 @@ impl Created {
             false => kind(self.provider).args(["delete", "cluster", "--name", &self.cluster]),
         }]]
     }
-
-    /// What the teardown removes, named.
-    pub fn object(&self) -> String {
-        match self.reuse {
-            true => format!("namespace {}", self.namespace),
-            false => format!("cluster {}", self.cluster),
-        }
-    }
 }
 
 fn kind(provider: Engine) -> Cmd {
@@ -81,18 +73,11 @@ pub struct KindRun {
     pub ports: BTreeMap<u16, u16>,
     /// Service name to NodePort, from the manifests.
     pub node_ports: BTreeMap<String, u16>,
-    /// The uncompressed archive `kind load image-archive` reads.
-    pub archive_tar: PathBuf,
     /// Where the images come from: an archive of `save-images`, or the engine.
     pub archive_source: Option<PathBuf>,
     /// The images, and the Pods, as the manifests name them.
     pub references: Vec<String>,
     pub pods: Vec<String>,
-    pub files: KindFiles,
-}
-
-#[derive(Debug, Clone)]
-pub struct KindFiles {
     /// The rendered cluster config (empty for a reused cluster) and manifests.
     pub config: String,
     pub stack: String,
@@ -105,8 +90,9 @@ impl KindRun {
         self.dir.join(name).display().to_string()
     }
 
+    /// The uncompressed archive `kind load image-archive` reads.
     fn tar(&self) -> String {
-        self.archive_tar.display().to_string()
+        self.file("images.tar")
     }
 
     fn kind(&self, args: &[&str]) -> Cmd {
@@ -160,7 +146,7 @@ impl KindRun {
         }
         lacking.iter().for_each(|c| r.command(c));
         let failed = Live.run_all(&lacking, &self.log);
-        let _ = std::fs::remove_file(&self.archive_tar);
+        let _ = std::fs::remove_file(self.tar());
         anyhow::ensure!(failed.is_empty(), "{}", failed.join("\n"));
         Ok(())
     }
@@ -220,7 +206,7 @@ impl Stack for KindRun {
         let write = |path, contents| Step::Write { path, contents };
         // `kind load image-archive` reads a plain tar: unpack the archive, or save one.
         let tar = vec![
-            write(self.dir.join("stack.yaml"), self.files.stack.clone()),
+            write(self.dir.join("stack.yaml"), self.stack.clone()),
             run(self.make_tar(), "making the image archive for kind"),
         ];
         let mut phases = vec![Phase::new("image archive for kind", tar)];
@@ -230,11 +216,11 @@ impl Stack for KindRun {
                 self.kind(&["create", "cluster"]).args(["--config", &config, "--wait", "120s"]);
             let mut steps = vec![
                 Step::Record(self.final_record()),
-                write(config.into(), self.files.config.clone()),
+                write(config.into(), self.config.clone()),
                 run(create, "creating the Kind cluster"),
             ];
             let ports = serde_json::to_string(&self.ports).expect("ports serialise");
-            steps.extend(self.files.ports_record.clone().map(|path| write(path, ports)));
+            steps.extend(self.ports_record.clone().map(|path| write(path, ports)));
             phases.push(Phase::new("create cluster", steps));
         }
         let node = format!("{}-control-plane", self.cluster);
@@ -293,7 +279,7 @@ impl Stack for KindRun {
     }
 
     fn save_failure(&self) -> anyhow::Result<PathBuf> {
-        let _ = std::fs::remove_file(&self.archive_tar);
+        let _ = std::fs::remove_file(self.tar());
         let bundle = self.dir.join("bundle");
         std::fs::create_dir_all(&bundle)?;
         for (file, c) in self.bundle(&self.pods) {
@@ -316,7 +302,7 @@ impl Stack for KindRun {
     ) -> anyhow::Result<Vec<String>> {
         let manifests = crate::manifests::Manifests::load(&project.manifests_dir())?;
         let (yaml, _) = manifests.render_kind(&handoff.pinned())?;
-        let (old, new) = (pod_docs(&self.files.stack), pod_docs(&yaml));
+        let (old, new) = (pod_docs(&self.stack), pod_docs(&yaml));
         let names: Vec<String> =
             new.keys().filter(|k| old.get(*k) != new.get(*k)).cloned().collect();
         let references: Vec<String> = handoff.images.iter().map(|i| i.reference.clone()).collect();
@@ -325,9 +311,9 @@ impl Stack for KindRun {
         crate::fsx::write_atomic(&self.dir.join("stack.yaml"), &yaml)?;
         let doing = format!("replacing {}", names.join(", "));
         step::run_shown(r, &self.log, &self.replace_cmds(&names, &images), &doing)?;
-        let _ = std::fs::remove_file(&self.archive_tar);
+        let _ = std::fs::remove_file(self.tar());
         self.references = references;
-        self.files.stack = yaml;
+        self.stack = yaml;
         Ok(names)
     }
 }

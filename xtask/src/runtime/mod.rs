@@ -234,7 +234,8 @@ pub fn teardown(
         _ if failures.is_empty() => Vec::new(),
         Created::Podman(c) => c.leftovers(&mut |c| exec.probe(c)),
         // Kind's objects are not probed: a failed delete counts as left.
-        Created::Kind(c) => vec![c.object()],
+        Created::Kind(c) if c.reuse => vec![format!("namespace {}", c.namespace)],
+        Created::Kind(c) => vec![format!("cluster {}", c.cluster)],
     };
     anyhow::ensure!(
         left.is_empty(),

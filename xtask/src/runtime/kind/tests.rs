@@ -19,17 +19,14 @@ fn run_in(root: &Path, reuse: bool, provider: Engine) -> KindRun {
         log: root.join("target/e2e/logs/run-1.log"),
         ports: [(30080, 41000), (30081, 41001)].into(),
         node_ports: [("gateway".to_owned(), 30080), ("data-storage".to_owned(), 30081)].into(),
-        archive_tar: dir.join("images.tar"),
         archive_source: Some("/r/images.tar.zst".into()),
         references: vec!["localhost/e2e-gateway:aaaa".into()],
         pods: vec!["gateway".into()],
         dir,
-        files: files(),
+        config: "kind: Cluster".into(),
+        stack: "---".into(),
+        ports_record: None,
     }
-}
-
-fn files() -> KindFiles {
-    KindFiles { config: "kind: Cluster".into(), stack: "---".into(), ports_record: None }
 }
 
 fn suite(run: &KindRun) -> Vec<Phase<'static>> {
@@ -184,6 +181,16 @@ fn manifests_for_kind_pin_images_never_pull_and_keep_services() {
 fn without_an_archive_the_engine_saves_one() {
     let r = KindRun { archive_source: None, ..run(false, Engine::Podman) };
     assert_eq!(r.make_tar().to_string(), "podman save --multi-image-archive --output /r/target/e2e/runs/1/images.tar localhost/e2e-gateway:aaaa");
+}
+
+#[test]
+fn every_step_reads_the_tar_that_make_tar_writes_in_the_run_dir() {
+    let run = run(false, Engine::Docker);
+    let tar = "/r/target/e2e/runs/1/images.tar";
+    assert!(run.make_tar().to_string().contains(tar));
+    assert!(run.load_archive("node").to_string().contains(tar));
+    let replace = run.replace_cmds(&[], &["x:1".into()]);
+    assert!(replace.iter().all(|c| c.to_string().contains(tar)), "{replace:?}");
 }
 
 /// kubectl itself parses the rendered manifests (offline: `--local`), as `kubectl apply` would.
