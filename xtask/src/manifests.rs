@@ -141,6 +141,11 @@ pub struct PodmanStack {
 }
 
 impl PodmanStack {
+    /// Every container, with its pod.
+    pub fn containers(&self) -> impl Iterator<Item = (&Pod, &Container)> {
+        self.pods.iter().flat_map(|p| p.containers.iter().map(move |c| (p, c)))
+    }
+
     /// Each pod's name and fixed address on the run's network.
     pub fn hosts(&self) -> Vec<(String, Ipv4Addr)> {
         let Some(s) = self.subnet else { return vec![] };

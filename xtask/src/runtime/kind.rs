@@ -99,8 +99,9 @@ impl KindRun {
         kind(self.provider).args(args.iter().copied()).args(["--name", &self.cluster])
     }
 
-    fn kubectl_ns(&self) -> Cmd {
-        kubectl(&self.cluster).args(["--namespace", &self.namespace])
+    /// kubectl in the run's namespace.
+    fn kubectl_ns(&self, args: &[&str]) -> Cmd {
+        kubectl(&self.cluster).args(["--namespace", &self.namespace]).args(args.iter().copied())
     }
 
     pub fn make_tar(&self) -> Cmd {
@@ -123,11 +124,11 @@ impl KindRun {
     }
 
     fn apply(&self) -> Cmd {
-        self.kubectl_ns().args(["apply", "--filename", &self.file("stack.yaml")])
+        self.kubectl_ns(&["apply", "--filename", &self.file("stack.yaml")])
     }
 
     fn get_pods_json(&self) -> Cmd {
-        self.kubectl_ns().args(["get", "pods", "--output", "json"])
+        self.kubectl_ns(&["get", "pods", "--output", "json"])
     }
 
     /// Loads the archive into every node that lacks one of the images, all nodes at once.
@@ -154,12 +155,10 @@ impl KindRun {
     /// The failure bundle: (file, command) for kind's logs, the events, every pod described
     /// and its logs (and its previous container's).
     pub fn bundle(&self, pods: &[String]) -> Vec<(String, Cmd)> {
-        let ns = |args: &[&str]| self.kubectl_ns().args(args.iter().copied());
+        let ns = |args: &[&str]| self.kubectl_ns(args);
+        let export = self.kind(&["export", "logs", &self.file("bundle/kind")]);
         let mut cmds = vec![
-            (
-                "kind-export-logs.txt".into(),
-                self.kind(&["export", "logs", &self.file("bundle/kind")]),
-            ),
+            ("kind-export-logs.txt".into(), export),
             ("events.txt".into(), ns(&["get", "events", "--sort-by=.lastTimestamp"])),
             ("describe-pods.txt".into(), ns(&["describe", "pods"])),
         ];
@@ -180,7 +179,7 @@ impl KindRun {
             cmds.push(self.kind(&["load", "image-archive", &self.tar()]));
         }
         for pod in pods {
-            let delete = self.kubectl_ns().args(["delete", &format!("pod/{pod}"), "--wait=true"]);
+            let delete = self.kubectl_ns(&["delete", &format!("pod/{pod}"), "--wait=true"]);
             cmds.push(delete.arg("--ignore-not-found"));
         }
         cmds.extend((!pods.is_empty()).then(|| self.apply()));
@@ -257,8 +256,8 @@ impl Stack for KindRun {
     /// have no controller to scale; the other Pods are unchanged by the apply).
     fn control(&self, dedup_ttl_seconds: u64) -> StackControl {
         let services = self.pods.iter().map(|pod| {
-            let stop = self.kubectl_ns().args(["delete", &format!("pod/{pod}"), "--wait=true"]);
-            let exec = self.kubectl_ns().args(["exec", "-i", pod, "--"]);
+            let stop = self.kubectl_ns(&["delete", &format!("pod/{pod}"), "--wait=true"]);
+            let exec = self.kubectl_ns(&["exec", "-i", pod, "--"]);
             (pod.clone(), ServiceControl::new(&stop, &self.apply(), &exec))
         });
         StackControl { runtime: "kind", dedup_ttl_seconds, services: services.collect() }

@@ -169,29 +169,23 @@ impl PodmanRun {
         self.dir.join("pods").join(format!("{pod}.yaml"))
     }
 
-    fn record(&self, created: Created) -> RunRecord {
-        RunRecord::new(&self.id, AnyCreated::Podman(created))
-    }
-
-    fn created(&self) -> Created {
-        Created {
+    /// The record of the network, the first `secrets` secrets and the pods that `pod` picks.
+    fn record(&self, secrets: usize, pod: impl Fn(&str) -> bool) -> RunRecord {
+        let created = Created {
             network: Some(self.id.network()),
-            secrets: self.stack.secrets.iter().map(|s| s.name.clone()).collect(),
-            pods: self.stack.pods.iter().map(|p| p.name.clone()).collect(),
+            secrets: self.stack.secrets.iter().take(secrets).map(|s| s.name.clone()).collect(),
+            pods: self.stack.pods.iter().map(|p| p.name.clone()).filter(|p| pod(p)).collect(),
             images: self.suite.iter().map(|p| p.image.clone()).collect(),
             remote: self.remote,
-        }
+        };
+        RunRecord::new(&self.id, AnyCreated::Podman(created))
     }
 
     /// (`<manifest pod>-<container>`, podman's name) of every container.
     pub fn containers(&self) -> Vec<(String, String)> {
-        let pods = self.stack.pods.iter();
-        pods.flat_map(|p| {
-            p.containers
-                .iter()
-                .map(move |c| (format!("{}-{}", p.base, c.name), container_name(&p.name, &c.name)))
-        })
-        .collect()
+        (self.stack.containers())
+            .map(|(p, c)| (format!("{}-{}", p.base, c.name), container_name(&p.name, &c.name)))
+            .collect()
     }
 
     /// `<POD>_URL` for each published pod: `http://{host}`.
@@ -206,10 +200,8 @@ impl PodmanRun {
         if self.early.is_empty() {
             return Vec::new();
         }
-        let mut created = self.created();
-        created.pods.retain(|p| self.early.contains(p));
         let mut steps = self.setup_steps();
-        steps.push(Step::Record(self.record(created)));
+        steps.push(Step::Record(self.record(usize::MAX, |pod| self.early.contains(pod))));
         if let Some(arriving) = &self.arriving {
             let names = Arriving::names(&arriving.images);
             let what = format!("until the archive's load has put {names} in the engine (polled)");
@@ -226,16 +218,14 @@ impl PodmanRun {
     /// CI after the SIGTERM test; SIGTERM as the secret was made, 60 times: 32 creates cut
     /// short and 4 databases damaged before, none of either since).
     fn setup_steps(&self) -> Vec<Step<'_>> {
-        let mut made = Created { secrets: Vec::new(), pods: Vec::new(), ..self.created() };
         let subnet = self.stack.subnet.map(|s| s.to_string());
         let cmd = Podman.network_create(&self.id.network(), subnet.as_deref()).survives_interrupt();
         let mut steps = vec![
-            Step::Record(self.record(made.clone())),
+            Step::Record(self.record(0, |_| false)),
             Step::Run { cmd, doing: "creating the run's podman network".into() },
         ];
-        for secret in &self.stack.secrets {
-            made.secrets.push(secret.name.clone());
-            steps.push(Step::Record(self.record(made.clone())));
+        for (i, secret) in self.stack.secrets.iter().enumerate() {
+            steps.push(Step::Record(self.record(i + 1, |_| false)));
             let file = self.dir.join(format!("secret-{}.json", secret.name));
             steps.push(Step::Secret {
                 cmd: Podman.secret_create(&secret.name, &file).survives_interrupt(),
@@ -297,7 +287,7 @@ impl Stack for PodmanRun {
     }
 
     fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()> {
-        ready::wait_ready(&self.stack, self.remote, timeout, r)
+        ready::wait_ready(self, timeout, r)
     }
 
     fn urls(&self) -> BTreeMap<String, String> {
@@ -305,7 +295,7 @@ impl Stack for PodmanRun {
     }
 
     fn final_record(&self) -> RunRecord {
-        self.record(self.created())
+        self.record(usize::MAX, |_| true)
     }
 
     fn control(&self, dedup_ttl_seconds: u64) -> StackControl {

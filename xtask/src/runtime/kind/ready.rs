@@ -65,9 +65,7 @@ pub fn wait_ready(run: &KindRun, timeout: Duration, r: &Reporter) -> anyhow::Res
                 PodHealth::Waiting(why) => waiting.push(format!("{name}: {why}")),
                 PodHealth::Failed(why) => {
                     let pod = format!("pod/{name}");
-                    let read = |args: &[&str]| {
-                        run.kubectl_ns().args(args.iter().copied()).read().unwrap_or_default()
-                    };
+                    let read = |args: &[&str]| run.kubectl_ns(args).read().unwrap_or_default();
                     let logs = read(&["logs", &pod, "--all-containers", "--tail", "30"]);
                     let describe = read(&["describe", &pod]);
                     anyhow::bail!("pod {name} failed while waiting for readiness: {why}\n--- logs ---\n{logs}\n--- describe ---\n{describe}");

@@ -19,10 +19,8 @@ impl PodmanRun {
         plan: &[PlanItem],
     ) -> anyhow::Result<Option<Vec<String>>> {
         let manifests = crate::manifests::Manifests::load(&project.manifests_dir())?;
-        let containers =
-            || self.stack.pods.iter().flat_map(|p| p.containers.iter().map(move |c| (p, c)));
-        let now =
-            containers().map(|(_, c)| (repository(&c.image).to_owned(), c.image.clone())).collect();
+        let images = self.stack.containers().map(|(_, c)| &c.image);
+        let now = images.map(|i| (repository(i).to_owned(), i.clone())).collect();
         if self.rerender(&manifests, &now)?.pod_yaml != self.stack.pod_yaml {
             return Ok(None);
         }
@@ -34,8 +32,8 @@ impl PodmanRun {
                 return Ok(None);
             };
             let file = item.context.join(binary);
-            for (pod, c) in
-                containers().filter(|(_, c)| repository(&c.image) == item.spec.repository)
+            let containers = self.stack.containers();
+            for (pod, c) in containers.filter(|(_, c)| repository(&c.image) == item.spec.repository)
             {
                 let name = container_name(&pod.name, &c.name);
                 let (stop, start) = (Podman.container_stop(&name), Podman.container_start(&name));

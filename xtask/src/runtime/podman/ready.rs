@@ -6,10 +6,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::PodmanRun;
 use crate::{
     engine::{container_name, Podman},
     interrupt,
-    manifests::{Container, Pod, PodmanStack, Probe as ProbeSpec},
+    manifests::{Container, Pod, Probe as ProbeSpec},
     report::{secs, Reporter},
 };
 
@@ -43,28 +44,22 @@ pub fn health(container: &str) -> Health {
     classify(&Podman.container_state(container).read().unwrap_or_default())
 }
 
-/// Until every container of `stack` is ready, each polled on its own (its probe, then, while
+/// Until every container of the run is ready, each polled on its own (its probe, then, while
 /// it is not ready, its state), so that one container's slow probe delays no other's. On a
-/// `remote` engine, probes run in the pod: its published ports are not this machine's.
-pub fn wait_ready(
-    stack: &PodmanStack,
-    remote: bool,
-    timeout: Duration,
-    r: &Reporter,
-) -> anyhow::Result<()> {
+/// remote engine, probes run in the pod: its published ports are not this machine's.
+pub fn wait_ready(run: &PodmanRun, timeout: Duration, r: &Reporter) -> anyhow::Result<()> {
     let start = Instant::now();
     let config = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(1)));
     let agent: ureq::Agent = config.http_status_as_error(false).build().into();
     // Set when one container has failed: the others stop polling.
     let stop = AtomicBool::new(false);
     let failed: Vec<String> = std::thread::scope(|s| {
-        let containers = stack.pods.iter().flat_map(|p| p.containers.iter().map(move |c| (p, c)));
-        let polling: Vec<_> = containers
+        let polling: Vec<_> = (run.stack.containers())
             .map(|(pod, c)| {
                 let (agent, stop) = (&agent, &stop);
                 s.spawn(move || {
                     let name = container_name(&pod.name, &c.name);
-                    let outcome = until_ready_in(stack, remote, pod, c, agent, stop, timeout);
+                    let outcome = until_ready_in(run, pod, c, agent, stop, timeout);
                     match &outcome {
                         Ok(()) => r.line(format!("  {name} ready after {}", secs(start.elapsed()))),
                         Err(_) => stop.store(true, Ordering::SeqCst),
@@ -80,28 +75,26 @@ pub fn wait_ready(
     });
     interrupt::check()?;
     let failed = failed.join("\n");
-    match () {
-        _ if failed.is_empty() => Ok(()),
-        _ if start.elapsed() >= timeout => Err(anyhow::anyhow!(
-            "not ready after {}s:\n{failed}\n  (raise the limit with --ready-timeout SECONDS)",
-            timeout.as_secs()
-        )),
-        _ => Err(anyhow::anyhow!("while waiting for readiness:\n{failed}")),
-    }
+    anyhow::ensure!(
+        failed.is_empty() || start.elapsed() < timeout,
+        "not ready after {}s:\n{failed}\n  (raise the limit with --ready-timeout SECONDS)",
+        timeout.as_secs()
+    );
+    anyhow::ensure!(failed.is_empty(), "while waiting for readiness:\n{failed}");
+    Ok(())
 }
 
 /// Until the container's readiness probe (as the manifests give it) passes (`Ok`), the
 /// container fails, another one did (`stop`), or the time is up (`Err`, why).
 fn until_ready_in(
-    stack: &PodmanStack,
-    remote: bool,
+    run: &PodmanRun,
     pod: &Pod,
     c: &Container,
     agent: &ureq::Agent,
     stop: &AtomicBool,
     timeout: Duration,
 ) -> Result<(), String> {
-    let name = &container_name(&pod.name, &c.name);
+    let (name, remote) = (&container_name(&pod.name, &c.name), run.remote);
     // A probe loops where it runs, one engine call per slice. On a remote engine, in a new
     // container of the image in the pod, not `podman exec`: the API keeps each exec's conmon
     // in the pod's cgroup for 300 s, and `pod rm` waits 3 s for each (13 s in the rig).
@@ -127,7 +120,7 @@ fn until_ready_in(
             in_container(get, format!("{what}no 2xx answer"), &what)
         }
         Some(ProbeSpec::Http { path, port }) => {
-            let host_port = stack.host_port(&pod.name, *port).ok_or_else(|| {
+            let host_port = run.stack.host_port(&pod.name, *port).ok_or_else(|| {
                 format!("port {port} is not published, so GET {path} cannot be checked")
             })?;
             let url = format!("http://127.0.0.1:{host_port}{path}");
