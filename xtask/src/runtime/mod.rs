@@ -207,10 +207,6 @@ impl RunRecord {
             Created::Kind(c) => c.teardown(),
         }
     }
-
-    pub fn teardown(&self) -> Vec<Cmd> {
-        self.teardown_stages().into_iter().flatten().collect()
-    }
 }
 
 /// Runs the teardown of a record: every step, even when one fails and even after Ctrl-C.

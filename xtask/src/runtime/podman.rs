@@ -19,11 +19,13 @@ use crate::{
     cmd::Cmd,
     engine::{container_name, Engine, Podman},
     handoff::Handoff,
-    manifests::{secret_payload, Manifests, PodmanStack, Published, Subnet},
+    manifests::{repository, secret_payload, Manifests, PodmanStack, Published, Subnet},
     project::Project,
     report::{secs, Reporter},
     suite::InEngine,
 };
+
+use live::{binary_destination, running_after_start};
 
 use super::{
     step::{self, Phase, Step},
@@ -365,6 +367,10 @@ impl Stack for PodmanRun {
         p.run(&self.id.network(), &self.stack.hosts(), test, &urls, args)
     }
 
+    /// Tilt's live update: when no manifest changed (rendered with the images that run now,
+    /// they are what runs), each container of a changed image is stopped with SIGTERM (the
+    /// gateway hands its outbox lease over), gets the new binary where the Dockerfile's
+    /// `COPY` put it, and starts again in the same pod: same address, no new pod.
     fn sync_binaries(
         &mut self,
         project: &Project,
@@ -372,7 +378,42 @@ impl Stack for PodmanRun {
         changed: &[&PlanItem],
         plan: &[PlanItem],
     ) -> anyhow::Result<Option<Vec<String>>> {
-        self.live_update(project, r, changed, plan)
+        let manifests = crate::manifests::Manifests::load(&project.manifests_dir())?;
+        let images = self.stack.containers().map(|(_, c)| &c.image);
+        let now = images.map(|i| (repository(i).to_owned(), i.clone())).collect();
+        if self.rerender(&manifests, &now)?.pod_yaml != self.stack.pod_yaml {
+            return Ok(None);
+        }
+        let mut synced = Vec::new();
+        for item in changed {
+            let binary = item.spec.binary().unwrap_or_default();
+            let dockerfile = std::fs::read_to_string(project.root.join(&item.spec.dockerfile))?;
+            let Some(dest) = binary_destination(&dockerfile, binary) else {
+                return Ok(None);
+            };
+            let file = item.context.join(binary);
+            let containers = self.stack.containers();
+            for (pod, c) in containers.filter(|(_, c)| repository(&c.image) == item.spec.repository)
+            {
+                let name = container_name(&pod.name, &c.name);
+                let (stop, start) = (Podman.container_stop(&name), Podman.container_start(&name));
+                let cmds = [stop, Podman.cp_into(&file, &name, &dest), start];
+                step::run_shown(r, &self.log, &cmds, &format!("syncing {binary} into {name}"))?;
+                running_after_start(&name)?;
+                synced.push(name);
+            }
+        }
+        // The stack's files name the images of `plan` (what now runs, once packaged), so
+        // later cycles compare against them.
+        let pinned =
+            plan.iter().map(|i| (i.spec.repository.clone(), i.reference.clone())).collect();
+        let new = self.rerender(&manifests, &pinned)?;
+        for (pod, yaml) in new.pods.iter().zip(&new.pod_yaml) {
+            crate::fsx::write_atomic(&self.pod_file(&pod.name), yaml)?;
+        }
+        crate::fsx::write_atomic(&self.stack_file(), &new.yaml)?;
+        self.stack = new;
+        Ok(Some(synced))
     }
 
     fn replace(
