@@ -1,5 +1,4 @@
-//! For `dev`'s live update on podman (Tilt's, `sync_binaries` in podman.rs): where a binary goes, and
-//! a restarted container awaited.
+//! Helpers of `dev`'s live update on podman (Tilt's; `sync_binaries` in podman.rs).
 
 use std::time::Duration;
 
