@@ -54,10 +54,8 @@ pub struct Published {
 }
 
 /// The run's network: a /27 of podman's 10.89.0.0/16, pods at fixed addresses from `.10`, every
-/// pod's name in every pod's `/etc/hosts` (`hostAliases`). Why (docs/dns-hang.md): on podman 4.3
-/// (aardvark-dns 1.4) any container joining or leaving any network makes aardvark-dns rebind its
-/// sockets, and a lookup in flight is lost (5 s timeout) or answered NXDOMAIN by the next
-/// nameserver; `/etc/hosts` never asks DNS, and a pod keeps its address when restarted or replaced.
+/// pod's name in every pod's `/etc/hosts` (`hostAliases`): no lookup is left to aardvark-dns 1.4,
+/// which loses those in flight whenever a container joins or leaves a network (docs/dns-hang.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subnet {
     pub base: Ipv4Addr,
@@ -78,26 +76,18 @@ impl Subnet {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
         });
         let start = (hash % u64::from(Self::SLOTS)) as u32;
-        // Each network as the half-open range of addresses it covers.
-        let range = |net: u32, prefix: u32| {
-            let len = 1u64 << (32 - prefix.min(32));
-            let start = u64::from(net) & !(len - 1);
-            (start, start + len)
+        // Two networks overlap when their addresses agree on the shorter prefix.
+        let overlaps = |base: u32, &(net, prefix): &(Ipv4Addr, u32)| {
+            let mask = u32::MAX.checked_shl(32 - prefix.min(Self::PREFIX)).unwrap_or(0);
+            (base ^ u32::from(net)) & mask == 0
         };
         (0..Self::SLOTS)
             .map(|i| Self::POOL + ((start + i) % Self::SLOTS) * Self::SIZE)
-            .find(|&base| {
-                let (b0, b1) = range(base, Self::PREFIX);
-                !used.iter().any(|&(net, prefix)| {
-                    let (n0, n1) = range(net.into(), prefix);
-                    b0 < n1 && n0 < b1
-                })
-            })
+            .find(|&base| !used.iter().any(|n| overlaps(base, n)))
             .map(|base| Subnet { base: base.into() })
             .context("every /27 of 10.89.0.0/16 is used by the engine's networks: remove old ones (podman network prune)")
     }
 
-    /// The `i`-th pod's address.
     pub fn pod(&self, i: usize) -> Ipv4Addr {
         (u32::from(self.base) + Self::FIRST_POD + i as u32).into()
     }
@@ -391,7 +381,6 @@ fn name(doc: &Value) -> anyhow::Result<String> {
     name.with_context(|| format!("a {} without metadata.name", kind(doc)))
 }
 
-/// A Pod's `spec.containers`.
 fn containers_of(doc: &mut Value) -> Option<&mut Vec<Value>> {
     doc.get_mut("spec")?.get_mut("containers")?.as_sequence_mut()
 }
