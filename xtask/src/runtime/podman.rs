@@ -25,8 +25,6 @@ use crate::{
     suite::InEngine,
 };
 
-use live::{binary_destination, running_after_start};
-
 use super::{
     step::{self, Phase, Step},
     url_var, Created as AnyCreated, RunId, RunRecord, ServiceControl, Stack, StackControl,
@@ -399,7 +397,7 @@ impl Stack for PodmanRun {
                 let (stop, start) = (Podman.container_stop(&name), Podman.container_start(&name));
                 let cmds = [stop, Podman.cp_into(&file, &name, &dest), start];
                 step::run_shown(r, &self.log, &cmds, &format!("syncing {binary} into {name}"))?;
-                running_after_start(&name)?;
+                ready::running_after_start(&name)?;
                 synced.push(name);
             }
         }
@@ -457,7 +455,22 @@ pub fn changed_pods(old: &PodmanStack, new: &PodmanStack) -> Vec<usize> {
         .collect()
 }
 
-pub(crate) mod live;
+/// Where a Dockerfile's `COPY` puts a binary: `COPY gateway /usr/local/bin/gateway` (flags
+/// such as `--chmod` allowed; a destination ending in `/` gets the binary's name).
+pub fn binary_destination(dockerfile: &str, binary: &str) -> Option<String> {
+    dockerfile.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        if !words.next()?.eq_ignore_ascii_case("COPY") {
+            return None;
+        }
+        match words.filter(|w| !w.starts_with("--")).collect::<Vec<_>>()[..] {
+            [src, dest] if src == binary && dest.ends_with('/') => Some(format!("{dest}{binary}")),
+            [src, dest] if src == binary => Some(dest.to_owned()),
+            _ => None,
+        }
+    })
+}
+
 mod ready;
 
 #[cfg(test)]

@@ -1,4 +1,3 @@
-use super::ready::{pod_health, PodHealth};
 use super::*;
 
 use crate::manifests::Manifests;
@@ -255,6 +254,8 @@ fn pod_health_fails_fast_on_crash_loops() {
         )),
         PodHealth::Failed(_)
     ));
+    let failed = pod(serde_json::json!({"phase": "Failed", "message": "evicted"}));
+    assert!(matches!(pod_health(&failed), PodHealth::Failed(w) if w.contains("evicted")));
 }
 
 #[test]

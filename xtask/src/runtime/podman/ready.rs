@@ -44,6 +44,21 @@ pub fn health(container: &str) -> Health {
     classify(&Podman.container_state(container).read().unwrap_or_default())
 }
 
+/// Until a started container runs (started again while podman 4.3's clean-up of its stop
+/// stops it again: the race the suite's `Stack::start` meets too), within 60 s.
+pub(super) fn running_after_start(container: &str) -> anyhow::Result<()> {
+    let running = crate::poll::until(Duration::from_secs(60), Duration::from_millis(50), || {
+        match health(container) {
+            Health::Running => return Ok(true),
+            Health::Starting => {}
+            Health::Failed(_) => drop(Podman.container_start(container).read()),
+        }
+        Ok(false)
+    })?;
+    anyhow::ensure!(running, "{container} did not run within 60 s of its start");
+    Ok(())
+}
+
 /// Until every container of the run is ready, each polled on its own (its probe, then, while
 /// it is not ready, its state), so that one container's slow probe delays no other's. On a
 /// remote engine, probes run in the pod: its published ports are not this machine's.
