@@ -16,7 +16,7 @@ use crate::{cmd::Cmd, engine::Engine, handoff::Handoff, project::Project, report
 
 use super::{
     step::{self, Exec, Live, Phase, Step},
-    url_var, Created as AnyCreated, RunId, RunRecord, ServiceControl, Stack, StackControl,
+    url_var, Created as AnyCreated, Health, RunId, RunRecord, ServiceControl, Stack, StackControl,
 };
 
 /// What a Kind run creates, as recorded for `e2e --down`: a cluster of its own (deleted
@@ -254,9 +254,9 @@ impl Stack for KindRun {
             for pod in &pods {
                 let name = pod["metadata"]["name"].as_str().unwrap_or("?");
                 match pod_health(pod) {
-                    PodHealth::Ready => {}
-                    PodHealth::Waiting(why) => waiting.push(format!("{name}: {why}")),
-                    PodHealth::Failed(why) => {
+                    Health::Ready => {}
+                    Health::Waiting(why) => waiting.push(format!("{name}: {why}")),
+                    Health::Failed(why) => {
                         let pod = format!("pod/{name}");
                         let read = |args: &[&str]| self.kubectl_ns(args).read().unwrap_or_default();
                         let logs = read(&["logs", &pod, "--all-containers", "--tail", "30"]);
@@ -397,25 +397,16 @@ pub fn render_cluster_config(
     Ok((serde_norway::to_string(&doc)?, ports))
 }
 
-/// What a pod's status says, reduced to what the wait needs.
-#[derive(Debug, PartialEq, Eq)]
-pub enum PodHealth {
-    Ready,
-    Waiting(String),
-    /// Crash-looping, or failed: stop waiting at once.
-    Failed(String),
-}
-
 /// The waiting reasons that will not pass by themselves.
 const FAILED: &str = "CrashLoopBackOff ErrImageNeverPull ImagePullBackOff ErrImagePull \
                       CreateContainerConfigError InvalidImageName";
 
 /// Decides from one item of `kubectl get pods -o json`.
-pub fn pod_health(pod: &serde_json::Value) -> PodHealth {
+pub fn pod_health(pod: &serde_json::Value) -> Health {
     let status = &pod["status"];
     let phase = status["phase"].as_str().unwrap_or("Pending");
     if phase == "Failed" {
-        return PodHealth::Failed(format!(
+        return Health::Failed(format!(
             "phase Failed: {}",
             status["message"].as_str().unwrap_or("")
         ));
@@ -424,19 +415,17 @@ pub fn pod_health(pod: &serde_json::Value) -> PodHealth {
         let name = s["name"].as_str().unwrap_or("?");
         let waiting = s["state"]["waiting"]["reason"].as_str().unwrap_or("");
         if FAILED.split_whitespace().any(|r| r == waiting) {
-            return PodHealth::Failed(format!("container {name}: {waiting}"));
+            return Health::Failed(format!("container {name}: {waiting}"));
         }
         let code = s["lastState"]["terminated"]["exitCode"].as_i64().unwrap_or(0);
         if s["restartCount"].as_u64().unwrap_or(0) > 0 {
-            return PodHealth::Failed(format!(
-                "container {name} restarted (last exit code {code})"
-            ));
+            return Health::Failed(format!("container {name} restarted (last exit code {code})"));
         }
     }
     let conditions = status["conditions"].as_array().into_iter().flatten();
     match conditions.into_iter().any(|c| c["type"] == "Ready" && c["status"] == "True") {
-        true => PodHealth::Ready,
-        false => PodHealth::Waiting(format!("phase {phase}")),
+        true => Health::Ready,
+        false => Health::Waiting(format!("phase {phase}")),
     }
 }
 

@@ -286,6 +286,15 @@ pub fn down(project: &Project, r: &Reporter, only: Option<&str>) -> anyhow::Resu
     Ok(())
 }
 
+/// A container's or a pod's state, reduced to what a wait for readiness needs.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Health {
+    Ready,
+    Waiting(String),
+    /// Exited, restarted, crash-looping: waiting longer will not help.
+    Failed(String),
+}
+
 /// `data-storage` becomes `DATA_STORAGE_URL`.
 pub fn url_var(service: &str) -> String {
     format!("{}_URL", service.to_ascii_uppercase().replace('-', "_"))

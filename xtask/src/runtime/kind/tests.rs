@@ -234,28 +234,28 @@ fn pod_health_fails_fast_on_crash_loops() {
         pod_health(&pod(
             serde_json::json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}], "containerStatuses": [{"name": "g", "restartCount": 0, "state": {"running": {}}}]})
         )),
-        PodHealth::Ready
+        Health::Ready
     );
     assert!(matches!(
         pod_health(&pod(serde_json::json!({"phase": "Pending"}))),
-        PodHealth::Waiting(_)
+        Health::Waiting(_)
     ));
     assert!(matches!(
         pod_health(&pod(serde_json::json!({"phase": "Running", "containerStatuses": [{"name": "g", "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}))),
-        PodHealth::Failed(w) if w.contains("CrashLoopBackOff")
+        Health::Failed(w) if w.contains("CrashLoopBackOff")
     ));
     assert!(matches!(
         pod_health(&pod(serde_json::json!({"phase": "Running", "containerStatuses": [{"name": "g", "restartCount": 1, "lastState": {"terminated": {"exitCode": 2}}, "state": {"running": {}}}]}))),
-        PodHealth::Failed(w) if w.contains("exit code 2")
+        Health::Failed(w) if w.contains("exit code 2")
     ));
     assert!(matches!(
         pod_health(&pod(
             serde_json::json!({"phase": "Pending", "containerStatuses": [{"name": "g", "restartCount": 0, "state": {"waiting": {"reason": "ErrImageNeverPull"}}}]})
         )),
-        PodHealth::Failed(_)
+        Health::Failed(_)
     ));
     let failed = pod(serde_json::json!({"phase": "Failed", "message": "evicted"}));
-    assert!(matches!(pod_health(&failed), PodHealth::Failed(w) if w.contains("evicted")));
+    assert!(matches!(pod_health(&failed), Health::Failed(w) if w.contains("evicted")));
 }
 
 #[test]

@@ -12,15 +12,8 @@ use crate::{
     interrupt,
     manifests::{Container, Pod, Probe as ProbeSpec},
     report::{secs, Reporter},
+    runtime::Health,
 };
-
-/// What podman says of a container, reduced to what the wait needs.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Health {
-    Running,
-    Starting,
-    Failed(String),
-}
 
 /// Decides from `podman container inspect` output (`status exit-code restarts`).
 pub fn classify(state: &str) -> Health {
@@ -32,8 +25,8 @@ pub fn classify(state: &str) -> Health {
         _ if restarts > 0 => {
             Health::Failed(format!("restarted {restarts} time(s), last exit code {exit}"))
         }
-        "running" => Health::Running,
-        "created" | "configured" | "initialized" => Health::Starting,
+        "running" => Health::Ready,
+        "created" | "configured" | "initialized" => Health::Waiting(status.to_owned()),
         "exited" | "stopped" | "dead" => Health::Failed(format!("{status} with exit code {exit}")),
         other => Health::Failed(format!("in state {other}")),
     }
@@ -49,8 +42,8 @@ pub fn health(container: &str) -> Health {
 pub(super) fn running_after_start(container: &str) -> anyhow::Result<()> {
     let running = crate::poll::until(Duration::from_secs(60), Duration::from_millis(50), || {
         match health(container) {
-            Health::Running => return Ok(true),
-            Health::Starting => {}
+            Health::Ready => return Ok(true),
+            Health::Waiting(_) => {}
             Health::Failed(_) => drop(Podman.container_start(container).read()),
         }
         Ok(false)
@@ -123,7 +116,7 @@ fn until_ready_in(
     };
     // The probe, once: `Ok` when it passes, else why not.
     let once = || match &c.readiness {
-        None if health(name) == Health::Running => Ok(()),
+        None if health(name) == Health::Ready => Ok(()),
         None => Err("starting".to_owned()),
         Some(ProbeSpec::Exec(command)) => {
             let failed = format!("`{}` failed", command.join(" "));
@@ -256,8 +249,8 @@ mod tests {
 
     #[test]
     fn classifies_podman_states() {
-        assert_eq!(classify("running 0 0"), Health::Running);
-        assert_eq!(classify("created 0 0"), Health::Starting);
+        assert_eq!(classify("running 0 0"), Health::Ready);
+        assert_eq!(classify("created 0 0"), Health::Waiting("created".into()));
         assert_eq!(classify("exited 1 0"), Health::Failed("exited with exit code 1".into()));
         assert!(matches!(classify("running 0 2"), Health::Failed(w) if w.contains("restarted 2")));
         assert!(matches!(classify(""), Health::Failed(w) if w.contains("unknown")));
