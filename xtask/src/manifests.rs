@@ -277,9 +277,6 @@ impl Manifests {
                             Value::Null => None,
                             p => Some(probe(p, &format!("{what}: readinessProbe"))?),
                         };
-                        let ports: Vec<u16> = (c["ports"].as_sequence().into_iter().flatten())
-                            .map(|p| field(p, &format!("{what}: a port"), "containerPort"))
-                            .collect::<anyhow::Result<_>>()?;
                         let image = pin_image(&image, images);
                         c["image"] = image.clone().into();
                         let env = c.get_mut("env").and_then(Value::as_sequence_mut);
@@ -294,10 +291,13 @@ impl Manifests {
                         for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
                             c.as_mapping_mut().map(|m| m.remove(probe));
                         }
-                        for (i, container_port) in ports.into_iter().enumerate() {
+                        let ports = c.get_mut("ports").and_then(Value::as_sequence_mut);
+                        for port in ports.into_iter().flatten() {
+                            let container_port =
+                                field(port, &format!("{what}: a port"), "containerPort")?;
                             let host_port = free_port()?;
-                            c["ports"][i]["hostPort"] = host_port.into();
-                            c["ports"][i]["hostIP"] = "127.0.0.1".into();
+                            port["hostPort"] = host_port.into();
+                            port["hostIP"] = "127.0.0.1".into();
                             let (pod, base) = (pod_name.clone(), base.clone());
                             published.push(Published { pod, base, container_port, host_port });
                         }
