@@ -212,11 +212,9 @@ impl PodmanRun {
     }
 
     /// The network and the secrets, each recorded before it is made. Each command runs to its
-    /// end even after Ctrl-C or SIGTERM (the run stops between steps, then tears down): podman
-    /// 4.3 writes its secret database in place, and a `secret create` killed mid-write left it
-    /// empty, every later `podman secret` failing with "unexpected end of JSON input" (seen in
-    /// CI after the SIGTERM test; SIGTERM as the secret was made, 60 times: 32 creates cut
-    /// short and 4 databases damaged before, none of either since).
+    /// end after Ctrl-C or SIGTERM, so as not to damage podman's secret database (docs/run.md,
+    /// tear down; SIGTERM as the secret was made, 60 times: 32 creates cut short and 4
+    /// databases damaged before, none of either since).
     fn setup_steps(&self) -> Vec<Step<'_>> {
         let subnet = self.stack.subnet.map(|s| s.to_string());
         let cmd = Podman.network_create(&self.id.network(), subnet.as_deref()).survives_interrupt();

@@ -103,9 +103,8 @@ fn until_ready_in(
     timeout: Duration,
 ) -> Result<(), String> {
     let (name, remote) = (&container_name(&pod.name, &c.name), run.remote);
-    // A probe loops where it runs, one engine call per slice. On a remote engine, in a new
-    // container of the image in the pod, not `podman exec`: the API keeps each exec's conmon
-    // in the pod's cgroup for 300 s, and `pod rm` waits 3 s for each (13 s in the rig).
+    // A probe loops where it runs, one engine call per slice; on a remote engine in a new
+    // container of the image in the pod, not `podman exec` (docs/run.md, step 4; 13 s in the rig).
     let in_container = |probe: Vec<String>, failed: String, what: &str| {
         let remote = remote.then(|| Podman.run_in_pod(&pod.name, &c.image, &probe));
         match remote.unwrap_or_else(|| Podman.exec(name, &probe)).succeeds() {
