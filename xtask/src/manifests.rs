@@ -1,6 +1,6 @@
 //! The manifests under `test/e2e/manifests/`, rendered for a runtime. For podman: images
 //! pinned, ports published on free loopback ports, Secrets taken out (podman 4.3's `kube play`
-//! stores one in a form its own `secretKeyRef` cannot read; see `secret_payload`).
+//! stores one in a form its own `secretKeyRef` cannot read; see [`Secret`]).
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
@@ -15,10 +15,12 @@ pub struct Manifests {
     pub docs: Vec<Value>,
 }
 
+/// A Secret as podman 4.3's `secretKeyRef` reads it from a podman secret: `payload` is JSON of
+/// key to base64 value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Secret {
     pub name: String,
-    pub data: BTreeMap<String, Vec<u8>>,
+    pub payload: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,13 +357,6 @@ fn rename_at(value: Option<&mut Value>, names: &BTreeMap<String, String>) {
     }
 }
 
-/// What podman 4.3's `secretKeyRef` reads from a podman secret: JSON of key to base64 value.
-pub fn secret_payload(secret: &Secret) -> String {
-    let map: BTreeMap<&str, String> =
-        (secret.data.iter()).map(|(k, v)| (k.as_str(), STANDARD.encode(v))).collect();
-    serde_json::to_string(&map).expect("a map of strings serialises")
-}
-
 fn to_yaml(doc: &Value) -> anyhow::Result<String> {
     Ok(format!("---\n{}", serde_norway::to_string(doc)?))
 }
@@ -391,15 +386,16 @@ fn secret(doc: &Value) -> anyhow::Result<Secret> {
         serde_norway::from_value::<Option<BTreeMap<String, String>>>(doc[field].clone())
             .with_context(|| format!("secret {name}: data and stringData map keys to strings"))
     };
-    let mut data = BTreeMap::new();
-    for (k, v) in strings("data")?.unwrap_or_default() {
-        let bytes = (STANDARD.decode(v))
-            .with_context(|| format!("secret {name}: data.{k} is not base64"))?;
-        data.insert(k, bytes);
+    let data = strings("data")?.unwrap_or_default();
+    for (k, v) in &data {
+        // Decoded only to be checked: base64 that decodes is canonical, so it is kept as it is.
+        STANDARD.decode(v).with_context(|| format!("secret {name}: data.{k} is not base64"))?;
     }
     let string_data = strings("stringData")?.unwrap_or_default().into_iter();
-    data.extend(string_data.map(|(k, v)| (k, v.into_bytes())));
-    Ok(Secret { name, data })
+    let values: BTreeMap<_, _> =
+        data.into_iter().chain(string_data.map(|(k, v)| (k, STANDARD.encode(v)))).collect();
+    let payload = serde_json::to_string(&values).expect("a map of strings serialises");
+    Ok(Secret { name, payload })
 }
 
 /// `value[key]` as a `T`, or an error naming it in `what`.

@@ -19,7 +19,7 @@ use crate::{
     cmd::Cmd,
     engine::{container_name, Engine, Podman},
     handoff::Handoff,
-    manifests::{repository, secret_payload, Manifests, PodmanStack, Published, Subnet},
+    manifests::{repository, Manifests, PodmanStack, Published, Subnet},
     project::Project,
     report::{secs, Reporter},
     suite::InEngine,
@@ -228,7 +228,7 @@ impl PodmanRun {
             steps.push(Step::Secret {
                 cmd: Podman.secret_create(&secret.name, &file).survives_interrupt(),
                 file,
-                payload: secret_payload(secret),
+                payload: secret.payload.clone(),
                 doing: format!("creating podman secret {}", secret.name),
             });
         }
