@@ -384,9 +384,8 @@ pub fn render_cluster_config(
     doc["name"] = Value::String(name.to_owned());
     let mut ports = BTreeMap::new();
     for node in doc["nodes"].as_sequence_mut().context("the Kind cluster config has no nodes")? {
-        for m in
-            node.get_mut("extraPortMappings").and_then(Value::as_sequence_mut).into_iter().flatten()
-        {
+        let mappings = node.get_mut("extraPortMappings").and_then(Value::as_sequence_mut);
+        for m in mappings.into_iter().flatten() {
             let port =
                 m["containerPort"].as_u64().context("an extraPortMapping without containerPort")?;
             let host_port = free_port()?;
@@ -406,10 +405,8 @@ pub fn pod_health(pod: &serde_json::Value) -> Health {
     let status = &pod["status"];
     let phase = status["phase"].as_str().unwrap_or("Pending");
     if phase == "Failed" {
-        return Health::Failed(format!(
-            "phase Failed: {}",
-            status["message"].as_str().unwrap_or("")
-        ));
+        let message = status["message"].as_str().unwrap_or("");
+        return Health::Failed(format!("phase Failed: {message}"));
     }
     for s in status["containerStatuses"].as_array().into_iter().flatten() {
         let name = s["name"].as_str().unwrap_or("?");

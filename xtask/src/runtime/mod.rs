@@ -233,12 +233,10 @@ pub fn teardown(
         Created::Kind(c) if c.reuse => vec![format!("namespace {}", c.namespace)],
         Created::Kind(c) => vec![format!("cluster {}", c.cluster)],
     };
+    let (left, failures, id) = (left.join(", "), failures.join("\n"), &record.id);
     anyhow::ensure!(
         left.is_empty(),
-        "teardown left something behind ({}):\n{}\n  fix: `cargo xtask e2e --down {}` tries again",
-        left.join(", "),
-        failures.join("\n"),
-        record.id
+        "teardown left something behind ({left}):\n{failures}\n  fix: `cargo xtask e2e --down {id}` tries again"
     );
     let _ = std::fs::remove_file(RunRecord::path(dir));
     Ok(())
