@@ -243,10 +243,8 @@ impl Manifests {
         subnet: Option<Subnet>,
         mut free_port: impl FnMut() -> anyhow::Result<u16>,
     ) -> anyhow::Result<PodmanStack> {
-        let renamed = |n: &str| match suffix {
-            "" => n.to_owned(),
-            _ => format!("{n}-{suffix}"),
-        };
+        let renamed =
+            |n: &str| if suffix.is_empty() { n.to_owned() } else { format!("{n}-{suffix}") };
         let renames = |kinds: &[&str]| -> anyhow::Result<BTreeMap<String, String>> {
             let docs = self.docs.iter().filter(|d| kinds.contains(&kind(d)));
             docs.map(|d| name(d).map(|n| (n.clone(), renamed(&n)))).collect()
