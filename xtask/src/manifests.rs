@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use anyhow::Context;
 use base64::{engine::general_purpose::STANDARD, Engine as _};
-use serde::Deserialize;
+use serde::{de::DeserializeOwned, Deserialize};
 use serde_norway::Value;
 
 /// Every document of every `*.yaml` file, files in name order.
@@ -397,11 +397,8 @@ fn secret(doc: &Value) -> anyhow::Result<Secret> {
 }
 
 /// `value[key]` as a `T`, or an error naming it in `what`.
-fn field<T: serde::de::DeserializeOwned>(
-    value: &Value,
-    what: &str,
-    key: &str,
-) -> anyhow::Result<T> {
+fn field<T: DeserializeOwned>(value: &Value, what: &str, key: &str) -> anyhow::Result<T> {
+    anyhow::ensure!(!value[key].is_null(), "{what}: no {key}");
     serde_norway::from_value(value[key].clone()).with_context(|| format!("{what}: {key}"))
 }
 

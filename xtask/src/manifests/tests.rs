@@ -185,3 +185,18 @@ fn unsupported_kinds_are_named() {
     let err = m.render_podman(&BTreeMap::new(), "", None, || Ok(1)).unwrap_err().to_string();
     assert!(err.contains("Deployment") && err.contains("only Pod, Service and Secret"), "{err}");
 }
+
+#[test]
+fn a_malformed_container_is_named_with_its_field() {
+    let pod = |container: &str| {
+        let yaml =
+            format!("kind: Pod\nmetadata: {{name: p}}\nspec: {{containers: [{container}]}}\n");
+        let m = Manifests { docs: parse_docs(&yaml).unwrap() };
+        format!("{:#}", m.render_podman(&BTreeMap::new(), "", None, || Ok(1)).unwrap_err())
+    };
+    assert_eq!(pod("{name: c}"), "pod p: a container: no image");
+    let port = pod("{name: c, image: i, ports: [{containerPort: x}]}");
+    assert!(port.starts_with("pod p: container c: a port: containerPort: "), "{port}");
+    let probe = pod("{name: c, image: i, readinessProbe: {httpGet: {path: /}}}");
+    assert_eq!(probe, "pod p: container c: readinessProbe: no port");
+}

@@ -428,13 +428,8 @@ impl Stack for PodmanRun {
             // Stopped, not killed: a service finishes what it was doing (the gateway
             // releases its outbox lease for the new one).
             let play = Podman.kube_play(&self.id.network(), stack.address(pod), &file);
-            let rm = Podman.pods_rm(std::slice::from_ref(pod));
-            step::run_shown(
-                r,
-                &self.log,
-                &[Podman.pod_stop(pod), rm, play],
-                &format!("replacing {pod}"),
-            )?;
+            let cmds = [Podman.pod_stop(pod), Podman.pods_rm(std::slice::from_ref(pod)), play];
+            step::run_shown(r, &self.log, &cmds, &format!("replacing {pod}"))?;
             names.push(pod.clone());
         }
         crate::fsx::write_atomic(&self.stack_file(), &stack.yaml)?;
