@@ -1,19 +1,9 @@
 //! Until every service is ready: the xtask runs each container's readiness probe (podman
 //! does not act on probes); a container that exits or restarts ends the wait, with its log.
 
-use std::{
-    sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
-};
-
-use super::PodmanRun;
-use crate::{
-    engine::{container_name, Podman},
-    interrupt,
-    manifests::{Container, Pod, Probe as ProbeSpec},
-    report::{secs, Reporter},
-    runtime::Health,
-};
+use super::*;
+use crate::manifests::{Container, Pod, Probe as ProbeSpec};
+use crate::{interrupt, runtime::Health};
 
 /// Decides from `podman container inspect` output (`status exit-code restarts`).
 pub fn classify(state: &str) -> Health {
