@@ -201,7 +201,7 @@ impl RunRecord {
     }
 
     /// The teardown, as stages: the commands of a stage run at once, the stages in turn.
-    pub fn teardown_stages(&self) -> Vec<Vec<Cmd>> {
+    pub fn teardown(&self) -> Vec<Vec<Cmd>> {
         match &self.created {
             Created::Podman(c) => c.teardown(),
             Created::Kind(c) => c.teardown(),
@@ -220,7 +220,7 @@ pub fn teardown(
     exec: &mut dyn step::Exec,
 ) -> anyhow::Result<()> {
     let mut failures = Vec::new();
-    for stage in record.teardown_stages() {
+    for stage in record.teardown() {
         let stage: Vec<Cmd> = stage.into_iter().map(Cmd::survives_interrupt).collect();
         stage.iter().for_each(|c| r.command(c));
         failures.extend(exec.run_all(&stage, log));

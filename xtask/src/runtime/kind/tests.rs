@@ -40,7 +40,7 @@ fn suite(run: &KindRun) -> Vec<Phase<'static>> {
 fn the_kind_plan_is_the_documented_command_line() {
     let run = run(false, Engine::Podman);
     let mut plan = step::print(&run.plan(Duration::from_secs(1), suite(&run)));
-    plan.extend(run.final_record().teardown_stages().concat().iter().map(ToString::to_string));
+    plan.extend(run.final_record().teardown().concat().iter().map(ToString::to_string));
     let expected = [
         "zstd -d -q -f -o /r/target/e2e/runs/1/images.tar /r/images.tar.zst",
         "KIND_EXPERIMENTAL_PROVIDER=podman kind create cluster --name e2e-103501-42 --config /r/target/e2e/runs/1/kind-cluster.yaml --wait 120s",
@@ -70,8 +70,7 @@ fn the_printed_plan_is_the_executed_plan() {
         let run = run_in(&root, reuse, Engine::Docker);
         let plan = run.plan(Duration::from_secs(1), suite(&run));
         let mut printed = step::printed_commands(&plan);
-        printed
-            .extend(run.final_record().teardown_stages().concat().iter().map(ToString::to_string));
+        printed.extend(run.final_record().teardown().concat().iter().map(ToString::to_string));
         let (mut rec, record) = step::record_run(&run.dir, &run.log, &[&plan]);
         let record = record.expect("recorded before the cluster exists");
         assert_eq!(record, run.final_record());
@@ -115,7 +114,7 @@ fn the_dev_loop_replaces_only_changed_pods_through_kubectl() {
 fn a_reused_cluster_is_neither_created_nor_deleted() {
     let run = run(true, Engine::Docker);
     let mut plan = step::print(&run.plan(Duration::from_secs(1), vec![]));
-    plan.extend(run.final_record().teardown_stages().concat().iter().map(ToString::to_string));
+    plan.extend(run.final_record().teardown().concat().iter().map(ToString::to_string));
     assert!(
         !plan.iter().any(|l| l.contains("create cluster") || l.contains("delete cluster")),
         "{plan:#?}"
