@@ -348,7 +348,7 @@ mod tests {
     use super::*;
     use crate::{
         manifests::Manifests,
-        runtime::podman::{changed_pods, live::binary_destination},
+        runtime::podman::{binary_destination, changed_pods},
     };
     use std::collections::BTreeMap;
 

@@ -189,7 +189,7 @@ fn dry_run(run: &Run) -> Result<()> {
     lines.extend(step::print(&stack.plan(opts.ready_timeout, opts.tests(project, &*stack, None))));
     lines.extend(stack.failure_commands());
     let keep = if opts.keep { "  # skipped: --keep" } else { "" };
-    lines.extend(stack.final_record().teardown().iter().map(|c| format!("{c}{keep}")));
+    lines.extend(stack.final_record().teardown().concat().iter().map(|c| format!("{c}{keep}")));
     println!("{}", lines.join("\n"));
     Ok(())
 }

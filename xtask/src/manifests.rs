@@ -1,12 +1,12 @@
 //! The manifests under `test/e2e/manifests/`, rendered for a runtime. For podman: images
 //! pinned, ports published on free loopback ports, Secrets taken out (podman 4.3's `kube play`
-//! stores one in a form its own `secretKeyRef` cannot read; see `secret_payload`).
+//! stores one in a form its own `secretKeyRef` cannot read; see [`Secret`]).
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use anyhow::Context;
 use base64::{engine::general_purpose::STANDARD, Engine as _};
-use serde::{Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize};
 use serde_norway::Value;
 
 /// Every document of every `*.yaml` file, files in name order.
@@ -15,10 +15,12 @@ pub struct Manifests {
     pub docs: Vec<Value>,
 }
 
+/// A Secret as podman 4.3's `secretKeyRef` reads it from a podman secret: `payload` is JSON of
+/// key to base64 value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Secret {
     pub name: String,
-    pub data: BTreeMap<String, Vec<u8>>,
+    pub payload: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,16 +51,13 @@ pub struct Published {
     pub pod: String,
     /// The pod's name in the manifests.
     pub base: String,
-    pub container: String,
     pub container_port: u16,
     pub host_port: u16,
 }
 
 /// The run's network: a /27 of podman's 10.89.0.0/16, pods at fixed addresses from `.10`, every
-/// pod's name in every pod's `/etc/hosts` (`hostAliases`). Why (docs/dns-hang.md): on podman 4.3
-/// (aardvark-dns 1.4) any container joining or leaving any network makes aardvark-dns rebind its
-/// sockets, and a lookup in flight is lost (5 s timeout) or answered NXDOMAIN by the next
-/// nameserver; `/etc/hosts` never asks DNS, and a pod keeps its address when restarted or replaced.
+/// pod's name in every pod's `/etc/hosts` (`hostAliases`): no lookup is left to aardvark-dns 1.4,
+/// which loses those in flight whenever a container joins or leaves a network (docs/dns-hang.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subnet {
     pub base: Ipv4Addr,
@@ -79,26 +78,18 @@ impl Subnet {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
         });
         let start = (hash % u64::from(Self::SLOTS)) as u32;
-        // Each network as the half-open range of addresses it covers.
-        let range = |net: u32, prefix: u32| {
-            let len = 1u64 << (32 - prefix.min(32));
-            let start = u64::from(net) & !(len - 1);
-            (start, start + len)
+        // Two networks overlap when their addresses agree on the shorter prefix.
+        let overlaps = |base: u32, &(net, prefix): &(Ipv4Addr, u32)| {
+            let mask = u32::MAX.checked_shl(32 - prefix.min(Self::PREFIX)).unwrap_or(0);
+            (base ^ u32::from(net)) & mask == 0
         };
         (0..Self::SLOTS)
             .map(|i| Self::POOL + ((start + i) % Self::SLOTS) * Self::SIZE)
-            .find(|&base| {
-                let (b0, b1) = range(base, Self::PREFIX);
-                !used.iter().any(|&(net, prefix)| {
-                    let (n0, n1) = range(net.into(), prefix);
-                    b0 < n1 && n0 < b1
-                })
-            })
+            .find(|&base| !used.iter().any(|n| overlaps(base, n)))
             .map(|base| Subnet { base: base.into() })
             .context("every /27 of 10.89.0.0/16 is used by the engine's networks: remove old ones (podman network prune)")
     }
 
-    /// The `i`-th pod's address.
     pub fn pod(&self, i: usize) -> Ipv4Addr {
         (u32::from(self.base) + Self::FIRST_POD + i as u32).into()
     }
@@ -142,6 +133,11 @@ pub struct PodmanStack {
 }
 
 impl PodmanStack {
+    /// Every container, with its pod.
+    pub fn containers(&self) -> impl Iterator<Item = (&Pod, &Container)> {
+        self.pods.iter().flat_map(|p| p.containers.iter().map(move |c| (p, c)))
+    }
+
     /// Each pod's name and fixed address on the run's network.
     pub fn hosts(&self) -> Vec<(String, Ipv4Addr)> {
         let Some(s) = self.subnet else { return vec![] };
@@ -247,10 +243,8 @@ impl Manifests {
         subnet: Option<Subnet>,
         mut free_port: impl FnMut() -> anyhow::Result<u16>,
     ) -> anyhow::Result<PodmanStack> {
-        let renamed = |n: &str| match suffix {
-            "" => n.to_owned(),
-            _ => format!("{n}-{suffix}"),
-        };
+        let renamed =
+            |n: &str| if suffix.is_empty() { n.to_owned() } else { format!("{n}-{suffix}") };
         let renames = |kinds: &[&str]| -> anyhow::Result<BTreeMap<String, String>> {
             let docs = self.docs.iter().filter(|d| kinds.contains(&kind(d)));
             docs.map(|d| name(d).map(|n| (n.clone(), renamed(&n)))).collect()
@@ -275,9 +269,15 @@ impl Manifests {
                     for c in containers_of(&mut doc)
                         .with_context(|| format!("pod {pod_name}: no spec.containers"))?
                     {
-                        let typed: ContainerYaml = serde_norway::from_value(c.clone())
-                            .with_context(|| format!("pod {pod_name}: a container"))?;
-                        let image = pin_image(&typed.image, images);
+                        let what = format!("pod {pod_name}: a container");
+                        let (name, image): (String, String) =
+                            (field(c, &what, "name")?, field(c, &what, "image")?);
+                        let what = format!("pod {pod_name}: container {name}");
+                        let readiness = match &c["readinessProbe"] {
+                            Value::Null => None,
+                            p => Some(probe(p, &format!("{what}: readinessProbe"))?),
+                        };
+                        let image = pin_image(&image, images);
                         c["image"] = image.clone().into();
                         let env = c.get_mut("env").and_then(Value::as_sequence_mut);
                         for var in env.into_iter().flatten() {
@@ -291,23 +291,17 @@ impl Manifests {
                         for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
                             c.as_mapping_mut().map(|m| m.remove(probe));
                         }
-                        for (i, port) in typed.ports.iter().enumerate() {
+                        let ports = c.get_mut("ports").and_then(Value::as_sequence_mut);
+                        for port in ports.into_iter().flatten() {
+                            let container_port =
+                                field(port, &format!("{what}: a port"), "containerPort")?;
                             let host_port = free_port()?;
-                            c["ports"][i]["hostPort"] = host_port.into();
-                            c["ports"][i]["hostIP"] = "127.0.0.1".into();
-                            published.push(Published {
-                                pod: pod_name.clone(),
-                                base: base.clone(),
-                                container: typed.name.clone(),
-                                container_port: port.container_port,
-                                host_port,
-                            });
+                            port["hostPort"] = host_port.into();
+                            port["hostIP"] = "127.0.0.1".into();
+                            let (pod, base) = (pod_name.clone(), base.clone());
+                            published.push(Published { pod, base, container_port, host_port });
                         }
-                        containers.push(Container {
-                            name: typed.name,
-                            image,
-                            readiness: typed.readiness_probe.map(Probe::from),
-                        });
+                        containers.push(Container { name, image, readiness });
                     }
                     pods.push(Pod { name: pod_name, base, containers });
                     yaml_docs.push(doc);
@@ -320,13 +314,14 @@ impl Manifests {
         }
         anyhow::ensure!(!pods.is_empty(), "the manifests hold no Pod");
         if let Some(subnet) = subnet {
-            let aliases: Vec<HostAlias> = (pods.iter().enumerate())
-                .map(|(i, p)| HostAlias {
-                    ip: subnet.pod(i).to_string(),
-                    hostnames: [p.name.clone()],
+            let aliases: Vec<Value> = (pods.iter().enumerate())
+                .map(|(i, p)| {
+                    let ip = ("ip".into(), subnet.pod(i).to_string().into());
+                    let hostnames = ("hostnames".into(), vec![p.name.as_str()].into());
+                    Value::Mapping([ip, hostnames].into_iter().collect())
                 })
                 .collect();
-            let aliases = serde_norway::to_value(aliases)?;
+            let aliases = Value::from(aliases);
             for doc in &mut yaml_docs {
                 doc["spec"]["hostAliases"] = aliases.clone();
             }
@@ -360,13 +355,6 @@ fn rename_at(value: Option<&mut Value>, names: &BTreeMap<String, String>) {
     }
 }
 
-/// What podman 4.3's `secretKeyRef` reads from a podman secret: JSON of key to base64 value.
-pub fn secret_payload(secret: &Secret) -> String {
-    let map: BTreeMap<&str, String> =
-        (secret.data.iter()).map(|(k, v)| (k.as_str(), STANDARD.encode(v))).collect();
-    serde_json::to_string(&map).expect("a map of strings serialises")
-}
-
 fn to_yaml(doc: &Value) -> anyhow::Result<String> {
     Ok(format!("---\n{}", serde_norway::to_string(doc)?))
 }
@@ -386,24 +374,43 @@ fn name(doc: &Value) -> anyhow::Result<String> {
     name.with_context(|| format!("a {} without metadata.name", kind(doc)))
 }
 
-/// A Pod's `spec.containers`.
 fn containers_of(doc: &mut Value) -> Option<&mut Vec<Value>> {
     doc.get_mut("spec")?.get_mut("containers")?.as_sequence_mut()
 }
 
 fn secret(doc: &Value) -> anyhow::Result<Secret> {
     let name = name(doc)?;
-    let yaml: SecretYaml = serde_norway::from_value(doc.clone())
-        .with_context(|| format!("secret {name}: data and stringData map keys to strings"))?;
-    let mut data = BTreeMap::new();
-    for (k, v) in yaml.data.unwrap_or_default() {
-        let bytes = (STANDARD.decode(v))
-            .with_context(|| format!("secret {name}: data.{k} is not base64"))?;
-        data.insert(k, bytes);
+    let strings = |field: &str| {
+        serde_norway::from_value::<Option<BTreeMap<String, String>>>(doc[field].clone())
+            .with_context(|| format!("secret {name}: data and stringData map keys to strings"))
+    };
+    let data = strings("data")?.unwrap_or_default();
+    for (k, v) in &data {
+        // Decoded only to be checked: base64 that decodes is canonical, so it is kept as it is.
+        STANDARD.decode(v).with_context(|| format!("secret {name}: data.{k} is not base64"))?;
     }
-    let string_data = yaml.string_data.unwrap_or_default().into_iter();
-    data.extend(string_data.map(|(k, v)| (k, v.into_bytes())));
-    Ok(Secret { name, data })
+    let string_data = strings("stringData")?.unwrap_or_default().into_iter();
+    let values: BTreeMap<_, _> =
+        data.into_iter().chain(string_data.map(|(k, v)| (k, STANDARD.encode(v)))).collect();
+    let payload = serde_json::to_string(&values).expect("a map of strings serialises");
+    Ok(Secret { name, payload })
+}
+
+/// `value[key]` as a `T`, or an error naming it in `what`.
+fn field<T: DeserializeOwned>(value: &Value, what: &str, key: &str) -> anyhow::Result<T> {
+    anyhow::ensure!(!value[key].is_null(), "{what}: no {key}");
+    serde_norway::from_value(value[key].clone()).with_context(|| format!("{what}: {key}"))
+}
+
+/// A probe as the manifests give it: `httpGet` (path, port), else `exec` (none: `true`).
+fn probe(p: &Value, what: &str) -> anyhow::Result<Probe> {
+    Ok(match (&p["httpGet"], &p["exec"]) {
+        (Value::Null, Value::Null) => Probe::Exec(vec!["true".into()]),
+        (Value::Null, exec) => Probe::Exec(field(exec, what, "command")?),
+        (get, _) => {
+            Probe::Http { path: field(get, what, "path")?, port: field(get, what, "port")? }
+        }
+    })
 }
 
 /// `localhost/e2e-gateway:latest` becomes the built reference for `localhost/e2e-gateway`.
@@ -417,63 +424,6 @@ pub fn repository(image: &str) -> &str {
     match image.rfind(':') {
         Some(i) if !image[i..].contains('/') => &image[..i],
         _ => image,
-    }
-}
-
-/// A Secret's values (`data:` left empty is YAML's null: no values).
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SecretYaml {
-    data: Option<BTreeMap<String, String>>,
-    string_data: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Serialize)]
-struct HostAlias {
-    ip: String,
-    hostnames: [String; 1],
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ContainerYaml {
-    name: String,
-    image: String,
-    #[serde(default)]
-    ports: Vec<PortYaml>,
-    readiness_probe: Option<ProbeYaml>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PortYaml {
-    container_port: u16,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ProbeYaml {
-    exec: Option<ExecYaml>,
-    http_get: Option<HttpGetYaml>,
-}
-
-#[derive(Deserialize)]
-struct ExecYaml {
-    command: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct HttpGetYaml {
-    path: String,
-    port: u16,
-}
-
-impl From<ProbeYaml> for Probe {
-    fn from(p: ProbeYaml) -> Probe {
-        match (p.exec, p.http_get) {
-            (_, Some(HttpGetYaml { path, port })) => Probe::Http { path, port },
-            (exec, None) => Probe::Exec(exec.map_or_else(|| vec!["true".into()], |e| e.command)),
-        }
     }
 }
 

@@ -24,7 +24,7 @@ use crate::{
     report::Reporter,
     runtime::{
         self, free_port,
-        kind::{self, KindFiles, KindRun},
+        kind::{self, KindRun},
         podman::{subnet_for, Arriving, PodmanRun},
         step::{Live, Phase, Runner, Step},
         RunId, RunRecord, Stack,
@@ -280,7 +280,6 @@ impl<'a> Run<'a> {
             namespace: id.namespace(),
             // The engine that built or loaded the images is kind's provider.
             provider: handoff.engine,
-            archive_tar: dir.join("images.tar"),
             archive_source: opts.images.clone(),
             log: id.log(project),
             dir,
@@ -288,7 +287,9 @@ impl<'a> Run<'a> {
             node_ports,
             references: handoff.images.iter().map(|i| i.reference.clone()).collect(),
             pods: manifests.pods(),
-            files: KindFiles { config, stack, ports_record },
+            config,
+            stack,
+            ports_record,
         })
     }
 

@@ -140,8 +140,8 @@ fn secrets_are_taken_out_and_encoded_for_podman() {
     assert_eq!(stack.secrets.len(), 1);
     let s = &stack.secrets[0];
     assert_eq!(s.name, "postgres-credentials");
-    assert_eq!(s.data["user"], b"audit");
-    let payload: serde_json::Value = serde_json::from_str(&secret_payload(s)).unwrap();
+    let payload: serde_json::Value = serde_json::from_str(&s.payload).unwrap();
+    assert_eq!(STANDARD.decode(payload["user"].as_str().unwrap()).unwrap(), b"audit");
     assert_eq!(payload["user"], "YXVkaXQ="); // base64("audit")
 }
 
@@ -150,11 +150,11 @@ fn data_and_string_data_both_count() {
     let docs =
         parse_docs("kind: Secret\nmetadata: {name: s}\ndata: {a: aGk=}\nstringData: {b: yo}\n")
             .unwrap();
-    let s = secret(&docs[0]).unwrap();
-    assert_eq!(s.data["a"], b"hi");
-    assert_eq!(s.data["b"], b"yo");
+    let s: serde_json::Value = serde_json::from_str(&secret(&docs[0]).unwrap().payload).unwrap();
+    assert_eq!(s["a"], "aGk="); // base64("hi"), as given
+    assert_eq!(s["b"], "eW8="); // base64("yo"), encoded
     let empty = parse_docs("kind: Secret\nmetadata: {name: s}\ndata:\n").unwrap();
-    assert!(secret(&empty[0]).unwrap().data.is_empty(), "an empty data: is no values");
+    assert_eq!(secret(&empty[0]).unwrap().payload, "{}", "an empty data: is no values");
     let bad = parse_docs("kind: Secret\nmetadata: {name: s}\ndata: {a: '***'}\n").unwrap();
     assert!(secret(&bad[0]).unwrap_err().to_string().contains("data.a is not base64"));
 }
@@ -184,4 +184,19 @@ fn unsupported_kinds_are_named() {
     let m = Manifests { docs: parse_docs("kind: Deployment\nmetadata: {name: d}\n").unwrap() };
     let err = m.render_podman(&BTreeMap::new(), "", None, || Ok(1)).unwrap_err().to_string();
     assert!(err.contains("Deployment") && err.contains("only Pod, Service and Secret"), "{err}");
+}
+
+#[test]
+fn a_malformed_container_is_named_with_its_field() {
+    let pod = |container: &str| {
+        let yaml =
+            format!("kind: Pod\nmetadata: {{name: p}}\nspec: {{containers: [{container}]}}\n");
+        let m = Manifests { docs: parse_docs(&yaml).unwrap() };
+        format!("{:#}", m.render_podman(&BTreeMap::new(), "", None, || Ok(1)).unwrap_err())
+    };
+    assert_eq!(pod("{name: c}"), "pod p: a container: no image");
+    let port = pod("{name: c, image: i, ports: [{containerPort: x}]}");
+    assert!(port.starts_with("pod p: container c: a port: containerPort: "), "{port}");
+    let probe = pod("{name: c, image: i, readinessProbe: {httpGet: {path: /}}}");
+    assert_eq!(probe, "pod p: container c: readinessProbe: no port");
 }

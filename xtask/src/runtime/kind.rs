@@ -16,7 +16,7 @@ use crate::{cmd::Cmd, engine::Engine, handoff::Handoff, project::Project, report
 
 use super::{
     step::{self, Exec, Live, Phase, Step},
-    url_var, Created as AnyCreated, RunId, RunRecord, ServiceControl, Stack, StackControl,
+    url_var, Created as AnyCreated, Health, RunId, RunRecord, ServiceControl, Stack, StackControl,
 };
 
 /// What a Kind run creates, as recorded for `e2e --down`: a cluster of its own (deleted
@@ -37,14 +37,6 @@ impl Created {
             true => kubectl(&self.cluster).args(["delete", "namespace", ns]).args(flags),
             false => kind(self.provider).args(["delete", "cluster", "--name", &self.cluster]),
         }]]
-    }
-
-    /// What the teardown removes, named.
-    pub fn object(&self) -> String {
-        match self.reuse {
-            true => format!("namespace {}", self.namespace),
-            false => format!("cluster {}", self.cluster),
-        }
     }
 }
 
@@ -81,18 +73,11 @@ pub struct KindRun {
     pub ports: BTreeMap<u16, u16>,
     /// Service name to NodePort, from the manifests.
     pub node_ports: BTreeMap<String, u16>,
-    /// The uncompressed archive `kind load image-archive` reads.
-    pub archive_tar: PathBuf,
     /// Where the images come from: an archive of `save-images`, or the engine.
     pub archive_source: Option<PathBuf>,
     /// The images, and the Pods, as the manifests name them.
     pub references: Vec<String>,
     pub pods: Vec<String>,
-    pub files: KindFiles,
-}
-
-#[derive(Debug, Clone)]
-pub struct KindFiles {
     /// The rendered cluster config (empty for a reused cluster) and manifests.
     pub config: String,
     pub stack: String,
@@ -105,16 +90,18 @@ impl KindRun {
         self.dir.join(name).display().to_string()
     }
 
+    /// The uncompressed archive `kind load image-archive` reads.
     fn tar(&self) -> String {
-        self.archive_tar.display().to_string()
+        self.file("images.tar")
     }
 
     fn kind(&self, args: &[&str]) -> Cmd {
         kind(self.provider).args(args.iter().copied()).args(["--name", &self.cluster])
     }
 
-    fn kubectl_ns(&self) -> Cmd {
-        kubectl(&self.cluster).args(["--namespace", &self.namespace])
+    /// kubectl in the run's namespace.
+    fn kubectl_ns(&self, args: &[&str]) -> Cmd {
+        kubectl(&self.cluster).args(["--namespace", &self.namespace]).args(args.iter().copied())
     }
 
     pub fn make_tar(&self) -> Cmd {
@@ -137,11 +124,11 @@ impl KindRun {
     }
 
     fn apply(&self) -> Cmd {
-        self.kubectl_ns().args(["apply", "--filename", &self.file("stack.yaml")])
+        self.kubectl_ns(&["apply", "--filename", &self.file("stack.yaml")])
     }
 
     fn get_pods_json(&self) -> Cmd {
-        self.kubectl_ns().args(["get", "pods", "--output", "json"])
+        self.kubectl_ns(&["get", "pods", "--output", "json"])
     }
 
     /// Loads the archive into every node that lacks one of the images, all nodes at once.
@@ -160,7 +147,7 @@ impl KindRun {
         }
         lacking.iter().for_each(|c| r.command(c));
         let failed = Live.run_all(&lacking, &self.log);
-        let _ = std::fs::remove_file(&self.archive_tar);
+        let _ = std::fs::remove_file(self.tar());
         anyhow::ensure!(failed.is_empty(), "{}", failed.join("\n"));
         Ok(())
     }
@@ -168,12 +155,10 @@ impl KindRun {
     /// The failure bundle: (file, command) for kind's logs, the events, every pod described
     /// and its logs (and its previous container's).
     pub fn bundle(&self, pods: &[String]) -> Vec<(String, Cmd)> {
-        let ns = |args: &[&str]| self.kubectl_ns().args(args.iter().copied());
+        let ns = |args: &[&str]| self.kubectl_ns(args);
+        let export = self.kind(&["export", "logs", &self.file("bundle/kind")]);
         let mut cmds = vec![
-            (
-                "kind-export-logs.txt".into(),
-                self.kind(&["export", "logs", &self.file("bundle/kind")]),
-            ),
+            ("kind-export-logs.txt".into(), export),
             ("events.txt".into(), ns(&["get", "events", "--sort-by=.lastTimestamp"])),
             ("describe-pods.txt".into(), ns(&["describe", "pods"])),
         ];
@@ -194,7 +179,7 @@ impl KindRun {
             cmds.push(self.kind(&["load", "image-archive", &self.tar()]));
         }
         for pod in pods {
-            let delete = self.kubectl_ns().args(["delete", &format!("pod/{pod}"), "--wait=true"]);
+            let delete = self.kubectl_ns(&["delete", &format!("pod/{pod}"), "--wait=true"]);
             cmds.push(delete.arg("--ignore-not-found"));
         }
         cmds.extend((!pods.is_empty()).then(|| self.apply()));
@@ -220,7 +205,7 @@ impl Stack for KindRun {
         let write = |path, contents| Step::Write { path, contents };
         // `kind load image-archive` reads a plain tar: unpack the archive, or save one.
         let tar = vec![
-            write(self.dir.join("stack.yaml"), self.files.stack.clone()),
+            write(self.dir.join("stack.yaml"), self.stack.clone()),
             run(self.make_tar(), "making the image archive for kind"),
         ];
         let mut phases = vec![Phase::new("image archive for kind", tar)];
@@ -230,11 +215,11 @@ impl Stack for KindRun {
                 self.kind(&["create", "cluster"]).args(["--config", &config, "--wait", "120s"]);
             let mut steps = vec![
                 Step::Record(self.final_record()),
-                write(config.into(), self.files.config.clone()),
+                write(config.into(), self.config.clone()),
                 run(create, "creating the Kind cluster"),
             ];
             let ports = serde_json::to_string(&self.ports).expect("ports serialise");
-            steps.extend(self.files.ports_record.clone().map(|path| write(path, ports)));
+            steps.extend(self.ports_record.clone().map(|path| write(path, ports)));
             phases.push(Phase::new("create cluster", steps));
         }
         let node = format!("{}-control-plane", self.cluster);
@@ -258,8 +243,37 @@ impl Stack for KindRun {
         phases.into_iter().chain(tests).collect()
     }
 
+    /// Polls the namespace's pods until every one is Ready, with a deadline; a crash loop
+    /// fails the wait at once, with the pod's logs and `kubectl describe`.
     fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()> {
-        ready::wait_ready(self, timeout, r)
+        let mut waiting = Vec::new();
+        let ready = crate::poll::until(timeout, Duration::from_millis(500), || {
+            let list: serde_json::Value = serde_json::from_str(&self.get_pods_json().read()?)?;
+            let pods = list["items"].as_array().cloned().unwrap_or_default();
+            waiting.clear();
+            for pod in &pods {
+                let name = pod["metadata"]["name"].as_str().unwrap_or("?");
+                match pod_health(pod) {
+                    Health::Ready => {}
+                    Health::Waiting(why) => waiting.push(format!("{name}: {why}")),
+                    Health::Failed(why) => {
+                        let pod = format!("pod/{name}");
+                        let read = |args: &[&str]| self.kubectl_ns(args).read().unwrap_or_default();
+                        let logs = read(&["logs", &pod, "--all-containers", "--tail", "30"]);
+                        let describe = read(&["describe", &pod]);
+                        anyhow::bail!("pod {name} failed while waiting for readiness: {why}\n--- logs ---\n{logs}\n--- describe ---\n{describe}");
+                    }
+                }
+            }
+            let ready = !pods.is_empty() && waiting.is_empty();
+            if ready {
+                r.line(format!("  {} pods ready", pods.len()));
+            }
+            Ok(ready)
+        })?;
+        let (waiting, secs) = (waiting.join("\n  "), timeout.as_secs());
+        anyhow::ensure!(ready, "not ready after {secs}s:\n  {waiting}");
+        Ok(())
     }
 
     fn urls(&self) -> BTreeMap<String, String> {
@@ -271,8 +285,8 @@ impl Stack for KindRun {
     /// have no controller to scale; the other Pods are unchanged by the apply).
     fn control(&self, dedup_ttl_seconds: u64) -> StackControl {
         let services = self.pods.iter().map(|pod| {
-            let stop = self.kubectl_ns().args(["delete", &format!("pod/{pod}"), "--wait=true"]);
-            let exec = self.kubectl_ns().args(["exec", "-i", pod, "--"]);
+            let stop = self.kubectl_ns(&["delete", &format!("pod/{pod}"), "--wait=true"]);
+            let exec = self.kubectl_ns(&["exec", "-i", pod, "--"]);
             (pod.clone(), ServiceControl::new(&stop, &self.apply(), &exec))
         });
         StackControl { runtime: "kind", dedup_ttl_seconds, services: services.collect() }
@@ -293,7 +307,7 @@ impl Stack for KindRun {
     }
 
     fn save_failure(&self) -> anyhow::Result<PathBuf> {
-        let _ = std::fs::remove_file(&self.archive_tar);
+        let _ = std::fs::remove_file(self.tar());
         let bundle = self.dir.join("bundle");
         std::fs::create_dir_all(&bundle)?;
         for (file, c) in self.bundle(&self.pods) {
@@ -316,7 +330,7 @@ impl Stack for KindRun {
     ) -> anyhow::Result<Vec<String>> {
         let manifests = crate::manifests::Manifests::load(&project.manifests_dir())?;
         let (yaml, _) = manifests.render_kind(&handoff.pinned())?;
-        let (old, new) = (pod_docs(&self.files.stack), pod_docs(&yaml));
+        let (old, new) = (pod_docs(&self.stack), pod_docs(&yaml));
         let names: Vec<String> =
             new.keys().filter(|k| old.get(*k) != new.get(*k)).cloned().collect();
         let references: Vec<String> = handoff.images.iter().map(|i| i.reference.clone()).collect();
@@ -325,9 +339,9 @@ impl Stack for KindRun {
         crate::fsx::write_atomic(&self.dir.join("stack.yaml"), &yaml)?;
         let doing = format!("replacing {}", names.join(", "));
         step::run_shown(r, &self.log, &self.replace_cmds(&names, &images), &doing)?;
-        let _ = std::fs::remove_file(&self.archive_tar);
+        let _ = std::fs::remove_file(self.tar());
         self.references = references;
-        self.files.stack = yaml;
+        self.stack = yaml;
         Ok(names)
     }
 }
@@ -370,9 +384,8 @@ pub fn render_cluster_config(
     doc["name"] = Value::String(name.to_owned());
     let mut ports = BTreeMap::new();
     for node in doc["nodes"].as_sequence_mut().context("the Kind cluster config has no nodes")? {
-        for m in
-            node.get_mut("extraPortMappings").and_then(Value::as_sequence_mut).into_iter().flatten()
-        {
+        let mappings = node.get_mut("extraPortMappings").and_then(Value::as_sequence_mut);
+        for m in mappings.into_iter().flatten() {
             let port =
                 m["containerPort"].as_u64().context("an extraPortMapping without containerPort")?;
             let host_port = free_port()?;
@@ -383,7 +396,35 @@ pub fn render_cluster_config(
     Ok((serde_norway::to_string(&doc)?, ports))
 }
 
-mod ready;
+/// The waiting reasons that will not pass by themselves.
+const FAILED: &str = "CrashLoopBackOff ErrImageNeverPull ImagePullBackOff ErrImagePull \
+                      CreateContainerConfigError InvalidImageName";
+
+/// Decides from one item of `kubectl get pods -o json`.
+pub fn pod_health(pod: &serde_json::Value) -> Health {
+    let status = &pod["status"];
+    let phase = status["phase"].as_str().unwrap_or("Pending");
+    if phase == "Failed" {
+        let message = status["message"].as_str().unwrap_or("");
+        return Health::Failed(format!("phase Failed: {message}"));
+    }
+    for s in status["containerStatuses"].as_array().into_iter().flatten() {
+        let name = s["name"].as_str().unwrap_or("?");
+        let waiting = s["state"]["waiting"]["reason"].as_str().unwrap_or("");
+        if FAILED.split_whitespace().any(|r| r == waiting) {
+            return Health::Failed(format!("container {name}: {waiting}"));
+        }
+        let code = s["lastState"]["terminated"]["exitCode"].as_i64().unwrap_or(0);
+        if s["restartCount"].as_u64().unwrap_or(0) > 0 {
+            return Health::Failed(format!("container {name} restarted (last exit code {code})"));
+        }
+    }
+    let conditions = status["conditions"].as_array().into_iter().flatten();
+    match conditions.into_iter().any(|c| c["type"] == "Ready" && c["status"] == "True") {
+        true => Health::Ready,
+        false => Health::Waiting(format!("phase {phase}")),
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -201,15 +201,11 @@ impl RunRecord {
     }
 
     /// The teardown, as stages: the commands of a stage run at once, the stages in turn.
-    pub fn teardown_stages(&self) -> Vec<Vec<Cmd>> {
+    pub fn teardown(&self) -> Vec<Vec<Cmd>> {
         match &self.created {
             Created::Podman(c) => c.teardown(),
             Created::Kind(c) => c.teardown(),
         }
-    }
-
-    pub fn teardown(&self) -> Vec<Cmd> {
-        self.teardown_stages().into_iter().flatten().collect()
     }
 }
 
@@ -224,7 +220,7 @@ pub fn teardown(
     exec: &mut dyn step::Exec,
 ) -> anyhow::Result<()> {
     let mut failures = Vec::new();
-    for stage in record.teardown_stages() {
+    for stage in record.teardown() {
         let stage: Vec<Cmd> = stage.into_iter().map(Cmd::survives_interrupt).collect();
         stage.iter().for_each(|c| r.command(c));
         failures.extend(exec.run_all(&stage, log));
@@ -234,14 +230,13 @@ pub fn teardown(
         _ if failures.is_empty() => Vec::new(),
         Created::Podman(c) => c.leftovers(&mut |c| exec.probe(c)),
         // Kind's objects are not probed: a failed delete counts as left.
-        Created::Kind(c) => vec![c.object()],
+        Created::Kind(c) if c.reuse => vec![format!("namespace {}", c.namespace)],
+        Created::Kind(c) => vec![format!("cluster {}", c.cluster)],
     };
+    let (left, failures, id) = (left.join(", "), failures.join("\n"), &record.id);
     anyhow::ensure!(
         left.is_empty(),
-        "teardown left something behind ({}):\n{}\n  fix: `cargo xtask e2e --down {}` tries again",
-        left.join(", "),
-        failures.join("\n"),
-        record.id
+        "teardown left something behind ({left}):\n{failures}\n  fix: `cargo xtask e2e --down {id}` tries again"
     );
     let _ = std::fs::remove_file(RunRecord::path(dir));
     Ok(())
@@ -287,6 +282,15 @@ pub fn down(project: &Project, r: &Reporter, only: Option<&str>) -> anyhow::Resu
     }
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
+}
+
+/// A container's or a pod's state, reduced to what a wait for readiness needs.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Health {
+    Ready,
+    Waiting(String),
+    /// Exited, restarted, crash-looping: waiting longer will not help.
+    Failed(String),
 }
 
 /// `data-storage` becomes `DATA_STORAGE_URL`.

@@ -1,4 +1,3 @@
-use super::ready::{pod_health, PodHealth};
 use super::*;
 
 use crate::manifests::Manifests;
@@ -19,17 +18,14 @@ fn run_in(root: &Path, reuse: bool, provider: Engine) -> KindRun {
         log: root.join("target/e2e/logs/run-1.log"),
         ports: [(30080, 41000), (30081, 41001)].into(),
         node_ports: [("gateway".to_owned(), 30080), ("data-storage".to_owned(), 30081)].into(),
-        archive_tar: dir.join("images.tar"),
         archive_source: Some("/r/images.tar.zst".into()),
         references: vec!["localhost/e2e-gateway:aaaa".into()],
         pods: vec!["gateway".into()],
         dir,
-        files: files(),
+        config: "kind: Cluster".into(),
+        stack: "---".into(),
+        ports_record: None,
     }
-}
-
-fn files() -> KindFiles {
-    KindFiles { config: "kind: Cluster".into(), stack: "---".into(), ports_record: None }
 }
 
 fn suite(run: &KindRun) -> Vec<Phase<'static>> {
@@ -44,7 +40,7 @@ fn suite(run: &KindRun) -> Vec<Phase<'static>> {
 fn the_kind_plan_is_the_documented_command_line() {
     let run = run(false, Engine::Podman);
     let mut plan = step::print(&run.plan(Duration::from_secs(1), suite(&run)));
-    plan.extend(run.final_record().teardown().iter().map(ToString::to_string));
+    plan.extend(run.final_record().teardown().concat().iter().map(ToString::to_string));
     let expected = [
         "zstd -d -q -f -o /r/target/e2e/runs/1/images.tar /r/images.tar.zst",
         "KIND_EXPERIMENTAL_PROVIDER=podman kind create cluster --name e2e-103501-42 --config /r/target/e2e/runs/1/kind-cluster.yaml --wait 120s",
@@ -74,7 +70,7 @@ fn the_printed_plan_is_the_executed_plan() {
         let run = run_in(&root, reuse, Engine::Docker);
         let plan = run.plan(Duration::from_secs(1), suite(&run));
         let mut printed = step::printed_commands(&plan);
-        printed.extend(run.final_record().teardown().iter().map(ToString::to_string));
+        printed.extend(run.final_record().teardown().concat().iter().map(ToString::to_string));
         let (mut rec, record) = step::record_run(&run.dir, &run.log, &[&plan]);
         let record = record.expect("recorded before the cluster exists");
         assert_eq!(record, run.final_record());
@@ -118,7 +114,7 @@ fn the_dev_loop_replaces_only_changed_pods_through_kubectl() {
 fn a_reused_cluster_is_neither_created_nor_deleted() {
     let run = run(true, Engine::Docker);
     let mut plan = step::print(&run.plan(Duration::from_secs(1), vec![]));
-    plan.extend(run.final_record().teardown().iter().map(ToString::to_string));
+    plan.extend(run.final_record().teardown().concat().iter().map(ToString::to_string));
     assert!(
         !plan.iter().any(|l| l.contains("create cluster") || l.contains("delete cluster")),
         "{plan:#?}"
@@ -186,6 +182,16 @@ fn without_an_archive_the_engine_saves_one() {
     assert_eq!(r.make_tar().to_string(), "podman save --multi-image-archive --output /r/target/e2e/runs/1/images.tar localhost/e2e-gateway:aaaa");
 }
 
+#[test]
+fn every_step_reads_the_tar_that_make_tar_writes_in_the_run_dir() {
+    let run = run(false, Engine::Docker);
+    let tar = "/r/target/e2e/runs/1/images.tar";
+    assert!(run.make_tar().to_string().contains(tar));
+    assert!(run.load_archive("node").to_string().contains(tar));
+    let replace = run.replace_cmds(&[], &["x:1".into()]);
+    assert!(replace.iter().all(|c| c.to_string().contains(tar)), "{replace:?}");
+}
+
 /// kubectl itself parses the rendered manifests (offline: `--local`), as `kubectl apply` would.
 #[test]
 fn kubectl_parses_the_rendered_manifests() {
@@ -227,26 +233,28 @@ fn pod_health_fails_fast_on_crash_loops() {
         pod_health(&pod(
             serde_json::json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}], "containerStatuses": [{"name": "g", "restartCount": 0, "state": {"running": {}}}]})
         )),
-        PodHealth::Ready
+        Health::Ready
     );
     assert!(matches!(
         pod_health(&pod(serde_json::json!({"phase": "Pending"}))),
-        PodHealth::Waiting(_)
+        Health::Waiting(_)
     ));
     assert!(matches!(
         pod_health(&pod(serde_json::json!({"phase": "Running", "containerStatuses": [{"name": "g", "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}))),
-        PodHealth::Failed(w) if w.contains("CrashLoopBackOff")
+        Health::Failed(w) if w.contains("CrashLoopBackOff")
     ));
     assert!(matches!(
         pod_health(&pod(serde_json::json!({"phase": "Running", "containerStatuses": [{"name": "g", "restartCount": 1, "lastState": {"terminated": {"exitCode": 2}}, "state": {"running": {}}}]}))),
-        PodHealth::Failed(w) if w.contains("exit code 2")
+        Health::Failed(w) if w.contains("exit code 2")
     ));
     assert!(matches!(
         pod_health(&pod(
             serde_json::json!({"phase": "Pending", "containerStatuses": [{"name": "g", "restartCount": 0, "state": {"waiting": {"reason": "ErrImageNeverPull"}}}]})
         )),
-        PodHealth::Failed(_)
+        Health::Failed(_)
     ));
+    let failed = pod(serde_json::json!({"phase": "Failed", "message": "evicted"}));
+    assert!(matches!(pod_health(&failed), Health::Failed(w) if w.contains("evicted")));
 }
 
 #[test]

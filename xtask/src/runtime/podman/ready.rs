@@ -1,25 +1,9 @@
 //! Until every service is ready: the xtask runs each container's readiness probe (podman
 //! does not act on probes); a container that exits or restarts ends the wait, with its log.
 
-use std::{
-    sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
-};
-
-use crate::{
-    engine::{container_name, Podman},
-    interrupt,
-    manifests::{Container, Pod, PodmanStack, Probe as ProbeSpec},
-    report::{secs, Reporter},
-};
-
-/// What podman says of a container, reduced to what the wait needs.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Health {
-    Running,
-    Starting,
-    Failed(String),
-}
+use super::*;
+use crate::manifests::{Container, Pod, Probe as ProbeSpec};
+use crate::{interrupt, runtime::Health};
 
 /// Decides from `podman container inspect` output (`status exit-code restarts`).
 pub fn classify(state: &str) -> Health {
@@ -31,8 +15,8 @@ pub fn classify(state: &str) -> Health {
         _ if restarts > 0 => {
             Health::Failed(format!("restarted {restarts} time(s), last exit code {exit}"))
         }
-        "running" => Health::Running,
-        "created" | "configured" | "initialized" => Health::Starting,
+        "running" => Health::Ready,
+        "created" | "configured" | "initialized" => Health::Waiting(status.to_owned()),
         "exited" | "stopped" | "dead" => Health::Failed(format!("{status} with exit code {exit}")),
         other => Health::Failed(format!("in state {other}")),
     }
@@ -43,28 +27,37 @@ pub fn health(container: &str) -> Health {
     classify(&Podman.container_state(container).read().unwrap_or_default())
 }
 
-/// Until every container of `stack` is ready, each polled on its own (its probe, then, while
+/// Until a started container runs (started again while podman 4.3's clean-up of its stop
+/// stops it again: the race the suite's `Stack::start` meets too), within 60 s.
+pub(super) fn running_after_start(container: &str) -> anyhow::Result<()> {
+    let running = crate::poll::until(Duration::from_secs(60), Duration::from_millis(50), || {
+        match health(container) {
+            Health::Ready => return Ok(true),
+            Health::Waiting(_) => {}
+            Health::Failed(_) => drop(Podman.container_start(container).read()),
+        }
+        Ok(false)
+    })?;
+    anyhow::ensure!(running, "{container} did not run within 60 s of its start");
+    Ok(())
+}
+
+/// Until every container of the run is ready, each polled on its own (its probe, then, while
 /// it is not ready, its state), so that one container's slow probe delays no other's. On a
-/// `remote` engine, probes run in the pod: its published ports are not this machine's.
-pub fn wait_ready(
-    stack: &PodmanStack,
-    remote: bool,
-    timeout: Duration,
-    r: &Reporter,
-) -> anyhow::Result<()> {
+/// remote engine, probes run in the pod: its published ports are not this machine's.
+pub fn wait_ready(run: &PodmanRun, timeout: Duration, r: &Reporter) -> anyhow::Result<()> {
     let start = Instant::now();
     let config = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(1)));
     let agent: ureq::Agent = config.http_status_as_error(false).build().into();
     // Set when one container has failed: the others stop polling.
     let stop = AtomicBool::new(false);
     let failed: Vec<String> = std::thread::scope(|s| {
-        let containers = stack.pods.iter().flat_map(|p| p.containers.iter().map(move |c| (p, c)));
-        let polling: Vec<_> = containers
+        let polling: Vec<_> = (run.stack.containers())
             .map(|(pod, c)| {
                 let (agent, stop) = (&agent, &stop);
                 s.spawn(move || {
                     let name = container_name(&pod.name, &c.name);
-                    let outcome = until_ready_in(stack, remote, pod, c, agent, stop, timeout);
+                    let outcome = until_ready_in(run, pod, c, agent, stop, timeout);
                     match &outcome {
                         Ok(()) => r.line(format!("  {name} ready after {}", secs(start.elapsed()))),
                         Err(_) => stop.store(true, Ordering::SeqCst),
@@ -80,31 +73,28 @@ pub fn wait_ready(
     });
     interrupt::check()?;
     let failed = failed.join("\n");
-    match () {
-        _ if failed.is_empty() => Ok(()),
-        _ if start.elapsed() >= timeout => Err(anyhow::anyhow!(
-            "not ready after {}s:\n{failed}\n  (raise the limit with --ready-timeout SECONDS)",
-            timeout.as_secs()
-        )),
-        _ => Err(anyhow::anyhow!("while waiting for readiness:\n{failed}")),
-    }
+    anyhow::ensure!(
+        failed.is_empty() || start.elapsed() < timeout,
+        "not ready after {}s:\n{failed}\n  (raise the limit with --ready-timeout SECONDS)",
+        timeout.as_secs()
+    );
+    anyhow::ensure!(failed.is_empty(), "while waiting for readiness:\n{failed}");
+    Ok(())
 }
 
 /// Until the container's readiness probe (as the manifests give it) passes (`Ok`), the
 /// container fails, another one did (`stop`), or the time is up (`Err`, why).
 fn until_ready_in(
-    stack: &PodmanStack,
-    remote: bool,
+    run: &PodmanRun,
     pod: &Pod,
     c: &Container,
     agent: &ureq::Agent,
     stop: &AtomicBool,
     timeout: Duration,
 ) -> Result<(), String> {
-    let name = &container_name(&pod.name, &c.name);
-    // A probe loops where it runs, one engine call per slice. On a remote engine, in a new
-    // container of the image in the pod, not `podman exec`: the API keeps each exec's conmon
-    // in the pod's cgroup for 300 s, and `pod rm` waits 3 s for each (13 s in the rig).
+    let (name, remote) = (&container_name(&pod.name, &c.name), run.remote);
+    // A probe loops where it runs, one engine call per slice; on a remote engine in a new
+    // container of the image in the pod, not `podman exec` (docs/run.md, step 4; 13 s in the rig).
     let in_container = |probe: Vec<String>, failed: String, what: &str| {
         let remote = remote.then(|| Podman.run_in_pod(&pod.name, &c.image, &probe));
         match remote.unwrap_or_else(|| Podman.exec(name, &probe)).succeeds() {
@@ -115,7 +105,7 @@ fn until_ready_in(
     };
     // The probe, once: `Ok` when it passes, else why not.
     let once = || match &c.readiness {
-        None if health(name) == Health::Running => Ok(()),
+        None if health(name) == Health::Ready => Ok(()),
         None => Err("starting".to_owned()),
         Some(ProbeSpec::Exec(command)) => {
             let failed = format!("`{}` failed", command.join(" "));
@@ -127,7 +117,7 @@ fn until_ready_in(
             in_container(get, format!("{what}no 2xx answer"), &what)
         }
         Some(ProbeSpec::Http { path, port }) => {
-            let host_port = stack.host_port(&pod.name, *port).ok_or_else(|| {
+            let host_port = run.stack.host_port(&pod.name, *port).ok_or_else(|| {
                 format!("port {port} is not published, so GET {path} cannot be checked")
             })?;
             let url = format!("http://127.0.0.1:{host_port}{path}");
@@ -248,8 +238,8 @@ mod tests {
 
     #[test]
     fn classifies_podman_states() {
-        assert_eq!(classify("running 0 0"), Health::Running);
-        assert_eq!(classify("created 0 0"), Health::Starting);
+        assert_eq!(classify("running 0 0"), Health::Ready);
+        assert_eq!(classify("created 0 0"), Health::Waiting("created".into()));
         assert_eq!(classify("exited 1 0"), Health::Failed("exited with exit code 1".into()));
         assert!(matches!(classify("running 0 2"), Health::Failed(w) if w.contains("restarted 2")));
         assert!(matches!(classify(""), Health::Failed(w) if w.contains("unknown")));

@@ -41,7 +41,8 @@ fn the_podman_plan_is_exact() {
             "# readiness: each container's readinessProbe, polled (podman exec / HTTP GET)",
         ]
     );
-    let down: Vec<String> = run.final_record().teardown().iter().map(ToString::to_string).collect();
+    let down: Vec<String> =
+        run.final_record().teardown().concat().iter().map(ToString::to_string).collect();
     assert_eq!(
         down,
         [
@@ -70,7 +71,7 @@ fn the_printed_plan_is_the_executed_plan() {
     };
     let plan = run.plan(Duration::from_secs(1), tests());
     let mut printed = step::printed_commands(&plan);
-    printed.extend(run.final_record().teardown().iter().map(ToString::to_string));
+    printed.extend(run.final_record().teardown().concat().iter().map(ToString::to_string));
     let (mut rec, record) = step::record_run(&run.dir, &run.log, &[&plan]);
     let record = record.expect("the run recorded what it made");
     let r = crate::report::Reporter::quiet();
