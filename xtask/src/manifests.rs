@@ -291,7 +291,13 @@ impl Manifests {
                         for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
                             c.as_mapping_mut().map(|m| m.remove(probe));
                         }
-                        let ports = c.get_mut("ports").and_then(Value::as_sequence_mut);
+                        let ports = match c.get_mut("ports") {
+                            None | Some(Value::Null) => None,
+                            Some(p) => Some(
+                                (p.as_sequence_mut())
+                                    .with_context(|| format!("{what}: ports is not a list"))?,
+                            ),
+                        };
                         for port in ports.into_iter().flatten() {
                             let container_port =
                                 field(port, &format!("{what}: a port"), "containerPort")?;
@@ -404,6 +410,7 @@ fn field<T: DeserializeOwned>(value: &Value, what: &str, key: &str) -> anyhow::R
 
 /// A probe as the manifests give it: `httpGet` (path, port), else `exec` (none: `true`).
 fn probe(p: &Value, what: &str) -> anyhow::Result<Probe> {
+    anyhow::ensure!(p.is_mapping(), "{what}: not a mapping");
     Ok(match (&p["httpGet"], &p["exec"]) {
         (Value::Null, Value::Null) => Probe::Exec(vec!["true".into()]),
         (Value::Null, exec) => Probe::Exec(field(exec, what, "command")?),

@@ -199,4 +199,7 @@ fn a_malformed_container_is_named_with_its_field() {
     assert!(port.starts_with("pod p: container c: a port: containerPort: "), "{port}");
     let probe = pod("{name: c, image: i, readinessProbe: {httpGet: {path: /}}}");
     assert_eq!(probe, "pod p: container c: readinessProbe: no port");
+    let probe = pod("{name: c, image: i, readinessProbe: 5}");
+    assert_eq!(probe, "pod p: container c: readinessProbe: not a mapping");
+    assert_eq!(pod("{name: c, image: i, ports: 80}"), "pod p: container c: ports is not a list");
 }
