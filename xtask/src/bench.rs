@@ -177,7 +177,7 @@ impl Bencher<'_> {
             let [one, all] = self.repeat(cold_runs, what, || Ok([cold("1")?, cold(&n)?]))?;
             let worst = one.iter().chain(&all).filter_map(|s| s.peak).max().unwrap_or(0);
             let caps = specs.iter().map(|s| s.memory).sum();
-            let budget = memory::default_budget(&memory::read()?).bytes;
+            let budget = memory::read()?.bytes;
             note += &format!(
                 "\n  peak memory of any cold run: {} (sum of the images' caps: {}; default budget now: {})",
                 human(worst),

@@ -315,7 +315,7 @@ pub fn normalize_platform(p: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Podman;
 
-commands! { Podman, self => Self::PROGRAM;
+commands! { Podman, self => "podman";
     network_rm(name: &str) => ["network", "rm", "--force", name];
     network_exists(name: &str) => ["network", "exists", name];
     /// Every network's subnets, whitespace-separated.
@@ -342,6 +342,13 @@ commands! { Podman, self => Self::PROGRAM;
     /// State of a container: `status exit-code restarts`.
     container_state(container: &str) => ["container", "inspect", "--format",
         "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}", container];
+    network_create(name: &str, subnet: Option<&str>) => ["network", "create", "--label", "e2e.xtask=1"]
+        + subnet.into_iter().flat_map(|s| ["--subnet", s]).chain([name]);
+    /// Plays a pod file on a network, at fixed IP and MAC addresses when given.
+    kube_play(network: &str, address: Option<(Ipv4Addr, String)>, file: &Path) =>
+        ["kube", "play", "--network", network] + address.into_iter()
+            .flat_map(|(ip, mac)| ["--ip".into(), ip.to_string(), "--mac-address".into(), mac])
+            .chain([file.display().to_string()]);
     /// Copies a file of this machine into a container (through the API on a remote engine).
     cp_into(file: &Path, container: &str, dest: &str) =>
         ["cp", file.display().to_string(), format!("{container}:{dest}")];
@@ -352,23 +359,6 @@ commands! { Podman, self => Self::PROGRAM;
     run_in_pod(pod: &str, image: &str, command: &[String]) =>
         ["run", "--rm", "--pod", pod, "--entrypoint", &command[0], image] + &command[1..];
     logs(container: &str) => ["logs", "--timestamps", container];
-}
-
-impl Podman {
-    pub const PROGRAM: &'static str = "podman";
-
-    pub fn network_create(self, name: &str, subnet: Option<&str>) -> Cmd {
-        let c = Cmd::new(Self::PROGRAM).args(["network", "create", "--label", "e2e.xtask=1"]);
-        c.args(subnet.map(|s| ["--subnet", s]).into_iter().flatten()).arg(name)
-    }
-
-    /// Plays a pod file on a network, at fixed IP and MAC addresses when given.
-    pub fn kube_play(self, network: &str, address: Option<(Ipv4Addr, String)>, file: &Path) -> Cmd {
-        let c = Cmd::new(Self::PROGRAM).args(["kube", "play", "--network", network]);
-        let at =
-            address.map(|(ip, mac)| ["--ip".into(), ip.to_string(), "--mac-address".into(), mac]);
-        c.args(at.into_iter().flatten()).arg(file.display().to_string())
-    }
 }
 
 /// podman names a pod's container `<pod>-<container>`.
@@ -515,6 +505,15 @@ mod tests {
         assert_eq!(
             Podman.kube_play("e2e-1", None, Path::new("s.yaml")).to_string(),
             "podman kube play --network e2e-1 s.yaml"
+        );
+        let at = Some(("10.89.0.2".parse().unwrap(), "02:00:0a:59:00:02".to_owned()));
+        assert_eq!(
+            Podman.kube_play("e2e-1", at, Path::new("s.yaml")).to_string(),
+            "podman kube play --network e2e-1 --ip 10.89.0.2 --mac-address 02:00:0a:59:00:02 s.yaml"
+        );
+        assert_eq!(
+            Podman.network_create("n", None).to_string(),
+            "podman network create --label e2e.xtask=1 n"
         );
         assert_eq!(container_name("gateway", "gateway"), "gateway-gateway");
     }
