@@ -249,7 +249,7 @@ impl Loop<'_> {
                 let rebuilt = list(&uncached(&prepared.plan));
                 let (handoff, _) =
                     steps.run("images", "image build FAILED, the stack is unchanged", || {
-                        build::finish_with(cx, prepared, false)
+                        build::finish(cx, prepared, false)
                     })?;
                 // Replace only the pods that differ, the same way on either runtime.
                 let stopped = format!(
@@ -289,7 +289,7 @@ impl Loop<'_> {
         let r = self.r;
         let cx =
             build::Ctx { project: self.project, r, opts: &self.opts.build, session: self.session };
-        match build::finish_with(cx, prepared, false) {
+        match build::finish(cx, prepared, false) {
             Ok(_) => r.line(format!(
                 "  built {} for the record in {} (the stack kept running)",
                 list(&built),

@@ -262,39 +262,34 @@ impl EngineFacts {
     pub fn parse(engine: Engine, json_text: &str) -> anyhow::Result<EngineFacts> {
         let v = json(engine, "info", json_text)?;
         let podman = engine == Engine::Podman;
-        let field = |podman_name: &str, docker_name: &str| match engine {
-            Engine::Podman => &v["host"][podman_name],
-            Engine::Docker => &v[docker_name],
+        let field = |podman_at: &str, docker_at: &str| {
+            v.pointer(if podman { podman_at } else { docker_at }).unwrap_or(&Value::Null)
         };
         let remote = match engine {
             Engine::Podman => v["host"]["serviceIsRemote"].as_bool().unwrap_or(false),
             Engine::Docker => std::env::var("DOCKER_HOST")
                 .is_ok_and(|h| !h.is_empty() && !h.starts_with("unix://")),
         };
-        let (version, root) = match engine {
-            Engine::Podman => (&v["version"]["Version"], &v["store"]["graphRoot"]),
-            Engine::Docker => (&v["ServerVersion"], &v["DockerRootDir"]),
-        };
         Ok(EngineFacts {
             engine,
-            version: version.as_str().unwrap_or("?").to_owned(),
+            version: field("/version/Version", "/ServerVersion").as_str().unwrap_or("?").to_owned(),
             platform: normalize_platform(&format!(
                 "{}/{}",
-                field("os", "OSType").as_str().unwrap_or("linux"),
-                field("arch", "Architecture").as_str().unwrap_or("?")
+                field("/host/os", "/OSType").as_str().unwrap_or("linux"),
+                field("/host/arch", "/Architecture").as_str().unwrap_or("?")
             )),
-            cpus: field("cpus", "NCPU").as_u64().unwrap_or(0) as usize,
-            mem_total: field("memTotal", "MemTotal").as_u64().unwrap_or(0),
+            cpus: field("/host/cpus", "/NCPU").as_u64().unwrap_or(0) as usize,
+            mem_total: field("/host/memTotal", "/MemTotal").as_u64().unwrap_or(0),
             mem_free: v["host"]["memFree"].as_u64().filter(|_| podman),
             remote,
             at: if remote {
-                remote_at(given_at(engine), field("hostname", "Name").as_str())
+                remote_at(given_at(engine), field("/host/hostname", "/Name").as_str())
             } else {
                 THIS_MACHINE.to_owned()
             },
             // Podman 4 gives the store's filesystem's size and use: the difference is free
             // (reserved blocks included). Docker names its data root; only a local one is measured.
-            store: root.as_str().map(|path| Store {
+            store: field("/store/graphRoot", "/DockerRootDir").as_str().map(|path| Store {
                 path: path.to_owned(),
                 free: v["store"]["graphRootAllocated"]
                     .as_u64()

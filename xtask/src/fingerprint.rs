@@ -80,18 +80,13 @@ pub fn tag(fingerprint: &str) -> String {
 
 /// Lists a build context as the engine would send it, in path order.
 pub fn scan_context(dir: &Path, cache: &mut HashCache) -> Result<Vec<Entry>> {
-    let file = [".containerignore", ".dockerignore"]
-        .map(|f| dir.join(f))
-        .into_iter()
-        .find(|p| p.is_file());
-    let ignore = match file {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            Ignore::parse(&text).with_context(|| format!("in {}", p.display()))?
-        }
-        None => Ignore::none(),
-    };
+    let mut ignore = Ignore::none();
+    let names = [".containerignore", ".dockerignore"];
+    if let Some(p) = names.map(|f| dir.join(f)).into_iter().find(|p| p.is_file()) {
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        ignore = Ignore::parse(&text).with_context(|| format!("in {}", p.display()))?;
+    }
     let mut entries = Vec::new();
     walk(dir, dir, &ignore, cache, &mut entries)?;
     entries.sort_by(|a, b| a.path.cmp(&b.path));
@@ -134,7 +129,7 @@ fn walk(
 pub struct HashCache {
     entries: HashMap<PathBuf, Cached>,
     #[serde(skip)]
-    path: Option<PathBuf>,
+    path: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,14 +144,11 @@ impl HashCache {
     pub fn load(path: &Path) -> HashCache {
         let bytes = std::fs::read(path).unwrap_or_default();
         let cache: HashCache = serde_json::from_slice(&bytes).unwrap_or_default();
-        HashCache { path: Some(path.to_owned()), ..cache }
+        HashCache { path: path.to_owned(), ..cache }
     }
 
     pub fn save(&self) -> Result<()> {
-        match &self.path {
-            Some(path) => crate::fsx::write_atomic(path, serde_json::to_vec(self)?),
-            None => Ok(()),
-        }
+        crate::fsx::write_atomic(&self.path, serde_json::to_vec(self)?)
     }
 
     pub fn digest(&mut self, path: &Path, meta: &std::fs::Metadata) -> Result<String> {

@@ -61,11 +61,7 @@ pub fn too_big<'a>(
 pub fn max_parallel(caps: &[u64], budget: u64, jobs: usize) -> usize {
     let mut sorted = caps.to_vec();
     sorted.sort_unstable();
-    let sums = sorted.iter().scan(0, |sum, cap| {
-        *sum += cap;
-        Some(*sum)
-    });
-    let fit = sums.take_while(|sum| *sum <= budget).count();
+    let fit = (1..=sorted.len()).take_while(|&n| sorted[..n].iter().sum::<u64>() <= budget).count();
     fit.min(jobs.max(1)).max(1)
 }
 

@@ -190,7 +190,7 @@ impl Run<'_> {
                     return build_beside_suite(cx, prepared);
                 }
                 let jobs = prepared.env.cargo_jobs();
-                let (handoff, activity) = build::finish(cx, prepared)?;
+                let (handoff, activity) = build::finish(cx, prepared, true)?;
                 return Ok(Images { handoff, activity, pending_suite: Some(jobs) });
             }
         };
@@ -341,7 +341,7 @@ fn build_beside_suite(cx: build::Ctx, mut prepared: build::Prepared) -> Result<I
     ));
     let (built, compiled) = scope(|s| {
         let compiling = s.spawn(|| compile_suite(project, r, jobs));
-        let built = build::finish(cx, prepared);
+        let built = build::finish(cx, prepared, true);
         (built, compiling.join().expect("no panic"))
     });
     compiled?;

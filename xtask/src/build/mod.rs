@@ -264,17 +264,12 @@ pub fn prepare(cx: Ctx, goal: Goal) -> Result<Prepared> {
 }
 
 pub fn prebuild(cx: Ctx, names: &[String]) -> Result<Handoff> {
-    Ok(finish(cx, prepare(cx, Goal::Build(names))?)?.0)
+    Ok(finish(cx, prepare(cx, Goal::Build(names))?, true)?.0)
 }
 
-/// Steps 4 and 5: build what the plan says, write the handoff, tidy; also returns what the
-/// builds did over time (for the run's report).
-pub fn finish(cx: Ctx, prepared: Prepared) -> Result<(Handoff, Activity)> {
-    finish_with(cx, prepared, true)
-}
-
-/// [`finish`]; without `tidy`, superseded tags stay (the dev loop tidies once, at its end).
-pub fn finish_with(cx: Ctx, prepared: Prepared, tidy: bool) -> Result<(Handoff, Activity)> {
+/// Steps 4 and 5: build what the plan says, write the handoff, [`tidy`] (unless not asked: the
+/// dev loop tidies once, at its end); also returns what the builds did over time (for the report).
+pub fn finish(cx: Ctx, prepared: Prepared, tidy: bool) -> Result<(Handoff, Activity)> {
     let Prepared { env, plan, previous } = prepared;
     let (built, activity) = schedule::run(cx, &env, &plan)?;
     // Images not selected this time keep their previous entry, so the file lists every image

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     cmd::{Cmd, CmdError},
-    diagnose::{self, Cause},
+    diagnose,
     engine::{BuildCmd, Engine, ImageInfo, FINGERPRINT_LABEL},
     facts::Env,
     handoff::ImageRecord,
@@ -195,9 +195,9 @@ fn build_one(
     let result = result.map_err(|err| {
         let code = err.downcast_ref::<CmdError>().and_then(|e| e.code);
         let d = diagnose::diagnose(code, &std::fs::read_to_string(&log).unwrap_or_default());
-        match d.cause {
-            Cause::OutOfMemory => BuildFailure::OutOfMemory { step: d.step, at_once: 1 },
-            Cause::Other => BuildFailure::Failed { step: d.step, error: format!("{err:#}") },
+        match d.out_of_memory {
+            true => BuildFailure::OutOfMemory { step: d.step, at_once: 1 },
+            false => BuildFailure::Failed { step: d.step, error: format!("{err:#}") },
         }
     });
     let result = result.and_then(|()| engine.image(&item.reference).ok_or(BuildFailure::Vanished));
