@@ -36,17 +36,15 @@ pub enum EntryKind {
     Symlink { target: String },
 }
 
-#[derive(Debug, Clone)]
-pub struct Inputs<'a> {
-    pub dockerfile: &'a [u8],
-    pub context: &'a [Entry],
-    pub build_args: &'a BTreeMap<String, String>,
-    pub base_image_id: &'a str,
-    pub platform: &'a str,
-}
-
-/// The fingerprint, as 64 hex digits; every part length-prefixed, so no two inputs collide.
-pub fn fingerprint(inputs: &Inputs) -> String {
+/// The fingerprint of a build, as 64 hex digits; every part length-prefixed, so no two inputs
+/// collide.
+pub fn fingerprint(
+    dockerfile: &[u8],
+    context: &[Entry],
+    build_args: &BTreeMap<String, String>,
+    base_image_id: &str,
+    platform: &str,
+) -> String {
     let mut h = Sha256::new();
     let mut put = |label: &str, bytes: &[u8]| {
         h.update(label.as_bytes());
@@ -54,14 +52,14 @@ pub fn fingerprint(inputs: &Inputs) -> String {
         h.update(bytes);
     };
     put("version", VERSION.as_bytes());
-    put("platform", inputs.platform.as_bytes());
-    put("base", inputs.base_image_id.as_bytes());
-    put("dockerfile", inputs.dockerfile);
-    for (k, v) in inputs.build_args {
+    put("platform", platform.as_bytes());
+    put("base", base_image_id.as_bytes());
+    put("dockerfile", dockerfile);
+    for (k, v) in build_args {
         put("arg", k.as_bytes());
         put("value", v.as_bytes());
     }
-    for e in inputs.context {
+    for e in context {
         put("path", e.path.as_bytes());
         put("mode", &e.mode.to_be_bytes());
         match &e.kind {
@@ -201,13 +199,7 @@ mod tests {
             dockerfile: &[u8],
         ) -> String {
             let entries = scan_context(&self.dir, &mut HashCache::default()).unwrap();
-            fingerprint(&Inputs {
-                dockerfile,
-                context: &entries,
-                build_args: args,
-                base_image_id: base,
-                platform,
-            })
+            fingerprint(dockerfile, &entries, args, base, platform)
         }
     }
 
@@ -294,6 +286,16 @@ mod tests {
             c.fp_with(&none, "sha256:base1", "linux/amd64", b"FROM y\n"),
             "Dockerfile"
         );
+    }
+
+    #[test]
+    fn a_symlinks_target_counts() {
+        let c = Ctx::new("symlink");
+        std::os::unix::fs::symlink("app.sh", c.dir.join("link")).unwrap();
+        let before = c.fp();
+        std::fs::remove_file(c.dir.join("link")).unwrap();
+        std::os::unix::fs::symlink("sub/conf", c.dir.join("link")).unwrap();
+        assert_ne!(before, c.fp(), "a symlink's target, not the file it names");
     }
 
     #[test]

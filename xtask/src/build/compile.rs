@@ -20,7 +20,7 @@ use crate::{
     cmd::Cmd,
     engine::{BuildCmd, FINGERPRINT_LABEL},
     facts::Env,
-    fingerprint::{self, HashCache, Inputs},
+    fingerprint::{self, HashCache},
     images::{podman_size, Builder},
     memory,
     problem::Problem,
@@ -166,14 +166,9 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
         [("BUILDER_IMAGE", builder.image.clone()), ("BINARIES", bins)]
             .map(|(k, v)| (k.to_owned(), v)),
     );
-    let fp = fingerprint::fingerprint(&Inputs {
-        dockerfile: &std::fs::read(&dockerfile)
-            .with_context(|| format!("reading {}", builder.dockerfile))?,
-        context: &entries,
-        build_args: &build_args,
-        base_image_id: &builder_image.id,
-        platform,
-    });
+    let text =
+        std::fs::read(&dockerfile).with_context(|| format!("reading {}", builder.dockerfile))?;
+    let fp = fingerprint::fingerprint(&text, &entries, &build_args, &builder_image.id, platform);
     let reference = format!("localhost/e2e-builder:{}", fingerprint::tag(&fp));
     let (out, log) =
         (project.e2e_dir().join("engine-bin"), project.logs_dir().join("build-builder.log"));

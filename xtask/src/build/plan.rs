@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use crate::{
     engine::{EngineFacts, ImageInfo},
     facts::Env,
-    fingerprint::{self, Entry, EntryKind, HashCache, Inputs},
+    fingerprint::{self, Entry, EntryKind, HashCache},
     handoff::{Handoff, ImageRecord},
     images::{self, BuildContext, ImageSpec},
     memory::{self, Budget},
@@ -119,14 +119,9 @@ pub(super) fn make_plan(
         let (name, path) = (&spec.name, &spec.dockerfile);
         let dockerfile = std::fs::read(project.root.join(path))
             .with_context(|| format!("image {name}: reading its Dockerfile {path}"))?;
+        let (args, base) = (&spec.build_args, &env.base_image_id);
         let fingerprint_of = |context: &[Entry]| {
-            fingerprint::fingerprint(&Inputs {
-                dockerfile: &dockerfile,
-                context,
-                build_args: &spec.build_args,
-                base_image_id: &env.base_image_id,
-                platform: env.platform(),
-            })
+            fingerprint::fingerprint(&dockerfile, context, args, base, env.platform())
         };
         let fp = fingerprint_of(&entries);
         let blank = |e: &Entry| match spec.binary() == Some(e.path.as_str()) {
