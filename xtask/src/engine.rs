@@ -57,11 +57,17 @@ pub enum Engine {
 }
 
 impl Engine {
-    pub fn program(self) -> &'static str {
-        match self {
-            Engine::Podman => "podman",
-            Engine::Docker => "docker",
+    /// This engine's of the two.
+    fn pick<T>(self, podman: T, docker: T) -> T {
+        if self == Engine::Podman {
+            podman
+        } else {
+            docker
         }
+    }
+
+    pub fn program(self) -> &'static str {
+        self.pick("podman", "docker")
     }
 
     /// The engine asked for, else podman, else docker (once per command, by `Facts::gather`).
@@ -104,10 +110,7 @@ impl Engine {
 
     /// `--format` for JSON: podman's word for it, docker's template.
     fn json(self) -> &'static str {
-        match self {
-            Engine::Podman => "json",
-            Engine::Docker => "{{json .}}",
-        }
+        self.pick("json", "{{json .}}")
     }
 
     /// Starts and removes a container: proves the engine can run one, not just answer.
@@ -121,12 +124,10 @@ impl Engine {
     /// its classic builder (BuildKit ignores `--memory`), with `--force-rm`: it otherwise keeps a
     /// failed step's container (an OOM-killed RUN) for ever.
     pub fn build(self, b: &BuildCmd) -> Cmd {
-        let mut c = match self {
-            Engine::Podman => Cmd::new("podman").args(["build", "--layers", "--pull=never"]),
-            Engine::Docker => {
-                Cmd::new("docker").args(["build", "--force-rm"]).env("DOCKER_BUILDKIT", "0")
-            }
-        };
+        let mut c = self.pick(
+            Cmd::new("podman").args(["build", "--layers", "--pull=never"]),
+            Cmd::new("docker").args(["build", "--force-rm"]).env("DOCKER_BUILDKIT", "0"),
+        );
         c = c.args(b.no_cache.then_some("--no-cache"));
         c = c.args(["--memory", &b.memory, "--memory-swap", &b.memory]);
         for (flag, map) in [("--build-arg", &b.build_args), ("--label", &b.labels)] {
@@ -223,10 +224,8 @@ pub fn remote_at(given: Option<String>, hostname: Option<&str>) -> String {
 
 /// `CONTAINER_HOST`, `CONTAINER_CONNECTION` (docker: `DOCKER_HOST`, `DOCKER_CONTEXT`).
 pub fn given_at(engine: Engine) -> Option<String> {
-    let vars = match engine {
-        Engine::Podman => ["CONTAINER_HOST", "CONTAINER_CONNECTION"],
-        Engine::Docker => ["DOCKER_HOST", "DOCKER_CONTEXT"],
-    };
+    let vars =
+        engine.pick(["CONTAINER_HOST", "CONTAINER_CONNECTION"], ["DOCKER_HOST", "DOCKER_CONTEXT"]);
     vars.iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
 }
 
@@ -262,14 +261,13 @@ impl EngineFacts {
     pub fn parse(engine: Engine, json_text: &str) -> anyhow::Result<EngineFacts> {
         let v = json(engine, "info", json_text)?;
         let podman = engine == Engine::Podman;
-        let field = |podman_at: &str, docker_at: &str| {
-            v.pointer(if podman { podman_at } else { docker_at }).unwrap_or(&Value::Null)
+        let field = |podman_at, docker_at| {
+            v.pointer(engine.pick(podman_at, docker_at)).unwrap_or(&Value::Null)
         };
-        let remote = match engine {
-            Engine::Podman => v["host"]["serviceIsRemote"].as_bool().unwrap_or(false),
-            Engine::Docker => std::env::var("DOCKER_HOST")
-                .is_ok_and(|h| !h.is_empty() && !h.starts_with("unix://")),
-        };
+        let remote = engine.pick(
+            v["host"]["serviceIsRemote"].as_bool().unwrap_or(false),
+            std::env::var("DOCKER_HOST").is_ok_and(|h| !h.is_empty() && !h.starts_with("unix://")),
+        );
         Ok(EngineFacts {
             engine,
             version: field("/version/Version", "/ServerVersion").as_str().unwrap_or("?").to_owned(),
