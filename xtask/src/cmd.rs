@@ -60,8 +60,7 @@ impl Cmd {
         Pipeline(vec![self, next])
     }
 
-    /// `stdin_null` false for a pipeline's later commands (their stdin is the pipe).
-    fn expression(&self, stdin_null: bool) -> duct::Expression {
+    fn expression(&self) -> duct::Expression {
         let mut e = duct::cmd(&self.program, &self.args).unchecked();
         for (k, v) in &self.env {
             e = e.env(k, v);
@@ -75,11 +74,7 @@ impl Cmd {
                 Ok(())
             });
         }
-        if stdin_null {
-            e.stdin_null()
-        } else {
-            e
-        }
+        e
     }
 
     /// Runs with stdout and stderr appended to `log`; a failure names the log and its last lines.
@@ -95,8 +90,8 @@ impl Cmd {
 
     /// Runs the command with its output on this terminal (for the test suite).
     pub fn run_inherit(&self) -> anyhow::Result<()> {
-        let handle =
-            (self.expression(true).start()).with_context(|| format!("starting `{self}`"))?;
+        let handle = (self.expression().stdin_null().start())
+            .with_context(|| format!("starting `{self}`"))?;
         let status = self.wait_output(&handle)?.status;
         anyhow::ensure!(status.success(), "`{self}` failed with {status}");
         Ok(())
@@ -179,9 +174,9 @@ impl Pipeline {
             .open(log)
             .with_context(|| format!("opening log file {}", log.display()))?;
         writeln!(file, "$ {self}")?;
-        let mut expr = first.expression(true);
+        let mut expr = first.expression().stdin_null();
         for next in &self.0[1..] {
-            expr = expr.pipe(next.expression(false));
+            expr = expr.pipe(next.expression());
         }
         expr = if capture { expr.stdout_capture() } else { expr.stdout_file(file.try_clone()?) };
         let handle =

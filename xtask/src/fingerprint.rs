@@ -1,9 +1,6 @@
 //! An image's fingerprint: a SHA-256 over everything that determines the image, so its tag
-//! changes exactly when an input does. The inputs: the Dockerfile, every file of the build
-//! context the engine would be sent (path, mode, content; `.dockerignore` and
-//! `.containerignore` honoured), the build arguments, the base image's ID and the target
-//! platform. A service image's context holds its binary, which covers its sources,
-//! `Cargo.lock`, the toolchain and the profile. Modification times never count.
+//! changes exactly when an input does (the inputs: docs/commands.md, "Content-addressed").
+//! Modification times never count.
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -1,12 +1,7 @@
 //! Where the workspace's binaries compile: on this machine (one `cargo build`), or in the
-//! engine (one build of the images file's `[builder]`) when this machine cannot make binaries
-//! for the engine's platform (a Mac driving podman machine) or when asked.
-//!
-//! In the engine, the sources are staged (hard links) and fingerprinted like an image's
-//! context (with the builder image's ID and the platform), and compiled in one capped build
-//! whose cargo registry and target directory are cache mounts kept in the engine, so the next
-//! compile is incremental. The binaries come back through the engine's API (`podman cp`) and
-//! are packaged exactly as host binaries are.
+//! engine (one build of the images file's `[builder]`, see docs/remote-engine.md) when this
+//! machine cannot make binaries for the engine's platform (a Mac driving podman machine) or
+//! when asked.
 
 use std::{
     collections::BTreeMap,
