@@ -82,40 +82,29 @@ pub fn scan_context(dir: &Path, cache: &mut HashCache) -> Result<Vec<Entry>> {
             std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
         ignore = Ignore::parse(&text).with_context(|| format!("in {}", p.display()))?;
     }
-    let mut entries = Vec::new();
-    walk(dir, dir, &ignore, cache, &mut entries)?;
-    entries.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(entries)
-}
-
-fn walk(
-    root: &Path,
-    dir: &Path,
-    ignore: &Ignore,
-    cache: &mut HashCache,
-    out: &mut Vec<Entry>,
-) -> Result<()> {
-    for item in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = item?.path();
-        let rel = path.strip_prefix(root)?.to_string_lossy().replace('\\', "/");
-        if ignore.is_ignored(&rel) {
-            continue;
-        }
-        let meta = std::fs::symlink_metadata(&path)?;
-        let kind = if meta.file_type().is_symlink() {
-            EntryKind::Symlink { target: std::fs::read_link(&path)?.to_string_lossy().into() }
-        } else if meta.is_dir() {
-            EntryKind::Dir
-        } else {
-            EntryKind::File { sha256: cache.digest(&path, &meta)? }
-        };
-        let mode = meta.permissions().mode() & 0o7777;
-        out.push(Entry { path: rel, mode, kind });
-        if meta.is_dir() {
-            walk(root, &path, ignore, cache, out)?;
+    let (mut entries, mut dirs) = (Vec::new(), vec![dir.to_owned()]);
+    while let Some(parent) = dirs.pop() {
+        let items = std::fs::read_dir(&parent);
+        for item in items.with_context(|| format!("reading {}", parent.display()))? {
+            let path = item?.path();
+            let rel = path.strip_prefix(dir)?.to_string_lossy().replace('\\', "/");
+            if ignore.is_ignored(&rel) {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path)?;
+            let kind = if meta.file_type().is_symlink() {
+                EntryKind::Symlink { target: std::fs::read_link(&path)?.to_string_lossy().into() }
+            } else if meta.is_dir() {
+                dirs.push(path.clone());
+                EntryKind::Dir
+            } else {
+                EntryKind::File { sha256: cache.digest(&path, &meta)? }
+            };
+            entries.push(Entry { path: rel, mode: meta.permissions().mode() & 0o7777, kind });
         }
     }
-    Ok(())
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(entries)
 }
 
 /// Content digests remembered by (size, mtime, inode), so an unchanged 20 MB binary is not

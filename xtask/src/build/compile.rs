@@ -157,10 +157,8 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
     cache.save()?;
     let dockerfile = project.root.join(&builder.dockerfile);
     let bins = binaries.iter().map(|b| format!("--bin {b}")).collect::<Vec<_>>().join(" ");
-    let mut build_args = BTreeMap::from(
-        [("BUILDER_IMAGE", builder.image.clone()), ("BINARIES", bins)]
-            .map(|(k, v)| (k.to_owned(), v)),
-    );
+    let mut build_args: BTreeMap<_, _> =
+        [("BUILDER_IMAGE".to_owned(), builder.image.clone()), ("BINARIES".to_owned(), bins)].into();
     let text =
         std::fs::read(&dockerfile).with_context(|| format!("reading {}", builder.dockerfile))?;
     let fp = fingerprint::fingerprint(&text, &entries, &build_args, &builder_image.id, platform);
@@ -203,12 +201,9 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out)?;
     let container = format!("e2e-extract-{}", std::process::id());
-    let copy_out = [
-        Cmd::new(program).args(["create", "--name", &container, &reference, "true"]),
-        Cmd::new(program).args(["cp", &format!("{container}:/out/."), &out.display().to_string()]),
-    ]
-    .iter()
-    .try_for_each(|c| {
+    let create = Cmd::new(program).args(["create", "--name", &container, &reference, "true"]);
+    let cp = Cmd::new(program).args(["cp", &format!("{container}:/out/."), &out.to_string_lossy()]);
+    let copy_out = [create, cp].iter().try_for_each(|c| {
         r.command(c);
         c.run_logged(&log)
     });
