@@ -130,8 +130,8 @@ impl Cmd {
         if let Some(dir) = &self.cwd {
             sh.change_dir(dir);
         }
-        let mut cmd = sh.cmd(&self.program).args(&self.args).quiet().ignore_status();
-        cmd = cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let mut cmd = sh.cmd(&self.program).args(&self.args).envs(self.env.clone());
+        cmd = cmd.quiet().ignore_status();
         if !capture {
             cmd = cmd.ignore_stdout().ignore_stderr();
         }
@@ -174,11 +174,10 @@ impl Pipeline {
             .open(log)
             .with_context(|| format!("opening log file {}", log.display()))?;
         writeln!(file, "$ {self}")?;
-        let mut expr = first.expression().stdin_null();
-        for next in &self.0[1..] {
-            expr = expr.pipe(next.expression());
-        }
-        expr = if capture { expr.stdout_capture() } else { expr.stdout_file(file.try_clone()?) };
+        let pipe = |e: duct::Expression, next: &Cmd| e.pipe(next.expression());
+        let expr = self.0[1..].iter().fold(first.expression().stdin_null(), pipe);
+        let expr =
+            if capture { expr.stdout_capture() } else { expr.stdout_file(file.try_clone()?) };
         let handle =
             (expr.stderr_file(file).start()).with_context(|| format!("starting `{self}`"))?;
         let output = first.wait_output(&handle)?;

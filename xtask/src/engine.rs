@@ -10,7 +10,6 @@ use crate::{
     problem::{Problem, PODMAN_DOCS},
 };
 
-/// The label that carries an image's full fingerprint.
 pub const FINGERPRINT_LABEL: &str = "e2e.fingerprint";
 
 /// `with`: docker fails on `index` of an image without labels.
@@ -41,6 +40,9 @@ commands! { Engine, self => self.program();
     /// `repository:tag` of every image that carries a fingerprint label (every image built here).
     list_fingerprinted() => ["images", "--filter", format!("label={FINGERPRINT_LABEL}"),
         "--format", "{{.Repository}}:{{.Tag}}"];
+    /// Starts and removes a container: proves the engine can run one, not just answer.
+    run_true(image: &str) => ["run", "--rm", "--network", "none"]
+        + self.pick(Some("--pull=never"), None).into_iter().chain([image, "true"]);
     tag(reference: &str, new: &str) => ["tag", reference, new];
     untag(reference: &str) => ["rmi", reference];
     /// An image's top layer's directory on the engine's machine (`<graph root>/overlay/<id>/diff`).
@@ -113,13 +115,6 @@ impl Engine {
         self.pick("json", "{{json .}}")
     }
 
-    /// Starts and removes a container: proves the engine can run one, not just answer.
-    pub fn run_true(self, image: &str) -> Cmd {
-        let pull = (self == Engine::Podman).then_some("--pull=never");
-        let c = Cmd::new(self.program()).args(["run", "--rm", "--network", "none"]);
-        c.args(pull).args([image, "true"])
-    }
-
     /// A build under a memory cap (`--memory-swap` equal, so it holds), never pulling. Docker uses
     /// its classic builder (BuildKit ignores `--memory`), with `--force-rm`: it otherwise keeps a
     /// failed step's container (an OOM-killed RUN) for ever.
@@ -147,7 +142,6 @@ impl Engine {
     }
 }
 
-/// What one image build needs.
 #[derive(Debug, Clone)]
 pub struct BuildCmd<'a> {
     pub reference: String,
@@ -354,7 +348,6 @@ commands! { Podman, self => "podman";
     logs(container: &str) => ["logs", "--timestamps", container];
 }
 
-/// podman names a pod's container `<pod>-<container>`.
 pub fn container_name(pod: &str, container: &str) -> String {
     format!("{pod}-{container}")
 }
@@ -486,6 +479,14 @@ mod tests {
         assert_eq!(
             Podman.run_in_pod("p", "img", &command).to_string(),
             "podman run --rm --pod p --entrypoint redis-cli img ping"
+        );
+        assert_eq!(
+            Engine::Podman.run_true("i").to_string(),
+            "podman run --rm --network none --pull=never i true"
+        );
+        assert_eq!(
+            Engine::Docker.run_true("i").to_string(),
+            "docker run --rm --network none i true"
         );
         assert_eq!(
             Podman.network_create("n", Some("10.89.0.0/27")).to_string(),

@@ -68,7 +68,6 @@ pub fn fingerprint(
     format!("{:x}", h.finalize())
 }
 
-/// The tag an image gets: the first 16 hex digits of its fingerprint.
 pub fn tag(fingerprint: &str) -> String {
     fingerprint[..16].to_owned()
 }

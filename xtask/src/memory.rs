@@ -70,7 +70,6 @@ pub fn cargo_jobs(budget: u64, cpus: usize) -> usize {
     ((budget / RUSTC_JOB) as usize).clamp(1, cpus.max(1))
 }
 
-/// The CPUs this process may use.
 pub fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -97,7 +96,6 @@ fn meminfo_field(text: &str, name: &str) -> Option<u64> {
     })
 }
 
-/// `MemTotal` of this machine, in bytes.
 pub fn total() -> Option<u64> {
     meminfo_field(&meminfo().ok()?, "MemTotal")
 }

@@ -23,7 +23,6 @@ use crate::{
     report::secs,
 };
 
-/// Where the workspace's binaries compile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CompileIn {
     /// On this machine, with `cargo build`.
