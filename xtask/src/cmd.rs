@@ -100,16 +100,7 @@ impl Cmd {
     /// Runs the command and returns its stdout; the error carries its stderr.
     pub fn read(&self) -> anyhow::Result<String> {
         let output = self.run_to_end(true)?;
-        anyhow::ensure!(
-            output.status.success(),
-            CmdError {
-                cmd: self.to_string(),
-                status: output.status.to_string(),
-                code: output.status.code(),
-                log: None,
-                tail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-            }
-        );
+        CmdError::check(self, &output, None)?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
@@ -181,17 +172,7 @@ impl Pipeline {
         let handle =
             (expr.stderr_file(file).start()).with_context(|| format!("starting `{self}`"))?;
         let output = first.wait_output(&handle)?;
-        let code = output.status.code();
-        anyhow::ensure!(
-            output.status.success(),
-            CmdError {
-                cmd: self.to_string(),
-                status: code.map_or("a signal".to_owned(), |c| format!("exit code {c}")),
-                code,
-                log: Some(log.to_owned()),
-                tail: tail(log, 20),
-            }
-        );
+        CmdError::check(self, &output, Some(log))?;
         Ok(output.stdout)
     }
 }
@@ -230,6 +211,21 @@ pub struct CmdError {
     pub code: Option<i32>,
     pub log: Option<PathBuf>,
     pub tail: String,
+}
+
+impl CmdError {
+    /// `Ok` for a success; else the error, with the last lines of `log`, else of its stderr.
+    fn check(cmd: &dyn fmt::Display, output: &Output, log: Option<&Path>) -> anyhow::Result<()> {
+        let (status, code) = (output.status, output.status.code());
+        if status.success() {
+            return Ok(());
+        }
+        let stderr = || String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        let tail = log.map_or_else(stderr, |l| tail(l, 20));
+        let status = code.map_or_else(|| status.to_string(), |c| format!("exit code {c}"));
+        let (cmd, log) = (cmd.to_string(), log.map(Path::to_owned));
+        Err(CmdError { cmd, status, code, log, tail }.into())
+    }
 }
 
 impl fmt::Display for CmdError {
@@ -319,6 +315,10 @@ mod tests {
         assert_eq!(Cmd::new("echo").arg("hi").read().unwrap(), "hi\n");
         let err = Cmd::new("sh").args(["-c", "echo oops >&2; exit 1"]).read().unwrap_err();
         assert!(err.to_string().contains("oops"), "{err}");
+        assert!(
+            err.to_string().contains("failed with exit code 1"),
+            "worded as a pipeline's: {err}"
+        );
         let code = err.downcast_ref::<CmdError>().and_then(|e| e.code);
         assert_eq!(code, Some(1), "the exit code, for the build's diagnosis");
         assert!(Cmd::new("true").succeeds().unwrap());
