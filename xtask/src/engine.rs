@@ -130,10 +130,8 @@ impl Engine {
                 c = c.arg(flag).arg(format!("{k}={v}"));
             }
         }
-        c.arg("--file")
-            .arg(b.dockerfile.display().to_string())
-            .args(["--tag", &b.reference])
-            .arg(b.context.display().to_string())
+        let (file, context) = (b.dockerfile.to_string_lossy(), b.context.to_string_lossy());
+        c.args(["--file", &file, "--tag", &b.reference, &context])
     }
 
     /// The image, or `None` when the engine does not have it.
@@ -232,16 +230,14 @@ impl EngineFacts {
     /// From podman's `version()`: no server means podman runs here, so its machine's facts are
     /// read here, without `info`. `None` when remote: ask `info()`.
     pub fn local_podman(version_json: &str) -> Option<anyhow::Result<EngineFacts>> {
-        let v = match json(Engine::Podman, "version", version_json) {
-            Ok(v) if !v["Server"].is_null() => return None,
-            Ok(v) => v,
-            Err(e) => return Some(Err(e)),
-        };
-        let client = &v["Client"];
-        Some(Ok(EngineFacts {
+        let v = json(Engine::Podman, "version", version_json);
+        if v.as_ref().is_ok_and(|v| !v["Server"].is_null()) {
+            return None;
+        }
+        Some(v.map(|v| EngineFacts {
             engine: Engine::Podman,
-            version: client["Version"].as_str().unwrap_or("?").to_owned(),
-            platform: normalize_platform(client["OsArch"].as_str().unwrap_or("?")),
+            version: v["Client"]["Version"].as_str().unwrap_or("?").to_owned(),
+            platform: normalize_platform(v["Client"]["OsArch"].as_str().unwrap_or("?")),
             cpus: crate::memory::cpus(),
             mem_total: crate::memory::total().unwrap_or(0),
             mem_free: None,

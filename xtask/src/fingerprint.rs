@@ -74,7 +74,7 @@ pub fn tag(fingerprint: &str) -> String {
 
 /// Lists a build context as the engine would send it, in path order.
 pub fn scan_context(dir: &Path, cache: &mut HashCache) -> Result<Vec<Entry>> {
-    let mut ignore = Ignore::none();
+    let mut ignore = Ignore::default();
     let names = [".containerignore", ".dockerignore"];
     if let Some(p) = names.map(|f| dir.join(f)).into_iter().find(|p| p.is_file()) {
         let text =

@@ -12,15 +12,13 @@ use crate::memory;
 pub struct Sampler(Arc<Mutex<Vec<(Instant, u64)>>>);
 
 impl Sampler {
-    pub const PERIOD: Duration = Duration::from_millis(100);
-
     /// Starts sampling, the first sample taken at once (every later start has a level to compare).
     pub fn start() -> Sampler {
         let samples = Arc::new(Mutex::new(Vec::new()));
         sample(&samples);
         let weak = Arc::downgrade(&samples);
         std::thread::spawn(move || loop {
-            std::thread::sleep(Sampler::PERIOD);
+            std::thread::sleep(Duration::from_millis(100));
             let Some(samples) = weak.upgrade() else { break };
             sample(&samples);
         });
