@@ -92,9 +92,7 @@ impl Cmd {
     pub fn run_inherit(&self) -> anyhow::Result<()> {
         let handle = (self.expression().stdin_null().start())
             .with_context(|| format!("starting `{self}`"))?;
-        let status = self.wait_output(&handle)?.status;
-        anyhow::ensure!(status.success(), "`{self}` failed with {status}");
-        Ok(())
+        CmdError::check(self, &self.wait_output(&handle)?, None)
     }
 
     /// Runs the command and returns its stdout; the error carries its stderr.

@@ -325,7 +325,8 @@ commands! { Podman, self => "podman";
     /// State of a container: `status exit-code restarts`.
     container_state(container: &str) => ["container", "inspect", "--format",
         "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}", container];
-    network_create(name: &str, subnet: Option<&str>) => ["network", "create", "--label", "e2e.xtask=1"]
+    network_create(name: &str, subnet: Option<&str>) =>
+        ["network", "create", "--label", "e2e.xtask=1"]
         + subnet.into_iter().flat_map(|s| ["--subnet", s]).chain([name]);
     /// Plays a pod file on a network, at fixed IP and MAC addresses when given.
     kube_play(network: &str, address: Option<(Ipv4Addr, String)>, file: &Path) =>
