@@ -59,12 +59,11 @@ pub enum Engine {
 }
 
 impl Engine {
-    /// This engine's of the two.
+    /// Of a value for podman and one for docker, this engine's.
     fn pick<T>(self, podman: T, docker: T) -> T {
-        if self == Engine::Podman {
-            podman
-        } else {
-            docker
+        match self {
+            Engine::Podman => podman,
+            Engine::Docker => docker,
         }
     }
 
@@ -110,7 +109,6 @@ impl Engine {
         }
     }
 
-    /// `--format` for JSON: podman's word for it, docker's template.
     fn json(self) -> &'static str {
         self.pick("json", "{{json .}}")
     }
@@ -151,7 +149,6 @@ pub struct BuildCmd<'a> {
     pub no_cache: bool,
 }
 
-/// An image as the engine has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageInfo {
     /// Without the `sha256:` prefix.

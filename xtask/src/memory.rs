@@ -11,7 +11,6 @@ const UNLIMITED: u64 = 1 << 60;
 /// What one rustc job of this workspace is planned to need at most.
 pub const RUSTC_JOB: u64 = 1536 * MIB;
 
-/// The memory budget for builds, and where the number came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Budget {
     pub bytes: u64,

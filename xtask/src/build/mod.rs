@@ -124,7 +124,6 @@ impl Session {
         Ok(Session { images, facts })
     }
 
-    /// The engine runs on another machine (a VM, a remote host).
     pub fn remote(&self) -> bool {
         self.facts.engine.as_ref().is_ok_and(|f| f.remote)
     }
@@ -332,7 +331,6 @@ pub fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) ->
     })
 }
 
-/// `cmd`, echoed and logged, under a spinner.
 fn run_spinning(r: &Reporter, cmd: &Cmd, log: &Path, name: &str, msg: &str) -> Result<()> {
     r.command(cmd);
     let bar = r.spinner(name, msg);

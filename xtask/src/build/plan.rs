@@ -124,11 +124,10 @@ pub(super) fn make_plan(
             fingerprint::fingerprint(&dockerfile, context, args, base, env.platform())
         };
         let fp = fingerprint_of(&entries);
-        let blank = |e: &Entry| match spec.binary() == Some(e.path.as_str()) {
-            true => Entry { kind: EntryKind::File { sha256: String::new() }, ..e.clone() },
-            false => e.clone(),
-        };
-        let outside_binary = fingerprint_of(&entries.iter().map(blank).collect::<Vec<_>>());
+        let mut blanked = entries.clone();
+        let binary = blanked.iter_mut().filter(|e| spec.binary() == Some(e.path.as_str()));
+        binary.for_each(|e| e.kind = EntryKind::File { sha256: String::new() });
+        let outside_binary = fingerprint_of(&blanked);
         items.push(PlanItem {
             spec: spec.clone(),
             context,
