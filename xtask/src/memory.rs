@@ -6,6 +6,7 @@ use anyhow::Context;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
+const MEMINFO: &str = "/proc/meminfo";
 /// Values at or above this mean "no limit" in cgroup files.
 const UNLIMITED: u64 = 1 << 60;
 /// What one rustc job of this workspace is planned to need at most.
@@ -96,22 +97,19 @@ fn meminfo_field(text: &str, name: &str) -> Option<u64> {
 }
 
 pub fn total() -> Option<u64> {
-    meminfo_field(&meminfo().ok()?, "MemTotal")
-}
-
-fn meminfo() -> std::io::Result<String> {
-    std::fs::read_to_string("/proc/meminfo")
+    meminfo_field(&std::fs::read_to_string(MEMINFO).ok()?, "MemTotal")
 }
 
 /// Memory in use on the machine now (`MemTotal - MemAvailable`), for peak sampling.
 pub fn used_now() -> Option<u64> {
-    let text = meminfo().ok()?;
+    let text = std::fs::read_to_string(MEMINFO).ok()?;
     Some(meminfo_field(&text, "MemTotal")?.saturating_sub(parse_meminfo(&text)?))
 }
 
 /// This machine's [`default_budget`] now.
 pub fn read() -> anyhow::Result<Budget> {
-    let available = parse_meminfo(&meminfo()?).context("no MemAvailable in /proc/meminfo")?;
+    let available = parse_meminfo(&std::fs::read_to_string(MEMINFO)?)
+        .context("no MemAvailable in /proc/meminfo")?;
     let cgroup = std::fs::read_to_string("/proc/self/cgroup")
         .map_or((None, None), |text| cgroup_memory(&text, Path::new("/sys/fs/cgroup")));
     Ok(default_budget(available, cgroup))

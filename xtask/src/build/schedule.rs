@@ -194,10 +194,10 @@ fn build_one(
     let peak = sampler.and_then(|s| s.peak_between(started, Some(started + took)));
     let result = result.map_err(|err| {
         let code = err.downcast_ref::<CmdError>().and_then(|e| e.code);
-        let d = diagnose::diagnose(code, &std::fs::read_to_string(&log).unwrap_or_default());
-        match d.out_of_memory {
-            true => BuildFailure::OutOfMemory { step: d.step, at_once: 1 },
-            false => BuildFailure::Failed { step: d.step, error: format!("{err:#}") },
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        match diagnose::diagnose(code, &text) {
+            (true, step) => BuildFailure::OutOfMemory { step, at_once: 1 },
+            (false, step) => BuildFailure::Failed { step, error: format!("{err:#}") },
         }
     });
     let result = result.and_then(|()| engine.image(&item.reference).ok_or(BuildFailure::Vanished));
