@@ -174,14 +174,11 @@ fn concurrency(caps: &[u64], jobs: usize, budget: u64) -> String {
     let n = caps.len();
     let at_once = memory::max_parallel(caps, budget, jobs).min(n);
     let jobs = jobs.max(1);
-    if n == 0 {
-        "nothing to build: every image is cached".into()
-    } else if jobs == 1 {
-        format!("{n} to build, one at a time (the default; --jobs N allows more while their caps fit the budget)")
-    } else if at_once < jobs.min(n) {
-        format!("{n} to build, at most {at_once} at once: --jobs {jobs}, but only {at_once} of their caps fit the budget together")
-    } else {
-        format!("{n} to build, up to {at_once} at once (--jobs {jobs}; their caps fit the budget)")
+    match (n, jobs) {
+        (0, _) => "nothing to build: every image is cached".into(),
+        (_, 1) => format!("{n} to build, one at a time (the default; --jobs N allows more while their caps fit the budget)"),
+        _ if at_once < jobs.min(n) => format!("{n} to build, at most {at_once} at once: --jobs {jobs}, but only {at_once} of their caps fit the budget together"),
+        _ => format!("{n} to build, up to {at_once} at once (--jobs {jobs}; their caps fit the budget)"),
     }
 }
 
