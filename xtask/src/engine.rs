@@ -247,7 +247,6 @@ impl EngineFacts {
     /// Reads `info()` output: podman's machine facts are under `host`, docker's at the top.
     pub fn parse(engine: Engine, json_text: &str) -> anyhow::Result<EngineFacts> {
         let v = json(engine, "info", json_text)?;
-        let podman = engine == Engine::Podman;
         let field = |podman_at, docker_at| {
             v.pointer(engine.pick(podman_at, docker_at)).unwrap_or(&Value::Null)
         };
@@ -265,7 +264,7 @@ impl EngineFacts {
             )),
             cpus: field("/host/cpus", "/NCPU").as_u64().unwrap_or(0) as usize,
             mem_total: field("/host/memTotal", "/MemTotal").as_u64().unwrap_or(0),
-            mem_free: v["host"]["memFree"].as_u64().filter(|_| podman),
+            mem_free: engine.pick(v["host"]["memFree"].as_u64(), None),
             remote,
             at: if remote {
                 remote_at(given_at(engine), field("/host/hostname", "/Name").as_str())
@@ -276,11 +275,10 @@ impl EngineFacts {
             // (reserved blocks included). Docker names its data root; only a local one is measured.
             store: field("/store/graphRoot", "/DockerRootDir").as_str().map(|path| Store {
                 path: path.to_owned(),
-                free: v["store"]["graphRootAllocated"]
-                    .as_u64()
+                free: engine
+                    .pick(v["store"]["graphRootAllocated"].as_u64(), None)
                     .zip(v["store"]["graphRootUsed"].as_u64())
-                    .map(|(all, used)| all.saturating_sub(used))
-                    .filter(|_| podman),
+                    .map(|(all, used)| all.saturating_sub(used)),
             }),
         })
     }

@@ -1,13 +1,7 @@
-//! Running the builds the plan asks for: each admitted only while the caps of the running
-//! builds and its own fit the budget (and no more than `--jobs` at once); after a failure no
-//! new build starts, running ones finish, and every failure is explained.
+//! Running the builds the plan asks for, as many at once as memory allows ([`memory::admit`]);
+//! after a failure no new build starts, running ones finish, and every failure is explained.
 
-use std::{
-    collections::HashMap,
-    path::PathBuf,
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, path::PathBuf, sync::mpsc, time::Instant};
 
 use anyhow::{Context, Result};
 
@@ -46,8 +40,7 @@ pub enum BuildFailure {
 
 pub struct Outcome {
     pub result: Result<ImageInfo, BuildFailure>,
-    pub started: Instant,
-    pub took: Duration,
+    pub span: BuildSpan,
     pub peak: Option<u64>,
 }
 
@@ -135,11 +128,7 @@ fn execute(
     });
     let memory = sampler.map(Sampler::stop).unwrap_or_default();
     r.finish(&overall);
-    let builds = plan.iter().filter_map(|i| {
-        let o = outcomes.get(&i.spec.name)?;
-        let (image, cap, ok) = (i.spec.name.clone(), i.spec.memory, o.result.is_ok());
-        Some(BuildSpan { image, started: o.started, took: o.took, cap, ok })
-    });
+    let builds = plan.iter().filter_map(|i| Some(outcomes.get(&i.spec.name)?.span.clone()));
     let activity = Activity { builds: builds.collect(), memory };
     (outcomes, activity)
 }
@@ -204,7 +193,8 @@ fn build_one(
     if result.is_ok() {
         r.line(format!("  built {} in {}", item.reference, secs(took)));
     }
-    Outcome { result, started, took, peak }
+    let (image, cap, ok) = (name.clone(), item.spec.memory, result.is_ok());
+    Outcome { result, span: BuildSpan { image, started, took, cap, ok }, peak }
 }
 
 fn outcome_table(plan: &[PlanItem], outcomes: &HashMap<String, Outcome>) -> String {
@@ -216,7 +206,7 @@ fn outcome_table(plan: &[PlanItem], outcomes: &HashMap<String, Outcome>) -> Stri
                 (Action::Cached(image), _) => ["cached".into(), dash(), human(image.size), dash()],
                 (Action::Build { .. }, Some(o)) => [
                     if o.result.is_ok() { "built" } else { "FAILED" }.into(),
-                    secs(o.took),
+                    secs(o.span.took),
                     o.result.as_ref().map_or_else(|_| dash(), |image| human(image.size)),
                     o.peak.map_or_else(dash, human),
                 ],
