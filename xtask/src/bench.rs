@@ -140,7 +140,7 @@ impl Bencher<'_> {
         self.xtask(&["prebuild-images"])?;
         let handoff =
             Handoff::load(p).context("no target/e2e/images.json after prebuild-images")?;
-        let specs = build::load_images(p, &Default::default())?.images;
+        let specs = build::load_images(p, &Default::default(), None)?.images;
         // Plain builds: the same Dockerfiles, contexts, caps and arguments, under tags of their own.
         let tag = |spec: &images::ImageSpec| format!("{}:bench-plain", spec.repository);
         let plain_one = |spec: &images::ImageSpec| {

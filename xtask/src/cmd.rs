@@ -31,9 +31,8 @@ impl Cmd {
         Cmd { program, ..Cmd::default() }
     }
 
-    pub fn arg(mut self, arg: impl Into<String>) -> Cmd {
-        self.args.push(arg.into());
-        self
+    pub fn arg(self, arg: impl Into<String>) -> Cmd {
+        self.args([arg])
     }
 
     pub fn args<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Cmd {
@@ -46,14 +45,12 @@ impl Cmd {
         self
     }
 
-    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Cmd {
-        self.cwd = Some(dir.into());
-        self
+    pub fn cwd(self, dir: impl Into<PathBuf>) -> Cmd {
+        Cmd { cwd: Some(dir.into()), ..self }
     }
 
-    pub fn survives_interrupt(mut self) -> Cmd {
-        self.survives_interrupt = true;
-        self
+    pub fn survives_interrupt(self) -> Cmd {
+        Cmd { survives_interrupt: true, ..self }
     }
 
     pub fn pipe(self, next: Cmd) -> Pipeline {

@@ -97,7 +97,7 @@ impl Session {
     /// Reads the images file and asks the engine for its facts (over ssh, each answer takes
     /// seconds); with `provision`, a missing base image is first [provided](provision_base).
     pub fn open(p: &Project, opts: &BuildOptions, r: &Reporter, provision: bool) -> Result<Self> {
-        let images = load_images(p, opts)?;
+        let images = load_images(p, opts, None)?;
         // The one place the engine is decided (as asked, else podman, else docker).
         let engine = Engine::detect(opts.engine);
         let candidates: Vec<&str> = std::iter::once(images.base_image.as_str())
@@ -118,7 +118,7 @@ impl Session {
             }
         }
         let images = match facts.base_image != images.base_image {
-            true => Images::load(&images_file(p, opts), Some(facts.base_image.clone()))?,
+            true => load_images(p, opts, Some(facts.base_image.clone()))?,
             false => images,
         };
         Ok(Session { images, facts })
@@ -150,12 +150,11 @@ impl Session {
     }
 }
 
-fn images_file(project: &Project, opts: &BuildOptions) -> PathBuf {
-    opts.images_file.clone().unwrap_or_else(|| project.images_file())
-}
-
-pub fn load_images(project: &Project, opts: &BuildOptions) -> Result<Images> {
-    Images::load(&images_file(project, opts), std::env::var("E2E_BASE_IMAGE").ok())
+/// The images file (`--images-file`, else the project's), its base image `base`, else
+/// `E2E_BASE_IMAGE`'s, else its own.
+pub fn load_images(p: &Project, opts: &BuildOptions, base: Option<String>) -> Result<Images> {
+    let file = opts.images_file.clone().unwrap_or_else(|| p.images_file());
+    Images::load(&file, base.or_else(|| std::env::var("E2E_BASE_IMAGE").ok()))
 }
 
 /// When the engine has neither base image: the configured one pulled, else (podman only) the
