@@ -50,11 +50,8 @@ pub fn admit(running_caps: &[u64], next_cap: u64, budget: u64, jobs: usize) -> b
 }
 
 /// Images whose cap alone exceeds the budget: they can never start.
-pub fn too_big<'a>(
-    caps: impl IntoIterator<Item = (&'a str, u64)>,
-    budget: u64,
-) -> Vec<(&'a str, u64)> {
-    caps.into_iter().filter(|(_, cap)| *cap > budget).collect()
+pub fn too_big<'a>(caps: &[(&'a str, u64)], budget: u64) -> Vec<(&'a str, u64)> {
+    caps.iter().filter(|(_, cap)| *cap > budget).copied().collect()
 }
 
 /// How many builds can ever run at once: the smallest caps that fit together, 1 to `jobs`.
@@ -193,7 +190,7 @@ mod tests {
     #[test]
     fn caps_larger_than_the_budget_are_found_up_front() {
         let caps = [("small", 100 * MIB), ("huge", 8 * GIB)];
-        assert_eq!(too_big(caps, 4 * GIB), vec![("huge", 8 * GIB)]);
+        assert_eq!(too_big(&caps, 4 * GIB), vec![("huge", 8 * GIB)]);
     }
 
     #[test]

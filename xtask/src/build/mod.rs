@@ -246,8 +246,8 @@ pub fn prepare(cx: Ctx, goal: Goal) -> Result<Prepared> {
     // Only the images to build must fit: a cached one needs no memory, and a small engine's
     // free memory (page cache counts as used) shrinks after a few runs.
     let to_build = plan.iter().filter(|i| !for_archive && !i.is_cached());
-    let too_big =
-        memory::too_big(to_build.map(|i| (i.spec.name.as_str(), i.spec.memory)), budget.bytes);
+    let caps: Vec<_> = to_build.map(|i| (i.spec.name.as_str(), i.spec.memory)).collect();
+    let too_big = memory::too_big(&caps, budget.bytes);
     let list: Vec<_> =
         too_big.iter().map(|(n, c)| format!("{n} (cap {})", memory::human(*c))).collect();
     anyhow::ensure!(
