@@ -154,11 +154,8 @@ impl Pipeline {
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let mut file = File::options()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("opening log file {}", log.display()))?;
+        let file = File::options().create(true).append(true).open(log);
+        let mut file = file.with_context(|| format!("opening log file {}", log.display()))?;
         writeln!(file, "$ {self}")?;
         let pipe = |e: duct::Expression, next: &Cmd| e.pipe(next.expression());
         let expr = self.0[1..].iter().fold(first.expression().stdin_null(), pipe);

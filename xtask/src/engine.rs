@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
@@ -49,9 +50,7 @@ commands! { Engine, self => self.program();
     layer_dir(image: &str) => ["image", "inspect", "--format", "{{.GraphDriver.Data.UpperDir}}", image];
 }
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
     Podman,
