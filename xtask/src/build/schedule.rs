@@ -19,7 +19,7 @@ use crate::{
     interrupt,
     memory::{self, human},
     project::Project,
-    report::{secs, table, Reporter},
+    report::{secs, table},
     sampler::Sampler,
     timeline::{Activity, BuildSpan},
 };
@@ -47,7 +47,7 @@ pub struct Outcome {
 /// Runs the builds, prints what became of every image, and fails with every failure
 /// explained. Returns each planned image's record, and what the builds did over time.
 pub fn run(cx: Ctx, env: &Env, plan: &[PlanItem]) -> Result<(Vec<ImageRecord>, Activity)> {
-    let (outcomes, activity) = cx.r.phase("build images", |r| Ok(execute(cx, r, env, plan)))?;
+    let (outcomes, activity) = cx.r.phase("build images", |_| Ok(execute(cx, env, plan)))?;
     cx.r.line(format!("images:\n{}", outcome_table(plan, &outcomes)));
     let result = |i: &PlanItem| outcomes.get(&i.spec.name).map(|o| o.result.as_ref());
     let failures: Vec<String> = plan
@@ -67,12 +67,8 @@ pub fn run(cx: Ctx, env: &Env, plan: &[PlanItem]) -> Result<(Vec<ImageRecord>, A
     Ok((records.collect::<Result<_>>()?, activity))
 }
 
-fn execute(
-    cx: Ctx,
-    r: &Reporter,
-    env: &Env,
-    plan: &[PlanItem],
-) -> (HashMap<String, Outcome>, Activity) {
+fn execute(cx: Ctx, env: &Env, plan: &[PlanItem]) -> (HashMap<String, Outcome>, Activity) {
+    let (r, budget, jobs) = (cx.r, env.budget.bytes, cx.opts.jobs);
     let to_build: Vec<&PlanItem> = plan.iter().filter(|i| !i.is_cached()).collect();
     let mut outcomes = HashMap::new();
     if to_build.is_empty() {
@@ -92,16 +88,14 @@ fn execute(
         loop {
             while !stopping && !interrupt::interrupted() {
                 let caps: Vec<u64> = running.iter().map(|b| b.1).collect();
-                let fits = |i: &&PlanItem| {
-                    memory::admit(&caps, i.spec.memory, env.budget.bytes, cx.opts.jobs)
-                };
+                let fits = |i: &&PlanItem| memory::admit(&caps, i.spec.memory, budget, jobs);
                 let Some(item) = queue.next_if(fits) else { break };
                 running.push((item.spec.name.clone(), item.spec.memory, 0));
                 let n = running.len();
                 running.iter_mut().for_each(|b| b.2 = b.2.max(n));
                 let (tx, sampler) = (tx.clone(), &sampler);
                 s.spawn(move || {
-                    let outcome = build_one(cx.project, r, env.engine(), item, sampler.as_ref());
+                    let outcome = build_one(cx, env.engine(), item, sampler.as_ref());
                     let _ = tx.send((item.spec.name.clone(), outcome));
                 });
             }
@@ -167,14 +161,8 @@ pub fn build_cmd_for(project: &Project, engine: Engine, item: &PlanItem) -> Cmd 
     })
 }
 
-fn build_one(
-    p: &Project,
-    r: &Reporter,
-    engine: Engine,
-    item: &PlanItem,
-    sampler: Option<&Sampler>,
-) -> Outcome {
-    let (started, name) = (Instant::now(), &item.spec.name);
+fn build_one(cx: Ctx, engine: Engine, item: &PlanItem, sampler: Option<&Sampler>) -> Outcome {
+    let (p, r, started, name) = (cx.project, cx.r, Instant::now(), &item.spec.name);
     let (cmd, log) = (build_cmd_for(p, engine, item), build_log(p, name));
     let _ = std::fs::remove_file(&log);
     r.line(format!("  building {name} (cap {})", podman_size(item.spec.memory)));
