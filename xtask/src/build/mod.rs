@@ -100,9 +100,9 @@ impl Session {
         let images = load_images(p, opts, None)?;
         // The one place the engine is decided (as asked, else podman, else docker).
         let engine = Engine::detect(opts.engine);
-        let candidates: Vec<&str> = std::iter::once(images.base_image.as_str())
-            .chain(images.offline_base_image.as_deref())
-            .collect();
+        let offline = images.offline_base_image.as_deref();
+        let candidates: Vec<&str> =
+            [images.base_image.as_str()].into_iter().chain(offline).collect();
         let mut facts = r.phase("ask the engine", |r| {
             if let Ok(e) = engine {
                 let at = crate::engine::given_at(e).map(|a| format!(" at {a}")).unwrap_or_default();
@@ -288,14 +288,9 @@ pub fn finish(cx: Ctx, prepared: Prepared, tidy: bool) -> Result<(Handoff, Activ
 
 /// The plan of the named images, decided quietly (nothing compiled or printed): to know
 /// early whether the images that package no binary of ours are already there.
-pub fn plan_quietly(
-    project: &Project,
-    session: &Session,
-    names: &[String],
-) -> Result<Vec<PlanItem>> {
+pub fn plan_quietly(p: &Project, session: &Session, names: &[String]) -> Result<Vec<PlanItem>> {
     let (env, specs) = (session.facts.env(None)?, session.images.select(names)?);
-    let bin_dir = project.binaries_dir(false);
-    plan::make_plan(project, &env, &bin_dir, &specs, false, Handoff::load(project).as_ref())
+    plan::make_plan(p, &env, &p.binaries_dir(false), &specs, false, Handoff::load(p).as_ref())
 }
 
 /// Removes the handed-off images' older fingerprint tags beyond the [`plan::KEEP_OLDER`]
