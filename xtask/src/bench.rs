@@ -123,7 +123,7 @@ impl Bencher<'_> {
 
     fn images(&self, runs: usize, cold_runs: usize, no_cold: bool) -> anyhow::Result<()> {
         let (p, handoff) = (self.project, self.warm_up()?);
-        let specs = build::load_images(p, &Default::default())?.images;
+        let specs = build::load_images(p, &Default::default(), None)?.images;
         // Plain builds: the same Dockerfiles, contexts, caps and arguments, under tags of their own.
         let tag = |spec: &images::ImageSpec| format!("{}:bench-plain", spec.repository);
         let plain_one = |spec: &images::ImageSpec| {
@@ -160,7 +160,7 @@ impl Bencher<'_> {
             let [one, all] = self.repeat(cold_runs, what, || Ok([cold("1")?, cold(&n)?]))?;
             let worst = one.iter().chain(&all).filter_map(|s| s.peak).max().unwrap_or(0);
             let caps = specs.iter().map(|s| s.memory).sum();
-            let budget = memory::default_budget(&memory::read()?).bytes;
+            let budget = memory::read()?.bytes;
             note += &format!(
                 "\n  peak memory of any cold run: {} (sum of the images' caps: {}; default budget now: {})",
                 human(worst),

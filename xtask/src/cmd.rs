@@ -31,9 +31,8 @@ impl Cmd {
         Cmd { program, ..Cmd::default() }
     }
 
-    pub fn arg(mut self, arg: impl Into<String>) -> Cmd {
-        self.args.push(arg.into());
-        self
+    pub fn arg(self, arg: impl Into<String>) -> Cmd {
+        self.args([arg])
     }
 
     pub fn args<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Cmd {
@@ -46,22 +45,19 @@ impl Cmd {
         self
     }
 
-    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Cmd {
-        self.cwd = Some(dir.into());
-        self
+    pub fn cwd(self, dir: impl Into<PathBuf>) -> Cmd {
+        Cmd { cwd: Some(dir.into()), ..self }
     }
 
-    pub fn survives_interrupt(mut self) -> Cmd {
-        self.survives_interrupt = true;
-        self
+    pub fn survives_interrupt(self) -> Cmd {
+        Cmd { survives_interrupt: true, ..self }
     }
 
     pub fn pipe(self, next: Cmd) -> Pipeline {
         Pipeline(vec![self, next])
     }
 
-    /// `stdin_null` false for a pipeline's later commands (their stdin is the pipe).
-    fn expression(&self, stdin_null: bool) -> duct::Expression {
+    fn expression(&self) -> duct::Expression {
         let mut e = duct::cmd(&self.program, &self.args).unchecked();
         for (k, v) in &self.env {
             e = e.env(k, v);
@@ -75,11 +71,7 @@ impl Cmd {
                 Ok(())
             });
         }
-        if stdin_null {
-            e.stdin_null()
-        } else {
-            e
-        }
+        e
     }
 
     /// Runs with stdout and stderr appended to `log`; a failure names the log and its last lines.
@@ -95,26 +87,15 @@ impl Cmd {
 
     /// Runs the command with its output on this terminal (for the test suite).
     pub fn run_inherit(&self) -> anyhow::Result<()> {
-        let handle =
-            (self.expression(true).start()).with_context(|| format!("starting `{self}`"))?;
-        let status = self.wait_output(&handle)?.status;
-        anyhow::ensure!(status.success(), "`{self}` failed with {status}");
-        Ok(())
+        let handle = (self.expression().stdin_null().start())
+            .with_context(|| format!("starting `{self}`"))?;
+        CmdError::check(self, &self.wait_output(&handle)?, None)
     }
 
     /// Runs the command and returns its stdout; the error carries its stderr.
     pub fn read(&self) -> anyhow::Result<String> {
         let output = self.run_to_end(true)?;
-        anyhow::ensure!(
-            output.status.success(),
-            CmdError {
-                cmd: self.to_string(),
-                status: output.status.to_string(),
-                code: output.status.code(),
-                log: None,
-                tail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-            }
-        );
+        CmdError::check(self, &output, None)?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
@@ -135,8 +116,8 @@ impl Cmd {
         if let Some(dir) = &self.cwd {
             sh.change_dir(dir);
         }
-        let mut cmd = sh.cmd(&self.program).args(&self.args).quiet().ignore_status();
-        cmd = cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let mut cmd = sh.cmd(&self.program).args(&self.args).envs(self.env.clone());
+        cmd = cmd.quiet().ignore_status();
         if !capture {
             cmd = cmd.ignore_stdout().ignore_stderr();
         }
@@ -173,31 +154,17 @@ impl Pipeline {
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let mut file = File::options()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("opening log file {}", log.display()))?;
+        let file = File::options().create(true).append(true).open(log);
+        let mut file = file.with_context(|| format!("opening log file {}", log.display()))?;
         writeln!(file, "$ {self}")?;
-        let mut expr = first.expression(true);
-        for next in &self.0[1..] {
-            expr = expr.pipe(next.expression(false));
-        }
-        expr = if capture { expr.stdout_capture() } else { expr.stdout_file(file.try_clone()?) };
+        let pipe = |e: duct::Expression, next: &Cmd| e.pipe(next.expression());
+        let expr = self.0[1..].iter().fold(first.expression().stdin_null(), pipe);
+        let expr =
+            if capture { expr.stdout_capture() } else { expr.stdout_file(file.try_clone()?) };
         let handle =
             (expr.stderr_file(file).start()).with_context(|| format!("starting `{self}`"))?;
         let output = first.wait_output(&handle)?;
-        let code = output.status.code();
-        anyhow::ensure!(
-            output.status.success(),
-            CmdError {
-                cmd: self.to_string(),
-                status: code.map_or("a signal".to_owned(), |c| format!("exit code {c}")),
-                code,
-                log: Some(log.to_owned()),
-                tail: tail(log, 20),
-            }
-        );
+        CmdError::check(self, &output, Some(log))?;
         Ok(output.stdout)
     }
 }
@@ -236,6 +203,21 @@ pub struct CmdError {
     pub code: Option<i32>,
     pub log: Option<PathBuf>,
     pub tail: String,
+}
+
+impl CmdError {
+    /// `Ok` for a success; else the error, with the last lines of `log`, else of its stderr.
+    fn check(cmd: &dyn fmt::Display, output: &Output, log: Option<&Path>) -> anyhow::Result<()> {
+        let (status, code) = (output.status, output.status.code());
+        if status.success() {
+            return Ok(());
+        }
+        let stderr = || String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        let tail = log.map_or_else(stderr, |l| tail(l, 20));
+        let status = code.map_or_else(|| status.to_string(), |c| format!("exit code {c}"));
+        let (cmd, log) = (cmd.to_string(), log.map(Path::to_owned));
+        Err(CmdError { cmd, status, code, log, tail }.into())
+    }
 }
 
 impl fmt::Display for CmdError {
@@ -325,6 +307,10 @@ mod tests {
         assert_eq!(Cmd::new("echo").arg("hi").read().unwrap(), "hi\n");
         let err = Cmd::new("sh").args(["-c", "echo oops >&2; exit 1"]).read().unwrap_err();
         assert!(err.to_string().contains("oops"), "{err}");
+        assert!(
+            err.to_string().contains("failed with exit code 1"),
+            "worded as a pipeline's: {err}"
+        );
         let code = err.downcast_ref::<CmdError>().and_then(|e| e.code);
         assert_eq!(code, Some(1), "the exit code, for the build's diagnosis");
         assert!(Cmd::new("true").succeeds().unwrap());

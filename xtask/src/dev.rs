@@ -235,7 +235,7 @@ impl Loop<'_> {
                 let rebuilt = list(&uncached(&prepared.plan));
                 let (handoff, _) =
                     steps.run("images", "image build FAILED, the stack is unchanged", || {
-                        build::finish_with(cx, prepared, false)
+                        build::finish(cx, prepared, false)
                     })?;
                 // Replace only the pods that differ, the same way on either runtime.
                 let stopped = format!(
@@ -274,7 +274,7 @@ impl Loop<'_> {
             return;
         }
         let r = &self.run.r;
-        match build::finish_with(self.run.cx(), prepared, false) {
+        match build::finish(self.run.cx(), prepared, false) {
             Ok(_) => r.line(format!(
                 "  built {} for the record in {} (the stack kept running)",
                 list(&built),

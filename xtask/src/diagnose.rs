@@ -1,28 +1,15 @@
 //! Why an image build failed, from its exit status and log: OOM-killed under its memory cap or
 //! not, and at which Dockerfile step.
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cause {
-    /// Exit 137 / `Killed` / `container exited on killed`: a RUN step killed under the cap.
-    OutOfMemory,
-    Other,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnosis {
-    pub cause: Cause,
-    /// The Dockerfile step that failed, e.g. `RUN apt-get install -y postgresql-15`.
-    pub step: Option<String>,
-}
-
-pub fn diagnose(exit_code: Option<i32>, log: &str) -> Diagnosis {
+/// Whether a RUN step was killed under the cap (exit 137 / `Killed` / `container exited on
+/// killed`), and the Dockerfile step that failed, e.g. `RUN apt-get install -y postgresql-15`.
+pub fn diagnose(exit_code: Option<i32>, log: &str) -> (bool, Option<String>) {
     // `container exited on killed`: the OOM killer took the step's first process, and podman
     // exits 1 (seen in CI with a 32m cap).
-    let killed = exit_code == Some(137)
+    let out_of_memory = exit_code == Some(137)
         || (log.lines()).any(|l| matches!(l.trim(), "Killed" | "container exited on killed"))
         || ["exit status 137", "returned a non-zero code: 137"].iter().any(|s| log.contains(s));
-    let cause = if killed { Cause::OutOfMemory } else { Cause::Other };
-    Diagnosis { cause, step: failing_step(log) }
+    (out_of_memory, failing_step(log))
 }
 
 /// The step in `Error: building at STEP "..."` (podman), else the last `STEP n/m: ...`
@@ -53,34 +40,34 @@ mod tests {
     fn real_podman_oom_kill() {
         // Output of a real `podman build --memory 64m --memory-swap 64m` whose RUN step
         // needed 300 MB (see tests/fixtures).
-        let d = diagnose(Some(137), &fixture("podman-build-oom.log"));
-        assert_eq!(d.cause, Cause::OutOfMemory);
-        assert_eq!(d.step.as_deref(), Some("RUN head -c 300m /dev/zero | tail -n 1 >/dev/null"));
+        let (out_of_memory, step) = diagnose(Some(137), &fixture("podman-build-oom.log"));
+        assert!(out_of_memory);
+        assert_eq!(step.as_deref(), Some("RUN head -c 300m /dev/zero | tail -n 1 >/dev/null"));
     }
 
     #[test]
     fn real_podman_oom_kill_of_the_steps_first_process() {
         // The same build under a 32m cap, in CI: podman exited 1.
-        let d = diagnose(Some(1), &fixture("podman-build-oom-container-killed.log"));
-        assert_eq!(d.cause, Cause::OutOfMemory);
-        assert_eq!(d.step.as_deref(), Some("RUN head -c 300m /dev/zero | tail -n 1 >/dev/null"));
+        let (out_of_memory, step) =
+            diagnose(Some(1), &fixture("podman-build-oom-container-killed.log"));
+        assert!(out_of_memory);
+        assert_eq!(step.as_deref(), Some("RUN head -c 300m /dev/zero | tail -n 1 >/dev/null"));
     }
 
     #[test]
     fn real_podman_failures_that_are_not_memory() {
         let run = diagnose(Some(3), &fixture("podman-build-run-failed.log"));
-        assert_eq!(run.cause, Cause::Other);
-        assert_eq!(run.step.as_deref(), Some("RUN echo compiling && exit 3"));
+        assert_eq!(run, (false, Some("RUN echo compiling && exit 3".to_owned())));
         let copy = diagnose(Some(125), &fixture("podman-build-copy-failed.log"));
-        assert_eq!(copy.cause, Cause::Other);
-        assert_eq!(copy.step.as_deref(), Some("COPY missing.txt /x"));
+        assert!(!copy.0, "not memory");
+        assert_eq!(copy.1.as_deref(), Some("COPY missing.txt /x"));
     }
 
     #[test]
     fn docker_classic_builder_output() {
         let log = "Step 1/3 : FROM base\nStep 3/3 : RUN make\n ---> Running in 1\nKilled\nThe command '/bin/sh -c make' returned a non-zero code: 137\n";
-        let d = diagnose(Some(1), log);
-        assert_eq!(d.cause, Cause::OutOfMemory);
-        assert_eq!(d.step.as_deref(), Some("RUN make"));
+        let (out_of_memory, step) = diagnose(Some(1), log);
+        assert!(out_of_memory);
+        assert_eq!(step.as_deref(), Some("RUN make"));
     }
 }

@@ -6,16 +6,13 @@
 
 use globset::{Glob, GlobBuilder, GlobMatcher};
 
+#[derive(Default)]
 pub struct Ignore {
     /// Each pattern, and whether it re-includes (`!`).
     rules: Vec<(GlobMatcher, bool)>,
 }
 
 impl Ignore {
-    pub fn none() -> Ignore {
-        Ignore { rules: Vec::new() }
-    }
-
     pub fn parse(text: &str) -> anyhow::Result<Ignore> {
         let mut rules = Vec::new();
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
@@ -75,6 +72,6 @@ mod tests {
     fn last_match_wins() {
         let ig = Ignore::parse("!keep.txt\n*.txt\n").unwrap();
         assert!(ig.is_ignored("keep.txt"));
-        assert!(!Ignore::none().is_ignored("anything"));
+        assert!(!Ignore::default().is_ignored("anything"));
     }
 }

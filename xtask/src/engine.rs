@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
@@ -10,7 +11,6 @@ use crate::{
     problem::{Problem, PODMAN_DOCS},
 };
 
-/// The label that carries an image's full fingerprint.
 pub const FINGERPRINT_LABEL: &str = "e2e.fingerprint";
 
 /// `with`: docker fails on `index` of an image without labels.
@@ -41,15 +41,16 @@ commands! { Engine, self => self.program();
     /// `repository:tag` of every image that carries a fingerprint label (every image built here).
     list_fingerprinted() => ["images", "--filter", format!("label={FINGERPRINT_LABEL}"),
         "--format", "{{.Repository}}:{{.Tag}}"];
+    /// Starts and removes a container: proves the engine can run one, not just answer.
+    run_true(image: &str) => ["run", "--rm", "--network", "none"]
+        + self.pick(Some("--pull=never"), None).into_iter().chain([image, "true"]);
     tag(reference: &str, new: &str) => ["tag", reference, new];
     untag(reference: &str) => ["rmi", reference];
     /// An image's top layer's directory on the engine's machine (`<graph root>/overlay/<id>/diff`).
     layer_dir(image: &str) => ["image", "inspect", "--format", "{{.GraphDriver.Data.UpperDir}}", image];
 }
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
     Podman,
@@ -57,11 +58,16 @@ pub enum Engine {
 }
 
 impl Engine {
-    pub fn program(self) -> &'static str {
+    /// Of a value for podman and one for docker, this engine's.
+    fn pick<T>(self, podman: T, docker: T) -> T {
         match self {
-            Engine::Podman => "podman",
-            Engine::Docker => "docker",
+            Engine::Podman => podman,
+            Engine::Docker => docker,
         }
+    }
+
+    pub fn program(self) -> &'static str {
+        self.pick("podman", "docker")
     }
 
     /// The engine asked for, else podman, else docker (once per command, by `Facts::gather`).
@@ -102,31 +108,18 @@ impl Engine {
         }
     }
 
-    /// `--format` for JSON: podman's word for it, docker's template.
     fn json(self) -> &'static str {
-        match self {
-            Engine::Podman => "json",
-            Engine::Docker => "{{json .}}",
-        }
-    }
-
-    /// Starts and removes a container: proves the engine can run one, not just answer.
-    pub fn run_true(self, image: &str) -> Cmd {
-        let pull = (self == Engine::Podman).then_some("--pull=never");
-        let c = Cmd::new(self.program()).args(["run", "--rm", "--network", "none"]);
-        c.args(pull).args([image, "true"])
+        self.pick("json", "{{json .}}")
     }
 
     /// A build under a memory cap (`--memory-swap` equal, so it holds), never pulling. Docker uses
     /// its classic builder (BuildKit ignores `--memory`), with `--force-rm`: it otherwise keeps a
     /// failed step's container (an OOM-killed RUN) for ever.
     pub fn build(self, b: &BuildCmd) -> Cmd {
-        let mut c = match self {
-            Engine::Podman => Cmd::new("podman").args(["build", "--layers", "--pull=never"]),
-            Engine::Docker => {
-                Cmd::new("docker").args(["build", "--force-rm"]).env("DOCKER_BUILDKIT", "0")
-            }
-        };
+        let mut c = self.pick(
+            Cmd::new("podman").args(["build", "--layers", "--pull=never"]),
+            Cmd::new("docker").args(["build", "--force-rm"]).env("DOCKER_BUILDKIT", "0"),
+        );
         c = c.args(b.no_cache.then_some("--no-cache"));
         c = c.args(["--memory", &b.memory, "--memory-swap", &b.memory]);
         for (flag, map) in [("--build-arg", &b.build_args), ("--label", &b.labels)] {
@@ -134,10 +127,8 @@ impl Engine {
                 c = c.arg(flag).arg(format!("{k}={v}"));
             }
         }
-        c.arg("--file")
-            .arg(b.dockerfile.display().to_string())
-            .args(["--tag", &b.reference])
-            .arg(b.context.display().to_string())
+        let (file, context) = (b.dockerfile.to_string_lossy(), b.context.to_string_lossy());
+        c.args(["--file", &file, "--tag", &b.reference, &context])
     }
 
     /// The image, or `None` when the engine does not have it.
@@ -146,7 +137,6 @@ impl Engine {
     }
 }
 
-/// What one image build needs.
 #[derive(Debug, Clone)]
 pub struct BuildCmd<'a> {
     pub reference: String,
@@ -158,7 +148,6 @@ pub struct BuildCmd<'a> {
     pub no_cache: bool,
 }
 
-/// An image as the engine has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageInfo {
     /// Without the `sha256:` prefix.
@@ -223,10 +212,8 @@ pub fn remote_at(given: Option<String>, hostname: Option<&str>) -> String {
 
 /// `CONTAINER_HOST`, `CONTAINER_CONNECTION` (docker: `DOCKER_HOST`, `DOCKER_CONTEXT`).
 pub fn given_at(engine: Engine) -> Option<String> {
-    let vars = match engine {
-        Engine::Podman => ["CONTAINER_HOST", "CONTAINER_CONNECTION"],
-        Engine::Docker => ["DOCKER_HOST", "DOCKER_CONTEXT"],
-    };
+    let vars =
+        engine.pick(["CONTAINER_HOST", "CONTAINER_CONNECTION"], ["DOCKER_HOST", "DOCKER_CONTEXT"]);
     vars.iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
 }
 
@@ -239,16 +226,14 @@ impl EngineFacts {
     /// From podman's `version()`: no server means podman runs here, so its machine's facts are
     /// read here, without `info`. `None` when remote: ask `info()`.
     pub fn local_podman(version_json: &str) -> Option<anyhow::Result<EngineFacts>> {
-        let v = match json(Engine::Podman, "version", version_json) {
-            Ok(v) if !v["Server"].is_null() => return None,
-            Ok(v) => v,
-            Err(e) => return Some(Err(e)),
-        };
-        let client = &v["Client"];
-        Some(Ok(EngineFacts {
+        let v = json(Engine::Podman, "version", version_json);
+        if v.as_ref().is_ok_and(|v| !v["Server"].is_null()) {
+            return None;
+        }
+        Some(v.map(|v| EngineFacts {
             engine: Engine::Podman,
-            version: client["Version"].as_str().unwrap_or("?").to_owned(),
-            platform: normalize_platform(client["OsArch"].as_str().unwrap_or("?")),
+            version: v["Client"]["Version"].as_str().unwrap_or("?").to_owned(),
+            platform: normalize_platform(v["Client"]["OsArch"].as_str().unwrap_or("?")),
             cpus: crate::memory::cpus(),
             mem_total: crate::memory::total().unwrap_or(0),
             mem_free: None,
@@ -261,46 +246,38 @@ impl EngineFacts {
     /// Reads `info()` output: podman's machine facts are under `host`, docker's at the top.
     pub fn parse(engine: Engine, json_text: &str) -> anyhow::Result<EngineFacts> {
         let v = json(engine, "info", json_text)?;
-        let podman = engine == Engine::Podman;
-        let field = |podman_name: &str, docker_name: &str| match engine {
-            Engine::Podman => &v["host"][podman_name],
-            Engine::Docker => &v[docker_name],
+        let field = |podman_at, docker_at| {
+            v.pointer(engine.pick(podman_at, docker_at)).unwrap_or(&Value::Null)
         };
-        let remote = match engine {
-            Engine::Podman => v["host"]["serviceIsRemote"].as_bool().unwrap_or(false),
-            Engine::Docker => std::env::var("DOCKER_HOST")
-                .is_ok_and(|h| !h.is_empty() && !h.starts_with("unix://")),
-        };
-        let (version, root) = match engine {
-            Engine::Podman => (&v["version"]["Version"], &v["store"]["graphRoot"]),
-            Engine::Docker => (&v["ServerVersion"], &v["DockerRootDir"]),
-        };
+        let remote = engine.pick(
+            v["host"]["serviceIsRemote"].as_bool().unwrap_or(false),
+            std::env::var("DOCKER_HOST").is_ok_and(|h| !h.is_empty() && !h.starts_with("unix://")),
+        );
         Ok(EngineFacts {
             engine,
-            version: version.as_str().unwrap_or("?").to_owned(),
+            version: field("/version/Version", "/ServerVersion").as_str().unwrap_or("?").to_owned(),
             platform: normalize_platform(&format!(
                 "{}/{}",
-                field("os", "OSType").as_str().unwrap_or("linux"),
-                field("arch", "Architecture").as_str().unwrap_or("?")
+                field("/host/os", "/OSType").as_str().unwrap_or("linux"),
+                field("/host/arch", "/Architecture").as_str().unwrap_or("?")
             )),
-            cpus: field("cpus", "NCPU").as_u64().unwrap_or(0) as usize,
-            mem_total: field("memTotal", "MemTotal").as_u64().unwrap_or(0),
-            mem_free: v["host"]["memFree"].as_u64().filter(|_| podman),
+            cpus: field("/host/cpus", "/NCPU").as_u64().unwrap_or(0) as usize,
+            mem_total: field("/host/memTotal", "/MemTotal").as_u64().unwrap_or(0),
+            mem_free: engine.pick(v["host"]["memFree"].as_u64(), None),
             remote,
             at: if remote {
-                remote_at(given_at(engine), field("hostname", "Name").as_str())
+                remote_at(given_at(engine), field("/host/hostname", "/Name").as_str())
             } else {
                 THIS_MACHINE.to_owned()
             },
             // Podman 4 gives the store's filesystem's size and use: the difference is free
             // (reserved blocks included). Docker names its data root; only a local one is measured.
-            store: root.as_str().map(|path| Store {
+            store: field("/store/graphRoot", "/DockerRootDir").as_str().map(|path| Store {
                 path: path.to_owned(),
-                free: v["store"]["graphRootAllocated"]
-                    .as_u64()
+                free: engine
+                    .pick(v["store"]["graphRootAllocated"].as_u64(), None)
                     .zip(v["store"]["graphRootUsed"].as_u64())
-                    .map(|(all, used)| all.saturating_sub(used))
-                    .filter(|_| podman),
+                    .map(|(all, used)| all.saturating_sub(used)),
             }),
         })
     }
@@ -315,7 +292,7 @@ pub fn normalize_platform(p: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Podman;
 
-commands! { Podman, self => Self::PROGRAM;
+commands! { Podman, self => "podman";
     network_rm(name: &str) => ["network", "rm", "--force", name];
     network_exists(name: &str) => ["network", "exists", name];
     /// Every network's subnets, whitespace-separated.
@@ -342,6 +319,14 @@ commands! { Podman, self => Self::PROGRAM;
     /// State of a container: `status exit-code restarts`.
     container_state(container: &str) => ["container", "inspect", "--format",
         "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}", container];
+    network_create(name: &str, subnet: Option<&str>) =>
+        ["network", "create", "--label", "e2e.xtask=1"]
+        + subnet.into_iter().flat_map(|s| ["--subnet", s]).chain([name]);
+    /// Plays a pod file on a network, at fixed IP and MAC addresses when given.
+    kube_play(network: &str, address: Option<(Ipv4Addr, String)>, file: &Path) =>
+        ["kube", "play", "--network", network] + address.into_iter()
+            .flat_map(|(ip, mac)| ["--ip".into(), ip.to_string(), "--mac-address".into(), mac])
+            .chain([file.display().to_string()]);
     /// Copies a file of this machine into a container (through the API on a remote engine).
     cp_into(file: &Path, container: &str, dest: &str) =>
         ["cp", file.display().to_string(), format!("{container}:{dest}")];
@@ -354,24 +339,6 @@ commands! { Podman, self => Self::PROGRAM;
     logs(container: &str) => ["logs", "--timestamps", container];
 }
 
-impl Podman {
-    pub const PROGRAM: &'static str = "podman";
-
-    pub fn network_create(self, name: &str, subnet: Option<&str>) -> Cmd {
-        let c = Cmd::new(Self::PROGRAM).args(["network", "create", "--label", "e2e.xtask=1"]);
-        c.args(subnet.map(|s| ["--subnet", s]).into_iter().flatten()).arg(name)
-    }
-
-    /// Plays a pod file on a network, at fixed IP and MAC addresses when given.
-    pub fn kube_play(self, network: &str, address: Option<(Ipv4Addr, String)>, file: &Path) -> Cmd {
-        let c = Cmd::new(Self::PROGRAM).args(["kube", "play", "--network", network]);
-        let at =
-            address.map(|(ip, mac)| ["--ip".into(), ip.to_string(), "--mac-address".into(), mac]);
-        c.args(at.into_iter().flatten()).arg(file.display().to_string())
-    }
-}
-
-/// podman names a pod's container `<pod>-<container>`.
 pub fn container_name(pod: &str, container: &str) -> String {
     format!("{pod}-{container}")
 }
@@ -505,6 +472,14 @@ mod tests {
             "podman run --rm --pod p --entrypoint redis-cli img ping"
         );
         assert_eq!(
+            Engine::Podman.run_true("i").to_string(),
+            "podman run --rm --network none --pull=never i true"
+        );
+        assert_eq!(
+            Engine::Docker.run_true("i").to_string(),
+            "docker run --rm --network none i true"
+        );
+        assert_eq!(
             Podman.network_create("n", Some("10.89.0.0/27")).to_string(),
             "podman network create --label e2e.xtask=1 --subnet 10.89.0.0/27 n"
         );
@@ -515,6 +490,15 @@ mod tests {
         assert_eq!(
             Podman.kube_play("e2e-1", None, Path::new("s.yaml")).to_string(),
             "podman kube play --network e2e-1 s.yaml"
+        );
+        let at = Some(("10.89.0.2".parse().unwrap(), "02:00:0a:59:00:02".to_owned()));
+        assert_eq!(
+            Podman.kube_play("e2e-1", at, Path::new("s.yaml")).to_string(),
+            "podman kube play --network e2e-1 --ip 10.89.0.2 --mac-address 02:00:0a:59:00:02 s.yaml"
+        );
+        assert_eq!(
+            Podman.network_create("n", None).to_string(),
+            "podman network create --label e2e.xtask=1 n"
         );
         assert_eq!(container_name("gateway", "gateway"), "gateway-gateway");
     }

@@ -77,7 +77,7 @@ impl Facts {
                 (answer.map(|f| with_local_store(f, base.as_ref())), base)
             }),
         };
-        let host = memory::read().map(|info| memory::default_budget(&info)).map_err(|e| {
+        let host = memory::read().map_err(|e| {
             Problem::new(
                 format!("cannot read this machine's memory (/proc/meminfo): {e:#}"),
                 "run on Linux, or pass --memory-budget SIZE",

@@ -1,9 +1,6 @@
 //! An image's fingerprint: a SHA-256 over everything that determines the image, so its tag
-//! changes exactly when an input does. The inputs: the Dockerfile, every file of the build
-//! context the engine would be sent (path, mode, content; `.dockerignore` and
-//! `.containerignore` honoured), the build arguments, the base image's ID and the target
-//! platform. A service image's context holds its binary, which covers its sources,
-//! `Cargo.lock`, the toolchain and the profile. Modification times never count.
+//! changes exactly when an input does (the inputs: docs/commands.md, "Content-addressed").
+//! Modification times never count.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -36,17 +33,15 @@ pub enum EntryKind {
     Symlink { target: String },
 }
 
-#[derive(Debug, Clone)]
-pub struct Inputs<'a> {
-    pub dockerfile: &'a [u8],
-    pub context: &'a [Entry],
-    pub build_args: &'a BTreeMap<String, String>,
-    pub base_image_id: &'a str,
-    pub platform: &'a str,
-}
-
-/// The fingerprint, as 64 hex digits; every part length-prefixed, so no two inputs collide.
-pub fn fingerprint(inputs: &Inputs) -> String {
+/// The fingerprint of a build, as 64 hex digits; every part length-prefixed, so no two inputs
+/// collide.
+pub fn fingerprint(
+    dockerfile: &[u8],
+    context: &[Entry],
+    build_args: &BTreeMap<String, String>,
+    base_image_id: &str,
+    platform: &str,
+) -> String {
     let mut h = Sha256::new();
     let mut put = |label: &str, bytes: &[u8]| {
         h.update(label.as_bytes());
@@ -54,14 +49,14 @@ pub fn fingerprint(inputs: &Inputs) -> String {
         h.update(bytes);
     };
     put("version", VERSION.as_bytes());
-    put("platform", inputs.platform.as_bytes());
-    put("base", inputs.base_image_id.as_bytes());
-    put("dockerfile", inputs.dockerfile);
-    for (k, v) in inputs.build_args {
+    put("platform", platform.as_bytes());
+    put("base", base_image_id.as_bytes());
+    put("dockerfile", dockerfile);
+    for (k, v) in build_args {
         put("arg", k.as_bytes());
         put("value", v.as_bytes());
     }
-    for e in inputs.context {
+    for e in context {
         put("path", e.path.as_bytes());
         put("mode", &e.mode.to_be_bytes());
         match &e.kind {
@@ -73,59 +68,42 @@ pub fn fingerprint(inputs: &Inputs) -> String {
     format!("{:x}", h.finalize())
 }
 
-/// The tag an image gets: the first 16 hex digits of its fingerprint.
 pub fn tag(fingerprint: &str) -> String {
     fingerprint[..16].to_owned()
 }
 
 /// Lists a build context as the engine would send it, in path order.
 pub fn scan_context(dir: &Path, cache: &mut HashCache) -> Result<Vec<Entry>> {
-    let file = [".containerignore", ".dockerignore"]
-        .map(|f| dir.join(f))
-        .into_iter()
-        .find(|p| p.is_file());
-    let ignore = match file {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            Ignore::parse(&text).with_context(|| format!("in {}", p.display()))?
-        }
-        None => Ignore::none(),
-    };
-    let mut entries = Vec::new();
-    walk(dir, dir, &ignore, cache, &mut entries)?;
-    entries.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(entries)
-}
-
-fn walk(
-    root: &Path,
-    dir: &Path,
-    ignore: &Ignore,
-    cache: &mut HashCache,
-    out: &mut Vec<Entry>,
-) -> Result<()> {
-    for item in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = item?.path();
-        let rel = path.strip_prefix(root)?.to_string_lossy().replace('\\', "/");
-        if ignore.is_ignored(&rel) {
-            continue;
-        }
-        let meta = std::fs::symlink_metadata(&path)?;
-        let kind = if meta.file_type().is_symlink() {
-            EntryKind::Symlink { target: std::fs::read_link(&path)?.to_string_lossy().into() }
-        } else if meta.is_dir() {
-            EntryKind::Dir
-        } else {
-            EntryKind::File { sha256: cache.digest(&path, &meta)? }
-        };
-        let mode = meta.permissions().mode() & 0o7777;
-        out.push(Entry { path: rel, mode, kind });
-        if meta.is_dir() {
-            walk(root, &path, ignore, cache, out)?;
+    let mut ignore = Ignore::default();
+    let names = [".containerignore", ".dockerignore"];
+    if let Some(p) = names.map(|f| dir.join(f)).into_iter().find(|p| p.is_file()) {
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        ignore = Ignore::parse(&text).with_context(|| format!("in {}", p.display()))?;
+    }
+    let (mut entries, mut dirs) = (Vec::new(), vec![dir.to_owned()]);
+    while let Some(parent) = dirs.pop() {
+        let items = std::fs::read_dir(&parent);
+        for item in items.with_context(|| format!("reading {}", parent.display()))? {
+            let path = item?.path();
+            let rel = path.strip_prefix(dir)?.to_string_lossy().replace('\\', "/");
+            if ignore.is_ignored(&rel) {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path)?;
+            let kind = if meta.file_type().is_symlink() {
+                EntryKind::Symlink { target: std::fs::read_link(&path)?.to_string_lossy().into() }
+            } else if meta.is_dir() {
+                dirs.push(path.clone());
+                EntryKind::Dir
+            } else {
+                EntryKind::File { sha256: cache.digest(&path, &meta)? }
+            };
+            entries.push(Entry { path: rel, mode: meta.permissions().mode() & 0o7777, kind });
         }
     }
-    Ok(())
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(entries)
 }
 
 /// Content digests remembered by (size, mtime, inode), so an unchanged 20 MB binary is not
@@ -134,7 +112,7 @@ fn walk(
 pub struct HashCache {
     entries: HashMap<PathBuf, Cached>,
     #[serde(skip)]
-    path: Option<PathBuf>,
+    path: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,14 +127,11 @@ impl HashCache {
     pub fn load(path: &Path) -> HashCache {
         let bytes = std::fs::read(path).unwrap_or_default();
         let cache: HashCache = serde_json::from_slice(&bytes).unwrap_or_default();
-        HashCache { path: Some(path.to_owned()), ..cache }
+        HashCache { path: path.to_owned(), ..cache }
     }
 
     pub fn save(&self) -> Result<()> {
-        match &self.path {
-            Some(path) => crate::fsx::write_atomic(path, serde_json::to_vec(self)?),
-            None => Ok(()),
-        }
+        crate::fsx::write_atomic(&self.path, serde_json::to_vec(self)?)
     }
 
     pub fn digest(&mut self, path: &Path, meta: &std::fs::Metadata) -> Result<String> {
@@ -209,13 +184,7 @@ mod tests {
             dockerfile: &[u8],
         ) -> String {
             let entries = scan_context(&self.dir, &mut HashCache::default()).unwrap();
-            fingerprint(&Inputs {
-                dockerfile,
-                context: &entries,
-                build_args: args,
-                base_image_id: base,
-                platform,
-            })
+            fingerprint(dockerfile, &entries, args, base, platform)
         }
     }
 
@@ -302,6 +271,16 @@ mod tests {
             c.fp_with(&none, "sha256:base1", "linux/amd64", b"FROM y\n"),
             "Dockerfile"
         );
+    }
+
+    #[test]
+    fn a_symlinks_target_counts() {
+        let c = Ctx::new("symlink");
+        std::os::unix::fs::symlink("app.sh", c.dir.join("link")).unwrap();
+        let before = c.fp();
+        std::fs::remove_file(c.dir.join("link")).unwrap();
+        std::os::unix::fs::symlink("sub/conf", c.dir.join("link")).unwrap();
+        assert_ne!(before, c.fp(), "a symlink's target, not the file it names");
     }
 
     #[test]

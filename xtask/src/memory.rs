@@ -6,38 +6,24 @@ use anyhow::Context;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
+const MEMINFO: &str = "/proc/meminfo";
 /// Values at or above this mean "no limit" in cgroup files.
 const UNLIMITED: u64 = 1 << 60;
 /// What one rustc job of this workspace is planned to need at most.
 pub const RUSTC_JOB: u64 = 1536 * MIB;
 
-/// What the machine says about memory right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemoryInfo {
-    /// `MemAvailable` from `/proc/meminfo`.
-    pub available: u64,
-    /// This process's cgroup memory limit and usage, when it has a limit.
-    pub cgroup_limit: Option<u64>,
-    pub cgroup_usage: Option<u64>,
-}
-
-/// The memory budget for builds, and where the number came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Budget {
     pub bytes: u64,
     pub source: String,
 }
 
-/// Memory available now (the tighter of the machine and the cgroup), less a margin for
-/// everything else: 10%, at least 512 MiB.
-pub fn default_budget(info: &MemoryInfo) -> Budget {
-    let cgroup_free = match (info.cgroup_limit, info.cgroup_usage) {
-        (Some(limit), usage) if limit < UNLIMITED => Some(limit.saturating_sub(usage.unwrap_or(0))),
-        _ => None,
-    };
-    match cgroup_free {
-        Some(c) if c < info.available => less_margin(c, "free (the cgroup's limit less its usage)"),
-        _ => less_margin(info.available, "free (MemAvailable)"),
+/// Memory available now (`MemAvailable`, or the cgroup's limit less its usage when that is
+/// tighter), less a margin for everything else: 10%, at least 512 MiB.
+pub fn default_budget(available: u64, (limit, usage): (Option<u64>, Option<u64>)) -> Budget {
+    match limit.filter(|l| *l < UNLIMITED).map(|l| l.saturating_sub(usage.unwrap_or(0))) {
+        Some(c) if c < available => less_margin(c, "free (the cgroup's limit less its usage)"),
+        _ => less_margin(available, "free (MemAvailable)"),
     }
 }
 
@@ -64,22 +50,15 @@ pub fn admit(running_caps: &[u64], next_cap: u64, budget: u64, jobs: usize) -> b
 }
 
 /// Images whose cap alone exceeds the budget: they can never start.
-pub fn too_big<'a>(
-    caps: impl IntoIterator<Item = (&'a str, u64)>,
-    budget: u64,
-) -> Vec<(&'a str, u64)> {
-    caps.into_iter().filter(|(_, cap)| *cap > budget).collect()
+pub fn too_big<'a>(caps: &[(&'a str, u64)], budget: u64) -> Vec<(&'a str, u64)> {
+    caps.iter().filter(|(_, cap)| *cap > budget).copied().collect()
 }
 
 /// How many builds can ever run at once: the smallest caps that fit together, 1 to `jobs`.
 pub fn max_parallel(caps: &[u64], budget: u64, jobs: usize) -> usize {
     let mut sorted = caps.to_vec();
     sorted.sort_unstable();
-    let sums = sorted.iter().scan(0, |sum, cap| {
-        *sum += cap;
-        Some(*sum)
-    });
-    let fit = sums.take_while(|sum| *sum <= budget).count();
+    let fit = (1..=sorted.len()).take_while(|&n| sorted[..n].iter().sum::<u64>() <= budget).count();
     fit.min(jobs.max(1)).max(1)
 }
 
@@ -88,7 +67,6 @@ pub fn cargo_jobs(budget: u64, cpus: usize) -> usize {
     ((budget / RUSTC_JOB) as usize).clamp(1, cpus.max(1))
 }
 
-/// The CPUs this process may use.
 pub fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -115,27 +93,23 @@ fn meminfo_field(text: &str, name: &str) -> Option<u64> {
     })
 }
 
-/// `MemTotal` of this machine, in bytes.
 pub fn total() -> Option<u64> {
-    meminfo_field(&meminfo().ok()?, "MemTotal")
-}
-
-fn meminfo() -> std::io::Result<String> {
-    std::fs::read_to_string("/proc/meminfo")
+    meminfo_field(&std::fs::read_to_string(MEMINFO).ok()?, "MemTotal")
 }
 
 /// Memory in use on the machine now (`MemTotal - MemAvailable`), for peak sampling.
 pub fn used_now() -> Option<u64> {
-    let text = meminfo().ok()?;
+    let text = std::fs::read_to_string(MEMINFO).ok()?;
     Some(meminfo_field(&text, "MemTotal")?.saturating_sub(parse_meminfo(&text)?))
 }
 
-pub fn read() -> anyhow::Result<MemoryInfo> {
-    let available = parse_meminfo(&meminfo()?).context("no MemAvailable in /proc/meminfo")?;
-    let (cgroup_limit, cgroup_usage) = std::fs::read_to_string("/proc/self/cgroup")
-        .map(|text| cgroup_memory(&text, Path::new("/sys/fs/cgroup")))
-        .unwrap_or((None, None));
-    Ok(MemoryInfo { available, cgroup_limit, cgroup_usage })
+/// This machine's [`default_budget`] now.
+pub fn read() -> anyhow::Result<Budget> {
+    let available = parse_meminfo(&std::fs::read_to_string(MEMINFO)?)
+        .context("no MemAvailable in /proc/meminfo")?;
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .map_or((None, None), |text| cgroup_memory(&text, Path::new("/sys/fs/cgroup")));
+    Ok(default_budget(available, cgroup))
 }
 
 /// The memory limit and usage of this process's cgroup (v2, or v1's memory controller).
@@ -169,36 +143,36 @@ mod tests {
 
     #[test]
     fn budget_is_available_memory_less_a_margin() {
-        let b = default_budget(&MemoryInfo {
-            available: 20 * GIB,
-            cgroup_limit: None,
-            cgroup_usage: None,
-        });
+        let b = default_budget(20 * GIB, (None, None));
         assert_eq!(b.bytes, 18 * GIB);
-        let small = default_budget(&MemoryInfo {
-            available: 2 * GIB,
-            cgroup_limit: None,
-            cgroup_usage: None,
-        });
+        assert_eq!(b.source, "20.0 GiB free (MemAvailable) less a 2.0 GiB margin");
+        let small = default_budget(2 * GIB, (None, None));
         assert_eq!(small.bytes, 2 * GIB - 512 * MIB, "at least 512 MiB stays free");
+        let here = read().expect("this machine's memory");
+        assert!(here.source.contains("free"), "{}", here.source);
     }
 
     #[test]
     fn a_cgroup_limit_tighter_than_the_machine_wins() {
-        let info = MemoryInfo {
-            available: 20 * GIB,
-            cgroup_limit: Some(4 * GIB),
-            cgroup_usage: Some(GIB),
-        };
-        let b = default_budget(&info);
+        let b = default_budget(20 * GIB, (Some(4 * GIB), Some(GIB)));
         assert_eq!(b.bytes, 3 * GIB - 512 * MIB);
         assert!(b.source.contains("cgroup"), "{}", b.source);
-        let unlimited = MemoryInfo {
-            available: GIB,
-            cgroup_limit: Some(9_223_372_036_854_771_712),
-            cgroup_usage: Some(0),
-        };
-        assert!(default_budget(&unlimited).source.contains("MemAvailable"));
+        let unlimited = default_budget(GIB, (Some(9_223_372_036_854_771_712), Some(0)));
+        assert!(unlimited.source.contains("MemAvailable"));
+        // A limit looser than the machine's available memory: the machine's counts.
+        let loose = default_budget(2 * GIB, (Some(8 * GIB), None));
+        assert!(loose.source.contains("MemAvailable"), "{}", loose.source);
+    }
+
+    #[test]
+    fn an_engine_elsewhere_is_budgeted_from_its_own_memory() {
+        let free = engine_budget(Some(4 * GIB), 8 * GIB);
+        assert_eq!(free.bytes, 4 * GIB - 512 * MIB);
+        assert!(free.source.contains("free memory"), "{}", free.source);
+        let total = engine_budget(None, 8 * GIB);
+        assert_eq!(total.bytes, 8 * GIB - 8 * GIB / 10);
+        assert!(total.source.contains("total memory"), "{}", total.source);
+        assert_eq!((human(GIB), human(MIB + 1)), ("1.0 GiB".to_owned(), "2 MiB".to_owned()));
     }
 
     #[test]
@@ -216,7 +190,7 @@ mod tests {
     #[test]
     fn caps_larger_than_the_budget_are_found_up_front() {
         let caps = [("small", 100 * MIB), ("huge", 8 * GIB)];
-        assert_eq!(too_big(caps, 4 * GIB), vec![("huge", 8 * GIB)]);
+        assert_eq!(too_big(&caps, 4 * GIB), vec![("huge", 8 * GIB)]);
     }
 
     #[test]

@@ -167,7 +167,7 @@ impl<'a> Run<'a> {
                 if !prepared.plan.iter().all(|i| i.is_cached()) {
                     return build_beside_suite(cx, prepared);
                 }
-                build::finish(cx, prepared)?
+                build::finish(cx, prepared, true)?
             }
         };
         let jobs = self.session.facts.env(Some(&handoff.base_image_id))?.cargo_jobs();
@@ -361,7 +361,7 @@ fn build_beside_suite(cx: build::Ctx, mut prepared: build::Prepared) -> Result<I
     ));
     let (built, compiled) = scope(|s| {
         let compiling = s.spawn(|| compile_suite(project, r, jobs));
-        let built = build::finish(cx, prepared);
+        let built = build::finish(cx, prepared, true);
         (built, compiling.join().expect("no panic"))
     });
     compiled?;

@@ -2,65 +2,40 @@
 //! and benchmarks' peaks and the report's chart.
 
 use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use crate::memory;
 
-pub struct Sampler {
-    samples: Arc<Mutex<Vec<(Instant, u64)>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+/// The samples; the thread samples until the sampler is dropped.
+pub struct Sampler(Arc<Mutex<Vec<(Instant, u64)>>>);
 
 impl Sampler {
-    pub const PERIOD: Duration = Duration::from_millis(100);
-
     /// Starts sampling, the first sample taken at once (every later start has a level to compare).
     pub fn start() -> Sampler {
         let samples = Arc::new(Mutex::new(Vec::new()));
         sample(&samples);
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (samples.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !st.load(Ordering::Relaxed) {
-                std::thread::sleep(Sampler::PERIOD);
-                sample(&s);
-            }
+        let weak = Arc::downgrade(&samples);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let Some(samples) = weak.upgrade() else { break };
+            sample(&samples);
         });
-        Sampler { samples, stop, thread: Some(thread) }
+        Sampler(samples)
     }
 
     /// The highest use in `[from, to or now]` above the use at `from`; sampled now, so a span
     /// shorter than the period has one.
     pub fn peak_between(&self, from: Instant, to: Option<Instant>) -> Option<u64> {
-        sample(&self.samples);
-        let samples = self.samples.lock().unwrap();
+        sample(&self.0);
+        let samples = self.0.lock().unwrap();
         peak_above_start(&samples, from, to.unwrap_or_else(Instant::now))
     }
 
-    /// Every sample so far.
-    pub fn samples(&self) -> Vec<(Instant, u64)> {
-        self.samples.lock().unwrap().clone()
-    }
-
     /// Stops sampling and returns every sample.
-    pub fn stop(mut self) -> Vec<(Instant, u64)> {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.samples()
-    }
-}
-
-impl Drop for Sampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+    pub fn stop(self) -> Vec<(Instant, u64)> {
+        self.0.lock().unwrap().clone()
     }
 }
 

@@ -1,12 +1,7 @@
 //! Where the workspace's binaries compile: on this machine (one `cargo build`), or in the
-//! engine (one build of the images file's `[builder]`) when this machine cannot make binaries
-//! for the engine's platform (a Mac driving podman machine) or when asked.
-//!
-//! In the engine, the sources are staged (hard links) and fingerprinted like an image's
-//! context (with the builder image's ID and the platform), and compiled in one capped build
-//! whose cargo registry and target directory are cache mounts kept in the engine, so the next
-//! compile is incremental. The binaries come back through the engine's API (`podman cp`) and
-//! are packaged exactly as host binaries are.
+//! engine (one build of the images file's `[builder]`, see docs/remote-engine.md) when this
+//! machine cannot make binaries for the engine's platform (a Mac driving podman machine) or
+//! when asked.
 
 use std::{
     collections::BTreeMap,
@@ -20,7 +15,7 @@ use crate::{
     cmd::Cmd,
     engine::{BuildCmd, FINGERPRINT_LABEL},
     facts::Env,
-    fingerprint::{self, HashCache, Inputs},
+    fingerprint::{self, HashCache},
     images::{podman_size, Builder},
     memory,
     problem::Problem,
@@ -28,7 +23,6 @@ use crate::{
     report::secs,
 };
 
-/// Where the workspace's binaries compile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CompileIn {
     /// On this machine, with `cargo build`.
@@ -162,18 +156,11 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
     cache.save()?;
     let dockerfile = project.root.join(&builder.dockerfile);
     let bins = binaries.iter().map(|b| format!("--bin {b}")).collect::<Vec<_>>().join(" ");
-    let mut build_args = BTreeMap::from(
-        [("BUILDER_IMAGE", builder.image.clone()), ("BINARIES", bins)]
-            .map(|(k, v)| (k.to_owned(), v)),
-    );
-    let fp = fingerprint::fingerprint(&Inputs {
-        dockerfile: &std::fs::read(&dockerfile)
-            .with_context(|| format!("reading {}", builder.dockerfile))?,
-        context: &entries,
-        build_args: &build_args,
-        base_image_id: &builder_image.id,
-        platform,
-    });
+    let mut build_args: BTreeMap<_, _> =
+        [("BUILDER_IMAGE".to_owned(), builder.image.clone()), ("BINARIES".to_owned(), bins)].into();
+    let text =
+        std::fs::read(&dockerfile).with_context(|| format!("reading {}", builder.dockerfile))?;
+    let fp = fingerprint::fingerprint(&text, &entries, &build_args, &builder_image.id, platform);
     let reference = format!("localhost/e2e-builder:{}", fingerprint::tag(&fp));
     let (out, log) =
         (project.e2e_dir().join("engine-bin"), project.logs_dir().join("build-builder.log"));
@@ -213,12 +200,9 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out)?;
     let container = format!("e2e-extract-{}", std::process::id());
-    let copy_out = [
-        Cmd::new(program).args(["create", "--name", &container, &reference, "true"]),
-        Cmd::new(program).args(["cp", &format!("{container}:/out/."), &out.display().to_string()]),
-    ]
-    .iter()
-    .try_for_each(|c| {
+    let create = Cmd::new(program).args(["create", "--name", &container, &reference, "true"]);
+    let cp = Cmd::new(program).args(["cp", &format!("{container}:/out/."), &out.to_string_lossy()]);
+    let copy_out = [create, cp].iter().try_for_each(|c| {
         r.command(c);
         c.run_logged(&log)
     });

@@ -97,12 +97,12 @@ impl Session {
     /// Reads the images file and asks the engine for its facts (over ssh, each answer takes
     /// seconds); with `provision`, a missing base image is first [provided](provision_base).
     pub fn open(p: &Project, opts: &BuildOptions, r: &Reporter, provision: bool) -> Result<Self> {
-        let images = load_images(p, opts)?;
+        let images = load_images(p, opts, None)?;
         // The one place the engine is decided (as asked, else podman, else docker).
         let engine = Engine::detect(opts.engine);
-        let candidates: Vec<&str> = std::iter::once(images.base_image.as_str())
-            .chain(images.offline_base_image.as_deref())
-            .collect();
+        let offline = images.offline_base_image.as_deref();
+        let candidates: Vec<&str> =
+            [images.base_image.as_str()].into_iter().chain(offline).collect();
         let mut facts = r.phase("ask the engine", |r| {
             if let Ok(e) = engine {
                 let at = crate::engine::given_at(e).map(|a| format!(" at {a}")).unwrap_or_default();
@@ -118,13 +118,12 @@ impl Session {
             }
         }
         let images = match facts.base_image != images.base_image {
-            true => Images::load(&images_file(p, opts), Some(facts.base_image.clone()))?,
+            true => load_images(p, opts, Some(facts.base_image.clone()))?,
             false => images,
         };
         Ok(Session { images, facts })
     }
 
-    /// The engine runs on another machine (a VM, a remote host).
     pub fn remote(&self) -> bool {
         self.facts.engine.as_ref().is_ok_and(|f| f.remote)
     }
@@ -151,12 +150,11 @@ impl Session {
     }
 }
 
-fn images_file(project: &Project, opts: &BuildOptions) -> PathBuf {
-    opts.images_file.clone().unwrap_or_else(|| project.images_file())
-}
-
-pub fn load_images(project: &Project, opts: &BuildOptions) -> Result<Images> {
-    Images::load(&images_file(project, opts), std::env::var("E2E_BASE_IMAGE").ok())
+/// The images file (`--images-file`, else the project's), its base image `base`, else
+/// `E2E_BASE_IMAGE`'s, else its own.
+pub fn load_images(p: &Project, opts: &BuildOptions, base: Option<String>) -> Result<Images> {
+    let file = opts.images_file.clone().unwrap_or_else(|| p.images_file());
+    Images::load(&file, base.or_else(|| std::env::var("E2E_BASE_IMAGE").ok()))
 }
 
 /// When the engine has neither base image: the configured one pulled, else (podman only) the
@@ -248,8 +246,8 @@ pub fn prepare(cx: Ctx, goal: Goal) -> Result<Prepared> {
     // Only the images to build must fit: a cached one needs no memory, and a small engine's
     // free memory (page cache counts as used) shrinks after a few runs.
     let to_build = plan.iter().filter(|i| !for_archive && !i.is_cached());
-    let too_big =
-        memory::too_big(to_build.map(|i| (i.spec.name.as_str(), i.spec.memory)), budget.bytes);
+    let caps: Vec<_> = to_build.map(|i| (i.spec.name.as_str(), i.spec.memory)).collect();
+    let too_big = memory::too_big(&caps, budget.bytes);
     let list: Vec<_> =
         too_big.iter().map(|(n, c)| format!("{n} (cap {})", memory::human(*c))).collect();
     anyhow::ensure!(
@@ -264,17 +262,12 @@ pub fn prepare(cx: Ctx, goal: Goal) -> Result<Prepared> {
 }
 
 pub fn prebuild(cx: Ctx, names: &[String]) -> Result<Handoff> {
-    Ok(finish(cx, prepare(cx, Goal::Build(names))?)?.0)
+    Ok(finish(cx, prepare(cx, Goal::Build(names))?, true)?.0)
 }
 
-/// Steps 4 and 5: build what the plan says, write the handoff, tidy; also returns what the
-/// builds did over time (for the run's report).
-pub fn finish(cx: Ctx, prepared: Prepared) -> Result<(Handoff, Activity)> {
-    finish_with(cx, prepared, true)
-}
-
-/// [`finish`]; without `tidy`, superseded tags stay (the dev loop tidies once, at its end).
-pub fn finish_with(cx: Ctx, prepared: Prepared, tidy: bool) -> Result<(Handoff, Activity)> {
+/// Steps 4 and 5: build what the plan says, write the handoff, [`tidy`] (unless not asked: the
+/// dev loop tidies once, at its end); also returns what the builds did over time (for the report).
+pub fn finish(cx: Ctx, prepared: Prepared, tidy: bool) -> Result<(Handoff, Activity)> {
     let Prepared { env, plan, previous } = prepared;
     let (built, activity) = schedule::run(cx, &env, &plan)?;
     // Images not selected this time keep their previous entry, so the file lists every image
@@ -295,14 +288,9 @@ pub fn finish_with(cx: Ctx, prepared: Prepared, tidy: bool) -> Result<(Handoff, 
 
 /// The plan of the named images, decided quietly (nothing compiled or printed): to know
 /// early whether the images that package no binary of ours are already there.
-pub fn plan_quietly(
-    project: &Project,
-    session: &Session,
-    names: &[String],
-) -> Result<Vec<PlanItem>> {
+pub fn plan_quietly(p: &Project, session: &Session, names: &[String]) -> Result<Vec<PlanItem>> {
     let (env, specs) = (session.facts.env(None)?, session.images.select(names)?);
-    let bin_dir = project.binaries_dir(false);
-    plan::make_plan(project, &env, &bin_dir, &specs, false, Handoff::load(project).as_ref())
+    plan::make_plan(p, &env, &p.binaries_dir(false), &specs, false, Handoff::load(p).as_ref())
 }
 
 /// Removes the handed-off images' older fingerprint tags beyond the [`plan::KEEP_OLDER`]
@@ -337,7 +325,6 @@ pub fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) ->
     })
 }
 
-/// `cmd`, echoed and logged, under a spinner.
 fn run_spinning(r: &Reporter, cmd: &Cmd, log: &Path, name: &str, msg: &str) -> Result<()> {
     r.command(cmd);
     let bar = r.spinner(name, msg);

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use crate::{
     engine::{EngineFacts, ImageInfo},
     facts::Env,
-    fingerprint::{self, Entry, EntryKind, HashCache, Inputs},
+    fingerprint::{self, Entry, EntryKind, HashCache},
     handoff::{Handoff, ImageRecord},
     images::{self, BuildContext, ImageSpec},
     memory::{self, Budget},
@@ -119,21 +119,15 @@ pub(super) fn make_plan(
         let (name, path) = (&spec.name, &spec.dockerfile);
         let dockerfile = std::fs::read(project.root.join(path))
             .with_context(|| format!("image {name}: reading its Dockerfile {path}"))?;
+        let (args, base) = (&spec.build_args, &env.base_image_id);
         let fingerprint_of = |context: &[Entry]| {
-            fingerprint::fingerprint(&Inputs {
-                dockerfile: &dockerfile,
-                context,
-                build_args: &spec.build_args,
-                base_image_id: &env.base_image_id,
-                platform: env.platform(),
-            })
+            fingerprint::fingerprint(&dockerfile, context, args, base, env.platform())
         };
         let fp = fingerprint_of(&entries);
-        let blank = |e: &Entry| match spec.binary() == Some(e.path.as_str()) {
-            true => Entry { kind: EntryKind::File { sha256: String::new() }, ..e.clone() },
-            false => e.clone(),
-        };
-        let outside_binary = fingerprint_of(&entries.iter().map(blank).collect::<Vec<_>>());
+        let mut blanked = entries.clone();
+        let binary = blanked.iter_mut().filter(|e| spec.binary() == Some(e.path.as_str()));
+        binary.for_each(|e| e.kind = EntryKind::File { sha256: String::new() });
+        let outside_binary = fingerprint_of(&blanked);
         items.push(PlanItem {
             spec: spec.clone(),
             context,
@@ -180,14 +174,11 @@ fn concurrency(caps: &[u64], jobs: usize, budget: u64) -> String {
     let n = caps.len();
     let at_once = memory::max_parallel(caps, budget, jobs).min(n);
     let jobs = jobs.max(1);
-    if n == 0 {
-        "nothing to build: every image is cached".into()
-    } else if jobs == 1 {
-        format!("{n} to build, one at a time (the default; --jobs N allows more while their caps fit the budget)")
-    } else if at_once < jobs.min(n) {
-        format!("{n} to build, at most {at_once} at once: --jobs {jobs}, but only {at_once} of their caps fit the budget together")
-    } else {
-        format!("{n} to build, up to {at_once} at once (--jobs {jobs}; their caps fit the budget)")
+    match (n, jobs) {
+        (0, _) => "nothing to build: every image is cached".into(),
+        (_, 1) => format!("{n} to build, one at a time (the default; --jobs N allows more while their caps fit the budget)"),
+        _ if at_once < jobs.min(n) => format!("{n} to build, at most {at_once} at once: --jobs {jobs}, but only {at_once} of their caps fit the budget together"),
+        _ => format!("{n} to build, up to {at_once} at once (--jobs {jobs}; their caps fit the budget)"),
     }
 }
 

@@ -1,13 +1,7 @@
-//! Running the builds the plan asks for: each admitted only while the caps of the running
-//! builds and its own fit the budget (and no more than `--jobs` at once); after a failure no
-//! new build starts, running ones finish, and every failure is explained.
+//! Running the builds the plan asks for, as many at once as memory allows ([`memory::admit`]);
+//! after a failure no new build starts, running ones finish, and every failure is explained.
 
-use std::{
-    collections::HashMap,
-    path::PathBuf,
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, path::PathBuf, sync::mpsc, time::Instant};
 
 use anyhow::{Context, Result};
 
@@ -17,7 +11,7 @@ use super::{
 };
 use crate::{
     cmd::{Cmd, CmdError},
-    diagnose::{self, Cause},
+    diagnose,
     engine::{BuildCmd, Engine, ImageInfo, FINGERPRINT_LABEL},
     facts::Env,
     handoff::ImageRecord,
@@ -25,7 +19,7 @@ use crate::{
     interrupt,
     memory::{self, human},
     project::Project,
-    report::{secs, table, Reporter},
+    report::{secs, table},
     sampler::Sampler,
     timeline::{Activity, BuildSpan},
 };
@@ -46,15 +40,14 @@ pub enum BuildFailure {
 
 pub struct Outcome {
     pub result: Result<ImageInfo, BuildFailure>,
-    pub started: Instant,
-    pub took: Duration,
+    pub span: BuildSpan,
     pub peak: Option<u64>,
 }
 
 /// Runs the builds, prints what became of every image, and fails with every failure
 /// explained. Returns each planned image's record, and what the builds did over time.
 pub fn run(cx: Ctx, env: &Env, plan: &[PlanItem]) -> Result<(Vec<ImageRecord>, Activity)> {
-    let (outcomes, activity) = cx.r.phase("build images", |r| Ok(execute(cx, r, env, plan)))?;
+    let (outcomes, activity) = cx.r.phase("build images", |_| Ok(execute(cx, env, plan)))?;
     cx.r.line(format!("images:\n{}", outcome_table(plan, &outcomes)));
     let result = |i: &PlanItem| outcomes.get(&i.spec.name).map(|o| o.result.as_ref());
     let failures: Vec<String> = plan
@@ -74,12 +67,8 @@ pub fn run(cx: Ctx, env: &Env, plan: &[PlanItem]) -> Result<(Vec<ImageRecord>, A
     Ok((records.collect::<Result<_>>()?, activity))
 }
 
-fn execute(
-    cx: Ctx,
-    r: &Reporter,
-    env: &Env,
-    plan: &[PlanItem],
-) -> (HashMap<String, Outcome>, Activity) {
+fn execute(cx: Ctx, env: &Env, plan: &[PlanItem]) -> (HashMap<String, Outcome>, Activity) {
+    let (r, budget, jobs) = (cx.r, env.budget.bytes, cx.opts.jobs);
     let to_build: Vec<&PlanItem> = plan.iter().filter(|i| !i.is_cached()).collect();
     let mut outcomes = HashMap::new();
     if to_build.is_empty() {
@@ -99,16 +88,14 @@ fn execute(
         loop {
             while !stopping && !interrupt::interrupted() {
                 let caps: Vec<u64> = running.iter().map(|b| b.1).collect();
-                let fits = |i: &&PlanItem| {
-                    memory::admit(&caps, i.spec.memory, env.budget.bytes, cx.opts.jobs)
-                };
+                let fits = |i: &&PlanItem| memory::admit(&caps, i.spec.memory, budget, jobs);
                 let Some(item) = queue.next_if(fits) else { break };
                 running.push((item.spec.name.clone(), item.spec.memory, 0));
                 let n = running.len();
                 running.iter_mut().for_each(|b| b.2 = b.2.max(n));
                 let (tx, sampler) = (tx.clone(), &sampler);
                 s.spawn(move || {
-                    let outcome = build_one(cx.project, r, env.engine(), item, sampler.as_ref());
+                    let outcome = build_one(cx, env.engine(), item, sampler.as_ref());
                     let _ = tx.send((item.spec.name.clone(), outcome));
                 });
             }
@@ -135,11 +122,7 @@ fn execute(
     });
     let memory = sampler.map(Sampler::stop).unwrap_or_default();
     r.finish(&overall);
-    let builds = plan.iter().filter_map(|i| {
-        let o = outcomes.get(&i.spec.name)?;
-        let (image, cap, ok) = (i.spec.name.clone(), i.spec.memory, o.result.is_ok());
-        Some(BuildSpan { image, started: o.started, took: o.took, cap, ok })
-    });
+    let builds = plan.iter().filter_map(|i| Some(outcomes.get(&i.spec.name)?.span.clone()));
     let activity = Activity { builds: builds.collect(), memory };
     (outcomes, activity)
 }
@@ -178,14 +161,8 @@ pub fn build_cmd_for(project: &Project, engine: Engine, item: &PlanItem) -> Cmd 
     })
 }
 
-fn build_one(
-    p: &Project,
-    r: &Reporter,
-    engine: Engine,
-    item: &PlanItem,
-    sampler: Option<&Sampler>,
-) -> Outcome {
-    let (started, name) = (Instant::now(), &item.spec.name);
+fn build_one(cx: Ctx, engine: Engine, item: &PlanItem, sampler: Option<&Sampler>) -> Outcome {
+    let (p, r, started, name) = (cx.project, cx.r, Instant::now(), &item.spec.name);
     let (cmd, log) = (build_cmd_for(p, engine, item), build_log(p, name));
     let _ = std::fs::remove_file(&log);
     r.line(format!("  building {name} (cap {})", podman_size(item.spec.memory)));
@@ -194,17 +171,18 @@ fn build_one(
     let peak = sampler.and_then(|s| s.peak_between(started, Some(started + took)));
     let result = result.map_err(|err| {
         let code = err.downcast_ref::<CmdError>().and_then(|e| e.code);
-        let d = diagnose::diagnose(code, &std::fs::read_to_string(&log).unwrap_or_default());
-        match d.cause {
-            Cause::OutOfMemory => BuildFailure::OutOfMemory { step: d.step, at_once: 1 },
-            Cause::Other => BuildFailure::Failed { step: d.step, error: format!("{err:#}") },
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        match diagnose::diagnose(code, &text) {
+            (true, step) => BuildFailure::OutOfMemory { step, at_once: 1 },
+            (false, step) => BuildFailure::Failed { step, error: format!("{err:#}") },
         }
     });
     let result = result.and_then(|()| engine.image(&item.reference).ok_or(BuildFailure::Vanished));
     if result.is_ok() {
         r.line(format!("  built {} in {}", item.reference, secs(took)));
     }
-    Outcome { result, started, took, peak }
+    let (image, cap, ok) = (name.clone(), item.spec.memory, result.is_ok());
+    Outcome { result, span: BuildSpan { image, started, took, cap, ok }, peak }
 }
 
 fn outcome_table(plan: &[PlanItem], outcomes: &HashMap<String, Outcome>) -> String {
@@ -216,7 +194,7 @@ fn outcome_table(plan: &[PlanItem], outcomes: &HashMap<String, Outcome>) -> Stri
                 (Action::Cached(image), _) => ["cached".into(), dash(), human(image.size), dash()],
                 (Action::Build { .. }, Some(o)) => [
                     if o.result.is_ok() { "built" } else { "FAILED" }.into(),
-                    secs(o.took),
+                    secs(o.span.took),
                     o.result.as_ref().map_or_else(|_| dash(), |image| human(image.size)),
                     o.peak.map_or_else(dash, human),
                 ],
