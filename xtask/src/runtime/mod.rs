@@ -313,12 +313,16 @@ pub struct ServiceControl {
     pub stop: Vec<String>,
     pub start: Vec<String>,
     pub exec: Vec<String>,
+    /// The service's pod on a local podman: after a stop, the suite waits until the
+    /// monitors (conmon) of its containers have ended (see `podman::ready::until_cleaned_up`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 impl ServiceControl {
     pub fn new(stop: &Cmd, start: &Cmd, exec: &Cmd) -> ServiceControl {
         let argv = |c: &Cmd| [&c.program].into_iter().chain(&c.args).cloned().collect();
-        ServiceControl { stop: argv(stop), start: argv(start), exec: argv(exec) }
+        ServiceControl { stop: argv(stop), start: argv(start), exec: argv(exec), pod: None }
     }
 }
 

@@ -301,7 +301,9 @@ impl Stack for PodmanRun {
             let container = container_name(&p.name, &p.containers.first()?.name);
             let (stop, start) = (Podman.pod_stop(&p.name), Podman.pod_start(&p.name));
             let exec = Podman.exec_prefix(&container);
-            Some((p.base.clone(), ServiceControl::new(&stop, &start, &exec)))
+            let mut control = ServiceControl::new(&stop, &start, &exec);
+            control.pod = (!self.remote).then(|| p.name.clone());
+            Some((p.base.clone(), control))
         });
         StackControl { runtime: "podman", dedup_ttl_seconds, services: services.collect() }
     }
@@ -392,9 +394,12 @@ impl Stack for PodmanRun {
             for (pod, c) in containers.filter(|(_, c)| repository(&c.image) == item.spec.repository)
             {
                 let name = container_name(&pod.name, &c.name);
-                let (stop, start) = (Podman.container_stop(&name), Podman.container_start(&name));
-                let cmds = [stop, Podman.cp_into(&file, &name, &dest), start];
-                step::run_shown(r, &self.log, &cmds, &format!("syncing {binary} into {name}"))?;
+                let doing = format!("syncing {binary} into {name}");
+                let monitors = if self.remote { Vec::new() } else { ready::monitors(&pod.name) };
+                step::run_shown(r, &self.log, &[Podman.container_stop(&name)], &doing)?;
+                ready::until_cleaned_up(&monitors)?;
+                let cmds = [Podman.cp_into(&file, &name, &dest), Podman.container_start(&name)];
+                step::run_shown(r, &self.log, &cmds, &doing)?;
                 ready::running_after_start(&name)?;
                 synced.push(name);
             }

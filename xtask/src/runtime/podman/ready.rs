@@ -27,18 +27,48 @@ pub fn health(container: &str) -> Health {
     classify(&Podman.container_state(container).read().unwrap_or_default())
 }
 
-/// Until a started container runs (started again while podman 4.3's clean-up of its stop
-/// stops it again: the race the suite's `Stack::start` meets too), within 60 s.
+/// Until a started container runs, within 60 s.
 pub(super) fn running_after_start(container: &str) -> anyhow::Result<()> {
     let running = crate::poll::until(Duration::from_secs(60), Duration::from_millis(50), || {
-        match health(container) {
-            Health::Ready => return Ok(true),
-            Health::Waiting(_) => {}
-            Health::Failed(_) => drop(Podman.container_start(container).read()),
-        }
-        Ok(false)
+        Ok(match health(container) {
+            Health::Ready => true,
+            Health::Waiting(_) => false,
+            Health::Failed(why) => anyhow::bail!("{container} did not run after its start: {why}"),
+        })
     })?;
     anyhow::ensure!(running, "{container} did not run within 60 s of its start");
+    Ok(())
+}
+
+/// The monitors (conmon) of a pod's containers, its infra container's included, on a local
+/// engine. A conmon ends only once its container's clean-up (`podman container cleanup`,
+/// which it starts when the container exits) has run.
+pub(super) fn monitors(pod: &str) -> Vec<u32> {
+    let ids = ["pod", "inspect", "--format", "{{range .Containers}}{{.ID}} {{end}}", pod];
+    let ids = Cmd::new("podman").args(ids).read().unwrap_or_default();
+    let pids = Cmd::new("podman").args(["container", "inspect", "--format"]);
+    let pids = pids.arg("{{.State.ConmonPid}}").args(ids.split_whitespace());
+    let pids = if ids.trim().is_empty() { String::new() } else { pids.read().unwrap_or_default() };
+    pids.split_whitespace().filter_map(|p| p.parse().ok()).filter(|&p| monitoring(p)).collect()
+}
+
+/// Whether a conmon still runs (neither ended nor a zombie waiting to be reaped).
+fn monitoring(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.contains("(conmon) ") && !stat.contains("(conmon) Z")
+}
+
+/// Until the monitors of a stopped pod have ended. A container of a `kube play` pod (exit
+/// policy `stop`) that exits has its clean-up stop the pod once no other container runs;
+/// podman 4.3 decides that before it takes the pod's lock, so a start before the clean-up had
+/// run was stopped again a few ms later (Redis got SIGTERM 2 ms after `pod start`: 10 of 160
+/// stop/start cycles under DNS load; none of 80 with this wait).
+pub(super) fn until_cleaned_up(monitors: &[u32]) -> anyhow::Result<()> {
+    let pause = Duration::from_millis(20);
+    let done = crate::poll::until(Duration::from_secs(30), pause, || {
+        Ok(!monitors.iter().any(|&pid| monitoring(pid)))
+    })?;
+    anyhow::ensure!(done, "podman's clean-up of the stopped containers did not end within 30 s");
     Ok(())
 }
 

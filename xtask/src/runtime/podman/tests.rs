@@ -183,5 +183,8 @@ fn fault_tests_get_a_handle_on_every_service() {
     assert_eq!(pg.stop, ["podman", "pod", "stop", "--time", "10", "postgres-103501-42"]);
     assert_eq!(pg.start, ["podman", "pod", "start", "postgres-103501-42"]);
     assert_eq!(pg.exec, ["podman", "exec", "-i", "postgres-103501-42-postgres"]);
+    assert_eq!(pg.pod.as_deref(), Some("postgres-103501-42"), "a stop waits for the clean-up");
     assert_eq!(c.dedup_ttl_seconds, 5);
+    let remote = PodmanRun { remote: true, ..run }.control(5);
+    assert_eq!(remote.services["postgres"].pod, None, "a remote engine's conmon is not here");
 }
