@@ -71,7 +71,12 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
     // Each check, when it applies to this run.
     let checks = [
         ("engine", Some(facts.engine.as_ref().map(describe).map_err(Problem::clone))),
-        ("base image", engine.filter(|_| archive.is_none()).map(|f| base_image(facts, f))),
+        (
+            "base image",
+            engine.filter(|_| archive.is_none()).map(|f| {
+                facts.base.as_ref().map(|_| base.clone()).ok_or_else(|| facts.missing_base(f))
+            }),
+        ),
         ("start a container", engine.filter(|_| start).map(|f| start_container(f, base))),
         ("memory", memory_check(session, engine)),
         (
@@ -114,10 +119,6 @@ fn describe(f: &EngineFacts) -> String {
     let (program, version, platform) = (f.engine.program(), &f.version, &f.platform);
     let (cpus, memory) = (f.cpus, human(f.mem_total));
     format!("{program} {version} ({platform}) at {at}: {cpus} CPUs, {memory} memory")
-}
-
-fn base_image(facts: &crate::facts::Facts, f: &EngineFacts) -> Result<String, Problem> {
-    facts.base.as_ref().map(|_| facts.base_image.clone()).ok_or_else(|| facts.missing_base(f))
 }
 
 /// Whether the engine starts a container of the base image.

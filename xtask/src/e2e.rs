@@ -88,8 +88,13 @@ impl E2eArgs {
             let plan = stack.plan(opts.ready_timeout, opts.tests(project, &*stack, gate));
             runtime::execute(&*stack, r, project, &plan, record)
         });
-        let teardown = runtime::finish(&*stack, r, record.as_ref(), opts.keep);
-        let outcome = runtime::combine(outcome, teardown);
+        let outcome = match (outcome, runtime::finish(&*stack, r, record.as_ref(), opts.keep)) {
+            (Ok(()), t) => t.context("E2E passed but the teardown failed"),
+            (Err(e), Ok(())) => Err(e.context("E2E failed")),
+            (Err(e), Err(t)) => {
+                Err(e.context(format!("E2E failed, and the teardown failed too: {t:#}")))
+            }
+        };
         write_report(&run, &images, &outcome)?;
         outcome
     }

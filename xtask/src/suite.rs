@@ -3,6 +3,7 @@
 
 use std::{
     collections::BTreeMap,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -70,7 +71,8 @@ pub fn place(project: &Project, json: &str) -> Result<()> {
         // Linked beside, renamed over: a concurrent run never finds it missing. Skipped when
         // already that file, as rename(2) between two links of one file leaves the temporary.
         let to = binary(project, &test);
-        if same_file(&from, &to) {
+        let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+        if id(&from).is_some_and(|a| id(&to) == Some(a)) {
             continue;
         }
         let tmp = crate::fsx::temp_beside(&to);
@@ -83,12 +85,6 @@ pub fn place(project: &Project, json: &str) -> Result<()> {
             .with_context(|| format!("renaming {} to {}", tmp.display(), to.display()))?;
     }
     Ok(())
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
-    id(a).is_some_and(|a| id(b) == Some(a))
 }
 
 /// The test binaries [`place`] left, by test name (not its temporary `.` files).

@@ -109,17 +109,6 @@ pub fn finish(
     r.phase("tear down", |r| teardown(stack.dir(), record, stack.log(), r, &mut Live))
 }
 
-/// A run's outcome and its teardown's, as one result.
-pub fn combine(outcome: anyhow::Result<()>, teardown: anyhow::Result<()>) -> anyhow::Result<()> {
-    match (outcome, teardown) {
-        (Ok(()), t) => t.context("E2E passed but the teardown failed"),
-        (Err(e), Ok(())) => Err(e.context("E2E failed")),
-        (Err(e), Err(t)) => {
-            Err(e.context(format!("E2E failed, and the teardown failed too: {t:#}")))
-        }
-    }
-}
-
 /// A run's id, `20261127-103501-4242` (UTC time, then the process id), which sorts by time
 /// and is unique per process; every name a run gives derives from it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
