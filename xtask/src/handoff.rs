@@ -48,7 +48,7 @@ impl Handoff {
         Handoff {
             engine: env.engine(),
             at: env.facts.at.clone(),
-            platform: env.platform().to_owned(),
+            platform: env.facts.platform.clone(),
             base_image: env.base_image.clone(),
             base_image_id: env.base_image_id.clone(),
             images,

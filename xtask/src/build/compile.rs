@@ -47,7 +47,7 @@ pub fn resolve(asked: Option<CompileIn>, host: &str, engine: &str) -> CompileIn 
 /// directory; without `compile` (a dry run), only the directory.
 pub fn binaries(cx: Ctx, env: &Env, binaries: &[&str], compile: bool) -> Result<PathBuf> {
     let (project, opts, host) = (cx.project, cx.opts, host_platform());
-    let (platform, none) = (env.platform(), binaries.is_empty());
+    let (platform, none) = (&env.facts.platform, binaries.is_empty());
     if none || resolve(opts.compile_in, &host, platform) == CompileIn::Host {
         if compile && !none {
             let jobs = env.cargo_jobs();
@@ -138,7 +138,7 @@ pub fn limits(builder_cap: u64, budget: u64, engine_cpus: usize) -> (u64, usize)
 /// test binaries).
 pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Result<PathBuf> {
     let (project, r, engine) = (cx.project, cx.r, env.engine());
-    let (program, platform) = (engine.program(), env.platform());
+    let (program, platform) = (engine.program(), &env.facts.platform);
     let (cap, jobs) = limits(builder.memory, env.budget.bytes, env.facts.cpus);
     let builder_image = engine.image(&builder.image).ok_or_else(|| {
         Problem::new(

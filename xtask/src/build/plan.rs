@@ -121,7 +121,7 @@ pub(super) fn make_plan(
             .with_context(|| format!("image {name}: reading its Dockerfile {path}"))?;
         let (args, base) = (&spec.build_args, &env.base_image_id);
         let fingerprint_of = |context: &[Entry]| {
-            fingerprint::fingerprint(&dockerfile, context, args, base, env.platform())
+            fingerprint::fingerprint(&dockerfile, context, args, base, &env.facts.platform)
         };
         let fp = fingerprint_of(&entries);
         let mut blanked = entries.clone();
