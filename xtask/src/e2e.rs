@@ -128,8 +128,7 @@ fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> 
     };
     crate::fsx::write_json(&dir.join("report.json"), &report)?;
     let not_built = if archive.is_some() { SpanState::Loaded } else { SpanState::Cached };
-    let images_phase = [phase::BUILD, phase::LOAD, phase::PULL];
-    let at = spans.iter().find(|p| images_phase.contains(&p.name.as_str()));
+    let at = spans.iter().find(|p| phase::IMAGES.contains(&p.name.as_str()));
     let (from, to) = at.map_or((0.0, 0.0), |p| (p.start_s, p.end_s));
     let activity = &images.activity;
     let ran = |at: Instant, took: Duration| (r.offset(at), r.offset(at) + took.as_secs_f64());

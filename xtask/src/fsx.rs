@@ -10,7 +10,6 @@ pub fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// Creates the directory `path` goes in, if it names one.
 pub fn create_parent(path: &Path) -> anyhow::Result<()> {
     let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else { return Ok(()) };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))

@@ -15,9 +15,8 @@ use crate::{cmd::Cmd, project::Project};
 /// The names of the phases that code looks for (in reports, benchmarks and CI's greps).
 pub mod phase {
     pub const SUITE: &str = "run E2E suite";
-    pub const BUILD: &str = "build images";
-    pub const LOAD: &str = "load images";
-    pub const PULL: &str = "pull images";
+    /// Whichever brings the run's images.
+    pub const IMAGES: [&str; 3] = ["build images", "load images", "pull images"];
     pub const TEAR_DOWN: &str = "tear down";
 }
 

@@ -11,7 +11,6 @@ use anyhow::{Context, Result};
 
 use crate::{cmd::Cmd, engine::Engine, project::Project, report::Reporter};
 
-/// Where the suite runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SuiteIn {
     /// On this machine, against the ports the engine publishes here.

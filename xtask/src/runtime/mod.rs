@@ -236,14 +236,11 @@ pub fn teardown(
 /// removed when named.
 pub fn down(project: &Project, r: &Reporter, only: Option<&str>) -> anyhow::Result<()> {
     let runs = project.runs_dir();
-    let mut found: Vec<(PathBuf, RunRecord)> = std::fs::read_dir(&runs)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| Some((e.path(), RunRecord::load(&e.path())?)))
+    // In the order of the runs' ids, which are their directories' names.
+    let found: Vec<(PathBuf, RunRecord)> = (crate::report::run_dirs(project).into_iter())
+        .filter_map(|dir| Some((dir.clone(), RunRecord::load(&dir)?)))
         .filter(|(_, record)| only.is_none_or(|id| record.id.as_str() == id))
         .collect();
-    found.sort_by(|a, b| a.1.id.cmp(&b.1.id));
     if let Some(id) = only {
         let runs = project.display(&runs);
         anyhow::ensure!(!found.is_empty(), "no run {id} with anything left in {runs}");
