@@ -87,7 +87,7 @@ impl SaveArgs {
         let mut handoff = fresh_handoff(cx)?;
         in_start_order(&mut handoff.images, &session.images.infrastructure());
         let name = if self.compress == Compression::Zstd { "images.tar.zst" } else { "images.tar" };
-        let output = self.output.unwrap_or_else(|| project.e2e_dir().join(name));
+        let output = self.output.unwrap_or_else(|| project.e2e_dir.join(name));
         let manifest = r.phase("save images", |_| save(cx, &handoff, &output, self.compress))?;
         if let Some(prefix) = &self.push {
             r.phase("push images", |r| registry::push(project, r, &handoff, prefix))?;

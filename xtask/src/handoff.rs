@@ -67,7 +67,7 @@ impl Handoff {
     }
 
     pub fn path(project: &Project) -> PathBuf {
-        project.e2e_dir().join("images.json")
+        project.e2e_dir.join("images.json")
     }
 
     pub fn load(project: &Project) -> Option<Handoff> {

@@ -289,14 +289,11 @@ impl Manifests {
                         for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
                             c.as_mapping_mut().map(|m| m.remove(probe));
                         }
-                        let ports = match c.get_mut("ports") {
-                            None | Some(Value::Null) => None,
-                            Some(p) => Some(
-                                (p.as_sequence_mut())
-                                    .with_context(|| format!("{what}: ports is not a list"))?,
-                            ),
-                        };
-                        for port in ports.into_iter().flatten() {
+                        let ports = c.get_mut("ports").filter(|p| !p.is_null()).map(|p| {
+                            p.as_sequence_mut()
+                                .with_context(|| format!("{what}: ports is not a list"))
+                        });
+                        for port in ports.transpose()?.into_iter().flatten() {
                             let container_port =
                                 field(port, &format!("{what}: a port"), "containerPort")?;
                             let host_port = free_port()?;

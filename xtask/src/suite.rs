@@ -38,7 +38,7 @@ pub fn run(project: &Project, test: &str, urls: &BTreeMap<String, String>) -> Cm
 
 /// Where [`place`] puts a test binary: `target/e2e/suite/<test>`, a path that stays.
 fn binary(project: &Project, test: &str) -> PathBuf {
-    project.e2e_dir().join("suite").join(test)
+    project.e2e_dir.join("suite").join(test)
 }
 
 /// Compiles every test binary (suite, fault tests); stdout's JSON names them ([`executables`]).
@@ -64,7 +64,7 @@ pub fn touched_by(changed: &[String]) -> bool {
 pub fn place(project: &Project, json: &str) -> Result<()> {
     let found = executables(json);
     anyhow::ensure!(!found.is_empty(), "cargo named no test binary of the suite");
-    let dir = project.e2e_dir().join("suite");
+    let dir = project.e2e_dir.join("suite");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     for (test, from) in found {
         // Linked beside, renamed over: a concurrent run never finds it missing. Skipped when
@@ -88,7 +88,7 @@ pub fn place(project: &Project, json: &str) -> Result<()> {
 
 /// The test binaries [`place`] left, by test name (not its temporary `.` files).
 fn placed(project: &Project) -> Result<BTreeMap<String, PathBuf>> {
-    files_in(&project.e2e_dir().join("suite"), |name| (!name.starts_with('.')).then_some(name))
+    files_in(&project.e2e_dir.join("suite"), |name| (!name.starts_with('.')).then_some(name))
 }
 
 /// The files in `dir` that `test` names a test binary of, by that name.
@@ -134,7 +134,7 @@ impl InEngine {
         InEngine {
             engine,
             image: format!("localhost/e2e-suite:{suffix}"),
-            context: project.e2e_dir().join("context").join(format!("suite-{suffix}")),
+            context: project.e2e_dir.join("context").join(format!("suite-{suffix}")),
             dockerfile: project.root.join("docker/suite.Dockerfile"),
             base_image: base_image.to_owned(),
             compiled_in_engine: None,
@@ -242,7 +242,7 @@ mod tests {
             target_dir: root.join("target"),
             e2e_dir: root.join("target/e2e"),
         };
-        let dir = project.e2e_dir().join("suite");
+        let dir = project.e2e_dir.join("suite");
         std::fs::create_dir_all(&dir).unwrap();
         for f in ["e2e", "faults", ".e2e.tmp-42"] {
             std::fs::write(dir.join(f), "").unwrap();

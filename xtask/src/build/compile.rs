@@ -74,7 +74,7 @@ pub fn binaries(cx: Ctx, env: &Env, binaries: &[&str], compile: bool) -> Result<
         )
     })?;
     if !compile {
-        return Ok(project.e2e_dir().join("engine-bin"));
+        return Ok(project.e2e_dir.join("engine-bin"));
     }
     cx.r.phase("compile service binaries", |_| in_engine(cx, env, builder, binaries))
 }
@@ -95,7 +95,7 @@ const SOURCES: &[&str] = &[
 /// Stages the sources afresh into `target/e2e/context/builder` (hard links where possible),
 /// with the host's CA bundle when it has one.
 pub fn stage_sources(project: &Project) -> Result<PathBuf> {
-    let dir = project.e2e_dir().join("context").join("builder");
+    let dir = project.e2e_dir.join("context").join("builder");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     for s in SOURCES {
@@ -151,7 +151,7 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
         )
     })?;
     let context = stage_sources(project)?;
-    let mut cache = HashCache::load(&project.e2e_dir().join("hash-cache.json"));
+    let mut cache = HashCache::load(&project.e2e_dir.join("hash-cache.json"));
     let entries = fingerprint::scan_context(&context, &mut cache)?;
     cache.save()?;
     let dockerfile = project.root.join(&builder.dockerfile);
@@ -163,7 +163,7 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
     let fp = fingerprint::fingerprint(&text, &entries, &build_args, &builder_image.id, platform);
     let reference = format!("localhost/e2e-builder:{}", fingerprint::tag(&fp));
     let (out, log) =
-        (project.e2e_dir().join("engine-bin"), project.logs_dir().join("build-builder.log"));
+        (project.e2e_dir.join("engine-bin"), project.logs_dir().join("build-builder.log"));
     let cached =
         engine.image(&reference).is_some_and(|i| i.fingerprint.as_deref() == Some(fp.as_str()));
     if cached && std::fs::read_to_string(out.join(".fingerprint")).is_ok_and(|f| f == fp) {

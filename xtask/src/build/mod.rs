@@ -14,7 +14,7 @@ pub use crate::timeline::Activity;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::{
     cmd::Cmd,
@@ -143,11 +143,14 @@ impl Session {
     }
 }
 
-/// The images file (`--images-file`, else the project's), its base image `base`, else
+/// The images file (`--images-file`, else `test/e2e/images.toml`), its base image `base`, else
 /// `E2E_BASE_IMAGE`'s, else its own.
 pub fn load_images(p: &Project, opts: &BuildOptions, base: Option<String>) -> Result<Images> {
-    let file = opts.images_file.clone().unwrap_or_else(|| p.images_file());
-    Images::load(&file, base.or_else(|| std::env::var("E2E_BASE_IMAGE").ok()))
+    let file = opts.images_file.clone().unwrap_or_else(|| p.root.join("test/e2e/images.toml"));
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let base = base.or_else(|| std::env::var("E2E_BASE_IMAGE").ok());
+    Images::parse(&text, base).with_context(|| format!("in {}", file.display()))
 }
 
 /// When the engine has neither base image: the configured one pulled, else (podman only) the
