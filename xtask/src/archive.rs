@@ -87,7 +87,7 @@ impl SaveArgs {
         let mut handoff = fresh_handoff(cx)?;
         in_start_order(&mut handoff.images, &session.images.infrastructure());
         let name = if self.compress == Compression::Zstd { "images.tar.zst" } else { "images.tar" };
-        let output = self.output.unwrap_or_else(|| project.e2e_dir().join(name));
+        let output = self.output.unwrap_or_else(|| project.e2e_dir.join(name));
         let manifest = r.phase("save images", |_| save(cx, &handoff, &output, self.compress))?;
         if let Some(prefix) = &self.push {
             r.phase("push images", |r| registry::push(project, r, &handoff, prefix))?;
@@ -150,16 +150,16 @@ pub fn save(
         "zstd is not installed.\n  fix: `apt-get install zstd`, or pass --compress none"
     );
     // Removed if anything stops the save before it is renamed into place.
-    let tmp_archive = Pending::new(temp_beside(output));
+    let tmp_archive = Pending(temp_beside(output));
     let refs: Vec<String> = handoff.images.iter().map(|i| i.reference.clone()).collect();
     let log = project.logs_dir().join("save-images.log");
     let _ = std::fs::remove_file(&log);
     let tmp = tmp_archive.path();
     let save = match compression {
-        Compression::Zstd => save_cmd(handoff.engine, &refs, None).pipe(
+        Compression::Zstd => handoff.engine.save(&refs, None).pipe(
             Cmd::new("zstd").args(["-T0", "-3", "-q", "-f", "-o"]).arg(tmp.display().to_string()),
         ),
-        Compression::None => Pipeline(vec![save_cmd(handoff.engine, &refs, Some(tmp))]),
+        Compression::None => Pipeline(vec![handoff.engine.save(&refs, Some(tmp))]),
     };
     r.line(format!("  $ {save}"));
     save.run_logged(&log).context("saving the images")?;
@@ -191,12 +191,6 @@ pub fn save(
 /// each group in the images file's order.
 pub fn in_start_order(images: &mut [ImageRecord], infrastructure: &[&str]) {
     images.sort_by_key(|i| !infrastructure.contains(&i.name.as_str()));
-}
-
-fn save_cmd(engine: Engine, refs: &[String], output: Option<&Path>) -> Cmd {
-    let multi = (engine == Engine::Podman).then_some("--multi-image-archive");
-    let output = output.map(|o| ["--output".to_owned(), o.display().to_string()]);
-    Cmd::new(engine.program()).arg("save").args(multi).args(output.into_iter().flatten()).args(refs)
 }
 
 /// The commit's full hash, with `-dirty` when tracked files have changes (tags are not used).
@@ -447,11 +441,11 @@ mod tests {
     fn save_and_load_commands() {
         let refs = vec!["localhost/e2e-a:1".to_owned(), "localhost/e2e-b:2".to_owned()];
         assert_eq!(
-            save_cmd(Engine::Podman, &refs, None).to_string(),
+            Engine::Podman.save(&refs, None).to_string(),
             "podman save --multi-image-archive localhost/e2e-a:1 localhost/e2e-b:2"
         );
         assert_eq!(
-            save_cmd(Engine::Docker, &refs, Some(Path::new("o.tar"))).to_string(),
+            Engine::Docker.save(&refs, Some(Path::new("o.tar"))).to_string(),
             "docker save --output o.tar localhost/e2e-a:1 localhost/e2e-b:2"
         );
         assert_eq!(

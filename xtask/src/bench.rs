@@ -129,7 +129,7 @@ impl Bencher<'_> {
         let plain_one = |spec: &images::ImageSpec| {
             let context = match &spec.context {
                 images::BuildContext::Dir(d) => p.root.join(d),
-                images::BuildContext::Binary(_) => p.e2e_dir().join("context").join(&spec.name),
+                images::BuildContext::Binary(_) => p.e2e_dir.join("context").join(&spec.name),
             };
             let cmd = handoff.engine.build(&BuildCmd {
                 reference: tag(spec),
@@ -178,7 +178,7 @@ impl Bencher<'_> {
     }
 
     fn archive(&self, runs: usize) -> anyhow::Result<()> {
-        let (handoff, dir) = (self.warm_up()?, self.project.e2e_dir().join("bench"));
+        let (handoff, dir) = (self.warm_up()?, self.project.e2e_dir.join("bench"));
         std::fs::create_dir_all(&dir)?;
         let (zst, tar) = (dir.join("images.tar.zst"), dir.join("images.tar"));
         let (zst_s, tar_s) = (zst.display().to_string(), tar.display().to_string());
@@ -278,7 +278,7 @@ impl Bencher<'_> {
 
         r.line("e2e --images: the images removed first, then loaded from an archive");
         let handoff = Handoff::load(self.project).context("no images.json")?;
-        let dir = self.project.e2e_dir().join("bench");
+        let dir = self.project.e2e_dir.join("bench");
         std::fs::create_dir_all(&dir)?;
         let archive = dir.join("loop.tar.zst").display().to_string();
         self.xtask(&["save-images", "--build", "--output", &archive])?;

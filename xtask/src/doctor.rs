@@ -20,7 +20,6 @@ pub struct Check {
     pub result: Result<String, Problem>,
 }
 
-/// What the run at hand needs.
 #[derive(Debug, Clone, Default)]
 pub struct Needs {
     /// A Kind cluster: `kind` and `kubectl`.
@@ -68,10 +67,14 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
     let dir = project.display(&project.target_dir);
     let zstd = archive.is_some() || which::which("zstd").is_ok();
     let (start, base) = (needs.start_container && facts.base.is_some(), &facts.base_image);
-    // Each check, when it applies to this run.
     let checks = [
         ("engine", Some(facts.engine.as_ref().map(describe).map_err(Problem::clone))),
-        ("base image", engine.filter(|_| archive.is_none()).map(|f| base_image(facts, f))),
+        (
+            "base image",
+            engine.filter(|_| archive.is_none()).map(|f| {
+                facts.base.as_ref().map(|_| base.clone()).ok_or_else(|| facts.missing_base(f))
+            }),
+        ),
         ("start a container", engine.filter(|_| start).map(|f| start_container(f, base))),
         ("memory", memory_check(session, engine)),
         (
@@ -105,7 +108,6 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
     checks.into_iter().filter_map(|(name, result)| Some(Check { name, result: result? })).collect()
 }
 
-/// The engine, as it describes itself.
 fn describe(f: &EngineFacts) -> String {
     let at = match f.remote {
         true => format!("{}, on its own machine (remote or VM)", f.at),
@@ -114,10 +116,6 @@ fn describe(f: &EngineFacts) -> String {
     let (program, version, platform) = (f.engine.program(), &f.version, &f.platform);
     let (cpus, memory) = (f.cpus, human(f.mem_total));
     format!("{program} {version} ({platform}) at {at}: {cpus} CPUs, {memory} memory")
-}
-
-fn base_image(facts: &crate::facts::Facts, f: &EngineFacts) -> Result<String, Problem> {
-    facts.base.as_ref().map(|_| facts.base_image.clone()).ok_or_else(|| facts.missing_base(f))
 }
 
 /// Whether the engine starts a container of the base image.
@@ -130,7 +128,6 @@ fn start_container(f: &EngineFacts, base: &str) -> Result<String, Problem> {
     run.read().map(|_| run.to_string()).map_err(|e| Problem::new(what(e), fix))
 }
 
-/// Where on PATH a tool is.
 fn tool(tool: &str, fix: &str) -> Result<String, Problem> {
     let missing = Problem::new(format!("{tool} is not installed (not found on PATH)"), fix);
     which::which(tool).map(|p| p.display().to_string()).map_err(|_| missing)

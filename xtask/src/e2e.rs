@@ -1,18 +1,23 @@
 //! `cargo xtask e2e`: ask the engine, prerequisites, images (infrastructure meanwhile), stack,
 //! readiness, suite, fault tests, teardown, report: [`E2eArgs::run`] is that list.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use crate::{
     archive,
     build::{self, Action, BuildOptions},
     fingerprint,
+    handoff::ImageRecord,
+    memory::human,
     project::Project,
-    report::{self, phase, Reporter, RunReport},
+    report::{phase, secs, Reporter, RunReport},
     run::{Images, Run, Runtime},
     runtime::{self, step, RunId},
     suite,
-    timeline::SpanState,
+    timeline::{self, Span, SpanState, Timeline},
 };
 use anyhow::{Context, Result};
 
@@ -88,14 +93,21 @@ impl E2eArgs {
             let plan = stack.plan(opts.ready_timeout, opts.tests(project, &*stack, gate));
             runtime::execute(&*stack, r, project, &plan, record)
         });
-        let teardown = runtime::finish(&*stack, r, record.as_ref(), opts.keep);
-        let outcome = runtime::combine(outcome, teardown);
+        let outcome = match (outcome, runtime::finish(&*stack, r, record.as_ref(), opts.keep)) {
+            (Ok(()), t) => t.context("E2E passed but the teardown failed"),
+            (Err(e), Ok(())) => Err(e.context("E2E failed")),
+            (Err(e), Err(t)) => {
+                Err(e.context(format!("E2E failed, and the teardown failed too: {t:#}")))
+            }
+        };
         write_report(&run, &images, &outcome)?;
         outcome
     }
 }
 
-/// `report.json` and `report.html` in the run's directory: phases, images, builds' memory.
+/// `report.json`, and `report.html` with the `timeline.json` it is made from, in the run's
+/// directory: the phases, a span per image (builds as they ran; cached and loaded images as
+/// marks at the start of their phase), the builds' memory samples.
 fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> {
     let Run { opts, project, r, session, id, .. } = run;
     let (dir, handoff, spans) = (id.dir(project), &images.handoff, r.phase_spans());
@@ -116,15 +128,48 @@ fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> 
     };
     crate::fsx::write_json(&dir.join("report.json"), &report)?;
     let not_built = if archive.is_some() { SpanState::Loaded } else { SpanState::Cached };
-    let state = |name| if handoff.built_now.contains(name) { SpanState::Built } else { not_built };
-    let states: Vec<_> = handoff.images.iter().map(|i| (i.name.clone(), state(&i.name))).collect();
-    let outcome_line = match &report.error {
-        None => "passed".to_owned(),
-        Some(e) => format!("FAILED: {}", e.lines().next().unwrap_or("")),
+    let at = spans.iter().find(|p| phase::IMAGES.contains(&p.name.as_str()));
+    let (from, to) = at.map_or((0.0, 0.0), |p| (p.start_s, p.end_s));
+    let activity = &images.activity;
+    let ran = |at: Instant, took: Duration| (r.offset(at), r.offset(at) + took.as_secs_f64());
+    let span = |i: &ImageRecord| {
+        let (start_s, end_s, state, detail) =
+            match activity.builds.iter().find(|b| b.image == i.name) {
+                Some(b) => {
+                    let (start, end) = ran(b.started, b.took);
+                    let state = if b.ok { SpanState::Built } else { SpanState::Failed };
+                    (start, end, state, format!("{} (cap {})", secs(b.took), human(b.cap)))
+                }
+                None => {
+                    let built = handoff.built_now.contains(&i.name);
+                    let state = if built { SpanState::Built } else { not_built };
+                    let end = if state == SpanState::Loaded { to } else { from };
+                    (from, end, state, format!("{state:?}").to_lowercase())
+                }
+            };
+        Span { name: i.name.clone(), start_s, end_s, state, detail }
     };
-    let title = format!("cargo xtask e2e: run {id}");
-    let budget = session.facts.budget.as_ref().ok().map(|b| b.bytes);
-    report::write_timeline(r, &dir, &title, &outcome_line, &states, &images.activity, budget)?;
+    let caps = activity.builds.iter().map(|b| {
+        let (start_s, end_s) = ran(b.started, b.took);
+        timeline::Cap { image: b.image.clone(), start_s, end_s, cap_bytes: b.cap }
+    });
+    let sample =
+        |&(t, used_bytes): &(Instant, u64)| timeline::Sample { t_s: r.offset(t), used_bytes };
+    let t = Timeline {
+        title: format!("cargo xtask e2e: run {id}"),
+        outcome: match &report.error {
+            None => "passed".to_owned(),
+            Some(e) => format!("FAILED: {}", e.lines().next().unwrap_or("")),
+        },
+        total_s: r.offset(Instant::now()),
+        phases: spans,
+        images: handoff.images.iter().map(span).collect(),
+        memory: activity.memory.iter().map(sample).collect(),
+        budget_bytes: session.facts.budget.as_ref().ok().map(|b| b.bytes),
+        caps: caps.collect(),
+    };
+    crate::fsx::write_atomic(&dir.join("report.html"), timeline::render_html(&t))?;
+    crate::fsx::write_json(&dir.join("timeline.json"), &t)?;
     let json = project.display(&dir.join("report.json"));
     r.line(format!("report: {json} (and report.html beside it)"));
     if outcome.is_ok() {

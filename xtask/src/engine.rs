@@ -131,6 +131,13 @@ impl Engine {
         c.args(["--file", &file, "--tag", &b.reference, &context])
     }
 
+    /// `save` of images into one plain tar, to `output` or stdout (podman: all, not only the first).
+    pub fn save(self, refs: &[String], output: Option<&Path>) -> Cmd {
+        let output = output.into_iter().flat_map(|o| ["--output".into(), o.display().to_string()]);
+        let multi = self.pick(Some("--multi-image-archive"), None);
+        Cmd::new(self.program()).arg("save").args(multi).args(output).args(refs)
+    }
+
     /// The image, or `None` when the engine does not have it.
     pub fn image(self, reference: &str) -> Option<ImageInfo> {
         ImageInfo::parse(&self.inspect_image(reference).read().ok()?)

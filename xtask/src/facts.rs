@@ -41,10 +41,6 @@ impl Env {
         self.facts.engine
     }
 
-    pub fn platform(&self) -> &str {
-        &self.facts.platform
-    }
-
     /// `cargo -j` for the host's compiles (see [`memory::cargo_jobs`]).
     pub fn cargo_jobs(&self) -> usize {
         memory::cargo_jobs(self.host_budget.bytes, memory::cpus())

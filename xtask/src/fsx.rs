@@ -10,7 +10,6 @@ pub fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// Creates the directory `path` goes in, if it names one.
 pub fn create_parent(path: &Path) -> anyhow::Result<()> {
     let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else { return Ok(()) };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
@@ -19,7 +18,7 @@ pub fn create_parent(path: &Path) -> anyhow::Result<()> {
 /// Writes `contents` to `path` atomically (creating the parent directory).
 pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> anyhow::Result<()> {
     create_parent(path)?;
-    let tmp = Pending::new(temp_beside(path));
+    let tmp = Pending(temp_beside(path));
     std::fs::write(tmp.path(), contents)
         .with_context(|| format!("writing {}", tmp.path().display()))?;
     tmp.persist(path)
@@ -39,13 +38,9 @@ pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 }
 
 /// A temporary file that is removed when dropped, unless persisted (renamed away) first.
-pub struct Pending(PathBuf);
+pub struct Pending(pub PathBuf);
 
 impl Pending {
-    pub fn new(path: PathBuf) -> Pending {
-        Pending(path)
-    }
-
     pub fn path(&self) -> &Path {
         &self.0
     }
@@ -75,7 +70,7 @@ mod tests {
             std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "{names:?}");
         {
-            let p = Pending::new(dir.join("unfinished"));
+            let p = Pending(dir.join("unfinished"));
             std::fs::write(p.path(), "x").unwrap();
         }
         assert!(!dir.join("unfinished").exists(), "dropped before persist: removed");

@@ -48,7 +48,7 @@ impl Handoff {
         Handoff {
             engine: env.engine(),
             at: env.facts.at.clone(),
-            platform: env.platform().to_owned(),
+            platform: env.facts.platform.clone(),
             base_image: env.base_image.clone(),
             base_image_id: env.base_image_id.clone(),
             images,
@@ -67,7 +67,7 @@ impl Handoff {
     }
 
     pub fn path(project: &Project) -> PathBuf {
-        project.e2e_dir().join("images.json")
+        project.e2e_dir.join("images.json")
     }
 
     pub fn load(project: &Project) -> Option<Handoff> {

@@ -1,6 +1,6 @@
 //! The images file (`test/e2e/images.toml`): which images exist and how each is built.
 
-use std::{collections::BTreeMap, path::Path};
+use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -95,13 +95,7 @@ impl Images {
         self.images.iter().filter(|i| i.binary().is_none()).map(|i| i.name.as_str()).collect()
     }
 
-    /// Reads the images file; `base_override` (from `E2E_BASE_IMAGE`) replaces the base image.
-    pub fn load(path: &Path, base_override: Option<String>) -> Result<Images> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Images::parse(&text, base_override).with_context(|| format!("in {}", path.display()))
-    }
-
+    /// The images file's text; `base_override` (from `E2E_BASE_IMAGE`) replaces the base image.
     pub fn parse(text: &str, base_override: Option<String>) -> Result<Images> {
         let file: File = toml::from_str(text)?;
         let defaults = file.defaults;

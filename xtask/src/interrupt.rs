@@ -22,7 +22,6 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-/// Fails with a clear message once the run was interrupted.
 pub fn check() -> anyhow::Result<()> {
     anyhow::ensure!(!interrupted(), "interrupted");
     Ok(())

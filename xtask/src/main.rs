@@ -1,7 +1,5 @@
-//! `cargo xtask`: build the E2E images and run the E2E suite against real containers.
-//!
-//! `main` only parses the command line and dispatches; each subcommand lives in a module of
-//! its own, one per stage of the pipeline.
+//! `cargo xtask`: build the E2E images and run the E2E suite against real containers; a module
+//! per subcommand.
 
 mod archive;
 mod bench;

@@ -45,7 +45,6 @@ pub struct Pod {
     pub containers: Vec<Container>,
 }
 
-/// A container port published on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     pub pod: String,
@@ -118,7 +117,6 @@ pub fn parse_subnets(text: &str) -> Vec<(Ipv4Addr, u32)> {
         .collect()
 }
 
-/// The manifests rendered for `podman kube play`.
 #[derive(Debug, Clone)]
 pub struct PodmanStack {
     /// One multi-document YAML with every Pod.
@@ -291,14 +289,11 @@ impl Manifests {
                         for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
                             c.as_mapping_mut().map(|m| m.remove(probe));
                         }
-                        let ports = match c.get_mut("ports") {
-                            None | Some(Value::Null) => None,
-                            Some(p) => Some(
-                                (p.as_sequence_mut())
-                                    .with_context(|| format!("{what}: ports is not a list"))?,
-                            ),
-                        };
-                        for port in ports.into_iter().flatten() {
+                        let ports = c.get_mut("ports").filter(|p| !p.is_null()).map(|p| {
+                            p.as_sequence_mut()
+                                .with_context(|| format!("{what}: ports is not a list"))
+                        });
+                        for port in ports.transpose()?.into_iter().flatten() {
                             let container_port =
                                 field(port, &format!("{what}: a port"), "containerPort")?;
                             let host_port = free_port()?;
@@ -352,7 +347,6 @@ pub fn rename_hosts(value: &str, hosts: &BTreeMap<String, String>) -> String {
     value.to_owned()
 }
 
-/// A string value renamed by [`rename_hosts`].
 fn rename_at(value: Option<&mut Value>, names: &BTreeMap<String, String>) {
     if let Some(v) = value {
         if let Some(new) = v.as_str().map(|s| rename_hosts(s, names)) {

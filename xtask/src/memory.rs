@@ -29,10 +29,8 @@ pub fn default_budget(available: u64, (limit, usage): (Option<u64>, Option<u64>)
 
 /// The budget of an engine on another machine: its free memory (else total), less a margin.
 pub fn engine_budget(mem_free: Option<u64>, mem_total: u64) -> Budget {
-    match mem_free {
-        Some(f) => less_margin(f, "(the engine machine's free memory)"),
-        None => less_margin(mem_total, "(the engine machine's total memory)"),
-    }
+    let what = if mem_free.is_some() { "free" } else { "total" };
+    less_margin(mem_free.unwrap_or(mem_total), &format!("(the engine machine's {what} memory)"))
 }
 
 fn less_margin(free: u64, from: &str) -> Budget {

@@ -34,16 +34,8 @@ impl Project {
         Ok(sh)
     }
 
-    pub fn images_file(&self) -> PathBuf {
-        self.root.join("test/e2e/images.toml")
-    }
-
     pub fn manifests_dir(&self) -> PathBuf {
         self.root.join("test/e2e/manifests")
-    }
-
-    pub fn e2e_dir(&self) -> PathBuf {
-        self.e2e_dir.clone()
     }
 
     pub fn logs_dir(&self) -> PathBuf {

@@ -9,15 +9,14 @@ use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::timeline::{self, Activity, Span, SpanState, Timeline};
-use crate::{cmd::Cmd, memory::human, project::Project};
+use crate::timeline::{self, Span, SpanState, Timeline};
+use crate::{cmd::Cmd, project::Project};
 
 /// The names of the phases that code looks for (in reports, benchmarks and CI's greps).
 pub mod phase {
     pub const SUITE: &str = "run E2E suite";
-    pub const BUILD: &str = "build images";
-    pub const LOAD: &str = "load images";
-    pub const PULL: &str = "pull images";
+    /// Whichever brings the run's images.
+    pub const IMAGES: [&str; 3] = ["build images", "load images", "pull images"];
     pub const TEAR_DOWN: &str = "tear down";
 }
 
@@ -169,58 +168,6 @@ pub fn run_dirs(project: &Project) -> BTreeSet<PathBuf> {
     std::fs::read_dir(project.runs_dir())
         .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_default()
-}
-
-/// Writes `report.html` (and the `timeline.json` it is made from) beside `report.json`: the
-/// phases, a span per image (builds as they ran; cached and loaded images as marks at the
-/// start of their phase), memory samples.
-pub fn write_timeline(
-    r: &Reporter,
-    dir: &Path,
-    title: &str,
-    outcome: &str,
-    images: &[(String, SpanState)],
-    activity: &Activity,
-    budget: Option<u64>,
-) -> anyhow::Result<()> {
-    let phases = r.phase_spans();
-    let images_phase = [phase::BUILD, phase::LOAD, phase::PULL];
-    let at = phases.iter().find(|p| images_phase.contains(&p.name.as_str()));
-    let (from, to) = at.map_or((0.0, 0.0), |p| (p.start_s, p.end_s));
-    let ran = |at: Instant, took: Duration| (r.offset(at), r.offset(at) + took.as_secs_f64());
-    let span = |(name, state): &(String, SpanState)| {
-        let (start_s, end_s, state, detail) =
-            match activity.builds.iter().find(|b| &b.image == name) {
-                Some(b) => {
-                    let (start, end) = ran(b.started, b.took);
-                    let state = if b.ok { SpanState::Built } else { SpanState::Failed };
-                    (start, end, state, format!("{} (cap {})", secs(b.took), human(b.cap)))
-                }
-                None => {
-                    let end = if *state == SpanState::Loaded { to } else { from };
-                    (from, end, *state, format!("{state:?}").to_lowercase())
-                }
-            };
-        Span { name: name.clone(), start_s, end_s, state, detail }
-    };
-    let caps = activity.builds.iter().map(|b| {
-        let (start_s, end_s) = ran(b.started, b.took);
-        timeline::Cap { image: b.image.clone(), start_s, end_s, cap_bytes: b.cap }
-    });
-    let sample =
-        |&(t, used_bytes): &(Instant, u64)| timeline::Sample { t_s: r.offset(t), used_bytes };
-    let t = Timeline {
-        title: title.to_owned(),
-        outcome: outcome.to_owned(),
-        total_s: r.started.elapsed().as_secs_f64(),
-        phases,
-        images: images.iter().map(span).collect(),
-        memory: activity.memory.iter().map(sample).collect(),
-        budget_bytes: budget,
-        caps: caps.collect(),
-    };
-    crate::fsx::write_atomic(&dir.join("report.html"), timeline::render_html(&t))?;
-    crate::fsx::write_json(&dir.join("timeline.json"), &t)
 }
 
 /// A plain-text table with a header row, columns padded to their widest cell.

@@ -245,7 +245,7 @@ impl<'a> Run<'a> {
                 compile::resolve(opts.build.compile_in, &host, &f.platform) == CompileIn::Engine
             });
             package.compiled_in_engine =
-                in_engine.then(|| project.e2e_dir().join("engine-bin").join("suite"));
+                in_engine.then(|| project.e2e_dir.join("engine-bin").join("suite"));
             run.suite = Some(package);
         }
         Ok(Box::new(run))
@@ -258,7 +258,7 @@ impl<'a> Run<'a> {
             (None, name) => (name.clone().unwrap_or_else(|| id.namespace()), false),
         };
         let (stack, node_ports) = manifests.render_kind(&handoff.pinned())?;
-        let record = project.e2e_dir().join("clusters").join(format!("{cluster}.json"));
+        let record = project.e2e_dir.join("clusters").join(format!("{cluster}.json"));
         let (config, ports) = if reuse {
             let ports = std::fs::read(&record).with_context(|| {
                 format!(

@@ -53,7 +53,7 @@ impl SoakArgs {
         anyhow::ensure!(self.runs > 0, "--runs must be at least 1");
         let (r, n, args) = (Reporter::new(), self.runs, &self.e2e_args);
         let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
-        let dir = project.e2e_dir().join("soak").join(stamp);
+        let dir = project.e2e_dir.join("soak").join(stamp);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let shown = project.display(&dir);
         r.line(format!(

@@ -3,6 +3,7 @@
 
 use std::{
     collections::BTreeMap,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -10,7 +11,6 @@ use anyhow::{Context, Result};
 
 use crate::{cmd::Cmd, engine::Engine, project::Project, report::Reporter};
 
-/// Where the suite runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SuiteIn {
     /// On this machine, against the ports the engine publishes here.
@@ -38,7 +38,7 @@ pub fn run(project: &Project, test: &str, urls: &BTreeMap<String, String>) -> Cm
 
 /// Where [`place`] puts a test binary: `target/e2e/suite/<test>`, a path that stays.
 fn binary(project: &Project, test: &str) -> PathBuf {
-    project.e2e_dir().join("suite").join(test)
+    project.e2e_dir.join("suite").join(test)
 }
 
 /// Compiles every test binary (suite, fault tests); stdout's JSON names them ([`executables`]).
@@ -64,13 +64,14 @@ pub fn touched_by(changed: &[String]) -> bool {
 pub fn place(project: &Project, json: &str) -> Result<()> {
     let found = executables(json);
     anyhow::ensure!(!found.is_empty(), "cargo named no test binary of the suite");
-    let dir = project.e2e_dir().join("suite");
+    let dir = project.e2e_dir.join("suite");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     for (test, from) in found {
         // Linked beside, renamed over: a concurrent run never finds it missing. Skipped when
         // already that file, as rename(2) between two links of one file leaves the temporary.
         let to = binary(project, &test);
-        if same_file(&from, &to) {
+        let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+        if id(&from).is_some_and(|a| id(&to) == Some(a)) {
             continue;
         }
         let tmp = crate::fsx::temp_beside(&to);
@@ -85,15 +86,9 @@ pub fn place(project: &Project, json: &str) -> Result<()> {
     Ok(())
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
-    id(a).is_some_and(|a| id(b) == Some(a))
-}
-
 /// The test binaries [`place`] left, by test name (not its temporary `.` files).
 fn placed(project: &Project) -> Result<BTreeMap<String, PathBuf>> {
-    files_in(&project.e2e_dir().join("suite"), |name| (!name.starts_with('.')).then_some(name))
+    files_in(&project.e2e_dir.join("suite"), |name| (!name.starts_with('.')).then_some(name))
 }
 
 /// The files in `dir` that `test` names a test binary of, by that name.
@@ -139,7 +134,7 @@ impl InEngine {
         InEngine {
             engine,
             image: format!("localhost/e2e-suite:{suffix}"),
-            context: project.e2e_dir().join("context").join(format!("suite-{suffix}")),
+            context: project.e2e_dir.join("context").join(format!("suite-{suffix}")),
             dockerfile: project.root.join("docker/suite.Dockerfile"),
             base_image: base_image.to_owned(),
             compiled_in_engine: None,
@@ -247,7 +242,7 @@ mod tests {
             target_dir: root.join("target"),
             e2e_dir: root.join("target/e2e"),
         };
-        let dir = project.e2e_dir().join("suite");
+        let dir = project.e2e_dir.join("suite");
         std::fs::create_dir_all(&dir).unwrap();
         for f in ["e2e", "faults", ".e2e.tmp-42"] {
             std::fs::write(dir.join(f), "").unwrap();

@@ -47,7 +47,7 @@ pub fn resolve(asked: Option<CompileIn>, host: &str, engine: &str) -> CompileIn 
 /// directory; without `compile` (a dry run), only the directory.
 pub fn binaries(cx: Ctx, env: &Env, binaries: &[&str], compile: bool) -> Result<PathBuf> {
     let (project, opts, host) = (cx.project, cx.opts, host_platform());
-    let (platform, none) = (env.platform(), binaries.is_empty());
+    let (platform, none) = (&env.facts.platform, binaries.is_empty());
     if none || resolve(opts.compile_in, &host, platform) == CompileIn::Host {
         if compile && !none {
             let jobs = env.cargo_jobs();
@@ -74,7 +74,7 @@ pub fn binaries(cx: Ctx, env: &Env, binaries: &[&str], compile: bool) -> Result<
         )
     })?;
     if !compile {
-        return Ok(project.e2e_dir().join("engine-bin"));
+        return Ok(project.e2e_dir.join("engine-bin"));
     }
     cx.r.phase("compile service binaries", |_| in_engine(cx, env, builder, binaries))
 }
@@ -95,7 +95,7 @@ const SOURCES: &[&str] = &[
 /// Stages the sources afresh into `target/e2e/context/builder` (hard links where possible),
 /// with the host's CA bundle when it has one.
 pub fn stage_sources(project: &Project) -> Result<PathBuf> {
-    let dir = project.e2e_dir().join("context").join("builder");
+    let dir = project.e2e_dir.join("context").join("builder");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     for s in SOURCES {
@@ -138,7 +138,7 @@ pub fn limits(builder_cap: u64, budget: u64, engine_cpus: usize) -> (u64, usize)
 /// test binaries).
 pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Result<PathBuf> {
     let (project, r, engine) = (cx.project, cx.r, env.engine());
-    let (program, platform) = (engine.program(), env.platform());
+    let (program, platform) = (engine.program(), &env.facts.platform);
     let (cap, jobs) = limits(builder.memory, env.budget.bytes, env.facts.cpus);
     let builder_image = engine.image(&builder.image).ok_or_else(|| {
         Problem::new(
@@ -151,7 +151,7 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
         )
     })?;
     let context = stage_sources(project)?;
-    let mut cache = HashCache::load(&project.e2e_dir().join("hash-cache.json"));
+    let mut cache = HashCache::load(&project.e2e_dir.join("hash-cache.json"));
     let entries = fingerprint::scan_context(&context, &mut cache)?;
     cache.save()?;
     let dockerfile = project.root.join(&builder.dockerfile);
@@ -163,7 +163,7 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
     let fp = fingerprint::fingerprint(&text, &entries, &build_args, &builder_image.id, platform);
     let reference = format!("localhost/e2e-builder:{}", fingerprint::tag(&fp));
     let (out, log) =
-        (project.e2e_dir().join("engine-bin"), project.logs_dir().join("build-builder.log"));
+        (project.e2e_dir.join("engine-bin"), project.logs_dir().join("build-builder.log"));
     let cached =
         engine.image(&reference).is_some_and(|i| i.fingerprint.as_deref() == Some(fp.as_str()));
     if cached && std::fs::read_to_string(out.join(".fingerprint")).is_ok_and(|f| f == fp) {

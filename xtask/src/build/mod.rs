@@ -1,13 +1,6 @@
-//! `cargo xtask prebuild-images`: every E2E image built exactly when one of its inputs
-//! changed, and never more builds at once than memory allows.
-//!
-//! 1. check the engine and the base image;
-//! 2. compile the service binaries once on the host, with a `-j` that fits the budget;
-//! 3. plan: stage each build context, fingerprint it, and look the fingerprinted tag up in
-//!    the engine (cached when it exists and carries the same fingerprint label);
-//! 4. build what is not cached, admitting a build only while the running builds' memory caps
-//!    and its own fit the budget (and no more than `--jobs`);
-//! 5. write `target/e2e/images.json`, the handoff that `e2e` (and `save-images`) read.
+//! `cargo xtask prebuild-images` (docs/commands.md): every E2E image built exactly when one of
+//! its inputs changed, never more at once than memory allows. [`prepare`] checks the engine,
+//! compiles the binaries and plans; [`finish`] builds and writes `target/e2e/images.json`.
 
 pub mod compile;
 mod plan;
@@ -21,7 +14,7 @@ pub use crate::timeline::Activity;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::{
     cmd::Cmd,
@@ -150,11 +143,14 @@ impl Session {
     }
 }
 
-/// The images file (`--images-file`, else the project's), its base image `base`, else
+/// The images file (`--images-file`, else `test/e2e/images.toml`), its base image `base`, else
 /// `E2E_BASE_IMAGE`'s, else its own.
 pub fn load_images(p: &Project, opts: &BuildOptions, base: Option<String>) -> Result<Images> {
-    let file = opts.images_file.clone().unwrap_or_else(|| p.images_file());
-    Images::load(&file, base.or_else(|| std::env::var("E2E_BASE_IMAGE").ok()))
+    let file = opts.images_file.clone().unwrap_or_else(|| p.root.join("test/e2e/images.toml"));
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let base = base.or_else(|| std::env::var("E2E_BASE_IMAGE").ok());
+    Images::parse(&text, base).with_context(|| format!("in {}", file.display()))
 }
 
 /// When the engine has neither base image: the configured one pulled, else (podman only) the
@@ -218,7 +214,7 @@ pub enum Goal<'a> {
     Archive { base_image_id: &'a str },
 }
 
-/// Steps 1 to 3: prerequisites, binaries, plan.
+/// Prerequisites, binaries, plan (each image's context staged, fingerprinted, looked up).
 pub fn prepare(cx: Ctx, goal: Goal) -> Result<Prepared> {
     let (names, base_image_id) = match goal {
         Goal::Build(names) => (names, None),
@@ -265,7 +261,7 @@ pub fn prebuild(cx: Ctx, names: &[String]) -> Result<Handoff> {
     Ok(finish(cx, prepare(cx, Goal::Build(names))?, true)?.0)
 }
 
-/// Steps 4 and 5: build what the plan says, write the handoff, [`tidy`] (unless not asked: the
+/// Builds what the plan says, writes the handoff, [`tidy`] (unless not asked: the
 /// dev loop tidies once, at its end); also returns what the builds did over time (for the report).
 pub fn finish(cx: Ctx, prepared: Prepared, tidy: bool) -> Result<(Handoff, Activity)> {
     let Prepared { env, plan, previous } = prepared;

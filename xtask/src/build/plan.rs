@@ -111,7 +111,7 @@ pub(super) fn make_plan(
     force: bool,
     previous: Option<&Handoff>,
 ) -> Result<Vec<PlanItem>> {
-    let mut cache = HashCache::load(&project.e2e_dir().join("hash-cache.json"));
+    let mut cache = HashCache::load(&project.e2e_dir.join("hash-cache.json"));
     let mut items = Vec::new();
     for spec in specs {
         let context = stage_context(project, spec, bin_dir, &mut cache)?;
@@ -121,7 +121,7 @@ pub(super) fn make_plan(
             .with_context(|| format!("image {name}: reading its Dockerfile {path}"))?;
         let (args, base) = (&spec.build_args, &env.base_image_id);
         let fingerprint_of = |context: &[Entry]| {
-            fingerprint::fingerprint(&dockerfile, context, args, base, env.platform())
+            fingerprint::fingerprint(&dockerfile, context, args, base, &env.facts.platform)
         };
         let fp = fingerprint_of(&entries);
         let mut blanked = entries.clone();
@@ -204,7 +204,7 @@ fn stage_context(
         let src = project.display(&src);
         format!("image {name}: binary {src} was not built (is `{bin}` a binary of this workspace?)")
     })?;
-    let dir = project.e2e_dir().join("context").join(&spec.name);
+    let dir = project.e2e_dir.join("context").join(&spec.name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dst = dir.join(bin);
     let same = match std::fs::metadata(&dst) {

@@ -47,13 +47,6 @@ fn kind(provider: Engine) -> Cmd {
     }
 }
 
-/// `save` of images into one plain tar (podman: all of them, not only the first).
-fn save(provider: Engine, tar: &str, images: &[String]) -> Cmd {
-    let c = Cmd::new(provider.program()).arg("save");
-    let c = if provider == Engine::Podman { c.arg("--multi-image-archive") } else { c };
-    c.args(["--output", tar]).args(images.iter().cloned())
-}
-
 fn kubectl(cluster: &str) -> Cmd {
     Cmd::new("kubectl").args(["--context", &format!("kind-{cluster}")])
 }
@@ -110,7 +103,7 @@ impl KindRun {
                 .args(["-d", "-q", "-f", "-o", &self.tar()])
                 .arg(a.display().to_string()),
             Some(a) => Cmd::new("cp").arg(a.display().to_string()).arg(self.tar()),
-            None => save(self.provider, &self.tar(), &self.references),
+            None => self.provider.save(&self.references, Some(Path::new(&self.tar()))),
         }
     }
 
@@ -175,7 +168,7 @@ impl KindRun {
     pub fn replace_cmds(&self, pods: &[String], images: &[String]) -> Vec<Cmd> {
         let mut cmds = Vec::new();
         if !images.is_empty() {
-            cmds.push(save(self.provider, &self.tar(), images));
+            cmds.push(self.provider.save(images, Some(Path::new(&self.tar()))));
             cmds.push(self.kind(&["load", "image-archive", &self.tar()]));
         }
         for pod in pods {

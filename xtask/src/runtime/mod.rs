@@ -109,17 +109,6 @@ pub fn finish(
     r.phase("tear down", |r| teardown(stack.dir(), record, stack.log(), r, &mut Live))
 }
 
-/// A run's outcome and its teardown's, as one result.
-pub fn combine(outcome: anyhow::Result<()>, teardown: anyhow::Result<()>) -> anyhow::Result<()> {
-    match (outcome, teardown) {
-        (Ok(()), t) => t.context("E2E passed but the teardown failed"),
-        (Err(e), Ok(())) => Err(e.context("E2E failed")),
-        (Err(e), Err(t)) => {
-            Err(e.context(format!("E2E failed, and the teardown failed too: {t:#}")))
-        }
-    }
-}
-
 /// A run's id, `20261127-103501-4242` (UTC time, then the process id), which sorts by time
 /// and is unique per process; every name a run gives derives from it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -247,14 +236,11 @@ pub fn teardown(
 /// removed when named.
 pub fn down(project: &Project, r: &Reporter, only: Option<&str>) -> anyhow::Result<()> {
     let runs = project.runs_dir();
-    let mut found: Vec<(PathBuf, RunRecord)> = std::fs::read_dir(&runs)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| Some((e.path(), RunRecord::load(&e.path())?)))
+    // In the order of the runs' ids, which are their directories' names.
+    let found: Vec<(PathBuf, RunRecord)> = (crate::report::run_dirs(project).into_iter())
+        .filter_map(|dir| Some((dir.clone(), RunRecord::load(&dir)?)))
         .filter(|(_, record)| only.is_none_or(|id| record.id.as_str() == id))
         .collect();
-    found.sort_by(|a, b| a.1.id.cmp(&b.1.id));
     if let Some(id) = only {
         let runs = project.display(&runs);
         anyhow::ensure!(!found.is_empty(), "no run {id} with anything left in {runs}");

@@ -11,9 +11,6 @@ use crate::{cmd::Cmd, fsx, interrupt, report::Reporter};
 
 use super::RunRecord;
 
-/// What an observing step does when it runs.
-pub type Observe<'a> = Box<dyn Fn(&Reporter) -> anyhow::Result<()> + 'a>;
-
 /// One thing a run does; `doing` says what, when it fails.
 pub enum Step<'a> {
     /// Writes a file of the run (the rendered stack, a config).
@@ -30,7 +27,7 @@ pub enum Step<'a> {
     Terminal { cmd: Cmd, doing: String },
     /// Something that observes rather than changes (polling until ready, loading only what
     /// is missing): shown as what it does, then run.
-    Watch { what: String, run: Observe<'a> },
+    Watch { what: String, run: Box<dyn Fn(&Reporter) -> anyhow::Result<()> + 'a> },
 }
 
 /// A named group of steps, timed as one phase of the run.
