@@ -186,9 +186,8 @@ pub fn save(
     Ok(manifest)
 }
 
-/// The save (and so load) order: first the images that package no binary of ours, which `e2e
-/// --images` starts as soon as they are loaded (PostgreSQL initialises while the rest loads);
-/// each group in the images file's order.
+/// The save (and so load) order: first the images that package no binary of ours (`e2e
+/// --images` starts them once loaded: docs/run.md), each group in the images file's order.
 pub fn in_start_order(images: &mut [ImageRecord], infrastructure: &[&str]) {
     images.sort_by_key(|i| !infrastructure.contains(&i.name.as_str()));
 }

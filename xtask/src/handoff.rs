@@ -1,6 +1,5 @@
-//! `target/e2e/images.json`, the handoff: every E2E image as the engine has it (reference,
-//! ID, fingerprint, size), with the engine, platform and base image. `prebuild-images`
-//! writes it; `e2e`, `save-images`, `doctor` and the benchmarks read it.
+//! `target/e2e/images.json`, the handoff (docs/commands.md): every E2E image as the engine has
+//! it, written by `prebuild-images`, read by `e2e`, `save-images`, `doctor` and the benchmarks.
 
 use std::{collections::BTreeMap, path::PathBuf};
 

@@ -1,6 +1,5 @@
-//! Images through a registry, for machines that pull instead of load: `save-images --push
-//! REGISTRY/PREFIX` pushes each image under its fingerprint tag; `load-images --registry` and
-//! `e2e --registry` pull this checkout's images by those tags.
+//! Images through a registry, by fingerprint tag, for machines that pull instead of load
+//! (`save-images --push`, `load-images --registry`, `e2e --registry`: docs/commands.md).
 
 use anyhow::{Context, Result};
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Timeline {
-    /// e.g. "cargo xtask e2e — run 20261130-101500-4242"
+    /// e.g. "cargo xtask e2e: run 20261130-101500-4242"
     pub title: String,
     /// e.g. "passed" / "FAILED: <error>"
     pub outcome: String,

@@ -1,7 +1,5 @@
 //! Where the workspace's binaries compile: on this machine (one `cargo build`), or in the
-//! engine (one build of the images file's `[builder]`, see docs/remote-engine.md) when this
-//! machine cannot make binaries for the engine's platform (a Mac driving podman machine) or
-//! when asked.
+//! engine, in one build of the images file's `[builder]` (when and why: docs/remote-engine.md).
 
 use std::{
     collections::BTreeMap,

@@ -1,7 +1,5 @@
-//! The stack in a Kind cluster of the run's own (or `--reuse-cluster NAME`): the images
-//! loaded into the nodes that lack them, the manifests applied into a namespace of the run's
-//! own, readiness polled, a bundle of logs on failure. Kind cannot run on this project's
-//! machines: the tests check the plan against kind's and kubectl's documented command line.
+//! The stack in a Kind cluster: what it does, and why it is checked only as a command plan
+//! against kind's and kubectl's documentation, is docs/kind.md.
 
 use std::{
     collections::BTreeMap,
@@ -145,8 +143,7 @@ impl KindRun {
         Ok(())
     }
 
-    /// The failure bundle: (file, command) for kind's logs, the events, every pod described
-    /// and its logs (and its previous container's).
+    /// The failure bundle (docs/kind.md), as (file, command).
     pub fn bundle(&self, pods: &[String]) -> Vec<(String, Cmd)> {
         let ns = |args: &[&str]| self.kubectl_ns(args);
         let export = self.kind(&["export", "logs", &self.file("bundle/kind")]);
@@ -236,8 +233,6 @@ impl Stack for KindRun {
         phases.into_iter().chain(tests).collect()
     }
 
-    /// Polls the namespace's pods until every one is Ready, with a deadline; a crash loop
-    /// fails the wait at once, with the pod's logs and `kubectl describe`.
     fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()> {
         let mut waiting = Vec::new();
         let ready = crate::poll::until(timeout, Duration::from_millis(500), || {

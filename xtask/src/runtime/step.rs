@@ -1,7 +1,6 @@
 //! A run as data: phases of steps, each either printed (`--dry-run`) or executed, so the
-//! plan a person reads is, by construction, the plan that runs (bevy's `PreparedCommand`,
-//! grown into a list). Commands go through an [`Exec`], which the tests replace with one
-//! that records what would have run.
+//! plan a person reads is, by construction, the plan that runs. Commands go through an
+//! [`Exec`], which the tests replace with one that records what would have run.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +9,8 @@ use anyhow::Context;
 use crate::{cmd::Cmd, fsx, interrupt, report::Reporter};
 
 use super::RunRecord;
+
+pub type Observe<'a> = Box<dyn Fn(&Reporter) -> anyhow::Result<()> + 'a>;
 
 /// One thing a run does; `doing` says what, when it fails.
 pub enum Step<'a> {
@@ -27,7 +28,7 @@ pub enum Step<'a> {
     Terminal { cmd: Cmd, doing: String },
     /// Something that observes rather than changes (polling until ready, loading only what
     /// is missing): shown as what it does, then run.
-    Watch { what: String, run: Box<dyn Fn(&Reporter) -> anyhow::Result<()> + 'a> },
+    Watch { what: String, run: Observe<'a> },
 }
 
 /// A named group of steps, timed as one phase of the run.
