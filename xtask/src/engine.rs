@@ -89,23 +89,18 @@ impl Engine {
     }
 
     pub fn install_hint(self) -> String {
-        match self {
-            Engine::Podman => format!(
-                "run `test/e2e/setup-podman.sh` as root (installs and configures podman on Debian 12), \
-                 or see {PODMAN_DOCS}"
-            ),
-            Engine::Docker => "`apt-get install docker.io`, then start `dockerd` (test/e2e/setup-docker.sh does both)".into(),
-        }
+        self.pick(
+            format!("run `test/e2e/setup-podman.sh` as root (installs and configures podman on Debian 12), or see {PODMAN_DOCS}"),
+            "`apt-get install docker.io`, then start `dockerd` (test/e2e/setup-docker.sh does both)".into(),
+        )
     }
 
     /// What to do when the engine is installed but does not answer.
     pub fn not_answering_fix(self) -> String {
-        match self {
-            Engine::Podman => format!(
-                "`test/e2e/setup-podman.sh` writes a working /etc/containers/containers.conf; see {PODMAN_DOCS}"
-            ),
-            Engine::Docker => "start the daemon: `dockerd &` (test/e2e/setup-docker.sh does it)".into(),
-        }
+        self.pick(
+            format!("`test/e2e/setup-podman.sh` writes a working /etc/containers/containers.conf; see {PODMAN_DOCS}"),
+            "start the daemon: `dockerd &` (test/e2e/setup-docker.sh does it)".into(),
+        )
     }
 
     fn json(self) -> &'static str {
