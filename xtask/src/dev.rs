@@ -1,8 +1,5 @@
-//! `cargo xtask dev`: the stack comes up once (as for `e2e`), the suite runs, and each change
-//! starts a cycle: recompile, rebuild the images whose fingerprint changed, replace only the
-//! pods of a changed image or manifest (PostgreSQL and Redis keep running, with their data),
-//! wait until ready, rerun the suite. A failure is shown and the stack stays as it was.
-//! Ctrl-C (or SIGTERM) tears everything down; `--keep` leaves it up.
+//! `cargo xtask dev` (docs/commands.md): the stack comes up once, the suite runs, and each
+//! change is a cycle that syncs a binary or replaces only the changed pods, then reruns the suite.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

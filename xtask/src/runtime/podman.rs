@@ -45,18 +45,16 @@ pub struct Created {
 }
 
 impl Created {
-    /// In stages: the pods (on a remote engine killed, then) stopped, removed at once, then
-    /// the secrets, the run's images, the network. Not killed on a local engine: a kill's
+    /// In stages, as docs/run.md (tear down) gives them. No kill on a local engine: a kill's
     /// clean-ups can still be in the pod's cgroup at `pod rm`, which then waits 3 s (5 soak
-    /// runs of 50); a local `pod stop --time 0` kills and cleans up itself.
+    /// runs of 50); its `pod stop --time 0` kills and cleans up itself.
     pub fn teardown(&self) -> Vec<Vec<Cmd>> {
         let pods = !self.pods.is_empty();
         let mut stages = vec![
             (self.remote && pods).then(|| Podman.pods_sigkill(&self.pods)).into_iter().collect(),
             pods.then(|| Podman.pods_kill(&self.pods)).into_iter().collect(),
-            // One `pod rm` per pod, at once: a remote engine keeps each exec session's conmon
-            // (exit delay 300 s) in the pod's cgroup until podman's SIGTERM after 3 s, which
-            // overlap this way instead of adding up (13 s for the stack in the rig).
+            // At once: a remote engine's 3 s per pod for its exec sessions' conmons (docs/run.md,
+            // step 4) overlap instead of adding up (13 s for the stack in the rig).
             self.pods.iter().map(|p| Podman.pods_rm(std::slice::from_ref(p))).collect(),
             self.secrets.iter().map(|s| Podman.secret_rm(s)).collect(),
             (!self.images.is_empty()).then(|| Podman.images_rm(&self.images)).into_iter().collect(),
@@ -211,10 +209,9 @@ impl PodmanRun {
         vec![Phase::new("deploy infrastructure", steps)]
     }
 
-    /// The network and the secrets, each recorded before it is made. Each command runs to its
-    /// end after Ctrl-C or SIGTERM, so as not to damage podman's secret database (docs/run.md,
-    /// tear down; SIGTERM as the secret was made, 60 times: 32 creates cut short and 4
-    /// databases damaged before, none of either since).
+    /// The network and the secrets, each recorded before it is made, each command run to its
+    /// end after Ctrl-C (docs/run.md, tear down; of 60 SIGTERMs as a secret was made, 32 cut
+    /// the create short and 4 damaged the secret database before, none since).
     fn setup_steps(&self) -> Vec<Step<'_>> {
         let subnet = self.stack.subnet.map(|s| s.to_string());
         let cmd = Podman.network_create(&self.id.network(), subnet.as_deref()).survives_interrupt();
@@ -365,10 +362,8 @@ impl Stack for PodmanRun {
         p.run(&self.id.network(), &self.stack.hosts(), test, &urls, args)
     }
 
-    /// Tilt's live update: when no manifest changed (rendered with the images that run now,
-    /// they are what runs), each container of a changed image is stopped with SIGTERM (the
-    /// gateway hands its outbox lease over), gets the new binary where the Dockerfile's
-    /// `COPY` put it, and starts again in the same pod: same address, no new pod.
+    /// Tilt's live update (docs/commands.md, `dev`), when no manifest changed (rendered with
+    /// the images that run now, they are what runs).
     fn sync_binaries(
         &mut self,
         project: &Project,
@@ -443,7 +438,7 @@ impl Stack for PodmanRun {
     }
 }
 
-/// The pods of `new` whose rendered YAML differs from `old`'s: the pods to replace.
+/// The pods of `new` whose rendered YAML differs from `old`'s.
 pub fn changed_pods(old: &PodmanStack, new: &PodmanStack) -> Vec<usize> {
     (0..new.pods.len())
         .filter(|&i| {

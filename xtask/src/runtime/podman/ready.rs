@@ -9,8 +9,8 @@ use crate::{interrupt, runtime::Health};
 pub fn classify(state: &str) -> Health {
     let mut parts = state.split_whitespace();
     let status = parts.next().unwrap_or("unknown");
-    let exit: i64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let restarts: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut number = || parts.next().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+    let (exit, restarts) = (number(), number());
     match status {
         _ if restarts > 0 => {
             Health::Failed(format!("restarted {restarts} time(s), last exit code {exit}"))
@@ -22,12 +22,10 @@ pub fn classify(state: &str) -> Health {
     }
 }
 
-/// A container's state, classified.
 pub fn health(container: &str) -> Health {
     classify(&Podman.container_state(container).read().unwrap_or_default())
 }
 
-/// Until a started container runs, within 60 s.
 pub(super) fn running_after_start(container: &str) -> anyhow::Result<()> {
     let running = crate::poll::until(Duration::from_secs(60), Duration::from_millis(50), || {
         Ok(match health(container) {
@@ -77,24 +75,11 @@ pub(super) fn until_cleaned_up(monitors: &[u32]) -> anyhow::Result<()> {
 /// remote engine, probes run in the pod: its published ports are not this machine's.
 pub fn wait_ready(run: &PodmanRun, timeout: Duration, r: &Reporter) -> anyhow::Result<()> {
     let start = Instant::now();
-    let config = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(1)));
-    let agent: ureq::Agent = config.http_status_as_error(false).build().into();
     // Set when one container has failed: the others stop polling.
-    let stop = AtomicBool::new(false);
+    let stop = &AtomicBool::new(false);
     let failed: Vec<String> = std::thread::scope(|s| {
         let polling: Vec<_> = (run.stack.containers())
-            .map(|(pod, c)| {
-                let (agent, stop) = (&agent, &stop);
-                s.spawn(move || {
-                    let name = container_name(&pod.name, &c.name);
-                    let outcome = until_ready_in(run, pod, c, agent, stop, timeout);
-                    match &outcome {
-                        Ok(()) => r.line(format!("  {name} ready after {}", secs(start.elapsed()))),
-                        Err(_) => stop.store(true, Ordering::SeqCst),
-                    }
-                    outcome.map_err(|why| format!("  {name}: {why}"))
-                })
-            })
+            .map(|(pod, c)| s.spawn(move || until_ready_in(run, pod, c, stop, start, timeout, r)))
             .collect();
         let outcomes = polling
             .into_iter()
@@ -112,16 +97,19 @@ pub fn wait_ready(run: &PodmanRun, timeout: Duration, r: &Reporter) -> anyhow::R
     Ok(())
 }
 
-/// Until the container's readiness probe (as the manifests give it) passes (`Ok`), the
-/// container fails, another one did (`stop`), or the time is up (`Err`, why).
+/// Until the container's readiness probe (as the manifests give it) passes (`Ok`, shown), the
+/// container fails, another one did (`stop`, set on failure), or the time is up (`Err`, why).
 fn until_ready_in(
     run: &PodmanRun,
     pod: &Pod,
     c: &Container,
-    agent: &ureq::Agent,
     stop: &AtomicBool,
+    start: Instant,
     timeout: Duration,
+    r: &Reporter,
 ) -> Result<(), String> {
+    let config = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(1)));
+    let agent: ureq::Agent = config.http_status_as_error(false).build().into();
     let (name, remote) = (&container_name(&pod.name, &c.name), run.remote);
     // A probe loops where it runs, one engine call per slice; on a remote engine in a new
     // container of the image in the pod, not `podman exec` (docs/run.md, step 4; 13 s in the rig).
@@ -178,14 +166,19 @@ fn until_ready_in(
         anyhow::ensure!(!stop.load(Ordering::SeqCst), "not ready ({reason}) when the wait ended");
         Ok(false)
     });
-    match ready {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(reason),
-        Err(e) if interrupt::interrupted() => {
-            Err(format!("not ready ({reason}) when the wait ended: {e}"))
+    let why = match ready {
+        Ok(true) => {
+            r.line(format!("  {name} ready after {}", secs(start.elapsed())));
+            return Ok(());
         }
-        Err(e) => Err(format!("{e:#}")),
-    }
+        Ok(false) => reason,
+        Err(e) if interrupt::interrupted() => {
+            format!("not ready ({reason}) when the wait ended: {e}")
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    stop.store(true, Ordering::SeqCst);
+    Err(format!("  {name}: {why}"))
 }
 
 /// How long one engine call of a probe polls before the xtask looks at the container's state.
