@@ -119,7 +119,6 @@ impl DevArgs {
     }
 }
 
-/// The loop, once the stack is up.
 struct Loop<'a> {
     run: &'a Run<'a>,
     stack: &'a mut dyn Stack,
@@ -156,11 +155,8 @@ impl Loop<'_> {
             let mut quiet_since: Option<Instant> = None;
             while quiet_since.is_none_or(|t| t.elapsed() < debounce) {
                 interrupt::check()?;
-                let idle = |(_, t): &mut (_, Instant)| t.elapsed() >= RECORD_WHEN_IDLE;
-                if let Some((prepared, _)) =
-                    self.pending.take_if(|p| quiet_since.is_none() && idle(p))
-                {
-                    self.record_images(prepared);
+                if quiet_since.is_none() {
+                    self.record_images();
                 }
                 match rx.recv_timeout(Duration::from_millis(50)) {
                     Ok(Ok(event)) if changes_content(&event.kind) => {
@@ -234,7 +230,6 @@ impl Loop<'_> {
                     steps.run("images", "image build FAILED, the stack is unchanged", || {
                         build::finish(cx, prepared, false)
                     })?;
-                // Replace only the pods that differ, the same way on either runtime.
                 let stopped = format!(
                     "rebuilt {rebuilt}; replacing FAILED, the rest of the stack is unchanged"
                 );
@@ -263,9 +258,11 @@ impl Loop<'_> {
         Ok(format!("{did}{live}; suite {}", if passed { "passed" } else { "FAILED" }))
     }
 
-    /// After a live update, once idle: builds its plan's images (what now runs) and writes
-    /// `images.json`, so `e2e` and later cycles find them built.
-    fn record_images(&self, prepared: build::Prepared) {
+    /// After a live update, once the loop is idle 500 ms: builds its plan's images (what now
+    /// runs) and writes `images.json`, so `e2e` and later cycles find them built.
+    fn record_images(&mut self) {
+        let idle = |(_, t): &mut (_, Instant)| t.elapsed() >= Duration::from_millis(500);
+        let Some((prepared, _)) = self.pending.take_if(idle) else { return };
         let (t, built) = (Instant::now(), uncached(&prepared.plan));
         if built.is_empty() {
             return;
@@ -286,7 +283,6 @@ impl Loop<'_> {
 struct Steps<'a>(&'a Reporter, Vec<String>);
 
 impl Steps<'_> {
-    /// Runs a step, timed; on failure shows the error and returns `stopped`.
     fn run<T>(
         &mut self,
         name: &str,
@@ -311,9 +307,6 @@ fn list(items: &[String]) -> String {
     }
 }
 
-/// How long the loop waits, idle, before it builds a live update's images.
-const RECORD_WHEN_IDLE: Duration = Duration::from_millis(500);
-
 /// Each running image by name: its reference, and its fingerprint outside its binary.
 type Running = BTreeMap<String, (String, String)>;
 
@@ -323,7 +316,6 @@ fn running_of(plan: &[PlanItem]) -> Running {
     plan.iter().map(each).collect()
 }
 
-/// The images of `plan` to build, by name.
 fn uncached(plan: &[PlanItem]) -> Vec<String> {
     plan.iter().filter(|i| !i.is_cached()).map(|i| i.spec.name.clone()).collect()
 }

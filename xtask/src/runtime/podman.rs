@@ -237,15 +237,11 @@ impl PodmanRun {
     /// pods); each runs to its end after Ctrl-C, as [`Self::setup_steps`].
     fn play_steps(&self, play: impl Fn(&str) -> bool) -> Vec<Step<'_>> {
         let (mut steps, mut cmds) = (Vec::new(), Vec::new());
-        for (pod, yaml) in self.stack.pods.iter().zip(&self.stack.pod_yaml) {
-            if play(&pod.name) {
-                let file = self.pod_file(&pod.name);
-                let address = self.stack.address(&pod.name);
-                cmds.push(
-                    Podman.kube_play(&self.id.network(), address, &file).survives_interrupt(),
-                );
-                steps.push(Step::Write { path: file, contents: yaml.clone() });
-            }
+        let pods = self.stack.pods.iter().zip(&self.stack.pod_yaml);
+        for (pod, yaml) in pods.filter(|(pod, _)| play(&pod.name)) {
+            let (file, address) = (self.pod_file(&pod.name), self.stack.address(&pod.name));
+            cmds.push(Podman.kube_play(&self.id.network(), address, &file).survives_interrupt());
+            steps.push(Step::Write { path: file, contents: yaml.clone() });
         }
         let doing = "starting the pods with podman kube play".into();
         steps.push(Step::Parallel { cmds, doing });

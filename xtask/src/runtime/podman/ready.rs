@@ -121,7 +121,6 @@ fn until_ready_in(
             Err(e) => Err(format!("{what}{e:#}")),
         }
     };
-    // The probe, once: `Ok` when it passes, else why not.
     let once = || match &c.readiness {
         None if health(name) == Health::Ready => Ok(()),
         None => Err("starting".to_owned()),
