@@ -160,11 +160,10 @@ impl Loop<'_> {
                 }
                 match rx.recv_timeout(Duration::from_millis(50)) {
                     Ok(Ok(event)) if changes_content(&event.kind) => {
-                        let before = changed.len();
-                        changed
-                            .extend(event.paths.into_iter().filter(|p| relevant(&project.root, p)));
-                        if changed.len() > before {
-                            quiet_since = Some(Instant::now());
+                        for path in event.paths.into_iter().filter(|p| relevant(&project.root, p)) {
+                            if changed.insert(path) {
+                                quiet_since = Some(Instant::now());
+                            }
                         }
                     }
                     Ok(Err(e)) => r.line(format!("watch error: {e}")),
@@ -191,14 +190,12 @@ impl Loop<'_> {
             };
             r.line(format!("changed: {what}"));
             let mut steps = Steps(r, Vec::new());
-            let summary = match self.cycle(&names, &mut steps) {
-                Ok(done) => {
-                    format!("{done}; {}; total {}", steps.1.join(", "), secs(started.elapsed()))
-                }
-                Err(stopped) if steps.1.is_empty() => {
-                    format!("{stopped} ({})", secs(started.elapsed()))
-                }
-                Err(stopped) => format!("{stopped} ({})", steps.1.join(", ")),
+            let outcome = self.cycle(&names, &mut steps);
+            let (done, took) = (steps.1.join(", "), secs(started.elapsed()));
+            let summary = match outcome {
+                Ok(did) => format!("{did}; {done}; total {took}"),
+                Err(stopped) if done.is_empty() => format!("{stopped} ({took})"),
+                Err(stopped) => format!("{stopped} ({done})"),
             };
             r.line(format!("cycle {cycle}: changed {what}; {summary}"));
         }
