@@ -68,11 +68,8 @@ impl Created {
         let pods = self.pods.iter().map(|p| ("pod", p, Podman.pod_exists(p)));
         let secrets = self.secrets.iter().map(|s| ("secret", s, Podman.secret_exists(s)));
         let net = self.network.iter().map(|n| ("network", n, Podman.network_exists(n)));
-        pods.chain(secrets)
-            .chain(net)
-            .filter(|(.., c)| exists(c))
-            .map(|(k, n, _)| format!("{k} {n}"))
-            .collect()
+        let all = pods.chain(secrets).chain(net);
+        all.filter(|(.., c)| exists(c)).map(|(k, n, _)| format!("{k} {n}")).collect()
     }
 }
 
@@ -128,8 +125,7 @@ pub fn subnet_for(id: &RunId) -> anyhow::Result<Subnet> {
 
 pub struct PodmanRun {
     pub id: RunId,
-    /// The engine runs on another machine: its published ports are not reachable here, so
-    /// readiness is asked from inside the containers and the suite runs on the network.
+    /// The engine runs on another machine (docs/remote-engine.md: readiness, the suite).
     pub remote: bool,
     /// The suite, packaged for the engine and run on the run's network.
     pub suite: Option<InEngine>,

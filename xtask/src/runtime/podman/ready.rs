@@ -38,9 +38,8 @@ pub(super) fn running_after_start(container: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The monitors (conmon) of a pod's containers, its infra container's included, on a local
-/// engine. A conmon ends only once its container's clean-up (`podman container cleanup`,
-/// which it starts when the container exits) has run.
+/// The monitors (conmon) of a pod's containers, infra included, on a local engine; a conmon
+/// ends only once its container's clean-up (`podman container cleanup`, at its exit) has run.
 pub(super) fn monitors(pod: &str) -> Vec<u32> {
     let ids = ["pod", "inspect", "--format", "{{range .Containers}}{{.ID}} {{end}}", pod];
     let ids = Cmd::new("podman").args(ids).read().unwrap_or_default();
@@ -56,11 +55,10 @@ fn monitoring(pid: u32) -> bool {
     stat.contains("(conmon) ") && !stat.contains("(conmon) Z")
 }
 
-/// Until the monitors of a stopped pod have ended. A container of a `kube play` pod (exit
-/// policy `stop`) that exits has its clean-up stop the pod once no other container runs;
-/// podman 4.3 decides that before it takes the pod's lock, so a start before the clean-up had
-/// run was stopped again a few ms later (Redis got SIGTERM 2 ms after `pod start`: 10 of 160
-/// stop/start cycles under DNS load; none of 80 with this wait).
+/// Until a stopped pod's monitors have ended: an exiting container of a `kube play` pod (exit
+/// policy `stop`) has its clean-up stop the pod once no other runs, decided by podman 4.3 before
+/// it takes the pod's lock, so a start before the clean-up was stopped again ms later (Redis:
+/// SIGTERM 2 ms after `pod start` in 10 of 160 stop/start cycles under DNS load; 0 of 80 now).
 pub(super) fn until_cleaned_up(monitors: &[u32]) -> anyhow::Result<()> {
     let pause = Duration::from_millis(20);
     let done = crate::poll::until(Duration::from_secs(30), pause, || {
@@ -71,8 +69,7 @@ pub(super) fn until_cleaned_up(monitors: &[u32]) -> anyhow::Result<()> {
 }
 
 /// Until every container of the run is ready, each polled on its own (its probe, then, while
-/// it is not ready, its state), so that one container's slow probe delays no other's. On a
-/// remote engine, probes run in the pod: its published ports are not this machine's.
+/// it is not ready, its state), so that one container's slow probe delays no other's.
 pub fn wait_ready(run: &PodmanRun, timeout: Duration, r: &Reporter) -> anyhow::Result<()> {
     let start = Instant::now();
     // Set when one container has failed: the others stop polling.
