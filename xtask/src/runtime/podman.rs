@@ -218,12 +218,9 @@ impl PodmanRun {
         for (i, secret) in self.stack.secrets.iter().enumerate() {
             steps.push(Step::Record(self.record(i + 1, |_| false)));
             let file = self.dir.join(format!("secret-{}.json", secret.name));
-            steps.push(Step::Secret {
-                cmd: Podman.secret_create(&secret.name, &file).survives_interrupt(),
-                file,
-                payload: secret.payload.clone(),
-                doing: format!("creating podman secret {}", secret.name),
-            });
+            let cmd = Podman.secret_create(&secret.name, &file).survives_interrupt();
+            let doing = format!("creating podman secret {}", secret.name);
+            steps.push(Step::Secret { cmd, file, payload: secret.payload.clone(), doing });
         }
         steps
     }
@@ -302,12 +299,10 @@ impl Stack for PodmanRun {
         let dir = self.dir.join("logs");
         std::fs::create_dir_all(&dir)?;
         let read = |c: Cmd| c.survives_interrupt().read();
-        for (file, container) in self.containers() {
-            let logs =
-                read(Podman.logs(&container)).unwrap_or_else(|e| format!("(no log: {e:#})\n"));
-            let state =
-                read(Podman.container_state(&container)).unwrap_or_else(|e| format!("{e:#}"));
-            let text = format!("# container {container}, state: {}\n{logs}", state.trim());
+        for (file, name) in self.containers() {
+            let logs = read(Podman.logs(&name)).unwrap_or_else(|e| format!("(no log: {e:#})\n"));
+            let state = read(Podman.container_state(&name)).unwrap_or_else(|e| format!("{e:#}"));
+            let text = format!("# container {name}, state: {}\n{logs}", state.trim());
             std::fs::write(dir.join(format!("{file}.log")), text)?;
         }
         Ok(dir)
@@ -363,7 +358,7 @@ impl Stack for PodmanRun {
         changed: &[&PlanItem],
         plan: &[PlanItem],
     ) -> anyhow::Result<Option<Vec<String>>> {
-        let manifests = crate::manifests::Manifests::load(&project.manifests_dir())?;
+        let manifests = Manifests::load(&project.manifests_dir())?;
         let images = self.stack.containers().map(|(_, c)| &c.image);
         let now = images.map(|i| (repository(i).to_owned(), i.clone())).collect();
         if self.rerender(&manifests, &now)?.pod_yaml != self.stack.pod_yaml {
@@ -373,13 +368,9 @@ impl Stack for PodmanRun {
         for item in changed {
             let binary = item.spec.binary().unwrap_or_default();
             let dockerfile = std::fs::read_to_string(project.root.join(&item.spec.dockerfile))?;
-            let Some(dest) = binary_destination(&dockerfile, binary) else {
-                return Ok(None);
-            };
-            let file = item.context.join(binary);
-            let containers = self.stack.containers();
-            for (pod, c) in containers.filter(|(_, c)| repository(&c.image) == item.spec.repository)
-            {
+            let Some(dest) = binary_destination(&dockerfile, binary) else { return Ok(None) };
+            let (file, repo) = (item.context.join(binary), item.spec.repository.as_str());
+            for (pod, c) in self.stack.containers().filter(|(_, c)| repository(&c.image) == repo) {
                 let name = container_name(&pod.name, &c.name);
                 let doing = format!("syncing {binary} into {name}");
                 let monitors = if self.remote { Vec::new() } else { ready::monitors(&pod.name) };
