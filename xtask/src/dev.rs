@@ -287,10 +287,8 @@ impl Steps<'_> {
         f: impl FnOnce() -> Result<T>,
     ) -> Result<T, String> {
         let t = Instant::now();
-        let out = f().map_err(|e| {
-            self.0.line(format!("{e:#}"));
-            stopped.to_owned()
-        })?;
+        let out =
+            f().inspect_err(|e| self.0.line(format!("{e:#}"))).map_err(|_| stopped.to_owned())?;
         self.1.push(format!("{name} {}", secs(t.elapsed())));
         Ok(out)
     }

@@ -257,11 +257,9 @@ impl Stack for PodmanRun {
 
     /// Deploys what [`PodmanRun::plan_early`] did not.
     fn plan<'a>(&'a self, ready_timeout: Duration, tests: Vec<Phase<'a>>) -> Vec<Phase<'a>> {
-        let wait = Step::Watch {
-            what: "readiness: each container's readinessProbe, polled (podman exec / HTTP GET)"
-                .into(),
-            run: Box::new(move |r| self.wait_ready(r, ready_timeout)),
-        };
+        let what = "readiness: each container's readinessProbe, polled (podman exec / HTTP GET)";
+        let run = Box::new(move |r: &Reporter| self.wait_ready(r, ready_timeout));
+        let wait = Step::Watch { what: what.into(), run };
         let mut deploy = if self.early.is_empty() { self.setup_steps() } else { Vec::new() };
         deploy.push(Step::Record(self.final_record()));
         deploy.push(Step::Write { path: self.stack_file(), contents: self.stack.yaml.clone() });

@@ -78,9 +78,8 @@ pub fn wait_ready(run: &PodmanRun, timeout: Duration, r: &Reporter) -> anyhow::R
         let polling: Vec<_> = (run.stack.containers())
             .map(|(pod, c)| s.spawn(move || until_ready_in(run, pod, c, stop, start, timeout, r)))
             .collect();
-        let outcomes = polling
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("its poll panicked".into())));
+        let outcomes =
+            polling.into_iter().map(|h| h.join().unwrap_or(Err("its poll panicked".into())));
         outcomes.filter_map(Result::err).collect()
     });
     interrupt::check()?;
