@@ -99,12 +99,9 @@ impl Arriving {
             let references: Vec<String> = missing.iter().map(|(r, _)| r.clone()).collect();
             let found = Engine::Podman.image_ids(&references).read_any().unwrap_or_default();
             missing.retain(|(_, id)| !found.lines().any(|l| l.trim() == id));
-            let names = Self::names(&missing);
-            anyhow::ensure!(
-                missing.is_empty() || !ended,
-                "the archive's load ended without {names}"
-            );
-            Ok(missing.is_empty())
+            let (done, names) = (missing.is_empty(), Self::names(&missing));
+            anyhow::ensure!(done || !ended, "the archive's load ended without {names}");
+            Ok(done)
         })?;
         let (names, deadline) = (Self::names(&missing), secs(Self::DEADLINE));
         anyhow::ensure!(arrived, "{names} did not arrive within {deadline} of loading the archive");
@@ -282,9 +279,8 @@ impl Stack for PodmanRun {
 
     fn control(&self, dedup_ttl_seconds: u64) -> StackControl {
         let services = self.stack.pods.iter().filter_map(|p| {
-            let container = container_name(&p.name, &p.containers.first()?.name);
+            let exec = Podman.exec_prefix(&container_name(&p.name, &p.containers.first()?.name));
             let (stop, start) = (Podman.pod_stop(&p.name), Podman.pod_start(&p.name));
-            let exec = Podman.exec_prefix(&container);
             let mut control = ServiceControl::new(&stop, &start, &exec);
             control.pod = (!self.remote).then(|| p.name.clone());
             Some((p.base.clone(), control))
@@ -308,17 +304,15 @@ impl Stack for PodmanRun {
 
     fn keep_instructions(&self) -> String {
         let vars: Vec<String> = self.urls().iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let each: String = vars.iter().map(|v| format!("  {v}\n")).collect();
         let names: Vec<String> = self.containers().into_iter().map(|(_, c)| c).collect();
+        let (all, names, id) = (vars.join(" "), names.join(", "), &self.id);
         format!(
-            "the stack is left running:\n{}  run the suite again: {} cargo test -p e2e-suite --test e2e\n  \
-             logs: podman logs -f CONTAINER, for {}\n  \
+            "the stack is left running:\n{each}  run the suite again: {all} cargo test -p e2e-suite --test e2e\n  \
+             logs: podman logs -f CONTAINER, for {names}\n  \
              stop, start, enter a service: {} (E2E_STACK for the fault tests and test/bench/run.sh)\n  \
-             remove it: cargo xtask e2e --down {}\n",
-            vars.iter().map(|v| format!("  {v}\n")).collect::<String>(),
-            vars.join(" "),
-            names.join(", "),
-            self.dir.join("stack.json").display(),
-            self.id
+             remove it: cargo xtask e2e --down {id}\n",
+            self.dir.join("stack.json").display()
         )
     }
 
