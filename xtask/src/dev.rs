@@ -62,11 +62,13 @@ pub fn relevant(root: &Path, path: &Path) -> bool {
     !editor_noise && !in_target && WATCHED.iter().any(|w| rel.starts_with(w))
 }
 
-/// Names editors and `sed -i` give their temporary files (`sedAb12Cd`, `.x.swp`, `x~`, `4913`).
-fn has_temp_name(p: &Path) -> bool {
+/// Whether a changed path is still a change after the quiet time: not a temporary file that an
+/// editor or `sed -i` created and renamed away (`sedAb12Cd`, `.x.swp`, `x~`, `4913`).
+fn is_change(p: &Path) -> bool {
     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let digits = name.chars().all(|c| c.is_ascii_digit());
-    name.starts_with("sed") || name.starts_with('.') || name.ends_with('~') || digits
+    let temp = name.starts_with("sed") || name.starts_with('.') || name.ends_with('~') || digits;
+    p.exists() || p.parent().is_some_and(Path::exists) && !temp
 }
 
 /// Whether an event can change a file's content or the set of files: not reads (fingerprinting
@@ -173,12 +175,8 @@ impl Loop<'_> {
                     }
                 }
             }
-            // An editor's or sed's temporary file, created and renamed away, is no change.
-            let names: Vec<String> = changed
-                .iter()
-                .filter(|p| p.exists() || p.parent().is_some_and(Path::exists) && !has_temp_name(p))
-                .map(|p| project.display(p))
-                .collect();
+            changed.retain(|p| is_change(p));
+            let names: Vec<String> = changed.iter().map(|p| project.display(p)).collect();
             if names.is_empty() {
                 continue;
             }
@@ -208,8 +206,8 @@ impl Loop<'_> {
             steps.run("compile+plan", "compile or plan FAILED, the stack is unchanged", || {
                 build::prepare(cx, build::Goal::Build(&[]))
             })?;
-        // Only binaries changed: each is synced into its container and its process restarted
-        // (Tilt's live update); the images follow once the loop is idle.
+        // Only binaries changed: each synced into its containers (docs/commands.md); the images
+        // follow once the loop is idle.
         let synced = match binary_only_changes(&prepared.plan, &self.running) {
             Some(changed) => steps.run(
                 "sync+restart",
@@ -264,15 +262,12 @@ impl Loop<'_> {
         if built.is_empty() {
             return;
         }
-        let r = &self.run.r;
-        match build::finish(self.run.cx(), prepared, false) {
-            Ok(_) => r.line(format!(
-                "  built {} for the record in {} (the stack kept running)",
-                list(&built),
-                secs(t.elapsed())
-            )),
-            Err(e) => r.line(format!("  building the image for the record FAILED: {e:#}")),
-        }
+        let done = build::finish(self.run.cx(), prepared, false);
+        let (built, took) = (list(&built), secs(t.elapsed()));
+        self.run.r.line(match done {
+            Ok(_) => format!("  built {built} for the record in {took} (the stack kept running)"),
+            Err(e) => format!("  building the image for the record FAILED: {e:#}"),
+        });
     }
 }
 
