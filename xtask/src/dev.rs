@@ -96,8 +96,7 @@ impl DevArgs {
         let (up, record) = runtime::execute(&*stack, r, project, &plan, None);
         drop(plan);
         let outcome = up.and_then(|()| {
-            // Each running image's fingerprint without its binary: a change of only the binary
-            // is synced into the running container (`Stack::sync_binaries`).
+            // Each running image's fingerprint without its binary, to tell a binary-only change.
             let running = build::plan_quietly(project, &run.session, &[]);
             let running = running.map(|plan| running_of(&plan)).unwrap_or_default();
             let mut dev = Loop { run: &run, stack: &mut *stack, running, pending: None };
@@ -125,8 +124,7 @@ struct Loop<'a> {
     run: &'a Run<'a>,
     stack: &'a mut dyn Stack,
     running: Running,
-    /// A live update's plan, whose images are built once the loop is idle a moment (unless a
-    /// newer change's plan supersedes it).
+    /// A live update's plan, built once the loop is idle (unless a newer cycle's supersedes it).
     pending: Option<(build::Prepared, Instant)>,
 }
 

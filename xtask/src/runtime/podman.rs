@@ -374,8 +374,7 @@ impl Stack for PodmanRun {
                 synced.push(name);
             }
         }
-        // The stack's files name the images of `plan` (what now runs, once packaged), so
-        // later cycles compare against them.
+        // The files name `plan`'s images (what runs, once packaged): later cycles compare to them.
         let pinned =
             plan.iter().map(|i| (i.spec.repository.clone(), i.reference.clone())).collect();
         let new = self.rerender(&manifests, &pinned)?;

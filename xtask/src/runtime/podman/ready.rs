@@ -28,11 +28,10 @@ pub fn health(container: &str) -> Health {
 
 pub(super) fn running_after_start(container: &str) -> anyhow::Result<()> {
     let running = crate::poll::until(Duration::from_secs(60), Duration::from_millis(50), || {
-        Ok(match health(container) {
-            Health::Ready => true,
-            Health::Waiting(_) => false,
+        match health(container) {
             Health::Failed(why) => anyhow::bail!("{container} did not run after its start: {why}"),
-        })
+            state => Ok(state == Health::Ready),
+        }
     })?;
     anyhow::ensure!(running, "{container} did not run within 60 s of its start");
     Ok(())
@@ -60,10 +59,8 @@ fn monitoring(pid: u32) -> bool {
 /// it takes the pod's lock, so a start before the clean-up was stopped again ms later (Redis:
 /// SIGTERM 2 ms after `pod start` in 10 of 160 stop/start cycles under DNS load; 0 of 80 now).
 pub(super) fn until_cleaned_up(monitors: &[u32]) -> anyhow::Result<()> {
-    let pause = Duration::from_millis(20);
-    let done = crate::poll::until(Duration::from_secs(30), pause, || {
-        Ok(!monitors.iter().any(|&pid| monitoring(pid)))
-    })?;
+    let ended = || Ok(monitors.iter().all(|&pid| !monitoring(pid)));
+    let done = crate::poll::until(Duration::from_secs(30), Duration::from_millis(20), ended)?;
     anyhow::ensure!(done, "podman's clean-up of the stopped containers did not end within 30 s");
     Ok(())
 }
@@ -74,16 +71,15 @@ pub fn wait_ready(run: &PodmanRun, timeout: Duration, r: &Reporter) -> anyhow::R
     let start = Instant::now();
     // Set when one container has failed: the others stop polling.
     let stop = &AtomicBool::new(false);
-    let failed: Vec<String> = std::thread::scope(|s| {
+    let failed = std::thread::scope(|s| {
         let polling: Vec<_> = (run.stack.containers())
             .map(|(pod, c)| s.spawn(move || until_ready_in(run, pod, c, stop, start, timeout, r)))
             .collect();
         let outcomes =
             polling.into_iter().map(|h| h.join().unwrap_or(Err("its poll panicked".into())));
-        outcomes.filter_map(Result::err).collect()
+        outcomes.filter_map(Result::err).collect::<Vec<_>>().join("\n")
     });
     interrupt::check()?;
-    let failed = failed.join("\n");
     anyhow::ensure!(
         failed.is_empty() || start.elapsed() < timeout,
         "not ready after {}s:\n{failed}\n  (raise the limit with --ready-timeout SECONDS)",
