@@ -1,8 +1,5 @@
-//! `cargo xtask dev`: the stack comes up once (as for `e2e`), the suite runs, and each change
-//! starts a cycle: recompile, rebuild the images whose fingerprint changed, replace only the
-//! pods of a changed image or manifest (PostgreSQL and Redis keep running, with their data),
-//! wait until ready, rerun the suite. A failure is shown and the stack stays as it was.
-//! Ctrl-C (or SIGTERM) tears everything down; `--keep` leaves it up.
+//! `cargo xtask dev` (docs/commands.md): the stack comes up once, the suite runs, and each
+//! change is a cycle that syncs a binary or replaces only the changed pods, then reruns the suite.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -65,11 +62,13 @@ pub fn relevant(root: &Path, path: &Path) -> bool {
     !editor_noise && !in_target && WATCHED.iter().any(|w| rel.starts_with(w))
 }
 
-/// Names editors and `sed -i` give their temporary files (`sedAb12Cd`, `.x.swp`, `x~`, `4913`).
-fn has_temp_name(p: &Path) -> bool {
+/// Whether a changed path is still a change after the quiet time: not a temporary file that an
+/// editor or `sed -i` created and renamed away (`sedAb12Cd`, `.x.swp`, `x~`, `4913`).
+fn is_change(p: &Path) -> bool {
     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let digits = name.chars().all(|c| c.is_ascii_digit());
-    name.starts_with("sed") || name.starts_with('.') || name.ends_with('~') || digits
+    let temp = name.starts_with("sed") || name.starts_with('.') || name.ends_with('~') || digits;
+    p.exists() || p.parent().is_some_and(Path::exists) && !temp
 }
 
 /// Whether an event can change a file's content or the set of files: not reads (fingerprinting
@@ -97,8 +96,7 @@ impl DevArgs {
         let (up, record) = runtime::execute(&*stack, r, project, &plan, None);
         drop(plan);
         let outcome = up.and_then(|()| {
-            // Each running image's fingerprint without its binary: a change of only the binary
-            // is synced into the running container (`Stack::sync_binaries`).
+            // Each running image's fingerprint without its binary, to tell a binary-only change.
             let running = build::plan_quietly(project, &run.session, &[]);
             let running = running.map(|plan| running_of(&plan)).unwrap_or_default();
             let mut dev = Loop { run: &run, stack: &mut *stack, running, pending: None };
@@ -122,13 +120,11 @@ impl DevArgs {
     }
 }
 
-/// The loop, once the stack is up.
 struct Loop<'a> {
     run: &'a Run<'a>,
     stack: &'a mut dyn Stack,
     running: Running,
-    /// A live update's plan, whose images are built once the loop is idle a moment (unless a
-    /// newer change's plan supersedes it).
+    /// A live update's plan, built once the loop is idle (unless a newer cycle's supersedes it).
     pending: Option<(build::Prepared, Instant)>,
 }
 
@@ -159,19 +155,15 @@ impl Loop<'_> {
             let mut quiet_since: Option<Instant> = None;
             while quiet_since.is_none_or(|t| t.elapsed() < debounce) {
                 interrupt::check()?;
-                let idle = |(_, t): &mut (_, Instant)| t.elapsed() >= RECORD_WHEN_IDLE;
-                if let Some((prepared, _)) =
-                    self.pending.take_if(|p| quiet_since.is_none() && idle(p))
-                {
-                    self.record_images(prepared);
+                if quiet_since.is_none() {
+                    self.record_images();
                 }
                 match rx.recv_timeout(Duration::from_millis(50)) {
                     Ok(Ok(event)) if changes_content(&event.kind) => {
-                        let before = changed.len();
-                        changed
-                            .extend(event.paths.into_iter().filter(|p| relevant(&project.root, p)));
-                        if changed.len() > before {
-                            quiet_since = Some(Instant::now());
+                        for path in event.paths.into_iter().filter(|p| relevant(&project.root, p)) {
+                            if changed.insert(path) {
+                                quiet_since = Some(Instant::now());
+                            }
                         }
                     }
                     Ok(Err(e)) => r.line(format!("watch error: {e}")),
@@ -181,12 +173,8 @@ impl Loop<'_> {
                     }
                 }
             }
-            // An editor's or sed's temporary file, created and renamed away, is no change.
-            let names: Vec<String> = changed
-                .iter()
-                .filter(|p| p.exists() || p.parent().is_some_and(Path::exists) && !has_temp_name(p))
-                .map(|p| project.display(p))
-                .collect();
+            changed.retain(|p| is_change(p));
+            let names: Vec<String> = changed.iter().map(|p| project.display(p)).collect();
             if names.is_empty() {
                 continue;
             }
@@ -198,14 +186,12 @@ impl Loop<'_> {
             };
             r.line(format!("changed: {what}"));
             let mut steps = Steps(r, Vec::new());
-            let summary = match self.cycle(&names, &mut steps) {
-                Ok(done) => {
-                    format!("{done}; {}; total {}", steps.1.join(", "), secs(started.elapsed()))
-                }
-                Err(stopped) if steps.1.is_empty() => {
-                    format!("{stopped} ({})", secs(started.elapsed()))
-                }
-                Err(stopped) => format!("{stopped} ({})", steps.1.join(", ")),
+            let outcome = self.cycle(&names, &mut steps);
+            let (done, took) = (steps.1.join(", "), secs(started.elapsed()));
+            let summary = match outcome {
+                Ok(did) => format!("{did}; {done}; total {took}"),
+                Err(stopped) if done.is_empty() => format!("{stopped} ({took})"),
+                Err(stopped) => format!("{stopped} ({done})"),
             };
             r.line(format!("cycle {cycle}: changed {what}; {summary}"));
         }
@@ -218,8 +204,8 @@ impl Loop<'_> {
             steps.run("compile+plan", "compile or plan FAILED, the stack is unchanged", || {
                 build::prepare(cx, build::Goal::Build(&[]))
             })?;
-        // Only binaries changed: each is synced into its container and its process restarted
-        // (Tilt's live update); the images follow once the loop is idle.
+        // Only binaries changed: each synced into its containers (docs/commands.md); the images
+        // follow once the loop is idle.
         let synced = match binary_only_changes(&prepared.plan, &self.running) {
             Some(changed) => steps.run(
                 "sync+restart",
@@ -237,7 +223,6 @@ impl Loop<'_> {
                     steps.run("images", "image build FAILED, the stack is unchanged", || {
                         build::finish(cx, prepared, false)
                     })?;
-                // Replace only the pods that differ, the same way on either runtime.
                 let stopped = format!(
                     "rebuilt {rebuilt}; replacing FAILED, the rest of the stack is unchanged"
                 );
@@ -266,22 +251,21 @@ impl Loop<'_> {
         Ok(format!("{did}{live}; suite {}", if passed { "passed" } else { "FAILED" }))
     }
 
-    /// After a live update, once idle: builds its plan's images (what now runs) and writes
-    /// `images.json`, so `e2e` and later cycles find them built.
-    fn record_images(&self, prepared: build::Prepared) {
+    /// After a live update, once the loop is idle 500 ms: builds its plan's images (what now
+    /// runs) and writes `images.json`, so `e2e` and later cycles find them built.
+    fn record_images(&mut self) {
+        let idle = |(_, t): &mut (_, Instant)| t.elapsed() >= Duration::from_millis(500);
+        let Some((prepared, _)) = self.pending.take_if(idle) else { return };
         let (t, built) = (Instant::now(), uncached(&prepared.plan));
         if built.is_empty() {
             return;
         }
-        let r = &self.run.r;
-        match build::finish(self.run.cx(), prepared, false) {
-            Ok(_) => r.line(format!(
-                "  built {} for the record in {} (the stack kept running)",
-                list(&built),
-                secs(t.elapsed())
-            )),
-            Err(e) => r.line(format!("  building the image for the record FAILED: {e:#}")),
-        }
+        let done = build::finish(self.run.cx(), prepared, false);
+        let (built, took) = (list(&built), secs(t.elapsed()));
+        self.run.r.line(match done {
+            Ok(_) => format!("  built {built} for the record in {took} (the stack kept running)"),
+            Err(e) => format!("  building the image for the record FAILED: {e:#}"),
+        });
     }
 }
 
@@ -289,7 +273,6 @@ impl Loop<'_> {
 struct Steps<'a>(&'a Reporter, Vec<String>);
 
 impl Steps<'_> {
-    /// Runs a step, timed; on failure shows the error and returns `stopped`.
     fn run<T>(
         &mut self,
         name: &str,
@@ -297,10 +280,8 @@ impl Steps<'_> {
         f: impl FnOnce() -> Result<T>,
     ) -> Result<T, String> {
         let t = Instant::now();
-        let out = f().map_err(|e| {
-            self.0.line(format!("{e:#}"));
-            stopped.to_owned()
-        })?;
+        let out =
+            f().inspect_err(|e| self.0.line(format!("{e:#}"))).map_err(|_| stopped.to_owned())?;
         self.1.push(format!("{name} {}", secs(t.elapsed())));
         Ok(out)
     }
@@ -314,9 +295,6 @@ fn list(items: &[String]) -> String {
     }
 }
 
-/// How long the loop waits, idle, before it builds a live update's images.
-const RECORD_WHEN_IDLE: Duration = Duration::from_millis(500);
-
 /// Each running image by name: its reference, and its fingerprint outside its binary.
 type Running = BTreeMap<String, (String, String)>;
 
@@ -326,7 +304,6 @@ fn running_of(plan: &[PlanItem]) -> Running {
     plan.iter().map(each).collect()
 }
 
-/// The images of `plan` to build, by name.
 fn uncached(plan: &[PlanItem]) -> Vec<String> {
     plan.iter().filter(|i| !i.is_cached()).map(|i| i.spec.name.clone()).collect()
 }

@@ -45,18 +45,16 @@ pub struct Created {
 }
 
 impl Created {
-    /// In stages: the pods (on a remote engine killed, then) stopped, removed at once, then
-    /// the secrets, the run's images, the network. Not killed on a local engine: a kill's
+    /// In stages, as docs/run.md (tear down) gives them. No kill on a local engine: a kill's
     /// clean-ups can still be in the pod's cgroup at `pod rm`, which then waits 3 s (5 soak
-    /// runs of 50); a local `pod stop --time 0` kills and cleans up itself.
+    /// runs of 50); its `pod stop --time 0` kills and cleans up itself.
     pub fn teardown(&self) -> Vec<Vec<Cmd>> {
         let pods = !self.pods.is_empty();
         let mut stages = vec![
             (self.remote && pods).then(|| Podman.pods_sigkill(&self.pods)).into_iter().collect(),
             pods.then(|| Podman.pods_kill(&self.pods)).into_iter().collect(),
-            // One `pod rm` per pod, at once: a remote engine keeps each exec session's conmon
-            // (exit delay 300 s) in the pod's cgroup until podman's SIGTERM after 3 s, which
-            // overlap this way instead of adding up (13 s for the stack in the rig).
+            // At once: a remote engine's 3 s per pod for its exec sessions' conmons (docs/run.md,
+            // step 4) overlap instead of adding up (13 s for the stack in the rig).
             self.pods.iter().map(|p| Podman.pods_rm(std::slice::from_ref(p))).collect(),
             self.secrets.iter().map(|s| Podman.secret_rm(s)).collect(),
             (!self.images.is_empty()).then(|| Podman.images_rm(&self.images)).into_iter().collect(),
@@ -70,11 +68,8 @@ impl Created {
         let pods = self.pods.iter().map(|p| ("pod", p, Podman.pod_exists(p)));
         let secrets = self.secrets.iter().map(|s| ("secret", s, Podman.secret_exists(s)));
         let net = self.network.iter().map(|n| ("network", n, Podman.network_exists(n)));
-        pods.chain(secrets)
-            .chain(net)
-            .filter(|(.., c)| exists(c))
-            .map(|(k, n, _)| format!("{k} {n}"))
-            .collect()
+        let all = pods.chain(secrets).chain(net);
+        all.filter(|(.., c)| exists(c)).map(|(k, n, _)| format!("{k} {n}")).collect()
     }
 }
 
@@ -104,12 +99,9 @@ impl Arriving {
             let references: Vec<String> = missing.iter().map(|(r, _)| r.clone()).collect();
             let found = Engine::Podman.image_ids(&references).read_any().unwrap_or_default();
             missing.retain(|(_, id)| !found.lines().any(|l| l.trim() == id));
-            let names = Self::names(&missing);
-            anyhow::ensure!(
-                missing.is_empty() || !ended,
-                "the archive's load ended without {names}"
-            );
-            Ok(missing.is_empty())
+            let (done, names) = (missing.is_empty(), Self::names(&missing));
+            anyhow::ensure!(done || !ended, "the archive's load ended without {names}");
+            Ok(done)
         })?;
         let (names, deadline) = (Self::names(&missing), secs(Self::DEADLINE));
         anyhow::ensure!(arrived, "{names} did not arrive within {deadline} of loading the archive");
@@ -130,8 +122,7 @@ pub fn subnet_for(id: &RunId) -> anyhow::Result<Subnet> {
 
 pub struct PodmanRun {
     pub id: RunId,
-    /// The engine runs on another machine: its published ports are not reachable here, so
-    /// readiness is asked from inside the containers and the suite runs on the network.
+    /// The engine runs on another machine (docs/remote-engine.md: readiness, the suite).
     pub remote: bool,
     /// The suite, packaged for the engine and run on the run's network.
     pub suite: Option<InEngine>,
@@ -211,10 +202,9 @@ impl PodmanRun {
         vec![Phase::new("deploy infrastructure", steps)]
     }
 
-    /// The network and the secrets, each recorded before it is made. Each command runs to its
-    /// end after Ctrl-C or SIGTERM, so as not to damage podman's secret database (docs/run.md,
-    /// tear down; SIGTERM as the secret was made, 60 times: 32 creates cut short and 4
-    /// databases damaged before, none of either since).
+    /// The network and the secrets, each recorded before it is made, each command run to its
+    /// end after Ctrl-C (docs/run.md, tear down; of 60 SIGTERMs as a secret was made, 32 cut
+    /// the create short and 4 damaged the secret database before, none since).
     fn setup_steps(&self) -> Vec<Step<'_>> {
         let subnet = self.stack.subnet.map(|s| s.to_string());
         let cmd = Podman.network_create(&self.id.network(), subnet.as_deref()).survives_interrupt();
@@ -225,12 +215,9 @@ impl PodmanRun {
         for (i, secret) in self.stack.secrets.iter().enumerate() {
             steps.push(Step::Record(self.record(i + 1, |_| false)));
             let file = self.dir.join(format!("secret-{}.json", secret.name));
-            steps.push(Step::Secret {
-                cmd: Podman.secret_create(&secret.name, &file).survives_interrupt(),
-                file,
-                payload: secret.payload.clone(),
-                doing: format!("creating podman secret {}", secret.name),
-            });
+            let cmd = Podman.secret_create(&secret.name, &file).survives_interrupt();
+            let doing = format!("creating podman secret {}", secret.name);
+            steps.push(Step::Secret { cmd, file, payload: secret.payload.clone(), doing });
         }
         steps
     }
@@ -240,15 +227,11 @@ impl PodmanRun {
     /// pods); each runs to its end after Ctrl-C, as [`Self::setup_steps`].
     fn play_steps(&self, play: impl Fn(&str) -> bool) -> Vec<Step<'_>> {
         let (mut steps, mut cmds) = (Vec::new(), Vec::new());
-        for (pod, yaml) in self.stack.pods.iter().zip(&self.stack.pod_yaml) {
-            if play(&pod.name) {
-                let file = self.pod_file(&pod.name);
-                let address = self.stack.address(&pod.name);
-                cmds.push(
-                    Podman.kube_play(&self.id.network(), address, &file).survives_interrupt(),
-                );
-                steps.push(Step::Write { path: file, contents: yaml.clone() });
-            }
+        let pods = self.stack.pods.iter().zip(&self.stack.pod_yaml);
+        for (pod, yaml) in pods.filter(|(pod, _)| play(&pod.name)) {
+            let (file, address) = (self.pod_file(&pod.name), self.stack.address(&pod.name));
+            cmds.push(Podman.kube_play(&self.id.network(), address, &file).survives_interrupt());
+            steps.push(Step::Write { path: file, contents: yaml.clone() });
         }
         let doing = "starting the pods with podman kube play".into();
         steps.push(Step::Parallel { cmds, doing });
@@ -271,11 +254,9 @@ impl Stack for PodmanRun {
 
     /// Deploys what [`PodmanRun::plan_early`] did not.
     fn plan<'a>(&'a self, ready_timeout: Duration, tests: Vec<Phase<'a>>) -> Vec<Phase<'a>> {
-        let wait = Step::Watch {
-            what: "readiness: each container's readinessProbe, polled (podman exec / HTTP GET)"
-                .into(),
-            run: Box::new(move |r| self.wait_ready(r, ready_timeout)),
-        };
+        let what = "readiness: each container's readinessProbe, polled (podman exec / HTTP GET)";
+        let run = Box::new(move |r: &Reporter| self.wait_ready(r, ready_timeout));
+        let wait = Step::Watch { what: what.into(), run };
         let mut deploy = if self.early.is_empty() { self.setup_steps() } else { Vec::new() };
         deploy.push(Step::Record(self.final_record()));
         deploy.push(Step::Write { path: self.stack_file(), contents: self.stack.yaml.clone() });
@@ -298,9 +279,8 @@ impl Stack for PodmanRun {
 
     fn control(&self, dedup_ttl_seconds: u64) -> StackControl {
         let services = self.stack.pods.iter().filter_map(|p| {
-            let container = container_name(&p.name, &p.containers.first()?.name);
+            let exec = Podman.exec_prefix(&container_name(&p.name, &p.containers.first()?.name));
             let (stop, start) = (Podman.pod_stop(&p.name), Podman.pod_start(&p.name));
-            let exec = Podman.exec_prefix(&container);
             let mut control = ServiceControl::new(&stop, &start, &exec);
             control.pod = (!self.remote).then(|| p.name.clone());
             Some((p.base.clone(), control))
@@ -313,12 +293,10 @@ impl Stack for PodmanRun {
         let dir = self.dir.join("logs");
         std::fs::create_dir_all(&dir)?;
         let read = |c: Cmd| c.survives_interrupt().read();
-        for (file, container) in self.containers() {
-            let logs =
-                read(Podman.logs(&container)).unwrap_or_else(|e| format!("(no log: {e:#})\n"));
-            let state =
-                read(Podman.container_state(&container)).unwrap_or_else(|e| format!("{e:#}"));
-            let text = format!("# container {container}, state: {}\n{logs}", state.trim());
+        for (file, name) in self.containers() {
+            let logs = read(Podman.logs(&name)).unwrap_or_else(|e| format!("(no log: {e:#})\n"));
+            let state = read(Podman.container_state(&name)).unwrap_or_else(|e| format!("{e:#}"));
+            let text = format!("# container {name}, state: {}\n{logs}", state.trim());
             std::fs::write(dir.join(format!("{file}.log")), text)?;
         }
         Ok(dir)
@@ -326,17 +304,15 @@ impl Stack for PodmanRun {
 
     fn keep_instructions(&self) -> String {
         let vars: Vec<String> = self.urls().iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let each: String = vars.iter().map(|v| format!("  {v}\n")).collect();
         let names: Vec<String> = self.containers().into_iter().map(|(_, c)| c).collect();
+        let (all, names, id) = (vars.join(" "), names.join(", "), &self.id);
         format!(
-            "the stack is left running:\n{}  run the suite again: {} cargo test -p e2e-suite --test e2e\n  \
-             logs: podman logs -f CONTAINER, for {}\n  \
+            "the stack is left running:\n{each}  run the suite again: {all} cargo test -p e2e-suite --test e2e\n  \
+             logs: podman logs -f CONTAINER, for {names}\n  \
              stop, start, enter a service: {} (E2E_STACK for the fault tests and test/bench/run.sh)\n  \
-             remove it: cargo xtask e2e --down {}\n",
-            vars.iter().map(|v| format!("  {v}\n")).collect::<String>(),
-            vars.join(" "),
-            names.join(", "),
-            self.dir.join("stack.json").display(),
-            self.id
+             remove it: cargo xtask e2e --down {id}\n",
+            self.dir.join("stack.json").display()
         )
     }
 
@@ -365,10 +341,8 @@ impl Stack for PodmanRun {
         p.run(&self.id.network(), &self.stack.hosts(), test, &urls, args)
     }
 
-    /// Tilt's live update: when no manifest changed (rendered with the images that run now,
-    /// they are what runs), each container of a changed image is stopped with SIGTERM (the
-    /// gateway hands its outbox lease over), gets the new binary where the Dockerfile's
-    /// `COPY` put it, and starts again in the same pod: same address, no new pod.
+    /// Tilt's live update (docs/commands.md, `dev`), when no manifest changed (rendered with
+    /// the images that run now, they are what runs).
     fn sync_binaries(
         &mut self,
         project: &Project,
@@ -376,7 +350,7 @@ impl Stack for PodmanRun {
         changed: &[&PlanItem],
         plan: &[PlanItem],
     ) -> anyhow::Result<Option<Vec<String>>> {
-        let manifests = crate::manifests::Manifests::load(&project.manifests_dir())?;
+        let manifests = Manifests::load(&project.manifests_dir())?;
         let images = self.stack.containers().map(|(_, c)| &c.image);
         let now = images.map(|i| (repository(i).to_owned(), i.clone())).collect();
         if self.rerender(&manifests, &now)?.pod_yaml != self.stack.pod_yaml {
@@ -386,13 +360,9 @@ impl Stack for PodmanRun {
         for item in changed {
             let binary = item.spec.binary().unwrap_or_default();
             let dockerfile = std::fs::read_to_string(project.root.join(&item.spec.dockerfile))?;
-            let Some(dest) = binary_destination(&dockerfile, binary) else {
-                return Ok(None);
-            };
-            let file = item.context.join(binary);
-            let containers = self.stack.containers();
-            for (pod, c) in containers.filter(|(_, c)| repository(&c.image) == item.spec.repository)
-            {
+            let Some(dest) = binary_destination(&dockerfile, binary) else { return Ok(None) };
+            let (file, repo) = (item.context.join(binary), item.spec.repository.as_str());
+            for (pod, c) in self.stack.containers().filter(|(_, c)| repository(&c.image) == repo) {
                 let name = container_name(&pod.name, &c.name);
                 let doing = format!("syncing {binary} into {name}");
                 let monitors = if self.remote { Vec::new() } else { ready::monitors(&pod.name) };
@@ -404,8 +374,7 @@ impl Stack for PodmanRun {
                 synced.push(name);
             }
         }
-        // The stack's files name the images of `plan` (what now runs, once packaged), so
-        // later cycles compare against them.
+        // The files name `plan`'s images (what runs, once packaged): later cycles compare to them.
         let pinned =
             plan.iter().map(|i| (i.spec.repository.clone(), i.reference.clone())).collect();
         let new = self.rerender(&manifests, &pinned)?;
@@ -443,7 +412,7 @@ impl Stack for PodmanRun {
     }
 }
 
-/// The pods of `new` whose rendered YAML differs from `old`'s: the pods to replace.
+/// The pods of `new` whose rendered YAML differs from `old`'s.
 pub fn changed_pods(old: &PodmanStack, new: &PodmanStack) -> Vec<usize> {
     (0..new.pods.len())
         .filter(|&i| {

@@ -9,8 +9,8 @@ use crate::{interrupt, runtime::Health};
 pub fn classify(state: &str) -> Health {
     let mut parts = state.split_whitespace();
     let status = parts.next().unwrap_or("unknown");
-    let exit: i64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let restarts: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut number = || parts.next().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+    let (exit, restarts) = (number(), number());
     match status {
         _ if restarts > 0 => {
             Health::Failed(format!("restarted {restarts} time(s), last exit code {exit}"))
@@ -22,27 +22,23 @@ pub fn classify(state: &str) -> Health {
     }
 }
 
-/// A container's state, classified.
 pub fn health(container: &str) -> Health {
     classify(&Podman.container_state(container).read().unwrap_or_default())
 }
 
-/// Until a started container runs, within 60 s.
 pub(super) fn running_after_start(container: &str) -> anyhow::Result<()> {
     let running = crate::poll::until(Duration::from_secs(60), Duration::from_millis(50), || {
-        Ok(match health(container) {
-            Health::Ready => true,
-            Health::Waiting(_) => false,
+        match health(container) {
             Health::Failed(why) => anyhow::bail!("{container} did not run after its start: {why}"),
-        })
+            state => Ok(state == Health::Ready),
+        }
     })?;
     anyhow::ensure!(running, "{container} did not run within 60 s of its start");
     Ok(())
 }
 
-/// The monitors (conmon) of a pod's containers, its infra container's included, on a local
-/// engine. A conmon ends only once its container's clean-up (`podman container cleanup`,
-/// which it starts when the container exits) has run.
+/// The monitors (conmon) of a pod's containers, infra included, on a local engine; a conmon
+/// ends only once its container's clean-up (`podman container cleanup`, at its exit) has run.
 pub(super) fn monitors(pod: &str) -> Vec<u32> {
     let ids = ["pod", "inspect", "--format", "{{range .Containers}}{{.ID}} {{end}}", pod];
     let ids = Cmd::new("podman").args(ids).read().unwrap_or_default();
@@ -58,51 +54,32 @@ fn monitoring(pid: u32) -> bool {
     stat.contains("(conmon) ") && !stat.contains("(conmon) Z")
 }
 
-/// Until the monitors of a stopped pod have ended. A container of a `kube play` pod (exit
-/// policy `stop`) that exits has its clean-up stop the pod once no other container runs;
-/// podman 4.3 decides that before it takes the pod's lock, so a start before the clean-up had
-/// run was stopped again a few ms later (Redis got SIGTERM 2 ms after `pod start`: 10 of 160
-/// stop/start cycles under DNS load; none of 80 with this wait).
+/// Until a stopped pod's monitors have ended: an exiting container of a `kube play` pod (exit
+/// policy `stop`) has its clean-up stop the pod once no other runs, decided by podman 4.3 before
+/// it takes the pod's lock, so a start before the clean-up was stopped again ms later (Redis:
+/// SIGTERM 2 ms after `pod start` in 10 of 160 stop/start cycles under DNS load; 0 of 80 now).
 pub(super) fn until_cleaned_up(monitors: &[u32]) -> anyhow::Result<()> {
-    let pause = Duration::from_millis(20);
-    let done = crate::poll::until(Duration::from_secs(30), pause, || {
-        Ok(!monitors.iter().any(|&pid| monitoring(pid)))
-    })?;
+    let ended = || Ok(monitors.iter().all(|&pid| !monitoring(pid)));
+    let done = crate::poll::until(Duration::from_secs(30), Duration::from_millis(20), ended)?;
     anyhow::ensure!(done, "podman's clean-up of the stopped containers did not end within 30 s");
     Ok(())
 }
 
 /// Until every container of the run is ready, each polled on its own (its probe, then, while
-/// it is not ready, its state), so that one container's slow probe delays no other's. On a
-/// remote engine, probes run in the pod: its published ports are not this machine's.
+/// it is not ready, its state), so that one container's slow probe delays no other's.
 pub fn wait_ready(run: &PodmanRun, timeout: Duration, r: &Reporter) -> anyhow::Result<()> {
     let start = Instant::now();
-    let config = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(1)));
-    let agent: ureq::Agent = config.http_status_as_error(false).build().into();
     // Set when one container has failed: the others stop polling.
-    let stop = AtomicBool::new(false);
-    let failed: Vec<String> = std::thread::scope(|s| {
+    let stop = &AtomicBool::new(false);
+    let failed = std::thread::scope(|s| {
         let polling: Vec<_> = (run.stack.containers())
-            .map(|(pod, c)| {
-                let (agent, stop) = (&agent, &stop);
-                s.spawn(move || {
-                    let name = container_name(&pod.name, &c.name);
-                    let outcome = until_ready_in(run, pod, c, agent, stop, timeout);
-                    match &outcome {
-                        Ok(()) => r.line(format!("  {name} ready after {}", secs(start.elapsed()))),
-                        Err(_) => stop.store(true, Ordering::SeqCst),
-                    }
-                    outcome.map_err(|why| format!("  {name}: {why}"))
-                })
-            })
+            .map(|(pod, c)| s.spawn(move || until_ready_in(run, pod, c, stop, start, timeout, r)))
             .collect();
-        let outcomes = polling
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("its poll panicked".into())));
-        outcomes.filter_map(Result::err).collect()
+        let outcomes =
+            polling.into_iter().map(|h| h.join().unwrap_or(Err("its poll panicked".into())));
+        outcomes.filter_map(Result::err).collect::<Vec<_>>().join("\n")
     });
     interrupt::check()?;
-    let failed = failed.join("\n");
     anyhow::ensure!(
         failed.is_empty() || start.elapsed() < timeout,
         "not ready after {}s:\n{failed}\n  (raise the limit with --ready-timeout SECONDS)",
@@ -112,16 +89,19 @@ pub fn wait_ready(run: &PodmanRun, timeout: Duration, r: &Reporter) -> anyhow::R
     Ok(())
 }
 
-/// Until the container's readiness probe (as the manifests give it) passes (`Ok`), the
-/// container fails, another one did (`stop`), or the time is up (`Err`, why).
+/// Until the container's readiness probe (as the manifests give it) passes (`Ok`, shown), the
+/// container fails, another one did (`stop`, set on failure), or the time is up (`Err`, why).
 fn until_ready_in(
     run: &PodmanRun,
     pod: &Pod,
     c: &Container,
-    agent: &ureq::Agent,
     stop: &AtomicBool,
+    start: Instant,
     timeout: Duration,
+    r: &Reporter,
 ) -> Result<(), String> {
+    let config = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(1)));
+    let agent: ureq::Agent = config.http_status_as_error(false).build().into();
     let (name, remote) = (&container_name(&pod.name, &c.name), run.remote);
     // A probe loops where it runs, one engine call per slice; on a remote engine in a new
     // container of the image in the pod, not `podman exec` (docs/run.md, step 4; 13 s in the rig).
@@ -133,7 +113,6 @@ fn until_ready_in(
             Err(e) => Err(format!("{what}{e:#}")),
         }
     };
-    // The probe, once: `Ok` when it passes, else why not.
     let once = || match &c.readiness {
         None if health(name) == Health::Ready => Ok(()),
         None => Err("starting".to_owned()),
@@ -178,14 +157,19 @@ fn until_ready_in(
         anyhow::ensure!(!stop.load(Ordering::SeqCst), "not ready ({reason}) when the wait ended");
         Ok(false)
     });
-    match ready {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(reason),
-        Err(e) if interrupt::interrupted() => {
-            Err(format!("not ready ({reason}) when the wait ended: {e}"))
+    let why = match ready {
+        Ok(true) => {
+            r.line(format!("  {name} ready after {}", secs(start.elapsed())));
+            return Ok(());
         }
-        Err(e) => Err(format!("{e:#}")),
-    }
+        Ok(false) => reason,
+        Err(e) if interrupt::interrupted() => {
+            format!("not ready ({reason}) when the wait ended: {e}")
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    stop.store(true, Ordering::SeqCst);
+    Err(format!("  {name}: {why}"))
 }
 
 /// How long one engine call of a probe polls before the xtask looks at the container's state.
