@@ -12,11 +12,10 @@ use anyhow::{Context, Result};
 
 use crate::{
     build::{self, BuildOptions, PlanItem},
-    e2e::E2eArgs,
     interrupt,
     project::Project,
     report::{secs, Reporter},
-    run::{self, Run, Runtime},
+    run::{self, E2eArgs, Run, Runtime},
     runtime::{self, RunId, Stack},
 };
 

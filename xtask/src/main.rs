@@ -48,7 +48,7 @@ struct Cli {
 enum Command {
     /// Build the images, bring up PostgreSQL, Redis, DataStorage and Gateway, run the E2E
     /// suite against them and tear everything down.
-    E2e(e2e::E2eArgs),
+    E2e(run::E2eArgs),
     /// The developer's loop: the stack up once, then on every change rebuild what changed,
     /// replace only the pods that run it, and rerun the suite. Ctrl-C tears down.
     Dev(dev::DevArgs),

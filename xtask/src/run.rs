@@ -3,17 +3,18 @@
 
 use std::{
     collections::BTreeMap,
+    path::PathBuf,
     sync::{atomic::Ordering, Mutex},
     thread::{scope, ScopedJoinHandle},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
 
 use crate::{
     archive,
-    build::{self, compile, Activity, CompileIn, Session},
+    build::{self, compile, Activity, BuildOptions, CompileIn, Session},
     doctor,
-    e2e::E2eArgs,
     engine::Engine,
     handoff::Handoff,
     manifests::Manifests,
@@ -42,6 +43,55 @@ pub enum Runtime {
     Podman,
     /// A Kind cluster (provider: the engine, docker or podman).
     Kind,
+}
+
+/// `cargo xtask e2e`'s options, what every run is decided from (`dev` fills in its part).
+#[derive(clap::Args, Debug, Default)]
+pub struct E2eArgs {
+    /// Where the stack runs.
+    #[arg(long, value_enum, default_value_t = Runtime::Podman)]
+    pub runtime: Runtime,
+    /// Leave the stack (or the Kind cluster) running and print how to reach and remove it.
+    #[arg(long)]
+    pub keep: bool,
+    /// How long to wait for every service to be ready, in seconds.
+    #[arg(long, default_value = "120", value_name = "SECONDS", value_parser = |s: &str| s.parse().map(Duration::from_secs))]
+    pub ready_timeout: Duration,
+    /// Then run the fault tests (services stopped and restarted under load) one at a time,
+    /// with a short deduplication TTL for the gateway.
+    #[arg(long)]
+    pub faults: bool,
+    /// Load the images from this archive (from `cargo xtask save-images`) instead of building.
+    #[arg(long, value_name = "ARCHIVE")]
+    pub images: Option<PathBuf>,
+    /// Pull the images from REGISTRY/PREFIX (pushed by `save-images --push`) instead of building.
+    #[arg(long, value_name = "REGISTRY/PREFIX", conflicts_with = "images")]
+    pub registry: Option<String>,
+    /// With --images: run even when the archive does not match this checkout (loudly warned).
+    #[arg(long, requires = "images")]
+    pub allow_stale: bool,
+    /// Kind: name the cluster [default: e2e-<run>, unique per run].
+    #[arg(long, value_name = "NAME")]
+    pub cluster_name: Option<String>,
+    /// Kind: use this cluster of an earlier `--runtime kind --keep` (only the run's namespace
+    /// is created and removed).
+    #[arg(long, value_name = "NAME", conflicts_with = "cluster_name")]
+    pub reuse_cluster: Option<String>,
+    /// Where the suite runs [default: this machine; in the engine, on the run's network,
+    /// when the engine is remote and its published ports are not reachable from here].
+    #[arg(long, value_enum)]
+    pub suite_in: Option<suite::SuiteIn>,
+    /// Print the exact commands of the whole run without running them.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove what earlier runs left (every one not in progress, or the one named), then exit.
+    #[arg(long, value_name = "RUN", num_args = 0..=1, default_missing_value = "")]
+    pub down: Option<String>,
+    #[command(flatten)]
+    pub build: BuildOptions,
+    /// Arguments for the test harness, after `--` (e.g. `-- metrics` to run matching tests).
+    #[arg(last = true)]
+    pub test_args: Vec<String>,
 }
 
 /// A run's images, and the suite's compile left to run beside the deploy (its `-j`).
