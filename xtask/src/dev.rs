@@ -15,7 +15,7 @@ use crate::{
     interrupt,
     project::Project,
     report::{secs, Reporter},
-    run::{self, E2eArgs, Run, Runtime},
+    run::{self, Run, RunOptions, Runtime},
     runtime::{self, RunId, Stack},
 };
 
@@ -81,7 +81,8 @@ pub fn changes_content(kind: &notify::EventKind) -> bool {
 impl DevArgs {
     pub fn run(self, project: &Project) -> Result<()> {
         let DevArgs { runtime, keep, ready_timeout, debounce, build, test_args } = self;
-        let opts = E2eArgs { runtime, keep, ready_timeout, build, test_args, ..Default::default() };
+        let opts =
+            RunOptions { runtime, keep, ready_timeout, build, test_args, ..Default::default() };
         let run = Run::open(project, opts, RunId::new(Some("dev")))?;
         let r = &run.r;
         run.require()?;

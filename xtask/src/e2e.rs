@@ -1,5 +1,5 @@
 //! `cargo xtask e2e`: ask the engine, prerequisites, images (infrastructure meanwhile), stack,
-//! readiness, suite, fault tests, teardown, report: [`E2eArgs::run`] is that list.
+//! readiness, suite, fault tests, teardown, report: [`run`] is that list.
 
 use std::time::{Duration, Instant};
 
@@ -11,48 +11,46 @@ use crate::{
     memory::human,
     project::Project,
     report::{phase, secs, Reporter, RunReport},
-    run::{E2eArgs, Images, Run},
+    run::{Images, Run, RunOptions},
     runtime::{self, step, RunId},
     suite,
     timeline::{self, Span, SpanState, Timeline},
 };
 use anyhow::{Context, Result};
 
-/// `cargo xtask e2e`: its options are [`E2eArgs`] in run.rs (`dev` shares them).
-impl E2eArgs {
-    pub fn run(self, project: &Project) -> Result<()> {
-        if let Some(run) = &self.down {
-            let only = Some(run.as_str()).filter(|s| !s.is_empty());
-            return runtime::down(project, &Reporter::new(), only);
-        }
-        let id = RunId::new(self.cluster_name.as_deref());
-        let run = Run::open(project, self, id)?;
-        let (opts, r) = (&run.opts, &run.r);
-        if opts.dry_run {
-            return dry_run(&run);
-        }
-        run.require()?;
-        let early = run.early_start();
-        let (images, record) = run.images_beside(early.as_ref())?;
-        let stack = run.stack(&images.handoff, early)?;
-        r.line(format!("run {} (files in {})", stack.id(), project.display(stack.dir())));
-        if let Some(line) = stack.where_it_runs() {
-            r.line(line);
-        }
-        let (outcome, record) = run.beside_suite_compile(images.pending_suite, |gate| {
-            let plan = stack.plan(opts.ready_timeout, opts.tests(project, &*stack, gate));
-            runtime::execute(&*stack, r, project, &plan, record)
-        });
-        let outcome = match (outcome, runtime::finish(&*stack, r, record.as_ref(), opts.keep)) {
-            (Ok(()), t) => t.context("E2E passed but the teardown failed"),
-            (Err(e), Ok(())) => Err(e.context("E2E failed")),
-            (Err(e), Err(t)) => {
-                Err(e.context(format!("E2E failed, and the teardown failed too: {t:#}")))
-            }
-        };
-        write_report(&run, &images, &outcome)?;
-        outcome
+/// `cargo xtask e2e`, phase by phase.
+pub fn run(options: RunOptions, project: &Project) -> Result<()> {
+    if let Some(run) = &options.down {
+        let only = Some(run.as_str()).filter(|s| !s.is_empty());
+        return runtime::down(project, &Reporter::new(), only);
     }
+    let id = RunId::new(options.cluster_name.as_deref());
+    let run = Run::open(project, options, id)?;
+    let (opts, r) = (&run.opts, &run.r);
+    if opts.dry_run {
+        return dry_run(&run);
+    }
+    run.require()?;
+    let early = run.early_start();
+    let (images, record) = run.images_beside(early.as_ref())?;
+    let stack = run.stack(&images.handoff, early)?;
+    r.line(format!("run {} (files in {})", stack.id(), project.display(stack.dir())));
+    if let Some(line) = stack.where_it_runs() {
+        r.line(line);
+    }
+    let (outcome, record) = run.beside_suite_compile(images.pending_suite, |gate| {
+        let plan = stack.plan(opts.ready_timeout, opts.tests(project, &*stack, gate));
+        runtime::execute(&*stack, r, project, &plan, record)
+    });
+    let outcome = match (outcome, runtime::finish(&*stack, r, record.as_ref(), opts.keep)) {
+        (Ok(()), t) => t.context("E2E passed but the teardown failed"),
+        (Err(e), Ok(())) => Err(e.context("E2E failed")),
+        (Err(e), Err(t)) => {
+            Err(e.context(format!("E2E failed, and the teardown failed too: {t:#}")))
+        }
+    };
+    write_report(&run, &images, &outcome)?;
+    outcome
 }
 
 /// `report.json`, and `report.html` with the `timeline.json` it is made from, in the run's
@@ -194,8 +192,8 @@ mod tests {
     use super::*;
     use crate::{build::BuildOptions, engine::Engine, run::Runtime};
 
-    fn args() -> E2eArgs {
-        E2eArgs {
+    fn args() -> RunOptions {
+        RunOptions {
             runtime: Runtime::Podman,
             keep: false,
             ready_timeout: Duration::from_secs(1),

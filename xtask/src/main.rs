@@ -48,7 +48,7 @@ struct Cli {
 enum Command {
     /// Build the images, bring up PostgreSQL, Redis, DataStorage and Gateway, run the E2E
     /// suite against them and tear everything down.
-    E2e(run::E2eArgs),
+    E2e(run::RunOptions),
     /// The developer's loop: the stack up once, then on every change rebuild what changed,
     /// replace only the pods that run it, and rerun the suite. Ctrl-C tears down.
     Dev(dev::DevArgs),
@@ -75,7 +75,7 @@ fn main() -> std::process::ExitCode {
     interrupt::install();
     let result = project::Project::locate().and_then(|project| match cli.command {
         Command::PrebuildImages(args) => args.run(&project),
-        Command::E2e(args) => args.run(&project),
+        Command::E2e(options) => e2e::run(options, &project),
         Command::Dev(args) => args.run(&project),
         Command::Doctor(args) => args.run(&project),
         Command::SaveImages(args) => args.run(&project),

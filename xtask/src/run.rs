@@ -45,9 +45,10 @@ pub enum Runtime {
     Kind,
 }
 
-/// `cargo xtask e2e`'s options, what every run is decided from (`dev` fills in its part).
+/// What every run is decided from: `cargo xtask e2e`'s command line, or what `dev` converts
+/// its own into (the rest left at their defaults).
 #[derive(clap::Args, Debug, Default)]
-pub struct E2eArgs {
+pub struct RunOptions {
     /// Where the stack runs.
     #[arg(long, value_enum, default_value_t = Runtime::Podman)]
     pub runtime: Runtime,
@@ -103,7 +104,7 @@ pub struct Images {
 
 /// What a run is decided from: `e2e`'s options, or those `dev` fills in. Its images are
 /// loaded from `--images`, else pulled from `--registry`, else built.
-impl E2eArgs {
+impl RunOptions {
     /// The runtime's engine: podman for podman; for Kind the one asked for, else the one installed.
     pub fn engine(&self) -> Result<Option<Engine>, Problem> {
         match (self.runtime, self.build.engine) {
@@ -149,7 +150,7 @@ impl E2eArgs {
 
 /// A run under way: its options, and what each of its steps needs.
 pub struct Run<'a> {
-    pub opts: E2eArgs,
+    pub opts: RunOptions,
     pub project: &'a Project,
     pub r: Reporter,
     pub session: Session,
@@ -160,7 +161,7 @@ pub struct Run<'a> {
 impl<'a> Run<'a> {
     /// The engine decided, the session opened, the manifests read (with the fault tests' short
     /// deduplication TTL when they run).
-    pub fn open(project: &'a Project, mut opts: E2eArgs, id: RunId) -> Result<Self> {
+    pub fn open(project: &'a Project, mut opts: RunOptions, id: RunId) -> Result<Self> {
         let r = Reporter::new();
         opts.build.engine = opts.engine()?;
         // Loading an archive needs no base image: only a build makes or pulls one.
