@@ -303,6 +303,12 @@ commands! { Podman, self => "podman";
     secret_rm(name: &str) => ["secret", "rm", name];
     secret_exists(name: &str) => ["secret", "inspect", "--format", "{{.ID}}", name];
     pod_exists(pod: &str) => ["pod", "exists", pod];
+    /// The IDs of a pod's containers, its infra container's included, whitespace-separated.
+    pod_container_ids(pod: &str) => ["pod", "inspect", "--format",
+        "{{range .Containers}}{{.ID}} {{end}}", pod];
+    /// The PID of each container's monitor (conmon), a line each.
+    conmon_pids(containers: &[String]) =>
+        ["container", "inspect", "--format", "{{.State.ConmonPid}}"] + containers;
     pod_stop(pod: &str) => ["pod", "stop", "--time", "10", pod];
     pod_start(pod: &str) => ["pod", "start", pod];
     /// SIGKILL to the pods' containers, not waiting: a remote podman 4.3 ignores `pod stop
@@ -503,5 +509,13 @@ mod tests {
             "podman network create --label e2e.xtask=1 n"
         );
         assert_eq!(container_name("gateway", "gateway"), "gateway-gateway");
+        assert_eq!(
+            Podman.pod_container_ids("p").to_string(),
+            "podman pod inspect --format '{{range .Containers}}{{.ID}} {{end}}' p"
+        );
+        assert_eq!(
+            Podman.conmon_pids(&["a".into(), "b".into()]).to_string(),
+            "podman container inspect --format '{{.State.ConmonPid}}' a b"
+        );
     }
 }

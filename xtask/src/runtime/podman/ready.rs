@@ -40,11 +40,12 @@ pub(super) fn running_after_start(container: &str) -> anyhow::Result<()> {
 /// The monitors (conmon) of a pod's containers, infra included, on a local engine; a conmon
 /// ends only once its container's clean-up (`podman container cleanup`, at its exit) has run.
 pub(super) fn monitors(pod: &str) -> Vec<u32> {
-    let ids = ["pod", "inspect", "--format", "{{range .Containers}}{{.ID}} {{end}}", pod];
-    let ids = Cmd::new("podman").args(ids).read().unwrap_or_default();
-    let pids = Cmd::new("podman").args(["container", "inspect", "--format"]);
-    let pids = pids.arg("{{.State.ConmonPid}}").args(ids.split_whitespace());
-    let pids = if ids.trim().is_empty() { String::new() } else { pids.read().unwrap_or_default() };
+    let ids = Podman.pod_container_ids(pod).read().unwrap_or_default();
+    let ids: Vec<String> = ids.split_whitespace().map(str::to_owned).collect();
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let pids = Podman.conmon_pids(&ids).read().unwrap_or_default();
     pids.split_whitespace().filter_map(|p| p.parse().ok()).filter(|&p| monitoring(p)).collect()
 }
 
