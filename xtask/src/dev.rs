@@ -28,7 +28,7 @@ pub struct DevArgs {
     #[arg(long)]
     pub keep: bool,
     /// How long to wait for the services to be ready, in seconds.
-    #[arg(long, default_value = "120", value_name = "SECONDS", value_parser = |s: &str| s.parse().map(Duration::from_secs))]
+    #[arg(long, default_value = "120", value_name = "SECONDS", value_parser = run::seconds)]
     pub ready_timeout: Duration,
     /// Quiet time after the last change before a cycle starts, in milliseconds.
     #[arg(long, default_value_t = 200, value_name = "MS")]

@@ -56,7 +56,7 @@ pub struct RunOptions {
     #[arg(long)]
     pub keep: bool,
     /// How long to wait for every service to be ready, in seconds.
-    #[arg(long, default_value = "120", value_name = "SECONDS", value_parser = |s: &str| s.parse().map(Duration::from_secs))]
+    #[arg(long, default_value = "120", value_name = "SECONDS", value_parser = seconds)]
     pub ready_timeout: Duration,
     /// Then run the fault tests (services stopped and restarted under load) one at a time,
     /// with a short deduplication TTL for the gateway.
@@ -93,6 +93,11 @@ pub struct RunOptions {
     /// Arguments for the test harness, after `--` (e.g. `-- metrics` to run matching tests).
     #[arg(last = true)]
     pub test_args: Vec<String>,
+}
+
+/// `--ready-timeout`'s value: whole seconds (`e2e` and `dev`).
+pub fn seconds(s: &str) -> Result<Duration, std::num::ParseIntError> {
+    s.parse().map(Duration::from_secs)
 }
 
 /// A run's images, and the suite's compile left to run beside the deploy (its `-j`).
