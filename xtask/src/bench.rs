@@ -135,7 +135,7 @@ impl Bencher<'_> {
                 reference: tag(spec),
                 dockerfile: &p.root.join(&spec.dockerfile),
                 context: &context,
-                memory: images::podman_size(spec.memory),
+                memory: Some(images::podman_size(spec.memory)),
                 build_args: spec.build_args.clone(),
                 labels: Default::default(),
                 no_cache: false,

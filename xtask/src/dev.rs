@@ -16,7 +16,11 @@ use crate::{
     project::Project,
     report::{secs, Reporter},
     run::{self, Run, RunOptions, Runtime},
-    runtime::{self, RunId, Stack},
+    runtime::{
+        self,
+        step::{Live, Runner},
+        RunId, Stack,
+    },
 };
 
 #[derive(clap::Args, Debug)]
@@ -99,7 +103,8 @@ impl DevArgs {
             // Each running image's fingerprint without its binary, to tell a binary-only change.
             let running = build::plan_quietly(project, &run.session, &[]);
             let running = running.map(|plan| running_of(&plan)).unwrap_or_default();
-            let mut dev = Loop { run: &run, stack: &mut *stack, running, pending: None };
+            let mut dev =
+                Loop { run: &run, stack: &mut *stack, running, pending: None, suite_new: true };
             let passed = r.phase(crate::report::phase::SUITE, |_| Ok(dev.suite()))?;
             r.line(format!("suite {}", if passed { "passed" } else { "FAILED" }));
             dev.watch(Duration::from_millis(debounce))
@@ -126,13 +131,27 @@ struct Loop<'a> {
     running: Running,
     /// A live update's plan, built once the loop is idle (unless a newer cycle's supersedes it).
     pending: Option<(build::Prepared, Instant)>,
+    /// The suite was compiled since it was last packaged for the engine (if it runs there).
+    suite_new: bool,
 }
 
 impl Loop<'_> {
-    /// The suite against the stack, on this terminal: whether it passed.
-    fn suite(&self) -> bool {
-        let suite = self.stack.suite(self.run.project, "e2e", &self.run.opts.test_args);
-        self.run.r.command(&suite);
+    /// The suite against the stack, on this terminal: whether it passed. Where it runs in the
+    /// engine, its image is packaged first when it was compiled anew, as `e2e` does.
+    fn suite(&mut self) -> bool {
+        let (project, r, stack) = (self.run.project, &self.run.r, &*self.stack);
+        if std::mem::take(&mut self.suite_new) {
+            let (dir, log) = (stack.dir().to_owned(), stack.log().to_owned());
+            let mut runner = Runner { dir, log, exec: &mut Live, record: None };
+            let packaged = stack.suite_steps(project).iter().try_for_each(|s| runner.step(r, s));
+            if let Err(e) = packaged {
+                r.line(format!("packaging the suite for the engine FAILED: {e:#}"));
+                self.suite_new = true;
+                return false;
+            }
+        }
+        let suite = stack.suite(project, "e2e", &self.run.opts.test_args);
+        r.command(&suite);
         suite.run_inherit().is_ok()
     }
 
@@ -242,6 +261,7 @@ impl Loop<'_> {
             if crate::suite::touched_by(changed) {
                 let jobs = self.run.session.facts.env(None).map_or(1, |e| e.cargo_jobs());
                 crate::suite::compile_here(project, r, jobs)?;
+                self.suite_new = true;
             }
             Ok(self.suite())
         })?;

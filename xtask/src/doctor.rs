@@ -13,11 +13,20 @@ use crate::{
     report::Reporter,
 };
 
-/// A check's outcome: what was found, or the problem with its fix.
+/// A check's outcome: what was found, a problem the run goes on with (slower or less safe), or
+/// a problem that stops it; each problem with its fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
     pub name: &'static str,
     pub result: Result<String, Problem>,
+    /// A problem that does not stop a run: `result` is what the run does about it.
+    pub warning: Option<Problem>,
+}
+
+impl Check {
+    fn new(name: &'static str, result: Result<String, Problem>) -> Check {
+        Check { name, result, warning: None }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -105,7 +114,23 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
         ("kind", needs.kind.then(|| tool("kind", kind))),
         ("kubectl", needs.kind.then(|| tool("kubectl", kubectl))),
     ];
-    checks.into_iter().filter_map(|(name, result)| Some(Check { name, result: result? })).collect()
+    let checks = checks.into_iter().filter_map(|(name, result)| Some(Check::new(name, result?)));
+    let isolation = engine.map(|f| (&f.isolation, f.remote));
+    let caps = isolation.and_then(|(i, remote)| {
+        let budget = session.facts.budget.as_ref().map_or(0, |b| b.bytes);
+        let why = i.no_memory_caps()?;
+        let did = "builds run one at a time, without --memory".to_owned();
+        Some(Check {
+            name: "memory caps",
+            result: Ok(did),
+            warning: Some(i.caps_problem(&why, budget, remote)),
+        })
+    });
+    let store = isolation.and_then(|(i, _)| {
+        let warning = i.slow_store()?;
+        Some(Check { name: "store driver", result: Ok(i.describe()), warning: Some(warning) })
+    });
+    checks.chain(caps).chain(store).collect()
 }
 
 fn describe(f: &EngineFacts) -> String {
@@ -115,7 +140,8 @@ fn describe(f: &EngineFacts) -> String {
     };
     let (program, version, platform) = (f.engine.program(), &f.version, &f.platform);
     let (cpus, memory) = (f.cpus, human(f.mem_total));
-    format!("{program} {version} ({platform}) at {at}: {cpus} CPUs, {memory} memory")
+    let isolation = f.isolation.describe();
+    format!("{program} {version} ({platform}) at {at}: {cpus} CPUs, {memory} memory; {isolation}")
 }
 
 /// Whether the engine starts a container of the base image.
@@ -220,9 +246,13 @@ fn disk_needed(project: &Project, archive: Option<&Path>) -> u64 {
 pub fn render(checks: &[Check]) -> String {
     let mut out = String::from("doctor:\n");
     for c in checks {
-        out.push_str(&match &c.result {
-            Ok(detail) => format!("  ok    {:<18} {detail}\n", c.name),
-            Err(p) => format!("  FAIL  {:<18} {}\n        fix: {}\n", c.name, p.what, p.fix),
+        out.push_str(&match (&c.result, &c.warning) {
+            (Ok(detail), None) => format!("  ok    {:<18} {detail}\n", c.name),
+            (Ok(detail), Some(p)) => format!(
+                "  WARN  {:<18} {}\n        so: {detail}\n        fix: {}\n",
+                c.name, p.what, p.fix
+            ),
+            (Err(p), _) => format!("  FAIL  {:<18} {}\n        fix: {}\n", c.name, p.what, p.fix),
         });
     }
     out.trim_end().to_owned()
@@ -243,6 +273,7 @@ mod tests {
             remote,
             at: at.into(),
             store: Some(crate::engine::Store { path: "/var/lib/containers/storage".into(), free }),
+            isolation: Default::default(),
         }
     }
 
@@ -275,11 +306,8 @@ mod tests {
     #[test]
     fn render_shows_each_problem_with_its_fix() {
         let text = render(&[
-            Check { name: "engine", result: Ok("podman on PATH".into()) },
-            Check {
-                name: "kind",
-                result: Err(Problem::new("kind is not installed", "install kind")),
-            },
+            Check::new("engine", Ok("podman on PATH".into())),
+            Check::new("kind", Err(Problem::new("kind is not installed", "install kind"))),
         ]);
         assert!(text.contains("ok    engine"), "{text}");
         assert!(

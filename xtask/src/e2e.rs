@@ -163,7 +163,7 @@ fn dry_run(run: &Run) -> Result<()> {
                     item.reference,
                 ),
                 (Action::Build { reason }, _) => {
-                    format!("{}  # {reason}", build::build_cmd_for(project, engine, item))
+                    format!("{}  # {reason}", build::build_cmd_for(project, &env, item))
                 }
             }));
             build::planned_handoff(&prepared)

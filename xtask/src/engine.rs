@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::{
     cmd::Cmd,
+    isolation::Isolation,
     problem::{Problem, PODMAN_DOCS},
 };
 
@@ -46,8 +47,12 @@ commands! { Engine, self => self.program();
         + self.pick(Some("--pull=never"), None).into_iter().chain([image, "true"]);
     tag(reference: &str, new: &str) => ["tag", reference, new];
     untag(reference: &str) => ["rmi", reference];
-    /// An image's top layer's directory on the engine's machine (`<graph root>/overlay/<id>/diff`).
-    layer_dir(image: &str) => ["image", "inspect", "--format", "{{.GraphDriver.Data.UpperDir}}", image];
+    /// An image's storage driver and top layer's directory on the engine's machine: `overlay
+    /// <graph root>/overlay/<id>/diff`; `vfs <no value>` (vfs says no directory).
+    layer_dir(image: &str) => ["image", "inspect", "--format",
+        "{{.GraphDriver.Name}} {{.GraphDriver.Data.UpperDir}}", image];
+    /// `DRIVER GRAPH-ROOT` of podman's store (`info` takes 10x an `image inspect`).
+    store_info() => ["info", "--format", "{{.Store.GraphDriverName}} {{.Store.GraphRoot}}"];
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -107,7 +112,8 @@ impl Engine {
         self.pick("json", "{{json .}}")
     }
 
-    /// A build under a memory cap (`--memory-swap` equal, so it holds), never pulling. Docker uses
+    /// A build under a memory cap (`--memory-swap` equal, so it holds) where the engine can
+    /// enforce one (see [`Isolation::no_memory_caps`]), never pulling. Docker uses
     /// its classic builder (BuildKit ignores `--memory`), with `--force-rm`: it otherwise keeps a
     /// failed step's container (an OOM-killed RUN) for ever.
     pub fn build(self, b: &BuildCmd) -> Cmd {
@@ -116,7 +122,9 @@ impl Engine {
             Cmd::new("docker").args(["build", "--force-rm"]).env("DOCKER_BUILDKIT", "0"),
         );
         c = c.args(b.no_cache.then_some("--no-cache"));
-        c = c.args(["--memory", &b.memory, "--memory-swap", &b.memory]);
+        if let Some(memory) = &b.memory {
+            c = c.args(["--memory", memory, "--memory-swap", memory]);
+        }
         for (flag, map) in [("--build-arg", &b.build_args), ("--label", &b.labels)] {
             for (k, v) in map {
                 c = c.arg(flag).arg(format!("{k}={v}"));
@@ -144,7 +152,8 @@ pub struct BuildCmd<'a> {
     pub reference: String,
     pub dockerfile: &'a Path,
     pub context: &'a Path,
-    pub memory: String,
+    /// `None` where the engine cannot enforce a cap.
+    pub memory: Option<String>,
     pub build_args: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
     pub no_cache: bool,
@@ -189,6 +198,8 @@ pub struct EngineFacts {
     pub at: String,
     /// Where the engine keeps its images (`None`: the engine does not say).
     pub store: Option<Store>,
+    /// Rootless or not, its cgroups, its storage driver: whether memory caps hold.
+    pub isolation: Isolation,
 }
 
 /// The engine's image store on its machine, and the room left there (what images, loads and
@@ -242,6 +253,7 @@ impl EngineFacts {
             remote: false,
             at: THIS_MACHINE.to_owned(),
             store: None,
+            isolation: Isolation::of_this_process(),
         }))
     }
 
@@ -281,6 +293,7 @@ impl EngineFacts {
                     .zip(v["store"]["graphRootUsed"].as_u64())
                     .map(|(all, used)| all.saturating_sub(used)),
             }),
+            isolation: engine.pick(Isolation::of_podman(&v), Isolation::of_docker(&v)),
         })
     }
 }
@@ -360,7 +373,7 @@ mod tests {
             reference: "localhost/e2e-redis:0123456789abcdef".into(),
             dockerfile: Path::new("docker/redis.Dockerfile"),
             context: Path::new("docker/redis"),
-            memory: "512m".into(),
+            memory: Some("512m".into()),
             build_args: [("BASE_IMAGE".to_owned(), "localhost/e2e-base:bookworm".to_owned())]
                 .into(),
             labels: [(FINGERPRINT_LABEL.to_owned(), "0123".to_owned())].into(),

@@ -41,6 +41,26 @@ impl Env {
         self.facts.engine
     }
 
+    /// Whether the engine holds a build to its `--memory` (see [`Isolation::no_memory_caps`]).
+    pub fn caps_hold(&self) -> bool {
+        self.facts.isolation.no_memory_caps().is_none()
+    }
+
+    /// A build's `--memory` for a cap, where the engine can enforce it.
+    pub fn cap(&self, bytes: u64) -> Option<String> {
+        self.caps_hold().then(|| crate::images::podman_size(bytes))
+    }
+
+    /// Builds at once: as asked, or one where nothing holds a build to its cap (the admission
+    /// against the budget is then all that keeps builds within the machine's memory).
+    pub fn build_jobs(&self, asked: usize) -> usize {
+        if self.caps_hold() {
+            asked
+        } else {
+            1
+        }
+    }
+
     /// `cargo -j` for the host's compiles (see [`memory::cargo_jobs`]).
     pub fn cargo_jobs(&self) -> usize {
         memory::cargo_jobs(self.host_budget.bytes, memory::cpus())
@@ -139,23 +159,33 @@ impl Facts {
 }
 
 /// A local engine's store, measured with `df`: docker's data root, or where the base image's
-/// layers are (`podman info` says it, but takes 10x one `image inspect`). Remote: as reported.
+/// layers are (`podman info` says it, but takes 10x one `image inspect`; asked only where the
+/// layers do not say, as with `vfs` or without the base image). Remote: as reported.
 fn with_local_store(mut f: EngineFacts, base: Option<&(String, ImageInfo)>) -> EngineFacts {
     if f.remote {
         return f;
     }
-    let path = f.store.take().map(|s| s.path).or_else(|| {
-        let dir = f.engine.layer_dir(&base?.0).read().ok()?;
-        graph_root(&dir)
-    });
+    let layers = base.and_then(|(name, _)| f.engine.layer_dir(name).read().ok());
+    let (mut driver, mut root) = layers.as_deref().map(driver_and_root).unwrap_or_default();
+    if f.store.is_none() && root.is_none() && f.engine == Engine::Podman {
+        let said = f.engine.store_info().read().unwrap_or_default();
+        let (name, path) = said.trim().split_once(' ').unwrap_or_default();
+        driver = Some(name.to_owned()).filter(|n| !n.is_empty());
+        root = Some(path.to_owned()).filter(|p| p.starts_with('/'));
+    }
+    f.isolation.driver = f.isolation.driver.or(driver);
+    let path = f.store.take().map(|s| s.path).or(root);
     f.store = path.map(|path| Store { free: free_disk(Path::new(&path)), path });
     f
 }
 
-/// `/var/lib/containers/storage` of `/var/lib/containers/storage/overlay/<id>/diff`.
-pub fn graph_root(layer_dir: &str) -> Option<String> {
-    let (root, _) = layer_dir.trim().rsplit_once("/overlay/")?;
-    Some(root.to_owned()).filter(|r| r.starts_with('/'))
+/// Of `layer_dir`'s `DRIVER DIR`: the driver, and `/var/lib/containers/storage` of
+/// `/var/lib/containers/storage/overlay/<id>/diff`.
+pub fn driver_and_root(said: &str) -> (Option<String>, Option<String>) {
+    let (driver, dir) = said.trim().split_once(' ').unwrap_or((said.trim(), ""));
+    let root = dir.rsplit_once("/overlay/").map(|(root, _)| root.to_owned());
+    let driver = Some(driver.to_owned()).filter(|d| !d.is_empty() && !d.starts_with('<'));
+    (driver, root.filter(|r| r.starts_with('/')))
 }
 
 /// Free bytes on the filesystem of `dir` (or its nearest existing parent), from `df`.
@@ -186,16 +216,18 @@ mod tests {
 
     #[test]
     fn a_local_store_is_where_the_layers_are() {
+        let owned = |s: &str| Some(s.to_owned());
         assert_eq!(
-            graph_root("/var/lib/containers/storage/overlay/2f01/diff\n").as_deref(),
-            Some("/var/lib/containers/storage")
+            driver_and_root("overlay /var/lib/containers/storage/overlay/2f01/diff\n"),
+            (owned("overlay"), owned("/var/lib/containers/storage"))
         );
         assert_eq!(
-            graph_root("/root/.local/share/containers/storage/overlay/ab/diff").as_deref(),
-            Some("/root/.local/share/containers/storage")
+            driver_and_root("overlay /home/dev/.local/share/containers/storage/overlay/ab/diff"),
+            (owned("overlay"), owned("/home/dev/.local/share/containers/storage"))
         );
-        assert_eq!(graph_root("<no value>"), None);
-        assert_eq!(graph_root(""), None);
+        // vfs names no directory: the root is asked of `podman info`.
+        assert_eq!(driver_and_root("vfs <no value>"), (owned("vfs"), None));
+        assert_eq!(driver_and_root(""), (None, None));
         assert!(free_disk(Path::new("/")).is_some_and(|f| f > 0));
     }
 }

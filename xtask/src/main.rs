@@ -17,6 +17,7 @@ mod fsx;
 mod handoff;
 mod images;
 mod interrupt;
+mod isolation;
 mod manifests;
 mod memory;
 mod poll;

@@ -127,6 +127,8 @@ pub struct InEngine {
     pub base_image: String,
     /// The test binaries compiled in the engine (`<test>-<hash>` files), else cargo's here.
     pub compiled_in_engine: Option<PathBuf>,
+    /// The packaging build's `--memory` (`None` where the engine cannot enforce one).
+    pub cap: Option<String>,
 }
 
 impl InEngine {
@@ -138,6 +140,7 @@ impl InEngine {
             dockerfile: project.root.join("docker/suite.Dockerfile"),
             base_image: base_image.to_owned(),
             compiled_in_engine: None,
+            cap: Some("256m".into()),
         }
     }
 
@@ -193,7 +196,7 @@ impl InEngine {
             reference: self.image.clone(),
             dockerfile: &self.dockerfile,
             context: &self.context,
-            memory: "256m".into(),
+            memory: self.cap.clone(),
             build_args: [("BASE_IMAGE".to_owned(), self.base_image.clone())].into(),
             labels: Default::default(),
             no_cache: false,

@@ -175,16 +175,21 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
             reference: reference.clone(),
             dockerfile: &dockerfile,
             context: &context,
-            memory: podman_size(cap),
+            memory: env.cap(cap),
             build_args,
             labels: [(FINGERPRINT_LABEL.to_owned(), fp.clone())].into(),
             no_cache: false,
         });
         let asks = podman_size(builder.memory);
         let note = format!(" (the engine's budget; [builder] memory asks {asks})");
+        let capped = match env.cap(cap) {
+            Some(cap) => format!("capped at {cap}"),
+            None => {
+                format!("not capped (the engine cannot enforce it; sized for {})", podman_size(cap))
+            }
+        };
         r.line(format!(
-            "  compiling in the engine ({platform}), capped at {}{}, cargo --jobs {jobs} ({} a rustc job, {} CPUs there)",
-            podman_size(cap),
+            "  compiling in the engine ({platform}), {capped}{}, cargo --jobs {jobs} ({} a rustc job, {} CPUs there)",
             if cap < builder.memory { note.as_str() } else { "" },
             memory::human(memory::RUSTC_JOB),
             env.facts.cpus

@@ -235,7 +235,7 @@ pub fn prepare(cx: Ctx, goal: Goal) -> Result<Prepared> {
             plan.iter().map(|i| format!("{} {}", i.spec.name, fingerprint::tag(&i.fingerprint)));
         r.line(match for_archive {
             true => format!("  {}", tags.collect::<Vec<_>>().join(", ")),
-            false => plan::describe_plan(&plan, cx.opts.jobs, budget),
+            false => plan::describe_plan(&plan, &env, cx.opts.jobs),
         });
         Ok(plan)
     })?;

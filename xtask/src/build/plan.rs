@@ -14,7 +14,7 @@ use crate::{
     fingerprint::{self, Entry, EntryKind, HashCache},
     handoff::{Handoff, ImageRecord},
     images::{self, BuildContext, ImageSpec},
-    memory::{self, Budget},
+    memory,
     project::Project,
     report::table,
 };
@@ -148,7 +148,8 @@ pub(super) fn make_plan(
 }
 
 /// The plan as a person reads it: what is cached, what will be built and why, how many at once.
-pub fn describe_plan(plan: &[PlanItem], jobs: usize, budget: &Budget) -> String {
+pub fn describe_plan(plan: &[PlanItem], env: &Env, jobs: usize) -> String {
+    let budget = &env.budget;
     let rows: Vec<Vec<String>> = plan
         .iter()
         .map(|i| {
@@ -161,12 +162,20 @@ pub fn describe_plan(plan: &[PlanItem], jobs: usize, budget: &Budget) -> String 
         })
         .collect();
     let caps: Vec<u64> = plan.iter().filter(|i| !i.is_cached()).map(|i| i.spec.memory).collect();
+    let uncapped = env.facts.isolation.no_memory_caps().filter(|_| !caps.is_empty());
+    let uncapped = uncapped.map(|why| {
+        format!(
+            "\n  memory caps: the engine cannot enforce them ({why}): each build runs alone, \
+             without --memory (`cargo xtask doctor` says how to get them)"
+        )
+    });
     format!(
-        "plan:\n{}\n  memory budget: {} ({})\n  {}",
+        "plan:\n{}\n  memory budget: {} ({})\n  {}{}",
         table(&["image", "tag", "action", "cap", "why"], &rows),
         memory::human(budget.bytes),
         budget.source,
-        concurrency(&caps, jobs, budget.bytes)
+        concurrency(&caps, env.build_jobs(jobs), budget.bytes),
+        uncapped.unwrap_or_default()
     )
 }
 
@@ -301,6 +310,7 @@ mod tests {
             remote: at != crate::engine::THIS_MACHINE,
             at: at.into(),
             store: None,
+            isolation: Default::default(),
         };
         let record = Handoff {
             engine: crate::engine::Engine::Podman,

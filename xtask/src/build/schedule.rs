@@ -12,7 +12,7 @@ use super::{
 use crate::{
     cmd::{Cmd, CmdError},
     diagnose,
-    engine::{BuildCmd, Engine, ImageInfo, FINGERPRINT_LABEL},
+    engine::{BuildCmd, ImageInfo, FINGERPRINT_LABEL},
     facts::Env,
     handoff::ImageRecord,
     images::podman_size,
@@ -68,7 +68,7 @@ pub fn run(cx: Ctx, env: &Env, plan: &[PlanItem]) -> Result<(Vec<ImageRecord>, A
 }
 
 fn execute(cx: Ctx, env: &Env, plan: &[PlanItem]) -> (HashMap<String, Outcome>, Activity) {
-    let (r, budget, jobs) = (cx.r, env.budget.bytes, cx.opts.jobs);
+    let (r, budget, jobs) = (cx.r, env.budget.bytes, env.build_jobs(cx.opts.jobs));
     let to_build: Vec<&PlanItem> = plan.iter().filter(|i| !i.is_cached()).collect();
     let mut outcomes = HashMap::new();
     if to_build.is_empty() {
@@ -95,7 +95,7 @@ fn execute(cx: Ctx, env: &Env, plan: &[PlanItem]) -> (HashMap<String, Outcome>, 
                 running.iter_mut().for_each(|b| b.2 = b.2.max(n));
                 let (tx, sampler) = (tx.clone(), &sampler);
                 s.spawn(move || {
-                    let outcome = build_one(cx, env.engine(), item, sampler.as_ref());
+                    let outcome = build_one(cx, env, item, sampler.as_ref());
                     let _ = tx.send((item.spec.name.clone(), outcome));
                 });
             }
@@ -149,23 +149,25 @@ fn build_log(project: &Project, name: &str) -> PathBuf {
     project.logs_dir().join(format!("build-{name}.log"))
 }
 
-pub fn build_cmd_for(project: &Project, engine: Engine, item: &PlanItem) -> Cmd {
-    engine.build(&BuildCmd {
+pub fn build_cmd_for(project: &Project, env: &Env, item: &PlanItem) -> Cmd {
+    env.engine().build(&BuildCmd {
         reference: item.reference.clone(),
         dockerfile: &project.root.join(&item.spec.dockerfile),
         context: &item.context,
-        memory: podman_size(item.spec.memory),
+        memory: env.cap(item.spec.memory),
         build_args: item.spec.build_args.clone(),
         labels: [(FINGERPRINT_LABEL.to_owned(), item.fingerprint.clone())].into(),
         no_cache: matches!(&item.action, Action::Build { reason } if reason == "--force"),
     })
 }
 
-fn build_one(cx: Ctx, engine: Engine, item: &PlanItem, sampler: Option<&Sampler>) -> Outcome {
+fn build_one(cx: Ctx, env: &Env, item: &PlanItem, sampler: Option<&Sampler>) -> Outcome {
     let (p, r, started, name) = (cx.project, cx.r, Instant::now(), &item.spec.name);
-    let (cmd, log) = (build_cmd_for(p, engine, item), build_log(p, name));
+    let (cmd, log) = (build_cmd_for(p, env, item), build_log(p, name));
     let _ = std::fs::remove_file(&log);
-    r.line(format!("  building {name} (cap {})", podman_size(item.spec.memory)));
+    let cap =
+        env.cap(item.spec.memory).unwrap_or_else(|| "none: the engine cannot enforce one".into());
+    r.line(format!("  building {name} (cap {cap})"));
     let result = super::run_spinning(r, &cmd, &log, name, "building");
     let took = started.elapsed();
     let peak = sampler.and_then(|s| s.peak_between(started, Some(started + took)));
@@ -177,7 +179,8 @@ fn build_one(cx: Ctx, engine: Engine, item: &PlanItem, sampler: Option<&Sampler>
             (false, step) => BuildFailure::Failed { step, error: format!("{err:#}") },
         }
     });
-    let result = result.and_then(|()| engine.image(&item.reference).ok_or(BuildFailure::Vanished));
+    let result =
+        result.and_then(|()| env.engine().image(&item.reference).ok_or(BuildFailure::Vanished));
     if result.is_ok() {
         r.line(format!("  built {} in {}", item.reference, secs(took)));
     }
