@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs and configures podman on a fresh Debian 12 machine (see docs/podman.md),
+# Installs and configures podman (and kubectl, where missing) on a fresh Debian 12 machine (see docs/podman.md),
 # and makes the local base image that every E2E image starts FROM (no registry pulls).
 # E2E_SKIP_BASE_IMAGE=1 skips the base image (a machine that only loads an archive).
 set -euo pipefail
@@ -13,6 +13,14 @@ if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null || ! co
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq podman runc netavark aardvark-dns iptables uidmap debootstrap debian-archive-keyring zstd >/dev/null
+fi
+
+# `cargo test` parses the Kind manifests with kubectl (offline); Debian 12 ships it as
+# kubernetes-client. Only where no kubectl is on PATH: an upstream one is kept.
+if ! command -v kubectl >/dev/null; then
+  log "installing kubectl (Debian's kubernetes-client)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq kubernetes-client >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq kubernetes-client >/dev/null; }
 fi
 
 conf=/etc/containers/containers.conf

@@ -71,7 +71,7 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
     let engine = facts.engine.as_ref().ok();
     let remote = engine.is_some_and(|f| f.remote);
     let kind = "install kind (https://kind.sigs.k8s.io), e.g. `go install sigs.k8s.io/kind@latest`";
-    let kubectl = "apt-get install kubectl, or see https://kubernetes.io/docs/tasks/tools/";
+    let kubectl = "apt-get install kubernetes-client (Debian), or see https://kubernetes.io/docs/tasks/tools/";
     let host_disk = remote.then(|| crate::facts::free_disk(&project.target_dir)).flatten();
     let dir = project.display(&project.target_dir);
     let zstd = archive.is_some() || which::which("zstd").is_ok();

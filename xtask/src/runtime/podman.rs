@@ -133,12 +133,32 @@ pub struct PodmanRun {
     pub dir: PathBuf,
     pub log: PathBuf,
     pub stack: PodmanStack,
+    /// Containers that run another image than `stack` names: those a live update synced
+    /// (their image is built once `dev` is idle), by container name.
+    pub created_from: BTreeMap<String, String>,
 }
 
 impl PodmanRun {
     pub fn new(project: &Project, id: RunId, stack: PodmanStack) -> PodmanRun {
         let (dir, log, early) = (id.dir(project), id.log(project), BTreeSet::new());
-        PodmanRun { remote: false, suite: None, early, arriving: None, dir, log, id, stack }
+        let created_from = BTreeMap::new();
+        PodmanRun {
+            remote: false,
+            suite: None,
+            early,
+            arriving: None,
+            dir,
+            log,
+            id,
+            stack,
+            created_from,
+        }
+    }
+
+    /// The image a container was created from: a probe on a remote engine runs in a new
+    /// container of it (`stack` may name one that a live update has not built yet).
+    pub fn image_of<'a>(&'a self, container: &str, c: &'a crate::manifests::Container) -> &'a str {
+        self.created_from.get(container).unwrap_or(&c.image)
     }
 
     /// The manifests rendered again with `pinned` images, on the same host ports and subnet.
@@ -371,6 +391,7 @@ impl Stack for PodmanRun {
                 let cmds = [Podman.cp_into(&file, &name, &dest), Podman.container_start(&name)];
                 step::run_shown(r, &self.log, &cmds, &doing)?;
                 ready::running_after_start(&name)?;
+                self.created_from.entry(name.clone()).or_insert_with(|| c.image.clone());
                 synced.push(name);
             }
         }
@@ -404,6 +425,9 @@ impl Stack for PodmanRun {
             let play = Podman.kube_play(&self.id.network(), stack.address(pod), &file);
             let cmds = [Podman.pod_stop(pod), Podman.pods_rm(std::slice::from_ref(pod)), play];
             step::run_shown(r, &self.log, &cmds, &format!("replacing {pod}"))?;
+            for c in &stack.pods[i].containers {
+                self.created_from.remove(&container_name(pod, &c.name));
+            }
             names.push(pod.clone());
         }
         crate::fsx::write_atomic(&self.stack_file(), &stack.yaml)?;

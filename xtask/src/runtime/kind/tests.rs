@@ -205,7 +205,7 @@ fn kubectl_parses_the_rendered_manifests() {
         .arg(&file)
         .env("KUBECONFIG", "/dev/null")
         .output()
-        .expect("kubectl is needed for this test (apt-get install kubectl)");
+        .expect("kubectl is needed for this test: test/e2e/setup-podman.sh installs it (Debian: apt-get install kubernetes-client)");
     std::fs::remove_file(&file).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let names: Vec<String> =

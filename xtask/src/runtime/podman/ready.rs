@@ -107,7 +107,7 @@ fn until_ready_in(
     // A probe loops where it runs, one engine call per slice; on a remote engine in a new
     // container of the image in the pod, not `podman exec` (docs/run.md, step 4; 13 s in the rig).
     let in_container = |probe: Vec<String>, failed: String, what: &str| {
-        let remote = remote.then(|| Podman.run_in_pod(&pod.name, &c.image, &probe));
+        let remote = remote.then(|| Podman.run_in_pod(&pod.name, run.image_of(name, c), &probe));
         match remote.unwrap_or_else(|| Podman.exec(name, &probe)).succeeds() {
             Ok(true) => Ok(()),
             Ok(false) => Err(failed),

@@ -188,3 +188,16 @@ fn fault_tests_get_a_handle_on_every_service() {
     let remote = PodmanRun { remote: true, ..run }.control(5);
     assert_eq!(remote.services["postgres"].pod, None, "a remote engine's conmon is not here");
 }
+
+/// After a live update the stack names the image still to be built; a probe on a remote
+/// engine runs in a new container of the image the container was created from.
+#[test]
+fn a_synced_containers_probe_runs_in_the_image_it_was_created_from() {
+    let mut run = run(Path::new("/r"));
+    let (pod, c) = run.stack.containers().find(|(p, _)| p.base == "gateway").unwrap();
+    let (name, rendered) = (container_name(&pod.name, &c.name), c.image.clone());
+    assert_eq!(run.image_of(&name, c), rendered);
+    run.created_from.insert(name.clone(), "localhost/e2e-gateway:old".into());
+    let (_, c) = run.stack.containers().find(|(p, _)| p.base == "gateway").unwrap();
+    assert_eq!(run.image_of(&name, c), "localhost/e2e-gateway:old");
+}
