@@ -97,7 +97,7 @@ impl DevArgs {
         let mut stack = run.stack(&images.handoff, None)?;
         r.line(format!("dev run {}", run.id));
         let plan = stack.plan(ready_timeout, vec![]);
-        let (up, record) = runtime::execute(&*stack, r, project, &plan, None);
+        let (up, record) = runtime::execute(&*stack, r, project, &plan, run.made());
         drop(plan);
         let outcome = up.and_then(|()| {
             // Each running image's fingerprint without its binary, to tell a binary-only change.

@@ -40,7 +40,7 @@ pub fn run(options: RunOptions, project: &Project) -> Result<()> {
     }
     let (outcome, record) = run.beside_suite_compile(images.pending_suite, |gate| {
         let plan = stack.plan(opts.ready_timeout, opts.tests(project, &*stack, gate));
-        runtime::execute(&*stack, r, project, &plan, record)
+        runtime::execute(&*stack, r, project, &plan, record.or_else(|| run.made()))
     });
     let outcome = match (outcome, runtime::finish(&*stack, r, record.as_ref(), opts.keep)) {
         (Ok(()), t) => t.context("E2E passed but the teardown failed"),

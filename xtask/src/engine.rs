@@ -340,9 +340,11 @@ commands! { Podman, self => "podman";
     /// State of a container: `status exit-code restarts`.
     container_state(container: &str) => ["container", "inspect", "--format",
         "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}", container];
-    network_create(name: &str, subnet: Option<&str>) =>
+    /// A network, on `subnet` with podman's own allocation confined to `range` when given.
+    network_create(name: &str, subnet: Option<(String, String)>) =>
         ["network", "create", "--label", "e2e.xtask=1"]
-        + subnet.into_iter().flat_map(|s| ["--subnet", s]).chain([name]);
+        + subnet.into_iter().flat_map(|(s, r)| ["--subnet".into(), s, "--ip-range".into(), r])
+            .chain([name.to_owned()]);
     /// Plays a pod file on a network, at fixed IP and MAC addresses when given.
     kube_play(network: &str, address: Option<(Ipv4Addr, String)>, file: &Path) =>
         ["kube", "play", "--network", network] + address.into_iter()
@@ -501,8 +503,9 @@ mod tests {
             "docker run --rm --network none i true"
         );
         assert_eq!(
-            Podman.network_create("n", Some("10.89.0.0/27")).to_string(),
-            "podman network create --label e2e.xtask=1 --subnet 10.89.0.0/27 n"
+            Podman.network_create("n", Some(("10.89.0.0/27".into(), "10.89.0.16/28".into())))
+                .to_string(),
+            "podman network create --label e2e.xtask=1 --subnet 10.89.0.0/27 --ip-range 10.89.0.16/28 n"
         );
     }
 

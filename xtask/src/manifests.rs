@@ -54,43 +54,75 @@ pub struct Published {
     pub host_port: u16,
 }
 
-/// The run's network: a /27 of podman's 10.89.0.0/16, pods at fixed addresses from `.10`, every
-/// pod's name in every pod's `/etc/hosts` (`hostAliases`): no lookup is left to aardvark-dns 1.4,
-/// which loses those in flight whenever a container joins or leaves a network (docs/dns-hang.md).
+/// The run's network: a subnet of podman's 10.89.0.0/16 sized to the stack, pods at fixed
+/// addresses in its lower half, podman's own allocation (a suite's container, say) confined to
+/// the upper half (`--ip-range`), so that a container without a fixed address never takes a
+/// stopped pod's; every pod's name in every pod's `/etc/hosts` (`hostAliases`): no lookup is
+/// left to aardvark-dns 1.4, which loses those in flight whenever a container joins or leaves a
+/// network (docs/dns-hang.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subnet {
     pub base: Ipv4Addr,
+    pub prefix: u32,
 }
 
 impl Subnet {
-    pub const PREFIX: u32 = 27;
-    /// podman's own allocation (the suite's container) starts at `.2`: pods from `.10` never meet it.
-    const FIRST_POD: u32 = 10;
-    const SIZE: u32 = 1 << (32 - Self::PREFIX);
+    /// Pods from `.2` (`.1` is the gateway).
+    const FIRST_POD: u32 = 2;
+    /// The smallest half: a /27 (14 pods, and 15 addresses for podman to hand out).
+    const MIN_HALF: u32 = 16;
     /// 10.89.0.0/16, where podman allocates its networks.
     const POOL: u32 = u32::from_be_bytes([10, 89, 0, 0]);
-    const SLOTS: u32 = 1 << (Self::PREFIX - 16);
+    const POOL_PREFIX: u32 = 16;
 
-    /// A /27 overlapping none of `used`, first tried at a hash of the run's id (runs start apart).
-    pub fn choose(run: &str, used: &[(Ipv4Addr, u32)]) -> anyhow::Result<Subnet> {
+    /// The prefix of a subnet for `pods` pods: the lower half holds them, the upper half
+    /// podman's allocation.
+    pub fn prefix_for(pods: usize) -> u32 {
+        let half = (Self::FIRST_POD + pods as u32).next_power_of_two().max(Self::MIN_HALF);
+        32 - (2 * half).trailing_zeros()
+    }
+
+    fn size(&self) -> u32 {
+        1 << (32 - self.prefix)
+    }
+
+    /// A subnet for `pods` pods overlapping none of `used`, first tried at a hash of the run's
+    /// id (runs start apart).
+    pub fn choose(run: &str, pods: usize, used: &[(Ipv4Addr, u32)]) -> anyhow::Result<Subnet> {
+        let prefix = Self::prefix_for(pods);
+        anyhow::ensure!(
+            prefix > Self::POOL_PREFIX,
+            "{pods} pods need more addresses than 10.89.0.0/16 has"
+        );
+        let (size, slots) = (1u32 << (32 - prefix), 1u32 << (prefix - Self::POOL_PREFIX));
         let hash = run.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
         });
-        let start = (hash % u64::from(Self::SLOTS)) as u32;
+        let start = (hash % u64::from(slots)) as u32;
         // Two networks overlap when their addresses agree on the shorter prefix.
-        let overlaps = |base: u32, &(net, prefix): &(Ipv4Addr, u32)| {
-            let mask = u32::MAX.checked_shl(32 - prefix.min(Self::PREFIX)).unwrap_or(0);
+        let overlaps = |base: u32, &(net, other): &(Ipv4Addr, u32)| {
+            let mask = u32::MAX.checked_shl(32 - other.min(prefix)).unwrap_or(0);
             (base ^ u32::from(net)) & mask == 0
         };
-        (0..Self::SLOTS)
-            .map(|i| Self::POOL + ((start + i) % Self::SLOTS) * Self::SIZE)
+        (0..slots)
+            .map(|i| Self::POOL + ((start + i) % slots) * size)
             .find(|&base| !used.iter().any(|n| overlaps(base, n)))
-            .map(|base| Subnet { base: base.into() })
-            .context("every /27 of 10.89.0.0/16 is used by the engine's networks: remove old ones (podman network prune)")
+            .map(|base| Subnet { base: base.into(), prefix })
+            .with_context(|| format!("no /{prefix} of 10.89.0.0/16 is free of the engine's networks: remove old ones (podman network prune)"))
     }
 
     pub fn pod(&self, i: usize) -> Ipv4Addr {
         (u32::from(self.base) + Self::FIRST_POD + i as u32).into()
+    }
+
+    /// Whether `pods` pods have addresses in the lower half.
+    pub fn holds(&self, pods: usize) -> bool {
+        Self::FIRST_POD + pods as u32 <= self.size() / 2
+    }
+
+    /// The upper half, where podman hands out addresses (`--ip-range`).
+    pub fn dynamic_range(&self) -> String {
+        format!("{}/{}", Ipv4Addr::from(u32::from(self.base) + self.size() / 2), self.prefix + 1)
     }
 
     /// The `i`-th pod's fixed MAC (`02:e2:` and the IP's bytes), so peers' ARP entries stay right:
@@ -103,7 +135,7 @@ impl Subnet {
 
 impl std::fmt::Display for Subnet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.base, Self::PREFIX)
+        write!(f, "{}/{}", self.base, self.prefix)
     }
 }
 
@@ -248,6 +280,13 @@ impl Manifests {
             docs.map(|d| name(d).map(|n| (n.clone(), renamed(&n)))).collect()
         };
         let (hosts, secret_names) = (renames(&["Pod", "Service"])?, renames(&["Secret"])?);
+        let count = self.pods().len();
+        if let Some(s) = subnet.filter(|s| !s.holds(count)) {
+            anyhow::bail!(
+                "the run's network {s} has fixed addresses for fewer than the manifests' {count} pods: \
+                 start the run again (`cargo xtask dev` sizes its network when it starts)"
+            );
+        }
         let (mut yaml_docs, mut secrets, mut pods, mut published) =
             (vec![], vec![], vec![], vec![]);
         for doc in &self.docs {

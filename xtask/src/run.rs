@@ -17,7 +17,7 @@ use crate::{
     doctor,
     engine::Engine,
     handoff::Handoff,
-    manifests::Manifests,
+    manifests::{Manifests, PodmanStack, Subnet},
     memory,
     problem::Problem,
     project::Project,
@@ -26,7 +26,7 @@ use crate::{
     runtime::{
         self, free_port,
         kind::{self, KindRun},
-        podman::{subnet_for, Arriving, PodmanRun},
+        podman::{claim_network, engine_subnets, Arriving, PodmanRun},
         step::{Live, Phase, Runner, Step},
         RunId, RunRecord, Stack,
     },
@@ -161,6 +161,8 @@ pub struct Run<'a> {
     pub session: Session,
     pub manifests: Manifests,
     pub id: RunId,
+    /// The run's subnet once chosen, and (but on a dry run) the record of its network, made.
+    network: std::sync::OnceLock<(Subnet, Option<RunRecord>)>,
 }
 
 impl<'a> Run<'a> {
@@ -177,7 +179,31 @@ impl<'a> Run<'a> {
             let ttl = FAULTS_DEDUP_TTL_SECONDS.to_string();
             manifests.set_env("gateway", "DEDUP_TTL_SECONDS", &ttl)?;
         }
-        Ok(Run { opts, project, r, session, manifests, id })
+        Ok(Run { opts, project, r, session, manifests, id, network: Default::default() })
+    }
+
+    /// The run's subnet, sized to its pods: on a dry run chosen, else claimed (the network made
+    /// and recorded, see [`claim_network`]) once, by the first part of the run that needs it.
+    fn subnet(&self) -> Result<Subnet> {
+        if let Some((subnet, _)) = self.network.get() {
+            return Ok(*subnet);
+        }
+        let Run { opts, project, r, session, manifests, id, .. } = self;
+        let pods = manifests.pods().len();
+        let claimed = match opts.dry_run {
+            true => (Subnet::choose(id.as_str(), pods, &engine_subnets()?)?, None),
+            false => {
+                let (subnet, record) =
+                    claim_network(id, pods, &id.dir(project), session.remote(), r)?;
+                (subnet, Some(record))
+            }
+        };
+        Ok(self.network.get_or_init(|| claimed).0)
+    }
+
+    /// What the run has made before its plan runs: its network, once claimed.
+    pub fn made(&self) -> Option<RunRecord> {
+        self.network.get().and_then(|(_, record)| record.clone())
     }
 
     pub fn cx(&self) -> build::Ctx<'_> {
@@ -262,7 +288,11 @@ impl<'a> Run<'a> {
         if pinned.is_empty() {
             return None;
         }
-        let stack = render_podman(manifests, &pinned, id).ok()?;
+        // Which pods can start early, from the stack on any subnet: the run's is claimed only
+        // when some can.
+        let anywhere = Subnet::choose(id.as_str(), manifests.pods().len(), &[]).ok()?;
+        let stack =
+            manifests.render_podman(&pinned, id.suffix(), Some(anywhere), free_port).ok()?;
         let early: std::collections::BTreeSet<String> = stack
             .pods
             .iter()
@@ -273,7 +303,10 @@ impl<'a> Run<'a> {
             return None;
         }
         let arriving = arriving.map(|images| Arriving { images, ended: Default::default() });
-        Some(PodmanRun { early, arriving, ..PodmanRun::new(project, id.clone(), stack) })
+        let stack = self.render_podman(&pinned).ok()?;
+        let network_made = !opts.dry_run;
+        let run = PodmanRun::new(project, id.clone(), stack);
+        Some(PodmanRun { early, arriving, network_made, ..run })
     }
 
     /// The stack on the runtime asked for, with `handoff`'s images; on podman, going on from `early`.
@@ -286,10 +319,11 @@ impl<'a> Run<'a> {
         let (stack, early) = match early {
             // The same stack with every image pinned now, on the ports the early part chose.
             Some(started) => (started.rerender(manifests, &pinned)?, started.early),
-            None => (render_podman(manifests, &pinned, id)?, Default::default()),
+            None => (self.render_podman(&pinned)?, Default::default()),
         };
-        let remote = session.remote();
-        let mut run = PodmanRun { early, remote, ..PodmanRun::new(project, id.clone(), stack) };
+        let (remote, network_made) = (session.remote(), !opts.dry_run);
+        let run = PodmanRun::new(project, id.clone(), stack);
+        let mut run = PodmanRun { early, remote, network_made, ..run };
         // In the engine (as asked, or when it is remote), the suite's package goes with the run,
         // so the teardown removes its image.
         if SuiteIn::resolve(opts.suite_in, remote) == SuiteIn::Engine {
@@ -308,6 +342,12 @@ impl<'a> Run<'a> {
             run.suite = Some(package);
         }
         Ok(Box::new(run))
+    }
+
+    /// The manifests for podman, on the run's subnet and free host ports.
+    fn render_podman(&self, pinned: &BTreeMap<String, String>) -> Result<PodmanStack> {
+        let (manifests, suffix) = (&self.manifests, self.id.suffix());
+        manifests.render_podman(pinned, suffix, Some(self.subnet()?), free_port)
     }
 
     fn kind(&self, handoff: &Handoff) -> Result<KindRun> {
@@ -426,15 +466,6 @@ fn build_beside_suite(cx: build::Ctx, mut prepared: build::Prepared) -> Result<I
     compiled?;
     let (handoff, activity) = built?;
     Ok(Images { handoff, activity, pending_suite: None })
-}
-
-/// The manifests for podman, on a subnet of the run's own and free host ports.
-fn render_podman(
-    manifests: &Manifests,
-    pinned: &BTreeMap<String, String>,
-    id: &RunId,
-) -> Result<crate::manifests::PodmanStack> {
-    manifests.render_podman(pinned, id.suffix(), Some(subnet_for(id)?), free_port)
 }
 
 /// A suite compile running beside the deploy, waited for once, before the suite runs.

@@ -9,45 +9,72 @@ fn a_run_gets_a_subnet_no_network_of_the_engine_overlaps() {
     let used = parse_subnets("10.88.0.0/16 fd00::/64\n10.89.0.0/24 10.89.1.0/27\n");
     assert_eq!(used.len(), 3, "IPv6 subnets are skipped");
     for run in ["20261202-080000-1", "20261202-080000-2", "x", ""] {
-        let s = Subnet::choose(run, &used).unwrap();
+        let s = Subnet::choose(run, 4, &used).unwrap();
         let base = u32::from(s.base);
-        assert_eq!(base % 32, 0, "{s} is a /27");
+        assert_eq!((base % 32, s.prefix), (0, 27), "{s} is a /27");
         assert_eq!(base >> 16, u32::from_be_bytes([0, 0, 10, 89]), "{s} in 10.89/16");
         assert!(
             base >= u32::from_be_bytes([10, 89, 1, 32])
                 || base < u32::from_be_bytes([10, 89, 0, 0]),
             "{s} overlaps 10.89.0.0/24 or 10.89.1.0/27"
         );
-        assert_eq!(Subnet::choose(run, &used).unwrap(), s, "the same run, the same subnet");
+        assert_eq!(Subnet::choose(run, 4, &used).unwrap(), s, "the same run, the same subnet");
     }
     assert_ne!(
-        Subnet::choose("20261202-080000-1", &[]).unwrap(),
-        Subnet::choose("20261202-080000-2", &[]).unwrap(),
+        Subnet::choose("20261202-080000-1", 4, &[]).unwrap(),
+        Subnet::choose("20261202-080000-2", 4, &[]).unwrap(),
         "two runs at once start apart"
     );
     let all = [(std::net::Ipv4Addr::new(10, 0, 0, 0), 8)];
-    let err = Subnet::choose("r", &all).unwrap_err().to_string();
+    let err = Subnet::choose("r", 4, &all).unwrap_err().to_string();
     assert!(err.contains("podman network prune"), "{err}");
+}
+
+/// The pods in the lower half, from `.2`; podman's own allocation in the upper half.
+#[test]
+fn a_network_is_sized_to_its_stack() {
+    for (pods, prefix) in
+        [(1, 27), (4, 27), (14, 27), (15, 26), (30, 26), (50, 25), (126, 24), (500, 22)]
+    {
+        let s = Subnet::choose("r", pods, &[]).unwrap();
+        assert_eq!(s.prefix, prefix, "{pods} pods");
+        assert!(s.holds(pods) && u32::from(s.base) % (1 << (32 - prefix)) == 0, "{s}");
+        let last = u32::from(s.pod(pods - 1));
+        let range = s.dynamic_range();
+        let (start, half) = range.split_once('/').unwrap();
+        assert_eq!(half.parse::<u32>().unwrap(), prefix + 1, "{range}");
+        assert!(last < u32::from(start.parse::<std::net::Ipv4Addr>().unwrap()), "{range}");
+    }
+    assert_eq!(Subnet::choose("r", 4, &[]).unwrap().pod(0).octets()[3] % 32, 2);
+    let s = Subnet { base: std::net::Ipv4Addr::new(10, 89, 7, 64), prefix: 27 };
+    assert_eq!(s.dynamic_range(), "10.89.7.80/28");
+    assert!(s.holds(14) && !s.holds(15));
+    // More pods than the network was made for: said, with what to do.
+    let err = shipped().render_podman(&BTreeMap::new(), "r", Some(s), || Ok(1)).map(drop);
+    assert!(err.is_ok());
+    let small = Subnet { prefix: 29, ..s };
+    let err = shipped().render_podman(&BTreeMap::new(), "r", Some(small), || Ok(1)).unwrap_err();
+    assert!(err.to_string().contains("fewer than the manifests' 4 pods"), "{err}");
 }
 
 #[test]
 fn with_a_subnet_every_pod_has_a_fixed_address_and_every_name_in_its_hosts() {
-    let subnet = Subnet { base: std::net::Ipv4Addr::new(10, 89, 7, 64) };
+    let subnet = Subnet { base: std::net::Ipv4Addr::new(10, 89, 7, 64), prefix: 27 };
     let stack =
         shipped().render_podman(&BTreeMap::new(), "r1", Some(subnet), || Ok(40000)).unwrap();
     let hosts = stack.hosts();
     assert_eq!(
         hosts,
         vec![
-            ("postgres-r1".to_owned(), "10.89.7.74".parse().unwrap()),
-            ("redis-r1".to_owned(), "10.89.7.75".parse().unwrap()),
-            ("data-storage-r1".to_owned(), "10.89.7.76".parse().unwrap()),
-            ("gateway-r1".to_owned(), "10.89.7.77".parse().unwrap()),
+            ("postgres-r1".to_owned(), "10.89.7.66".parse().unwrap()),
+            ("redis-r1".to_owned(), "10.89.7.67".parse().unwrap()),
+            ("data-storage-r1".to_owned(), "10.89.7.68".parse().unwrap()),
+            ("gateway-r1".to_owned(), "10.89.7.69".parse().unwrap()),
         ]
     );
     assert_eq!(
         stack.address("redis-r1"),
-        Some(("10.89.7.75".parse().unwrap(), "02:e2:0a:59:07:4b".to_owned()))
+        Some(("10.89.7.67".parse().unwrap(), "02:e2:0a:59:07:43".to_owned()))
     );
     for yaml in &stack.pod_yaml {
         let doc: Value = serde_norway::from_str(yaml.trim_start_matches("---\n")).unwrap();

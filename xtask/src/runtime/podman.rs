@@ -3,6 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -110,14 +111,66 @@ impl Arriving {
     }
 }
 
-/// A /27 none of the engine's networks overlaps, so that every pod has a fixed address and
-/// every name is in every pod's `/etc/hosts` (see [`Subnet`]).
-pub fn subnet_for(id: &RunId) -> anyhow::Result<Subnet> {
-    let used = Podman
+/// The subnets of the engine's networks.
+pub fn engine_subnets() -> anyhow::Result<Vec<(Ipv4Addr, u32)>> {
+    let listed = Podman
         .network_subnets()
         .read()
         .context("listing the engine's networks, to give the run's network a free subnet")?;
-    Subnet::choose(id.as_str(), &crate::manifests::parse_subnets(&used))
+    Ok(crate::manifests::parse_subnets(&listed))
+}
+
+/// The run's network, made on a subnet of its own for `pods` pods, and recorded in the run's
+/// `state.json` before it is made. The free subnet is read from `podman network ls`: another
+/// run (or a route of the machine) can take it before the `network create`, and podman then
+/// refuses it as "already used". That refusal answers the choice: the next free subnet is
+/// chosen, the refused one counted as used (a protocol, not a retry of the same thing).
+pub fn claim_network(
+    id: &RunId,
+    pods: usize,
+    dir: &Path,
+    remote: bool,
+    r: &Reporter,
+) -> anyhow::Result<(Subnet, RunRecord)> {
+    let created = Created { network: Some(id.network()), remote, ..Default::default() };
+    let record = RunRecord::new(id, AnyCreated::Podman(created));
+    record.save(dir)?;
+    Ok((claim_subnet(id, pods, r, engine_subnets)?, record))
+}
+
+/// [`claim_network`]'s choice and create, `used` listing the subnets in use.
+pub fn claim_subnet(
+    id: &RunId,
+    pods: usize,
+    r: &Reporter,
+    used: impl Fn() -> anyhow::Result<Vec<(Ipv4Addr, u32)>>,
+) -> anyhow::Result<Subnet> {
+    let mut refused: Vec<Subnet> = Vec::new();
+    loop {
+        let mut taken_now = used()?;
+        taken_now.extend(refused.iter().map(|s| (s.base, s.prefix)));
+        let subnet = Subnet::choose(id.as_str(), pods, &taken_now)?;
+        let cmd = network_create(id, Some(subnet)).survives_interrupt();
+        r.command(&cmd);
+        match cmd.read() {
+            Ok(_) => return Ok(subnet),
+            Err(e) if taken(&e) && refused.len() < 16 => {
+                r.line(format!("  {subnet} was taken meanwhile: choosing another"));
+                refused.push(subnet);
+            }
+            Err(e) => return Err(e.context("creating the run's podman network")),
+        }
+    }
+}
+
+/// podman's refusal of a subnet that another network (or a route of the machine) has.
+pub fn taken(err: &anyhow::Error) -> bool {
+    format!("{err:#}").contains("is already used on the host or by another config")
+}
+
+fn network_create(id: &RunId, subnet: Option<Subnet>) -> Cmd {
+    let subnet = subnet.map(|s| (s.to_string(), s.dynamic_range()));
+    Podman.network_create(&id.network(), subnet)
 }
 
 pub struct PodmanRun {
@@ -133,6 +186,8 @@ pub struct PodmanRun {
     pub dir: PathBuf,
     pub log: PathBuf,
     pub stack: PodmanStack,
+    /// The network exists already ([`claim_network`]): the plan does not make it.
+    pub network_made: bool,
     /// Containers that run another image than `stack` names: those a live update synced
     /// (their image is built once `dev` is idle), by container name.
     pub created_from: BTreeMap<String, String>,
@@ -151,6 +206,7 @@ impl PodmanRun {
             log,
             id,
             stack,
+            network_made: false,
             created_from,
         }
     }
@@ -226,12 +282,11 @@ impl PodmanRun {
     /// end after Ctrl-C (docs/run.md, tear down; of 60 SIGTERMs as a secret was made, 32 cut
     /// the create short and 4 damaged the secret database before, none since).
     fn setup_steps(&self) -> Vec<Step<'_>> {
-        let subnet = self.stack.subnet.map(|s| s.to_string());
-        let cmd = Podman.network_create(&self.id.network(), subnet.as_deref()).survives_interrupt();
-        let mut steps = vec![
-            Step::Record(self.record(0, |_| false)),
-            Step::Run { cmd, doing: "creating the run's podman network".into() },
-        ];
+        let cmd = network_create(&self.id, self.stack.subnet).survives_interrupt();
+        let mut steps = vec![Step::Record(self.record(0, |_| false))];
+        if !self.network_made {
+            steps.push(Step::Run { cmd, doing: "creating the run's podman network".into() });
+        }
         for (i, secret) in self.stack.secrets.iter().enumerate() {
             steps.push(Step::Record(self.record(i + 1, |_| false)));
             let file = self.dir.join(format!("secret-{}.json", secret.name));

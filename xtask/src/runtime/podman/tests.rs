@@ -12,7 +12,10 @@ pub(crate) fn run(root: &Path) -> PodmanRun {
         .render_podman(
             &BTreeMap::new(),
             id.suffix(),
-            Some(crate::manifests::Subnet { base: std::net::Ipv4Addr::new(10, 89, 7, 64) }),
+            Some(crate::manifests::Subnet {
+                base: std::net::Ipv4Addr::new(10, 89, 7, 64),
+                prefix: 27,
+            }),
             || Ok(40000),
         )
         .unwrap();
@@ -31,13 +34,13 @@ fn the_podman_plan_is_exact() {
     assert_eq!(
         lines,
         [
-            "podman network create --label e2e.xtask=1 --subnet 10.89.7.64/27 e2e-20261127-103501-42",
+            "podman network create --label e2e.xtask=1 --subnet 10.89.7.64/27 --ip-range 10.89.7.80/28 e2e-20261127-103501-42",
             "podman secret create postgres-credentials-103501-42 /r/target/e2e/runs/20261127-103501-42/secret-postgres-credentials-103501-42.json",
             "# at once, 4 commands:",
-            "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.74 --mac-address 02:e2:0a:59:07:4a /r/target/e2e/runs/20261127-103501-42/pods/postgres-103501-42.yaml",
-            "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.75 --mac-address 02:e2:0a:59:07:4b /r/target/e2e/runs/20261127-103501-42/pods/redis-103501-42.yaml",
-            "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.76 --mac-address 02:e2:0a:59:07:4c /r/target/e2e/runs/20261127-103501-42/pods/data-storage-103501-42.yaml",
-            "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.77 --mac-address 02:e2:0a:59:07:4d /r/target/e2e/runs/20261127-103501-42/pods/gateway-103501-42.yaml",
+            "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.66 --mac-address 02:e2:0a:59:07:42 /r/target/e2e/runs/20261127-103501-42/pods/postgres-103501-42.yaml",
+            "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.67 --mac-address 02:e2:0a:59:07:43 /r/target/e2e/runs/20261127-103501-42/pods/redis-103501-42.yaml",
+            "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.68 --mac-address 02:e2:0a:59:07:44 /r/target/e2e/runs/20261127-103501-42/pods/data-storage-103501-42.yaml",
+            "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.69 --mac-address 02:e2:0a:59:07:45 /r/target/e2e/runs/20261127-103501-42/pods/gateway-103501-42.yaml",
             "# readiness: each container's readinessProbe, polled (podman exec / HTTP GET)",
         ]
     );
@@ -200,4 +203,34 @@ fn a_synced_containers_probe_runs_in_the_image_it_was_created_from() {
     run.created_from.insert(name.clone(), "localhost/e2e-gateway:old".into());
     let (_, c) = run.stack.containers().find(|(p, _)| p.base == "gateway").unwrap();
     assert_eq!(run.image_of(&name, c), "localhost/e2e-gateway:old");
+}
+
+/// Two runs that read the same free subnet: the first makes its network on it, the second's
+/// `network create` is refused ("already used"), and it chooses again. Against the real podman.
+#[test]
+fn two_runs_on_the_same_free_subnet_both_get_a_network() {
+    let ids: Vec<RunId> = ["a", "b"]
+        .iter()
+        .map(|n| serde_json::from_str(&format!("\"20261206-000000-{}-{n}\"", std::process::id())))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let before = engine_subnets().expect("podman answers");
+    let r = crate::report::Reporter::new();
+    // The second run's id is made to choose what the first chooses, from the same listing.
+    let first = Subnet::choose(ids[0].as_str(), 4, &before).unwrap();
+    let second_id = (0..100_000)
+        .map(|i| -> RunId {
+            serde_json::from_str(&format!("\"{}-{i}\"", ids[1].as_str())).unwrap()
+        })
+        .find(|id| Subnet::choose(id.as_str(), 4, &before).unwrap() == first)
+        .expect("an id that hashes to the same slot");
+    let a = claim_subnet(&ids[0], 4, &r, engine_subnets).unwrap();
+    // The second read the engine's networks before the first made its own.
+    let b = claim_subnet(&second_id, 4, &r, || Ok(before.clone()));
+    let names = [ids[0].network(), second_id.network()];
+    let removed = names.iter().map(|n| Podman.network_rm(n).read()).collect::<Vec<_>>();
+    let b = b.unwrap();
+    assert_eq!(a, first);
+    assert_ne!(a, b, "the second run chose again");
+    assert!(removed.iter().all(Result::is_ok), "{removed:?}");
 }
