@@ -121,11 +121,14 @@ if [ -x "$cargo_bin/rustup" ] && [ -f "$rustup_home/settings.toml" ]; then
     log "snapshotting root's Rust toolchain $toolchain into $RUST_DIR"
     rm -rf "$RUST_DIR.new"
     mkdir -p "$RUST_DIR.new/rustup/toolchains" "$RUST_DIR.new/rustup/update-hashes" "$RUST_DIR.new/bin"
-    cp -alL "$src" "$RUST_DIR.new/rustup/toolchains/" 2>/dev/null || cp -aL "$src" "$RUST_DIR.new/rustup/toolchains/"
+    # (a failed hard-link copy is removed first: copying over its links would write root's files)
+    cp -alL "$src" "$RUST_DIR.new/rustup/toolchains/" 2>/dev/null ||
+      { rm -rf "${RUST_DIR:?}.new/rustup/toolchains/$toolchain" && cp -aL "$src" "$RUST_DIR.new/rustup/toolchains/"; }
     printf 'version = "12"\ndefault_toolchain = "%s"\nprofile = "default"\nauto_self_update = "disable"\n\n[overrides]\n' \
       "$toolchain" >"$RUST_DIR.new/rustup/settings.toml"
     # rustup's proxies (cargo, rustc, ...) are links to one binary; they need update-hashes/.
-    cp -al "$cargo_bin/." "$RUST_DIR.new/bin/" 2>/dev/null || cp -a "$cargo_bin/." "$RUST_DIR.new/bin/"
+    cp -al "$cargo_bin/." "$RUST_DIR.new/bin/" 2>/dev/null ||
+      { rm -rf "${RUST_DIR:?}.new/bin" && cp -a "$cargo_bin" "$RUST_DIR.new/bin"; }
     chmod -R a+rX "$RUST_DIR.new"
     rm -rf "$RUST_DIR"
     mv "$RUST_DIR.new" "$RUST_DIR"
@@ -164,14 +167,16 @@ else
   podman save "$BASE_IMAGE" | as_user podman load -q >/dev/null
 fi
 
-# A container on the default rootless network (slirp4netns) proves the whole chain.
-as_user podman run --rm --pull=never "$BASE_IMAGE" /bin/true 2>/dev/null ||
-  die "a rootless container fails: as $user: podman run --rm $BASE_IMAGE /bin/true"
+# A container on the default rootless network (slirp4netns), as a non-root user like the
+# services' (on vfs that fails where the image's `/` is 0700: remake it with make-base-image.sh).
+as_user podman run --rm --pull=never --user 65534:65534 "$BASE_IMAGE" /bin/true 2>/dev/null ||
+  die "a rootless container fails: as $user: podman run --rm --user 65534:65534 $BASE_IMAGE /bin/true
+  (on vfs, an image whose / is 0700 fails so: podman rmi $BASE_IMAGE as root and as $user, then run this again)"
 log "rootless podman works for $user (storage: $have)"
 
 if [ "$(as_user podman info --format '{{.Host.CgroupsVersion}}' 2>/dev/null)" = v1 ]; then
-  log "warning: cgroup v1: rootless podman cannot cap memory; \`podman build --memory\` (each image build of"
-  log "  cargo xtask) fails 'cannot set memory limit'. Memory caps need cgroup v2 with the memory controller delegated."
+  log "note: cgroup v1: rootless podman cannot cap memory (\`podman build --memory\` fails 'cannot set memory"
+  log "  limit'); cargo xtask then builds images one at a time without caps (cargo xtask doctor says so)."
 fi
 log "$user's environment (in $env_file, read by ~/.profile):"
 printf '%s\n' "export XDG_RUNTIME_DIR=$runtime_dir" "$rust_env"
