@@ -7,6 +7,7 @@ use crate::{
     build::{BuildOptions, Session},
     engine::{Engine, EngineFacts},
     handoff::Handoff,
+    isolation::Isolation,
     memory::{self, human},
     problem::{Problem, PODMAN_DOCS},
     project::Project,
@@ -119,12 +120,9 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
     let caps = isolation.and_then(|(i, remote)| {
         let budget = session.facts.budget.as_ref().map_or(0, |b| b.bytes);
         let why = i.no_memory_caps()?;
-        let did = "builds run one at a time, without --memory".to_owned();
-        Some(Check {
-            name: "memory caps",
-            result: Ok(did),
-            warning: Some(i.caps_problem(&why, budget, remote)),
-        })
+        let (did, warning) =
+            (Isolation::uncapped_builds(budget), Some(i.caps_problem(&why, remote)));
+        Some(Check { name: "memory caps", result: Ok(did), warning })
     });
     let store = isolation.and_then(|(i, _)| {
         let warning = i.slow_store()?;
@@ -173,9 +171,13 @@ fn memory_check(
     };
     let caps: Vec<u64> = images.iter().map(|i| i.memory).collect();
     let at_once = memory::max_parallel(&caps, budget.bytes, usize::MAX);
-    let jobs = format!(
-        "with this budget, `--jobs N` runs at most {at_once} build(s) at once (one at a time by default)"
-    );
+    let uncapped = engine.is_some_and(|f| f.isolation.no_memory_caps().is_some());
+    let jobs = match uncapped {
+        true => "builds run one at a time, as the engine cannot enforce their caps".to_owned(),
+        false => format!(
+            "with this budget, `--jobs N` runs at most {at_once} build(s) at once (one at a time by default)"
+        ),
+    };
     let (bytes, source, cap, name) =
         (human(budget.bytes), &budget.source, human(big.memory), &big.name);
     if big.memory <= budget.bytes {

@@ -109,23 +109,38 @@ impl Isolation {
         format!("{mode}{cgroup}{driver}")
     }
 
-    /// What the run does without caps, and the two ways to get them back: on a podman machine
-    /// its root connection; on Linux the memory controller delegated to the user's systemd.
-    pub fn caps_problem(&self, why: &str, budget: u64, remote: bool) -> Problem {
-        let what = format!(
-            "the engine cannot enforce memory caps ({why}): image builds run one at a time \
-             without --memory, admitted against the {} budget, and one that needs more is \
-             killed by the machine's own OOM killer, not held to its cap",
-            human(budget)
+    /// Caps that cannot hold (`why`, from [`Self::no_memory_caps`]), and the ways to get them:
+    /// on a podman machine its rootful mode; on Linux cgroup v2 with the memory controller
+    /// delegated to the user's systemd.
+    pub fn caps_problem(&self, why: &str, remote: bool) -> Problem {
+        let what = format!("the engine cannot enforce memory caps: {why}");
+        let machine =
+            "on podman machine, its rootful mode: `podman machine stop && podman machine \
+            set --rootful && podman machine start`";
+        let v2 = match self.cgroup {
+            Some(1) => {
+                "the machine on cgroup v2 (`systemd.unified_cgroup_hierarchy=1` on the \
+                kernel command line) with the memory controller delegated to your user"
+            }
+            _ => "the memory controller delegated to your user",
+        };
+        let linux = format!(
+            "on Linux, {v2} (`Delegate=cpu memory pids` in \
+             /etc/systemd/system/user@.service.d/delegate.conf; docs/podman.md, \"Rootless \
+             podman\"), or podman run as root"
         );
-        let machine = "on podman machine: `podman machine stop && podman machine set --rootful && \
-            podman machine start`";
-        let linux = "on Linux: cgroup v2 with the memory controller delegated to your user \
-            (`Delegate=cpu memory pids` in /etc/systemd/system/user@.service.d/delegate.conf, \
-            see docs/podman.md, \"Rootless podman\"), or run podman as root";
         let fix =
             if remote { format!("{machine}; {linux}") } else { format!("{linux}; {machine}") };
         Problem::new(what, fix)
+    }
+
+    /// What a run does where caps cannot hold, against `budget`.
+    pub fn uncapped_builds(budget: u64) -> String {
+        format!(
+            "image builds run one at a time without --memory, admitted against the {} budget; \
+             one that needs more is killed by the machine's OOM killer, not held to its cap",
+            human(budget)
+        )
     }
 
     /// The `vfs` driver copies every layer whole: builds several times slower, the store larger.
