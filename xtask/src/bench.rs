@@ -42,6 +42,20 @@ pub enum Bench {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// A stack that grows: the shipped manifests plus copies of one pod, up to each size of
+    /// `--pods`; warm `e2e` of each (wall, deploy, readiness, tear down) and the wall's growth
+    /// per added pod. The stacks are written to target/e2e/bench/scale-N (`E2E_MANIFESTS`).
+    Scale {
+        /// Stack sizes, in pods.
+        #[arg(long, value_delimiter = ',', default_value = "4,10,25,50")]
+        pods: Vec<usize>,
+        /// The pod that is copied.
+        #[arg(long, default_value = "gateway")]
+        copy: String,
+        /// Runs of each size; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 impl Bench {
@@ -51,6 +65,7 @@ impl Bench {
             Bench::Images { runs, cold_runs, no_cold } => b.images(runs, cold_runs, no_cold),
             Bench::Archive { runs } => b.archive(runs),
             Bench::Loop { runs } => b.dev_loop(runs),
+            Bench::Scale { pods, copy, runs } => b.scale(&pods, &copy, runs),
         }
     }
 }
@@ -75,8 +90,16 @@ struct Bencher<'a> {
 impl Bencher<'_> {
     /// `cargo xtask ARGS...` as this very binary, its output in the benchmark's log.
     fn xtask(&self, args: &[&str]) -> anyhow::Result<Sample> {
-        let cmd =
+        self.xtask_with(args, None)
+    }
+
+    /// [`Self::xtask`], with the stack of the manifests in `manifests` when given.
+    fn xtask_with(&self, args: &[&str], manifests: Option<&Path>) -> anyhow::Result<Sample> {
+        let mut cmd =
             Cmd::new(std::env::current_exe()?.display().to_string()).args(args.iter().copied());
+        if let Some(dir) = manifests {
+            cmd = cmd.env("E2E_MANIFESTS", dir.display().to_string());
+        }
         measure(|| cmd.run_logged(&self.project.logs_dir().join("bench.log")))
     }
 
@@ -298,6 +321,64 @@ impl Bencher<'_> {
             ("(c) e2e --images, to the first test", from_archive),
         ];
         self.results(&format!("medians of {runs} runs, one go"), &rows, &note);
+        Ok(())
+    }
+}
+
+impl Bencher<'_> {
+    fn scale(&self, sizes: &[usize], copy: &str, runs: usize) -> anyhow::Result<()> {
+        let p = self.project;
+        self.warm_up()?;
+        let shipped = crate::manifests::Manifests::load(&p.shipped_manifests())?;
+        let base = shipped.pods().len();
+        anyhow::ensure!(
+            sizes.iter().all(|&n| n >= base),
+            "every size of --pods must be at least the {base} pods the manifests have"
+        );
+        let mut rows = Vec::new();
+        for &n in sizes {
+            let dir = p.e2e_dir.join("bench").join(format!("scale-{n}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
+            for entry in std::fs::read_dir(p.shipped_manifests())? {
+                let path = entry?.path();
+                std::fs::copy(&path, dir.join(path.file_name().context("a file name")?))?;
+            }
+            std::fs::write(dir.join("90-copies.yaml"), shipped.copies_of(copy, n - base)?)?;
+            self.r.line(format!("{n} pods: one warm-up run, then {runs}"));
+            self.xtask_with(&["e2e"], Some(&dir))?;
+            let [wall, deploy, ready, down] = self.repeat(runs, &format!("{n} pods"), || {
+                let wall = self.xtask_with(&["e2e"], Some(&dir))?;
+                let report = RunReport::latest(p)?;
+                let took = |name: &str| -> Sample {
+                    let s = report.phases.iter().find(|(p, _)| p == name).map_or(0.0, |(_, s)| *s);
+                    Duration::from_secs_f64(s).into()
+                };
+                Ok([wall, took("deploy"), took("wait until ready"), took("tear down")])
+            })?;
+            rows.push((n, wall, deploy, ready, down));
+        }
+        let first = rows.first().map(|(n, wall, ..)| (*n, median(&times(wall))));
+        let mut table_rows = Vec::new();
+        for (n, wall, deploy, ready, down) in &rows {
+            let per_pod = first.filter(|(n0, _)| n > n0).map_or("-".to_owned(), |(n0, w0)| {
+                let grown = median(&times(wall)).as_secs_f64() - w0.as_secs_f64();
+                format!("{:.3}s", grown / (n - n0) as f64)
+            });
+            let med = |s: &[Sample]| format!("{:.2}s", median(&times(s)).as_secs_f64());
+            table_rows.push(vec![
+                n.to_string(),
+                med(wall),
+                med(deploy),
+                med(ready),
+                med(down),
+                per_pod,
+            ]);
+        }
+        let header =
+            ["pods", "wall", "deploy", "wait until ready", "tear down", "wall per added pod"];
+        let title = format!("warm e2e, medians of {runs} runs, copies of {copy}");
+        self.r.line(format!("results ({title}):\n{}", table(&header, &table_rows)));
         Ok(())
     }
 }

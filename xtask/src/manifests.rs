@@ -257,6 +257,25 @@ impl Manifests {
         Ok(())
     }
 
+    /// `copies` copies of the Pod `pod`, named `<pod>-copy-<i>` (its `app` label too), as YAML:
+    /// a stack that grows, for `cargo xtask bench scale`.
+    pub fn copies_of(&self, pod: &str, copies: usize) -> anyhow::Result<String> {
+        let is_it = |d: &&Value| kind(d) == "Pod" && name(d).is_ok_and(|n| n == pod);
+        let original = self.docs.iter().find(is_it).with_context(|| format!("no Pod {pod}"))?;
+        let mut yaml = String::new();
+        for i in 1..=copies {
+            let mut doc = original.clone();
+            let copy = format!("{pod}-copy-{i}");
+            doc["metadata"]["name"] = copy.clone().into();
+            if let Some(labels) = doc["metadata"].get_mut("labels").and_then(Value::as_mapping_mut)
+            {
+                labels.insert("app".into(), copy.into());
+            }
+            yaml.push_str(&to_yaml(&doc)?);
+        }
+        Ok(yaml)
+    }
+
     /// The names of the Pods, in order.
     pub fn pods(&self) -> Vec<String> {
         self.docs.iter().filter(|d| kind(d) == "Pod").filter_map(|d| name(d).ok()).collect()

@@ -34,7 +34,14 @@ impl Project {
         Ok(sh)
     }
 
+    /// `test/e2e/manifests`, or `$E2E_MANIFESTS` (relative to the root): another stack.
     pub fn manifests_dir(&self) -> PathBuf {
+        let given = std::env::var_os("E2E_MANIFESTS").filter(|d| !d.is_empty());
+        given.map_or_else(|| self.root.join("test/e2e/manifests"), |d| self.root.join(d))
+    }
+
+    /// The manifests this checkout ships, whatever `$E2E_MANIFESTS` says.
+    pub fn shipped_manifests(&self) -> PathBuf {
         self.root.join("test/e2e/manifests")
     }
 

@@ -230,3 +230,29 @@ fn a_malformed_container_is_named_with_its_field() {
     assert_eq!(probe, "pod p: container c: readinessProbe: not a mapping");
     assert_eq!(pod("{name: c, image: i, ports: 80}"), "pod p: container c: ports is not a list");
 }
+
+/// `bench scale`'s copies: each a Pod of its own name and `app` label, the rest as the original.
+#[test]
+fn copies_of_a_pod_each_have_their_own_name() {
+    let m = shipped();
+    let yaml = m.copies_of("gateway", 3).unwrap();
+    let docs = parse_docs(&yaml).unwrap();
+    assert_eq!(docs.len(), 3);
+    for (i, doc) in docs.iter().enumerate() {
+        let copy = format!("gateway-copy-{}", i + 1);
+        assert_eq!((kind(doc), name(doc).unwrap()), ("Pod", copy.clone()));
+        assert_eq!(doc["metadata"]["labels"]["app"].as_str(), Some(copy.as_str()));
+        assert_eq!(
+            doc["spec"],
+            m.docs.iter().find(|d| name(d).is_ok_and(|n| n == "gateway")).unwrap()["spec"]
+        );
+    }
+    assert!(m.copies_of("nothing", 1).is_err());
+    // The grown stack renders, on a network sized to it.
+    let mut grown = m.clone();
+    grown.docs.extend(parse_docs(&m.copies_of("gateway", 46).unwrap()).unwrap());
+    let subnet = Subnet::choose("r", grown.pods().len(), &[]).unwrap();
+    assert_eq!(subnet.prefix, 25);
+    let stack = grown.render_podman(&BTreeMap::new(), "r", Some(subnet), || Ok(40000)).unwrap();
+    assert_eq!(stack.pods.len(), 50);
+}
