@@ -53,7 +53,8 @@ impl Created {
         let pods = !self.pods.is_empty();
         let mut stages = vec![
             (self.remote && pods).then(|| Podman.pods_sigkill(&self.pods)).into_iter().collect(),
-            pods.then(|| Podman.pods_kill(&self.pods)).into_iter().collect(),
+            // A pod each, at once: one `pod stop` of many stops them in turn (50 pods: 14 s).
+            self.pods.iter().map(|p| Podman.pods_kill(std::slice::from_ref(p))).collect(),
             // At once: a remote engine's 3 s per pod for its exec sessions' conmons (docs/run.md,
             // step 4) overlap instead of adding up (13 s for the stack in the rig).
             self.pods.iter().map(|p| Podman.pods_rm(std::slice::from_ref(p))).collect(),

@@ -83,18 +83,33 @@ pub fn failures(results: impl IntoIterator<Item = anyhow::Result<()>>) -> Vec<St
 
 pub struct Live;
 
+/// How many commands of a step [`Live`] runs at once: four per CPU.
+pub fn at_once() -> usize {
+    crate::memory::cpus() * 4
+}
+
 impl Exec for Live {
     fn run(&mut self, cmd: &Cmd, log: &Path) -> anyhow::Result<()> {
         cmd.run_logged(log)
     }
 
+    /// At most [`AT_ONCE`] at a time: past that, podman processes only crowd the CPUs (each
+    /// costs about 0.1 s of CPU to start) and the engine's locks.
     fn run_all(&mut self, cmds: &[Cmd], log: &Path) -> Vec<String> {
+        let next = std::sync::Mutex::new(cmds.iter().enumerate());
+        let results = std::sync::Mutex::new(Vec::new());
         std::thread::scope(|s| {
-            let running: Vec<_> = cmds.iter().map(|c| s.spawn(|| c.run_logged(log))).collect();
-            failures(running.into_iter().map(|h| {
-                h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a command's thread panicked")))
-            }))
-        })
+            for _ in 0..cmds.len().min(at_once()) {
+                s.spawn(|| loop {
+                    let Some((i, cmd)) = next.lock().expect("not poisoned").next() else { break };
+                    let result = cmd.run_logged(log);
+                    results.lock().expect("not poisoned").push((i, result));
+                });
+            }
+        });
+        let mut results = results.into_inner().expect("not poisoned");
+        results.sort_by_key(|(i, _)| *i);
+        failures(results.into_iter().map(|(_, r)| r))
     }
 
     fn terminal(&mut self, cmd: &Cmd) -> anyhow::Result<()> {

@@ -49,7 +49,10 @@ fn the_podman_plan_is_exact() {
     assert_eq!(
         down,
         [
-            "podman pod stop --ignore --time 0 postgres-103501-42 redis-103501-42 data-storage-103501-42 gateway-103501-42",
+            "podman pod stop --ignore --time 0 postgres-103501-42",
+            "podman pod stop --ignore --time 0 redis-103501-42",
+            "podman pod stop --ignore --time 0 data-storage-103501-42",
+            "podman pod stop --ignore --time 0 gateway-103501-42",
             "podman pod rm --force --ignore postgres-103501-42",
             "podman pod rm --force --ignore redis-103501-42",
             "podman pod rm --force --ignore data-storage-103501-42",
