@@ -216,7 +216,7 @@ ensure_twin_image() {
     local t0
     t0=$(now)
     tar -C "$ROOTFS" --numeric-owner -cf - . |
-        hpod import \
+        hpod import --quiet \
             --change 'ENTRYPOINT ["/usr/bin/catatonit", "--", "/usr/local/bin/twin-entrypoint"]' \
             --change "LABEL e2e-twin.image=$ref" - "$ref" >/dev/null ||
         die "podman import of $ROOTFS failed"

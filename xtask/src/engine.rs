@@ -324,14 +324,13 @@ commands! { Podman, self => "podman";
         ["container", "inspect", "--format", "{{.State.ConmonPid}}"] + containers;
     pod_stop(pod: &str) => ["pod", "stop", "--time", "10", pod];
     pod_start(pod: &str) => ["pod", "start", pod];
-    /// SIGKILL to the pods' containers, not waiting: a remote podman 4.3 ignores `pod stop
-    /// --time` (SIGTERM, then up to 10 s: 3 s for the gateway's delivery to give up, in the rig).
-    pods_sigkill(pods: &[String]) => ["pod", "kill"] + pods;
-    /// Stops pods at once (local: SIGKILL; after [`Self::pods_sigkill`], waits for the ends and
-    /// clean-ups). podman 4.3's `pod rm --force` ignores `--time` and waits 10 s per container
-    /// ignoring SIGTERM (15 s for the stack, against 1.1 s for this then `pods_rm`).
-    pods_kill(pods: &[String]) => ["pod", "stop", "--ignore", "--time", "0"] + pods;
-    pods_rm(pods: &[String]) => ["pod", "rm", "--force", "--ignore"] + pods;
+    /// SIGKILL to a pod's containers, not waiting (see [`crate::quirks::PodRemoval`]).
+    pod_kill(pod: &str) => ["pod", "kill", pod];
+    /// Stops a pod with SIGKILL; after [`Self::pod_kill`], waits for the ends and clean-ups.
+    pod_stop_now(pod: &str) => ["pod", "stop", "--ignore", "--time", "0", pod];
+    pod_rm(pod: &str) => ["pod", "rm", "--force", "--ignore", pod];
+    /// Stops (SIGKILL) and removes a pod in one step: podman 5 (4.3 ignores `--time` here).
+    pod_rm_now(pod: &str) => ["pod", "rm", "--force", "--ignore", "--time", "0", pod];
     /// Removes images of a run's own, whether or not they exist.
     images_rm(images: &[String]) => ["rmi", "--force", "--ignore"] + images;
     /// Stops one container (SIGTERM, then SIGKILL after 10 s), its pod left running.
@@ -356,9 +355,12 @@ commands! { Podman, self => "podman";
     exec(container: &str, command: &[String]) => ["exec", container] + command;
     /// `podman exec -i CONTAINER`, to which a command is appended.
     exec_prefix(container: &str) => ["exec", "-i", container];
-    /// `image` run once in a pod (`127.0.0.1` is the pod's), `command[0]` its entrypoint.
+    /// `image` run once in a pod (`127.0.0.1` is the pod's), `command[0]` its entrypoint. Once:
+    /// podman 5 gives a container the pod's restart policy (`always`, from `kube play`), and a
+    /// probe that restarted before `--rm` removed it stayed in the pod (1-4 a run, seen on 5.4.2).
     run_in_pod(pod: &str, image: &str, command: &[String]) =>
-        ["run", "--rm", "--pod", pod, "--entrypoint", &command[0], image] + &command[1..];
+        ["run", "--rm", "--restart", "no", "--pod", pod, "--entrypoint", &command[0], image]
+            + &command[1..];
     logs(container: &str) => ["logs", "--timestamps", container];
 }
 
@@ -485,14 +487,12 @@ mod tests {
             Engine::Podman.list_fingerprinted().to_string(),
             "podman images --filter label=e2e.fingerprint --format '{{.Repository}}:{{.Tag}}'"
         );
-        assert_eq!(
-            Podman.pods_rm(&["a".into(), "b".into()]).to_string(),
-            "podman pod rm --force --ignore a b"
-        );
+        assert_eq!(Podman.pod_rm("a").to_string(), "podman pod rm --force --ignore a");
+        assert_eq!(Podman.pod_rm_now("a").to_string(), "podman pod rm --force --ignore --time 0 a");
         let command = ["redis-cli".to_owned(), "ping".to_owned()];
         assert_eq!(
             Podman.run_in_pod("p", "img", &command).to_string(),
-            "podman run --rm --pod p --entrypoint redis-cli img ping"
+            "podman run --rm --restart no --pod p --entrypoint redis-cli img ping"
         );
         assert_eq!(
             Engine::Podman.run_true("i").to_string(),

@@ -23,6 +23,7 @@ mod memory;
 mod poll;
 mod problem;
 mod project;
+mod quirks;
 mod registry;
 mod report;
 mod run;

@@ -193,8 +193,8 @@ impl<'a> Run<'a> {
         let claimed = match opts.dry_run {
             true => (Subnet::choose(id.as_str(), pods, &engine_subnets()?)?, None),
             false => {
-                let (subnet, record) =
-                    claim_network(id, pods, &id.dir(project), session.remote(), r)?;
+                let engine = (session.remote(), session.engine_version());
+                let (subnet, record) = claim_network(id, pods, &id.dir(project), engine, r)?;
                 (subnet, Some(record))
             }
         };
@@ -304,9 +304,10 @@ impl<'a> Run<'a> {
         }
         let arriving = arriving.map(|images| Arriving { images, ended: Default::default() });
         let stack = self.render_podman(&pinned).ok()?;
-        let network_made = !opts.dry_run;
+        let (network_made, remote) = (!opts.dry_run, session.remote());
+        let version = session.engine_version().to_owned();
         let run = PodmanRun::new(project, id.clone(), stack);
-        Some(PodmanRun { early, arriving, network_made, ..run })
+        Some(PodmanRun { early, arriving, network_made, remote, version, ..run })
     }
 
     /// The stack on the runtime asked for, with `handoff`'s images; on podman, going on from `early`.
@@ -322,8 +323,9 @@ impl<'a> Run<'a> {
             None => (self.render_podman(&pinned)?, Default::default()),
         };
         let (remote, network_made) = (session.remote(), !opts.dry_run);
+        let version = session.engine_version().to_owned();
         let run = PodmanRun::new(project, id.clone(), stack);
-        let mut run = PodmanRun { early, remote, network_made, ..run };
+        let mut run = PodmanRun { early, remote, version, network_made, ..run };
         // In the engine (as asked, or when it is remote), the suite's package goes with the run,
         // so the teardown removes its image.
         if SuiteIn::resolve(opts.suite_in, remote) == SuiteIn::Engine {

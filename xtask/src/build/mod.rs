@@ -121,6 +121,11 @@ impl Session {
         self.facts.engine.as_ref().is_ok_and(|f| f.remote)
     }
 
+    /// The version the engine reports of itself (`?` when it did not answer).
+    pub fn engine_version(&self) -> &str {
+        self.facts.engine.as_ref().map_or("?", |f| f.version.as_str())
+    }
+
     /// The facts to go on with, printed once: the engine, its machine, the base image.
     pub fn env(&self, r: &Reporter, base_image_id: Option<&str>) -> Result<Env> {
         r.phase("check prerequisites", |r| {

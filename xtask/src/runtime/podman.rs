@@ -22,6 +22,7 @@ use crate::{
     handoff::Handoff,
     manifests::{repository, Manifests, PodmanStack, Published, Subnet},
     project::Project,
+    quirks::{self, PodRemoval},
     report::{secs, Reporter},
     suite::InEngine,
 };
@@ -40,28 +41,38 @@ pub struct Created {
     /// Images of the run's own (the suite packaged for the engine), removed with it.
     #[serde(default)]
     pub images: Vec<String>,
-    /// The engine is remote: its `pod stop` ignores `--time`, so the pods are killed first.
+    /// The engine is remote (see [`quirks::PodRemoval`]).
     #[serde(default)]
     pub remote: bool,
+    /// The engine's version, which decides how pods are removed (see [`quirks::pod_removal`]).
+    #[serde(default)]
+    pub version: String,
 }
 
 impl Created {
-    /// In stages, as docs/run.md (tear down) gives them. No kill on a local engine: a kill's
-    /// clean-ups can still be in the pod's cgroup at `pod rm`, which then waits 3 s (5 soak
-    /// runs of 50); its `pod stop --time 0` kills and cleans up itself.
+    /// In stages, as docs/run.md (tear down) gives them; the pods' as the engine's version
+    /// wants ([`quirks::pod_removal`]). Each stage's commands a pod each, at once: one `pod stop`
+    /// of many stops them in turn (50 pods: 14 s), and a remote engine's 3 s per pod for its exec
+    /// sessions' conmons (docs/run.md, step 4) overlap instead of adding up. No kill on a local
+    /// podman 4: a kill's clean-ups can still be in the pod's cgroup at `pod rm`, which then
+    /// waits 3 s (5 soak runs of 50); its `pod stop --time 0` kills and cleans up itself.
     pub fn teardown(&self) -> Vec<Vec<Cmd>> {
-        let pods = !self.pods.is_empty();
-        let mut stages = vec![
-            (self.remote && pods).then(|| Podman.pods_sigkill(&self.pods)).into_iter().collect(),
-            // A pod each, at once: one `pod stop` of many stops them in turn (50 pods: 14 s).
-            self.pods.iter().map(|p| Podman.pods_kill(std::slice::from_ref(p))).collect(),
-            // At once: a remote engine's 3 s per pod for its exec sessions' conmons (docs/run.md,
-            // step 4) overlap instead of adding up (13 s for the stack in the rig).
-            self.pods.iter().map(|p| Podman.pods_rm(std::slice::from_ref(p))).collect(),
+        let each = |cmd: fn(Podman, &str) -> Cmd| -> Vec<Cmd> {
+            self.pods.iter().map(|p| cmd(Podman, p)).collect()
+        };
+        let pods = match quirks::pod_removal(&self.version, self.remote) {
+            PodRemoval::RmAtOnce => vec![each(Podman::pod_rm_now)],
+            PodRemoval::StopThenRm { kill_first } => {
+                let kill = if kill_first { each(Podman::pod_kill) } else { Vec::new() };
+                vec![kill, each(Podman::pod_stop_now), each(Podman::pod_rm)]
+            }
+        };
+        let mut stages = pods;
+        stages.extend([
             self.secrets.iter().map(|s| Podman.secret_rm(s)).collect(),
             (!self.images.is_empty()).then(|| Podman.images_rm(&self.images)).into_iter().collect(),
             self.network.iter().map(|net| Podman.network_rm(net)).collect::<Vec<_>>(),
-        ];
+        ]);
         stages.retain(|s| !s.is_empty());
         stages
     }
@@ -130,10 +141,11 @@ pub fn claim_network(
     id: &RunId,
     pods: usize,
     dir: &Path,
-    remote: bool,
+    (remote, version): (bool, &str),
     r: &Reporter,
 ) -> anyhow::Result<(Subnet, RunRecord)> {
-    let created = Created { network: Some(id.network()), remote, ..Default::default() };
+    let version = version.to_owned();
+    let created = Created { network: Some(id.network()), remote, version, ..Default::default() };
     let record = RunRecord::new(id, AnyCreated::Podman(created));
     record.save(dir)?;
     Ok((claim_subnet(id, pods, r, engine_subnets)?, record))
@@ -178,6 +190,8 @@ pub struct PodmanRun {
     pub id: RunId,
     /// The engine runs on another machine (docs/remote-engine.md: readiness, the suite).
     pub remote: bool,
+    /// The engine's version (see [`quirks`]).
+    pub version: String,
     /// The suite, packaged for the engine and run on the run's network.
     pub suite: Option<InEngine>,
     /// The pods started before the service images exist ([`Self::plan_early`]), once their
@@ -200,6 +214,7 @@ impl PodmanRun {
         let created_from = BTreeMap::new();
         PodmanRun {
             remote: false,
+            version: String::new(),
             suite: None,
             early,
             arriving: None,
@@ -245,6 +260,7 @@ impl PodmanRun {
             pods: self.stack.pods.iter().map(|p| p.name.clone()).filter(|p| pod(p)).collect(),
             images: self.suite.iter().map(|p| p.image.clone()).collect(),
             remote: self.remote,
+            version: self.version.clone(),
         };
         RunRecord::new(&self.id, AnyCreated::Podman(created))
     }
@@ -479,7 +495,7 @@ impl Stack for PodmanRun {
             // Stopped, not killed: a service finishes what it was doing (the gateway
             // releases its outbox lease for the new one).
             let play = Podman.kube_play(&self.id.network(), stack.address(pod), &file);
-            let cmds = [Podman.pod_stop(pod), Podman.pods_rm(std::slice::from_ref(pod)), play];
+            let cmds = [Podman.pod_stop(pod), Podman.pod_rm(pod), play];
             step::run_shown(r, &self.log, &cmds, &format!("replacing {pod}"))?;
             for c in &stack.pods[i].containers {
                 self.created_from.remove(&container_name(pod, &c.name));

@@ -174,10 +174,23 @@ fn teardown_removes_exactly_what_was_recorded() {
             "podman network rm --force e2e-1"
         ]
     );
-    // A remote engine's `pod stop` ignores --time: its pods are killed first.
-    let remote = Created { remote: true, ..full };
+    // A remote podman 4's `pod stop` ignores --time: its pods are killed first.
+    let remote = Created { remote: true, version: "4.3.1".into(), ..full.clone() };
     let first: Vec<String> = remote.teardown()[0].iter().map(ToString::to_string).collect();
     assert_eq!(first, ["podman pod kill gateway-1"]);
+    // podman 5, local or remote: one `pod rm --time 0`, no kill or stop before it.
+    for remote in [false, true] {
+        let five = Created { remote, version: "5.4.2".into(), ..full.clone() };
+        let cmds: Vec<String> = five.teardown().concat().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            cmds,
+            [
+                "podman pod rm --force --ignore --time 0 gateway-1",
+                "podman secret rm pg-1",
+                "podman network rm --force e2e-1"
+            ]
+        );
+    }
 }
 
 #[test]
