@@ -17,7 +17,7 @@ use crate::{
     doctor,
     engine::Engine,
     handoff::Handoff,
-    manifests::{Manifests, PodmanStack, Subnet},
+    manifests::{distinct, Manifests, PodmanStack, Subnet},
     memory,
     problem::Problem,
     project::Project,
@@ -291,8 +291,9 @@ impl<'a> Run<'a> {
         // Which pods can start early, from the stack on any subnet: the run's is claimed only
         // when some can.
         let anywhere = Subnet::choose(id.as_str(), manifests.pods().len(), &[]).ok()?;
-        let stack =
-            manifests.render_podman(&pinned, id.suffix(), Some(anywhere), free_port).ok()?;
+        let stack = manifests
+            .render_podman(&pinned, id.suffix(), Some(anywhere), distinct(free_port))
+            .ok()?;
         let early: std::collections::BTreeSet<String> = stack
             .pods
             .iter()
@@ -349,7 +350,7 @@ impl<'a> Run<'a> {
     /// The manifests for podman, on the run's subnet and free host ports.
     fn render_podman(&self, pinned: &BTreeMap<String, String>) -> Result<PodmanStack> {
         let (manifests, suffix) = (&self.manifests, self.id.suffix());
-        manifests.render_podman(pinned, suffix, Some(self.subnet()?), free_port)
+        manifests.render_podman(pinned, suffix, Some(self.subnet()?), distinct(free_port))
     }
 
     fn kind(&self, handoff: &Handoff) -> Result<KindRun> {
@@ -371,7 +372,7 @@ impl<'a> Run<'a> {
         } else {
             let template =
                 std::fs::read_to_string(project.root.join("test/e2e/kind-cluster.yaml"))?;
-            kind::render_cluster_config(&template, &cluster, free_port)?
+            kind::render_cluster_config(&template, &cluster, distinct(free_port))?
         };
         let (dir, ports_record) = (id.dir(project), (opts.keep && !reuse).then_some(record));
         Ok(KindRun {

@@ -256,3 +256,18 @@ fn copies_of_a_pod_each_have_their_own_name() {
     let stack = grown.render_podman(&BTreeMap::new(), "r", Some(subnet), || Ok(40000)).unwrap();
     assert_eq!(stack.pods.len(), 50);
 }
+
+/// A port is published once: the same free port handed out twice is asked for again.
+#[test]
+fn a_stack_never_publishes_one_port_twice() {
+    let mut grown = shipped();
+    grown.docs.extend(parse_docs(&shipped().copies_of("gateway", 3).unwrap()).unwrap());
+    let mut said = [41000, 41000, 41001, 41001, 41000, 41002, 41003, 41002, 41004].into_iter();
+    let free = distinct(|| said.next().context("no more ports"));
+    let stack = grown.render_podman(&BTreeMap::new(), "r", None, free).unwrap();
+    let ports: Vec<u16> = stack.published.iter().map(|p| p.host_port).collect();
+    assert_eq!(ports, [41000, 41001, 41002, 41003, 41004]);
+    let mut same = distinct(|| Ok(7));
+    assert_eq!(same().unwrap(), 7);
+    assert!(same().is_err(), "a source that only repeats itself is an error, not a loop");
+}

@@ -240,7 +240,8 @@ impl PodmanRun {
         pinned: &BTreeMap<String, String>,
     ) -> anyhow::Result<PodmanStack> {
         let mut ports = self.stack.published.iter().map(|p| Ok(p.host_port));
-        let free_port = || ports.next().unwrap_or_else(super::free_port);
+        let free_port =
+            crate::manifests::distinct(|| ports.next().unwrap_or_else(super::free_port));
         manifests.render_podman(pinned, self.id.suffix(), self.stack.subnet, free_port)
     }
 
