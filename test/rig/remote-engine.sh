@@ -39,8 +39,6 @@ readonly DISK_MNT=$DISK_DIR/store
 readonly LXCFS_DIR=/var/lib/lxcfs
 readonly LXCFS_PIDFILE=/run/e2e-rig-lxcfs.pid
 readonly LXCFS_LOG=/run/e2e-rig-lxcfs.log
-# The /proc files lxcfs virtualizes for a container (lxcfs's documented set).
-readonly LXCFS_PROC_FILES=(cpuinfo diskstats meminfo stat swaps uptime)
 # Everything the rig image is made from: their content names the image's tag.
 readonly RIG_FILES=(Containerfile containers.conf storage.conf rig-entrypoint.sh)
 
@@ -49,6 +47,9 @@ RIG_DISK=${E2E_RIG_DISK:-8g}
 BASE_IMAGE=${E2E_BASE_IMAGE:-localhost/e2e-base:bookworm}
 START_TIMEOUT=${E2E_RIG_TIMEOUT:-60}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# hpod, now, since, require_host, mounted, mount_disk, remove_disk, remove_images, lxcfs_*
+# shellcheck source=test/rig/host.sh
+source "$HERE/host.sh"
 readonly RIG_MEMORY RIG_DISK BASE_IMAGE START_TIMEOUT HERE
 
 log() { printf '[e2e-rig %s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -57,19 +58,10 @@ die() {
     exit 1
 }
 
-# The host's own podman, whatever CONTAINER_HOST says (it may point at the rig).
-hpod() { env -u CONTAINER_HOST -u CONTAINER_CONNECTION podman "$@"; }
 # The rig's podman, through its API only.
 rpod() { env -u CONTAINER_HOST -u CONTAINER_CONNECTION podman --url "$URL" "$@"; }
 
-# Seconds since the epoch, with milliseconds, for timings.
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
-require_host() {
-    [[ $EUID -eq 0 ]] || die "run as root: the rig is a privileged container of the host's rootful podman"
-    command -v podman >/dev/null || die "podman is not installed (test/e2e/setup-podman.sh)"
-}
 
 rig_exists() { hpod container exists "$RIG_NAME"; }
 rig_running() { [[ $(hpod container inspect --format '{{.State.Running}}' "$RIG_NAME" 2>/dev/null) == true ]]; }
@@ -107,10 +99,6 @@ ensure_rig_image() {
     done < <(hpod images --filter "reference=$RIG_IMAGE_REPO" --format '{{.Repository}}:{{.Tag}}')
 }
 
-# From the mount table, not stat(): a dead lxcfs leaves a mount whose stat fails (ENOTCONN).
-lxcfs_mounted() { awk -v d="$LXCFS_DIR" '$2 == d { found = 1 } END { exit !found }' /proc/self/mounts; }
-lxcfs_ok() { lxcfs_mounted && head -c1 "$LXCFS_DIR/proc/meminfo" >/dev/null 2>&1; }
-
 # Makes sure lxcfs serves /var/lib/lxcfs: uses a running one, or starts one (recorded in
 # LXCFS_PIDFILE, so that `stop` ends it and only it). Returns 1 when the rig goes without.
 ensure_lxcfs() {
@@ -123,37 +111,13 @@ ensure_lxcfs() {
     fi
     command -v lxcfs >/dev/null ||
         die "lxcfs is not installed: apt-get install -y lxcfs (without it the rig's podman info reports the host's memory; E2E_RIG_NO_LXCFS=1 starts it anyway)"
-    if lxcfs_mounted; then
-        log "the lxcfs mount at $LXCFS_DIR no longer answers (its lxcfs died): unmounting it"
-        umount -l "$LXCFS_DIR"
-    fi
-    mkdir -p "$LXCFS_DIR"
-    log "starting lxcfs on $LXCFS_DIR (pid file $LXCFS_PIDFILE, log $LXCFS_LOG)"
-    setsid lxcfs -p "$LXCFS_PIDFILE" "$LXCFS_DIR" >"$LXCFS_LOG" 2>&1 </dev/null &
-    local pid=$! deadline=$((SECONDS + 10))
-    until lxcfs_ok; do
-        if ! kill -0 "$pid" 2>/dev/null || ((SECONDS >= deadline)); then
-            tail -n 5 "$LXCFS_LOG" >&2 || true
-            die "lxcfs did not come up on $LXCFS_DIR (its log above, all of it in $LXCFS_LOG)"
-        fi
-        sleep 0.05
-    done
+    lxcfs_start
 }
 
 # Ends the lxcfs this script started, and only it.
 stop_lxcfs() {
     [[ -f $LXCFS_PIDFILE ]] || return 0
-    local pid
-    pid=$(cat "$LXCFS_PIDFILE")
-    if [[ $pid =~ ^[0-9]+$ && $(cat "/proc/$pid/comm" 2>/dev/null) == lxcfs ]]; then
-        log "stopping the lxcfs this script started (pid $pid)"
-        kill "$pid"
-        local deadline=$((SECONDS + 10))
-        while kill -0 "$pid" 2>/dev/null; do
-            ((SECONDS < deadline)) || die "lxcfs (pid $pid) did not exit within 10 s"
-            sleep 0.05
-        done
-    fi
+    lxcfs_kill "the lxcfs this script started"
     if lxcfs_mounted && ! lxcfs_ok; then
         umount -l "$LXCFS_DIR"
     fi
@@ -177,27 +141,9 @@ wait_for_api() {
 
 # The rig's disk: an ext4 filesystem of its own (no reserved blocks, so its free space is what
 # df and podman info say), in a sparse file that takes only what is written.
-disk_mounted() { awk -v d="$DISK_MNT" '$2 == d { found = 1 } END { exit !found }' /proc/self/mounts; }
-ensure_disk() {
-    mkdir -p "$DISK_MNT"
-    disk_mounted && return
-    if [[ ! -f $DISK_IMG ]]; then
-        command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 is not installed: apt-get install e2fsprogs"
-        log "making the rig's disk: $DISK_IMG, a sparse $RIG_DISK ext4 filesystem"
-        truncate -s "$RIG_DISK" "$DISK_IMG"
-        mkfs.ext4 -q -m 0 "$DISK_IMG" || die "mkfs.ext4 $DISK_IMG failed"
-    fi
-    mount -o loop "$DISK_IMG" "$DISK_MNT" ||
-        die "mounting the rig's disk $DISK_IMG failed (it needs a loop device: modprobe loop)"
-}
+ensure_disk() { mount_disk "$RIG_DISK" "the rig's"; }
 release_disk() {
-    if disk_mounted; then
-        umount "$DISK_MNT" || umount -l "$DISK_MNT"
-    fi
-    if [[ -e $DISK_IMG ]]; then
-        log "removing the rig's disk $DISK_IMG (its images, containers, networks)"
-        rm -f "$DISK_IMG"
-    fi
+    remove_disk "the rig's disk $DISK_IMG (its images, containers, networks)"
     rmdir "$DISK_MNT" "$DISK_DIR" 2>/dev/null || true
 }
 
@@ -221,7 +167,7 @@ ensure_base_image() {
 }
 
 cmd_start() {
-    require_host
+    require_host "the rig"
     local t0
     t0=$(now)
     local ref
@@ -270,7 +216,7 @@ cmd_start() {
 }
 
 cmd_stop() {
-    require_host
+    require_host "the rig"
     if rig_exists; then
         log "removing the rig container $RIG_NAME (and everything running in it)"
         hpod rm -f -t 0 "$RIG_NAME" >/dev/null
@@ -287,16 +233,11 @@ cmd_stop() {
 
 cmd_purge() {
     cmd_stop
-    local img
-    while read -r img; do
-        [[ -n $img ]] || continue
-        hpod rmi -f "$img" >/dev/null
-        log "removed the rig image $img"
-    done < <(hpod images --filter "reference=$RIG_IMAGE_REPO" --format '{{.Repository}}:{{.Tag}}')
+    remove_images "$RIG_IMAGE_REPO" "the rig image"
 }
 
 cmd_status() {
-    require_host
+    require_host "the rig"
     local state
     state=$(hpod container inspect --format '{{.State.Status}} (image {{.ImageName}}, started {{.State.StartedAt}})' "$RIG_NAME" 2>/dev/null || echo absent)
     echo "container: $RIG_NAME $state"

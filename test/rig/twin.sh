@@ -49,8 +49,6 @@ readonly RUN_DIR=/run/e2e-twin
 readonly LXCFS_DIR=$RUN_DIR/lxcfs
 readonly LXCFS_PIDFILE=$RUN_DIR/lxcfs.pid
 readonly LXCFS_LOG=$RUN_DIR/lxcfs.log
-# The /proc files lxcfs virtualizes for a container (lxcfs's documented set).
-readonly LXCFS_PROC_FILES=(cpuinfo diskstats meminfo stat swaps uptime)
 readonly SUITE=trixie
 # What podman machine's image has that matters here, and sshd; catatonit is the init.
 readonly PACKAGES=podman,conmon,runc,crun,netavark,aardvark-dns,iptables,nftables,catatonit,uidmap,fuse-overlayfs,slirp4netns,passt,openssh-server,ca-certificates,procps
@@ -66,6 +64,9 @@ TWIN_DISK=${E2E_TWIN_DISK:-16g}
 BASE_IMAGE=${E2E_BASE_IMAGE:-localhost/e2e-base:bookworm}
 START_TIMEOUT=${E2E_TWIN_TIMEOUT:-60}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# hpod, now, since, require_host, mounted, mount_disk, remove_disk, remove_images, lxcfs_*
+# shellcheck source=test/rig/host.sh
+source "$HERE/host.sh"
 KNOWN_HOSTS=$(getent passwd root | cut -d: -f6)/.ssh/known_hosts
 readonly TWIN_MEMORY TWIN_DISK BASE_IMAGE START_TIMEOUT HERE KNOWN_HOSTS
 
@@ -75,17 +76,8 @@ die() {
     exit 1
 }
 
-# Seconds since the epoch, with milliseconds, for timings.
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
-# The host's own podman (4.3), whatever CONTAINER_HOST says (it may point at the twin).
-hpod() { env -u CONTAINER_HOST -u CONTAINER_CONNECTION -u CONTAINER_SSHKEY podman "$@"; }
 
-require_host() {
-    [[ $EUID -eq 0 ]] || die "run as root: the twin is a privileged container of the host's rootful podman"
-    command -v podman >/dev/null || die "podman is not installed (test/e2e/setup-podman.sh)"
-}
 
 # The port the running twin publishes its ssh on, else the configured one.
 twin_port() {
@@ -258,9 +250,6 @@ ensure_key() {
     log "made the key pair $KEY (authorized for root and core in the twin)"
 }
 
-# From the mount table, not stat(): a dead lxcfs leaves a mount whose stat fails (ENOTCONN).
-mounted() { awk -v d="$1" '$2 == d { found = 1 } END { exit !found }' /proc/self/mounts; }
-lxcfs_ok() { mounted "$LXCFS_DIR" && head -c1 "$LXCFS_DIR/proc/meminfo" >/dev/null 2>&1; }
 
 # An lxcfs of the twin's own on $LXCFS_DIR (not the rig's /var/lib/lxcfs, which the rig's
 # stop ends): its /proc files are computed from the reader's cgroup, the twin's.
@@ -268,39 +257,13 @@ ensure_lxcfs() {
     lxcfs_ok && return
     command -v lxcfs >/dev/null ||
         die "lxcfs is not installed: apt-get install -y lxcfs (without it the twin's podman info reports the host's memory)"
-    if mounted "$LXCFS_DIR"; then
-        log "the lxcfs mount at $LXCFS_DIR no longer answers (its lxcfs died): unmounting it"
-        umount -l "$LXCFS_DIR"
-    fi
-    mkdir -p "$LXCFS_DIR"
-    log "starting lxcfs on $LXCFS_DIR (pid file $LXCFS_PIDFILE, log $LXCFS_LOG)"
-    setsid lxcfs -p "$LXCFS_PIDFILE" "$LXCFS_DIR" >"$LXCFS_LOG" 2>&1 </dev/null &
-    local pid=$! deadline=$((SECONDS + 10))
-    until lxcfs_ok; do
-        if ! kill -0 "$pid" 2>/dev/null || ((SECONDS >= deadline)); then
-            tail -n 5 "$LXCFS_LOG" >&2 || true
-            die "lxcfs did not come up on $LXCFS_DIR (its log above, all of it in $LXCFS_LOG)"
-        fi
-        sleep 0.05
-    done
+    lxcfs_start
 }
 
 # Ends the twin's lxcfs, and only it.
 stop_lxcfs() {
-    if [[ -f $LXCFS_PIDFILE ]]; then
-        local pid
-        pid=$(cat "$LXCFS_PIDFILE")
-        if [[ $pid =~ ^[0-9]+$ && $(cat "/proc/$pid/comm" 2>/dev/null) == lxcfs ]]; then
-            log "stopping the twin's lxcfs (pid $pid)"
-            kill "$pid"
-            local deadline=$((SECONDS + 10))
-            while kill -0 "$pid" 2>/dev/null; do
-                ((SECONDS < deadline)) || die "lxcfs (pid $pid) did not exit within 10 s"
-                sleep 0.05
-            done
-        fi
-    fi
-    if mounted "$LXCFS_DIR"; then
+    lxcfs_kill "the twin's lxcfs"
+    if lxcfs_mounted; then
         umount "$LXCFS_DIR" 2>/dev/null || umount -l "$LXCFS_DIR"
     fi
     rm -f "$LXCFS_PIDFILE" "$LXCFS_LOG"
@@ -309,28 +272,12 @@ stop_lxcfs() {
 # The twin's disk: an ext4 filesystem of its own (no reserved blocks) in a sparse file; root's
 # store in its root/, core's in its core/ (owned by core's uid).
 ensure_disk() {
-    mkdir -p "$DISK_MNT"
-    if ! mounted "$DISK_MNT"; then
-        if [[ ! -f $DISK_IMG ]]; then
-            command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 is not installed: apt-get install e2fsprogs"
-            log "making the twin's disk: $DISK_IMG, a sparse $TWIN_DISK ext4 filesystem"
-            truncate -s "$TWIN_DISK" "$DISK_IMG"
-            mkfs.ext4 -q -m 0 "$DISK_IMG" || die "mkfs.ext4 $DISK_IMG failed"
-        fi
-        mount -o loop "$DISK_IMG" "$DISK_MNT" ||
-            die "mounting the twin's disk $DISK_IMG failed (it needs a loop device: modprobe loop)"
-    fi
+    mount_disk "$TWIN_DISK" "the twin's"
     install -d -m 0755 "$DISK_MNT/root"
     install -d -m 0700 -o "$CORE_UID" -g "$CORE_UID" "$DISK_MNT/core"
 }
 release_disk() {
-    if mounted "$DISK_MNT"; then
-        umount "$DISK_MNT" || umount -l "$DISK_MNT"
-    fi
-    if [[ -e $DISK_IMG ]]; then
-        log "removing the twin's disk $DISK_IMG (both stores: images, containers, networks)"
-        rm -f "$DISK_IMG"
-    fi
+    remove_disk "the twin's disk $DISK_IMG (both stores: images, containers, networks)"
     if [[ -d $DISK_MNT ]]; then
         rmdir "$DISK_MNT"
     fi
@@ -402,7 +349,7 @@ ensure_base_image() {
 }
 
 cmd_start() {
-    require_host
+    require_host "the twin"
     local t0 ref
     t0=$(now)
     ref=$(twin_image_ref)
@@ -464,7 +411,7 @@ cmd_env() {
 }
 
 cmd_stop() {
-    require_host
+    require_host "the twin"
     local port
     port=$(twin_port)
     if twin_exists; then
@@ -488,16 +435,11 @@ cmd_stop() {
 
 cmd_purge() {
     cmd_stop
-    local img
-    while read -r img; do
-        [[ -n $img ]] || continue
-        hpod rmi -f "$img" >/dev/null
-        log "removed the twin image $img"
-    done < <(hpod images --filter "reference=$TWIN_IMAGE_REPO" --format '{{.Repository}}:{{.Tag}}')
+    remove_images "$TWIN_IMAGE_REPO" "the twin image"
 }
 
 cmd_status() {
-    require_host
+    require_host "the twin"
     local state conn ok=0
     state=$(hpod container inspect --format '{{.State.Status}} (image {{.ImageName}}, started {{.State.StartedAt}})' "$TWIN_NAME" 2>/dev/null || echo absent)
     echo "container: $TWIN_NAME $state"
