@@ -171,7 +171,7 @@ fn memory_check(
     };
     let caps: Vec<u64> = images.iter().map(|i| i.memory).collect();
     let at_once = memory::max_parallel(&caps, budget.bytes, usize::MAX);
-    let uncapped = engine.is_some_and(|f| f.isolation.no_memory_caps().is_some());
+    let uncapped = engine.is_some_and(|f| !f.isolation.caps_hold());
     let jobs = match uncapped {
         true => "builds run one at a time, as the engine cannot enforce their caps".to_owned(),
         false => format!(

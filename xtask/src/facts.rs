@@ -41,20 +41,15 @@ impl Env {
         self.facts.engine
     }
 
-    /// Whether the engine holds a build to its `--memory` (see [`Isolation::no_memory_caps`]).
-    pub fn caps_hold(&self) -> bool {
-        self.facts.isolation.no_memory_caps().is_none()
-    }
-
     /// A build's `--memory` for a cap, where the engine can enforce it.
     pub fn cap(&self, bytes: u64) -> Option<String> {
-        self.caps_hold().then(|| crate::images::podman_size(bytes))
+        self.facts.isolation.caps_hold().then(|| crate::images::podman_size(bytes))
     }
 
     /// Builds at once: as asked, or one where nothing holds a build to its cap (the admission
     /// against the budget is then all that keeps builds within the machine's memory).
     pub fn build_jobs(&self, asked: usize) -> usize {
-        if self.caps_hold() {
+        if self.facts.isolation.caps_hold() {
             asked
         } else {
             1

@@ -101,6 +101,11 @@ impl Isolation {
         })
     }
 
+    /// Whether the engine holds a container or build to its `--memory`.
+    pub fn caps_hold(&self) -> bool {
+        self.no_memory_caps().is_none()
+    }
+
     /// `rootful, cgroup v2 (memory caps hold), overlay`.
     pub fn describe(&self) -> String {
         let mode = if self.rootless { "rootless" } else { "rootful" };

@@ -339,7 +339,7 @@ impl<'a> Run<'a> {
             });
             package.compiled_in_engine =
                 in_engine.then(|| project.e2e_dir.join("engine-bin").join("suite"));
-            if session.facts.engine.as_ref().is_ok_and(|f| f.isolation.no_memory_caps().is_some()) {
+            if session.facts.engine.as_ref().is_ok_and(|f| !f.isolation.caps_hold()) {
                 package.cap = None;
             }
             run.suite = Some(package);

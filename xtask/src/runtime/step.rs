@@ -84,7 +84,7 @@ pub fn failures(results: impl IntoIterator<Item = anyhow::Result<()>>) -> Vec<St
 pub struct Live;
 
 /// How many commands of a step [`Live`] runs at once: four per CPU.
-pub fn at_once() -> usize {
+fn at_once() -> usize {
     crate::memory::cpus() * 4
 }
 
@@ -93,7 +93,7 @@ impl Exec for Live {
         cmd.run_logged(log)
     }
 
-    /// At most [`AT_ONCE`] at a time: past that, podman processes only crowd the CPUs (each
+    /// At most [`at_once`] at a time: past that, podman processes only crowd the CPUs (each
     /// costs about 0.1 s of CPU to start) and the engine's locks.
     fn run_all(&mut self, cmds: &[Cmd], log: &Path) -> Vec<String> {
         let next = std::sync::Mutex::new(cmds.iter().enumerate());
