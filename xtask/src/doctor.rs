@@ -8,6 +8,7 @@ use crate::{
     engine::{Engine, EngineFacts},
     handoff::Handoff,
     isolation::Isolation,
+    manifests::Manifests,
     memory::{self, human},
     problem::{Problem, PODMAN_DOCS},
     project::Project,
@@ -93,6 +94,7 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
                 Ok(format!("{} for the host's cargo build ({})", human(host.bytes), host.source))
             }),
         ),
+        ("stack memory", engine.and_then(|f| stack_memory_check(project, f))),
         ("disk", engine.map(|f| disk_check(f, disk_needed(project, archive)))),
         (
             "host disk",
@@ -195,6 +197,38 @@ fn memory_check(
     };
     let what = format!("budget {bytes} ({source}) is less than {name}'s cap {cap}");
     Some(Err(Problem::new(what, format!("{fix}; meanwhile {jobs}"))))
+}
+
+/// The manifests' memory requests against the engine's memory: a stack that cannot fit is
+/// refused before anything starts, naming its pods. `None` when no pod requests memory.
+fn stack_memory_check(project: &Project, engine: &EngineFacts) -> Option<Result<String, Problem>> {
+    let dir = project.manifests_dir();
+    let shown = project.display(&dir);
+    let requests = match Manifests::load(&dir).and_then(|m| m.memory_requests()) {
+        Ok(requests) if requests.is_empty() => return None,
+        Ok(requests) => requests,
+        Err(e) => return Some(Err(Problem::new(format!("{shown}: {e:#}"), "fix the manifest"))),
+    };
+    let total: u64 = requests.iter().map(|(_, bytes)| bytes).sum();
+    let (sum, memory, pods) = (human(total), human(engine.mem_total), requests.len());
+    let Some(over) = memory::requests_over(&requests, engine.mem_total) else {
+        return Some(Ok(format!(
+            "the {pods} pod(s) that request memory ask {sum} of the engine's {memory}"
+        )));
+    };
+    let named: Vec<String> =
+        over.iter().map(|(pod, bytes)| format!("{pod} {}", human(*bytes))).collect();
+    let what = format!(
+        "the pods in {shown} request {sum} of memory, more than the engine's {memory}: {}",
+        named.join(", ")
+    );
+    let machine = match engine.remote && engine.engine == Engine::Podman {
+        true => "give the engine's machine more memory (`podman machine stop && podman machine set --memory 4096 && podman machine start`)",
+        false => "run the stack on a machine with more memory",
+    };
+    let fix =
+        format!("lower those pods' resources.requests.memory, or run fewer of them; or {machine}");
+    Some(Err(Problem::new(what, fix)))
 }
 
 /// The engine's store (a podman machine's or remote engine's disk, not this machine's)

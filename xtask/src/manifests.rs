@@ -276,6 +276,32 @@ impl Manifests {
         Ok(yaml)
     }
 
+    /// Each Pod that requests memory, in order, with its containers' `resources.requests.memory`
+    /// added up in bytes.
+    pub fn memory_requests(&self) -> anyhow::Result<Vec<(String, u64)>> {
+        let mut requests = Vec::new();
+        for doc in self.docs.iter().filter(|d| kind(d) == "Pod") {
+            let pod = name(doc)?;
+            let mut bytes = 0;
+            for container in doc["spec"]["containers"].as_sequence().into_iter().flatten() {
+                let Some(request) = container["resources"]["requests"].get("memory") else {
+                    continue;
+                };
+                let text = match request {
+                    Value::Number(n) => n.to_string(),
+                    other => other.as_str().unwrap_or_default().to_owned(),
+                };
+                bytes += crate::memory::parse_quantity(&text).with_context(|| {
+                    format!("pod {pod}: resources.requests.memory {text:?} is not a quantity such as 256Mi")
+                })?;
+            }
+            if bytes > 0 {
+                requests.push((pod, bytes));
+            }
+        }
+        Ok(requests)
+    }
+
     /// The names of the Pods, in order.
     pub fn pods(&self) -> Vec<String> {
         self.docs.iter().filter(|d| kind(d) == "Pod").filter_map(|d| name(d).ok()).collect()

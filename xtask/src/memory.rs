@@ -77,6 +77,48 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
+/// A Kubernetes memory quantity in bytes, rounded up: `128974848`, `129e6`, `129M`, `123Mi`,
+/// `1.5Gi` (binary suffixes Ki to Ei, decimal k to E, and m, u, n for fractions).
+pub fn parse_quantity(quantity: &str) -> Option<u64> {
+    let quantity = quantity.trim();
+    let at = quantity.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(quantity.len());
+    let (number, suffix) = quantity.split_at(at);
+    let number: f64 = number.parse().ok()?;
+    let binary = |power: i32| 2f64.powi(power);
+    let factor = match suffix {
+        "" => 1.0,
+        "Ki" => binary(10),
+        "Mi" => binary(20),
+        "Gi" => binary(30),
+        "Ti" => binary(40),
+        "Pi" => binary(50),
+        "Ei" => binary(60),
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        exponent => 10f64.powi(exponent.strip_prefix(['e', 'E'])?.parse().ok()?),
+    };
+    Some((number * factor).ceil() as u64)
+}
+
+/// Pods whose memory requests add up to more than the engine's memory, largest first; `None`
+/// when they fit.
+pub fn requests_over(requests: &[(String, u64)], total: u64) -> Option<Vec<&(String, u64)>> {
+    let sum: u64 = requests.iter().map(|(_, bytes)| bytes).sum();
+    if sum <= total {
+        return None;
+    }
+    let mut pods: Vec<_> = requests.iter().collect();
+    pods.sort_by_key(|(pod, bytes)| (std::cmp::Reverse(*bytes), pod.clone()));
+    Some(pods)
+}
+
 /// `MemAvailable` (or, on old kernels, `MemFree`) in bytes.
 pub fn parse_meminfo(text: &str) -> Option<u64> {
     meminfo_field(text, "MemAvailable").or_else(|| meminfo_field(text, "MemFree"))
@@ -205,6 +247,30 @@ mod tests {
         assert_eq!(cargo_jobs(2 * GIB, 8), 1);
         assert_eq!(cargo_jobs(0, 8), 1);
         assert_eq!(cargo_jobs(6 * GIB, 8), 4);
+    }
+
+    #[test]
+    fn kubernetes_quantities() {
+        assert_eq!(parse_quantity("128974848"), Some(128974848));
+        assert_eq!(parse_quantity("129e6"), Some(129_000_000));
+        assert_eq!(parse_quantity("129M"), Some(129_000_000));
+        assert_eq!(parse_quantity("123Mi"), Some(123 * MIB));
+        assert_eq!(parse_quantity("1.5Gi"), Some(3 * GIB / 2));
+        assert_eq!(parse_quantity("1E"), Some(1_000_000_000_000_000_000));
+        assert_eq!(parse_quantity("1500m"), Some(2), "fractions of a byte round up");
+        for bad in ["", "Mi", "12 Mi", "12MB", "1.2.3Gi", "-1Gi", "1e"] {
+            assert_eq!(parse_quantity(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn requests_beyond_the_engine_memory_name_every_pod_largest_first() {
+        let requests = [("a".to_owned(), GIB), ("b".to_owned(), 2 * GIB), ("c".to_owned(), GIB)];
+        assert_eq!(requests_over(&requests, 4 * GIB), None, "4 GiB requested of 4 GiB fits");
+        let over = requests_over(&requests, 4 * GIB - 1).expect("over by a byte");
+        let names: Vec<&str> = over.iter().map(|(pod, _)| pod.as_str()).collect();
+        assert_eq!(names, ["b", "a", "c"]);
+        assert_eq!(requests_over(&[], 0), None, "pods without requests count nothing");
     }
 
     #[test]

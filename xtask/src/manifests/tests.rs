@@ -271,3 +271,30 @@ fn a_stack_never_publishes_one_port_twice() {
     assert_eq!(same().unwrap(), 7);
     assert!(same().is_err(), "a source that only repeats itself is an error, not a loop");
 }
+
+#[test]
+fn memory_requests_add_up_per_pod_and_pods_without_count_nothing() {
+    let yaml = "\
+kind: Pod
+metadata: {name: two}
+spec:
+  containers:
+    - {name: a, image: i, resources: {requests: {memory: 256Mi}}}
+    - {name: b, image: i, resources: {requests: {memory: 268435456}, limits: {memory: 1Gi}}}
+---
+kind: Pod
+metadata: {name: none}
+spec: {containers: [{name: c, image: i, resources: {limits: {memory: 1Gi}}}]}
+---
+kind: Secret
+metadata: {name: s}
+stringData: {k: v}
+";
+    let m = Manifests { docs: parse_docs(yaml).unwrap() };
+    assert_eq!(m.memory_requests().unwrap(), [("two".to_owned(), 512 << 20)]);
+    assert_eq!(shipped().memory_requests().unwrap(), [], "the shipped pods request no memory");
+    let bad = "kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, image: i, resources: {requests: {memory: 1GB}}}]}\n";
+    let m = Manifests { docs: parse_docs(bad).unwrap() };
+    let err = format!("{:#}", m.memory_requests().unwrap_err());
+    assert_eq!(err, "pod p: resources.requests.memory \"1GB\" is not a quantity such as 256Mi");
+}
