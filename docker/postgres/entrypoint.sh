@@ -20,7 +20,13 @@ set -euo pipefail
 readonly SPARE_ROLE=e2e_spare_owner SPARE_DB=e2e_spare_db
 
 # Runs SQL in a single-user session (-j: statements end with a semicolon and an empty line).
-single() { postgres --single -D "$PGDATA" -j postgres <<<"$1"$'\n' >/dev/null; }
+# The first statement that fails ends it, non-zero (exit_on_error: single-user mode otherwise
+# goes on to the next statement, and this script would print success); the error is logged
+# without its statement, which can hold the password (log_min_error_statement).
+single() {
+  postgres --single -D "$PGDATA" -j -c exit_on_error=true -c log_min_error_statement=panic \
+    postgres <<<"$1"$'\n' >/dev/null
+}
 
 init() {
   initdb --username=postgres --auth-host=scram-sha-256 --auth-local=trust --encoding=UTF8 \
