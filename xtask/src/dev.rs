@@ -223,6 +223,9 @@ impl Loop<'_> {
             steps.run("compile+plan", "compile or plan FAILED, the stack is unchanged", || {
                 build::prepare(cx, build::Goal::Build(&[]))
             })?;
+        // What runs once this cycle's change is applied; recorded only when it is, so that a
+        // change that failed is tried again by the next cycle, never taken as running.
+        let applied = running_of(&prepared.plan);
         // Only binaries changed: each synced into its containers (docs/commands.md); the images
         // follow once the loop is idle.
         let synced = match binary_only_changes(&prepared.plan, &self.running) {
@@ -233,7 +236,6 @@ impl Loop<'_> {
             )?,
             None => None,
         };
-        self.running.extend(running_of(&prepared.plan));
         let (did, restarted, record) = match synced {
             Some(synced) => (format!("synced {}", synced.join(", ")), true, Some(prepared)),
             None => {
@@ -251,6 +253,7 @@ impl Loop<'_> {
                 (did, !replaced.is_empty(), None)
             }
         };
+        self.running.extend(applied);
         if restarted {
             let stopped = format!("{did}; NOT READY");
             let timeout = self.run.opts.ready_timeout;
@@ -345,7 +348,7 @@ mod tests {
     use super::*;
     use crate::{
         manifests::Manifests,
-        runtime::podman::{binary_destination, changed_pods},
+        runtime::podman::{binary_destination, changed_pods, changed_secrets},
     };
     use std::collections::BTreeMap;
 
@@ -460,5 +463,13 @@ mod tests {
             changed_pods(&old, &new).iter().map(|&i| new.pods[i].base.as_str()).collect();
         assert_eq!(changed, ["gateway"]);
         assert!(changed_pods(&old, &old).is_empty());
+        // A Secret edited (with a binary or alone): the pods that read it are created again.
+        let mut edited = new.clone();
+        edited.secrets[0].payload = edited.secrets[0].payload.replace('=', "A");
+        assert_ne!(edited.secrets, new.secrets, "the test changed the payload");
+        let changed: Vec<&str> =
+            changed_pods(&new, &edited).iter().map(|&i| new.pods[i].base.as_str()).collect();
+        assert_eq!(changed, ["postgres", "data-storage"]);
+        assert_eq!(changed_secrets(&new, &edited), [&edited.secrets[0]]);
     }
 }

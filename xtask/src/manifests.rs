@@ -2,7 +2,11 @@
 //! pinned, ports published on free loopback ports, Secrets taken out (podman 4.3's `kube play`
 //! stores one in a form its own `secretKeyRef` cannot read; see [`Secret`]).
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::Path,
+};
 
 use anyhow::Context;
 use base64::{engine::general_purpose::STANDARD, Engine as _};
@@ -43,6 +47,8 @@ pub struct Pod {
     /// Its name in the manifests (`gateway`), as tests and people know it.
     pub base: String,
     pub containers: Vec<Container>,
+    /// The Secrets its containers read (`secretKeyRef`), by their names in this run.
+    pub secrets: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -388,7 +394,8 @@ impl Manifests {
                         }
                         containers.push(Container { name, image, readiness });
                     }
-                    pods.push(Pod { name: pod_name, base, containers });
+                    let secrets = secrets_read(&doc);
+                    pods.push(Pod { name: pod_name, base, containers, secrets });
                     yaml_docs.push(doc);
                 }
                 other => anyhow::bail!(
@@ -429,6 +436,14 @@ pub fn rename_hosts(value: &str, hosts: &BTreeMap<String, String>) -> String {
         }
     }
     value.to_owned()
+}
+
+/// The names of the Secrets a Pod's containers read (`env[].valueFrom.secretKeyRef.name`).
+pub fn secrets_read(pod: &Value) -> BTreeSet<String> {
+    let containers = pod["spec"]["containers"].as_sequence().into_iter().flatten();
+    let env = containers.flat_map(|c| c["env"].as_sequence().into_iter().flatten());
+    let names = env.filter_map(|var| var["valueFrom"]["secretKeyRef"]["name"].as_str());
+    names.map(str::to_owned).collect()
 }
 
 fn rename_at(value: Option<&mut Value>, names: &BTreeMap<String, String>) {

@@ -2,7 +2,7 @@
 //! against kind's and kubectl's documentation, is docs/kind.md.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -318,9 +318,7 @@ impl Stack for KindRun {
     ) -> anyhow::Result<Vec<String>> {
         let manifests = crate::manifests::Manifests::load(&project.manifests_dir())?;
         let (yaml, _) = manifests.render_kind(&handoff.pinned())?;
-        let (old, new) = (pod_docs(&self.stack), pod_docs(&yaml));
-        let names: Vec<String> =
-            new.keys().filter(|k| old.get(*k) != new.get(*k)).cloned().collect();
+        let names = changed_pods(&self.stack, &yaml);
         let references: Vec<String> = handoff.images.iter().map(|i| i.reference.clone()).collect();
         let images: Vec<String> =
             references.iter().filter(|i| !self.references.contains(i)).cloned().collect();
@@ -334,13 +332,29 @@ impl Stack for KindRun {
     }
 }
 
-/// Each Pod's document in rendered manifests, by name.
-pub fn pod_docs(yaml: &str) -> BTreeMap<String, String> {
+/// The Pods of `new` (rendered manifests) to create again: their document differs from `old`'s,
+/// or they read a Secret whose document does (a container reads its Secrets when created).
+pub fn changed_pods(old: &str, new: &str) -> Vec<String> {
+    let changed = |kind: &str| {
+        let (old, new) = (docs_of(old, kind), docs_of(new, kind));
+        new.into_iter().filter(move |(name, doc)| old.get(name) != Some(doc))
+    };
+    let secrets: BTreeSet<String> = changed("Secret").map(|(name, _)| name).collect();
+    let pods_of_secrets = docs_of(new, "Pod")
+        .into_iter()
+        .filter(|(_, doc)| crate::manifests::secrets_read(doc).iter().any(|s| secrets.contains(s)));
+    let pods: BTreeSet<String> =
+        changed("Pod").chain(pods_of_secrets).map(|(name, _)| name).collect();
+    pods.into_iter().collect()
+}
+
+/// Each document of this kind in rendered manifests, by name.
+fn docs_of(yaml: &str, kind: &str) -> BTreeMap<String, Value> {
     yaml.split("---\n")
         .filter_map(|doc| {
             let v: Value = serde_norway::from_str(doc).ok()?;
-            (v["kind"].as_str() == Some("Pod"))
-                .then(|| Some((v["metadata"]["name"].as_str()?.to_owned(), doc.to_owned())))?
+            let name = v["metadata"]["name"].as_str()?.to_owned();
+            (v["kind"].as_str() == Some(kind)).then_some((name, v))
         })
         .collect()
 }

@@ -20,7 +20,7 @@ use crate::{
     cmd::Cmd,
     engine::{container_name, Engine, Podman},
     handoff::Handoff,
-    manifests::{repository, Manifests, PodmanStack, Published, Subnet},
+    manifests::{repository, Manifests, PodmanStack, Published, Secret, Subnet},
     project::Project,
     quirks::{self, PodRemoval},
     report::{secs, Reporter},
@@ -434,8 +434,8 @@ impl Stack for PodmanRun {
         p.run(&self.id.network(), &self.stack.hosts(), test, &urls, args)
     }
 
-    /// Tilt's live update (docs/commands.md, `dev`), when no manifest changed (rendered with
-    /// the images that run now, they are what runs).
+    /// Tilt's live update (docs/commands.md, `dev`), when no manifest and no Secret changed
+    /// (rendered with the images that run now, they are what runs).
     fn sync_binaries(
         &mut self,
         project: &Project,
@@ -446,7 +446,8 @@ impl Stack for PodmanRun {
         let manifests = Manifests::load(&project.manifests_dir())?;
         let images = self.stack.containers().map(|(_, c)| &c.image);
         let now = images.map(|i| (repository(i).to_owned(), i.clone())).collect();
-        if self.rerender(&manifests, &now)?.pod_yaml != self.stack.pod_yaml {
+        let as_now = self.rerender(&manifests, &now)?;
+        if as_now.pod_yaml != self.stack.pod_yaml || as_now.secrets != self.stack.secrets {
             return Ok(None);
         }
         let mut synced = Vec::new();
@@ -488,35 +489,62 @@ impl Stack for PodmanRun {
     ) -> anyhow::Result<Vec<String>> {
         let stack =
             self.rerender(&Manifests::load(&project.manifests_dir())?, &handoff.pinned())?;
-        let mut names = Vec::new();
-        for i in changed_pods(&self.stack, &stack) {
-            let pod = &stack.pods[i].name;
-            let file = self.pod_file(pod);
-            crate::fsx::write_atomic(&file, &stack.pod_yaml[i])?;
-            // Stopped, not killed: a service finishes what it was doing (the gateway
-            // releases its outbox lease for the new one).
-            let play = Podman.kube_play(&self.id.network(), stack.address(pod), &file);
-            let cmds = [Podman.pod_stop(pod), Podman.pod_rm(pod), play];
+        let secrets = changed_secrets(&self.stack, &stack);
+        let pods: Vec<&str> =
+            changed_pods(&self.stack, &stack).into_iter().map(|i| &*stack.pods[i].name).collect();
+        // Stopped, not killed: a service finishes what it was doing (the gateway releases its
+        // outbox lease for the new one).
+        for pod in &pods {
+            let cmds = [Podman.pod_stop(pod), Podman.pod_rm(pod)];
             step::run_shown(r, &self.log, &cmds, &format!("replacing {pod}"))?;
-            for c in &stack.pods[i].containers {
-                self.created_from.remove(&container_name(pod, &c.name));
-            }
-            names.push(pod.clone());
         }
+        // A Secret is read when its pods are played: made again before them.
+        for secret in &secrets {
+            let file = self.dir.join(format!("secret-{}.json", secret.name));
+            crate::fsx::write_atomic(&file, &secret.payload)?;
+            let made = self.stack.secrets.iter().any(|s| s.name == secret.name);
+            let rm = made.then(|| Podman.secret_rm(&secret.name));
+            let cmds: Vec<Cmd> =
+                rm.into_iter().chain([Podman.secret_create(&secret.name, &file)]).collect();
+            step::run_shown(
+                r,
+                &self.log,
+                &cmds,
+                &format!("replacing podman secret {}", secret.name),
+            )?;
+        }
+        for (i, pod) in stack.pods.iter().enumerate().filter(|(_, p)| pods.contains(&&*p.name)) {
+            let file = self.pod_file(&pod.name);
+            crate::fsx::write_atomic(&file, &stack.pod_yaml[i])?;
+            let play = Podman.kube_play(&self.id.network(), stack.address(&pod.name), &file);
+            step::run_shown(r, &self.log, &[play], &format!("replacing {}", pod.name))?;
+            for c in &pod.containers {
+                self.created_from.remove(&container_name(&pod.name, &c.name));
+            }
+        }
+        let names = pods.iter().map(|p| p.to_string()).collect();
         crate::fsx::write_atomic(&self.stack_file(), &stack.yaml)?;
         self.stack = stack;
         Ok(names)
     }
 }
 
-/// The pods of `new` whose rendered YAML differs from `old`'s.
+/// The pods of `new` to create again: their rendered YAML differs from `old`'s, or they read a
+/// Secret that changed (a container reads its Secrets when it is created).
 pub fn changed_pods(old: &PodmanStack, new: &PodmanStack) -> Vec<usize> {
+    let secrets: Vec<&str> = changed_secrets(old, new).iter().map(|s| &*s.name).collect();
     (0..new.pods.len())
         .filter(|&i| {
             old.pod_yaml.get(i) != new.pod_yaml.get(i)
                 || old.pods.get(i).map(|p| &p.name) != Some(&new.pods[i].name)
+                || new.pods[i].secrets.iter().any(|s| secrets.contains(&s.as_str()))
         })
         .collect()
+}
+
+/// The Secrets of `new` that `old` lacks or holds with another payload.
+pub fn changed_secrets<'a>(old: &PodmanStack, new: &'a PodmanStack) -> Vec<&'a Secret> {
+    new.secrets.iter().filter(|s| !old.secrets.contains(s)).collect()
 }
 
 /// Where a Dockerfile's `COPY` puts a binary: `COPY gateway /usr/local/bin/gateway` (flags

@@ -105,9 +105,12 @@ fn the_dev_loop_replaces_only_changed_pods_through_kubectl() {
     let pinned =
         [("localhost/e2e-gateway".to_owned(), "localhost/e2e-gateway:new".to_owned())].into();
     let (new, _) = m.render_kind(&pinned).unwrap();
-    let (old, new) = (pod_docs(&old), pod_docs(&new));
-    let changed: Vec<&String> = new.keys().filter(|k| old.get(*k) != new.get(*k)).collect();
-    assert_eq!(changed, ["gateway"]);
+    assert_eq!(changed_pods(&old, &new), ["gateway"]);
+    assert!(changed_pods(&old, &old).is_empty());
+    // A Secret edited (with a binary or alone): the pods that read it are created again.
+    let edited = new.replace("password: e2e-audit-password", "password: another-password");
+    assert_ne!(edited, new, "the shipped Secret holds the password this test edits");
+    assert_eq!(changed_pods(&new, &edited), ["data-storage", "postgres"]);
 }
 
 #[test]
