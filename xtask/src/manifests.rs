@@ -30,7 +30,14 @@ pub struct Secret {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
     Exec(Vec<String>),
-    Http { path: String, port: u16 },
+    Http {
+        path: String,
+        port: u16,
+    },
+    /// A TCP connection to the container's port.
+    Tcp {
+        port: u16,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -522,10 +529,14 @@ fn field<T: DeserializeOwned>(value: &Value, what: &str, key: &str) -> anyhow::R
 /// A probe as the manifests give it: `httpGet` (path, port), else `exec` (none: `true`).
 fn probe(p: &Value, what: &str) -> anyhow::Result<Probe> {
     anyhow::ensure!(p.is_mapping(), "{what}: not a mapping");
-    Ok(match (&p["httpGet"], &p["exec"]) {
-        (Value::Null, Value::Null) => Probe::Exec(vec!["true".into()]),
-        (Value::Null, exec) => Probe::Exec(field(exec, what, "command")?),
-        (get, _) => {
+    Ok(match (&p["httpGet"], &p["exec"], &p["tcpSocket"]) {
+        (Value::Null, Value::Null, Value::Null) => anyhow::bail!(
+            "{what}: neither exec, httpGet nor tcpSocket; podman runs only those (a probe it \
+             cannot run would pass at once)"
+        ),
+        (Value::Null, Value::Null, tcp) => Probe::Tcp { port: field(tcp, what, "port")? },
+        (Value::Null, exec, _) => Probe::Exec(field(exec, what, "command")?),
+        (get, _, _) => {
             Probe::Http { path: field(get, what, "path")?, port: field(get, what, "port")? }
         }
     })

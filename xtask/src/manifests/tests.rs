@@ -130,6 +130,10 @@ fn shipped_manifests_render_for_podman() {
     assert_eq!(gw.readiness, Some(Probe::Http { path: "/ready".into(), port: 8080 }));
     let pg = &stack.pods[0].containers[0];
     assert!(matches!(&pg.readiness, Some(Probe::Exec(c)) if c[0] == "pg_isready"));
+    let tcp = "kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, image: i, readinessProbe: {tcpSocket: {port: 6379}}}]}\n";
+    let m = Manifests { docs: parse_docs(tcp).unwrap() };
+    let stack = m.render_podman(&BTreeMap::new(), "", None, || Ok(1)).unwrap();
+    assert_eq!(stack.pods[0].containers[0].readiness, Some(Probe::Tcp { port: 6379 }));
 }
 
 #[test]
@@ -228,6 +232,14 @@ fn a_malformed_container_is_named_with_its_field() {
     assert_eq!(probe, "pod p: container c: readinessProbe: no port");
     let probe = pod("{name: c, image: i, readinessProbe: 5}");
     assert_eq!(probe, "pod p: container c: readinessProbe: not a mapping");
+    let probe = pod("{name: c, image: i, readinessProbe: {grpc: {port: 9}, periodSeconds: 2}}");
+    assert_eq!(
+        probe,
+        "pod p: container c: readinessProbe: neither exec, httpGet nor tcpSocket; podman runs \
+         only those (a probe it cannot run would pass at once)"
+    );
+    let probe = pod("{name: c, image: i, readinessProbe: {tcpSocket: {port: redis}}}");
+    assert!(probe.starts_with("pod p: container c: readinessProbe: port: "), "{probe}");
     assert_eq!(pod("{name: c, image: i, ports: 80}"), "pod p: container c: ports is not a list");
 }
 

@@ -121,6 +121,11 @@ fn until_ready_in(
             let failed = format!("`{}` failed", command.join(" "));
             in_container(until_ready(COMMAND, command, SLICE_SECONDS), failed, "")
         }
+        Some(ProbeSpec::Tcp { port }) => {
+            let connect = until_ready(TCP_CONNECT, &[port.to_string()], SLICE_SECONDS);
+            let what = format!("TCP port {port}: ");
+            in_container(connect, format!("{what}no connection"), &what)
+        }
         Some(ProbeSpec::Http { path, port }) if remote => {
             let get = until_ready(HTTP_GET, &[port.to_string(), path.clone()], SLICE_SECONDS);
             let what = format!("GET {path} on port {port}: ");
@@ -181,6 +186,10 @@ const HTTP_GET: &str = r#"exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
 printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$2" >&3
 read -r line <&3; exec 3>&-
 [[ $line =~ ^HTTP/[0-9.]+\ 2[0-9][0-9] ]]"#;
+
+/// A probe body for [`until_ready`]: a TCP connection to port `$1` here.
+const TCP_CONNECT: &str = r#"exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
+exec 3>&-"#;
 
 /// A probe body for [`until_ready`]: its arguments are the command.
 const COMMAND: &str = r#""$@""#;
@@ -249,6 +258,8 @@ mod tests {
         let closed =
             std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         assert!(!looped(HTTP_GET, &[&closed.to_string(), "/"], 1));
+        assert!(looped(TCP_CONNECT, &[&ok], 1), "a listening port connects");
+        assert!(!looped(TCP_CONNECT, &[&closed.to_string()], 1), "a closed one does not");
     }
 
     #[test]
