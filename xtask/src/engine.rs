@@ -236,6 +236,17 @@ fn json(engine: Engine, command: &str, text: &str) -> anyhow::Result<Value> {
 }
 
 impl EngineFacts {
+    /// Where a base image made on this machine goes: the engine's own store.
+    pub fn base_destination(&self) -> String {
+        match self.remote {
+            true => format!(
+                "the engine at {} through its API (its own store; nothing goes into this machine's)",
+                self.at
+            ),
+            false => "this machine's podman".to_owned(),
+        }
+    }
+
     /// From podman's `version()`: no server means podman runs here, so its machine's facts are
     /// read here, without `info`. `None` when remote: ask `info()`.
     pub fn local_podman(version_json: &str) -> Option<anyhow::Result<EngineFacts>> {

@@ -136,7 +136,7 @@ impl Facts {
             Some(offline) => format!(
                 ", or where no registry answers makes {offline} with debootstrap on this machine \
                  (`test/e2e/make-base-image.sh`, as root) and imports it into {}",
-                crate::build::base_destination(engine)
+                engine.base_destination()
             ),
             None => String::new(),
         };

@@ -183,23 +183,12 @@ pub fn provision_base(
     let make = Cmd::new("bash").arg(script).arg(offline);
     r.line(format!(
         "no registry answers: making {offline} with debootstrap on this machine (about a minute) and importing it into {}",
-        base_destination(engine)
+        engine.base_destination()
     ));
     r.command(&make);
     let made =
         make.run_logged(&log).map_err(|e| r.line(format!("could not make {offline}: {e:#}")));
     made.ok().map(|()| offline.to_owned())
-}
-
-/// Where a base image made on this machine goes: the engine's own store.
-pub fn base_destination(engine: &EngineFacts) -> String {
-    match engine.remote {
-        true => format!(
-            "the engine at {} through its API (its own store; nothing goes into this machine's)",
-            engine.at
-        ),
-        false => "this machine's podman".to_owned(),
-    }
 }
 
 pub struct Prepared {
