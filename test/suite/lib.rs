@@ -14,8 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use e2e_stack::{clean_up, ServiceControl, StackFile};
 use reqwest::{Client, StatusCode};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 fn url(var: &str) -> String {
@@ -243,45 +243,19 @@ pub fn expected_trail(occurrences: u64) -> Vec<(i64, String)> {
         .collect()
 }
 
-/// The commands of one service of the running stack, from `stack.json`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ServiceCommands {
-    pub stop: Vec<String>,
-    pub start: Vec<String>,
-    /// A prefix: the command to run inside the service's container is appended.
-    pub exec: Vec<String>,
-    /// The service's pod, on a local podman: a stop waits for its containers' clean-up.
-    #[serde(default)]
-    pub pod: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct StackFile {
-    runtime: String,
-    dedup_ttl_seconds: u64,
-    services: BTreeMap<String, ServiceCommands>,
-}
-
-/// The running stack, as `cargo xtask e2e --faults` describes it in `stack.json`:
-///
-/// ```json
-/// {"runtime": "podman", "dedup_ttl_seconds": 5,
-///  "services": {"gateway": {"stop": ["podman","pod","stop","-t","10","gateway-SUF"],
-///                           "start": ["podman","pod","start","gateway-SUF"],
-///                           "exec": ["podman","exec","-i","gateway-SUF-gateway"]}, ...}}
-/// ```
-///
-/// with the services `gateway`, `data-storage`, `postgres` and `redis`.
+/// The running stack, as `cargo xtask e2e --faults` describes it in `stack.json` (the
+/// contract's [`StackFile`]), with the services `gateway`, `data-storage`, `postgres` and
+/// `redis`.
 #[derive(Debug, Clone)]
 pub struct Stack {
     pub runtime: String,
     /// The gateway's `DEDUP_TTL_SECONDS` in this run.
     pub dedup_ttl: Duration,
-    services: BTreeMap<String, ServiceCommands>,
+    services: BTreeMap<String, ServiceControl>,
     path: PathBuf,
 }
 
-pub const SERVICES: [&str; 4] = ["gateway", "data-storage", "postgres", "redis"];
+pub use e2e_stack::SERVICES;
 
 impl Stack {
     /// Reads the file `E2E_STACK` names; panics with what to do when it is not set.
@@ -303,20 +277,8 @@ impl Stack {
     }
 
     fn parse(text: &str, path: &Path) -> Result<Stack, String> {
-        let file: StackFile =
-            serde_json::from_str(text).map_err(|e| format!("{}: {e}", path.display()))?;
-        for name in SERVICES {
-            let s = file
-                .services
-                .get(name)
-                .ok_or_else(|| format!("{}: no service {name:?}", path.display()))?;
-            if s.stop.is_empty() || s.start.is_empty() || s.exec.is_empty() {
-                return Err(format!(
-                    "{}: service {name:?} has an empty command",
-                    path.display()
-                ));
-            }
-        }
+        let file =
+            StackFile::parse(text, &SERVICES).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Stack {
             runtime: file.runtime,
             dedup_ttl: Duration::from_secs(file.dedup_ttl_seconds),
@@ -325,7 +287,7 @@ impl Stack {
         })
     }
 
-    fn commands(&self, name: &str) -> &ServiceCommands {
+    fn commands(&self, name: &str) -> &ServiceControl {
         self.services.get(name).unwrap_or_else(|| {
             panic!(
                 "no service {name:?} in {} (it has {:?})",
@@ -356,14 +318,8 @@ impl Stack {
     }
 
     /// Stops a service (its pod: the process gets SIGTERM, then SIGKILL after the grace
-    /// period).
-    ///
-    /// On a local podman, the stop ends when the monitors (conmon) of the pod's containers
-    /// have: each ends once its container's clean-up has run, and podman 4.3's clean-up of a
-    /// `kube play` pod (exit policy `stop`) stops the pod when no other container runs,
-    /// deciding before it takes the pod's lock, so a start before it had run was stopped
-    /// again (Redis got SIGTERM 2 ms after `pod start`; 10 of 160 stop/start cycles under DNS
-    /// load, none of 80 with this wait).
+    /// period). On a local podman, the stop ends when the monitors (conmon) of the pod's
+    /// containers have (why: [`clean_up`]).
     pub async fn stop(&self, name: &str) {
         report(format!("stopping {name}"));
         let commands = self.commands(name);
@@ -375,7 +331,7 @@ impl Stack {
         poll(
             &format!("podman's clean-up of {name}"),
             START_WITHIN,
-            || async { (!monitors.iter().any(|&pid| monitoring(pid))).then_some(()) },
+            || async { (!monitors.iter().any(|&pid| clean_up::monitoring(pid))).then_some(()) },
         )
         .await;
     }
@@ -505,29 +461,10 @@ impl Stack {
 
 /// The running monitors (conmon) of a pod's containers, its infra container's included.
 async fn monitors(pod: &str) -> Vec<u32> {
-    let argv = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
-    let format = "{{range .Containers}}{{.ID}} {{end}}";
-    let ids = Stack::run(&argv(&[
-        "podman", "pod", "inspect", "--format", format, pod,
-    ]))
-    .await;
-    let mut inspect = argv(&[
-        "podman",
-        "container",
-        "inspect",
-        "--format",
-        "{{.State.ConmonPid}}",
-    ]);
-    inspect.extend(ids.split_whitespace().map(str::to_owned));
-    let pids = Stack::run(&inspect).await;
-    let pids = pids.split_whitespace().filter_map(|p| p.parse().ok());
-    pids.filter(|&pid| monitoring(pid)).collect()
-}
-
-/// Whether a conmon still runs (neither ended nor a zombie waiting to be reaped).
-fn monitoring(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.contains("(conmon) ") && !stat.contains("(conmon) Z")
+    let podman = |args: Vec<String>| [vec!["podman".to_owned()], args].concat();
+    let ids = Stack::run(&podman(clean_up::pod_container_ids(pod))).await;
+    let ids: Vec<String> = ids.split_whitespace().map(str::to_owned).collect();
+    clean_up::running(&Stack::run(&podman(clean_up::conmon_pids(&ids))).await)
 }
 
 /// See [`Stack::guard`].

@@ -48,6 +48,7 @@ pub struct DevArgs {
 pub const WATCHED: &[&str] = &[
     "services",
     "test/suite",
+    "test/stack",
     "test/e2e",
     "docker",
     "Cargo.toml",

@@ -318,6 +318,20 @@ pub fn normalize_platform(p: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Podman;
 
+/// The commands the E2E suite runs too (the wait for podman's clean-up): their arguments are
+/// the contract's.
+impl Podman {
+    /// The IDs of a pod's containers, its infra container's included, whitespace-separated.
+    pub fn pod_container_ids(self, pod: &str) -> Cmd {
+        Cmd::new("podman").args(e2e_stack::clean_up::pod_container_ids(pod))
+    }
+
+    /// The PID of each container's monitor (conmon), a line each.
+    pub fn conmon_pids(self, containers: &[String]) -> Cmd {
+        Cmd::new("podman").args(e2e_stack::clean_up::conmon_pids(containers))
+    }
+}
+
 commands! { Podman, self => "podman";
     network_rm(name: &str) => ["network", "rm", "--force", name];
     network_exists(name: &str) => ["network", "exists", name];
@@ -327,12 +341,6 @@ commands! { Podman, self => "podman";
     secret_rm(name: &str) => ["secret", "rm", name];
     secret_exists(name: &str) => ["secret", "inspect", "--format", "{{.ID}}", name];
     pod_exists(pod: &str) => ["pod", "exists", pod];
-    /// The IDs of a pod's containers, its infra container's included, whitespace-separated.
-    pod_container_ids(pod: &str) => ["pod", "inspect", "--format",
-        "{{range .Containers}}{{.ID}} {{end}}", pod];
-    /// The PID of each container's monitor (conmon), a line each.
-    conmon_pids(containers: &[String]) =>
-        ["container", "inspect", "--format", "{{.State.ConmonPid}}"] + containers;
     pod_stop(pod: &str) => ["pod", "stop", "--time", "10", pod];
     pod_start(pod: &str) => ["pod", "start", pod];
     /// SIGKILL to a pod's containers, not waiting (see [`crate::quirks::PodRemoval`]).

@@ -131,9 +131,8 @@ impl RunOptions {
         gate: Option<&'a SuiteGate<'_>>,
     ) -> Vec<Phase<'a>> {
         let file = stack.dir().join("stack.json");
-        let control = serde_json::to_string_pretty(&stack.control(FAULTS_DEDUP_TTL_SECONDS));
-        let mut steps =
-            vec![Step::Write { path: file.clone(), contents: control.expect("serialises") }];
+        let control = stack.control(FAULTS_DEDUP_TTL_SECONDS).to_json();
+        let mut steps = vec![Step::Write { path: file.clone(), contents: control }];
         steps.extend(gate.map(|gate| Step::Watch {
             what: "the E2E suite's compile, started beside the deploy, has finished".into(),
             run: Box::new(move |_| gate.wait()),

@@ -28,6 +28,8 @@ impl SuiteIn {
 
 /// The suite's sources, where cargo runs its test binaries from.
 const DIR: &str = "test/suite";
+/// The contract between the suite and the xtask (the stack file), which the suite compiles in.
+pub const CONTRACT_DIR: &str = "test/stack";
 
 /// One test binary as [`place`] left it, run from the suite's directory as cargo would, with
 /// the services' URLs (the run compiled it: cargo's no-op check would only cost time).
@@ -57,7 +59,8 @@ pub fn compile_here(project: &Project, r: &Reporter, jobs: usize) -> Result<()> 
 
 /// Whether a change (paths from the workspace's root) can change the suite's binaries.
 pub fn touched_by(changed: &[String]) -> bool {
-    changed.iter().any(|p| p.starts_with(DIR) || p == "Cargo.lock" || p == "Cargo.toml")
+    let suite = |p: &String| p.starts_with(DIR) || p.starts_with(CONTRACT_DIR);
+    changed.iter().any(|p| suite(p) || p == "Cargo.lock" || p == "Cargo.toml")
 }
 
 /// Links each test binary the compile named (`json`: its stdout) to [`binary`].

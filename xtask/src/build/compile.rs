@@ -86,6 +86,7 @@ const SOURCES: &[&str] = &[
     "docs/openapi",
     "services",
     "test/suite",
+    "test/stack",
     "xtask/Cargo.toml",
     "xtask/src",
 ];

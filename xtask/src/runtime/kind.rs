@@ -13,8 +13,9 @@ use serde_norway::Value;
 use crate::{cmd::Cmd, engine::Engine, handoff::Handoff, project::Project, report::Reporter};
 
 use super::{
+    service_control,
     step::{self, Exec, Live, Phase, Step},
-    url_var, Created as AnyCreated, Health, RunId, RunRecord, ServiceControl, Stack, StackControl,
+    url_var, Created as AnyCreated, Health, RunId, RunRecord, Stack, StackFile,
 };
 
 /// What a Kind run creates, as recorded for `e2e --down`: a cluster of its own (deleted
@@ -271,13 +272,13 @@ impl Stack for KindRun {
 
     /// A Pod is deleted, and the run's manifests applied again bring it back (bare Pods
     /// have no controller to scale; the other Pods are unchanged by the apply).
-    fn control(&self, dedup_ttl_seconds: u64) -> StackControl {
+    fn control(&self, dedup_ttl_seconds: u64) -> StackFile {
         let services = self.pods.iter().map(|pod| {
             let stop = self.kubectl_ns(&["delete", &format!("pod/{pod}"), "--wait=true"]);
             let exec = self.kubectl_ns(&["exec", "-i", pod, "--"]);
-            (pod.clone(), ServiceControl::new(&stop, &self.apply(), &exec))
+            (pod.clone(), service_control(&stop, &self.apply(), &exec))
         });
-        StackControl { runtime: "kind", dedup_ttl_seconds, services: services.collect() }
+        StackFile { runtime: "kind".into(), dedup_ttl_seconds, services: services.collect() }
     }
 
     fn final_record(&self) -> RunRecord {

@@ -30,7 +30,7 @@ pub trait Stack {
     fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()>;
     /// `<SERVICE>_URL` for a suite on this machine.
     fn urls(&self) -> BTreeMap<String, String>;
-    fn control(&self, dedup_ttl_seconds: u64) -> StackControl;
+    fn control(&self, dedup_ttl_seconds: u64) -> StackFile;
     /// What the run has created once every step ran (for `--dry-run`'s teardown).
     fn final_record(&self) -> RunRecord;
     fn keep_instructions(&self) -> String;
@@ -284,32 +284,12 @@ pub fn url_var(service: &str) -> String {
     format!("{}_URL", service.to_ascii_uppercase().replace('-', "_"))
 }
 
-/// How the fault tests reach the stack: for each service (by its name in the manifests),
-/// the commands that stop it, start it again, and run a command in it. Written to
-/// `<run dir>/stack.json`; the suite finds it through `E2E_STACK`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StackControl {
-    pub runtime: &'static str,
-    pub dedup_ttl_seconds: u64,
-    pub services: BTreeMap<String, ServiceControl>,
-}
+pub use e2e_stack::{ServiceControl, StackFile};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ServiceControl {
-    pub stop: Vec<String>,
-    pub start: Vec<String>,
-    pub exec: Vec<String>,
-    /// The service's pod on a local podman: after a stop, the suite waits until the
-    /// monitors (conmon) of its containers have ended (see `podman::ready::until_cleaned_up`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-}
-
-impl ServiceControl {
-    pub fn new(stop: &Cmd, start: &Cmd, exec: &Cmd) -> ServiceControl {
-        let argv = |c: &Cmd| [&c.program].into_iter().chain(&c.args).cloned().collect();
-        ServiceControl { stop: argv(stop), start: argv(start), exec: argv(exec), pod: None }
-    }
+/// A service's commands, as the stack file holds them (argv lists).
+pub fn service_control(stop: &Cmd, start: &Cmd, exec: &Cmd) -> ServiceControl {
+    let argv = |c: &Cmd| [&c.program].into_iter().chain(&c.args).cloned().collect();
+    ServiceControl { stop: argv(stop), start: argv(start), exec: argv(exec), pod: None }
 }
 
 /// A port that is free on loopback now (the engine binds it a moment later).

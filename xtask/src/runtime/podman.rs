@@ -28,8 +28,9 @@ use crate::{
 };
 
 use super::{
+    service_control,
     step::{self, Phase, Step},
-    url_var, Created as AnyCreated, RunId, RunRecord, ServiceControl, Stack, StackControl,
+    url_var, Created as AnyCreated, RunId, RunRecord, Stack, StackFile,
 };
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -370,15 +371,15 @@ impl Stack for PodmanRun {
         self.record(usize::MAX, |_| true)
     }
 
-    fn control(&self, dedup_ttl_seconds: u64) -> StackControl {
+    fn control(&self, dedup_ttl_seconds: u64) -> StackFile {
         let services = self.stack.pods.iter().filter_map(|p| {
             let exec = Podman.exec_prefix(&container_name(&p.name, &p.containers.first()?.name));
             let (stop, start) = (Podman.pod_stop(&p.name), Podman.pod_start(&p.name));
-            let mut control = ServiceControl::new(&stop, &start, &exec);
+            let mut control = service_control(&stop, &start, &exec);
             control.pod = (!self.remote).then(|| p.name.clone());
             Some((p.base.clone(), control))
         });
-        StackControl { runtime: "podman", dedup_ttl_seconds, services: services.collect() }
+        StackFile { runtime: "podman".into(), dedup_ttl_seconds, services: services.collect() }
     }
 
     /// Every container's log and state in `logs/gateway-gateway.log` and so on.

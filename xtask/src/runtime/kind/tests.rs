@@ -267,3 +267,13 @@ fn containerd_names() {
     assert_eq!(containerd_name("team/x:1"), "docker.io/team/x:1");
     assert_eq!(containerd_name("ghcr.io/a/b:1"), "ghcr.io/a/b:1");
 }
+
+/// The stack file on Kind, as the suite reads it: every service the fault tests need.
+#[test]
+fn fault_tests_get_a_handle_on_every_service() {
+    let mut run = run(false, Engine::Docker);
+    run.pods = e2e_stack::SERVICES.map(str::to_owned).to_vec();
+    let control = run.control(5);
+    let read = e2e_stack::StackFile::parse(&control.to_json(), &e2e_stack::SERVICES);
+    assert_eq!(read, Ok(control));
+}

@@ -2,6 +2,8 @@
 //! does not act on probes); a container that exits or restarts ends the wait, with its log.
 
 use super::*;
+use e2e_stack::clean_up;
+
 use crate::manifests::{Container, Pod, Probe as ProbeSpec};
 use crate::{interrupt, runtime::Health};
 
@@ -45,22 +47,12 @@ pub(super) fn monitors(pod: &str) -> Vec<u32> {
     if ids.is_empty() {
         return Vec::new();
     }
-    let pids = Podman.conmon_pids(&ids).read().unwrap_or_default();
-    pids.split_whitespace().filter_map(|p| p.parse().ok()).filter(|&p| monitoring(p)).collect()
+    clean_up::running(&Podman.conmon_pids(&ids).read().unwrap_or_default())
 }
 
-/// Whether a conmon still runs (neither ended nor a zombie waiting to be reaped).
-fn monitoring(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.contains("(conmon) ") && !stat.contains("(conmon) Z")
-}
-
-/// Until a stopped pod's monitors have ended: an exiting container of a `kube play` pod (exit
-/// policy `stop`) has its clean-up stop the pod once no other runs, decided by podman 4.3 before
-/// it takes the pod's lock, so a start before the clean-up was stopped again ms later (Redis:
-/// SIGTERM 2 ms after `pod start` in 10 of 160 stop/start cycles under DNS load; 0 of 80 now).
+/// Until a stopped pod's monitors have ended (why: [`clean_up`]).
 pub(super) fn until_cleaned_up(monitors: &[u32]) -> anyhow::Result<()> {
-    let ended = || Ok(monitors.iter().all(|&pid| !monitoring(pid)));
+    let ended = || Ok(monitors.iter().all(|&pid| !clean_up::monitoring(pid)));
     let done = crate::poll::until(Duration::from_secs(30), Duration::from_millis(20), ended)?;
     anyhow::ensure!(done, "podman's clean-up of the stopped containers did not end within 30 s");
     Ok(())

@@ -206,6 +206,9 @@ fn fault_tests_get_a_handle_on_every_service() {
     assert_eq!(c.dedup_ttl_seconds, 5);
     let remote = PodmanRun { remote: true, ..run }.control(5);
     assert_eq!(remote.services["postgres"].pod, None, "a remote engine's conmon is not here");
+    // The file as the xtask writes it, read as the suite reads it.
+    let read = e2e_stack::StackFile::parse(&c.to_json(), &e2e_stack::SERVICES);
+    assert_eq!(read, Ok(c));
 }
 
 /// After a live update the stack names the image still to be built; a probe on a remote
