@@ -11,7 +11,7 @@ use crate::{
     memory::human,
     project::Project,
     report::{phase, secs, Reporter, RunReport},
-    run::{Images, Run, RunOptions},
+    run::{ImageSource, Images, Run, RunOptions},
     runtime::{self, step, RunId},
     suite,
     timeline::{self, Span, SpanState, Timeline},
@@ -57,12 +57,12 @@ pub fn run(options: RunOptions, project: &Project) -> Result<()> {
 /// directory: the phases, a span per image (builds as they ran; cached and loaded images as
 /// marks at the start of their phase), the builds' memory samples.
 fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> {
-    let Run { opts, project, r, session, id, .. } = run;
+    let Run { opts, source, project, r, session, id, .. } = run;
     let (dir, handoff, spans) = (id.dir(project), &images.handoff, r.phase_spans());
     r.line(format!("phases:\n{}", r.summary()));
     let ms = |s: f64| (s * 1000.0).round() / 1000.0;
     let built = handoff.built_now.len();
-    let archive = opts.images.as_ref();
+    let archive = source.archive();
     let report = RunReport {
         run: id.to_string(),
         runtime: clap::ValueEnum::to_possible_value(&opts.runtime).map(|v| v.get_name().to_owned()),
@@ -129,17 +129,21 @@ fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> 
 /// Prints, in order and without running any, the run's commands: the images as planned, the
 /// stack's phases (the values a run executes), the teardown.
 fn dry_run(run: &Run) -> Result<()> {
-    let Run { opts, project, session, .. } = run;
+    let Run { opts, source, project, session, .. } = run;
     let mut lines: Vec<String> = Vec::new();
-    let handoff = match (&opts.images, &opts.registry) {
-        (Some(path), _) => {
+    let registry = match source {
+        ImageSource::Registry(prefix) => Some(prefix),
+        _ => None,
+    };
+    let handoff = match source.archive() {
+        Some(path) => {
             let m = archive::verify(path)?;
             let env = session.facts.env(Some(&m.handoff.base_image_id))?;
             let load = archive::load_cmd(env.engine(), path, m.compression);
             lines.push(format!("{load}  # after verifying the archive's SHA-256"));
             crate::handoff::Handoff { engine: env.engine(), at: env.facts.at.clone(), ..m.handoff }
         }
-        (None, registry) => {
+        None => {
             let env = session.facts.env(None)?;
             let engine = env.engine();
             let binaries: Vec<&str> =
@@ -172,9 +176,11 @@ fn dry_run(run: &Run) -> Result<()> {
     lines.push(suite::compile(project, 1).to_string());
     let early = run.early_start();
     if let Some(early) = &early {
-        let first = match opts.images {
-            Some(_) => "# while the archive loads (its first images are these):",
-            None => "# while the service binaries compile and their images build:",
+        let first = match source {
+            ImageSource::Archive { .. } => {
+                "# while the archive loads (its first images are these):"
+            }
+            _ => "# while the service binaries compile and their images build:",
         };
         lines.splice(0..0, [first.to_owned()].into_iter().chain(step::print(&early.plan_early())));
     }
@@ -209,6 +215,18 @@ mod tests {
             build: BuildOptions::default(),
             test_args: vec!["metrics".into()],
         }
+    }
+
+    #[test]
+    fn the_image_source_is_decided_once_from_the_options() {
+        assert_eq!(args().image_source(), ImageSource::Build);
+        let archive = RunOptions { images: Some("a.tar.zst".into()), allow_stale: true, ..args() };
+        let path = "a.tar.zst".into();
+        assert_eq!(archive.image_source(), ImageSource::Archive { path, allow_stale: true });
+        assert_eq!(archive.image_source().archive(), Some(std::path::Path::new("a.tar.zst")));
+        let registry = RunOptions { registry: Some("r:5000/e2e".into()), ..args() };
+        assert_eq!(registry.image_source(), ImageSource::Registry("r:5000/e2e".into()));
+        assert_eq!(registry.image_source().archive(), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{atomic::Ordering, Mutex},
     thread::{scope, ScopedJoinHandle},
     time::Duration,
@@ -100,6 +100,30 @@ pub fn seconds(s: &str) -> Result<Duration, std::num::ParseIntError> {
     s.parse().map(Duration::from_secs)
 }
 
+/// Where a run's images come from: decided once, from the options, when the run opens; every
+/// part of the run (provisioning, doctor, the images phase, the early start, Kind, the dry
+/// run, the report) asks this value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    /// Built, each whose inputs changed (as `prebuild-images` does).
+    Build,
+    /// Loaded from an archive of `save-images` (`--images`), checked against this checkout
+    /// unless `--allow-stale`.
+    Archive { path: PathBuf, allow_stale: bool },
+    /// Pulled from `--registry REGISTRY/PREFIX` (where `save-images --push` put them).
+    Registry(String),
+}
+
+impl ImageSource {
+    /// The archive's path, when the images are loaded from one.
+    pub fn archive(&self) -> Option<&Path> {
+        match self {
+            ImageSource::Archive { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+}
+
 /// A run's images, and the suite's compile left to run beside the deploy (its `-j`).
 pub struct Images {
     pub handoff: Handoff,
@@ -110,6 +134,17 @@ pub struct Images {
 /// What a run is decided from: `e2e`'s options, or those `dev` fills in. Its images are
 /// loaded from `--images`, else pulled from `--registry`, else built.
 impl RunOptions {
+    /// Where the images come from: `--images`, else `--registry`, else built.
+    pub fn image_source(&self) -> ImageSource {
+        match (&self.images, &self.registry) {
+            (Some(path), _) => {
+                ImageSource::Archive { path: path.clone(), allow_stale: self.allow_stale }
+            }
+            (None, Some(prefix)) => ImageSource::Registry(prefix.clone()),
+            (None, None) => ImageSource::Build,
+        }
+    }
+
     /// The runtime's engine: podman for podman; for Kind the one asked for, else the one installed.
     pub fn engine(&self) -> Result<Option<Engine>, Problem> {
         match (self.runtime, self.build.engine) {
@@ -155,6 +190,8 @@ impl RunOptions {
 /// A run under way: its options, and what each of its steps needs.
 pub struct Run<'a> {
     pub opts: RunOptions,
+    /// Where the images come from (see [`RunOptions::image_source`]).
+    pub source: ImageSource,
     pub project: &'a Project,
     pub r: Reporter,
     pub session: Session,
@@ -170,15 +207,16 @@ impl<'a> Run<'a> {
     pub fn open(project: &'a Project, mut opts: RunOptions, id: RunId) -> Result<Self> {
         let r = Reporter::new();
         opts.build.engine = opts.engine()?;
-        // Loading an archive needs no base image: only a build makes or pulls one.
-        let provision = opts.images.is_none() && opts.registry.is_none() && !opts.dry_run;
+        let source = opts.image_source();
+        // Loading or pulling images needs no base image: only a build makes or pulls one.
+        let provision = source == ImageSource::Build && !opts.dry_run;
         let session = Session::open(project, &opts.build, &r, provision)?;
         let mut manifests = Manifests::load(&project.manifests_dir())?;
         if opts.faults {
             let ttl = FAULTS_DEDUP_TTL_SECONDS.to_string();
             manifests.set_env("gateway", "DEDUP_TTL_SECONDS", &ttl)?;
         }
-        Ok(Run { opts, project, r, session, manifests, id, network: Default::default() })
+        Ok(Run { opts, source, project, r, session, manifests, id, network: Default::default() })
     }
 
     /// The run's subnet, sized to its pods: on a dry run chosen, else claimed (the network made
@@ -222,7 +260,8 @@ impl<'a> Run<'a> {
             )
             .into());
         }
-        let (archive, kind) = (opts.images.clone(), opts.runtime == Runtime::Kind);
+        let (archive, kind) =
+            (self.source.archive().map(Path::to_owned), opts.runtime == Runtime::Kind);
         let needs = doctor::Needs { kind, archive, start_container: false };
         // The same checks as `doctor`, stopping the run before anything happens when one fails.
         r.phase("doctor", |r| {
@@ -240,10 +279,12 @@ impl<'a> Run<'a> {
     /// The images: built, loaded or pulled, and the suite's compile still to do (`-j`).
     pub fn images(&self) -> Result<Images> {
         let (cx, none) = (self.cx(), Activity::default());
-        let (handoff, activity) = match (&self.opts.images, &self.opts.registry) {
-            (Some(path), _) => (archive::load(cx, path, self.opts.allow_stale)?, none),
-            (None, Some(prefix)) => (registry::pull(cx, prefix)?, none),
-            (None, None) => {
+        let (handoff, activity) = match &self.source {
+            ImageSource::Archive { path, allow_stale } => {
+                (archive::load(cx, path, *allow_stale)?, none)
+            }
+            ImageSource::Registry(prefix) => (registry::pull(cx, prefix)?, none),
+            ImageSource::Build => {
                 let prepared = build::prepare(cx, build::Goal::Build(&[]))?;
                 if !prepared.plan.iter().all(|i| i.is_cached()) {
                     return build_beside_suite(cx, prepared);
@@ -258,16 +299,15 @@ impl<'a> Run<'a> {
     /// The pods that can start before the service images exist (their images hold no binary of
     /// ours and are cached, or come first in the archive), or `None`.
     pub fn early_start(&self) -> Option<PodmanRun> {
-        let Run { opts, project, session, manifests, id, .. } = self;
+        let Run { opts, source, project, session, manifests, id, .. } = self;
         if opts.runtime != Runtime::Podman || opts.build.force {
             return None;
         }
         let names: Vec<String> =
             session.images.infrastructure().into_iter().map(str::to_owned).collect();
         // Their images: cached here, or coming with the archive (awaited before they start).
-        let (pinned, arriving): (BTreeMap<String, String>, _) = match (&opts.images, &opts.registry)
-        {
-            (Some(path), _) => {
+        let (pinned, arriving): (BTreeMap<String, String>, _) = match source {
+            ImageSource::Archive { path, .. } => {
                 let images = archive::read_manifest(path).ok()?.handoff.images.into_iter();
                 let (pinned, arriving): (_, Vec<_>) = images
                     .filter(|i| names.contains(&i.name))
@@ -275,8 +315,8 @@ impl<'a> Run<'a> {
                     .unzip();
                 (pinned, Some(arriving))
             }
-            (None, Some(_)) => return None,
-            (None, None) => {
+            ImageSource::Registry(_) => return None,
+            ImageSource::Build => {
                 let items = build::plan_quietly(project, session, &names).ok()?;
                 if !items.iter().all(|i| i.is_cached()) {
                     return None;
@@ -381,7 +421,7 @@ impl<'a> Run<'a> {
             namespace: id.namespace(),
             // The engine that built or loaded the images is kind's provider.
             provider: handoff.engine,
-            archive_source: opts.images.clone(),
+            archive_source: self.source.archive().map(Path::to_owned),
             log: id.log(project),
             dir,
             ports,
