@@ -38,6 +38,22 @@ pub fn pod_removal(version: &str, remote: bool) -> PodRemoval {
     }
 }
 
+/// Where a `RUN --mount=type=cache` keeps its directories, when it must not be the default.
+/// buildah before 1.29 (podman before 4.4) keeps every user's in one `$TMPDIR/buildah-cache`
+/// (containers/buildah#4404, fixed by #4421 in 1.29): after root's build made it, a rootless
+/// user's build cannot write there (`failed to open: /src/target/debug/.cargo-lock: Permission
+/// denied`, seen with podman 4.3.1). So a local rootless podman before 4.4 gets `TMPDIR` of
+/// its own (`dir`) for the builds that use cache mounts; other engines keep their default.
+pub fn build_cache_tmpdir<'a>(
+    version: &str,
+    rootless: bool,
+    remote: bool,
+    dir: &'a std::path::Path,
+) -> Option<&'a std::path::Path> {
+    let shared = self::version(version).is_some_and(|v| v < (4, 4));
+    (shared && rootless && !remote).then_some(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +75,15 @@ mod tests {
         assert_eq!(pod_removal("5.4.2", true), PodRemoval::RmAtOnce);
         assert_eq!(pod_removal("5.4.2", false), PodRemoval::RmAtOnce);
         assert_eq!(pod_removal("?", true), PodRemoval::StopThenRm { kill_first: true });
+    }
+
+    #[test]
+    fn only_a_local_rootless_podman_before_4_4_gets_a_cache_dir_of_its_own() {
+        let dir = std::path::Path::new("/p/target/e2e/buildah-tmp");
+        assert_eq!(build_cache_tmpdir("4.3.1", true, false, dir), Some(dir));
+        assert_eq!(build_cache_tmpdir("4.3.1", false, false, dir), None, "root's is root's");
+        assert_eq!(build_cache_tmpdir("4.3.1", true, true, dir), None, "its TMPDIR is not ours");
+        assert_eq!(build_cache_tmpdir("4.4.0", true, false, dir), None, "buildah 1.29 splits it");
+        assert_eq!(build_cache_tmpdir("5.4.2", true, false, dir), None);
     }
 }

@@ -18,6 +18,7 @@ use crate::{
     memory,
     problem::Problem,
     project::Project,
+    quirks,
     report::secs,
 };
 
@@ -172,7 +173,7 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
     if !cached {
         // How many rustc run at once changes no output: not part of the fingerprint.
         build_args.insert("JOBS".to_owned(), jobs.to_string());
-        let build = engine.build(&BuildCmd {
+        let mut build = engine.build(&BuildCmd {
             reference: reference.clone(),
             dockerfile: &dockerfile,
             context: &context,
@@ -181,6 +182,14 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
             labels: [(FINGERPRINT_LABEL.to_owned(), fp.clone())].into(),
             no_cache: false,
         });
+        let facts = &env.facts;
+        let own = project.e2e_dir.join("buildah-tmp");
+        let rootless = facts.isolation.rootless;
+        if let Some(dir) = quirks::build_cache_tmpdir(&facts.version, rootless, facts.remote, &own)
+        {
+            std::fs::create_dir_all(dir)?;
+            build = build.env("TMPDIR", dir.display().to_string());
+        }
         let asks = podman_size(builder.memory);
         let note = format!(" (the engine's budget; [builder] memory asks {asks})");
         let capped = match env.cap(cap) {
