@@ -87,7 +87,6 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
             }),
         ),
         ("start a container", engine.filter(|_| start).map(|f| start_container(f, base))),
-        ("memory", memory_check(session, engine)),
         (
             "host memory",
             facts.host_budget.as_ref().ok().filter(|_| remote).map(|host| {
@@ -118,6 +117,7 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
         ("kubectl", needs.kind.then(|| tool("kubectl", kubectl))),
     ];
     let checks = checks.into_iter().filter_map(|(name, result)| Some(Check::new(name, result?)));
+    let memory = memory_check(session, engine);
     let isolation = engine.map(|f| (&f.isolation, f.remote));
     let caps = isolation.and_then(|(i, remote)| {
         let budget = session.facts.budget.as_ref().map_or(0, |b| b.bytes);
@@ -130,7 +130,13 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
         let warning = i.slow_store()?;
         Some(Check { name: "store driver", result: Ok(i.describe()), warning: Some(warning) })
     });
-    checks.chain(caps).chain(store).collect()
+    let mut checks: Vec<Check> = checks.chain(caps).chain(store).collect();
+    // Where the doctor has always shown it: after the engine, the base image and its start.
+    let at = checks
+        .iter()
+        .position(|c| !["engine", "base image", "start a container"].contains(&c.name));
+    checks.splice(at.unwrap_or(checks.len())..at.unwrap_or(checks.len()), memory);
+    checks
 }
 
 fn describe(f: &EngineFacts) -> String {
@@ -160,15 +166,14 @@ fn tool(tool: &str, fix: &str) -> Result<String, Problem> {
 }
 
 /// The engine machine's budget against the largest image cap, with that engine's fix, and how
-/// many builds it lets run at once.
-fn memory_check(
-    session: &Session,
-    engine: Option<&EngineFacts>,
-) -> Option<Result<String, Problem>> {
+/// many builds it lets run at once. A budget below a cap is a warning, not a stop: only an
+/// image to build needs memory (a run that builds it is refused when it plans), and a small
+/// engine's free memory shrinks as its page cache grows, though nothing runs there.
+fn memory_check(session: &Session, engine: Option<&EngineFacts>) -> Option<Check> {
     let images = &session.images.images;
     let (budget, big) = match (&session.facts.budget, images.iter().max_by_key(|i| i.memory)) {
         (Ok(budget), Some(big)) => (budget, big),
-        (Err(p), _) => return Some(Err(p.clone())),
+        (Err(p), _) => return Some(Check::new("memory", Err(p.clone()))),
         _ => return None,
     };
     let caps: Vec<u64> = images.iter().map(|i| i.memory).collect();
@@ -183,9 +188,9 @@ fn memory_check(
     let (bytes, source, cap, name) =
         (human(budget.bytes), &budget.source, human(big.memory), &big.name);
     if big.memory <= budget.bytes {
-        return Some(Ok(format!(
-            "budget {bytes} ({source}) fits the largest cap ({cap} for {name}); {jobs}"
-        )));
+        let fits =
+            format!("budget {bytes} ({source}) fits the largest cap ({cap} for {name}); {jobs}");
+        return Some(Check::new("memory", Ok(fits)));
     }
     let fix = match engine {
         Some(f) if f.remote && f.engine == Engine::Podman => {
@@ -196,7 +201,11 @@ fn memory_check(
         _ => "free memory, lower that image's `memory` in test/e2e/images.toml, or pass --memory-budget",
     };
     let what = format!("budget {bytes} ({source}) is less than {name}'s cap {cap}");
-    Some(Err(Problem::new(what, format!("{fix}; meanwhile {jobs}"))))
+    let so = format!(
+        "runs that build nothing go on; a build of {name} (or of any image whose cap exceeds the budget) is refused when the run plans it"
+    );
+    let warning = Problem::new(what, format!("{fix}; meanwhile {jobs}"));
+    Some(Check { name: "memory", result: Ok(so), warning: Some(warning) })
 }
 
 /// The manifests' memory requests against the engine's memory: a stack that cannot fit is
@@ -311,6 +320,37 @@ mod tests {
             store: Some(crate::engine::Store { path: "/var/lib/containers/storage".into(), free }),
             isolation: Default::default(),
         }
+    }
+
+    /// A budget below the largest cap warns and lets the run go on (seen: a 2 GiB engine's
+    /// free memory fell below PostgreSQL's cap after one cold run, and every warm run and
+    /// `dev`, which build nothing, stopped at the doctor).
+    #[test]
+    fn a_budget_below_a_cap_warns_and_does_not_stop_a_run() {
+        const MIB: u64 = 1 << 20;
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/images.toml"),
+        )
+        .unwrap();
+        let budget = |mib| crate::memory::Budget { bytes: mib * MIB, source: "free".into() };
+        let session = |mib| Session {
+            images: crate::images::Images::parse(&text, None).unwrap(),
+            facts: crate::facts::Facts {
+                engine: Ok(facts(true, "ssh://core@127.0.0.1:2224", None)),
+                base_image: "localhost/e2e-base:bookworm".into(),
+                base: None,
+                offline_base: None,
+                budget: Ok(budget(mib)),
+                host_budget: Ok(budget(4096)),
+            },
+        };
+        let low = memory_check(&session(739), None).unwrap();
+        assert!(low.result.is_ok(), "{low:?}");
+        let warning = low.warning.as_ref().expect("a warning");
+        assert_eq!(warning.what, "budget 739 MiB (free) is less than postgres's cap 768 MiB");
+        assert!(render(&[low]).starts_with("doctor:\n  WARN  memory"));
+        let fits = memory_check(&session(1024), None).unwrap();
+        assert!(fits.result.is_ok() && fits.warning.is_none(), "{fits:?}");
     }
 
     /// The disk judged is the engine's store, named with its machine; the fix fits the engine.
