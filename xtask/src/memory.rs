@@ -33,6 +33,12 @@ pub fn engine_budget(mem_free: Option<u64>, mem_total: u64) -> Budget {
     less_margin(mem_free.unwrap_or(mem_total), &format!("(the engine machine's {what} memory)"))
 }
 
+/// The budget of an engine on another machine from its `MemAvailable` (read in a container
+/// there), less a margin.
+pub fn engine_available_budget(available: u64) -> Budget {
+    less_margin(available, "(MemAvailable on the engine's machine, read in a container there)")
+}
+
 fn less_margin(free: u64, from: &str) -> Budget {
     let margin = (free / 10).max(512 * MIB);
     Budget {

@@ -209,16 +209,23 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
         result.context("compiling the workspace in the engine")?;
         r.line(format!("  compiled in the engine in {}", secs(start.elapsed())));
     }
-    // The binaries come back through the engine's API.
+    // The binaries come back through the engine's API, as a tar on the client's stdout that
+    // tar unpacks here: `podman cp` into a folder unpacks in the client itself, by re-running
+    // its own executable as `buildah-copier`, which fails where podman runs through a loader
+    // (the twin's podman 5 on this Debian 12 host: "buildah-copier: missing program name").
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out)?;
     let container = format!("e2e-extract-{}", std::process::id());
     let create = Cmd::new(program).args(["create", "--name", &container, &reference, "true"]);
-    let cp = Cmd::new(program).args(["cp", &format!("{container}:/out/."), &out.to_string_lossy()]);
-    let copy_out = [create, cp].iter().try_for_each(|c| {
-        r.command(c);
-        c.run_logged(&log)
-    });
+    let cp = Cmd::new(program).args(["cp", &format!("{container}:/out/."), "-"]);
+    let untar = Cmd::new("tar").args(["-x", "-C", &out.to_string_lossy()]);
+    let copy_out = (|| {
+        r.command(&create);
+        create.run_logged(&log)?;
+        let cp = cp.pipe(untar);
+        r.line(format!("  $ {cp}"));
+        cp.run_logged(&log)
+    })();
     let _ = Cmd::new(program).args(["rm", "--force", &container]).survives_interrupt().read();
     copy_out.context("copying the binaries out of the engine")?;
     std::fs::write(out.join(".fingerprint"), &fp)?;
