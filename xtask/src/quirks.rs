@@ -14,13 +14,15 @@ pub fn version(said: &str) -> Option<(u32, u32)> {
 /// How a run's pods are stopped and removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PodRemoval {
-    /// `pod stop --time 0`, then `pod rm --force` (podman 4: its `pod rm --force` ignores
-    /// `--time` and waits each container's stop timeout, 10 s for one that ignores SIGTERM;
-    /// seen on 4.3.1). With `kill_first` (a remote podman 4), `pod kill` before: the libpod
-    /// API's pod stop takes a timeout of 0 as none given (`pkg/api/handlers/libpod/pods.go`,
-    /// `PodStop`: `if query.Timeout > 0`), so a remote `pod stop --time 0` waits the stop
-    /// timeouts (seen with 4.3.1, and with 5.4.2: 53 s for four pods ignoring SIGTERM). No
-    /// upstream issue was found for either.
+    /// `pod stop --time 0`, then `pod rm --force` (podman 4). `pod rm --force --time 0` alone
+    /// is honoured by 4.3.1 (`--time` exists since 4.0, containers/podman#11763: 0.5 s for a
+    /// container that ignores SIGTERM), but on a run's `kube play` pods it took 3.8-4.1 s in 4
+    /// of 5 teardowns against 1.1-1.4 s for stop then rm (5 warm runs of each in a row on
+    /// this machine's 4.3.1, cgroup v1); the cause was not traced. With `kill_first` (a remote podman
+    /// 4), `pod kill` before: the libpod API's pod stop takes a timeout of 0 as none given
+    /// (`pkg/api/handlers/libpod/pods.go`, `PodStop`: `if query.Timeout > 0`), so a remote `pod
+    /// stop --time 0` waits the stop timeouts (seen with 4.3.1, and with 5.4.2: 53 s for four
+    /// pods ignoring SIGTERM); still so in podman 5.8, and no upstream issue was found.
     StopThenRm { kill_first: bool },
     /// `pod rm --force --time 0` alone (podman 5, local or remote: 0.8-1.9 s for the stack
     /// through a rootful podman 5.4.2). A kill or a stop first costs 3-7 s there on cgroup v1
