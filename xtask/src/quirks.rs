@@ -17,7 +17,7 @@ pub enum PodRemoval {
     /// `pod stop --time 0`, then `pod rm --force` (podman 4). `pod rm --force --time 0` alone
     /// is honoured by 4.3.1 (`--time` exists since 4.0, containers/podman#11763: 0.5 s for a
     /// container that ignores SIGTERM), but on a run's `kube play` pods it took 3.8-4.1 s in 4
-    /// of 5 teardowns against 1.1-1.4 s for stop then rm (5 warm runs of each in a row on
+    /// of 5 teardowns against 1.2-1.4 s for stop then rm (5 warm runs of each in a row on
     /// this machine's 4.3.1, cgroup v1); the cause was not traced. With `kill_first` (a remote podman
     /// 4), `pod kill` before: the libpod API's pod stop takes a timeout of 0 as none given
     /// (`pkg/api/handlers/libpod/pods.go`, `PodStop`: `if query.Timeout > 0`), so a remote `pod
