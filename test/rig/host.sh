@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-# What the engines of test/rig (remote-engine.sh, twin.sh: each sources this) do alike on the
-# host: their disk, a filesystem of their own in a sparse file; their lxcfs, started and ended
-# by the script (and only the one it started); their image's removal. The script sets
+# What the engines of test/rig (remote-engine.sh, twin.sh, vm.sh: each sources this) do alike
+# on the host: their disk, a filesystem of their own in a sparse file; their lxcfs, started and
+# ended by the script (and only the one it started); their image's removal; their usage. The script sets
 # DISK_IMG, DISK_MNT, LXCFS_DIR, LXCFS_PIDFILE and LXCFS_LOG, and defines `log` and `die`.
 
 # The host's own podman, whatever CONTAINER_HOST says (it may point at the engine).
@@ -101,4 +101,9 @@ lxcfs_kill() {
             sleep 0.05
         done
     fi
+}
+
+# The usage: the main script's header comment, from its second line to `set -euo`.
+usage() {
+    sed -n '2,/^set -euo/p' "${BASH_SOURCE[-1]}" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//' >&2
 }

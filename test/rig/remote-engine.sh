@@ -261,10 +261,6 @@ cmd_status() {
     fi
 }
 
-usage() {
-    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//' >&2
-}
-
 main() {
     case ${1:-} in
     start) cmd_start ;;

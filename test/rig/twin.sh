@@ -64,11 +64,17 @@ TWIN_DISK=${E2E_TWIN_DISK:-16g}
 BASE_IMAGE=${E2E_BASE_IMAGE:-localhost/e2e-base:bookworm}
 START_TIMEOUT=${E2E_TWIN_TIMEOUT:-60}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# hpod, now, since, require_host, mounted, mount_disk, remove_disk, remove_images, lxcfs_*
+# hpod, now, since, require_host, mounted, mount_disk, remove_disk, remove_images, lxcfs_*,
+# usage
 # shellcheck source=test/rig/host.sh
 source "$HERE/host.sh"
 KNOWN_HOSTS=$(getent passwd root | cut -d: -f6)/.ssh/known_hosts
 readonly TWIN_MEMORY TWIN_DISK BASE_IMAGE START_TIMEOUT HERE KNOWN_HOSTS
+readonly MIRROR=${E2E_TWIN_MIRROR:-} ENGINE="the twin" SCRIPT=twin.sh
+# url_of, tpod, mirror, ensure_client, ensure_key, forget_host_keys, write_host_keys,
+# port_free, print_env, status_connections
+# shellcheck source=test/rig/ssh-engine.sh
+source "$HERE/ssh-engine.sh"
 
 log() { printf '[e2e-twin %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() {
@@ -76,11 +82,8 @@ die() {
     exit 1
 }
 
-
-
-
 # The port the running twin publishes its ssh on, else the configured one.
-twin_port() {
+engine_port() {
     local published
     published=$(hpod port "$TWIN_NAME" 22/tcp 2>/dev/null | head -n1 || true)
     if [[ $published =~ :([0-9]+)$ ]]; then
@@ -90,38 +93,9 @@ twin_port() {
     fi
 }
 
-# The URL of a connection: rootless (core) or rootful (root).
-url_of() {
-    case $1 in
-    rootless) echo "ssh://core@127.0.0.1:$(twin_port)$ROOTLESS_SOCK" ;;
-    rootful) echo "ssh://root@127.0.0.1:$(twin_port)$ROOTFUL_SOCK" ;;
-    *) die "a connection is rootless or rootful, not '$1'" ;;
-    esac
-}
-
-# The podman 5 client through one connection.
-tpod() {
-    local conn=$1
-    shift
-    env -u CONTAINER_CONNECTION CONTAINER_HOST="$(url_of "$conn")" CONTAINER_SSHKEY="$KEY" \
-        "$CLIENT_DIR/podman" "$@"
-}
-
 twin_exists() { hpod container exists "$TWIN_NAME"; }
 twin_running() { [[ $(hpod container inspect --format '{{.State.Running}}' "$TWIN_NAME" 2>/dev/null) == true ]]; }
 api_ok() { [[ -x $CLIENT_DIR/podman && -f $KEY ]] && tpod "$1" info --format '{{.Host.ServiceIsRemote}}' >/dev/null 2>&1; }
-
-mirror() {
-    if [[ -n ${E2E_TWIN_MIRROR:-} ]]; then
-        echo "$E2E_TWIN_MIRROR"
-        return
-    fi
-    local m=
-    if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then
-        m=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources)
-    fi
-    echo "${m:-http://deb.debian.org/debian}"
-}
 
 # localhost/e2e-twin:<16 hex digits of the SHA-256 of the twin's files and its package list>.
 twin_image_ref() {
@@ -224,33 +198,6 @@ ensure_twin_image() {
     done < <(hpod images --filter "reference=$TWIN_IMAGE_REPO" --format '{{.Repository}}:{{.Tag}}')
 }
 
-# The podman 5 client: trixie's /usr/bin/podman through trixie's own loader and libraries
-# (its glibc is newer than this host's), as a script named podman.
-ensure_client() {
-    mkdir -p "$CLIENT_DIR"
-    local wrapper=$CLIENT_DIR/podman
-    cat >"$wrapper.new" <<EOF
-#!/bin/sh
-# podman 5 (Debian $SUITE's) for this host, made by test/rig/twin.sh: remote use only
-# (CONTAINER_HOST, --url or --connection). Runs through $SUITE's loader and libraries.
-exec $ROOTFS/lib64/ld-linux-x86-64.so.2 --library-path $ROOTFS/lib/x86_64-linux-gnu:$ROOTFS/usr/lib/x86_64-linux-gnu $ROOTFS/usr/bin/podman "\$@"
-EOF
-    chmod 0755 "$wrapper.new"
-    mv "$wrapper.new" "$wrapper"
-    "$wrapper" --remote --version >/dev/null 2>&1 || die "the podman 5 client $wrapper does not run"
-}
-
-ensure_key() {
-    [[ -f $KEY && -f $KEY.pub ]] && return
-    mkdir -p "$(dirname "$KEY")"
-    chmod 0700 "$(dirname "$KEY")"
-    rm -f "$KEY" "$KEY.pub"
-    ssh-keygen -q -t ed25519 -N '' -C "e2e-twin@$(hostname)" -f "$KEY" ||
-        die "ssh-keygen failed"
-    log "made the key pair $KEY (authorized for root and core in the twin)"
-}
-
-
 # An lxcfs of the twin's own on $LXCFS_DIR (not the rig's /var/lib/lxcfs, which the rig's
 # stop ends): its /proc files are computed from the reader's cgroup, the twin's.
 ensure_lxcfs() {
@@ -283,30 +230,6 @@ release_disk() {
     fi
 }
 
-# root's known_hosts without the lines of [127.0.0.1]:PORT (hashed ones too).
-forget_host_keys() {
-    local port=$1
-    [[ -f $KNOWN_HOSTS ]] || return 0
-    if ssh-keygen -F "[127.0.0.1]:$port" -f "$KNOWN_HOSTS" >/dev/null 2>&1; then
-        ssh-keygen -R "[127.0.0.1]:$port" -f "$KNOWN_HOSTS" >/dev/null 2>&1
-        rm -f "$KNOWN_HOSTS.old"
-    fi
-}
-
-# Every host key type of the twin's sshd, unhashed, as `[127.0.0.1]:PORT <type> <key>`: what
-# podman's ssh client checks (it fails on a type it does not find). Read from the twin itself.
-write_host_keys() {
-    local port=$1 keys
-    keys=$(hpod exec "$TWIN_NAME" sh -c 'cat /etc/ssh/ssh_host_*_key.pub') ||
-        die "reading the twin's host keys failed"
-    mkdir -p "$(dirname "$KNOWN_HOSTS")"
-    chmod 0700 "$(dirname "$KNOWN_HOSTS")"
-    forget_host_keys "$port"
-    awk -v h="[127.0.0.1]:$port" 'NF >= 2 { print h, $1, $2 }' <<<"$keys" >>"$KNOWN_HOSTS"
-    chmod 0600 "$KNOWN_HOSTS"
-    log "wrote the twin's $(wc -l <<<"$keys") host keys for [127.0.0.1]:$port into $KNOWN_HOSTS"
-}
-
 wait_for_api() {
     local conn deadline=$((SECONDS + START_TIMEOUT))
     for conn in rootful rootless; do
@@ -323,10 +246,6 @@ wait_for_api() {
             sleep 0.2
         done
     done
-}
-
-port_free() {
-    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
 # The base image, loaded into a store through its connection (`podman save | podman load`)
@@ -350,7 +269,7 @@ ensure_base_image() {
 
 cmd_start() {
     require_host "the twin"
-    local t0 ref
+    local t0 ref keys
     t0=$(now)
     ref=$(twin_image_ref)
     if twin_running && [[ $(hpod container inspect --format '{{.ImageName}}' "$TWIN_NAME") == "$ref" ]] &&
@@ -382,7 +301,9 @@ cmd_start() {
             -v "$DISK_MNT/core:/home/core/.local/share/containers" \
             -v "$KEY.pub:/etc/ssh/e2e-twin-authorized_keys:ro" \
             "$ref" >/dev/null
-        write_host_keys "$PORT"
+        keys=$(hpod exec "$TWIN_NAME" sh -c 'cat /etc/ssh/ssh_host_*_key.pub') ||
+            die "reading the twin's host keys failed"
+        write_host_keys "$PORT" "$keys"
         wait_for_api
         log "both connections answer ($(since "$t0") s after start)"
     fi
@@ -405,15 +326,13 @@ cmd_env() {
     if ! twin_running; then
         log "warning: the twin is not running (test/rig/twin.sh start)"
     fi
-    echo "export PATH=$CLIENT_DIR:\$PATH"
-    echo "export CONTAINER_HOST=$(url_of "$conn")"
-    echo "export CONTAINER_SSHKEY=$KEY"
+    print_env "$conn"
 }
 
 cmd_stop() {
     require_host "the twin"
     local port
-    port=$(twin_port)
+    port=$(engine_port)
     if twin_exists; then
         log "removing the twin container $TWIN_NAME (and everything running in it)"
         hpod rm -f -t 0 "$TWIN_NAME" >/dev/null
@@ -440,7 +359,7 @@ cmd_purge() {
 
 cmd_status() {
     require_host "the twin"
-    local state conn ok=0
+    local state
     state=$(hpod container inspect --format '{{.State.Status}} (image {{.ImageName}}, started {{.State.StartedAt}})' "$TWIN_NAME" 2>/dev/null || echo absent)
     echo "container: $TWIN_NAME $state"
     echo "client:    $CLIENT_DIR/podman"
@@ -449,22 +368,7 @@ cmd_status() {
     else
         echo "lxcfs:     not running"
     fi
-    for conn in rootless rootful; do
-        printf '%-10s %s\n' "$conn:" "$(url_of "$conn")"
-        if api_ok "$conn"; then
-            tpod "$conn" info --format '  engine:  podman {{.Version.Version}} on {{.Host.Hostname}}, {{.Host.OS}}/{{.Host.Arch}}, {{.Host.CPUs}} CPUs, memTotal {{.Host.MemTotal}} memFree {{.Host.MemFree}}, rootless {{.Host.Security.Rootless}}, cgroups {{.Host.CgroupsVersion}} {{.Host.CgroupManager}}, runtime {{.Host.OCIRuntime.Name}}'
-            tpod "$conn" info --format '  storage: {{.Store.GraphDriverName}} on {{.Store.GraphRoot}}: {{.Store.ImageStore.Number}} images, {{.Store.ContainerStore.Number}} containers ({{.Store.ContainerStore.Running}} running); {{.Store.GraphRootUsed}} of {{.Store.GraphRootAllocated}} bytes used'
-            echo "  use:     eval \"\$($HERE/twin.sh env $conn)\""
-        else
-            echo "  engine:  not answering"
-            ok=1
-        fi
-    done
-    return "$ok"
-}
-
-usage() {
-    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//' >&2
+    status_connections 0
 }
 
 main() {

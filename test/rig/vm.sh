@@ -74,11 +74,16 @@ DISK_SIZE=${E2E_VM_DISK:-16G}
 BASE_IMAGE=${E2E_BASE_IMAGE:-localhost/e2e-base:bookworm}
 START_TIMEOUT=${E2E_VM_TIMEOUT:-600}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# hpod, now, since (the rest of host.sh is for the container engines)
+# hpod, now, since, usage (the rest of host.sh is for the container engines)
 # shellcheck source=test/rig/host.sh disable=SC1091
 source "$HERE/host.sh"
 KNOWN_HOSTS=$(getent passwd root | cut -d: -f6)/.ssh/known_hosts
 readonly PORT VM_MEMORY VM_CPUS DISK_SIZE BASE_IMAGE START_TIMEOUT HERE KNOWN_HOSTS
+readonly MIRROR=${E2E_VM_MIRROR:-} ENGINE="the VM" SCRIPT=vm.sh
+# url_of, tpod, mirror, ensure_client, ensure_key, forget_host_keys, write_host_keys,
+# port_free, print_env, status_connections
+# shellcheck source=test/rig/ssh-engine.sh
+source "$HERE/ssh-engine.sh"
 
 log() { printf '[e2e-vm %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() {
@@ -100,7 +105,7 @@ vm_pid() {
 vm_running() { vm_pid >/dev/null; }
 
 # The port the running VM's ssh is forwarded from, else the configured one.
-vm_port() {
+engine_port() {
     if vm_running && [[ -f $PORTFILE ]]; then
         cat "$PORTFILE"
     else
@@ -108,22 +113,6 @@ vm_port() {
     fi
 }
 
-# The URL of a connection: rootless (core) or rootful (root).
-url_of() {
-    case $1 in
-    rootless) echo "ssh://core@127.0.0.1:$(vm_port)$ROOTLESS_SOCK" ;;
-    rootful) echo "ssh://root@127.0.0.1:$(vm_port)$ROOTFUL_SOCK" ;;
-    *) die "a connection is rootless or rootful, not '$1'" ;;
-    esac
-}
-
-# The podman 5 client through one connection.
-tpod() {
-    local conn=$1
-    shift
-    env -u CONTAINER_CONNECTION CONTAINER_HOST="$(url_of "$conn")" CONTAINER_SSHKEY="$KEY" \
-        "$CLIENT_DIR/podman" "$@"
-}
 api_ok() {
     [[ -x $CLIENT_DIR/podman && -f $KEY ]] &&
         timeout 120 env -u CONTAINER_CONNECTION CONTAINER_HOST="$(url_of "$1")" CONTAINER_SSHKEY="$KEY" \
@@ -134,21 +123,9 @@ api_ok() {
 vm_ssh() {
     local user=$1
     shift
-    ssh -i "$KEY" -p "$(vm_port)" -o BatchMode=yes -o StrictHostKeyChecking=yes \
+    ssh -i "$KEY" -p "$(engine_port)" -o BatchMode=yes -o StrictHostKeyChecking=yes \
         -o UserKnownHostsFile="$KNOWN_HOSTS" -o ConnectTimeout=5 -o LogLevel=ERROR \
         "$user@127.0.0.1" "$@"
-}
-
-mirror() {
-    if [[ -n ${E2E_VM_MIRROR:-} ]]; then
-        echo "$E2E_VM_MIRROR"
-        return
-    fi
-    local m=
-    if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then
-        m=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources)
-    fi
-    echo "${m:-http://deb.debian.org/debian}"
 }
 
 # qemu with its own libraries and firmware.
@@ -202,33 +179,6 @@ ensure_rootfs() {
     mv "$staging" "$ROOTFS"
     rm -f "$STATE_DIR/debootstrap.log"
     log "debootstrapped $SUITE in $(since "$t0") s"
-}
-
-# A key pair for root and core in the VM. A new key means a new disk (the old one authorizes
-# the old key).
-ensure_key() {
-    [[ -f $KEY && -f $KEY.pub ]] && return
-    mkdir -p "$(dirname "$KEY")"
-    chmod 0700 "$(dirname "$KEY")"
-    rm -f "$KEY" "$KEY.pub" "$DISK"
-    ssh-keygen -q -t ed25519 -N '' -C "e2e-vm@$(hostname)" -f "$KEY" || die "ssh-keygen failed"
-    log "made the key pair $KEY (authorized for root and core in the VM)"
-}
-
-# The podman 5 client: trixie's /usr/bin/podman from the VM's rootfs, through trixie's own
-# loader and libraries (its glibc is newer than this host's), as a script named podman.
-ensure_client() {
-    mkdir -p "$CLIENT_DIR"
-    local wrapper=$CLIENT_DIR/podman
-    cat >"$wrapper.new" <<EOF
-#!/bin/sh
-# podman 5 (Debian $SUITE's) for this host, made by test/rig/vm.sh: remote use only
-# (CONTAINER_HOST, --url or --connection). Runs through $SUITE's loader and libraries.
-exec $ROOTFS/lib64/ld-linux-x86-64.so.2 --library-path $ROOTFS/lib/x86_64-linux-gnu:$ROOTFS/usr/lib/x86_64-linux-gnu $ROOTFS/usr/bin/podman "\$@"
-EOF
-    chmod 0755 "$wrapper.new"
-    mv "$wrapper.new" "$wrapper"
-    "$wrapper" --remote --version >/dev/null 2>&1 || die "the podman 5 client $wrapper does not run"
 }
 
 # What podman machine's first boot (its Ignition config) sets up, in the rootfs: the host
@@ -289,34 +239,6 @@ ensure_disk() {
     mkfs.ext4 -F -q -m 0 -L "$VM_NAME" -d "$ROOTFS" "$DISK.new" "$DISK_SIZE" || die "mkfs.ext4 -d $ROOTFS failed"
     mv "$DISK.new" "$DISK"
     log "made the disk in $(since "$t0") s"
-}
-
-# root's known_hosts without the lines of [127.0.0.1]:PORT (hashed ones too).
-forget_host_keys() {
-    local port=$1
-    [[ -f $KNOWN_HOSTS ]] || return 0
-    if ssh-keygen -F "[127.0.0.1]:$port" -f "$KNOWN_HOSTS" >/dev/null 2>&1; then
-        ssh-keygen -R "[127.0.0.1]:$port" -f "$KNOWN_HOSTS" >/dev/null 2>&1
-        rm -f "$KNOWN_HOSTS.old"
-    fi
-}
-
-# Every host key type of the VM's sshd, unhashed, as `[127.0.0.1]:PORT <type> <key>`: what
-# podman's ssh client checks (it fails on a type it does not find). The disk was made from
-# the rootfs, so its keys are the rootfs's.
-write_host_keys() {
-    local port=$1 keys
-    keys=$(cat "$ROOTFS"/etc/ssh/ssh_host_*_key.pub) || die "the rootfs has no ssh host keys"
-    mkdir -p "$(dirname "$KNOWN_HOSTS")"
-    chmod 0700 "$(dirname "$KNOWN_HOSTS")"
-    forget_host_keys "$port"
-    awk -v h="[127.0.0.1]:$port" 'NF >= 2 { print h, $1, $2 }' <<<"$keys" >>"$KNOWN_HOSTS"
-    chmod 0600 "$KNOWN_HOSTS"
-    log "wrote the VM's $(wc -l <<<"$keys") host keys for [127.0.0.1]:$port into $KNOWN_HOSTS"
-}
-
-port_free() {
-    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
 # Boots the VM in the background (qemu daemonizes; its pid in $PIDFILE, the serial console
@@ -427,7 +349,7 @@ ensure_base_images() {
 
 cmd_start() {
     require_root
-    local t0
+    local t0 keys
     t0=$(now)
     if vm_running && api_ok rootful && api_ok rootless; then
         log "the VM is already running (qemu pid $(vm_pid))"
@@ -438,10 +360,14 @@ cmd_start() {
             port_free "$PORT" || die "127.0.0.1:$PORT is in use: E2E_VM_PORT=<another port> picks another"
             ensure_qemu
             ensure_rootfs
+            # A new key means a new disk (the old one authorizes the old key).
+            [[ -f $KEY && -f $KEY.pub ]] || rm -f "$DISK"
             ensure_key
             ensure_client
             ensure_disk
-            write_host_keys "$PORT"
+            # The disk is made from the rootfs, so its host keys are the rootfs's.
+            keys=$(cat "$ROOTFS"/etc/ssh/ssh_host_*_key.pub) || die "the rootfs has no ssh host keys"
+            write_host_keys "$PORT" "$keys"
             boot
         fi
         wait_for_boot "$(now)"
@@ -467,9 +393,7 @@ cmd_env() {
     if ! vm_running; then
         log "warning: the VM is not running (test/rig/vm.sh start)"
     fi
-    echo "export PATH=$CLIENT_DIR:\$PATH"
-    echo "export CONTAINER_HOST=$(url_of "$conn")"
-    echo "export CONTAINER_SSHKEY=$KEY"
+    print_env "$conn"
 }
 
 cmd_ssh() {
@@ -479,7 +403,7 @@ cmd_ssh() {
     shift || true
     vm_running || die "the VM is not running (test/rig/vm.sh start)"
     if (($# == 0)); then
-        exec ssh -t -i "$KEY" -p "$(vm_port)" -o StrictHostKeyChecking=yes \
+        exec ssh -t -i "$KEY" -p "$(engine_port)" -o StrictHostKeyChecking=yes \
             -o UserKnownHostsFile="$KNOWN_HOSTS" -o LogLevel=ERROR "$user@127.0.0.1"
     fi
     vm_ssh "$user" "$@"
@@ -488,7 +412,7 @@ cmd_ssh() {
 cmd_stop() {
     require_root
     local port pid deadline
-    port=$(vm_port)
+    port=$(engine_port)
     if pid=$(vm_pid); then
         log "powering the VM off (qemu pid $pid)"
         vm_ssh root systemctl poweroff >/dev/null 2>&1 || true
@@ -526,9 +450,9 @@ cmd_purge() {
 
 cmd_status() {
     require_root
-    local conn ok=0 pid inside
+    local ok=0 pid inside
     if pid=$(vm_pid); then
-        echo "vm:        running (qemu pid $pid, up $(ps -o etime= -p "$pid" | tr -d ' '), ssh on 127.0.0.1:$(vm_port), disk $DISK: $(du -h "$DISK" | cut -f1) used of $DISK_SIZE)"
+        echo "vm:        running (qemu pid $pid, up $(ps -o etime= -p "$pid" | tr -d ' '), ssh on 127.0.0.1:$(engine_port), disk $DISK: $(du -h "$DISK" | cut -f1) used of $DISK_SIZE)"
         # shellcheck disable=SC2016 # expanded in the VM
         inside='echo "kernel $(uname -r), $(nproc) CPUs, $(awk "/MemTotal/ { print \$2 \" kB\" }" /proc/meminfo), systemd $(systemctl is-system-running), delegated to core: $(cat /sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/cgroup.controllers), lingering: $(ls /var/lib/systemd/linger)"'
         echo "inside:    $(vm_ssh root "$inside" 2>/dev/null || echo 'ssh does not answer')"
@@ -537,22 +461,7 @@ cmd_status() {
         ok=1
     fi
     echo "client:    $CLIENT_DIR/podman"
-    for conn in rootless rootful; do
-        printf '%-10s %s\n' "$conn:" "$(url_of "$conn")"
-        if [[ $ok == 0 ]] && api_ok "$conn"; then
-            tpod "$conn" info --format '  engine:  podman {{.Version.Version}} on {{.Host.Hostname}}, {{.Host.OS}}/{{.Host.Arch}}, {{.Host.CPUs}} CPUs, memTotal {{.Host.MemTotal}} memFree {{.Host.MemFree}}, rootless {{.Host.Security.Rootless}}, cgroups {{.Host.CgroupsVersion}} {{.Host.CgroupManager}}, runtime {{.Host.OCIRuntime.Name}}'
-            tpod "$conn" info --format '  storage: {{.Store.GraphDriverName}} on {{.Store.GraphRoot}}: {{.Store.ImageStore.Number}} images, {{.Store.ContainerStore.Number}} containers ({{.Store.ContainerStore.Running}} running); {{.Store.GraphRootUsed}} of {{.Store.GraphRootAllocated}} bytes used'
-            echo "  use:     eval \"\$($HERE/vm.sh env $conn)\""
-        else
-            echo "  engine:  not answering"
-            ok=1
-        fi
-    done
-    return "$ok"
-}
-
-usage() {
-    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//' >&2
+    status_connections "$ok"
 }
 
 main() {
