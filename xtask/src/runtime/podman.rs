@@ -308,12 +308,18 @@ impl PodmanRun {
         }
         for (i, secret) in self.stack.secrets.iter().enumerate() {
             steps.push(Step::Record(self.record(i + 1, |_| false)));
-            let file = self.dir.join(format!("secret-{}.json", secret.name));
-            let cmd = Podman.secret_create(&secret.name, &file).survives_interrupt();
-            let doing = format!("creating podman secret {}", secret.name);
-            steps.push(Step::Secret { cmd, file, payload: secret.payload.clone(), doing });
+            steps
+                .push(self.secret_step(secret, &format!("creating podman secret {}", secret.name)));
         }
         steps
+    }
+
+    /// Makes a podman secret from its payload, written to a private file only while the
+    /// create runs.
+    fn secret_step(&self, secret: &Secret, doing: &str) -> Step<'static> {
+        let file = self.dir.join(format!("secret-{}.json", secret.name));
+        let cmd = Podman.secret_create(&secret.name, &file).survives_interrupt();
+        Step::Secret { cmd, file, payload: secret.payload.clone(), doing: doing.to_owned() }
     }
 
     /// The files of the pods that `play` picks, then one `kube play` per pod, all at once:
@@ -491,30 +497,31 @@ impl Stack for PodmanRun {
         let stack =
             self.rerender(&Manifests::load(&project.manifests_dir())?, &handoff.pinned())?;
         let secrets = changed_secrets(&self.stack, &stack);
-        let pods: Vec<&str> =
-            changed_pods(&self.stack, &stack).into_iter().map(|i| &*stack.pods[i].name).collect();
+        let changed = changed_pods(&self.stack, &stack);
         // Stopped, not killed: a service finishes what it was doing (the gateway releases its
         // outbox lease for the new one).
-        for pod in &pods {
+        for pod in changed.iter().map(|&i| &stack.pods[i].name) {
             let cmds = [Podman.pod_stop(pod), Podman.pod_rm(pod)];
             step::run_shown(r, &self.log, &cmds, &format!("replacing {pod}"))?;
         }
-        // A Secret is read when its pods are played: made again before them.
+        // A Secret is read when its pods are played: made again before them, as the run made
+        // it (its payload on disk only while the create runs).
+        let mut runner = step::Runner {
+            dir: self.dir.clone(),
+            log: self.log.clone(),
+            exec: &mut step::Live,
+            record: None,
+        };
         for secret in &secrets {
-            let file = self.dir.join(format!("secret-{}.json", secret.name));
-            crate::fsx::write_atomic(&file, &secret.payload)?;
-            let made = self.stack.secrets.iter().any(|s| s.name == secret.name);
-            let rm = made.then(|| Podman.secret_rm(&secret.name));
-            let cmds: Vec<Cmd> =
-                rm.into_iter().chain([Podman.secret_create(&secret.name, &file)]).collect();
-            step::run_shown(
-                r,
-                &self.log,
-                &cmds,
-                &format!("replacing podman secret {}", secret.name),
-            )?;
+            let doing = format!("replacing podman secret {}", secret.name);
+            if self.stack.secrets.iter().any(|s| s.name == secret.name) {
+                let cmd = Podman.secret_rm(&secret.name).survives_interrupt();
+                runner.step(r, &Step::Run { cmd, doing: doing.clone() })?;
+            }
+            runner.step(r, &self.secret_step(secret, &doing))?;
         }
-        for (i, pod) in stack.pods.iter().enumerate().filter(|(_, p)| pods.contains(&&*p.name)) {
+        for &i in &changed {
+            let pod = &stack.pods[i];
             let file = self.pod_file(&pod.name);
             crate::fsx::write_atomic(&file, &stack.pod_yaml[i])?;
             let play = Podman.kube_play(&self.id.network(), stack.address(&pod.name), &file);
@@ -523,7 +530,7 @@ impl Stack for PodmanRun {
                 self.created_from.remove(&container_name(&pod.name, &c.name));
             }
         }
-        let names = pods.iter().map(|p| p.to_string()).collect();
+        let names = changed.iter().map(|&i| stack.pods[i].name.clone()).collect();
         crate::fsx::write_atomic(&self.stack_file(), &stack.yaml)?;
         self.stack = stack;
         Ok(names)
