@@ -87,6 +87,8 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
             }),
         ),
         ("start a container", engine.filter(|_| start).map(|f| start_container(f, base))),
+    ];
+    let rest = [
         (
             "host memory",
             facts.host_budget.as_ref().ok().filter(|_| remote).map(|host| {
@@ -116,8 +118,11 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
         ("kind", needs.kind.then(|| tool("kind", kind))),
         ("kubectl", needs.kind.then(|| tool("kubectl", kubectl))),
     ];
-    let checks = checks.into_iter().filter_map(|(name, result)| Some(Check::new(name, result?)));
+    let present = |(name, result): (_, Option<_>)| Some(Check::new(name, result?));
+    // The memory check (it may warn rather than fail) after the engine and its base image.
     let memory = memory_check(session, engine);
+    let rest = rest.into_iter().filter_map(present);
+    let checks = checks.into_iter().filter_map(present).chain(memory).chain(rest);
     let isolation = engine.map(|f| (&f.isolation, f.remote));
     let caps = isolation.and_then(|(i, remote)| {
         let budget = session.facts.budget.as_ref().map_or(0, |b| b.bytes);
@@ -130,13 +135,7 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
         let warning = i.slow_store()?;
         Some(Check { name: "store driver", result: Ok(i.describe()), warning: Some(warning) })
     });
-    let mut checks: Vec<Check> = checks.chain(caps).chain(store).collect();
-    // Where the doctor has always shown it: after the engine, the base image and its start.
-    let at = checks
-        .iter()
-        .position(|c| !["engine", "base image", "start a container"].contains(&c.name));
-    checks.splice(at.unwrap_or(checks.len())..at.unwrap_or(checks.len()), memory);
-    checks
+    checks.chain(caps).chain(store).collect()
 }
 
 fn describe(f: &EngineFacts) -> String {

@@ -42,9 +42,9 @@ commands! { Engine, self => self.program();
     /// `repository:tag` of every image that carries a fingerprint label (every image built here).
     list_fingerprinted() => ["images", "--filter", format!("label={FINGERPRINT_LABEL}"),
         "--format", "{{.Repository}}:{{.Tag}}"];
-    /// Starts and removes a container: proves the engine can run one, not just answer.
-    run_true(image: &str) => ["run", "--rm", "--network", "none"]
-        + self.pick(Some("--pull=never"), None).into_iter().chain([image, "true"]);
+    /// A command in a throwaway container of `image`, without a network.
+    run_once(image: &str, command: &[&str]) => ["run", "--rm", "--network", "none"]
+        + self.pick(Some("--pull=never"), None).into_iter().chain([image]).chain(command.iter().copied());
     tag(reference: &str, new: &str) => ["tag", reference, new];
     untag(reference: &str) => ["rmi", reference];
     /// An image's storage driver and top layer's directory on the engine's machine: `overlay
@@ -63,6 +63,11 @@ pub enum Engine {
 }
 
 impl Engine {
+    /// Starts and removes a container: proves the engine can run one, not just answer.
+    pub fn run_true(self, image: &str) -> Cmd {
+        self.run_once(image, &["true"])
+    }
+
     /// Of a value for podman and one for docker, this engine's.
     fn pick<T>(self, podman: T, docker: T) -> T {
         match self {

@@ -266,9 +266,7 @@ fn available_in_engine(env: &Env, largest_cap: Option<u64>) -> Option<memory::Bu
     if !facts.remote || largest_cap.is_none_or(|cap| cap <= budget.bytes) {
         return None;
     }
-    let program = env.engine().program();
-    let args = ["run", "--rm", "--network", "none", "--pull=never", &env.base_image];
-    let meminfo = Cmd::new(program).args(args).args(["cat", "/proc/meminfo"]).read().ok()?;
+    let meminfo = env.engine().run_once(&env.base_image, &["cat", "/proc/meminfo"]).read().ok()?;
     let available = memory::parse_meminfo(&meminfo)?.min(facts.mem_total);
     let measured = memory::engine_available_budget(available);
     (measured.bytes > budget.bytes).then_some(measured)
