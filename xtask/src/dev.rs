@@ -15,11 +15,11 @@ use crate::{
     interrupt,
     project::Project,
     report::{secs, Reporter},
-    run::{self, Run, RunOptions, Runtime},
+    run::{self, Run, RunOptions},
     runtime::{
         self,
         step::{Live, Runner},
-        RunId, Stack,
+        RunId, Runtime, Stack,
     },
 };
 
@@ -86,6 +86,13 @@ pub fn changes_content(kind: &notify::EventKind) -> bool {
 impl DevArgs {
     pub fn run(self, project: &Project) -> Result<()> {
         let DevArgs { runtime, keep, ready_timeout, debounce, build, test_args } = self;
+        if runtime == Runtime::Kube {
+            return Err(crate::problem::Problem::new(
+                "`dev` replaces pods with images built on this machine, and a shared cluster (--runtime kube) pulls its images from a registry",
+                "run `dev` on podman or Kind; against a shared cluster, run `cargo xtask e2e --runtime kube`",
+            )
+            .into());
+        }
         let opts =
             RunOptions { runtime, keep, ready_timeout, build, test_args, ..Default::default() };
         let run = Run::open(project, opts, RunId::new(Some("dev")))?;
@@ -98,7 +105,7 @@ impl DevArgs {
         let mut stack = run.stack(&images.handoff, None)?;
         r.line(format!("dev run {}", run.id));
         let plan = stack.plan(ready_timeout, vec![]);
-        let (up, record) = runtime::execute(&*stack, r, project, &plan, run.made());
+        let (up, record) = runtime::execute(&*stack, r, project, &plan, stack.made());
         drop(plan);
         let outcome = up.and_then(|()| {
             // Each running image's fingerprint without its binary, to tell a binary-only change.

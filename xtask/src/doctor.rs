@@ -33,8 +33,10 @@ impl Check {
 
 #[derive(Debug, Clone, Default)]
 pub struct Needs {
-    /// A Kind cluster: `kind` and `kubectl`.
+    /// A Kind cluster: `kind`.
     pub kind: bool,
+    /// A Kubernetes cluster, Kind's or another: `kubectl`.
+    pub kubectl: bool,
     /// Loading this archive (so the base image is not needed, `zstd` is, and disk for it).
     pub archive: Option<PathBuf>,
     /// Prove the engine can start a container (`doctor` does; `e2e` learns it from the run).
@@ -56,7 +58,12 @@ pub struct DoctorArgs {
 impl DoctorArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         let r = Reporter::new();
-        let needs = Needs { kind: self.kind, archive: self.images, start_container: true };
+        let needs = Needs {
+            kind: self.kind,
+            kubectl: self.kind,
+            archive: self.images,
+            start_container: true,
+        };
         let session = Session::open(project, &self.opts, &r, false)?;
         let checks = run_checks(project, &session, &needs);
         r.line(render(&checks));
@@ -116,7 +123,7 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
         ),
         ("zstd", zstd.then(|| tool("zstd", "apt-get install zstd"))),
         ("kind", needs.kind.then(|| tool("kind", kind))),
-        ("kubectl", needs.kind.then(|| tool("kubectl", kubectl))),
+        ("kubectl", needs.kubectl.then(|| tool("kubectl", kubectl))),
     ];
     let present = |(name, result): (_, Option<_>)| Some(Check::new(name, result?));
     // The memory check (it may warn rather than fail) after the engine and its base image.

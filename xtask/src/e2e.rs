@@ -31,8 +31,8 @@ pub fn run(options: RunOptions, project: &Project) -> Result<()> {
         return dry_run(&run);
     }
     run.require()?;
-    let early = run.early_start();
-    let (images, record) = run.images_beside(early.as_ref())?;
+    let early = runtime::early_start(&run);
+    let (images, record) = run.images_beside(early.as_deref())?;
     let stack = run.stack(&images.handoff, early)?;
     r.line(format!("run {} (files in {})", stack.id(), project.display(stack.dir())));
     if let Some(line) = stack.where_it_runs() {
@@ -40,7 +40,7 @@ pub fn run(options: RunOptions, project: &Project) -> Result<()> {
     }
     let (outcome, record) = run.beside_suite_compile(images.pending_suite, |gate| {
         let plan = stack.plan(opts.ready_timeout, opts.tests(project, &*stack, gate));
-        runtime::execute(&*stack, r, project, &plan, record.or_else(|| run.made()))
+        runtime::execute(&*stack, r, project, &plan, record.or_else(|| stack.made()))
     });
     let outcome = match (outcome, runtime::finish(&*stack, r, record.as_ref(), opts.keep)) {
         (Ok(()), t) => t.context("E2E passed but the teardown failed"),
@@ -174,7 +174,7 @@ fn dry_run(run: &Run) -> Result<()> {
         }
     };
     lines.push(suite::compile(project, 1).to_string());
-    let early = run.early_start();
+    let early = runtime::early_start(run);
     if let Some(early) = &early {
         let first = match source {
             ImageSource::Archive { .. } => {
@@ -196,7 +196,7 @@ fn dry_run(run: &Run) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{build::BuildOptions, engine::Engine, run::Runtime};
+    use crate::{build::BuildOptions, engine::Engine, runtime::Runtime};
 
     fn args() -> RunOptions {
         RunOptions {
@@ -209,6 +209,7 @@ mod tests {
             allow_stale: false,
             cluster_name: None,
             reuse_cluster: None,
+            context: None,
             dry_run: false,
             suite_in: None,
             down: None,
@@ -240,6 +241,21 @@ mod tests {
         assert_eq!(opts.engine(), Ok(Some(Engine::Docker)));
         opts.build.engine = None;
         assert_eq!(opts.engine(), Ok(None));
+    }
+
+    #[test]
+    fn each_runtime_refuses_the_options_of_another() {
+        let kube = RunOptions { runtime: Runtime::Kube, ..args() };
+        let p = kube.check_runtime().unwrap_err();
+        assert!(p.fix.contains("--context NAME") && p.fix.contains("--registry"), "{p}");
+        let kube = RunOptions { context: Some("staging".into()), ..kube };
+        assert!(kube.check_runtime().is_err(), "the registry is still missing");
+        let kube = RunOptions { registry: Some("r.example.com/e2e".into()), ..kube };
+        assert_eq!(kube.check_runtime(), Ok(()));
+        let podman = RunOptions { context: Some("staging".into()), ..args() };
+        assert!(podman.check_runtime().unwrap_err().fix.contains("--runtime kube"));
+        let podman = RunOptions { reuse_cluster: Some("team".into()), ..args() };
+        assert!(podman.check_runtime().unwrap_err().fix.contains("--runtime kind"));
     }
 
     #[test]

@@ -203,6 +203,45 @@ impl PodmanStack {
     }
 }
 
+/// Which Kubernetes cluster manifests are rendered for ([`Manifests::render_kubernetes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterKind {
+    /// A Kind cluster of the run's own (or a reused one): images loaded, NodePorts mapped here.
+    Kind,
+    /// A cluster others use too: images pulled from a registry, Services reached by
+    /// `kubectl port-forward`.
+    Shared,
+}
+
+impl ClusterKind {
+    fn pull_policy(self) -> &'static str {
+        match self {
+            ClusterKind::Kind => "Never",
+            ClusterKind::Shared => "IfNotPresent",
+        }
+    }
+}
+
+/// A Service the suite reaches: its port, and the NodePort the manifests give it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServicePorts {
+    pub port: u16,
+    pub node_port: u16,
+}
+
+/// A Service made a ClusterIP one, its NodePorts dropped.
+fn strip_node_ports(service: &mut Value) {
+    if let Some(spec) = service.get_mut("spec").and_then(Value::as_mapping_mut) {
+        spec.remove("type");
+    }
+    let ports = service["spec"].get_mut("ports").and_then(Value::as_sequence_mut);
+    for port in ports.into_iter().flatten() {
+        if let Some(port) = port.as_mapping_mut() {
+            port.remove("nodePort");
+        }
+    }
+}
+
 impl Manifests {
     pub fn load(dir: &Path) -> anyhow::Result<Manifests> {
         let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -220,14 +259,19 @@ impl Manifests {
         Ok(Manifests { docs })
     }
 
-    /// For Kind: images pinned and never pulled (they are loaded), Secrets and Services kept.
-    /// Returns the YAML and the NodePorts.
-    pub fn render_kind(
+    /// For a Kubernetes cluster: every image pinned; Secrets kept. In Kind the images are loaded
+    /// (never pulled) and the NodePorts kept, since the cluster config maps them to this machine;
+    /// in a shared cluster they are pulled (`IfNotPresent`: the tags are content-addressed) and
+    /// every Service is a ClusterIP one, since NodePorts are the whole cluster's and would collide
+    /// between runs. Returns the YAML and, per Service with a NodePort in the manifests (those the
+    /// suite reaches), its ports.
+    pub fn render_kubernetes(
         &self,
         images: &BTreeMap<String, String>,
-    ) -> anyhow::Result<(String, BTreeMap<String, u16>)> {
+        cluster: ClusterKind,
+    ) -> anyhow::Result<(String, BTreeMap<String, ServicePorts>)> {
         let mut out = String::new();
-        let mut node_ports = BTreeMap::new();
+        let mut exposed = BTreeMap::new();
         for doc in &self.docs {
             let mut doc = doc.clone();
             match kind(&doc) {
@@ -235,19 +279,27 @@ impl Manifests {
                     for c in containers_of(&mut doc).context("a Pod without containers")? {
                         c["image"] =
                             pin_image(c["image"].as_str().unwrap_or_default(), images).into();
-                        c["imagePullPolicy"] = "Never".into();
+                        c["imagePullPolicy"] = cluster.pull_policy().into();
                     }
                 }
                 "Service" => {
-                    if let Some(np) = doc["spec"]["ports"][0]["nodePort"].as_u64() {
-                        node_ports.insert(name(&doc).unwrap_or_default(), np as u16);
+                    let ports = &mut doc["spec"]["ports"][0];
+                    let port = ports["port"].as_u64();
+                    let node_port = ports["nodePort"].as_u64();
+                    if let (Some(port), Some(node_port)) = (port, node_port) {
+                        let service = name(&doc).unwrap_or_default();
+                        let ports = ServicePorts { port: port as u16, node_port: node_port as u16 };
+                        exposed.insert(service, ports);
+                    }
+                    if cluster == ClusterKind::Shared {
+                        strip_node_ports(&mut doc);
                     }
                 }
                 _ => {}
             }
             out.push_str(&to_yaml(&doc)?);
         }
-        Ok((out, node_ports))
+        Ok((out, exposed))
     }
 
     /// Sets an environment variable in every container of a Pod (e.g. the fault tests' short TTL).

@@ -2,48 +2,36 @@
 //! phases, and the only two things a run does at once.
 
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{atomic::Ordering, Mutex},
+    sync::Mutex,
     thread::{scope, ScopedJoinHandle},
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::{
     archive,
-    build::{self, compile, Activity, BuildOptions, CompileIn, Session},
+    build::{self, Activity, BuildOptions, Session},
     doctor,
     engine::Engine,
     handoff::Handoff,
-    manifests::{distinct, Manifests, PodmanStack, Subnet},
+    manifests::Manifests,
     memory,
     problem::Problem,
     project::Project,
     registry,
     report::Reporter,
     runtime::{
-        self, free_port,
-        kind::{self, KindRun},
-        podman::{claim_network, engine_subnets, Arriving, PodmanRun},
+        self,
         step::{Live, Phase, Runner, Step},
-        RunId, RunRecord, Stack,
+        EarlyStart, RunId, RunRecord, Runtime, Stack,
     },
-    suite::{self, InEngine, SuiteIn},
+    suite::{self, SuiteIn},
 };
 
 /// The gateway's deduplication TTL in `--faults` runs, short enough for a test to see it expire.
 const FAULTS_DEDUP_TTL_SECONDS: u64 = 5;
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Runtime {
-    /// `podman kube play` on a network of the run's own.
-    #[default]
-    Podman,
-    /// A Kind cluster (provider: the engine, docker or podman).
-    Kind,
-}
 
 /// What every run is decided from: `cargo xtask e2e`'s command line, or what `dev` converts
 /// its own into (the rest left at their defaults).
@@ -78,6 +66,10 @@ pub struct RunOptions {
     /// is created and removed).
     #[arg(long, value_name = "NAME", conflicts_with = "cluster_name")]
     pub reuse_cluster: Option<String>,
+    /// Kube: the kubectl context of the cluster (a namespace of the run's own is created and
+    /// removed in it; the images come from --registry).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
     /// Where the suite runs [default: this machine; in the engine, on the run's network,
     /// when the engine is remote and its published ports are not reachable from here].
     #[arg(long, value_enum)]
@@ -153,8 +145,33 @@ impl RunOptions {
                 "drop --engine, or add --runtime kind",
             )),
             (Runtime::Podman, _) => Ok(Some(Engine::Podman)),
-            (Runtime::Kind, e) => Ok(e),
+            (Runtime::Kind | Runtime::Kube, e) => Ok(e),
         }
+    }
+
+    /// What the runtime needs of the options, checked before anything runs.
+    pub fn check_runtime(&self) -> Result<(), Problem> {
+        let kube = self.runtime == Runtime::Kube;
+        let kind_options = self.cluster_name.is_some() || self.reuse_cluster.is_some();
+        if kube && (self.context.is_none() || self.registry.is_none()) {
+            return Err(Problem::new(
+                "`--runtime kube` runs the stack in a cluster that exists already, which pulls its images: it needs the cluster's kubectl context and the registry",
+                "add --context NAME (`kubectl config get-contexts` lists them) and --registry REGISTRY/PREFIX (filled by `cargo xtask save-images --push REGISTRY/PREFIX`)",
+            ));
+        }
+        if !kube && self.context.is_some() {
+            return Err(Problem::new(
+                "--context names the cluster of `--runtime kube`",
+                "add --runtime kube, or drop --context",
+            ));
+        }
+        if self.runtime != Runtime::Kind && kind_options {
+            return Err(Problem::new(
+                "--cluster-name and --reuse-cluster name a Kind cluster",
+                "add --runtime kind, or drop them",
+            ));
+        }
+        Ok(())
     }
 
     /// The suite, then (`--faults`) the fault tests, as phases, after writing `stack.json` (how
@@ -197,8 +214,6 @@ pub struct Run<'a> {
     pub session: Session,
     pub manifests: Manifests,
     pub id: RunId,
-    /// The run's subnet once chosen, and (but on a dry run) the record of its network, made.
-    network: std::sync::OnceLock<(Subnet, Option<RunRecord>)>,
 }
 
 impl<'a> Run<'a> {
@@ -206,6 +221,7 @@ impl<'a> Run<'a> {
     /// deduplication TTL when they run).
     pub fn open(project: &'a Project, mut opts: RunOptions, id: RunId) -> Result<Self> {
         let r = Reporter::new();
+        opts.check_runtime()?;
         opts.build.engine = opts.engine()?;
         let source = opts.image_source();
         // Loading or pulling images needs no base image: only a build makes or pulls one.
@@ -216,31 +232,7 @@ impl<'a> Run<'a> {
             let ttl = FAULTS_DEDUP_TTL_SECONDS.to_string();
             manifests.set_env("gateway", "DEDUP_TTL_SECONDS", &ttl)?;
         }
-        Ok(Run { opts, source, project, r, session, manifests, id, network: Default::default() })
-    }
-
-    /// The run's subnet, sized to its pods: on a dry run chosen, else claimed (the network made
-    /// and recorded, see [`claim_network`]) once, by the first part of the run that needs it.
-    fn subnet(&self) -> Result<Subnet> {
-        if let Some((subnet, _)) = self.network.get() {
-            return Ok(*subnet);
-        }
-        let Run { opts, project, r, session, manifests, id, .. } = self;
-        let pods = manifests.pods().len();
-        let claimed = match opts.dry_run {
-            true => (Subnet::choose(id.as_str(), pods, &engine_subnets()?)?, None),
-            false => {
-                let engine = (session.remote(), session.engine_version());
-                let (subnet, record) = claim_network(id, pods, &id.dir(project), engine, r)?;
-                (subnet, Some(record))
-            }
-        };
-        Ok(self.network.get_or_init(|| claimed).0)
-    }
-
-    /// What the run has made before its plan runs: its network, once claimed.
-    pub fn made(&self) -> Option<RunRecord> {
-        self.network.get().and_then(|(_, record)| record.clone())
+        Ok(Run { opts, source, project, r, session, manifests, id })
     }
 
     pub fn cx(&self) -> build::Ctx<'_> {
@@ -260,9 +252,12 @@ impl<'a> Run<'a> {
             )
             .into());
         }
-        let (archive, kind) =
-            (self.source.archive().map(Path::to_owned), opts.runtime == Runtime::Kind);
-        let needs = doctor::Needs { kind, archive, start_container: false };
+        let needs = doctor::Needs {
+            kind: opts.runtime == Runtime::Kind,
+            kubectl: opts.runtime != Runtime::Podman,
+            archive: self.source.archive().map(Path::to_owned),
+            start_container: false,
+        };
         // The same checks as `doctor`, stopping the run before anything happens when one fails.
         r.phase("doctor", |r| {
             let checks = doctor::run_checks(project, session, &needs);
@@ -296,167 +291,41 @@ impl<'a> Run<'a> {
         Ok(Images { handoff, activity, pending_suite: Some(jobs) })
     }
 
-    /// The pods that can start before the service images exist (their images hold no binary of
-    /// ours and are cached, or come first in the archive), or `None`.
-    pub fn early_start(&self) -> Option<PodmanRun> {
-        let Run { opts, source, project, session, manifests, id, .. } = self;
-        if opts.runtime != Runtime::Podman || opts.build.force {
-            return None;
-        }
-        let names: Vec<String> =
-            session.images.infrastructure().into_iter().map(str::to_owned).collect();
-        // Their images: cached here, or coming with the archive (awaited before they start).
-        let (pinned, arriving): (BTreeMap<String, String>, _) = match source {
-            ImageSource::Archive { path, .. } => {
-                let images = archive::read_manifest(path).ok()?.handoff.images.into_iter();
-                let (pinned, arriving): (_, Vec<_>) = images
-                    .filter(|i| names.contains(&i.name))
-                    .map(|i| ((i.repository, i.reference.clone()), (i.reference, i.id)))
-                    .unzip();
-                (pinned, Some(arriving))
-            }
-            ImageSource::Registry(_) => return None,
-            ImageSource::Build => {
-                let items = build::plan_quietly(project, session, &names).ok()?;
-                if !items.iter().all(|i| i.is_cached()) {
-                    return None;
-                }
-                (items.into_iter().map(|i| (i.spec.repository, i.reference)).collect(), None)
-            }
-        };
-        if pinned.is_empty() {
-            return None;
-        }
-        // Which pods can start early, from the stack on any subnet: the run's is claimed only
-        // when some can.
-        let anywhere = Subnet::choose(id.as_str(), manifests.pods().len(), &[]).ok()?;
-        let stack = manifests
-            .render_podman(&pinned, id.suffix(), Some(anywhere), distinct(free_port))
-            .ok()?;
-        let early: std::collections::BTreeSet<String> = stack
-            .pods
-            .iter()
-            .filter(|p| p.containers.iter().all(|c| pinned.values().any(|r| *r == c.image)))
-            .map(|p| p.name.clone())
-            .collect();
-        if early.is_empty() {
-            return None;
-        }
-        let arriving = arriving.map(|images| Arriving { images, ended: Default::default() });
-        let stack = self.render_podman(&pinned).ok()?;
-        let (network_made, remote) = (!opts.dry_run, session.remote());
-        let version = session.engine_version().to_owned();
-        let run = PodmanRun::new(project, id.clone(), stack);
-        Some(PodmanRun { early, arriving, network_made, remote, version, ..run })
-    }
-
-    /// The stack on the runtime asked for, with `handoff`'s images; on podman, going on from `early`.
-    pub fn stack(&self, handoff: &Handoff, early: Option<PodmanRun>) -> Result<Box<dyn Stack>> {
-        let Run { opts, project, session, manifests, id, .. } = self;
-        if opts.runtime == Runtime::Kind {
-            return Ok(Box::new(self.kind(handoff)?));
-        }
-        let pinned = handoff.pinned();
-        let (stack, early) = match early {
-            // The same stack with every image pinned now, on the ports the early part chose.
-            Some(started) => (started.rerender(manifests, &pinned)?, started.early),
-            None => (self.render_podman(&pinned)?, Default::default()),
-        };
-        let (remote, network_made) = (session.remote(), !opts.dry_run);
-        let version = session.engine_version().to_owned();
-        let run = PodmanRun::new(project, id.clone(), stack);
-        let mut run = PodmanRun { early, remote, version, network_made, ..run };
-        // In the engine (as asked, or when it is remote), the suite's package goes with the run,
-        // so the teardown removes its image.
-        if SuiteIn::resolve(opts.suite_in, remote) == SuiteIn::Engine {
-            let base = &session.facts.base_image;
-            let mut package = InEngine::new(project, Engine::Podman, id.suffix(), base);
-            // Compiled in the engine (as asked, or as the platforms decide).
-            let in_engine = session.facts.engine.as_ref().is_ok_and(|f| {
-                let host = compile::host_platform();
-                compile::resolve(opts.build.compile_in, &host, &f.platform) == CompileIn::Engine
-            });
-            package.compiled_in_engine =
-                in_engine.then(|| project.e2e_dir.join("engine-bin").join("suite"));
-            if session.facts.engine.as_ref().is_ok_and(|f| !f.isolation.caps_hold()) {
-                package.cap = None;
-            }
-            run.suite = Some(package);
-        }
-        Ok(Box::new(run))
-    }
-
-    /// The manifests for podman, on the run's subnet and free host ports.
-    fn render_podman(&self, pinned: &BTreeMap<String, String>) -> Result<PodmanStack> {
-        let (manifests, suffix) = (&self.manifests, self.id.suffix());
-        manifests.render_podman(pinned, suffix, Some(self.subnet()?), distinct(free_port))
-    }
-
-    fn kind(&self, handoff: &Handoff) -> Result<KindRun> {
-        let Run { opts, project, manifests, id, .. } = self;
-        let (cluster, reuse) = match (&opts.reuse_cluster, &opts.cluster_name) {
-            (Some(name), _) => (name.clone(), true),
-            (None, name) => (name.clone().unwrap_or_else(|| id.namespace()), false),
-        };
-        let (stack, node_ports) = manifests.render_kind(&handoff.pinned())?;
-        let record = project.e2e_dir.join("clusters").join(format!("{cluster}.json"));
-        let (config, ports) = if reuse {
-            let ports = std::fs::read(&record).with_context(|| {
-                format!(
-                    "cluster {cluster} was not made by `cargo xtask e2e --runtime kind --keep` ({} is missing), so its port mappings are unknown",
-                    project.display(&record)
-                )
-            })?;
-            (String::new(), serde_json::from_slice(&ports)?)
-        } else {
-            let template =
-                std::fs::read_to_string(project.root.join("test/e2e/kind-cluster.yaml"))?;
-            kind::render_cluster_config(&template, &cluster, distinct(free_port))?
-        };
-        let (dir, ports_record) = (id.dir(project), (opts.keep && !reuse).then_some(record));
-        Ok(KindRun {
-            id: id.clone(),
-            cluster,
-            reuse,
-            namespace: id.namespace(),
-            // The engine that built or loaded the images is kind's provider.
-            provider: handoff.engine,
-            archive_source: self.source.archive().map(Path::to_owned),
-            log: id.log(project),
-            dir,
-            ports,
-            node_ports,
-            references: handoff.images.iter().map(|i| i.reference.clone()).collect(),
-            pods: manifests.pods(),
-            config,
-            stack,
-            ports_record,
-        })
+    /// The stack on the runtime asked for, with `handoff`'s images, going on from `early`.
+    pub fn stack(
+        &self,
+        handoff: &Handoff,
+        early: Option<Box<dyn EarlyStart>>,
+    ) -> Result<Box<dyn Stack>> {
+        runtime::stack(self, handoff, early)
     }
 
     /// The first thing a run does at once: the images, and meanwhile `early`'s pods (PostgreSQL,
     /// Redis); when either fails, what started is torn down. Returns what `early` recorded.
-    pub fn images_beside(&self, early: Option<&PodmanRun>) -> Result<(Images, Option<RunRecord>)> {
-        let Some(run) = early else {
+    pub fn images_beside(
+        &self,
+        early: Option<&dyn EarlyStart>,
+    ) -> Result<(Images, Option<RunRecord>)> {
+        let Some(early) = early else {
             return Ok((self.images()?, None));
         };
         let r = &self.r;
+        let stack = early.as_stack();
+        let dir = stack.dir().to_owned();
+        let log = stack.log().to_owned();
         let (images, (started, record)) = scope(|s| {
             let starting = s.spawn(|| {
-                let (dir, log) = (run.dir.clone(), run.log.clone());
                 let mut runner = Runner { dir, log, exec: &mut Live, record: None };
-                (runner.phases(r, &run.plan_early()), runner.record)
+                (runner.phases(r, &early.plan_early()), runner.record)
             });
             let images = self.images();
             // Pods awaiting the archive's images stop waiting for any that did not come.
-            if let Some(arriving) = &run.arriving {
-                arriving.ended.store(true, Ordering::SeqCst);
-            }
+            early.images_ended();
             (images, starting.join().expect("no panic"))
         });
         if images.is_err() || started.is_err() {
             // Nothing else will run: what started early is torn down now.
-            if let Err(t) = runtime::finish(run, r, record.as_ref(), false) {
+            if let Err(t) = runtime::finish(stack, r, record.as_ref(), false) {
                 r.line(format!("{t:#}"));
             }
         }

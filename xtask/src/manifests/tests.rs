@@ -203,7 +203,7 @@ fn a_run_can_set_a_pods_environment() {
     let mut m = shipped();
     m.set_env("gateway", "DEDUP_TTL_SECONDS", "5").unwrap();
     m.set_env("gateway", "DEDUP_TTL_SECONDS", "6").unwrap();
-    let (yaml, _) = m.render_kind(&BTreeMap::new()).unwrap();
+    let (yaml, _) = m.render_kubernetes(&BTreeMap::new(), ClusterKind::Kind).unwrap();
     assert_eq!(yaml.matches("DEDUP_TTL_SECONDS").count(), 1, "replaced, not repeated");
     assert!(yaml.contains("value: '6'") || yaml.contains("value: \"6\""), "{yaml}");
     assert!(m.set_env("nope", "A", "1").is_err());

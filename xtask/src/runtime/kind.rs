@@ -1,8 +1,9 @@
-//! The stack in a Kind cluster: what it does, and why it is checked only as a command plan
-//! against kind's and kubectl's documentation, is docs/kind.md.
+//! The stack in a Kind cluster: a Kubernetes cluster ([`super::kube`]) whose lifecycle the run
+//! owns, with its images loaded by `kind load`. What it does, and why it is checked only as a
+//! command plan against kind's and kubectl's documentation, is docs/kubernetes.md.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -10,12 +11,21 @@ use std::{
 use anyhow::Context;
 use serde_norway::Value;
 
-use crate::{cmd::Cmd, engine::Engine, handoff::Handoff, project::Project, report::Reporter};
+use crate::{
+    cmd::Cmd,
+    engine::Engine,
+    handoff::Handoff,
+    manifests::{distinct, ClusterKind},
+    project::Project,
+    report::Reporter,
+    run::Run,
+};
 
 use super::{
-    service_control,
+    free_port,
+    kube::{changed_pods, Namespace},
     step::{self, Exec, Live, Phase, Step},
-    url_var, Created as AnyCreated, Health, RunId, RunRecord, Stack, StackFile,
+    url_var, Created as AnyCreated, RunId, RunRecord, Stack, StackFile,
 };
 
 /// What a Kind run creates, as recorded for `e2e --down`: a cluster of its own (deleted
@@ -31,9 +41,9 @@ pub struct Created {
 impl Created {
     /// One stage, one command.
     pub fn teardown(&self) -> Vec<Vec<Cmd>> {
-        let (ns, flags) = (&self.namespace, ["--wait=false", "--ignore-not-found"]);
+        let namespace = Namespace { context: context(&self.cluster), name: self.namespace.clone() };
         vec![vec![match self.reuse {
-            true => kubectl(&self.cluster).args(["delete", "namespace", ns]).args(flags),
+            true => namespace.delete(),
             false => kind(self.provider).args(["delete", "cluster", "--name", &self.cluster]),
         }]]
     }
@@ -46,8 +56,9 @@ fn kind(provider: Engine) -> Cmd {
     }
 }
 
-fn kubectl(cluster: &str) -> Cmd {
-    Cmd::new("kubectl").args(["--context", &format!("kind-{cluster}")])
+/// The kubectl context kind makes for a cluster.
+fn context(cluster: &str) -> String {
+    format!("kind-{cluster}")
 }
 
 /// A Kind run: names, files and ports, all decided before anything runs.
@@ -57,7 +68,7 @@ pub struct KindRun {
     pub cluster: String,
     /// `--reuse-cluster`: the cluster is not created nor deleted, only the namespace.
     pub reuse: bool,
-    pub namespace: String,
+    pub namespace: Namespace,
     pub provider: Engine,
     pub dir: PathBuf,
     pub log: PathBuf,
@@ -78,6 +89,52 @@ pub struct KindRun {
 }
 
 impl KindRun {
+    /// From the run's options: a cluster of the run's own (`e2e-<run>`, or `--cluster-name`)
+    /// from test/e2e/kind-cluster.yaml with free host ports, or `--reuse-cluster`'s, whose port
+    /// mappings its `--keep` run recorded.
+    pub fn new(run: &Run, handoff: &Handoff) -> anyhow::Result<KindRun> {
+        let Run { opts, project, manifests, id, source, .. } = run;
+        let (cluster, reuse) = match (&opts.reuse_cluster, &opts.cluster_name) {
+            (Some(name), _) => (name.clone(), true),
+            (None, name) => (name.clone().unwrap_or_else(|| id.namespace()), false),
+        };
+        let (stack, exposed) = manifests.render_kubernetes(&handoff.pinned(), ClusterKind::Kind)?;
+        let node_ports = exposed.into_iter().map(|(service, p)| (service, p.node_port)).collect();
+        let record = project.e2e_dir.join("clusters").join(format!("{cluster}.json"));
+        let (config, ports) = if reuse {
+            let ports = std::fs::read(&record).with_context(|| {
+                format!(
+                    "cluster {cluster} was not made by `cargo xtask e2e --runtime kind --keep` ({} is missing), so its port mappings are unknown",
+                    project.display(&record)
+                )
+            })?;
+            (String::new(), serde_json::from_slice(&ports)?)
+        } else {
+            let template =
+                std::fs::read_to_string(project.root.join("test/e2e/kind-cluster.yaml"))?;
+            render_cluster_config(&template, &cluster, distinct(free_port))?
+        };
+        let ports_record = (opts.keep && !reuse).then_some(record);
+        Ok(KindRun {
+            id: id.clone(),
+            namespace: Namespace { context: context(&cluster), name: id.namespace() },
+            cluster,
+            reuse,
+            // The engine that built or loaded the images is kind's provider.
+            provider: handoff.engine,
+            archive_source: source.archive().map(Path::to_owned),
+            log: id.log(project),
+            dir: id.dir(project),
+            ports,
+            node_ports,
+            references: handoff.images.iter().map(|i| i.reference.clone()).collect(),
+            pods: manifests.pods(),
+            config,
+            stack,
+            ports_record,
+        })
+    }
+
     fn file(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
     }
@@ -89,11 +146,6 @@ impl KindRun {
 
     fn kind(&self, args: &[&str]) -> Cmd {
         kind(self.provider).args(args.iter().copied()).args(["--name", &self.cluster])
-    }
-
-    /// kubectl in the run's namespace.
-    fn kubectl_ns(&self, args: &[&str]) -> Cmd {
-        kubectl(&self.cluster).args(["--namespace", &self.namespace]).args(args.iter().copied())
     }
 
     pub fn make_tar(&self) -> Cmd {
@@ -115,12 +167,8 @@ impl KindRun {
         self.kind(&["load", "image-archive", &self.tar()]).args(["--nodes", node])
     }
 
-    fn apply(&self) -> Cmd {
-        self.kubectl_ns(&["apply", "--filename", &self.file("stack.yaml")])
-    }
-
-    fn get_pods_json(&self) -> Cmd {
-        self.kubectl_ns(&["get", "pods", "--output", "json"])
+    fn stack_file(&self) -> PathBuf {
+        self.dir.join("stack.yaml")
     }
 
     /// Loads the archive into every node that lacks one of the images, all nodes at once.
@@ -144,20 +192,12 @@ impl KindRun {
         Ok(())
     }
 
-    /// The failure bundle (docs/kind.md), as (file, command).
+    /// The failure bundle (docs/kubernetes.md), as (file, command): kind's export of the
+    /// cluster's logs, then the namespace's.
     pub fn bundle(&self, pods: &[String]) -> Vec<(String, Cmd)> {
-        let ns = |args: &[&str]| self.kubectl_ns(args);
         let export = self.kind(&["export", "logs", &self.file("bundle/kind")]);
-        let mut cmds = vec![
-            ("kind-export-logs.txt".into(), export),
-            ("events.txt".into(), ns(&["get", "events", "--sort-by=.lastTimestamp"])),
-            ("describe-pods.txt".into(), ns(&["describe", "pods"])),
-        ];
-        for pod in pods {
-            let logs = ns(&["logs", &format!("pod/{pod}"), "--all-containers", "--timestamps"]);
-            cmds.push((format!("{pod}.log"), logs.clone()));
-            cmds.push((format!("{pod}.previous.log"), logs.arg("--previous")));
-        }
+        let mut cmds = vec![("kind-export-logs.txt".into(), export)];
+        cmds.extend(self.namespace.bundle(pods));
         cmds
     }
 
@@ -169,11 +209,7 @@ impl KindRun {
             cmds.push(self.provider.save(images, Some(Path::new(&self.tar()))));
             cmds.push(self.kind(&["load", "image-archive", &self.tar()]));
         }
-        for pod in pods {
-            let delete = self.kubectl_ns(&["delete", &format!("pod/{pod}"), "--wait=true"]);
-            cmds.push(delete.arg("--ignore-not-found"));
-        }
-        cmds.extend((!pods.is_empty()).then(|| self.apply()));
+        cmds.extend(self.namespace.replace_pods(pods, &self.stack_file()));
         cmds
     }
 }
@@ -196,7 +232,7 @@ impl Stack for KindRun {
         let write = |path, contents| Step::Write { path, contents };
         // `kind load image-archive` reads a plain tar: unpack the archive, or save one.
         let tar = vec![
-            write(self.dir.join("stack.yaml"), self.stack.clone()),
+            write(self.stack_file(), self.stack.clone()),
             run(self.make_tar(), "making the image archive for kind"),
         ];
         let mut phases = vec![Phase::new("image archive for kind", tar)];
@@ -221,48 +257,20 @@ impl Stack for KindRun {
         what += &format!("{}  (each node that lacks one, all at once)", self.load_archive(&node));
         let load = Step::Watch { what, run: Box::new(move |r| self.load_images(r)) };
         phases.push(Phase::new("load images", vec![load]));
-        let namespace = kubectl(&self.cluster).args(["create", "namespace", &self.namespace]);
         let record = self.reuse.then(|| Step::Record(self.final_record()));
         let deploy = [
-            run(namespace, "creating the run's namespace"),
-            run(self.apply(), "applying the manifests"),
+            run(self.namespace.create(), "creating the run's namespace"),
+            run(self.namespace.apply(&self.stack_file()), "applying the manifests"),
         ];
         phases.push(Phase::new("deploy", record.into_iter().chain(deploy).collect()));
-        let what = format!("{}  (polled until every pod is Ready)", self.get_pods_json());
+        let what = format!("{}  (polled until every pod is Ready)", self.namespace.get_pods_json());
         let wait = Step::Watch { what, run: Box::new(move |r| self.wait_ready(r, ready_timeout)) };
         phases.push(Phase::new("wait until ready", vec![wait]));
         phases.into_iter().chain(tests).collect()
     }
 
     fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()> {
-        let mut waiting = Vec::new();
-        let ready = crate::poll::until(timeout, Duration::from_millis(500), || {
-            let list: serde_json::Value = serde_json::from_str(&self.get_pods_json().read()?)?;
-            let pods = list["items"].as_array().cloned().unwrap_or_default();
-            waiting.clear();
-            for pod in &pods {
-                let name = pod["metadata"]["name"].as_str().unwrap_or("?");
-                match pod_health(pod) {
-                    Health::Ready => {}
-                    Health::Waiting(why) => waiting.push(format!("{name}: {why}")),
-                    Health::Failed(why) => {
-                        let pod = format!("pod/{name}");
-                        let read = |args: &[&str]| self.kubectl_ns(args).read().unwrap_or_default();
-                        let logs = read(&["logs", &pod, "--all-containers", "--tail", "30"]);
-                        let describe = read(&["describe", &pod]);
-                        anyhow::bail!("pod {name} failed while waiting for readiness: {why}\n--- logs ---\n{logs}\n--- describe ---\n{describe}");
-                    }
-                }
-            }
-            let ready = !pods.is_empty() && waiting.is_empty();
-            if ready {
-                r.line(format!("  {} pods ready", pods.len()));
-            }
-            Ok(ready)
-        })?;
-        let (waiting, secs) = (waiting.join("\n  "), timeout.as_secs());
-        anyhow::ensure!(ready, "not ready after {secs}s:\n  {waiting}");
-        Ok(())
+        self.namespace.wait_ready(r, timeout)
     }
 
     fn urls(&self) -> BTreeMap<String, String> {
@@ -270,39 +278,32 @@ impl Stack for KindRun {
         self.node_ports.iter().filter_map(|(svc, np)| Some((url_var(svc), url(np)?))).collect()
     }
 
-    /// A Pod is deleted, and the run's manifests applied again bring it back (bare Pods
-    /// have no controller to scale; the other Pods are unchanged by the apply).
     fn control(&self, dedup_ttl_seconds: u64) -> StackFile {
-        let services = self.pods.iter().map(|pod| {
-            let stop = self.kubectl_ns(&["delete", &format!("pod/{pod}"), "--wait=true"]);
-            let exec = self.kubectl_ns(&["exec", "-i", pod, "--"]);
-            (pod.clone(), service_control(&stop, &self.apply(), &exec))
-        });
-        StackFile { runtime: "kind".into(), dedup_ttl_seconds, services: services.collect() }
+        self.namespace.control("kind", &self.pods, &self.stack_file(), dedup_ttl_seconds)
     }
 
     fn final_record(&self) -> RunRecord {
-        let (cluster, namespace) = (self.cluster.clone(), self.namespace.clone());
-        let created = Created { cluster, reuse: self.reuse, namespace, provider: self.provider };
+        let created = Created {
+            cluster: self.cluster.clone(),
+            reuse: self.reuse,
+            namespace: self.namespace.name.clone(),
+            provider: self.provider,
+        };
         RunRecord::new(&self.id, AnyCreated::Kind(created))
     }
 
     fn keep_instructions(&self) -> String {
         let urls: String = self.urls().iter().map(|(k, v)| format!("  {k}={v}\n")).collect();
         format!(
-            "the cluster is left running: kubectl --context kind-{} --namespace {} get pods\n{urls}  remove it: cargo xtask e2e --down {}",
-            self.cluster, self.namespace, self.id
+            "the cluster is left running: kubectl --context {} --namespace {} get pods\n{urls}  remove it: cargo xtask e2e --down {}",
+            self.namespace.context, self.namespace.name, self.id
         )
     }
 
     fn save_failure(&self) -> anyhow::Result<PathBuf> {
         let _ = std::fs::remove_file(self.tar());
         let bundle = self.dir.join("bundle");
-        std::fs::create_dir_all(&bundle)?;
-        for (file, c) in self.bundle(&self.pods) {
-            let text = c.survives_interrupt().read().unwrap_or_else(|e| format!("{e:#}"));
-            std::fs::write(bundle.join(file), text)?;
-        }
+        Namespace::save_bundle(&bundle, self.bundle(&self.pods))?;
         Ok(bundle)
     }
 
@@ -318,12 +319,12 @@ impl Stack for KindRun {
         handoff: &Handoff,
     ) -> anyhow::Result<Vec<String>> {
         let manifests = crate::manifests::Manifests::load(&project.manifests_dir())?;
-        let (yaml, _) = manifests.render_kind(&handoff.pinned())?;
+        let (yaml, _) = manifests.render_kubernetes(&handoff.pinned(), ClusterKind::Kind)?;
         let names = changed_pods(&self.stack, &yaml);
         let references: Vec<String> = handoff.images.iter().map(|i| i.reference.clone()).collect();
         let images: Vec<String> =
             references.iter().filter(|i| !self.references.contains(i)).cloned().collect();
-        crate::fsx::write_atomic(&self.dir.join("stack.yaml"), &yaml)?;
+        crate::fsx::write_atomic(&self.stack_file(), &yaml)?;
         let doing = format!("replacing {}", names.join(", "));
         step::run_shown(r, &self.log, &self.replace_cmds(&names, &images), &doing)?;
         let _ = std::fs::remove_file(self.tar());
@@ -331,33 +332,6 @@ impl Stack for KindRun {
         self.stack = yaml;
         Ok(names)
     }
-}
-
-/// The Pods of `new` (rendered manifests) to create again: their document differs from `old`'s,
-/// or they read a Secret whose document does (a container reads its Secrets when created).
-pub fn changed_pods(old: &str, new: &str) -> Vec<String> {
-    let changed = |kind: &str| {
-        let (old, new) = (docs_of(old, kind), docs_of(new, kind));
-        new.into_iter().filter(move |(name, doc)| old.get(name) != Some(doc))
-    };
-    let secrets: BTreeSet<String> = changed("Secret").map(|(name, _)| name).collect();
-    let pods_of_secrets = docs_of(new, "Pod")
-        .into_iter()
-        .filter(|(_, doc)| crate::manifests::secrets_read(doc).iter().any(|s| secrets.contains(s)));
-    let pods: BTreeSet<String> =
-        changed("Pod").chain(pods_of_secrets).map(|(name, _)| name).collect();
-    pods.into_iter().collect()
-}
-
-/// Each document of this kind in rendered manifests, by name.
-fn docs_of(yaml: &str, kind: &str) -> BTreeMap<String, Value> {
-    yaml.split("---\n")
-        .filter_map(|doc| {
-            let v: Value = serde_norway::from_str(doc).ok()?;
-            let name = v["metadata"]["name"].as_str()?.to_owned();
-            (v["kind"].as_str() == Some(kind)).then_some((name, v))
-        })
-        .collect()
 }
 
 /// containerd names `localhost/x:1` as is, and `x:1` as `docker.io/library/x:1`.
@@ -397,36 +371,6 @@ pub fn render_cluster_config(
         }
     }
     Ok((serde_norway::to_string(&doc)?, ports))
-}
-
-/// The waiting reasons that will not pass by themselves.
-const FAILED: &str = "CrashLoopBackOff ErrImageNeverPull ImagePullBackOff ErrImagePull \
-                      CreateContainerConfigError InvalidImageName";
-
-/// Decides from one item of `kubectl get pods -o json`.
-pub fn pod_health(pod: &serde_json::Value) -> Health {
-    let status = &pod["status"];
-    let phase = status["phase"].as_str().unwrap_or("Pending");
-    if phase == "Failed" {
-        let message = status["message"].as_str().unwrap_or("");
-        return Health::Failed(format!("phase Failed: {message}"));
-    }
-    for s in status["containerStatuses"].as_array().into_iter().flatten() {
-        let name = s["name"].as_str().unwrap_or("?");
-        let waiting = s["state"]["waiting"]["reason"].as_str().unwrap_or("");
-        if FAILED.split_whitespace().any(|r| r == waiting) {
-            return Health::Failed(format!("container {name}: {waiting}"));
-        }
-        let code = s["lastState"]["terminated"]["exitCode"].as_i64().unwrap_or(0);
-        if s["restartCount"].as_u64().unwrap_or(0) > 0 {
-            return Health::Failed(format!("container {name} restarted (last exit code {code})"));
-        }
-    }
-    let conditions = status["conditions"].as_array().into_iter().flatten();
-    match conditions.into_iter().any(|c| c["type"] == "Ready" && c["status"] == "True") {
-        true => Health::Ready,
-        false => Health::Waiting(format!("phase {phase}")),
-    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
-//! Where the stack runs: podman (`kube play` on a network of the run's own) or a Kind cluster,
-//! either as [`step`]s printed (`--dry-run`) or executed. What a run creates is recorded in
-//! `state.json` ([`RunRecord`]) before it is created, for `e2e --down`.
+//! Where the stack runs: podman (`kube play` on a network of the run's own), a Kind cluster,
+//! or a Kubernetes cluster that exists already, either as [`step`]s printed (`--dry-run`) or
+//! executed. Each runtime makes its stack from the run ([`stack`]); the rest of the xtask
+//! sees only [`Stack`]. What a run creates is recorded in `state.json` ([`RunRecord`]) before
+//! it is created, for `e2e --down`.
 
 pub mod kind;
+pub mod kube;
 pub mod podman;
 pub mod step;
 
@@ -15,15 +18,71 @@ use std::{
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::{build::PlanItem, cmd::Cmd, fsx, handoff::Handoff, project::Project, report::Reporter};
+use crate::{
+    build::PlanItem, cmd::Cmd, fsx, handoff::Handoff, project::Project, report::Reporter, run::Run,
+};
 use step::{Live, Phase, Runner};
 
-/// A stack on podman ([`podman::PodmanRun`]) or in Kind ([`kind::KindRun`]): `e2e` and `dev`
-/// drive either through this, and never ask which it is.
+/// Where the stack runs (`--runtime`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Runtime {
+    /// `podman kube play` on a network of the run's own.
+    #[default]
+    Podman,
+    /// A Kind cluster (provider: the engine, docker or podman).
+    Kind,
+    /// A Kubernetes cluster that exists already (`--context`), a namespace per run, the images
+    /// pulled from `--registry`.
+    Kube,
+}
+
+/// The stack on the runtime the run asks for, with `handoff`'s images; going on from `early`
+/// when some of it started before the images existed.
+pub fn stack(
+    run: &Run,
+    handoff: &Handoff,
+    early: Option<Box<dyn EarlyStart>>,
+) -> anyhow::Result<Box<dyn Stack>> {
+    if let Some(early) = early {
+        return early.go_on(run, handoff);
+    }
+    Ok(match run.opts.runtime {
+        Runtime::Podman => Box::new(podman::PodmanRun::new_for(run, handoff)?),
+        Runtime::Kind => Box::new(kind::KindRun::new(run, handoff)?),
+        Runtime::Kube => Box::new(kube::KubeRun::new(run, handoff)?),
+    })
+}
+
+/// What of the stack can start while the images are built or loaded, if anything.
+pub fn early_start(run: &Run) -> Option<Box<dyn EarlyStart>> {
+    match run.opts.runtime {
+        Runtime::Podman => Some(Box::new(podman::PodmanRun::early(run)?)),
+        Runtime::Kind | Runtime::Kube => None,
+    }
+}
+
+/// Part of a stack started before the images exist (podman's PostgreSQL and Redis pods).
+pub trait EarlyStart: Sync {
+    fn plan_early(&self) -> Vec<Phase<'_>>;
+    /// The images' phase has ended: stop waiting for any image that did not come.
+    fn images_ended(&self);
+    /// To tear down what started, when the images fail.
+    fn as_stack(&self) -> &dyn Stack;
+    /// The whole stack, going on from what started, with `handoff`'s images.
+    fn go_on(self: Box<Self>, run: &Run, handoff: &Handoff) -> anyhow::Result<Box<dyn Stack>>;
+}
+
+/// A stack on podman ([`podman::PodmanRun`]), in Kind ([`kind::KindRun`]) or in a cluster of
+/// others ([`kube::KubeRun`]): `e2e` and `dev` drive each through this, and never ask which.
 pub trait Stack {
     fn id(&self) -> &RunId;
     fn dir(&self) -> &Path;
     fn log(&self) -> &Path;
+    /// What exists already before the plan runs (podman's network, claimed when the stack was
+    /// made), for the teardown.
+    fn made(&self) -> Option<RunRecord> {
+        None
+    }
     /// Deploy, wait until ready, then `tests`.
     fn plan<'a>(&'a self, ready_timeout: Duration, tests: Vec<Phase<'a>>) -> Vec<Phase<'a>>;
     /// Until every service is ready again (after `dev` replaced some).
@@ -170,6 +229,7 @@ pub struct RunRecord {
 pub enum Created {
     Podman(podman::Created),
     Kind(kind::Created),
+    Kube(kube::Created),
 }
 
 impl RunRecord {
@@ -194,6 +254,7 @@ impl RunRecord {
         match &self.created {
             Created::Podman(c) => c.teardown(),
             Created::Kind(c) => c.teardown(),
+            Created::Kube(c) => c.teardown(),
         }
     }
 }
@@ -221,6 +282,7 @@ pub fn teardown(
         // Kind's objects are not probed: a failed delete counts as left.
         Created::Kind(c) if c.reuse => vec![format!("namespace {}", c.namespace)],
         Created::Kind(c) => vec![format!("cluster {}", c.cluster)],
+        Created::Kube(c) => vec![format!("namespace {}", c.namespace.name)],
     };
     let (left, failures, id) = (left.join(", "), failures.join("\n"), &record.id);
     anyhow::ensure!(

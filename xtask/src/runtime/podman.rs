@@ -207,6 +207,8 @@ pub struct PodmanRun {
     /// Containers that run another image than `stack` names: those a live update synced
     /// (their image is built once `dev` is idle), by container name.
     pub created_from: BTreeMap<String, String>,
+    /// The record of the network, when it was claimed (made) before the plan runs.
+    pub made: Option<RunRecord>,
 }
 
 impl PodmanRun {
@@ -225,6 +227,7 @@ impl PodmanRun {
             stack,
             network_made: false,
             created_from,
+            made: None,
         }
     }
 
@@ -342,6 +345,10 @@ impl PodmanRun {
 impl Stack for PodmanRun {
     fn id(&self) -> &RunId {
         &self.id
+    }
+
+    fn made(&self) -> Option<RunRecord> {
+        self.made.clone()
     }
 
     fn dir(&self) -> &Path {
@@ -571,6 +578,7 @@ pub fn binary_destination(dockerfile: &str, binary: &str) -> Option<String> {
     })
 }
 
+mod open;
 mod ready;
 
 #[cfg(test)]

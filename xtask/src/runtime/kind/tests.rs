@@ -13,7 +13,10 @@ fn run_in(root: &Path, reuse: bool, provider: Engine) -> KindRun {
         id: serde_json::from_str("\"20261127-103501-42\"").unwrap(),
         cluster: if reuse { "team".into() } else { "e2e-103501-42".into() },
         reuse,
-        namespace: "e2e-103501-42".into(),
+        namespace: Namespace {
+            context: if reuse { "kind-team".into() } else { "kind-e2e-103501-42".into() },
+            name: "e2e-103501-42".into(),
+        },
         provider,
         log: root.join("target/e2e/logs/run-1.log"),
         ports: [(30080, 41000), (30081, 41001)].into(),
@@ -101,10 +104,10 @@ fn the_dev_loop_replaces_only_changed_pods_through_kubectl() {
     assert!(run.replace_cmds(&[], &[]).is_empty(), "nothing changed, nothing run");
     let m = Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests"))
         .unwrap();
-    let (old, _) = m.render_kind(&BTreeMap::new()).unwrap();
+    let (old, _) = m.render_kubernetes(&BTreeMap::new(), ClusterKind::Kind).unwrap();
     let pinned =
         [("localhost/e2e-gateway".to_owned(), "localhost/e2e-gateway:new".to_owned())].into();
-    let (new, _) = m.render_kind(&pinned).unwrap();
+    let (new, _) = m.render_kubernetes(&pinned, ClusterKind::Kind).unwrap();
     assert_eq!(changed_pods(&old, &new), ["gateway"]);
     assert!(changed_pods(&old, &old).is_empty());
     // A Secret edited (with a binary or alone): the pods that read it are created again.
@@ -157,11 +160,13 @@ fn manifests_for_kind_pin_images_never_pull_and_keep_services() {
         .unwrap();
     let images: BTreeMap<String, String> =
         [("localhost/e2e-gateway".to_owned(), "localhost/e2e-gateway:abc".to_owned())].into();
-    let (yaml, node_ports) = m.render_kind(&images).unwrap();
+    let (yaml, node_ports) = m.render_kubernetes(&images, ClusterKind::Kind).unwrap();
     assert!(yaml.contains("image: localhost/e2e-gateway:abc"));
     assert!(!yaml.contains("imagePullPolicy: IfNotPresent"));
     assert_eq!(yaml.matches("imagePullPolicy: Never").count(), 4);
     assert!(yaml.contains("kind: Secret") && yaml.contains("kind: Service"));
+    let node_ports: BTreeMap<String, u16> =
+        node_ports.into_iter().map(|(service, p)| (service, p.node_port)).collect();
     assert_eq!(
         node_ports,
         BTreeMap::from([("data-storage".to_owned(), 30081), ("gateway".to_owned(), 30080)])
@@ -200,7 +205,7 @@ fn every_step_reads_the_tar_that_make_tar_writes_in_the_run_dir() {
 fn kubectl_parses_the_rendered_manifests() {
     let m = Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests"))
         .unwrap();
-    let (yaml, _) = m.render_kind(&BTreeMap::new()).unwrap();
+    let (yaml, _) = m.render_kubernetes(&BTreeMap::new(), ClusterKind::Kind).unwrap();
     let file = std::env::temp_dir().join(format!("xtask-kind-{}.yaml", std::process::id()));
     std::fs::write(&file, yaml).unwrap();
     let out = std::process::Command::new("kubectl")
@@ -227,37 +232,6 @@ fn kubectl_parses_the_rendered_manifests() {
             "service/gateway"
         ]
     );
-}
-
-#[test]
-fn pod_health_fails_fast_on_crash_loops() {
-    let pod = |status: serde_json::Value| serde_json::json!({ "status": status });
-    assert_eq!(
-        pod_health(&pod(
-            serde_json::json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}], "containerStatuses": [{"name": "g", "restartCount": 0, "state": {"running": {}}}]})
-        )),
-        Health::Ready
-    );
-    assert!(matches!(
-        pod_health(&pod(serde_json::json!({"phase": "Pending"}))),
-        Health::Waiting(_)
-    ));
-    assert!(matches!(
-        pod_health(&pod(serde_json::json!({"phase": "Running", "containerStatuses": [{"name": "g", "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}))),
-        Health::Failed(w) if w.contains("CrashLoopBackOff")
-    ));
-    assert!(matches!(
-        pod_health(&pod(serde_json::json!({"phase": "Running", "containerStatuses": [{"name": "g", "restartCount": 1, "lastState": {"terminated": {"exitCode": 2}}, "state": {"running": {}}}]}))),
-        Health::Failed(w) if w.contains("exit code 2")
-    ));
-    assert!(matches!(
-        pod_health(&pod(
-            serde_json::json!({"phase": "Pending", "containerStatuses": [{"name": "g", "restartCount": 0, "state": {"waiting": {"reason": "ErrImageNeverPull"}}}]})
-        )),
-        Health::Failed(_)
-    ));
-    let failed = pod(serde_json::json!({"phase": "Failed", "message": "evicted"}));
-    assert!(matches!(pod_health(&failed), Health::Failed(w) if w.contains("evicted")));
 }
 
 #[test]
