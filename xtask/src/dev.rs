@@ -15,11 +15,11 @@ use crate::{
     interrupt,
     project::Project,
     report::{secs, Reporter},
-    run::{self, Run, RunOptions},
+    run::{self, Run, RunOptions, Runtime},
     runtime::{
         self,
         step::{Live, Runner},
-        RunId, Runtime, Stack,
+        RunId, Stack,
     },
 };
 
@@ -102,7 +102,7 @@ impl DevArgs {
         if let Some(jobs) = images.pending_suite {
             run::compile_suite(project, r, jobs)?;
         }
-        let mut stack = run.stack(&images.handoff, None)?;
+        let mut stack = runtime::stack(&run, &images.handoff, None)?;
         r.line(format!("dev run {}", run.id));
         let plan = stack.plan(ready_timeout, vec![]);
         let (up, record) = runtime::execute(&*stack, r, project, &plan, stack.made());

@@ -32,14 +32,14 @@ pub fn run(options: RunOptions, project: &Project) -> Result<()> {
     }
     run.require()?;
     let early = runtime::early_start(&run);
-    let (images, record) = run.images_beside(early.as_deref())?;
-    let stack = run.stack(&images.handoff, early)?;
+    let (images, record) = runtime::images_beside(&run, early.as_deref())?;
+    let stack = runtime::stack(&run, &images.handoff, early)?;
     r.line(format!("run {} (files in {})", stack.id(), project.display(stack.dir())));
     if let Some(line) = stack.where_it_runs() {
         r.line(line);
     }
     let (outcome, record) = run.beside_suite_compile(images.pending_suite, |gate| {
-        let plan = stack.plan(opts.ready_timeout, opts.tests(project, &*stack, gate));
+        let plan = stack.plan(opts.ready_timeout, runtime::tests(opts, project, &*stack, gate));
         runtime::execute(&*stack, r, project, &plan, record.or_else(|| stack.made()))
     });
     let outcome = match (outcome, runtime::finish(&*stack, r, record.as_ref(), opts.keep)) {
@@ -184,8 +184,10 @@ fn dry_run(run: &Run) -> Result<()> {
         };
         lines.splice(0..0, [first.to_owned()].into_iter().chain(step::print(&early.plan_early())));
     }
-    let stack = run.stack(&handoff, early)?;
-    lines.extend(step::print(&stack.plan(opts.ready_timeout, opts.tests(project, &*stack, None))));
+    let stack = runtime::stack(run, &handoff, early)?;
+    lines.extend(step::print(
+        &stack.plan(opts.ready_timeout, runtime::tests(opts, project, &*stack, None)),
+    ));
     lines.extend(stack.failure_commands());
     let keep = if opts.keep { "  # skipped: --keep" } else { "" };
     lines.extend(stack.final_record().teardown().concat().iter().map(|c| format!("{c}{keep}")));
@@ -196,7 +198,7 @@ fn dry_run(run: &Run) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{build::BuildOptions, engine::Engine, runtime::Runtime};
+    use crate::{build::BuildOptions, engine::Engine, run::Runtime};
 
     fn args() -> RunOptions {
         RunOptions {
@@ -267,7 +269,7 @@ mod tests {
             e2e_dir: "/r/target/e2e".into(),
         };
         let stack = crate::runtime::podman::tests::run(std::path::Path::new("/r"));
-        let phases = opts.tests(&project, &stack, None);
+        let phases = runtime::tests(&opts, &project, &stack, None);
         let names: Vec<&str> = phases.iter().map(|p| p.name).collect();
         assert_eq!(names, ["run E2E suite", "run fault tests"]);
         let urls = "DATA_STORAGE_URL=http://127.0.0.1:40000 GATEWAY_URL=http://127.0.0.1:40000";

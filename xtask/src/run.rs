@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     archive,
@@ -22,16 +23,24 @@ use crate::{
     project::Project,
     registry,
     report::Reporter,
-    runtime::{
-        self,
-        step::{Live, Phase, Runner, Step},
-        EarlyStart, RunId, RunRecord, Runtime, Stack,
-    },
     suite::{self, SuiteIn},
 };
 
 /// The gateway's deduplication TTL in `--faults` runs, short enough for a test to see it expire.
-const FAULTS_DEDUP_TTL_SECONDS: u64 = 5;
+pub const FAULTS_DEDUP_TTL_SECONDS: u64 = 5;
+
+/// Where the stack runs (`--runtime`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Runtime {
+    /// `podman kube play` on a network of the run's own.
+    #[default]
+    Podman,
+    /// A Kind cluster (provider: the engine, docker or podman).
+    Kind,
+    /// A Kubernetes cluster that exists already (`--context`), a namespace per run, the images
+    /// pulled from `--registry`.
+    Kube,
+}
 
 /// What every run is decided from: `cargo xtask e2e`'s command line, or what `dev` converts
 /// its own into (the rest left at their defaults).
@@ -173,34 +182,51 @@ impl RunOptions {
         }
         Ok(())
     }
+}
 
-    /// The suite, then (`--faults`) the fault tests, as phases, after writing `stack.json` (how
-    /// to stop, start and enter each service); the suite first waits for `gate`'s compile.
-    pub fn tests<'a>(
-        &'a self,
-        project: &'a Project,
-        stack: &'a dyn Stack,
-        gate: Option<&'a SuiteGate<'_>>,
-    ) -> Vec<Phase<'a>> {
-        let file = stack.dir().join("stack.json");
-        let control = stack.control(FAULTS_DEDUP_TTL_SECONDS).to_json();
-        let mut steps = vec![Step::Write { path: file.clone(), contents: control }];
-        steps.extend(gate.map(|gate| Step::Watch {
-            what: "the E2E suite's compile, started beside the deploy, has finished".into(),
-            run: Box::new(move |_| gate.wait()),
-        }));
-        steps.extend(stack.suite_steps(project));
-        let cmd = stack.suite(project, "e2e", &self.test_args);
-        steps.push(Step::Terminal { cmd, doing: "the E2E suite failed".into() });
-        let mut phases = vec![Phase::new(crate::report::phase::SUITE, steps)];
-        if self.faults {
-            let cmd = suite::run(project, "faults", &stack.urls())
-                .env("E2E_STACK", file.display().to_string())
-                .arg("--test-threads=1");
-            let doing = "the fault tests failed".into();
-            phases.push(Phase::new("run fault tests", vec![Step::Terminal { cmd, doing }]));
-        }
-        phases
+/// A run's id, `20261127-103501-4242` (UTC time, then the process id), which sorts by time
+/// and is unique per process; every name a run gives derives from it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(String);
+
+impl RunId {
+    /// A new id; `name` (e.g. `--cluster-name`) is appended when given.
+    pub fn new(name: Option<&str>) -> RunId {
+        let id = format!("{}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S"), std::process::id());
+        RunId(name.map_or_else(|| id.clone(), |n| format!("{id}-{n}")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The short, unique part that object names get: `103501-4242`.
+    pub fn suffix(&self) -> &str {
+        self.0.split_once('-').map_or(&self.0, |(_, rest)| rest)
+    }
+
+    pub fn dir(&self, project: &Project) -> PathBuf {
+        project.runs_dir().join(&self.0)
+    }
+
+    pub fn log(&self, project: &Project) -> PathBuf {
+        project.logs_dir().join(format!("run-{}.log", self.0))
+    }
+
+    pub fn network(&self) -> String {
+        format!("e2e-{}", self.0)
+    }
+
+    /// The Kubernetes namespace of the run (and the default Kind cluster name).
+    pub fn namespace(&self) -> String {
+        format!("e2e-{}", self.suffix())
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -291,50 +317,6 @@ impl<'a> Run<'a> {
         Ok(Images { handoff, activity, pending_suite: Some(jobs) })
     }
 
-    /// The stack on the runtime asked for, with `handoff`'s images, going on from `early`.
-    pub fn stack(
-        &self,
-        handoff: &Handoff,
-        early: Option<Box<dyn EarlyStart>>,
-    ) -> Result<Box<dyn Stack>> {
-        runtime::stack(self, handoff, early)
-    }
-
-    /// The first thing a run does at once: the images, and meanwhile `early`'s pods (PostgreSQL,
-    /// Redis); when either fails, what started is torn down. Returns what `early` recorded.
-    pub fn images_beside(
-        &self,
-        early: Option<&dyn EarlyStart>,
-    ) -> Result<(Images, Option<RunRecord>)> {
-        let Some(early) = early else {
-            return Ok((self.images()?, None));
-        };
-        let r = &self.r;
-        let stack = early.as_stack();
-        let dir = stack.dir().to_owned();
-        let log = stack.log().to_owned();
-        let (images, (started, record)) = scope(|s| {
-            let starting = s.spawn(|| {
-                let mut runner = Runner { dir, log, exec: &mut Live, record: None };
-                (runner.phases(r, &early.plan_early()), runner.record)
-            });
-            let images = self.images();
-            // Pods awaiting the archive's images stop waiting for any that did not come.
-            early.images_ended();
-            (images, starting.join().expect("no panic"))
-        });
-        if images.is_err() || started.is_err() {
-            // Nothing else will run: what started early is torn down now.
-            if let Err(t) = runtime::finish(stack, r, record.as_ref(), false) {
-                r.line(format!("{t:#}"));
-            }
-        }
-        // The images' error first: when they fail, what waited on them fails too.
-        let images = images?;
-        started?;
-        Ok((images, record))
-    }
-
     /// The second: a suite compile still to do (no build ran beside it) runs beside the deploy,
     /// and the suite waits for it through the gate.
     pub fn beside_suite_compile<T>(
@@ -383,7 +365,7 @@ fn build_beside_suite(cx: build::Ctx, mut prepared: build::Prepared) -> Result<I
 pub struct SuiteGate<'s>(Mutex<Option<ScopedJoinHandle<'s, Result<()>>>>);
 
 impl SuiteGate<'_> {
-    fn wait(&self) -> Result<()> {
+    pub fn wait(&self) -> Result<()> {
         let compiling = self.0.lock().expect("not poisoned").take();
         let panicked = |_| Err(anyhow::anyhow!("the suite's compile panicked"));
         compiling.map_or(Ok(()), |h| h.join().unwrap_or_else(panicked))
@@ -393,4 +375,23 @@ impl SuiteGate<'_> {
 /// `cargo test --no-run` of the suite, as a phase.
 pub fn compile_suite(project: &Project, r: &Reporter, jobs: usize) -> Result<()> {
     r.phase("compile E2E suite", |r| suite::compile_here(project, r, jobs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_derive_from_the_run_id() {
+        let id = RunId("20261127-103501-42".into());
+        assert_eq!(id.suffix(), "103501-42");
+        assert_eq!(id.network(), "e2e-20261127-103501-42");
+        assert_eq!(id.namespace(), "e2e-103501-42");
+        let new = RunId::new(Some("mine"));
+        assert_eq!(
+            new.as_str().len(),
+            "20261127-103501-".len() + std::process::id().to_string().len() + 5
+        );
+        assert!(new.as_str().ends_with(&format!("-{}-mine", std::process::id())));
+    }
 }
