@@ -99,9 +99,21 @@ impl Cmd {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    /// Its stdout, whatever its exit status (for commands that fail for what they did not find).
-    pub fn read_any(&self) -> anyhow::Result<String> {
-        Ok(String::from_utf8_lossy(&self.run_to_end(true)?.stdout).into_owned())
+    /// Runs the command to its end: its exit status and output, unchecked.
+    pub fn output(&self) -> anyhow::Result<Output> {
+        self.run_to_end(true)
+    }
+
+    /// `Ok` when `output` (of this command) is a success; else the error, with its stderr.
+    pub fn check(&self, output: &Output) -> anyhow::Result<()> {
+        CmdError::check(self, output, None)
+    }
+
+    /// Starts the command in the background, stdout and stderr appended to `log`.
+    pub fn start_logged(&self, log: &Path) -> anyhow::Result<duct::Handle> {
+        let open = || std::fs::OpenOptions::new().create(true).append(true).open(log);
+        let expression = self.expression().stdin_null().stdout_file(open()?).stderr_file(open()?);
+        expression.start().with_context(|| format!("starting `{self}`"))
     }
 
     /// Runs the command and answers whether it exited 0 (for `podman image exists` and the like).

@@ -24,7 +24,7 @@ use crate::{
 use super::{
     free_port,
     kube::{changed_pods, Namespace},
-    step::{self, Exec, Live, Phase, Step},
+    step::{self, Exec, Live, Phase, Poll, Step},
     url_var, Created as AnyCreated, RunId, RunRecord, Stack, StackFile,
 };
 
@@ -172,11 +172,11 @@ impl KindRun {
     }
 
     /// Loads the archive into every node that lacks one of the images, all nodes at once.
-    fn load_images(&self, r: &Reporter) -> anyhow::Result<()> {
-        let nodes = self.kind(&["get", "nodes"]).read()?;
+    fn load_images(&self, r: &Reporter, exec: &dyn Exec) -> anyhow::Result<()> {
+        let nodes = exec.read(&self.kind(&["get", "nodes"]))?;
         let nodes: Vec<&str> = nodes.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
         anyhow::ensure!(!nodes.is_empty(), "kind reports no nodes for cluster {}", self.cluster);
-        let has = |n: &str, i: &String| self.node_has_image(n, i).succeeds().unwrap_or(false);
+        let has = |n: &str, i: &String| exec.succeeds(&self.node_has_image(n, i)).unwrap_or(false);
         let lacking: Vec<Cmd> = nodes
             .into_iter()
             .filter(|n| !self.references.iter().all(|i| has(n, i)))
@@ -186,7 +186,7 @@ impl KindRun {
             r.line("  every node has every image");
         }
         lacking.iter().for_each(|c| r.command(c));
-        let failed = Live.run_all(&lacking, &self.log);
+        let failed = exec.run_all(&lacking, &self.log);
         let _ = std::fs::remove_file(self.tar());
         anyhow::ensure!(failed.is_empty(), "{}", failed.join("\n"));
         Ok(())
@@ -249,13 +249,15 @@ impl Stack for KindRun {
             steps.extend(self.ports_record.clone().map(|path| write(path, ports)));
             phases.push(Phase::new("create cluster", steps));
         }
+        // As polled in a cluster of one node (the shipped config's).
         let node = format!("{}-control-plane", self.cluster);
-        let mut what = format!("{}  (the nodes)\n", self.kind(&["get", "nodes"]));
-        for r in &self.references {
-            what += &format!("{}  (per node and image)\n", self.node_has_image(&node, r));
-        }
-        what += &format!("{}  (each node that lacks one, all at once)", self.load_archive(&node));
-        let load = Step::Watch { what, run: Box::new(move |r| self.load_images(r)) };
+        let mut polls = vec![Poll::Cmd(self.kind(&["get", "nodes"]))];
+        polls.extend(self.references.iter().map(|i| Poll::Cmd(self.node_has_image(&node, i))));
+        let what = format!(
+            "the images into each node that lacks one (polled: the nodes, then per node and image), all at once:\n{}",
+            self.load_archive(&node)
+        );
+        let load = Step::Watch { what, polls, run: Box::new(|r, exec| self.load_images(r, exec)) };
         phases.push(Phase::new("load images", vec![load]));
         let record = self.reuse.then(|| Step::Record(self.final_record()));
         let deploy = [
@@ -263,14 +265,13 @@ impl Stack for KindRun {
             run(self.namespace.apply(&self.stack_file()), "applying the manifests"),
         ];
         phases.push(Phase::new("deploy", record.into_iter().chain(deploy).collect()));
-        let what = format!("{}  (polled until every pod is Ready)", self.namespace.get_pods_json());
-        let wait = Step::Watch { what, run: Box::new(move |r| self.wait_ready(r, ready_timeout)) };
+        let wait = self.namespace.wait_step(ready_timeout);
         phases.push(Phase::new("wait until ready", vec![wait]));
         phases.into_iter().chain(tests).collect()
     }
 
     fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()> {
-        self.namespace.wait_ready(r, timeout)
+        self.namespace.wait_ready(r, timeout, &Live)
     }
 
     fn urls(&self) -> BTreeMap<String, String> {

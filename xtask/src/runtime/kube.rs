@@ -26,7 +26,7 @@ use crate::{
 
 use super::{
     free_port, service_control,
-    step::{Phase, Step},
+    step::{Exec, Live, Phase, Poll, Step},
     url_var, Created as AnyCreated, Health, RunId, RunRecord, Stack, StackFile,
 };
 
@@ -66,12 +66,26 @@ impl Namespace {
         self.kubectl_in(&["get", "pods", "--output", "json"])
     }
 
+    /// The wait until ready, as a step of a plan.
+    pub fn wait_step(&self, timeout: Duration) -> Step<'_> {
+        Step::Watch {
+            what: "until every pod is Ready".into(),
+            polls: vec![Poll::Cmd(self.get_pods_json())],
+            run: Box::new(move |r, exec| self.wait_ready(r, timeout, exec)),
+        }
+    }
+
     /// Until every pod is Ready; a crash loop, a restart or an image error ends the wait at
     /// once, with the pod's logs and `kubectl describe`.
-    pub fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()> {
+    pub fn wait_ready(
+        &self,
+        r: &Reporter,
+        timeout: Duration,
+        exec: &dyn Exec,
+    ) -> anyhow::Result<()> {
         let mut waiting = Vec::new();
         let ready = crate::poll::until(timeout, Duration::from_millis(500), || {
-            let list: serde_json::Value = serde_json::from_str(&self.get_pods_json().read()?)?;
+            let list: serde_json::Value = serde_json::from_str(&exec.read(&self.get_pods_json())?)?;
             let pods = list["items"].as_array().cloned().unwrap_or_default();
             waiting.clear();
             for pod in &pods {
@@ -81,7 +95,8 @@ impl Namespace {
                     Health::Waiting(why) => waiting.push(format!("{name}: {why}")),
                     Health::Failed(why) => {
                         let pod = format!("pod/{name}");
-                        let read = |args: &[&str]| self.kubectl_in(args).read().unwrap_or_default();
+                        let read =
+                            |args: &[&str]| exec.read(&self.kubectl_in(args)).unwrap_or_default();
                         let logs = read(&["logs", &pod, "--all-containers", "--tail", "30"]);
                         let describe = read(&["describe", &pod]);
                         anyhow::bail!("pod {name} failed while waiting for readiness: {why}\n--- logs ---\n{logs}\n--- describe ---\n{describe}");
@@ -217,21 +232,17 @@ impl KubeRun {
         forwards.map(|(service, &(port, here))| self.port_forward(service, port, here)).collect()
     }
 
-    /// Starts every port-forward, each logging into the run's log, and waits until each port
-    /// here accepts connections.
-    fn forward(&self, r: &Reporter) -> anyhow::Result<()> {
-        let log = || std::fs::OpenOptions::new().create(true).append(true).open(&self.log);
-        for cmd in self.port_forwards() {
-            let mut expression = duct::cmd(&cmd.program, &cmd.args).stdin_null();
-            expression = expression.stdout_file(log()?).stderr_file(log()?);
-            let handle = expression.start().with_context(|| format!("starting `{cmd}`"))?;
-            self.forwards.lock().expect("not poisoned").push(handle);
-        }
+    /// Until each forwarded port here accepts connections.
+    fn until_forwarded(&self, r: &Reporter, exec: &dyn Exec) -> anyhow::Result<()> {
         for (service, &(_, here)) in &self.forwarded {
-            let listening = || Ok(std::net::TcpStream::connect(("127.0.0.1", here)).is_ok());
-            let up =
-                crate::poll::until(Duration::from_secs(30), Duration::from_millis(100), listening)?;
-            anyhow::ensure!(up, "the port-forward of {service} to 127.0.0.1:{here} did not listen within 30 s (its output is in {})", self.log.display());
+            let listening = || Ok(exec.connects(here));
+            let pause = Duration::from_millis(100);
+            let up = crate::poll::until(Duration::from_secs(30), pause, listening)?;
+            let log = self.log.display();
+            anyhow::ensure!(
+                up,
+                "the port-forward of {service} to 127.0.0.1:{here} did not listen within 30 s (its output is in {log})"
+            );
             r.line(format!("  {service} forwarded to 127.0.0.1:{here}"));
         }
         Ok(())
@@ -267,27 +278,26 @@ impl Stack for KubeRun {
             run(self.namespace.create(), "creating the run's namespace"),
             run(self.namespace.apply(&self.stack_file()), "applying the manifests"),
         ];
-        let polled =
-            format!("{}  (polled until every pod is Ready)", self.namespace.get_pods_json());
-        let wait = move |r: &Reporter| self.namespace.wait_ready(r, ready_timeout);
-        let wait = Step::Watch { what: polled, run: Box::new(wait) };
-        let mut forwards: Vec<String> =
-            self.port_forwards().iter().map(ToString::to_string).collect();
-        forwards.push(
-            "(each in the background until the run ends, until its port here connects)".into(),
-        );
-        let forward =
-            Step::Watch { what: forwards.join("\n"), run: Box::new(move |r| self.forward(r)) };
+        let forward = Step::Background {
+            cmds: self.port_forwards(),
+            into: &self.forwards,
+            doing: "forwarding the services' ports here".into(),
+        };
+        let listening = Step::Watch {
+            what: "until each forwarded port here connects".into(),
+            polls: self.forwarded.values().map(|&(_, here)| Poll::Connect(here)).collect(),
+            run: Box::new(|r, exec| self.until_forwarded(r, exec)),
+        };
         let phases = [
             Phase::new("deploy", deploy),
-            Phase::new("wait until ready", vec![wait]),
-            Phase::new("forward ports", vec![forward]),
+            Phase::new("wait until ready", vec![self.namespace.wait_step(ready_timeout)]),
+            Phase::new("forward ports", vec![forward, listening]),
         ];
         phases.into_iter().chain(tests).collect()
     }
 
     fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()> {
-        self.namespace.wait_ready(r, timeout)
+        self.namespace.wait_ready(r, timeout, &Live)
     }
 
     fn urls(&self) -> BTreeMap<String, String> {
@@ -402,4 +412,4 @@ pub fn pod_health(pod: &serde_json::Value) -> Health {
 }
 
 #[cfg(test)]
-mod tests;
+pub mod tests;

@@ -71,7 +71,8 @@ pub fn tests<'a>(
     let mut steps = vec![Step::Write { path: file.clone(), contents: control }];
     steps.extend(gate.map(|gate| Step::Watch {
         what: "the E2E suite's compile, started beside the deploy, has finished".into(),
-        run: Box::new(move |_| gate.wait()),
+        polls: Vec::new(),
+        run: Box::new(move |_, _| gate.wait()),
     }));
     steps.extend(stack.suite_steps(project));
     let cmd = stack.suite(project, "e2e", &opts.test_args);
@@ -202,7 +203,7 @@ pub fn execute(
     record: Option<RunRecord>,
 ) -> (anyhow::Result<()>, Option<RunRecord>) {
     let (dir, log) = (stack.dir().to_owned(), stack.log().to_owned());
-    let mut runner = Runner { dir, log, exec: &mut Live, record };
+    let mut runner = Runner { dir, log, exec: &Live, record };
     let outcome = runner.phases(r, plan);
     if outcome.is_err() && runner.record.is_some() {
         r.line(match stack.save_failure() {
@@ -226,7 +227,7 @@ pub fn finish(
         r.line(stack.keep_instructions());
         return Ok(());
     }
-    r.phase("tear down", |r| teardown(stack.dir(), record, stack.log(), r, &mut Live))
+    r.phase("tear down", |r| teardown(stack.dir(), record, stack.log(), r, &Live))
 }
 
 /// What a run has created (or is about to), as recorded in `state.json`.
@@ -282,7 +283,7 @@ pub fn teardown(
     record: &RunRecord,
     log: &Path,
     r: &Reporter,
-    exec: &mut dyn step::Exec,
+    exec: &dyn step::Exec,
 ) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     for stage in record.teardown() {
@@ -339,7 +340,7 @@ pub fn down(project: &Project, r: &Reporter, only: Option<&str>) -> anyhow::Resu
             continue;
         }
         r.line(format!("removing what run {id} left"));
-        if let Err(e) = teardown(&dir, &record, &id.log(project), r, &mut Live) {
+        if let Err(e) = teardown(&dir, &record, &id.log(project), r, &Live) {
             failures.push(format!("{e:#}"));
         }
     }

@@ -29,7 +29,7 @@ use crate::{
 
 use super::{
     service_control,
-    step::{self, Phase, Step},
+    step::{self, Exec, Phase, Poll, Step},
     url_var, Created as AnyCreated, RunId, RunRecord, Stack, StackFile,
 };
 
@@ -102,16 +102,22 @@ impl Arriving {
         images.iter().map(|(reference, _)| reference.as_str()).collect::<Vec<_>>().join(", ")
     }
 
+    /// What [`Arriving::wait`] polls first: the IDs of every image.
+    fn poll(&self) -> Cmd {
+        let references: Vec<String> = self.images.iter().map(|(r, _)| r.clone()).collect();
+        Engine::Podman.image_ids(&references)
+    }
+
     /// Until every image is in the engine, or the load has ended without it. One `podman image
     /// inspect` of all of them at a time: a podman process costs CPU the load needs.
-    pub fn wait(&self, r: &Reporter) -> anyhow::Result<()> {
+    pub fn wait(&self, r: &Reporter, exec: &dyn Exec) -> anyhow::Result<()> {
         let start = Instant::now();
         let mut missing = self.images.clone();
         let arrived = crate::poll::until(Self::DEADLINE, Duration::from_millis(300), || {
             // Read before looking: a load that ended before the look left what it loaded.
             let ended = self.ended.load(Ordering::SeqCst);
             let references: Vec<String> = missing.iter().map(|(r, _)| r.clone()).collect();
-            let found = Engine::Podman.image_ids(&references).read_any().unwrap_or_default();
+            let found = exec.read_any(&Engine::Podman.image_ids(&references)).unwrap_or_default();
             missing.retain(|(_, id)| !found.lines().any(|l| l.trim() == id));
             let (done, names) = (missing.is_empty(), Self::names(&missing));
             anyhow::ensure!(done || !ended, "the archive's load ended without {names}");
@@ -293,8 +299,10 @@ impl PodmanRun {
         steps.push(Step::Record(self.record(usize::MAX, |pod| self.early.contains(pod))));
         if let Some(arriving) = &self.arriving {
             let names = Arriving::names(&arriving.images);
-            let what = format!("until the archive's load has put {names} in the engine (polled)");
-            steps.push(Step::Watch { what, run: Box::new(move |r| arriving.wait(r)) });
+            let what = format!("until the archive's load has put {names} in the engine");
+            let polls = vec![Poll::Cmd(arriving.poll())];
+            let run = Box::new(move |r: &Reporter, exec: &dyn Exec| arriving.wait(r, exec));
+            steps.push(Step::Watch { what, polls, run });
         }
         steps.extend(self.play_steps(|pod| self.early.contains(pod)));
         vec![Phase::new("deploy infrastructure", steps)]
@@ -361,9 +369,11 @@ impl Stack for PodmanRun {
 
     /// Deploys what [`PodmanRun::plan_early`] did not.
     fn plan<'a>(&'a self, ready_timeout: Duration, tests: Vec<Phase<'a>>) -> Vec<Phase<'a>> {
-        let what = "readiness: each container's readinessProbe, polled (podman exec / HTTP GET)";
-        let run = Box::new(move |r: &Reporter| self.wait_ready(r, ready_timeout));
-        let wait = Step::Watch { what: what.into(), run };
+        let what = "until each container's readinessProbe passes (each container on its own; while one does not, its state is read too)";
+        let polls = self.stack.containers().map(|(pod, c)| ready::first_poll(self, pod, c));
+        let run =
+            move |r: &Reporter, exec: &dyn Exec| ready::wait_ready(self, ready_timeout, r, exec);
+        let wait = Step::Watch { what: what.into(), polls: polls.collect(), run: Box::new(run) };
         let mut deploy = if self.early.is_empty() { self.setup_steps() } else { Vec::new() };
         deploy.push(Step::Record(self.final_record()));
         deploy.push(Step::Write { path: self.stack_file(), contents: self.stack.yaml.clone() });
@@ -373,7 +383,7 @@ impl Stack for PodmanRun {
     }
 
     fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()> {
-        ready::wait_ready(self, timeout, r)
+        ready::wait_ready(self, timeout, r, &step::Live)
     }
 
     fn urls(&self) -> BTreeMap<String, String> {
@@ -437,7 +447,8 @@ impl Stack for PodmanRun {
     fn suite_steps<'a>(&'a self, project: &'a Project) -> Vec<Step<'a>> {
         let Some(p) = &self.suite else { return Vec::new() };
         let what = format!("the suite's test binaries (as their compile placed them) packaged, unless an image of the same content is in the engine: {}", p.build());
-        vec![Step::Watch { what, run: Box::new(move |r| p.package(project, r)) }]
+        let run = Box::new(move |r: &Reporter, _: &dyn Exec| p.package(project, r));
+        vec![Step::Watch { what, polls: Vec::new(), run }]
     }
 
     fn suite(&self, project: &Project, test: &str, args: &[String]) -> Cmd {
@@ -516,7 +527,7 @@ impl Stack for PodmanRun {
         let mut runner = step::Runner {
             dir: self.dir.clone(),
             log: self.log.clone(),
-            exec: &mut step::Live,
+            exec: &step::Live,
             record: None,
         };
         for secret in &secrets {

@@ -2,7 +2,11 @@
 //! plan a person reads is, by construction, the plan that runs. Commands go through an
 //! [`Exec`], which the tests replace with one that records what would have run.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    process::Output,
+    time::Duration,
+};
 
 use anyhow::Context;
 
@@ -10,7 +14,9 @@ use crate::{cmd::Cmd, fsx, interrupt, report::Reporter};
 
 use super::RunRecord;
 
-pub type Observe<'a> = Box<dyn Fn(&Reporter) -> anyhow::Result<()> + 'a>;
+/// A [`Step::Watch`]'s work: it looks at the world only through the [`Exec`] it is given, so
+/// that a recorded run records its polls too.
+pub type Observe<'a> = Box<dyn Fn(&Reporter, &dyn Exec) -> anyhow::Result<()> + Sync + 'a>;
 
 /// One thing a run does; `doing` says what, when it fails.
 pub enum Step<'a> {
@@ -26,9 +32,13 @@ pub enum Step<'a> {
     Parallel { cmds: Vec<Cmd>, doing: String },
     /// Runs a command on this terminal (a test suite).
     Terminal { cmd: Cmd, doing: String },
+    /// Starts commands in the background, their output in the run's log, kept running in
+    /// `into` (whose owner stops them).
+    Background { cmds: Vec<Cmd>, into: &'a std::sync::Mutex<Vec<duct::Handle>>, doing: String },
     /// Something that observes rather than changes (polling until ready, loading only what
-    /// is missing): shown as what it does, then run.
-    Watch { what: String, run: Observe<'a> },
+    /// is missing): shown as what it does and the commands it polls (each as often as it
+    /// takes), then run.
+    Watch { what: String, polls: Vec<Poll>, run: Observe<'a> },
 }
 
 /// A named group of steps, timed as one phase of the run.
@@ -51,29 +61,85 @@ impl Step<'_> {
             Step::Run { cmd, .. } | Step::Secret { cmd, .. } | Step::Terminal { cmd, .. } => {
                 vec![cmd.to_string()]
             }
+            Step::Background { cmds, .. } => cmds.iter().map(ToString::to_string).collect(),
             Step::Parallel { cmds, .. } => {
                 std::iter::once(format!("# at once, {} commands:", cmds.len()))
                     .chain(cmds.iter().map(ToString::to_string))
                     .collect()
             }
-            Step::Watch { what, .. } => what.lines().map(|l| format!("# {l}")).collect(),
+            Step::Watch { what, polls, .. } => {
+                let what = what.lines().map(|l| format!("# {l}"));
+                // A poll's command over lines (a probe's script) stays one comment.
+                let poll = |p: &Poll| format!("{POLLED}{p}").replace('\n', POLLED_MORE);
+                what.chain(polls.iter().map(poll)).collect()
+            }
         }
     }
 }
 
-/// How commands are run: for real ([`Live`]), or recorded by the tests.
-pub trait Exec {
-    fn run(&mut self, cmd: &Cmd, log: &Path) -> anyhow::Result<()>;
+/// How `--dry-run` prints what a [`Step::Watch`] polls, and the lines after the first of a
+/// command over lines.
+pub const POLLED: &str = "#   polls: ";
+const POLLED_MORE: &str = "\n#          ";
+
+/// What a [`Step::Watch`] looks at, as `--dry-run` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Poll {
+    /// A command, run until its answer says done.
+    Cmd(Cmd),
+    /// An HTTP GET from this machine, until its status is 2xx.
+    Get(String),
+    /// A TCP connection to a port on this machine's loopback.
+    Connect(u16),
+}
+
+impl std::fmt::Display for Poll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Poll::Cmd(cmd) => write!(f, "{cmd}"),
+            Poll::Get(url) => write!(f, "GET {url}"),
+            Poll::Connect(port) => write!(f, "connect 127.0.0.1:{port}"),
+        }
+    }
+}
+
+/// How commands are run and the world is looked at: for real ([`Live`]), or recorded by the
+/// tests. Shared by the threads of a step (readiness polls each container on its own).
+pub trait Exec: Sync {
+    fn run(&self, cmd: &Cmd, log: &Path) -> anyhow::Result<()>;
     /// Runs commands at once (by default, one after the other); returns the failures.
-    fn run_all(&mut self, cmds: &[Cmd], log: &Path) -> Vec<String> {
+    fn run_all(&self, cmds: &[Cmd], log: &Path) -> Vec<String> {
         failures(cmds.iter().map(|c| self.run(c, log)))
     }
-    fn terminal(&mut self, cmd: &Cmd) -> anyhow::Result<()>;
+    fn terminal(&self, cmd: &Cmd) -> anyhow::Result<()>;
     /// Asks a yes/no question of the world (`podman pod exists`): not a step of the run.
-    fn probe(&mut self, cmd: &Cmd) -> bool;
-    /// Whether observing steps run (the recorder skips them).
-    fn watches(&self) -> bool {
-        true
+    fn probe(&self, cmd: &Cmd) -> bool;
+    /// A poll ([`Poll::Cmd`]): the command run to its end, its exit status and output.
+    fn output(&self, cmd: &Cmd) -> anyhow::Result<Output>;
+    /// A poll ([`Poll::Get`]): the status of an HTTP GET, or why there was none.
+    fn get(&self, url: &str) -> Result<u16, String>;
+    /// A poll ([`Poll::Connect`]): whether a port on loopback accepts a connection.
+    fn connects(&self, port: u16) -> bool;
+    /// Starts a command in the background, its output into `log`; `None` when recorded.
+    fn start(&self, cmd: &Cmd, log: &Path) -> anyhow::Result<Option<duct::Handle>>;
+    /// A [`Step::Watch`] begins (with what it says it polls) or ends (`None`).
+    fn watching(&self, _polls: Option<&[Poll]>) {}
+
+    /// A poll's stdout, or the command's error.
+    fn read(&self, cmd: &Cmd) -> anyhow::Result<String> {
+        let output = self.output(cmd)?;
+        cmd.check(&output)?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// A poll's stdout, whatever its exit status.
+    fn read_any(&self, cmd: &Cmd) -> anyhow::Result<String> {
+        Ok(String::from_utf8_lossy(&self.output(cmd)?.stdout).into_owned())
+    }
+
+    /// Whether a poll exited 0.
+    fn succeeds(&self, cmd: &Cmd) -> anyhow::Result<bool> {
+        Ok(self.output(cmd)?.status.success())
     }
 }
 
@@ -89,13 +155,13 @@ fn at_once() -> usize {
 }
 
 impl Exec for Live {
-    fn run(&mut self, cmd: &Cmd, log: &Path) -> anyhow::Result<()> {
+    fn run(&self, cmd: &Cmd, log: &Path) -> anyhow::Result<()> {
         cmd.run_logged(log)
     }
 
     /// At most [`at_once`] at a time: past that, podman processes only crowd the CPUs (each
     /// costs about 0.1 s of CPU to start) and the engine's locks.
-    fn run_all(&mut self, cmds: &[Cmd], log: &Path) -> Vec<String> {
+    fn run_all(&self, cmds: &[Cmd], log: &Path) -> Vec<String> {
         let next = std::sync::Mutex::new(cmds.iter().enumerate());
         let results = std::sync::Mutex::new(Vec::new());
         std::thread::scope(|s| {
@@ -112,12 +178,34 @@ impl Exec for Live {
         failures(results.into_iter().map(|(_, r)| r))
     }
 
-    fn terminal(&mut self, cmd: &Cmd) -> anyhow::Result<()> {
+    fn terminal(&self, cmd: &Cmd) -> anyhow::Result<()> {
         cmd.run_inherit()
     }
 
-    fn probe(&mut self, cmd: &Cmd) -> bool {
+    fn probe(&self, cmd: &Cmd) -> bool {
         cmd.clone().survives_interrupt().succeeds().unwrap_or(false)
+    }
+
+    fn output(&self, cmd: &Cmd) -> anyhow::Result<Output> {
+        cmd.output()
+    }
+
+    /// With a timeout of 1 s: a service that does not answer is not ready yet.
+    fn get(&self, url: &str) -> Result<u16, String> {
+        let config = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(1)));
+        let agent: ureq::Agent = config.http_status_as_error(false).build().into();
+        match agent.get(url).call() {
+            Ok(response) => Ok(response.status().as_u16()),
+            Err(e) => Err(format!("GET {url}: {e}")),
+        }
+    }
+
+    fn connects(&self, port: u16) -> bool {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }
+
+    fn start(&self, cmd: &Cmd, log: &Path) -> anyhow::Result<Option<duct::Handle>> {
+        cmd.start_logged(log).map(Some)
     }
 }
 
@@ -125,7 +213,7 @@ impl Exec for Live {
 pub struct Runner<'e> {
     pub dir: PathBuf,
     pub log: PathBuf,
-    pub exec: &'e mut dyn Exec,
+    pub exec: &'e dyn Exec,
     pub record: Option<RunRecord>,
 }
 
@@ -166,8 +254,20 @@ impl Runner<'_> {
                 r.command(cmd);
                 self.exec.terminal(cmd).with_context(|| doing.clone())
             }
-            Step::Watch { run, .. } if self.exec.watches() => run(r),
-            Step::Watch { .. } => Ok(()),
+            Step::Background { cmds, into, doing } => {
+                for cmd in cmds {
+                    r.command(cmd);
+                    let started = self.exec.start(cmd, &self.log).with_context(|| doing.clone())?;
+                    into.lock().expect("not poisoned").extend(started);
+                }
+                Ok(())
+            }
+            Step::Watch { run, polls, .. } => {
+                self.exec.watching(Some(polls));
+                let watched = run(r, self.exec);
+                self.exec.watching(None);
+                watched
+            }
         }
     }
 }
@@ -205,64 +305,139 @@ pub fn print(phases: &[Phase]) -> Vec<String> {
 }
 
 #[cfg(test)]
-/// The commands `--dry-run` prints for these phases, comments left out (for tests that
-/// compare them with the commands executed).
+/// The commands `--dry-run` prints for these phases, and what their Watch steps poll;
+/// comments left out (for tests that compare them with what a recorded run executed).
 pub fn printed_commands(phases: &[Phase]) -> Vec<String> {
-    print(phases).into_iter().filter(|l| !l.starts_with('#')).collect()
+    let lines = print(phases).into_iter();
+    let polled = |l: String| match l.strip_prefix(POLLED) {
+        Some(poll) => poll.replace(POLLED_MORE, "\n"),
+        None => l,
+    };
+    lines.map(polled).filter(|l| !l.starts_with('#')).collect()
 }
 
 /// Executes lists of phases in turn with a [`Recorder`]: the recorder, and the record the
 /// run wrote last.
 #[cfg(test)]
-pub fn record_run(dir: &Path, log: &Path, plans: &[&[Phase]]) -> (Recorder, Option<RunRecord>) {
-    let mut rec = Recorder::default();
-    let mut runner =
-        Runner { dir: dir.to_owned(), log: log.to_owned(), exec: &mut rec, record: None };
+pub fn record_run(rec: &Recorder, dir: &Path, log: &Path, plans: &[&[Phase]]) -> Option<RunRecord> {
+    let mut runner = Runner { dir: dir.to_owned(), log: log.to_owned(), exec: rec, record: None };
     let r = Reporter::quiet();
     for plan in plans {
         runner.phases(&r, plan).unwrap();
     }
-    let record = runner.record;
-    (rec, record)
+    runner.record
 }
 
-/// Records the commands a run executes, answering every probe "no" (nothing is left).
+/// Records the commands a run executes, and what its Watch steps poll (each once, in the
+/// order printed). Probes of what is left answer "no" (nothing is); every poll answers done:
+/// a command exits 0, printing the first of `answers` whose key its command line starts with
+/// (else nothing); a GET answers 200; a port connects.
 #[cfg(test)]
 #[derive(Default)]
 pub struct Recorder {
-    pub commands: Vec<String>,
+    pub answers: Vec<(String, String)>,
+    state: std::sync::Mutex<Recorded>,
+}
+
+#[cfg(test)]
+#[derive(Default)]
+struct Recorded {
+    commands: Vec<String>,
     /// Those of them that Ctrl-C would stop mid-way.
-    pub interruptible: Vec<String>,
+    interruptible: Vec<String>,
+    /// The Watch step under way: what it says it polls, and what it polled.
+    polled: Option<(Vec<String>, Vec<String>)>,
 }
 
 #[cfg(test)]
 impl Recorder {
-    fn push(&mut self, cmd: &Cmd) {
-        self.commands.push(cmd.to_string());
+    pub fn answering(answers: &[(&str, &str)]) -> Recorder {
+        let answers = answers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Recorder { answers, ..Recorder::default() }
+    }
+
+    pub fn commands(&self) -> Vec<String> {
+        self.state.lock().unwrap().commands.clone()
+    }
+
+    pub fn interruptible(&self) -> Vec<String> {
+        self.state.lock().unwrap().interruptible.clone()
+    }
+
+    fn push(&self, cmd: &Cmd) {
+        let mut state = self.state.lock().unwrap();
+        state.commands.push(cmd.to_string());
         if !cmd.survives_interrupt {
-            self.interruptible.push(cmd.to_string());
+            state.interruptible.push(cmd.to_string());
+        }
+    }
+
+    fn poll(&self, poll: Poll) {
+        let mut state = self.state.lock().unwrap();
+        let line = poll.to_string();
+        match &mut state.polled {
+            Some((_, polled)) => polled.push(line),
+            None => state.commands.push(line),
         }
     }
 }
 
 #[cfg(test)]
 impl Exec for Recorder {
-    fn run(&mut self, cmd: &Cmd, _log: &Path) -> anyhow::Result<()> {
+    fn run(&self, cmd: &Cmd, _log: &Path) -> anyhow::Result<()> {
         self.push(cmd);
         Ok(())
     }
 
-    fn terminal(&mut self, cmd: &Cmd) -> anyhow::Result<()> {
+    fn terminal(&self, cmd: &Cmd) -> anyhow::Result<()> {
         self.push(cmd);
         Ok(())
     }
 
-    fn probe(&mut self, _cmd: &Cmd) -> bool {
+    fn probe(&self, _cmd: &Cmd) -> bool {
         false
     }
 
-    fn watches(&self) -> bool {
-        false
+    fn output(&self, cmd: &Cmd) -> anyhow::Result<Output> {
+        self.poll(Poll::Cmd(cmd.clone()));
+        let line = cmd.to_string();
+        let answer = self.answers.iter().find(|(key, _)| line.starts_with(key.as_str()));
+        let stdout = answer.map(|(_, a)| a.clone().into_bytes()).unwrap_or_default();
+        let status = std::os::unix::process::ExitStatusExt::from_raw(0);
+        Ok(Output { status, stdout, stderr: Vec::new() })
+    }
+
+    fn get(&self, url: &str) -> Result<u16, String> {
+        self.poll(Poll::Get(url.to_owned()));
+        Ok(200)
+    }
+
+    fn connects(&self, port: u16) -> bool {
+        self.poll(Poll::Connect(port));
+        true
+    }
+
+    fn start(&self, cmd: &Cmd, _log: &Path) -> anyhow::Result<Option<duct::Handle>> {
+        self.push(cmd);
+        Ok(None)
+    }
+
+    /// A Watch's polls, each once: those it declares in their order (its threads may poll in
+    /// any), then any it did not declare.
+    fn watching(&self, polls: Option<&[Poll]>) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(polls) = polls {
+            state.polled = Some((polls.iter().map(ToString::to_string).collect(), Vec::new()));
+            return;
+        }
+        let (declared, polled) = state.polled.take().unwrap_or_default();
+        let (mut known, unknown): (Vec<String>, Vec<String>) =
+            polled.into_iter().partition(|line| declared.contains(line));
+        known.sort_by_key(|line| declared.iter().position(|d| d == line));
+        known.dedup();
+        let mut seen = std::collections::BTreeSet::new();
+        let unknown = unknown.into_iter().filter(|line| seen.insert(line.clone()));
+        state.commands.extend(known.into_iter().chain(unknown));
     }
 }
 

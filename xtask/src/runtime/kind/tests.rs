@@ -47,12 +47,14 @@ fn the_kind_plan_is_the_documented_command_line() {
     let expected = [
         "zstd -d -q -f -o /r/target/e2e/runs/1/images.tar /r/images.tar.zst",
         "KIND_EXPERIMENTAL_PROVIDER=podman kind create cluster --name e2e-103501-42 --config /r/target/e2e/runs/1/kind-cluster.yaml --wait 120s",
-        "# KIND_EXPERIMENTAL_PROVIDER=podman kind get nodes --name e2e-103501-42  (the nodes)",
-        "# podman exec e2e-103501-42-control-plane crictl inspecti -q localhost/e2e-gateway:aaaa  (per node and image)",
-        "# KIND_EXPERIMENTAL_PROVIDER=podman kind load image-archive /r/target/e2e/runs/1/images.tar --name e2e-103501-42 --nodes e2e-103501-42-control-plane  (each node that lacks one, all at once)",
+        "# the images into each node that lacks one (polled: the nodes, then per node and image), all at once:",
+        "# KIND_EXPERIMENTAL_PROVIDER=podman kind load image-archive /r/target/e2e/runs/1/images.tar --name e2e-103501-42 --nodes e2e-103501-42-control-plane",
+        "#   polls: KIND_EXPERIMENTAL_PROVIDER=podman kind get nodes --name e2e-103501-42",
+        "#   polls: podman exec e2e-103501-42-control-plane crictl inspecti -q localhost/e2e-gateway:aaaa",
         "kubectl --context kind-e2e-103501-42 create namespace e2e-103501-42",
         "kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 apply --filename /r/target/e2e/runs/1/stack.yaml",
-        "# kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 get pods --output json  (polled until every pod is Ready)",
+        "# until every pod is Ready",
+        "#   polls: kubectl --context kind-e2e-103501-42 --namespace e2e-103501-42 get pods --output json",
         "DATA_STORAGE_URL=http://127.0.0.1:41001 GATEWAY_URL=http://127.0.0.1:41000 cargo test -p e2e-suite",
         "KIND_EXPERIMENTAL_PROVIDER=podman kind delete cluster --name e2e-103501-42",
     ];
@@ -74,12 +76,17 @@ fn the_printed_plan_is_the_executed_plan() {
         let plan = run.plan(Duration::from_secs(1), suite(&run));
         let mut printed = step::printed_commands(&plan);
         printed.extend(run.final_record().teardown().concat().iter().map(ToString::to_string));
-        let (mut rec, record) = step::record_run(&run.dir, &run.log, &[&plan]);
+        let rec = step::Recorder::answering(&[
+            ("kind get nodes", &format!("{}-control-plane\n", run.cluster)),
+            ("kubectl --context", crate::runtime::kube::tests::READY_POD),
+        ]);
+        let record = step::record_run(&rec, &run.dir, &run.log, &[&plan]);
         let record = record.expect("recorded before the cluster exists");
         assert_eq!(record, run.final_record());
         let r = Reporter::quiet();
-        crate::runtime::teardown(&run.dir, &record, &run.log, &r, &mut rec).unwrap();
-        assert_eq!(rec.commands, printed, "reuse: {reuse}");
+        crate::runtime::teardown(&run.dir, &record, &run.log, &r, &rec).unwrap();
+        assert_eq!(rec.commands(), printed, "reuse: {reuse}");
+        assert!(printed.iter().any(|l| l.ends_with("get pods --output json")), "{printed:#?}");
         std::fs::remove_dir_all(root).unwrap();
     }
 }

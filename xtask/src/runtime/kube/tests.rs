@@ -3,6 +3,9 @@ use super::*;
 use crate::manifests::Manifests;
 use crate::runtime::step;
 
+/// `kubectl get pods -o json` of one Ready pod.
+pub const READY_POD: &str = r#"{"items": [{"metadata": {"name": "gateway"}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}]}"#;
+
 fn shipped() -> Manifests {
     Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests")).unwrap()
 }
@@ -46,10 +49,13 @@ fn the_kube_plan_is_the_documented_command_line() {
     let expected = [
         "kubectl --context staging create namespace e2e-103501-42",
         "kubectl --context staging --namespace e2e-103501-42 apply --filename /r/target/e2e/runs/1/stack.yaml",
-        "# kubectl --context staging --namespace e2e-103501-42 get pods --output json  (polled until every pod is Ready)",
-        "# kubectl --context staging --namespace e2e-103501-42 port-forward service/data-storage 41001:8080 --address 127.0.0.1",
-        "# kubectl --context staging --namespace e2e-103501-42 port-forward service/gateway 41000:8080 --address 127.0.0.1",
-        "# (each in the background until the run ends, until its port here connects)",
+        "# until every pod is Ready",
+        "#   polls: kubectl --context staging --namespace e2e-103501-42 get pods --output json",
+        "kubectl --context staging --namespace e2e-103501-42 port-forward service/data-storage 41001:8080 --address 127.0.0.1",
+        "kubectl --context staging --namespace e2e-103501-42 port-forward service/gateway 41000:8080 --address 127.0.0.1",
+        "# until each forwarded port here connects",
+        "#   polls: connect 127.0.0.1:41001",
+        "#   polls: connect 127.0.0.1:41000",
         "DATA_STORAGE_URL=http://127.0.0.1:41001 GATEWAY_URL=http://127.0.0.1:41000 target/e2e/suite/e2e",
         "kubectl --context staging delete namespace e2e-103501-42 --wait=false --ignore-not-found",
     ];
@@ -78,11 +84,13 @@ fn the_printed_plan_is_the_executed_plan() {
     let plan = run.plan(Duration::from_secs(1), suite(&run));
     let mut printed = step::printed_commands(&plan);
     printed.extend(run.final_record().teardown().concat().iter().map(ToString::to_string));
-    let (mut rec, record) = step::record_run(&run.dir, &run.log, &[&plan]);
+    let rec = step::Recorder::answering(&[("kubectl --context staging", READY_POD)]);
+    let record = step::record_run(&rec, &run.dir, &run.log, &[&plan]);
     let record = record.expect("recorded before the namespace exists");
     assert_eq!(record, run.final_record());
-    crate::runtime::teardown(&run.dir, &record, &run.log, &Reporter::quiet(), &mut rec).unwrap();
-    assert_eq!(rec.commands, printed);
+    crate::runtime::teardown(&run.dir, &record, &run.log, &Reporter::quiet(), &rec).unwrap();
+    assert_eq!(rec.commands(), printed);
+    assert!(printed.contains(&"connect 127.0.0.1:41000".to_owned()), "{printed:#?}");
     std::fs::remove_dir_all(root).unwrap();
 }
 

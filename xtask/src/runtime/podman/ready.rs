@@ -25,7 +25,11 @@ pub fn classify(state: &str) -> Health {
 }
 
 pub fn health(container: &str) -> Health {
-    classify(&Podman.container_state(container).read().unwrap_or_default())
+    health_through(&step::Live, container)
+}
+
+fn health_through(exec: &dyn Exec, container: &str) -> Health {
+    classify(&exec.read(&Podman.container_state(container)).unwrap_or_default())
 }
 
 pub(super) fn running_after_start(container: &str) -> anyhow::Result<()> {
@@ -60,13 +64,21 @@ pub(super) fn until_cleaned_up(monitors: &[u32]) -> anyhow::Result<()> {
 
 /// Until every container of the run is ready, each polled on its own (its probe, then, while
 /// it is not ready, its state), so that one container's slow probe delays no other's.
-pub fn wait_ready(run: &PodmanRun, timeout: Duration, r: &Reporter) -> anyhow::Result<()> {
+pub fn wait_ready(
+    run: &PodmanRun,
+    timeout: Duration,
+    r: &Reporter,
+    exec: &dyn Exec,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     // Set when one container has failed: the others stop polling.
     let stop = &AtomicBool::new(false);
     let failed = std::thread::scope(|s| {
         let polling: Vec<_> = (run.stack.containers())
-            .map(|(pod, c)| s.spawn(move || until_ready_in(run, pod, c, stop, start, timeout, r)))
+            .map(|(pod, c)| {
+                let waiting = Waiting { run, pod, c, stop, start, timeout, exec };
+                s.spawn(move || waiting.until_ready(r))
+            })
             .collect();
         let outcomes =
             polling.into_iter().map(|h| h.join().unwrap_or(Err("its poll panicked".into())));
@@ -82,92 +94,137 @@ pub fn wait_ready(run: &PodmanRun, timeout: Duration, r: &Reporter) -> anyhow::R
     Ok(())
 }
 
-/// Until the container's readiness probe (as the manifests give it) passes (`Ok`, shown), the
-/// container fails, another one did (`stop`, set on failure), or the time is up (`Err`, why).
-fn until_ready_in(
-    run: &PodmanRun,
-    pod: &Pod,
-    c: &Container,
-    stop: &AtomicBool,
-    start: Instant,
-    timeout: Duration,
-    r: &Reporter,
-) -> Result<(), String> {
-    let config = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(1)));
-    let agent: ureq::Agent = config.http_status_as_error(false).build().into();
-    let (name, remote) = (&container_name(&pod.name, &c.name), run.remote);
+/// One try of a container's readiness, as the manifests' probe gives it: a command whose
+/// exit says (in the container, or in a new container of its image in its pod on a remote
+/// engine: docs/run.md, step 4), an HTTP GET from here, or, without a probe, its state.
+pub fn first_poll(run: &PodmanRun, pod: &Pod, c: &Container) -> Poll {
+    match readiness_try(run, pod, c) {
+        Ok(Try::Passes { cmd, .. }) | Ok(Try::Running(cmd)) => Poll::Cmd(cmd),
+        Ok(Try::Get(url)) => Poll::Get(url),
+        Err(why) => Poll::Cmd(Cmd::new(format!("# cannot poll: {why}"))),
+    }
+}
+
+/// What one try of readiness runs.
+enum Try {
+    /// Ready once the container runs (no probe): its state.
+    Running(Cmd),
+    /// Ready when this command exits 0; else `failed` says why not.
+    Passes { cmd: Cmd, failed: String, what: String },
+    /// Ready when this URL answers 2xx.
+    Get(String),
+}
+
+fn readiness_try(run: &PodmanRun, pod: &Pod, c: &Container) -> Result<Try, String> {
+    let name = &container_name(&pod.name, &c.name);
+    let remote = run.remote;
     // A probe loops where it runs, one engine call per slice; on a remote engine in a new
     // container of the image in the pod, not `podman exec` (docs/run.md, step 4; 13 s in the rig).
-    let in_container = |probe: Vec<String>, failed: String, what: &str| {
-        let remote = remote.then(|| Podman.run_in_pod(&pod.name, run.image_of(name, c), &probe));
-        match remote.unwrap_or_else(|| Podman.exec(name, &probe)).succeeds() {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(failed),
-            Err(e) => Err(format!("{what}{e:#}")),
-        }
+    let in_container = |probe: Vec<String>, failed: String, what: String| {
+        let cmd = match remote {
+            true => Podman.run_in_pod(&pod.name, run.image_of(name, c), &probe),
+            false => Podman.exec(name, &probe),
+        };
+        Ok(Try::Passes { cmd, failed, what })
     };
-    let once = || match &c.readiness {
-        None if health(name) == Health::Ready => Ok(()),
-        None => Err("starting".to_owned()),
+    match &c.readiness {
+        None => Ok(Try::Running(Podman.container_state(name))),
         Some(ProbeSpec::Exec(command)) => {
             let failed = format!("`{}` failed", command.join(" "));
-            in_container(until_ready(COMMAND, command, SLICE_SECONDS), failed, "")
+            in_container(until_ready(COMMAND, command, SLICE_SECONDS), failed, String::new())
         }
         Some(ProbeSpec::Tcp { port }) => {
             let connect = until_ready(TCP_CONNECT, &[port.to_string()], SLICE_SECONDS);
             let what = format!("TCP port {port}: ");
-            in_container(connect, format!("{what}no connection"), &what)
+            in_container(connect, format!("{what}no connection"), what)
         }
         Some(ProbeSpec::Http { path, port }) if remote => {
             let get = until_ready(HTTP_GET, &[port.to_string(), path.clone()], SLICE_SECONDS);
             let what = format!("GET {path} on port {port}: ");
-            in_container(get, format!("{what}no 2xx answer"), &what)
+            in_container(get, format!("{what}no 2xx answer"), what)
         }
         Some(ProbeSpec::Http { path, port }) => {
             let host_port = run.stack.host_port(&pod.name, *port).ok_or_else(|| {
                 format!("port {port} is not published, so GET {path} cannot be checked")
             })?;
-            let url = format!("http://127.0.0.1:{host_port}{path}");
-            match agent.get(&url).call() {
-                Ok(resp) if resp.status().is_success() => Ok(()),
-                Ok(resp) => Err(format!("GET {url} answered {}", resp.status())),
-                Err(e) => Err(format!("GET {url}: {e}")),
-            }
+            Ok(Try::Get(format!("http://127.0.0.1:{host_port}{path}")))
         }
-    };
-    // An HTTP GET costs next to nothing; a probe run in the container costs a `podman exec`.
-    let local_http = matches!(c.readiness, Some(ProbeSpec::Http { .. })) && !remote;
-    let pause = Duration::from_millis(if local_http { 50 } else { 100 });
-    let mut reason = String::new();
-    let ready = crate::poll::until(timeout, pause, || {
-        reason = match once() {
-            Ok(()) => return Ok(true),
-            Err(reason) => reason,
+    }
+}
+
+/// One container's wait for readiness, beside the others'.
+struct Waiting<'a> {
+    run: &'a PodmanRun,
+    pod: &'a Pod,
+    c: &'a Container,
+    /// Set when one container has failed: the others stop polling.
+    stop: &'a AtomicBool,
+    start: Instant,
+    timeout: Duration,
+    exec: &'a dyn Exec,
+}
+
+impl Waiting<'_> {
+    /// Until the container's readiness probe passes (`Ok`, shown), the container fails,
+    /// another one did (`stop`, set on failure), or the time is up (`Err`, why).
+    fn until_ready(&self, r: &Reporter) -> Result<(), String> {
+        let Waiting { pod, c, stop, start, timeout, exec, .. } = *self;
+        let name = &container_name(&pod.name, &c.name);
+        let attempt = readiness_try(self.run, pod, c);
+        let once = || match &attempt {
+            Err(why) => Err(why.clone()),
+            Ok(Try::Running(cmd)) => match classify(&exec.read(cmd).unwrap_or_default()) {
+                Health::Ready => Ok(()),
+                _ => Err("starting".to_owned()),
+            },
+            Ok(Try::Passes { cmd, failed, what }) => match exec.succeeds(cmd) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(failed.clone()),
+                Err(e) => Err(format!("{what}{e:#}")),
+            },
+            Ok(Try::Get(url)) => match exec.get(url) {
+                Ok(status) if (200..300).contains(&status) => Ok(()),
+                Ok(status) => Err(format!("GET {url} answered {status}")),
+                Err(why) => Err(why),
+            },
         };
-        // Not ready: an exit or a restart ends the wait at once.
-        if let Health::Failed(why) = health(name) {
-            let log = Podman.logs(name).read().unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            anyhow::ensure!(!lines.is_empty(), "{why}; its log is empty now");
-            let tail = lines[lines.len().saturating_sub(30)..].join("\n    | ");
-            anyhow::bail!("{why}; its last log lines:\n    | {tail}");
-        }
-        anyhow::ensure!(!stop.load(Ordering::SeqCst), "not ready ({reason}) when the wait ended");
-        Ok(false)
-    });
-    let why = match ready {
-        Ok(true) => {
-            r.line(format!("  {name} ready after {}", secs(start.elapsed())));
-            return Ok(());
-        }
-        Ok(false) => reason,
-        Err(e) if interrupt::interrupted() => {
-            format!("not ready ({reason}) when the wait ended: {e}")
-        }
-        Err(e) => format!("{e:#}"),
-    };
-    stop.store(true, Ordering::SeqCst);
-    Err(format!("  {name}: {why}"))
+        // An HTTP GET costs next to nothing; a probe run in the container costs a `podman exec`.
+        let local_http = matches!(attempt, Ok(Try::Get(_)));
+        let pause = Duration::from_millis(if local_http { 50 } else { 100 });
+        let mut reason = String::new();
+        let ready = crate::poll::until(timeout, pause, || {
+            reason = match once() {
+                Ok(()) => return Ok(true),
+                Err(reason) => reason,
+            };
+            // Not ready: an exit or a restart ends the wait at once.
+            if let Health::Failed(why) = health_through(exec, name) {
+                let log = exec.read(&Podman.logs(name)).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                anyhow::ensure!(!lines.is_empty(), "{why}; its log is empty now");
+                let tail = lines[lines.len().saturating_sub(30)..].join("\n    | ");
+                anyhow::bail!("{why}; its last log lines:\n    | {tail}");
+            }
+            anyhow::ensure!(
+                !stop.load(Ordering::SeqCst),
+                "not ready ({reason}) when the wait ended"
+            );
+            Ok(false)
+        });
+        let why = match ready {
+            Ok(true) => {
+                r.line(format!("  {name} ready after {}", secs(start.elapsed())));
+                return Ok(());
+            }
+            Ok(false) => reason,
+            Err(e) if interrupt::interrupted() => {
+                format!("not ready ({reason}) when the wait ended: {e}")
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        stop.store(true, Ordering::SeqCst);
+        Err(format!("  {name}: {why}"))
+    }
 }
 
 /// How long one engine call of a probe polls before the xtask looks at the container's state.

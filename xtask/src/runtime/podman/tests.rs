@@ -27,6 +27,9 @@ pub(crate) fn run(root: &Path) -> PodmanRun {
     PodmanRun::new(&project, id, stack)
 }
 
+/// The readiness loop of an exec probe after its first line, as `--dry-run` prints it.
+const PROBE_LINES: &str = "\n#          \"$@\"\n#          }\n#          tries=$((3 * 20))\n#          until probe \"$@\" >/dev/null 2>&1; do\n#            tries=$((tries - 1))\n#            [ \"$tries\" -gt 0 ] || exit 1\n#            sleep 0.05\n#          done";
+
 #[test]
 fn the_podman_plan_is_exact() {
     let run = run(Path::new("/r"));
@@ -41,7 +44,11 @@ fn the_podman_plan_is_exact() {
             "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.67 --mac-address 02:e2:0a:59:07:43 /r/target/e2e/runs/20261127-103501-42/pods/redis-103501-42.yaml",
             "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.68 --mac-address 02:e2:0a:59:07:44 /r/target/e2e/runs/20261127-103501-42/pods/data-storage-103501-42.yaml",
             "podman kube play --network e2e-20261127-103501-42 --ip 10.89.7.69 --mac-address 02:e2:0a:59:07:45 /r/target/e2e/runs/20261127-103501-42/pods/gateway-103501-42.yaml",
-            "# readiness: each container's readinessProbe, polled (podman exec / HTTP GET)",
+            "# until each container's readinessProbe passes (each container on its own; while one does not, its state is read too)",
+            &format!("#   polls: podman exec postgres-103501-42-postgres bash -c 'probe() {{{PROBE_LINES}' ready pg_isready -h 127.0.0.1 -p 5432"),
+            &format!("#   polls: podman exec redis-103501-42-redis bash -c 'probe() {{{PROBE_LINES}' ready redis-cli ping"),
+            "#   polls: GET http://127.0.0.1:40000/health/ready",
+            "#   polls: GET http://127.0.0.1:40000/ready",
         ]
     );
     let down: Vec<String> =
@@ -78,15 +85,20 @@ fn the_printed_plan_is_the_executed_plan() {
     let plan = run.plan(Duration::from_secs(1), tests());
     let mut printed = step::printed_commands(&plan);
     printed.extend(run.final_record().teardown().concat().iter().map(ToString::to_string));
-    let (mut rec, record) = step::record_run(&run.dir, &run.log, &[&plan]);
+    let rec = step::Recorder::answering(&[("podman container inspect", "running 0 0")]);
+    let record = step::record_run(&rec, &run.dir, &run.log, &[&plan]);
     let record = record.expect("the run recorded what it made");
     let r = crate::report::Reporter::quiet();
     assert_eq!(record, run.final_record(), "the last record is everything");
     assert!(run.dir.join("state.json").exists(), "recorded on disk before creating");
-    crate::runtime::teardown(&run.dir, &record, &run.log, &r, &mut rec).unwrap();
-    assert_eq!(rec.commands, printed);
+    crate::runtime::teardown(&run.dir, &record, &run.log, &r, &rec).unwrap();
+    assert_eq!(rec.commands(), printed);
+    assert!(
+        printed.iter().any(|l| l.starts_with("GET http://127.0.0.1:")),
+        "the readiness polls are in the plan: {printed:#?}"
+    );
     assert_eq!(
-        rec.interruptible,
+        rec.interruptible(),
         ["cargo test -p e2e-suite"],
         "only the suite stops mid-way on Ctrl-C: a podman step killed mid-write can leave \
          podman's own state broken (its secret database empty)"
@@ -108,18 +120,17 @@ fn early_pods_start_first_and_the_rest_after() {
     assert_eq!(early.len(), 4, "network, secret, postgres, redis: {early:#?}");
     assert!(early[3].ends_with("pods/redis-103501-42.yaml"), "{early:#?}");
     let rest = step::printed_commands(&run.plan(Duration::from_secs(1), vec![]));
-    assert_eq!(rest.len(), 2, "data-storage and gateway: {rest:#?}");
-    assert!(rest.iter().all(|l| l.starts_with("podman kube play")));
+    let played: Vec<&String> = rest.iter().filter(|l| l.starts_with("podman kube play")).collect();
+    assert_eq!(played.len(), 2, "data-storage and gateway: {rest:#?}");
+    assert_eq!(rest.len(), 2 + 4, "then the readiness of each of the 4 containers: {rest:#?}");
     // Executed, the two parts record everything, and tear it all down.
-    let (rec, record) = step::record_run(
-        &run.dir,
-        &run.log,
-        &[&run.plan_early(), &run.plan(Duration::from_secs(1), vec![])],
-    );
+    let rec = step::Recorder::answering(&[("podman container inspect", "running 0 0")]);
+    let plans = [run.plan_early(), run.plan(Duration::from_secs(1), vec![])];
+    let record = step::record_run(&rec, &run.dir, &run.log, &[&plans[0], &plans[1]]);
     assert_eq!(record.unwrap(), run.final_record());
     let mut printed = early;
     printed.extend(rest);
-    assert_eq!(rec.commands, printed);
+    assert_eq!(rec.commands(), printed);
     std::fs::remove_dir_all(root).unwrap();
 }
 
@@ -151,7 +162,7 @@ fn a_load_that_ends_without_the_images_ends_the_wait() {
         images: vec![("localhost/e2e-no-such-image:0".into(), "b".repeat(64))],
         ended: Arc::new(AtomicBool::new(true)),
     };
-    let err = arriving.wait(&Reporter::new()).unwrap_err().to_string();
+    let err = arriving.wait(&Reporter::new(), &step::Live).unwrap_err().to_string();
     assert!(
         err.contains("the archive's load ended without localhost/e2e-no-such-image:0"),
         "{err}"
