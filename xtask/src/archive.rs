@@ -94,9 +94,11 @@ impl SaveArgs {
         }
         r.line(format!("archive:  {}", output.display()));
         r.line(format!("manifest: {}", manifest_path(&output).display()));
-        let (n, size, sha) = (handoff.images.len(), human(manifest.size), &manifest.sha256[..16]);
+        let count = handoff.images.len();
+        let size = human(manifest.size);
+        let sha = &manifest.sha256[..16];
         let sum = human(handoff.images.iter().map(|i| i.size).sum());
-        r.line(format!("{n} images, {size} (the images together: {sum}), sha256 {sha}"));
+        r.line(format!("{count} images, {size} (the images together: {sum}), sha256 {sha}"));
         Ok(())
     }
 }
@@ -110,13 +112,14 @@ fn fresh_handoff(cx: Ctx) -> Result<Handoff> {
         )
     })?;
     let prepared = build::prepare(cx, Goal::Build(&[]))?;
-    let (mut problems, mut images) = (Vec::new(), Vec::new());
+    let mut problems = Vec::new();
+    let mut images = Vec::new();
     for item in &prepared.plan {
         let recorded = handoff.images.iter().find(|i| i.name == item.spec.name);
         let problem = match (&item.action, recorded) {
             (Action::Build { reason }, _) => reason.as_str(),
             (_, None) => "not in images.json",
-            (_, Some(rec)) if rec.fingerprint != item.fingerprint => {
+            (_, Some(listed)) if listed.fingerprint != item.fingerprint => {
                 "images.json lists an older build"
             }
             (Action::Cached(image), _) => {
@@ -131,7 +134,8 @@ fn fresh_handoff(cx: Ctx) -> Result<Handoff> {
         "these images do not match the current sources:\n  {}\n  fix: run `cargo xtask prebuild-images` first, or pass --build",
         problems.join("\n  ")
     );
-    let (base_image, base_image_id) = (handoff.base_image, handoff.base_image_id);
+    let base_image = handoff.base_image;
+    let base_image_id = handoff.base_image_id;
     Ok(Handoff { base_image, base_image_id, ..Handoff::new(&prepared.env, images) })
 }
 
@@ -143,7 +147,9 @@ pub fn save(
     output: &Path,
     compression: Compression,
 ) -> Result<Manifest> {
-    let (start, project, r) = (Instant::now(), cx.project, cx.r);
+    let start = Instant::now();
+    let project = cx.project;
+    let r = cx.r;
     fsx::create_parent(output)?;
     anyhow::ensure!(
         compression == Compression::None || which::which("zstd").is_ok(),
@@ -181,8 +187,10 @@ pub fn save(
     let _ = std::fs::remove_file(manifest_path(output));
     tmp_archive.persist(output)?;
     fsx::write_json(&manifest_path(output), &manifest)?;
-    let (n, took, size) = (handoff.images.len(), secs(start.elapsed()), human(size));
-    r.line(format!("  saved {n} images in {took} ({size})"));
+    let count = handoff.images.len();
+    let took = secs(start.elapsed());
+    let size = human(size);
+    r.line(format!("  saved {count} images in {took} ({size})"));
     Ok(manifest)
 }
 
@@ -214,27 +222,28 @@ pub fn read_manifest(archive: &Path) -> Result<Manifest> {
 
 /// Checks the manifest and the archive's size and SHA-256; loads nothing.
 pub fn verify(archive: &Path) -> Result<Manifest> {
-    let m = read_manifest(archive)?;
-    let a = archive.display();
-    let size = std::fs::metadata(archive).with_context(|| format!("reading {a}"))?.len();
+    let manifest = read_manifest(archive)?;
+    let file = archive.display();
+    let size = std::fs::metadata(archive).with_context(|| format!("reading {file}"))?.len();
     let again = "Nothing was loaded.\n  fix: download or save it again";
     anyhow::ensure!(
-        size == m.size,
-        "{a} is {size} bytes but its manifest says {}: the archive is truncated or was replaced. {again}",
-        m.size
+        size == manifest.size,
+        "{file} is {size} bytes but its manifest says {}: the archive is truncated or was replaced. {again}",
+        manifest.size
     );
     let sha = fingerprint::file_sha256(archive)?;
     anyhow::ensure!(
-        sha == m.sha256,
-        "{a} is corrupted: its SHA-256 is {sha}, its manifest says {}. {again}",
-        m.sha256
+        sha == manifest.sha256,
+        "{file} is corrupted: its SHA-256 is {sha}, its manifest says {}. {again}",
+        manifest.sha256
     );
-    Ok(m)
+    Ok(manifest)
 }
 
 /// The images of the archive whose fingerprints differ from the current checkout's.
 pub fn stale_images(manifest: &Manifest, current: &BTreeMap<String, String>) -> Vec<String> {
-    let (images, tag) = (&manifest.handoff.images, fingerprint::tag);
+    let images = &manifest.handoff.images;
+    let tag = fingerprint::tag;
     let differ = images.iter().filter_map(|i| match current.get(&i.name) {
         Some(fp) if *fp == i.fingerprint => None,
         Some(fp) => Some(format!(
@@ -269,7 +278,8 @@ pub struct LoadArgs {
 
 impl LoadArgs {
     pub fn run(self, project: &Project) -> Result<()> {
-        let (r, opts) = (&Reporter::new(), &self.opts);
+        let r = &Reporter::new();
+        let opts = &self.opts;
         let cx = Ctx { project, r, opts, session: &Session::open(project, opts, r, false)? };
         match (&self.archive, &self.registry) {
             (Some(archive), _) => load(cx, archive, self.allow_stale),
@@ -284,15 +294,19 @@ impl LoadArgs {
 pub fn load(cx: Ctx, archive: &Path, allow_stale: bool) -> Result<Handoff> {
     let r = cx.r;
     let manifest = r.phase("verify archive", |r| {
-        let m = verify(archive)?;
-        let (n, size, sha, commit, tool) =
-            (m.handoff.images.len(), human(m.size), &m.sha256[..16], &m.commit, &m.tool);
+        let manifest = verify(archive)?;
+        let count = manifest.handoff.images.len();
+        let size = human(manifest.size);
+        let sha = &manifest.sha256[..16];
+        let commit = &manifest.commit;
+        let tool = &manifest.tool;
         r.line(format!(
-            "  {n} images, {size}, sha256 {sha} matches; saved from commit {commit} by {tool}"
+            "  {count} images, {size}, sha256 {sha} matches; saved from commit {commit} by {tool}"
         ));
-        Ok(m)
+        Ok(manifest)
     })?;
-    let (images, base_image_id) = (&manifest.handoff.images, &manifest.handoff.base_image_id);
+    let images = &manifest.handoff.images;
+    let base_image_id = &manifest.handoff.base_image_id;
     let prepared = build::prepare(cx, Goal::Archive { base_image_id })?;
     let engine = prepared.env.engine();
     let current: BTreeMap<String, String> =
@@ -340,7 +354,8 @@ pub fn load(cx: Ctx, archive: &Path, allow_stale: bool) -> Result<Handoff> {
 }
 
 pub fn load_cmd(engine: Engine, archive: &Path, compression: Compression) -> Pipeline {
-    let (load, archive) = (Cmd::new(engine.program()).arg("load"), archive.display().to_string());
+    let load = Cmd::new(engine.program()).arg("load");
+    let archive = archive.display().to_string();
     match compression {
         Compression::Zstd => Cmd::new("zstd").args(["-d", "-c", "-q"]).arg(archive).pipe(load),
         Compression::None => Pipeline(vec![load.args(["--input".to_owned(), archive])]),
@@ -380,7 +395,8 @@ mod tests {
 
     #[test]
     fn staleness_names_every_differing_image() {
-        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let archived_fp = "a".repeat(64);
+        let changed_fp = "b".repeat(64);
         let manifest = Manifest {
             format: FORMAT.into(),
             archive: "x".into(),
@@ -396,17 +412,17 @@ mod tests {
                 platform: "linux/amd64".into(),
                 base_image: String::new(),
                 base_image_id: String::new(),
-                images: vec![record("gateway", &a), record("redis", &a)],
+                images: vec![record("gateway", &archived_fp), record("redis", &archived_fp)],
                 built_now: Vec::new(),
             },
         };
         let same: BTreeMap<String, String> =
-            [("gateway".into(), a.clone()), ("redis".into(), a.clone())].into();
+            [("gateway".into(), archived_fp.clone()), ("redis".into(), archived_fp.clone())].into();
         assert!(stale_images(&manifest, &same).is_empty());
         let changed: BTreeMap<String, String> = [
-            ("gateway".into(), b.clone()),
-            ("postgres".into(), a.clone()),
-            ("redis".into(), a.clone()),
+            ("gateway".into(), changed_fp.clone()),
+            ("postgres".into(), archived_fp.clone()),
+            ("redis".into(), archived_fp.clone()),
         ]
         .into();
         let stale = stale_images(&manifest, &changed);
@@ -426,10 +442,14 @@ mod tests {
             "platform":"linux/amd64","base_image":"localhost/e2e-base:bookworm",
             "base_image_id":"b1","tool":"xtask 0.1.0","commit":"c0","created_unix":1,
             "images":[]}"#;
-        let m: Manifest = serde_json::from_str(json).unwrap();
-        assert_eq!((m.handoff.engine, m.handoff.at.as_str()), (Engine::Podman, "this machine"));
-        assert_eq!((m.handoff.base_image_id.as_str(), m.compression), ("b1", Compression::Zstd));
-        let back = serde_json::to_value(&m).unwrap();
+        let manifest: Manifest = serde_json::from_str(json).unwrap();
+        let handoff = &manifest.handoff;
+        assert_eq!((handoff.engine, handoff.at.as_str()), (Engine::Podman, "this machine"));
+        assert_eq!(
+            (handoff.base_image_id.as_str(), manifest.compression),
+            ("b1", Compression::Zstd)
+        );
+        let back = serde_json::to_value(&manifest).unwrap();
         for key in ["format", "sha256", "size", "engine", "platform", "base_image_id", "images"] {
             assert!(back.get(key).is_some(), "{key} missing from {back}");
         }

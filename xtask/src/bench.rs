@@ -60,12 +60,12 @@ pub enum Bench {
 
 impl Bench {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
-        let b = Bencher { project, r: Reporter::new() };
+        let bencher = Bencher { project, r: Reporter::new() };
         match self {
-            Bench::Images { runs, cold_runs, no_cold } => b.images(runs, cold_runs, no_cold),
-            Bench::Archive { runs } => b.archive(runs),
-            Bench::Loop { runs } => b.dev_loop(runs),
-            Bench::Scale { pods, copy, runs } => b.scale(&pods, &copy, runs),
+            Bench::Images { runs, cold_runs, no_cold } => bencher.images(runs, cold_runs, no_cold),
+            Bench::Archive { runs } => bencher.archive(runs),
+            Bench::Loop { runs } => bencher.dev_loop(runs),
+            Bench::Scale { pods, copy, runs } => bencher.scale(&pods, &copy, runs),
         }
     }
 }
@@ -121,18 +121,18 @@ impl Bencher<'_> {
         Handoff::load(self.project).context("no target/e2e/images.json after prebuild-images")
     }
 
-    /// `f` `n` times, each run announced: its `K` measurements, each as a series of `n`.
+    /// `f` `runs` times, each run announced: its `K` measurements, each as a series of `runs`.
     fn repeat<const K: usize>(
         &self,
-        n: usize,
+        runs: usize,
         what: &str,
         mut f: impl FnMut() -> anyhow::Result<[Sample; K]>,
     ) -> anyhow::Result<[Vec<Sample>; K]> {
         let mut series = [(); K].map(|()| Vec::new());
-        for i in 1..=n {
-            self.r.line(format!("{what}: run {i}/{n}"));
-            for (s, x) in series.iter_mut().zip(f()?) {
-                s.push(x);
+        for i in 1..=runs {
+            self.r.line(format!("{what}: run {i}/{runs}"));
+            for (samples, sample) in series.iter_mut().zip(f()?) {
+                samples.push(sample);
             }
         }
         Ok(series)
@@ -145,25 +145,26 @@ impl Bencher<'_> {
     }
 
     fn images(&self, runs: usize, cold_runs: usize, no_cold: bool) -> anyhow::Result<()> {
-        let (p, handoff) = (self.project, self.warm_up()?);
-        let specs = build::load_images(p, &Default::default(), None)?.images;
+        let project = self.project;
+        let handoff = self.warm_up()?;
+        let specs = build::load_images(project, &Default::default(), None)?.images;
         // Plain builds: the same Dockerfiles, contexts, caps and arguments, under tags of their own.
         let tag = |spec: &images::ImageSpec| format!("{}:bench-plain", spec.repository);
         let plain_one = |spec: &images::ImageSpec| {
             let context = match &spec.context {
-                images::BuildContext::Dir(d) => p.root.join(d),
-                images::BuildContext::Binary(_) => p.e2e_dir.join("context").join(&spec.name),
+                images::BuildContext::Dir(dir) => project.root.join(dir),
+                images::BuildContext::Binary(_) => project.e2e_dir.join("context").join(&spec.name),
             };
             let cmd = handoff.engine.build(&BuildCmd {
                 reference: tag(spec),
-                dockerfile: &p.root.join(&spec.dockerfile),
+                dockerfile: &project.root.join(&spec.dockerfile),
                 context: &context,
                 memory: Some(images::podman_size(spec.memory)),
                 build_args: spec.build_args.clone(),
                 labels: Default::default(),
                 no_cache: false,
             });
-            cmd.run_logged(&p.logs_dir().join("bench-plain.log"))
+            cmd.run_logged(&project.logs_dir().join("bench-plain.log"))
         };
         let plain = || measure(|| specs.iter().try_for_each(plain_one));
         plain()?; // warm the layer cache for the plain builds too
@@ -177,10 +178,10 @@ impl Bencher<'_> {
             ("plain podman build, layer cache".to_owned(), plains),
         ];
         if !no_cold {
-            let n = specs.len().to_string();
+            let all_jobs = specs.len().to_string();
             let what = "cold (no layer cache): one at a time, then all at once";
             let cold = |jobs: &str| self.xtask(&["prebuild-images", "--force", "--jobs", jobs]);
-            let [one, all] = self.repeat(cold_runs, what, || Ok([cold("1")?, cold(&n)?]))?;
+            let [one, all] = self.repeat(cold_runs, what, || Ok([cold("1")?, cold(&all_jobs)?]))?;
             let worst = one.iter().chain(&all).filter_map(|s| s.peak).max().unwrap_or(0);
             let caps = specs.iter().map(|s| s.memory).sum();
             let budget = memory::read()?.bytes;
@@ -191,7 +192,7 @@ impl Bencher<'_> {
                 human(budget)
             );
             rows.push(("cold, one at a time (--jobs 1)".to_owned(), one));
-            rows.push((format!("cold, all at once (--jobs {n})"), all));
+            rows.push((format!("cold, all at once (--jobs {all_jobs})"), all));
         }
         for spec in &specs {
             let _ = handoff.engine.untag(&tag(spec)).read();
@@ -201,10 +202,13 @@ impl Bencher<'_> {
     }
 
     fn archive(&self, runs: usize) -> anyhow::Result<()> {
-        let (handoff, dir) = (self.warm_up()?, self.project.e2e_dir.join("bench"));
+        let handoff = self.warm_up()?;
+        let dir = self.project.e2e_dir.join("bench");
         std::fs::create_dir_all(&dir)?;
-        let (zst, tar) = (dir.join("images.tar.zst"), dir.join("images.tar"));
-        let (zst_s, tar_s) = (zst.display().to_string(), tar.display().to_string());
+        let zst = dir.join("images.tar.zst");
+        let tar = dir.join("images.tar");
+        let zst_s = zst.display().to_string();
+        let tar_s = tar.display().to_string();
         let load = |archive: &str| {
             remove_images(self.project, &handoff)?;
             self.xtask(&["load-images", archive])
@@ -220,9 +224,10 @@ impl Bencher<'_> {
             Ok([loaded, self.e2e(&[])?.1.first_test()?.into()])
         })?;
         let size = |p: &Path| human(std::fs::metadata(p).map_or(0, |m| m.len()));
-        let (n, sum) = (handoff.images.len(), handoff.images.iter().map(|i| i.size).sum());
+        let count = handoff.images.len();
+        let sum = handoff.images.iter().map(|i| i.size).sum();
         let note = format!(
-            "sizes: the {n} images together {}; archive with zstd {}, without {}",
+            "sizes: the {count} images together {}; archive with zstd {}, without {}",
             human(sum),
             size(&zst),
             size(&tar)
@@ -327,51 +332,54 @@ impl Bencher<'_> {
 
 impl Bencher<'_> {
     fn scale(&self, sizes: &[usize], copy: &str, runs: usize) -> anyhow::Result<()> {
-        let p = self.project;
+        let project = self.project;
         self.warm_up()?;
-        let shipped = crate::manifests::Manifests::load(&p.shipped_manifests())?;
+        let shipped = crate::manifests::Manifests::load(&project.shipped_manifests())?;
         let base = shipped.pods().len();
         anyhow::ensure!(
             sizes.iter().all(|&n| n >= base),
             "every size of --pods must be at least the {base} pods the manifests have"
         );
         let mut rows = Vec::new();
-        for &n in sizes {
-            let dir = p.e2e_dir.join("bench").join(format!("scale-{n}"));
+        for &pods in sizes {
+            let dir = project.e2e_dir.join("bench").join(format!("scale-{pods}"));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir)?;
-            for entry in std::fs::read_dir(p.shipped_manifests())? {
+            for entry in std::fs::read_dir(project.shipped_manifests())? {
                 let path = entry?.path();
                 std::fs::copy(&path, dir.join(path.file_name().context("a file name")?))?;
             }
-            std::fs::write(dir.join("90-copies.yaml"), shipped.copies_of(copy, n - base)?)?;
-            self.r.line(format!("{n} pods: one warm-up run, then {runs}"));
+            std::fs::write(dir.join("90-copies.yaml"), shipped.copies_of(copy, pods - base)?)?;
+            self.r.line(format!("{pods} pods: one warm-up run, then {runs}"));
             self.xtask_with(&["e2e"], Some(&dir))?;
-            let [wall, deploy, ready, down] = self.repeat(runs, &format!("{n} pods"), || {
+            let [wall, deploy, ready, down] = self.repeat(runs, &format!("{pods} pods"), || {
                 let wall = self.xtask_with(&["e2e"], Some(&dir))?;
-                let report = RunReport::latest(p)?;
+                let report = RunReport::latest(project)?;
                 let took = |name: &str| -> Sample {
-                    let s = report.phases.iter().find(|(p, _)| p == name).map_or(0.0, |(_, s)| *s);
-                    Duration::from_secs_f64(s).into()
+                    let recorded = report.phases.iter().find(|(phase_name, _)| phase_name == name);
+                    let secs = recorded.map_or(0.0, |(_, secs)| *secs);
+                    Duration::from_secs_f64(secs).into()
                 };
                 Ok([wall, took("deploy"), took("wait until ready"), took("tear down")])
             })?;
-            rows.push((n, wall, deploy, ready, down));
+            rows.push((pods, wall, deploy, ready, down));
         }
-        let first = rows.first().map(|(n, wall, ..)| (*n, median(&times(wall))));
+        let first = rows.first().map(|(pods, wall, ..)| (*pods, median(&times(wall))));
         let mut table_rows = Vec::new();
-        for (n, wall, deploy, ready, down) in &rows {
-            let per_pod = first.filter(|(n0, _)| n > n0).map_or("-".to_owned(), |(n0, w0)| {
-                let grown = median(&times(wall)).as_secs_f64() - w0.as_secs_f64();
-                format!("{:.3}s", grown / (n - n0) as f64)
+        for (pods, wall, deploy, ready, down) in &rows {
+            let baseline = first.filter(|(first_pods, _)| pods > first_pods);
+            let per_pod = baseline.map_or("-".to_owned(), |(first_pods, first_wall)| {
+                let grown = median(&times(wall)).as_secs_f64() - first_wall.as_secs_f64();
+                format!("{:.3}s", grown / (pods - first_pods) as f64)
             });
-            let med = |s: &[Sample]| format!("{:.2}s", median(&times(s)).as_secs_f64());
+            let median_secs =
+                |samples: &[Sample]| format!("{:.2}s", median(&times(samples)).as_secs_f64());
             table_rows.push(vec![
-                n.to_string(),
-                med(wall),
-                med(deploy),
-                med(ready),
-                med(down),
+                pods.to_string(),
+                median_secs(wall),
+                median_secs(deploy),
+                median_secs(ready),
+                median_secs(down),
                 per_pod,
             ]);
         }
@@ -384,19 +392,20 @@ impl Bencher<'_> {
 }
 
 fn remove_images(project: &Project, handoff: &Handoff) -> anyhow::Result<()> {
-    let (sh, engine) = (project.shell()?, handoff.engine.program());
+    let sh = project.shell()?;
+    let engine = handoff.engine.program();
     let refs = handoff.images.iter().map(|i| &i.reference);
     let _ = cmd!(sh, "{engine} rmi {refs...}").quiet().ignore_stderr().run();
     Ok(())
 }
 
-/// The lines of a log that contain `what`, once there are at least `n` (polled up to 300 s).
-fn wait_for(log: &Path, what: &str, n: usize) -> anyhow::Result<Vec<String>> {
+/// The lines of a log that contain `what`, once there are at least `count` (polled up to 300 s).
+fn wait_for(log: &Path, what: &str, count: usize) -> anyhow::Result<Vec<String>> {
     let mut lines = Vec::new();
     let done = crate::poll::until(Duration::from_secs(300), Duration::from_millis(20), || {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         lines = text.lines().filter(|l| l.contains(what)).map(Into::into).collect();
-        Ok(lines.len() >= n)
+        Ok(lines.len() >= count)
     })?;
     anyhow::ensure!(done, "waited 300s for {what:?} in {}", log.display());
     Ok(lines)
@@ -404,7 +413,8 @@ fn wait_for(log: &Path, what: &str, n: usize) -> anyhow::Result<Vec<String>> {
 
 /// Wall time of `f`, and the machine's peak memory in use above the level before it.
 fn measure(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Sample> {
-    let (sampler, start) = (Sampler::start(), Instant::now());
+    let sampler = Sampler::start();
+    let start = Instant::now();
     let result = f();
     let time = start.elapsed();
     let peak = Some(sampler.peak_between(start, None).unwrap_or(0));
@@ -418,9 +428,10 @@ fn times(samples: &[Sample]) -> Vec<Duration> {
 
 /// A row: runs; median, min, max time (ms precision under 10 s); median peak memory or `-`.
 fn row(name: &str, samples: &[Sample]) -> Vec<String> {
-    let t = times(samples);
-    let (min, max) = (t.iter().min().copied(), t.iter().max().copied());
-    let stats = [median(&t), min.unwrap_or_default(), max.unwrap_or_default()].map(|d| {
+    let durations = times(samples);
+    let min = durations.iter().min().copied();
+    let max = durations.iter().max().copied();
+    let stats = [median(&durations), min.unwrap_or_default(), max.unwrap_or_default()].map(|d| {
         let precision = if d < Duration::from_secs(10) { 3 } else { 1 };
         format!("{:.precision$}s", d.as_secs_f64())
     });
@@ -458,10 +469,12 @@ mod tests {
 
     #[test]
     fn rows_have_the_median_min_max_and_the_peak_when_measured() {
-        let s = |ms, peak| super::Sample { time: std::time::Duration::from_millis(ms), peak };
-        let row =
-            super::row("x", &[s(1500, Some(3 << 20)), s(12_000, None), s(900, Some(1 << 20))]);
+        let sample = |ms, peak| super::Sample { time: std::time::Duration::from_millis(ms), peak };
+        let row = super::row(
+            "x",
+            &[sample(1500, Some(3 << 20)), sample(12_000, None), sample(900, Some(1 << 20))],
+        );
         assert_eq!(row, ["x", "3", "1.500s", "0.900s", "12.0s", "3 MiB"]);
-        assert_eq!(super::row("y", &[s(2, None)])[5], "-");
+        assert_eq!(super::row("y", &[sample(2, None)])[5], "-");
     }
 }

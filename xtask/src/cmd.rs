@@ -58,20 +58,20 @@ impl Cmd {
     }
 
     fn expression(&self) -> duct::Expression {
-        let mut e = duct::cmd(&self.program, &self.args).unchecked();
-        for (k, v) in &self.env {
-            e = e.env(k, v);
+        let mut expression = duct::cmd(&self.program, &self.args).unchecked();
+        for (key, value) in &self.env {
+            expression = expression.env(key, value);
         }
         if let Some(dir) = &self.cwd {
-            e = e.dir(dir);
+            expression = expression.dir(dir);
         }
         if self.survives_interrupt {
-            e = e.before_spawn(|c| {
+            expression = expression.before_spawn(|c| {
                 std::os::unix::process::CommandExt::process_group(c, 0);
                 Ok(())
             });
         }
-        e
+        expression
     }
 
     /// Runs with stdout and stderr appended to `log`; a failure names the log and its last lines.
@@ -169,7 +169,7 @@ impl Pipeline {
         let file = File::options().create(true).append(true).open(log);
         let mut file = file.with_context(|| format!("opening log file {}", log.display()))?;
         writeln!(file, "$ {self}")?;
-        let pipe = |e: duct::Expression, next: &Cmd| e.pipe(next.expression());
+        let pipe = |piped: duct::Expression, next: &Cmd| piped.pipe(next.expression());
         let expr = self.0[1..].iter().fold(first.expression().stdin_null(), pipe);
         let expr =
             if capture { expr.stdout_capture() } else { expr.stdout_file(file.try_clone()?) };
@@ -190,21 +190,21 @@ impl fmt::Display for Pipeline {
 /// Shell-quoted, so a printed command can be pasted into a terminal.
 impl fmt::Display for Cmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (k, v) in &self.env {
-            write!(f, "{k}={} ", quote(v))?;
+        for (key, value) in &self.env {
+            write!(f, "{key}={} ", quote(value))?;
         }
         write!(f, "{}", quote(&self.program))?;
         self.args.iter().try_for_each(|a| write!(f, " {}", quote(a)))
     }
 }
 
-pub fn quote(s: &str) -> String {
-    let plain =
-        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+pub fn quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
     if plain {
-        s.to_owned()
+        word.to_owned()
     } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
+        format!("'{}'", word.replace('\'', r"'\''"))
     }
 }
 
@@ -220,14 +220,16 @@ pub struct CmdError {
 impl CmdError {
     /// `Ok` for a success; else the error, with the last lines of `log`, else of its stderr.
     fn check(cmd: &dyn fmt::Display, output: &Output, log: Option<&Path>) -> anyhow::Result<()> {
-        let (status, code) = (output.status, output.status.code());
+        let status = output.status;
+        let code = output.status.code();
         if status.success() {
             return Ok(());
         }
         let stderr = || String::from_utf8_lossy(&output.stderr).trim().to_owned();
         let tail = log.map_or_else(stderr, |l| tail(l, 20));
         let status = code.map_or_else(|| status.to_string(), |c| format!("exit code {c}"));
-        let (cmd, log) = (cmd.to_string(), log.map(Path::to_owned));
+        let cmd = cmd.to_string();
+        let log = log.map(Path::to_owned);
         Err(CmdError { cmd, status, code, log, tail }.into())
     }
 }
@@ -247,12 +249,12 @@ impl fmt::Display for CmdError {
 
 impl std::error::Error for CmdError {}
 
-/// The last `n` lines of a file (empty when it cannot be read).
-pub fn tail(path: &Path, n: usize) -> String {
+/// The last `count` lines of a file (empty when it cannot be read).
+pub fn tail(path: &Path, count: usize) -> String {
     let file = File::open(path).map(BufReader::new);
     let lines: Vec<String> =
         file.into_iter().flat_map(|f| f.lines().map_while(Result::ok)).collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    lines[lines.len().saturating_sub(count)..].join("\n")
 }
 
 #[cfg(test)]
@@ -261,7 +263,7 @@ mod tests {
 
     #[test]
     fn display_quotes_only_what_needs_it() {
-        let c = Cmd::new("podman").args([
+        let cmd = Cmd::new("podman").args([
             "build",
             "--build-arg",
             "BASE_IMAGE=localhost/e2e-base:bookworm",
@@ -269,7 +271,7 @@ mod tests {
             "it's",
         ]);
         assert_eq!(
-            c.to_string(),
+            cmd.to_string(),
             r"podman build --build-arg BASE_IMAGE=localhost/e2e-base:bookworm 'a b' 'it'\''s'"
         );
         assert_eq!(Cmd::new("cargo").env("X", "1 2").arg("t").to_string(), "X='1 2' cargo t");
@@ -293,8 +295,9 @@ mod tests {
 
     #[test]
     fn pipelines_print_and_fail_like_commands() {
-        let p = Cmd::new("podman").args(["save", "x"]).pipe(Cmd::new("zstd").args(["-o", "a b"]));
-        assert_eq!(p.to_string(), "podman save x | zstd -o 'a b'");
+        let pipeline =
+            Cmd::new("podman").args(["save", "x"]).pipe(Cmd::new("zstd").args(["-o", "a b"]));
+        assert_eq!(pipeline.to_string(), "podman save x | zstd -o 'a b'");
         let dir = std::env::temp_dir().join(format!("xtask-pipe-{}", std::process::id()));
         let log = dir.join("p.log");
         Cmd::new("echo").arg("hello").pipe(Cmd::new("cat")).run_logged(&log).unwrap();

@@ -76,7 +76,8 @@ impl DoctorArgs {
 /// Judges the session's facts (the engine asked again only to start a container when
 /// `needs.start_container`); never stops at the first problem.
 pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Check> {
-    let (facts, archive) = (&session.facts, needs.archive.as_deref());
+    let facts = &session.facts;
+    let archive = needs.archive.as_deref();
     let engine = facts.engine.as_ref().ok();
     let remote = engine.is_some_and(|f| f.remote);
     let kind = "install kind (https://kind.sigs.k8s.io), e.g. `go install sigs.k8s.io/kind@latest`";
@@ -84,7 +85,8 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
     let host_disk = remote.then(|| crate::facts::free_disk(&project.target_dir)).flatten();
     let dir = project.display(&project.target_dir);
     let zstd = archive.is_some() || which::which("zstd").is_ok();
-    let (start, base) = (needs.start_container && facts.base.is_some(), &facts.base_image);
+    let start = needs.start_container && facts.base.is_some();
+    let base = &facts.base_image;
     let checks = [
         ("engine", Some(facts.engine.as_ref().map(describe).map_err(Problem::clone))),
         (
@@ -131,38 +133,42 @@ pub fn run_checks(project: &Project, session: &Session, needs: &Needs) -> Vec<Ch
     let rest = rest.into_iter().filter_map(present);
     let checks = checks.into_iter().filter_map(present).chain(memory).chain(rest);
     let isolation = engine.map(|f| (&f.isolation, f.remote));
-    let caps = isolation.and_then(|(i, remote)| {
+    let caps = isolation.and_then(|(isolation, remote)| {
         let budget = session.facts.budget.as_ref().map_or(0, |b| b.bytes);
-        let why = i.no_memory_caps()?;
-        let (did, warning) =
-            (Isolation::uncapped_builds(budget), Some(i.caps_problem(&why, remote)));
+        let why = isolation.no_memory_caps()?;
+        let did = Isolation::uncapped_builds(budget);
+        let warning = Some(isolation.caps_problem(&why, remote));
         Some(Check { name: "memory caps", result: Ok(did), warning })
     });
-    let store = isolation.and_then(|(i, _)| {
-        let warning = i.slow_store()?;
-        Some(Check { name: "store driver", result: Ok(i.describe()), warning: Some(warning) })
+    let store = isolation.and_then(|(isolation, _)| {
+        let warning = isolation.slow_store()?;
+        let result = Ok(isolation.describe());
+        Some(Check { name: "store driver", result, warning: Some(warning) })
     });
     checks.chain(caps).chain(store).collect()
 }
 
-fn describe(f: &EngineFacts) -> String {
-    let at = match f.remote {
-        true => format!("{}, on its own machine (remote or VM)", f.at),
-        false => f.at.clone(),
+fn describe(engine: &EngineFacts) -> String {
+    let at = match engine.remote {
+        true => format!("{}, on its own machine (remote or VM)", engine.at),
+        false => engine.at.clone(),
     };
-    let (program, version, platform) = (f.engine.program(), &f.version, &f.platform);
-    let (cpus, memory) = (f.cpus, human(f.mem_total));
-    let isolation = f.isolation.describe();
+    let program = engine.engine.program();
+    let version = &engine.version;
+    let platform = &engine.platform;
+    let cpus = engine.cpus;
+    let memory = human(engine.mem_total);
+    let isolation = engine.isolation.describe();
     format!("{program} {version} ({platform}) at {at}: {cpus} CPUs, {memory} memory; {isolation}")
 }
 
 /// Whether the engine starts a container of the base image.
-fn start_container(f: &EngineFacts, base: &str) -> Result<String, Problem> {
-    let run = f.engine.run_true(base);
+fn start_container(engine: &EngineFacts, base: &str) -> Result<String, Problem> {
+    let run = engine.engine.run_true(base);
     let fix = format!(
         "runtime = \"runc\" and the ulimits in /etc/containers/containers.conf; see {PODMAN_DOCS}"
     );
-    let what = |e| format!("{} cannot start a container: {e:#}", f.engine.program());
+    let what = |e| format!("{} cannot start a container: {e:#}", engine.engine.program());
     run.read().map(|_| run.to_string()).map_err(|e| Problem::new(what(e), fix))
 }
 
@@ -177,9 +183,9 @@ fn tool(tool: &str, fix: &str) -> Result<String, Problem> {
 /// engine's free memory shrinks as its page cache grows, though nothing runs there.
 fn memory_check(session: &Session, engine: Option<&EngineFacts>) -> Option<Check> {
     let images = &session.images.images;
-    let (budget, big) = match (&session.facts.budget, images.iter().max_by_key(|i| i.memory)) {
-        (Ok(budget), Some(big)) => (budget, big),
-        (Err(p), _) => return Some(Check::new("memory", Err(p.clone()))),
+    let (budget, largest) = match (&session.facts.budget, images.iter().max_by_key(|i| i.memory)) {
+        (Ok(budget), Some(largest)) => (budget, largest),
+        (Err(problem), _) => return Some(Check::new("memory", Err(problem.clone()))),
         _ => return None,
     };
     let caps: Vec<u64> = images.iter().map(|i| i.memory).collect();
@@ -191,15 +197,17 @@ fn memory_check(session: &Session, engine: Option<&EngineFacts>) -> Option<Check
             "with this budget, `--jobs N` runs at most {at_once} build(s) at once (one at a time by default)"
         ),
     };
-    let (bytes, source, cap, name) =
-        (human(budget.bytes), &budget.source, human(big.memory), &big.name);
-    if big.memory <= budget.bytes {
+    let bytes = human(budget.bytes);
+    let source = &budget.source;
+    let cap = human(largest.memory);
+    let name = &largest.name;
+    if largest.memory <= budget.bytes {
         let fits =
             format!("budget {bytes} ({source}) fits the largest cap ({cap} for {name}); {jobs}");
         return Some(Check::new("memory", Ok(fits)));
     }
     let fix = match engine {
-        Some(f) if f.remote && f.engine == Engine::Podman => {
+        Some(engine) if engine.remote && engine.engine == Engine::Podman => {
             "give the engine's machine more memory: `podman machine stop && podman machine set --memory 4096 && \
              podman machine start` (podman machine), or free memory there; or lower that image's `memory` in \
              test/e2e/images.toml"
@@ -225,7 +233,9 @@ fn stack_memory_check(project: &Project, engine: &EngineFacts) -> Option<Result<
         Err(e) => return Some(Err(Problem::new(format!("{shown}: {e:#}"), "fix the manifest"))),
     };
     let total: u64 = requests.iter().map(|(_, bytes)| bytes).sum();
-    let (sum, memory, pods) = (human(total), human(engine.mem_total), requests.len());
+    let sum = human(total);
+    let memory = human(engine.mem_total);
+    let pods = requests.len();
     let Some(over) = memory::requests_over(&requests, engine.mem_total) else {
         return Some(Ok(format!(
             "the {pods} pod(s) that request memory ask {sum} of the engine's {memory}"
@@ -248,20 +258,21 @@ fn stack_memory_check(project: &Project, engine: &EngineFacts) -> Option<Result<
 
 /// The engine's store (a podman machine's or remote engine's disk, not this machine's)
 /// against what the run needs.
-pub fn disk_check(f: &EngineFacts, need: u64) -> Result<String, Problem> {
-    let program = f.engine.program();
-    let Some((path, free)) = f.store.as_ref().and_then(|s| Some((&s.path, s.free?))) else {
-        let path = f.store.as_ref().map(|s| format!(" ({})", s.path)).unwrap_or_default();
-        let at = &f.at;
+pub fn disk_check(engine: &EngineFacts, need: u64) -> Result<String, Problem> {
+    let program = engine.engine.program();
+    let Some((path, free)) = engine.store.as_ref().and_then(|s| Some((&s.path, s.free?))) else {
+        let path = engine.store.as_ref().map(|s| format!(" ({})", s.path)).unwrap_or_default();
+        let at = &engine.at;
         return Ok(format!(
             "{program} at {at} does not say how much room its image store has{path}: not checked"
         ));
     };
-    let machine = match f.remote {
-        true => format!("the engine's machine ({})", f.at),
+    let machine = match engine.remote {
+        true => format!("the engine's machine ({})", engine.at),
         false => "this machine".to_owned(),
     };
-    let (free_text, need_text) = (human(free), human(need));
+    let free_text = human(free);
+    let need_text = human(need);
     // `about`: a shortfall is judged on an estimate of the need.
     let said = |about: &str| {
         format!(
@@ -271,7 +282,7 @@ pub fn disk_check(f: &EngineFacts, need: u64) -> Result<String, Problem> {
     if free >= need {
         return Ok(said(""));
     }
-    let fix = if f.remote && f.engine == Engine::Podman {
+    let fix = if engine.remote && engine.engine == Engine::Podman {
         "free room in the engine: `podman system prune` (`podman system df` shows what is reclaimable), or give \
          its machine a bigger disk: `podman machine stop && podman machine set --disk-size 100 && podman machine start`"
             .to_owned()
@@ -296,14 +307,17 @@ fn disk_needed(project: &Project, archive: Option<&Path>) -> u64 {
 /// The checks as a person reads them: a line each, then the fixes.
 pub fn render(checks: &[Check]) -> String {
     let mut out = String::from("doctor:\n");
-    for c in checks {
-        out.push_str(&match (&c.result, &c.warning) {
-            (Ok(detail), None) => format!("  ok    {:<18} {detail}\n", c.name),
-            (Ok(detail), Some(p)) => format!(
-                "  WARN  {:<18} {}\n        so: {detail}\n        fix: {}\n",
-                c.name, p.what, p.fix
+    for check in checks {
+        let name = check.name;
+        out.push_str(&match (&check.result, &check.warning) {
+            (Ok(detail), None) => format!("  ok    {name:<18} {detail}\n"),
+            (Ok(detail), Some(warning)) => format!(
+                "  WARN  {name:<18} {}\n        so: {detail}\n        fix: {}\n",
+                warning.what, warning.fix
             ),
-            (Err(p), _) => format!("  FAIL  {:<18} {}\n        fix: {}\n", c.name, p.what, p.fix),
+            (Err(problem), _) => {
+                format!("  FAIL  {name:<18} {}\n        fix: {}\n", problem.what, problem.fix)
+            }
         });
     }
     out.trim_end().to_owned()

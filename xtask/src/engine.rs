@@ -84,10 +84,10 @@ impl Engine {
     pub fn detect(requested: Option<Engine>) -> Result<Engine, Problem> {
         let installed = |e: Engine| which::which(e.program()).is_ok();
         match requested {
-            Some(e) if installed(e) => Ok(e),
-            Some(e) => Err(Problem::new(
-                format!("{} is not installed (not found on PATH)", e.program()),
-                e.install_hint(),
+            Some(engine) if installed(engine) => Ok(engine),
+            Some(engine) => Err(Problem::new(
+                format!("{} is not installed (not found on PATH)", engine.program()),
+                engine.install_hint(),
             )),
             None if installed(Engine::Podman) => Ok(Engine::Podman),
             None if installed(Engine::Docker) => Ok(Engine::Docker),
@@ -121,22 +121,23 @@ impl Engine {
     /// enforce one (see [`Isolation::no_memory_caps`]), never pulling. Docker uses
     /// its classic builder (BuildKit ignores `--memory`), with `--force-rm`: it otherwise keeps a
     /// failed step's container (an OOM-killed RUN) for ever.
-    pub fn build(self, b: &BuildCmd) -> Cmd {
-        let mut c = self.pick(
+    pub fn build(self, build: &BuildCmd) -> Cmd {
+        let mut cmd = self.pick(
             Cmd::new("podman").args(["build", "--layers", "--pull=never"]),
             Cmd::new("docker").args(["build", "--force-rm"]).env("DOCKER_BUILDKIT", "0"),
         );
-        c = c.args(b.no_cache.then_some("--no-cache"));
-        if let Some(memory) = &b.memory {
-            c = c.args(["--memory", memory, "--memory-swap", memory]);
+        cmd = cmd.args(build.no_cache.then_some("--no-cache"));
+        if let Some(memory) = &build.memory {
+            cmd = cmd.args(["--memory", memory, "--memory-swap", memory]);
         }
-        for (flag, map) in [("--build-arg", &b.build_args), ("--label", &b.labels)] {
-            for (k, v) in map {
-                c = c.arg(flag).arg(format!("{k}={v}"));
+        for (flag, map) in [("--build-arg", &build.build_args), ("--label", &build.labels)] {
+            for (key, value) in map {
+                cmd = cmd.arg(flag).arg(format!("{key}={value}"));
             }
         }
-        let (file, context) = (b.dockerfile.to_string_lossy(), b.context.to_string_lossy());
-        c.args(["--file", &file, "--tag", &b.reference, &context])
+        let file = build.dockerfile.to_string_lossy();
+        let context = build.context.to_string_lossy();
+        cmd.args(["--file", &file, "--tag", &build.reference, &context])
     }
 
     /// `save` of images into one plain tar, to `output` or stdout (podman: all, not only the first).
@@ -255,14 +256,14 @@ impl EngineFacts {
     /// From podman's `version()`: no server means podman runs here, so its machine's facts are
     /// read here, without `info`. `None` when remote: ask `info()`.
     pub fn local_podman(version_json: &str) -> Option<anyhow::Result<EngineFacts>> {
-        let v = json(Engine::Podman, "version", version_json);
-        if v.as_ref().is_ok_and(|v| !v["Server"].is_null()) {
+        let answer = json(Engine::Podman, "version", version_json);
+        if answer.as_ref().is_ok_and(|answer| !answer["Server"].is_null()) {
             return None;
         }
-        Some(v.map(|v| EngineFacts {
+        Some(answer.map(|answer| EngineFacts {
             engine: Engine::Podman,
-            version: v["Client"]["Version"].as_str().unwrap_or("?").to_owned(),
-            platform: normalize_platform(v["Client"]["OsArch"].as_str().unwrap_or("?")),
+            version: answer["Client"]["Version"].as_str().unwrap_or("?").to_owned(),
+            platform: normalize_platform(answer["Client"]["OsArch"].as_str().unwrap_or("?")),
             cpus: crate::memory::cpus(),
             mem_total: crate::memory::total().unwrap_or(0),
             mem_free: None,
@@ -275,12 +276,12 @@ impl EngineFacts {
 
     /// Reads `info()` output: podman's machine facts are under `host`, docker's at the top.
     pub fn parse(engine: Engine, json_text: &str) -> anyhow::Result<EngineFacts> {
-        let v = json(engine, "info", json_text)?;
+        let info = json(engine, "info", json_text)?;
         let field = |podman_at, docker_at| {
-            v.pointer(engine.pick(podman_at, docker_at)).unwrap_or(&Value::Null)
+            info.pointer(engine.pick(podman_at, docker_at)).unwrap_or(&Value::Null)
         };
         let remote = engine.pick(
-            v["host"]["serviceIsRemote"].as_bool().unwrap_or(false),
+            info["host"]["serviceIsRemote"].as_bool().unwrap_or(false),
             std::env::var("DOCKER_HOST").is_ok_and(|h| !h.is_empty() && !h.starts_with("unix://")),
         );
         Ok(EngineFacts {
@@ -293,7 +294,7 @@ impl EngineFacts {
             )),
             cpus: field("/host/cpus", "/NCPU").as_u64().unwrap_or(0) as usize,
             mem_total: field("/host/memTotal", "/MemTotal").as_u64().unwrap_or(0),
-            mem_free: engine.pick(v["host"]["memFree"].as_u64(), None),
+            mem_free: engine.pick(info["host"]["memFree"].as_u64(), None),
             remote,
             at: if remote {
                 remote_at(given_at(engine), field("/host/hostname", "/Name").as_str())
@@ -305,18 +306,18 @@ impl EngineFacts {
             store: field("/store/graphRoot", "/DockerRootDir").as_str().map(|path| Store {
                 path: path.to_owned(),
                 free: engine
-                    .pick(v["store"]["graphRootAllocated"].as_u64(), None)
-                    .zip(v["store"]["graphRootUsed"].as_u64())
+                    .pick(info["store"]["graphRootAllocated"].as_u64(), None)
+                    .zip(info["store"]["graphRootUsed"].as_u64())
                     .map(|(all, used)| all.saturating_sub(used)),
             }),
-            isolation: engine.pick(Isolation::of_podman(&v), Isolation::of_docker(&v)),
+            isolation: engine.pick(Isolation::of_podman(&info), Isolation::of_docker(&info)),
         })
     }
 }
 
 /// `linux/x86_64` (docker) and `linux/amd64` (podman) name the same platform.
-pub fn normalize_platform(p: &str) -> String {
-    p.trim().replace("x86_64", "amd64").replace("aarch64", "arm64")
+pub fn normalize_platform(platform: &str) -> String {
+    platform.trim().replace("x86_64", "amd64").replace("aarch64", "arm64")
 }
 
 /// podman, for running the stack: networks, secrets, `kube play`, containers.
@@ -366,7 +367,8 @@ commands! { Podman, self => "podman";
     /// A network, on `subnet` with podman's own allocation confined to `range` when given.
     network_create(name: &str, subnet: Option<(String, String)>) =>
         ["network", "create", "--label", "e2e.xtask=1"]
-        + subnet.into_iter().flat_map(|(s, r)| ["--subnet".into(), s, "--ip-range".into(), r])
+        + subnet.into_iter()
+            .flat_map(|(cidr, range)| ["--subnet".into(), cidr, "--ip-range".into(), range])
             .chain([name.to_owned()]);
     /// Plays a pod file on a network, at fixed IP and MAC addresses when given.
     kube_play(network: &str, address: Option<(Ipv4Addr, String)>, file: &Path) =>
@@ -421,12 +423,12 @@ mod tests {
 
     #[test]
     fn docker_build_uses_the_classic_builder_removes_failed_containers_and_force_skips_the_cache() {
-        let c = Engine::Docker.build(&build_cmd(true)).to_string();
+        let cmd = Engine::Docker.build(&build_cmd(true)).to_string();
         assert!(
-            c.starts_with(
+            cmd.starts_with(
                 "DOCKER_BUILDKIT=0 docker build --force-rm --no-cache --memory 512m --memory-swap 512m"
             ),
-            "{c}"
+            "{cmd}"
         );
     }
 
@@ -451,9 +453,9 @@ mod tests {
             "hostname":"e2e-rig","serviceIsRemote":true},
             "store":{"graphRoot":"/var/lib/containers/storage","graphRootAllocated":4294967296,
             "graphRootUsed":1073741824},"version":{"Version":"4.3.1"}}"#;
-        let f = EngineFacts::parse(Engine::Podman, rig).unwrap();
+        let facts = EngineFacts::parse(Engine::Podman, rig).unwrap();
         assert_eq!(
-            f.store,
+            facts.store,
             Some(Store { path: "/var/lib/containers/storage".into(), free: Some(3 << 30) })
         );
         // Which remote: as this machine was told to reach it, else the engine's host name.
@@ -465,12 +467,12 @@ mod tests {
         assert_eq!(remote_at(Some(String::new()), None), "the default connection");
         // An engine that does not say how full its store is: the path, no free figure.
         let old = r#"{"host":{"serviceIsRemote":false},"store":{"graphRoot":"/x"}}"#;
-        let f = EngineFacts::parse(Engine::Podman, old).unwrap();
-        assert_eq!((f.at.as_str(), f.store.unwrap().free), (THIS_MACHINE, None));
+        let facts = EngineFacts::parse(Engine::Podman, old).unwrap();
+        assert_eq!((facts.at.as_str(), facts.store.unwrap().free), (THIS_MACHINE, None));
         let docker =
             r#"{"OSType":"linux","Architecture":"x86_64","DockerRootDir":"/var/lib/docker"}"#;
-        let f = EngineFacts::parse(Engine::Docker, docker).unwrap();
-        assert_eq!(f.store.unwrap().path, "/var/lib/docker");
+        let facts = EngineFacts::parse(Engine::Docker, docker).unwrap();
+        assert_eq!(facts.store.unwrap().path, "/var/lib/docker");
     }
 
     #[test]
@@ -479,22 +481,22 @@ mod tests {
         // Mac would print it: the host part describes the engine's machine).
         let podman = r#"{"host":{"arch":"amd64","os":"linux","cpus":2,"memTotal":2061381632,
             "memFree":1500000000,"serviceIsRemote":true},"version":{"Version":"4.3.1","OsArch":"darwin/arm64"}}"#;
-        let f = EngineFacts::parse(Engine::Podman, podman).unwrap();
-        assert_eq!(f.platform, "linux/amd64");
-        assert_eq!((f.cpus, f.mem_total, f.remote), (2, 2_061_381_632, true));
-        assert_eq!(f.mem_free, Some(1_500_000_000));
+        let facts = EngineFacts::parse(Engine::Podman, podman).unwrap();
+        assert_eq!(facts.platform, "linux/amd64");
+        assert_eq!((facts.cpus, facts.mem_total, facts.remote), (2, 2_061_381_632, true));
+        assert_eq!(facts.mem_free, Some(1_500_000_000));
         let docker = r#"{"OSType":"linux","Architecture":"x86_64","NCPU":4,"MemTotal":8000000000,"ServerVersion":"20.10.24"}"#;
-        let f = EngineFacts::parse(Engine::Docker, docker).unwrap();
+        let facts = EngineFacts::parse(Engine::Docker, docker).unwrap();
         assert_eq!(
-            (f.platform.as_str(), f.cpus, f.version.as_str()),
+            (facts.platform.as_str(), facts.cpus, facts.version.as_str()),
             ("linux/amd64", 4, "20.10.24")
         );
         assert!(EngineFacts::parse(Engine::Podman, "Error: no").is_err());
         let local = r#"{"Client":{"Version":"4.3.1","OsArch":"linux/amd64"}}"#;
-        let f = EngineFacts::local_podman(local).unwrap().unwrap();
-        assert_eq!((f.at.as_str(), f.store.as_ref()), (THIS_MACHINE, None));
-        let f = EngineFacts::local_podman(local).unwrap().unwrap();
-        assert_eq!((f.platform.as_str(), f.remote), ("linux/amd64", false));
+        let facts = EngineFacts::local_podman(local).unwrap().unwrap();
+        assert_eq!((facts.at.as_str(), facts.store.as_ref()), (THIS_MACHINE, None));
+        let facts = EngineFacts::local_podman(local).unwrap().unwrap();
+        assert_eq!((facts.platform.as_str(), facts.remote), ("linux/amd64", false));
         let remote = r#"{"Client":{"OsArch":"darwin/arm64"},"Server":{"OsArch":"linux/arm64"}}"#;
         assert!(EngineFacts::local_podman(remote).is_none(), "a remote engine is asked with info");
     }

@@ -71,20 +71,20 @@ impl Facts {
         budget_flag: Option<u64>,
     ) -> Facts {
         let (answer, base) = match engine {
-            Err(p) => (Err(p), None),
-            Ok(e) => std::thread::scope(|s| {
-                let info = s.spawn(|| ask(e));
+            Err(problem) => (Err(problem), None),
+            Ok(engine) => std::thread::scope(|scope| {
+                let info = scope.spawn(|| ask(engine));
                 let found: Vec<_> = candidates
                     .iter()
-                    .map(|c| s.spawn(move || e.image(c).map(|i| (c.to_string(), i))))
+                    .map(|c| scope.spawn(move || engine.image(c).map(|i| (c.to_string(), i))))
                     .collect();
                 let base = found.into_iter().find_map(|h| h.join().expect("no panic"));
                 let answer = (info.join().expect("no panic"))
                     .map_err(|err| {
-                        format!("{} is installed but does not answer: {err:#}", e.program())
+                        format!("{} is installed but does not answer: {err:#}", engine.program())
                     })
                     .and_then(|facts| facts.map_err(|err| format!("{err:#}")))
-                    .map_err(|what| Problem::new(what, e.not_answering_fix()));
+                    .map_err(|what| Problem::new(what, engine.not_answering_fix()));
                 (answer.map(|f| with_local_store(f, base.as_ref())), base)
             }),
         };
@@ -96,8 +96,10 @@ impl Facts {
         });
         let flag = budget_flag.map(|bytes| Budget { bytes, source: "--memory-budget".into() });
         let budget = match (&flag, &answer) {
-            (Some(b), _) => Ok(b.clone()),
-            (None, Ok(f)) if f.remote => Ok(memory::engine_budget(f.mem_free, f.mem_total)),
+            (Some(flagged), _) => Ok(flagged.clone()),
+            (None, Ok(facts)) if facts.remote => {
+                Ok(memory::engine_budget(facts.mem_free, facts.mem_total))
+            }
             (None, _) => host.clone(),
         };
         let host_budget = flag.map_or(host, Ok);
@@ -118,7 +120,7 @@ impl Facts {
         let facts = self.engine.clone()?;
         let base_image_id = match (base_image_id, &self.base) {
             (Some(id), _) => id.to_owned(),
-            (None, Some(b)) => b.id.clone(),
+            (None, Some(base)) => base.id.clone(),
             (None, None) => return Err(self.missing_base(&facts).into()),
         };
         Ok(Env {
@@ -156,22 +158,22 @@ impl Facts {
 /// A local engine's store, measured with `df`: docker's data root, or where the base image's
 /// layers are (`podman info` says it, but takes 10x one `image inspect`; asked only where the
 /// layers do not say, as with `vfs` or without the base image). Remote: as reported.
-fn with_local_store(mut f: EngineFacts, base: Option<&(String, ImageInfo)>) -> EngineFacts {
-    if f.remote {
-        return f;
+fn with_local_store(mut facts: EngineFacts, base: Option<&(String, ImageInfo)>) -> EngineFacts {
+    if facts.remote {
+        return facts;
     }
-    let layers = base.and_then(|(name, _)| f.engine.layer_dir(name).read().ok());
+    let layers = base.and_then(|(name, _)| facts.engine.layer_dir(name).read().ok());
     let (mut driver, mut root) = layers.as_deref().map(driver_and_root).unwrap_or_default();
-    if f.store.is_none() && root.is_none() && f.engine == Engine::Podman {
-        let said = f.engine.store_info().read().unwrap_or_default();
+    if facts.store.is_none() && root.is_none() && facts.engine == Engine::Podman {
+        let said = facts.engine.store_info().read().unwrap_or_default();
         let (name, path) = said.trim().split_once(' ').unwrap_or_default();
         driver = Some(name.to_owned()).filter(|n| !n.is_empty());
         root = Some(path.to_owned()).filter(|p| p.starts_with('/'));
     }
-    f.isolation.driver = f.isolation.driver.or(driver);
-    let path = f.store.take().map(|s| s.path).or(root);
-    f.store = path.map(|path| Store { free: free_disk(Path::new(&path)), path });
-    f
+    facts.isolation.driver = facts.isolation.driver.or(driver);
+    let path = facts.store.take().map(|s| s.path).or(root);
+    facts.store = path.map(|path| Store { free: free_disk(Path::new(&path)), path });
+    facts
 }
 
 /// Of `layer_dir`'s `DRIVER DIR`: the driver, and `/var/lib/containers/storage` of
@@ -180,7 +182,7 @@ pub fn driver_and_root(said: &str) -> (Option<String>, Option<String>) {
     let (driver, dir) = said.trim().split_once(' ').unwrap_or((said.trim(), ""));
     let root = dir.rsplit_once("/overlay/").map(|(root, _)| root.to_owned());
     let driver = Some(driver.to_owned()).filter(|d| !d.is_empty() && !d.starts_with('<'));
-    (driver, root.filter(|r| r.starts_with('/')))
+    (driver, root.filter(|root| root.starts_with('/')))
 }
 
 /// Free bytes on the filesystem of `dir` (or its nearest existing parent), from `df`.

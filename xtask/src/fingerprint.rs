@@ -42,30 +42,30 @@ pub fn fingerprint(
     base_image_id: &str,
     platform: &str,
 ) -> String {
-    let mut h = Sha256::new();
+    let mut hasher = Sha256::new();
     let mut put = |label: &str, bytes: &[u8]| {
-        h.update(label.as_bytes());
-        h.update((bytes.len() as u64).to_be_bytes());
-        h.update(bytes);
+        hasher.update(label.as_bytes());
+        hasher.update((bytes.len() as u64).to_be_bytes());
+        hasher.update(bytes);
     };
     put("version", VERSION.as_bytes());
     put("platform", platform.as_bytes());
     put("base", base_image_id.as_bytes());
     put("dockerfile", dockerfile);
-    for (k, v) in build_args {
-        put("arg", k.as_bytes());
-        put("value", v.as_bytes());
+    for (name, value) in build_args {
+        put("arg", name.as_bytes());
+        put("value", value.as_bytes());
     }
-    for e in context {
-        put("path", e.path.as_bytes());
-        put("mode", &e.mode.to_be_bytes());
-        match &e.kind {
+    for entry in context {
+        put("path", entry.path.as_bytes());
+        put("mode", &entry.mode.to_be_bytes());
+        match &entry.kind {
             EntryKind::File { sha256 } => put("file", sha256.as_bytes()),
             EntryKind::Dir => put("dir", b""),
             EntryKind::Symlink { target } => put("symlink", target.as_bytes()),
         }
     }
-    format!("{:x}", h.finalize())
+    format!("{:x}", hasher.finalize())
 }
 
 pub fn tag(fingerprint: &str) -> String {
@@ -76,18 +76,19 @@ pub fn tag(fingerprint: &str) -> String {
 pub fn scan_context(dir: &Path, cache: &mut HashCache) -> Result<Vec<Entry>> {
     let mut ignore = Ignore::default();
     let names = [".containerignore", ".dockerignore"];
-    if let Some(p) = names.map(|f| dir.join(f)).into_iter().find(|p| p.is_file()) {
-        let text =
-            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-        ignore = Ignore::parse(&text).with_context(|| format!("in {}", p.display()))?;
+    if let Some(file) = names.map(|f| dir.join(f)).into_iter().find(|p| p.is_file()) {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        ignore = Ignore::parse(&text).with_context(|| format!("in {}", file.display()))?;
     }
-    let (mut entries, mut dirs) = (Vec::new(), vec![dir.to_owned()]);
+    let mut entries = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
     while let Some(parent) = dirs.pop() {
         let items = std::fs::read_dir(&parent);
         for item in items.with_context(|| format!("reading {}", parent.display()))? {
             let path = item?.path();
-            let rel = path.strip_prefix(dir)?.to_string_lossy().replace('\\', "/");
-            if ignore.is_ignored(&rel) {
+            let relative = path.strip_prefix(dir)?.to_string_lossy().replace('\\', "/");
+            if ignore.is_ignored(&relative) {
                 continue;
             }
             let meta = std::fs::symlink_metadata(&path)?;
@@ -99,7 +100,7 @@ pub fn scan_context(dir: &Path, cache: &mut HashCache) -> Result<Vec<Entry>> {
             } else {
                 EntryKind::File { sha256: cache.digest(&path, &meta)? }
             };
-            entries.push(Entry { path: rel, mode: meta.permissions().mode() & 0o7777, kind });
+            entries.push(Entry { path: relative, mode: meta.permissions().mode() & 0o7777, kind });
         }
     }
     entries.sort_by(|a, b| a.path.cmp(&b.path));
@@ -136,10 +137,11 @@ impl HashCache {
 
     pub fn digest(&mut self, path: &Path, meta: &std::fs::Metadata) -> Result<String> {
         let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
-        let (len, ino) = (meta.len(), meta.ino());
+        let len = meta.len();
+        let ino = meta.ino();
         let same = |c: &&Cached| (c.len, c.mtime_ns, c.ino) == (len, mtime_ns, ino);
-        if let Some(c) = self.entries.get(path).filter(same) {
-            return Ok(c.sha256.clone());
+        if let Some(cached) = self.entries.get(path).filter(same) {
+            return Ok(cached.sha256.clone());
         }
         let sha256 = file_sha256(path)?;
         self.entries.insert(path.to_owned(), Cached { len, mtime_ns, ino, sha256: sha256.clone() });
@@ -148,10 +150,11 @@ impl HashCache {
 }
 
 pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut h = Sha256::new();
-    let copied = std::fs::File::open(path).and_then(|mut file| std::io::copy(&mut file, &mut h));
+    let mut hasher = Sha256::new();
+    let copied =
+        std::fs::File::open(path).and_then(|mut file| std::io::copy(&mut file, &mut hasher));
     copied.with_context(|| format!("reading {}", path.display()))?;
-    Ok(format!("{:x}", h.finalize()))
+    Ok(format!("{:x}", hasher.finalize()))
 }
 
 #[cfg(test)]
@@ -196,97 +199,108 @@ mod tests {
 
     #[test]
     fn content_changes_change_the_fingerprint() {
-        let c = Ctx::new("content");
-        let before = c.fp();
-        assert_eq!(before, c.fp(), "stable");
-        std::fs::write(c.dir.join("sub/conf"), "a=2\n").unwrap();
-        assert_ne!(before, c.fp(), "one byte of content");
+        let context = Ctx::new("content");
+        let before = context.fp();
+        assert_eq!(before, context.fp(), "stable");
+        std::fs::write(context.dir.join("sub/conf"), "a=2\n").unwrap();
+        assert_ne!(before, context.fp(), "one byte of content");
     }
 
     #[test]
     fn mode_new_files_and_renames_change_it() {
-        let c = Ctx::new("mode");
-        let before = c.fp();
-        std::fs::set_permissions(c.dir.join("app.sh"), std::fs::Permissions::from_mode(0o755))
-            .unwrap();
-        let after_mode = c.fp();
+        let context = Ctx::new("mode");
+        let before = context.fp();
+        std::fs::set_permissions(
+            context.dir.join("app.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let after_mode = context.fp();
         assert_ne!(before, after_mode, "mode");
-        std::fs::write(c.dir.join("new"), "").unwrap();
-        let after_new = c.fp();
+        std::fs::write(context.dir.join("new"), "").unwrap();
+        let after_new = context.fp();
         assert_ne!(after_mode, after_new, "a new empty file");
-        std::fs::rename(c.dir.join("new"), c.dir.join("renamed")).unwrap();
-        assert_ne!(after_new, c.fp(), "a rename");
+        std::fs::rename(context.dir.join("new"), context.dir.join("renamed")).unwrap();
+        assert_ne!(after_new, context.fp(), "a rename");
     }
 
     #[test]
     fn mtime_alone_changes_nothing() {
-        let c = Ctx::new("mtime");
-        let before = c.fp();
-        let f = std::fs::File::options().write(true).open(c.dir.join("app.sh")).unwrap();
-        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(3600))
+        let context = Ctx::new("mtime");
+        let before = context.fp();
+        let file = std::fs::File::options().write(true).open(context.dir.join("app.sh")).unwrap();
+        file.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(3600))
             .unwrap();
-        assert_eq!(before, c.fp());
+        assert_eq!(before, context.fp());
     }
 
     #[test]
     fn ignored_files_do_not_count() {
-        let c = Ctx::new("ignore");
-        std::fs::write(c.dir.join(".dockerignore"), "*.log\nsub/cache\n").unwrap();
-        let before = c.fp();
-        std::fs::write(c.dir.join("debug.log"), "noise").unwrap();
-        std::fs::create_dir_all(c.dir.join("sub/cache")).unwrap();
-        std::fs::write(c.dir.join("sub/cache/x"), "noise").unwrap();
-        assert_eq!(before, c.fp(), "ignored files");
-        std::fs::write(c.dir.join("debug.txt"), "signal").unwrap();
-        assert_ne!(before, c.fp(), "a file that is not ignored");
+        let context = Ctx::new("ignore");
+        std::fs::write(context.dir.join(".dockerignore"), "*.log\nsub/cache\n").unwrap();
+        let before = context.fp();
+        std::fs::write(context.dir.join("debug.log"), "noise").unwrap();
+        std::fs::create_dir_all(context.dir.join("sub/cache")).unwrap();
+        std::fs::write(context.dir.join("sub/cache/x"), "noise").unwrap();
+        assert_eq!(before, context.fp(), "ignored files");
+        std::fs::write(context.dir.join("debug.txt"), "signal").unwrap();
+        assert_ne!(before, context.fp(), "a file that is not ignored");
     }
 
     #[test]
     fn containerignore_wins_over_dockerignore() {
-        let c = Ctx::new("containerignore");
-        std::fs::write(c.dir.join(".dockerignore"), "*.log\n").unwrap();
-        std::fs::write(c.dir.join(".containerignore"), "*.txt\n").unwrap();
-        let before = c.fp();
-        std::fs::write(c.dir.join("x.txt"), "ignored").unwrap();
-        assert_eq!(before, c.fp());
-        std::fs::write(c.dir.join("x.log"), "counted").unwrap();
-        assert_ne!(before, c.fp());
+        let context = Ctx::new("containerignore");
+        std::fs::write(context.dir.join(".dockerignore"), "*.log\n").unwrap();
+        std::fs::write(context.dir.join(".containerignore"), "*.txt\n").unwrap();
+        let before = context.fp();
+        std::fs::write(context.dir.join("x.txt"), "ignored").unwrap();
+        assert_eq!(before, context.fp());
+        std::fs::write(context.dir.join("x.log"), "counted").unwrap();
+        assert_ne!(before, context.fp());
     }
 
     #[test]
     fn args_base_platform_and_dockerfile_count() {
-        let c = Ctx::new("args");
+        let context = Ctx::new("args");
         let none = BTreeMap::new();
-        let base = c.fp_with(&none, "sha256:base1", "linux/amd64", b"FROM x\n");
+        let base = context.fp_with(&none, "sha256:base1", "linux/amd64", b"FROM x\n");
         let args: BTreeMap<String, String> = [("BASE_IMAGE".to_owned(), "x".to_owned())].into();
-        assert_ne!(base, c.fp_with(&args, "sha256:base1", "linux/amd64", b"FROM x\n"), "build arg");
         assert_ne!(
             base,
-            c.fp_with(&none, "sha256:base2", "linux/amd64", b"FROM x\n"),
+            context.fp_with(&args, "sha256:base1", "linux/amd64", b"FROM x\n"),
+            "build arg"
+        );
+        assert_ne!(
+            base,
+            context.fp_with(&none, "sha256:base2", "linux/amd64", b"FROM x\n"),
             "base image ID"
         );
-        assert_ne!(base, c.fp_with(&none, "sha256:base1", "linux/arm64", b"FROM x\n"), "platform");
         assert_ne!(
             base,
-            c.fp_with(&none, "sha256:base1", "linux/amd64", b"FROM y\n"),
+            context.fp_with(&none, "sha256:base1", "linux/arm64", b"FROM x\n"),
+            "platform"
+        );
+        assert_ne!(
+            base,
+            context.fp_with(&none, "sha256:base1", "linux/amd64", b"FROM y\n"),
             "Dockerfile"
         );
     }
 
     #[test]
     fn a_symlinks_target_counts() {
-        let c = Ctx::new("symlink");
-        std::os::unix::fs::symlink("app.sh", c.dir.join("link")).unwrap();
-        let before = c.fp();
-        std::fs::remove_file(c.dir.join("link")).unwrap();
-        std::os::unix::fs::symlink("sub/conf", c.dir.join("link")).unwrap();
-        assert_ne!(before, c.fp(), "a symlink's target, not the file it names");
+        let context = Ctx::new("symlink");
+        std::os::unix::fs::symlink("app.sh", context.dir.join("link")).unwrap();
+        let before = context.fp();
+        std::fs::remove_file(context.dir.join("link")).unwrap();
+        std::os::unix::fs::symlink("sub/conf", context.dir.join("link")).unwrap();
+        assert_ne!(before, context.fp(), "a symlink's target, not the file it names");
     }
 
     #[test]
     fn hash_cache_reuses_digests_but_sees_changes() {
-        let c = Ctx::new("cache");
-        let file = c.dir.join("app.sh");
+        let context = Ctx::new("cache");
+        let file = context.dir.join("app.sh");
         let mut cache = HashCache::default();
         let first = cache.digest(&file, &std::fs::metadata(&file).unwrap()).unwrap();
         assert_eq!(first, file_sha256(&file).unwrap());

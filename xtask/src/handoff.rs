@@ -56,8 +56,8 @@ impl Handoff {
     }
 
     /// Whether this records that engine's images (another has others, even with equal tags).
-    pub fn is_of(&self, f: &EngineFacts) -> bool {
-        self.engine == f.engine && self.at == f.at && self.platform == f.platform
+    pub fn is_of(&self, engine: &EngineFacts) -> bool {
+        self.engine == engine.engine && self.at == engine.at && self.platform == engine.platform
     }
 
     /// `podman at unix:///run/e2e-rig/podman.sock (linux/amd64)`.

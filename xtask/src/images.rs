@@ -45,8 +45,9 @@ pub struct Builder {
     pub memory: u64,
 }
 
-fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    parse_size(&String::deserialize(d)?).map_err(|e| serde::de::Error::custom(format!("{e:#}")))
+fn size<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    parse_size(&String::deserialize(deserializer)?)
+        .map_err(|e| serde::de::Error::custom(format!("{e:#}")))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +74,7 @@ pub struct ImageSpec {
 impl ImageSpec {
     pub fn binary(&self) -> Option<&str> {
         match &self.context {
-            BuildContext::Binary(b) => Some(b),
+            BuildContext::Binary(binary) => Some(binary),
             BuildContext::Dir(_) => None,
         }
     }
@@ -137,8 +138,8 @@ impl Images {
         }
         anyhow::ensure!(!images.is_empty(), "no [[image]] entries");
         let mut builder = file.builder;
-        if let (Some(b), Ok(image)) = (&mut builder, std::env::var("E2E_BUILDER_IMAGE")) {
-            b.image = if image.is_empty() { b.image.clone() } else { image };
+        if let (Some(builder), Ok(image)) = (&mut builder, std::env::var("E2E_BUILDER_IMAGE")) {
+            builder.image = if image.is_empty() { builder.image.clone() } else { image };
         }
         Ok(Images { base_image, offline_base_image, images, builder })
     }
@@ -159,12 +160,12 @@ impl Images {
 
 /// Parses `512m`, `1g`, `1.5GiB`, `300000k` or a plain number of bytes.
 pub fn parse_size(text: &str) -> Result<u64> {
-    let t = text.trim().to_ascii_lowercase();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
+    let lower = text.trim().to_ascii_lowercase();
+    let split = lower.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(lower.len());
+    let (num, unit) = lower.split_at(split);
     let value: f64 =
         num.parse().with_context(|| format!("{text:?} is not a size like 512m or 2g"))?;
-    let mult: u64 = match unit.trim().trim_end_matches("ib").trim_end_matches('b') {
+    let multiplier: u64 = match unit.trim().trim_end_matches("ib").trim_end_matches('b') {
         "" => 1,
         "k" => 1 << 10,
         "m" => 1 << 20,
@@ -172,7 +173,7 @@ pub fn parse_size(text: &str) -> Result<u64> {
         _ => anyhow::bail!("{text:?} has an unknown unit (use k, m or g)"),
     };
     anyhow::ensure!(value > 0.0, "{text:?} must be more than zero");
-    Ok((value * mult as f64) as u64)
+    Ok((value * multiplier as f64) as u64)
 }
 
 /// The size as podman takes it for `--memory`: whole mebibytes.
@@ -205,13 +206,13 @@ mod tests {
 
     #[test]
     fn parses_images_with_defaults() {
-        let f = Images::parse(SAMPLE, None).unwrap();
-        assert_eq!(f.images.len(), 2);
-        let gw = &f.images[0];
-        assert_eq!(gw.repository, "localhost/e2e-gateway");
-        assert_eq!(gw.binary(), Some("gateway"));
-        assert_eq!(gw.memory, 256 << 20);
-        let redis = &f.images[1];
+        let parsed = Images::parse(SAMPLE, None).unwrap();
+        assert_eq!(parsed.images.len(), 2);
+        let gateway = &parsed.images[0];
+        assert_eq!(gateway.repository, "localhost/e2e-gateway");
+        assert_eq!(gateway.binary(), Some("gateway"));
+        assert_eq!(gateway.memory, 256 << 20);
+        let redis = &parsed.images[1];
         assert_eq!(redis.context, BuildContext::Dir("docker/redis".into()));
         assert_eq!(redis.memory, 512 << 20);
         assert_eq!(redis.build_args["VERSION"], "7");
@@ -220,9 +221,12 @@ mod tests {
 
     #[test]
     fn base_image_can_be_overridden() {
-        let f =
+        let parsed =
             Images::parse(SAMPLE, Some("docker.io/library/debian:bookworm-slim".into())).unwrap();
-        assert_eq!(f.images[0].build_args["BASE_IMAGE"], "docker.io/library/debian:bookworm-slim");
+        assert_eq!(
+            parsed.images[0].build_args["BASE_IMAGE"],
+            "docker.io/library/debian:bookworm-slim"
+        );
     }
 
     #[test]
@@ -232,8 +236,8 @@ mod tests {
             .contains("either context or binary"));
         let typo = SAMPLE.replace("dockerfile = \"Dockerfile.gateway\"", "dockerfil = \"x\"");
         assert!(format!("{:#}", Images::parse(&typo, None).unwrap_err()).contains("dockerfil"));
-        let f = Images::parse(SAMPLE, None).unwrap();
-        let err = f.select(&["gatway".into()]).unwrap_err().to_string();
+        let parsed = Images::parse(SAMPLE, None).unwrap();
+        let err = parsed.select(&["gatway".into()]).unwrap_err().to_string();
         assert!(err.contains("gatway") && err.contains("known: gateway, redis"), "{err}");
     }
 

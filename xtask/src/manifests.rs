@@ -107,7 +107,8 @@ impl Subnet {
             prefix > Self::POOL_PREFIX,
             "{pods} pods need more addresses than 10.89.0.0/16 has"
         );
-        let (size, slots) = (1u32 << (32 - prefix), 1u32 << (prefix - Self::POOL_PREFIX));
+        let size = 1u32 << (32 - prefix);
+        let slots = 1u32 << (prefix - Self::POOL_PREFIX);
         let hash = run.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
         });
@@ -183,15 +184,16 @@ impl PodmanStack {
 
     /// Each pod's name and fixed address on the run's network.
     pub fn hosts(&self) -> Vec<(String, Ipv4Addr)> {
-        let Some(s) = self.subnet else { return vec![] };
+        let Some(subnet) = self.subnet else { return vec![] };
         let pods = self.pods.iter().enumerate();
-        pods.map(|(i, p)| (p.name.clone(), s.pod(i))).collect()
+        pods.map(|(i, p)| (p.name.clone(), subnet.pod(i))).collect()
     }
 
     /// A pod's fixed IP and MAC addresses, when the stack has them.
     pub fn address(&self, pod: &str) -> Option<(Ipv4Addr, String)> {
-        let (i, s) = (self.pods.iter().position(|p| p.name == pod)?, self.subnet?);
-        Some((s.pod(i), s.mac(i)))
+        let index = self.pods.iter().position(|p| p.name == pod)?;
+        let subnet = self.subnet?;
+        Some((subnet.pod(index), subnet.mac(index)))
     }
 
     /// The host port of a pod's container port; `pod` is the run's name or the manifests'.
@@ -276,10 +278,10 @@ impl Manifests {
             let mut doc = doc.clone();
             match kind(&doc) {
                 "Pod" => {
-                    for c in containers_of(&mut doc).context("a Pod without containers")? {
-                        c["image"] =
-                            pin_image(c["image"].as_str().unwrap_or_default(), images).into();
-                        c["imagePullPolicy"] = cluster.pull_policy().into();
+                    for container in containers_of(&mut doc).context("a Pod without containers")? {
+                        let image = container["image"].as_str().unwrap_or_default();
+                        container["image"] = pin_image(image, images).into();
+                        container["imagePullPolicy"] = cluster.pull_policy().into();
                     }
                 }
                 "Service" => {
@@ -310,13 +312,15 @@ impl Manifests {
             .find(|d| kind(d) == "Pod" && name(d).ok().as_deref() == Some(pod))
             .with_context(|| format!("no Pod {pod} in the manifests"))?;
         let entry = serde_norway::to_value(BTreeMap::from([("name", var), ("value", value)]))?;
-        for c in containers_of(doc).with_context(|| format!("pod {pod}: no spec.containers"))? {
-            match c.get_mut("env").and_then(Value::as_sequence_mut) {
+        let containers =
+            containers_of(doc).with_context(|| format!("pod {pod}: no spec.containers"))?;
+        for container in containers {
+            match container.get_mut("env").and_then(Value::as_sequence_mut) {
                 Some(env) => {
                     env.retain(|e| e.get("name").and_then(Value::as_str) != Some(var));
                     env.push(entry.clone());
                 }
-                None => c["env"] = Value::Sequence(vec![entry.clone()]),
+                None => container["env"] = Value::Sequence(vec![entry.clone()]),
             }
         }
         Ok(())
@@ -353,7 +357,7 @@ impl Manifests {
                     continue;
                 };
                 let text = match request {
-                    Value::Number(n) => n.to_string(),
+                    Value::Number(number) => number.to_string(),
                     other => other.as_str().unwrap_or_default().to_owned(),
                 };
                 bytes += crate::memory::parse_quantity(&text).with_context(|| {
@@ -389,16 +393,19 @@ impl Manifests {
             let docs = self.docs.iter().filter(|d| kinds.contains(&kind(d)));
             docs.map(|d| name(d).map(|n| (n.clone(), renamed(&n)))).collect()
         };
-        let (hosts, secret_names) = (renames(&["Pod", "Service"])?, renames(&["Secret"])?);
+        let hosts = renames(&["Pod", "Service"])?;
+        let secret_names = renames(&["Secret"])?;
         let count = self.pods().len();
-        if let Some(s) = subnet.filter(|s| !s.holds(count)) {
+        if let Some(network) = subnet.filter(|s| !s.holds(count)) {
             anyhow::bail!(
-                "the run's network {s} has fixed addresses for fewer than the manifests' {count} pods: \
+                "the run's network {network} has fixed addresses for fewer than the manifests' {count} pods: \
                  start the run again (`cargo xtask dev` sizes its network when it starts)"
             );
         }
-        let (mut yaml_docs, mut secrets, mut pods, mut published) =
-            (vec![], vec![], vec![], vec![]);
+        let mut yaml_docs = vec![];
+        let mut secrets = vec![];
+        let mut pods = vec![];
+        let mut published = vec![];
         for doc in &self.docs {
             match kind(doc) {
                 "Secret" => secrets.push(Secret { name: renamed(&name(doc)?), ..secret(doc)? }),
@@ -413,32 +420,34 @@ impl Manifests {
                         doc["metadata"]["labels"]["e2e.run"] = suffix.into();
                     }
                     let mut containers = Vec::new();
-                    for c in containers_of(&mut doc)
+                    for container in containers_of(&mut doc)
                         .with_context(|| format!("pod {pod_name}: no spec.containers"))?
                     {
                         let what = format!("pod {pod_name}: a container");
-                        let (name, image): (String, String) =
-                            (field(c, &what, "name")?, field(c, &what, "image")?);
+                        let name: String = field(container, &what, "name")?;
+                        let image: String = field(container, &what, "image")?;
                         let what = format!("pod {pod_name}: container {name}");
-                        let readiness = match &c["readinessProbe"] {
+                        let readiness = match &container["readinessProbe"] {
                             Value::Null => None,
-                            p => Some(probe(p, &format!("{what}: readinessProbe"))?),
+                            yaml => Some(probe(yaml, &format!("{what}: readinessProbe"))?),
                         };
                         let image = pin_image(&image, images);
-                        c["image"] = image.clone().into();
-                        let env = c.get_mut("env").and_then(Value::as_sequence_mut);
+                        container["image"] = image.clone().into();
+                        let env = container.get_mut("env").and_then(Value::as_sequence_mut);
                         for var in env.into_iter().flatten() {
                             rename_at(var.get_mut("value"), &hosts);
-                            let r =
+                            let secret_ref =
                                 var.get_mut("valueFrom").and_then(|v| v.get_mut("secretKeyRef"));
-                            rename_at(r.and_then(|r| r.get_mut("name")), &secret_names);
+                            let secret_name =
+                                secret_ref.and_then(|secret_ref| secret_ref.get_mut("name"));
+                            rename_at(secret_name, &secret_names);
                         }
                         // podman makes probes systemd healthchecks, which fail without systemd;
                         // the xtask runs the readiness probes itself (see ready.rs).
                         for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
-                            c.as_mapping_mut().map(|m| m.remove(probe));
+                            container.as_mapping_mut().map(|m| m.remove(probe));
                         }
-                        let ports = c.get_mut("ports").filter(|p| !p.is_null()).map(|p| {
+                        let ports = container.get_mut("ports").filter(|p| !p.is_null()).map(|p| {
                             p.as_sequence_mut()
                                 .with_context(|| format!("{what}: ports is not a list"))
                         });
@@ -448,7 +457,8 @@ impl Manifests {
                             let host_port = free_port()?;
                             port["hostPort"] = host_port.into();
                             port["hostIP"] = "127.0.0.1".into();
-                            let (pod, base) = (pod_name.clone(), base.clone());
+                            let pod = pod_name.clone();
+                            let base = base.clone();
                             published.push(Published { pod, base, container_port, host_port });
                         }
                         containers.push(Container { name, image, readiness });
@@ -506,9 +516,9 @@ pub fn secrets_read(pod: &Value) -> BTreeSet<String> {
 }
 
 fn rename_at(value: Option<&mut Value>, names: &BTreeMap<String, String>) {
-    if let Some(v) = value {
-        if let Some(new) = v.as_str().map(|s| rename_hosts(s, names)) {
-            *v = new.into();
+    if let Some(value) = value {
+        if let Some(new) = value.as_str().map(|s| rename_hosts(s, names)) {
+            *value = new.into();
         }
     }
 }
@@ -561,9 +571,11 @@ fn secret(doc: &Value) -> anyhow::Result<Secret> {
             .with_context(|| format!("secret {name}: data and stringData map keys to strings"))
     };
     let data = strings("data")?.unwrap_or_default();
-    for (k, v) in &data {
+    for (key, value) in &data {
         // Decoded only to be checked: base64 that decodes is canonical, so it is kept as it is.
-        STANDARD.decode(v).with_context(|| format!("secret {name}: data.{k} is not base64"))?;
+        STANDARD
+            .decode(value)
+            .with_context(|| format!("secret {name}: data.{key} is not base64"))?;
     }
     let string_data = strings("stringData")?.unwrap_or_default().into_iter();
     let values: BTreeMap<_, _> =
@@ -579,9 +591,9 @@ fn field<T: DeserializeOwned>(value: &Value, what: &str, key: &str) -> anyhow::R
 }
 
 /// A probe as the manifests give it: `httpGet` (path, port), else `exec` (none: `true`).
-fn probe(p: &Value, what: &str) -> anyhow::Result<Probe> {
-    anyhow::ensure!(p.is_mapping(), "{what}: not a mapping");
-    Ok(match (&p["httpGet"], &p["exec"], &p["tcpSocket"]) {
+fn probe(yaml: &Value, what: &str) -> anyhow::Result<Probe> {
+    anyhow::ensure!(yaml.is_mapping(), "{what}: not a mapping");
+    Ok(match (&yaml["httpGet"], &yaml["exec"], &yaml["tcpSocket"]) {
         (Value::Null, Value::Null, Value::Null) => anyhow::bail!(
             "{what}: neither exec, httpGet nor tcpSocket; podman runs only those (a probe it \
              cannot run would pass at once)"
@@ -603,7 +615,7 @@ fn pin_image(image: &str, images: &BTreeMap<String, String>) -> String {
 pub fn repository(image: &str) -> &str {
     let image = image.split('@').next().unwrap_or(image);
     match image.rfind(':') {
-        Some(i) if !image[i..].contains('/') => &image[..i],
+        Some(colon) if !image[colon..].contains('/') => &image[..colon],
         _ => image,
     }
 }

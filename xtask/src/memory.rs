@@ -22,7 +22,9 @@ pub struct Budget {
 /// tighter), less a margin for everything else: 10%, at least 512 MiB.
 pub fn default_budget(available: u64, (limit, usage): (Option<u64>, Option<u64>)) -> Budget {
     match limit.filter(|l| *l < UNLIMITED).map(|l| l.saturating_sub(usage.unwrap_or(0))) {
-        Some(c) if c < available => less_margin(c, "free (the cgroup's limit less its usage)"),
+        Some(cgroup_free) if cgroup_free < available => {
+            less_margin(cgroup_free, "free (the cgroup's limit less its usage)")
+        }
         _ => less_margin(available, "free (MemAvailable)"),
     }
 }
@@ -164,7 +166,8 @@ fn cgroup_memory(proc_self_cgroup: &str, root: &Path) -> (Option<u64>, Option<u6
         |p: &Path| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u64>().ok());
     for line in proc_self_cgroup.lines() {
         let mut parts = line.splitn(3, ':').skip(1).map(|p| p.trim_start_matches('/'));
-        let (controllers, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let controllers = parts.next().unwrap_or("");
+        let path = parts.next().unwrap_or("");
         if controllers.split(',').any(|c| c == "memory") {
             for dir in [root.join("memory").join(path), root.join("memory")] {
                 if let Some(limit) = read(&dir.join("memory.limit_in_bytes")) {
@@ -189,9 +192,9 @@ mod tests {
 
     #[test]
     fn budget_is_available_memory_less_a_margin() {
-        let b = default_budget(20 * GIB, (None, None));
-        assert_eq!(b.bytes, 18 * GIB);
-        assert_eq!(b.source, "20.0 GiB free (MemAvailable) less a 2.0 GiB margin");
+        let budget = default_budget(20 * GIB, (None, None));
+        assert_eq!(budget.bytes, 18 * GIB);
+        assert_eq!(budget.source, "20.0 GiB free (MemAvailable) less a 2.0 GiB margin");
         let small = default_budget(2 * GIB, (None, None));
         assert_eq!(small.bytes, 2 * GIB - 512 * MIB, "at least 512 MiB stays free");
         let here = read().expect("this machine's memory");
@@ -200,9 +203,9 @@ mod tests {
 
     #[test]
     fn a_cgroup_limit_tighter_than_the_machine_wins() {
-        let b = default_budget(20 * GIB, (Some(4 * GIB), Some(GIB)));
-        assert_eq!(b.bytes, 3 * GIB - 512 * MIB);
-        assert!(b.source.contains("cgroup"), "{}", b.source);
+        let budget = default_budget(20 * GIB, (Some(4 * GIB), Some(GIB)));
+        assert_eq!(budget.bytes, 3 * GIB - 512 * MIB);
+        assert!(budget.source.contains("cgroup"), "{}", budget.source);
         let unlimited = default_budget(GIB, (Some(9_223_372_036_854_771_712), Some(0)));
         assert!(unlimited.source.contains("MemAvailable"));
         // A limit looser than the machine's available memory: the machine's counts.

@@ -17,7 +17,9 @@ use crate::{
 /// `REGISTRY/PREFIX` by fingerprint tag, tagged as a local build would; the base image must be
 /// present (its ID is in every fingerprint).
 pub fn pull(cx: Ctx, prefix: &str) -> Result<Handoff> {
-    let (project, r, prepared) = (cx.project, cx.r, build::prepare(cx, Goal::Build(&[]))?);
+    let project = cx.project;
+    let r = cx.r;
+    let prepared = build::prepare(cx, Goal::Build(&[]))?;
     let engine = prepared.env.engine();
     let log = project.logs_dir().join("pull-images.log");
     let _ = std::fs::remove_file(&log);
@@ -26,13 +28,14 @@ pub fn pull(cx: Ctx, prefix: &str) -> Result<Handoff> {
             if let Action::Cached(image) = &item.action {
                 return Ok(item.record(image));
             }
-            let (name, fp) = (&item.spec.name, &item.fingerprint);
+            let name = &item.spec.name;
+            let fp = &item.fingerprint;
             let remote = remote_reference(prefix, name, fp);
             let pull = registry_cmd(engine, "pull", prefix).arg(&remote);
             let tag = Cmd::new(engine.program()).args(["tag", &remote, &item.reference]);
-            for c in [pull, tag] {
-                r.command(&c);
-                c.run_logged(&log).with_context(|| {
+            for cmd in [pull, tag] {
+                r.command(&cmd);
+                cmd.run_logged(&log).with_context(|| {
                     format!("pulling {name} as {remote} (was it pushed with `save-images --push {prefix}`?)")
                 })?;
             }
@@ -58,9 +61,9 @@ pub fn push(project: &Project, r: &Reporter, handoff: &Handoff, prefix: &str) ->
         let remote = remote_reference(prefix, &image.name, &image.fingerprint);
         let tag = Cmd::new(handoff.engine.program()).args(["tag", &image.reference, &remote]);
         let push = registry_cmd(handoff.engine, "push", prefix).arg(&remote);
-        for c in [tag, push] {
-            r.command(&c);
-            c.run_logged(&log).with_context(|| format!("pushing {}", image.name))?;
+        for cmd in [tag, push] {
+            r.command(&cmd);
+            cmd.run_logged(&log).with_context(|| format!("pushing {}", image.name))?;
         }
     }
     Ok(())
@@ -90,7 +93,7 @@ mod tests {
 
     #[test]
     fn registry_references() {
-        let r = ImageRecord {
+        let record = ImageRecord {
             name: "gateway".into(),
             repository: "localhost/e2e-gateway".into(),
             reference: "localhost/e2e-gateway:x".into(),
@@ -99,7 +102,7 @@ mod tests {
             size: 0,
         };
         assert_eq!(
-            remote_reference("localhost:5000/e2e/", &r.name, &r.fingerprint),
+            remote_reference("localhost:5000/e2e/", &record.name, &record.fingerprint),
             "localhost:5000/e2e/gateway:cccccccccccccccc"
         );
         assert!(is_loopback_registry("localhost:5000/e2e"));

@@ -43,7 +43,7 @@ impl Reporter {
     pub fn line(&self, msg: impl AsRef<str>) {
         let text = format!("[{}] {}", chrono::Utc::now().format("%H:%M:%S"), msg.as_ref());
         match &self.bars {
-            Some(mp) => drop(mp.println(text)),
+            Some(bars) => drop(bars.println(text)),
             None => eprintln!("{text}"),
         }
     }
@@ -61,11 +61,14 @@ impl Reporter {
         self.line(format!("==> {name}"));
         let start = Instant::now();
         let result = f(self);
-        let (took, ok) = (start.elapsed(), result.is_ok());
+        let took = start.elapsed();
+        let ok = result.is_ok();
         self.line(format!("<== {name}: {} in {}", if ok { "done" } else { "FAILED" }, secs(took)));
-        let (start_s, state) =
-            (self.offset(start), if ok { SpanState::Ok } else { SpanState::Failed });
-        let (name, end_s, detail) = (name.to_owned(), start_s + took.as_secs_f64(), secs(took));
+        let start_s = self.offset(start);
+        let state = if ok { SpanState::Ok } else { SpanState::Failed };
+        let name = name.to_owned();
+        let end_s = start_s + took.as_secs_f64();
+        let detail = secs(took);
         self.phases.lock().unwrap().push(Span { name, start_s, end_s, state, detail });
         result
     }
@@ -88,34 +91,35 @@ impl Reporter {
     }
 
     fn add(&self, bar: ProgressBar, template: &str, prefix: &str) -> ProgressBar {
-        let Some(mp) = &self.bars else { return ProgressBar::hidden() };
+        let Some(bars) = &self.bars else { return ProgressBar::hidden() };
         let style = ProgressStyle::with_template(template).expect("a valid template");
-        mp.add(bar.with_style(style.progress_chars("=> ")).with_prefix(prefix.to_owned()))
+        bars.add(bar.with_style(style.progress_chars("=> ")).with_prefix(prefix.to_owned()))
     }
 
     pub fn finish(&self, bar: &ProgressBar) {
         bar.finish_and_clear();
-        if let Some(mp) = &self.bars {
-            mp.remove(bar);
+        if let Some(bars) = &self.bars {
+            bars.remove(bar);
         }
     }
 
     /// The phases so far with their durations, and the wall time since the start (phases
     /// may overlap).
     pub fn summary(&self) -> String {
-        let (phases, total) = (self.phase_spans(), "total (wall)");
+        let phases = self.phase_spans();
+        let total = "total (wall)";
         let width = phases.iter().map(|p| p.name.len()).fold(total.len(), usize::max);
         let mut out = String::new();
-        for p in &phases {
-            let ok = if p.state == SpanState::Ok { "ok" } else { "FAILED" };
-            out += &format!("  {:<width$}  {:>8}  {ok}\n", p.name, p.detail);
+        for phase in &phases {
+            let ok = if phase.state == SpanState::Ok { "ok" } else { "FAILED" };
+            out += &format!("  {:<width$}  {:>8}  {ok}\n", phase.name, phase.detail);
         }
         out + &format!("  {total:<width$}  {:>8}\n", secs(self.started.elapsed()))
     }
 
-    /// Seconds from the reporter's start to `t` (0 for earlier instants).
-    pub fn offset(&self, t: Instant) -> f64 {
-        t.saturating_duration_since(self.started).as_secs_f64()
+    /// Seconds from the reporter's start to `instant` (0 for earlier instants).
+    pub fn offset(&self, instant: Instant) -> f64 {
+        instant.saturating_duration_since(self.started).as_secs_f64()
     }
 
     pub fn phase_spans(&self) -> Vec<Span> {
@@ -123,8 +127,8 @@ impl Reporter {
     }
 }
 
-pub fn secs(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
+pub fn secs(duration: Duration) -> String {
+    format!("{:.1}s", duration.as_secs_f64())
 }
 
 /// `target/e2e/runs/<id>/report.json`: written by `e2e`, read by `soak` and `bench`.
@@ -174,10 +178,10 @@ pub fn run_dirs(project: &Project) -> BTreeSet<PathBuf> {
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
     let all: Vec<&Vec<String>> = std::iter::once(&header).chain(rows).collect();
-    let width = |i: usize| all.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).max();
+    let width = |i: usize| all.iter().filter_map(|row| row.get(i)).map(|c| c.chars().count()).max();
     let widths: Vec<usize> = (0..header.len()).map(|i| width(i).unwrap_or(0)).collect();
     let line = |row: &&Vec<String>| {
-        let cells = row.iter().zip(&widths).map(|(c, w)| format!("  {c:<w$}"));
+        let cells = row.iter().zip(&widths).map(|(cell, w)| format!("  {cell:<w$}"));
         cells.collect::<String>().trim_end().to_owned()
     };
     all.iter().map(line).collect::<Vec<_>>().join("\n")
@@ -195,9 +199,9 @@ pub fn percentile<T: Copy + PartialOrd + Default>(values: &[T], p: f64) -> T {
 
 /// The `rank`th smallest value (from 1, kept within the values); the default of none.
 fn nth<T: Copy + PartialOrd + Default>(values: &[T], rank: usize) -> T {
-    let mut v = values.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v.get(rank.clamp(1, v.len().max(1)) - 1).copied().unwrap_or_default()
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied().unwrap_or_default()
 }
 
 /// `cargo xtask report [RUN]`: where a run's report is, and what it says.
@@ -217,12 +221,17 @@ impl ReportArgs {
         };
         let file = dir.join("timeline.json");
         let missing = || format!("no report for that run ({} is missing)", file.display());
-        let t: Timeline = serde_json::from_slice(&std::fs::read(&file).with_context(missing)?)?;
+        let recorded: Timeline =
+            serde_json::from_slice(&std::fs::read(&file).with_context(missing)?)?;
         // A closed pipe (`| head`) is not an error worth a panic.
         use std::io::Write;
         let out = &mut std::io::stdout().lock();
-        let _ =
-            writeln!(out, "{}\n{}", dir.join("report.html").display(), timeline::text_summary(&t));
+        let _ = writeln!(
+            out,
+            "{}\n{}",
+            dir.join("report.html").display(),
+            timeline::text_summary(&recorded)
+        );
         Ok(())
     }
 }
@@ -236,18 +245,18 @@ mod tests {
         let r = Reporter { bars: None, phases: Mutex::new(Vec::new()), started: Instant::now() };
         r.phase("build", |_| Ok(())).unwrap();
         let _ = r.phase("test", |_| -> anyhow::Result<()> { anyhow::bail!("no") });
-        let s = r.summary();
-        assert!(s.contains("build") && s.contains("ok"), "{s}");
-        assert!(s.contains("test") && s.contains("FAILED"), "{s}");
-        assert!(s.contains("total"), "{s}");
+        let summary = r.summary();
+        assert!(summary.contains("build") && summary.contains("ok"), "{summary}");
+        assert!(summary.contains("test") && summary.contains("FAILED"), "{summary}");
+        assert!(summary.contains("total"), "{summary}");
     }
 
     #[test]
     fn tables_align() {
-        let t = table(
+        let rendered = table(
             &["image", "state"],
             &[vec!["gateway".into(), "built".into()], vec!["pg".into(), "cached".into()]],
         );
-        assert_eq!(t, "  image    state\n  gateway  built\n  pg       cached");
+        assert_eq!(rendered, "  image    state\n  gateway  built\n  pg       cached");
     }
 }

@@ -51,63 +51,72 @@ struct Summary<'a> {
 impl SoakArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         anyhow::ensure!(self.runs > 0, "--runs must be at least 1");
-        let (r, n, args) = (Reporter::new(), self.runs, &self.e2e_args);
+        let r = Reporter::new();
+        let runs = self.runs;
+        let args = &self.e2e_args;
         let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
         let dir = project.e2e_dir.join("soak").join(stamp);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let shown = project.display(&dir);
         r.line(format!(
-            "soak: {n} runs of cargo xtask e2e {}; each run's output in {shown}",
+            "soak: {runs} runs of cargo xtask e2e {}; each run's output in {shown}",
             args.join(" ")
         ));
         // On Ctrl-C a run gets it too and tears down: it is waited for, not killed.
         let cmd = Cmd::new(std::env::current_exe()?.display().to_string()).arg("e2e").args(args);
         let mut outcomes: Vec<Outcome> = Vec::new();
-        for i in 1..=n {
+        for i in 1..=runs {
             crate::interrupt::check()?;
-            let (before, output, start) =
-                (run_dirs(project), dir.join(format!("run-{i}.log")), Instant::now());
+            let before = run_dirs(project);
+            let output = dir.join(format!("run-{i}.log"));
+            let start = Instant::now();
             let status = cmd.clone().survives_interrupt().run_logged(&output);
             let new_dir = run_dirs(project).difference(&before).last().cloned();
-            let o = outcome(status, start.elapsed(), new_dir, output);
-            let wall = secs(Duration::from_secs_f64(o.wall_s));
-            if o.report.passed {
-                r.line(format!("run {i}/{n}: passed in {wall}"));
+            let run_outcome = outcome(status, start.elapsed(), new_dir, output);
+            let wall = secs(Duration::from_secs_f64(run_outcome.wall_s));
+            if run_outcome.report.passed {
+                r.line(format!("run {i}/{runs}: passed in {wall}"));
             } else {
-                let error = o.report.error.as_deref().unwrap_or("no report").lines().next();
-                let logs = o.run_dir.as_ref().map_or(String::new(), |d| {
+                let report = &run_outcome.report;
+                let error = report.error.as_deref().unwrap_or("no report").lines().next();
+                let logs = run_outcome.run_dir.as_ref().map_or(String::new(), |d| {
                     format!("; container logs in {}", project.display(&d.join("logs")))
                 });
-                let (error, output) = (error.unwrap_or(""), project.display(&o.output));
+                let error = error.unwrap_or("");
+                let output = project.display(&run_outcome.output);
                 r.line(format!(
-                    "run {i}/{n}: FAILED after {wall}: {error}\n  output: {output}{logs}"
+                    "run {i}/{runs}: FAILED after {wall}: {error}\n  output: {output}{logs}"
                 ));
             }
-            outcomes.push(o);
+            outcomes.push(run_outcome);
             if self.fail_fast && outcomes.last().is_some_and(|o| !o.report.passed) {
                 break;
             }
         }
-        let s = summarize(&outcomes, args);
+        let summary = summarize(&outcomes, args);
         let json = dir.join("soak.json");
-        std::fs::write(&json, serde_json::to_string_pretty(&s)?)?;
-        let wall = ("wall (whole run)".to_owned(), s.wall_p50_s, s.wall_p95_s);
-        let rows: Vec<Vec<String>> = (s.phases.iter().chain([&wall]))
-            .map(|(n, p50, p95)| vec![n.clone(), format!("{p50:.2}s"), format!("{p95:.2}s")])
+        std::fs::write(&json, serde_json::to_string_pretty(&summary)?)?;
+        let wall = ("wall (whole run)".to_owned(), summary.wall_p50_s, summary.wall_p95_s);
+        let rows: Vec<Vec<String>> = (summary.phases.iter().chain([&wall]))
+            .map(|(name, p50, p95)| vec![name.clone(), format!("{p50:.2}s"), format!("{p95:.2}s")])
             .collect();
         let table = table(&["phase", "p50", "p95"], &rows);
-        let mut out =
-            format!("soak: {} passed, {} failed of {} runs\n{table}", s.passed, s.failed, s.runs);
-        for (i, o) in s.outcomes.iter().enumerate().filter(|(_, o)| !o.report.passed) {
-            let logs = o.run_dir.as_ref().map_or(o.output.clone(), |d| d.join("logs"));
+        let mut out = format!(
+            "soak: {} passed, {} failed of {} runs\n{table}",
+            summary.passed, summary.failed, summary.runs
+        );
+        let failures = summary.outcomes.iter().enumerate().filter(|(_, o)| !o.report.passed);
+        for (i, failure) in failures {
+            let logs = failure.run_dir.as_ref().map_or(failure.output.clone(), |d| d.join("logs"));
             out += &format!("\nfailed: run {} ({})", i + 1, project.display(&logs));
         }
         r.line(out);
-        let (failed, json) = (s.failed, project.display(&json));
+        let failed = summary.failed;
+        let json = project.display(&json);
         anyhow::ensure!(
             failed == 0,
             "{failed} of {} runs failed (their logs are named above; {json})",
-            s.runs
+            summary.runs
         );
         Ok(())
     }
@@ -131,10 +140,10 @@ fn summarize<'a>(outcomes: &'a [Outcome], e2e_args: &'a [String]) -> Summary<'a>
     let walls: Vec<f64> = outcomes.iter().map(|o| o.wall_s).collect();
     // Each phase in the order runs have it, over the runs that have it.
     let mut phases: Vec<(String, Vec<f64>)> = Vec::new();
-    for (name, t) in outcomes.iter().flat_map(|o| &o.report.phases) {
-        match phases.iter_mut().find(|(n, _)| n == name) {
-            Some((_, times)) => times.push(*t),
-            None => phases.push((name.clone(), vec![*t])),
+    for (name, took) in outcomes.iter().flat_map(|o| &o.report.phases) {
+        match phases.iter_mut().find(|(known, _)| known == name) {
+            Some((_, times)) => times.push(*took),
+            None => phases.push((name.clone(), vec![*took])),
         }
     }
     let passed = outcomes.iter().filter(|o| o.report.passed).count();
@@ -147,7 +156,7 @@ fn summarize<'a>(outcomes: &'a [Outcome], e2e_args: &'a [String]) -> Summary<'a>
         wall_p95_s: percentile(&walls, 95.0),
         phases: phases
             .into_iter()
-            .map(|(n, t)| (n, percentile(&t, 50.0), percentile(&t, 95.0)))
+            .map(|(name, times)| (name, percentile(&times, 50.0), percentile(&times, 95.0)))
             .collect(),
         outcomes,
     }
@@ -159,10 +168,10 @@ mod tests {
 
     #[test]
     fn percentiles_are_nearest_rank() {
-        let v: Vec<f64> = (1..=20).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), 10.0);
-        assert_eq!(percentile(&v, 95.0), 19.0);
-        assert_eq!(percentile(&v, 100.0), 20.0);
+        let values: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&values, 50.0), 10.0);
+        assert_eq!(percentile(&values, 95.0), 19.0);
+        assert_eq!(percentile(&values, 100.0), 20.0);
         assert_eq!(percentile(&[3.0], 95.0), 3.0);
         assert_eq!(percentile::<f64>(&[], 50.0), 0.0);
     }
@@ -197,9 +206,9 @@ mod tests {
         assert_eq!(bad.report.error.as_deref(), Some("the E2E suite failed"));
         let none = outcome(Err(anyhow::anyhow!("no engine")), Duration::ZERO, None, out());
         assert!(!none.report.passed && none.report.error.as_deref() == Some("no engine"));
-        let s = summarize(std::slice::from_ref(&ok), &[]);
-        assert_eq!((s.passed, s.failed), (1, 0));
-        assert_eq!(s.phases[0], ("deploy".into(), 1.5, 1.5));
+        let summary = summarize(std::slice::from_ref(&ok), &[]);
+        assert_eq!((summary.passed, summary.failed), (1, 0));
+        assert_eq!(summary.phases[0], ("deploy".into(), 1.5, 1.5));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

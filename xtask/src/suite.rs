@@ -73,8 +73,8 @@ pub fn place(project: &Project, json: &str) -> Result<()> {
         // Linked beside, renamed over: a concurrent run never finds it missing. Skipped when
         // already that file, as rename(2) between two links of one file leaves the temporary.
         let to = binary(project, &test);
-        let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
-        if id(&from).is_some_and(|a| id(&to) == Some(a)) {
+        let file_id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+        if file_id(&from).is_some_and(|from_id| file_id(&to) == Some(from_id)) {
             continue;
         }
         let tmp = crate::fsx::temp_beside(&to);
@@ -97,8 +97,8 @@ fn placed(project: &Project) -> Result<BTreeMap<String, PathBuf>> {
 /// The files in `dir` that `test` names a test binary of, by that name.
 fn files_in(dir: &Path, test: impl Fn(&str) -> Option<&str>) -> Result<BTreeMap<String, PathBuf>> {
     let mut found = BTreeMap::new();
-    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = e?.path();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if let Some(test) = test(name).filter(|_| path.is_file()) {
             found.insert(test.to_owned(), path.clone());
@@ -163,10 +163,10 @@ impl InEngine {
         anyhow::ensure!(!found.is_empty(), "cargo named no test binary of the suite");
         let _ = std::fs::remove_dir_all(&self.context);
         std::fs::create_dir_all(&self.context)?;
-        let mut h = Sha256::new();
+        let mut hasher = Sha256::new();
         let mut field = |bytes: &[u8]| {
-            h.update((bytes.len() as u64).to_le_bytes());
-            h.update(bytes);
+            hasher.update((bytes.len() as u64).to_le_bytes());
+            hasher.update(bytes);
         };
         let read = |f: &Path| std::fs::read(f).with_context(|| format!("reading {}", f.display()));
         field(self.base_image.as_bytes());
@@ -178,7 +178,7 @@ impl InEngine {
             field(name.as_bytes());
             field(&read(&dst)?);
         }
-        let hex: String = h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = hasher.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
         let content = format!("localhost/e2e-suite:{hex}");
         let cmds = if self.engine.image(&content).is_some() {
             r.line(format!("  the suite's image is built: {content}"));
@@ -218,7 +218,7 @@ impl InEngine {
     ) -> Cmd {
         let hosts =
             hosts.iter().flat_map(|(name, ip)| ["--add-host".into(), format!("{name}:{ip}")]);
-        let urls = urls.iter().flat_map(|(k, v)| ["--env".into(), format!("{k}={v}")]);
+        let urls = urls.iter().flat_map(|(var, url)| ["--env".into(), format!("{var}={url}")]);
         Cmd::new(self.engine.program())
             .args(["run", "--rm", "--network", network])
             .args(hosts.chain(urls))
@@ -250,8 +250,8 @@ mod tests {
         };
         let dir = project.e2e_dir.join("suite");
         std::fs::create_dir_all(&dir).unwrap();
-        for f in ["e2e", "faults", ".e2e.tmp-42"] {
-            std::fs::write(dir.join(f), "").unwrap();
+        for file in ["e2e", "faults", ".e2e.tmp-42"] {
+            std::fs::write(dir.join(file), "").unwrap();
         }
         let found = placed(&project).unwrap();
         assert_eq!(found.keys().collect::<Vec<_>>(), ["e2e", "faults"]);
@@ -279,10 +279,11 @@ mod tests {
             target_dir: "/r/target".into(),
             e2e_dir: "/r/target/e2e".into(),
         };
-        let s = InEngine::new(&project, Engine::Podman, "1-2", "localhost/e2e-base:bookworm");
+        let suite = InEngine::new(&project, Engine::Podman, "1-2", "localhost/e2e-base:bookworm");
         let urls = [("GATEWAY_URL".to_owned(), "http://gateway-1-2:8080".to_owned())].into();
         assert_eq!(
-            s.run(
+            suite
+                .run(
                 "e2e-x",
                 &[("gateway-1-2".to_owned(), "10.89.7.77".parse().unwrap())],
                 "e2e",

@@ -80,47 +80,53 @@ pub struct BuildSpan {
 const TEMPLATE: &str = include_str!("../templates/report.html");
 const PLACEHOLDER: &str = "__TIMELINE_JSON__";
 
-pub fn render_html(t: &Timeline) -> String {
+pub fn render_html(timeline: &Timeline) -> String {
     // In a <script> only '<' can harm (`</script>` ends it, `<!--` then `<script` moves its
     // end); '<' appears in JSON only in strings, which read `\u003c` as '<' again. Non-finite
     // numbers become null, which the page draws as 0.
-    let json = serde_json::to_string(t).unwrap_or_else(|_| "null".into()).replace('<', "\\u003c");
+    let json = serde_json::to_string(timeline).unwrap_or_else(|_| "null".into());
+    let json = json.replace('<', "\\u003c");
     TEMPLATE.replacen(PLACEHOLDER, &json, 1)
 }
 
 /// For a terminal: outcome, total, each phase and image (state, times), and peak memory and
 /// budget when sampled.
-pub fn text_summary(t: &Timeline) -> String {
-    let fin = |x: f64| if x.is_finite() { x } else { 0.0 };
-    let total = fin(t.total_s).max(0.0);
+pub fn text_summary(timeline: &Timeline) -> String {
+    let or_zero = |secs: f64| if secs.is_finite() { secs } else { 0.0 };
+    let total = or_zero(timeline.total_s).max(0.0);
     let human = HumanDuration(Duration::try_from_secs_f64(total).unwrap_or_default());
-    let mut s = format!("{}\noutcome: {}\ntotal:   {total:.1} s ({human})\n", t.title, t.outcome);
-    for (heading, list) in [("phases", &t.phases), ("images", &t.images)] {
+    let title = &timeline.title;
+    let outcome = &timeline.outcome;
+    let mut out = format!("{title}\noutcome: {outcome}\ntotal:   {total:.1} s ({human})\n");
+    for (heading, list) in [("phases", &timeline.phases), ("images", &timeline.images)] {
         if !list.is_empty() {
-            s += &format!("{heading}:\n");
+            out += &format!("{heading}:\n");
         }
         // Rust pads by characters, as a terminal shows them (mostly).
-        let width = list.iter().map(|x| x.name.chars().count()).max().unwrap_or(0);
-        for x in list {
-            let (start, state) = (fin(x.start_s), format!("{:?}", x.state).to_lowercase());
-            let (end, name) = (fin(x.end_s).max(start), &x.name);
+        let width = list.iter().map(|span| span.name.chars().count()).max().unwrap_or(0);
+        for span in list {
+            let start = or_zero(span.start_s);
+            let state = format!("{:?}", span.state).to_lowercase();
+            let end = or_zero(span.end_s).max(start);
+            let name = &span.name;
             let took = end - start;
-            let detail = x.detail.lines().next().filter(|d| !d.is_empty());
+            let detail = span.detail.lines().next().filter(|d| !d.is_empty());
             let detail = detail.map_or(String::new(), |d| format!("  {d}"));
-            s += &format!(
+            out += &format!(
                 "  {name:<width$}  {state:<6}  {took:>6.1} s  {start:>7.1} s → {end:>7.1} s{detail}\n"
             );
         }
     }
     // The highest sample; the last of equals, as on the page.
-    let finite = t.memory.iter().filter(|m| m.t_s.is_finite());
+    let finite = timeline.memory.iter().filter(|m| m.t_s.is_finite());
     let peak = finite.max_by(|a, b| a.used_bytes.cmp(&b.used_bytes).then(a.t_s.total_cmp(&b.t_s)));
-    if let Some(p) = peak {
-        let budget =
-            t.budget_bytes.map_or(String::new(), |b| format!(" (budget {})", HumanBytes(b)));
-        s += &format!("peak memory: {} at {:.1} s{budget}\n", HumanBytes(p.used_bytes), p.t_s);
+    if let Some(peak) = peak {
+        let budget = timeline.budget_bytes;
+        let budget = budget.map_or(String::new(), |b| format!(" (budget {})", HumanBytes(b)));
+        let used = HumanBytes(peak.used_bytes);
+        out += &format!("peak memory: {used} at {:.1} s{budget}\n", peak.t_s);
     }
-    s
+    out
 }
 
 #[cfg(test)]
@@ -176,11 +182,11 @@ mod tests {
 
     #[test]
     fn the_page_is_the_template_with_the_timeline_in_its_data_island() {
-        let t = sample();
-        let html = render_html(&t);
+        let timeline = sample();
+        let html = render_html(&timeline);
         let (before, after) = TEMPLATE.split_once(PLACEHOLDER).unwrap();
         assert!(html.starts_with(before) && html.ends_with(after));
-        assert_eq!(data(&html), serde_json::to_value(&t).unwrap());
+        assert_eq!(data(&html), serde_json::to_value(&timeline).unwrap());
         assert!(!html.contains(PLACEHOLDER));
     }
 
@@ -205,17 +211,17 @@ mod tests {
 
     #[test]
     fn no_text_can_break_out_of_the_data_island() {
-        let mut t = sample();
+        let mut timeline = sample();
         let evil = "</script><script>alert(\"x\")</script><!-- <script> </SCRIPT > & 'q'";
-        t.title = evil.into();
-        t.outcome = format!("FAILED: {evil}");
-        t.phases[0].name = evil.into();
-        t.phases[1].name = "<!--".into();
-        t.phases[2].name = "</script>".into();
-        t.images[0].detail = evil.into();
-        t.images[1].name = evil.into();
-        t.caps[0].image = evil.into();
-        let html = render_html(&t);
+        timeline.title = evil.into();
+        timeline.outcome = format!("FAILED: {evil}");
+        timeline.phases[0].name = evil.into();
+        timeline.phases[1].name = "<!--".into();
+        timeline.phases[2].name = "</script>".into();
+        timeline.images[0].detail = evil.into();
+        timeline.images[1].name = evil.into();
+        timeline.caps[0].image = evil.into();
+        let html = render_html(&timeline);
         assert!(!island(&html).contains('<'), "{}", island(&html));
         // All of the island is read, and every name comes back as it was.
         let back: Timeline = serde_json::from_value(data(&html)).unwrap();
@@ -234,9 +240,9 @@ mod tests {
 
     #[test]
     fn self_contained_no_urls_at_all() {
-        let mut t = sample();
-        t.images[0].detail = "see the log".into();
-        let html = render_html(&t);
+        let mut timeline = sample();
+        timeline.images[0].detail = "see the log".into();
+        let html = render_html(&timeline);
         // Not even the SVG namespace: the script takes it from the page's own <svg>.
         assert!(!html.contains("http://"), "http:// in the page");
         assert!(!html.contains("https://"), "https:// in the page");
@@ -249,7 +255,7 @@ mod tests {
 
     #[test]
     fn empty_timeline_renders() {
-        let t = Timeline {
+        let timeline = Timeline {
             title: String::new(),
             outcome: String::new(),
             total_s: 0.0,
@@ -259,16 +265,16 @@ mod tests {
             budget_bytes: None,
             caps: vec![],
         };
-        let html = render_html(&t);
+        let html = render_html(&timeline);
         assert_eq!(data(&html)["phases"], serde_json::json!([]));
-        let text = text_summary(&t);
+        let text = text_summary(&timeline);
         assert!(text.contains("total:   0.0 s (0 seconds)"), "{text}");
         assert!(!text.contains("peak") && !text.contains("phases:"), "{text}");
     }
 
     #[test]
     fn degenerate_numbers_become_null_or_are_summarised_as_zero() {
-        let t = Timeline {
+        let timeline = Timeline {
             title: "edge".into(),
             outcome: "FAILED: boom".into(),
             total_s: f64::NAN,
@@ -291,12 +297,12 @@ mod tests {
                 cap_bytes: u64::MAX,
             }],
         };
-        let html = render_html(&t);
-        let d = data(&html);
-        assert!(d["total_s"].is_null() && d["phases"][2]["end_s"].is_null());
-        assert_eq!(d["phases"][3]["end_s"], 1e15);
+        let html = render_html(&timeline);
+        let island_data = data(&html);
+        assert!(island_data["total_s"].is_null() && island_data["phases"][2]["end_s"].is_null());
+        assert_eq!(island_data["phases"][3]["end_s"], 1e15);
         assert!(!island(&html).contains("NaN") && !island(&html).contains("Infinity"));
-        let text = text_summary(&t);
+        let text = text_summary(&timeline);
         assert!(text.contains("total:   0.0 s (0 seconds)"), "{text}");
         assert!(text.contains("backwards  failed     0.0 s      5.0 s →     5.0 s"), "{text}");
         assert!(text.contains("infinite   ok         0.0 s"), "{text}");
@@ -307,42 +313,48 @@ mod tests {
 
     #[test]
     fn text_summary_lists_everything() {
-        let mut t = sample();
-        t.images[0].detail = "38.0s (cap 2 GiB)\nsecond line".into();
-        let s = text_summary(&t);
-        assert!(s.starts_with("cargo xtask e2e — run 20261130-101500-4242\n"), "{s}");
-        assert!(s.contains("\noutcome: passed\n"), "{s}");
-        assert!(s.contains("\ntotal:   120.0 s (2 minutes)\n"), "{s}");
-        assert!(s.contains("\nphases:\n"), "{s}");
-        assert!(s.contains("  prebuild images  ok        58.5 s      1.5 s →    60.0 s\n"), "{s}");
-        assert!(s.contains("\nimages:\n"), "{s}");
-        assert!(s.contains("  data-storage  cached     0.0 s"), "{s}");
+        let mut timeline = sample();
+        timeline.images[0].detail = "38.0s (cap 2 GiB)\nsecond line".into();
+        let summary = text_summary(&timeline);
+        assert!(summary.starts_with("cargo xtask e2e — run 20261130-101500-4242\n"), "{summary}");
+        assert!(summary.contains("\noutcome: passed\n"), "{summary}");
+        assert!(summary.contains("\ntotal:   120.0 s (2 minutes)\n"), "{summary}");
+        assert!(summary.contains("\nphases:\n"), "{summary}");
         assert!(
-            s.contains(
+            summary.contains("  prebuild images  ok        58.5 s      1.5 s →    60.0 s\n"),
+            "{summary}"
+        );
+        assert!(summary.contains("\nimages:\n"), "{summary}");
+        assert!(summary.contains("  data-storage  cached     0.0 s"), "{summary}");
+        assert!(
+            summary.contains(
                 "  gateway       built     38.0 s      2.0 s →    40.0 s  38.0s (cap 2 GiB)\n"
             ),
-            "{s}"
+            "{summary}"
         );
-        assert!(!s.contains("second line"), "{s}");
-        assert!(s.contains("  postgres      loaded     5.0 s"), "{s}");
-        assert!(s.contains("peak memory: 1.46 GiB at 49.0 s (budget 6.00 GiB)\n"), "{s}");
-        t.budget_bytes = None;
-        assert!(text_summary(&t).contains("peak memory: 1.46 GiB at 49.0 s\n"));
+        assert!(!summary.contains("second line"), "{summary}");
+        assert!(summary.contains("  postgres      loaded     5.0 s"), "{summary}");
+        assert!(
+            summary.contains("peak memory: 1.46 GiB at 49.0 s (budget 6.00 GiB)\n"),
+            "{summary}"
+        );
+        timeline.budget_bytes = None;
+        assert!(text_summary(&timeline).contains("peak memory: 1.46 GiB at 49.0 s\n"));
         // Names are padded by characters, not bytes.
-        t.images[2].name = "ρедис".into();
-        let s = text_summary(&t);
-        assert!(s.contains(&format!("  ρедис{}loaded", " ".repeat(9))), "{s}");
+        timeline.images[2].name = "ρедис".into();
+        let summary = text_summary(&timeline);
+        assert!(summary.contains(&format!("  ρедис{}loaded", " ".repeat(9))), "{summary}");
     }
 
     #[test]
     fn round_trips_through_json() {
-        let t = sample();
-        let json = serde_json::to_string(&t).unwrap();
+        let timeline = sample();
+        let json = serde_json::to_string(&timeline).unwrap();
         assert!(json.contains("\"state\":\"cached\""));
         let back: Timeline = serde_json::from_str(&json).unwrap();
         assert_eq!(back.images[1].state, SpanState::Cached);
-        assert_eq!(render_html(&back), render_html(&t));
-        assert_eq!(text_summary(&back), text_summary(&t));
+        assert_eq!(render_html(&back), render_html(&timeline));
+        assert_eq!(text_summary(&back), text_summary(&timeline));
     }
 
     /// A timeline.json as earlier runs wrote it still reads.
@@ -354,13 +366,13 @@ mod tests {
                       {"name":"pg","start_s":0.0,"end_s":1.0,"state":"failed","detail":"x"}],
             "memory":[{"t_s":1.0,"used_bytes":1024}],"budget_bytes":null,
             "caps":[{"image":"pg","start_s":0.0,"end_s":1.0,"cap_bytes":512}]}"#;
-        let t: Timeline = serde_json::from_str(json).unwrap();
-        assert_eq!(t.phases[0].name, "deploy");
-        assert_eq!(t.images[0].state, SpanState::Loaded);
-        assert_eq!(t.images[1].state, SpanState::Failed);
-        assert_eq!(t.memory[0].used_bytes, 1024);
-        assert_eq!(t.budget_bytes, None);
-        assert_eq!(t.caps[0].cap_bytes, 512);
+        let timeline: Timeline = serde_json::from_str(json).unwrap();
+        assert_eq!(timeline.phases[0].name, "deploy");
+        assert_eq!(timeline.images[0].state, SpanState::Loaded);
+        assert_eq!(timeline.images[1].state, SpanState::Failed);
+        assert_eq!(timeline.memory[0].used_bytes, 1024);
+        assert_eq!(timeline.budget_bytes, None);
+        assert_eq!(timeline.caps[0].cap_bytes, 512);
     }
 
     /// Renders a timeline.json into report.html beside it, to look at the page after changing
@@ -369,7 +381,7 @@ mod tests {
     #[ignore = "needs TIMELINE_JSON"]
     fn render_file() {
         let path = std::path::PathBuf::from(std::env::var("TIMELINE_JSON").unwrap());
-        let t: Timeline = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        std::fs::write(path.with_file_name("report.html"), render_html(&t)).unwrap();
+        let timeline: Timeline = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        std::fs::write(path.with_file_name("report.html"), render_html(&timeline)).unwrap();
     }
 }

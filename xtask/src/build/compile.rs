@@ -32,7 +32,8 @@ pub enum CompileIn {
 
 /// `os/arch` of the binaries this machine's cargo makes.
 pub fn host_platform() -> String {
-    let (os, arch) = (std::env::consts::OS, std::env::consts::ARCH);
+    let os = std::env::consts::OS;
+    let arch = std::env::consts::ARCH;
     crate::engine::normalize_platform(&format!("{os}/{arch}"))
 }
 
@@ -45,10 +46,13 @@ pub fn resolve(asked: Option<CompileIn>, host: &str, engine: &str) -> CompileIn 
 /// Compiles the binaries the images package, here or in the engine, and returns their
 /// directory; without `compile` (a dry run), only the directory.
 pub fn binaries(cx: Ctx, env: &Env, binaries: &[&str], compile: bool) -> Result<PathBuf> {
-    let (project, opts, host) = (cx.project, cx.opts, host_platform());
-    let (platform, none) = (&env.facts.platform, binaries.is_empty());
-    if none || resolve(opts.compile_in, &host, platform) == CompileIn::Host {
-        if compile && !none {
+    let project = cx.project;
+    let opts = cx.opts;
+    let host = host_platform();
+    let platform = &env.facts.platform;
+    let no_binaries = binaries.is_empty();
+    if no_binaries || resolve(opts.compile_in, &host, platform) == CompileIn::Host {
+        if compile && !no_binaries {
             let jobs = env.cargo_jobs();
             cx.r.phase("compile service binaries", |r| {
                 let cmd = super::cargo_build(project, binaries, jobs, opts.release);
@@ -98,12 +102,12 @@ pub fn stage_sources(project: &Project) -> Result<PathBuf> {
     let dir = project.e2e_dir.join("context").join("builder");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    for s in SOURCES {
-        copy_tree(&project.root.join(s), &dir.join(s))?;
+    for source in SOURCES {
+        copy_tree(&project.root.join(source), &dir.join(source))?;
     }
-    let ca = Path::new("/etc/ssl/certs/ca-certificates.crt");
-    if ca.is_file() {
-        std::fs::copy(ca, dir.join("ca-certificates.crt"))?;
+    let ca_bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
+    if ca_bundle.is_file() {
+        std::fs::copy(ca_bundle, dir.join("ca-certificates.crt"))?;
     }
     Ok(dir)
 }
@@ -113,9 +117,9 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     let Ok(meta) = std::fs::symlink_metadata(from) else { return Ok(()) };
     if meta.is_dir() && from.file_name().is_some_and(|n| n != "target") {
         std::fs::create_dir_all(to)?;
-        for e in std::fs::read_dir(from)? {
-            let e = e?;
-            copy_tree(&e.path(), &to.join(e.file_name()))?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
         }
     } else if meta.is_file() {
         std::fs::create_dir_all(to.parent().context("a file has a parent")?)?;
@@ -137,8 +141,11 @@ pub fn limits(builder_cap: u64, budget: u64, engine_cpus: usize) -> (u64, usize)
 /// there), then the binaries copied out. Returns their directory (with `suite/`, the suite's
 /// test binaries).
 pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Result<PathBuf> {
-    let (project, r, engine) = (cx.project, cx.r, env.engine());
-    let (program, platform) = (engine.program(), &env.facts.platform);
+    let project = cx.project;
+    let r = cx.r;
+    let engine = env.engine();
+    let program = engine.program();
+    let platform = &env.facts.platform;
     let (cap, jobs) = limits(builder.memory, env.budget.bytes, env.facts.cpus);
     let builder_image = engine.image(&builder.image).ok_or_else(|| {
         Problem::new(
@@ -155,20 +162,21 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
     let entries = fingerprint::scan_context(&context, &mut cache)?;
     cache.save()?;
     let dockerfile = project.root.join(&builder.dockerfile);
-    let bins = binaries.iter().map(|b| format!("--bin {b}")).collect::<Vec<_>>().join(" ");
+    let bin_flags = binaries.iter().map(|b| format!("--bin {b}")).collect::<Vec<_>>().join(" ");
     let mut build_args: BTreeMap<_, _> =
-        [("BUILDER_IMAGE".to_owned(), builder.image.clone()), ("BINARIES".to_owned(), bins)].into();
+        [("BUILDER_IMAGE".to_owned(), builder.image.clone()), ("BINARIES".to_owned(), bin_flags)]
+            .into();
     let text =
         std::fs::read(&dockerfile).with_context(|| format!("reading {}", builder.dockerfile))?;
     let fp = fingerprint::fingerprint(&text, &entries, &build_args, &builder_image.id, platform);
     let reference = format!("localhost/e2e-builder:{}", fingerprint::tag(&fp));
-    let (out, log) =
-        (project.e2e_dir.join("engine-bin"), project.logs_dir().join("build-builder.log"));
+    let bin_dir = project.e2e_dir.join("engine-bin");
+    let log = project.logs_dir().join("build-builder.log");
     let cached =
         engine.image(&reference).is_some_and(|i| i.fingerprint.as_deref() == Some(fp.as_str()));
-    if cached && std::fs::read_to_string(out.join(".fingerprint")).is_ok_and(|f| f == fp) {
+    if cached && std::fs::read_to_string(bin_dir.join(".fingerprint")).is_ok_and(|f| f == fp) {
         r.line(format!("  compiled in the engine before: {reference}"));
-        return Ok(out);
+        return Ok(bin_dir);
     }
     if !cached {
         // How many rustc run at once changes no output: not part of the fingerprint.
@@ -183,9 +191,10 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
             no_cache: false,
         });
         let facts = &env.facts;
-        let own = project.e2e_dir.join("buildah-tmp");
+        let own_tmpdir = project.e2e_dir.join("buildah-tmp");
         let rootless = facts.isolation.rootless;
-        if let Some(dir) = quirks::build_cache_tmpdir(&facts.version, rootless, facts.remote, &own)
+        if let Some(dir) =
+            quirks::build_cache_tmpdir(&facts.version, rootless, facts.remote, &own_tmpdir)
         {
             std::fs::create_dir_all(dir)?;
             build = build.env("TMPDIR", dir.display().to_string());
@@ -213,12 +222,12 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
     // tar unpacks here: `podman cp` into a folder unpacks in the client itself, by re-running
     // its own executable as `buildah-copier`, which fails where podman runs through a loader
     // (the twin's podman 5 on this Debian 12 host: "buildah-copier: missing program name").
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out)?;
+    let _ = std::fs::remove_dir_all(&bin_dir);
+    std::fs::create_dir_all(&bin_dir)?;
     let container = format!("e2e-extract-{}", std::process::id());
     let create = Cmd::new(program).args(["create", "--name", &container, &reference, "true"]);
     let cp = Cmd::new(program).args(["cp", &format!("{container}:/out/."), "-"]);
-    let untar = Cmd::new("tar").args(["-x", "-C", &out.to_string_lossy()]);
+    let untar = Cmd::new("tar").args(["-x", "-C", &bin_dir.to_string_lossy()]);
     let copy_out = (|| {
         r.command(&create);
         create.run_logged(&log)?;
@@ -228,8 +237,8 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
     })();
     let _ = Cmd::new(program).args(["rm", "--force", &container]).survives_interrupt().read();
     copy_out.context("copying the binaries out of the engine")?;
-    std::fs::write(out.join(".fingerprint"), &fp)?;
-    Ok(out)
+    std::fs::write(bin_dir.join(".fingerprint"), &fp)?;
+    Ok(bin_dir)
 }
 
 #[cfg(test)]

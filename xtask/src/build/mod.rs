@@ -65,7 +65,8 @@ pub struct PrebuildArgs {
 
 impl PrebuildArgs {
     pub fn run(self, project: &Project) -> Result<()> {
-        let (r, opts) = (&Reporter::new(), &self.build);
+        let r = &Reporter::new();
+        let opts = &self.build;
         let session = &Session::open(project, opts, r, true)?;
         prebuild(Ctx { project, r, opts, session }, &self.images).map(drop)
     }
@@ -89,29 +90,35 @@ pub struct Session {
 impl Session {
     /// Reads the images file and asks the engine for its facts (over ssh, each answer takes
     /// seconds); with `provision`, a missing base image is first [provided](provision_base).
-    pub fn open(p: &Project, opts: &BuildOptions, r: &Reporter, provision: bool) -> Result<Self> {
-        let images = load_images(p, opts, None)?;
+    pub fn open(
+        project: &Project,
+        opts: &BuildOptions,
+        r: &Reporter,
+        provision: bool,
+    ) -> Result<Self> {
+        let images = load_images(project, opts, None)?;
         // The one place the engine is decided (as asked, else podman, else docker).
         let engine = Engine::detect(opts.engine);
         let offline = images.offline_base_image.as_deref();
         let candidates: Vec<&str> =
             [images.base_image.as_str()].into_iter().chain(offline).collect();
         let mut facts = r.phase("ask the engine", |r| {
-            if let Ok(e) = engine {
-                let at = crate::engine::given_at(e).map(|a| format!(" at {a}")).unwrap_or_default();
+            if let Ok(detected) = engine {
+                let given = crate::engine::given_at(detected);
+                let at = given.map(|at| format!(" at {at}")).unwrap_or_default();
                 let what = "its platform, memory, CPUs, store and base image";
-                r.line(format!("  asking {}{at}: {what}", e.program()));
+                r.line(format!("  asking {}{at}: {what}", detected.program()));
             }
             Ok(Facts::gather(engine.clone(), &candidates, opts.memory_budget))
         })?;
-        if let (true, None, Ok(f)) = (provision, &facts.base, &facts.engine) {
-            if let Some(made) = provision_base(p, r, f, &images) {
-                facts.base = f.engine.image(&made);
+        if let (true, None, Ok(engine_facts)) = (provision, &facts.base, &facts.engine) {
+            if let Some(made) = provision_base(project, r, engine_facts, &images) {
+                facts.base = engine_facts.engine.image(&made);
                 facts.base_image = made;
             }
         }
         let images = match facts.base_image != images.base_image {
-            true => load_images(p, opts, Some(facts.base_image.clone()))?,
+            true => load_images(project, opts, Some(facts.base_image.clone()))?,
             false => images,
         };
         Ok(Session { images, facts })
@@ -130,15 +137,16 @@ impl Session {
     pub fn env(&self, r: &Reporter, base_image_id: Option<&str>) -> Result<Env> {
         r.phase("check prerequisites", |r| {
             let env = self.facts.env(base_image_id)?;
-            let (f, id) = (&env.facts, &env.base_image_id);
+            let facts = &env.facts;
+            let id = &env.base_image_id;
             r.line(format!(
                 "  {} {} answers ({}, {}, {} CPUs, {} memory); base image {} {} ({})",
-                f.engine.program(),
-                f.version,
-                f.platform,
-                if f.remote { "remote" } else { "local" },
-                f.cpus,
-                memory::human(f.mem_total),
+                facts.engine.program(),
+                facts.version,
+                facts.platform,
+                if facts.remote { "remote" } else { "local" },
+                facts.cpus,
+                memory::human(facts.mem_total),
                 env.base_image,
                 if base_image_id.is_some() { "as the archive recorded it" } else { "is present" },
                 &id[..12.min(id.len())]
@@ -150,8 +158,9 @@ impl Session {
 
 /// The images file (`--images-file`, else `test/e2e/images.toml`), its base image `base`, else
 /// `E2E_BASE_IMAGE`'s, else its own.
-pub fn load_images(p: &Project, opts: &BuildOptions, base: Option<String>) -> Result<Images> {
-    let file = opts.images_file.clone().unwrap_or_else(|| p.root.join("test/e2e/images.toml"));
+pub fn load_images(project: &Project, opts: &BuildOptions, base: Option<String>) -> Result<Images> {
+    let file =
+        opts.images_file.clone().unwrap_or_else(|| project.root.join("test/e2e/images.toml"));
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     let base = base.or_else(|| std::env::var("E2E_BASE_IMAGE").ok());
@@ -162,13 +171,15 @@ pub fn load_images(p: &Project, opts: &BuildOptions, base: Option<String>) -> Re
 /// offline one made here by `test/e2e/make-base-image.sh` and imported into the engine's own
 /// store. `None` when neither worked (doctor then says so).
 pub fn provision_base(
-    p: &Project,
+    project: &Project,
     r: &Reporter,
     engine: &EngineFacts,
     images: &Images,
 ) -> Option<String> {
-    let log = p.logs_dir().join("base-image.log");
-    let (program, base, at) = (engine.engine.program(), &images.base_image, &engine.at);
+    let log = project.logs_dir().join("base-image.log");
+    let program = engine.engine.program();
+    let base = &images.base_image;
+    let at = &engine.at;
     let pull = Cmd::new(program).args(["pull", base]);
     r.line(format!(
         "the base image {base} is not in {program} at {at}: pulling it into that engine's store"
@@ -179,7 +190,7 @@ pub fn provision_base(
     }
     let offline =
         images.offline_base_image.as_deref().filter(|_| engine.engine == Engine::Podman)?;
-    let script = p.root.join("test/e2e/make-base-image.sh").display().to_string();
+    let script = project.root.join("test/e2e/make-base-image.sh").display().to_string();
     let make = Cmd::new("bash").arg(script).arg(offline);
     r.line(format!(
         "no registry answers: making {offline} with debootstrap on this machine (about a minute) and importing it into {}",
@@ -215,14 +226,16 @@ pub fn prepare(cx: Ctx, goal: Goal) -> Result<Prepared> {
         Goal::DryRun => (&[][..], None),
         Goal::Archive { base_image_id } => (&[][..], Some(base_image_id)),
     };
-    let (r, for_archive) = (cx.r, base_image_id.is_some());
+    let r = cx.r;
+    let for_archive = base_image_id.is_some();
     let selected = cx.session.images.select(names)?;
     let mut env = cx.session.env(r, base_image_id)?;
     let binaries: Vec<&str> = selected.iter().filter_map(ImageSpec::binary).collect();
     let bin_dir = compile::binaries(cx, &env, &binaries, !matches!(goal, Goal::DryRun))?;
     let previous = Handoff::load(cx.project);
     let plan = r.phase(if for_archive { "fingerprint this checkout" } else { "plan" }, |r| {
-        let (force, previous) = (cx.opts.force, previous.as_ref());
+        let force = cx.opts.force;
+        let previous = previous.as_ref();
         let plan = plan::make_plan(cx.project, &env, &bin_dir, &selected, force, previous)?;
         let caps = plan.iter().filter(|i| !for_archive && !i.is_cached()).map(|i| i.spec.memory);
         if let Some(budget) = available_in_engine(&env, caps.max()) {
@@ -243,7 +256,7 @@ pub fn prepare(cx: Ctx, goal: Goal) -> Result<Prepared> {
     let budget = &env.budget;
     let too_big = memory::too_big(&caps, budget.bytes);
     let list: Vec<_> =
-        too_big.iter().map(|(n, c)| format!("{n} (cap {})", memory::human(*c))).collect();
+        too_big.iter().map(|(name, cap)| format!("{name} (cap {})", memory::human(*cap))).collect();
     anyhow::ensure!(
         list.is_empty(),
         "the memory budget is {} ({}), and these images' caps alone exceed it: {}.\n  fix: lower their \
@@ -262,7 +275,8 @@ pub fn prepare(cx: Ctx, goal: Goal) -> Result<Prepared> {
 /// than its memory: a container's `/proc` may show its host's) and the budget taken from it,
 /// if larger. `None`: nothing to do, or nothing better learnt.
 fn available_in_engine(env: &Env, largest_cap: Option<u64>) -> Option<memory::Budget> {
-    let (facts, budget) = (&env.facts, &env.budget);
+    let facts = &env.facts;
+    let budget = &env.budget;
     if !facts.remote || largest_cap.is_none_or(|cap| cap <= budget.bytes) {
         return None;
     }
@@ -284,7 +298,9 @@ pub fn finish(cx: Ctx, prepared: Prepared, tidy: bool) -> Result<(Handoff, Activ
     // Images not selected this time keep their previous entry, so the file lists every image
     // (in the images file's order).
     let previous = previous.filter(|p| p.is_of(&env.facts)).map(|p| p.images).unwrap_or_default();
-    let find = |s: &ImageSpec| built.iter().chain(&previous).find(|r| r.name == s.name).cloned();
+    let find = |spec: &ImageSpec| {
+        built.iter().chain(&previous).find(|record| record.name == spec.name).cloned()
+    };
     let mut handoff =
         Handoff::new(&env, cx.session.images.images.iter().filter_map(find).collect());
     handoff.built_now =
@@ -299,9 +315,15 @@ pub fn finish(cx: Ctx, prepared: Prepared, tidy: bool) -> Result<(Handoff, Activ
 
 /// The plan of the named images, decided quietly (nothing compiled or printed): to know
 /// early whether the images that package no binary of ours are already there.
-pub fn plan_quietly(p: &Project, session: &Session, names: &[String]) -> Result<Vec<PlanItem>> {
-    let (env, specs) = (session.facts.env(None)?, session.images.select(names)?);
-    plan::make_plan(p, &env, &p.binaries_dir(false), &specs, false, Handoff::load(p).as_ref())
+pub fn plan_quietly(
+    project: &Project,
+    session: &Session,
+    names: &[String],
+) -> Result<Vec<PlanItem>> {
+    let env = session.facts.env(None)?;
+    let specs = session.images.select(names)?;
+    let bin_dir = project.binaries_dir(false);
+    plan::make_plan(project, &env, &bin_dir, &specs, false, Handoff::load(project).as_ref())
 }
 
 /// Removes the handed-off images' older fingerprint tags beyond the [`plan::KEEP_OLDER`]
@@ -365,11 +387,11 @@ mod tests {
             target_dir: "/repo/target".into(),
             e2e_dir: "/repo/target/e2e".into(),
         };
-        let c = cargo_build(&project, &["gateway", "data-storage"], 2, false);
+        let cmd = cargo_build(&project, &["gateway", "data-storage"], 2, false);
         assert!(
-            c.to_string()
+            cmd.to_string()
                 .ends_with("build --workspace --locked -j 2 --bin gateway --bin data-storage"),
-            "{c}"
+            "{cmd}"
         );
     }
 }

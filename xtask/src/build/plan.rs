@@ -69,14 +69,14 @@ enum Recorded<'a> {
 
 fn recorded<'a>(
     previous: Option<&'a Handoff>,
-    f: &EngineFacts,
+    engine: &EngineFacts,
     name: &str,
     other: &'a str,
 ) -> Recorded<'a> {
     match previous {
         None => Recorded::Nothing,
-        Some(p) if !p.is_of(f) => Recorded::Elsewhere(other),
-        Some(p) => p
+        Some(handoff) if !handoff.is_of(engine) => Recorded::Elsewhere(other),
+        Some(handoff) => handoff
             .images
             .iter()
             .find(|i| i.name == name)
@@ -92,7 +92,9 @@ fn decide(force: bool, fp: &str, in_engine: Option<ImageInfo>, previous: Recorde
             return Action::Cached(image)
         }
         (_, Some(_), _) => "its tag exists but without this fingerprint in its label",
-        (_, None, Recorded::Here(p)) if p != fp => "inputs changed since the last build",
+        (_, None, Recorded::Here(built_with)) if built_with != fp => {
+            "inputs changed since the last build"
+        }
         (_, None, Recorded::Here(_)) => "built before, but no longer in the engine",
         (_, None, Recorded::Elsewhere(other)) => {
             let reason = format!("not built in this engine yet (images.json was of {other})");
@@ -116,10 +118,12 @@ pub(super) fn make_plan(
     for spec in specs {
         let context = stage_context(project, spec, bin_dir, &mut cache)?;
         let entries = fingerprint::scan_context(&context, &mut cache)?;
-        let (name, path) = (&spec.name, &spec.dockerfile);
+        let name = &spec.name;
+        let path = &spec.dockerfile;
         let dockerfile = std::fs::read(project.root.join(path))
             .with_context(|| format!("image {name}: reading its Dockerfile {path}"))?;
-        let (args, base) = (&spec.build_args, &env.base_image_id);
+        let args = &spec.build_args;
+        let base = &env.base_image_id;
         let fingerprint_of = |context: &[Entry]| {
             fingerprint::fingerprint(&dockerfile, context, args, base, &env.facts.platform)
         };
@@ -141,8 +145,8 @@ pub(super) fn make_plan(
     let found = super::in_parallel(&items, |item| env.engine().image(&item.reference));
     let other = previous.map(Handoff::engine_name).unwrap_or_default();
     for (item, in_engine) in items.iter_mut().zip(found) {
-        let prev = recorded(previous, &env.facts, &item.spec.name, &other);
-        item.action = decide(force, &item.fingerprint, in_engine, prev);
+        let record = recorded(previous, &env.facts, &item.spec.name, &other);
+        item.action = decide(force, &item.fingerprint, in_engine, record);
     }
     Ok(items)
 }
@@ -157,7 +161,8 @@ pub fn describe_plan(plan: &[PlanItem], env: &Env, jobs: usize) -> String {
                 Action::Cached(_) => ("cached", "fingerprint matches"),
                 Action::Build { reason } => ("build", reason.as_str()),
             };
-            let (name, cap) = (i.spec.name.clone(), images::podman_size(i.spec.memory));
+            let name = i.spec.name.clone();
+            let cap = images::podman_size(i.spec.memory);
             vec![name, fingerprint::tag(&i.fingerprint), state.into(), cap, why.into()]
         })
         .collect();
@@ -180,14 +185,14 @@ pub fn describe_plan(plan: &[PlanItem], env: &Env, jobs: usize) -> String {
 }
 
 fn concurrency(caps: &[u64], jobs: usize, budget: u64) -> String {
-    let n = caps.len();
-    let at_once = memory::max_parallel(caps, budget, jobs).min(n);
+    let to_build = caps.len();
+    let at_once = memory::max_parallel(caps, budget, jobs).min(to_build);
     let jobs = jobs.max(1);
-    match (n, jobs) {
+    match (to_build, jobs) {
         (0, _) => "nothing to build: every image is cached".into(),
-        (_, 1) => format!("{n} to build, one at a time (the default; --jobs N allows more while their caps fit the budget)"),
-        _ if at_once < jobs.min(n) => format!("{n} to build, at most {at_once} at once: --jobs {jobs}, but only {at_once} of their caps fit the budget together"),
-        _ => format!("{n} to build, up to {at_once} at once (--jobs {jobs}; their caps fit the budget)"),
+        (_, 1) => format!("{to_build} to build, one at a time (the default; --jobs N allows more while their caps fit the budget)"),
+        _ if at_once < jobs.min(to_build) => format!("{to_build} to build, at most {at_once} at once: --jobs {jobs}, but only {at_once} of their caps fit the budget together"),
+        _ => format!("{to_build} to build, up to {at_once} at once (--jobs {jobs}; their caps fit the budget)"),
     }
 }
 
@@ -251,9 +256,9 @@ pub fn superseded(listing: &str, handoff: &Handoff) -> Vec<String> {
         .map(str::trim)
         .filter(|l| current.get(repository(l)).is_some_and(|c| c != l));
     let beyond = ours.filter(|l| {
-        let n = kept.entry(repository(l)).or_insert(0);
-        *n += 1;
-        *n > KEEP_OLDER
+        let count = kept.entry(repository(l)).or_insert(0);
+        *count += 1;
+        *count > KEEP_OLDER
     });
     beyond.map(str::to_owned).collect()
 }
@@ -351,7 +356,7 @@ mod tests {
 
     #[test]
     fn only_older_tags_of_our_repositories_are_superseded() {
-        let rec = |name: &str, tag: &str| ImageRecord {
+        let record = |name: &str, tag: &str| ImageRecord {
             name: name.into(),
             repository: format!("localhost/e2e-{name}"),
             reference: format!("localhost/e2e-{name}:{tag}"),
@@ -365,7 +370,7 @@ mod tests {
             platform: String::new(),
             base_image: String::new(),
             base_image_id: String::new(),
-            images: vec![rec("gateway", "new"), rec("redis", "r1")],
+            images: vec![record("gateway", "new"), record("redis", "r1")],
             built_now: vec![],
         };
         let listing = "localhost/e2e-gateway:new\nlocalhost/e2e-gateway:o1\nlocalhost/e2e-redis:r1\nlocalhost/e2e-gateway:o2\nlocalhost/other:x\nlocalhost/e2e-gateway:o3\nlocalhost/e2e-gateway:o4\n";

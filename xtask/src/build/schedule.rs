@@ -54,13 +54,13 @@ pub fn run(cx: Ctx, env: &Env, plan: &[PlanItem]) -> Result<(Vec<ImageRecord>, A
         .iter()
         .filter_map(|i| Some(format!("- {}", explain(cx.project, i, result(i)?.err()?))))
         .collect();
-    let n = failures.len();
-    anyhow::ensure!(n == 0, "{n} image build(s) failed:\n{}", failures.join("\n"));
+    let failed = failures.len();
+    anyhow::ensure!(failed == 0, "{failed} image build(s) failed:\n{}", failures.join("\n"));
     interrupt::check()?;
     let records = plan.iter().map(|item| {
         let image = match &item.action {
             Action::Cached(image) => Some(image),
-            Action::Build { .. } => result(item).and_then(|r| r.ok()),
+            Action::Build { .. } => result(item).and_then(|outcome| outcome.ok()),
         };
         image.map(|image| item.record(image)).context("a build without an outcome")
     });
@@ -68,7 +68,9 @@ pub fn run(cx: Ctx, env: &Env, plan: &[PlanItem]) -> Result<(Vec<ImageRecord>, A
 }
 
 fn execute(cx: Ctx, env: &Env, plan: &[PlanItem]) -> (HashMap<String, Outcome>, Activity) {
-    let (r, budget, jobs) = (cx.r, env.budget.bytes, env.build_jobs(cx.opts.jobs));
+    let r = cx.r;
+    let budget = env.budget.bytes;
+    let jobs = env.build_jobs(cx.opts.jobs);
     let to_build: Vec<&PlanItem> = plan.iter().filter(|i| !i.is_cached()).collect();
     let mut outcomes = HashMap::new();
     if to_build.is_empty() {
@@ -81,7 +83,7 @@ fn execute(cx: Ctx, env: &Env, plan: &[PlanItem]) -> (HashMap<String, Outcome>, 
     // engine runs here.
     let sampler = (!env.facts.remote).then(Sampler::start);
     let (tx, rx) = mpsc::channel::<(String, Outcome)>();
-    std::thread::scope(|s| {
+    std::thread::scope(|scope| {
         // Each running build's name, cap, and the most builds that ran at once while it did.
         let mut running: Vec<(String, u64, usize)> = Vec::new();
         let mut stopping = false;
@@ -91,10 +93,11 @@ fn execute(cx: Ctx, env: &Env, plan: &[PlanItem]) -> (HashMap<String, Outcome>, 
                 let fits = |i: &&PlanItem| memory::admit(&caps, i.spec.memory, budget, jobs);
                 let Some(item) = queue.next_if(fits) else { break };
                 running.push((item.spec.name.clone(), item.spec.memory, 0));
-                let n = running.len();
-                running.iter_mut().for_each(|b| b.2 = b.2.max(n));
-                let (tx, sampler) = (tx.clone(), &sampler);
-                s.spawn(move || {
+                let at_once = running.len();
+                running.iter_mut().for_each(|b| b.2 = b.2.max(at_once));
+                let tx = tx.clone();
+                let sampler = &sampler;
+                scope.spawn(move || {
                     let outcome = build_one(cx, env, item, sampler.as_ref());
                     let _ = tx.send((item.spec.name.clone(), outcome));
                 });
@@ -110,9 +113,9 @@ fn execute(cx: Ctx, env: &Env, plan: &[PlanItem]) -> (HashMap<String, Outcome>, 
                     *at_once = crowd;
                 }
                 if !stopping && (!running.is_empty() || queue.peek().is_some()) {
-                    let n = running.len();
+                    let still_running = running.len();
                     r.line(format!(
-                        "  {name} failed: starting no new builds; waiting for {n} running"
+                        "  {name} failed: starting no new builds; waiting for {still_running} running"
                     ));
                 }
                 stopping = true;
@@ -162,8 +165,12 @@ pub fn build_cmd_for(project: &Project, env: &Env, item: &PlanItem) -> Cmd {
 }
 
 fn build_one(cx: Ctx, env: &Env, item: &PlanItem, sampler: Option<&Sampler>) -> Outcome {
-    let (p, r, started, name) = (cx.project, cx.r, Instant::now(), &item.spec.name);
-    let (cmd, log) = (build_cmd_for(p, env, item), build_log(p, name));
+    let project = cx.project;
+    let r = cx.r;
+    let started = Instant::now();
+    let name = &item.spec.name;
+    let cmd = build_cmd_for(project, env, item);
+    let log = build_log(project, name);
     let _ = std::fs::remove_file(&log);
     let cap =
         env.cap(item.spec.memory).unwrap_or_else(|| "none: the engine cannot enforce one".into());
@@ -184,7 +191,9 @@ fn build_one(cx: Ctx, env: &Env, item: &PlanItem, sampler: Option<&Sampler>) -> 
     if result.is_ok() {
         r.line(format!("  built {} in {}", item.reference, secs(took)));
     }
-    let (image, cap, ok) = (name.clone(), item.spec.memory, result.is_ok());
+    let image = name.clone();
+    let cap = item.spec.memory;
+    let ok = result.is_ok();
     Outcome { result, span: BuildSpan { image, started, took, cap, ok }, peak }
 }
 
@@ -195,11 +204,11 @@ fn outcome_table(plan: &[PlanItem], outcomes: &HashMap<String, Outcome>) -> Stri
         .map(|item| {
             let [result, time, size, peak] = match (&item.action, outcomes.get(&item.spec.name)) {
                 (Action::Cached(image), _) => ["cached".into(), dash(), human(image.size), dash()],
-                (Action::Build { .. }, Some(o)) => [
-                    if o.result.is_ok() { "built" } else { "FAILED" }.into(),
-                    secs(o.span.took),
-                    o.result.as_ref().map_or_else(|_| dash(), |image| human(image.size)),
-                    o.peak.map_or_else(dash, human),
+                (Action::Build { .. }, Some(outcome)) => [
+                    if outcome.result.is_ok() { "built" } else { "FAILED" }.into(),
+                    secs(outcome.span.took),
+                    outcome.result.as_ref().map_or_else(|_| dash(), |image| human(image.size)),
+                    outcome.peak.map_or_else(dash, human),
                 ],
                 (Action::Build { .. }, None) => ["not started".into(), dash(), dash(), dash()],
             };
