@@ -12,12 +12,12 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    build::{self, Action, BuildOptions, Ctx, Goal, Session},
+    build::{self, Action, BuildOptions, Goal, Inputs, Session},
     cmd::{Cmd, Pipeline},
     engine::Engine,
+    engine_images::{EngineImages, ImageRecord},
     fingerprint,
     fsx::{self, temp_beside, Pending},
-    handoff::{Handoff, ImageRecord},
     interrupt,
     memory::human,
     project::Project,
@@ -34,7 +34,7 @@ pub enum Compression {
     None,
 }
 
-/// `<archive>.json`: the archive's checks and origin, and the handoff of its images.
+/// `<archive>.json`: the archive's checks and origin, and the record of its images.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: String,
@@ -47,7 +47,7 @@ pub struct Manifest {
     pub commit: String,
     pub created_unix: u64,
     #[serde(flatten)]
-    pub handoff: Handoff,
+    pub engine_images: EngineImages,
 }
 
 pub fn manifest_path(archive: &Path) -> PathBuf {
@@ -75,47 +75,50 @@ pub struct SaveArgs {
 
 impl SaveArgs {
     pub fn run(self, project: &Project) -> Result<()> {
-        let r = &Reporter::new();
+        let reporter = &Reporter::new();
         // The images to save are the ones the last prebuild handed off, in its engine.
-        let recorded = Handoff::load(project).map(|h| h.engine);
+        let recorded = EngineImages::load(project).map(|h| h.engine);
         let opts = &BuildOptions { engine: self.opts.engine.or(recorded), ..self.opts };
-        let session = &Session::open(project, opts, r, false)?;
-        let cx = Ctx { project, r, opts, session };
+        let session = &Session::open(project, opts, reporter, false)?;
+        let inputs = Inputs { project, reporter, opts, session };
         if self.build {
-            build::prebuild(cx, &[])?;
+            build::prebuild(inputs, &[])?;
         }
-        let mut handoff = fresh_handoff(cx)?;
-        in_start_order(&mut handoff.images, &session.images.infrastructure());
+        let mut engine_images = fresh_engine_images(inputs)?;
+        in_start_order(&mut engine_images.images, &session.images_file.infrastructure());
         let name = if self.compress == Compression::Zstd { "images.tar.zst" } else { "images.tar" };
         let output = self.output.unwrap_or_else(|| project.e2e_dir.join(name));
-        let manifest = r.phase("save images", |_| save(cx, &handoff, &output, self.compress))?;
+        let manifest = reporter
+            .phase("save images", |_| save(inputs, &engine_images, &output, self.compress))?;
         if let Some(prefix) = &self.push {
-            r.phase("push images", |r| registry::push(project, r, &handoff, prefix))?;
+            reporter.phase("push images", |reporter| {
+                registry::push(project, reporter, &engine_images, prefix)
+            })?;
         }
-        r.line(format!("archive:  {}", output.display()));
-        r.line(format!("manifest: {}", manifest_path(&output).display()));
-        let count = handoff.images.len();
+        reporter.line(format!("archive:  {}", output.display()));
+        reporter.line(format!("manifest: {}", manifest_path(&output).display()));
+        let count = engine_images.images.len();
         let size = human(manifest.size);
         let sha = &manifest.sha256[..16];
-        let sum = human(handoff.images.iter().map(|i| i.size).sum());
-        r.line(format!("{count} images, {size} (the images together: {sum}), sha256 {sha}"));
+        let sum = human(engine_images.images.iter().map(|i| i.size).sum());
+        reporter.line(format!("{count} images, {size} (the images together: {sum}), sha256 {sha}"));
         Ok(())
     }
 }
 
-/// The handoff, checked: every image in the engine, with the fingerprint the sources give now.
-fn fresh_handoff(cx: Ctx) -> Result<Handoff> {
-    let handoff = Handoff::load(cx.project).with_context(|| {
+/// The record of the images, checked: every image in the engine, with the fingerprint the sources give now.
+fn fresh_engine_images(inputs: Inputs) -> Result<EngineImages> {
+    let engine_images = EngineImages::load(inputs.project).with_context(|| {
         format!(
             "no {} yet.\n  fix: run `cargo xtask prebuild-images` first, or `cargo xtask save-images --build`",
-            cx.project.display(&Handoff::path(cx.project))
+            inputs.project.display(&EngineImages::path(inputs.project))
         )
     })?;
-    let prepared = build::prepare(cx, Goal::Build(&[]))?;
+    let prepared = build::prepare(inputs, Goal::Build(&[]))?;
     let mut problems = Vec::new();
     let mut images = Vec::new();
     for item in &prepared.plan {
-        let recorded = handoff.images.iter().find(|i| i.name == item.spec.name);
+        let recorded = engine_images.images.iter().find(|i| i.name == item.spec.name);
         let problem = match (&item.action, recorded) {
             (Action::Build { reason }, _) => reason.as_str(),
             (_, None) => "not in images.json",
@@ -134,22 +137,22 @@ fn fresh_handoff(cx: Ctx) -> Result<Handoff> {
         "these images do not match the current sources:\n  {}\n  fix: run `cargo xtask prebuild-images` first, or pass --build",
         problems.join("\n  ")
     );
-    let base_image = handoff.base_image;
-    let base_image_id = handoff.base_image_id;
-    Ok(Handoff { base_image, base_image_id, ..Handoff::new(&prepared.env, images) })
+    let base_image = engine_images.base_image;
+    let base_image_id = engine_images.base_image_id;
+    Ok(EngineImages { base_image, base_image_id, ..EngineImages::new(&prepared.env, images) })
 }
 
 /// Writes the archive and its manifest, each renamed into place only when complete: an
 /// interrupted save leaves nothing that looks complete.
 pub fn save(
-    cx: Ctx,
-    handoff: &Handoff,
+    inputs: Inputs,
+    engine_images: &EngineImages,
     output: &Path,
     compression: Compression,
 ) -> Result<Manifest> {
     let start = Instant::now();
-    let project = cx.project;
-    let r = cx.r;
+    let project = inputs.project;
+    let reporter = inputs.reporter;
     fsx::create_parent(output)?;
     anyhow::ensure!(
         compression == Compression::None || which::which("zstd").is_ok(),
@@ -157,17 +160,17 @@ pub fn save(
     );
     // Removed if anything stops the save before it is renamed into place.
     let tmp_archive = Pending(temp_beside(output));
-    let refs: Vec<String> = handoff.images.iter().map(|i| i.reference.clone()).collect();
+    let refs: Vec<String> = engine_images.images.iter().map(|i| i.reference.clone()).collect();
     let log = project.logs_dir().join("save-images.log");
     let _ = std::fs::remove_file(&log);
     let tmp = tmp_archive.path();
     let save = match compression {
-        Compression::Zstd => handoff.engine.save(&refs, None).pipe(
+        Compression::Zstd => engine_images.engine.save(&refs, None).pipe(
             Cmd::new("zstd").args(["-T0", "-3", "-q", "-f", "-o"]).arg(tmp.display().to_string()),
         ),
-        Compression::None => Pipeline(vec![handoff.engine.save(&refs, Some(tmp))]),
+        Compression::None => Pipeline(vec![engine_images.engine.save(&refs, Some(tmp))]),
     };
-    r.line(format!("  $ {save}"));
+    reporter.line(format!("  $ {save}"));
     save.run_logged(&log).context("saving the images")?;
     interrupt::check()?;
     let size = std::fs::metadata(tmp)?.len();
@@ -181,16 +184,16 @@ pub fn save(
         tool: format!("xtask {}", env!("CARGO_PKG_VERSION")),
         commit: commit(project),
         created_unix: std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_secs()),
-        handoff: handoff.clone(),
+        engine_images: engine_images.clone(),
     };
     // An old manifest must never sit beside a new archive.
     let _ = std::fs::remove_file(manifest_path(output));
     tmp_archive.persist(output)?;
     fsx::write_json(&manifest_path(output), &manifest)?;
-    let count = handoff.images.len();
+    let count = engine_images.images.len();
     let took = secs(start.elapsed());
     let size = human(size);
-    r.line(format!("  saved {count} images in {took} ({size})"));
+    reporter.line(format!("  saved {count} images in {took} ({size})"));
     Ok(manifest)
 }
 
@@ -242,7 +245,7 @@ pub fn verify(archive: &Path) -> Result<Manifest> {
 
 /// The images of the archive whose fingerprints differ from the current checkout's.
 pub fn stale_images(manifest: &Manifest, current: &BTreeMap<String, String>) -> Vec<String> {
-    let images = &manifest.handoff.images;
+    let images = &manifest.engine_images.images;
     let tag = fingerprint::tag;
     let differ = images.iter().filter_map(|i| match current.get(&i.name) {
         Some(fp) if *fp == i.fingerprint => None,
@@ -278,36 +281,41 @@ pub struct LoadArgs {
 
 impl LoadArgs {
     pub fn run(self, project: &Project) -> Result<()> {
-        let r = &Reporter::new();
+        let reporter = &Reporter::new();
         let opts = &self.opts;
-        let cx = Ctx { project, r, opts, session: &Session::open(project, opts, r, false)? };
+        let inputs = Inputs {
+            project,
+            reporter,
+            opts,
+            session: &Session::open(project, opts, reporter, false)?,
+        };
         match (&self.archive, &self.registry) {
-            (Some(archive), _) => load(cx, archive, self.allow_stale),
-            (None, Some(prefix)) => registry::pull(cx, prefix),
+            (Some(archive), _) => load(inputs, archive, self.allow_stale),
+            (None, Some(prefix)) => registry::pull(inputs, prefix),
             (None, None) => unreachable!("clap requires one"),
         }
         .map(drop)
     }
 }
 
-/// Verifies, compares with the checkout, loads, checks the image IDs; the images as a handoff.
-pub fn load(cx: Ctx, archive: &Path, allow_stale: bool) -> Result<Handoff> {
-    let r = cx.r;
-    let manifest = r.phase("verify archive", |r| {
+/// Verifies, compares with the checkout, loads, checks the image IDs; the record of the images.
+pub fn load(inputs: Inputs, archive: &Path, allow_stale: bool) -> Result<EngineImages> {
+    let reporter = inputs.reporter;
+    let manifest = reporter.phase("verify archive", |reporter| {
         let manifest = verify(archive)?;
-        let count = manifest.handoff.images.len();
+        let count = manifest.engine_images.images.len();
         let size = human(manifest.size);
         let sha = &manifest.sha256[..16];
         let commit = &manifest.commit;
         let tool = &manifest.tool;
-        r.line(format!(
+        reporter.line(format!(
             "  {count} images, {size}, sha256 {sha} matches; saved from commit {commit} by {tool}"
         ));
         Ok(manifest)
     })?;
-    let images = &manifest.handoff.images;
-    let base_image_id = &manifest.handoff.base_image_id;
-    let prepared = build::prepare(cx, Goal::Archive { base_image_id })?;
+    let images = &manifest.engine_images.images;
+    let base_image_id = &manifest.engine_images.base_image_id;
+    let prepared = build::prepare(inputs, Goal::Archive { base_image_id })?;
     let engine = prepared.env.engine();
     let current: BTreeMap<String, String> =
         prepared.plan.iter().map(|i| (i.spec.name.clone(), i.fingerprint.clone())).collect();
@@ -321,24 +329,24 @@ pub fn load(cx: Ctx, archive: &Path, allow_stale: bool) -> Result<Handoff> {
              --images to build here, or pass --allow-stale to test the archive's images anyway"
         );
         let bar = "!".repeat(72);
-        r.line(&bar);
-        r.line("WARNING: --allow-stale: these images do NOT match this checkout:");
-        r.line(format!("  {list}"));
-        r.line("The tests will run against the archive's images, not against your sources.");
-        r.line(&bar);
+        reporter.line(&bar);
+        reporter.line("WARNING: --allow-stale: these images do NOT match this checkout:");
+        reporter.line(format!("  {list}"));
+        reporter.line("The tests will run against the archive's images, not against your sources.");
+        reporter.line(&bar);
     }
-    r.phase("load images", |r| {
+    reporter.phase("load images", |reporter| {
         let present =
             |i: &ImageRecord| engine.image(&i.reference).is_some_and(|found| found.id == i.id);
         if images.iter().all(present) {
-            r.line("  every image is already loaded, with the archive's image IDs");
+            reporter.line("  every image is already loaded, with the archive's image IDs");
             return Ok(());
         }
         let start = Instant::now();
-        let log = cx.project.logs_dir().join("load-images.log");
+        let log = inputs.project.logs_dir().join("load-images.log");
         let _ = std::fs::remove_file(&log);
         let load = load_cmd(engine, archive, manifest.compression);
-        r.line(format!("  $ {load}"));
+        reporter.line(format!("  $ {load}"));
         load.run_logged(&log).context("loading the archive")?;
         let missing: Vec<&str> =
             images.iter().filter(|i| !present(i)).map(|i| i.reference.as_str()).collect();
@@ -347,10 +355,10 @@ pub fn load(cx: Ctx, archive: &Path, allow_stale: bool) -> Result<Handoff> {
             "after loading, these images are missing or have other IDs: {}",
             missing.join(", ")
         );
-        r.line(format!("  loaded {} images in {}", images.len(), secs(start.elapsed())));
+        reporter.line(format!("  loaded {} images in {}", images.len(), secs(start.elapsed())));
         Ok(())
     })?;
-    Ok(Handoff { engine, at: prepared.env.facts.at.clone(), ..manifest.handoff })
+    Ok(EngineImages { engine, at: prepared.env.facts.at.clone(), ..manifest.engine_images })
 }
 
 pub fn load_cmd(engine: Engine, archive: &Path, compression: Compression) -> Pipeline {
@@ -406,7 +414,7 @@ mod tests {
             tool: String::new(),
             commit: String::new(),
             created_unix: 0,
-            handoff: Handoff {
+            engine_images: EngineImages {
                 engine: Engine::Podman,
                 at: String::new(),
                 platform: "linux/amd64".into(),
@@ -433,7 +441,7 @@ mod tests {
         assert_eq!(stale[1], "postgres: missing from the archive");
     }
 
-    /// A manifest as earlier versions wrote it (the handoff's fields inline, no `at`) reads,
+    /// A manifest as earlier versions wrote it (the images record's fields inline, no `at`) reads,
     /// and one written now has those fields at the top level still.
     #[test]
     fn manifests_keep_their_fields_at_the_top_level() {
@@ -443,10 +451,13 @@ mod tests {
             "base_image_id":"b1","tool":"xtask 0.1.0","commit":"c0","created_unix":1,
             "images":[]}"#;
         let manifest: Manifest = serde_json::from_str(json).unwrap();
-        let handoff = &manifest.handoff;
-        assert_eq!((handoff.engine, handoff.at.as_str()), (Engine::Podman, "this machine"));
+        let engine_images = &manifest.engine_images;
         assert_eq!(
-            (handoff.base_image_id.as_str(), manifest.compression),
+            (engine_images.engine, engine_images.at.as_str()),
+            (Engine::Podman, "this machine")
+        );
+        assert_eq!(
+            (engine_images.base_image_id.as_str(), manifest.compression),
             ("b1", Compression::Zstd)
         );
         let back = serde_json::to_value(&manifest).unwrap();

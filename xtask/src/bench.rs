@@ -10,7 +10,9 @@ use xshell::cmd;
 use crate::memory::{self, human};
 use crate::report::{median, phase, table, Reporter, RunReport};
 use crate::sampler::Sampler;
-use crate::{build, cmd::Cmd, engine::BuildCmd, handoff::Handoff, images, project::Project};
+use crate::{
+    build, cmd::Cmd, engine::BuildCmd, engine_images::EngineImages, images, project::Project,
+};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Bench {
@@ -60,7 +62,7 @@ pub enum Bench {
 
 impl Bench {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
-        let bencher = Bencher { project, r: Reporter::new() };
+        let bencher = Bencher { project, reporter: Reporter::new() };
         match self {
             Bench::Images { runs, cold_runs, no_cold } => bencher.images(runs, cold_runs, no_cold),
             Bench::Archive { runs } => bencher.archive(runs),
@@ -84,7 +86,7 @@ impl From<Duration> for Sample {
 
 struct Bencher<'a> {
     project: &'a Project,
-    r: Reporter,
+    reporter: Reporter,
 }
 
 impl Bencher<'_> {
@@ -109,16 +111,20 @@ impl Bencher<'_> {
     }
 
     /// The time to the first test of `e2e --images ARCHIVE`, the images removed first.
-    fn first_test_loaded(&self, handoff: &Handoff, archive: &str) -> anyhow::Result<Sample> {
-        remove_images(self.project, handoff)?;
+    fn first_test_loaded(
+        &self,
+        engine_images: &EngineImages,
+        archive: &str,
+    ) -> anyhow::Result<Sample> {
+        remove_images(self.project, engine_images)?;
         Ok(self.e2e(&["--images", archive])?.1.first_test()?.into())
     }
 
-    /// `prebuild-images`, so that every image is cached; its handoff.
-    fn warm_up(&self) -> anyhow::Result<Handoff> {
-        self.r.line("warming up: one prebuild-images so that every image is cached");
+    /// `prebuild-images`, so that every image is cached; its images record.
+    fn warm_up(&self) -> anyhow::Result<EngineImages> {
+        self.reporter.line("warming up: one prebuild-images so that every image is cached");
         self.xtask(&["prebuild-images"])?;
-        Handoff::load(self.project).context("no target/e2e/images.json after prebuild-images")
+        EngineImages::load(self.project).context("no target/e2e/images.json after prebuild-images")
     }
 
     /// `f` `runs` times, each run announced: its `K` measurements, each as a series of `runs`.
@@ -130,7 +136,7 @@ impl Bencher<'_> {
     ) -> anyhow::Result<[Vec<Sample>; K]> {
         let mut series = [(); K].map(|()| Vec::new());
         for i in 1..=runs {
-            self.r.line(format!("{what}: run {i}/{runs}"));
+            self.reporter.line(format!("{what}: run {i}/{runs}"));
             for (samples, sample) in series.iter_mut().zip(f()?) {
                 samples.push(sample);
             }
@@ -141,12 +147,12 @@ impl Bencher<'_> {
     fn results(&self, title: &str, rows: &[(impl AsRef<str>, Vec<Sample>)], note: &str) {
         let header = ["measurement", "runs", "median", "min", "max", "median peak memory"];
         let rows: Vec<_> = rows.iter().map(|(name, s)| row(name.as_ref(), s)).collect();
-        self.r.line(format!("results ({title}):\n{}\n  {note}", table(&header, &rows)));
+        self.reporter.line(format!("results ({title}):\n{}\n  {note}", table(&header, &rows)));
     }
 
     fn images(&self, runs: usize, cold_runs: usize, no_cold: bool) -> anyhow::Result<()> {
         let project = self.project;
-        let handoff = self.warm_up()?;
+        let engine_images = self.warm_up()?;
         let specs = build::load_images(project, &Default::default(), None)?.images;
         // Plain builds: the same Dockerfiles, contexts, caps and arguments, under tags of their own.
         let tag = |spec: &images::ImageSpec| format!("{}:bench-plain", spec.repository);
@@ -155,7 +161,7 @@ impl Bencher<'_> {
                 images::BuildContext::Dir(dir) => project.root.join(dir),
                 images::BuildContext::Binary(_) => project.e2e_dir.join("context").join(&spec.name),
             };
-            let cmd = handoff.engine.build(&BuildCmd {
+            let cmd = engine_images.engine.build(&BuildCmd {
                 reference: tag(spec),
                 dockerfile: &project.root.join(&spec.dockerfile),
                 context: &context,
@@ -195,14 +201,14 @@ impl Bencher<'_> {
             rows.push((format!("cold, all at once (--jobs {all_jobs})"), all));
         }
         for spec in &specs {
-            let _ = handoff.engine.untag(&tag(spec)).read();
+            let _ = engine_images.engine.untag(&tag(spec)).read();
         }
-        self.results(&format!("{} images, medians", handoff.images.len()), &rows, &note);
+        self.results(&format!("{} images, medians", engine_images.images.len()), &rows, &note);
         Ok(())
     }
 
     fn archive(&self, runs: usize) -> anyhow::Result<()> {
-        let handoff = self.warm_up()?;
+        let engine_images = self.warm_up()?;
         let dir = self.project.e2e_dir.join("bench");
         std::fs::create_dir_all(&dir)?;
         let zst = dir.join("images.tar.zst");
@@ -210,7 +216,7 @@ impl Bencher<'_> {
         let zst_s = zst.display().to_string();
         let tar_s = tar.display().to_string();
         let load = |archive: &str| {
-            remove_images(self.project, &handoff)?;
+            remove_images(self.project, &engine_images)?;
             self.xtask(&["load-images", archive])
         };
         let [save_z, save_n, load_z, load_n] = self.repeat(runs, "save/load", || {
@@ -220,12 +226,12 @@ impl Bencher<'_> {
         })?;
         let what = "e2e --images (images removed first), then warm e2e";
         let [from_archive, warm] = self.repeat(runs, what, || {
-            let loaded = self.first_test_loaded(&handoff, &zst_s)?;
+            let loaded = self.first_test_loaded(&engine_images, &zst_s)?;
             Ok([loaded, self.e2e(&[])?.1.first_test()?.into()])
         })?;
         let size = |p: &Path| human(std::fs::metadata(p).map_or(0, |m| m.len()));
-        let count = handoff.images.len();
-        let sum = handoff.images.iter().map(|i| i.size).sum();
+        let count = engine_images.images.len();
+        let sum = engine_images.images.iter().map(|i| i.size).sum();
         let note = format!(
             "sizes: the {count} images together {}; archive with zstd {}, without {}",
             human(sum),
@@ -246,7 +252,7 @@ impl Bencher<'_> {
     }
 
     fn dev_loop(&self, runs: usize) -> anyhow::Result<()> {
-        let r = &self.r;
+        let reporter = &self.reporter;
         let main_rs = self.project.root.join("services/gateway/src/main.rs");
         let original = std::fs::read_to_string(&main_rs)?;
         // Put the source back whatever happens.
@@ -263,7 +269,7 @@ impl Bencher<'_> {
             let probe = format!("static BENCH_LOOP_PROBE: u128 = {nanos};");
             Ok(std::fs::write(&main_rs, format!("{original}\n#[used]\n{probe}\n"))?)
         };
-        r.line("warming up: a whole e2e, so that everything is compiled and built");
+        reporter.line("warming up: a whole e2e, so that everything is compiled and built");
         self.xtask(&["e2e"])?;
         let [warm, warm_first, with_e2e] =
             self.repeat(runs, "warm e2e, then a change with e2e", || {
@@ -279,7 +285,7 @@ impl Bencher<'_> {
             })?;
         std::fs::write(&main_rs, &original)?;
 
-        r.line("dev: the stack up once, then one change per run");
+        reporter.line("dev: the stack up once, then one change per run");
         let log = self.project.logs_dir().join("bench-dev.log");
         let _ = std::fs::remove_file(&log);
         let dev = duct::cmd(std::env::current_exe()?, ["dev"]).unchecked();
@@ -291,7 +297,7 @@ impl Bencher<'_> {
                 change()?;
                 let line = wait_for(&log, "] cycle ", cycles + 1)?.pop().unwrap_or_default();
                 let took = start.elapsed();
-                r.line(format!("  {line}"));
+                reporter.line(format!("  {line}"));
                 anyhow::ensure!(line.contains("suite passed"), "a dev cycle failed: {line}");
                 Ok([took.into()])
             })
@@ -304,14 +310,15 @@ impl Bencher<'_> {
         std::fs::write(&main_rs, &original)?;
         let [with_dev] = with_dev?;
 
-        r.line("e2e --images: the images removed first, then loaded from an archive");
-        let handoff = Handoff::load(self.project).context("no images.json")?;
+        reporter.line("e2e --images: the images removed first, then loaded from an archive");
+        let engine_images = EngineImages::load(self.project).context("no images.json")?;
         let dir = self.project.e2e_dir.join("bench");
         std::fs::create_dir_all(&dir)?;
         let archive = dir.join("loop.tar.zst").display().to_string();
         self.xtask(&["save-images", "--build", "--output", &archive])?;
-        let [from_archive] = self
-            .repeat(runs, "e2e --images", || Ok([self.first_test_loaded(&handoff, &archive)?]))?;
+        let [from_archive] = self.repeat(runs, "e2e --images", || {
+            Ok([self.first_test_loaded(&engine_images, &archive)?])
+        })?;
         let _ = std::fs::remove_dir_all(&dir);
         let note = format!(
             "dev is {:.1}x faster than e2e for a change; e2e --images reaches its first test in {:.2}x the time of a warm e2e",
@@ -350,7 +357,7 @@ impl Bencher<'_> {
                 std::fs::copy(&path, dir.join(path.file_name().context("a file name")?))?;
             }
             std::fs::write(dir.join("90-copies.yaml"), shipped.copies_of(copy, pods - base)?)?;
-            self.r.line(format!("{pods} pods: one warm-up run, then {runs}"));
+            self.reporter.line(format!("{pods} pods: one warm-up run, then {runs}"));
             self.xtask_with(&["e2e"], Some(&dir))?;
             let [wall, deploy, ready, down] = self.repeat(runs, &format!("{pods} pods"), || {
                 let wall = self.xtask_with(&["e2e"], Some(&dir))?;
@@ -386,15 +393,15 @@ impl Bencher<'_> {
         let header =
             ["pods", "wall", "deploy", "wait until ready", "tear down", "wall per added pod"];
         let title = format!("warm e2e, medians of {runs} runs, copies of {copy}");
-        self.r.line(format!("results ({title}):\n{}", table(&header, &table_rows)));
+        self.reporter.line(format!("results ({title}):\n{}", table(&header, &table_rows)));
         Ok(())
     }
 }
 
-fn remove_images(project: &Project, handoff: &Handoff) -> anyhow::Result<()> {
+fn remove_images(project: &Project, engine_images: &EngineImages) -> anyhow::Result<()> {
     let sh = project.shell()?;
-    let engine = handoff.engine.program();
-    let refs = handoff.images.iter().map(|i| &i.reference);
+    let engine = engine_images.engine.program();
+    let refs = engine_images.images.iter().map(|i| &i.reference);
     let _ = cmd!(sh, "{engine} rmi {refs...}").quiet().ignore_stderr().run();
     Ok(())
 }

@@ -18,7 +18,7 @@ use crate::{
     run::{self, Run, RunOptions, Runtime},
     runtime::{
         self,
-        step::{Live, Runner},
+        step::{RealExec, Runner},
         RunId, Stack,
     },
 };
@@ -96,16 +96,16 @@ impl DevArgs {
         let opts =
             RunOptions { runtime, keep, ready_timeout, build, test_args, ..Default::default() };
         let run = Run::open(project, opts, RunId::new(Some("dev")))?;
-        let r = &run.r;
+        let reporter = &run.reporter;
         run.require()?;
         let images = run.images()?;
         if let Some(jobs) = images.pending_suite {
-            run::compile_suite(project, r, jobs)?;
+            run::compile_suite(project, reporter, jobs)?;
         }
-        let mut stack = runtime::stack(&run, &images.handoff, None)?;
-        r.line(format!("dev run {}", run.id));
+        let mut stack = runtime::stack(&run, &images.engine_images, None)?;
+        reporter.line(format!("dev run {}", run.id));
         let plan = stack.plan(ready_timeout, vec![]);
-        let (up, record) = runtime::execute(&*stack, r, project, &plan, stack.made());
+        let (up, record) = runtime::execute(&*stack, reporter, project, &plan, stack.made());
         drop(plan);
         let outcome = up.and_then(|()| {
             // Each running image's fingerprint without its binary, to tell a binary-only change.
@@ -113,17 +113,17 @@ impl DevArgs {
             let running = running.map(|plan| running_of(&plan)).unwrap_or_default();
             let mut dev =
                 Loop { run: &run, stack: &mut *stack, running, pending: None, suite_new: true };
-            let passed = r.phase(crate::report::phase::SUITE, |_| Ok(dev.suite()))?;
-            r.line(format!("suite {}", if passed { "passed" } else { "FAILED" }));
+            let passed = reporter.phase(crate::report::phase::SUITE, |_| Ok(dev.suite()))?;
+            reporter.line(format!("suite {}", if passed { "passed" } else { "FAILED" }));
             dev.watch(Duration::from_millis(debounce))
         });
-        if let Some(h) = crate::handoff::Handoff::load(project) {
-            build::tidy(r, &h);
+        if let Some(h) = crate::engine_images::EngineImages::load(project) {
+            build::tidy(reporter, &h);
         }
-        match (outcome, runtime::finish(&*stack, r, record.as_ref(), keep)) {
+        match (outcome, runtime::finish(&*stack, reporter, record.as_ref(), keep)) {
             // Ctrl-C is how the loop ends: once torn down (or kept), that is a success.
             (Err(_), Ok(())) if interrupt::interrupted() => {
-                r.line("dev loop stopped");
+                reporter.line("dev loop stopped");
                 Ok(())
             }
             (Ok(()), t) => t,
@@ -147,26 +147,31 @@ impl Loop<'_> {
     /// The suite against the stack, on this terminal: whether it passed. Where it runs in the
     /// engine, its image is packaged first when it was compiled anew, as `e2e` does.
     fn suite(&mut self) -> bool {
-        let (project, r, stack) = (self.run.project, &self.run.r, &*self.stack);
+        let project = self.run.project;
+        let reporter = &self.run.reporter;
+        let stack = &*self.stack;
         if std::mem::take(&mut self.suite_new) {
-            let (dir, log) = (stack.dir().to_owned(), stack.log().to_owned());
-            let mut runner = Runner { dir, log, exec: &mut Live, record: None };
-            let packaged = stack.suite_steps(project).iter().try_for_each(|s| runner.step(r, s));
+            let dir = stack.dir().to_owned();
+            let log = stack.log().to_owned();
+            let mut runner = Runner { dir, log, exec: &mut RealExec, record: None };
+            let packaged =
+                stack.suite_steps(project).iter().try_for_each(|s| runner.step(reporter, s));
             if let Err(e) = packaged {
-                r.line(format!("packaging the suite for the engine FAILED: {e:#}"));
+                reporter.line(format!("packaging the suite for the engine FAILED: {e:#}"));
                 self.suite_new = true;
                 return false;
             }
         }
         let suite = stack.suite(project, "e2e", &self.run.opts.test_args);
-        r.command(&suite);
+        reporter.command(&suite);
         suite.run_inherit().is_ok()
     }
 
     /// Watches until Ctrl-C; each batch of changes, quiet for `debounce`, is one cycle.
     fn watch(&mut self, debounce: Duration) -> Result<()> {
         use notify::Watcher;
-        let (project, r) = (self.run.project, &self.run.r);
+        let project = self.run.project;
+        let reporter = &self.run.reporter;
         let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
         let mut watcher = notify::recommended_watcher(tx).context("starting the file watcher")?;
         for path in WATCHED.iter().map(|w| project.root.join(w)).filter(|p| p.exists()) {
@@ -175,7 +180,7 @@ impl Loop<'_> {
                 .with_context(|| format!("watching {}", path.display()))?;
         }
         let watched = WATCHED.join(", ");
-        r.line(format!("watching {watched} for changes (Ctrl-C stops and tears down)"));
+        reporter.line(format!("watching {watched} for changes (Ctrl-C stops and tears down)"));
         let mut cycle = 0;
         loop {
             let mut changed = BTreeSet::new();
@@ -193,7 +198,7 @@ impl Loop<'_> {
                             }
                         }
                     }
-                    Ok(Err(e)) => r.line(format!("watch error: {e}")),
+                    Ok(Err(e)) => reporter.line(format!("watch error: {e}")),
                     Ok(Ok(_)) | Err(mpsc::RecvTimeoutError::Timeout) => {}
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
                         anyhow::bail!("the file watcher stopped")
@@ -211,25 +216,28 @@ impl Loop<'_> {
                 n if n > 3 => format!("{} (+{} more)", names[..3].join(", "), n - 3),
                 _ => names.join(", "),
             };
-            r.line(format!("changed: {what}"));
-            let mut steps = Steps(r, Vec::new());
+            reporter.line(format!("changed: {what}"));
+            let mut steps = Steps(reporter, Vec::new());
             let outcome = self.cycle(&names, &mut steps);
-            let (done, took) = (steps.1.join(", "), secs(started.elapsed()));
+            let done = steps.1.join(", ");
+            let took = secs(started.elapsed());
             let summary = match outcome {
                 Ok(did) => format!("{did}; {done}; total {took}"),
                 Err(stopped) if done.is_empty() => format!("{stopped} ({took})"),
                 Err(stopped) => format!("{stopped} ({done})"),
             };
-            r.line(format!("cycle {cycle}: changed {what}; {summary}"));
+            reporter.line(format!("cycle {cycle}: changed {what}; {summary}"));
         }
     }
 
     /// One cycle: what it did, or (its error shown) where it stopped; the loop goes on.
     fn cycle(&mut self, changed: &[String], steps: &mut Steps) -> Result<String, String> {
-        let (project, r, cx) = (self.run.project, &self.run.r, self.run.cx());
+        let project = self.run.project;
+        let reporter = &self.run.reporter;
+        let inputs = self.run.inputs();
         let prepared =
             steps.run("compile+plan", "compile or plan FAILED, the stack is unchanged", || {
-                build::prepare(cx, build::Goal::Build(&[]))
+                build::prepare(inputs, build::Goal::Build(&[]))
             })?;
         // What runs once this cycle's change is applied; recorded only when it is, so that a
         // change that failed is tried again by the next cycle, never taken as running.
@@ -240,7 +248,7 @@ impl Loop<'_> {
             Some(changed) => steps.run(
                 "sync+restart",
                 "syncing the binary FAILED, the stack is as it was",
-                || self.stack.sync_binaries(project, r, &changed, &prepared.plan),
+                || self.stack.sync_binaries(project, reporter, &changed, &prepared.plan),
             )?,
             None => None,
         };
@@ -248,15 +256,16 @@ impl Loop<'_> {
             Some(synced) => (format!("synced {}", synced.join(", ")), true, Some(prepared)),
             None => {
                 let rebuilt = list(&uncached(&prepared.plan));
-                let (handoff, _) =
+                let (engine_images, _) =
                     steps.run("images", "image build FAILED, the stack is unchanged", || {
-                        build::finish(cx, prepared, false)
+                        build::finish(inputs, prepared, false)
                     })?;
                 let stopped = format!(
                     "rebuilt {rebuilt}; replacing FAILED, the rest of the stack is unchanged"
                 );
-                let replaced =
-                    steps.run("replace", &stopped, || self.stack.replace(project, r, &handoff))?;
+                let replaced = steps.run("replace", &stopped, || {
+                    self.stack.replace(project, reporter, &engine_images)
+                })?;
                 let did = format!("rebuilt {rebuilt}; replaced {}", list(&replaced));
                 (did, !replaced.is_empty(), None)
             }
@@ -265,13 +274,13 @@ impl Loop<'_> {
         if restarted {
             let stopped = format!("{did}; NOT READY");
             let timeout = self.run.opts.ready_timeout;
-            steps.run("ready", &stopped, || self.stack.wait_ready(r, timeout))?;
+            steps.run("ready", &stopped, || self.stack.wait_ready(reporter, timeout))?;
         }
         // Recompiled only when the change can touch it: a no-op cargo check costs 0.25 s.
         let passed = steps.run("suite", "suite compile FAILED, the stack is up", || {
             if crate::suite::touched_by(changed) {
                 let jobs = self.run.session.facts.env(None).map_or(1, |e| e.cargo_jobs());
-                crate::suite::compile_here(project, r, jobs)?;
+                crate::suite::compile_here(project, reporter, jobs)?;
                 self.suite_new = true;
             }
             Ok(self.suite())
@@ -287,13 +296,15 @@ impl Loop<'_> {
     fn record_images(&mut self) {
         let idle = |(_, t): &mut (_, Instant)| t.elapsed() >= Duration::from_millis(500);
         let Some((prepared, _)) = self.pending.take_if(idle) else { return };
-        let (t, built) = (Instant::now(), uncached(&prepared.plan));
+        let t = Instant::now();
+        let built = uncached(&prepared.plan);
         if built.is_empty() {
             return;
         }
-        let done = build::finish(self.run.cx(), prepared, false);
-        let (built, took) = (list(&built), secs(t.elapsed()));
-        self.run.r.line(match done {
+        let done = build::finish(self.run.inputs(), prepared, false);
+        let built = list(&built);
+        let took = secs(t.elapsed());
+        self.run.reporter.line(match done {
             Ok(_) => format!("  built {built} for the record in {took} (the stack kept running)"),
             Err(e) => format!("  building the image for the record FAILED: {e:#}"),
         });
@@ -343,8 +354,10 @@ fn uncached(plan: &[PlanItem]) -> Vec<String> {
 /// each differs from the running one in its binary alone.
 fn binary_only_changes<'a>(plan: &'a [PlanItem], running: &Running) -> Option<Vec<&'a PlanItem>> {
     let running = |i: &PlanItem| running.get(&i.spec.name);
-    let changed: Vec<&PlanItem> =
-        plan.iter().filter(|i| running(i).map(|(r, _)| r) != Some(&i.reference)).collect();
+    let changed: Vec<&PlanItem> = plan
+        .iter()
+        .filter(|i| running(i).map(|(reference, _)| reference) != Some(&i.reference))
+        .collect();
     let binary_only = |i: &&PlanItem| {
         i.spec.binary().is_some() && running(i).map(|(_, o)| o) == Some(&i.outside_binary)
     };
@@ -418,11 +431,11 @@ mod tests {
         let names = |v: Option<Vec<&build::PlanItem>>| {
             v.map(|v| v.iter().map(|i| i.spec.name.clone()).collect::<Vec<_>>())
         };
-        let plan = |g: (&str, &str), r: (&str, &str)| {
+        let plan = |g: (&str, &str), reporter: (&str, &str)| {
             vec![
                 item("gateway", true, g.0, g.1),
                 item("data-storage", true, "d1", "D"),
-                item("redis", false, r.0, r.1),
+                item("redis", false, reporter.0, reporter.1),
             ]
         };
         // The gateway's binary changed: synced.

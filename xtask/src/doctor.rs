@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::{
     build::{BuildOptions, Session},
     engine::{Engine, EngineFacts},
-    handoff::Handoff,
+    engine_images::EngineImages,
     isolation::Isolation,
     manifests::Manifests,
     memory::{self, human},
@@ -57,16 +57,16 @@ pub struct DoctorArgs {
 
 impl DoctorArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
-        let r = Reporter::new();
+        let reporter = Reporter::new();
         let needs = Needs {
             kind: self.kind,
             kubectl: self.kind,
             archive: self.images,
             start_container: true,
         };
-        let session = Session::open(project, &self.opts, &r, false)?;
+        let session = Session::open(project, &self.opts, &reporter, false)?;
         let checks = run_checks(project, &session, &needs);
-        r.line(render(&checks));
+        reporter.line(render(&checks));
         let failed = checks.iter().filter(|c| c.result.is_err()).count();
         anyhow::ensure!(failed == 0, "{failed} check(s) failed: see the fixes above");
         Ok(())
@@ -182,7 +182,7 @@ fn tool(tool: &str, fix: &str) -> Result<String, Problem> {
 /// image to build needs memory (a run that builds it is refused when it plans), and a small
 /// engine's free memory shrinks as its page cache grows, though nothing runs there.
 fn memory_check(session: &Session, engine: Option<&EngineFacts>) -> Option<Check> {
-    let images = &session.images.images;
+    let images = &session.images_file.images;
     let (budget, largest) = match (&session.facts.budget, images.iter().max_by_key(|i| i.memory)) {
         (Ok(budget), Some(largest)) => (budget, largest),
         (Err(problem), _) => return Some(Check::new("memory", Err(problem.clone()))),
@@ -298,7 +298,7 @@ fn disk_needed(project: &Project, archive: Option<&Path>) -> u64 {
     if let Some(meta) = archive.and_then(|a| std::fs::metadata(a).ok()) {
         return meta.len() * 3;
     }
-    Handoff::load(project)
+    EngineImages::load(project)
         .map(|h| h.images.iter().map(|i| i.size).sum::<u64>())
         .filter(|s| *s > 0)
         .unwrap_or(2 << 30)
@@ -354,7 +354,7 @@ mod tests {
         .unwrap();
         let budget = |mib| crate::memory::Budget { bytes: mib * MIB, source: "free".into() };
         let session = |mib| Session {
-            images: crate::images::Images::parse(&text, None).unwrap(),
+            images_file: crate::images::ImagesFile::parse(&text, None).unwrap(),
             facts: crate::facts::Facts {
                 engine: Ok(facts(true, "ssh://core@127.0.0.1:2224", None)),
                 base_image: "localhost/e2e-base:bookworm".into(),

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 use crate::{
     archive,
     build::{self, Action},
+    engine_images::ImageRecord,
     fingerprint,
-    handoff::ImageRecord,
     memory::human,
     project::Project,
     report::{phase, secs, Reporter, RunReport},
-    run::{ImageSource, Images, Run, RunOptions},
+    run::{ImageSource, Run, RunImages, RunOptions},
     runtime::{self, step, RunId},
     suite,
     timeline::{self, Span, SpanState, Timeline},
@@ -26,23 +26,24 @@ pub fn run(options: RunOptions, project: &Project) -> Result<()> {
     }
     let id = RunId::new(options.cluster_name.as_deref());
     let run = Run::open(project, options, id)?;
-    let (opts, r) = (&run.opts, &run.r);
+    let opts = &run.opts;
+    let reporter = &run.reporter;
     if opts.dry_run {
         return dry_run(&run);
     }
     run.require()?;
     let early = runtime::early_start(&run);
     let (images, record) = runtime::images_beside(&run, early.as_deref())?;
-    let stack = runtime::stack(&run, &images.handoff, early)?;
-    r.line(format!("run {} (files in {})", stack.id(), project.display(stack.dir())));
+    let stack = runtime::stack(&run, &images.engine_images, early)?;
+    reporter.line(format!("run {} (files in {})", stack.id(), project.display(stack.dir())));
     if let Some(line) = stack.where_it_runs() {
-        r.line(line);
+        reporter.line(line);
     }
     let (outcome, record) = run.beside_suite_compile(images.pending_suite, |gate| {
         let plan = stack.plan(opts.ready_timeout, runtime::tests(opts, project, &*stack, gate));
-        runtime::execute(&*stack, r, project, &plan, record.or_else(|| stack.made()))
+        runtime::execute(&*stack, reporter, project, &plan, record.or_else(|| stack.made()))
     });
-    let outcome = match (outcome, runtime::finish(&*stack, r, record.as_ref(), opts.keep)) {
+    let outcome = match (outcome, runtime::finish(&*stack, reporter, record.as_ref(), opts.keep)) {
         (Ok(()), t) => t.context("E2E passed but the teardown failed"),
         (Err(e), Ok(())) => Err(e.context("E2E failed")),
         (Err(e), Err(t)) => {
@@ -56,12 +57,14 @@ pub fn run(options: RunOptions, project: &Project) -> Result<()> {
 /// `report.json`, and `report.html` with the `timeline.json` it is made from, in the run's
 /// directory: the phases, a span per image (builds as they ran; cached and loaded images as
 /// marks at the start of their phase), the builds' memory samples.
-fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> {
-    let Run { opts, source, project, r, session, id, .. } = run;
-    let (dir, handoff, spans) = (id.dir(project), &images.handoff, r.phase_spans());
-    r.line(format!("phases:\n{}", r.summary()));
+fn write_report(run: &Run, images: &RunImages, outcome: &Result<()>) -> Result<()> {
+    let Run { opts, source, project, reporter, session, id, .. } = run;
+    let dir = id.dir(project);
+    let engine_images = &images.engine_images;
+    let spans = reporter.phase_spans();
+    reporter.line(format!("phases:\n{}", reporter.summary()));
     let ms = |s: f64| (s * 1000.0).round() / 1000.0;
-    let built = handoff.built_now.len();
+    let built = engine_images.built_now.len();
     let archive = source.archive();
     let report = RunReport {
         run: id.to_string(),
@@ -69,7 +72,7 @@ fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> 
         passed: outcome.is_ok(),
         error: outcome.as_ref().err().map(|e| format!("{e:#}")),
         phases: spans.iter().map(|p| (p.name.clone(), ms(p.end_s - p.start_s))).collect(),
-        images_cached: handoff.images.len().saturating_sub(built),
+        images_cached: engine_images.images.len().saturating_sub(built),
         images_built: built,
         bytes_loaded: archive.and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len()),
         first_test_s: spans.iter().find(|p| p.name == phase::SUITE).map(|p| ms(p.start_s)),
@@ -79,7 +82,9 @@ fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> 
     let at = spans.iter().find(|p| phase::IMAGES.contains(&p.name.as_str()));
     let (from, to) = at.map_or((0.0, 0.0), |p| (p.start_s, p.end_s));
     let activity = &images.activity;
-    let ran = |at: Instant, took: Duration| (r.offset(at), r.offset(at) + took.as_secs_f64());
+    let ran = |at: Instant, took: Duration| {
+        (reporter.offset(at), reporter.offset(at) + took.as_secs_f64())
+    };
     let span = |i: &ImageRecord| {
         let (start_s, end_s, state, detail) =
             match activity.builds.iter().find(|b| b.image == i.name) {
@@ -89,7 +94,7 @@ fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> 
                     (start, end, state, format!("{} (cap {})", secs(b.took), human(b.cap)))
                 }
                 None => {
-                    let built = handoff.built_now.contains(&i.name);
+                    let built = engine_images.built_now.contains(&i.name);
                     let state = if built { SpanState::Built } else { not_built };
                     let end = if state == SpanState::Loaded { to } else { from };
                     (from, end, state, format!("{state:?}").to_lowercase())
@@ -101,17 +106,19 @@ fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> 
         let (start_s, end_s) = ran(b.started, b.took);
         timeline::Cap { image: b.image.clone(), start_s, end_s, cap_bytes: b.cap }
     });
-    let sample =
-        |&(t, used_bytes): &(Instant, u64)| timeline::Sample { t_s: r.offset(t), used_bytes };
+    let sample = |&(t, used_bytes): &(Instant, u64)| timeline::Sample {
+        t_s: reporter.offset(t),
+        used_bytes,
+    };
     let t = Timeline {
         title: format!("cargo xtask e2e: run {id}"),
         outcome: match &report.error {
             None => "passed".to_owned(),
             Some(e) => format!("FAILED: {}", e.lines().next().unwrap_or("")),
         },
-        total_s: r.offset(Instant::now()),
+        total_s: reporter.offset(Instant::now()),
         phases: spans,
-        images: handoff.images.iter().map(span).collect(),
+        images: engine_images.images.iter().map(span).collect(),
         memory: activity.memory.iter().map(sample).collect(),
         budget_bytes: session.facts.budget.as_ref().ok().map(|b| b.bytes),
         caps: caps.collect(),
@@ -119,9 +126,9 @@ fn write_report(run: &Run, images: &Images, outcome: &Result<()>) -> Result<()> 
     crate::fsx::write_atomic(&dir.join("report.html"), timeline::render_html(&t))?;
     crate::fsx::write_json(&dir.join("timeline.json"), &t)?;
     let json = project.display(&dir.join("report.json"));
-    r.line(format!("report: {json} (and report.html beside it)"));
+    reporter.line(format!("report: {json} (and report.html beside it)"));
     if outcome.is_ok() {
-        r.line("E2E passed");
+        reporter.line("E2E passed");
     }
     Ok(())
 }
@@ -135,24 +142,32 @@ fn dry_run(run: &Run) -> Result<()> {
         ImageSource::Registry(prefix) => Some(prefix),
         _ => None,
     };
-    let handoff = match source.archive() {
+    let engine_images = match source.archive() {
         Some(path) => {
             let m = archive::verify(path)?;
-            let env = session.facts.env(Some(&m.handoff.base_image_id))?;
+            let env = session.facts.env(Some(&m.engine_images.base_image_id))?;
             let load = archive::load_cmd(env.engine(), path, m.compression);
             lines.push(format!("{load}  # after verifying the archive's SHA-256"));
-            crate::handoff::Handoff { engine: env.engine(), at: env.facts.at.clone(), ..m.handoff }
+            crate::engine_images::EngineImages {
+                engine: env.engine(),
+                at: env.facts.at.clone(),
+                ..m.engine_images
+            }
         }
         None => {
             let env = session.facts.env(None)?;
             let engine = env.engine();
-            let binaries: Vec<&str> =
-                session.images.images.iter().filter_map(crate::images::ImageSpec::binary).collect();
+            let binaries: Vec<&str> = session
+                .images_file
+                .images
+                .iter()
+                .filter_map(crate::images::ImageSpec::binary)
+                .collect();
             let release = opts.build.release;
             lines.push(
                 build::cargo_build(project, &binaries, env.cargo_jobs(), release).to_string(),
             );
-            let prepared = build::prepare(run.cx(), build::Goal::DryRun).context(
+            let prepared = build::prepare(run.inputs(), build::Goal::DryRun).context(
                 "a dry run plans with the binaries on disk: run `cargo build` once first",
             )?;
             lines.extend(prepared.plan.iter().map(|item| match (&item.action, registry) {
@@ -170,7 +185,7 @@ fn dry_run(run: &Run) -> Result<()> {
                     format!("{}  # {reason}", build::build_cmd_for(project, &env, item))
                 }
             }));
-            build::planned_handoff(&prepared)
+            build::planned_engine_images(&prepared)
         }
     };
     lines.push(suite::compile(project, 1).to_string());
@@ -184,7 +199,7 @@ fn dry_run(run: &Run) -> Result<()> {
         };
         lines.splice(0..0, [first.to_owned()].into_iter().chain(step::print(&early.plan_early())));
     }
-    let stack = runtime::stack(run, &handoff, early)?;
+    let stack = runtime::stack(run, &engine_images, early)?;
     lines.extend(step::print(
         &stack.plan(opts.ready_timeout, runtime::tests(opts, project, &*stack, None)),
     ));

@@ -161,18 +161,18 @@ pub fn file_sha256(path: &Path) -> Result<String> {
 mod tests {
     use super::*;
 
-    struct Ctx {
+    struct Inputs {
         dir: PathBuf,
     }
 
-    impl Ctx {
-        fn new(name: &str) -> Ctx {
+    impl Inputs {
+        fn new(name: &str) -> Inputs {
             let dir = std::env::temp_dir().join(format!("xtask-fp-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(dir.join("sub")).unwrap();
             std::fs::write(dir.join("app.sh"), "echo hi\n").unwrap();
             std::fs::write(dir.join("sub/conf"), "a=1\n").unwrap();
-            Ctx { dir }
+            Inputs { dir }
         }
 
         fn fp(&self) -> String {
@@ -191,7 +191,7 @@ mod tests {
         }
     }
 
-    impl Drop for Ctx {
+    impl Drop for Inputs {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -199,7 +199,7 @@ mod tests {
 
     #[test]
     fn content_changes_change_the_fingerprint() {
-        let context = Ctx::new("content");
+        let context = Inputs::new("content");
         let before = context.fp();
         assert_eq!(before, context.fp(), "stable");
         std::fs::write(context.dir.join("sub/conf"), "a=2\n").unwrap();
@@ -208,7 +208,7 @@ mod tests {
 
     #[test]
     fn mode_new_files_and_renames_change_it() {
-        let context = Ctx::new("mode");
+        let context = Inputs::new("mode");
         let before = context.fp();
         std::fs::set_permissions(
             context.dir.join("app.sh"),
@@ -226,7 +226,7 @@ mod tests {
 
     #[test]
     fn mtime_alone_changes_nothing() {
-        let context = Ctx::new("mtime");
+        let context = Inputs::new("mtime");
         let before = context.fp();
         let file = std::fs::File::options().write(true).open(context.dir.join("app.sh")).unwrap();
         file.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(3600))
@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn ignored_files_do_not_count() {
-        let context = Ctx::new("ignore");
+        let context = Inputs::new("ignore");
         std::fs::write(context.dir.join(".dockerignore"), "*.log\nsub/cache\n").unwrap();
         let before = context.fp();
         std::fs::write(context.dir.join("debug.log"), "noise").unwrap();
@@ -249,7 +249,7 @@ mod tests {
 
     #[test]
     fn containerignore_wins_over_dockerignore() {
-        let context = Ctx::new("containerignore");
+        let context = Inputs::new("containerignore");
         std::fs::write(context.dir.join(".dockerignore"), "*.log\n").unwrap();
         std::fs::write(context.dir.join(".containerignore"), "*.txt\n").unwrap();
         let before = context.fp();
@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn args_base_platform_and_dockerfile_count() {
-        let context = Ctx::new("args");
+        let context = Inputs::new("args");
         let none = BTreeMap::new();
         let base = context.fp_with(&none, "sha256:base1", "linux/amd64", b"FROM x\n");
         let args: BTreeMap<String, String> = [("BASE_IMAGE".to_owned(), "x".to_owned())].into();
@@ -289,7 +289,7 @@ mod tests {
 
     #[test]
     fn a_symlinks_target_counts() {
-        let context = Ctx::new("symlink");
+        let context = Inputs::new("symlink");
         std::os::unix::fs::symlink("app.sh", context.dir.join("link")).unwrap();
         let before = context.fp();
         std::fs::remove_file(context.dir.join("link")).unwrap();
@@ -299,7 +299,7 @@ mod tests {
 
     #[test]
     fn hash_cache_reuses_digests_but_sees_changes() {
-        let context = Ctx::new("cache");
+        let context = Inputs::new("cache");
         let file = context.dir.join("app.sh");
         let mut cache = HashCache::default();
         let first = cache.digest(&file, &std::fs::metadata(&file).unwrap()).unwrap();

@@ -81,7 +81,7 @@ impl ImageSpec {
 }
 
 #[derive(Debug, Clone)]
-pub struct Images {
+pub struct ImagesFile {
     pub base_image: String,
     /// The base image made locally where no registry answers (`E2E_BASE_IMAGE` unset).
     pub offline_base_image: Option<String>,
@@ -90,14 +90,14 @@ pub struct Images {
     pub builder: Option<Builder>,
 }
 
-impl Images {
+impl ImagesFile {
     /// The images that package no binary of ours (PostgreSQL, Redis): a run starts them first.
     pub fn infrastructure(&self) -> Vec<&str> {
         self.images.iter().filter(|i| i.binary().is_none()).map(|i| i.name.as_str()).collect()
     }
 
     /// The images file's text; `base_override` (from `E2E_BASE_IMAGE`) replaces the base image.
-    pub fn parse(text: &str, base_override: Option<String>) -> Result<Images> {
+    pub fn parse(text: &str, base_override: Option<String>) -> Result<ImagesFile> {
         let file: File = toml::from_str(text)?;
         let defaults = file.defaults;
         let overridden = base_override.filter(|b| !b.is_empty());
@@ -141,7 +141,7 @@ impl Images {
         if let (Some(builder), Ok(image)) = (&mut builder, std::env::var("E2E_BUILDER_IMAGE")) {
             builder.image = if image.is_empty() { builder.image.clone() } else { image };
         }
-        Ok(Images { base_image, offline_base_image, images, builder })
+        Ok(ImagesFile { base_image, offline_base_image, images, builder })
     }
 
     /// The images named on the command line, or all of them.
@@ -206,7 +206,7 @@ mod tests {
 
     #[test]
     fn parses_images_with_defaults() {
-        let parsed = Images::parse(SAMPLE, None).unwrap();
+        let parsed = ImagesFile::parse(SAMPLE, None).unwrap();
         assert_eq!(parsed.images.len(), 2);
         let gateway = &parsed.images[0];
         assert_eq!(gateway.repository, "localhost/e2e-gateway");
@@ -222,7 +222,8 @@ mod tests {
     #[test]
     fn base_image_can_be_overridden() {
         let parsed =
-            Images::parse(SAMPLE, Some("docker.io/library/debian:bookworm-slim".into())).unwrap();
+            ImagesFile::parse(SAMPLE, Some("docker.io/library/debian:bookworm-slim".into()))
+                .unwrap();
         assert_eq!(
             parsed.images[0].build_args["BASE_IMAGE"],
             "docker.io/library/debian:bookworm-slim"
@@ -232,11 +233,11 @@ mod tests {
     #[test]
     fn mistakes_are_named() {
         let both = SAMPLE.replace("binary = \"gateway\"", "binary = \"gateway\"\ncontext = \"x\"");
-        assert!(format!("{:#}", Images::parse(&both, None).unwrap_err())
+        assert!(format!("{:#}", ImagesFile::parse(&both, None).unwrap_err())
             .contains("either context or binary"));
         let typo = SAMPLE.replace("dockerfile = \"Dockerfile.gateway\"", "dockerfil = \"x\"");
-        assert!(format!("{:#}", Images::parse(&typo, None).unwrap_err()).contains("dockerfil"));
-        let parsed = Images::parse(SAMPLE, None).unwrap();
+        assert!(format!("{:#}", ImagesFile::parse(&typo, None).unwrap_err()).contains("dockerfil"));
+        let parsed = ImagesFile::parse(SAMPLE, None).unwrap();
         let err = parsed.select(&["gatway".into()]).unwrap_err().to_string();
         assert!(err.contains("gatway") && err.contains("known: gateway, redis"), "{err}");
     }

@@ -7,7 +7,7 @@ use anyhow::Context;
 pub struct Project {
     pub root: PathBuf,
     pub target_dir: PathBuf,
-    /// `target/e2e`, or `$E2E_DIR`: logs, staged contexts, the handoff file, runs.
+    /// `target/e2e`, or `$E2E_DIR`: logs, staged contexts, the images record (images.json), runs.
     pub e2e_dir: PathBuf,
 }
 

@@ -4,11 +4,11 @@
 use anyhow::{Context, Result};
 
 use crate::{
-    build::{self, Action, Ctx, Goal},
+    build::{self, Action, Goal, Inputs},
     cmd::Cmd,
     engine::Engine,
+    engine_images::EngineImages,
     fingerprint,
-    handoff::Handoff,
     project::Project,
     report::Reporter,
 };
@@ -16,14 +16,14 @@ use crate::{
 /// Pulls (in parallel: it is light) this checkout's images not already in the engine from
 /// `REGISTRY/PREFIX` by fingerprint tag, tagged as a local build would; the base image must be
 /// present (its ID is in every fingerprint).
-pub fn pull(cx: Ctx, prefix: &str) -> Result<Handoff> {
-    let project = cx.project;
-    let r = cx.r;
-    let prepared = build::prepare(cx, Goal::Build(&[]))?;
+pub fn pull(inputs: Inputs, prefix: &str) -> Result<EngineImages> {
+    let project = inputs.project;
+    let reporter = inputs.reporter;
+    let prepared = build::prepare(inputs, Goal::Build(&[]))?;
     let engine = prepared.env.engine();
     let log = project.logs_dir().join("pull-images.log");
     let _ = std::fs::remove_file(&log);
-    r.phase("pull images", |r| {
+    reporter.phase("pull images", |reporter| {
         let pulled = build::in_parallel(&prepared.plan, |item| {
             if let Action::Cached(image) = &item.action {
                 return Ok(item.record(image));
@@ -34,7 +34,7 @@ pub fn pull(cx: Ctx, prefix: &str) -> Result<Handoff> {
             let pull = registry_cmd(engine, "pull", prefix).arg(&remote);
             let tag = Cmd::new(engine.program()).args(["tag", &remote, &item.reference]);
             for cmd in [pull, tag] {
-                r.command(&cmd);
+                reporter.command(&cmd);
                 cmd.run_logged(&log).with_context(|| {
                     format!("pulling {name} as {remote} (was it pushed with `save-images --push {prefix}`?)")
                 })?;
@@ -50,19 +50,24 @@ pub fn pull(cx: Ctx, prefix: &str) -> Result<Handoff> {
             Ok(item.record(&image))
         });
         let images = pulled.into_iter().collect::<Result<_>>()?;
-        Ok(Handoff::new(&prepared.env, images))
+        Ok(EngineImages::new(&prepared.env, images))
     })
 }
 
 /// Tags each image `REGISTRY/PREFIX/<name>:<fingerprint tag>` and pushes it.
-pub fn push(project: &Project, r: &Reporter, handoff: &Handoff, prefix: &str) -> Result<()> {
+pub fn push(
+    project: &Project,
+    reporter: &Reporter,
+    engine_images: &EngineImages,
+    prefix: &str,
+) -> Result<()> {
     let log = project.logs_dir().join("push-images.log");
-    for image in &handoff.images {
+    for image in &engine_images.images {
         let remote = remote_reference(prefix, &image.name, &image.fingerprint);
-        let tag = Cmd::new(handoff.engine.program()).args(["tag", &image.reference, &remote]);
-        let push = registry_cmd(handoff.engine, "push", prefix).arg(&remote);
+        let tag = Cmd::new(engine_images.engine.program()).args(["tag", &image.reference, &remote]);
+        let push = registry_cmd(engine_images.engine, "push", prefix).arg(&remote);
         for cmd in [tag, push] {
-            r.command(&cmd);
+            reporter.command(&cmd);
             cmd.run_logged(&log).with_context(|| format!("pushing {}", image.name))?;
         }
     }
@@ -89,7 +94,7 @@ pub fn remote_reference(prefix: &str, name: &str, fingerprint: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handoff::ImageRecord;
+    use crate::engine_images::ImageRecord;
 
     #[test]
     fn registry_references() {

@@ -242,10 +242,11 @@ mod tests {
 
     #[test]
     fn summary_lists_phases_and_total() {
-        let r = Reporter { bars: None, phases: Mutex::new(Vec::new()), started: Instant::now() };
-        r.phase("build", |_| Ok(())).unwrap();
-        let _ = r.phase("test", |_| -> anyhow::Result<()> { anyhow::bail!("no") });
-        let summary = r.summary();
+        let reporter =
+            Reporter { bars: None, phases: Mutex::new(Vec::new()), started: Instant::now() };
+        reporter.phase("build", |_| Ok(())).unwrap();
+        let _ = reporter.phase("test", |_| -> anyhow::Result<()> { anyhow::bail!("no") });
+        let summary = reporter.summary();
         assert!(summary.contains("build") && summary.contains("ok"), "{summary}");
         assert!(summary.contains("test") && summary.contains("FAILED"), "{summary}");
         assert!(summary.contains("total"), "{summary}");

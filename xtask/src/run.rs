@@ -16,7 +16,7 @@ use crate::{
     build::{self, Activity, BuildOptions, Session},
     doctor,
     engine::Engine,
-    handoff::Handoff,
+    engine_images::EngineImages,
     manifests::Manifests,
     memory,
     problem::Problem,
@@ -126,8 +126,8 @@ impl ImageSource {
 }
 
 /// A run's images, and the suite's compile left to run beside the deploy (its `-j`).
-pub struct Images {
-    pub handoff: Handoff,
+pub struct RunImages {
+    pub engine_images: EngineImages,
     pub activity: Activity,
     pub pending_suite: Option<usize>,
 }
@@ -236,7 +236,7 @@ pub struct Run<'a> {
     /// Where the images come from (see [`RunOptions::image_source`]).
     pub source: ImageSource,
     pub project: &'a Project,
-    pub r: Reporter,
+    pub reporter: Reporter,
     pub session: Session,
     pub manifests: Manifests,
     pub id: RunId,
@@ -246,29 +246,29 @@ impl<'a> Run<'a> {
     /// The engine decided, the session opened, the manifests read (with the fault tests' short
     /// deduplication TTL when they run).
     pub fn open(project: &'a Project, mut opts: RunOptions, id: RunId) -> Result<Self> {
-        let r = Reporter::new();
+        let reporter = Reporter::new();
         opts.check_runtime()?;
         opts.build.engine = opts.engine()?;
         let source = opts.image_source();
         // Loading or pulling images needs no base image: only a build makes or pulls one.
         let provision = source == ImageSource::Build && !opts.dry_run;
-        let session = Session::open(project, &opts.build, &r, provision)?;
+        let session = Session::open(project, &opts.build, &reporter, provision)?;
         let mut manifests = Manifests::load(&project.manifests_dir())?;
         if opts.faults {
             let ttl = FAULTS_DEDUP_TTL_SECONDS.to_string();
             manifests.set_env("gateway", "DEDUP_TTL_SECONDS", &ttl)?;
         }
-        Ok(Run { opts, source, project, r, session, manifests, id })
+        Ok(Run { opts, source, project, reporter, session, manifests, id })
     }
 
-    pub fn cx(&self) -> build::Ctx<'_> {
-        let Run { opts, project, r, session, .. } = self;
-        build::Ctx { project, r, opts: &opts.build, session }
+    pub fn inputs(&self) -> build::Inputs<'_> {
+        let Run { opts, project, reporter, session, .. } = self;
+        build::Inputs { project, reporter, opts: &opts.build, session }
     }
 
     /// Every prerequisite, checked before anything is done.
     pub fn require(&self) -> Result<()> {
-        let Run { opts, project, r, session, .. } = self;
+        let Run { opts, project, reporter, session, .. } = self;
         if opts.faults && SuiteIn::resolve(opts.suite_in, session.remote()) == SuiteIn::Engine {
             return Err(Problem::new(
                 "the fault tests stop and start services with the engine's command line, so they run on this machine, \
@@ -285,36 +285,37 @@ impl<'a> Run<'a> {
             start_container: false,
         };
         // The same checks as `doctor`, stopping the run before anything happens when one fails.
-        r.phase("doctor", |r| {
+        reporter.phase("doctor", |reporter| {
             let checks = doctor::run_checks(project, session, &needs);
             anyhow::ensure!(
                 checks.iter().all(|c| c.result.is_ok()),
                 "a prerequisite is missing; nothing was done.\n{}",
                 doctor::render(&checks)
             );
-            r.line(format!("  {} checks passed", checks.len()));
+            reporter.line(format!("  {} checks passed", checks.len()));
             Ok(())
         })
     }
 
     /// The images: built, loaded or pulled, and the suite's compile still to do (`-j`).
-    pub fn images(&self) -> Result<Images> {
-        let (cx, none) = (self.cx(), Activity::default());
-        let (handoff, activity) = match &self.source {
+    pub fn images(&self) -> Result<RunImages> {
+        let inputs = self.inputs();
+        let none = Activity::default();
+        let (engine_images, activity) = match &self.source {
             ImageSource::Archive { path, allow_stale } => {
-                (archive::load(cx, path, *allow_stale)?, none)
+                (archive::load(inputs, path, *allow_stale)?, none)
             }
-            ImageSource::Registry(prefix) => (registry::pull(cx, prefix)?, none),
+            ImageSource::Registry(prefix) => (registry::pull(inputs, prefix)?, none),
             ImageSource::Build => {
-                let prepared = build::prepare(cx, build::Goal::Build(&[]))?;
+                let prepared = build::prepare(inputs, build::Goal::Build(&[]))?;
                 if !prepared.plan.iter().all(|i| i.is_cached()) {
-                    return build_beside_suite(cx, prepared);
+                    return build_beside_suite(inputs, prepared);
                 }
-                build::finish(cx, prepared, true)?
+                build::finish(inputs, prepared, true)?
             }
         };
-        let jobs = self.session.facts.env(Some(&handoff.base_image_id))?.cargo_jobs();
-        Ok(Images { handoff, activity, pending_suite: Some(jobs) })
+        let jobs = self.session.facts.env(Some(&engine_images.base_image_id))?.cargo_jobs();
+        Ok(RunImages { engine_images, activity, pending_suite: Some(jobs) })
     }
 
     /// The second: a suite compile still to do (no build ran beside it) runs beside the deploy,
@@ -324,9 +325,11 @@ impl<'a> Run<'a> {
         pending: Option<usize>,
         deploy_and_test: impl FnOnce(Option<&SuiteGate<'_>>) -> T,
     ) -> T {
-        let (project, r) = (self.project, &self.r);
+        let project = self.project;
+        let reporter = &self.reporter;
         scope(|s| {
-            let compiling = pending.map(|jobs| s.spawn(move || compile_suite(project, r, jobs)));
+            let compiling =
+                pending.map(|jobs| s.spawn(move || compile_suite(project, reporter, jobs)));
             deploy_and_test(compiling.map(|h| SuiteGate(Mutex::new(Some(h)))).as_ref())
         })
     }
@@ -334,8 +337,9 @@ impl<'a> Run<'a> {
 
 /// Builds wait on podman and apt more than on the CPU, so the suite compiles meanwhile; on a
 /// local engine its rustc jobs' memory leaves the builds' budget, as long as the largest fits.
-fn build_beside_suite(cx: build::Ctx, mut prepared: build::Prepared) -> Result<Images> {
-    let (project, r) = (cx.project, cx.r);
+fn build_beside_suite(inputs: build::Inputs, mut prepared: build::Prepared) -> Result<RunImages> {
+    let project = inputs.project;
+    let reporter = inputs.reporter;
     let env = &mut prepared.env;
     let jobs = memory::cargo_jobs(env.host_budget.bytes / 2, memory::cpus());
     let biggest = prepared.plan.iter().map(|i| i.spec.memory).max().unwrap_or(0);
@@ -348,17 +352,17 @@ fn build_beside_suite(cx: build::Ctx, mut prepared: build::Prepared) -> Result<I
         budget.source =
             format!("{}, less {kept} for the E2E suite compiling meanwhile", budget.source);
     }
-    r.line(format!(
+    reporter.line(format!(
         "the E2E suite compiles (cargo -j {jobs}) while the images build: {kept} of the budget is kept for it"
     ));
     let (built, compiled) = scope(|s| {
-        let compiling = s.spawn(|| compile_suite(project, r, jobs));
-        let built = build::finish(cx, prepared, true);
+        let compiling = s.spawn(|| compile_suite(project, reporter, jobs));
+        let built = build::finish(inputs, prepared, true);
         (built, compiling.join().expect("no panic"))
     });
     compiled?;
-    let (handoff, activity) = built?;
-    Ok(Images { handoff, activity, pending_suite: None })
+    let (engine_images, activity) = built?;
+    Ok(RunImages { engine_images, activity, pending_suite: None })
 }
 
 /// A suite compile running beside the deploy, waited for once, before the suite runs.
@@ -373,8 +377,8 @@ impl SuiteGate<'_> {
 }
 
 /// `cargo test --no-run` of the suite, as a phase.
-pub fn compile_suite(project: &Project, r: &Reporter, jobs: usize) -> Result<()> {
-    r.phase("compile E2E suite", |r| suite::compile_here(project, r, jobs))
+pub fn compile_suite(project: &Project, reporter: &Reporter, jobs: usize) -> Result<()> {
+    reporter.phase("compile E2E suite", |reporter| suite::compile_here(project, reporter, jobs))
 }
 
 #[cfg(test)]

@@ -51,14 +51,14 @@ struct Summary<'a> {
 impl SoakArgs {
     pub fn run(self, project: &Project) -> anyhow::Result<()> {
         anyhow::ensure!(self.runs > 0, "--runs must be at least 1");
-        let r = Reporter::new();
+        let reporter = Reporter::new();
         let runs = self.runs;
         let args = &self.e2e_args;
         let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
         let dir = project.e2e_dir.join("soak").join(stamp);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let shown = project.display(&dir);
-        r.line(format!(
+        reporter.line(format!(
             "soak: {runs} runs of cargo xtask e2e {}; each run's output in {shown}",
             args.join(" ")
         ));
@@ -75,7 +75,7 @@ impl SoakArgs {
             let run_outcome = outcome(status, start.elapsed(), new_dir, output);
             let wall = secs(Duration::from_secs_f64(run_outcome.wall_s));
             if run_outcome.report.passed {
-                r.line(format!("run {i}/{runs}: passed in {wall}"));
+                reporter.line(format!("run {i}/{runs}: passed in {wall}"));
             } else {
                 let report = &run_outcome.report;
                 let error = report.error.as_deref().unwrap_or("no report").lines().next();
@@ -84,7 +84,7 @@ impl SoakArgs {
                 });
                 let error = error.unwrap_or("");
                 let output = project.display(&run_outcome.output);
-                r.line(format!(
+                reporter.line(format!(
                     "run {i}/{runs}: FAILED after {wall}: {error}\n  output: {output}{logs}"
                 ));
             }
@@ -110,7 +110,7 @@ impl SoakArgs {
             let logs = failure.run_dir.as_ref().map_or(failure.output.clone(), |d| d.join("logs"));
             out += &format!("\nfailed: run {} ({})", i + 1, project.display(&logs));
         }
-        r.line(out);
+        reporter.line(out);
         let failed = summary.failed;
         let json = project.display(&json);
         anyhow::ensure!(

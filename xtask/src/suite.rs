@@ -50,9 +50,9 @@ pub fn compile(project: &Project, jobs: usize) -> Cmd {
 }
 
 /// Compiles the suite on this machine and places its test binaries ([`place`]).
-pub fn compile_here(project: &Project, r: &Reporter, jobs: usize) -> Result<()> {
+pub fn compile_here(project: &Project, reporter: &Reporter, jobs: usize) -> Result<()> {
     let cmd = compile(project, jobs);
-    r.command(&cmd);
+    reporter.command(&cmd);
     let log = project.logs_dir().join("cargo-test-build.log");
     place(project, &cmd.run_logged_capturing(&log).context("compiling the E2E suite")?)
 }
@@ -151,7 +151,7 @@ impl InEngine {
     /// and tags their content's image, `localhost/e2e-suite:<16 hex of the SHA-256 of the
     /// binaries, Dockerfile, base image>`, as this run's: built only if missing, and kept in the
     /// engine, so an unchanged suite builds nothing (3 s a run on a remote engine).
-    pub fn package(&self, project: &Project, r: &Reporter) -> Result<()> {
+    pub fn package(&self, project: &Project, reporter: &Reporter) -> Result<()> {
         use sha2::{Digest, Sha256};
         let found = match &self.compiled_in_engine {
             Some(dir) => files_in(dir, |name| {
@@ -181,13 +181,13 @@ impl InEngine {
         let hex: String = hasher.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
         let content = format!("localhost/e2e-suite:{hex}");
         let cmds = if self.engine.image(&content).is_some() {
-            r.line(format!("  the suite's image is built: {content}"));
+            reporter.line(format!("  the suite's image is built: {content}"));
             vec![self.engine.tag(&content, &self.image)]
         } else {
             vec![self.build(), self.engine.tag(&self.image, &content)]
         };
         for cmd in cmds {
-            r.command(&cmd);
+            reporter.command(&cmd);
             cmd.run_logged(&project.logs_dir().join("build-suite.log"))
                 .context("packaging the suite for the engine")?;
         }

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use super::Ctx;
+use super::Inputs;
 use crate::{
     cmd::Cmd,
     engine::{BuildCmd, FINGERPRINT_LABEL},
@@ -45,32 +45,32 @@ pub fn resolve(asked: Option<CompileIn>, host: &str, engine: &str) -> CompileIn 
 
 /// Compiles the binaries the images package, here or in the engine, and returns their
 /// directory; without `compile` (a dry run), only the directory.
-pub fn binaries(cx: Ctx, env: &Env, binaries: &[&str], compile: bool) -> Result<PathBuf> {
-    let project = cx.project;
-    let opts = cx.opts;
+pub fn binaries(inputs: Inputs, env: &Env, binaries: &[&str], compile: bool) -> Result<PathBuf> {
+    let project = inputs.project;
+    let opts = inputs.opts;
     let host = host_platform();
     let platform = &env.facts.platform;
     let no_binaries = binaries.is_empty();
     if no_binaries || resolve(opts.compile_in, &host, platform) == CompileIn::Host {
         if compile && !no_binaries {
             let jobs = env.cargo_jobs();
-            cx.r.phase("compile service binaries", |r| {
+            inputs.reporter.phase("compile service binaries", |reporter| {
                 let cmd = super::cargo_build(project, binaries, jobs, opts.release);
-                r.line(format!(
+                reporter.line(format!(
                     "  cargo -j {jobs}: {} CPUs here, the host's budget {} ({}) at {} a rustc job",
                     memory::cpus(),
                     memory::human(env.host_budget.bytes),
                     env.host_budget.source,
                     memory::human(memory::RUSTC_JOB)
                 ));
-                r.command(&cmd);
+                reporter.command(&cmd);
                 cmd.run_logged(&project.logs_dir().join("cargo-build.log"))
                     .context("compiling the service binaries")
             })?;
         }
         return Ok(project.binaries_dir(opts.release));
     }
-    let builder = cx.session.images.builder.as_ref().ok_or_else(|| {
+    let builder = inputs.session.images_file.builder.as_ref().ok_or_else(|| {
         Problem::new(
             format!("the binaries must compile in the engine ({platform} cannot run this machine's {host}), but the images file has no [builder]"),
             "add a [builder] section to test/e2e/images.toml (see the comment there)",
@@ -79,7 +79,7 @@ pub fn binaries(cx: Ctx, env: &Env, binaries: &[&str], compile: bool) -> Result<
     if !compile {
         return Ok(project.e2e_dir.join("engine-bin"));
     }
-    cx.r.phase("compile service binaries", |_| in_engine(cx, env, builder, binaries))
+    inputs.reporter.phase("compile service binaries", |_| in_engine(inputs, env, builder, binaries))
 }
 
 /// The workspace's files that the compile reads (the services embed their OpenAPI
@@ -140,9 +140,14 @@ pub fn limits(builder_cap: u64, budget: u64, engine_cpus: usize) -> (u64, usize)
 /// The compile in the engine: the builder build (skipped when its fingerprinted tag is
 /// there), then the binaries copied out. Returns their directory (with `suite/`, the suite's
 /// test binaries).
-pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Result<PathBuf> {
-    let project = cx.project;
-    let r = cx.r;
+pub fn in_engine(
+    inputs: Inputs,
+    env: &Env,
+    builder: &Builder,
+    binaries: &[&str],
+) -> Result<PathBuf> {
+    let project = inputs.project;
+    let reporter = inputs.reporter;
     let engine = env.engine();
     let program = engine.program();
     let platform = &env.facts.platform;
@@ -175,7 +180,7 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
     let cached =
         engine.image(&reference).is_some_and(|i| i.fingerprint.as_deref() == Some(fp.as_str()));
     if cached && std::fs::read_to_string(bin_dir.join(".fingerprint")).is_ok_and(|f| f == fp) {
-        r.line(format!("  compiled in the engine before: {reference}"));
+        reporter.line(format!("  compiled in the engine before: {reference}"));
         return Ok(bin_dir);
     }
     if !cached {
@@ -207,16 +212,16 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
                 format!("not capped (the engine cannot enforce it; sized for {})", podman_size(cap))
             }
         };
-        r.line(format!(
+        reporter.line(format!(
             "  compiling in the engine ({platform}), {capped}{}, cargo --jobs {jobs} ({} a rustc job, {} CPUs there)",
             if cap < builder.memory { note.as_str() } else { "" },
             memory::human(memory::RUSTC_JOB),
             env.facts.cpus
         ));
         let start = std::time::Instant::now();
-        let result = super::run_spinning(r, &build, &log, "compile", "in the engine");
+        let result = super::run_spinning(reporter, &build, &log, "compile", "in the engine");
         result.context("compiling the workspace in the engine")?;
-        r.line(format!("  compiled in the engine in {}", secs(start.elapsed())));
+        reporter.line(format!("  compiled in the engine in {}", secs(start.elapsed())));
     }
     // The binaries come back through the engine's API, as a tar on the client's stdout that
     // tar unpacks here: `podman cp` into a folder unpacks in the client itself, by re-running
@@ -229,10 +234,10 @@ pub fn in_engine(cx: Ctx, env: &Env, builder: &Builder, binaries: &[&str]) -> Re
     let cp = Cmd::new(program).args(["cp", &format!("{container}:/out/."), "-"]);
     let untar = Cmd::new("tar").args(["-x", "-C", &bin_dir.to_string_lossy()]);
     let copy_out = (|| {
-        r.command(&create);
+        reporter.command(&create);
         create.run_logged(&log)?;
         let cp = cp.pipe(untar);
-        r.line(format!("  $ {cp}"));
+        reporter.line(format!("  $ {cp}"));
         cp.run_logged(&log)
     })();
     let _ = Cmd::new(program).args(["rm", "--force", &container]).survives_interrupt().read();

@@ -19,10 +19,10 @@ use anyhow::{Context, Result};
 use crate::{
     cmd::Cmd,
     engine::{Engine, EngineFacts, ImageInfo},
+    engine_images::EngineImages,
     facts::{Env, Facts},
     fingerprint,
-    handoff::Handoff,
-    images::{self, ImageSpec, Images},
+    images::{self, ImageSpec, ImagesFile},
     memory,
     project::Project,
     report::Reporter,
@@ -65,17 +65,19 @@ pub struct PrebuildArgs {
 
 impl PrebuildArgs {
     pub fn run(self, project: &Project) -> Result<()> {
-        let r = &Reporter::new();
+        let reporter = &Reporter::new();
         let opts = &self.build;
-        let session = &Session::open(project, opts, r, true)?;
-        prebuild(Ctx { project, r, opts, session }, &self.images).map(drop)
+        let session = &Session::open(project, opts, reporter, true)?;
+        prebuild(Inputs { project, reporter, opts, session }, &self.images).map(drop)
     }
 }
 
+/// What every step of a build reads: the project, where it reports, the build's options, and
+/// the session (the images file and the engine's facts).
 #[derive(Clone, Copy)]
-pub struct Ctx<'a> {
+pub struct Inputs<'a> {
     pub project: &'a Project,
-    pub r: &'a Reporter,
+    pub reporter: &'a Reporter,
     pub opts: &'a BuildOptions,
     pub session: &'a Session,
 }
@@ -83,7 +85,7 @@ pub struct Ctx<'a> {
 /// What every image command starts from, read and asked once: the images file, and the
 /// facts of the engine and the machine.
 pub struct Session {
-    pub images: Images,
+    pub images_file: ImagesFile,
     pub facts: Facts,
 }
 
@@ -93,7 +95,7 @@ impl Session {
     pub fn open(
         project: &Project,
         opts: &BuildOptions,
-        r: &Reporter,
+        reporter: &Reporter,
         provision: bool,
     ) -> Result<Self> {
         let images = load_images(project, opts, None)?;
@@ -102,17 +104,17 @@ impl Session {
         let offline = images.offline_base_image.as_deref();
         let candidates: Vec<&str> =
             [images.base_image.as_str()].into_iter().chain(offline).collect();
-        let mut facts = r.phase("ask the engine", |r| {
+        let mut facts = reporter.phase("ask the engine", |reporter| {
             if let Ok(detected) = engine {
                 let given = crate::engine::given_at(detected);
                 let at = given.map(|at| format!(" at {at}")).unwrap_or_default();
                 let what = "its platform, memory, CPUs, store and base image";
-                r.line(format!("  asking {}{at}: {what}", detected.program()));
+                reporter.line(format!("  asking {}{at}: {what}", detected.program()));
             }
             Ok(Facts::gather(engine.clone(), &candidates, opts.memory_budget))
         })?;
         if let (true, None, Ok(engine_facts)) = (provision, &facts.base, &facts.engine) {
-            if let Some(made) = provision_base(project, r, engine_facts, &images) {
+            if let Some(made) = provision_base(project, reporter, engine_facts, &images) {
                 facts.base = engine_facts.engine.image(&made);
                 facts.base_image = made;
             }
@@ -121,7 +123,7 @@ impl Session {
             true => load_images(project, opts, Some(facts.base_image.clone()))?,
             false => images,
         };
-        Ok(Session { images, facts })
+        Ok(Session { images_file: images, facts })
     }
 
     pub fn remote(&self) -> bool {
@@ -134,12 +136,12 @@ impl Session {
     }
 
     /// The facts to go on with, printed once: the engine, its machine, the base image.
-    pub fn env(&self, r: &Reporter, base_image_id: Option<&str>) -> Result<Env> {
-        r.phase("check prerequisites", |r| {
+    pub fn env(&self, reporter: &Reporter, base_image_id: Option<&str>) -> Result<Env> {
+        reporter.phase("check prerequisites", |reporter| {
             let env = self.facts.env(base_image_id)?;
             let facts = &env.facts;
             let id = &env.base_image_id;
-            r.line(format!(
+            reporter.line(format!(
                 "  {} {} answers ({}, {}, {} CPUs, {} memory); base image {} {} ({})",
                 facts.engine.program(),
                 facts.version,
@@ -158,13 +160,17 @@ impl Session {
 
 /// The images file (`--images-file`, else `test/e2e/images.toml`), its base image `base`, else
 /// `E2E_BASE_IMAGE`'s, else its own.
-pub fn load_images(project: &Project, opts: &BuildOptions, base: Option<String>) -> Result<Images> {
+pub fn load_images(
+    project: &Project,
+    opts: &BuildOptions,
+    base: Option<String>,
+) -> Result<ImagesFile> {
     let file =
         opts.images_file.clone().unwrap_or_else(|| project.root.join("test/e2e/images.toml"));
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     let base = base.or_else(|| std::env::var("E2E_BASE_IMAGE").ok());
-    Images::parse(&text, base).with_context(|| format!("in {}", file.display()))
+    ImagesFile::parse(&text, base).with_context(|| format!("in {}", file.display()))
 }
 
 /// When the engine has neither base image: the configured one pulled, else (podman only) the
@@ -172,19 +178,19 @@ pub fn load_images(project: &Project, opts: &BuildOptions, base: Option<String>)
 /// store. `None` when neither worked (doctor then says so).
 pub fn provision_base(
     project: &Project,
-    r: &Reporter,
+    reporter: &Reporter,
     engine: &EngineFacts,
-    images: &Images,
+    images: &ImagesFile,
 ) -> Option<String> {
     let log = project.logs_dir().join("base-image.log");
     let program = engine.engine.program();
     let base = &images.base_image;
     let at = &engine.at;
     let pull = Cmd::new(program).args(["pull", base]);
-    r.line(format!(
+    reporter.line(format!(
         "the base image {base} is not in {program} at {at}: pulling it into that engine's store"
     ));
-    r.command(&pull);
+    reporter.command(&pull);
     if pull.run_logged(&log).is_ok() {
         return Some(base.clone());
     }
@@ -192,20 +198,21 @@ pub fn provision_base(
         images.offline_base_image.as_deref().filter(|_| engine.engine == Engine::Podman)?;
     let script = project.root.join("test/e2e/make-base-image.sh").display().to_string();
     let make = Cmd::new("bash").arg(script).arg(offline);
-    r.line(format!(
+    reporter.line(format!(
         "no registry answers: making {offline} with debootstrap on this machine (about a minute) and importing it into {}",
         engine.base_destination()
     ));
-    r.command(&make);
-    let made =
-        make.run_logged(&log).map_err(|e| r.line(format!("could not make {offline}: {e:#}")));
+    reporter.command(&make);
+    let made = make
+        .run_logged(&log)
+        .map_err(|e| reporter.line(format!("could not make {offline}: {e:#}")));
     made.ok().map(|()| offline.to_owned())
 }
 
 pub struct Prepared {
     pub env: Env,
     pub plan: Vec<PlanItem>,
-    pub previous: Option<Handoff>,
+    pub previous: Option<EngineImages>,
 }
 
 #[derive(Clone, Copy)]
@@ -220,35 +227,40 @@ pub enum Goal<'a> {
 }
 
 /// Prerequisites, binaries, plan (each image's context staged, fingerprinted, looked up).
-pub fn prepare(cx: Ctx, goal: Goal) -> Result<Prepared> {
+pub fn prepare(inputs: Inputs, goal: Goal) -> Result<Prepared> {
     let (names, base_image_id) = match goal {
         Goal::Build(names) => (names, None),
         Goal::DryRun => (&[][..], None),
         Goal::Archive { base_image_id } => (&[][..], Some(base_image_id)),
     };
-    let r = cx.r;
+    let reporter = inputs.reporter;
     let for_archive = base_image_id.is_some();
-    let selected = cx.session.images.select(names)?;
-    let mut env = cx.session.env(r, base_image_id)?;
+    let selected = inputs.session.images_file.select(names)?;
+    let mut env = inputs.session.env(reporter, base_image_id)?;
     let binaries: Vec<&str> = selected.iter().filter_map(ImageSpec::binary).collect();
-    let bin_dir = compile::binaries(cx, &env, &binaries, !matches!(goal, Goal::DryRun))?;
-    let previous = Handoff::load(cx.project);
-    let plan = r.phase(if for_archive { "fingerprint this checkout" } else { "plan" }, |r| {
-        let force = cx.opts.force;
-        let previous = previous.as_ref();
-        let plan = plan::make_plan(cx.project, &env, &bin_dir, &selected, force, previous)?;
-        let caps = plan.iter().filter(|i| !for_archive && !i.is_cached()).map(|i| i.spec.memory);
-        if let Some(budget) = available_in_engine(&env, caps.max()) {
-            env.budget = budget;
-        }
-        let tags =
-            plan.iter().map(|i| format!("{} {}", i.spec.name, fingerprint::tag(&i.fingerprint)));
-        r.line(match for_archive {
-            true => format!("  {}", tags.collect::<Vec<_>>().join(", ")),
-            false => plan::describe_plan(&plan, &env, cx.opts.jobs),
-        });
-        Ok(plan)
-    })?;
+    let bin_dir = compile::binaries(inputs, &env, &binaries, !matches!(goal, Goal::DryRun))?;
+    let previous = EngineImages::load(inputs.project);
+    let plan = reporter.phase(
+        if for_archive { "fingerprint this checkout" } else { "plan" },
+        |reporter| {
+            let force = inputs.opts.force;
+            let previous = previous.as_ref();
+            let plan = plan::make_plan(inputs.project, &env, &bin_dir, &selected, force, previous)?;
+            let caps =
+                plan.iter().filter(|i| !for_archive && !i.is_cached()).map(|i| i.spec.memory);
+            if let Some(budget) = available_in_engine(&env, caps.max()) {
+                env.budget = budget;
+            }
+            let tags = plan
+                .iter()
+                .map(|i| format!("{} {}", i.spec.name, fingerprint::tag(&i.fingerprint)));
+            reporter.line(match for_archive {
+                true => format!("  {}", tags.collect::<Vec<_>>().join(", ")),
+                false => plan::describe_plan(&plan, &env, inputs.opts.jobs),
+            });
+            Ok(plan)
+        },
+    )?;
     // Only the images to build must fit: a cached one needs no memory, and a small engine's
     // free memory (page cache counts as used) shrinks after a few runs.
     let to_build = plan.iter().filter(|i| !for_archive && !i.is_cached());
@@ -286,31 +298,35 @@ fn available_in_engine(env: &Env, largest_cap: Option<u64>) -> Option<memory::Bu
     (measured.bytes > budget.bytes).then_some(measured)
 }
 
-pub fn prebuild(cx: Ctx, names: &[String]) -> Result<Handoff> {
-    Ok(finish(cx, prepare(cx, Goal::Build(names))?, true)?.0)
+pub fn prebuild(inputs: Inputs, names: &[String]) -> Result<EngineImages> {
+    Ok(finish(inputs, prepare(inputs, Goal::Build(names))?, true)?.0)
 }
 
-/// Builds what the plan says, writes the handoff, [`tidy`] (unless not asked: the
+/// Builds what the plan says, writes the images record, [`tidy`] (unless not asked: the
 /// dev loop tidies once, at its end); also returns what the builds did over time (for the report).
-pub fn finish(cx: Ctx, prepared: Prepared, tidy: bool) -> Result<(Handoff, Activity)> {
+pub fn finish(inputs: Inputs, prepared: Prepared, tidy: bool) -> Result<(EngineImages, Activity)> {
     let Prepared { env, plan, previous } = prepared;
-    let (built, activity) = schedule::run(cx, &env, &plan)?;
+    let (built, activity) = schedule::run(inputs, &env, &plan)?;
     // Images not selected this time keep their previous entry, so the file lists every image
     // (in the images file's order).
     let previous = previous.filter(|p| p.is_of(&env.facts)).map(|p| p.images).unwrap_or_default();
     let find = |spec: &ImageSpec| {
         built.iter().chain(&previous).find(|record| record.name == spec.name).cloned()
     };
-    let mut handoff =
-        Handoff::new(&env, cx.session.images.images.iter().filter_map(find).collect());
-    handoff.built_now =
+    let mut engine_images = EngineImages::new(
+        &env,
+        inputs.session.images_file.images.iter().filter_map(find).collect(),
+    );
+    engine_images.built_now =
         plan.iter().filter(|i| !i.is_cached()).map(|i| i.spec.name.clone()).collect();
-    handoff.save(cx.project)?;
-    cx.r.line(format!("wrote {}", cx.project.display(&Handoff::path(cx.project))));
-    if tidy && !handoff.built_now.is_empty() {
-        self::tidy(cx.r, &handoff);
+    engine_images.save(inputs.project)?;
+    inputs
+        .reporter
+        .line(format!("wrote {}", inputs.project.display(&EngineImages::path(inputs.project))));
+    if tidy && !engine_images.built_now.is_empty() {
+        self::tidy(inputs.reporter, &engine_images);
     }
-    Ok((handoff, activity))
+    Ok((engine_images, activity))
 }
 
 /// The plan of the named images, decided quietly (nothing compiled or printed): to know
@@ -321,32 +337,32 @@ pub fn plan_quietly(
     names: &[String],
 ) -> Result<Vec<PlanItem>> {
     let env = session.facts.env(None)?;
-    let specs = session.images.select(names)?;
+    let specs = session.images_file.select(names)?;
     let bin_dir = project.binaries_dir(false);
-    plan::make_plan(project, &env, &bin_dir, &specs, false, Handoff::load(project).as_ref())
+    plan::make_plan(project, &env, &bin_dir, &specs, false, EngineImages::load(project).as_ref())
 }
 
 /// Removes the handed-off images' older fingerprint tags beyond the [`plan::KEEP_OLDER`]
 /// newest, so rebuilds do not fill the disk; other repositories are never touched.
-pub fn tidy(r: &Reporter, handoff: &Handoff) {
-    let Ok(listing) = handoff.engine.list_fingerprinted().read() else { return };
-    let old = plan::superseded(&listing, handoff);
+pub fn tidy(reporter: &Reporter, engine_images: &EngineImages) {
+    let Ok(listing) = engine_images.engine.list_fingerprinted().read() else { return };
+    let old = plan::superseded(&listing, engine_images);
     for reference in &old {
-        let _ = handoff.engine.untag(reference).read();
+        let _ = engine_images.engine.untag(reference).read();
     }
     if !old.is_empty() {
-        r.line(format!("removed {} superseded image tag(s): {}", old.len(), old.join(", ")));
+        reporter.line(format!("removed {} superseded image tag(s): {}", old.len(), old.join(", ")));
     }
 }
 
-/// The handoff a plan would give, before anything is built (for `--dry-run`).
-pub fn planned_handoff(prepared: &Prepared) -> Handoff {
+/// The images record a plan would give, before anything is built (for `--dry-run`).
+pub fn planned_engine_images(prepared: &Prepared) -> EngineImages {
     let unbuilt = ImageInfo { id: String::new(), size: 0, fingerprint: None };
     let images = prepared.plan.iter().map(|i| match &i.action {
         Action::Cached(image) => i.record(image),
         Action::Build { .. } => i.record(&unbuilt),
     });
-    Handoff::new(&prepared.env, images.collect())
+    EngineImages::new(&prepared.env, images.collect())
 }
 
 /// `f` of every item, all at once (an engine call costs tens of milliseconds here, seconds
@@ -358,11 +374,11 @@ pub fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) ->
     })
 }
 
-fn run_spinning(r: &Reporter, cmd: &Cmd, log: &Path, name: &str, msg: &str) -> Result<()> {
-    r.command(cmd);
-    let bar = r.spinner(name, msg);
+fn run_spinning(reporter: &Reporter, cmd: &Cmd, log: &Path, name: &str, msg: &str) -> Result<()> {
+    reporter.command(cmd);
+    let bar = reporter.spinner(name, msg);
     let result = cmd.run_logged(log);
-    r.finish(&bar);
+    reporter.finish(&bar);
     result
 }
 

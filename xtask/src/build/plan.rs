@@ -10,9 +10,9 @@ use anyhow::{Context, Result};
 
 use crate::{
     engine::{EngineFacts, ImageInfo},
+    engine_images::{EngineImages, ImageRecord},
     facts::Env,
     fingerprint::{self, Entry, EntryKind, HashCache},
-    handoff::{Handoff, ImageRecord},
     images::{self, BuildContext, ImageSpec},
     memory,
     project::Project,
@@ -68,15 +68,15 @@ enum Recorded<'a> {
 }
 
 fn recorded<'a>(
-    previous: Option<&'a Handoff>,
+    previous: Option<&'a EngineImages>,
     engine: &EngineFacts,
     name: &str,
     other: &'a str,
 ) -> Recorded<'a> {
     match previous {
         None => Recorded::Nothing,
-        Some(handoff) if !handoff.is_of(engine) => Recorded::Elsewhere(other),
-        Some(handoff) => handoff
+        Some(engine_images) if !engine_images.is_of(engine) => Recorded::Elsewhere(other),
+        Some(engine_images) => engine_images
             .images
             .iter()
             .find(|i| i.name == name)
@@ -111,7 +111,7 @@ pub(super) fn make_plan(
     bin_dir: &Path,
     specs: &[ImageSpec],
     force: bool,
-    previous: Option<&Handoff>,
+    previous: Option<&EngineImages>,
 ) -> Result<Vec<PlanItem>> {
     let mut cache = HashCache::load(&project.e2e_dir.join("hash-cache.json"));
     let mut items = Vec::new();
@@ -143,7 +143,7 @@ pub(super) fn make_plan(
     }
     cache.save()?;
     let found = super::in_parallel(&items, |item| env.engine().image(&item.reference));
-    let other = previous.map(Handoff::engine_name).unwrap_or_default();
+    let other = previous.map(EngineImages::engine_name).unwrap_or_default();
     for (item, in_engine) in items.iter_mut().zip(found) {
         let record = recorded(previous, &env.facts, &item.spec.name, &other);
         item.action = decide(force, &item.fingerprint, in_engine, record);
@@ -246,9 +246,12 @@ pub const KEEP_OLDER: usize = 2;
 
 /// The references in `listing` (newest first, as the engines list images) of a handed-off
 /// repository, beyond its current tag and the `KEEP_OLDER` newest others.
-pub fn superseded(listing: &str, handoff: &Handoff) -> Vec<String> {
-    let current: BTreeMap<&str, &str> =
-        handoff.images.iter().map(|i| (i.repository.as_str(), i.reference.as_str())).collect();
+pub fn superseded(listing: &str, engine_images: &EngineImages) -> Vec<String> {
+    let current: BTreeMap<&str, &str> = engine_images
+        .images
+        .iter()
+        .map(|i| (i.repository.as_str(), i.reference.as_str()))
+        .collect();
     let mut kept: BTreeMap<&str, usize> = BTreeMap::new();
     let repository = crate::manifests::repository;
     let ours = listing
@@ -317,7 +320,7 @@ mod tests {
             store: None,
             isolation: Default::default(),
         };
-        let record = Handoff {
+        let record = EngineImages {
             engine: crate::engine::Engine::Podman,
             at: crate::engine::THIS_MACHINE.into(),
             platform: "linux/amd64".into(),
@@ -364,7 +367,7 @@ mod tests {
             fingerprint: String::new(),
             size: 0,
         };
-        let handoff = Handoff {
+        let engine_images = EngineImages {
             engine: crate::engine::Engine::Podman,
             at: String::new(),
             platform: String::new(),
@@ -375,7 +378,7 @@ mod tests {
         };
         let listing = "localhost/e2e-gateway:new\nlocalhost/e2e-gateway:o1\nlocalhost/e2e-redis:r1\nlocalhost/e2e-gateway:o2\nlocalhost/other:x\nlocalhost/e2e-gateway:o3\nlocalhost/e2e-gateway:o4\n";
         assert_eq!(
-            superseded(listing, &handoff),
+            superseded(listing, &engine_images),
             ["localhost/e2e-gateway:o3", "localhost/e2e-gateway:o4"],
             "the two newest older tags stay"
         );

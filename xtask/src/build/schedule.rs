@@ -7,14 +7,14 @@ use anyhow::{Context, Result};
 
 use super::{
     plan::{Action, PlanItem},
-    Ctx,
+    Inputs,
 };
 use crate::{
     cmd::{Cmd, CmdError},
     diagnose,
     engine::{BuildCmd, ImageInfo, FINGERPRINT_LABEL},
+    engine_images::ImageRecord,
     facts::Env,
-    handoff::ImageRecord,
     images::podman_size,
     interrupt,
     memory::{self, human},
@@ -46,13 +46,14 @@ pub struct Outcome {
 
 /// Runs the builds, prints what became of every image, and fails with every failure
 /// explained. Returns each planned image's record, and what the builds did over time.
-pub fn run(cx: Ctx, env: &Env, plan: &[PlanItem]) -> Result<(Vec<ImageRecord>, Activity)> {
-    let (outcomes, activity) = cx.r.phase("build images", |_| Ok(execute(cx, env, plan)))?;
-    cx.r.line(format!("images:\n{}", outcome_table(plan, &outcomes)));
+pub fn run(inputs: Inputs, env: &Env, plan: &[PlanItem]) -> Result<(Vec<ImageRecord>, Activity)> {
+    let (outcomes, activity) =
+        inputs.reporter.phase("build images", |_| Ok(execute(inputs, env, plan)))?;
+    inputs.reporter.line(format!("images:\n{}", outcome_table(plan, &outcomes)));
     let result = |i: &PlanItem| outcomes.get(&i.spec.name).map(|o| o.result.as_ref());
     let failures: Vec<String> = plan
         .iter()
-        .filter_map(|i| Some(format!("- {}", explain(cx.project, i, result(i)?.err()?))))
+        .filter_map(|i| Some(format!("- {}", explain(inputs.project, i, result(i)?.err()?))))
         .collect();
     let failed = failures.len();
     anyhow::ensure!(failed == 0, "{failed} image build(s) failed:\n{}", failures.join("\n"));
@@ -67,17 +68,17 @@ pub fn run(cx: Ctx, env: &Env, plan: &[PlanItem]) -> Result<(Vec<ImageRecord>, A
     Ok((records.collect::<Result<_>>()?, activity))
 }
 
-fn execute(cx: Ctx, env: &Env, plan: &[PlanItem]) -> (HashMap<String, Outcome>, Activity) {
-    let r = cx.r;
+fn execute(inputs: Inputs, env: &Env, plan: &[PlanItem]) -> (HashMap<String, Outcome>, Activity) {
+    let reporter = inputs.reporter;
     let budget = env.budget.bytes;
-    let jobs = env.build_jobs(cx.opts.jobs);
+    let jobs = env.build_jobs(inputs.opts.jobs);
     let to_build: Vec<&PlanItem> = plan.iter().filter(|i| !i.is_cached()).collect();
     let mut outcomes = HashMap::new();
     if to_build.is_empty() {
-        r.line("  nothing to build");
+        reporter.line("  nothing to build");
         return (outcomes, Activity::default());
     }
-    let overall = r.overall(to_build.len() as u64, "images");
+    let overall = reporter.overall(to_build.len() as u64, "images");
     let mut queue = to_build.into_iter().peekable();
     // The memory sampled is this machine's: it says something of the builds only when the
     // engine runs here.
@@ -98,7 +99,7 @@ fn execute(cx: Ctx, env: &Env, plan: &[PlanItem]) -> (HashMap<String, Outcome>, 
                 let tx = tx.clone();
                 let sampler = &sampler;
                 scope.spawn(move || {
-                    let outcome = build_one(cx, env, item, sampler.as_ref());
+                    let outcome = build_one(inputs, env, item, sampler.as_ref());
                     let _ = tx.send((item.spec.name.clone(), outcome));
                 });
             }
@@ -114,7 +115,7 @@ fn execute(cx: Ctx, env: &Env, plan: &[PlanItem]) -> (HashMap<String, Outcome>, 
                 }
                 if !stopping && (!running.is_empty() || queue.peek().is_some()) {
                     let still_running = running.len();
-                    r.line(format!(
+                    reporter.line(format!(
                         "  {name} failed: starting no new builds; waiting for {still_running} running"
                     ));
                 }
@@ -124,7 +125,7 @@ fn execute(cx: Ctx, env: &Env, plan: &[PlanItem]) -> (HashMap<String, Outcome>, 
         }
     });
     let memory = sampler.map(Sampler::stop).unwrap_or_default();
-    r.finish(&overall);
+    reporter.finish(&overall);
     let builds = plan.iter().filter_map(|i| Some(outcomes.get(&i.spec.name)?.span.clone()));
     let activity = Activity { builds: builds.collect(), memory };
     (outcomes, activity)
@@ -164,9 +165,9 @@ pub fn build_cmd_for(project: &Project, env: &Env, item: &PlanItem) -> Cmd {
     })
 }
 
-fn build_one(cx: Ctx, env: &Env, item: &PlanItem, sampler: Option<&Sampler>) -> Outcome {
-    let project = cx.project;
-    let r = cx.r;
+fn build_one(inputs: Inputs, env: &Env, item: &PlanItem, sampler: Option<&Sampler>) -> Outcome {
+    let project = inputs.project;
+    let reporter = inputs.reporter;
     let started = Instant::now();
     let name = &item.spec.name;
     let cmd = build_cmd_for(project, env, item);
@@ -174,8 +175,8 @@ fn build_one(cx: Ctx, env: &Env, item: &PlanItem, sampler: Option<&Sampler>) -> 
     let _ = std::fs::remove_file(&log);
     let cap =
         env.cap(item.spec.memory).unwrap_or_else(|| "none: the engine cannot enforce one".into());
-    r.line(format!("  building {name} (cap {cap})"));
-    let result = super::run_spinning(r, &cmd, &log, name, "building");
+    reporter.line(format!("  building {name} (cap {cap})"));
+    let result = super::run_spinning(reporter, &cmd, &log, name, "building");
     let took = started.elapsed();
     let peak = sampler.and_then(|s| s.peak_between(started, Some(started + took)));
     let result = result.map_err(|err| {
@@ -189,7 +190,7 @@ fn build_one(cx: Ctx, env: &Env, item: &PlanItem, sampler: Option<&Sampler>) -> 
     let result =
         result.and_then(|()| env.engine().image(&item.reference).ok_or(BuildFailure::Vanished));
     if result.is_ok() {
-        r.line(format!("  built {} in {}", item.reference, secs(took)));
+        reporter.line(format!("  built {} in {}", item.reference, secs(took)));
     }
     let image = name.clone();
     let cap = item.spec.memory;

@@ -14,7 +14,7 @@ use serde_norway::Value;
 use crate::{
     cmd::Cmd,
     engine::Engine,
-    handoff::Handoff,
+    engine_images::EngineImages,
     manifests::{distinct, ClusterKind},
     project::Project,
     report::Reporter,
@@ -24,7 +24,7 @@ use crate::{
 use super::{
     free_port,
     kube::{changed_pods, Namespace},
-    step::{self, Exec, Live, Phase, Poll, Step},
+    step::{self, Exec, Phase, Poll, RealExec, Step},
     url_var, Created as AnyCreated, RunId, RunRecord, Stack, StackFile,
 };
 
@@ -92,13 +92,14 @@ impl KindRun {
     /// From the run's options: a cluster of the run's own (`e2e-<run>`, or `--cluster-name`)
     /// from test/e2e/kind-cluster.yaml with free host ports, or `--reuse-cluster`'s, whose port
     /// mappings its `--keep` run recorded.
-    pub fn new(run: &Run, handoff: &Handoff) -> anyhow::Result<KindRun> {
+    pub fn new(run: &Run, engine_images: &EngineImages) -> anyhow::Result<KindRun> {
         let Run { opts, project, manifests, id, source, .. } = run;
         let (cluster, reuse) = match (&opts.reuse_cluster, &opts.cluster_name) {
             (Some(name), _) => (name.clone(), true),
             (None, name) => (name.clone().unwrap_or_else(|| id.namespace()), false),
         };
-        let (stack, exposed) = manifests.render_kubernetes(&handoff.pinned(), ClusterKind::Kind)?;
+        let (stack, exposed) =
+            manifests.render_kubernetes(&engine_images.pinned(), ClusterKind::Kind)?;
         let node_ports = exposed.into_iter().map(|(service, p)| (service, p.node_port)).collect();
         let record = project.e2e_dir.join("clusters").join(format!("{cluster}.json"));
         let (config, ports) = if reuse {
@@ -121,13 +122,13 @@ impl KindRun {
             cluster,
             reuse,
             // The engine that built or loaded the images is kind's provider.
-            provider: handoff.engine,
+            provider: engine_images.engine,
             archive_source: source.archive().map(Path::to_owned),
             log: id.log(project),
             dir: id.dir(project),
             ports,
             node_ports,
-            references: handoff.images.iter().map(|i| i.reference.clone()).collect(),
+            references: engine_images.images.iter().map(|i| i.reference.clone()).collect(),
             pods: manifests.pods(),
             config,
             stack,
@@ -172,7 +173,7 @@ impl KindRun {
     }
 
     /// Loads the archive into every node that lacks one of the images, all nodes at once.
-    fn load_images(&self, r: &Reporter, exec: &dyn Exec) -> anyhow::Result<()> {
+    fn load_images(&self, reporter: &Reporter, exec: &dyn Exec) -> anyhow::Result<()> {
         let nodes = exec.read(&self.kind(&["get", "nodes"]))?;
         let nodes: Vec<&str> = nodes.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
         anyhow::ensure!(!nodes.is_empty(), "kind reports no nodes for cluster {}", self.cluster);
@@ -183,9 +184,9 @@ impl KindRun {
             .map(|n| self.load_archive(n))
             .collect();
         if lacking.is_empty() {
-            r.line("  every node has every image");
+            reporter.line("  every node has every image");
         }
-        lacking.iter().for_each(|c| r.command(c));
+        lacking.iter().for_each(|c| reporter.command(c));
         let failed = exec.run_all(&lacking, &self.log);
         let _ = std::fs::remove_file(self.tar());
         anyhow::ensure!(failed.is_empty(), "{}", failed.join("\n"));
@@ -257,7 +258,11 @@ impl Stack for KindRun {
             "the images into each node that lacks one (polled: the nodes, then per node and image), all at once:\n{}",
             self.load_archive(&node)
         );
-        let load = Step::Watch { what, polls, run: Box::new(|r, exec| self.load_images(r, exec)) };
+        let load = Step::Watch {
+            what,
+            polls,
+            run: Box::new(|reporter, exec| self.load_images(reporter, exec)),
+        };
         phases.push(Phase::new("load images", vec![load]));
         let record = self.reuse.then(|| Step::Record(self.final_record()));
         let deploy = [
@@ -270,8 +275,8 @@ impl Stack for KindRun {
         phases.into_iter().chain(tests).collect()
     }
 
-    fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()> {
-        self.namespace.wait_ready(r, timeout, &Live)
+    fn wait_ready(&self, reporter: &Reporter, timeout: Duration) -> anyhow::Result<()> {
+        self.namespace.wait_ready(reporter, timeout, &RealExec)
     }
 
     fn urls(&self) -> BTreeMap<String, String> {
@@ -316,18 +321,19 @@ impl Stack for KindRun {
     fn replace(
         &mut self,
         project: &Project,
-        r: &Reporter,
-        handoff: &Handoff,
+        reporter: &Reporter,
+        engine_images: &EngineImages,
     ) -> anyhow::Result<Vec<String>> {
         let manifests = crate::manifests::Manifests::load(&project.manifests_dir())?;
-        let (yaml, _) = manifests.render_kubernetes(&handoff.pinned(), ClusterKind::Kind)?;
+        let (yaml, _) = manifests.render_kubernetes(&engine_images.pinned(), ClusterKind::Kind)?;
         let names = changed_pods(&self.stack, &yaml);
-        let references: Vec<String> = handoff.images.iter().map(|i| i.reference.clone()).collect();
+        let references: Vec<String> =
+            engine_images.images.iter().map(|i| i.reference.clone()).collect();
         let images: Vec<String> =
             references.iter().filter(|i| !self.references.contains(i)).cloned().collect();
         crate::fsx::write_atomic(&self.stack_file(), &yaml)?;
         let doing = format!("replacing {}", names.join(", "));
-        step::run_shown(r, &self.log, &self.replace_cmds(&names, &images), &doing)?;
+        step::run_shown(reporter, &self.log, &self.replace_cmds(&names, &images), &doing)?;
         let _ = std::fs::remove_file(self.tar());
         self.references = references;
         self.stack = yaml;

@@ -17,7 +17,7 @@ use serde_norway::Value;
 
 use crate::{
     cmd::Cmd,
-    handoff::Handoff,
+    engine_images::EngineImages,
     manifests::{ClusterKind, ServicePorts},
     project::Project,
     report::Reporter,
@@ -26,7 +26,7 @@ use crate::{
 
 use super::{
     free_port, service_control,
-    step::{Exec, Live, Phase, Poll, Step},
+    step::{Exec, Phase, Poll, RealExec, Step},
     url_var, Created as AnyCreated, Health, RunId, RunRecord, Stack, StackFile,
 };
 
@@ -71,7 +71,7 @@ impl Namespace {
         Step::Watch {
             what: "until every pod is Ready".into(),
             polls: vec![Poll::Cmd(self.get_pods_json())],
-            run: Box::new(move |r, exec| self.wait_ready(r, timeout, exec)),
+            run: Box::new(move |reporter, exec| self.wait_ready(reporter, timeout, exec)),
         }
     }
 
@@ -79,7 +79,7 @@ impl Namespace {
     /// once, with the pod's logs and `kubectl describe`.
     pub fn wait_ready(
         &self,
-        r: &Reporter,
+        reporter: &Reporter,
         timeout: Duration,
         exec: &dyn Exec,
     ) -> anyhow::Result<()> {
@@ -105,7 +105,7 @@ impl Namespace {
             }
             let ready = !pods.is_empty() && waiting.is_empty();
             if ready {
-                r.line(format!("  {} pods ready", pods.len()));
+                reporter.line(format!("  {} pods ready", pods.len()));
             }
             Ok(ready)
         })?;
@@ -193,12 +193,12 @@ pub struct KubeRun {
 
 impl KubeRun {
     /// From the run's options: `--context` names the cluster, `--registry` the images (the
-    /// references the handoff pins are rewritten to the registry's).
-    pub fn new(run: &Run, handoff: &Handoff) -> anyhow::Result<KubeRun> {
+    /// references the images record pins are rewritten to the registry's).
+    pub fn new(run: &Run, engine_images: &EngineImages) -> anyhow::Result<KubeRun> {
         let Run { opts, project, manifests, id, .. } = run;
         let context = opts.context.clone().context("--runtime kube needs --context NAME")?;
         let prefix = opts.registry.as_deref().context("--runtime kube needs --registry")?;
-        let pinned = registry_references(handoff, prefix);
+        let pinned = registry_references(engine_images, prefix);
         let (stack, exposed) = manifests.render_kubernetes(&pinned, ClusterKind::Shared)?;
         let mut forwarded = BTreeMap::new();
         for (service, ServicePorts { port, .. }) in exposed {
@@ -233,7 +233,7 @@ impl KubeRun {
     }
 
     /// Until each forwarded port here accepts connections.
-    fn until_forwarded(&self, r: &Reporter, exec: &dyn Exec) -> anyhow::Result<()> {
+    fn until_forwarded(&self, reporter: &Reporter, exec: &dyn Exec) -> anyhow::Result<()> {
         for (service, &(_, here)) in &self.forwarded {
             let listening = || Ok(exec.connects(here));
             let pause = Duration::from_millis(100);
@@ -243,7 +243,7 @@ impl KubeRun {
                 up,
                 "the port-forward of {service} to 127.0.0.1:{here} did not listen within 30 s (its output is in {log})"
             );
-            r.line(format!("  {service} forwarded to 127.0.0.1:{here}"));
+            reporter.line(format!("  {service} forwarded to 127.0.0.1:{here}"));
         }
         Ok(())
     }
@@ -286,7 +286,7 @@ impl Stack for KubeRun {
         let listening = Step::Watch {
             what: "until each forwarded port here connects".into(),
             polls: self.forwarded.values().map(|&(_, here)| Poll::Connect(here)).collect(),
-            run: Box::new(|r, exec| self.until_forwarded(r, exec)),
+            run: Box::new(|reporter, exec| self.until_forwarded(reporter, exec)),
         };
         let phases = [
             Phase::new("deploy", deploy),
@@ -296,8 +296,8 @@ impl Stack for KubeRun {
         phases.into_iter().chain(tests).collect()
     }
 
-    fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()> {
-        self.namespace.wait_ready(r, timeout, &Live)
+    fn wait_ready(&self, reporter: &Reporter, timeout: Duration) -> anyhow::Result<()> {
+        self.namespace.wait_ready(reporter, timeout, &RealExec)
     }
 
     fn urls(&self) -> BTreeMap<String, String> {
@@ -338,7 +338,7 @@ impl Stack for KubeRun {
         &mut self,
         _project: &Project,
         _r: &Reporter,
-        _handoff: &Handoff,
+        _engine_images: &EngineImages,
     ) -> anyhow::Result<Vec<String>> {
         anyhow::bail!("`dev` does not run against a shared cluster (--runtime kube)")
     }
@@ -346,11 +346,11 @@ impl Stack for KubeRun {
 
 /// The images as the cluster pulls them: `REGISTRY/PREFIX/<name>:<fingerprint tag>`, by the
 /// repository the manifests name.
-pub fn registry_references(handoff: &Handoff, prefix: &str) -> BTreeMap<String, String> {
-    let remote = |i: &crate::handoff::ImageRecord| {
+pub fn registry_references(engine_images: &EngineImages, prefix: &str) -> BTreeMap<String, String> {
+    let remote = |i: &crate::engine_images::ImageRecord| {
         crate::registry::remote_reference(prefix, &i.name, &i.fingerprint)
     };
-    handoff.images.iter().map(|i| (i.repository.clone(), remote(i))).collect()
+    engine_images.images.iter().map(|i| (i.repository.clone(), remote(i))).collect()
 }
 
 /// The Pods of `new` (rendered manifests) to create again: their document differs from `old`'s,
@@ -396,7 +396,7 @@ pub fn pod_health(pod: &serde_json::Value) -> Health {
     for s in status["containerStatuses"].as_array().into_iter().flatten() {
         let name = s["name"].as_str().unwrap_or("?");
         let waiting = s["state"]["waiting"]["reason"].as_str().unwrap_or("");
-        if FAILED.split_whitespace().any(|r| r == waiting) {
+        if FAILED.split_whitespace().any(|reason| reason == waiting) {
             return Health::Failed(format!("container {name}: {waiting}"));
         }
         let code = s["lastState"]["terminated"]["exitCode"].as_i64().unwrap_or(0);

@@ -22,31 +22,31 @@ use serde::{Deserialize, Serialize};
 use crate::{
     build::PlanItem,
     cmd::Cmd,
+    engine_images::EngineImages,
     fsx,
-    handoff::Handoff,
     project::Project,
     report::Reporter,
-    run::{Images, Run, RunOptions, Runtime, SuiteGate},
+    run::{Run, RunImages, RunOptions, Runtime, SuiteGate},
     suite,
 };
-use step::{Live, Phase, Runner, Step};
+use step::{Phase, RealExec, Runner, Step};
 
 pub use crate::run::RunId;
 
-/// The stack on the runtime the run asks for, with `handoff`'s images; going on from `early`
+/// The stack on the runtime the run asks for, with `engine_images`' images; going on from `early`
 /// when some of it started before the images existed.
 pub fn stack(
     run: &Run,
-    handoff: &Handoff,
+    engine_images: &EngineImages,
     early: Option<Box<dyn EarlyStart>>,
 ) -> anyhow::Result<Box<dyn Stack>> {
     if let Some(early) = early {
-        return early.go_on(run, handoff);
+        return early.go_on(run, engine_images);
     }
     Ok(match run.opts.runtime {
-        Runtime::Podman => Box::new(podman::PodmanRun::new_for(run, handoff)?),
-        Runtime::Kind => Box::new(kind::KindRun::new(run, handoff)?),
-        Runtime::Kube => Box::new(kube::KubeRun::new(run, handoff)?),
+        Runtime::Podman => Box::new(podman::PodmanRun::new_for(run, engine_images)?),
+        Runtime::Kind => Box::new(kind::KindRun::new(run, engine_images)?),
+        Runtime::Kube => Box::new(kube::KubeRun::new(run, engine_images)?),
     })
 }
 
@@ -93,18 +93,18 @@ pub fn tests<'a>(
 pub fn images_beside(
     run: &Run,
     early: Option<&dyn EarlyStart>,
-) -> anyhow::Result<(Images, Option<RunRecord>)> {
+) -> anyhow::Result<(RunImages, Option<RunRecord>)> {
     let Some(early) = early else {
         return Ok((run.images()?, None));
     };
-    let r = &run.r;
+    let reporter = &run.reporter;
     let stack = early.as_stack();
     let dir = stack.dir().to_owned();
     let log = stack.log().to_owned();
     let (images, (started, record)) = scope(|s| {
         let starting = s.spawn(|| {
-            let mut runner = Runner { dir, log, exec: &mut Live, record: None };
-            (runner.phases(r, &early.plan_early()), runner.record)
+            let mut runner = Runner { dir, log, exec: &mut RealExec, record: None };
+            (runner.phases(reporter, &early.plan_early()), runner.record)
         });
         let images = run.images();
         // Pods awaiting the archive's images stop waiting for any that did not come.
@@ -113,8 +113,8 @@ pub fn images_beside(
     });
     if images.is_err() || started.is_err() {
         // Nothing else will run: what started early is torn down now.
-        if let Err(t) = finish(stack, r, record.as_ref(), false) {
-            r.line(format!("{t:#}"));
+        if let Err(t) = finish(stack, reporter, record.as_ref(), false) {
+            reporter.line(format!("{t:#}"));
         }
     }
     // The images' error first: when they fail, what waited on them fails too.
@@ -130,8 +130,12 @@ pub trait EarlyStart: Sync {
     fn images_ended(&self);
     /// To tear down what started, when the images fail.
     fn as_stack(&self) -> &dyn Stack;
-    /// The whole stack, going on from what started, with `handoff`'s images.
-    fn go_on(self: Box<Self>, run: &Run, handoff: &Handoff) -> anyhow::Result<Box<dyn Stack>>;
+    /// The whole stack, going on from what started, with `engine_images`' images.
+    fn go_on(
+        self: Box<Self>,
+        run: &Run,
+        engine_images: &EngineImages,
+    ) -> anyhow::Result<Box<dyn Stack>>;
 }
 
 /// A stack on podman ([`podman::PodmanRun`]), in Kind ([`kind::KindRun`]) or in a cluster of
@@ -148,7 +152,7 @@ pub trait Stack {
     /// Deploy, wait until ready, then `tests`.
     fn plan<'a>(&'a self, ready_timeout: Duration, tests: Vec<Phase<'a>>) -> Vec<Phase<'a>>;
     /// Until every service is ready again (after `dev` replaced some).
-    fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()>;
+    fn wait_ready(&self, reporter: &Reporter, timeout: Duration) -> anyhow::Result<()>;
     /// `<SERVICE>_URL` for a suite on this machine.
     fn urls(&self) -> BTreeMap<String, String>;
     fn control(&self, dedup_ttl_seconds: u64) -> StackFile;
@@ -161,12 +165,12 @@ pub trait Stack {
     fn failure_commands(&self) -> Vec<String> {
         Vec::new()
     }
-    /// `dev`: replaces the pods whose rendering with `handoff`'s images changed; their names.
+    /// `dev`: replaces the pods whose rendering with `engine_images`' images changed; their names.
     fn replace(
         &mut self,
         project: &Project,
-        r: &Reporter,
-        handoff: &Handoff,
+        reporter: &Reporter,
+        engine_images: &EngineImages,
     ) -> anyhow::Result<Vec<String>>;
     /// `dev`'s live update: each binary of `changed` copied into its image's containers,
     /// restarted in place, the stack then naming `plan`'s images. The containers, or `None`
@@ -197,16 +201,17 @@ pub trait Stack {
 /// explains it. Returns the outcome and the record of what exists, for [`finish`].
 pub fn execute(
     stack: &dyn Stack,
-    r: &Reporter,
+    reporter: &Reporter,
     project: &Project,
     plan: &[Phase],
     record: Option<RunRecord>,
 ) -> (anyhow::Result<()>, Option<RunRecord>) {
-    let (dir, log) = (stack.dir().to_owned(), stack.log().to_owned());
-    let mut runner = Runner { dir, log, exec: &Live, record };
-    let outcome = runner.phases(r, plan);
+    let dir = stack.dir().to_owned();
+    let log = stack.log().to_owned();
+    let mut runner = Runner { dir, log, exec: &RealExec, record };
+    let outcome = runner.phases(reporter, plan);
     if outcome.is_err() && runner.record.is_some() {
-        r.line(match stack.save_failure() {
+        reporter.line(match stack.save_failure() {
             Ok(dir) => format!("what explains the failure is kept in {}", project.display(&dir)),
             Err(e) => format!("could not keep the containers' logs: {e:#}"),
         });
@@ -218,16 +223,18 @@ pub fn execute(
 /// says how to reach it.
 pub fn finish(
     stack: &dyn Stack,
-    r: &Reporter,
+    reporter: &Reporter,
     record: Option<&RunRecord>,
     keep: bool,
 ) -> anyhow::Result<()> {
     let Some(record) = record else { return Ok(()) };
     if keep {
-        r.line(stack.keep_instructions());
+        reporter.line(stack.keep_instructions());
         return Ok(());
     }
-    r.phase("tear down", |r| teardown(stack.dir(), record, stack.log(), r, &Live))
+    reporter.phase("tear down", |reporter| {
+        teardown(stack.dir(), record, stack.log(), reporter, &RealExec)
+    })
 }
 
 /// What a run has created (or is about to), as recorded in `state.json`.
@@ -282,13 +289,13 @@ pub fn teardown(
     dir: &Path,
     record: &RunRecord,
     log: &Path,
-    r: &Reporter,
+    reporter: &Reporter,
     exec: &dyn step::Exec,
 ) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     for stage in record.teardown() {
         let stage: Vec<Cmd> = stage.into_iter().map(Cmd::survives_interrupt).collect();
-        stage.iter().for_each(|c| r.command(c));
+        stage.iter().for_each(|c| reporter.command(c));
         failures.extend(exec.run_all(&stage, log));
     }
     // Only a failed step needs judging by what is left (asking costs a command per object).
@@ -300,7 +307,9 @@ pub fn teardown(
         Created::Kind(c) => vec![format!("cluster {}", c.cluster)],
         Created::Kube(c) => vec![format!("namespace {}", c.namespace.name)],
     };
-    let (left, failures, id) = (left.join(", "), failures.join("\n"), &record.id);
+    let left = left.join(", ");
+    let failures = failures.join("\n");
+    let id = &record.id;
     anyhow::ensure!(
         left.is_empty(),
         "teardown left something behind ({left}):\n{failures}\n  fix: `cargo xtask e2e --down {id}` tries again"
@@ -312,7 +321,7 @@ pub fn teardown(
 /// `cargo xtask e2e --down [RUN]`: removes what runs left (crashed, interrupted twice, or
 /// `--keep`). Without a run id, every run whose process is gone; a run in progress is only
 /// removed when named.
-pub fn down(project: &Project, r: &Reporter, only: Option<&str>) -> anyhow::Result<()> {
+pub fn down(project: &Project, reporter: &Reporter, only: Option<&str>) -> anyhow::Result<()> {
     let runs = project.runs_dir();
     // In the order of the runs' ids, which are their directories' names.
     let found: Vec<(PathBuf, RunRecord)> = (crate::report::run_dirs(project).into_iter())
@@ -323,24 +332,25 @@ pub fn down(project: &Project, r: &Reporter, only: Option<&str>) -> anyhow::Resu
         let runs = project.display(&runs);
         anyhow::ensure!(!found.is_empty(), "no run {id} with anything left in {runs}");
     } else if found.is_empty() {
-        r.line("nothing to remove: no run has left anything");
+        reporter.line("nothing to remove: no run has left anything");
         return Ok(());
     }
     let mut failures = Vec::new();
     for (dir, record) in found {
-        let (id, pid) = (&record.id, record.pid);
+        let id = &record.id;
+        let pid = record.pid;
         // Its process still running: a run in progress.
         if only.is_none()
             && pid != std::process::id()
             && Path::new(&format!("/proc/{pid}")).exists()
         {
-            r.line(format!(
+            reporter.line(format!(
                 "run {id} is in progress (pid {pid}): left alone; `--down {id}` removes it anyway"
             ));
             continue;
         }
-        r.line(format!("removing what run {id} left"));
-        if let Err(e) = teardown(&dir, &record, &id.log(project), r, &Live) {
+        reporter.line(format!("removing what run {id} left"));
+        if let Err(e) = teardown(&dir, &record, &id.log(project), reporter, &RealExec) {
             failures.push(format!("{e:#}"));
         }
     }

@@ -19,7 +19,7 @@ use crate::{
     build::PlanItem,
     cmd::Cmd,
     engine::{container_name, Engine, Podman},
-    handoff::Handoff,
+    engine_images::EngineImages,
     manifests::{repository, Manifests, PodmanStack, Published, Secret, Subnet},
     project::Project,
     quirks::{self, PodRemoval},
@@ -89,43 +89,47 @@ impl Created {
 
 /// Images an archive is loading, awaited by the pods that run them.
 #[derive(Debug, Clone)]
-pub struct Arriving {
+pub struct AwaitedImages {
     /// Reference and image ID of each; `ended` is set when the load has ended.
     pub images: Vec<(String, String)>,
     pub ended: Arc<AtomicBool>,
 }
 
-impl Arriving {
+impl AwaitedImages {
     const DEADLINE: Duration = Duration::from_secs(15 * 60);
 
     fn names(images: &[(String, String)]) -> String {
         images.iter().map(|(reference, _)| reference.as_str()).collect::<Vec<_>>().join(", ")
     }
 
-    /// What [`Arriving::wait`] polls first: the IDs of every image.
+    /// What [`AwaitedImages::wait`] polls first: the IDs of every image.
     fn poll(&self) -> Cmd {
-        let references: Vec<String> = self.images.iter().map(|(r, _)| r.clone()).collect();
+        let references: Vec<String> =
+            self.images.iter().map(|(reference, _)| reference.clone()).collect();
         Engine::Podman.image_ids(&references)
     }
 
     /// Until every image is in the engine, or the load has ended without it. One `podman image
     /// inspect` of all of them at a time: a podman process costs CPU the load needs.
-    pub fn wait(&self, r: &Reporter, exec: &dyn Exec) -> anyhow::Result<()> {
+    pub fn wait(&self, reporter: &Reporter, exec: &dyn Exec) -> anyhow::Result<()> {
         let start = Instant::now();
         let mut missing = self.images.clone();
         let arrived = crate::poll::until(Self::DEADLINE, Duration::from_millis(300), || {
             // Read before looking: a load that ended before the look left what it loaded.
             let ended = self.ended.load(Ordering::SeqCst);
-            let references: Vec<String> = missing.iter().map(|(r, _)| r.clone()).collect();
+            let references: Vec<String> =
+                missing.iter().map(|(reference, _)| reference.clone()).collect();
             let found = exec.read_any(&Engine::Podman.image_ids(&references)).unwrap_or_default();
             missing.retain(|(_, id)| !found.lines().any(|l| l.trim() == id));
-            let (done, names) = (missing.is_empty(), Self::names(&missing));
+            let done = missing.is_empty();
+            let names = Self::names(&missing);
             anyhow::ensure!(done || !ended, "the archive's load ended without {names}");
             Ok(done)
         })?;
-        let (names, deadline) = (Self::names(&missing), secs(Self::DEADLINE));
+        let names = Self::names(&missing);
+        let deadline = secs(Self::DEADLINE);
         anyhow::ensure!(arrived, "{names} did not arrive within {deadline} of loading the archive");
-        r.line(format!("  loaded after {}", secs(start.elapsed())));
+        reporter.line(format!("  loaded after {}", secs(start.elapsed())));
         Ok(())
     }
 }
@@ -149,20 +153,20 @@ pub fn claim_network(
     pods: usize,
     dir: &Path,
     (remote, version): (bool, &str),
-    r: &Reporter,
+    reporter: &Reporter,
 ) -> anyhow::Result<(Subnet, RunRecord)> {
     let version = version.to_owned();
     let created = Created { network: Some(id.network()), remote, version, ..Default::default() };
     let record = RunRecord::new(id, AnyCreated::Podman(created));
     record.save(dir)?;
-    Ok((claim_subnet(id, pods, r, engine_subnets)?, record))
+    Ok((claim_subnet(id, pods, reporter, engine_subnets)?, record))
 }
 
 /// [`claim_network`]'s choice and create, `used` listing the subnets in use.
 pub fn claim_subnet(
     id: &RunId,
     pods: usize,
-    r: &Reporter,
+    reporter: &Reporter,
     used: impl Fn() -> anyhow::Result<Vec<(Ipv4Addr, u32)>>,
 ) -> anyhow::Result<Subnet> {
     let mut refused: Vec<Subnet> = Vec::new();
@@ -171,11 +175,11 @@ pub fn claim_subnet(
         taken_now.extend(refused.iter().map(|s| (s.base, s.prefix)));
         let subnet = Subnet::choose(id.as_str(), pods, &taken_now)?;
         let cmd = network_create(id, Some(subnet)).survives_interrupt();
-        r.command(&cmd);
+        reporter.command(&cmd);
         match cmd.read() {
             Ok(_) => return Ok(subnet),
             Err(e) if taken(&e) && refused.len() < 16 => {
-                r.line(format!("  {subnet} was taken meanwhile: choosing another"));
+                reporter.line(format!("  {subnet} was taken meanwhile: choosing another"));
                 refused.push(subnet);
             }
             Err(e) => return Err(e.context("creating the run's podman network")),
@@ -202,9 +206,9 @@ pub struct PodmanRun {
     /// The suite, packaged for the engine and run on the run's network.
     pub suite: Option<InEngine>,
     /// The pods started before the service images exist ([`Self::plan_early`]), once their
-    /// images are in (`arriving`, when an archive loads them).
+    /// images are in (`awaited`, when an archive loads them).
     pub early: BTreeSet<String>,
-    pub arriving: Option<Arriving>,
+    pub awaited: Option<AwaitedImages>,
     pub dir: PathBuf,
     pub log: PathBuf,
     pub stack: PodmanStack,
@@ -219,14 +223,16 @@ pub struct PodmanRun {
 
 impl PodmanRun {
     pub fn new(project: &Project, id: RunId, stack: PodmanStack) -> PodmanRun {
-        let (dir, log, early) = (id.dir(project), id.log(project), BTreeSet::new());
+        let dir = id.dir(project);
+        let log = id.log(project);
+        let early = BTreeSet::new();
         let created_from = BTreeMap::new();
         PodmanRun {
             remote: false,
             version: String::new(),
             suite: None,
             early,
-            arriving: None,
+            awaited: None,
             dir,
             log,
             id,
@@ -297,11 +303,12 @@ impl PodmanRun {
         }
         let mut steps = self.setup_steps();
         steps.push(Step::Record(self.record(usize::MAX, |pod| self.early.contains(pod))));
-        if let Some(arriving) = &self.arriving {
-            let names = Arriving::names(&arriving.images);
+        if let Some(awaited) = &self.awaited {
+            let names = AwaitedImages::names(&awaited.images);
             let what = format!("until the archive's load has put {names} in the engine");
-            let polls = vec![Poll::Cmd(arriving.poll())];
-            let run = Box::new(move |r: &Reporter, exec: &dyn Exec| arriving.wait(r, exec));
+            let polls = vec![Poll::Cmd(awaited.poll())];
+            let run =
+                Box::new(move |reporter: &Reporter, exec: &dyn Exec| awaited.wait(reporter, exec));
             steps.push(Step::Watch { what, polls, run });
         }
         steps.extend(self.play_steps(|pod| self.early.contains(pod)));
@@ -340,7 +347,8 @@ impl PodmanRun {
         let (mut steps, mut cmds) = (Vec::new(), Vec::new());
         let pods = self.stack.pods.iter().zip(&self.stack.pod_yaml);
         for (pod, yaml) in pods.filter(|(pod, _)| play(&pod.name)) {
-            let (file, address) = (self.pod_file(&pod.name), self.stack.address(&pod.name));
+            let file = self.pod_file(&pod.name);
+            let address = self.stack.address(&pod.name);
             cmds.push(Podman.kube_play(&self.id.network(), address, &file).survives_interrupt());
             steps.push(Step::Write { path: file, contents: yaml.clone() });
         }
@@ -371,8 +379,9 @@ impl Stack for PodmanRun {
     fn plan<'a>(&'a self, ready_timeout: Duration, tests: Vec<Phase<'a>>) -> Vec<Phase<'a>> {
         let what = "until each container's readinessProbe passes (each container on its own; while one does not, its state is read too)";
         let polls = self.stack.containers().map(|(pod, c)| ready::first_poll(self, pod, c));
-        let run =
-            move |r: &Reporter, exec: &dyn Exec| ready::wait_ready(self, ready_timeout, r, exec);
+        let run = move |reporter: &Reporter, exec: &dyn Exec| {
+            ready::wait_ready(self, ready_timeout, reporter, exec)
+        };
         let wait = Step::Watch { what: what.into(), polls: polls.collect(), run: Box::new(run) };
         let mut deploy = if self.early.is_empty() { self.setup_steps() } else { Vec::new() };
         deploy.push(Step::Record(self.final_record()));
@@ -382,8 +391,8 @@ impl Stack for PodmanRun {
         phases.into_iter().chain(tests).collect()
     }
 
-    fn wait_ready(&self, r: &Reporter, timeout: Duration) -> anyhow::Result<()> {
-        ready::wait_ready(self, timeout, r, &step::Live)
+    fn wait_ready(&self, reporter: &Reporter, timeout: Duration) -> anyhow::Result<()> {
+        ready::wait_ready(self, timeout, reporter, &step::RealExec)
     }
 
     fn urls(&self) -> BTreeMap<String, String> {
@@ -397,7 +406,8 @@ impl Stack for PodmanRun {
     fn control(&self, dedup_ttl_seconds: u64) -> StackFile {
         let services = self.stack.pods.iter().filter_map(|p| {
             let exec = Podman.exec_prefix(&container_name(&p.name, &p.containers.first()?.name));
-            let (stop, start) = (Podman.pod_stop(&p.name), Podman.pod_start(&p.name));
+            let stop = Podman.pod_stop(&p.name);
+            let start = Podman.pod_start(&p.name);
             let mut control = service_control(&stop, &start, &exec);
             control.pod = (!self.remote).then(|| p.name.clone());
             Some((p.base.clone(), control))
@@ -423,7 +433,9 @@ impl Stack for PodmanRun {
         let vars: Vec<String> = self.urls().iter().map(|(k, v)| format!("{k}={v}")).collect();
         let each: String = vars.iter().map(|v| format!("  {v}\n")).collect();
         let names: Vec<String> = self.containers().into_iter().map(|(_, c)| c).collect();
-        let (all, names, id) = (vars.join(" "), names.join(", "), &self.id);
+        let all = vars.join(" ");
+        let names = names.join(", ");
+        let id = &self.id;
         format!(
             "the stack is left running:\n{each}  run the suite again: {all} cargo test -p e2e-suite --test e2e\n  \
              logs: podman logs -f CONTAINER, for {names}\n  \
@@ -447,7 +459,7 @@ impl Stack for PodmanRun {
     fn suite_steps<'a>(&'a self, project: &'a Project) -> Vec<Step<'a>> {
         let Some(p) = &self.suite else { return Vec::new() };
         let what = format!("the suite's test binaries (as their compile placed them) packaged, unless an image of the same content is in the engine: {}", p.build());
-        let run = Box::new(move |r: &Reporter, _: &dyn Exec| p.package(project, r));
+        let run = Box::new(move |reporter: &Reporter, _: &dyn Exec| p.package(project, reporter));
         vec![Step::Watch { what, polls: Vec::new(), run }]
     }
 
@@ -464,7 +476,7 @@ impl Stack for PodmanRun {
     fn sync_binaries(
         &mut self,
         project: &Project,
-        r: &Reporter,
+        reporter: &Reporter,
         changed: &[&PlanItem],
         plan: &[PlanItem],
     ) -> anyhow::Result<Option<Vec<String>>> {
@@ -480,15 +492,16 @@ impl Stack for PodmanRun {
             let binary = item.spec.binary().unwrap_or_default();
             let dockerfile = std::fs::read_to_string(project.root.join(&item.spec.dockerfile))?;
             let Some(dest) = binary_destination(&dockerfile, binary) else { return Ok(None) };
-            let (file, repo) = (item.context.join(binary), item.spec.repository.as_str());
+            let file = item.context.join(binary);
+            let repo = item.spec.repository.as_str();
             for (pod, c) in self.stack.containers().filter(|(_, c)| repository(&c.image) == repo) {
                 let name = container_name(&pod.name, &c.name);
                 let doing = format!("syncing {binary} into {name}");
                 let monitors = if self.remote { Vec::new() } else { ready::monitors(&pod.name) };
-                step::run_shown(r, &self.log, &[Podman.container_stop(&name)], &doing)?;
+                step::run_shown(reporter, &self.log, &[Podman.container_stop(&name)], &doing)?;
                 ready::until_cleaned_up(&monitors)?;
                 let cmds = [Podman.cp_into(&file, &name, &dest), Podman.container_start(&name)];
-                step::run_shown(r, &self.log, &cmds, &doing)?;
+                step::run_shown(reporter, &self.log, &cmds, &doing)?;
                 ready::running_after_start(&name)?;
                 self.created_from.entry(name.clone()).or_insert_with(|| c.image.clone());
                 synced.push(name);
@@ -509,41 +522,41 @@ impl Stack for PodmanRun {
     fn replace(
         &mut self,
         project: &Project,
-        r: &Reporter,
-        handoff: &Handoff,
+        reporter: &Reporter,
+        engine_images: &EngineImages,
     ) -> anyhow::Result<Vec<String>> {
         let stack =
-            self.rerender(&Manifests::load(&project.manifests_dir())?, &handoff.pinned())?;
+            self.rerender(&Manifests::load(&project.manifests_dir())?, &engine_images.pinned())?;
         let secrets = changed_secrets(&self.stack, &stack);
         let changed = changed_pods(&self.stack, &stack);
         // Stopped, not killed: a service finishes what it was doing (the gateway releases its
         // outbox lease for the new one).
         for pod in changed.iter().map(|&i| &stack.pods[i].name) {
             let cmds = [Podman.pod_stop(pod), Podman.pod_rm(pod)];
-            step::run_shown(r, &self.log, &cmds, &format!("replacing {pod}"))?;
+            step::run_shown(reporter, &self.log, &cmds, &format!("replacing {pod}"))?;
         }
         // A Secret is read when its pods are played: made again before them, as the run made
         // it (its payload on disk only while the create runs).
         let mut runner = step::Runner {
             dir: self.dir.clone(),
             log: self.log.clone(),
-            exec: &step::Live,
+            exec: &step::RealExec,
             record: None,
         };
         for secret in &secrets {
             let doing = format!("replacing podman secret {}", secret.name);
             if self.stack.secrets.iter().any(|s| s.name == secret.name) {
                 let cmd = Podman.secret_rm(&secret.name).survives_interrupt();
-                runner.step(r, &Step::Run { cmd, doing: doing.clone() })?;
+                runner.step(reporter, &Step::Run { cmd, doing: doing.clone() })?;
             }
-            runner.step(r, &self.secret_step(secret, &doing))?;
+            runner.step(reporter, &self.secret_step(secret, &doing))?;
         }
         for &i in &changed {
             let pod = &stack.pods[i];
             let file = self.pod_file(&pod.name);
             crate::fsx::write_atomic(&file, &stack.pod_yaml[i])?;
             let play = Podman.kube_play(&self.id.network(), stack.address(&pod.name), &file);
-            step::run_shown(r, &self.log, &[play], &format!("replacing {}", pod.name))?;
+            step::run_shown(reporter, &self.log, &[play], &format!("replacing {}", pod.name))?;
             for c in &pod.containers {
                 self.created_from.remove(&container_name(&pod.name, &c.name));
             }

@@ -103,7 +103,7 @@ impl std::fmt::Display for Poll {
     }
 }
 
-/// How commands are run and the world is looked at: for real ([`Live`]), or recorded by the
+/// How commands are run and the world is looked at: for real ([`RealExec`]), or recorded by the
 /// tests. Shared by the threads of a step (readiness polls each container on its own).
 pub trait Exec: Sync {
     fn run(&self, cmd: &Cmd, log: &Path) -> anyhow::Result<()>;
@@ -144,17 +144,17 @@ pub trait Exec: Sync {
 }
 
 pub fn failures(results: impl IntoIterator<Item = anyhow::Result<()>>) -> Vec<String> {
-    results.into_iter().filter_map(|r| Some(format!("{:#}", r.err()?))).collect()
+    results.into_iter().filter_map(|result| Some(format!("{:#}", result.err()?))).collect()
 }
 
-pub struct Live;
+pub struct RealExec;
 
-/// How many commands of a step [`Live`] runs at once: four per CPU.
+/// How many commands of a step [`RealExec`] runs at once: four per CPU.
 fn at_once() -> usize {
     crate::memory::cpus() * 4
 }
 
-impl Exec for Live {
+impl Exec for RealExec {
     fn run(&self, cmd: &Cmd, log: &Path) -> anyhow::Result<()> {
         cmd.run_logged(log)
     }
@@ -175,7 +175,7 @@ impl Exec for Live {
         });
         let mut results = results.into_inner().expect("not poisoned");
         results.sort_by_key(|(i, _)| *i);
-        failures(results.into_iter().map(|(_, r)| r))
+        failures(results.into_iter().map(|(_, reporter)| reporter))
     }
 
     fn terminal(&self, cmd: &Cmd) -> anyhow::Result<()> {
@@ -218,14 +218,16 @@ pub struct Runner<'e> {
 }
 
 impl Runner<'_> {
-    pub fn phases(&mut self, r: &Reporter, phases: &[Phase]) -> anyhow::Result<()> {
+    pub fn phases(&mut self, reporter: &Reporter, phases: &[Phase]) -> anyhow::Result<()> {
         for phase in phases {
-            r.phase(phase.name, |r| phase.steps.iter().try_for_each(|s| self.step(r, s)))?;
+            reporter.phase(phase.name, |reporter| {
+                phase.steps.iter().try_for_each(|s| self.step(reporter, s))
+            })?;
         }
         Ok(())
     }
 
-    pub fn step(&mut self, r: &Reporter, step: &Step) -> anyhow::Result<()> {
+    pub fn step(&mut self, reporter: &Reporter, step: &Step) -> anyhow::Result<()> {
         match step {
             Step::Write { path, contents } => fsx::write_atomic(path, contents),
             Step::Record(record) => {
@@ -234,29 +236,29 @@ impl Runner<'_> {
                 Ok(())
             }
             Step::Run { cmd, doing } => {
-                r.command(cmd);
+                reporter.command(cmd);
                 self.exec.run(cmd, &self.log).with_context(|| doing.clone())
             }
             Step::Secret { file, payload, cmd, doing } => {
                 fsx::write_private(file, payload)?;
-                r.command(cmd);
+                reporter.command(cmd);
                 let result = self.exec.run(cmd, &self.log);
                 let _ = std::fs::remove_file(file);
                 result.map_err(damaged_secrets).with_context(|| doing.clone())
             }
             Step::Parallel { cmds, doing } => {
-                cmds.iter().for_each(|c| r.command(c));
+                cmds.iter().for_each(|c| reporter.command(c));
                 let failed = self.exec.run_all(cmds, &self.log);
                 anyhow::ensure!(failed.is_empty(), "{doing}:\n{}", failed.join("\n"));
                 Ok(())
             }
             Step::Terminal { cmd, doing } => {
-                r.command(cmd);
+                reporter.command(cmd);
                 self.exec.terminal(cmd).with_context(|| doing.clone())
             }
             Step::Background { cmds, into, doing } => {
                 for cmd in cmds {
-                    r.command(cmd);
+                    reporter.command(cmd);
                     let started = self.exec.start(cmd, &self.log).with_context(|| doing.clone())?;
                     into.lock().expect("not poisoned").extend(started);
                 }
@@ -264,7 +266,7 @@ impl Runner<'_> {
             }
             Step::Watch { run, polls, .. } => {
                 self.exec.watching(Some(polls));
-                let watched = run(r, self.exec);
+                let watched = run(reporter, self.exec);
                 self.exec.watching(None);
                 watched
             }
@@ -292,9 +294,9 @@ fn damaged_secrets(err: anyhow::Error) -> anyhow::Error {
 
 /// Runs commands in turn, each shown, with its output in `log` (`dev`'s changes to a stack),
 /// each to its end even after Ctrl-C (as the deploy's steps).
-pub fn run_shown(r: &Reporter, log: &Path, cmds: &[Cmd], doing: &str) -> anyhow::Result<()> {
+pub fn run_shown(reporter: &Reporter, log: &Path, cmds: &[Cmd], doing: &str) -> anyhow::Result<()> {
     cmds.iter().try_for_each(|c| {
-        r.command(c);
+        reporter.command(c);
         interrupt::check()?;
         c.clone().survives_interrupt().run_logged(log).with_context(|| doing.to_owned())
     })
@@ -321,9 +323,9 @@ pub fn printed_commands(phases: &[Phase]) -> Vec<String> {
 #[cfg(test)]
 pub fn record_run(rec: &Recorder, dir: &Path, log: &Path, plans: &[&[Phase]]) -> Option<RunRecord> {
     let mut runner = Runner { dir: dir.to_owned(), log: log.to_owned(), exec: rec, record: None };
-    let r = Reporter::quiet();
+    let reporter = Reporter::quiet();
     for plan in plans {
-        runner.phases(&r, plan).unwrap();
+        runner.phases(&reporter, plan).unwrap();
     }
     runner.record
 }

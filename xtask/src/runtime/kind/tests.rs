@@ -83,8 +83,8 @@ fn the_printed_plan_is_the_executed_plan() {
         let record = step::record_run(&rec, &run.dir, &run.log, &[&plan]);
         let record = record.expect("recorded before the cluster exists");
         assert_eq!(record, run.final_record());
-        let r = Reporter::quiet();
-        crate::runtime::teardown(&run.dir, &record, &run.log, &r, &rec).unwrap();
+        let reporter = Reporter::quiet();
+        crate::runtime::teardown(&run.dir, &record, &run.log, &reporter, &rec).unwrap();
         assert_eq!(rec.commands(), printed, "reuse: {reuse}");
         assert!(printed.iter().any(|l| l.ends_with("get pods --output json")), "{printed:#?}");
         std::fs::remove_dir_all(root).unwrap();
@@ -193,8 +193,8 @@ fn manifests_for_kind_pin_images_never_pull_and_keep_services() {
 
 #[test]
 fn without_an_archive_the_engine_saves_one() {
-    let r = KindRun { archive_source: None, ..run(false, Engine::Podman) };
-    assert_eq!(r.make_tar().to_string(), "podman save --multi-image-archive --output /r/target/e2e/runs/1/images.tar localhost/e2e-gateway:aaaa");
+    let saved = KindRun { archive_source: None, ..run(false, Engine::Podman) };
+    assert_eq!(saved.make_tar().to_string(), "podman save --multi-image-archive --output /r/target/e2e/runs/1/images.tar localhost/e2e-gateway:aaaa");
 }
 
 #[test]

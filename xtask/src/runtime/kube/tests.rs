@@ -131,15 +131,16 @@ fn manifests_for_a_shared_cluster_pull_and_use_no_node_ports() {
 
 #[test]
 fn the_cluster_pulls_each_image_by_its_registry_reference() {
-    let record = |name: &str, repository: &str, fingerprint: char| crate::handoff::ImageRecord {
-        name: name.into(),
-        repository: repository.into(),
-        reference: format!("{repository}:local"),
-        id: String::new(),
-        fingerprint: fingerprint.to_string().repeat(64),
-        size: 0,
-    };
-    let handoff = Handoff {
+    let record =
+        |name: &str, repository: &str, fingerprint: char| crate::engine_images::ImageRecord {
+            name: name.into(),
+            repository: repository.into(),
+            reference: format!("{repository}:local"),
+            id: String::new(),
+            fingerprint: fingerprint.to_string().repeat(64),
+            size: 0,
+        };
+    let engine_images = EngineImages {
         engine: crate::engine::Engine::Podman,
         at: "this machine".into(),
         platform: "linux/amd64".into(),
@@ -152,7 +153,7 @@ fn the_cluster_pulls_each_image_by_its_registry_reference() {
         built_now: Vec::new(),
     };
     assert_eq!(
-        registry_references(&handoff, "registry.example.com/team/e2e/"),
+        registry_references(&engine_images, "registry.example.com/team/e2e/"),
         BTreeMap::from([
             (
                 "localhost/e2e-gateway".to_owned(),

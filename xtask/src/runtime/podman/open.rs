@@ -14,9 +14,9 @@ use crate::{
 };
 
 impl PodmanRun {
-    /// The stack with `handoff`'s images, on a subnet of the run's own.
-    pub fn new_for(run: &Run, handoff: &Handoff) -> anyhow::Result<PodmanRun> {
-        let stack = PodmanRun::on_run_subnet(run, &handoff.pinned())?;
+    /// The stack with `engine_images`' images, on a subnet of the run's own.
+    pub fn new_for(run: &Run, engine_images: &EngineImages) -> anyhow::Result<PodmanRun> {
+        let stack = PodmanRun::on_run_subnet(run, &engine_images.pinned())?;
         Ok(PodmanRun::with_suite(run, stack))
     }
 
@@ -28,16 +28,16 @@ impl PodmanRun {
             return None;
         }
         let names: Vec<String> =
-            session.images.infrastructure().into_iter().map(str::to_owned).collect();
+            session.images_file.infrastructure().into_iter().map(str::to_owned).collect();
         // Their images: cached here, or coming with the archive (awaited before they start).
-        let (pinned, arriving): (BTreeMap<String, String>, _) = match source {
+        let (pinned, awaited): (BTreeMap<String, String>, _) = match source {
             ImageSource::Archive { path, .. } => {
-                let images = archive::read_manifest(path).ok()?.handoff.images.into_iter();
-                let (pinned, arriving): (_, Vec<_>) = images
+                let images = archive::read_manifest(path).ok()?.engine_images.images.into_iter();
+                let (pinned, awaited): (_, Vec<_>) = images
                     .filter(|i| names.contains(&i.name))
                     .map(|i| ((i.repository, i.reference.clone()), (i.reference, i.id)))
                     .unzip();
-                (pinned, Some(arriving))
+                (pinned, Some(awaited))
             }
             ImageSource::Registry(_) => return None,
             ImageSource::Build => {
@@ -60,7 +60,9 @@ impl PodmanRun {
         let early: BTreeSet<String> = stack
             .pods
             .iter()
-            .filter(|p| p.containers.iter().all(|c| pinned.values().any(|r| *r == c.image)))
+            .filter(|p| {
+                p.containers.iter().all(|c| pinned.values().any(|reference| *reference == c.image))
+            })
             .map(|p| p.name.clone())
             .collect();
         if early.is_empty() {
@@ -68,20 +70,20 @@ impl PodmanRun {
         }
         let mut started = PodmanRun::on_run_subnet(run, &pinned).ok()?;
         started.early = early;
-        started.arriving = arriving.map(|images| Arriving { images, ended: Default::default() });
+        started.awaited = awaited.map(|images| AwaitedImages { images, ended: Default::default() });
         Some(started)
     }
 
     /// The stack rendered with `pinned`, on the run's subnet, sized to its pods: on a dry run
     /// chosen, else claimed (the network made and recorded, see [`claim_network`]).
     fn on_run_subnet(run: &Run, pinned: &BTreeMap<String, String>) -> anyhow::Result<PodmanRun> {
-        let Run { opts, project, r, session, manifests, id, .. } = run;
+        let Run { opts, project, reporter, session, manifests, id, .. } = run;
         let pods = manifests.pods().len();
         let (subnet, made) = match opts.dry_run {
             true => (Subnet::choose(id.as_str(), pods, &engine_subnets()?)?, None),
             false => {
                 let engine = (session.remote(), session.engine_version());
-                let (subnet, record) = claim_network(id, pods, &id.dir(project), engine, r)?;
+                let (subnet, record) = claim_network(id, pods, &id.dir(project), engine, reporter)?;
                 (subnet, Some(record))
             }
         };
@@ -125,8 +127,8 @@ impl EarlyStart for PodmanRun {
     }
 
     fn images_ended(&self) {
-        if let Some(arriving) = &self.arriving {
-            arriving.ended.store(true, Ordering::SeqCst);
+        if let Some(awaited) = &self.awaited {
+            awaited.ended.store(true, Ordering::SeqCst);
         }
     }
 
@@ -135,9 +137,13 @@ impl EarlyStart for PodmanRun {
     }
 
     /// The same stack with every image pinned now, on the subnet and ports the early part chose.
-    fn go_on(self: Box<Self>, run: &Run, handoff: &Handoff) -> anyhow::Result<Box<dyn Stack>> {
-        let stack = self.rerender(&run.manifests, &handoff.pinned())?;
-        let podman = PodmanRun { stack, arriving: None, ..*self };
+    fn go_on(
+        self: Box<Self>,
+        run: &Run,
+        engine_images: &EngineImages,
+    ) -> anyhow::Result<Box<dyn Stack>> {
+        let stack = self.rerender(&run.manifests, &engine_images.pinned())?;
+        let podman = PodmanRun { stack, awaited: None, ..*self };
         Ok(Box::new(PodmanRun::with_suite(run, podman)))
     }
 }

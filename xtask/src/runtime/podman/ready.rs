@@ -12,7 +12,8 @@ pub fn classify(state: &str) -> Health {
     let mut parts = state.split_whitespace();
     let status = parts.next().unwrap_or("unknown");
     let mut number = || parts.next().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
-    let (exit, restarts) = (number(), number());
+    let exit = number();
+    let restarts = number();
     match status {
         _ if restarts > 0 => {
             Health::Failed(format!("restarted {restarts} time(s), last exit code {exit}"))
@@ -25,7 +26,7 @@ pub fn classify(state: &str) -> Health {
 }
 
 pub fn health(container: &str) -> Health {
-    health_through(&step::Live, container)
+    health_through(&step::RealExec, container)
 }
 
 fn health_through(exec: &dyn Exec, container: &str) -> Health {
@@ -67,7 +68,7 @@ pub(super) fn until_cleaned_up(monitors: &[u32]) -> anyhow::Result<()> {
 pub fn wait_ready(
     run: &PodmanRun,
     timeout: Duration,
-    r: &Reporter,
+    reporter: &Reporter,
     exec: &dyn Exec,
 ) -> anyhow::Result<()> {
     let start = Instant::now();
@@ -77,7 +78,7 @@ pub fn wait_ready(
         let polling: Vec<_> = (run.stack.containers())
             .map(|(pod, c)| {
                 let waiting = Waiting { run, pod, c, stop, start, timeout, exec };
-                s.spawn(move || waiting.until_ready(r))
+                s.spawn(move || waiting.until_ready(reporter))
             })
             .collect();
         let outcomes =
@@ -167,7 +168,7 @@ struct Waiting<'a> {
 impl Waiting<'_> {
     /// Until the container's readiness probe passes (`Ok`, shown), the container fails,
     /// another one did (`stop`, set on failure), or the time is up (`Err`, why).
-    fn until_ready(&self, r: &Reporter) -> Result<(), String> {
+    fn until_ready(&self, reporter: &Reporter) -> Result<(), String> {
         let Waiting { pod, c, stop, start, timeout, exec, .. } = *self;
         let name = &container_name(&pod.name, &c.name);
         let attempt = readiness_try(self.run, pod, c);
@@ -213,7 +214,7 @@ impl Waiting<'_> {
         });
         let why = match ready {
             Ok(true) => {
-                r.line(format!("  {name} ready after {}", secs(start.elapsed())));
+                reporter.line(format!("  {name} ready after {}", secs(start.elapsed())));
                 return Ok(());
             }
             Ok(false) => reason,

@@ -88,10 +88,10 @@ fn the_printed_plan_is_the_executed_plan() {
     let rec = step::Recorder::answering(&[("podman container inspect", "running 0 0")]);
     let record = step::record_run(&rec, &run.dir, &run.log, &[&plan]);
     let record = record.expect("the run recorded what it made");
-    let r = crate::report::Reporter::quiet();
+    let reporter = crate::report::Reporter::quiet();
     assert_eq!(record, run.final_record(), "the last record is everything");
     assert!(run.dir.join("state.json").exists(), "recorded on disk before creating");
-    crate::runtime::teardown(&run.dir, &record, &run.log, &r, &rec).unwrap();
+    crate::runtime::teardown(&run.dir, &record, &run.log, &reporter, &rec).unwrap();
     assert_eq!(rec.commands(), printed);
     assert!(
         printed.iter().any(|l| l.starts_with("GET http://127.0.0.1:")),
@@ -139,7 +139,7 @@ fn early_pods_of_an_archive_wait_for_their_images_before_they_play() {
     let root = std::env::temp_dir().join(format!("xtask-podman-arriving-{}", std::process::id()));
     let mut run = run(&root);
     run.early = ["postgres-103501-42".to_owned()].into();
-    run.arriving = Some(Arriving {
+    run.awaited = Some(AwaitedImages {
         images: vec![("localhost/e2e-postgres:1".into(), "a".repeat(64))],
         ended: Default::default(),
     });
@@ -158,11 +158,11 @@ fn early_pods_of_an_archive_wait_for_their_images_before_they_play() {
 
 #[test]
 fn a_load_that_ends_without_the_images_ends_the_wait() {
-    let arriving = Arriving {
+    let awaited = AwaitedImages {
         images: vec![("localhost/e2e-no-such-image:0".into(), "b".repeat(64))],
         ended: Arc::new(AtomicBool::new(true)),
     };
-    let err = arriving.wait(&Reporter::new(), &step::Live).unwrap_err().to_string();
+    let err = awaited.wait(&Reporter::new(), &step::RealExec).unwrap_err().to_string();
     assert!(
         err.contains("the archive's load ended without localhost/e2e-no-such-image:0"),
         "{err}"
@@ -228,7 +228,8 @@ fn fault_tests_get_a_handle_on_every_service() {
 fn a_synced_containers_probe_runs_in_the_image_it_was_created_from() {
     let mut run = run(Path::new("/r"));
     let (pod, c) = run.stack.containers().find(|(p, _)| p.base == "gateway").unwrap();
-    let (name, rendered) = (container_name(&pod.name, &c.name), c.image.clone());
+    let name = container_name(&pod.name, &c.name);
+    let rendered = c.image.clone();
     assert_eq!(run.image_of(&name, c), rendered);
     run.created_from.insert(name.clone(), "localhost/e2e-gateway:old".into());
     let (_, c) = run.stack.containers().find(|(p, _)| p.base == "gateway").unwrap();
@@ -245,7 +246,7 @@ fn two_runs_on_the_same_free_subnet_both_get_a_network() {
         .collect::<Result<_, _>>()
         .unwrap();
     let before = engine_subnets().expect("podman answers");
-    let r = crate::report::Reporter::new();
+    let reporter = crate::report::Reporter::new();
     // The second run's id is made to choose what the first chooses, from the same listing.
     let first = Subnet::choose(ids[0].as_str(), 4, &before).unwrap();
     let second_id = (0..100_000)
@@ -254,9 +255,9 @@ fn two_runs_on_the_same_free_subnet_both_get_a_network() {
         })
         .find(|id| Subnet::choose(id.as_str(), 4, &before).unwrap() == first)
         .expect("an id that hashes to the same slot");
-    let a = claim_subnet(&ids[0], 4, &r, engine_subnets).unwrap();
+    let a = claim_subnet(&ids[0], 4, &reporter, engine_subnets).unwrap();
     // The second read the engine's networks before the first made its own.
-    let b = claim_subnet(&second_id, 4, &r, || Ok(before.clone()));
+    let b = claim_subnet(&second_id, 4, &reporter, || Ok(before.clone()));
     let names = [ids[0].network(), second_id.network()];
     let removed = names.iter().map(|n| Podman.network_rm(n).read()).collect::<Vec<_>>();
     let b = b.unwrap();

@@ -1,4 +1,4 @@
-//! `target/e2e/images.json`, the handoff (docs/commands.md): every E2E image as the engine has
+//! `target/e2e/images.json`, the record of the images (docs/commands.md): every E2E image as the engine has
 //! it, written by `prebuild-images`, read by `e2e`, `save-images`, `doctor` and the benchmarks.
 
 use std::{collections::BTreeMap, path::PathBuf};
@@ -13,7 +13,7 @@ use crate::{
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Handoff {
+pub struct EngineImages {
     pub engine: Engine,
     /// Which engine has these images ([`EngineFacts::at`]); older files are the local one's.
     #[serde(default = "this_machine")]
@@ -42,9 +42,9 @@ fn this_machine() -> String {
     THIS_MACHINE.to_owned()
 }
 
-impl Handoff {
-    pub fn new(env: &Env, images: Vec<ImageRecord>) -> Handoff {
-        Handoff {
+impl EngineImages {
+    pub fn new(env: &Env, images: Vec<ImageRecord>) -> EngineImages {
+        EngineImages {
             engine: env.engine(),
             at: env.facts.at.clone(),
             platform: env.facts.platform.clone(),
@@ -69,12 +69,12 @@ impl Handoff {
         project.e2e_dir.join("images.json")
     }
 
-    pub fn load(project: &Project) -> Option<Handoff> {
-        serde_json::from_slice(&std::fs::read(Handoff::path(project)).ok()?).ok()
+    pub fn load(project: &Project) -> Option<EngineImages> {
+        serde_json::from_slice(&std::fs::read(EngineImages::path(project)).ok()?).ok()
     }
 
     pub fn save(&self, project: &Project) -> anyhow::Result<()> {
-        fsx::write_json(&Handoff::path(project), self)
+        fsx::write_json(&EngineImages::path(project), self)
     }
 
     pub fn pinned(&self) -> BTreeMap<String, String> {
