@@ -20,6 +20,7 @@ mod interrupt;
 mod isolation;
 mod manifests;
 mod memory;
+mod parallel;
 mod poll;
 mod problem;
 mod project;

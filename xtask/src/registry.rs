@@ -24,7 +24,7 @@ pub fn pull(inputs: Inputs, prefix: &str) -> Result<EngineImages> {
     let log = project.logs_dir().join("pull-images.log");
     let _ = std::fs::remove_file(&log);
     reporter.phase("pull images", |reporter| {
-        let pulled = build::in_parallel(&prepared.plan, |item| {
+        let pulled = crate::parallel::in_parallel(&prepared.plan, |item| {
             if let Action::Cached(image) = &item.action {
                 return Ok(item.record(image));
             }

@@ -2,27 +2,30 @@
 //! its inputs changed, never more at once than memory allows. [`prepare`] checks the engine,
 //! compiles the binaries and plans; [`finish`] builds and writes `target/e2e/images.json`.
 
+mod base;
 pub mod compile;
 mod plan;
 mod schedule;
+mod session;
 
 pub use compile::CompileIn;
-pub use plan::{Action, PlanItem};
+pub use plan::{tidy, Action, PlanItem};
 pub use schedule::build_cmd_for;
+pub use session::{load_images, Inputs, Session};
 
 pub use crate::timeline::Activity;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::{
     cmd::Cmd,
-    engine::{Engine, EngineFacts, ImageInfo},
+    engine::{Engine, ImageInfo},
     engine_images::EngineImages,
-    facts::{Env, Facts},
+    facts::Env,
     fingerprint,
-    images::{self, ImageSpec, ImagesFile},
+    images::{self, ImageSpec},
     memory,
     project::Project,
     report::Reporter,
@@ -70,143 +73,6 @@ impl PrebuildArgs {
         let session = &Session::open(project, opts, reporter, true)?;
         prebuild(Inputs { project, reporter, opts, session }, &self.images).map(drop)
     }
-}
-
-/// What every step of a build reads: the project, where it reports, the build's options, and
-/// the session (the images file and the engine's facts).
-#[derive(Clone, Copy)]
-pub struct Inputs<'a> {
-    pub project: &'a Project,
-    pub reporter: &'a Reporter,
-    pub opts: &'a BuildOptions,
-    pub session: &'a Session,
-}
-
-/// What every image command starts from, read and asked once: the images file, and the
-/// facts of the engine and the machine.
-pub struct Session {
-    pub images_file: ImagesFile,
-    pub facts: Facts,
-}
-
-impl Session {
-    /// Reads the images file and asks the engine for its facts (over ssh, each answer takes
-    /// seconds); with `provision`, a missing base image is first [provided](provision_base).
-    pub fn open(
-        project: &Project,
-        opts: &BuildOptions,
-        reporter: &Reporter,
-        provision: bool,
-    ) -> Result<Self> {
-        let images = load_images(project, opts, None)?;
-        // The one place the engine is decided (as asked, else podman, else docker).
-        let engine = Engine::detect(opts.engine);
-        let offline = images.offline_base_image.as_deref();
-        let candidates: Vec<&str> =
-            [images.base_image.as_str()].into_iter().chain(offline).collect();
-        let mut facts = reporter.phase("ask the engine", |reporter| {
-            if let Ok(detected) = engine {
-                let given = crate::engine::given_at(detected);
-                let at = given.map(|at| format!(" at {at}")).unwrap_or_default();
-                let what = "its platform, memory, CPUs, store and base image";
-                reporter.line(format!("  asking {}{at}: {what}", detected.program()));
-            }
-            Ok(Facts::gather(engine.clone(), &candidates, opts.memory_budget))
-        })?;
-        if let (true, None, Ok(engine_facts)) = (provision, &facts.base, &facts.engine) {
-            if let Some(made) = provision_base(project, reporter, engine_facts, &images) {
-                facts.base = engine_facts.engine.image(&made);
-                facts.base_image = made;
-            }
-        }
-        let images = match facts.base_image != images.base_image {
-            true => load_images(project, opts, Some(facts.base_image.clone()))?,
-            false => images,
-        };
-        Ok(Session { images_file: images, facts })
-    }
-
-    pub fn remote(&self) -> bool {
-        self.facts.engine.as_ref().is_ok_and(|f| f.remote)
-    }
-
-    /// The version the engine reports of itself (`?` when it did not answer).
-    pub fn engine_version(&self) -> &str {
-        self.facts.engine.as_ref().map_or("?", |f| f.version.as_str())
-    }
-
-    /// The facts to go on with, printed once: the engine, its machine, the base image.
-    pub fn env(&self, reporter: &Reporter, base_image_id: Option<&str>) -> Result<Env> {
-        reporter.phase("check prerequisites", |reporter| {
-            let env = self.facts.env(base_image_id)?;
-            let facts = &env.facts;
-            let id = &env.base_image_id;
-            reporter.line(format!(
-                "  {} {} answers ({}, {}, {} CPUs, {} memory); base image {} {} ({})",
-                facts.engine.program(),
-                facts.version,
-                facts.platform,
-                if facts.remote { "remote" } else { "local" },
-                facts.cpus,
-                memory::human(facts.mem_total),
-                env.base_image,
-                if base_image_id.is_some() { "as the archive recorded it" } else { "is present" },
-                &id[..12.min(id.len())]
-            ));
-            Ok(env)
-        })
-    }
-}
-
-/// The images file (`--images-file`, else `test/e2e/images.toml`), its base image `base`, else
-/// `E2E_BASE_IMAGE`'s, else its own.
-pub fn load_images(
-    project: &Project,
-    opts: &BuildOptions,
-    base: Option<String>,
-) -> Result<ImagesFile> {
-    let file =
-        opts.images_file.clone().unwrap_or_else(|| project.root.join("test/e2e/images.toml"));
-    let text =
-        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    let base = base.or_else(|| std::env::var("E2E_BASE_IMAGE").ok());
-    ImagesFile::parse(&text, base).with_context(|| format!("in {}", file.display()))
-}
-
-/// When the engine has neither base image: the configured one pulled, else (podman only) the
-/// offline one made here by `test/e2e/make-base-image.sh` and imported into the engine's own
-/// store. `None` when neither worked (doctor then says so).
-pub fn provision_base(
-    project: &Project,
-    reporter: &Reporter,
-    engine: &EngineFacts,
-    images: &ImagesFile,
-) -> Option<String> {
-    let log = project.logs_dir().join("base-image.log");
-    let program = engine.engine.program();
-    let base = &images.base_image;
-    let at = &engine.at;
-    let pull = Cmd::new(program).args(["pull", base]);
-    reporter.line(format!(
-        "the base image {base} is not in {program} at {at}: pulling it into that engine's store"
-    ));
-    reporter.command(&pull);
-    if pull.run_logged(&log).is_ok() {
-        return Some(base.clone());
-    }
-    let offline =
-        images.offline_base_image.as_deref().filter(|_| engine.engine == Engine::Podman)?;
-    let script = project.root.join("test/e2e/make-base-image.sh").display().to_string();
-    let make = Cmd::new("bash").arg(script).arg(offline);
-    reporter.line(format!(
-        "no registry answers: making {offline} with debootstrap on this machine (about a minute) and importing it into {}",
-        engine.base_destination()
-    ));
-    reporter.command(&make);
-    let made = make
-        .run_logged(&log)
-        .map_err(|e| reporter.line(format!("could not make {offline}: {e:#}")));
-    made.ok().map(|()| offline.to_owned())
 }
 
 pub struct Prepared {
@@ -342,19 +208,6 @@ pub fn plan_quietly(
     plan::make_plan(project, &env, &bin_dir, &specs, false, EngineImages::load(project).as_ref())
 }
 
-/// Removes the handed-off images' older fingerprint tags beyond the [`plan::KEEP_OLDER`]
-/// newest, so rebuilds do not fill the disk; other repositories are never touched.
-pub fn tidy(reporter: &Reporter, engine_images: &EngineImages) {
-    let Ok(listing) = engine_images.engine.list_fingerprinted().read() else { return };
-    let old = plan::superseded(&listing, engine_images);
-    for reference in &old {
-        let _ = engine_images.engine.untag(reference).read();
-    }
-    if !old.is_empty() {
-        reporter.line(format!("removed {} superseded image tag(s): {}", old.len(), old.join(", ")));
-    }
-}
-
 /// The images record a plan would give, before anything is built (for `--dry-run`).
 pub fn planned_engine_images(prepared: &Prepared) -> EngineImages {
     let unbuilt = ImageInfo { id: String::new(), size: 0, fingerprint: None };
@@ -363,15 +216,6 @@ pub fn planned_engine_images(prepared: &Prepared) -> EngineImages {
         Action::Build { .. } => i.record(&unbuilt),
     });
     EngineImages::new(&prepared.env, images.collect())
-}
-
-/// `f` of every item, all at once (an engine call costs tens of milliseconds here, seconds
-/// over ssh), in the items' order.
-pub fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    std::thread::scope(|s| {
-        let handles: Vec<_> = items.iter().map(|i| s.spawn(|| f(i))).collect();
-        handles.into_iter().map(|h| h.join().expect("no panic")).collect()
-    })
 }
 
 fn run_spinning(reporter: &Reporter, cmd: &Cmd, log: &Path, name: &str, msg: &str) -> Result<()> {

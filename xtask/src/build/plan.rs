@@ -16,7 +16,7 @@ use crate::{
     images::{self, BuildContext, ImageSpec},
     memory,
     project::Project,
-    report::table,
+    report::{table, Reporter},
 };
 
 #[derive(Debug, Clone)]
@@ -142,7 +142,7 @@ pub(super) fn make_plan(
         });
     }
     cache.save()?;
-    let found = super::in_parallel(&items, |item| env.engine().image(&item.reference));
+    let found = crate::parallel::in_parallel(&items, |item| env.engine().image(&item.reference));
     let other = previous.map(EngineImages::engine_name).unwrap_or_default();
     for (item, in_engine) in items.iter_mut().zip(found) {
         let record = recorded(previous, &env.facts, &item.spec.name, &other);
@@ -264,6 +264,19 @@ pub fn superseded(listing: &str, engine_images: &EngineImages) -> Vec<String> {
         *count > KEEP_OLDER
     });
     beyond.map(str::to_owned).collect()
+}
+
+/// Removes the recorded images' older fingerprint tags beyond the [`KEEP_OLDER`]
+/// newest, so rebuilds do not fill the disk; other repositories are never touched.
+pub fn tidy(reporter: &Reporter, engine_images: &EngineImages) {
+    let Ok(listing) = engine_images.engine.list_fingerprinted().read() else { return };
+    let old = superseded(&listing, engine_images);
+    for reference in &old {
+        let _ = engine_images.engine.untag(reference).read();
+    }
+    if !old.is_empty() {
+        reporter.line(format!("removed {} superseded image tag(s): {}", old.len(), old.join(", ")));
+    }
 }
 
 #[cfg(test)]

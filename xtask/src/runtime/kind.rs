@@ -39,6 +39,14 @@ pub struct Created {
 }
 
 impl Created {
+    /// Not probed: a failed delete counts as left.
+    pub fn leftovers(&self) -> Vec<String> {
+        match self.reuse {
+            true => vec![format!("namespace {}", self.namespace)],
+            false => vec![format!("cluster {}", self.cluster)],
+        }
+    }
+
     /// One stage, one command.
     pub fn teardown(&self) -> Vec<Vec<Cmd>> {
         let namespace = Namespace { context: context(&self.cluster), name: self.namespace.clone() };

@@ -172,6 +172,11 @@ impl Created {
     pub fn teardown(&self) -> Vec<Vec<Cmd>> {
         vec![vec![self.namespace.delete()]]
     }
+
+    /// Not probed: a failed delete counts as left.
+    pub fn leftovers(&self) -> Vec<String> {
+        vec![format!("namespace {}", self.namespace.name)]
+    }
 }
 
 /// A run in a cluster that exists already: a namespace of its own, images from a registry,

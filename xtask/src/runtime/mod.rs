@@ -280,6 +280,15 @@ impl RunRecord {
             Created::Kube(c) => c.teardown(),
         }
     }
+
+    /// After a failed teardown: what of the record is still there.
+    pub fn leftovers(&self, exec: &dyn step::Exec) -> Vec<String> {
+        match &self.created {
+            Created::Podman(c) => c.leftovers(&mut |cmd| exec.probe(cmd)),
+            Created::Kind(c) => c.leftovers(),
+            Created::Kube(c) => c.leftovers(),
+        }
+    }
 }
 
 /// Runs the teardown of a record: every step, even when one fails and even after Ctrl-C.
@@ -299,13 +308,9 @@ pub fn teardown(
         failures.extend(exec.run_all(&stage, log));
     }
     // Only a failed step needs judging by what is left (asking costs a command per object).
-    let left = match &record.created {
-        _ if failures.is_empty() => Vec::new(),
-        Created::Podman(c) => c.leftovers(&mut |c| exec.probe(c)),
-        // Kind's objects are not probed: a failed delete counts as left.
-        Created::Kind(c) if c.reuse => vec![format!("namespace {}", c.namespace)],
-        Created::Kind(c) => vec![format!("cluster {}", c.cluster)],
-        Created::Kube(c) => vec![format!("namespace {}", c.namespace.name)],
+    let left = match failures.is_empty() {
+        true => Vec::new(),
+        false => record.leftovers(exec),
     };
     let left = left.join(", ");
     let failures = failures.join("\n");
