@@ -231,6 +231,10 @@ pub fn remote_at(given: Option<String>, hostname: Option<&str>) -> String {
 
 /// `CONTAINER_HOST`, `CONTAINER_CONNECTION` (docker: `DOCKER_HOST`, `DOCKER_CONTEXT`).
 pub fn given_at(engine: Engine) -> Option<String> {
+    // Through a tunnel (see crate::tunnel): as it was given before.
+    if let (Engine::Podman, Ok(at)) = (engine, std::env::var(crate::tunnel::ENGINE_AT)) {
+        return Some(at).filter(|at| !at.is_empty());
+    }
     let vars =
         engine.pick(["CONTAINER_HOST", "CONTAINER_CONNECTION"], ["DOCKER_HOST", "DOCKER_CONTEXT"]);
     vars.iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))

@@ -33,6 +33,7 @@ mod sampler;
 mod soak;
 mod suite;
 mod timeline;
+mod tunnel;
 
 use clap::{Parser, Subcommand};
 
@@ -75,8 +76,15 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let project = project::Project::locate();
+    // Before any thread: it points this process's podman calls at the forwarded socket.
+    let uses_engine = !matches!(cli.command, Command::Report(_));
+    let _tunnel = match (&project, uses_engine) {
+        (Ok(project), true) => tunnel::open(&project.logs_dir().join("ssh-tunnel.log")),
+        _ => None,
+    };
     interrupt::install();
-    let result = project::Project::locate().and_then(|project| match cli.command {
+    let result = project.and_then(|project| match cli.command {
         Command::PrebuildImages(args) => args.run(&project),
         Command::E2e(options) => e2e::run(options, &project),
         Command::Dev(args) => args.run(&project),

@@ -49,7 +49,10 @@ impl Session {
         let mut facts = reporter.phase("ask the engine", |reporter| {
             if let Ok(detected) = engine {
                 let given = crate::engine::given_at(detected);
-                let at = given.map(|at| format!(" at {at}")).unwrap_or_default();
+                let mut at = given.map(|at| format!(" at {at}")).unwrap_or_default();
+                if std::env::var_os(crate::tunnel::ENGINE_AT).is_some() {
+                    at += " (every call through one ssh connection)";
+                }
                 let what = "its platform, memory, CPUs, store and base image";
                 reporter.line(format!("  asking {}{at}: {what}", detected.program()));
             }
