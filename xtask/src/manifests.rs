@@ -564,6 +564,21 @@ fn containers_of(doc: &mut Value) -> Option<&mut Vec<Value>> {
     doc.get_mut("spec")?.get_mut("containers")?.as_sequence_mut()
 }
 
+impl Secret {
+    /// The Secret as a Kubernetes document (its data base64, as in `payload`).
+    pub fn manifest(&self) -> String {
+        let data: BTreeMap<String, String> =
+            serde_json::from_str(&self.payload).expect("the payload is a map of strings");
+        let doc = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": { "name": self.name },
+            "data": data,
+        });
+        serde_norway::to_string(&doc).expect("a Secret serialises")
+    }
+}
+
 fn secret(doc: &Value) -> anyhow::Result<Secret> {
     let name = name(doc)?;
     let strings = |field: &str| {

@@ -40,6 +40,26 @@ pub fn pod_removal(version: &str, remote: bool) -> PodRemoval {
     }
 }
 
+/// How a Secret of the manifests becomes a podman secret that `secretKeyRef` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretMaking {
+    /// `podman secret create` of the data as JSON. Podman before 4.4 stores a Secret that
+    /// `kube play` makes as YAML and reads `secretKeyRef` as JSON, so a pod cannot read it
+    /// (containers/podman#16269, seen with 4.3.1; fixed in 4.4.0 by #16631).
+    CreateFromJson,
+    /// `kube play` of the Secret, as Kubernetes would take it (podman 4.4 and later).
+    KubePlay,
+}
+
+/// The making for podman `version`; an unknown version is taken as one before 4.4 (the form
+/// every version reads).
+pub fn secret_making(version: &str) -> SecretMaking {
+    match self::version(version) {
+        Some(v) if v >= (4, 4) => SecretMaking::KubePlay,
+        _ => SecretMaking::CreateFromJson,
+    }
+}
+
 /// Where a `RUN --mount=type=cache` keeps its directories, when it must not be the default.
 /// buildah before 1.29 (podman before 4.4) keeps every user's in one `$TMPDIR/buildah-cache`
 /// (containers/buildah#4404, fixed by #4421 in 1.29): after root's build made it, a rootless
@@ -77,6 +97,14 @@ mod tests {
         assert_eq!(pod_removal("5.4.2", true), PodRemoval::RmAtOnce);
         assert_eq!(pod_removal("5.4.2", false), PodRemoval::RmAtOnce);
         assert_eq!(pod_removal("?", true), PodRemoval::StopThenRm { kill_first: true });
+    }
+
+    #[test]
+    fn secrets_are_played_from_podman_4_4_and_created_from_json_before() {
+        assert_eq!(secret_making("4.3.1"), SecretMaking::CreateFromJson);
+        assert_eq!(secret_making("4.4.0"), SecretMaking::KubePlay);
+        assert_eq!(secret_making("5.4.2"), SecretMaking::KubePlay);
+        assert_eq!(secret_making("?"), SecretMaking::CreateFromJson);
     }
 
     #[test]

@@ -310,3 +310,13 @@ stringData: {k: v}
     let err = format!("{:#}", m.memory_requests().unwrap_err());
     assert_eq!(err, "pod p: resources.requests.memory \"1GB\" is not a quantity such as 256Mi");
 }
+
+#[test]
+fn a_secret_as_podman_4_4_plays_it_reads_back_the_same() {
+    let m = shipped();
+    let rendered = m.render_podman(&BTreeMap::new(), "x", None, || Ok(40000)).unwrap();
+    let secret = &rendered.secrets[0];
+    let played = parse_docs(&secret.manifest()).unwrap();
+    assert_eq!(played.len(), 1);
+    assert_eq!(super::secret(&played[0]).unwrap(), *secret, "name and data as made from JSON");
+}

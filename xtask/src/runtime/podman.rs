@@ -333,11 +333,21 @@ impl PodmanRun {
     }
 
     /// Makes a podman secret from its payload, written to a private file only while the
-    /// create runs.
+    /// command that reads it runs: as the engine's version reads it ([`quirks::secret_making`]).
     fn secret_step(&self, secret: &Secret, doing: &str) -> Step<'static> {
-        let file = self.dir.join(format!("secret-{}.json", secret.name));
-        let cmd = Podman.secret_create(&secret.name, &file).survives_interrupt();
-        Step::Secret { cmd, file, payload: secret.payload.clone(), doing: doing.to_owned() }
+        let (file, cmd, payload) = match quirks::secret_making(&self.version) {
+            quirks::SecretMaking::CreateFromJson => {
+                let file = self.dir.join(format!("secret-{}.json", secret.name));
+                let cmd = Podman.secret_create(&secret.name, &file);
+                (file, cmd, secret.payload.clone())
+            }
+            quirks::SecretMaking::KubePlay => {
+                let file = self.dir.join(format!("secret-{}.yaml", secret.name));
+                (file.clone(), Podman.kube_play_secrets(&file), secret.manifest())
+            }
+        };
+        let cmd = cmd.survives_interrupt();
+        Step::Secret { cmd, file, payload, doing: doing.to_owned() }
     }
 
     /// The files of the pods that `play` picks, then one `kube play` per pod, all at once:

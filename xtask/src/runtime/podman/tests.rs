@@ -265,3 +265,26 @@ fn two_runs_on_the_same_free_subnet_both_get_a_network() {
     assert_ne!(a, b, "the second run chose again");
     assert!(removed.iter().all(Result::is_ok), "{removed:?}");
 }
+
+/// From podman 4.4 a Secret is played as Kubernetes gives it; before, made from JSON
+/// (containers/podman#16269). Either way its payload is on disk only while the command runs.
+#[test]
+fn secrets_are_made_as_the_engines_version_reads_them() {
+    let root = std::env::temp_dir().join(format!("xtask-podman-secret-{}", std::process::id()));
+    for (version, made) in [
+        ("4.3.1", "podman secret create postgres-credentials-103501-42 ROOT/target/e2e/runs/20261127-103501-42/secret-postgres-credentials-103501-42.json"),
+        ("5.4.2", "podman kube play ROOT/target/e2e/runs/20261127-103501-42/secret-postgres-credentials-103501-42.yaml"),
+    ] {
+        let mut run = run(&root);
+        run.version = version.into();
+        let plan = run.plan(Duration::from_secs(1), vec![]);
+        let printed = step::printed_commands(&plan);
+        let made = made.replace("ROOT", &root.display().to_string());
+        assert_eq!(printed[1], made, "{version}");
+        let rec = step::Recorder::answering(&[("podman container inspect", "running 0 0")]);
+        step::record_run(&rec, &run.dir, &run.log, &[&plan]);
+        let left: Vec<_> = std::fs::read_dir(&run.dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(left.iter().all(|f| !f.to_string_lossy().starts_with("secret-")), "{left:?}");
+    }
+    std::fs::remove_dir_all(root).unwrap();
+}
