@@ -229,10 +229,15 @@ pub fn remote_at(given: Option<String>, hostname: Option<&str>) -> String {
         .unwrap_or_else(|| "the default connection".to_owned())
 }
 
+/// Where podman's engine is, as the user gave it, when an ssh tunnel (`tunnel.rs`) points
+/// podman at a socket here: images.json and the reports name the engine by it (children of
+/// the process read it too).
+pub const ENGINE_AT: &str = "E2E_ENGINE_AT";
+
 /// `CONTAINER_HOST`, `CONTAINER_CONNECTION` (docker: `DOCKER_HOST`, `DOCKER_CONTEXT`).
 pub fn given_at(engine: Engine) -> Option<String> {
-    // Through a tunnel (see crate::tunnel): as it was given before.
-    if let (Engine::Podman, Ok(at)) = (engine, std::env::var(crate::tunnel::ENGINE_AT)) {
+    // Through a tunnel: as it was given before.
+    if let (Engine::Podman, Ok(at)) = (engine, std::env::var(ENGINE_AT)) {
         return Some(at).filter(|at| !at.is_empty());
     }
     let vars =

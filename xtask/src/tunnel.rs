@@ -15,9 +15,7 @@ use anyhow::Context;
 
 use crate::cmd::Cmd;
 
-/// Where the engine is, as the user gave it, when a tunnel points podman elsewhere: images.json
-/// and the reports name the engine by it (children of this process read it too).
-pub const ENGINE_AT: &str = "E2E_ENGINE_AT";
+use crate::engine::ENGINE_AT;
 
 /// An engine's ssh URL: `ssh://[user@]host[:port]/path/to/podman.sock`.
 #[derive(Debug, Clone, PartialEq, Eq)]

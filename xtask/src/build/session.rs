@@ -50,7 +50,7 @@ impl Session {
             if let Ok(detected) = engine {
                 let given = crate::engine::given_at(detected);
                 let mut at = given.map(|at| format!(" at {at}")).unwrap_or_default();
-                if std::env::var_os(crate::tunnel::ENGINE_AT).is_some() {
+                if std::env::var_os(crate::engine::ENGINE_AT).is_some() {
                     at += " (every call through one ssh connection)";
                 }
                 let what = "its platform, memory, CPUs, store and base image";
