@@ -353,8 +353,11 @@ commands! { Podman, self => "podman";
     /// Every network's subnets, whitespace-separated.
     network_subnets() => ["network", "ls", "--format", "{{range .Subnets}}{{.Subnet}} {{end}}"];
     secret_create(name: &str, file: &Path) => ["secret", "create", name, file.display().to_string()];
-    /// Plays a file of Kubernetes Secrets: podman makes each a podman secret.
-    kube_play_secrets(file: &Path) => ["kube", "play", file.display().to_string()];
+    /// Plays a file of Kubernetes Secrets: podman makes each a podman secret. On the run's
+    /// network: without `--network`, podman 5 makes its `podman-default-kube-network`, which
+    /// then outlives the run.
+    kube_play_secrets(network: &str, file: &Path) =>
+        ["kube", "play", "--network", network, file.display().to_string()];
     secret_rm(name: &str) => ["secret", "rm", name];
     secret_exists(name: &str) => ["secret", "inspect", "--format", "{{.ID}}", name];
     pod_exists(pod: &str) => ["pod", "exists", pod];

@@ -343,7 +343,8 @@ impl PodmanRun {
             }
             quirks::SecretMaking::KubePlay => {
                 let file = self.dir.join(format!("secret-{}.yaml", secret.name));
-                (file.clone(), Podman.kube_play_secrets(&file), secret.manifest())
+                let cmd = Podman.kube_play_secrets(&self.id.network(), &file);
+                (file, cmd, secret.manifest())
             }
         };
         let cmd = cmd.survives_interrupt();

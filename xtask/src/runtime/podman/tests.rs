@@ -273,7 +273,7 @@ fn secrets_are_made_as_the_engines_version_reads_them() {
     let root = std::env::temp_dir().join(format!("xtask-podman-secret-{}", std::process::id()));
     for (version, made) in [
         ("4.3.1", "podman secret create postgres-credentials-103501-42 ROOT/target/e2e/runs/20261127-103501-42/secret-postgres-credentials-103501-42.json"),
-        ("5.4.2", "podman kube play ROOT/target/e2e/runs/20261127-103501-42/secret-postgres-credentials-103501-42.yaml"),
+        ("5.4.2", "podman kube play --network e2e-20261127-103501-42 ROOT/target/e2e/runs/20261127-103501-42/secret-postgres-credentials-103501-42.yaml"),
     ] {
         let mut run = run(&root);
         run.version = version.into();
