@@ -50,6 +50,13 @@ pub fn run(options: RunOptions, project: &Project) -> Result<()> {
             Err(e.context(format!("E2E failed, and the teardown failed too: {t:#}")))
         }
     };
+    // A Ctrl-C that came after the suite (in the teardown, which went to its end) still ends
+    // the run as interrupted: whoever pressed it asked for the command to stop.
+    let outcome = outcome.and_then(|()| {
+        let interrupted = crate::interrupt::check();
+        interrupted
+            .context("the suite passed and the stack is torn down, but the run was interrupted")
+    });
     write_report(&run, &images, &outcome)?;
     outcome
 }
