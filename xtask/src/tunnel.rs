@@ -181,21 +181,20 @@ fn start(
     let child = command.spawn().with_context(|| format!("starting `{cmd}`"))?;
     let mut tunnel = Tunnel { stdin: None, child, socket: socket.to_owned() };
     tunnel.stdin = tunnel.child.stdin.take();
-    let answers = || std::os::unix::net::UnixStream::connect(socket).is_ok();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !answers() {
-        if let Some(status) = tunnel.child.try_wait()? {
-            anyhow::bail!(
-                "`{cmd}` ended ({status}) before forwarding (its output: {})",
-                log.display()
-            );
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "`{cmd}` did not forward within 15 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let forwarding =
+        crate::poll::until(Duration::from_secs(15), Duration::from_millis(20), || {
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                return Ok(true);
+            }
+            match tunnel.child.try_wait()? {
+                Some(status) => anyhow::bail!(
+                    "`{cmd}` ended ({status}) before forwarding (its output: {})",
+                    log.display()
+                ),
+                None => Ok(false),
+            }
+        })?;
+    anyhow::ensure!(forwarding, "`{cmd}` did not forward within 15 s");
     Ok(tunnel)
 }
 

@@ -190,10 +190,14 @@ impl Exec for RealExec {
         cmd.output()
     }
 
-    /// With a timeout of 1 s: a service that does not answer is not ready yet.
+    /// With a timeout of 1 s: a service that does not answer is not ready yet. One agent for
+    /// every GET of the process (readiness polls every 50 ms).
     fn get(&self, url: &str) -> Result<u16, String> {
-        let config = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(1)));
-        let agent: ureq::Agent = config.http_status_as_error(false).build().into();
+        static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+        let agent = AGENT.get_or_init(|| {
+            let config = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(1)));
+            config.http_status_as_error(false).build().into()
+        });
         match agent.get(url).call() {
             Ok(response) => Ok(response.status().as_u16()),
             Err(e) => Err(format!("GET {url}: {e}")),

@@ -213,18 +213,7 @@ fn kubectl_parses_the_rendered_manifests() {
     let m = Manifests::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../test/e2e/manifests"))
         .unwrap();
     let (yaml, _) = m.render_kubernetes(&BTreeMap::new(), ClusterKind::Kind).unwrap();
-    let file = std::env::temp_dir().join(format!("xtask-kind-{}.yaml", std::process::id()));
-    std::fs::write(&file, yaml).unwrap();
-    let out = std::process::Command::new("kubectl")
-        .args(["label", "--local", "--dry-run=client", "-o", "name", "e2e.check=1", "-f"])
-        .arg(&file)
-        .env("KUBECONFIG", "/dev/null")
-        .output()
-        .expect("kubectl is needed for this test: test/e2e/setup-podman.sh installs it (Debian: apt-get install kubernetes-client)");
-    std::fs::remove_file(&file).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let names: Vec<String> =
-        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    let names = crate::runtime::kube::tests::kubectl_parses(&yaml, "kind");
     assert_eq!(
         names,
         [

@@ -115,18 +115,23 @@ fn manifests_for_a_shared_cluster_pull_and_use_no_node_ports() {
             ("gateway".to_owned(), ports(8080, 30080)),
         ])
     );
-    // kubectl itself parses them (offline), as `kubectl apply` would.
-    let file = std::env::temp_dir().join(format!("xtask-kube-{}.yaml", std::process::id()));
+    assert_eq!(kubectl_parses(&yaml, "kube").len(), 9);
+}
+
+/// The objects kubectl itself reads from rendered manifests (offline: `--local`), as `kubectl
+/// apply` would; `name` makes the temporary file's name.
+pub fn kubectl_parses(yaml: &str, name: &str) -> Vec<String> {
+    let file = std::env::temp_dir().join(format!("xtask-{name}-{}.yaml", std::process::id()));
     std::fs::write(&file, yaml).unwrap();
     let out = std::process::Command::new("kubectl")
         .args(["label", "--local", "--dry-run=client", "-o", "name", "e2e.check=1", "-f"])
         .arg(&file)
         .env("KUBECONFIG", "/dev/null")
         .output()
-        .expect("kubectl is needed for this test: test/e2e/setup-podman.sh installs it");
+        .expect("kubectl is needed for this test: test/e2e/setup-podman.sh installs it (Debian: apt-get install kubernetes-client)");
     std::fs::remove_file(&file).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 9);
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
 }
 
 #[test]
