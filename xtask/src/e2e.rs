@@ -153,8 +153,19 @@ fn dry_run(run: &Run) -> Result<()> {
         Some(path) => {
             let m = archive::verify(path)?;
             let env = session.facts.env(Some(&m.engine_images.base_image_id))?;
-            let load = archive::load_cmd(env.engine(), path, m.compression);
-            lines.push(format!("{load}  # after verifying the archive's SHA-256"));
+            let images = &m.engine_images.images;
+            let waves = archive::waves(images, &session.images_file.infrastructure());
+            let unpacked = archive::unpacked_path(project);
+            let loading = archive::Loading::new(
+                env.engine(),
+                session.remote(),
+                path,
+                m.compression,
+                &unpacked,
+                &waves,
+            );
+            lines.push("# after verifying the archive's SHA-256:".into());
+            lines.extend(loading.lines());
             crate::engine_images::EngineImages {
                 engine: env.engine(),
                 at: env.facts.at.clone(),
