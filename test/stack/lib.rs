@@ -81,21 +81,25 @@ pub mod clean_up {
         args.map(str::to_owned).to_vec()
     }
 
-    /// podman's arguments for the PID of each container's monitor (conmon), a line each.
-    pub fn conmon_pids(containers: &[String]) -> Vec<String> {
-        let args = ["container", "inspect", "--format", "{{.State.ConmonPid}}"];
-        args.map(str::to_owned)
-            .into_iter()
-            .chain(containers.iter().cloned())
+    /// The monitors (conmon) of `containers` (full IDs) that still run, found in `/proc` (a
+    /// conmon's arguments name its container: `-c ID`) rather than asked of podman: a stop and
+    /// start then costs no podman call for them.
+    pub fn monitors_of(containers: &[String]) -> Vec<u32> {
+        let Ok(proc) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let pids = proc.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok());
+        let of_ours = |pid: &u32| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            let named = |pair: &[&[u8]]| {
+                pair[0] == b"-c" && containers.iter().any(|c| pair[1] == c.as_bytes())
+            };
+            args.first().is_some_and(|a| a.ends_with(b"conmon")) && args.windows(2).any(named)
+        };
+        pids.filter(of_ours)
+            .filter(|&pid| monitoring(pid))
             .collect()
-    }
-
-    /// The PIDs in [`conmon_pids`]' output whose monitor still runs.
-    pub fn running(conmon_pids_output: &str) -> Vec<u32> {
-        let pids = conmon_pids_output
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok());
-        pids.filter(|&pid| monitoring(pid)).collect()
     }
 
     /// Whether a conmon still runs (neither ended nor a zombie waiting to be reaped).
@@ -149,12 +153,13 @@ mod tests {
     }
 
     #[test]
-    fn only_running_monitors_count() {
-        assert_eq!(
-            clean_up::running("1\n\nnot-a-pid\n"),
-            Vec::<u32>::new(),
-            "PID 1 is no conmon"
+    fn only_a_running_conmon_of_the_containers_counts() {
+        let none: [String; 0] = [];
+        assert_eq!(clean_up::monitors_of(&none), Vec::<u32>::new());
+        assert!(!clean_up::monitoring(1), "PID 1 is no conmon");
+        assert!(
+            !clean_up::monitoring(std::process::id()),
+            "nor is this test"
         );
-        assert!(clean_up::conmon_pids(&["a".into()]).ends_with(&["a".to_owned()]));
     }
 }

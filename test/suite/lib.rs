@@ -464,7 +464,7 @@ async fn monitors(pod: &str) -> Vec<u32> {
     let podman = |args: Vec<String>| [vec!["podman".to_owned()], args].concat();
     let ids = Stack::run(&podman(clean_up::pod_container_ids(pod))).await;
     let ids: Vec<String> = ids.split_whitespace().map(str::to_owned).collect();
-    clean_up::running(&Stack::run(&podman(clean_up::conmon_pids(&ids))).await)
+    clean_up::monitors_of(&ids)
 }
 
 /// See [`Stack::guard`].

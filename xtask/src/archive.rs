@@ -566,10 +566,8 @@ mod tests {
 
     #[test]
     fn a_local_podman_pulls_each_image_from_the_archive_infrastructure_first() {
-        let images: Vec<ImageRecord> = ["postgres", "gateway", "redis"]
-            .iter()
-            .map(|n| record(n, &"f".repeat(64)))
-            .collect();
+        let images: Vec<ImageRecord> =
+            ["postgres", "gateway", "redis"].iter().map(|n| record(n, &"f".repeat(64))).collect();
         let waves = waves(&images, &["postgres", "redis"]);
         let tmp = Path::new("/p/target/e2e/.images.tar.tmp-1");
         let lines = |engine, remote, archive: &str, compression| {

@@ -340,11 +340,6 @@ impl Podman {
     pub fn pod_container_ids(self, pod: &str) -> Cmd {
         Cmd::new("podman").args(e2e_stack::clean_up::pod_container_ids(pod))
     }
-
-    /// The PID of each container's monitor (conmon), a line each.
-    pub fn conmon_pids(self, containers: &[String]) -> Cmd {
-        Cmd::new("podman").args(e2e_stack::clean_up::conmon_pids(containers))
-    }
 }
 
 commands! { Podman, self => "podman";
@@ -568,10 +563,6 @@ mod tests {
         assert_eq!(
             Podman.pod_container_ids("p").to_string(),
             "podman pod inspect --format '{{range .Containers}}{{.ID}} {{end}}' p"
-        );
-        assert_eq!(
-            Podman.conmon_pids(&["a".into(), "b".into()]).to_string(),
-            "podman container inspect --format '{{.State.ConmonPid}}' a b"
         );
     }
 }

@@ -283,7 +283,12 @@ impl Stack for KindRun {
         phases.into_iter().chain(tests).collect()
     }
 
-    fn wait_ready(&self, reporter: &Reporter, timeout: Duration) -> anyhow::Result<()> {
+    fn wait_ready(
+        &self,
+        reporter: &Reporter,
+        timeout: Duration,
+        _: &[String],
+    ) -> anyhow::Result<()> {
         self.namespace.wait_ready(reporter, timeout, &RealExec)
     }
 

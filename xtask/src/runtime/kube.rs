@@ -301,7 +301,12 @@ impl Stack for KubeRun {
         phases.into_iter().chain(tests).collect()
     }
 
-    fn wait_ready(&self, reporter: &Reporter, timeout: Duration) -> anyhow::Result<()> {
+    fn wait_ready(
+        &self,
+        reporter: &Reporter,
+        timeout: Duration,
+        _: &[String],
+    ) -> anyhow::Result<()> {
         self.namespace.wait_ready(reporter, timeout, &RealExec)
     }
 

@@ -219,6 +219,9 @@ pub struct PodmanRun {
     pub created_from: BTreeMap<String, String>,
     /// The record of the network, when it was claimed (made) before the plan runs.
     pub made: Option<RunRecord>,
+    /// The IDs of a pod's containers, infra included, asked once per pod by a live update
+    /// (a replaced pod's are asked again).
+    pub pod_container_ids: BTreeMap<String, Vec<String>>,
 }
 
 impl PodmanRun {
@@ -228,6 +231,7 @@ impl PodmanRun {
         let early = BTreeSet::new();
         let created_from = BTreeMap::new();
         PodmanRun {
+            pod_container_ids: BTreeMap::new(),
             remote: false,
             version: String::new(),
             suite: None,
@@ -391,7 +395,7 @@ impl Stack for PodmanRun {
         let what = "until each container's readinessProbe passes (each container on its own; while one does not, its state is read too)";
         let polls = self.stack.containers().map(|(pod, c)| ready::first_poll(self, pod, c));
         let run = move |reporter: &Reporter, exec: &dyn Exec| {
-            ready::wait_ready(self, ready_timeout, reporter, exec)
+            ready::wait_ready(self, ready_timeout, reporter, exec, None)
         };
         let wait = Step::Watch { what: what.into(), polls: polls.collect(), run: Box::new(run) };
         let mut deploy = if self.early.is_empty() { self.setup_steps() } else { Vec::new() };
@@ -402,8 +406,13 @@ impl Stack for PodmanRun {
         phases.into_iter().chain(tests).collect()
     }
 
-    fn wait_ready(&self, reporter: &Reporter, timeout: Duration) -> anyhow::Result<()> {
-        ready::wait_ready(self, timeout, reporter, &step::RealExec)
+    fn wait_ready(
+        &self,
+        reporter: &Reporter,
+        timeout: Duration,
+        restarted: &[String],
+    ) -> anyhow::Result<()> {
+        ready::wait_ready(self, timeout, reporter, &step::RealExec, Some(restarted))
     }
 
     fn urls(&self) -> BTreeMap<String, String> {
@@ -508,12 +517,16 @@ impl Stack for PodmanRun {
             for (pod, c) in self.stack.containers().filter(|(_, c)| repository(&c.image) == repo) {
                 let name = container_name(&pod.name, &c.name);
                 let doing = format!("syncing {binary} into {name}");
-                let monitors = if self.remote { Vec::new() } else { ready::monitors(&pod.name) };
+                let monitors = match self.remote {
+                    true => Vec::new(),
+                    false => ready::monitors(&mut self.pod_container_ids, &pod.name),
+                };
                 step::run_shown(reporter, &self.log, &[Podman.container_stop(&name)], &doing)?;
                 ready::until_cleaned_up(&monitors)?;
+                // Its start is checked by the readiness that follows (a container that ends is
+                // reported there, with its state).
                 let cmds = [Podman.cp_into(&file, &name, &dest), Podman.container_start(&name)];
                 step::run_shown(reporter, &self.log, &cmds, &doing)?;
-                ready::running_after_start(&name)?;
                 self.created_from.entry(name.clone()).or_insert_with(|| c.image.clone());
                 synced.push(name);
             }
@@ -571,6 +584,7 @@ impl Stack for PodmanRun {
             for c in &pod.containers {
                 self.created_from.remove(&container_name(&pod.name, &c.name));
             }
+            self.pod_container_ids.remove(&pod.name);
         }
         let names = changed.iter().map(|&i| stack.pods[i].name.clone()).collect();
         crate::fsx::write_atomic(&self.stack_file(), &stack.yaml)?;

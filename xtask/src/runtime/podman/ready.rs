@@ -25,34 +25,23 @@ pub fn classify(state: &str) -> Health {
     }
 }
 
-pub fn health(container: &str) -> Health {
-    health_through(&step::RealExec, container)
-}
-
 fn health_through(exec: &dyn Exec, container: &str) -> Health {
     classify(&exec.read(&Podman.container_state(container)).unwrap_or_default())
 }
 
-pub(super) fn running_after_start(container: &str) -> anyhow::Result<()> {
-    let running = crate::poll::until(Duration::from_secs(60), Duration::from_millis(50), || {
-        match health(container) {
-            Health::Failed(why) => anyhow::bail!("{container} did not run after its start: {why}"),
-            state => Ok(state == Health::Ready),
+/// The running monitors (conmon) of a pod's containers, infra included, on a local engine; a
+/// conmon ends only once its container's clean-up (`podman container cleanup`, at its exit)
+/// has run. The containers' IDs are asked once per pod (`known`).
+pub(super) fn monitors(known: &mut BTreeMap<String, Vec<String>>, pod: &str) -> Vec<u32> {
+    if !known.contains_key(pod) {
+        let ids = Podman.pod_container_ids(pod).read().unwrap_or_default();
+        let ids: Vec<String> = ids.split_whitespace().map(str::to_owned).collect();
+        if ids.is_empty() {
+            return Vec::new();
         }
-    })?;
-    anyhow::ensure!(running, "{container} did not run within 60 s of its start");
-    Ok(())
-}
-
-/// The monitors (conmon) of a pod's containers, infra included, on a local engine; a conmon
-/// ends only once its container's clean-up (`podman container cleanup`, at its exit) has run.
-pub(super) fn monitors(pod: &str) -> Vec<u32> {
-    let ids = Podman.pod_container_ids(pod).read().unwrap_or_default();
-    let ids: Vec<String> = ids.split_whitespace().map(str::to_owned).collect();
-    if ids.is_empty() {
-        return Vec::new();
+        known.insert(pod.to_owned(), ids);
     }
-    clean_up::running(&Podman.conmon_pids(&ids).read().unwrap_or_default())
+    clean_up::monitors_of(&known[pod])
 }
 
 /// Until a stopped pod's monitors have ended (why: [`clean_up`]).
@@ -70,12 +59,21 @@ pub fn wait_ready(
     timeout: Duration,
     reporter: &Reporter,
     exec: &dyn Exec,
+    only: Option<&[String]>,
 ) -> anyhow::Result<()> {
     let start = Instant::now();
+    // `only` names pods or containers; the others were ready and were not touched.
+    let wanted = |pod: &Pod, c: &Container| {
+        let named = |names: &[String]| {
+            names.iter().any(|n| *n == pod.name || *n == container_name(&pod.name, &c.name))
+        };
+        only.is_none_or(named)
+    };
     // Set when one container has failed: the others stop polling.
     let stop = &AtomicBool::new(false);
     let failed = std::thread::scope(|s| {
         let polling: Vec<_> = (run.stack.containers())
+            .filter(|(pod, c)| wanted(pod, c))
             .map(|(pod, c)| {
                 let waiting = Waiting { run, pod, c, stop, start, timeout, exec };
                 s.spawn(move || waiting.until_ready(reporter))
