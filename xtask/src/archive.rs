@@ -290,7 +290,7 @@ impl LoadArgs {
             session: &Session::open(project, opts, reporter, false)?,
         };
         match (&self.archive, &self.registry) {
-            (Some(archive), _) => load(inputs, archive, self.allow_stale),
+            (Some(archive), _) => load(inputs, archive, self.allow_stale, &|_| {}),
             (None, Some(prefix)) => registry::pull(inputs, prefix),
             (None, None) => unreachable!("clap requires one"),
         }
@@ -299,7 +299,13 @@ impl LoadArgs {
 }
 
 /// Verifies, compares with the checkout, loads, checks the image IDs; the record of the images.
-pub fn load(inputs: Inputs, archive: &Path, allow_stale: bool) -> Result<EngineImages> {
+/// `arrived` hears of each image as soon as it is in (when the load is a pull per image).
+pub fn load(
+    inputs: Inputs,
+    archive: &Path,
+    allow_stale: bool,
+    arrived: &(dyn Fn(&str) + Sync),
+) -> Result<EngineImages> {
     let reporter = inputs.reporter;
     let manifest = reporter.phase("verify archive", |reporter| {
         let manifest = verify(archive)?;
@@ -315,8 +321,21 @@ pub fn load(inputs: Inputs, archive: &Path, allow_stale: bool) -> Result<EngineI
     })?;
     let images = &manifest.engine_images.images;
     let base_image_id = &manifest.engine_images.base_image_id;
-    let prepared = build::prepare(inputs, Goal::Archive { base_image_id })?;
-    let engine = prepared.env.engine();
+    let engine = inputs.session.facts.env(Some(base_image_id))?.engine();
+    let waves = waves(images, &inputs.session.images_file.infrastructure());
+    let unpacked = Pending(unpacked_path(inputs.project));
+    let remote = inputs.session.remote();
+    let compression = manifest.compression;
+    let loading = Loading::new(engine, remote, archive, compression, unpacked.path(), &waves);
+    let log = inputs.project.logs_dir().join("load-images.log");
+    let _ = std::fs::remove_file(&log);
+    // The unpacking asks nothing of the engine: it runs beside the checkout's fingerprints.
+    let (prepared, unpacking) = std::thread::scope(|s| {
+        let unpacking = s.spawn(|| loading.unpack(reporter, &log));
+        let prepared = build::prepare(inputs, Goal::Archive { base_image_id });
+        (prepared, unpacking.join().expect("no panic"))
+    });
+    let prepared = prepared?;
     let current: BTreeMap<String, String> =
         prepared.plan.iter().map(|i| (i.spec.name.clone(), i.fingerprint.clone())).collect();
     let stale = stale_images(&manifest, &current);
@@ -335,11 +354,6 @@ pub fn load(inputs: Inputs, archive: &Path, allow_stale: bool) -> Result<EngineI
         reporter.line("The tests will run against the archive's images, not against your sources.");
         reporter.line(&bar);
     }
-    let waves = waves(images, &inputs.session.images_file.infrastructure());
-    let unpacked = Pending(unpacked_path(inputs.project));
-    let remote = inputs.session.remote();
-    let compression = manifest.compression;
-    let loading = Loading::new(engine, remote, archive, compression, unpacked.path(), &waves);
     reporter.phase("load images", |reporter| {
         let present =
             |i: &ImageRecord| engine.image(&i.reference).is_some_and(|found| found.id == i.id);
@@ -348,9 +362,8 @@ pub fn load(inputs: Inputs, archive: &Path, allow_stale: bool) -> Result<EngineI
             return Ok(());
         }
         let start = Instant::now();
-        let log = inputs.project.logs_dir().join("load-images.log");
-        let _ = std::fs::remove_file(&log);
-        loading.run(reporter, &log).context("loading the archive")?;
+        unpacking.context("unpacking the archive")?;
+        loading.load(reporter, &log, arrived).context("loading the archive")?;
         let missing: Vec<&str> =
             images.iter().filter(|i| !present(i)).map(|i| i.reference.as_str()).collect();
         anyhow::ensure!(
@@ -389,7 +402,7 @@ pub enum Loading {
     /// infrastructure's images at once, then the others at once), each reading only its own
     /// layers. One `podman load` of the same unpacked archive took 2.8-3.1 s here; the pulls
     /// 1.9-2.1 s, the infrastructure's done after 1.4-1.7 s (docs/measurements.md).
-    PerImage { unpack: Option<Cmd>, waves: Vec<Vec<Cmd>> },
+    PerImage { unpack: Option<Cmd>, waves: Vec<Vec<(String, Cmd)>> },
 }
 
 impl Loading {
@@ -417,10 +430,11 @@ impl Loading {
             Compression::None => (None, path),
         };
         let pull = |reference: &&str| {
-            Cmd::new("podman").args(["pull", "-q"]).arg(format!("docker-archive:{tar}:{reference}"))
+            let from = format!("docker-archive:{tar}:{reference}");
+            (reference.to_string(), Cmd::new("podman").args(["pull", "-q"]).arg(from))
         };
-        let waves =
-            waves.iter().filter(|w| !w.is_empty()).map(|w| w.iter().map(pull).collect()).collect();
+        let waves = waves.iter().filter(|w| !w.is_empty());
+        let waves = waves.map(|wave| wave.iter().map(pull).collect()).collect();
         Loading::PerImage { unpack, waves }
     }
 
@@ -431,24 +445,34 @@ impl Loading {
             Loading::PerImage { unpack, waves } => {
                 let waves = waves.iter().enumerate().flat_map(|(n, wave)| {
                     let at_once = if wave.len() > 1 { ", at once" } else { "" };
-                    wave.iter().map(move |pull| format!("{pull}  # wave {}{at_once}", n + 1))
+                    wave.iter().map(move |(_, pull)| format!("{pull}  # wave {}{at_once}", n + 1))
                 });
                 unpack.iter().map(ToString::to_string).chain(waves).collect()
             }
         }
     }
 
-    /// Runs the commands, their output appended to `log`.
-    fn run(&self, reporter: &Reporter, log: &Path) -> Result<()> {
-        self.lines().iter().for_each(|line| reporter.line(format!("  $ {line}")));
+    /// The unpacking, when there is one, its output appended to `log`.
+    fn unpack(&self, reporter: &Reporter, log: &Path) -> Result<()> {
+        let Loading::PerImage { unpack: Some(unpack), .. } = self else { return Ok(()) };
+        reporter.line(format!("  $ {unpack}"));
+        unpack.run_logged(log)
+    }
+
+    /// The load after [`Loading::unpack`], its output appended to `log`; `arrived` hears of
+    /// each image pulled.
+    fn load(&self, reporter: &Reporter, log: &Path, arrived: &(dyn Fn(&str) + Sync)) -> Result<()> {
         match self {
-            Loading::Stream(load) => load.run_logged(log),
-            Loading::PerImage { unpack, waves } => {
-                if let Some(unpack) = unpack {
-                    unpack.run_logged(log)?;
-                }
+            Loading::Stream(load) => {
+                reporter.line(format!("  $ {load}"));
+                load.run_logged(log)
+            }
+            Loading::PerImage { waves, .. } => {
                 for wave in waves {
-                    let pulled = crate::parallel::in_parallel(wave, |pull| pull.run_logged(log));
+                    wave.iter().for_each(|(_, pull)| reporter.line(format!("  $ {pull}")));
+                    let pulled = crate::parallel::in_parallel(wave, |(reference, pull)| {
+                        pull.run_logged(log).map(|()| arrived(reference))
+                    });
                     pulled.into_iter().collect::<Result<Vec<()>>>()?;
                     interrupt::check()?;
                 }

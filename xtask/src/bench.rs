@@ -402,7 +402,7 @@ fn remove_images(project: &Project, engine_images: &EngineImages) -> anyhow::Res
     let sh = project.shell()?;
     let engine = engine_images.engine.program();
     let refs = engine_images.images.iter().map(|i| &i.reference);
-    let _ = cmd!(sh, "{engine} rmi {refs...}").quiet().ignore_stderr().run();
+    let _ = cmd!(sh, "{engine} rmi {refs...}").quiet().ignore_stdout().ignore_stderr().run();
     Ok(())
 }
 

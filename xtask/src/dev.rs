@@ -98,7 +98,7 @@ impl DevArgs {
         let run = Run::open(project, opts, RunId::new(Some("dev")))?;
         let reporter = &run.reporter;
         run.require()?;
-        let images = run.images()?;
+        let images = run.images(&|_| {})?;
         if let Some(jobs) = images.pending_suite {
             run::compile_suite(project, reporter, jobs)?;
         }

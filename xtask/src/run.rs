@@ -298,12 +298,13 @@ impl<'a> Run<'a> {
     }
 
     /// The images: built, loaded or pulled, and the suite's compile still to do (`-j`).
-    pub fn images(&self) -> Result<RunImages> {
+    /// `arrived` hears of each image of an archive as soon as it is in, when the load tells.
+    pub fn images(&self, arrived: &(dyn Fn(&str) + Sync)) -> Result<RunImages> {
         let inputs = self.inputs();
         let none = Activity::default();
         let (engine_images, activity) = match &self.source {
             ImageSource::Archive { path, allow_stale } => {
-                (archive::load(inputs, path, *allow_stale)?, none)
+                (archive::load(inputs, path, *allow_stale, arrived)?, none)
             }
             ImageSource::Registry(prefix) => (registry::pull(inputs, prefix)?, none),
             ImageSource::Build => {

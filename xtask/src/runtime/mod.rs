@@ -95,7 +95,7 @@ pub fn images_beside(
     early: Option<&dyn EarlyStart>,
 ) -> anyhow::Result<(RunImages, Option<RunRecord>)> {
     let Some(early) = early else {
-        return Ok((run.images()?, None));
+        return Ok((run.images(&|_| {})?, None));
     };
     let reporter = &run.reporter;
     let stack = early.as_stack();
@@ -106,7 +106,7 @@ pub fn images_beside(
             let mut runner = Runner { dir, log, exec: &mut RealExec, record: None };
             (runner.phases(reporter, &early.plan_early()), runner.record)
         });
-        let images = run.images();
+        let images = run.images(&|reference| early.image_arrived(reference));
         // Pods awaiting the archive's images stop waiting for any that did not come.
         early.images_ended();
         (images, starting.join().expect("no panic"))
@@ -126,6 +126,8 @@ pub fn images_beside(
 /// Part of a stack started before the images exist (podman's PostgreSQL and Redis pods).
 pub trait EarlyStart: Sync {
     fn plan_early(&self) -> Vec<Phase<'_>>;
+    /// An image is in (the load tells of each, when it loads one at a time).
+    fn image_arrived(&self, reference: &str);
     /// The images' phase has ended: stop waiting for any image that did not come.
     fn images_ended(&self);
     /// To tear down what started, when the images fail.

@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -90,9 +90,23 @@ impl Created {
 /// Images an archive is loading, awaited by the pods that run them.
 #[derive(Debug, Clone)]
 pub struct AwaitedImages {
-    /// Reference and image ID of each; `ended` is set when the load has ended.
+    /// Reference and image ID of each.
     pub images: Vec<(String, String)>,
-    pub ended: Arc<AtomicBool>,
+    pub arrivals: Arc<Arrivals>,
+}
+
+/// What the load has told: the images it has put in (when it loads one at a time), and
+/// whether it has ended.
+#[derive(Debug, Default)]
+pub struct Arrivals {
+    pub arrived: Mutex<BTreeSet<String>>,
+    pub ended: AtomicBool,
+}
+
+impl Arrivals {
+    pub fn image(&self, reference: &str) {
+        self.arrived.lock().expect("not poisoned").insert(reference.to_owned());
+    }
 }
 
 impl AwaitedImages {
@@ -109,14 +123,23 @@ impl AwaitedImages {
         Engine::Podman.image_ids(&references)
     }
 
-    /// Until every image is in the engine, or the load has ended without it. One `podman image
-    /// inspect` of all of them at a time: a podman process costs CPU the load needs.
+    /// Until every image is in the engine, or the load has ended without it: told by the
+    /// load (every 20 ms), else seen in the engine by one `podman image inspect` of all of them
+    /// every 300 ms (a podman process costs CPU the load needs).
     pub fn wait(&self, reporter: &Reporter, exec: &dyn Exec) -> anyhow::Result<()> {
         let start = Instant::now();
         let mut missing = self.images.clone();
-        let arrived = crate::poll::until(Self::DEADLINE, Duration::from_millis(300), || {
+        let mut asked: Option<Instant> = None;
+        let arrived = crate::poll::until(Self::DEADLINE, Duration::from_millis(20), || {
             // Read before looking: a load that ended before the look left what it loaded.
-            let ended = self.ended.load(Ordering::SeqCst);
+            let ended = self.arrivals.ended.load(Ordering::SeqCst);
+            let told = self.arrivals.arrived.lock().expect("not poisoned").clone();
+            missing.retain(|(reference, _)| !told.contains(reference));
+            let due = asked.is_none_or(|t| t.elapsed() >= Duration::from_millis(300));
+            if missing.is_empty() || !(ended || due) {
+                return Ok(missing.is_empty());
+            }
+            asked = Some(Instant::now());
             let references: Vec<String> =
                 missing.iter().map(|(reference, _)| reference.clone()).collect();
             let found = exec.read_any(&Engine::Podman.image_ids(&references)).unwrap_or_default();

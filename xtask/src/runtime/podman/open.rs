@@ -70,7 +70,8 @@ impl PodmanRun {
         }
         let mut started = PodmanRun::on_run_subnet(run, &pinned).ok()?;
         started.early = early;
-        started.awaited = awaited.map(|images| AwaitedImages { images, ended: Default::default() });
+        started.awaited =
+            awaited.map(|images| AwaitedImages { images, arrivals: Default::default() });
         Some(started)
     }
 
@@ -126,9 +127,15 @@ impl EarlyStart for PodmanRun {
         PodmanRun::plan_early(self)
     }
 
+    fn image_arrived(&self, reference: &str) {
+        if let Some(awaited) = &self.awaited {
+            awaited.arrivals.image(reference);
+        }
+    }
+
     fn images_ended(&self) {
         if let Some(awaited) = &self.awaited {
-            awaited.ended.store(true, Ordering::SeqCst);
+            awaited.arrivals.ended.store(true, Ordering::SeqCst);
         }
     }
 

@@ -141,7 +141,7 @@ fn early_pods_of_an_archive_wait_for_their_images_before_they_play() {
     run.early = ["postgres-103501-42".to_owned()].into();
     run.awaited = Some(AwaitedImages {
         images: vec![("localhost/e2e-postgres:1".into(), "a".repeat(64))],
-        ended: Default::default(),
+        arrivals: Default::default(),
     });
     let lines = step::print(&run.plan_early());
     let wait = lines
@@ -157,10 +157,22 @@ fn early_pods_of_an_archive_wait_for_their_images_before_they_play() {
 }
 
 #[test]
+fn images_the_load_told_of_are_not_asked_of_the_engine() {
+    let awaited = AwaitedImages {
+        images: vec![("localhost/e2e-postgres:1".into(), "a".repeat(64))],
+        arrivals: Default::default(),
+    };
+    awaited.arrivals.image("localhost/e2e-postgres:1");
+    let recorder = step::Recorder::default();
+    awaited.wait(&Reporter::new(), &recorder).unwrap();
+    assert_eq!(recorder.commands(), Vec::<String>::new());
+}
+
+#[test]
 fn a_load_that_ends_without_the_images_ends_the_wait() {
     let awaited = AwaitedImages {
         images: vec![("localhost/e2e-no-such-image:0".into(), "b".repeat(64))],
-        ended: Arc::new(AtomicBool::new(true)),
+        arrivals: Arc::new(Arrivals { ended: AtomicBool::new(true), ..Default::default() }),
     };
     let err = awaited.wait(&Reporter::new(), &step::RealExec).unwrap_err().to_string();
     assert!(
