@@ -392,7 +392,7 @@ pub fn unpacked_path(project: &Project) -> PathBuf {
 }
 
 /// How an archive goes into the engine.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Loading {
     /// One `load` of the archive's stream: docker's, and a remote podman's (the archive is on
     /// this machine; the engine reads what it is sent).
