@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The engine's own floor for a stack of N pods: what podman alone takes to play N pods and
 # tear them down, the way `cargo xtask e2e` does it (every `kube play` at once, then every
-# `pod stop --time 0` at once, every `pod rm` at once, the network removed), with no xtask in
-# between. Compare its figures with `cargo xtask bench scale`: what a run adds above them is
+# `pod stop --time 0` at once, every `pod rm` at once, at most four per CPU at a time; the
+# network removed), with no xtask in between. Compare its figures with `cargo xtask bench scale`: what a run adds above them is
 # ours. The pods run the gateway image of the last prebuild (target/e2e/images.json) with
 # the environment the manifests give it; PostgreSQL and Redis are not needed for its start.
 #
@@ -55,6 +55,13 @@ EOF
 }
 
 now() { date +%s.%N; }
+at_once=$(($(nproc) * 4))
+# A command for each pod 1..N ({} is its number), at most $at_once at a time.
+each_pod() { # N COMMAND...
+  local n=$1
+  shift
+  seq 1 "$n" | xargs -P "$at_once" -I{} "$@" >/dev/null 2>&1
+}
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # One run of N pods: "UP DOWN" in seconds.
@@ -63,19 +70,14 @@ one_run() {
   podman network create --subnet 10.77.0.0/24 --label e2e.xtask=1 "$network" >/dev/null
   for i in $(seq 1 "$n"); do pod_yaml "floor-$$-$i" $((42000 + i)) >"$dir/$i.yaml"; done
   t0=$(now)
-  for i in $(seq 1 "$n"); do
-    podman kube play --network "$network" --ip "10.77.0.$((10 + i))" "$dir/$i.yaml" >/dev/null 2>"$dir/$i.err" &
-  done
-  wait
+  each_pod "$n" sh -c "podman kube play --network $network --ip 10.77.0.\$((10 + {})) $dir/{}.yaml 2>$dir/{}.err"
   t1=$(now)
   local running
   running=$(podman pod ls --quiet --filter "label=e2e.floor=$$" --filter status=running | wc -l)
   [ "$running" -eq "$n" ] || { echo "$running of $n pods run; podman said:" >&2; cat "$dir"/*.err >&2; exit 1; }
   t1b=$(now)
-  for i in $(seq 1 "$n"); do podman pod stop --ignore --time 0 "floor-$$-$i" >/dev/null 2>&1 & done
-  wait
-  for i in $(seq 1 "$n"); do podman pod rm --force --ignore "floor-$$-$i" >/dev/null 2>&1 & done
-  wait
+  each_pod "$n" podman pod stop --ignore --time 0 "floor-$$-{}"
+  each_pod "$n" podman pod rm --force --ignore "floor-$$-{}"
   podman network rm --force "$network" >/dev/null
   t2=$(now)
   echo "$(echo "$t1 - $t0" | bc) $(echo "$t2 - $t1b" | bc)"
