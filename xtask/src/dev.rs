@@ -253,7 +253,7 @@ impl Loop<'_> {
             None => None,
         };
         let (did, restarted, record) = match synced {
-            Some(synced) => (format!("synced {}", synced.join(", ")), synced, Some(prepared)),
+            Some(synced) => (format!("synced {}", synced.join(", ")), true, Some(prepared)),
             None => {
                 let rebuilt = list(&uncached(&prepared.plan));
                 let (engine_images, _) =
@@ -267,15 +267,14 @@ impl Loop<'_> {
                     self.stack.replace(project, reporter, &engine_images)
                 })?;
                 let did = format!("rebuilt {rebuilt}; replaced {}", list(&replaced));
-                (did, replaced, None)
+                (did, !replaced.is_empty(), None)
             }
         };
         self.running.extend(applied);
-        if !restarted.is_empty() {
+        if restarted {
             let stopped = format!("{did}; NOT READY");
             let timeout = self.run.opts.ready_timeout;
-            steps
-                .run("ready", &stopped, || self.stack.wait_ready(reporter, timeout, &restarted))?;
+            steps.run("ready", &stopped, || self.stack.wait_ready(reporter, timeout))?;
         }
         // Recompiled only when the change can touch it: a no-op cargo check costs 0.25 s.
         let passed = steps.run("suite", "suite compile FAILED, the stack is up", || {

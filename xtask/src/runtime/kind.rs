@@ -283,12 +283,7 @@ impl Stack for KindRun {
         phases.into_iter().chain(tests).collect()
     }
 
-    fn wait_ready(
-        &self,
-        reporter: &Reporter,
-        timeout: Duration,
-        _: &[String],
-    ) -> anyhow::Result<()> {
+    fn wait_ready(&self, reporter: &Reporter, timeout: Duration) -> anyhow::Result<()> {
         self.namespace.wait_ready(reporter, timeout, &RealExec)
     }
 

@@ -153,14 +153,8 @@ pub trait Stack {
     }
     /// Deploy, wait until ready, then `tests`.
     fn plan<'a>(&'a self, ready_timeout: Duration, tests: Vec<Phase<'a>>) -> Vec<Phase<'a>>;
-    /// Until what `dev` restarted (pods or containers, by name) is ready again; a runtime that
-    /// asks for every pod in one call asks for all.
-    fn wait_ready(
-        &self,
-        reporter: &Reporter,
-        timeout: Duration,
-        restarted: &[String],
-    ) -> anyhow::Result<()>;
+    /// Until every service is ready again (after `dev` replaced some).
+    fn wait_ready(&self, reporter: &Reporter, timeout: Duration) -> anyhow::Result<()>;
     /// `<SERVICE>_URL` for a suite on this machine.
     fn urls(&self) -> BTreeMap<String, String>;
     fn control(&self, dedup_ttl_seconds: u64) -> StackFile;

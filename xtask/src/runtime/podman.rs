@@ -418,7 +418,7 @@ impl Stack for PodmanRun {
         let what = "until each container's readinessProbe passes (each container on its own; while one does not, its state is read too)";
         let polls = self.stack.containers().map(|(pod, c)| ready::first_poll(self, pod, c));
         let run = move |reporter: &Reporter, exec: &dyn Exec| {
-            ready::wait_ready(self, ready_timeout, reporter, exec, None)
+            ready::wait_ready(self, ready_timeout, reporter, exec)
         };
         let wait = Step::Watch { what: what.into(), polls: polls.collect(), run: Box::new(run) };
         let mut deploy = if self.early.is_empty() { self.setup_steps() } else { Vec::new() };
@@ -429,13 +429,8 @@ impl Stack for PodmanRun {
         phases.into_iter().chain(tests).collect()
     }
 
-    fn wait_ready(
-        &self,
-        reporter: &Reporter,
-        timeout: Duration,
-        restarted: &[String],
-    ) -> anyhow::Result<()> {
-        ready::wait_ready(self, timeout, reporter, &step::RealExec, Some(restarted))
+    fn wait_ready(&self, reporter: &Reporter, timeout: Duration) -> anyhow::Result<()> {
+        ready::wait_ready(self, timeout, reporter, &step::RealExec)
     }
 
     fn urls(&self) -> BTreeMap<String, String> {

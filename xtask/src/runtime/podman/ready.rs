@@ -59,21 +59,12 @@ pub fn wait_ready(
     timeout: Duration,
     reporter: &Reporter,
     exec: &dyn Exec,
-    only: Option<&[String]>,
 ) -> anyhow::Result<()> {
     let start = Instant::now();
-    // `only` names pods or containers; the others were ready and were not touched.
-    let wanted = |pod: &Pod, c: &Container| {
-        let named = |names: &[String]| {
-            names.iter().any(|n| *n == pod.name || *n == container_name(&pod.name, &c.name))
-        };
-        only.is_none_or(named)
-    };
     // Set when one container has failed: the others stop polling.
     let stop = &AtomicBool::new(false);
     let failed = std::thread::scope(|s| {
         let polling: Vec<_> = (run.stack.containers())
-            .filter(|(pod, c)| wanted(pod, c))
             .map(|(pod, c)| {
                 let waiting = Waiting { run, pod, c, stop, start, timeout, exec };
                 s.spawn(move || waiting.until_ready(reporter))
