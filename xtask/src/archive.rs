@@ -322,11 +322,9 @@ pub fn load(
     let images = &manifest.engine_images.images;
     let base_image_id = &manifest.engine_images.base_image_id;
     let engine = inputs.session.facts.env(Some(base_image_id))?.engine();
-    let waves = waves(images, &inputs.session.images_file.infrastructure());
-    let unpacked = Pending(unpacked_path(inputs.project));
-    let remote = inputs.session.remote();
-    let compression = manifest.compression;
-    let loading = Loading::new(engine, remote, archive, compression, unpacked.path(), &waves);
+    let loading = Loading::of(inputs.project, inputs.session, engine, archive, &manifest);
+    // The unpacked archive is removed once the load is over, however it ends.
+    let _unpacked = Pending(unpacked_path(inputs.project));
     let log = inputs.project.logs_dir().join("load-images.log");
     let _ = std::fs::remove_file(&log);
     // The unpacking asks nothing of the engine: it runs beside the checkout's fingerprints.
@@ -378,7 +376,7 @@ pub fn load(
 }
 
 /// The images' references in the waves they load in: the infrastructure's, then the others.
-pub fn waves<'a>(images: &'a [ImageRecord], infrastructure: &[&str]) -> [Vec<&'a str>; 2] {
+fn waves<'a>(images: &'a [ImageRecord], infrastructure: &[&str]) -> [Vec<&'a str>; 2] {
     let references = |infra: bool| {
         let of_group = |i: &&ImageRecord| infrastructure.contains(&i.name.as_str()) == infra;
         images.iter().filter(of_group).map(|i| i.reference.as_str()).collect()
@@ -387,7 +385,7 @@ pub fn waves<'a>(images: &'a [ImageRecord], infrastructure: &[&str]) -> [Vec<&'a
 }
 
 /// Where a compressed archive is unpacked for a local podman's pulls, removed after them.
-pub fn unpacked_path(project: &Project) -> PathBuf {
+fn unpacked_path(project: &Project) -> PathBuf {
     temp_beside(&project.e2e_dir.join("images.tar"))
 }
 
@@ -406,6 +404,20 @@ pub enum Loading {
 }
 
 impl Loading {
+    /// The load of `archive` (its manifest `manifest`) as `session`'s engine takes it.
+    pub fn of(
+        project: &Project,
+        session: &Session,
+        engine: Engine,
+        archive: &Path,
+        manifest: &Manifest,
+    ) -> Loading {
+        let waves = waves(&manifest.engine_images.images, &session.images_file.infrastructure());
+        let unpacked = unpacked_path(project);
+        let remote = session.remote();
+        Loading::new(engine, remote, archive, manifest.compression, &unpacked, &waves)
+    }
+
     /// `waves`: the images' references, in the waves they load in. `unpacked`: where a
     /// compressed archive is unpacked for a local podman (the caller removes it).
     pub fn new(

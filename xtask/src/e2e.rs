@@ -153,17 +153,7 @@ fn dry_run(run: &Run) -> Result<()> {
         Some(path) => {
             let m = archive::verify(path)?;
             let env = session.facts.env(Some(&m.engine_images.base_image_id))?;
-            let images = &m.engine_images.images;
-            let waves = archive::waves(images, &session.images_file.infrastructure());
-            let unpacked = archive::unpacked_path(project);
-            let loading = archive::Loading::new(
-                env.engine(),
-                session.remote(),
-                path,
-                m.compression,
-                &unpacked,
-                &waves,
-            );
+            let loading = archive::Loading::of(project, session, env.engine(), path, &m);
             lines.push("# after verifying the archive's SHA-256:".into());
             lines.extend(loading.lines());
             crate::engine_images::EngineImages {

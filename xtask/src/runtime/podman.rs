@@ -535,9 +535,10 @@ impl Stack for PodmanRun {
             for (pod, c) in self.stack.containers().filter(|(_, c)| repository(&c.image) == repo) {
                 let name = container_name(&pod.name, &c.name);
                 let doing = format!("syncing {binary} into {name}");
-                let monitors = match self.remote {
-                    true => Vec::new(),
-                    false => ready::monitors(&mut self.pod_container_ids, &pod.name),
+                let monitors = if self.remote {
+                    Vec::new()
+                } else {
+                    ready::monitors(&mut self.pod_container_ids, &pod.name)
                 };
                 step::run_shown(reporter, &self.log, &[Podman.container_stop(&name)], &doing)?;
                 ready::until_cleaned_up(&monitors)?;
