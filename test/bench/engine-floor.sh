@@ -2,9 +2,10 @@
 # The engine's own floor for a stack of N pods: what podman alone takes to play N pods and
 # tear them down, the way `cargo xtask e2e` does it (every `kube play` at once, then every
 # `pod stop --time 0` at once, every `pod rm` at once, at most four per CPU at a time; the
-# network removed), with no xtask in between. Compare its figures with `cargo xtask bench scale`: what a run adds above them is
-# ours. The pods run the gateway image of the last prebuild (target/e2e/images.json) with
-# the environment the manifests give it; PostgreSQL and Redis are not needed for its start.
+# network removed), with no xtask in between. Compare its figures with `cargo xtask bench
+# scale`: what a run adds above them is ours. The pods run the gateway image of the last
+# prebuild (target/e2e/images.json) with the environment the manifests give it; PostgreSQL
+# and Redis are not needed for its start.
 #
 #   test/bench/engine-floor.sh [PODS...]      # default: 4 10 25 50; RUNS=3 by default
 #
